@@ -1,0 +1,130 @@
+"""The ``bayes-merger`` command: ``--config PATH`` → a Hydra app, overrides, exit codes.
+
+``--config conf/run.yaml`` is rewritten into Hydra's ``--config-path <dir> --config-name run``
+before Hydra parses the command line, so every Hydra flag (``--cfg job``, ``-m``, overrides) works
+as usual. Expected failures (bad input, an unreachable WebUI) end in one logged sentence and a
+non-zero exit code; only bugs show a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Sequence
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from bayes_merger.config import Config, register_configs
+from bayes_merger.errors import BayesMergerError, ConfigError
+
+log = logging.getLogger("bayes_merger")
+
+CONFIG_FILE = "config.yaml"
+# never written to disk: the WebUI password
+SECRET_KEYS = (("webui", "auth"),)
+
+
+def rewrite_config_flag(argv: Sequence[str]) -> list[str]:
+    """``--config a/b/run.yaml`` (or ``--config=...``) → ``--config-path /abs/a/b --config-name run``."""
+    args = list(argv)
+    for i, arg in enumerate(args):
+        if arg == "--config" or arg.startswith("--config="):
+            value = arg.split("=", 1)[1] if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
+            if not value:
+                raise ConfigError("--config needs the path of a YAML config file, e.g. --config conf/run.yaml.")
+            path = Path(value).expanduser().resolve()
+            if not path.is_file():
+                raise ConfigError(f"Config file {value} does not exist.")
+            end = i + 1 if "=" in arg else i + 2
+            return args[:i] + ["--config-path", str(path.parent), "--config-name", path.stem] + args[end:]
+    return args
+
+
+def _run_dir(resume: str | None, base: str, method: str, scorer: str) -> str:
+    if resume:
+        return str(Path(resume).expanduser())
+    return str(Path(base) / f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{method}_{scorer}")
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("bm_run_dir"):
+        OmegaConf.register_new_resolver("bm_run_dir", _run_dir)
+
+
+def to_config(cfg: DictConfig) -> Config:
+    try:
+        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    except MissingMandatoryValue as error:
+        raise ConfigError(f"{error.full_key} is required: set it in the config or on the command line ({error.full_key}=...).") from error
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"Invalid config: {error.msg}") from error
+
+
+def save_config(cfg: DictConfig, run_dir: Path, resuming: bool) -> Path:
+    """The composed config, secrets removed, loadable again with ``--config`` (to resume)."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for section, key in SECRET_KEYS:
+        if data.get(section, {}).get(key):
+            data[section][key] = None
+    data["resume"] = None
+    text = "# the config of this run; resume it with:\n"
+    text += f"#   bayes-merger --config {run_dir / CONFIG_FILE} resume={run_dir}\n"
+    text += "defaults:\n  - bayes_merger\n  - _self_\n\n" + OmegaConf.to_yaml(OmegaConf.create(data))
+    name = CONFIG_FILE if not resuming else f"config.resumed-{datetime.now():%Y%m%d-%H%M%S}.yaml"
+    path = run_dir / name
+    if path.exists():
+        return path  # never overwrite what a user already has
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _task(cfg: DictConfig) -> None:
+    from bayes_merger.run import run  # imported here so that --help and config errors stay fast
+
+    try:
+        config = to_config(cfg)
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        with logging_redirect_tqdm():
+            if config.demo:
+                from bayes_merger.testing.demo import demo_environment
+
+                with demo_environment(config) as demo_config:
+                    save_config(OmegaConf.structured(demo_config), run_dir, config.resume is not None)
+                    result = run(demo_config, run_dir)
+            else:
+                save_config(cfg, run_dir, config.resume is not None)
+                result = run(config, run_dir)
+    except BayesMergerError as error:
+        log.error("%s", error)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        log.error("Interrupted. Every finished trial is saved; resume with resume=%s", HydraConfig.get().runtime.output_dir)
+        sys.exit(130)
+    log.info("Best: %s  (%s)", result.best.score if result.best else "no successful trial", result.run_dir)
+    if result.best is None:
+        sys.exit(1)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = rewrite_config_flag(args)
+    except ConfigError as error:
+        logging.basicConfig(format="bayes-merger: %(message)s")
+        log.error("%s", error)
+        sys.exit(error.exit_code)
+    register_configs()
+    register_resolvers()
+    sys.argv = [sys.argv[0] if sys.argv else "bayes-merger"] + args
+    hydra.main(version_base=None, config_path=None, config_name=None)(_task)()
+
+
+if __name__ == "__main__":
+    main()

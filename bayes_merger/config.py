@@ -1,0 +1,142 @@
+"""The structured configuration: one dataclass per section, registered with Hydra's ConfigStore.
+
+A YAML config names the schema ``bayes_merger`` first in its defaults list, so an unknown key or a
+wrong type is rejected by OmegaConf while the config is composed, naming the key. Checks that need
+more than types (bounds, files, method vs models) live in ``validate``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class MergeConfig:
+    method: str = "weighted_sum"
+    # "auto" is CUDA when available, else CPU; "cpu", "cuda", "cuda:1" … are taken as they are.
+    device: str = "auto"
+    # clamp every merged value to [min(a, b), max(a, b)] (the seed tool's never-applied option)
+    weights_clip: bool = False
+    # precision of each trial's merge file handed to the WebUI: fp16, bf16 or fp32
+    dtype: str = "fp16"
+    # keep only UNet, VAE and text-encoder keys in saved files (drops EMA and other extras)
+    prune: bool = True
+    # precision the models are held and merged in (fp16, bf16, fp32); None keeps model A's
+    # (fp16 halves the memory of fp32 checkpoints)
+    load_dtype: Optional[str] = None
+
+
+@dataclass
+class WebUIConfig:
+    url: str = "http://127.0.0.1:7860"
+    # "user:password" for --api-auth; prefer auth_env, the name of an environment variable holding it
+    auth: Optional[str] = None
+    auth_env: Optional[str] = None
+    # where we write each trial's merge; the WebUI must scan this folder (its --ckpt-dir or a
+    # subfolder of models/Stable-diffusion); it may see it under another path
+    checkpoint_dir: str = MISSING
+    connect_timeout: float = 10.0
+    # generation and model loads can take minutes
+    read_timeout: float = 900.0
+    retries: int = 5
+    backoff_factor: float = 1.0
+    # how long to wait for the API to answer at start-up, in seconds
+    ready_timeout: float = 120.0
+    # seconds between polls of GET /sdapi/v1/progress while waiting for the WebUI to start
+    poll_interval: float = 2.0
+    # how many of the previous trials' merge files to keep in checkpoint_dir (0: delete each)
+    keep_last: int = 0
+
+
+@dataclass
+class PayloadsConfig:
+    # a folder of payload YAML files (the original tool's format) or one file with a list
+    dir: str = "payloads"
+    wildcards_dir: Optional[str] = None
+    # txt2img fields applied to every payload unless the payload sets them
+    defaults: Dict[str, Any] = field(default_factory=dict)
+    # payloads with seed: -1 are refused unless this is true (they make the objective noisy)
+    allow_random_seeds: bool = False
+
+
+@dataclass
+class ScorerConfig:
+    # laion, chad, aesthetic_head, manual, or ensemble (several of them, see `ensemble`)
+    name: str = "laion"
+    # the CLIP image model: a Hugging Face id or a local folder (config.json, model.safetensors, …)
+    clip: str = "openai/clip-vit-large-patch14"
+    # a local head file (.pth or .safetensors) instead of the downloaded one
+    head: Optional[str] = None
+    # where downloaded heads are kept (default: $XDG_CACHE_HOME/bayes-merger or ~/.cache/bayes-merger)
+    cache_dir: Optional[str] = None
+    device: str = "auto"
+    batch_size: int = 8
+    # how per-payload means become the objective: arithmetic, geometric or quadratic
+    combine: str = "arithmetic"
+    # with name: ensemble, {scorer name: weight}: each image scores the weighted mean of these
+    # scorers' scores, e.g. {laion: 1.0, chad: 0.5}; they share one CLIP and this section's settings
+    ensemble: Dict[str, float] = field(default_factory=dict)
+    # manual scoring: the JSON file each rating is saved to as it is typed (resumable; default
+    # manual-ratings.json in the working directory — the run sets one in its run folder)
+    manual_ratings: Optional[str] = None
+    # manual scoring: open each image in the system viewer (false, or no display: only print its path)
+    manual_viewer: bool = True
+
+
+@dataclass
+class OptimiserConfig:
+    init_points: int = 10
+    n_iters: int = 50
+    # ucb, ei or poi
+    acquisition: str = "ucb"
+    kappa: float = 2.576
+    xi: float = 0.01
+    # default bounds of every parameter
+    lower: float = 0.0
+    upper: float = 1.0
+    # per-parameter ranges, e.g. {IN00: [0.2, 0.8]} (names: BASE/IN00/… or base_alpha/block_0_alpha)
+    custom_ranges: Dict[str, List[float]] = field(default_factory=dict)
+    # parameters held at a value, e.g. {BASE: 0.0, OUT11_beta: 0.5}
+    frozen: Dict[str, float] = field(default_factory=dict)
+    # parameters that move together, e.g. [[IN00, IN01, IN02], [OUT09, OUT10, OUT11]]
+    groups: List[List[str]] = field(default_factory=list)
+
+
+@dataclass
+class RunSettings:
+    # one seed for the whole run: initial points, payload seeds, wildcards
+    seed: int = 42
+    # where runs go: each run gets its own folder below it (Hydra's run dir)
+    dir: str = "runs"
+    # stop the run (resumable) after this many failed trials in a row, rather than burn the budget
+    max_consecutive_failures: int = 3
+
+
+@dataclass
+class Config:
+    model_a: str = MISSING
+    model_b: str = MISSING
+    model_c: Optional[str] = None
+    # a previous run folder to continue until its budget is spent
+    resume: Optional[str] = None
+    save_images: bool = True
+    save_best: bool = True
+    # 16 (the dtype fp16) or 32; bf16 is also accepted
+    best_precision: str = "16"
+    best_format: str = "safetensors"
+    run: RunSettings = field(default_factory=RunSettings)
+    merge: MergeConfig = field(default_factory=MergeConfig)
+    webui: WebUIConfig = field(default_factory=WebUIConfig)
+    payloads: PayloadsConfig = field(default_factory=PayloadsConfig)
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    optimiser: OptimiserConfig = field(default_factory=OptimiserConfig)
+    # the offline demo: generate tiny models and start the fake WebUI in-process
+    demo: bool = False
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="bayes_merger", node=Config)

@@ -1,0 +1,45 @@
+"""The project's exception types: one per kind of failure, each carrying a sentence a user can act on.
+
+The CLI turns any of these into that sentence and a non-zero exit code; anything else is a bug and
+keeps its traceback.
+"""
+
+
+class BayesMergerError(Exception):
+    """Base of every expected, user-facing failure."""
+
+    exit_code = 1
+
+
+class ConfigError(BayesMergerError):
+    """The configuration, a payload file or a command-line value is wrong."""
+
+    exit_code = 2
+
+
+class CheckpointError(BayesMergerError):
+    """A checkpoint cannot be read, is not a checkpoint, or does not fit the merge."""
+
+    exit_code = 3
+
+
+class MergeError(BayesMergerError):
+    """A merge method, its weights or its inputs do not fit together."""
+
+    exit_code = 3
+
+
+class WebUIError(BayesMergerError):
+    """The WebUI could not be reached or answered with an error."""
+
+    exit_code = 4
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ScorerError(BayesMergerError):
+    """The scorer's weights are missing or wrong, or a score is not a finite number."""
+
+    exit_code = 5

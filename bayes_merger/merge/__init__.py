@@ -1,0 +1,1 @@
+"""Checkpoints, architectures, merge methods and the in-place Merger."""

@@ -1,0 +1,364 @@
+"""Reading and writing checkpoints: safetensors first, pickles only through torch's weights-only loader.
+
+Reading normalises the older key names some checkpoints carry to the names every other module uses
+(see ``canonical_key``). Writing streams the safetensors format tensor by tensor, straight from the
+tensors' memory to the file, into a temporary file renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import re
+import struct
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bayes_merger.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+# what prune keeps: UNet, VAE, SD1/SD2 text encoder, SDXL text encoders (EMA, scheduler and extras go)
+PRUNE_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner.")
+
+# Older names of the same tensors (the aliases of the architecture key lists), as systematic rules:
+# - CLIP-L text encoders saved by older transformers versions lack the ``text_model.`` level;
+# - EMA copies named without the ``diffusion_model`` prefix (EMA keys have their dots removed).
+_CLIP_OLD = "cond_stage_model.transformer."
+_CLIP_NEW = "cond_stage_model.transformer.text_model."
+_CLIP_OLD_SUBTREES = ("embeddings.", "encoder.", "final_layer_norm.")
+_EMA = "model_ema."
+_EMA_UNET = "model_ema.diffusion_model"
+_EMA_OWN = ("model_ema.decay", "model_ema.num_updates")
+
+_ST_DTYPES: dict[torch.dtype, str] = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+}
+_TORCH_DTYPES = {v: k for k, v in _ST_DTYPES.items()}
+
+_DTYPE_NAMES: dict[str, torch.dtype] = {
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "16": torch.float16,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "float": torch.float32,
+    "32": torch.float32,
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A tensor's shape and dtype, known without reading its data."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+def canonical_key(key: str) -> str:
+    """The current name of a tensor that may carry an older alias."""
+    if key.startswith(_CLIP_OLD) and key[len(_CLIP_OLD) :].startswith(_CLIP_OLD_SUBTREES):
+        return _CLIP_NEW + key[len(_CLIP_OLD) :]
+    if key.startswith(_EMA) and not key.startswith(_EMA_UNET) and key not in _EMA_OWN:
+        return _EMA_UNET + key[len(_EMA) :]
+    return key
+
+
+def parse_dtype(name: str | None) -> torch.dtype | None:
+    """"fp16" / "bf16" / "fp32" (and their common spellings) as a torch dtype; None stays None."""
+    if name is None:
+        return None
+    try:
+        return _DTYPE_NAMES[str(name).lower()]
+    except KeyError:
+        raise ConfigError(f"Unknown precision {name!r}; use fp16, bf16 or fp32.") from None
+
+
+def is_kept_by_prune(key: str) -> bool:
+    return key.startswith(PRUNE_PREFIXES)
+
+
+# ----------------------------------------------------------------------------------------- reading
+
+
+def _checked_file(path: Path | str) -> Path:
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"Checkpoint {path} does not exist.")
+    if path.is_dir():
+        raise CheckpointError(f"Checkpoint {path} is a directory, not a checkpoint file.")
+    return path
+
+
+def _format_of(path: Path) -> str:
+    """"safetensors" or "pickle", from the suffix, else from the first bytes."""
+    suffix = path.suffix.lower()
+    if suffix in SAFETENSORS_SUFFIXES:
+        return "safetensors"
+    with path.open("rb") as f:
+        head = f.read(9)
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
+        return "pickle"  # torch's zip format, or a legacy pickle (PROTO opcode first)
+    if suffix in PICKLE_SUFFIXES:
+        raise CheckpointError(f"{path} is not a checkpoint: it is neither a torch zip archive nor a pickle.")
+    if len(head) == 9 and head[8:9] == b"{":
+        return "safetensors"  # 8-byte header length, then the JSON header
+    raise CheckpointError(
+        f"{path} is not a checkpoint (expected a .safetensors, .ckpt or .pt file, found {suffix or 'no suffix'})."
+    )
+
+
+def _safe_open(path: Path, device: str = "cpu"):
+    from safetensors import safe_open
+
+    try:
+        return safe_open(str(path), framework="pt", device=device)
+    except Exception as err:  # safetensors raises its own error types, and OSError
+        raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt: {err}).") from None
+
+
+def _torch_load(path: Path, device: str) -> dict[str, torch.Tensor]:
+    """A pickle checkpoint through torch's weights-only unpickler: nothing in it is ever executed."""
+    try:
+        try:
+            # zip-format files map lazily: only the tensors we keep are read
+            obj = torch.load(path, map_location=device, weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap can only be used" not in str(err):
+                raise
+            obj = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        if "Weights only load failed" in text:
+            found = re.search(r"GLOBAL ([\w.]+)", text)
+            what = f" ({found.group(1)})" if found else ""
+            raise CheckpointError(
+                f"{path} contains Python objects{what} that the safe loader will not execute; convert it to "
+                ".safetensors with a tool you trust, or use a .safetensors release of the model."
+            ) from None
+        raise CheckpointError(f"{path} is not a readable checkpoint ({text.splitlines()[0]}).") from None
+    except Exception as err:  # zip/pickle/EOF errors of every kind: the file is damaged or not a checkpoint
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt: {first}).") from None
+
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path} is not a checkpoint: it holds a {type(obj).__name__}, not a state dict.")
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if len(tensors) != len(obj):
+        log.debug("%s: ignoring %d entries that are not tensors", path, len(obj) - len(tensors))
+    if not tensors:
+        raise CheckpointError(f"{path} is not a checkpoint: it holds no tensors.")
+    return tensors
+
+
+def _stored_names(names: Iterable[str], path: Path) -> dict[str, str]:
+    """canonical name → stored name; where a file holds both an alias and its canonical name, the latter wins."""
+    chosen: dict[str, str] = {}
+    for stored in names:
+        canonical = canonical_key(stored)
+        if canonical in chosen and stored != canonical:
+            log.debug("%s: %s duplicates %s; keeping the latter", path, stored, canonical)
+            continue
+        chosen[canonical] = stored
+    return chosen
+
+
+def read_tensor_info(path: Path | str) -> dict[str, TensorInfo]:
+    """Every tensor's canonical name, shape and dtype, reading only the header where the format allows."""
+    path = _checked_file(path)
+    if _format_of(path) == "safetensors":
+        with _safe_open(path) as f:
+            names = _stored_names(f.keys(), path)
+            info = {}
+            for canonical, stored in names.items():
+                piece = f.get_slice(stored)
+                dtype = _TORCH_DTYPES.get(piece.get_dtype())
+                if dtype is None:
+                    raise CheckpointError(f"{path}: tensor {stored} has the unsupported dtype {piece.get_dtype()}.")
+                info[canonical] = TensorInfo(tuple(piece.get_shape()), dtype)
+            return info
+    tensors = _torch_load(path, "cpu")
+    names = _stored_names(tensors, path)
+    return {c: TensorInfo(tuple(tensors[s].shape), tensors[s].dtype) for c, s in names.items()}
+
+
+def load_state_dict(
+    path: Path | str,
+    device: str | torch.device = "cpu",
+    *,
+    keys: Collection[str] | None = None,
+    dtypes: Mapping[str, torch.dtype] | None = None,
+) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors under their canonical names, on ``device``.
+
+    ``keys`` restricts loading to those canonical names (the rest is never read from a
+    .safetensors file); ``dtypes`` gives per-key target dtypes for floating-point tensors (integer
+    tensors keep theirs), applied one tensor at a time so no second full copy is ever held.
+    """
+    path = _checked_file(path)
+    device = str(device)
+
+    def convert(t: torch.Tensor, canonical: str) -> torch.Tensor:
+        if dtypes is not None and t.is_floating_point():
+            target = dtypes.get(canonical)
+            if target is not None and target != t.dtype:
+                t = t.to(target)
+        return t
+
+    out: dict[str, torch.Tensor] = {}
+    if _format_of(path) == "safetensors":
+        with _safe_open(path, device) as f:
+            for canonical, stored in _stored_names(f.keys(), path).items():
+                if keys is None or canonical in keys:
+                    try:
+                        out[canonical] = convert(f.get_tensor(stored), canonical)
+                    except Exception as err:
+                        raise CheckpointError(f"{path}: tensor {stored} cannot be read ({err}).") from None
+    else:
+        tensors = _torch_load(path, device)
+        for canonical, stored in _stored_names(tensors, path).items():
+            if keys is None or canonical in keys:
+                out[canonical] = convert(tensors[stored], canonical)
+    if not out and keys is None:
+        raise CheckpointError(f"{path} is not a checkpoint: it holds no tensors.")
+    return out
+
+
+def file_sha256(path: Path | str) -> str:
+    """The hex sha256 of a whole file (what A1111 and Civitai show, the first 10 characters as "AutoV2")."""
+    path = _checked_file(path)
+    digest = hashlib.sha256()
+    buffer = bytearray(4 << 20)
+    view = memoryview(buffer)
+    with path.open("rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------- writing
+
+
+def _raw_bytes(t: torch.Tensor):
+    """The tensor's bytes as a buffer, without a copy for contiguous CPU tensors."""
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    t = t.contiguous()
+    if t.numel() == 0:
+        return b""
+    return t.reshape(-1).view(torch.uint8).numpy()
+
+
+def _tmp_path_for(path: Path) -> Path:
+    # hidden and not ending in .safetensors: a WebUI scanning the folder never lists a half-written file
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def write_safetensors(
+    path: Path | str,
+    entries: Sequence[tuple[str, torch.dtype, Sequence[int]]],
+    tensor_of: Callable[[str], torch.Tensor],
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write a .safetensors file tensor by tensor, atomically (temporary file, then rename).
+
+    ``entries`` lists (name, dtype, shape) in file order; ``tensor_of(name)`` is called once per
+    entry, in that order, and must return a tensor of that dtype and shape on any device. Only one
+    tensor is held at a time beyond what the caller holds, and a contiguous CPU tensor is written
+    from its own memory, so writing costs about what a plain write of the same bytes costs.
+    """
+    path = Path(path)
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    offset = 0
+    sizes = []
+    for name, dtype, shape in entries:
+        if dtype not in _ST_DTYPES:
+            raise CheckpointError(f"Cannot save tensor {name}: dtype {dtype} has no safetensors equivalent.")
+        numel = 1
+        for d in shape:
+            numel *= int(d)
+        size = numel * torch.empty((), dtype=dtype).element_size()
+        header[name] = {"dtype": _ST_DTYPES[dtype], "shape": [int(d) for d in shape], "data_offsets": [offset, offset + size]}
+        offset += size
+        sizes.append(size)
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned, as safetensors' own writer does
+
+    tmp = _tmp_path_for(path)
+    try:
+        with tmp.open("wb") as f:
+            f.write(struct.pack("<Q", len(blob)))
+            f.write(blob)
+            for (name, dtype, shape), size in zip(entries, sizes):
+                t = tensor_of(name)
+                if t.dtype != dtype or tuple(t.shape) != tuple(int(d) for d in shape):
+                    raise ValueError(f"tensor {name} is {t.dtype} {tuple(t.shape)}, announced {dtype} {tuple(shape)}")
+                written = f.write(_raw_bytes(t))
+                if written != size:
+                    raise OSError(f"short write of tensor {name}: {written} of {size} bytes")
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"Cannot write {path}: {err}.") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_state_dict(
+    tensors: Mapping[str, torch.Tensor],
+    path: Path | str,
+    metadata: Mapping[str, str] | None = None,
+    dtype: str | None = None,
+    prune: bool = False,
+) -> Path:
+    """Save tensors as .safetensors, atomically.
+
+    ``dtype`` ("fp16", "bf16", "fp32" or None to keep each tensor's) converts floating-point
+    tensors only — integer tensors such as ``position_ids`` keep theirs. ``prune`` keeps only the
+    UNet, VAE and text-encoder keys.
+    """
+    target = parse_dtype(dtype)
+    names = [k for k in tensors if not prune or is_kept_by_prune(k)]
+
+    def out_dtype(t: torch.Tensor) -> torch.dtype:
+        return target if target is not None and t.is_floating_point() else t.dtype
+
+    entries = [(k, out_dtype(tensors[k]), tuple(tensors[k].shape)) for k in names]
+
+    def tensor_of(name: str) -> torch.Tensor:
+        t = tensors[name]
+        wanted = out_dtype(t)
+        # convert on the tensor's own device (a GPU converts faster than it transfers)
+        return t if t.dtype == wanted else t.to(wanted)
+
+    return write_safetensors(path, entries, tensor_of, metadata)

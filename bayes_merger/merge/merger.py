@@ -1,0 +1,306 @@
+"""The Merger: models read once and kept resident, a per-key plan, and each merge written in place.
+
+Construction checks everything that can be checked from the files' headers — the method, model C,
+the architectures — before any tensor is read. It then loads A, B [, C] once onto the merge device
+and allocates one output tensor per merged key. Every ``merge(weights)`` writes into those same
+tensors, so memory stays flat over hundreds of trials.
+
+Per key (A's keys, in A's order):
+- merged with its block's α/β when the key has a block (see ``arch.Architecture.block_of``), is a
+  floating-point tensor in every model and has the same shape in every model;
+- otherwise A's tensor itself is the result (scheduler buffers, ``position_ids``, keys missing from
+  B or C, keys that pruning drops anyway): never copied, never converted;
+- the input convolution of an inpainting/instruct-pix2pix model A merged with a normal B merges its
+  first 4 input channels and keeps A's for the rest, as A1111 and supermerger do.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+import torch
+
+from bayes_merger import __version__
+from bayes_merger.config import MergeConfig
+from bayes_merger.errors import CheckpointError, ConfigError, MergeError
+from bayes_merger.merge.arch import INPUT_CONV_KEY, Architecture, detect_architecture
+from bayes_merger.merge.checkpoint import (
+    TensorInfo,
+    file_sha256,
+    is_kept_by_prune,
+    load_state_dict,
+    parse_dtype,
+    read_tensor_info,
+    save_state_dict,
+)
+from bayes_merger.merge.methods import MergeMethod, clip_to_inputs, get_method
+from bayes_merger.merge.weights import BlockWeights, layout_label
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` is the first CUDA device when there is one, else the CPU; other names are taken as they are."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"Unknown merge device {name!r}; use auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"Merge device {name!r} asked for, but torch sees no CUDA device; use auto or cpu.")
+    return device
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One merged key: its block, its inputs and where the result goes."""
+
+    key: str
+    block: int
+    a: torch.Tensor
+    b: torch.Tensor
+    c: torch.Tensor | None
+    out: torch.Tensor
+    # for a partial merge (the first input channels only): the slice of the key's output that
+    # receives ``out``; None when ``out`` is the key's output itself
+    into: torch.Tensor | None = None
+
+
+class Merger:
+    """Merges models A, B [, C] with block weights, in place, as often as asked."""
+
+    def __init__(self, model_a: Path, model_b: Path, model_c: Path | None, config: MergeConfig) -> None:
+        self.config = config
+        self.method: MergeMethod = get_method(config.method)
+        if self.method.needs_c and model_c is None:
+            raise MergeError(
+                f"Merge method '{self.method.name}' needs model C (model_c), but none was given."
+            )
+        if model_c is not None and not self.method.needs_c:
+            log.warning("Merge method %s does not use model C; ignoring %s.", self.method.name, model_c)
+            model_c = None
+        self.device: torch.device = resolve_device(config.device)
+        load_dtype = parse_dtype(config.load_dtype)
+        parse_dtype(config.dtype)  # a wrong save precision is refused now, not at the first save
+
+        self.models: dict[str, Path] = {"A": Path(model_a), "B": Path(model_b)}
+        if model_c is not None:
+            self.models["C"] = Path(model_c)
+
+        # headers only: every check below happens before a tensor is read
+        infos = {m: read_tensor_info(p) for m, p in self.models.items()}
+        archs = {
+            m: detect_architecture(info, {k: v.shape for k, v in info.items()}, str(self.models[m]))
+            for m, info in infos.items()
+        }
+        self.architecture: Architecture = archs["A"]
+        self._check_architectures(archs)
+
+        plan, partial = self._plan(infos)
+        self._load(infos, plan, partial, load_dtype)
+        self._hashes: dict[str, str] = {}
+        self._weights: BlockWeights | None = None
+
+    # ------------------------------------------------------------------------------------ checks
+
+    def _check_architectures(self, archs: Mapping[str, Architecture]) -> None:
+        a = archs["A"]
+        for m, arch in archs.items():
+            if m == "A":
+                continue
+            if arch.name != a.name:
+                raise CheckpointError(
+                    f"Models of different architectures cannot be merged: model A ({self.models['A']}) is "
+                    f"{a.label}, model {m} ({self.models[m]}) is {arch.label}."
+                )
+            if arch.variant and arch.variant != a.variant:
+                raise CheckpointError(
+                    f"Model {m} ({self.models[m]}) is an {arch.label} model and model A ({self.models['A']}) is "
+                    f"{a.label}: an inpainting or instruct-pix2pix model can only be merged as model A."
+                )
+
+    def _plan(self, infos: Mapping[str, Mapping[str, TensorInfo]]) -> tuple[dict[str, int], dict[str, int]]:
+        """key → block index for the merged keys, and key → channel count for the partial ones."""
+        arch = self.architecture
+        index = {name: i for i, name in enumerate(arch.blocks)}
+        others = [m for m in self.models if m != "A"]
+        plan: dict[str, int] = {}
+        partial: dict[str, int] = {}
+        missing: dict[str, int] = {m: 0 for m in others}
+        mismatched: list[str] = []
+        for key, info in infos["A"].items():
+            block = arch.block_of(key)
+            if block is None or not info.dtype.is_floating_point:
+                continue
+            if self.config.prune and not is_kept_by_prune(key):
+                continue  # never saved: merging it would cost time for nothing
+            found = [infos[m].get(key) for m in others]
+            if any(f is None for f in found):
+                for m, f in zip(others, found):
+                    missing[m] += f is None
+                continue
+            if not all(f.dtype.is_floating_point for f in found):
+                mismatched.append(key)
+                continue
+            if all(f.shape == info.shape for f in found):
+                plan[key] = index[block]
+            elif key == INPUT_CONV_KEY and arch.variant and all(
+                len(f.shape) == 4 and f.shape[1] <= info.shape[1] and f.shape[0] == info.shape[0] and f.shape[2:] == info.shape[2:]
+                for f in found
+            ):
+                plan[key] = index[block]
+                partial[key] = min(f.shape[1] for f in found)
+            else:
+                mismatched.append(key)
+        for m, n in missing.items():
+            if n:
+                log.warning("%d keys of model A are missing from model %s (%s); they keep A's values.", n, m, self.models[m])
+        if mismatched:
+            log.warning(
+                "%d keys differ in shape or type between the models (first: %s); they keep A's values.",
+                len(mismatched),
+                mismatched[0],
+            )
+        return plan, partial
+
+    # ----------------------------------------------------------------------------------- loading
+
+    def _load(
+        self,
+        infos: Mapping[str, Mapping[str, TensorInfo]],
+        plan: Mapping[str, int],
+        partial: Mapping[str, int],
+        load_dtype: torch.dtype | None,
+    ) -> None:
+        # A's dtype per key is the dtype of the result: B and C are brought to it as they load
+        dtypes = {
+            k: (load_dtype if load_dtype is not None and v.dtype.is_floating_point else v.dtype)
+            for k, v in infos["A"].items()
+        }
+        log.info("Loading model A %s onto %s", self.models["A"], self.device)
+        a = load_state_dict(self.models["A"], self.device, dtypes=dtypes)
+        inputs = {"A": a}
+        for m in self.models:
+            if m != "A":
+                log.info("Loading model %s %s onto %s", m, self.models[m], self.device)
+                inputs[m] = load_state_dict(self.models[m], self.device, keys=plan.keys(), dtypes=dtypes)
+
+        outputs: dict[str, torch.Tensor] = {}
+        steps: list[_Step] = []
+        with torch.no_grad():
+            for key, t in a.items():
+                if key not in plan:
+                    outputs[key] = t  # A's own tensor: not merged, never copied
+                    continue
+                b = inputs["B"][key]
+                c = inputs["C"][key] if "C" in inputs else None
+                if key in partial:
+                    n = partial[key]
+                    out = t.clone()  # the channels beyond n keep A's values for good
+                    outputs[key] = out
+                    a_part = t[:, :n].contiguous()
+                    c_part = None if c is None else c[:, :n].contiguous()
+                    part = _Step(key, plan[key], a_part, b[:, :n].contiguous(), c_part, torch.empty_like(a_part), out[:, :n])
+                    steps.append(part)
+                    log.info("%s: merging the first %d of %d input channels; the rest is model A's.", key, n, t.shape[1])
+                else:
+                    out = torch.empty_like(t)
+                    outputs[key] = out
+                    steps.append(_Step(key, plan[key], t, b, c, out))
+        self._inputs = inputs
+        self._steps = steps
+        self._outputs = outputs
+        self._view: Mapping[str, torch.Tensor] = MappingProxyType(outputs)
+        log.info(
+            "%s models loaded: %d keys merged, %d taken from model A.",
+            self.architecture.label, len(steps), len(outputs) - len(steps),
+        )
+
+    # ------------------------------------------------------------------------------------- merge
+
+    def check_weights(self, weights: BlockWeights) -> None:
+        """Refuse weights that do not fit the models' block layout or the method."""
+        if tuple(weights.blocks) != self.architecture.blocks:
+            raise MergeError(
+                f"The weights are for the {layout_label(weights.blocks)} layout ({len(weights.blocks)} blocks), "
+                f"but the models are {self.architecture.label} ({len(self.architecture.blocks)} blocks)."
+            )
+        if self.method.needs_beta and weights.beta is None:
+            raise MergeError(f"Merge method '{self.method.name}' needs beta weights, but only alpha was given.")
+
+    def merge(self, weights: BlockWeights) -> Mapping[str, torch.Tensor]:
+        """Merge with ``weights`` into the reused output tensors; returns them (read-only, A's key order).
+
+        The mapping and its tensors are the same objects on every call: a later merge overwrites
+        them. Keys that are not merged are model A's own tensors: do not modify them.
+        """
+        self.check_weights(weights)
+        alpha = weights.alpha
+        beta = weights.beta if weights.beta is not None else (0.0,) * len(alpha)
+        fn = self.method.fn
+        clip = self.config.weights_clip
+        with torch.no_grad():
+            for step in self._steps:
+                fn(step.a, step.b, step.c, alpha[step.block], beta[step.block], step.out)
+                if clip:
+                    clip_to_inputs(step.out, step.a, step.b)
+                if step.into is not None:
+                    step.into.copy_(step.out)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # "merged" means done, for callers that time it
+        self._weights = weights
+        return self._view
+
+    # ------------------------------------------------------------------------------------ output
+
+    @property
+    def last_weights(self) -> BlockWeights | None:
+        return self._weights
+
+    def model_sha256(self, model: str) -> str:
+        """sha256 of model "A", "B" or "C"'s file, computed on first use and kept."""
+        if model not in self._hashes:
+            self._hashes[model] = file_sha256(self.models[model])
+        return self._hashes[model]
+
+    def recipe(self) -> dict[str, str]:
+        """How the last merge was made: method, models (file names and sha256), weights, versions."""
+        recipe = {
+            "bayes_merger_version": __version__,
+            "merge_method": self.method.name,
+            "architecture": self.architecture.label,
+            "weights_clip": str(bool(self.config.weights_clip)).lower(),
+        }
+        for m, path in self.models.items():
+            recipe[f"model_{m.lower()}"] = path.name
+            recipe[f"model_{m.lower()}_sha256"] = self.model_sha256(m)
+        if self._weights is not None:
+            recipe["alpha"] = self._weights.alpha_string()
+            if self.method.needs_beta and self._weights.beta is not None:
+                recipe["beta"] = self._weights.beta_string()
+        return recipe
+
+    def save(
+        self,
+        path: Path,
+        *,
+        dtype: str | None = None,
+        prune: bool | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> Path:
+        """Write the last merge as .safetensors (atomically), the recipe in its metadata."""
+        if self._weights is None:
+            raise MergeError("Nothing to save yet: merge() has not been called.")
+        meta = {"format": "pt", **self.recipe(), **(metadata or {})}
+        return save_state_dict(
+            self._outputs,
+            Path(path),
+            meta,
+            dtype if dtype is not None else self.config.dtype,
+            self.config.prune if prune is None else prune,
+        )

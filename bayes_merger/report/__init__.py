@@ -1,0 +1,33 @@
+"""Plots and the HTML report of a run folder, rebuilt from run.json and trials.jsonl after every trial.
+
+    write_report(run_dir)                   # convergence.png, weights.png, report.html
+    python -m bayes_merger.report RUN_DIR   # the same, for any run folder (older runs too)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bayes_merger.report.html import render_html, write_text_atomic
+from bayes_merger.report.plots import convergence_figure, save_png, weights_figure
+from bayes_merger.report.run_folder import RunData, load_run, read_trials
+
+__all__ = ["write_report", "read_trials", "load_run", "RunData"]
+
+CONVERGENCE_PNG = "convergence.png"
+WEIGHTS_PNG = "weights.png"
+REPORT_HTML = "report.html"
+
+
+def write_report(run_dir: Path) -> None:
+    """(Re)build convergence.png, weights.png and report.html in run_dir from what it holds now.
+
+    Each file is replaced atomically, so a browser showing the report mid-run never reads half a file.
+    Missing or partial inputs (no successful trial, a cut-short last line, an old run.json) give a
+    report that says so; they do not raise.
+    """
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    save_png(convergence_figure(run), run_dir / CONVERGENCE_PNG)
+    save_png(weights_figure(run), run_dir / WEIGHTS_PNG)
+    write_text_atomic(run_dir / REPORT_HTML, render_html(run))

@@ -1,0 +1,423 @@
+"""report.html: one self-contained page (inline CSS and JS, no external resources) about a run.
+
+Every piece of text from the run folder (payload names, errors, paths, anything from the WebUI) goes
+through ``html.escape``; image paths are URL-quoted as well, so they stay relative file references.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from functools import lru_cache
+from html import escape
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterable, Mapping
+from urllib.parse import quote
+
+from matplotlib.colors import to_hex
+
+from bayes_merger import __version__
+from bayes_merger.report.assets import CSS, JS
+from bayes_merger.report.plots import weight_colormap, weight_norm
+from bayes_merger.report.run_folder import RunData, finite, trial_score, weight_set
+
+STAGES = ("merge", "load", "generate", "score")
+# past this many payloads the trials table shows no per-payload columns (it would get too wide)
+MAX_PAYLOAD_COLUMNS = 6
+UNKNOWN = "unknown"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text to path through a temporary file and a rename: a reader sees the old or the new file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# --- formatting ----------------------------------------------------------------------------------
+
+
+def fmt_score(score: float | None) -> str:
+    return "—" if score is None else f"{score:.4f}"
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return UNKNOWN
+    if seconds < 10:
+        return f"{seconds:.2f} s"
+    if seconds < 90:
+        return f"{seconds:.1f} s"
+    minutes = round(seconds / 60)
+    if minutes < 90:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def _text(value: Any) -> str:
+    """A run.json value as escaped text, "unknown" when missing."""
+    if value is None or value == "" or value == []:
+        return f'<span class="muted">{UNKNOWN}</span>'
+    if isinstance(value, list):
+        return escape(", ".join(str(v) for v in value))
+    return escape(str(value))
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _duration(run: RunData) -> float | None:
+    """Seconds from the run's start (or its first trial's) to the last finished trial."""
+    starts = [_parse_time(run.info.get("started_at"))] + [_parse_time(t.get("started_at")) for _, t in run.trials]
+    ends = [_parse_time(t.get("finished_at")) for _, t in run.trials]
+    start = next((s for s in starts if s is not None), None)
+    end = max((e for e in ends if e is not None), default=None)
+    return (end - start).total_seconds() if start and end and end >= start else None
+
+
+def _mean_timings(run: RunData) -> dict[str, float]:
+    means = {}
+    for stage in (*STAGES, "total"):
+        values = [v for _, t in run.trials if (v := finite(_mapping(t.get("timings")).get(stage))) is not None]
+        if values:
+            means[stage] = sum(values) / len(values)
+    return means
+
+
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _data(value: float | None) -> str:
+    """A cell's sort value: the number, or empty (sorted last) when there is none."""
+    return "" if value is None else repr(value)
+
+
+def _image_src(path: Any) -> str | None:
+    """A relative, quoted and escaped src for an image path from the log; None when there is none.
+
+    Only paths inside the run folder are shown: the report is a page about this run, and a
+    relative reference keeps working when the folder is moved or copied.
+    """
+    if not isinstance(path, str) or not path:
+        return None
+    relative = PurePosixPath(path.replace("\\", "/"))
+    if not relative.parts or relative.is_absolute() or ".." in relative.parts or ":" in relative.parts[0]:
+        return None
+    return escape(quote(str(relative), safe="/"))
+
+
+def _payload_names(run: RunData) -> list[str]:
+    names = [str(p) for p in _list(run.info.get("payloads")) if isinstance(p, (str, int, float))]
+    for _, trial in run.trials:
+        for name in _mapping(trial.get("payload_scores")):
+            if str(name) not in names:
+                names.append(str(name))
+        for image in _list(trial.get("images")):
+            payload = _mapping(image).get("payload")
+            if payload is not None and str(payload) not in names:
+                names.append(str(payload))
+    return names
+
+
+# --- sections ------------------------------------------------------------------------------------
+
+
+def _card(label: str, value: str, note: str = "", cls: str = "") -> str:
+    note_html = f'<div class="note">{note}</div>' if note else ""
+    return (f'<div class="card {cls}"><div class="label">{label}</div>'
+            f'<div class="value">{value}</div>{note_html}</div>')
+
+
+def _model(label: str, path: Any) -> str:
+    if not path:
+        missing = "none" if label == "C" else UNKNOWN
+        return f'<tr><th>{label}</th><td><span class="muted">{missing}</span></td></tr>'
+    text = str(path)
+    name = text.replace("\\", "/").rsplit("/", 1)[-1]
+    return (f'<tr><th>{label}</th><td><strong>{escape(name)}</strong> '
+            f'<code class="path">{escape(text)}</code></td></tr>')
+
+
+def _summary(run: RunData) -> str:
+    info = run.info
+    done, budget = len(run.trials), run.budget
+    failed = sum(1 for _, t in run.trials if trial_score(t) is None)
+    best = run.best
+    timings = _mean_timings(run)
+    duration = _duration(run)
+
+    progress = f"{done} / {budget if budget is not None else UNKNOWN}"
+    bar = ""
+    if budget:
+        pct = min(100.0, 100.0 * done / budget)
+        bar = f'<div class="bar"><span style="width:{pct:.1f}%"></span></div>'
+    budget_note = f"{failed} failed" if failed else "none failed"
+    remaining = (budget - done) if budget is not None else None
+    eta = ""
+    if remaining and remaining > 0 and "total" in timings:
+        eta = f"about {fmt_seconds(remaining * timings['total'])} to go"
+
+    cards = [
+        _card("Best score", fmt_score(best[2]) if best else "—",
+              f"trial {best[0]}" if best else "no successful trial yet", "accent"),
+        _card("Trials done", progress + bar, budget_note),
+        _card("Duration", fmt_seconds(duration) if duration is not None else UNKNOWN, eta),
+        _card("Method", _text(info.get("method"))),
+        _card("Architecture", _text(info.get("architecture") or info.get("arch_name")),
+              f"{len(run.blocks)} blocks{' · α and β' if run.uses_beta else ' · α only'}"),
+        _card("Scorer", _text(info.get("scorer")), f"seed {_text(info.get('seed'))}"),
+    ]
+
+    stage_rows = ""
+    longest = max((timings.get(s, 0.0) for s in STAGES), default=0.0) or 1.0
+    for stage in STAGES:
+        value = timings.get(stage)
+        width = 0.0 if value is None else 100.0 * value / longest
+        stage_rows += (f'<tr><th>{stage}</th><td class="num">{fmt_seconds(value)}</td><td class="barcell">'
+                       f'<div class="bar"><span style="width:{width:.1f}%"></span></div></td></tr>')
+    stage_rows += (f'<tr class="total"><th>trial</th><td class="num">{fmt_seconds(timings.get("total"))}</td>'
+                   '<td></td></tr>')
+
+    payloads = _payload_names(run)
+    payload_list = (", ".join(f"<code>{escape(p)}</code>" for p in payloads)
+                    or f'<span class="muted">{UNKNOWN}</span>')
+    return f"""
+<section id="summary">
+  <div class="cards">{''.join(cards)}</div>
+  <div class="two">
+    <div class="panel">
+      <h3>Models</h3>
+      <table class="kv">
+        {_model("A", info.get("model_a"))}{_model("B", info.get("model_b"))}{_model("C", info.get("model_c"))}
+        <tr><th>payloads</th><td>{payload_list}</td></tr>
+        <tr><th>started</th><td>{_text(info.get("started_at"))}</td></tr>
+      </table>
+    </div>
+    <div class="panel">
+      <h3>Mean time per stage</h3>
+      <table class="kv stages">{stage_rows}</table>
+    </div>
+  </div>
+</section>"""
+
+
+def _weight_code(run: RunData) -> str:
+    best = run.best
+    if best is None:
+        return ""
+    trial = best[1]
+    parts = []
+    for key, symbol in (("alpha_string", "α"), ("beta_string", "β")):
+        value = trial.get(key)
+        if isinstance(value, str) and value:
+            parts.append(f'<div class="mbw"><span>best {symbol}</span><code>{escape(value)}</code></div>')
+    return "".join(parts)
+
+
+def _figure(src: str, alt: str) -> str:
+    return f'<a href="{src}"><img class="plot" src="{src}" alt="{alt}"></a>'
+
+
+def _thumbs(run: RunData, trial: Mapping[str, Any], payload: str) -> str:
+    images = [i for i in _list(trial.get("images")) if str(_mapping(i).get("payload")) == payload]
+    if not images:
+        return '<div class="missing">no images recorded</div>'
+    out = []
+    for image in sorted(images, key=lambda i: i.get("index") if isinstance(i.get("index"), int) else 0):
+        path, src = image.get("path"), _image_src(image.get("path"))
+        caption = fmt_score(finite(image.get("score")))
+        if image.get("seed") is not None:
+            caption += f'<span class="muted"> · seed {escape(str(image["seed"]))}</span>'
+        if path in (None, ""):
+            body = '<div class="missing">image not saved</div>'
+        elif src is None:
+            body = f'<div class="missing">image outside the run folder<br><code>{escape(str(path))}</code></div>'
+        elif not (run.run_dir / str(path)).is_file():
+            body = f'<div class="missing">image missing<br><code>{escape(str(path))}</code></div>'
+        else:
+            body = f'<a href="{src}"><img src="{src}" loading="lazy" alt="{escape(payload)} image"></a>'
+        out.append(f"<figure>{body}<figcaption>{caption}</figcaption></figure>")
+    return "".join(out)
+
+
+def _images(run: RunData) -> str:
+    best, worst = run.best, run.worst
+    if best is None:
+        return '<p class="muted">No successful trial yet: images of the best and worst trials appear here.</p>'
+    sides = [("best", best)] + ([("worst", worst)] if worst and worst[0] != best[0] else [])
+    blocks = []
+    for payload in _payload_names(run) or [""]:
+        columns = []
+        for label, (n, trial, score) in sides:
+            payload_score = finite(_mapping(trial.get("payload_scores")).get(payload))
+            columns.append(
+                f'<div class="side {label}"><div class="side-head"><span class="tag {label}">{label}</span> '
+                f'trial {n} · score {fmt_score(score)} · payload {fmt_score(payload_score)}</div>'
+                f'<div class="thumbs">{_thumbs(run, trial, payload)}</div></div>')
+        blocks.append(f'<div class="payload"><h3>{escape(payload) or "images"}</h3>'
+                      f'<div class="compare cols-{len(columns)}">{"".join(columns)}</div></div>')
+    note = ("" if len(sides) == 2
+            else '<p class="muted">Only one successful trial so far: no worst trial to compare with.</p>')
+    return note + "".join(blocks)
+
+
+@lru_cache(maxsize=1)
+def _palette() -> tuple[str, ...]:
+    cmap = weight_colormap()
+    return tuple(to_hex(cmap(i / 255)) for i in range(256))
+
+
+def _colour(value: float, norm) -> str:
+    """The weight colormap's hex colour for value, from a 256-entry table: the table has thousands
+    of cells and matplotlib's Normalize costs ~0.1 ms a call."""
+    fraction = (value - norm.vmin) / ((norm.vmax - norm.vmin) or 1.0)
+    return _palette()[min(255, max(0, round(fraction * 255)))]
+
+
+def _strip(trial: Mapping[str, Any], name: str, blocks: Iterable[str], norm) -> str:
+    weights = weight_set(trial, name)
+    if not weights:
+        return ""
+    symbol = "α" if name == "alpha" else "β"
+    cells = "".join(
+        f'<i style="background:{_colour(weights[b], norm)}" title="{escape(b)} {symbol} {weights[b]:.3f}"></i>'
+        if b in weights else f'<i title="{escape(b)}: none"></i>' for b in blocks)
+    return f'<div class="wrow"><span>{symbol}</span><div class="strip">{cells}</div></div>'
+
+
+def _trial_cells(n: int, trial: Mapping[str, Any], payloads: list[str], blocks: list[str], norm) -> str:
+    score = trial_score(trial)
+    status = str(trial.get("status") or ("ok" if score is not None else UNKNOWN))
+    phase = str(trial.get("phase") or "")
+    cells = [f'<td class="num" data-v="{n}">{n}</td>',
+             f'<td data-v="{escape(phase)}">{escape(phase or UNKNOWN)}</td>',
+             f'<td data-v="{escape(status)}"><span class="status {escape(status)}">{escape(status)}</span></td>',
+             f'<td class="num score" data-v="{_data(score)}">{fmt_score(score)}</td>']
+    scores = _mapping(trial.get("payload_scores"))
+    for payload in payloads:
+        value = finite(scores.get(payload))
+        cells.append(f'<td class="num" data-v="{_data(value)}">{fmt_score(value)}</td>')
+    weights = ""
+    for name, key in (("alpha", "alpha_string"), ("beta", "beta_string")):
+        text = trial.get(key)
+        if weight_set(trial, name) or text:
+            weights += _strip(trial, name, blocks, norm)
+            weights += f'<code class="mbw-s">{escape(str(text)) if text else ""}</code>'
+    cells.append(f'<td class="weights">{weights}</td>')
+    total = finite(_mapping(trial.get("timings")).get("total"))
+    cells.append(f'<td class="num" data-v="{_data(total)}">{"—" if total is None else fmt_seconds(total)}</td>')
+    error = "" if trial.get("error") is None else str(trial.get("error"))
+    short = error if len(error) <= 180 else error[:177] + "…"
+    cells.append(f'<td class="error" data-v="{escape(error)}" title="{escape(error)}">{escape(short)}</td>')
+    return "".join(cells)
+
+
+def _trials_table(run: RunData) -> str:
+    if not run.trials:
+        return '<p class="muted">No trial has finished yet.</p>'
+    payloads = _payload_names(run)
+    payload_cols = payloads if len(payloads) <= MAX_PAYLOAD_COLUMNS else []
+    values = [v for _, t in run.trials for name in ("alpha", "beta")
+              for v in _mapping(weight_set(t, name)).values()]
+    norm = weight_norm(values)
+    best, worst = run.best, run.worst
+    blocks = list(run.blocks)
+
+    head = ['<th data-type="num" data-first="asc" scope="col">#</th>',
+            '<th data-type="text" scope="col">phase</th>', '<th data-type="text" scope="col">status</th>',
+            '<th data-type="num" scope="col" aria-sort="descending">score</th>']
+    head += [f'<th data-type="num" scope="col" class="payload-col">{escape(p)}</th>' for p in payload_cols]
+    head += ['<th scope="col">weights (α string{})</th>'.format(", β string" if run.uses_beta else ""),
+             '<th data-type="num" scope="col">time</th>', '<th data-type="text" scope="col">error</th>']
+
+    def order(item):  # score, best first; failed trials last, by number
+        n, t = item
+        score = trial_score(t)
+        return (score is None, -(score or 0.0), n)
+
+    rows = []
+    for n, trial in sorted(run.trials, key=order):
+        classes = []
+        if best and n == best[0]:
+            classes.append("best")
+        elif worst and n == worst[0] and len(run.ok_trials) > 1:
+            classes.append("worst")
+        if trial_score(trial) is None:
+            classes.append("failed")
+        rows.append(f'<tr class="{" ".join(classes)}">{_trial_cells(n, trial, payload_cols, blocks, norm)}</tr>')
+    return (f'<div class="table-wrap"><table class="trials sortable"><thead><tr>{"".join(head)}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div>')
+
+
+# --- page ----------------------------------------------------------------------------------------
+
+
+def render_html(run: RunData) -> str:
+    """The whole report page as a string."""
+    info = run.info
+    run_id = info.get("run_id") or run.run_dir.name
+    budget = run.budget
+    state = ""
+    if budget is not None:
+        state = ('<span class="pill done">finished</span>' if len(run.trials) >= budget
+                 else '<span class="pill live">in progress · reload to update</span>')
+    subtitle = " · ".join(escape(str(v)) for v in (info.get("architecture"), info.get("method")) if v)
+    generated = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="color-scheme" content="light">
+<title>bayes-merger · {escape(str(run_id))}</title>
+<style>{CSS}</style>
+</head>
+<body>
+<header>
+  <div class="brand">bayes-merger run</div>
+  <h1>{escape(str(run_id))} {state}</h1>
+  <div class="sub">{subtitle}</div>
+</header>
+<main>
+{_summary(run)}
+<section id="convergence">
+  <h2>Convergence</h2>
+  {_figure("convergence.png", "score per trial")}
+</section>
+<section id="weights">
+  <h2>Best block weights</h2>
+  {_figure("weights.png", "best block weights drawn as the UNet, and the top trials' weights")}
+  {_weight_code(run)}
+</section>
+<section id="images">
+  <h2>Best and worst trial, side by side</h2>
+  {_images(run)}
+</section>
+<section id="trials">
+  <h2>All trials <span class="count">{len(run.trials)}</span></h2>
+  <p class="hint">Click a column header to sort.</p>
+  {_trials_table(run)}
+</section>
+</main>
+<footer>Written {escape(generated)} by bayes-merger {escape(__version__)}.
+The run rewrites this page after every trial.</footer>
+<script>{JS}</script>
+</body>
+</html>
+"""

@@ -1,0 +1,55 @@
+"""What every scorer is: the Scorer protocol, the per-image context, and models shared between scorers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Hashable, Protocol, Sequence, TypeVar, runtime_checkable
+
+from PIL import Image
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ImageContext:
+    """Where one image comes from: its payload, its place in the payload's batch, its seed, its file.
+
+    ``path`` is where the trial loop saved the image (the manual scorer shows it), or None when
+    images are not saved.
+    """
+
+    payload: str
+    index: int
+    seed: int
+    path: Path | None = None
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Scores images: one float per image, higher is better, in the order given.
+
+    ``contexts``, when given, has one entry per image; scorers that only look at pixels ignore it.
+    """
+
+    name: str
+
+    def score(
+        self, images: Sequence[Image.Image], contexts: Sequence[ImageContext] | None = None
+    ) -> list[float]: ...
+
+
+class SharedModels:
+    """Models loaded once per ``build_scorer`` call and shared by the scorers that need the same one.
+
+    An ensemble of ``laion`` and ``chad`` needs one CLIP backbone, not two: each factory asks for
+    its backbone by a key (model id, device) and the first one loads it.
+    """
+
+    def __init__(self) -> None:
+        self._models: dict[Hashable, object] = {}
+
+    def get(self, key: Hashable, load: Callable[[], T]) -> T:
+        if key not in self._models:
+            self._models[key] = load()
+        return self._models[key]  # type: ignore[return-value]

@@ -1,0 +1,254 @@
+"""The CLIP image backbone: images → L2-normalised projected embeddings, batched, on one device.
+
+Preprocessing is OpenAI's CLIP pipeline, the one the aesthetic heads were trained with: shortest
+side resized to 224 (bicubic, the long side truncated like torchvision's ``Resize``), centre crop
+224 (offsets rounded like torchvision's ``CenterCrop``), RGB, scaled to [0, 1], normalised. It is done
+here with PIL and numpy rather than by ``CLIPImageProcessor`` because transformers' processors floor
+the crop offset (one pixel off OpenAI for some sizes) and, with torchvision installed, resize with
+torch kernels instead of PIL's; the processor's saved settings (size, crop, mean, std) are used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bayes_merger.errors import ConfigError, ScorerError
+from bayes_merger.scoring.weights import downloads_disabled
+
+log = logging.getLogger(__name__)
+
+OPENAI_CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+DEFAULT_CLIP = "openai/clip-vit-large-patch14"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """OpenAI's CLIP image transform with its settings: resize shortest side, centre crop, normalise."""
+
+    size: int = 224
+    crop_height: int = 224
+    crop_width: int = 224
+    mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
+    std: tuple[float, float, float] = OPENAI_CLIP_STD
+    resample: int = int(Image.Resampling.BICUBIC)
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """One image as a float32 array (3, crop_height, crop_width)."""
+        image = image.convert("RGB")
+        width, height = image.size
+        # torchvision Resize(int): the short side becomes `size`, the long side int(size·long/short)
+        if width <= height:
+            new_w, new_h = self.size, int(self.size * height / width)
+        else:
+            new_w, new_h = int(self.size * width / height), self.size
+        if (new_w, new_h) != (width, height):
+            image = image.resize((new_w, new_h), resample=Image.Resampling(self.resample))
+        # torchvision CenterCrop: offsets int(round(Δ / 2)) (Python rounds halves to even)
+        left = int(round((new_w - self.crop_width) / 2.0))
+        top = int(round((new_h - self.crop_height) / 2.0))
+        image = image.crop((left, top, left + self.crop_width, top + self.crop_height))
+        pixels = np.asarray(image, dtype=np.float32) / 255.0
+        pixels = (pixels - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+    @classmethod
+    def from_processor(cls, processor: object) -> Preprocessing:
+        """The settings of a saved ``CLIPImageProcessor`` (its preprocessor_config.json)."""
+        size = getattr(processor, "size", None) or {}
+        crop = getattr(processor, "crop_size", None) or {}
+        shortest = size.get("shortest_edge") or size.get("height") or 224
+        return cls(
+            size=int(shortest),
+            crop_height=int(crop.get("height") or shortest),
+            crop_width=int(crop.get("width") or shortest),
+            mean=tuple(float(v) for v in getattr(processor, "image_mean", OPENAI_CLIP_MEAN)),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in getattr(processor, "image_std", OPENAI_CLIP_STD)),  # type: ignore[arg-type]
+            resample=int(getattr(processor, "resample", Image.Resampling.BICUBIC)),
+        )
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` is CUDA when torch sees a GPU, else the CPU; anything else is taken as it is."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(f"scorer.device {device!r} is not a torch device (use auto, cpu, cuda, cuda:1 …).") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"scorer.device is {device!r} but torch sees no CUDA device; use auto or cpu.")
+    return resolved
+
+
+class ClipEmbedder:
+    """A CLIP vision tower with its projection, loaded once, embedding images in batches."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        preprocessing: Preprocessing,
+        device: torch.device,
+        batch_size: int = 8,
+        source: str = "",
+    ) -> None:
+        _check_batch_size(batch_size)
+        self.model = model.eval()
+        self.preprocessing = preprocessing
+        self.device = device
+        self.batch_size = batch_size
+        self.source = source
+        self.dtype = next(model.parameters()).dtype
+        # The last call's embeddings by image content, so scorers sharing this backbone in an
+        # ensemble (laion + chad) run it once per batch of images, not once per scorer.
+        self._memo: tuple[tuple[str, ...], torch.Tensor] | None = None
+
+    @property
+    def dim(self) -> int:
+        """The size of the projected embedding (768 for ViT-L/14)."""
+        return int(self.model.config.projection_dim)
+
+    @classmethod
+    def load(cls, clip: str = DEFAULT_CLIP, device: str = "auto", batch_size: int = 8) -> ClipEmbedder:
+        """Load ``clip`` (a Hugging Face id or a local folder): fp16 on a GPU, fp32 on the CPU.
+
+        With HF_HUB_OFFLINE set only local files and the Hugging Face cache are used; a model that
+        is not there is a ScorerError that says how to fetch it.
+        """
+        from transformers import CLIPVisionModelWithProjection
+
+        _check_batch_size(batch_size)  # config errors before the slow load
+        torch_device = resolve_device(device)
+        local = _looks_local(clip)
+        source = str(Path(clip).expanduser()) if local else clip
+        if local and not Path(source).is_dir():
+            raise ScorerError(f"scorer.clip is {clip!r}, but that folder does not exist.")
+        offline = downloads_disabled()
+        try:
+            with quiet_transformers():
+                model, info = CLIPVisionModelWithProjection.from_pretrained(
+                    source, local_files_only=offline, output_loading_info=True
+                )
+        except (OSError, ValueError) as exc:
+            raise ScorerError(_clip_missing_message(clip, local, offline, exc)) from exc
+        missing = sorted(info.get("missing_keys") or [])
+        if missing:
+            raise ScorerError(
+                f"scorer.clip {clip!r} has no weights for {', '.join(missing[:5])}: it must be a CLIP "
+                f"model with its image projection, such as {DEFAULT_CLIP}."
+            )
+        preprocessing = _load_preprocessing(source, offline, model)
+        dtype = torch.float16 if torch_device.type == "cuda" else torch.float32
+        model = model.to(device=torch_device, dtype=dtype)
+        log.info("CLIP %s loaded on %s (%s)", clip, torch_device, str(dtype).removeprefix("torch."))
+        return cls(model, preprocessing, torch_device, batch_size, source=clip)
+
+    def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """The preprocessed batch, float32 on the CPU: (n, 3, crop_height, crop_width)."""
+        return torch.from_numpy(np.stack([self.preprocessing(image) for image in images]))
+
+    def embed(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """L2-normalised projected embeddings, float32 on the CPU: (n, dim)."""
+        if not images:
+            return torch.empty(0, self.dim)
+        key = tuple(_fingerprint(image) for image in images)
+        if self._memo is not None and self._memo[0] == key:
+            return self._memo[1]
+        chunks = []
+        with torch.inference_mode():
+            for start in range(0, len(images), self.batch_size):
+                pixels = self.pixel_values(images[start : start + self.batch_size])
+                pixels = pixels.to(device=self.device, dtype=self.dtype)
+                embeds = self.model(pixel_values=pixels).image_embeds.float()
+                chunks.append(torch.nn.functional.normalize(embeds, dim=-1).cpu())
+        embeddings = torch.cat(chunks)
+        self._memo = (key, embeddings)
+        return embeddings
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise ConfigError(f"scorer.batch_size is {batch_size}; it must be at least 1.")
+
+
+def _fingerprint(image: Image.Image) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{image.mode}{image.size}".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+def _looks_local(clip: str) -> bool:
+    """A folder path rather than a Hugging Face id ("owner/name")."""
+    return (
+        Path(clip).expanduser().exists()
+        or os.path.isabs(clip)
+        or clip.startswith(("./", "../", "~", ".\\", "..\\"))
+        or "\\" in clip
+        or clip.count("/") > 1
+    )
+
+
+def _load_preprocessing(source: str, offline: bool, model: torch.nn.Module) -> Preprocessing:
+    try:
+        from transformers import CLIPImageProcessorPil as Processor  # transformers 5: no torchvision needed
+    except ImportError:
+        from transformers import CLIPImageProcessor as Processor
+    try:
+        with quiet_transformers():
+            processor = Processor.from_pretrained(source, local_files_only=offline)
+    except (OSError, ValueError):
+        size = int(getattr(model.config, "image_size", 224))
+        log.warning("%s has no preprocessor_config.json; using OpenAI's CLIP preprocessing at %d px", source, size)
+        return Preprocessing(size=size, crop_height=size, crop_width=size)
+    return Preprocessing.from_processor(processor)
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load report and progress bars for one load, then restore them.
+
+    Loading the vision tower from the full CLIP checkpoint lists every text-tower key as
+    "unexpected", which is expected; missing keys are checked by the caller instead.
+    """
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _clip_missing_message(clip: str, local: bool, offline: bool, exc: Exception) -> str:
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if local:
+        return (
+            f"scorer.clip folder {clip!r} does not hold a CLIP model ({detail}); it needs config.json, "
+            "model.safetensors (or pytorch_model.bin) and preprocessor_config.json."
+        )
+    from huggingface_hub import constants
+
+    why = "downloads are off (HF_HUB_OFFLINE is set)" if offline else "it could not be downloaded"
+    return (
+        f"CLIP model {clip!r} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {why}. "
+        f"Fetch it once with network: `hf download {clip} config.json preprocessor_config.json "
+        f"model.safetensors` (older huggingface_hub: `huggingface-cli download` with the same "
+        "arguments), which fills that cache (HF_HOME or HF_HUB_CACHE move it); or set scorer.clip to "
+        f"a local folder holding those files. ({detail})"
+    )

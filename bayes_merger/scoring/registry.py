@@ -1,0 +1,113 @@
+"""The list of scorers by name, and ``build_scorer``: config → a ready scorer, models loaded once.
+
+Adding a scorer (ImageReward, PickScore, HPSv2 …) is one new module with a factory
+``build(config: ScorerConfig, shared: SharedModels) -> Scorer`` and one line in ``SCORERS``.
+
+Config shapes::
+
+    scorer: {name: laion}                                   # one scorer
+    scorer: {name: ensemble, ensemble: {laion: 1.0, chad: 0.5}}   # several, weighted per image
+
+Ensemble members share the section's other settings (clip, device, batch_size, cache_dir) and one
+CLIP backbone; ``scorer.head`` is used by the member that takes a head file (``aesthetic_head``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import math
+from types import MappingProxyType
+from typing import Callable, Mapping
+
+from bayes_merger.config import ScorerConfig
+from bayes_merger.errors import ConfigError
+from bayes_merger.scoring import aesthetic, manual
+from bayes_merger.scoring.base import Scorer, SharedModels
+from bayes_merger.scoring.combine import check_combine_mode
+from bayes_merger.scoring.ensemble import EnsembleScorer
+
+log = logging.getLogger(__name__)
+
+ScorerFactory = Callable[[ScorerConfig, SharedModels], Scorer]
+
+#: Every scorer, by the name ``scorer.name`` (or an ensemble key) gives it. One explicit list.
+SCORERS: Mapping[str, ScorerFactory] = MappingProxyType(
+    {
+        "laion": aesthetic.build_laion,
+        "chad": aesthetic.build_chad,
+        "aesthetic_head": aesthetic.build_aesthetic_head,
+        "manual": manual.build_manual,
+    }
+)
+
+ENSEMBLE = "ensemble"
+
+#: Scorers that read ``scorer.head``; in an ensemble the others use their own published weights.
+_TAKES_HEAD_FILE = frozenset({"aesthetic_head"})
+
+
+def build_scorer(config: ScorerConfig) -> Scorer:
+    """The scorer the config names, with its weights checked and its models loaded (once).
+
+    Raises ConfigError for an unknown name or a bad ensemble, ScorerError when weights are missing
+    (offline) or wrong — before any trial runs.
+    """
+    config = _as_dataclass(config)
+    check_combine_mode(config.combine)
+    shared = SharedModels()
+    if config.name == ENSEMBLE:
+        members = _ensemble_members(config)
+        return EnsembleScorer(
+            [(_factory(name)(_member_config(config, name), shared), weight) for name, weight in members]
+        )
+    if config.ensemble:
+        raise ConfigError(
+            f"scorer.ensemble is set but scorer.name is {config.name!r}; "
+            "set scorer.name: ensemble to combine scorers, or remove scorer.ensemble."
+        )
+    return _factory(config.name)(config, shared)
+
+
+def _factory(name: str) -> ScorerFactory:
+    try:
+        return SCORERS[name]
+    except KeyError:
+        known = [*SCORERS, ENSEMBLE]
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"scorer.name {name!r} is not a scorer; use one of: {', '.join(known)}.{hint}") from None
+
+
+def _ensemble_members(config: ScorerConfig) -> list[tuple[str, float]]:
+    if not config.ensemble:
+        raise ConfigError("scorer.name is ensemble but scorer.ensemble is empty; give {scorer name: weight}.")
+    members: list[tuple[str, float]] = []
+    for name, weight in config.ensemble.items():
+        if name == ENSEMBLE:
+            raise ConfigError("scorer.ensemble cannot contain another ensemble.")
+        _factory(name)  # unknown names fail here, before anything loads
+        weight = float(weight)
+        if not math.isfinite(weight) or weight <= 0:
+            raise ConfigError(f"scorer.ensemble weight of {name} is {weight}; it must be a number > 0.")
+        members.append((name, weight))
+    return members
+
+
+def _member_config(config: ScorerConfig, name: str) -> ScorerConfig:
+    # One `head` setting cannot be every member's head: only the head-file scorer reads it.
+    head = config.head if name in _TAKES_HEAD_FILE else None
+    return dataclasses.replace(config, name=name, head=head, ensemble={})
+
+
+def _as_dataclass(config: ScorerConfig) -> ScorerConfig:
+    """Accept Hydra's DictConfig of the ScorerConfig schema as well as the dataclass itself."""
+    if isinstance(config, ScorerConfig):
+        return config
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(config, DictConfig):
+        merged = OmegaConf.merge(OmegaConf.structured(ScorerConfig), config)
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    raise TypeError(f"build_scorer takes a ScorerConfig, not {type(config).__name__}")

@@ -1,0 +1,215 @@
+"""Scorer head weights: pinned download sources, the cache, sha256 checks, and .pth → safetensors.
+
+A published head is fetched once, checked against its pinned sha256 (a mismatch is refused and the
+file deleted), converted to ``.safetensors`` with the source hash in its metadata, and kept in the
+cache dir. Later runs read only the safetensors file, so no pickle is ever opened twice, and the
+``.pth`` itself is only ever read with torch's ``weights_only`` loader.
+
+Cache dir: ``scorer.cache_dir`` if set, else ``$XDG_CACHE_HOME/bayes-merger`` (``~/.cache/bayes-merger``).
+With ``HF_HUB_OFFLINE=1`` nothing is downloaded: a head that is not cached is an error saying where
+to put the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from bayes_merger.errors import ScorerError
+
+log = logging.getLogger(__name__)
+
+#: Metadata key in our converted files: the sha256 of the .pth they were converted from.
+SOURCE_SHA256_KEY = "source_sha256"
+
+_TRUTHY = {"1", "ON", "YES", "TRUE"}
+
+
+@dataclass(frozen=True)
+class HeadSource:
+    """A published head file: where it is, what it must hash to, and what it is called."""
+
+    name: str
+    description: str
+    url: str
+    sha256: str
+    filename: str
+
+    @property
+    def cached_name(self) -> str:
+        """The converted file's name in the cache dir."""
+        return Path(self.filename).stem + ".safetensors"
+
+
+LAION_HEAD = HeadSource(
+    name="laion",
+    description="LAION improved aesthetic predictor head",
+    url="https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/"
+    "sac+logos+ava1-l14-linearMSE.pth",
+    sha256="21dd590f3ccdc646f0d53120778b296013b096a035a2718c9cb0d511bff0f1e0",
+    filename="sac+logos+ava1-l14-linearMSE.pth",
+)
+
+CHAD_HEAD = HeadSource(
+    name="chad",
+    description="SD-Chad aesthetic head",
+    url="https://github.com/grexzen/SD-Chad/raw/main/chadscorer.pth",
+    sha256="ba265592f419d88ad66216257d54c57eae08ae2fde0b8be167bbe7ddc09206bd",
+    filename="chadscorer.pth",
+)
+
+#: Downloads a URL to a local file; may raise requests/OS errors (turned into ScorerError).
+Downloader = Callable[[str, Path], None]
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/bayes-merger``, or ``~/.cache/bayes-merger`` when XDG_CACHE_HOME is unset."""
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base) if base else Path.home() / ".cache") / "bayes-merger"
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None) -> Path:
+    return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+
+
+def downloads_disabled() -> bool:
+    """True when HF_HUB_OFFLINE asks for no network (read now, not at import time)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in _TRUTHY
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def http_download(url: str, dest: Path, timeout: float = 60.0) -> None:
+    """Stream ``url`` into ``dest``; a truncated file is caught by the sha256 check that follows."""
+    import requests  # imported here: only a first-time download needs it
+
+    with requests.get(url, stream=True, timeout=timeout) as response:
+        response.raise_for_status()
+        with open(dest, "wb") as handle:
+            for chunk in response.iter_content(chunk_size=1 << 20):
+                handle.write(chunk)
+
+
+def pinned_head(source: HeadSource, cache_dir: Path, download: Downloader | None = None) -> Path:
+    """The cached safetensors file of a published head, fetching and converting it if needed.
+
+    Looks, in order, for the converted file in ``cache_dir``, for the original ``.pth`` put there
+    by hand (checked, then converted), and finally downloads it (unless HF_HUB_OFFLINE is set).
+    """
+    cached = cache_dir / source.cached_name
+    if cached.is_file():
+        if converted_from(cached) == source.sha256:
+            return cached
+        log.warning("%s does not come from the pinned %s; fetching it again", cached, source.filename)
+
+    placed = cache_dir / source.filename
+    if placed.is_file():
+        check_sha256(placed, source.sha256, what=source.description, url=source.url)
+        convert_to_safetensors(placed, cached, source_sha256=source.sha256, source_url=source.url)
+        return cached
+
+    if downloads_disabled():
+        raise ScorerError(_missing_message(source, cache_dir, "downloads are off (HF_HUB_OFFLINE is set)"))
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(dir=cache_dir, prefix=f".{source.filename}.", suffix=".part")
+    os.close(handle)
+    tmp = Path(tmp_name)
+    try:
+        log.info("Downloading the %s from %s", source.description, source.url)
+        try:
+            (download or http_download)(source.url, tmp)
+        except Exception as exc:  # requests, OS and HTTP errors alike mean: not downloaded
+            raise ScorerError(_missing_message(source, cache_dir, f"the download failed ({exc})")) from exc
+        check_sha256(tmp, source.sha256, what=source.description, url=source.url)
+        convert_to_safetensors(tmp, cached, source_sha256=source.sha256, source_url=source.url)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return cached
+
+
+def check_sha256(path: Path, expected: str, *, what: str, url: str = "") -> None:
+    actual = file_sha256(path)
+    if actual != expected:
+        where = f" from {url}" if url else ""
+        raise ScorerError(
+            f"{path} has sha256 {actual}, but the {what}{where} must have sha256 {expected}; "
+            "the file was not used (delete it and download it again)."
+        )
+
+
+def load_head_file(path: Path) -> dict[str, torch.Tensor]:
+    """A head's tensors from a ``.safetensors`` file, or from a ``.pth`` through ``weights_only``.
+
+    Tensors come back on the CPU (the LAION file was saved from ``cuda:0``). A ``.pth`` holding
+    ``{"state_dict": {...}}`` is unwrapped.
+    """
+    if not path.is_file():
+        raise ScorerError(f"Head file {path} does not exist.")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as exc:
+            raise ScorerError(f"{path} is not a readable safetensors file ({exc}).") from exc
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ScorerError(
+            f"{path} could not be read as a plain PyTorch state dict with weights_only=True ({exc}); "
+            "files that need arbitrary pickled code are refused."
+        ) from exc
+    if isinstance(loaded, Mapping) and set(loaded) == {"state_dict"}:
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise ScorerError(f"{path} does not hold a state dict of tensors (found {type(loaded).__name__}).")
+    return {str(k): v for k, v in loaded.items()}
+
+
+def convert_to_safetensors(
+    source: Path, dest: Path, *, source_sha256: str, source_url: str = ""
+) -> Path:
+    """Write ``source``'s tensors to ``dest`` as safetensors, atomically (temp file + rename)."""
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in load_head_file(source).items()}
+    metadata = {SOURCE_SHA256_KEY: source_sha256, "source_url": source_url, "format": "pt"}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    os.close(handle)
+    try:
+        save_file(tensors, tmp_name, metadata=metadata)
+        os.replace(tmp_name, dest)
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
+    log.info("Cached %s as %s", source.name, dest)
+    return dest
+
+
+def converted_from(path: Path) -> str | None:
+    """The source sha256 recorded in one of our converted safetensors files (None otherwise)."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get(SOURCE_SHA256_KEY)
+    except Exception:  # unreadable or foreign: treated as not ours
+        return None
+
+
+def _missing_message(source: HeadSource, cache_dir: Path, why: str) -> str:
+    return (
+        f"The {source.description} is not cached and {why}. Download {source.url} "
+        f"(sha256 {source.sha256}) and save it as {cache_dir / source.filename}, "
+        "or set scorer.head to a local copy of that file."
+    )

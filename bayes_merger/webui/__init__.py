@@ -1,0 +1,1 @@
+"""Talking to an AUTOMATIC1111-compatible WebUI, and the payloads it renders."""

@@ -1,0 +1,615 @@
+"""Payloads: the txt2img requests every trial renders, read from YAML with fixed seeds and seeded wildcards.
+
+Two file formats (see ``payloads/README.md``):
+
+- the original tool's: a ``cargo.yaml`` whose Hydra defaults list names the payloads
+  (``defaults: [{cargo: [portrait, landscape]}]``) and whose other keys are defaults for all of them,
+  next to a ``cargo/`` folder holding one ``<name>.yaml`` per payload, the payload's name as its
+  top-level key; a folder of such payload files also works on its own;
+- the list form: one file with ``defaults:`` and ``payloads: [{name: ..., prompt: ..., ...}]``.
+
+Layers, lowest first: the file's defaults, the config's ``payloads.defaults``, the payload's own fields.
+Everything that makes a render random is fixed here, once, so every trial (and a resumed run) sends
+exactly the same requests: seeds are derived from the run seed when a payload gives none, and each
+wildcard draw is derived from (run seed, payload, field, occurrence).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import logging
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from bayes_merger.config import PayloadsConfig
+from bayes_merger.errors import ConfigError
+
+__all__ = ["Payload", "load_payloads", "TXT2IMG_FIELDS"]
+
+log = logging.getLogger(__name__)
+
+_TEXT, _INT, _NUMBER, _BOOL = "text", "whole number", "number", "true or false"
+_LIST, _TEXT_LIST, _MAPPING = "list", "list of text", "mapping"
+
+# Every field of A1111 1.10's StableDiffusionTxt2ImgProcessingAPI (plus Forge's distilled_cfg_scale)
+# and the kind of value it takes; anything else is sent but warned about, since the API ignores it.
+TXT2IMG_FIELDS: Mapping[str, str] = {
+    "prompt": _TEXT, "negative_prompt": _TEXT, "styles": _TEXT_LIST,
+    "seed": _INT, "subseed": _INT, "subseed_strength": _NUMBER,
+    "seed_resize_from_h": _INT, "seed_resize_from_w": _INT,
+    "sampler_name": _TEXT, "sampler_index": _TEXT, "scheduler": _TEXT,
+    "batch_size": _INT, "n_iter": _INT, "steps": _INT,
+    "cfg_scale": _NUMBER, "distilled_cfg_scale": _NUMBER, "width": _INT, "height": _INT,
+    "restore_faces": _BOOL, "tiling": _BOOL, "do_not_save_samples": _BOOL, "do_not_save_grid": _BOOL,
+    "eta": _NUMBER, "denoising_strength": _NUMBER, "s_min_uncond": _NUMBER, "s_churn": _NUMBER,
+    "s_tmax": _NUMBER, "s_tmin": _NUMBER, "s_noise": _NUMBER,
+    "override_settings": _MAPPING, "override_settings_restore_afterwards": _BOOL,
+    "refiner_checkpoint": _TEXT, "refiner_switch_at": _NUMBER, "disable_extra_networks": _BOOL,
+    "firstpass_image": _TEXT, "comments": _MAPPING,
+    "enable_hr": _BOOL, "firstphase_width": _INT, "firstphase_height": _INT, "hr_scale": _NUMBER,
+    "hr_upscaler": _TEXT, "hr_second_pass_steps": _INT, "hr_resize_x": _INT, "hr_resize_y": _INT,
+    "hr_checkpoint_name": _TEXT, "hr_sampler_name": _TEXT, "hr_scheduler": _TEXT,
+    "hr_prompt": _TEXT, "hr_negative_prompt": _TEXT,
+    "force_task_id": _TEXT, "script_name": _TEXT, "script_args": _LIST,
+    "send_images": _BOOL, "save_images": _BOOL, "alwayson_scripts": _MAPPING, "infotext": _TEXT,
+}
+# Our own keys, never sent to the WebUI.
+_OWN_FIELDS = frozenset({"score_weight"})
+# Typos that the original tool's own templates spread (cfg, neg_prompt, sampler) and a common
+# SD.Next field, with what A1111 calls them; checked before the fuzzy match.
+_KNOWN_MISTAKES = {
+    "cfg": "cfg_scale",
+    "neg_prompt": "negative_prompt",
+    "negative": "negative_prompt",
+    "sampler": "sampler_name",
+    "clip_skip": "override_settings: {CLIP_stop_at_last_layers: N}",
+}
+# Fields where __wildcards__ are expanded.
+_PROMPT_FIELDS = ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt")
+_POSITIVE_INTS = ("steps", "batch_size", "n_iter", "width", "height")
+# numpy seeds its samplers' noise with 32-bit seeds, and A1111 adds the image index to the seed.
+_MAX_SEED = 2**32 - 1
+_DERIVED_SEED_RANGE = 2**31
+_WILDCARD = re.compile(r"__([A-Za-z0-9][A-Za-z0-9_./-]*?)__")
+_MAX_WILDCARD_DEPTH = 10
+
+
+@dataclass(frozen=True)
+class Payload:
+    """One txt2img request, fully resolved: the same body is sent in every trial.
+
+    ``request`` is a plain JSON-ready dict (so it can go straight to ``requests``); treat it as
+    read-only and copy it before changing anything. ``seeds`` are the seeds A1111 gives the
+    ``images`` images of the request, in order (-1 each when random seeds were allowed).
+    """
+
+    name: str
+    request: Mapping[str, Any] = field(hash=False)
+    score_weight: float
+    images: int
+    seeds: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """Fields from one place, with the label used in messages about them."""
+
+    fields: Mapping[str, Any]
+    label: str  # a file path, or "payloads.defaults (config)"
+    kind: str  # "file_defaults", "config_defaults" or "payload"
+
+
+@dataclass(frozen=True)
+class _RawPayload:
+    name: str
+    own: _Layer
+    file_defaults: _Layer | None
+
+
+def load_payloads(config: PayloadsConfig, run_seed: int) -> list[Payload]:
+    """Read, check and resolve the payloads named by ``config``; ConfigError on anything wrong."""
+    if isinstance(run_seed, bool) or not isinstance(run_seed, int):
+        raise ConfigError(f"run.seed must be a whole number, got {run_seed!r}.")
+    if not config.dir:
+        raise ConfigError("payloads.dir is empty: give a payload folder or a payload file.")
+    raws, root = _discover(Path(str(config.dir)).expanduser())
+    _check_unique(raws)
+    config_defaults = _plain(config.defaults) or {}
+    if not isinstance(config_defaults, Mapping):
+        raise ConfigError(f"payloads.defaults must be a mapping of txt2img fields, got {config_defaults!r}.")
+    builder = _Builder(
+        run_seed=run_seed,
+        allow_random=bool(config.allow_random_seeds),
+        wildcards=_Wildcards(_wildcards_dir(config.wildcards_dir, root)),
+        config_defaults=_Layer(dict(config_defaults), "payloads.defaults (config)", "config_defaults"),
+    )
+    payloads = [builder.build(raw) for raw in raws]
+    if all(p.score_weight == 0 for p in payloads):
+        raise ConfigError(f"every payload in {config.dir} has score_weight 0, so nothing would be scored.")
+    builder.log_summary()
+    log.info(
+        "Payloads: %d (%s), %d images per trial.",
+        len(payloads), ", ".join(p.name for p in payloads), sum(p.images for p in payloads),
+    )
+    return payloads
+
+
+# --- finding payloads --------------------------------------------------------------------------
+
+
+def _discover(path: Path) -> tuple[list[_RawPayload], Path]:
+    """The payloads under ``path`` (a folder or a file) and the folder that holds the payload set."""
+    if not path.exists():
+        raise ConfigError(f"payloads.dir {path} does not exist.")
+    if path.is_file():
+        return _from_file(path, _read_yaml(path), direct=True), path.parent
+    cargo = _cargo_file(path)
+    if cargo is not None:
+        log.info("Payloads: using %s and the payload files it lists.", cargo)
+        return _from_cargo(cargo, _read_yaml(cargo)), cargo.parent
+    files = sorted(
+        p for p in path.iterdir() if p.is_file() and p.suffix in (".yaml", ".yml") and ".tmpl." not in p.name
+    )
+    if not files:
+        hint = ""
+        if (path / "cargo").is_dir():
+            hint = f" (its cargo/ subfolder may: point payloads.dir at {path / 'cargo'})"
+        raise ConfigError(f"payloads.dir {path} holds no payload files (*.yaml){hint}.")
+    raws: list[_RawPayload] = []
+    for file in files:
+        raws.extend(_from_file(file, _read_yaml(file), direct=False))
+    return raws, path
+
+
+def _cargo_file(folder: Path) -> Path | None:
+    """The original tool's cargo file for a folder: inside it, or beside it when the folder is cargo/."""
+    candidates = [folder / "cargo.yaml", folder / "cargo.yml"]
+    if folder.name == "cargo":
+        candidates += [folder.parent / "cargo.yaml", folder.parent / "cargo.yml"]
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read payload file {path}: {exc}.") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"payload file {path} is not valid YAML{where}: {problem}.") from None
+
+
+def _from_file(path: Path, data: Any, *, direct: bool) -> list[_RawPayload]:
+    if data is None:
+        raise ConfigError(f"payload file {path} is empty.")
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"payload file {path} must hold a mapping, not a {type(data).__name__}.")
+    if isinstance(data.get("payloads"), list):
+        return _from_list(path, data)
+    if direct and isinstance(data.get("defaults"), list):
+        return _from_cargo(path, data)
+    return _from_payload_file(path, data, file_defaults=None)
+
+
+def _from_list(path: Path, data: Mapping[str, Any]) -> list[_RawPayload]:
+    """The list form: ``defaults:`` (optional) and ``payloads:``, a list of mappings with a ``name``."""
+    extra = sorted(str(k) for k in data if k not in ("defaults", "payloads"))
+    if extra:
+        raise ConfigError(
+            f"{path}: unknown top-level key '{extra[0]}'; a payload list file holds only "
+            "'defaults' and 'payloads'."
+        )
+    defaults = data.get("defaults") or {}
+    if not isinstance(defaults, Mapping):
+        raise ConfigError(f"{path}: 'defaults' must be a mapping of txt2img fields.")
+    file_defaults = _Layer(_string_keys(defaults, path), str(path), "file_defaults")
+    if not data["payloads"]:
+        raise ConfigError(f"{path}: 'payloads' is an empty list.")
+    raws = []
+    for index, item in enumerate(data["payloads"], start=1):
+        if not isinstance(item, Mapping):
+            raise ConfigError(
+                f"{path}: payload #{index} in 'payloads' must be a mapping with a name and a prompt."
+            )
+        fields = _string_keys(item, path)
+        name = fields.pop("name", None)
+        if not isinstance(name, str):
+            raise ConfigError(f"{path}: payload #{index} in 'payloads' needs a 'name' (text), got {name!r}.")
+        raws.append(_RawPayload(_check_name(name, path), _Layer(fields, str(path), "payload"), file_defaults))
+    return raws
+
+
+def _from_cargo(path: Path, data: Mapping[str, Any]) -> list[_RawPayload]:
+    """The original tool's cargo file: its Hydra defaults list names the payloads, the rest are defaults."""
+    names = _cargo_names(path, data.get("defaults"))
+    inline = data.get("cargo")
+    defaults = {k: v for k, v in _string_keys(data, path).items() if k not in ("defaults", "cargo")}
+    file_defaults = _Layer(defaults, str(path), "file_defaults")
+    raws: list[_RawPayload] = []
+    folder = path.parent / "cargo"
+    for name in names:
+        if ".." in name.split("/"):
+            raise ConfigError(f"{path}: payload entry '{name}' must stay inside {folder}.")
+        file = next((f for f in (folder / f"{name}.yaml", folder / f"{name}.yml") if f.is_file()), None)
+        if file is None:
+            expected = folder / f"{name}.yaml"
+            raise ConfigError(f"{path} lists the payload '{name}', but {expected} does not exist.")
+        raws.extend(_from_payload_file(file, _read_yaml(file), file_defaults))
+    # A composed config (what Hydra made of the cargo) may carry the payloads inline under cargo:.
+    if isinstance(inline, Mapping):
+        raws.extend(_from_payload_file(path, inline, file_defaults))
+    if not raws:
+        raise ConfigError(f"{path} lists no payloads: add them under 'defaults: [{{cargo: [name, ...]}}]'.")
+    return raws
+
+
+def _cargo_names(path: Path, entries: Any) -> list[str]:
+    names: list[str] = []
+    for entry in entries or []:
+        if entry == "_self_":
+            continue
+        if isinstance(entry, str) and entry.startswith("cargo/"):
+            names.append(entry[len("cargo/"):])
+        elif isinstance(entry, Mapping) and "cargo" in entry:
+            listed = entry["cargo"]
+            listed = [listed] if isinstance(listed, str) else listed
+            if not isinstance(listed, list) or not all(isinstance(n, str) for n in listed):
+                raise ConfigError(
+                    f"{path}: 'cargo' in the defaults list must be a payload name or a list of names."
+                )
+            names.extend(listed)
+        else:
+            log.warning("%s: defaults entry %r is not a payload list; ignored.", path, entry)
+    return names
+
+
+def _from_payload_file(path: Path, data: Any, file_defaults: _Layer | None) -> list[_RawPayload]:
+    """One payload file: ``name: {fields}`` (the original format), or bare fields named by the file."""
+    if data is None:
+        raise ConfigError(f"payload file {path} is empty.")
+    if not isinstance(data, Mapping) or not data:
+        raise ConfigError(f"payload file {path} must hold a mapping 'name: {{prompt: ..., ...}}'.")
+    data = _string_keys(data, path)
+    if "prompt" in data and not isinstance(data["prompt"], Mapping):
+        # The oldest versions of the original tool: fields at the top, the file names the payload.
+        return [_RawPayload(_check_name(path.stem, path), _Layer(data, str(path), "payload"), file_defaults)]
+    raws = []
+    for name, fields in data.items():
+        if not isinstance(fields, Mapping):
+            raise ConfigError(
+                f"{path}: top-level key '{name}' should be a payload name holding its txt2img fields "
+                f"(prompt, steps, ...), not a {type(fields).__name__}."
+            )
+        own = _Layer(_string_keys(fields, path), str(path), "payload")
+        raws.append(_RawPayload(_check_name(name, path), own, file_defaults))
+    return raws
+
+
+def _string_keys(data: Mapping[Any, Any], path: Path) -> dict[str, Any]:
+    for key in data:
+        if not isinstance(key, str):
+            raise ConfigError(f"{path}: key {key!r} must be text (a field or payload name).")
+    return dict(data)
+
+
+def _check_name(name: str, path: Path) -> str:
+    # Names become parts of image file names and keys of the trial log.
+    bad = not name or len(name) > 100 or name != name.strip() or name.startswith(".")
+    if bad or any(c in name for c in "/\\") or any(ord(c) < 32 for c in name):
+        raise ConfigError(
+            f"{path}: payload name {name!r} must be 1-100 characters without slashes or a leading dot."
+        )
+    return name
+
+
+def _check_unique(raws: Sequence[_RawPayload]) -> None:
+    seen: dict[str, str] = {}
+    for raw in raws:
+        if raw.name in seen:
+            first = seen[raw.name]
+            where = f"in {first}" if first == raw.own.label else f"in {first} and in {raw.own.label}"
+            raise ConfigError(f"payload name '{raw.name}' is defined twice, {where}.")
+        seen[raw.name] = raw.own.label
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+# --- building requests -------------------------------------------------------------------------
+
+
+class _Fields:
+    """One payload's fields after layering, each remembering the layer (file) it came from."""
+
+    def __init__(self, raw: _RawPayload, layers: Sequence[_Layer]) -> None:
+        self.name = raw.name
+        self.own = raw.own
+        self.origin: dict[str, _Layer] = {}
+        self.values: dict[str, Any] = {}
+        for layer in layers:
+            for key, value in layer.fields.items():
+                self.origin[key] = layer
+                self.values[key] = value
+
+    def where(self, key: str) -> str:
+        """'<file>: payload '<name>' field '<key>'' (or 'default field') for messages."""
+        return f"{_subject(self.origin.get(key, self.own), self.name)} field '{key}'"
+
+
+class _Builder:
+    """Turns raw payloads into resolved Payloads; remembers which warnings it already gave."""
+
+    def __init__(
+        self, *, run_seed: int, allow_random: bool, wildcards: _Wildcards, config_defaults: _Layer
+    ) -> None:
+        self.run_seed = run_seed
+        self.allow_random = allow_random
+        self.wildcards = wildcards
+        self.config_defaults = config_defaults
+        self._warned: set[tuple[str, str]] = set()
+        self._no_steps: list[str] = []
+        self._random: list[str] = []
+
+    def build(self, raw: _RawPayload) -> Payload:
+        layers = [layer for layer in (raw.file_defaults, self.config_defaults, raw.own) if layer is not None]
+        for layer in layers:
+            for key in layer.fields:
+                self._warn_unknown(key, layer, raw.name)
+        fields = _Fields(raw, layers)
+        score_weight = _score_weight(fields)
+        for key, value in fields.values.items():
+            if key in TXT2IMG_FIELDS and value is not None:
+                _check_kind(value, TXT2IMG_FIELDS[key], fields.where(key))
+        _check_values(fields)
+        # null means "the WebUI's default": it also clears a value set by a defaults layer.
+        request = {
+            k: copy.deepcopy(v) for k, v in fields.values.items() if v is not None and k not in _OWN_FIELDS
+        }
+        for key in _PROMPT_FIELDS:
+            if key in request:
+                where = fields.where(key)
+                request[key] = self.wildcards.expand(request[key], self.run_seed, raw.name, key, where)
+        images = request.get("batch_size", 1) * request.get("n_iter", 1)
+        seeds = self._fix_seeds(request, fields, images)
+        self._force_output_fields(request, fields)
+        if "steps" not in request:
+            self._no_steps.append(raw.name)
+        return Payload(name=raw.name, request=request, score_weight=score_weight, images=images, seeds=seeds)
+
+    def _warn_unknown(self, key: str, layer: _Layer, name: str) -> None:
+        if key in TXT2IMG_FIELDS or key in _OWN_FIELDS or (layer.label, key) in self._warned:
+            return
+        if layer.kind != "payload":  # shared defaults: once, not once per payload
+            self._warned.add((layer.label, key))
+        closest = _KNOWN_MISTAKES.get(key) or next(
+            iter(difflib.get_close_matches(key, [*TXT2IMG_FIELDS, *_OWN_FIELDS], n=1, cutoff=0.5)), None
+        )
+        hint = f"did you mean '{closest}'?" if closest else "no known field is close"
+        log.warning(
+            "%s field '%s' is not a known txt2img field (%s); it is sent as written, and A1111 ignores "
+            "fields it does not know.", _subject(layer, name), key, hint,
+        )
+
+    def _fix_seeds(self, request: dict[str, Any], fields: _Fields, images: int) -> tuple[int, ...]:
+        seed = self._fixed(request, fields, "seed", required=True)
+        assert seed is not None  # required=True always yields a seed
+        strength = request.get("subseed_strength", 0)
+        # The subseed only matters with a variation strength; a given one is fixed too, for stable infotexts.
+        self._fixed(request, fields, "subseed", required=strength != 0)
+        if seed == -1:
+            return (-1,) * images
+        if seed + images - 1 > _MAX_SEED:
+            raise ConfigError(f"{fields.where('seed')} is too large: seeds go up to {_MAX_SEED}.")
+        # A1111 gives image i the seed seed+i, except with variation seeds, where all share the seed.
+        return tuple(seed + (i if strength == 0 else 0) for i in range(images))
+
+    def _fixed(self, request: dict[str, Any], fields: _Fields, key: str, *, required: bool) -> int | None:
+        """Make ``request[key]`` (seed or subseed) a fixed number; -1 only where random seeds are allowed."""
+        derived = _derive(self.run_seed, key, fields.name) % _DERIVED_SEED_RANGE
+        if key not in request:
+            if required:
+                request[key] = derived
+            return request.get(key)
+        value, layer = request[key], fields.origin[key]
+        if value >= 0:
+            return value
+        if value != -1:
+            raise ConfigError(f"{fields.where(key)} must be -1 (random) or a whole number >= 0, got {value}.")
+        if self.allow_random:
+            if required:
+                self._random.append(f"{fields.name} ({key})")
+            return -1
+        if required and layer.kind != "file_defaults":
+            raise ConfigError(
+                f"{fields.where(key)} is -1 (random), which makes the same weights score differently in "
+                "each trial: give a fixed seed, remove the field (a fixed one is derived from run.seed), "
+                "or set payloads.allow_random_seeds=true."
+            )
+        # The original tool's cargo template ships seed: -1 for every payload; fixing it, rather than
+        # refusing every migrated folder, is what its users need. A -1 subseed without a variation
+        # strength does not change the image, so it is fixed quietly.
+        if required and layer.kind == "file_defaults" and (layer.label, f"-1 {key}") not in self._warned:
+            self._warned.add((layer.label, f"-1 {key}"))
+            log.warning(
+                "%s: default %s -1 (random) replaced by fixed seeds derived from run.seed; "
+                "set payloads.allow_random_seeds=true to keep random seeds.", layer.label, key,
+            )
+        request[key] = derived
+        return derived
+
+    @staticmethod
+    def _force_output_fields(request: dict[str, Any], fields: _Fields) -> None:
+        # We need the images in the answer, and nothing written into the WebUI's output folders.
+        for key, wanted in (("send_images", True), ("save_images", False)):
+            if request.get(key, wanted) != wanted:
+                log.warning("%s is overridden: bayes-merger always sends %s: %s.",
+                            fields.where(key), key, str(wanted).lower())
+            request[key] = wanted
+
+    def log_summary(self) -> None:
+        if self._no_steps:
+            log.warning(
+                "Payloads %s set no steps: the API's default of 50 steps applies, which is slow; "
+                "set steps in the payloads or their defaults.", ", ".join(self._no_steps),
+            )
+        if self._random:
+            log.warning(
+                "Random seeds in %s (allowed by payloads.allow_random_seeds): the objective is noisy, the same "
+                "weights will score differently in each trial, and the best trial is partly luck.",
+                ", ".join(self._random),
+            )
+
+
+def _score_weight(fields: _Fields) -> float:
+    value = fields.values.get("score_weight", 1.0)
+    finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not finite or value < 0:
+        raise ConfigError(f"{fields.where('score_weight')} must be a number >= 0, got {_show(value)}.")
+    return float(value)
+
+
+def _check_values(fields: _Fields) -> None:
+    """Checks beyond the kind of each value; kinds are already checked."""
+    values = {k: v for k, v in fields.values.items() if v is not None}
+    prompt = values.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ConfigError(f"{fields.where('prompt')} is empty: every payload needs a prompt.")
+    for key in _POSITIVE_INTS:
+        if key in values and values[key] < 1:
+            raise ConfigError(f"{fields.where(key)} must be at least 1, got {values[key]}.")
+    for key in ("width", "height"):
+        if key in values and values[key] % 8:
+            log.warning("%s is %d, not a multiple of 8: the image will be %d pixels.",
+                        fields.where(key), values[key], values[key] // 8 * 8)
+    if "sd_model_checkpoint" in (values.get("override_settings") or {}):
+        raise ConfigError(
+            f"{fields.where('override_settings')} sets sd_model_checkpoint, which would render with "
+            "another model than the merge being scored."
+        )
+    for key in ("refiner_checkpoint", "hr_checkpoint_name"):
+        if values.get(key) and values[key] != "Use same checkpoint":
+            log.warning("%s brings in another checkpoint: scores will only partly measure the merge.",
+                        fields.where(key))
+
+
+def _subject(layer: _Layer, name: str) -> str:
+    if layer.kind == "payload":
+        return f"{layer.label}: payload '{name}'"
+    return f"{layer.label}: default"
+
+
+def _check_kind(value: Any, kind: str, where: str) -> None:
+    if kind == _TEXT:
+        ok = isinstance(value, str)
+    elif kind == _INT:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind == _NUMBER:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    elif kind == _BOOL:
+        ok = isinstance(value, bool)
+    elif kind == _LIST:
+        ok = isinstance(value, list)
+    elif kind == _TEXT_LIST:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    else:
+        ok = isinstance(value, Mapping)
+    if not ok:
+        article = "an" if kind[0] in "aeiou" else "a"
+        what = kind if kind == _BOOL else f"{article} {kind}"
+        raise ConfigError(f"{where} must be {what}, got {_show(value)}.")
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _derive(run_seed: int, *parts: object) -> int:
+    """A 64-bit number fixed by its inputs, the same in every process (hash() is salted per process)."""
+    text = "\x1f".join(str(p) for p in (run_seed, *parts))
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
+
+
+# --- wildcards ---------------------------------------------------------------------------------
+
+
+def _wildcards_dir(configured: str | None, root: Path) -> Path | None:
+    if configured is not None:
+        directory = Path(str(configured)).expanduser()
+        if not directory.is_dir():
+            raise ConfigError(f"payloads.wildcards_dir {directory} is not a folder.")
+        return directory
+    # Unset: a wildcards/ folder beside the payloads, if there is one.
+    default = root / "wildcards"
+    return default if default.is_dir() else None
+
+
+class _Wildcards:
+    """``__name__`` → one line of ``<dir>/name.txt``, chosen by a draw fixed by the run seed."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = directory
+        self._lines: dict[str, list[str]] = {}
+
+    def expand(self, text: str, run_seed: int, payload: str, key: str, where: str) -> str:
+        occurrence = 0
+
+        def replace(match: re.Match[str], depth: int) -> str:
+            nonlocal occurrence
+            name = match.group(1)
+            if depth > _MAX_WILDCARD_DEPTH:
+                raise ConfigError(
+                    f"{where}: wildcards nest more than {_MAX_WILDCARD_DEPTH} deep at '__{name}__' "
+                    "(does one include itself?)."
+                )
+            lines = self._read(name, where)
+            # Each occurrence gets its own draw, so "__color__ and __color__" may differ.
+            line = lines[_derive(run_seed, "wildcard", payload, key, occurrence) % len(lines)]
+            occurrence += 1
+            return _WILDCARD.sub(lambda m: replace(m, depth + 1), line)
+
+        return _WILDCARD.sub(lambda m: replace(m, 1), text)
+
+    def _read(self, name: str, where: str) -> list[str]:
+        if name in self._lines:
+            return self._lines[name]
+        if self.directory is None:
+            raise ConfigError(
+                f"{where} uses the wildcard '__{name}__', but there is no wildcards folder: "
+                "set payloads.wildcards_dir or add a wildcards/ folder beside the payloads."
+            )
+        file = self.directory / f"{name}.txt"
+        if ".." in name.split("/") or not file.is_file():
+            known = [p.relative_to(self.directory).with_suffix("").as_posix() for p in self.directory.rglob("*.txt")]
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (closest: '{close[0]}')" if close else ""
+            raise ConfigError(
+                f"{where} uses the wildcard '__{name}__', but the wildcard file {file} does not exist{hint}."
+            )
+        try:
+            raw = file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read wildcard file {file}: {exc}.") from None
+        lines = [s for s in (line.strip() for line in raw) if s and not s.startswith("#")]
+        if not lines:
+            raise ConfigError(
+                f"wildcard file {file} has no lines to draw from (blank lines and # comments are skipped)."
+            )
+        self._lines[name] = lines
+        return lines

@@ -1,0 +1,353 @@
+"""The Merger: checks before work, the per-key plan, in-place merges into reused buffers, the saved recipe."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+import bayes_merger
+from bayes_merger.config import MergeConfig
+from bayes_merger.errors import CheckpointError, ConfigError, MergeError
+from bayes_merger.merge import merger as merger_module
+from bayes_merger.merge.arch import SD_BLOCKS, SDXL_BLOCKS, architecture
+from bayes_merger.merge.merger import Merger, resolve_device
+from bayes_merger.merge.weights import BlockWeights
+from bayes_merger.testing.models import make_checkpoint, make_state_dict
+
+POSITION_IDS = "cond_stage_model.transformer.text_model.embeddings.position_ids"
+INPUT_CONV = "model.diffusion_model.input_blocks.0.0.weight"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("models")
+    return {
+        "a": make_checkpoint(folder / "a.safetensors", seed=1, ema=True),
+        "b": make_checkpoint(folder / "b.safetensors", seed=2, ema=True),
+        "c": make_checkpoint(folder / "c.safetensors", seed=3),
+        "a32": make_checkpoint(folder / "a32.safetensors", seed=1, dtype=torch.float32),
+        "xl_a": make_checkpoint(folder / "xl_a.safetensors", "sdxl", seed=4),
+        "xl_b": make_checkpoint(folder / "xl_b.safetensors", "sdxl", seed=5),
+        "inpaint": make_checkpoint(folder / "inpaint.safetensors", seed=6, variant="inpainting"),
+        "pix2pix": make_checkpoint(folder / "pix2pix.safetensors", seed=7, variant="pix2pix"),
+        "sd2": make_checkpoint(folder / "sd2.safetensors", "sd2", seed=8),
+    }
+
+
+@functools.lru_cache(maxsize=None)
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A model's tensors as safetensors' own loader reads them (cached: the files never change)."""
+    return load_file(path)
+
+
+def _config(**changes) -> MergeConfig:
+    return MergeConfig(device="cpu", **changes)
+
+
+def _per_block_weights(blocks=SD_BLOCKS) -> BlockWeights:
+    return BlockWeights(blocks, tuple((i + 1) / (len(blocks) + 1) for i in range(len(blocks))))
+
+
+# ---------------------------------------------------------------------------------- the merge itself
+
+
+def test_each_key_is_merged_with_its_own_blocks_alpha(models):
+    merger = Merger(models["a"], models["b"], None, _config())
+    weights = _per_block_weights()
+    alpha = weights.as_dict()["alpha"]
+    out = merger.merge(weights)
+    a, b = _tensors(models["a"]), _tensors(models["b"])
+    arch = architecture("sd1")
+    checked = 0
+    for key, t in out.items():
+        block = arch.block_of(key)
+        if block is None or key.startswith("model_ema"):
+            continue
+        expected = (a[key].float() * (1 - alpha[block]) + b[key].float() * alpha[block]).half()
+        torch.testing.assert_close(t, expected, atol=2e-3, rtol=0, msg=key)
+        checked += 1
+    assert checked == len([k for k in a if k.startswith(("model.", "first_stage", "cond_stage"))]) - 1  # all but position_ids
+    assert out["model.diffusion_model.time_embed.0.weight"].dtype == torch.float16
+
+
+def test_not_merged_keys_are_model_a_values_with_their_own_dtype(models):
+    out = Merger(models["a"], models["b"], None, _config()).merge(BlockWeights.uniform(SD_BLOCKS, 1.0))
+    a = _tensors(models["a"])
+    for key in (POSITION_IDS, "betas", "alphas_cumprod"):
+        assert out[key].dtype == a[key].dtype
+        assert torch.equal(out[key], a[key])
+    assert out[POSITION_IDS].dtype == torch.int64
+    # with α = 1 everywhere every merged key is B's: that the keys above are A's shows they were not merged
+    assert torch.equal(out["model.diffusion_model.out.2.weight"], _tensors(models["b"])["model.diffusion_model.out.2.weight"])
+
+
+def test_ema_keys_are_not_merged_when_pruning_drops_them_and_merged_with_base_otherwise(models):
+    weights = BlockWeights(SD_BLOCKS, (0.25,) + (0.0,) * 25)
+    ema = "model_ema.diffusion_modelout2weight"
+    a, b = _tensors(models["a"]), _tensors(models["b"])
+    pruned = Merger(models["a"], models["b"], None, _config(prune=True)).merge(weights)
+    assert torch.equal(pruned[ema], a[ema])
+    kept = Merger(models["a"], models["b"], None, _config(prune=False)).merge(weights)
+    torch.testing.assert_close(kept[ema], torch.lerp(a[ema], b[ema], 0.25))
+
+
+def test_a_key_missing_from_b_or_c_keeps_a_value(models, tmp_path):
+    b = dict(_tensors(models["b"]))
+    del b["model.diffusion_model.out.2.weight"]
+    save_file(b, tmp_path / "b.safetensors")
+    c = dict(_tensors(models["c"]))
+    del c["first_stage_model.quant_conv.weight"]
+    save_file(c, tmp_path / "c.safetensors")
+    out = Merger(models["a"], tmp_path / "b.safetensors", tmp_path / "c.safetensors", _config(method="add_difference")).merge(
+        BlockWeights.uniform(SD_BLOCKS, 1.0)
+    )
+    a = _tensors(models["a"])
+    assert torch.equal(out["model.diffusion_model.out.2.weight"], a["model.diffusion_model.out.2.weight"])
+    assert torch.equal(out["first_stage_model.quant_conv.weight"], a["first_stage_model.quant_conv.weight"])
+    assert not torch.equal(out["model.diffusion_model.out.0.weight"], a["model.diffusion_model.out.0.weight"])
+
+
+def test_every_merge_writes_into_the_same_output_tensors(models):
+    merger = Merger(models["a"], models["b"], None, _config())
+    first = merger.merge(BlockWeights.uniform(SD_BLOCKS, 0.2))
+    pointers = {k: t.data_ptr() for k, t in first.items()}
+    snapshot = first["model.diffusion_model.middle_block.0.in_layers.2.weight"].clone()
+    for alpha in (0.4, 0.6, 0.8):
+        again = merger.merge(BlockWeights.uniform(SD_BLOCKS, alpha))
+    assert again is first
+    assert {k: t.data_ptr() for k, t in again.items()} == pointers
+    assert not torch.equal(again["model.diffusion_model.middle_block.0.in_layers.2.weight"], snapshot)
+    with pytest.raises(TypeError):
+        again["betas"] = torch.zeros(1)  # read-only view
+
+
+def test_repeated_merges_give_identical_results(models):
+    merger = Merger(models["a"], models["b"], None, _config())
+    weights = _per_block_weights()
+    first = {k: t.clone() for k, t in merger.merge(weights).items()}
+    merger.merge(BlockWeights.uniform(SD_BLOCKS, 0.9))
+    second = merger.merge(weights)
+    assert all(torch.equal(second[k], t) for k, t in first.items())
+
+
+def test_add_difference_uses_model_c(models):
+    out = Merger(models["a"], models["b"], models["c"], _config(method="add_difference")).merge(
+        BlockWeights.uniform(SD_BLOCKS, 0.5)
+    )
+    a, b, c = (_tensors(models[m]) for m in "abc")
+    key = "model.diffusion_model.output_blocks.3.0.skip_connection.weight"
+    torch.testing.assert_close(out[key], (a[key].float() + 0.5 * (b[key].float() - c[key].float())).half(), atol=2e-3, rtol=0)
+
+
+def test_methods_with_beta_get_each_blocks_beta(models):
+    merger = Merger(models["a"], models["b"], models["c"], _config(method="sum_twice"))
+    alpha = tuple([0.5] * 26)
+    beta = tuple([0.0] * 14 + [1.0] * 12)  # OUT blocks entirely C
+    out = merger.merge(BlockWeights(SD_BLOCKS, alpha, beta))
+    c = _tensors(models["c"])
+    assert torch.equal(out["model.diffusion_model.output_blocks.4.0.in_layers.2.weight"], c["model.diffusion_model.output_blocks.4.0.in_layers.2.weight"])
+    assert not torch.equal(out["model.diffusion_model.input_blocks.4.0.in_layers.2.weight"], c["model.diffusion_model.input_blocks.4.0.in_layers.2.weight"])
+
+
+def test_weights_clip_keeps_every_value_between_a_and_b(models):
+    merger = Merger(models["a"], models["b"], None, _config(weights_clip=True))
+    out = merger.merge(BlockWeights.uniform(SD_BLOCKS, 1.5))  # extrapolates past B without the clip
+    a, b = _tensors(models["a"]), _tensors(models["b"])
+    key = "model.diffusion_model.middle_block.1.proj_in.weight"
+    assert torch.all(out[key] <= torch.maximum(a[key], b[key]))
+    assert torch.all(out[key] >= torch.minimum(a[key], b[key]))
+    assert torch.equal(out[key], b[key])
+
+
+def test_sdxl_merges_with_20_blocks_and_label_emb_in_in00(models):
+    merger = Merger(models["xl_a"], models["xl_b"], None, _config())
+    assert merger.architecture.blocks == SDXL_BLOCKS
+    weights = BlockWeights(SDXL_BLOCKS, (0.0, 1.0) + (0.0,) * 18)  # only IN00 from B
+    out = merger.merge(weights)
+    b = _tensors(models["xl_b"])
+    a = _tensors(models["xl_a"])
+    assert torch.equal(out["model.diffusion_model.label_emb.0.0.weight"], b["model.diffusion_model.label_emb.0.0.weight"])
+    assert torch.equal(out["model.diffusion_model.time_embed.2.bias"], b["model.diffusion_model.time_embed.2.bias"])
+    assert torch.equal(out["model.diffusion_model.out.2.weight"], a["model.diffusion_model.out.2.weight"])
+    assert torch.equal(out["conditioner.embedders.1.model.ln_final.weight"], a["conditioner.embedders.1.model.ln_final.weight"])
+
+
+def test_sd2_models_merge(models, tmp_path):
+    other = make_checkpoint(tmp_path / "sd2b.safetensors", "sd2", seed=9)
+    merger = Merger(models["sd2"], other, None, _config())
+    assert merger.architecture.label == "SD2"
+    out = merger.merge(BlockWeights.uniform(SD_BLOCKS, 1.0))
+    assert torch.equal(out["cond_stage_model.model.text_projection"], load_file(other)["cond_stage_model.model.text_projection"])
+
+
+def test_inpainting_model_a_merges_only_the_first_four_input_channels(models):
+    merger = Merger(models["inpaint"], models["b"], None, _config())
+    assert merger.architecture.label == "SD1 inpainting"
+    out = merger.merge(BlockWeights.uniform(SD_BLOCKS, 1.0))
+    a, b = _tensors(models["inpaint"]), _tensors(models["b"])
+    assert out[INPUT_CONV].shape[1] == 9
+    assert torch.equal(out[INPUT_CONV][:, :4], b[INPUT_CONV])
+    assert torch.equal(out[INPUT_CONV][:, 4:], a[INPUT_CONV][:, 4:])
+    merger.merge(BlockWeights.uniform(SD_BLOCKS, 0.0))
+    assert torch.equal(out[INPUT_CONV], a[INPUT_CONV])
+
+
+def test_inpainting_model_as_b_is_refused_naming_model_a(models):
+    with pytest.raises(CheckpointError, match=r"Model B \(.*inpaint\.safetensors\) is an SD1 inpainting model .* only be merged as model A"):
+        Merger(models["a"], models["inpaint"], None, _config())
+
+
+def test_inpainting_and_pix2pix_are_different_architectures(models):
+    with pytest.raises(CheckpointError, match=r"pix2pix\.safetensors\) is an SD1 pix2pix model and model A .* is SD1 inpainting"):
+        Merger(models["inpaint"], models["pix2pix"], None, _config())
+
+
+def test_mixed_precision_inputs_merge_in_model_a_precision(models):
+    out = Merger(models["a"], models["a32"], None, _config()).merge(BlockWeights.uniform(SD_BLOCKS, 0.5))
+    assert out["model.diffusion_model.out.2.weight"].dtype == torch.float16
+    out32 = Merger(models["a32"], models["b"], None, _config()).merge(BlockWeights.uniform(SD_BLOCKS, 0.5))
+    assert out32["model.diffusion_model.out.2.weight"].dtype == torch.float32
+
+
+def test_load_dtype_sets_the_precision_models_are_held_in(models):
+    merger = Merger(models["a32"], models["b"], None, _config(load_dtype="fp16"))
+    out = merger.merge(BlockWeights.uniform(SD_BLOCKS, 0.5))
+    assert out["model.diffusion_model.out.2.weight"].dtype == torch.float16
+    assert out[POSITION_IDS].dtype == torch.int64
+
+
+# ------------------------------------------------------------------------------ checks before work
+
+
+def test_different_architectures_are_refused_before_any_tensor_is_read(models, monkeypatch):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("tensors were loaded before the architectures were compared")
+
+    monkeypatch.setattr(merger_module, "load_state_dict", no_loading)
+    with pytest.raises(CheckpointError, match=r"different architectures .*a\.safetensors\) is SD1, model B \(.*xl_b\.safetensors\) is SDXL"):
+        Merger(models["a"], models["xl_b"], None, _config())
+    with pytest.raises(CheckpointError, match=r"is SD1, model C \(.*sd2\.safetensors\) is SD2"):
+        Merger(models["a"], models["b"], models["sd2"], _config(method="add_difference"))
+
+
+def test_unknown_method_is_refused_with_the_closest_name(models):
+    with pytest.raises(MergeError, match="Unknown merge method 'weighted_summ'; did you mean 'weighted_sum'"):
+        Merger(models["a"], models["b"], None, _config(method="weighted_summ"))
+
+
+def test_method_needing_model_c_without_one_is_refused(models):
+    with pytest.raises(MergeError, match="'add_difference' needs model C"):
+        Merger(models["a"], models["b"], None, _config(method="add_difference"))
+
+
+def test_missing_model_file_is_named(models, tmp_path):
+    with pytest.raises(CheckpointError, match=r"Checkpoint .*gone\.safetensors does not exist"):
+        Merger(models["a"], tmp_path / "gone.safetensors", None, _config())
+
+
+def test_a_state_dict_without_stable_diffusion_keys_is_not_a_checkpoint(models, tmp_path):
+    save_file({"lora_unet_down.weight": torch.ones(2, 2)}, tmp_path / "lora.safetensors")
+    with pytest.raises(CheckpointError, match=r"lora\.safetensors: not a Stable Diffusion checkpoint"):
+        Merger(models["a"], tmp_path / "lora.safetensors", None, _config())
+
+
+def test_weights_for_another_layout_are_refused(models):
+    merger = Merger(models["a"], models["b"], None, _config())
+    with pytest.raises(MergeError, match=r"SDXL layout \(20 blocks\), but the models are SD1 \(26 blocks\)"):
+        merger.merge(BlockWeights.uniform(SDXL_BLOCKS, 0.5))
+
+
+def test_method_needing_beta_without_beta_is_refused(models):
+    merger = Merger(models["a"], models["b"], None, _config(method="weighted_subtraction"))
+    with pytest.raises(MergeError, match="'weighted_subtraction' needs beta weights"):
+        merger.merge(BlockWeights.uniform(SD_BLOCKS, 0.5))
+
+
+def test_unknown_device_is_a_config_error():
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="Unknown merge device 'gpu0'"):
+        resolve_device("gpu0")
+
+
+def test_unknown_save_precision_is_refused_before_loading(models):
+    with pytest.raises(ConfigError, match="Unknown precision 'fp12'"):
+        Merger(models["a"], models["b"], None, _config(dtype="fp12"))
+
+
+# --------------------------------------------------------------------------------------------- save
+
+
+def test_save_writes_the_last_merge_with_its_recipe(models, tmp_path):
+    merger = Merger(models["a"], models["b"], None, _config())
+    weights = _per_block_weights()
+    out = merger.merge(weights)
+    path = merger.save(tmp_path / "merged.safetensors", metadata={"trial": "3"})
+    saved = load_file(path)
+    assert torch.equal(saved["model.diffusion_model.out.2.weight"], out["model.diffusion_model.out.2.weight"])
+    assert not any(k.startswith("model_ema") for k in saved) and "betas" not in saved  # pruned by default
+    with safe_open(path, "pt") as f:
+        meta = f.metadata()
+    assert meta["merge_method"] == "weighted_sum"
+    assert meta["model_a"] == "a.safetensors" and meta["model_b"] == "b.safetensors"
+    assert meta["model_a_sha256"] == hashlib.sha256(models["a"].read_bytes()).hexdigest()
+    assert BlockWeights.from_strings(SD_BLOCKS, meta["alpha"]) == weights
+    assert "beta" not in meta
+    assert meta["bayes_merger_version"] == bayes_merger.__version__
+    assert meta["trial"] == "3" and meta["architecture"] == "SD1"
+
+
+def test_save_precision_and_prune_can_be_chosen_per_save(models, tmp_path):
+    merger = Merger(models["a"], models["b"], None, _config(prune=False))
+    merger.merge(BlockWeights.uniform(SD_BLOCKS, 0.5))
+    saved = load_file(merger.save(tmp_path / "m.safetensors", dtype="fp32", prune=False))
+    assert saved["model.diffusion_model.out.2.weight"].dtype == torch.float32
+    assert saved[POSITION_IDS].dtype == torch.int64
+    assert "model_ema.decay" in saved and "betas" in saved
+
+
+def test_recipe_records_beta_and_model_c_when_the_method_uses_them(models):
+    merger = Merger(models["a"], models["b"], models["c"], _config(method="triple_sum"))
+    merger.merge(BlockWeights.uniform(SD_BLOCKS, 0.3, 0.2))
+    recipe = merger.recipe()
+    assert recipe["model_c"] == "c.safetensors" and len(recipe["model_c_sha256"]) == 64
+    assert recipe["beta"] == ",".join(["0.2"] * 26)
+
+
+def test_model_hashes_are_computed_once(models, tmp_path, monkeypatch):
+    calls = []
+    real = merger_module.file_sha256
+    monkeypatch.setattr(merger_module, "file_sha256", lambda p: calls.append(p) or real(p))
+    merger = Merger(models["a"], models["b"], None, _config())
+    assert calls == []  # lazily: not at load
+    for alpha in (0.1, 0.2):
+        merger.merge(BlockWeights.uniform(SD_BLOCKS, alpha))
+        merger.save(tmp_path / f"m{alpha}.safetensors")
+    assert len(calls) == 2
+
+
+def test_saving_before_any_merge_is_refused(models, tmp_path):
+    merger = Merger(models["a"], models["b"], None, _config())
+    with pytest.raises(MergeError, match="merge\\(\\) has not been called"):
+        merger.save(tmp_path / "m.safetensors")
+
+
+def test_a_ckpt_model_merges_like_its_safetensors_twin(models, tmp_path):
+    ckpt = tmp_path / "b.ckpt"
+    torch.save({"state_dict": _tensors(models["b"])}, ckpt)
+    weights = _per_block_weights()
+    from_ckpt = Merger(models["a"], ckpt, None, _config()).merge(weights)
+    from_st = Merger(models["a"], models["b"], None, _config()).merge(weights)
+    assert all(torch.equal(from_ckpt[k], t) for k, t in from_st.items())
+
+
+def test_factory_state_dict_is_what_the_factory_file_holds(tmp_path):
+    path = make_checkpoint(tmp_path / "x.safetensors", "sdxl", seed=11)
+    loaded = load_file(path)
+    expected = make_state_dict("sdxl", seed=11)
+    assert loaded.keys() == expected.keys() and all(torch.equal(loaded[k], t) for k, t in expected.items())

@@ -1,0 +1,176 @@
+"""build_scorer: names, ensembles, config shapes, and checks made before any model loads."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import save_file
+
+from bayes_merger.config import ScorerConfig
+from bayes_merger.errors import ConfigError, ScorerError
+from bayes_merger.scoring import SCORERS, Scorer, build_scorer
+from bayes_merger.scoring import clip as clip_module
+from bayes_merger.scoring.ensemble import EnsembleScorer
+from bayes_merger.scoring.weights import CHAD_HEAD, LAION_HEAD
+from bayes_merger.testing.tiny_clip import make_tiny_clip, make_tiny_head
+
+
+class _Constant:
+    def __init__(self, name: str, values: list[float]) -> None:
+        self.name, self.values = name, values
+
+    def score(self, images, contexts=None) -> list[float]:
+        return self.values[: len(images)]
+
+
+def test_the_registry_lists_every_scorer_by_name() -> None:
+    assert set(SCORERS) == {"laion", "chad", "aesthetic_head", "manual"}
+
+
+def test_an_unknown_scorer_name_is_a_config_error_suggesting_the_closest() -> None:
+    with pytest.raises(ConfigError, match="Did you mean 'laion'"):
+        build_scorer(ScorerConfig(name="lion"))
+
+
+def test_an_unknown_combine_mode_fails_before_anything_loads() -> None:
+    with pytest.raises(ConfigError, match="scorer.combine"):
+        build_scorer(ScorerConfig(name="laion", combine="median", clip="nobody/nothing"))
+
+
+def test_missing_laion_head_offline_fails_before_the_clip_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(clip_module.ClipEmbedder, "load", lambda *a, **k: pytest.fail("CLIP loaded first"))
+    with pytest.raises(ScorerError, match="save it as .*sac\\+logos\\+ava1-l14-linearMSE.pth"):
+        build_scorer(ScorerConfig(name="laion", cache_dir=str(tmp_path)))
+
+
+def test_aesthetic_head_without_a_head_file_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="needs scorer.head"):
+        build_scorer(ScorerConfig(name="aesthetic_head"))
+
+
+def test_aesthetic_head_scores_with_a_user_head_on_tiny_clip(tiny_clip_dir: Path, tmp_path: Path, images) -> None:
+    head = tmp_path / "mine.pth"
+    torch.save({"weight": torch.full((1, 768), 0.01), "bias": torch.tensor([5.0])}, head)
+    scorer = build_scorer(ScorerConfig(name="aesthetic_head", clip=str(tiny_clip_dir), head=str(head), device="cpu"))
+    assert isinstance(scorer, Scorer)
+    scores = scorer.score(images)
+    assert len(scores) == 5 and all(4.0 < s < 6.0 for s in scores)
+
+
+def test_a_hydra_dictconfig_is_accepted(tmp_path: Path) -> None:
+    config = OmegaConf.structured(ScorerConfig(name="manual", manual_ratings=str(tmp_path / "r.json")))
+    assert build_scorer(config).name == "manual"
+
+
+def test_ensemble_is_the_weighted_mean_of_its_members() -> None:
+    ensemble = EnsembleScorer([(_Constant("a", [2.0, 4.0]), 3.0), (_Constant("b", [6.0, 8.0]), 1.0)])
+    assert ensemble.score([None, None]) == pytest.approx([(3 * 2 + 6) / 4, (3 * 4 + 8) / 4])
+    assert ensemble.name == "ensemble(a=3, b=1)"
+
+
+def test_a_nan_from_one_member_is_not_hidden_by_the_ensemble() -> None:
+    ensemble = EnsembleScorer([(_Constant("a", [5.0]), 1.0), (_Constant("b", [float("nan")]), 1.0)])
+    assert math.isnan(ensemble.score([None])[0])  # for combine.py to refuse
+
+
+@pytest.mark.parametrize(
+    ("ensemble", "message"),
+    [
+        ({}, "scorer.ensemble is empty"),
+        ({"laion": 1.0, "imagereward": 1.0}, "'imagereward' is not a scorer"),
+        ({"laion": 0.0}, "must be a number > 0"),
+        ({"ensemble": 1.0}, "cannot contain another ensemble"),
+    ],
+)
+def test_a_bad_ensemble_is_a_config_error(ensemble: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_scorer(ScorerConfig(name="ensemble", ensemble=ensemble))
+
+
+def test_an_ensemble_without_name_ensemble_is_a_config_error_not_ignored() -> None:
+    with pytest.raises(ConfigError, match="set scorer.name: ensemble"):
+        build_scorer(ScorerConfig(name="laion", ensemble={"laion": 1.0, "chad": 1.0}))
+
+
+def test_laion_and_chad_ensemble_shares_one_clip_run_once_per_batch(
+    laion_pth: Path, chad_pth: Path, tiny_clip_dir: Path, tmp_path: Path, make_images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    shutil.copy(laion_pth, cache / LAION_HEAD.filename)
+    shutil.copy(chad_pth, cache / CHAD_HEAD.filename)
+    common = dict(clip=str(tiny_clip_dir), cache_dir=str(cache), device="cpu", batch_size=4)
+    images = make_images(3, seed=3)
+    laion = build_scorer(ScorerConfig(name="laion", **common)).score(images)
+    chad = build_scorer(ScorerConfig(name="chad", **common)).score(images)
+
+    loads: list[str] = []
+    real_load = clip_module.ClipEmbedder.load.__func__
+
+    def counting_load(cls, *args, **kwargs):
+        loads.append(args[0])
+        return real_load(cls, *args, **kwargs)
+
+    monkeypatch.setattr(clip_module.ClipEmbedder, "load", classmethod(counting_load))
+    ensemble = build_scorer(ScorerConfig(name="ensemble", ensemble={"laion": 2.0, "chad": 1.0}, **common))
+    forwards: list[int] = []
+    ensemble.members[0][0].embedder.model.register_forward_pre_hook(lambda m, a, k: forwards.append(1), with_kwargs=True)
+
+    scores = ensemble.score(images)
+    assert len(loads) == 1 and len(forwards) == 1
+    assert scores == pytest.approx([(2 * l + c) / 3 for l, c in zip(laion, chad)], abs=1e-6)
+
+
+def test_in_an_ensemble_scorer_head_goes_to_aesthetic_head_and_laion_keeps_its_own(
+    laion_pth: Path, tiny_clip_dir: Path, tmp_path: Path, images
+) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    shutil.copy(laion_pth, cache / LAION_HEAD.filename)
+    mine = tmp_path / "mine.safetensors"
+    save_file({"weight": torch.zeros(1, 768), "bias": torch.tensor([1.0])}, str(mine))
+    common = dict(clip=str(tiny_clip_dir), cache_dir=str(cache), device="cpu")
+    laion = build_scorer(ScorerConfig(name="laion", **common)).score(images)
+    ensemble = build_scorer(
+        ScorerConfig(name="ensemble", ensemble={"laion": 1.0, "aesthetic_head": 1.0}, head=str(mine), **common)
+    )
+    assert ensemble.score(images) == pytest.approx([(s + 1.0) / 2 for s in laion], abs=1e-6)
+
+
+def test_the_offline_demo_scorer_needs_neither_network_nor_shared_data(
+    tmp_path: Path, make_images
+) -> None:
+    clip_dir = make_tiny_clip(tmp_path / "clip")
+    head = make_tiny_head(tmp_path / "head.safetensors")
+    config = ScorerConfig(name="aesthetic_head", clip=str(clip_dir), head=str(head), device="cpu")
+    scores = build_scorer(config).score(make_images(4, size=(128, 128)))
+    assert all(0.0 < s < 10.0 for s in scores) and len(set(scores)) == 4
+
+
+def test_default_config_works_offline_once_clip_and_head_are_cached(
+    laion_pth: Path, tmp_path: Path, make_images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Hugging Face cache holding "openai/clip-vit-large-patch14" (the tiny model under that name),
+    # laid out as `hf download` leaves it; transformers reads constants.HF_HUB_CACHE when it loads.
+    import huggingface_hub.constants
+
+    revision = "0" * 40
+    repo = tmp_path / "hf" / "models--openai--clip-vit-large-patch14"
+    make_tiny_clip(repo / "snapshots" / revision, full_model=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    (tmp_path / "heads").mkdir()
+    shutil.copy(laion_pth, tmp_path / "heads" / LAION_HEAD.filename)
+
+    scorer = build_scorer(ScorerConfig(cache_dir=str(tmp_path / "heads"), device="cpu"))  # HF_HUB_OFFLINE=1
+    assert scorer.name == "laion"
+    assert all(math.isfinite(s) for s in scorer.score(make_images(2)))

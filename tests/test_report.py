@@ -1,0 +1,322 @@
+"""The run report: plots and report.html rebuilt from synthetic run folders (SD1 and SDXL)."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bayes_merger.report import load_run, read_trials, write_report
+from bayes_merger.report.__main__ import main as report_main
+from bayes_merger.report.run_folder import SD_BLOCKS, SDXL_BLOCKS
+
+EVIL_PAYLOAD = '<script>alert("x")</script>&cat'
+
+
+def make_run(
+    run_dir: Path,
+    *,
+    arch: str = "sd1",
+    n_trials: int = 14,
+    init_points: int = 5,
+    n_iters: int = 15,
+    beta: bool = False,
+    failed: tuple[int, ...] = (),
+    payloads: tuple[str, ...] = ("portrait", "landscape"),
+    images_per_payload: int = 2,
+    write_images: bool = True,
+    truncate_last: bool = False,
+    seed: int = 1,
+) -> Path:
+    """A run folder as the trial loop leaves it (run.json, trials.jsonl, images/), with made-up scores."""
+    rng = random.Random(seed)
+    blocks = SDXL_BLOCKS if arch == "sdxl" else SD_BLOCKS
+    run_dir.mkdir(parents=True, exist_ok=True)
+    info = {
+        "run_id": f"20260101-000000-{arch}", "started_at": "2026-01-01T00:00:00+00:00",
+        "model_a": "/models/a.safetensors", "model_b": "/models/b.safetensors", "model_c": None,
+        "method": "sum_twice" if beta else "weighted_sum", "architecture": "SDXL" if arch == "sdxl" else "SD1",
+        "arch_name": arch, "blocks": list(blocks), "uses_beta": beta, "init_points": init_points,
+        "n_iters": n_iters, "seed": 42, "scorer": "laion", "payloads": list(payloads),
+    }
+    (run_dir / "run.json").write_text(json.dumps(info), encoding="utf-8")
+    lines = []
+    for n in range(n_trials):
+        alpha = {b: round(rng.random(), 4) for b in blocks}
+        beta_w = {b: round(rng.random(), 4) for b in blocks} if beta else None
+        ok = n not in failed
+        images, payload_scores = [], {}
+        for p_index, payload in enumerate(payloads):
+            per_image = []
+            for i in range(images_per_payload):
+                path = f"images/t{n:04d}/p{p_index}_{i}.png"
+                score = round(5 + 2 * rng.random(), 4) if ok else None
+                if ok and write_images:
+                    (run_dir / path).parent.mkdir(parents=True, exist_ok=True)
+                    Image.new("RGB", (8, 8), (n * 17 % 255, 90, 160)).save(run_dir / path)
+                images.append({"payload": payload, "index": i, "seed": 1000 + i, "score": score,
+                               "path": path if ok else None})
+                per_image.append(score)
+            if ok:
+                payload_scores[payload] = sum(per_image) / len(per_image)
+        score = sum(payload_scores.values()) / len(payload_scores) if ok else None
+        lines.append(json.dumps({
+            "trial": n, "phase": "init" if n < init_points else "optimise",
+            "status": "ok" if ok else "failed",
+            "error": None if ok else "WebUI answered 500: <b>CUDA out of memory</b>",
+            "params": {f"alpha_{b}": alpha[b] for b in blocks},
+            "weights": {"alpha": alpha, "beta": beta_w},
+            "alpha_string": ",".join(str(alpha[b]) for b in blocks),
+            "beta_string": ",".join(str(beta_w[b]) for b in blocks) if beta_w else None,
+            "score": score, "payload_scores": payload_scores, "images": images,
+            "timings": {"merge": 0.3, "load": 4.2, "generate": 11.0 + n % 3, "score": 0.8, "total": 16.3 + n % 3},
+            "started_at": f"2026-01-01T00:{n:02d}:00+00:00", "finished_at": f"2026-01-01T00:{n:02d}:17+00:00",
+        }))
+    text = "\n".join(lines) + "\n"
+    if truncate_last:
+        text += lines[-1][: len(lines[-1]) // 2]  # a process killed while writing the next trial
+    (run_dir / "trials.jsonl").write_text(text, encoding="utf-8")
+    return run_dir
+
+
+def ranked(run_dir: Path) -> list[dict]:
+    trials = [t for t in read_trials(run_dir / "trials.jsonl") if t["status"] == "ok"]
+    return sorted(trials, key=lambda t: -t["score"])
+
+
+def assert_pngs(run_dir: Path) -> None:
+    for name in ("convergence.png", "weights.png"):
+        with Image.open(run_dir / name) as image:
+            image.verify()
+            assert image.format == "PNG"
+
+
+# --- reading the run folder --------------------------------------------------------------------
+
+
+def test_truncated_last_line_is_skipped_with_a_warning(tmp_path, caplog):
+    run_dir = make_run(tmp_path / "run", n_trials=6, truncate_last=True)
+    trials = read_trials(run_dir / "trials.jsonl")
+    assert [t["trial"] for t in trials] == [0, 1, 2, 3, 4, 5]
+    assert "cut short" in caplog.text
+
+
+def test_missing_run_json_keys_read_as_unknown(tmp_path):
+    run_dir = make_run(tmp_path / "run", n_trials=3)
+    (run_dir / "run.json").write_text(json.dumps({"run_id": "old"}), encoding="utf-8")
+    run = load_run(run_dir)
+    assert run.budget is None
+    assert run.blocks == SD_BLOCKS  # taken from the trials' weights
+    write_report(run_dir)
+    html = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert "unknown" in html
+    assert_pngs(run_dir)
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sd1_run(tmp_path_factory) -> Path:
+    """SD1, α only, two failed trials, a hostile payload name, and a cut-short last line."""
+    run_dir = make_run(tmp_path_factory.mktemp("sd1") / "run", failed=(2, 7), payloads=(EVIL_PAYLOAD, "landscape"),
+                       truncate_last=True)
+    write_report(run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def sdxl_beta_run(tmp_path_factory) -> Path:
+    """SDXL's 20 blocks, α and β, one failed trial."""
+    run_dir = make_run(tmp_path_factory.mktemp("sdxl") / "run", arch="sdxl", beta=True, failed=(3,))
+    write_report(run_dir)
+    return run_dir
+
+
+def html_of(run_dir: Path) -> str:
+    return (run_dir / "report.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("run", ["sd1_run", "sdxl_beta_run"])
+def test_report_lists_every_trial_with_its_score_and_weights(request, run):
+    run_dir = request.getfixturevalue(run)
+    assert_pngs(run_dir)
+    html = html_of(run_dir)
+    rows = re.findall(r'<tr class="[^"]*"><td class="num" data-v="(\d+)">', html)
+    assert sorted(int(r) for r in rows) == list(range(14))
+    for trial in read_trials(run_dir / "trials.jsonl"):
+        if trial["score"] is not None:
+            assert f"{trial['score']:.4f}" in html
+        assert trial["alpha_string"] in html
+        if trial["beta_string"] is not None:
+            assert trial["beta_string"] in html
+
+
+def test_table_is_sortable_and_starts_sorted_by_score_descending(sd1_run):
+    html = html_of(sd1_run)
+    assert 'class="trials sortable"' in html
+    assert re.search(r'<th data-type="num"[^>]*aria-sort="descending">score</th>', html)
+    assert "addEventListener('click'" in html
+    scores = re.findall(r'<td class="num score" data-v="([^"]*)"', html)
+    numbers = [float(v) for v in scores if v]
+    assert numbers == sorted(numbers, reverse=True)
+    assert scores[-2:] == ["", ""]  # failed trials last
+
+
+def test_failed_trial_shows_its_error_escaped(sd1_run):
+    html = html_of(sd1_run)
+    assert "<b>CUDA" not in html
+    assert "WebUI answered 500: &lt;b&gt;CUDA out of memory&lt;/b&gt;" in html
+
+
+def test_best_and_worst_trials_show_their_images_per_payload(sd1_run):
+    html = html_of(sd1_run)
+    order = ranked(sd1_run)
+    for trial in (order[0], order[-1]):
+        for image in trial["images"]:
+            assert f'src="{image["path"]}"' in html
+            assert f"{image['score']:.4f}" in html
+    middle = order[len(order) // 2]
+    assert f'src="{middle["images"][0]["path"]}"' not in html
+
+
+def test_payload_names_are_escaped(sd1_run):
+    html = html_of(sd1_run)
+    assert EVIL_PAYLOAD not in html
+    assert "<script>alert" not in html
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;cat" in html
+
+
+@pytest.mark.parametrize("run", ["sd1_run", "sdxl_beta_run"])
+def test_report_is_self_contained(request, run):
+    run_dir = request.getfixturevalue(run)
+    html = html_of(run_dir)
+    assert not re.search(r'(src|href)\s*=\s*["\']?\s*(https?:)?//', html, re.I)
+    assert not re.search(r"url\(|@import|<link", html, re.I)
+    assert 'src="convergence.png"' in html and 'src="weights.png"' in html
+    assert not list(run_dir.glob(".*.tmp"))  # the atomic writes left nothing behind
+
+
+def test_missing_images_are_placeholders_not_broken_references(tmp_path):
+    run_dir = make_run(tmp_path / "run", n_trials=4, write_images=False)
+    write_report(run_dir)
+    html = html_of(run_dir)
+    assert "image missing" in html
+    assert '<img src="images/' not in html
+
+
+def test_summary_shows_budget_best_and_stage_times(sd1_run):
+    html = html_of(sd1_run)
+    best = ranked(sd1_run)[0]
+    assert "14 / 20" in html
+    assert f"trial {best['trial']}" in html
+    assert "weighted_sum" in html and "a.safetensors" in html
+    assert "4.20 s" in html  # the mean load time
+    assert "in progress" in html
+
+
+def test_no_successful_trial_still_gives_a_report(tmp_path):
+    run_dir = make_run(tmp_path / "run", n_trials=3, failed=(0, 1, 2))
+    write_report(run_dir)
+    assert_pngs(run_dir)
+    html = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert "no successful trial yet" in html.lower()
+
+
+def test_null_beta_and_an_empty_log_are_handled(tmp_path):
+    run_dir = make_run(tmp_path / "run", n_trials=2, beta=False)
+    assert load_run(run_dir).uses_beta is False
+    (run_dir / "trials.jsonl").write_text("", encoding="utf-8")
+    write_report(run_dir)
+    assert_pngs(run_dir)
+    assert "No trial has finished yet" in (run_dir / "report.html").read_text(encoding="utf-8")
+
+
+def unet_panels(run_dir: Path) -> dict[str, set[str]]:
+    """Title → the block names drawn as boxes, for each UNet panel of the weights figure."""
+    from bayes_merger.report.plots import weights_figure
+
+    fig = weights_figure(load_run(run_dir))
+    panels = {}
+    for ax in fig.axes:
+        title = ax.get_title(loc="left")
+        if title.startswith("Best "):
+            panels[title.split(":")[0]] = {t.get_text() for t in ax.texts} & set(SD_BLOCKS)
+    return panels
+
+
+def test_weights_plot_draws_one_unet_panel_per_weight_set(tmp_path):
+    assert set(unet_panels(make_run(tmp_path / "a"))) == {"Best α"}
+    assert set(unet_panels(make_run(tmp_path / "b", beta=True))) == {"Best α", "Best β"}
+
+
+def test_weights_plot_draws_sdxl_with_its_20_blocks(tmp_path):
+    panels = unet_panels(make_run(tmp_path / "xl", arch="sdxl", beta=True))
+    assert panels["Best α"] == panels["Best β"] == set(SDXL_BLOCKS)
+    assert len(SDXL_BLOCKS) == 20
+
+
+def test_hundred_trials_report_is_quick(tmp_path):
+    run_dir = make_run(tmp_path / "run", n_trials=100, init_points=10, n_iters=90, beta=True, failed=(5, 50))
+    write_report(run_dir)  # the first call pays for font caches
+    # CPU time, not wall time: other work on a shared machine must not fail this test
+    start = time.process_time()
+    write_report(run_dir)
+    elapsed = time.process_time() - start
+    assert elapsed < 3.0, f"write_report took {elapsed:.2f} s of CPU for 100 trials"
+
+
+# --- the command line -------------------------------------------------------------------------------
+
+
+def test_cli_rebuilds_a_run_folder(tmp_path):
+    run_dir = make_run(tmp_path / "run", n_trials=4)
+    assert report_main([str(run_dir)]) == 0
+    assert (run_dir / "report.html").is_file()
+    assert_pngs(run_dir)
+
+
+def test_cli_refuses_a_folder_without_a_trial_log(tmp_path, caplog):
+    (tmp_path / "notes.txt").write_text("hello", encoding="utf-8")
+    code = report_main([str(tmp_path)])
+    assert code != 0
+    assert "has no trials.jsonl" in caplog.text
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_python_m_on_a_missing_folder_exits_non_zero_with_one_sentence(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bayes_merger.report", str(tmp_path / "nope")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "is not a folder" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_image_paths_outside_the_run_folder_are_not_referenced(tmp_path):
+    from bayes_merger.report.html import render_html
+
+    run_dir = make_run(tmp_path / "run", n_trials=2, payloads=("p",), images_per_payload=2)
+    lines = (run_dir / "trials.jsonl").read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines]
+    for record in records:
+        record["images"][0]["path"] = "../../etc/passwd"
+        record["images"][1]["path"] = "/etc/hosts"
+    (run_dir / "trials.jsonl").write_text("\n".join(json.dumps(r) for r in records), encoding="utf-8")
+    html = render_html(load_run(run_dir))
+    assert "image outside the run folder" in html
+    assert 'src="../' not in html and 'src="/etc' not in html
+
+
+def test_failed_trials_are_inside_the_convergence_plot(tmp_path):
+    from bayes_merger.report.plots import convergence_figure
+
+    run_dir = make_run(tmp_path / "run", n_trials=3, failed=(0, 1, 2))
+    low, high = convergence_figure(load_run(run_dir)).axes[0].get_xlim()
+    assert low < 0 and high > 2

@@ -1,0 +1,457 @@
+"""WebUIClient against the fake WebUI over real HTTP: the hand-off, generation, auth and error bodies."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import requests
+import torch
+from safetensors.torch import save_file
+
+from bayes_merger.errors import ConfigError, WebUIError
+from bayes_merger.testing.fake_webui import FakeWebUI
+from bayes_merger.webui.client import Generation, WebUIClient
+
+TXT2IMG = "/sdapi/v1/txt2img"
+OPTIONS = "/sdapi/v1/options"
+ALL_MODES = ["a1111", "forge", "sdnext"]
+
+
+def merge_writer(value: float) -> Callable[[Path], None]:
+    """A stand-in for the merger: writes a tiny checkpoint with real SD key names at the given path."""
+
+    def write(path: Path) -> None:
+        save_file(
+            {
+                "model.diffusion_model.input_blocks.0.0.weight": torch.full((4, 4), value),
+                "model.diffusion_model.middle_block.1.proj_in.weight": torch.full((2, 2), -value),
+                "model.diffusion_model.output_blocks.11.0.skip_connection.bias": torch.full((3,), 2 * value),
+                "first_stage_model.decoder.conv_in.bias": torch.zeros(3),
+            },
+            str(path),
+        )
+
+    return write
+
+
+def add_base_model(fake: FakeWebUI) -> None:
+    """Give the fake a model of its own, loaded at start-up, as a real WebUI has."""
+    merge_writer(0.9)(fake.checkpoint_dir / "base.safetensors")
+    fake.restart(forget_selection=True)
+
+
+PAYLOAD = {"prompt": "a lighthouse at dusk", "negative_prompt": "blurry", "seed": 1234, "steps": 20,
+           "width": 64, "height": 64}
+
+
+# ------------------------------------------------------------------------------- happy path
+
+
+@pytest.mark.parametrize("fake_webui", ALL_MODES, indirect=True)
+def test_load_then_txt2img_renders_with_the_merge(fake_webui, webui_config):
+    with WebUIClient(webui_config(), "run1") as client:
+        client.wait_until_ready()
+        title = client.load_checkpoint(merge_writer(0.2), trial=3)
+        generation = client.txt2img({**PAYLOAD, "batch_size": 2, "n_iter": 2})
+
+    assert title.startswith("bm-run1-t0003.safetensors")
+    assert fake_webui.loaded_model == "bm-run1-t0003.safetensors"
+    assert isinstance(generation, Generation)
+    assert generation.seeds == [1234, 1235, 1236, 1237]
+    assert len(generation.images) == 4
+    assert generation.info["sd_model_name"] == "bm-run1-t0003"
+    assert generation.info["prompt"] == PAYLOAD["prompt"]
+
+
+def test_title_that_gains_a_hash_after_the_load_is_still_recognised(fake_webui, webui_config):
+    with WebUIClient(webui_config(), "run1") as client:
+        title = client.load_checkpoint(merge_writer(0.2), trial=0)
+        client.txt2img(PAYLOAD)
+
+    selected_with = fake_webui.requests_to(OPTIONS, "POST")[-1].body["sd_model_checkpoint"]
+    assert selected_with == "bm-run1-t0000.safetensors"  # as listed before the first load
+    assert title == f"bm-run1-t0000.safetensors [{fake_webui.loaded_sha256[:10]}]"
+
+
+@pytest.mark.parametrize("fake_webui", ["forge"], indirect=True)
+def test_forge_loads_lazily_and_the_first_generation_confirms_the_merge(fake_webui, webui_config):
+    add_base_model(fake_webui)
+    with WebUIClient(webui_config(), "run1") as client:
+        client.load_checkpoint(merge_writer(0.2), trial=0)
+        assert fake_webui.loaded_model is None  # only recorded; nothing read yet
+        generation = client.txt2img(PAYLOAD)
+
+    assert fake_webui.loaded_model == "bm-run1-t0000.safetensors"
+    assert generation.info["sd_model_name"] == "bm-run1-t0000"
+
+
+def test_different_merges_render_different_images_and_the_same_merge_the_same(fake_webui, webui_config):
+    with WebUIClient(webui_config(), "run1") as client:
+        client.load_checkpoint(merge_writer(0.1), trial=0)
+        first = client.txt2img(PAYLOAD).images[0].tobytes()
+        again = client.txt2img(PAYLOAD).images[0].tobytes()
+        client.load_checkpoint(merge_writer(0.4), trial=1)
+        other = client.txt2img(PAYLOAD).images[0].tobytes()
+
+    assert first == again
+    assert first != other
+
+
+def test_a_prepended_grid_is_left_out_and_each_image_has_its_seed(fake_webui, webui_config):
+    with WebUIClient(webui_config(), "run1") as client:
+        client.load_checkpoint(merge_writer(0.1), trial=0)
+        generation = client.txt2img({**PAYLOAD, "batch_size": 3, "save_images": True})
+        singles = [client.txt2img({**PAYLOAD, "seed": seed}).images[0].tobytes() for seed in (1234, 1235, 1236)]
+
+    assert generation.info["index_of_first_image"] == 1
+    assert generation.seeds == [1234, 1235, 1236]
+    assert [image.tobytes() for image in generation.images] == singles
+
+
+@pytest.mark.parametrize(("samples_format", "pil_format"), [("png", "PNG"), ("jpg", "JPEG"), ("webp", "WEBP")])
+def test_png_jpeg_and_webp_bodies_are_decoded(fake_webui, webui_config, samples_format, pil_format):
+    fake_webui.set_option("samples_format", samples_format)
+    with WebUIClient(webui_config(), "run1") as client:
+        client.load_checkpoint(merge_writer(0.1), trial=0)
+        image = client.txt2img(PAYLOAD).images[0]
+
+    assert image.format == pil_format
+    assert image.size == (64, 64)
+
+
+def test_txt2img_before_any_load_does_not_need_a_merge(fake_webui, webui_config):
+    add_base_model(fake_webui)
+    with WebUIClient(webui_config(), "run1") as client:
+        generation = client.txt2img(PAYLOAD)
+
+    assert generation.info["sd_model_name"] == "base"
+
+
+# ------------------------------------------------------------------------------ merge files
+
+
+def test_old_merge_files_of_this_run_are_deleted_and_nothing_else(fake_webui, webui_config):
+    folder = fake_webui.checkpoint_dir
+    foreign = ["base.safetensors", "bm-otherrun-t0000.safetensors", "bm-run1-t0000.safetensors.bak", "notes.txt"]
+    for name in foreign:
+        (folder / name).write_bytes(b"not ours")
+    (folder / "bm-run1-t0000.safetensors.tmp").write_bytes(b"left by a crash")
+
+    with WebUIClient(webui_config(keep_last=0), "run1") as client:
+        for trial in range(3):
+            client.load_checkpoint(merge_writer(0.1 * trial), trial)
+
+    assert sorted(p.name for p in folder.iterdir()) == sorted(foreign + ["bm-run1-t0002.safetensors"])
+
+
+def test_keep_last_keeps_that_many_previous_merges(fake_webui, webui_config):
+    with WebUIClient(webui_config(keep_last=2), "run1") as client:
+        for trial in range(5):
+            client.load_checkpoint(merge_writer(0.1 * trial), trial)
+        left = sorted(p.name for p in fake_webui.checkpoint_dir.iterdir())
+        client.remove_merges()
+
+    assert left == [f"bm-run1-t000{t}.safetensors" for t in (2, 3, 4)]
+    assert list(fake_webui.checkpoint_dir.iterdir()) == []
+
+
+def test_loading_a_trial_again_overwrites_its_file_when_the_webui_has_another_loaded(fake_webui, webui_config):
+    with WebUIClient(webui_config(keep_last=5), "run1") as client:
+        client.load_checkpoint(merge_writer(0.1), trial=4)
+        client.load_checkpoint(merge_writer(0.2), trial=5)
+        title = client.load_checkpoint(merge_writer(0.3), trial=4)
+
+    path = fake_webui.checkpoint_dir / "bm-run1-t0004.safetensors"
+    assert title.startswith("bm-run1-t0004.safetensors")
+    assert fake_webui.loaded_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_resuming_a_trial_the_webui_still_has_loaded_uses_a_fresh_file_name(fake_webui, webui_config):
+    # A1111 does not reload a file name it has loaded, even with new content: the resumed
+    # trial must not be scored with the interrupted attempt's weights
+    with WebUIClient(webui_config(), "run1") as crashed:
+        crashed.load_checkpoint(merge_writer(0.1), trial=7)
+    fake_webui.restart()  # the WebUI reloads its remembered selection: our trial 7 file
+
+    with WebUIClient(webui_config(), "run1") as resumed:
+        title = resumed.load_checkpoint(merge_writer(0.5), trial=7)
+        generation = resumed.txt2img(PAYLOAD)
+
+    fresh = fake_webui.checkpoint_dir / "bm-run1-t0007-r2.safetensors"
+    assert title.startswith(fresh.name)
+    assert fake_webui.loaded_sha256 == hashlib.sha256(fresh.read_bytes()).hexdigest()
+    assert generation.info["sd_model_name"] == "bm-run1-t0007-r2"
+    assert [p.name for p in fake_webui.checkpoint_dir.iterdir()] == [fresh.name]
+
+
+def test_a_writer_that_fails_leaves_no_temporary_file(fake_webui, webui_config):
+    def broken(path: Path) -> None:
+        path.write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    with WebUIClient(webui_config(), "run1") as client, pytest.raises(WebUIError, match="No space left on device"):
+        client.load_checkpoint(broken, trial=0)
+
+    assert list(fake_webui.checkpoint_dir.iterdir()) == []
+
+
+def test_the_webui_sees_the_merge_only_once_it_is_complete(fake_webui, webui_config):
+    listed_while_writing = []
+
+    def write(path: Path) -> None:
+        merge_writer(0.1)(path)
+        requests.post(fake_webui.url + "/sdapi/v1/refresh-checkpoints", timeout=5)
+        listed_while_writing.extend(m["filename"] for m in requests.get(fake_webui.url + "/sdapi/v1/sd-models", timeout=5).json())
+
+    with WebUIClient(webui_config(), "run1") as client:
+        client.load_checkpoint(write, trial=0)
+
+    assert listed_while_writing == []
+
+
+def test_a_checkpoint_dir_the_webui_does_not_scan_is_named_in_the_error(fake_webui, webui_config, tmp_path):
+    elsewhere = tmp_path / "not-scanned"
+    elsewhere.mkdir()
+    with WebUIClient(webui_config(checkpoint_dir=str(elsewhere)), "run1") as client:
+        with pytest.raises(WebUIError, match="does not list bm-run1-t0000.safetensors") as error:
+            client.load_checkpoint(merge_writer(0.1), trial=0)
+
+    assert str(elsewhere) in str(error.value)
+
+
+def test_check_checkpoint_dir_rejects_a_missing_folder(webui_config, tmp_path):
+    missing = tmp_path / "nope"
+    with WebUIClient(webui_config(checkpoint_dir=str(missing)), "run1") as client:
+        with pytest.raises(ConfigError, match=str(missing)):
+            client.check_checkpoint_dir()
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_check_checkpoint_dir_rejects_a_read_only_folder(webui_config, tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with WebUIClient(webui_config(checkpoint_dir=str(folder)), "run1") as client:
+            with pytest.raises(ConfigError, match="not writable"):
+                client.check_checkpoint_dir()
+    finally:
+        folder.chmod(0o700)
+
+
+def test_check_checkpoint_dir_accepts_a_writable_folder_and_leaves_it_clean(fake_webui, webui_config):
+    with WebUIClient(webui_config(), "run1") as client:
+        client.check_checkpoint_dir()
+
+    assert list(fake_webui.checkpoint_dir.iterdir()) == []
+
+
+# ------------------------------------------------------------------- a model that did not load
+
+
+@pytest.mark.parametrize("fake_webui", ["a1111", "sdnext"], indirect=True)
+def test_a_load_that_silently_failed_is_an_error_not_a_silent_fallback(fake_webui, webui_config):
+    add_base_model(fake_webui)
+    fake_webui.fail_loads(1)
+    with WebUIClient(webui_config(), "run1") as client:
+        with pytest.raises(WebUIError, match=r"kept 'base.safetensors \[[0-9a-f]{10}\]' instead of loading bm-run1-t0000"):
+            client.load_checkpoint(merge_writer(0.1), trial=0)
+
+    assert fake_webui.loaded_model == "base.safetensors"
+
+
+@pytest.mark.parametrize(
+    ("fake_webui", "keep_option"), [("a1111", True), ("forge", False)], indirect=["fake_webui"]
+)
+def test_a_generation_with_the_wrong_model_is_an_error(fake_webui, webui_config, keep_option):
+    # the option names the merge but the old model generated: only info.sd_model_name tells
+    add_base_model(fake_webui)
+    with WebUIClient(webui_config(), "run1") as client:
+        client.txt2img(PAYLOAD)  # Forge loads its start-up model only now
+        fake_webui.fail_loads(1, keep_option=keep_option)
+        client.load_checkpoint(merge_writer(0.1), trial=0)
+        with pytest.raises(WebUIError, match="generated with 'base' instead of the merge bm-run1-t0000.safetensors"):
+            client.txt2img(PAYLOAD)
+
+
+@pytest.mark.parametrize("fake_webui", ["a1111", "sdnext"], indirect=True)
+def test_an_unknown_checkpoint_is_an_error_not_a_silent_fallback(fake_webui, webui_config):
+    # the merge vanishes from the WebUI's list between the listing and the selection:
+    # A1111 answers 500 "model not found", SD.Next keeps the old model and answers 200
+    add_base_model(fake_webui)
+    release = fake_webui.hold(OPTIONS, "POST")
+    with WebUIClient(webui_config(), "run1") as client, ThreadPoolExecutor(1) as pool:
+        loading = pool.submit(client.load_checkpoint, merge_writer(0.1), 0)
+        fake_webui.wait_for_requests("/sdapi/v1/sd-models", 1)
+        (fake_webui.checkpoint_dir / "bm-run1-t0000.safetensors").unlink()
+        requests.post(fake_webui.url + "/sdapi/v1/refresh-checkpoints", timeout=5).raise_for_status()
+        release.set()
+        with pytest.raises(WebUIError) as error:
+            loading.result(timeout=10)
+
+    expected = "model 'bm-run1-t0000.safetensors' not found" if fake_webui.mode == "a1111" else "kept 'base.safetensors"
+    assert expected in str(error.value)
+    assert fake_webui.loaded_model == "base.safetensors"
+
+
+# ----------------------------------------------------------------------------------- auth
+
+
+@pytest.mark.parametrize("fake_webui", [{"auth": "alice:s3cret-pw"}], indirect=True)
+def test_auth_from_an_environment_variable_is_accepted(fake_webui, webui_config, monkeypatch):
+    monkeypatch.setenv("BM_TEST_WEBUI_AUTH", "alice:s3cret-pw")
+    with WebUIClient(webui_config(auth_env="BM_TEST_WEBUI_AUTH"), "run1") as client:
+        client.wait_until_ready()
+        client.load_checkpoint(merge_writer(0.1), trial=0)
+        assert client.txt2img(PAYLOAD).images
+
+
+@pytest.mark.parametrize(
+    ("fake_webui", "auth", "message"),
+    [
+        ({"auth": "alice:s3cret-pw"}, "alice:wrong", "Incorrect username or password"),
+        ({"auth": "alice:s3cret-pw"}, None, "Not authenticated"),
+    ],
+    indirect=["fake_webui"],
+)
+def test_wrong_or_missing_auth_is_one_error_with_the_servers_words(fake_webui, webui_config, auth, message):
+    with WebUIClient(webui_config(auth=auth), "run1") as client:
+        with pytest.raises(WebUIError, match=message) as error:
+            client.wait_until_ready()
+
+    assert error.value.status == 401
+    assert "webui.auth" in str(error.value)
+
+
+@pytest.mark.parametrize("fake_webui", [{"auth": "alice:s3cret-pw"}], indirect=True)
+def test_the_password_never_appears_in_logs_errors_or_repr(fake_webui, webui_config, caplog):
+    caplog.set_level(logging.DEBUG)
+    with WebUIClient(webui_config(auth="alice:s3cret-pw"), "run1") as client:
+        client.load_checkpoint(merge_writer(0.1), trial=0)
+        client.txt2img(PAYLOAD)
+        shown = repr(client)
+    with WebUIClient(webui_config(auth="alice:wr0ng-pw"), "run1") as client:
+        with pytest.raises(WebUIError) as error:
+            client.load_checkpoint(merge_writer(0.1), trial=1)
+
+    assert "bm-run1-t0000" in caplog.text  # the log did record the work
+    for secret in ("s3cret-pw", "wr0ng-pw"):
+        assert secret not in caplog.text
+        assert secret not in str(error.value) and secret not in shown
+
+
+def test_an_auth_variable_that_is_not_set_is_a_config_error(webui_config, monkeypatch):
+    monkeypatch.delenv("BM_TEST_UNSET_AUTH", raising=False)
+    with pytest.raises(ConfigError, match="BM_TEST_UNSET_AUTH"):
+        WebUIClient(webui_config(auth_env="BM_TEST_UNSET_AUTH"), "run1")
+
+
+def test_auth_without_a_colon_is_a_config_error_that_does_not_show_it(webui_config):
+    with pytest.raises(ConfigError, match="user:password") as error:
+        WebUIClient(webui_config(auth="justapassword"), "run1")
+
+    assert "justapassword" not in str(error.value)
+
+
+def test_credentials_in_the_url_are_refused(webui_config):
+    with pytest.raises(ConfigError, match="auth_env") as error:
+        WebUIClient(webui_config(url="http://bob:hunter2@127.0.0.1:7860"), "run1")
+
+    assert "hunter2" not in str(error.value)
+
+
+def test_a_run_id_that_cannot_name_a_file_is_refused(webui_config):
+    with pytest.raises(ConfigError, match="run id"):
+        WebUIClient(webui_config(), "../escape")
+
+
+# ------------------------------------------------------------------------------ error bodies
+
+
+def _txt2img_error(fake: FakeWebUI, config, request) -> WebUIError:
+    with WebUIClient(config, "run1") as client:
+        client.load_checkpoint(merge_writer(0.1), trial=0)
+        with pytest.raises(WebUIError) as error:
+            client.txt2img(request)
+    return error.value
+
+
+@pytest.mark.parametrize(
+    ("fake_webui", "message"),
+    [("a1111", "steps: value is not a valid integer"),
+     ("forge", "steps: Input should be a valid integer, unable to parse string as an integer")],
+    indirect=["fake_webui"],
+)
+def test_a_422_validation_list_becomes_one_sentence_naming_the_field(fake_webui, webui_config, message):
+    error = _txt2img_error(fake_webui, webui_config(), {**PAYLOAD, "steps": "abc"})
+
+    assert error.status == 422
+    assert str(error) == f"POST /sdapi/v1/txt2img failed with HTTP 422: {message}."
+    assert len(fake_webui.requests_to(TXT2IMG)) == 1  # never retried
+
+
+@pytest.mark.parametrize(
+    ("fake_webui", "status", "body_key"),
+    [("a1111", 500, "errors"), ("forge", 500, "message"), ("a1111", 400, "errors"), ("forge", 400, "detail"),
+     ("sdnext", 500, "errors")],
+    indirect=["fake_webui"],
+)
+def test_every_error_body_shape_becomes_one_error_with_the_servers_message(fake_webui, webui_config, status, body_key):
+    fake_webui.fail_next(1, status=status, path="/sdapi/v1/progress", message="probe")
+    shape = requests.get(fake_webui.url + "/sdapi/v1/progress", timeout=5).json()
+    fake_webui.fail_next(1, status=status, path=TXT2IMG, message="CUDA out of memory")
+    error = _txt2img_error(fake_webui, webui_config(), PAYLOAD)
+
+    assert shape[body_key] == "probe"  # the shape this case is about
+    assert error.status == status
+    assert "CUDA out of memory" in str(error)
+    assert str(error).startswith(f"POST /sdapi/v1/txt2img failed with HTTP {status}: ")
+    assert "\n" not in str(error) and str(error).endswith(".")
+    assert len(fake_webui.requests_to(TXT2IMG)) == 1  # a 500 or a 4xx is never retried
+
+
+@pytest.mark.parametrize("fake_webui", ["sdnext"], indirect=True)
+def test_sdnext_unknown_sampler_404_carries_its_message(fake_webui, webui_config):
+    error = _txt2img_error(fake_webui, webui_config(), {**PAYLOAD, "sampler_name": "Euler z"})
+
+    assert error.status == 404
+    assert "Sampler not found" in str(error)
+
+
+def test_an_html_error_page_from_a_proxy_is_reported_without_markup(fake_webui, webui_config):
+    fake_webui.fail_next(1, status=500, path=TXT2IMG, body="<html><body><h1>500 Internal Server Error</h1></body></html>")
+    error = _txt2img_error(fake_webui, webui_config(), PAYLOAD)
+
+    assert str(error) == "POST /sdapi/v1/txt2img failed with HTTP 500: Internal Server Error."
+
+
+def test_after_a_failed_load_nothing_is_generated_until_a_merge_loads(fake_webui, webui_config):
+    add_base_model(fake_webui)
+    with WebUIClient(webui_config(), "run1") as client:
+        client.load_checkpoint(merge_writer(0.1), trial=0)
+        fake_webui.fail_loads(1)
+        with pytest.raises(WebUIError):
+            client.load_checkpoint(merge_writer(0.2), trial=1)
+        with pytest.raises(WebUIError, match="the last load_checkpoint failed"):
+            client.txt2img(PAYLOAD)
+        client.load_checkpoint(merge_writer(0.2), trial=1)
+
+        assert client.txt2img(PAYLOAD).info["sd_model_name"] == "bm-run1-t0001"
+
+
+def test_a_payload_held_in_an_omegaconf_node_is_sent_as_plain_json(fake_webui, webui_config):
+    from omegaconf import OmegaConf
+
+    request = OmegaConf.create({**PAYLOAD, "styles": ["a", "b"], "override_settings": {"CLIP_stop_at_last_layers": 2}})
+    with WebUIClient(webui_config(), "run1") as client:
+        client.load_checkpoint(merge_writer(0.1), trial=0)
+        client.txt2img(request)
+
+    sent = fake_webui.requests_to(TXT2IMG)[-1].body
+    assert sent["styles"] == ["a", "b"] and sent["override_settings"] == {"CLIP_stop_at_last_layers": 2}

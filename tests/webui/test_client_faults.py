@@ -1,0 +1,222 @@
+"""WebUIClient when things go wrong on the wire: retries, timeouts, refused connections, restarts, start-up."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from bayes_merger.errors import WebUIError
+from bayes_merger.webui.client import WebUIClient
+
+TXT2IMG = "/sdapi/v1/txt2img"
+OPTIONS = "/sdapi/v1/options"
+SD_MODELS = "/sdapi/v1/sd-models"
+PROGRESS = "/sdapi/v1/progress"
+PAYLOAD = {"prompt": "a red boat", "seed": 7, "steps": 20, "width": 64, "height": 64}
+
+
+def write_merge(path: Path) -> None:
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.full((4, 4), 0.25)}, str(path))
+
+
+def statuses(fake, path, method=None):
+    return [r.status for r in fake.requests_to(path, method)]
+
+
+# ---------------------------------------------------------------------------------- retries
+
+
+def test_a_503_is_retried_until_the_generation_succeeds(fake_webui, webui_config):
+    with WebUIClient(webui_config(retries=3), "run1") as client:
+        client.load_checkpoint(write_merge, trial=0)
+        fake_webui.fail_next(2, status=503, path=TXT2IMG)
+        generation = client.txt2img(PAYLOAD)
+
+    assert generation.seeds == [7]
+    assert statuses(fake_webui, TXT2IMG) == [503, 503, 200]
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_gateway_errors_on_reads_and_selection_are_retried(fake_webui, webui_config, status):
+    fake_webui.fail_next(1, status=status, path=SD_MODELS)
+    fake_webui.fail_next(1, status=status, path=OPTIONS, method="POST")
+    with WebUIClient(webui_config(retries=2), "run1") as client:
+        client.load_checkpoint(write_merge, trial=0)
+
+    assert statuses(fake_webui, SD_MODELS) == [status, 200]
+    assert statuses(fake_webui, OPTIONS, "POST") == [status, 200]
+
+
+def test_a_503_that_does_not_go_away_ends_as_an_error_after_the_configured_retries(fake_webui, webui_config):
+    with WebUIClient(webui_config(retries=2), "run1") as client:
+        client.load_checkpoint(write_merge, trial=0)
+        fake_webui.fail_next(10, status=503, path=TXT2IMG, message="Server busy")
+        with pytest.raises(WebUIError, match="HTTP 503: Server busy") as error:
+            client.txt2img(PAYLOAD)
+
+    assert error.value.status == 503
+    assert statuses(fake_webui, TXT2IMG) == [503, 503, 503]  # the first try and 2 retries
+
+
+@pytest.mark.parametrize("status", [400, 404, 422, 500])
+def test_client_errors_and_500_are_never_retried(fake_webui, webui_config, status):
+    with WebUIClient(webui_config(retries=3), "run1") as client:
+        client.load_checkpoint(write_merge, trial=0)
+        fake_webui.fail_next(1, status=status, path=TXT2IMG)
+        with pytest.raises(WebUIError) as error:
+            client.txt2img(PAYLOAD)
+
+    assert error.value.status == status
+    assert statuses(fake_webui, TXT2IMG) == [status]
+
+
+def test_a_504_on_txt2img_is_not_retried_because_the_server_may_still_be_rendering(fake_webui, webui_config):
+    with WebUIClient(webui_config(retries=3), "run1") as client:
+        client.load_checkpoint(write_merge, trial=0)
+        fake_webui.fail_next(1, status=504, path=TXT2IMG, message="Gateway Timeout")
+        with pytest.raises(WebUIError, match="HTTP 504"):
+            client.txt2img(PAYLOAD)
+
+    assert statuses(fake_webui, TXT2IMG) == [504]
+
+
+def test_a_dropped_connection_on_a_read_is_retried(fake_webui, webui_config):
+    fake_webui.drop_next(1, path=SD_MODELS)
+    with WebUIClient(webui_config(retries=2), "run1") as client:
+        client.load_checkpoint(write_merge, trial=0)
+
+    assert statuses(fake_webui, SD_MODELS) == [None, 200]
+
+
+def test_a_dropped_connection_during_txt2img_is_an_error_without_a_retry(fake_webui, webui_config):
+    with WebUIClient(webui_config(retries=3), "run1") as client:
+        client.load_checkpoint(write_merge, trial=0)
+        fake_webui.drop_next(1, path=TXT2IMG)
+        with pytest.raises(WebUIError, match="closed without an answer"):
+            client.txt2img(PAYLOAD)
+        assert client.txt2img(PAYLOAD).images  # the next call works again
+
+    assert statuses(fake_webui, TXT2IMG) == [None, 200]
+
+
+# ---------------------------------------------------------------------- timeouts and refusals
+
+
+def test_a_generation_slower_than_the_read_timeout_is_an_error_and_is_not_repeated(fake_webui, webui_config):
+    release = fake_webui.hold(TXT2IMG)
+    with WebUIClient(webui_config(read_timeout=0.3, retries=3), "run1") as client:
+        client.load_checkpoint(write_merge, trial=0)
+        with pytest.raises(WebUIError, match=r"no answer within 0.3 s \(raise webui.read_timeout"):
+            client.txt2img(PAYLOAD)
+        release.set()
+        fake_webui.wait_for_requests(TXT2IMG, 1)
+
+    assert len(fake_webui.requests_to(TXT2IMG)) == 1
+
+
+def test_a_read_timeout_on_a_get_is_not_retried_either(fake_webui, webui_config):
+    release = fake_webui.hold(OPTIONS, "GET")
+    with WebUIClient(webui_config(read_timeout=0.3, retries=3), "run1") as client:
+        with pytest.raises(WebUIError, match="GET /sdapi/v1/options got no answer"):
+            client.load_checkpoint(write_merge, trial=0)
+        release.set()
+        fake_webui.wait_for_requests(OPTIONS, 1)
+
+    assert len(fake_webui.requests_to(OPTIONS)) == 1
+
+
+def test_a_refused_connection_is_retried_then_reported(fake_webui, webui_config, caplog):
+    config = webui_config(retries=3)
+    fake_webui.stop()
+    caplog.set_level(logging.WARNING, logger="urllib3")
+    with WebUIClient(config, "run1") as client:
+        with pytest.raises(WebUIError, match="connection refused") as error:
+            client.txt2img(PAYLOAD)
+
+    assert fake_webui.url in str(error.value)
+    assert "webui.url" in str(error.value)
+    assert len([r for r in caplog.records if r.getMessage().startswith("Retrying")]) == 3
+
+
+# ------------------------------------------------------------------------------- restarts
+
+
+def test_after_a_webui_restart_the_same_client_carries_on_and_selects_again(fake_webui, webui_config):
+    with WebUIClient(webui_config(), "run1") as client:
+        client.load_checkpoint(write_merge, trial=0)
+        before = client.txt2img(PAYLOAD).images[0].tobytes()
+        fake_webui.restart()  # the pooled keep-alive connection is now dead
+        after = client.txt2img(PAYLOAD).images[0].tobytes()
+        posts_before = len(fake_webui.requests_to(OPTIONS, "POST"))
+        client.load_checkpoint(write_merge, trial=1)
+
+    assert before == after
+    assert len(fake_webui.requests_to(OPTIONS, "POST")) == posts_before + 1
+    assert fake_webui.loaded_model == "bm-run1-t0001.safetensors"
+
+
+def test_a_restart_that_fell_back_to_another_model_fails_the_trial_until_selected_again(fake_webui, webui_config):
+    save_file({"model.diffusion_model.out.0.weight": torch.ones(3)}, str(fake_webui.checkpoint_dir / "base.safetensors"))
+    with WebUIClient(webui_config(keep_last=0), "run1") as client:
+        client.load_checkpoint(write_merge, trial=0)
+        fake_webui.restart(forget_selection=True)
+        with pytest.raises(WebUIError, match="generated with 'base' instead of the merge"):
+            client.txt2img(PAYLOAD)
+        client.load_checkpoint(write_merge, trial=0)
+        generation = client.txt2img(PAYLOAD)
+
+    assert generation.info["sd_model_name"] == "bm-run1-t0000"
+
+
+# ------------------------------------------------------------------------------- start-up
+
+
+def test_wait_until_ready_waits_for_a_webui_that_is_still_starting(fake_webui, webui_config):
+    fake_webui.starting_up(3)
+    with WebUIClient(webui_config(), "run1") as client:
+        client.wait_until_ready(timeout=5)
+
+    assert statuses(fake_webui, PROGRESS) == [404, 404, 404, 200]
+
+
+def test_a_webui_without_the_api_is_reported_as_such_when_the_wait_ends(fake_webui, webui_config):
+    fake_webui.starting_up(10**6)
+    with WebUIClient(webui_config(), "run1") as client:
+        with pytest.raises(WebUIError, match=r"not ready after 0.2 s: .*--api \(API not enabled\)"):
+            client.wait_until_ready(timeout=0.2)
+
+
+def test_a_webui_that_never_comes_up_is_reported_as_unreachable(fake_webui, webui_config):
+    config = webui_config()
+    fake_webui.stop()
+    with WebUIClient(config, "run1") as client:
+        with pytest.raises(WebUIError, match="could not be reached .connection refused"):
+            client.wait_until_ready(timeout=0.2)
+
+
+def test_wait_until_ready_tolerates_a_server_restarting_under_it(fake_webui, webui_config):
+    fake_webui.fail_next(2, status=502, path=PROGRESS)
+    with WebUIClient(webui_config(), "run1") as client:
+        client.wait_until_ready(timeout=5)
+
+    assert statuses(fake_webui, PROGRESS) == [502, 502, 200]
+
+
+def test_a_404_from_the_api_hints_at_a_missing_api_flag(fake_webui, webui_config):
+    with WebUIClient(webui_config(), "run1") as client:
+        fake_webui.starting_up(1)
+        with pytest.raises(WebUIError, match=r"HTTP 404: Not Found \(API not enabled: start the WebUI with --api\)"):
+            client.txt2img(PAYLOAD)
+
+
+def test_retries_apply_however_the_url_is_written(fake_webui, webui_config):
+    url = fake_webui.url.replace("http://", "HTTP://") + "/"
+    fake_webui.fail_next(1, status=503, path=SD_MODELS)
+    with WebUIClient(webui_config(url=url), "run1") as client:
+        client.load_checkpoint(write_merge, trial=0)
+
+    assert statuses(fake_webui, SD_MODELS) == [503, 200]

@@ -1,0 +1,255 @@
+"""The fake WebUI speaks the A1111 contract (shared/reference/a1111-api.md), so client tests mean something."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from bayes_merger.testing.fake_txt2img import model_features, render
+from bayes_merger.testing.fake_webui import FakeWebUI
+
+API = "/sdapi/v1"
+KEYS = ("model.diffusion_model.input_blocks.4.1.proj_in.weight", "model.diffusion_model.middle_block.0.in_layers.2.weight",
+        "model.diffusion_model.output_blocks.2.0.out_layers.3.weight", "cond_stage_model.transformer.text_model.final_layer_norm.weight")
+
+
+def tiny(path: Path, value: float) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({key: torch.full((3, 3), value * (i + 1)) for i, key in enumerate(KEYS)}, str(path))
+    return path
+
+
+def get(fake: FakeWebUI, path: str, **kwargs) -> requests.Response:
+    return requests.get(fake.url + API + path, timeout=5, **kwargs)
+
+
+def post(fake: FakeWebUI, path: str, body=None, **kwargs) -> requests.Response:
+    return requests.post(fake.url + API + path, json=body, timeout=5, **kwargs)
+
+
+def generate(fake: FakeWebUI, **fields) -> tuple[list[Image.Image], dict]:
+    response = post(fake, "/txt2img", {"prompt": "a cat", "seed": 3, "width": 64, "height": 64, **fields})
+    response.raise_for_status()
+    body = response.json()
+    return [Image.open(io.BytesIO(base64.b64decode(data))) for data in body["images"]], json.loads(body["info"])
+
+
+def test_refresh_lists_checkpoints_recursively_with_a1111_names(fake_webui):
+    tiny(fake_webui.checkpoint_dir / "a.safetensors", 0.1)
+    tiny(fake_webui.checkpoint_dir / "sub" / "b.safetensors", 0.2)
+    (fake_webui.checkpoint_dir / "c.safetensors.tmp").write_bytes(b"being written")
+    assert get(fake_webui, "/sd-models").json() == []
+
+    assert post(fake_webui, "/refresh-checkpoints").json() is None
+    listed = {m["model_name"]: m for m in get(fake_webui, "/sd-models").json()}
+
+    assert sorted(listed) == ["a", "sub_b"]
+    assert listed["sub_b"]["title"] == "sub/b.safetensors"  # no hash before the first load
+    assert listed["sub_b"]["hash"] is None
+    assert listed["sub_b"]["filename"] == str(fake_webui.checkpoint_dir / "sub" / "b.safetensors")
+
+
+def test_selecting_a_checkpoint_loads_it_and_its_title_gains_the_hash(fake_webui):
+    path = tiny(fake_webui.checkpoint_dir / "sub" / "b.safetensors", 0.2)
+    post(fake_webui, "/refresh-checkpoints")
+
+    assert post(fake_webui, "/options", {"sd_model_checkpoint": "sub_b"}).json() is None
+
+    sha = __import__("hashlib").sha256(path.read_bytes()).hexdigest()
+    assert fake_webui.loaded_model == "sub/b.safetensors"
+    assert get(fake_webui, "/options").json()["sd_model_checkpoint"] == f"sub/b.safetensors [{sha[:10]}]"
+    assert get(fake_webui, "/sd-models").json()[0]["title"] == f"sub/b.safetensors [{sha[:10]}]"
+
+
+@pytest.mark.parametrize(("fake_webui", "key"), [("a1111", "errors"), ("forge", "message")], indirect=["fake_webui"])
+def test_an_unknown_checkpoint_is_a_500_with_model_not_found(fake_webui, key):
+    response = post(fake_webui, "/options", {"sd_model_checkpoint": "nope"})
+
+    assert response.status_code == 500
+    assert response.json()[key] == "model 'nope' not found"
+    assert response.json()["error"] == "RuntimeError"
+
+
+@pytest.mark.parametrize("fake_webui", ["sdnext"], indirect=True)
+def test_sdnext_keeps_the_old_model_on_an_unknown_name_and_says_updated(fake_webui):
+    tiny(fake_webui.checkpoint_dir / "a.safetensors", 0.1)
+    fake_webui.restart()
+    response = post(fake_webui, "/options", {"sd_model_checkpoint": "nope"})
+
+    assert response.status_code == 200
+    assert response.json() == {"updated": [{"sd_model_checkpoint": False}]}
+    assert fake_webui.loaded_model == "a.safetensors"
+    assert get(fake_webui, "/options").json()["sd_model_checkpoint"].startswith("a.safetensors [")
+
+
+@pytest.mark.parametrize("fake_webui", ["forge"], indirect=True)
+def test_forge_records_the_choice_and_loads_at_the_next_generation(fake_webui):
+    tiny(fake_webui.checkpoint_dir / "a.safetensors", 0.1)
+    post(fake_webui, "/refresh-checkpoints")
+    post(fake_webui, "/options", {"sd_model_checkpoint": "a.safetensors"}).raise_for_status()
+    assert fake_webui.load_count == 0
+
+    _, info = generate(fake_webui)
+
+    assert fake_webui.load_count == 1
+    assert info["sd_model_name"] == "a"
+
+
+def test_a_checkpoint_that_cannot_be_read_keeps_the_old_model_and_still_answers_200(fake_webui):
+    tiny(fake_webui.checkpoint_dir / "a.safetensors", 0.1)
+    fake_webui.restart()
+    (fake_webui.checkpoint_dir / "broken.safetensors").write_bytes(b"\x00garbage")
+    post(fake_webui, "/refresh-checkpoints")
+
+    response = post(fake_webui, "/options", {"sd_model_checkpoint": "broken.safetensors"})
+
+    assert response.status_code == 200 and response.json() is None
+    assert fake_webui.loaded_model == "a.safetensors"
+    assert get(fake_webui, "/options").json()["sd_model_checkpoint"].startswith("a.safetensors")
+
+
+def test_selecting_the_loaded_file_name_again_does_not_reread_it(fake_webui):
+    path = tiny(fake_webui.checkpoint_dir / "a.safetensors", 0.1)
+    fake_webui.restart()
+    tiny(path, 0.7)  # new content under the same name
+    post(fake_webui, "/refresh-checkpoints")
+    post(fake_webui, "/options", {"sd_model_checkpoint": "a.safetensors"}).raise_for_status()
+
+    assert fake_webui.load_count == 1
+
+
+def test_txt2img_info_follows_the_contract(fake_webui):
+    tiny(fake_webui.checkpoint_dir / "m.safetensors", 0.1)
+    fake_webui.restart()
+    images, info = generate(fake_webui, seed="40", batch_size=2, n_iter=2, steps="12", width=512, height=768)
+
+    assert info["all_seeds"] == [40, 41, 42, 43] and info["seed"] == 40
+    assert info["steps"] == 12  # numbers given as strings are coerced
+    assert info["all_prompts"] == ["a cat"] * 4
+    assert info["sd_model_name"] == "m" and info["sd_model_hash"] == fake_webui.loaded_sha256[:10]
+    assert info["index_of_first_image"] == 0 and len(info["infotexts"]) == 4
+    assert (info["width"], info["height"]) == (512, 768) and info["version"] == "v1.10.1"
+    assert [image.size for image in images] == [(43, 64)] * 4  # capped, aspect kept
+
+
+def test_seed_minus_one_is_random(fake_webui):
+    tiny(fake_webui.checkpoint_dir / "m.safetensors", 0.1)
+    fake_webui.restart()
+    seeds = {generate(fake_webui, seed=-1)[1]["seed"] for _ in range(3)}
+
+    assert len(seeds) == 3 and all(seed >= 0 for seed in seeds)
+
+
+@pytest.mark.parametrize(
+    ("fake_webui", "detail"),
+    [("a1111", [{"loc": ["body", "steps"], "msg": "value is not a valid integer", "type": "type_error.integer"}]),
+     ("forge", [{"type": "int_parsing", "loc": ["body", "steps"],
+                 "msg": "Input should be a valid integer, unable to parse string as an integer", "input": "abc"}])],
+    indirect=["fake_webui"],
+)
+def test_a_wrong_type_is_a_422_list_shaped_as_the_server_s_pydantic(fake_webui, detail):
+    response = post(fake_webui, "/txt2img", {"prompt": "x", "steps": "abc"})
+
+    assert response.status_code == 422
+    assert response.json() == {"detail": detail}
+
+
+def test_images_are_deterministic_and_depend_on_model_prompt_and_seed(fake_webui):
+    tiny(fake_webui.checkpoint_dir / "a.safetensors", 0.1)
+    tiny(fake_webui.checkpoint_dir / "b.safetensors", -0.3)
+    fake_webui.restart()
+    picture = lambda **fields: generate(fake_webui, **fields)[0][0].tobytes()  # noqa: E731
+
+    first = picture()
+    assert picture() == first
+    assert picture(seed=4) != first
+    assert picture(prompt="a dog") != first
+    post(fake_webui, "/options", {"sd_model_checkpoint": "b.safetensors"}).raise_for_status()
+    assert picture() != first
+
+
+def test_the_picture_moves_smoothly_with_a_merge_weight():
+    a = {key: torch.full((3, 3), 0.2) for key in KEYS}
+    b = {key: torch.full((3, 3), -0.2) for key in KEYS}
+    features = [model_features({k: (1 - t) * a[k] + t * b[k] for k in KEYS}) for t in (0.0, 0.5, 0.51, 1.0)]
+    pixels = [torch.tensor(np.asarray(render(f, "p", "", 1, 32, 32)), dtype=torch.float) for f in features]
+
+    assert abs(features[2] - features[1]).max() < 0.02  # a small step moves the picture a little
+    assert abs(features[3] - features[0]).max() > 0.1  # the ends differ clearly
+    assert (pixels[2] - pixels[1]).abs().mean() < (pixels[3] - pixels[0]).abs().mean() / 10
+
+
+@pytest.mark.parametrize("fake_webui", [{"auth": "alice:pw,bob:pw2"}], indirect=True)
+def test_basic_auth_guards_the_api_with_fastapi_s_answers(fake_webui):
+    assert get(fake_webui, "/progress").json() == {"detail": "Not authenticated"}
+    wrong = get(fake_webui, "/progress", auth=("alice", "nope"))
+    assert (wrong.status_code, wrong.json()) == (401, {"detail": "Incorrect username or password"})
+    assert wrong.headers["WWW-Authenticate"] == "Basic"
+    assert get(fake_webui, "/progress", auth=("bob", "pw2")).status_code == 200
+
+
+def test_unknown_routes_and_methods_answer_like_fastapi(fake_webui):
+    assert (get(fake_webui, "/nope").status_code, get(fake_webui, "/nope").json()) == (404, {"detail": "Not Found"})
+    assert requests.delete(fake_webui.url + API + "/options", timeout=5).status_code == 405
+
+
+@pytest.mark.parametrize("fake_webui", ["sdnext"], indirect=True)
+def test_sdnext_has_no_schedulers_and_rejects_unknown_samplers(fake_webui):
+    tiny(fake_webui.checkpoint_dir / "m.safetensors", 0.1)
+    fake_webui.restart()
+
+    assert get(fake_webui, "/schedulers").status_code == 404
+    response = post(fake_webui, "/txt2img", {"prompt": "x", "sampler_name": "Nope"})
+    assert (response.status_code, response.json()["detail"]) == (404, "Sampler not found")
+
+
+def test_a_stop_ends_held_requests_unanswered_and_the_restart_keeps_the_port(fake_webui):
+    port = fake_webui.port
+    fake_webui.hold(f"{API}/progress")
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(get, fake_webui, "/progress")
+        fake_webui.wait_until_held()
+        fake_webui.stop()
+        with pytest.raises(requests.ConnectionError):
+            waiting.result(timeout=5)
+    fake_webui.start()
+
+    assert fake_webui.port == port
+    assert get(fake_webui, "/progress").status_code == 200
+
+
+def test_the_command_line_server_runs_until_sigterm(tmp_path):
+    tiny(tmp_path / "models" / "m.safetensors", 0.1)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bayes_merger.testing.fake_webui", "--checkpoint-dir", str(tmp_path / "models"),
+         "--port", "0", "--mode", "forge", "--api-auth", "u:p"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        line = ""
+        while "serving http://" not in line:
+            line = process.stderr.readline()
+            assert line, "the server exited before serving"
+        url = line.split("serving ", 1)[1].split(",", 1)[0]
+        response = requests.get(url + API + "/sd-models", auth=("u", "p"), timeout=5)
+        assert [m["title"] for m in response.json()] == ["m.safetensors"]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+    finally:
+        process.kill()
+        process.wait()
+        process.stderr.close()
