@@ -49,7 +49,12 @@ def rewrite_config_flag(argv: Sequence[str]) -> list[str]:
 def _run_dir(resume: str | None, base: str, method: str, scorer: str) -> str:
     if resume:
         return str(Path(resume).expanduser())
-    return str(Path(base) / f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{method}_{scorer}")
+    path = Path(base) / f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{method}_{scorer}"
+    candidate, number = path, 1
+    while candidate.exists():  # two runs started in the same second get their own folders
+        number += 1
+        candidate = path.with_name(f"{path.name}-{number}")
+    return str(candidate)
 
 
 def register_resolvers() -> None:
@@ -107,9 +112,10 @@ def _task(cfg: DictConfig) -> None:
     except KeyboardInterrupt:
         log.error("Interrupted. Every finished trial is saved; resume with resume=%s", HydraConfig.get().runtime.output_dir)
         sys.exit(130)
-    log.info("Best: %s  (%s)", result.best.score if result.best else "no successful trial", result.run_dir)
     if result.best is None:
+        log.error("No trial succeeded; see the errors in %s", result.run_dir)
         sys.exit(1)
+    log.info("Best score %.4f (trial %d); weights in %s", result.best.score, result.best.trial, result.run_dir / "best.yaml")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -39,6 +39,14 @@ class WebUIError(BayesMergerError):
         self.status = status
 
 
+class WebUIConnectionError(WebUIError):
+    """The WebUI could not be reached, dropped the connection or did not answer in time.
+
+    Not the trial's fault: the run waits for the WebUI or stops, resumable. Every other WebUIError
+    (a merge that did not load, images from the wrong model) is the failure of that trial.
+    """
+
+
 class ScorerError(BayesMergerError):
     """The scorer's weights are missing or wrong, or a score is not a finite number."""
 

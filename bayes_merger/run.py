@@ -25,8 +25,10 @@ from tqdm import tqdm
 
 from bayes_merger import __version__
 from bayes_merger.config import Config
-from bayes_merger.errors import BayesMergerError, ConfigError, WebUIError
-from bayes_merger.merge.methods import get_method
+from bayes_merger.errors import BayesMergerError, ConfigError, WebUIConnectionError
+from bayes_merger.merge.arch import detect_architecture
+from bayes_merger.merge.checkpoint import read_tensor_info
+from bayes_merger.merge.methods import MergeMethod, get_method
 from bayes_merger.merge.merger import Merger
 from bayes_merger.optimiser import Optimiser, check_optimiser_config
 from bayes_merger.report import write_report
@@ -43,6 +45,8 @@ RUN_FILE = "run.json"
 BEST_FILE = "best.yaml"
 BEST_MERGE = "best.safetensors"
 IMAGES_DIR = "images"
+# how many times a trial is tried when the WebUI drops out from under it
+WEBUI_ATTEMPTS = 2
 # run.json fields that must match for a run folder to be resumed with a config
 IDENTITY = ("model_a", "model_b", "model_c", "method", "seed", "init_points", "space", "payloads", "scorer")
 
@@ -65,8 +69,14 @@ def run(cfg: Config, run_dir: Path) -> RunResult:
     """Run (or resume) the optimisation in ``run_dir``; raises a BayesMergerError on bad input."""
     run_dir = Path(run_dir)
     resuming = cfg.resume is not None
-    _check_inputs(cfg)
+    method = _check_inputs(cfg)
     payloads = load_payloads(cfg.payloads, cfg.run.seed)
+    # the search space needs only the architecture, which the file header tells: bad bounds are
+    # refused before the WebUI is contacted or a tensor is read
+    architecture = detect_architecture(read_tensor_info(_path(cfg.model_a)), source=str(cfg.model_a))
+    space = build_space(cfg.optimiser, architecture.blocks, method.needs_beta)
+    if not resuming and (run_dir / RUN_FILE).exists():
+        raise ConfigError(f"{run_dir} already holds a run; continue it with resume={run_dir} or start a new one elsewhere.")
     previous = _read_run_file(run_dir) if resuming else None
     run_id = previous["run_id"] if previous else f"{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
@@ -76,7 +86,6 @@ def run(cfg: Config, run_dir: Path) -> RunResult:
         scorer = build_scorer(_scorer_config(cfg, run_dir))
         log.info("Loading the models to merge.")
         merger = Merger(_path(cfg.model_a), _path(cfg.model_b), _path(cfg.model_c) if cfg.model_c else None, cfg.merge)
-        space = build_space(cfg.optimiser, merger.architecture.blocks, merger.method.needs_beta)
         optimiser = Optimiser(space, cfg.optimiser, cfg.run.seed)
 
         meta = _run_meta(cfg, run_id, merger, space, payloads)
@@ -128,7 +137,7 @@ class TrialLoop:
         failures = 0
         with tqdm(total=budget, initial=done, desc="trials", unit="trial", dynamic_ncols=True) as bar:
             for index in range(done, budget):
-                trial = self._trial(index)
+                trial = self._trial_surviving_the_webui(index)
                 self.trial_log.append(trial)
                 if trial.ok:
                     self.optimiser.register(trial.params, trial.score)
@@ -146,17 +155,36 @@ class TrialLoop:
                         f"Fix the cause and resume with resume={self.run_dir}."
                     )
 
+    def _trial_surviving_the_webui(self, index: int) -> Trial:
+        """A lost WebUI is not the merge's fault: wait for it and redo the trial, or stop resumably."""
+        lost: WebUIConnectionError | None = None
+        for attempt in range(1, WEBUI_ATTEMPTS + 1):
+            try:
+                return self._trial(index)
+            except WebUIConnectionError as error:
+                lost = error
+                log.warning("trial %d: %s Waiting for the WebUI to answer again.", index, error)
+                try:
+                    self.webui.wait_until_ready()
+                except WebUIConnectionError:
+                    break
+                if attempt == WEBUI_ATTEMPTS:
+                    break
+        raise RunStopped(f"Lost the WebUI during trial {index} ({lost}); the {index} finished trials are saved. "
+                         f"Resume with resume={self.run_dir}")
+
     def _trial(self, index: int) -> Trial:
         started_at = now()
         timings: dict[str, float] = {}
-        params = self.optimiser.suggest(index)
+        with _timed(timings, "suggest"):
+            params = self.optimiser.suggest(index)
         weights = self.space.to_block_weights(params)
         record = dict(
             trial=index, phase=self.optimiser.phase(index), params=params, weights=weights.as_dict(),
             alpha_string=weights.alpha_string(), beta_string=weights.beta_string() if weights.beta else None,
             started_at=started_at,
         )
-        clock = time.perf_counter()
+        clock = time.perf_counter() - timings["suggest"]
         try:
             with _timed(timings, "merge"):
                 self.merger.merge(weights)
@@ -175,11 +203,8 @@ class TrialLoop:
                 per_payload = payload_scores(per_image)
                 score = objective(per_payload, {p.name: p.score_weight for p in self.payloads}, self.cfg.scorer.combine)
             records = self._name_images(index, contexts, scores)
-        except WebUIError as error:
-            if error.status is None:
-                # the WebUI is unreachable, not this merge's fault: stop, so the trial can be redone on resume
-                raise RunStopped(f"{error} The run stopped after {index} trials; resume with resume={self.run_dir}.") from error
-            return self._failed(record, error, timings, clock)
+        except WebUIConnectionError:
+            raise
         except BayesMergerError as error:
             return self._failed(record, error, timings, clock)
         timings["total"] = time.perf_counter() - clock
@@ -238,7 +263,7 @@ class _timed:
         self.timings[self.stage] = time.perf_counter() - self.start
 
 
-def _check_inputs(cfg: Config) -> None:
+def _check_inputs(cfg: Config) -> MergeMethod:
     """The cheap checks, before anything is loaded or contacted."""
     method = get_method(cfg.merge.method)
     check_optimiser_config(cfg.optimiser)
@@ -262,6 +287,7 @@ def _check_inputs(cfg: Config) -> None:
         raise ConfigError("run.max_consecutive_failures must be at least 1.")
     if cfg.resume is not None and not (_path(cfg.resume) / RUN_FILE).is_file():
         raise ConfigError(f"resume={cfg.resume} is not a run folder (no {RUN_FILE} in it).")
+    return method
 
 
 def _manual(cfg: Config) -> bool:
@@ -363,7 +389,8 @@ def _log_summary(trial_log: TrialLog, run_dir: Path) -> None:
     ok = sorted((t for t in trial_log.trials if t.ok), key=lambda t: -t.score)
     failed = sum(1 for t in trial_log.trials if not t.ok)
     lines = [f"{'rank':>4}  {'trial':>5}  {'score':>8}  weights (α)"]
-    lines += [f"{rank:>4}  {t.trial:>5}  {t.score:>8.4f}  {t.alpha_string}" for rank, t in enumerate(ok[:5], start=1)]
+    lines += [f"{rank:>4}  {t.trial:>5}  {t.score:>8.4f}  {','.join(f'{w:.2f}' for w in t.weights['alpha'].values())}"
+              for rank, t in enumerate(ok[:5], start=1)]
     log.info("Run finished: %d trials (%d failed) in %s\n%s", len(trial_log.trials), failed, run_dir, "\n".join(lines))
 
 

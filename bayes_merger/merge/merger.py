@@ -9,7 +9,10 @@ Per key (A's keys, in A's order):
 - merged with its block's α/β when the key has a block (see ``arch.Architecture.block_of``), is a
   floating-point tensor in every model and has the same shape in every model;
 - otherwise A's tensor itself is the result (scheduler buffers, ``position_ids``, keys missing from
-  B or C, keys that pruning drops anyway): never copied, never converted;
+  B or C): never copied, never converted;
+- with ``merge.prune`` (the default), what pruning drops (EMA copies, scheduler buffers, extras)
+  is never loaded: it would never be saved. The EMA keys are merged with BASE, as sd-meh does,
+  only when ``prune`` is off;
 - the input convolution of an inpainting/instruct-pix2pix model A merged with a normal B merges its
   first 4 input channels and keeps A's for the rest, as A1111 and supermerger do.
 """
@@ -54,6 +57,11 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"Merge device {name!r} asked for, but torch sees no CUDA device; use auto or cpu.")
     return device
+
+
+def _fewer_channels(shape: tuple[int, ...], a_shape: tuple[int, ...]) -> bool:
+    """A convolution like A's but with fewer input channels (a normal model beside an inpainting A)."""
+    return len(shape) == 4 == len(a_shape) and shape[1] <= a_shape[1] and (shape[0], *shape[2:]) == (a_shape[0], *a_shape[2:])
 
 
 @dataclass(frozen=True)
@@ -149,17 +157,16 @@ class Merger:
                 continue
             if all(f.shape == info.shape for f in found):
                 plan[key] = index[block]
-            elif key == INPUT_CONV_KEY and arch.variant and all(
-                len(f.shape) == 4 and f.shape[1] <= info.shape[1] and f.shape[0] == info.shape[0] and f.shape[2:] == info.shape[2:]
-                for f in found
-            ):
+            elif key == INPUT_CONV_KEY and arch.variant and all(_fewer_channels(f.shape, info.shape) for f in found):
                 plan[key] = index[block]
                 partial[key] = min(f.shape[1] for f in found)
             else:
                 mismatched.append(key)
         for m, n in missing.items():
             if n:
-                log.warning("%d keys of model A are missing from model %s (%s); they keep A's values.", n, m, self.models[m])
+                log.warning(
+                    "%d keys of model A are missing from model %s (%s); they keep A's values.", n, m, self.models[m]
+                )
         if mismatched:
             log.warning(
                 "%d keys differ in shape or type between the models (first: %s); they keep A's values.",
@@ -182,8 +189,10 @@ class Merger:
             k: (load_dtype if load_dtype is not None and v.dtype.is_floating_point else v.dtype)
             for k, v in infos["A"].items()
         }
+        # with prune, what pruning drops (EMA copies: as large as the UNet) is never saved, so never loaded
+        a_keys = [k for k in infos["A"] if is_kept_by_prune(k)] if self.config.prune else None
         log.info("Loading model A %s onto %s", self.models["A"], self.device)
-        a = load_state_dict(self.models["A"], self.device, dtypes=dtypes)
+        a = load_state_dict(self.models["A"], self.device, keys=a_keys, dtypes=dtypes)
         inputs = {"A": a}
         for m in self.models:
             if m != "A":
@@ -205,11 +214,13 @@ class Merger:
                     outputs[key] = out
                     a_part = t[:, :n].contiguous()
                     c_part = None if c is None else c[:, :n].contiguous()
-                    part = _Step(key, plan[key], a_part, b[:, :n].contiguous(), c_part, torch.empty_like(a_part), out[:, :n])
-                    steps.append(part)
-                    log.info("%s: merging the first %d of %d input channels; the rest is model A's.", key, n, t.shape[1])
+                    b_part = b[:, :n].contiguous()
+                    steps.append(_Step(key, plan[key], a_part, b_part, c_part, torch.empty_like(a_part), out[:, :n]))
+                    log.info("%s: merging the first %d of %d input channels; the rest is A's.", key, n, t.shape[1])
                 else:
-                    out = torch.empty_like(t)
+                    # a copy of A rather than empty memory: the pages are touched now, at load,
+                    # not during the first trial's merge
+                    out = t.clone()
                     outputs[key] = out
                     steps.append(_Step(key, plan[key], t, b, c, out))
         self._inputs = inputs

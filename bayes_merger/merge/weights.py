@@ -111,7 +111,9 @@ class BlockWeights:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Mapping[str, float] | None], blocks: Sequence[str] | Architecture) -> BlockWeights:
+    def from_dict(
+        cls, data: Mapping[str, Mapping[str, float] | None], blocks: Sequence[str] | Architecture
+    ) -> BlockWeights:
         """The inverse of ``as_dict``: every block of ``blocks`` must be given, and no other name."""
         names = _blocks_of(blocks)
 

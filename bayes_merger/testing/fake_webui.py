@@ -629,12 +629,11 @@ class FakeWebUI:
             logger.warning("fake WebUI: failed to load %s (injected), keeping the old model", checkpoint.name)
             return False
         try:
-            data = checkpoint.path.read_bytes()
-            tensors = read_tensors(checkpoint.path, data)
+            tensors = read_tensors(checkpoint.path)
+            sha = _sha256(checkpoint.path)
         except Exception as exc:  # noqa: BLE001 - the real server logs any load error and carries on
             logger.warning("fake WebUI: failed to load %s (%s), keeping the old model", checkpoint.name, exc)
             return False
-        sha = hashlib.sha256(data).hexdigest()
         self._hashes[(checkpoint.name, checkpoint.stamp)] = sha
         self._loaded = _LoadedModel(checkpoint, sha, model_features(tensors))
         self._load_count += 1
@@ -682,6 +681,14 @@ class FakeWebUI:
 
 
 # -------------------------------------------------------------------------------- helpers
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _parse_auth(auth: str | None) -> set[tuple[str, str]]:

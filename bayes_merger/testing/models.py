@@ -122,7 +122,8 @@ def _unet(k: _Keys, s: _UNetSpec, in_channels: int) -> None:
             _resblock(k, f"{p}.input_blocks.{index}.0", ch, mult * mc, emb)
             ch = mult * mc
             if level in s.attention_levels:
-                _transformer(k, f"{p}.input_blocks.{index}.1", ch, s.transformer_depth[level], s.context_dim, s.linear_proj)
+                depth = s.transformer_depth[level]
+                _transformer(k, f"{p}.input_blocks.{index}.1", ch, depth, s.context_dim, s.linear_proj)
             chans.append(ch)
             index += 1
         if level != last:
@@ -393,7 +394,9 @@ def _stable_hash(text: str) -> int:
     return h
 
 
-def _iter_tensors(specs: dict[str, KeySpec], seed: int, dtype: torch.dtype, std: float) -> Iterator[tuple[str, torch.Tensor]]:
+def _iter_tensors(
+    specs: dict[str, KeySpec], seed: int, dtype: torch.dtype, std: float
+) -> Iterator[tuple[str, torch.Tensor]]:
     make = _tensor_maker(seed, dtype, std)
     for key, spec in specs.items():
         yield key, make(key, spec)

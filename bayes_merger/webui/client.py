@@ -1,7 +1,12 @@
 """The AUTOMATIC1111 HTTP client: auth, timeouts, retries, error bodies, and the checkpoint hand-off.
 
 Works with A1111, reForge, Forge and SD.Next (see ``shared/reference/a1111-api.md``). Every failure
-is one ``WebUIError`` whose message is a sentence naming the request and the server's own message.
+is one ``WebUIError`` whose message is a sentence naming the request and the server's own message;
+``WebUIConnectionError`` (a subclass, no status) when the WebUI could not be reached, dropped the
+connection or did not answer in time. A merge that did not load (A1111's silent fallback, SD.Next's
+keep-the-old-model, Forge's lazy load at the next generation) is caught by ``GET /options`` after
+the selection and by ``info.sd_model_name`` of every generation, and is a ``WebUIError`` of that
+trial, never a silently wrong score.
 
 Which requests are retried (``urllib3.Retry`` on the session's adapters, with backoff):
 
@@ -41,7 +46,7 @@ from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError,
 from urllib3.util.retry import Retry
 
 from bayes_merger.config import WebUIConfig
-from bayes_merger.errors import ConfigError, WebUIError
+from bayes_merger.errors import ConfigError, WebUIConnectionError, WebUIError
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +137,7 @@ class WebUIClient:
         """Poll ``GET /sdapi/v1/progress`` until the API answers 200, for at most ``timeout`` seconds."""
         timeout = self._config.ready_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        last = "it did not answer"
+        last, unreachable = "it did not answer", True
         while True:
             try:
                 response = self._session.get(
@@ -140,8 +145,9 @@ class WebUIClient:
                     timeout=(self._config.connect_timeout, min(self._config.read_timeout, max(timeout, 1.0))),
                 )
             except requests.RequestException as exc:
-                last = f"it could not be reached ({_cause(exc)})"
+                last, unreachable = f"it could not be reached ({_cause(exc)})", True
             else:
+                unreachable = False
                 if response.ok:
                     logger.info("The WebUI at %s is ready.", self._base)
                     return
@@ -153,7 +159,8 @@ class WebUIClient:
                     last = f"it answered HTTP {response.status_code}"
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise WebUIError(f"The WebUI at {self._base} was not ready after {timeout:g} s: {last}.")
+                error = WebUIConnectionError if unreachable else WebUIError
+                raise error(f"The WebUI at {self._base} was not ready after {timeout:g} s: {last}.")
             logger.debug("Waiting for the WebUI at %s: %s.", self._base, last)
             time.sleep(min(self._config.poll_interval, remaining))
 
@@ -328,12 +335,12 @@ class WebUIClient:
         try:
             response = self._session.request(method, url, json=body, timeout=self._timeout)
         except requests.ReadTimeout as exc:
-            raise WebUIError(
+            raise WebUIConnectionError(
                 f"{method} {path} got no answer within {self._config.read_timeout:g} s (raise webui.read_timeout "
                 "if model loads or generations take longer)."
             ) from exc
         except requests.RequestException as exc:
-            raise WebUIError(
+            raise WebUIConnectionError(
                 f"{method} {path} failed: could not talk to the WebUI at {self._base} ({_cause(exc)}); "
                 "is it running, and is webui.url right?"
             ) from exc

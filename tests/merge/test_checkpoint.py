@@ -73,6 +73,16 @@ def test_checkpoint_with_old_key_names_loads_under_the_current_names(tmp_path):
     _assert_same(load_state_dict(old), make_state_dict(seed=3, ema=True))
 
 
+def test_when_a_file_holds_a_key_under_both_names_the_current_name_wins(tmp_path):
+    new = "cond_stage_model.transformer.text_model.final_layer_norm.bias"
+    old = "cond_stage_model.transformer.final_layer_norm.bias"
+    for order in ((old, new), (new, old)):
+        tensors = {name: torch.full((2,), 1.0 if name == new else 2.0) for name in order}
+        save_file(tensors, tmp_path / "both.safetensors")
+        loaded = load_state_dict(tmp_path / "both.safetensors")
+        assert list(loaded) == [new] and torch.equal(loaded[new], torch.ones(2))
+
+
 # ------------------------------------------------------------------------------------------ loading
 
 
@@ -150,6 +160,30 @@ def test_truncated_safetensors_is_reported_as_truncated_or_corrupt(tiny_sd1, tmp
     (tmp_path / "head.safetensors").write_bytes(data[:5])
     with pytest.raises(CheckpointError, match=r"head\.safetensors .*truncated or corrupt"):
         read_tensor_info(tmp_path / "head.safetensors")
+
+
+def test_a_header_whose_offsets_do_not_tile_the_data_is_refused(tmp_path):
+    save_file({"a": torch.ones(4), "b": torch.ones(2)}, tmp_path / "ok.safetensors")
+    data = bytearray((tmp_path / "ok.safetensors").read_bytes())
+    length = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + length])
+    header["b"]["data_offsets"] = [header["b"]["data_offsets"][0], header["b"]["data_offsets"][1] + 4]
+    text = json.dumps(header).encode()
+    (tmp_path / "bad.safetensors").write_bytes(struct.pack("<Q", len(text)) + text + data[8 + length :])
+    with pytest.raises(CheckpointError, match=r"bad\.safetensors is not a readable safetensors file .*tensor 'b' takes 12 bytes"):
+        read_tensor_info(tmp_path / "bad.safetensors")
+
+
+def test_loaded_tensors_are_owned_not_backed_by_the_file(tmp_path):
+    path = make_checkpoint(tmp_path / "m.safetensors", seed=4)
+    loaded = load_state_dict(path)
+    before = loaded["model.diffusion_model.out.2.weight"].clone()
+    data_start = 8 + struct.unpack("<Q", path.read_bytes()[:8])[0]
+    with path.open("r+b") as f:  # overwrite every tensor's bytes in place
+        f.seek(data_start)
+        f.write(bytes(path.stat().st_size - data_start))
+    assert not load_state_dict(path)["model.diffusion_model.out.2.weight"].any()
+    assert torch.equal(loaded["model.diffusion_model.out.2.weight"], before)
 
 
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01" + bytes(range(256)) * 4

@@ -27,15 +27,14 @@ def merge_writer(value: float) -> Callable[[Path], None]:
     """A stand-in for the merger: writes a tiny checkpoint with real SD key names at the given path."""
 
     def write(path: Path) -> None:
-        save_file(
-            {
-                "model.diffusion_model.input_blocks.0.0.weight": torch.full((4, 4), value),
-                "model.diffusion_model.middle_block.1.proj_in.weight": torch.full((2, 2), -value),
-                "model.diffusion_model.output_blocks.11.0.skip_connection.bias": torch.full((3,), 2 * value),
-                "first_stage_model.decoder.conv_in.bias": torch.zeros(3),
-            },
-            str(path),
-        )
+        generator = torch.Generator().manual_seed(round(value * 1000))
+        shapes = {
+            "model.diffusion_model.input_blocks.0.0.weight": (4, 4),
+            "model.diffusion_model.middle_block.1.proj_in.weight": (2, 2),
+            "model.diffusion_model.output_blocks.11.0.skip_connection.bias": (4,),
+            "first_stage_model.decoder.conv_in.bias": (4,),
+        }
+        save_file({key: 0.1 * torch.randn(shape, generator=generator) for key, shape in shapes.items()}, str(path))
 
     return write
 

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from bayes_merger.errors import WebUIError
-from bayes_merger.webui.client import WebUIClient
+from bayes_merger.webui.client import WebUIClient, WebUIConnectionError
 
 TXT2IMG = "/sdapi/v1/txt2img"
 OPTIONS = "/sdapi/v1/options"
@@ -96,7 +96,7 @@ def test_a_dropped_connection_during_txt2img_is_an_error_without_a_retry(fake_we
     with WebUIClient(webui_config(retries=3), "run1") as client:
         client.load_checkpoint(write_merge, trial=0)
         fake_webui.drop_next(1, path=TXT2IMG)
-        with pytest.raises(WebUIError, match="closed without an answer"):
+        with pytest.raises(WebUIConnectionError, match="closed without an answer"):
             client.txt2img(PAYLOAD)
         assert client.txt2img(PAYLOAD).images  # the next call works again
 
@@ -110,7 +110,7 @@ def test_a_generation_slower_than_the_read_timeout_is_an_error_and_is_not_repeat
     release = fake_webui.hold(TXT2IMG)
     with WebUIClient(webui_config(read_timeout=0.3, retries=3), "run1") as client:
         client.load_checkpoint(write_merge, trial=0)
-        with pytest.raises(WebUIError, match=r"no answer within 0.3 s \(raise webui.read_timeout"):
+        with pytest.raises(WebUIConnectionError, match=r"no answer within 0.3 s \(raise webui.read_timeout"):
             client.txt2img(PAYLOAD)
         release.set()
         fake_webui.wait_for_requests(TXT2IMG, 1)
@@ -134,7 +134,7 @@ def test_a_refused_connection_is_retried_then_reported(fake_webui, webui_config,
     fake_webui.stop()
     caplog.set_level(logging.WARNING, logger="urllib3")
     with WebUIClient(config, "run1") as client:
-        with pytest.raises(WebUIError, match="connection refused") as error:
+        with pytest.raises(WebUIConnectionError, match="connection refused") as error:
             client.txt2img(PAYLOAD)
 
     assert fake_webui.url in str(error.value)
@@ -194,7 +194,7 @@ def test_a_webui_that_never_comes_up_is_reported_as_unreachable(fake_webui, webu
     config = webui_config()
     fake_webui.stop()
     with WebUIClient(config, "run1") as client:
-        with pytest.raises(WebUIError, match="could not be reached .connection refused"):
+        with pytest.raises(WebUIConnectionError, match="could not be reached .connection refused"):
             client.wait_until_ready(timeout=0.2)
 
 
@@ -220,3 +220,15 @@ def test_retries_apply_however_the_url_is_written(fake_webui, webui_config):
         client.load_checkpoint(write_merge, trial=0)
 
     assert statuses(fake_webui, SD_MODELS) == [503, 200]
+
+
+def test_only_wire_failures_are_connection_errors_a_merge_that_did_not_load_is_not(fake_webui, webui_config):
+    save_file({"model.diffusion_model.out.0.weight": torch.randn(4)}, str(fake_webui.checkpoint_dir / "base.safetensors"))
+    fake_webui.restart(forget_selection=True)
+    fake_webui.fail_loads(1)
+    with WebUIClient(webui_config(), "run1") as client:
+        with pytest.raises(WebUIError) as error:
+            client.load_checkpoint(write_merge, trial=0)
+
+    assert error.value.status is None
+    assert not isinstance(error.value, WebUIConnectionError)

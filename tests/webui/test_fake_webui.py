@@ -27,9 +27,14 @@ KEYS = ("model.diffusion_model.input_blocks.4.1.proj_in.weight", "model.diffusio
         "model.diffusion_model.output_blocks.2.0.out_layers.3.weight", "cond_stage_model.transformer.text_model.final_layer_norm.weight")
 
 
-def tiny(path: Path, value: float) -> Path:
+def weights(seed: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {key: 0.1 * torch.randn((4, 4), generator=generator) for key in KEYS}
+
+
+def tiny(path: Path, seed: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({key: torch.full((3, 3), value * (i + 1)) for i, key in enumerate(KEYS)}, str(path))
+    save_file(weights(seed), str(path))
     return path
 
 
@@ -49,8 +54,8 @@ def generate(fake: FakeWebUI, **fields) -> tuple[list[Image.Image], dict]:
 
 
 def test_refresh_lists_checkpoints_recursively_with_a1111_names(fake_webui):
-    tiny(fake_webui.checkpoint_dir / "a.safetensors", 0.1)
-    tiny(fake_webui.checkpoint_dir / "sub" / "b.safetensors", 0.2)
+    tiny(fake_webui.checkpoint_dir / "a.safetensors", 1)
+    tiny(fake_webui.checkpoint_dir / "sub" / "b.safetensors", 2)
     (fake_webui.checkpoint_dir / "c.safetensors.tmp").write_bytes(b"being written")
     assert get(fake_webui, "/sd-models").json() == []
 
@@ -64,7 +69,7 @@ def test_refresh_lists_checkpoints_recursively_with_a1111_names(fake_webui):
 
 
 def test_selecting_a_checkpoint_loads_it_and_its_title_gains_the_hash(fake_webui):
-    path = tiny(fake_webui.checkpoint_dir / "sub" / "b.safetensors", 0.2)
+    path = tiny(fake_webui.checkpoint_dir / "sub" / "b.safetensors", 2)
     post(fake_webui, "/refresh-checkpoints")
 
     assert post(fake_webui, "/options", {"sd_model_checkpoint": "sub_b"}).json() is None
@@ -86,7 +91,7 @@ def test_an_unknown_checkpoint_is_a_500_with_model_not_found(fake_webui, key):
 
 @pytest.mark.parametrize("fake_webui", ["sdnext"], indirect=True)
 def test_sdnext_keeps_the_old_model_on_an_unknown_name_and_says_updated(fake_webui):
-    tiny(fake_webui.checkpoint_dir / "a.safetensors", 0.1)
+    tiny(fake_webui.checkpoint_dir / "a.safetensors", 1)
     fake_webui.restart()
     response = post(fake_webui, "/options", {"sd_model_checkpoint": "nope"})
 
@@ -98,7 +103,7 @@ def test_sdnext_keeps_the_old_model_on_an_unknown_name_and_says_updated(fake_web
 
 @pytest.mark.parametrize("fake_webui", ["forge"], indirect=True)
 def test_forge_records_the_choice_and_loads_at_the_next_generation(fake_webui):
-    tiny(fake_webui.checkpoint_dir / "a.safetensors", 0.1)
+    tiny(fake_webui.checkpoint_dir / "a.safetensors", 1)
     post(fake_webui, "/refresh-checkpoints")
     post(fake_webui, "/options", {"sd_model_checkpoint": "a.safetensors"}).raise_for_status()
     assert fake_webui.load_count == 0
@@ -110,7 +115,7 @@ def test_forge_records_the_choice_and_loads_at_the_next_generation(fake_webui):
 
 
 def test_a_checkpoint_that_cannot_be_read_keeps_the_old_model_and_still_answers_200(fake_webui):
-    tiny(fake_webui.checkpoint_dir / "a.safetensors", 0.1)
+    tiny(fake_webui.checkpoint_dir / "a.safetensors", 1)
     fake_webui.restart()
     (fake_webui.checkpoint_dir / "broken.safetensors").write_bytes(b"\x00garbage")
     post(fake_webui, "/refresh-checkpoints")
@@ -123,9 +128,9 @@ def test_a_checkpoint_that_cannot_be_read_keeps_the_old_model_and_still_answers_
 
 
 def test_selecting_the_loaded_file_name_again_does_not_reread_it(fake_webui):
-    path = tiny(fake_webui.checkpoint_dir / "a.safetensors", 0.1)
+    path = tiny(fake_webui.checkpoint_dir / "a.safetensors", 1)
     fake_webui.restart()
-    tiny(path, 0.7)  # new content under the same name
+    tiny(path, 7)  # new content under the same name
     post(fake_webui, "/refresh-checkpoints")
     post(fake_webui, "/options", {"sd_model_checkpoint": "a.safetensors"}).raise_for_status()
 
@@ -133,7 +138,7 @@ def test_selecting_the_loaded_file_name_again_does_not_reread_it(fake_webui):
 
 
 def test_txt2img_info_follows_the_contract(fake_webui):
-    tiny(fake_webui.checkpoint_dir / "m.safetensors", 0.1)
+    tiny(fake_webui.checkpoint_dir / "m.safetensors", 1)
     fake_webui.restart()
     images, info = generate(fake_webui, seed="40", batch_size=2, n_iter=2, steps="12", width=512, height=768)
 
@@ -147,7 +152,7 @@ def test_txt2img_info_follows_the_contract(fake_webui):
 
 
 def test_seed_minus_one_is_random(fake_webui):
-    tiny(fake_webui.checkpoint_dir / "m.safetensors", 0.1)
+    tiny(fake_webui.checkpoint_dir / "m.safetensors", 1)
     fake_webui.restart()
     seeds = {generate(fake_webui, seed=-1)[1]["seed"] for _ in range(3)}
 
@@ -169,8 +174,8 @@ def test_a_wrong_type_is_a_422_list_shaped_as_the_server_s_pydantic(fake_webui, 
 
 
 def test_images_are_deterministic_and_depend_on_model_prompt_and_seed(fake_webui):
-    tiny(fake_webui.checkpoint_dir / "a.safetensors", 0.1)
-    tiny(fake_webui.checkpoint_dir / "b.safetensors", -0.3)
+    tiny(fake_webui.checkpoint_dir / "a.safetensors", 1)
+    tiny(fake_webui.checkpoint_dir / "b.safetensors", 3)
     fake_webui.restart()
     picture = lambda **fields: generate(fake_webui, **fields)[0][0].tobytes()  # noqa: E731
 
@@ -183,14 +188,38 @@ def test_images_are_deterministic_and_depend_on_model_prompt_and_seed(fake_webui
 
 
 def test_the_picture_moves_smoothly_with_a_merge_weight():
-    a = {key: torch.full((3, 3), 0.2) for key in KEYS}
-    b = {key: torch.full((3, 3), -0.2) for key in KEYS}
+    a, b = weights(1), weights(2)
     features = [model_features({k: (1 - t) * a[k] + t * b[k] for k in KEYS}) for t in (0.0, 0.5, 0.51, 1.0)]
     pixels = [torch.tensor(np.asarray(render(f, "p", "", 1, 32, 32)), dtype=torch.float) for f in features]
 
     assert abs(features[2] - features[1]).max() < 0.02  # a small step moves the picture a little
     assert abs(features[3] - features[0]).max() > 0.1  # the ends differ clearly
     assert (pixels[2] - pixels[1]).abs().mean() < (pixels[3] - pixels[0]).abs().mean() / 10
+
+
+def test_constants_every_model_shares_do_not_swamp_the_difference_between_models():
+    shared = {"model.diffusion_model.input_blocks.4.0.in_layers.0.weight": torch.ones(320),
+              "model.diffusion_model.out.0.weight": torch.full((320,), 3.0),
+              "model.alphas_cumprod": torch.linspace(1.0, 0.01, 1000)}
+    plain = abs(model_features(weights(1)) - model_features(weights(2))).max()
+    with_shared = abs(model_features({**weights(1), **shared}) - model_features({**weights(2), **shared})).max()
+
+    assert with_shared > plain / 2 > 0.05
+
+
+@pytest.mark.parametrize("arch", ["sd1", "sd2", "sdxl"])
+def test_tiny_checkpoints_of_every_layout_render_distinct_pictures(fake_webui, arch):
+    models = pytest.importorskip("bayes_merger.testing.models")
+    models.make_checkpoint(fake_webui.checkpoint_dir / "a.safetensors", arch, seed=1)
+    models.make_checkpoint(fake_webui.checkpoint_dir / "b.ckpt", arch, seed=2)
+    fake_webui.restart()
+    first = generate(fake_webui)[0][0]
+    post(fake_webui, "/options", {"sd_model_checkpoint": "b"}).raise_for_status()
+    second = generate(fake_webui)[0][0]
+
+    difference = np.abs(np.asarray(first, dtype=float) - np.asarray(second, dtype=float)).mean()
+    assert fake_webui.loaded_model == "b.ckpt"
+    assert difference > 10  # clearly different pictures, not a rounding difference
 
 
 @pytest.mark.parametrize("fake_webui", [{"auth": "alice:pw,bob:pw2"}], indirect=True)
@@ -209,7 +238,7 @@ def test_unknown_routes_and_methods_answer_like_fastapi(fake_webui):
 
 @pytest.mark.parametrize("fake_webui", ["sdnext"], indirect=True)
 def test_sdnext_has_no_schedulers_and_rejects_unknown_samplers(fake_webui):
-    tiny(fake_webui.checkpoint_dir / "m.safetensors", 0.1)
+    tiny(fake_webui.checkpoint_dir / "m.safetensors", 1)
     fake_webui.restart()
 
     assert get(fake_webui, "/schedulers").status_code == 404
@@ -233,7 +262,7 @@ def test_a_stop_ends_held_requests_unanswered_and_the_restart_keeps_the_port(fak
 
 
 def test_the_command_line_server_runs_until_sigterm(tmp_path):
-    tiny(tmp_path / "models" / "m.safetensors", 0.1)
+    tiny(tmp_path / "models" / "m.safetensors", 1)
     process = subprocess.Popen(
         [sys.executable, "-m", "bayes_merger.testing.fake_webui", "--checkpoint-dir", str(tmp_path / "models"),
          "--port", "0", "--mode", "forge", "--api-auth", "u:p"],

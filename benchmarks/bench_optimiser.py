@@ -1,0 +1,309 @@
+"""Optimiser quality benchmark: simple regret of each OptimiserConfig on synthetic block-weight objectives.
+
+    nice python benchmarks/bench_optimiser.py            # the default matrix, about 10 minutes on one core
+    nice python benchmarks/bench_optimiser.py --quick    # a smaller matrix, about a minute
+    nice python benchmarks/bench_optimiser.py --configs ucb:kappa=1 ei:xi=0.01 --objectives bowl26 --seeds 5
+
+Every run drives the real ``bayes_merger.optimiser.Optimiser`` over a ``build_space`` of the real block
+names, trial by trial, exactly as the trial loop does (suggest → score → register). The objectives are
+deterministic stand-ins for "aesthetic score of a merge", cheap to evaluate:
+
+- bowl26:  SD1/SD2, 26 α weights. A smooth concave quadratic whose optimum is an interior point; a few
+           blocks matter a lot (curvature ~1), most matter little (~0.05), plus a mild interaction
+           between the important blocks. Rescaled so the optimum scores 7 and the worst corner about 4.
+- noisy26: bowl26 with Gaussian observation noise, σ = 0.02 of the range (0.06 score).
+- edge26:  bowl26 whose optimum lies on the boundary (weight 0 or 1) for 5 weights, 2 of them important.
+- sdxl20:  bowl26's recipe on SDXL's 20 blocks.
+- beta52:  α and β of the 26 SD blocks (52 weights) with a shorter budget (40 trials).
+
+Each seed draws its own objective (optimum, which blocks matter) and its own optimiser seed; the noise
+of trial t is the same for every config (common random numbers). Reported per config and objective:
+simple regret (true optimum − best true score among the first 20 / 40 / all trials; score units, the
+range is 3) averaged over seeds, and under noise the regret of the trial the tool would report as best
+(highest observed score). Baselines: uniform random search and one Latin hypercube of the whole budget.
+
+A config is ``acquisition[:key=value,...]`` with keys kappa, xi, init (init_points; n_iters makes up the
+objective's budget), or ``random`` / ``lhs``. The table and a final line of name=value pairs go to
+stdout; progress to stderr. Ratios on the final line are geometric means over objectives of
+(mean final regret of the config) / (that of the baseline), lower is better.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+# one BLAS thread: the machine is shared, and the GP's matrices are tiny
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
+from scipy.optimize import minimize  # noqa: E402
+from scipy.stats import qmc  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bayes_merger.config import OptimiserConfig  # noqa: E402
+from bayes_merger.merge.arch import SD_BLOCKS, SDXL_BLOCKS  # noqa: E402
+from bayes_merger.optimiser import Optimiser  # noqa: E402
+from bayes_merger.space import build_space  # noqa: E402
+
+log = logging.getLogger("bench_optimiser")
+
+SCORE_TOP, SCORE_RANGE = 7.0, 3.0
+CHECKPOINTS = (20, 40, 60)
+
+
+def emit(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+# --------------------------------------------------------------------------------------- objectives
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    name: str
+    blocks: tuple[str, ...]
+    uses_beta: bool
+    budget: int
+    important: int  # how many weights matter a lot
+    noise: float = 0.0  # σ as a fraction of the score range
+    edge: int = 0  # weights whose optimum lies on the boundary (the first 2 of them important)
+
+
+RECIPES = {
+    r.name: r
+    for r in (
+        Recipe("bowl26", SD_BLOCKS, False, 60, important=4),
+        Recipe("noisy26", SD_BLOCKS, False, 60, important=4, noise=0.02),
+        Recipe("edge26", SD_BLOCKS, False, 60, important=4, edge=5),
+        Recipe("sdxl20", SDXL_BLOCKS, False, 60, important=3),
+        Recipe("beta52", SD_BLOCKS, True, 40, important=6),
+    )
+}
+
+
+class Objective:
+    """A concave quadratic in [0, 1]^d, rescaled to aesthetic-score-like values (optimum 7)."""
+
+    def __init__(self, recipe: Recipe, seed: int) -> None:
+        self.recipe = recipe
+        self.seed = seed
+        d = len(recipe.blocks) * (2 if recipe.uses_beta else 1)
+        self.dim = d
+        rng = np.random.default_rng([seed, sum(map(ord, recipe.name))])
+        order = rng.permutation(d)
+        important, minor = order[: recipe.important], order[recipe.important :]
+        self.weights = np.empty(d)
+        self.weights[important] = rng.uniform(0.6, 1.2, len(important))
+        self.weights[minor] = rng.uniform(0.02, 0.1, len(minor))
+        self.center = rng.uniform(0.15, 0.85, d)
+        if recipe.edge:
+            edged = np.concatenate([important[:2], minor[: recipe.edge - 2]])
+            # the unconstrained optimum lies outside [0, 1]: the best weight is 0 or 1
+            self.center[edged] = np.where(rng.random(len(edged)) < 0.5, -0.3, 1.3)
+        # a mild interaction between the important weights, so the bowl is not axis-aligned
+        self.cross = np.zeros(d)
+        self.cross[important] = rng.normal(0.0, 0.4, len(important))
+        best = minimize(lambda x: -self.raw(x), np.clip(self.center, 0, 1), jac=lambda x: -self.raw_grad(x),
+                        bounds=[(0.0, 1.0)] * d, method="L-BFGS-B", options={"ftol": 1e-15, "gtol": 1e-12})
+        self.raw_best = float(-best.fun)
+        self.argbest = best.x
+        far = np.where(self.center < 0.5, 1.0, 0.0)  # the separable part's worst corner
+        self.raw_worst = float(self.raw(far))
+
+    def raw(self, x: np.ndarray) -> np.ndarray:
+        diff = np.asarray(x) - self.center
+        return -(self.weights * diff * diff).sum(-1) - (diff @ self.cross) ** 2
+
+    def raw_grad(self, x: np.ndarray) -> np.ndarray:
+        diff = np.asarray(x) - self.center
+        return -2 * self.weights * diff - 2 * (diff @ self.cross) * self.cross
+
+    def true(self, x: np.ndarray) -> float:
+        return SCORE_TOP - SCORE_RANGE * (self.raw_best - float(self.raw(x))) / (self.raw_best - self.raw_worst)
+
+    def observe(self, x: np.ndarray, trial: int) -> float:
+        value = self.true(x)
+        if self.recipe.noise:
+            # the same noise for trial t under every config (common random numbers)
+            noise = np.random.default_rng([self.seed, trial, 0x5EED]).normal()
+            value += self.recipe.noise * SCORE_RANGE * noise
+        return value
+
+
+# ------------------------------------------------------------------------------------------ configs
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    label: str
+    kind: str  # "bo", "random" or "lhs"
+    acquisition: str = "ucb"
+    kappa: float = OptimiserConfig.kappa
+    xi: float = OptimiserConfig.xi
+    init: int | None = None  # None: OptimiserConfig's default
+
+    def config(self, budget: int) -> OptimiserConfig:
+        init = OptimiserConfig.init_points if self.init is None else self.init
+        init = min(init, budget)
+        return OptimiserConfig(init_points=init, n_iters=budget - init, acquisition=self.acquisition,
+                               kappa=self.kappa, xi=self.xi)
+
+
+def parse_spec(text: str) -> Spec:
+    head, _, tail = text.partition(":")
+    if head in ("random", "lhs"):
+        return Spec(text, head)
+    if head not in ("ucb", "ei", "poi"):
+        raise SystemExit(f"unknown config '{text}': acquisition must be ucb, ei, poi, random or lhs")
+    values: dict = {}
+    for item in filter(None, tail.split(",")):
+        key, _, value = item.partition("=")
+        if key not in ("kappa", "xi", "init"):
+            raise SystemExit(f"unknown key '{key}' in config '{text}' (kappa, xi, init)")
+        values[key] = int(value) if key == "init" else float(value)
+    return Spec(text, "bo", acquisition=head, **values)
+
+
+def default_label() -> str:
+    d = OptimiserConfig()
+    value = f"kappa={d.kappa:g}" if d.acquisition == "ucb" else f"xi={d.xi:g}"
+    return f"{d.acquisition}:{value},init={d.init_points}"
+
+
+# ------------------------------------------------------------------------------------------ running
+
+
+def run_one(spec: Spec, recipe: Recipe, seed: int) -> dict:
+    objective = Objective(recipe, seed)
+    budget = recipe.budget
+    cfg = spec.config(budget)
+    space = build_space(cfg, recipe.blocks, recipe.uses_beta)
+    names = [p.name for p in space.parameters]
+    true_values, observed, seconds = [], [], []
+    if spec.kind == "random":
+        rng = np.random.default_rng([seed, 0xAB])
+        points = rng.random((budget, objective.dim))
+    elif spec.kind == "lhs":
+        points = qmc.LatinHypercube(d=objective.dim, rng=np.random.default_rng([seed, 0xCD])).random(budget)
+    else:
+        points = None
+        optimiser = Optimiser(space, cfg, seed=seed)
+    for trial in range(budget):
+        if points is not None:
+            x = points[trial]
+        else:
+            start = time.perf_counter()
+            params = optimiser.suggest(trial)
+            if trial >= cfg.init_points:
+                seconds.append(time.perf_counter() - start)
+            x = np.array([params[n] for n in names])
+        score = objective.observe(x, trial)
+        if points is None:
+            optimiser.register(params, score)
+        true_values.append(objective.true(x))
+        observed.append(score)
+    true_values, observed = np.array(true_values), np.array(observed)
+    result = {"seconds": seconds}
+    for n in sorted(set(CHECKPOINTS) | {budget}):
+        if n > budget:
+            continue
+        result[f"best@{n}"] = SCORE_TOP - float(true_values[:n].max())
+        result[f"reported@{n}"] = SCORE_TOP - float(true_values[: n][int(np.argmax(observed[:n]))])
+    result["final"] = result[f"best@{budget}"]
+    result["reported"] = result[f"reported@{budget}"]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer configs, objectives and seeds (about a minute)")
+    parser.add_argument("--configs", nargs="+", help="configs to compare (see the module docstring)")
+    parser.add_argument("--objectives", nargs="+", choices=sorted(RECIPES), help="objectives (default: all)")
+    parser.add_argument("--seeds", type=int, help="seeds per config and objective")
+    parser.add_argument("--budget-scale", type=float, default=1.0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+
+    # TODO defaults decided after exploration
+    configs = args.configs or ["random", "lhs", "ucb:kappa=2.576", "ucb:kappa=1", "ei:xi=0.01", "poi:xi=0.01"]
+    objectives = args.objectives or list(RECIPES)
+    seeds = args.seeds or 3
+    specs = [parse_spec(c) for c in configs]
+    recipes = [RECIPES[o] for o in objectives]
+    if args.budget_scale != 1.0:
+        recipes = [dataclasses.replace(r, budget=max(12, round(r.budget * args.budget_scale))) for r in recipes]
+
+    results: dict[tuple[str, str], list[dict]] = {}
+    started = time.perf_counter()
+    for recipe in recipes:
+        for spec in specs:
+            for seed in range(seeds):
+                t0 = time.perf_counter()
+                res = run_one(spec, recipe, seed)
+                results.setdefault((spec.label, recipe.name), []).append(res)
+                log.info("%-8s %-28s seed %d: regret %.3f reported %.3f (%.0f s)", recipe.name, spec.label, seed,
+                         res["final"], res["reported"], time.perf_counter() - t0)
+    report(specs, recipes, seeds, results, time.perf_counter() - started)
+
+
+def report(specs, recipes, seeds, results, elapsed) -> None:
+    emit(f"simple regret (true optimum − best true score; score range {SCORE_RANGE:g}), mean over {seeds} seeds")
+    header = f"{'objective':<8} {'config':<26} " + " ".join(f"{'@' + str(n):>6}" for n in CHECKPOINTS)
+    header += f" {'final':>6} {'±se':>5} {'report':>6} {'s/sug':>5}"
+    emit(header)
+    for recipe in recipes:
+        for spec in specs:
+            rs = results[(spec.label, recipe.name)]
+            cells = []
+            for n in CHECKPOINTS:
+                key = f"best@{n}"
+                cells.append(f"{statistics.mean(r[key] for r in rs):6.3f}" if key in rs[0] else f"{'-':>6}")
+            finals = [r["final"] for r in rs]
+            se = statistics.stdev(finals) / math.sqrt(len(finals)) if len(finals) > 1 else 0.0
+            secs = [s for r in rs for s in r["seconds"]]
+            sug = f"{statistics.median(secs):5.2f}" if secs else f"{'-':>5}"
+            emit(f"{recipe.name:<8} {spec.label:<26} {' '.join(cells)} {statistics.mean(finals):6.3f} {se:5.3f} "
+                 f"{statistics.mean(r['reported'] for r in rs):6.3f} {sug}")
+    emit("")
+    summary = summarise(specs, recipes, results)
+    summary.append(f"elapsed_s={elapsed:.0f}")
+    emit(" ".join(summary))
+
+
+def _geo(values):
+    values = [max(v, 1e-6) for v in values]
+    return math.exp(statistics.mean(math.log(v) for v in values))
+
+
+def summarise(specs, recipes, results) -> list[str]:
+    def mean_final(label, recipe, key="final"):
+        return statistics.mean(r[key] for r in results[(label, recipe.name)])
+
+    labels = [s.label for s in specs]
+    out = []
+    base_random = "random" if "random" in labels else None
+    base_default = next((s.label for s in specs if s.kind == "bo" and s.config(60) == OptimiserConfig()), None)
+    for spec in specs:
+        name = spec.label.replace(":", "_").replace(",", "_")
+        if base_random and spec.label != base_random:
+            out.append(f"{name}/random=" + f"{_geo([mean_final(spec.label, r) / mean_final(base_random, r) for r in recipes]):.3f}")
+        if base_default and spec.label != base_default and spec.kind == "bo":
+            out.append(f"{name}/default=" + f"{_geo([mean_final(spec.label, r) / mean_final(base_default, r) for r in recipes]):.3f}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

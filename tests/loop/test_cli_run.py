@@ -1,0 +1,171 @@
+"""End to end through the CLI: the real loop, the fake A1111 over HTTP, tiny models and scorer."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bayes_merger.cli import main
+from bayes_merger.testing.models import make_checkpoint
+from bayes_merger.testing.tiny_clip import make_tiny_clip, make_tiny_head
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("assets")
+    return {
+        "model_a": make_checkpoint(root / "a.safetensors", "sd1", seed=1),
+        "model_b": make_checkpoint(root / "b.safetensors", "sd1", seed=2),
+        "scorer.clip": make_tiny_clip(root / "clip"),
+        "scorer.head": make_tiny_head(root / "head.safetensors"),
+    }
+
+
+def _args(assets, fake_webui, runs: Path, *overrides: str) -> list[str]:
+    base = [
+        "--config", str(REPO / "conf" / "demo.yaml"), "demo=false",
+        f"webui.url={fake_webui.url}", f"webui.checkpoint_dir={fake_webui.checkpoint_dir}",
+        f"run.dir={runs}", f"payloads.dir={REPO / 'payloads' / 'demo.yaml'}",
+        f"payloads.wildcards_dir={REPO / 'payloads' / 'wildcards'}",
+        "optimiser.init_points=3", "optimiser.n_iters=2",
+        # Hydra's logging setup would replace pytest's capturing handlers
+        "hydra/job_logging=none", "hydra/hydra_logging=none",
+    ]
+    return base + [f"{key}={value}" for key, value in assets.items()] + list(overrides)
+
+
+def _cli(args: list[str]) -> int:
+    try:
+        main(args)
+    except SystemExit as exit:
+        return int(exit.code or 0)
+    return 0
+
+
+def _only_run(runs: Path) -> Path:
+    folders = [p for p in runs.iterdir() if p.is_dir()]
+    assert len(folders) == 1, folders
+    return folders[0]
+
+
+def _trials(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "trials.jsonl").read_text().splitlines()]
+
+
+def test_short_run_completes_and_best_yaml_matches_the_best_trial(assets, fake_webui, tmp_path):
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs")) == 0
+    run_dir = _only_run(tmp_path / "runs")
+    trials = _trials(run_dir)
+    assert [t["trial"] for t in trials] == [0, 1, 2, 3, 4]
+    assert all(t["status"] == "ok" for t in trials)
+    best_line = max(trials, key=lambda t: t["score"])
+    best = yaml.safe_load((run_dir / "best.yaml").read_text())
+    assert best["trial"] == best_line["trial"] and best["score"] == best_line["score"]
+    assert best["alpha"] == best_line["alpha_string"] and len(best["alpha"].split(",")) == 26
+    assert (run_dir / "best.safetensors").is_file() and (run_dir / "report.html").is_file()
+    assert json.loads((run_dir / "run.json").read_text())["finished_at"]
+    # every image of every trial was rendered by the merge of that trial, with fixed seeds
+    seeds = {(i["payload"], i["index"]): i["seed"] for i in trials[0]["images"]}
+    assert all({(i["payload"], i["index"]): i["seed"] for i in t["images"]} == seeds for t in trials)
+    assert all((run_dir / image["path"]).is_file() for t in trials for image in t["images"])
+    # the run's own config can resume it, and it holds no secret
+    saved = (run_dir / "config.yaml").read_text()
+    assert "resume: null" in saved
+
+
+def test_killed_run_resumes_to_the_same_trials_as_an_uninterrupted_run(assets, fake_webui, tmp_path):
+    assert _cli(_args(assets, fake_webui, tmp_path / "whole")) == 0
+    whole = _trials(_only_run(tmp_path / "whole"))
+
+    runs = tmp_path / "killed"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    child = subprocess.Popen([sys.executable, "-c", "from bayes_merger.cli import main; main()",
+                              *_args(assets, fake_webui, runs)], env=env, cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    log = None
+    while time.monotonic() < deadline and child.poll() is None:
+        found = list(runs.glob("*/trials.jsonl"))
+        if found and len(found[0].read_text().splitlines()) >= 2:
+            log = found[0]
+            break
+        time.sleep(0.05)  # polling a file with a deadline, not synchronisation by sleeping
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert log is not None, "the child never logged two trials"
+    run_dir = log.parent
+    done = len(_trials(run_dir))
+    assert 2 <= done < 5
+
+    assert _cli(_args(assets, fake_webui, runs, f"resume={run_dir}")) == 0
+    resumed = _trials(run_dir)
+    assert [t["trial"] for t in resumed] == [0, 1, 2, 3, 4]
+    assert [t["params"] for t in resumed] == [t["params"] for t in whole]
+    assert [t["score"] for t in resumed] == pytest.approx([t["score"] for t in whole], abs=1e-6)
+
+
+def test_frozen_grouped_and_bounded_parameters_hold_in_every_trial(assets, fake_webui, tmp_path):
+    overrides = ["+optimiser.frozen={BASE: 0.3}", "+optimiser.groups=[[IN00, IN01]]",
+                 "+optimiser.custom_ranges={OUT11: [0.2, 0.4]}"]
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", *overrides)) == 0
+    for trial in _trials(_only_run(tmp_path / "runs")):
+        alpha = trial["weights"]["alpha"]
+        assert alpha["BASE"] == 0.3
+        assert alpha["IN00"] == alpha["IN01"]
+        assert 0.2 <= alpha["OUT11"] <= 0.4
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("merge.metod=weighted_sum", "metod"),
+        ("optimiser.n_iters=many", "n_iters"),
+        ("+optimiser.custom_ranges={IN00: [0.9, 0.1]}", "lower < upper"),
+        ("merge.method=add_differnce", "add_difference"),
+        ("merge.method=add_difference", "model_c"),
+    ],
+)
+def test_bad_config_is_refused_before_any_merge(assets, fake_webui, tmp_path, caplog, capsys, override, message):
+    code = _cli(_args(assets, fake_webui, tmp_path / "runs", override))
+    assert code != 0
+    said = caplog.text + capsys.readouterr().err
+    assert message in said
+    assert not list(Path(fake_webui.checkpoint_dir).iterdir()), "no merge was written"
+    assert not fake_webui.requests_to("/sdapi/v1/options", "POST")
+
+
+def test_missing_model_is_one_sentence_and_a_nonzero_exit(assets, fake_webui, tmp_path, caplog):
+    args = _args(assets, fake_webui, tmp_path / "runs") + [f"model_b={tmp_path / 'nope.safetensors'}"]
+    assert _cli(args) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [f"model_b: {tmp_path / 'nope.safetensors'} does not exist."]
+
+
+def test_resume_with_other_models_is_refused(assets, fake_webui, tmp_path, caplog):
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "optimiser.n_iters=0")) == 0
+    run_dir = _only_run(tmp_path / "runs")
+    other = make_checkpoint(tmp_path / "c.safetensors", "sd1", seed=3)
+    code = _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}") + [f"model_b={other}"])
+    assert code == 2
+    assert "'model_b' differs" in caplog.text
+    assert len(_trials(run_dir)) == 3
+
+
+def test_webui_lost_mid_run_stops_resumably_and_resume_finishes(assets, fake_webui, tmp_path):
+    fake_webui.drop_next(1000, path="/sdapi/v1/txt2img")
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "webui.retries=1")) == 6
+    run_dir = _only_run(tmp_path / "runs")
+    assert not (run_dir / "trials.jsonl").exists() or _trials(run_dir) == []
+    fake_webui.clear_faults()
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}")) == 0
+    assert [t["status"] for t in _trials(run_dir)] == ["ok"] * 5
