@@ -9,10 +9,13 @@ non-zero exit code; only bugs show a traceback.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 from datetime import datetime
 from pathlib import Path
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -28,6 +31,18 @@ log = logging.getLogger("bayes_merger")
 CONFIG_FILE = "config.yaml"
 # never written to disk: the WebUI password
 SECRET_KEYS = (("webui", "auth"),)
+
+
+# the run-folder settings of conf/run.yaml, so that a saved config resumes into its own folder
+HYDRA_BLOCK = """
+hydra:
+  run:
+    dir: ${bm_run_dir:${resume},${run.dir},${merge.method},${scorer.name}}
+  output_subdir: null
+  job:
+    name: bayes-merger
+    chdir: false
+"""
 
 
 def rewrite_config_flag(argv: Sequence[str]) -> list[str]:
@@ -80,7 +95,7 @@ def save_config(cfg: DictConfig, run_dir: Path, resuming: bool) -> Path:
     data["resume"] = None
     text = "# the config of this run; resume it with:\n"
     text += f"#   bayes-merger --config {run_dir / CONFIG_FILE} resume={run_dir}\n"
-    text += "defaults:\n  - bayes_merger\n  - _self_\n\n" + OmegaConf.to_yaml(OmegaConf.create(data))
+    text += "defaults:\n  - bayes_merger\n  - _self_\n\n" + OmegaConf.to_yaml(OmegaConf.create(data)) + HYDRA_BLOCK
     name = CONFIG_FILE if not resuming else f"config.resumed-{datetime.now():%Y%m%d-%H%M%S}.yaml"
     path = run_dir / name
     if path.exists():
@@ -90,22 +105,45 @@ def save_config(cfg: DictConfig, run_dir: Path, resuming: bool) -> Path:
     return path
 
 
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """The first Ctrl-C or SIGTERM lets the trial in flight finish; a second Ctrl-C stops at once."""
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        log.warning("Stopping after the trial in flight (%s); press Ctrl-C again to stop now.", signal.Signals(signum).name)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def _task(cfg: DictConfig) -> None:
     from bayes_merger.run import run  # imported here so that --help and config errors stay fast
 
     try:
         config = to_config(cfg)
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
-        with logging_redirect_tqdm():
+        # a resumed run continues in its own folder, whatever the config's hydra.run.dir says
+        run_dir = Path(config.resume).expanduser() if config.resume else Path(HydraConfig.get().runtime.output_dir)
+        with logging_redirect_tqdm(), _stop_on_signals() as stop:
             if config.demo:
                 from bayes_merger.testing.demo import demo_environment
 
                 with demo_environment(config) as demo_config:
                     save_config(OmegaConf.structured(demo_config), run_dir, config.resume is not None)
-                    result = run(demo_config, run_dir)
+                    result = run(demo_config, run_dir, stop)
             else:
                 save_config(cfg, run_dir, config.resume is not None)
-                result = run(config, run_dir)
+                result = run(config, run_dir, stop)
     except BayesMergerError as error:
         log.error("%s", error)
         sys.exit(error.exit_code)

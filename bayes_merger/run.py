@@ -13,6 +13,7 @@ import math
 import os
 import re
 import secrets
+import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -65,8 +66,17 @@ class RunResult:
     best: Trial | None
 
 
-def run(cfg: Config, run_dir: Path) -> RunResult:
-    """Run (or resume) the optimisation in ``run_dir``; raises a BayesMergerError on bad input."""
+class Interrupted(RunStopped):
+    """The user (Ctrl-C) or the system (SIGTERM) asked the run to stop; it stopped between trials."""
+
+    exit_code = 130
+
+
+def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None) -> RunResult:
+    """Run (or resume) the optimisation in ``run_dir``; raises a BayesMergerError on bad input.
+
+    Setting ``stop`` ends the run after the trial in flight, every finished trial saved.
+    """
     run_dir = Path(run_dir)
     resuming = cfg.resume is not None
     method = _check_inputs(cfg)
@@ -103,7 +113,8 @@ def run(cfg: Config, run_dir: Path) -> RunResult:
         if trial_log.trials:
             log.info("Resuming %s: %d of %d trials done.", run_dir, len(trial_log.trials), optimiser.budget)
 
-        loop = TrialLoop(cfg, run_dir, merger, webui, scorer, payloads, space, optimiser, trial_log)
+        loop = TrialLoop(cfg, run_dir, merger, webui, scorer, payloads, space, optimiser, trial_log,
+                         stop or threading.Event())
         loop.run()
 
         best = trial_log.best()
@@ -120,7 +131,8 @@ class TrialLoop:
     """Runs the remaining trials of a run, one at a time."""
 
     def __init__(self, cfg: Config, run_dir: Path, merger: Merger, webui: WebUIClient, scorer: Scorer,
-                 payloads: list[Payload], space: SearchSpace, optimiser: Optimiser, trial_log: TrialLog) -> None:
+                 payloads: list[Payload], space: SearchSpace, optimiser: Optimiser, trial_log: TrialLog,
+                 stop: threading.Event) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
         self.merger = merger
@@ -130,6 +142,7 @@ class TrialLoop:
         self.space = space
         self.optimiser = optimiser
         self.trial_log = trial_log
+        self.stop = stop
 
     def run(self) -> None:
         done = len(self.trial_log.trials)
@@ -149,6 +162,9 @@ class TrialLoop:
                 best = self.trial_log.best()
                 bar.set_postfix(score=_fmt(trial.score), best=_fmt(best.score if best else None))
                 bar.update(1)
+                if self.stop.is_set() and index + 1 < budget:
+                    raise Interrupted(f"Stopped after {index + 1} of {budget} trials, every one saved; "
+                                      f"resume with resume={self.run_dir}")
                 if failures >= self.cfg.run.max_consecutive_failures:
                     raise RunStopped(
                         f"{failures} trials in a row failed (last: {trial.error}); stopping. "

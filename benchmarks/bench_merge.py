@@ -211,7 +211,9 @@ def run_phase(name: str, models: list[Path], save_dirs: list[Path], args: argpar
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="width factor of the SD1 shapes (1 = real)")
-    parser.add_argument("--disk-dir", type=Path, default=None, help="a folder on disk (default: a temporary one)")
+    parser.add_argument(
+        "--disk-dir", type=Path, default=None, help="a folder on disk (default: a new one in the system's temp folder)"
+    )
     parser.add_argument("--shm-dir", type=Path, default=Path("/dev/shm"))
     parser.add_argument("--merges", type=int, default=20)
     parser.add_argument("--save-repeats", type=int, default=5)
@@ -227,7 +229,8 @@ def main() -> None:
         emit(json.dumps(result))
         return
 
-    disk_root = args.disk_dir or Path(tempfile.mkdtemp(prefix="bench-merge-", dir=REPO))
+    # never inside the repository: a commit made while the benchmark runs would pick up its files
+    disk_root = args.disk_dir or Path(tempfile.mkdtemp(prefix="bench-merge-"))
     disk = disk_root / "disk"
     shm = args.shm_dir / f"bench-merge-{os.getpid()}"
     disk.mkdir(parents=True, exist_ok=True)
@@ -348,7 +351,7 @@ def report(args: argparse.Namespace, disk: Path, shm: Path) -> None:
         }
     pairs |= {
         "rss_peak_1_gb": round(ws["rss_peak_1_gb"], 3),
-        "rss_peak_20_gb": round(ws["rss_peak_n_gb"], 3),
+        f"rss_peak_{ws['merges']}_gb": round(ws["rss_peak_n_gb"], 3),
         "rss_growth_mb": round(growth * 1000, 1),
     }
     emit(" ".join(f"{k}={v}" for k, v in pairs.items()))

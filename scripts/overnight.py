@@ -19,7 +19,8 @@ variables not already set); ``--help`` lists them.
 Exit codes: 0 the run finished its budget, or was stopped at the deadline to be resumed; otherwise
 bayes-merger's own code (1 no successful trial, 2 config, 3 checkpoint/merge, 4 WebUI, 5 scorer,
 6 stopped but resumable: the WebUI kept dying); 69 the WebUI could not be started or never answered;
-75 another overnight run holds the lock of this run.dir; 128 + N when stopped by signal N (130, 143).
+70 a bug in this script (traceback in the log); 75 another overnight run holds the lock of this run.dir;
+128 + N when stopped by signal N (130, 143).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ log = logging.getLogger("overnight")
 EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_WEBUI_DOWN = 69  # EX_UNAVAILABLE
+EXIT_SOFTWARE = 70  # EX_SOFTWARE: a bug in this script
 EXIT_LOCKED = 75  # EX_TEMPFAIL: try again later
 BM_WEBUI_ERROR, BM_STOPPED = 4, 6  # bayes-merger's codes after which a WebUI restart can help
 
@@ -542,7 +544,7 @@ class Night:
                 return self._stopped(None)
 
             folder = None if new_run else latest_unfinished(self.run_dir)
-            new_run = False
+            new_run, resumed = False, folder is not None
             rc, folder = self._bayes_merger(folder)
             if folder is not None:
                 log.info("Run %s: %s.", folder, describe(folder))
@@ -553,6 +555,9 @@ class Night:
                 return EXIT_OK
             if rc not in (BM_WEBUI_ERROR, BM_STOPPED):
                 log.error("bayes-merger failed with exit code %d; see above.", rc)
+                if rc == EXIT_CONFIG and resumed:
+                    log.error("If the config no longer fits the unfinished run %s, start a new run with --new-run "
+                              "(that run stays as it is).", folder)
                 return rc if rc > 0 else 1
             if not self._webui_down():
                 log.error("bayes-merger stopped (exit code %d) while the WebUI still answers: not a WebUI crash, "
@@ -705,7 +710,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", error)
         return EXIT_CONFIG
 
-    log_file, webui_log = setup_logging(settings.log_dir, night_of(started))
+    try:
+        log_file, webui_log = setup_logging(settings.log_dir, night_of(started))
+    except OSError as error:
+        log.error("Cannot write the night's log in %s: %s.", settings.log_dir, error)
+        return EXIT_CONFIG
     log.info("---- overnight run, pid %d, config %s%s", os.getpid(), settings.config,
              f", deadline {settings.deadline:%Y-%m-%d %H:%M}" if settings.deadline else "")
     try:
@@ -726,6 +735,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Failure as failure:
         log.error("%s", failure)
         code = failure.code
+    except Exception:  # a bug: its traceback goes into the night's log, not only to a console nobody reads
+        log.exception("Unexpected error in overnight.py (a bug; please report it).")
+        code = EXIT_SOFTWARE
     log.info("---- overnight run ends with exit code %d after %s", code, _duration(datetime.now() - started))
     return code
 

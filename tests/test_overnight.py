@@ -184,7 +184,8 @@ class World:
 
     def env(self, webui_command: str | None = None) -> dict[str, str]:
         return {**os.environ, "WEBUI_COMMAND": webui_command or self.webui_command, "WEBUI_READY_TIMEOUT": "60",
-                "WEBUI_STOP_GRACE": "10", "OVERNIGHT_LOG_DIR": str(self.logs)}
+                "WEBUI_STOP_GRACE": "10", "OVERNIGHT_LOG_DIR": str(self.logs),
+                "OMP_NUM_THREADS": "1"}  # two shared cores: torch's threads would only contend
 
     def night(self, *args: str, webui_command: str | None = None, config: Path | None = None) -> Night:
         result = subprocess.run(self.command(*args, config=config), cwd=self.folder, env=self.env(webui_command),

@@ -107,7 +107,11 @@ def test_killed_run_resumes_to_the_same_trials_as_an_uninterrupted_run(assets, f
     done = len(_trials(run_dir))
     assert 2 <= done < 5
 
-    assert _cli(_args(assets, fake_webui, runs, f"resume={run_dir}")) == 0
+    # resumed the way the run folder's config says: with that config
+    resume = ["--config", str(run_dir / "config.yaml"), f"resume={run_dir}",
+              "hydra/job_logging=none", "hydra/hydra_logging=none"]
+    assert _cli(resume) == 0
+    assert sorted(p.name for p in runs.iterdir()) == [run_dir.name], "resumed in place, no new folder"
     resumed = _trials(run_dir)
     assert [t["trial"] for t in resumed] == [0, 1, 2, 3, 4]
     assert [t["params"] for t in resumed] == [t["params"] for t in whole]
@@ -169,3 +173,26 @@ def test_webui_lost_mid_run_stops_resumably_and_resume_finishes(assets, fake_web
     fake_webui.clear_faults()
     assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}")) == 0
     assert [t["status"] for t in _trials(run_dir)] == ["ok"] * 5
+
+
+def test_ctrl_c_finishes_the_trial_in_flight_then_stops_resumably(assets, fake_webui, tmp_path, monkeypatch):
+    from bayes_merger.run import TrialLoop
+
+    original = TrialLoop._trial
+
+    def trial_then_ctrl_c(self, index):
+        result = original(self, index)
+        if index == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(TrialLoop, "_trial", trial_then_ctrl_c)
+    handler = signal.getsignal(signal.SIGINT)
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs")) == 130
+    assert signal.getsignal(signal.SIGINT) is handler, "the CLI gives the signal handlers back"
+    run_dir = _only_run(tmp_path / "runs")
+    assert [t["status"] for t in _trials(run_dir)] == ["ok", "ok"]
+    assert "finished_at" not in json.loads((run_dir / "run.json").read_text())
+    monkeypatch.undo()
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}")) == 0
+    assert len(_trials(run_dir)) == 5
