@@ -27,10 +27,8 @@ from tqdm import tqdm
 from bayes_merger import __version__
 from bayes_merger.config import Config
 from bayes_merger.errors import BayesMergerError, ConfigError, WebUIConnectionError
-from bayes_merger.merge.arch import detect_architecture
-from bayes_merger.merge.checkpoint import read_tensor_info
-from bayes_merger.merge.methods import MergeMethod, get_method
-from bayes_merger.merge.merger import Merger
+from bayes_merger.merge.methods import get_method
+from bayes_merger.merge.merger import Merger, inspect_inputs
 from bayes_merger.optimiser import Optimiser, check_optimiser_config
 from bayes_merger.report import write_report
 from bayes_merger.scoring import ImageContext, Scorer, build_scorer
@@ -79,12 +77,12 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None) -> RunR
     """
     run_dir = Path(run_dir)
     resuming = cfg.resume is not None
-    method = _check_inputs(cfg)
+    _check_inputs(cfg)
     payloads = load_payloads(cfg.payloads, cfg.run.seed)
-    # the search space needs only the architecture, which the file header tells: bad bounds are
-    # refused before the WebUI is contacted or a tensor is read
-    architecture = detect_architecture(read_tensor_info(_path(cfg.model_a)), source=str(cfg.model_a))
-    space = build_space(cfg.optimiser, architecture.blocks, method.needs_beta)
+    # the files' headers tell the method, the architectures and so the search space: bad models
+    # and bad bounds are refused before the WebUI is contacted or a tensor is read
+    inputs = inspect_inputs(*_model_paths(cfg), cfg.merge)
+    space = build_space(cfg.optimiser, inputs.architecture.blocks, inputs.method.needs_beta)
     if not resuming and (run_dir / RUN_FILE).exists():
         raise ConfigError(f"{run_dir} already holds a run; continue it with resume={run_dir} or start a new one elsewhere.")
     previous = _read_run_file(run_dir) if resuming else None
@@ -95,7 +93,7 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None) -> RunR
         webui.check_checkpoint_dir()
         scorer = build_scorer(_scorer_config(cfg, run_dir))
         log.info("Loading the models to merge.")
-        merger = Merger(_path(cfg.model_a), _path(cfg.model_b), _path(cfg.model_c) if cfg.model_c else None, cfg.merge)
+        merger = Merger(*_model_paths(cfg), cfg.merge)
         optimiser = Optimiser(space, cfg.optimiser, cfg.run.seed)
 
         meta = _run_meta(cfg, run_id, merger, space, payloads)
@@ -279,7 +277,11 @@ class _timed:
         self.timings[self.stage] = time.perf_counter() - self.start
 
 
-def _check_inputs(cfg: Config) -> MergeMethod:
+def _model_paths(cfg: Config) -> tuple[Path, Path, Path | None]:
+    return _path(cfg.model_a), _path(cfg.model_b), _path(cfg.model_c) if cfg.model_c else None
+
+
+def _check_inputs(cfg: Config) -> None:
     """The cheap checks, before anything is loaded or contacted."""
     method = get_method(cfg.merge.method)
     check_optimiser_config(cfg.optimiser)
@@ -303,7 +305,6 @@ def _check_inputs(cfg: Config) -> MergeMethod:
         raise ConfigError("run.max_consecutive_failures must be at least 1.")
     if cfg.resume is not None and not (_path(cfg.resume) / RUN_FILE).is_file():
         raise ConfigError(f"resume={cfg.resume} is not a run folder (no {RUN_FILE} in it).")
-    return method
 
 
 def _manual(cfg: Config) -> bool:

@@ -79,58 +79,72 @@ class _Step:
     into: torch.Tensor | None = None
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """What the files' headers tell about a merge, before any tensor is read."""
+
+    method: MergeMethod
+    models: Mapping[str, Path]  # "A", "B" [, "C"]
+    infos: Mapping[str, Mapping[str, TensorInfo]]
+    architecture: Architecture  # model A's
+
+
+def inspect_inputs(model_a: Path, model_b: Path, model_c: Path | None, config: MergeConfig) -> Inputs:
+    """Check the method, model C and the architectures from the headers alone; raise on a mismatch."""
+    method = get_method(config.method)
+    if method.needs_c and model_c is None:
+        raise MergeError(f"Merge method '{method.name}' needs model C (model_c), but none was given.")
+    if model_c is not None and not method.needs_c:
+        log.warning("Merge method %s does not use model C; ignoring %s.", method.name, model_c)
+        model_c = None
+    parse_dtype(config.load_dtype)
+    parse_dtype(config.dtype)  # a wrong save precision is refused now, not at the first save
+    models = {"A": Path(model_a), "B": Path(model_b)}
+    if model_c is not None:
+        models["C"] = Path(model_c)
+    infos = {m: read_tensor_info(p) for m, p in models.items()}
+    archs = {
+        m: detect_architecture(info, {k: v.shape for k, v in info.items()}, str(models[m]))
+        for m, info in infos.items()
+    }
+    _check_architectures(models, archs)
+    return Inputs(method, models, infos, archs["A"])
+
+
+def _check_architectures(models: Mapping[str, Path], archs: Mapping[str, Architecture]) -> None:
+    a = archs["A"]
+    for m, arch in archs.items():
+        if m == "A":
+            continue
+        if arch.name != a.name:
+            raise CheckpointError(
+                f"Models of different architectures cannot be merged: model A ({models['A']}) is "
+                f"{a.label}, model {m} ({models[m]}) is {arch.label}."
+            )
+        if arch.variant and arch.variant != a.variant:
+            raise CheckpointError(
+                f"Model {m} ({models[m]}) is an {arch.label} model and model A ({models['A']}) is "
+                f"{a.label}: an inpainting or instruct-pix2pix model can only be merged as model A."
+            )
+
+
 class Merger:
     """Merges models A, B [, C] with block weights, in place, as often as asked."""
 
     def __init__(self, model_a: Path, model_b: Path, model_c: Path | None, config: MergeConfig) -> None:
         self.config = config
-        self.method: MergeMethod = get_method(config.method)
-        if self.method.needs_c and model_c is None:
-            raise MergeError(
-                f"Merge method '{self.method.name}' needs model C (model_c), but none was given."
-            )
-        if model_c is not None and not self.method.needs_c:
-            log.warning("Merge method %s does not use model C; ignoring %s.", self.method.name, model_c)
-            model_c = None
+        inputs = inspect_inputs(model_a, model_b, model_c, config)
+        self.method: MergeMethod = inputs.method
+        self.models: dict[str, Path] = dict(inputs.models)
+        self.architecture: Architecture = inputs.architecture
         self.device: torch.device = resolve_device(config.device)
-        load_dtype = parse_dtype(config.load_dtype)
-        parse_dtype(config.dtype)  # a wrong save precision is refused now, not at the first save
 
-        self.models: dict[str, Path] = {"A": Path(model_a), "B": Path(model_b)}
-        if model_c is not None:
-            self.models["C"] = Path(model_c)
-
-        # headers only: every check below happens before a tensor is read
-        infos = {m: read_tensor_info(p) for m, p in self.models.items()}
-        archs = {
-            m: detect_architecture(info, {k: v.shape for k, v in info.items()}, str(self.models[m]))
-            for m, info in infos.items()
-        }
-        self.architecture: Architecture = archs["A"]
-        self._check_architectures(archs)
-
-        plan, partial = self._plan(infos)
-        self._load(infos, plan, partial, load_dtype)
+        plan, partial = self._plan(inputs.infos)
+        self._load(inputs.infos, plan, partial, parse_dtype(config.load_dtype))
         self._hashes: dict[str, str] = {}
         self._weights: BlockWeights | None = None
 
-    # ------------------------------------------------------------------------------------ checks
-
-    def _check_architectures(self, archs: Mapping[str, Architecture]) -> None:
-        a = archs["A"]
-        for m, arch in archs.items():
-            if m == "A":
-                continue
-            if arch.name != a.name:
-                raise CheckpointError(
-                    f"Models of different architectures cannot be merged: model A ({self.models['A']}) is "
-                    f"{a.label}, model {m} ({self.models[m]}) is {arch.label}."
-                )
-            if arch.variant and arch.variant != a.variant:
-                raise CheckpointError(
-                    f"Model {m} ({self.models[m]}) is an {arch.label} model and model A ({self.models['A']}) is "
-                    f"{a.label}: an inpainting or instruct-pix2pix model can only be merged as model A."
-                )
+    # ------------------------------------------------------------------------------------- plan
 
     def _plan(self, infos: Mapping[str, Mapping[str, TensorInfo]]) -> tuple[dict[str, int], dict[str, int]]:
         """key → block index for the merged keys, and key → channel count for the partial ones."""

@@ -196,3 +196,40 @@ def test_ctrl_c_finishes_the_trial_in_flight_then_stops_resumably(assets, fake_w
     monkeypatch.undo()
     assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}")) == 0
     assert len(_trials(run_dir)) == 5
+
+
+def _truncated(tmp_path: Path, assets) -> Path:
+    path = tmp_path / "truncated.safetensors"
+    path.write_bytes(Path(assets["model_b"]).read_bytes()[:5000])
+    return path
+
+
+def _not_a_checkpoint(tmp_path: Path, assets) -> Path:
+    path = tmp_path / "notes.safetensors"
+    path.write_text("these are not weights")
+    return path
+
+
+def _folder(tmp_path: Path, assets) -> Path:
+    path = tmp_path / "folder.safetensors"
+    path.mkdir()
+    return path
+
+
+def _sdxl(tmp_path: Path, assets) -> Path:
+    return make_checkpoint(tmp_path / "xl.safetensors", "sdxl", seed=4)
+
+
+@pytest.mark.parametrize("make_bad, code, words", [
+    (_folder, 2, "is a folder"),
+    (_truncated, 3, "truncated.safetensors"),
+    (_not_a_checkpoint, 3, "notes.safetensors"),
+    (_sdxl, 3, "different architectures"),
+])
+def test_a_bad_model_b_is_one_sentence_before_the_webui_is_touched(assets, fake_webui, tmp_path, caplog,
+                                                                   make_bad, code, words):
+    bad = make_bad(tmp_path, assets)
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs") + [f"model_b={bad}"]) == code
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and words in errors[0] and "\n" not in errors[0]
+    assert not fake_webui.requests, "nothing was asked of the WebUI"
