@@ -38,6 +38,9 @@ HYDRA_BLOCK = """
 hydra:
   run:
     dir: ${bm_run_dir:${resume},${run.dir},${merge.method},${scorer.name}}
+  sweep:
+    dir: ${run.dir}/multirun/${now:%Y-%m-%d_%H-%M-%S}
+    subdir: ${hydra.job.num}_${merge.method}_${scorer.name}
   output_subdir: null
   job:
     name: bayes-merger

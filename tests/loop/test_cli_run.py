@@ -233,3 +233,20 @@ def test_a_bad_model_b_is_one_sentence_before_the_webui_is_touched(assets, fake_
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and words in errors[0] and "\n" not in errors[0]
     assert not fake_webui.requests, "nothing was asked of the WebUI"
+
+
+def test_cfg_job_prints_the_composed_config_and_runs_nothing(assets, fake_webui, tmp_path, capsys):
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "--cfg", "job")) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model_a"] == str(assets["model_a"]) and printed["optimiser"]["init_points"] == 3
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_multirun_sweep_gives_each_method_its_own_run_folder(assets, fake_webui, tmp_path):
+    args = _args(assets, fake_webui, tmp_path / "runs", "optimiser.init_points=1", "optimiser.n_iters=0",
+                 "merge.method=weighted_sum,tensor_sum", "-m")
+    assert _cli(args) == 0
+    folders = sorted(p.name for p in (tmp_path / "runs" / "multirun").glob("*/*") if p.is_dir())
+    assert folders == ["0_weighted_sum_aesthetic_head", "1_tensor_sum_aesthetic_head"]
+    for folder in (tmp_path / "runs" / "multirun").glob("*/*_aesthetic_head"):
+        assert len(_trials(folder)) == 1
