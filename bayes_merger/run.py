@@ -28,7 +28,7 @@ from bayes_merger import __version__
 from bayes_merger.config import Config
 from bayes_merger.errors import BayesMergerError, ConfigError, WebUIConnectionError
 from bayes_merger.merge.methods import get_method
-from bayes_merger.merge.merger import Merger, inspect_inputs
+from bayes_merger.merge.merger import Inputs, Merger, inspect_inputs
 from bayes_merger.optimiser import Optimiser, check_optimiser_config
 from bayes_merger.report import write_report
 from bayes_merger.scoring import ImageContext, Scorer, build_scorer
@@ -87,6 +87,11 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None) -> RunR
         raise ConfigError(f"{run_dir} already holds a run; continue it with resume={run_dir} or start a new one elsewhere.")
     previous = _read_run_file(run_dir) if resuming else None
     run_id = previous["run_id"] if previous else f"{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+    meta = _run_meta(cfg, run_id, inputs, space, payloads)
+    if previous:
+        _check_resumable(previous, meta, run_dir)
+        meta = {**previous, "n_iters": cfg.optimiser.n_iters}
+        meta.pop("finished_at", None)
 
     with WebUIClient(cfg.webui, run_id=run_id) as webui:
         webui.wait_until_ready()
@@ -95,12 +100,6 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None) -> RunR
         log.info("Loading the models to merge.")
         merger = Merger(*_model_paths(cfg), cfg.merge)
         optimiser = Optimiser(space, cfg.optimiser, cfg.run.seed)
-
-        meta = _run_meta(cfg, run_id, merger, space, payloads)
-        if previous:
-            _check_resumable(previous, meta, run_dir)
-            meta = {**previous, "n_iters": cfg.optimiser.n_iters}
-            meta.pop("finished_at", None)
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_json(run_dir / RUN_FILE, meta)
 
@@ -116,8 +115,9 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None) -> RunR
         loop.run()
 
         best = trial_log.best()
-        if best is not None and cfg.save_best:
+        if best is not None and cfg.save_best and meta.get("best_saved_trial") != best.trial:
             _save_best_merge(cfg, run_dir, merger, space, best)
+            meta["best_saved_trial"] = best.trial
         meta["finished_at"] = now()
         _write_json(run_dir / RUN_FILE, meta)
         _refresh_report(run_dir)
@@ -322,7 +322,7 @@ def _scorer_config(cfg: Config, run_dir: Path):
     return cfg.scorer
 
 
-def _run_meta(cfg: Config, run_id: str, merger: Merger, space: SearchSpace, payloads: list[Payload]) -> dict[str, Any]:
+def _run_meta(cfg: Config, run_id: str, inputs: Inputs, space: SearchSpace, payloads: list[Payload]) -> dict[str, Any]:
     return {
         "run_id": run_id,
         "version": __version__,
@@ -330,10 +330,10 @@ def _run_meta(cfg: Config, run_id: str, merger: Merger, space: SearchSpace, payl
         "model_a": str(_path(cfg.model_a)),
         "model_b": str(_path(cfg.model_b)),
         "model_c": str(_path(cfg.model_c)) if cfg.model_c else None,
-        "method": merger.method.name,
-        "architecture": merger.architecture.label,
-        "arch_name": merger.architecture.name,
-        "blocks": list(merger.architecture.blocks),
+        "method": inputs.method.name,
+        "architecture": inputs.architecture.label,
+        "arch_name": inputs.architecture.name,
+        "blocks": list(inputs.architecture.blocks),
         "uses_beta": space.uses_beta,
         "init_points": cfg.optimiser.init_points,
         "n_iters": cfg.optimiser.n_iters,
