@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import copy
 import difflib
-import hashlib
 import logging
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from bayes_merger.config import PayloadsConfig
 from bayes_merger.errors import ConfigError
+from bayes_merger.webui.wildcards import Wildcards, derive, wildcards_dir
 
 __all__ = ["Payload", "load_payloads", "TXT2IMG_FIELDS"]
 
@@ -79,8 +78,6 @@ _POSITIVE_INTS = ("steps", "batch_size", "n_iter", "width", "height")
 # numpy seeds its samplers' noise with 32-bit seeds, and A1111 adds the image index to the seed.
 _MAX_SEED = 2**32 - 1
 _DERIVED_SEED_RANGE = 2**31
-_WILDCARD = re.compile(r"__([A-Za-z0-9][A-Za-z0-9_./-]*?)__")
-_MAX_WILDCARD_DEPTH = 10
 
 
 @dataclass(frozen=True)
@@ -129,7 +126,7 @@ def load_payloads(config: PayloadsConfig, run_seed: int) -> list[Payload]:
     builder = _Builder(
         run_seed=run_seed,
         allow_random=bool(config.allow_random_seeds),
-        wildcards=_Wildcards(_wildcards_dir(config.wildcards_dir, root)),
+        wildcards=Wildcards(wildcards_dir(config.wildcards_dir, root)),
         config_defaults=_Layer(dict(config_defaults), "payloads.defaults (config)", "config_defaults"),
     )
     payloads = [builder.build(raw) for raw in raws]
@@ -356,7 +353,7 @@ class _Builder:
     """Turns raw payloads into resolved Payloads; remembers which warnings it already gave."""
 
     def __init__(
-        self, *, run_seed: int, allow_random: bool, wildcards: _Wildcards, config_defaults: _Layer
+        self, *, run_seed: int, allow_random: bool, wildcards: Wildcards, config_defaults: _Layer
     ) -> None:
         self.run_seed = run_seed
         self.allow_random = allow_random
@@ -421,7 +418,7 @@ class _Builder:
 
     def _fixed(self, request: dict[str, Any], fields: _Fields, key: str, *, required: bool) -> int | None:
         """Make ``request[key]`` (seed or subseed) a fixed number; -1 only where random seeds are allowed."""
-        derived = _derive(self.run_seed, key, fields.name) % _DERIVED_SEED_RANGE
+        derived = derive(self.run_seed, key, fields.name) % _DERIVED_SEED_RANGE
         if key not in request:
             if required:
                 request[key] = derived
@@ -538,78 +535,3 @@ def _check_kind(value: Any, kind: str, where: str) -> None:
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _derive(run_seed: int, *parts: object) -> int:
-    """A 64-bit number fixed by its inputs, the same in every process (hash() is salted per process)."""
-    text = "\x1f".join(str(p) for p in (run_seed, *parts))
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
-
-
-# --- wildcards ---------------------------------------------------------------------------------
-
-
-def _wildcards_dir(configured: str | None, root: Path) -> Path | None:
-    if configured is not None:
-        directory = Path(str(configured)).expanduser()
-        if not directory.is_dir():
-            raise ConfigError(f"payloads.wildcards_dir {directory} is not a folder.")
-        return directory
-    # Unset: a wildcards/ folder beside the payloads, if there is one.
-    default = root / "wildcards"
-    return default if default.is_dir() else None
-
-
-class _Wildcards:
-    """``__name__`` → one line of ``<dir>/name.txt``, chosen by a draw fixed by the run seed."""
-
-    def __init__(self, directory: Path | None) -> None:
-        self.directory = directory
-        self._lines: dict[str, list[str]] = {}
-
-    def expand(self, text: str, run_seed: int, payload: str, key: str, where: str) -> str:
-        occurrence = 0
-
-        def replace(match: re.Match[str], depth: int) -> str:
-            nonlocal occurrence
-            name = match.group(1)
-            if depth > _MAX_WILDCARD_DEPTH:
-                raise ConfigError(
-                    f"{where}: wildcards nest more than {_MAX_WILDCARD_DEPTH} deep at '__{name}__' "
-                    "(does one include itself?)."
-                )
-            lines = self._read(name, where)
-            # Each occurrence gets its own draw, so "__color__ and __color__" may differ.
-            line = lines[_derive(run_seed, "wildcard", payload, key, occurrence) % len(lines)]
-            occurrence += 1
-            return _WILDCARD.sub(lambda m: replace(m, depth + 1), line)
-
-        return _WILDCARD.sub(lambda m: replace(m, 1), text)
-
-    def _read(self, name: str, where: str) -> list[str]:
-        if name in self._lines:
-            return self._lines[name]
-        if self.directory is None:
-            raise ConfigError(
-                f"{where} uses the wildcard '__{name}__', but there is no wildcards folder: "
-                "set payloads.wildcards_dir or add a wildcards/ folder beside the payloads."
-            )
-        file = self.directory / f"{name}.txt"
-        if ".." in name.split("/") or not file.is_file():
-            known = [p.relative_to(self.directory).with_suffix("").as_posix() for p in self.directory.rglob("*.txt")]
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f" (closest: '{close[0]}')" if close else ""
-            raise ConfigError(
-                f"{where} uses the wildcard '__{name}__', but the wildcard file {file} does not exist{hint}."
-            )
-        try:
-            raw = file.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read wildcard file {file}: {exc}.") from None
-        lines = [s for s in (line.strip() for line in raw) if s and not s.startswith("#")]
-        if not lines:
-            raise ConfigError(
-                f"wildcard file {file} has no lines to draw from (blank lines and # comments are skipped)."
-            )
-        self._lines[name] = lines
-        return lines
