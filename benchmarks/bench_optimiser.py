@@ -149,38 +149,61 @@ class Objective:
 @dataclasses.dataclass(frozen=True)
 class Spec:
     label: str
-    kind: str  # "bo", "random" or "lhs"
+    kind: str  # "bo", "legacy", "random" or "lhs"
     acquisition: str = "ucb"
-    kappa: float = OptimiserConfig.kappa
-    xi: float = OptimiserConfig.xi
-    init: int | None = None  # None: OptimiserConfig's default
+    kappa: float = 2.576
+    xi: float = 0.01
+    init: int = 10
+
+    @property
+    def short(self) -> str:
+        """The label as a name on the final line: ucb:kappa=0.5,init=5 → ucb_kappa0.5_init5."""
+        return self.label.replace(":", "_").replace(",", "_").replace("=", "")
 
     def config(self, budget: int) -> OptimiserConfig:
-        init = OptimiserConfig.init_points if self.init is None else self.init
-        init = min(init, budget)
+        init = min(self.init, budget)
         return OptimiserConfig(init_points=init, n_iters=budget - init, acquisition=self.acquisition,
                                kappa=self.kappa, xi=self.xi)
 
 
+class LegacyOptimiser(Optimiser):
+    """The optimiser before this benchmark: bayes_opt's stock GP (one length scale) and acquisition search."""
+
+    n_random = 10_000
+    n_smart = 10
+
+    def _kernel(self):
+        return None
+
+
 def parse_spec(text: str) -> Spec:
+    """random, lhs, default (OptimiserConfig's), old (ucb κ=2.576, init 10: the defaults before this
+    benchmark), legacy (old, with the optimiser's GP and search before this benchmark: slow, minutes a
+    run) or acquisition[:key=value,...] with keys kappa, xi, init."""
     head, _, tail = text.partition(":")
-    if head in ("random", "lhs"):
-        return Spec(text, head)
+    if text in ("random", "lhs"):
+        return Spec(text, text)
+    if text == "default":
+        d = OptimiserConfig()
+        return Spec(text, "bo", acquisition=d.acquisition, kappa=d.kappa, xi=d.xi, init=d.init_points)
+    if text in ("old", "legacy"):
+        return Spec(text, "bo" if text == "old" else "legacy", acquisition="ucb", kappa=2.576, xi=0.01, init=10)
     if head not in ("ucb", "ei", "poi"):
-        raise SystemExit(f"unknown config '{text}': acquisition must be ucb, ei, poi, random or lhs")
-    values: dict = {}
+        raise SystemExit(f"unknown config '{text}': see --help")
+    d = OptimiserConfig()
+    values: dict = {"kappa": d.kappa, "xi": d.xi, "init": d.init_points}
     for item in filter(None, tail.split(",")):
         key, _, value = item.partition("=")
-        if key not in ("kappa", "xi", "init"):
+        if key not in values:
             raise SystemExit(f"unknown key '{key}' in config '{text}' (kappa, xi, init)")
         values[key] = int(value) if key == "init" else float(value)
     return Spec(text, "bo", acquisition=head, **values)
 
 
-def default_label() -> str:
+def describe_default() -> str:
     d = OptimiserConfig()
     value = f"kappa={d.kappa:g}" if d.acquisition == "ucb" else f"xi={d.xi:g}"
-    return f"{d.acquisition}:{value},init={d.init_points}"
+    return f"{d.acquisition} {value} init_points={d.init_points}"
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -200,7 +223,7 @@ def run_one(spec: Spec, recipe: Recipe, seed: int) -> dict:
         points = qmc.LatinHypercube(d=objective.dim, rng=np.random.default_rng([seed, 0xCD])).random(budget)
     else:
         points = None
-        optimiser = Optimiser(space, cfg, seed=seed)
+        optimiser = (LegacyOptimiser if spec.kind == "legacy" else Optimiser)(space, cfg, seed=seed)
     for trial in range(budget):
         if points is not None:
             x = points[trial]
@@ -227,81 +250,109 @@ def run_one(spec: Spec, recipe: Recipe, seed: int) -> dict:
     return result
 
 
+DEFAULT_CONFIGS = ["random", "lhs", "default", "old", "ei:xi=0.01"]
+QUICK = {"configs": ["random", "lhs", "default", "old"], "objectives": ["noisy26", "sdxl20"], "seeds": 1}
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer configs, objectives and seeds (about a minute)")
-    parser.add_argument("--configs", nargs="+", help="configs to compare (see the module docstring)")
-    parser.add_argument("--objectives", nargs="+", choices=sorted(RECIPES), help="objectives (default: all)")
-    parser.add_argument("--seeds", type=int, help="seeds per config and objective")
-    parser.add_argument("--budget-scale", type=float, default=1.0, help=argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="configs: " + " ".join(parse_spec.__doc__.split()))
+    parser.add_argument("--quick", action="store_true", help="2 objectives, 1 seed, default vs old (about a minute)")
+    parser.add_argument("--configs", nargs="+", help=f"configs to compare (default: {' '.join(DEFAULT_CONFIGS)})")
+    parser.add_argument("--objectives", nargs="+", choices=list(RECIPES), help="objectives (default: all)")
+    parser.add_argument("--seeds", type=int, help="seeds per config and objective (default: 3)")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, …")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
-    # TODO defaults decided after exploration
-    configs = args.configs or ["random", "lhs", "ucb:kappa=2.576", "ucb:kappa=1", "ei:xi=0.01", "poi:xi=0.01"]
-    objectives = args.objectives or list(RECIPES)
-    seeds = args.seeds or 3
-    specs = [parse_spec(c) for c in configs]
-    recipes = [RECIPES[o] for o in objectives]
-    if args.budget_scale != 1.0:
-        recipes = [dataclasses.replace(r, budget=max(12, round(r.budget * args.budget_scale))) for r in recipes]
+    quick = QUICK if args.quick else {}
+    configs = args.configs or quick.get("configs") or DEFAULT_CONFIGS
+    objectives = args.objectives or quick.get("objectives") or list(RECIPES)
+    seeds = list(range(args.first_seed, args.first_seed + (args.seeds or quick.get("seeds") or 3)))
+    specs = [parse_spec(c) for c in dict.fromkeys(configs)]
+    recipes = [RECIPES[o] for o in dict.fromkeys(objectives)]
 
     results: dict[tuple[str, str], list[dict]] = {}
     started = time.perf_counter()
     for recipe in recipes:
         for spec in specs:
-            for seed in range(seeds):
+            for seed in seeds:
                 t0 = time.perf_counter()
                 res = run_one(spec, recipe, seed)
                 results.setdefault((spec.label, recipe.name), []).append(res)
-                log.info("%-8s %-28s seed %d: regret %.3f reported %.3f (%.0f s)", recipe.name, spec.label, seed,
+                log.info("%-8s %-22s seed %d: regret %.3f reported %.3f (%.0f s)", recipe.name, spec.label, seed,
                          res["final"], res["reported"], time.perf_counter() - t0)
     report(specs, recipes, seeds, results, time.perf_counter() - started)
 
 
 def report(specs, recipes, seeds, results, elapsed) -> None:
-    emit(f"simple regret (true optimum − best true score; score range {SCORE_RANGE:g}), mean over {seeds} seeds")
-    header = f"{'objective':<8} {'config':<26} " + " ".join(f"{'@' + str(n):>6}" for n in CHECKPOINTS)
-    header += f" {'final':>6} {'±se':>5} {'report':>6} {'s/sug':>5}"
+    emit(f"simple regret = true optimum − best true score so far (score range {SCORE_RANGE:g}; lower is better), "
+         f"mean over seeds {seeds[0]}–{seeds[-1]}")
+    emit(f"report = regret of the trial with the best observed score; default = {describe_default()}, "
+         f"old = ucb kappa=2.576 init_points=10")
+    header = f"{'objective':<8} {'config':<20} " + " ".join(f"{'@' + str(n):>6}" for n in CHECKPOINTS)
+    header += f" {'±se':>5} {'report':>6} {'s/sug':>5}"
     emit(header)
     for recipe in recipes:
         for spec in specs:
             rs = results[(spec.label, recipe.name)]
             cells = []
             for n in CHECKPOINTS:
-                key = f"best@{n}"
-                cells.append(f"{statistics.mean(r[key] for r in rs):6.3f}" if key in rs[0] else f"{'-':>6}")
+                key = f"best@{n}" if n < recipe.budget else "final"
+                cells.append(f"{statistics.mean(r[key] for r in rs):6.3f}" if n <= recipe.budget else f"{'-':>6}")
             finals = [r["final"] for r in rs]
             se = statistics.stdev(finals) / math.sqrt(len(finals)) if len(finals) > 1 else 0.0
             secs = [s for r in rs for s in r["seconds"]]
             sug = f"{statistics.median(secs):5.2f}" if secs else f"{'-':>5}"
-            emit(f"{recipe.name:<8} {spec.label:<26} {' '.join(cells)} {statistics.mean(finals):6.3f} {se:5.3f} "
+            emit(f"{recipe.name:<8} {spec.label:<20} {' '.join(cells)} {se:5.3f} "
                  f"{statistics.mean(r['reported'] for r in rs):6.3f} {sug}")
+    emit(f"(budget: {', '.join(f'{r.name} {r.budget}' for r in recipes)} trials; the last column that "
+         f"applies is the final regret)")
     emit("")
     summary = summarise(specs, recipes, results)
     summary.append(f"elapsed_s={elapsed:.0f}")
     emit(" ".join(summary))
 
 
-def _geo(values):
+def _geo(values) -> float:
     values = [max(v, 1e-6) for v in values]
     return math.exp(statistics.mean(math.log(v) for v in values))
 
 
 def summarise(specs, recipes, results) -> list[str]:
-    def mean_final(label, recipe, key="final"):
+    """Geometric means over objectives of mean-final-regret ratios, wins per (objective, seed), timing."""
+
+    def mean(label, recipe, key="final"):
         return statistics.mean(r[key] for r in results[(label, recipe.name)])
 
-    labels = [s.label for s in specs]
+    def ratio(label, base, key="final"):
+        return _geo([mean(label, r, key) / mean(base, r, key) for r in recipes])
+
+    labels = {s.label for s in specs}
     out = []
-    base_random = "random" if "random" in labels else None
-    base_default = next((s.label for s in specs if s.kind == "bo" and s.config(60) == OptimiserConfig()), None)
     for spec in specs:
-        name = spec.label.replace(":", "_").replace(",", "_")
-        if base_random and spec.label != base_random:
-            out.append(f"{name}/random=" + f"{_geo([mean_final(spec.label, r) / mean_final(base_random, r) for r in recipes]):.3f}")
-        if base_default and spec.label != base_default and spec.kind == "bo":
-            out.append(f"{name}/default=" + f"{_geo([mean_final(spec.label, r) / mean_final(base_default, r) for r in recipes]):.3f}")
+        if "random" in labels and spec.label != "random":
+            out.append(f"{spec.short}/random={ratio(spec.label, 'random'):.3f}")
+    for base in ("old", "legacy"):
+        if base not in labels:
+            continue
+        for spec in specs:
+            if spec.kind in ("bo", "legacy") and spec.label != base:
+                pairs = [(a["final"], b["final"]) for r in recipes
+                         for a, b in zip(results[(spec.label, r.name)], results[(base, r.name)])]
+                wins = sum(a < b for a, b in pairs)
+                out.append(f"{spec.short}/{base}={ratio(spec.label, base):.3f}")
+                out.append(f"{spec.short}_beats_{base}={wins}/{len(pairs)}")
+    noisy = [r for r in recipes if r.noise]
+    for spec in specs:
+        if noisy and "random" in labels and spec.label != "random":
+            value = _geo([mean(spec.label, r, "reported") / mean("random", r, "reported") for r in noisy])
+            out.append(f"{spec.short}_reported_noisy/random={value:.3f}")
+    for spec in specs:
+        secs = [s for r in recipes for res in results[(spec.label, r.name)] for s in res["seconds"]]
+        if secs:
+            out.append(f"{spec.short}_s_per_suggestion={statistics.median(secs):.2f}")
     return out
 
 
