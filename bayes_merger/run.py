@@ -15,7 +15,7 @@ import re
 import secrets
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from PIL.PngImagePlugin import PngInfo
 from tqdm import tqdm
 
 from bayes_merger import __version__
-from bayes_merger.config import Config
+from bayes_merger.config import Config, ScorerConfig
 from bayes_merger.errors import BayesMergerError, ConfigError, WebUIConnectionError
 from bayes_merger.merge.methods import get_method
 from bayes_merger.merge.merger import Inputs, Merger, inspect_inputs
@@ -315,9 +315,9 @@ def _path(value: str) -> Path:
     return Path(os.path.expanduser(str(value))).resolve()
 
 
-def _scorer_config(cfg: Config, run_dir: Path):
+def _scorer_config(cfg: Config, run_dir: Path) -> ScorerConfig:
     if _manual(cfg) and not cfg.scorer.manual_ratings:
-        from dataclasses import replace
+        # manual ratings live with the run, so a resumed run finds them
         return replace(cfg.scorer, manual_ratings=str(run_dir / "manual-ratings.json"))
     return cfg.scorer
 
