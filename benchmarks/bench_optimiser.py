@@ -1,6 +1,6 @@
 """Optimiser quality benchmark: simple regret of OptimiserConfig settings on synthetic block-weight objectives.
 
-    nice python benchmarks/bench_optimiser.py          # 3 BO configs × 5 objectives × 3 seeds, ≤ ~10 min
+    nice python benchmarks/bench_optimiser.py          # 3 BO configs × 5 objectives × 3 seeds, ~11 min
     nice python benchmarks/bench_optimiser.py --quick  # 2 BO configs × 2 objectives × 1 seed, ~1 min
     nice python benchmarks/bench_optimiser.py --configs default ucb:kappa=1 ei:xi=0.01,init=5 \
         --objectives bowl26 sdxl20 --seeds 10
