@@ -25,10 +25,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from bayes_merger.config import Config, register_configs
 from bayes_merger.errors import BayesMergerError, ConfigError
+from bayes_merger.run_folder.paths import BEST_FILE, CONFIG_FILE
 
 log = logging.getLogger("bayes_merger")
 
-CONFIG_FILE = "config.yaml"
 # never written to disk: the WebUI password
 SECRET_KEYS = (("webui", "auth"),)
 
@@ -156,7 +156,7 @@ def _task(cfg: DictConfig) -> None:
     if result.best is None:
         log.error("No trial succeeded; see the errors in %s", result.run_dir)
         sys.exit(1)
-    log.info("Best score %.4f (trial %d); weights in %s", result.best.score, result.best.trial, result.run_dir / "best.yaml")
+    log.info("Best score %.4f (trial %d); weights in %s", result.best.score, result.best.trial, result.run_dir / BEST_FILE)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

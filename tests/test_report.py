@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bayes_merger.report import load_run, read_trials, write_report
+from bayes_merger.merge.arch import SD_BLOCKS, SDXL_BLOCKS
+from bayes_merger.report import load_run, write_report
 from bayes_merger.report.__main__ import main as report_main
-from bayes_merger.report.run_folder import SD_BLOCKS, SDXL_BLOCKS
+from bayes_merger.run_folder import ImageRecord, Trial, TrialLog, write_run_info
+from bayes_merger.run_folder import read_trial_records
 
 EVIL_PAYLOAD = '<script>alert("x")</script>&cat'
 
@@ -46,8 +48,8 @@ def make_run(
         "arch_name": arch, "blocks": list(blocks), "uses_beta": beta, "init_points": init_points,
         "n_iters": n_iters, "seed": 42, "scorer": "laion", "payloads": list(payloads),
     }
-    (run_dir / "run.json").write_text(json.dumps(info), encoding="utf-8")
-    lines = []
+    write_run_info(run_dir, info)
+    log = TrialLog(run_dir)
     for n in range(n_trials):
         alpha = {b: round(rng.random(), 4) for b in blocks}
         beta_w = {b: round(rng.random(), 4) for b in blocks} if beta else None
@@ -61,33 +63,34 @@ def make_run(
                 if ok and write_images:
                     (run_dir / path).parent.mkdir(parents=True, exist_ok=True)
                     Image.new("RGB", (8, 8), (n * 17 % 255, 90, 160)).save(run_dir / path)
-                images.append({"payload": payload, "index": i, "seed": 1000 + i, "score": score,
-                               "path": path if ok else None})
+                images.append(ImageRecord(payload=payload, index=i, seed=1000 + i, score=score,
+                                          path=path if ok else None))
                 per_image.append(score)
             if ok:
                 payload_scores[payload] = sum(per_image) / len(per_image)
         score = sum(payload_scores.values()) / len(payload_scores) if ok else None
-        lines.append(json.dumps({
-            "trial": n, "phase": "init" if n < init_points else "optimise",
-            "status": "ok" if ok else "failed",
-            "error": None if ok else "WebUI answered 500: <b>CUDA out of memory</b>",
-            "params": {f"alpha_{b}": alpha[b] for b in blocks},
-            "weights": {"alpha": alpha, "beta": beta_w},
-            "alpha_string": ",".join(str(alpha[b]) for b in blocks),
-            "beta_string": ",".join(str(beta_w[b]) for b in blocks) if beta_w else None,
-            "score": score, "payload_scores": payload_scores, "images": images,
-            "timings": {"merge": 0.3, "load": 4.2, "generate": 11.0 + n % 3, "score": 0.8, "total": 16.3 + n % 3},
-            "started_at": f"2026-01-01T00:{n:02d}:00+00:00", "finished_at": f"2026-01-01T00:{n:02d}:17+00:00",
-        }))
-    text = "\n".join(lines) + "\n"
+        log.append(Trial(
+            trial=n, phase="init" if n < init_points else "optimise",
+            status="ok" if ok else "failed",
+            error=None if ok else "WebUI answered 500: <b>CUDA out of memory</b>",
+            params={f"alpha_{b}": alpha[b] for b in blocks},
+            weights={"alpha": alpha, "beta": beta_w},
+            alpha_string=",".join(str(alpha[b]) for b in blocks),
+            beta_string=",".join(str(beta_w[b]) for b in blocks) if beta_w else None,
+            score=score, payload_scores=payload_scores, images=tuple(images),
+            timings={"merge": 0.3, "load": 4.2, "generate": 11.0 + n % 3, "score": 0.8, "total": 16.3 + n % 3},
+            started_at=f"2026-01-01T00:{n:02d}:00+00:00", finished_at=f"2026-01-01T00:{n:02d}:17+00:00",
+        ))
     if truncate_last:
-        text += lines[-1][: len(lines[-1]) // 2]  # a process killed while writing the next trial
-    (run_dir / "trials.jsonl").write_text(text, encoding="utf-8")
+        # a process killed while writing the next trial
+        last = log.trials[-1].to_json()
+        with (run_dir / "trials.jsonl").open("a", encoding="utf-8") as handle:
+            handle.write(last[: len(last) // 2])
     return run_dir
 
 
 def ranked(run_dir: Path) -> list[dict]:
-    trials = [t for t in read_trials(run_dir / "trials.jsonl") if t["status"] == "ok"]
+    trials = [t for t in read_trial_records(run_dir / "trials.jsonl") if t["status"] == "ok"]
     return sorted(trials, key=lambda t: -t["score"])
 
 
@@ -103,7 +106,7 @@ def assert_pngs(run_dir: Path) -> None:
 
 def test_truncated_last_line_is_skipped_with_a_warning(tmp_path, caplog):
     run_dir = make_run(tmp_path / "run", n_trials=6, truncate_last=True)
-    trials = read_trials(run_dir / "trials.jsonl")
+    trials = read_trial_records(run_dir / "trials.jsonl")
     assert [t["trial"] for t in trials] == [0, 1, 2, 3, 4, 5]
     assert "cut short" in caplog.text
 
@@ -151,7 +154,7 @@ def test_report_lists_every_trial_with_its_score_and_weights(request, run):
     html = html_of(run_dir)
     rows = re.findall(r'<tr class="[^"]*"><td class="num" data-v="(\d+)">', html)
     assert sorted(int(r) for r in rows) == list(range(14))
-    for trial in read_trials(run_dir / "trials.jsonl"):
+    for trial in read_trial_records(run_dir / "trials.jsonl"):
         if trial["score"] is not None:
             assert f"{trial['score']:.4f}" in html
         assert trial["alpha_string"] in html

@@ -9,11 +9,9 @@ tensors' memory to the file, into a temporary file renamed into place when compl
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import os
 import pickle
 import re
 import struct
@@ -24,6 +22,8 @@ from pathlib import Path
 import torch
 
 from bayes_merger.errors import CheckpointError, ConfigError
+from bayes_merger.files import atomic_path, load_torch_weights
+from bayes_merger.files import file_sha256 as sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -233,12 +233,7 @@ def _torch_load(path: Path, lazy: bool) -> dict[str, torch.Tensor]:
     tensors are then backed by the file, so tensors to keep are loaded without it.
     """
     try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=lazy)
-        except RuntimeError as err:
-            if "mmap can only be used" not in str(err):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)  # a legacy (non-zip) file
+        obj = load_torch_weights(path, mmap=lazy)
     except pickle.UnpicklingError as err:
         text = str(err)
         if "Weights only load failed" in text:
@@ -253,8 +248,6 @@ def _torch_load(path: Path, lazy: bool) -> dict[str, torch.Tensor]:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt: {first}).") from None
 
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} is not a checkpoint: it holds a {type(obj).__name__}, not a state dict.")
     tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
@@ -332,14 +325,7 @@ def load_state_dict(
 
 def file_sha256(path: Path | str) -> str:
     """The hex sha256 of a whole file (what A1111 and Civitai show, the first 10 characters as "AutoV2")."""
-    path = _checked_file(path)
-    digest = hashlib.sha256()
-    buffer = bytearray(4 << 20)
-    view = memoryview(buffer)
-    with path.open("rb", buffering=0) as f:
-        while n := f.readinto(buffer):
-            digest.update(view[:n])
-    return digest.hexdigest()
+    return sha256_of(_checked_file(path))
 
 
 # ----------------------------------------------------------------------------------------- writing
@@ -354,11 +340,6 @@ def _raw_bytes(t: torch.Tensor):
     if t.numel() == 0:
         return b""
     return t.reshape(-1).view(torch.uint8).numpy()
-
-
-def _tmp_path_for(path: Path) -> Path:
-    # hidden and not ending in .safetensors: a WebUI scanning the folder never lists a half-written file
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 def write_safetensors(
@@ -397,9 +378,10 @@ def write_safetensors(
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned, as safetensors' own writer does
 
-    tmp = _tmp_path_for(path)
     try:
-        with tmp.open("wb") as f:
+        # the temporary file is hidden and does not end in .safetensors: a WebUI scanning the folder
+        # never lists a half-written file
+        with atomic_path(path) as tmp, tmp.open("wb") as f:
             f.write(struct.pack("<Q", len(blob)))
             f.write(blob)
             for (name, dtype, shape), size in zip(entries, sizes):
@@ -409,13 +391,8 @@ def write_safetensors(
                 written = f.write(_raw_bytes(t))
                 if written != size:
                     raise OSError(f"short write of tensor {name}: {written} of {size} bytes")
-        os.replace(tmp, path)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise CheckpointError(f"Cannot write {path}: {err}.") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

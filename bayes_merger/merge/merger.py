@@ -29,6 +29,7 @@ import torch
 
 from bayes_merger import __version__
 from bayes_merger.config import MergeConfig
+from bayes_merger.devices import resolve_device
 from bayes_merger.errors import CheckpointError, ConfigError, MergeError
 from bayes_merger.merge.arch import INPUT_CONV_KEY, Architecture, detect_architecture
 from bayes_merger.merge.checkpoint import (
@@ -44,19 +45,6 @@ from bayes_merger.merge.methods import MergeMethod, clip_to_inputs, get_method
 from bayes_merger.merge.weights import BlockWeights, layout_label
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` is the first CUDA device when there is one, else the CPU; other names are taken as they are."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"Unknown merge device {name!r}; use auto, cpu, cuda or cuda:N.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"Merge device {name!r} asked for, but torch sees no CUDA device; use auto or cpu.")
-    return device
 
 
 def _fewer_channels(shape: tuple[int, ...], a_shape: tuple[int, ...]) -> bool:
@@ -80,7 +68,7 @@ class _Step:
 
 
 @dataclass(frozen=True)
-class Inputs:
+class MergeInputs:
     """What the files' headers tell about a merge, before any tensor is read."""
 
     method: MergeMethod
@@ -89,11 +77,15 @@ class Inputs:
     architecture: Architecture  # model A's
 
 
-def inspect_inputs(model_a: Path, model_b: Path, model_c: Path | None, config: MergeConfig) -> Inputs:
-    """Check the method, model C and the architectures from the headers alone; raise on a mismatch."""
+def inspect_inputs(model_a: Path, model_b: Path, model_c: Path | None, config: MergeConfig) -> MergeInputs:
+    """Check the method, model C, the precisions and the architectures from the headers alone; raise on a mismatch.
+
+    The one place these are checked: the run calls it once, before the WebUI is contacted, and hands
+    the result to ``Merger.from_inputs``.
+    """
     method = get_method(config.method)
     if method.needs_c and model_c is None:
-        raise MergeError(f"Merge method '{method.name}' needs model C (model_c), but none was given.")
+        raise ConfigError(f"Merge method '{method.name}' needs model C (model_c), but none was given.")
     if model_c is not None and not method.needs_c:
         log.warning("Merge method %s does not use model C; ignoring %s.", method.name, model_c)
         model_c = None
@@ -108,7 +100,7 @@ def inspect_inputs(model_a: Path, model_b: Path, model_c: Path | None, config: M
         for m, info in infos.items()
     }
     _check_architectures(models, archs)
-    return Inputs(method, models, infos, archs["A"])
+    return MergeInputs(method, models, infos, archs["A"])
 
 
 def _check_architectures(models: Mapping[str, Path], archs: Mapping[str, Architecture]) -> None:
@@ -131,18 +123,26 @@ def _check_architectures(models: Mapping[str, Path], archs: Mapping[str, Archite
 class Merger:
     """Merges models A, B [, C] with block weights, in place, as often as asked."""
 
-    def __init__(self, model_a: Path, model_b: Path, model_c: Path | None, config: MergeConfig) -> None:
+    def __init__(self, model_a: Path, model_b: Path, model_c: Path | None, config: MergeConfig,
+                 inputs: MergeInputs | None = None) -> None:
+        """Check the inputs (unless ``inputs`` holds them, already checked), then load the models."""
         self.config = config
-        inputs = inspect_inputs(model_a, model_b, model_c, config)
+        if inputs is None:
+            inputs = inspect_inputs(model_a, model_b, model_c, config)
         self.method: MergeMethod = inputs.method
         self.models: dict[str, Path] = dict(inputs.models)
         self.architecture: Architecture = inputs.architecture
-        self.device: torch.device = resolve_device(config.device)
+        self.device: torch.device = resolve_device(config.device, "merge device")
 
         plan, partial = self._plan(inputs.infos)
         self._load(inputs.infos, plan, partial, parse_dtype(config.load_dtype))
         self._hashes: dict[str, str] = {}
         self._weights: BlockWeights | None = None
+
+    @classmethod
+    def from_inputs(cls, inputs: MergeInputs, config: MergeConfig) -> "Merger":
+        """The merger of inputs ``inspect_inputs`` has already checked (the files are not inspected again)."""
+        return cls(inputs.models["A"], inputs.models["B"], inputs.models.get("C"), config, inputs)
 
     # ------------------------------------------------------------------------------------- plan
 

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bayes_merger.report.html import render_html, write_text_atomic
+from bayes_merger.files import atomic_write_text
+from bayes_merger.report.data import RunData, load_run
+from bayes_merger.report.html import render_html
 from bayes_merger.report.plots import convergence_figure, save_png, weights_figure
-from bayes_merger.report.run_folder import RunData, load_run, read_trials
+from bayes_merger.run_folder.paths import CONVERGENCE_PNG, REPORT_HTML, WEIGHTS_PNG
 
-__all__ = ["write_report", "read_trials", "load_run", "RunData"]
-
-CONVERGENCE_PNG = "convergence.png"
-WEIGHTS_PNG = "weights.png"
-REPORT_HTML = "report.html"
+__all__ = ["write_report", "load_run", "RunData", "REPORT_HTML"]
 
 
 def write_report(run_dir: Path) -> None:
@@ -30,4 +28,4 @@ def write_report(run_dir: Path) -> None:
     run = load_run(run_dir)
     save_png(convergence_figure(run), run_dir / CONVERGENCE_PNG)
     save_png(weights_figure(run), run_dir / WEIGHTS_PNG)
-    write_text_atomic(run_dir / REPORT_HTML, render_html(run))
+    atomic_write_text(run_dir / REPORT_HTML, render_html(run))

@@ -10,7 +10,7 @@ from typing import Sequence
 
 from bayes_merger.errors import BayesMergerError, ConfigError
 from bayes_merger.report import REPORT_HTML, write_report
-from bayes_merger.report.run_folder import TRIALS_LOG
+from bayes_merger.run_folder import TRIALS_FILE
 
 log = logging.getLogger("bayes_merger.report")
 
@@ -19,8 +19,8 @@ def check_run_dir(run_dir: Path) -> None:
     """Raise ConfigError unless run_dir is a run folder with a trial log."""
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir} is not a folder: give the path of a bayes-merger run folder.")
-    if not (run_dir / TRIALS_LOG).is_file():
-        raise ConfigError(f"{run_dir} has no {TRIALS_LOG}: it is not a bayes-merger run folder, "
+    if not (run_dir / TRIALS_FILE).is_file():
+        raise ConfigError(f"{run_dir} has no {TRIALS_FILE}: it is not a bayes-merger run folder, "
                           "or no trial of that run has finished yet.")
 
 

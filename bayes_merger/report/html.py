@@ -6,7 +6,6 @@ through ``html.escape``; image paths are URL-quoted as well, so they stay relati
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timezone
 from functools import lru_cache
 from html import escape
@@ -19,23 +18,12 @@ from matplotlib.colors import to_hex
 from bayes_merger import __version__
 from bayes_merger.report.assets import CSS, JS
 from bayes_merger.report.plots import weight_colormap, weight_norm
-from bayes_merger.report.run_folder import RunData, finite, trial_score, weight_set
+from bayes_merger.report.data import RunData, finite, trial_score, weight_set
 
 STAGES = ("merge", "load", "generate", "score")
 # past this many payloads the trials table shows no per-payload columns (it would get too wide)
 MAX_PAYLOAD_COLUMNS = 6
 UNKNOWN = "unknown"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write text to path through a temporary file and a rename: a reader sees the old or the new file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # --- formatting ----------------------------------------------------------------------------------

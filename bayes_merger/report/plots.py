@@ -6,7 +6,6 @@ registered globally, nothing needs closing, and the backend of the host process 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -19,7 +18,8 @@ from matplotlib.patches import FancyBboxPatch
 from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import blended_transform_factory
 
-from bayes_merger.report.run_folder import RunData, block_kind, trial_score, weight_set
+from bayes_merger.files import atomic_path
+from bayes_merger.report.data import RunData, block_kind, trial_score, weight_set
 
 # 0 = model A (blue), 0.5 = an even mix (grey), 1 = model B (red)
 WEIGHT_CMAP = "coolwarm"
@@ -45,14 +45,9 @@ def weight_norm(values: Sequence[float]) -> Normalize:
 
 def save_png(fig: Figure, path: Path) -> None:
     """Write the figure to path atomically, so a browser reloading the report never reads half a PNG."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        FigureCanvasAgg(fig)
+    FigureCanvasAgg(fig)
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI, facecolor="white")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _style(ax) -> None:

@@ -7,8 +7,8 @@
 """
 
 from bayes_merger.scoring.base import ImageContext, Scorer, SharedModels
-from bayes_merger.scoring.combine import COMBINE_MODES, check_combine_mode, objective, payload_scores
-from bayes_merger.scoring.registry import SCORERS, build_scorer
+from bayes_merger.scoring.combine import COMBINE_MODES, check_combine_mode, objective, payload_scores, score_trial
+from bayes_merger.scoring.registry import SCORERS, build_scorer, for_run_folder, needs_image_files
 
 __all__ = [
     "COMBINE_MODES",
@@ -17,7 +17,10 @@ __all__ = [
     "Scorer",
     "SharedModels",
     "build_scorer",
+    "for_run_folder",
+    "needs_image_files",
     "check_combine_mode",
     "objective",
     "payload_scores",
+    "score_trial",
 ]

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bayes_merger.devices import resolve_device
 from bayes_merger.errors import ConfigError, ScorerError
 from bayes_merger.scoring.weights import downloads_disabled
 
@@ -78,19 +79,6 @@ class Preprocessing:
         )
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` is CUDA when torch sees a GPU, else the CPU; anything else is taken as it is."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, ValueError) as exc:
-        raise ConfigError(f"scorer.device {device!r} is not a torch device (use auto, cpu, cuda, cuda:1 …).") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"scorer.device is {device!r} but torch sees no CUDA device; use auto or cpu.")
-    return resolved
-
-
 class ClipEmbedder:
     """A CLIP vision tower with its projection, loaded once, embedding images in batches."""
 
@@ -128,7 +116,7 @@ class ClipEmbedder:
         from transformers import CLIPVisionModelWithProjection
 
         _check_batch_size(batch_size)  # config errors before the slow load
-        torch_device = resolve_device(device)
+        torch_device = resolve_device(device, "scorer device")
         local = _looks_local(clip)
         source = str(Path(clip).expanduser()) if local else clip
         if local and not Path(source).is_dir():

@@ -95,3 +95,15 @@ def objective(
                 "more negative score would count as better (use scorer.combine: arithmetic)."
             )
     return math.sqrt(math.fsum(w * s * s for _, s, w in pairs) / total)
+
+
+def score_trial(
+    scores: Sequence[float], payloads: Sequence[str], weights: Mapping[str, float], mode: str = "arithmetic"
+) -> tuple[dict[str, float], float]:
+    """One trial's per-image ``scores`` (of the images of ``payloads``, one name per image, in order):
+    (per-payload means, the objective)."""
+    per_image: dict[str, list[float]] = {}
+    for payload, value in zip(payloads, scores):
+        per_image.setdefault(payload, []).append(value)
+    per_payload = payload_scores(per_image)
+    return per_payload, objective(per_payload, weights, mode)

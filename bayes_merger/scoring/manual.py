@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +22,7 @@ from PIL import Image
 
 from bayes_merger.config import ScorerConfig
 from bayes_merger.errors import ScorerError
+from bayes_merger.files import atomic_write_text
 from bayes_merger.scoring.base import ImageContext, SharedModels
 
 log = logging.getLogger(__name__)
@@ -100,15 +100,7 @@ class RatingsFile:
     def _write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps({"format": _FORMAT, "version": 1, "ratings": self._records}, indent=1)
-        handle, tmp_name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".part")
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as out:
-                out.write(text + "\n")
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp_name, self.path)
-        finally:
-            Path(tmp_name).unlink(missing_ok=True)
+        atomic_write_text(self.path, text + "\n", fsync=True)
 
 
 def has_display() -> bool:

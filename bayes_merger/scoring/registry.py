@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import logging
 import math
+from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, Mapping
 
@@ -111,3 +112,20 @@ def _as_dataclass(config: ScorerConfig) -> ScorerConfig:
         merged = OmegaConf.merge(OmegaConf.structured(ScorerConfig), config)
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     raise TypeError(f"build_scorer takes a ScorerConfig, not {type(config).__name__}")
+
+
+def _uses_manual(config: ScorerConfig) -> bool:
+    return config.name == "manual" or (config.name == ENSEMBLE and "manual" in config.ensemble)
+
+
+def needs_image_files(config: ScorerConfig) -> bool:
+    """Whether the scorer shows the user the rendered images as files (manual scoring does)."""
+    return _uses_manual(config)
+
+
+def for_run_folder(config: ScorerConfig, ratings_file: Path) -> ScorerConfig:
+    """The scorer config for a run: manual ratings, unless set elsewhere, live in the run folder
+    (``ratings_file``), so a resumed run finds them."""
+    if _uses_manual(config) and not config.manual_ratings:
+        return dataclasses.replace(config, manual_ratings=str(ratings_file))
+    return config

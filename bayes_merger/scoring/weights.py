@@ -12,7 +12,6 @@ to put the file.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -25,6 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from bayes_merger.errors import ScorerError
+from bayes_merger.files import atomic_path, file_sha256, load_torch_weights
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +84,6 @@ def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None) -> Path:
 def downloads_disabled() -> bool:
     """True when HF_HUB_OFFLINE asks for no network (read now, not at import time)."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in _TRUTHY
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def http_download(url: str, dest: Path, timeout: float = 60.0) -> None:
@@ -167,14 +159,12 @@ def load_head_file(path: Path) -> dict[str, torch.Tensor]:
         except Exception as exc:
             raise ScorerError(f"{path} is not a readable safetensors file ({exc}).") from exc
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = load_torch_weights(path)
     except Exception as exc:
         raise ScorerError(
             f"{path} could not be read as a plain PyTorch state dict with weights_only=True ({exc}); "
             "files that need arbitrary pickled code are refused."
         ) from exc
-    if isinstance(loaded, Mapping) and set(loaded) == {"state_dict"}:
-        loaded = loaded["state_dict"]
     if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise ScorerError(f"{path} does not hold a state dict of tensors (found {type(loaded).__name__}).")
     return {str(k): v for k, v in loaded.items()}
@@ -187,13 +177,8 @@ def convert_to_safetensors(
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in load_head_file(source).items()}
     metadata = {SOURCE_SHA256_KEY: source_sha256, "source_url": source_url, "format": "pt"}
     dest.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    os.close(handle)
-    try:
-        save_file(tensors, tmp_name, metadata=metadata)
-        os.replace(tmp_name, dest)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
+    with atomic_path(dest) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     log.info("Cached %s as %s", source.name, dest)
     return dest
 

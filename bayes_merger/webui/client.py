@@ -47,6 +47,7 @@ from urllib3.util.retry import Retry
 
 from bayes_merger.config import WebUIConfig
 from bayes_merger.errors import ConfigError, WebUIConnectionError, WebUIError
+from bayes_merger.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -232,16 +233,12 @@ class WebUIClient:
         return name
 
     def _write(self, write: Callable[[Path], None], target: Path) -> None:
-        tmp = target.with_name(target.name + ".tmp")
         try:
-            write(tmp)
-            os.replace(tmp, target)  # overwrites our own file of an interrupted earlier attempt
+            # the rename overwrites our own file of an interrupted earlier attempt
+            with atomic_path(target, tmp=target.with_name(target.name + ".tmp")) as tmp:
+                write(tmp)
         except OSError as exc:
-            _unlink(tmp)
             raise WebUIError(f"Could not write the merge to {target}: {exc.strerror or exc}.") from exc
-        except BaseException:
-            _unlink(tmp)
-            raise
 
     def _find_listed(self, file_name: str) -> Mapping[str, Any]:
         models = self._get_json(SD_MODELS)

@@ -16,7 +16,8 @@ from bayes_merger.config import MergeConfig
 from bayes_merger.errors import CheckpointError, ConfigError, MergeError
 from bayes_merger.merge import merger as merger_module
 from bayes_merger.merge.arch import SD_BLOCKS, SDXL_BLOCKS, architecture
-from bayes_merger.merge.merger import Merger, resolve_device
+from bayes_merger.devices import resolve_device
+from bayes_merger.merge.merger import Merger
 from bayes_merger.merge.weights import BlockWeights
 from bayes_merger.testing.models import make_checkpoint, make_state_dict
 
@@ -243,7 +244,7 @@ def test_unknown_method_is_refused_with_the_closest_name(models):
 
 
 def test_method_needing_model_c_without_one_is_refused(models):
-    with pytest.raises(MergeError, match="'add_difference' needs model C"):
+    with pytest.raises(ConfigError, match="'add_difference' needs model C"):
         Merger(models["a"], models["b"], None, _config(method="add_difference"))
 
 
@@ -273,7 +274,7 @@ def test_method_needing_beta_without_beta_is_refused(models):
 def test_unknown_device_is_a_config_error():
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ConfigError, match="Unknown merge device 'gpu0'"):
-        resolve_device("gpu0")
+        resolve_device("gpu0", "merge device")
 
 
 def test_unknown_save_precision_is_refused_before_loading(models):

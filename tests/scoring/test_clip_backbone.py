@@ -16,7 +16,8 @@ from safetensors.torch import save_file
 from bayes_merger.config import ScorerConfig
 from bayes_merger.errors import ConfigError, ScorerError
 from bayes_merger.scoring import build_scorer
-from bayes_merger.scoring.clip import ClipEmbedder, resolve_device
+from bayes_merger.devices import resolve_device
+from bayes_merger.scoring.clip import ClipEmbedder
 from bayes_merger.testing.tiny_clip import make_tiny_clip
 
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
@@ -165,9 +166,9 @@ def test_device_auto_is_cpu_without_cuda_and_nonsense_is_a_config_error(monkeypa
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")
     with pytest.raises(ConfigError, match="no CUDA device"):
-        resolve_device("cuda")
+        resolve_device("cuda", "scorer device")
     with pytest.raises(ConfigError, match="not a torch device"):
-        resolve_device("gpu-please")
+        resolve_device("gpu-please", "scorer device")
 
 
 def test_batch_size_below_one_is_a_config_error_before_loading() -> None:

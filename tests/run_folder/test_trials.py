@@ -3,7 +3,7 @@ import json
 import pytest
 
 from bayes_merger.errors import ConfigError
-from bayes_merger.trials import ImageRecord, Trial, TrialLog, read_trials
+from bayes_merger.run_folder import ImageRecord, Trial, TrialLog, read_trials
 
 
 def _trial(n, score=1.0, status="ok"):

@@ -1,0 +1,23 @@
+"""Which torch device a ``device`` setting (``merge.device``, ``scorer.device``) names."""
+
+from __future__ import annotations
+
+import torch
+
+from bayes_merger.errors import ConfigError
+
+
+def resolve_device(name: str, what: str = "device") -> torch.device:
+    """``"auto"`` is the first CUDA device when torch sees one, else the CPU; other names are taken as they are.
+
+    ``what`` names the setting in the error (``"merge device"``, ``"scorer device"``).
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"Unknown {what} {name!r}: it is not a torch device; use auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{what.capitalize()} {name!r} asked for, but torch sees no CUDA device; use auto or cpu.")
+    return device

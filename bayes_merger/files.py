@@ -1,0 +1,78 @@
+"""File helpers every part shares: atomic writes, the sha256 of a file, and safe loading of torch pickles.
+
+An atomic write goes to a temporary file beside the target and is renamed over it, so a reader (a
+browser showing the report, a WebUI scanning its folder, a resumed run) sees the old file or the new
+one, never half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+__all__ = ["atomic_path", "atomic_write_text", "file_sha256", "load_torch_weights"]
+
+
+def _hidden_tmp(path: Path) -> Path:
+    # hidden and not ending like the target: nothing that lists the folder picks up a half-written file
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+@contextmanager
+def atomic_path(path: Path | str, tmp: Path | None = None) -> Iterator[Path]:
+    """Yield a temporary path to write; on a clean exit it replaces ``path``, on an error it is removed.
+
+    ``tmp`` names the temporary file when the caller needs a particular name (default: hidden,
+    beside ``path``).
+    """
+    path = Path(path)
+    tmp = _hidden_tmp(path) if tmp is None else Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path | str, text: str, *, fsync: bool = False) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically; ``fsync`` makes it durable before the rename."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
+
+
+def file_sha256(path: Path | str) -> str:
+    """The hex sha256 of a whole file (what A1111 and Civitai show, the first 10 characters as "AutoV2")."""
+    digest = hashlib.sha256()
+    buffer = bytearray(4 << 20)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as handle:
+        while n := handle.readinto(buffer):
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
+def load_torch_weights(path: Path | str, *, mmap: bool = False) -> Any:
+    """A torch pickle read on the CPU through torch's weights-only unpickler: nothing in it is executed.
+
+    ``mmap`` maps a zip-format file instead of reading it (a legacy non-zip file is read whole). A
+    ``{"state_dict": {...}}`` wrapper is unwrapped. Errors are torch's own: callers turn them into
+    the project's error for what they were loading.
+    """
+    import torch  # imported here: the report and the overnight runner never load a pickle
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except RuntimeError as error:
+        if not mmap or "mmap can only be used" not in str(error):
+            raise
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    return obj

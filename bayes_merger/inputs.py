@@ -1,0 +1,131 @@
+"""Everything a run needs, checked once before any work starts; the result (``Inputs``) is passed on.
+
+``check_inputs`` is the one place a run's input is validated: the settings that need more than types,
+the model files, the merge method against the models (from the files' headers: architectures, model
+C, precisions), the search space, the payloads, and a run folder to resume. Nothing is loaded and no
+WebUI is contacted; a bad input is one ``BayesMergerError`` with a sentence a user can act on. What
+needs the WebUI (its API, its checkpoint folder) and the scorer's weights are checked when they are
+started, still before the first merge.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from bayes_merger import __version__
+from bayes_merger.config import Config, ScorerConfig
+from bayes_merger.errors import ConfigError
+from bayes_merger.merge.checkpoint import parse_dtype
+from bayes_merger.merge.merger import MergeInputs, inspect_inputs
+from bayes_merger.optimiser import check_optimiser_config
+from bayes_merger.run_folder import (
+    MANUAL_RATINGS,
+    RUN_FILE,
+    check_resumable,
+    is_run_folder,
+    now,
+    read_run_info,
+)
+from bayes_merger.scoring import for_run_folder, needs_image_files
+from bayes_merger.space import SearchSpace, build_space
+from bayes_merger.webui.payloads import Payload, load_payloads
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """A run's checked inputs."""
+
+    config: Config
+    run_dir: Path
+    merge: MergeInputs  # the method, the model files and what their headers say
+    space: SearchSpace
+    payloads: list[Payload]
+    scorer: ScorerConfig  # the scorer's config for this run folder
+    info: dict[str, Any]  # run.json as the run will write it (a resumed run's own, its budget updated)
+    resuming: bool
+
+    @property
+    def run_id(self) -> str:
+        return str(self.info["run_id"])
+
+    @property
+    def keep_images(self) -> bool:
+        """Whether the rendered images are written to the run folder."""
+        return self.config.save_images or needs_image_files(self.config.scorer)
+
+
+def model_path(value: str) -> Path:
+    return Path(os.path.expanduser(str(value))).resolve()
+
+
+def check_inputs(cfg: Config, run_dir: Path) -> Inputs:
+    """Check everything that can be checked without the WebUI; raise a BayesMergerError on bad input."""
+    run_dir = Path(run_dir)
+    resuming = cfg.resume is not None
+    models = _check_settings(cfg)
+    payloads = load_payloads(cfg.payloads, cfg.run.seed)
+    # the files' headers tell the method, the architectures and so the search space: bad models
+    # and bad bounds are refused before the WebUI is contacted or a tensor is read
+    merge = inspect_inputs(*models, cfg.merge)
+    space = build_space(cfg.optimiser, merge.architecture.blocks, merge.method.needs_beta)
+    if not resuming and is_run_folder(run_dir):
+        raise ConfigError(f"{run_dir} already holds a run; continue it with resume={run_dir} or start a new one elsewhere.")
+    previous = read_run_info(run_dir) if resuming else None
+    run_id = previous["run_id"] if previous else f"{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+    info = _run_info(cfg, run_id, merge, space, payloads)
+    if previous:
+        check_resumable(previous, info, run_dir)
+        info = {**previous, "n_iters": cfg.optimiser.n_iters}
+        info.pop("finished_at", None)
+    scorer = for_run_folder(cfg.scorer, run_dir / MANUAL_RATINGS)
+    return Inputs(cfg, run_dir, merge, space, payloads, scorer, info, resuming)
+
+
+def _check_settings(cfg: Config) -> tuple[Path, Path, Path | None]:
+    """The cheap checks, before a file is opened; returns the model paths (A, B, C or None)."""
+    check_optimiser_config(cfg.optimiser)
+    for key in ("model_a", "model_b", "model_c"):
+        value = getattr(cfg, key)
+        if value is None:
+            continue
+        path = model_path(value)
+        if not path.exists():
+            raise ConfigError(f"{key}: {path} does not exist.")
+        if not path.is_file():
+            raise ConfigError(f"{key}: {path} is a folder, not a checkpoint file.")
+    if cfg.best_format != "safetensors":
+        raise ConfigError(f"best_format '{cfg.best_format}' is not supported: the best merge is saved as safetensors, "
+                          "which every WebUI reads and which cannot carry code.")
+    parse_dtype(cfg.best_precision)
+    if cfg.run.max_consecutive_failures < 1:
+        raise ConfigError("run.max_consecutive_failures must be at least 1.")
+    if cfg.resume is not None and not is_run_folder(model_path(cfg.resume)):
+        raise ConfigError(f"resume={cfg.resume} is not a run folder (no {RUN_FILE} in it).")
+    return model_path(cfg.model_a), model_path(cfg.model_b), model_path(cfg.model_c) if cfg.model_c else None
+
+
+def _run_info(cfg: Config, run_id: str, merge: MergeInputs, space: SearchSpace, payloads: list[Payload]) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "version": __version__,
+        "started_at": now(),
+        "model_a": str(model_path(cfg.model_a)),
+        "model_b": str(model_path(cfg.model_b)),
+        "model_c": str(model_path(cfg.model_c)) if cfg.model_c else None,
+        "method": merge.method.name,
+        "architecture": merge.architecture.label,
+        "arch_name": merge.architecture.name,
+        "blocks": list(merge.architecture.blocks),
+        "uses_beta": space.uses_beta,
+        "init_points": cfg.optimiser.init_points,
+        "n_iters": cfg.optimiser.n_iters,
+        "seed": cfg.run.seed,
+        "scorer": cfg.scorer.name,
+        "payloads": [p.name for p in payloads],
+        "space": {"parameters": [asdict(p) for p in space.parameters], "frozen": dict(space.frozen)},
+    }

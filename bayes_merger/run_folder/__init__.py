@@ -1,0 +1,53 @@
+"""The run folder: its file names, the trial log, run.json, best.yaml and the trials' images.
+
+Every reader and writer of a run folder goes through this package: the loop (writing, and the strict
+reader for resume), the report (tolerant readers, for folders still being written or left by older
+versions) and the overnight runner (which run to resume). Every file but the append-only trial log
+is replaced atomically (``bayes_merger.files``).
+
+    paths.py      the file names
+    trials.py     Trial and ImageRecord (the schema of trials.jsonl), TrialLog, both readers, the best trial
+    run_info.py   run.json: written, read strictly (resume) or tolerantly (report), resume identity
+    best.py       best.yaml
+    images.py     images/: PNGs with their prompt, seed and weights, named with their score
+"""
+
+from bayes_merger.run_folder.best import write_best
+from bayes_merger.run_folder.images import record_images, save_image
+from bayes_merger.run_folder.paths import (
+    BEST_FILE,
+    BEST_MERGE,
+    CONFIG_FILE,
+    IMAGES_DIR,
+    MANUAL_RATINGS,
+    RUN_FILE,
+    TRIALS_FILE,
+)
+from bayes_merger.run_folder.run_info import (
+    check_resumable,
+    describe,
+    is_run_folder,
+    load_run_info,
+    read_run_info,
+    unfinished,
+    write_run_info,
+)
+from bayes_merger.run_folder.trials import (
+    ImageRecord,
+    Trial,
+    TrialLog,
+    best_trial,
+    finite,
+    now,
+    ranked,
+    read_trial_records,
+    read_trials,
+    record_score,
+)
+
+__all__ = [
+    "BEST_FILE", "BEST_MERGE", "CONFIG_FILE", "IMAGES_DIR", "MANUAL_RATINGS", "RUN_FILE", "TRIALS_FILE",
+    "ImageRecord", "Trial", "TrialLog", "best_trial", "finite", "record_score", "now", "ranked", "read_trial_records", "read_trials",
+    "check_resumable", "describe", "is_run_folder", "load_run_info", "read_run_info", "unfinished", "write_run_info",
+    "write_best", "record_images", "save_image",
+]

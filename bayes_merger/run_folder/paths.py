@@ -1,0 +1,13 @@
+"""The names of the files in a run folder (the format old run folders share)."""
+
+RUN_FILE = "run.json"
+TRIALS_FILE = "trials.jsonl"
+BEST_FILE = "best.yaml"
+BEST_MERGE = "best.safetensors"
+CONFIG_FILE = "config.yaml"
+IMAGES_DIR = "images"
+# the manual scorer's ratings, when the run keeps them (resume finds them there)
+MANUAL_RATINGS = "manual-ratings.json"
+CONVERGENCE_PNG = "convergence.png"
+WEIGHTS_PNG = "weights.png"
+REPORT_HTML = "report.html"

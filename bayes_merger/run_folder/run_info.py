@@ -1,0 +1,91 @@
+"""run.json: what a run is (models, method, architecture, budget, search space), and whether it finished.
+
+Written atomically when a run starts or resumes and when it finishes (``finished_at``). Read strictly
+to resume (an unreadable file is an error) and tolerantly for the report and the overnight runner (an
+unreadable file is "unknown").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+from bayes_merger.errors import ConfigError
+from bayes_merger.files import atomic_write_text
+from bayes_merger.run_folder.paths import CONFIG_FILE, RUN_FILE, TRIALS_FILE
+from bayes_merger.run_folder.trials import ranked, read_trial_records, record_score
+
+log = logging.getLogger(__name__)
+
+# run.json fields that must match for a run folder to be resumed with a config
+IDENTITY = ("model_a", "model_b", "model_c", "method", "seed", "init_points", "space", "payloads", "scorer")
+
+
+def write_run_info(run_dir: Path, info: Mapping[str, Any]) -> None:
+    atomic_write_text(Path(run_dir) / RUN_FILE, json.dumps(info, indent=2))
+
+
+def is_run_folder(run_dir: Path) -> bool:
+    return (Path(run_dir) / RUN_FILE).is_file()
+
+
+def read_run_info(run_dir: Path) -> dict[str, Any]:
+    """Strict, for resume: run.json as a dict, or a ConfigError saying why the run cannot be resumed."""
+    try:
+        info = json.loads((Path(run_dir) / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"Cannot resume {run_dir}: its {RUN_FILE} is unreadable ({error}).") from error
+    if not isinstance(info, dict):
+        raise ConfigError(f"Cannot resume {run_dir}: its {RUN_FILE} is not a JSON object.")
+    return info
+
+
+def load_run_info(run_dir: Path) -> dict[str, Any] | None:
+    """Tolerant: run.json as a dict; None when it is missing, or unreadable (with a warning)."""
+    path = Path(run_dir) / RUN_FILE
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        log.warning("%s cannot be read (%s); what it says is unknown.", path, error)
+        return None
+    if not isinstance(info, dict):
+        log.warning("%s is not a JSON object; what it says is unknown.", path)
+        return None
+    return info
+
+
+def check_resumable(previous: Mapping[str, Any], current: Mapping[str, Any], run_dir: Path) -> None:
+    """Refuse to resume a run folder with a config that differs in what defines the run."""
+    normalise = lambda value: json.loads(json.dumps(value))  # noqa: E731 - tuples vs lists
+    for key in IDENTITY:
+        if key in previous and normalise(previous[key]) != normalise(current[key]):
+            raise ConfigError(
+                f"Cannot resume {run_dir}: '{key}' differs from the run's ({previous[key]!r} there, {current[key]!r} now). "
+                "Resume with the run's own config: --config " + str(Path(run_dir) / CONFIG_FILE)
+            )
+
+
+def unfinished(base: Path) -> Path | None:
+    """The newest run folder under ``base`` whose run.json has no ``finished_at``."""
+    found = []
+    for folder in Path(base).iterdir() if Path(base).is_dir() else ():
+        info = load_run_info(folder) if folder.is_dir() else None
+        if info is not None and not info.get("finished_at"):
+            found.append((str(info.get("started_at") or ""), folder.name, folder))
+    return max(found)[2] if found else None
+
+
+def describe(run_dir: Path) -> str:
+    """'7 of 60 trials, best 6.1234, finished' from a run folder's files."""
+    info = load_run_info(run_dir) or {}
+    records = read_trial_records(Path(run_dir) / TRIALS_FILE)
+    best = ranked(records, record_score, lambda record: 0)
+    budget = (info.get("init_points") or 0) + (info.get("n_iters") or 0)
+    best_text = f", best {record_score(best[0]):.4f}" if best else ""
+    state = "finished" if info.get("finished_at") else "unfinished"
+    return f"{len(records)} of {budget or '?'} trials{best_text}, {state}"
+

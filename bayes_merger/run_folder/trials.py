@@ -1,0 +1,214 @@
+"""The trial log ``trials.jsonl``: one JSON line per finished trial, flushed and fsync'd, and reading it back.
+
+The log is the truth of a run: resuming replays it, the report reads it. A line is written only when
+its trial is over, so a killed process loses at most the trial in flight. There is one schema
+(``Trial``) and two readers over it:
+- ``read_trials`` / ``TrialLog`` (resume): strict. A half-written last line (the process died inside
+  the write) is skipped — and, by ``TrialLog``, set aside into a side file, never silently dropped;
+  any other bad line is an error.
+- ``read_trial_records`` (report, overnight runner): tolerant. Records come back as dicts in
+  ``Trial``'s layout; a line that is not a JSON object is skipped with a warning, so a folder being
+  written or one left by an older version can always be shown.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
+
+from bayes_merger.errors import ConfigError
+from bayes_merger.run_folder.paths import TRIALS_FILE
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    payload: str
+    index: int
+    seed: int
+    score: float | None
+    path: str | None  # relative to the run folder
+
+
+@dataclass(frozen=True)
+class Trial:
+    trial: int
+    phase: str  # "init" (exploration) or "optimise" (exploitation)
+    status: str  # "ok" or "failed"
+    params: dict[str, float]
+    weights: dict[str, Any]  # {"alpha": {block: w}, "beta": {block: w} | None}
+    alpha_string: str
+    beta_string: str | None
+    score: float | None
+    error: str | None = None
+    payload_scores: dict[str, float] = field(default_factory=dict)
+    images: tuple[ImageRecord, ...] = ()
+    timings: dict[str, float] = field(default_factory=dict)
+    started_at: str = ""
+    finished_at: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["images"] = [asdict(image) for image in self.images]
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), allow_nan=False, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Trial":
+        images = tuple(ImageRecord(**image) for image in data.get("images", ()))
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "images"}
+        return cls(images=images, **known)
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ------------------------------------------------------------------------------------ ranking
+
+
+def ranked(entries: Iterable[T], score: Callable[[T], float | None], number: Callable[[T], int]) -> list[T]:
+    """The entries that have a score, best first; the earlier trial wins a tie, so the best does not
+    change when a later trial only equals it."""
+    scored = [(value, number(entry), entry) for entry in entries if (value := score(entry)) is not None]
+    return [entry for _, _, entry in sorted(scored, key=lambda item: (-item[0], item[1]))]
+
+
+def finite(value: Any) -> float | None:
+    """value as a float when it is a finite number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def record_score(record: Mapping[str, Any]) -> float | None:
+    """The objective of a successful trial record (a dict); None for a failed one or one without a usable score."""
+    if record.get("status", "ok") != "ok":
+        return None
+    return finite(record.get("score"))
+
+
+def best_trial(trials: Iterable[Trial]) -> Trial | None:
+    """The successful trial with the highest score (the earliest of equal ones); None when none succeeded."""
+    best = ranked(trials, lambda t: t.score if t.ok else None, lambda t: t.trial)
+    return best[0] if best else None
+
+
+# ------------------------------------------------------------------------------------ reading
+
+
+def _lines(path: Path) -> list[bytes]:
+    try:
+        with Path(path).open("rb") as handle:
+            return handle.readlines()
+    except FileNotFoundError:
+        return []
+
+
+def _parse(path: Path) -> Iterator[tuple[Trial, int]]:
+    """Strict: (trial, byte offset just after its line) for each complete line."""
+    offset = 0
+    lines = _lines(path)
+    for number, raw in enumerate(lines, start=1):
+        end = offset + len(raw)
+        try:
+            if not raw.endswith(b"\n"):
+                raise ValueError("no line end")
+            trial = Trial.from_dict(json.loads(raw))
+        except (ValueError, TypeError) as error:
+            if number == len(lines):
+                log.warning("%s: the last line is incomplete (the run was killed while writing it); it is ignored.", path)
+                return
+            raise ConfigError(f"{path} line {number} is not a trial record ({error}); the log is damaged.") from error
+        yield trial, end
+        offset = end
+
+
+def read_trials(path: Path) -> list[Trial]:
+    """Every complete trial of a log, strictly; a truncated last line is skipped with a warning."""
+    return [trial for trial, _ in _parse(path)]
+
+
+def read_trial_records(path: Path) -> list[dict[str, Any]]:
+    """Tolerant: the log's records as dicts (``Trial``'s layout), in file order; a missing file is empty.
+
+    A line that is not a JSON object is skipped with a warning: the last one is usually a line a
+    killed process was writing when it stopped.
+    """
+    # bytes first: a cut-short line may end inside a multi-byte character
+    lines = [raw.decode("utf-8", errors="replace") for raw in _lines(path)]
+    last = max((n for n, line in enumerate(lines) if line.strip()), default=-1)
+    records: list[dict[str, Any]] = []
+    for n, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            why = "is cut short (the run stopped while writing it)" if n == last else "is not valid JSON"
+            log.warning("%s: line %d %s; skipped.", path, n + 1, why)
+            continue
+        if not isinstance(record, dict):
+            log.warning("%s: line %d is not a JSON object; skipped.", path, n + 1)
+            continue
+        records.append(record)
+    return records
+
+
+# ------------------------------------------------------------------------------------ writing
+
+
+class TrialLog:
+    """Appends trials to ``trials.jsonl`` in a run folder, durably."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / TRIALS_FILE
+        self.trials: list[Trial] = []
+        good_end = 0
+        for trial, end in _parse(self.path):
+            self.trials.append(trial)
+            good_end = end
+        if self.path.exists() and self.path.stat().st_size > good_end:
+            self._set_aside_tail(good_end)
+        for expected, trial in enumerate(self.trials):
+            if trial.trial != expected:
+                raise ConfigError(f"{self.path}: expected trial {expected} on line {expected + 1}, found trial {trial.trial}.")
+
+    def _set_aside_tail(self, good_end: int) -> None:
+        # Appending after half a line would corrupt the next record; keep the fragment for inspection.
+        data = self.path.read_bytes()
+        side = self.path.with_name(f"{TRIALS_FILE}.incomplete-{datetime.now():%Y%m%d-%H%M%S}")
+        side.write_bytes(data[good_end:])
+        with self.path.open("r+b") as handle:
+            handle.truncate(good_end)
+            handle.flush()
+            os.fsync(handle.fileno())
+        log.warning("Set aside an incomplete last line of %s into %s.", self.path, side.name)
+
+    def append(self, trial: Trial) -> None:
+        if trial.trial != len(self.trials):
+            raise ValueError(f"trial {trial.trial} appended after {len(self.trials)} trials")
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(trial.to_json() + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.trials.append(trial)
+
+    def best(self) -> Trial | None:
+        return best_trial(self.trials)
