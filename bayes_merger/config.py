@@ -91,8 +91,8 @@ class ScorerConfig:
 class OptimiserConfig:
     init_points: int = 10
     n_iters: int = 50
-    # ucb, ei or poi
-    acquisition: str = "ucb"
+    # ei (expected improvement, in log space), ucb or poi; see bayes_merger/optimiser/
+    acquisition: str = "ei"
     kappa: float = 2.576
     xi: float = 0.01
     # default bounds of every parameter
@@ -104,6 +104,11 @@ class OptimiserConfig:
     frozen: Dict[str, float] = field(default_factory=dict)
     # parameters that move together, e.g. [[IN00, IN01, IN02], [OUT09, OUT10, OUT11]]
     groups: List[List[str]] = field(default_factory=list)
+    # trial 0, the baseline the report measures the gain against: null is the centre of every range
+    # (the even merge); or a mapping {IN00: 0.3, …} (weights not named stay at their centre); or an
+    # MBW string of one number per block, "0.5,0.3,…" (26 for SD1/SD2, 20 for SDXL; twice as many
+    # with β: the α values, then the β values)
+    start: Any = None
 
 
 @dataclass

@@ -65,6 +65,27 @@ class SearchSpace:
             values.update({block + BETA_SUFFIX: v for block, v in zip(self.blocks, weights.beta)})
         return {p.name: values[p.members[0]] for p in self.parameters}
 
+    def start_params(self, start: object = None) -> dict[str, float]:
+        """Trial 0: the centre of every range, or the user's recipe (``optimiser.start``) checked here."""
+        params = {p.name: (p.lower + p.upper) / 2 for p in self.parameters}
+        if start is None:
+            return params
+        given = _start_values(start, self.blocks, self.uses_beta)
+        for name, value in given.items():
+            if name in self.frozen and not math.isclose(self.frozen[name], value, abs_tol=1e-9):
+                raise ConfigError(f"optimiser.start sets {name} to {value:g}, but it is frozen at {self.frozen[name]:g}.")
+        for parameter in self.parameters:
+            values = {given[m] for m in parameter.members if m in given}
+            if len(values) > 1:
+                raise ConfigError(f"optimiser.start gives the group {parameter.name} different values: {sorted(values)}.")
+            if values:
+                value = values.pop()
+                if not parameter.lower - 1e-9 <= value <= parameter.upper + 1e-9:
+                    raise ConfigError(f"optimiser.start sets {parameter.name} to {value:g}, outside its range "
+                                      f"[{parameter.lower:g}, {parameter.upper:g}].")
+                params[parameter.name] = min(max(value, parameter.lower), parameter.upper)
+        return params
+
     def contains(self, weights: BlockWeights, tolerance: float = 1e-9) -> bool:
         """Whether block weights respect every bound, frozen value and group of this space."""
         try:
@@ -149,6 +170,27 @@ def build_space(config: OptimiserConfig, blocks: Sequence[str], uses_beta: bool)
     if not parameters:
         raise ConfigError("Every weight is frozen: there is nothing left to optimise.")
     return SearchSpace(blocks=blocks, uses_beta=uses_beta, parameters=tuple(parameters), frozen=frozen)
+
+
+def _start_values(start: object, blocks: tuple[str, ...], uses_beta: bool) -> dict[str, float]:
+    """``optimiser.start`` as {weight name: value}: a mapping of names, or an MBW string/list of numbers."""
+    if isinstance(start, Mapping):
+        try:
+            return {canonical_name(str(k), blocks, uses_beta): float(v) for k, v in start.items()}
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"optimiser.start must map weight names to numbers: {error}.") from None
+    items = re.split(r"[,\s]+", start.strip()) if isinstance(start, str) else list(start)  # type: ignore[call-overload]
+    try:
+        values = [float(v) for v in items if str(v) != ""]
+    except (TypeError, ValueError):
+        raise ConfigError(f"optimiser.start must be numbers separated by commas, got '{start}'.") from None
+    names = weight_names(blocks, uses_beta)
+    if len(values) not in {len(blocks), len(names)}:
+        expected = f"{len(blocks)}" + (f" (α) or {len(names)} (α then β)" if uses_beta else "")
+        raise ConfigError(f"optimiser.start has {len(values)} numbers; this architecture and method take {expected}.")
+    if not all(math.isfinite(v) for v in values):
+        raise ConfigError("optimiser.start must contain finite numbers only.")
+    return dict(zip(names, values))
 
 
 def _check_range(what: str, lower: float, upper: float) -> None:

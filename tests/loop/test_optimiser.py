@@ -1,29 +1,63 @@
+import math
+
+import numpy as np
 import pytest
 
 from bayes_merger.config import OptimiserConfig
 from bayes_merger.errors import ConfigError
-from bayes_merger.optimiser import Optimiser
+from bayes_merger.merge.arch import SD_BLOCKS
+from bayes_merger.optimiser import TRUST_INITIAL, Optimiser, trust_length, trust_region
+from bayes_merger.optimiser.acquisition import LogExpectedImprovement, log_h
+from bayes_merger.optimiser.gp import FittedGP
 from bayes_merger.space import build_space
 
 BLOCKS = ("BASE", "IN00", "IN01", "M00", "OUT00", "OUT01")
 
 
-def _space(cfg):
-    return build_space(cfg, BLOCKS, uses_beta=False)
+def _space(cfg, blocks=BLOCKS):
+    return build_space(cfg, blocks, uses_beta=False)
 
 
 def _objective(params):
     return -sum((v - 0.3) ** 2 for v in params.values())
 
 
-def test_initial_points_are_a_latin_hypercube_within_bounds():
+def test_trial_0_is_the_centre_then_a_latin_hypercube_within_bounds():
     cfg = OptimiserConfig(init_points=8, n_iters=0, custom_ranges={"IN00": [0.2, 0.4]})
     optimiser = Optimiser(_space(cfg), cfg, seed=1)
     points = [optimiser.suggest(t) for t in range(8)]
+    assert points[0] == {"BASE": 0.5, "IN00": pytest.approx(0.3), "IN01": 0.5, "M00": 0.5, "OUT00": 0.5, "OUT01": 0.5}
+    assert optimiser.phase(0) == "start" and optimiser.phase(1) == "init" and optimiser.phase(8) == "optimise"
     for name in ("BASE", "M00"):
-        strata = sorted(int(p[name] * 8) for p in points)
-        assert strata == list(range(8)), "one point per stratum in every dimension"
+        strata = sorted(int(p[name] * 7) for p in points[1:])
+        assert strata == list(range(7)), "one point per stratum in every dimension"
     assert all(0.2 <= p["IN00"] <= 0.4 for p in points)
+
+
+def test_start_recipe_by_name_or_mbw_string():
+    named = OptimiserConfig(start={"IN00": 0.1, "block_3_alpha": 0.9})
+    assert Optimiser(_space(named), named, seed=1).suggest(0) == {
+        "BASE": 0.5, "IN00": 0.1, "IN01": 0.5, "M00": 0.5, "OUT00": 0.9, "OUT01": 0.5}
+    mbw = OptimiserConfig(start="0.1, 0.2,0.3 0.4,0.5,0.6")
+    assert list(Optimiser(_space(mbw), mbw, seed=1).suggest(0).values()) == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+
+
+@pytest.mark.parametrize("start, message", [
+    ("0.1,0.2", "has 2 numbers; this architecture and method take 6"),
+    ("0.1,0.2,x,0.4,0.5,0.6", "must be numbers separated by commas"),
+    ({"IN00": 1.5}, r"outside its range \[0, 1\]"),
+    ({"IN99": 0.5}, "Unknown parameter 'IN99'"),
+])
+def test_bad_start_is_refused_in_one_sentence(start, message):
+    cfg = OptimiserConfig(start=start)
+    with pytest.raises(ConfigError, match=message):
+        Optimiser(_space(cfg), cfg, seed=1)
+
+
+def test_start_must_agree_with_frozen_weights():
+    cfg = OptimiserConfig(start={"BASE": 0.2}, frozen={"BASE": 0.0})
+    with pytest.raises(ConfigError, match="frozen at 0"):
+        Optimiser(_space(cfg), cfg, seed=1)
 
 
 def test_same_seed_same_suggestions_and_other_seed_differs():
@@ -42,10 +76,10 @@ def test_same_seed_same_suggestions_and_other_seed_differs():
 
 
 def test_suggestion_depends_only_on_seed_trial_and_history():
-    cfg = OptimiserConfig(init_points=3, n_iters=3)
+    cfg = OptimiserConfig(init_points=3, n_iters=5)
     first = Optimiser(_space(cfg), cfg, seed=9)
     history = []
-    for trial in range(4):
+    for trial in range(6):
         params = first.suggest(trial)
         history.append((params, _objective(params)))
         first.register(*history[-1])
@@ -53,19 +87,118 @@ def test_suggestion_depends_only_on_seed_trial_and_history():
     resumed = Optimiser(_space(cfg), cfg, seed=9)
     for params, score in history:
         resumed.register(params, score)
-    assert resumed.suggest(4) == first.suggest(4)
+    assert resumed.suggest(6) == first.suggest(6)
 
 
-def test_gp_suggestions_stay_in_bounds_and_improve_on_a_bowl():
-    cfg = OptimiserConfig(init_points=6, n_iters=14, acquisition="ei", xi=0.0)
+def test_gp_suggestions_stay_in_bounds_and_improve_on_a_bowl_away_from_the_centre():
+    cfg = OptimiserConfig(init_points=6, n_iters=14, custom_ranges={"OUT01": [0.1, 0.6]})
     optimiser = Optimiser(_space(cfg), cfg, seed=3)
     scores = []
     for trial in range(optimiser.budget):
         params = optimiser.suggest(trial)
-        assert all(0.0 <= v <= 1.0 for v in params.values())
+        assert all(0.0 <= v <= 1.0 for v in params.values()) and 0.1 <= params["OUT01"] <= 0.6
         scores.append(_objective(params))
         optimiser.register(params, scores[-1])
     assert max(scores[6:]) > max(scores[:6])
+    assert max(scores) > -0.03, "close to the optimum (0.3 everywhere; the centre scores -0.2)"
+
+
+def test_beats_random_search_on_a_26_weight_landscape():
+    # every block matters, graded 20× from the most to the least important: the landscape on which the
+    # first version was no better than random search
+    rng = np.random.default_rng(0)
+    weights = np.geomspace(1.0, 0.05, 26)[rng.permutation(26)]
+    centre = rng.uniform(0.15, 0.85, 26)
+
+    def score(x):
+        return -float((weights * (np.asarray(x) - centre) ** 2).sum())
+
+    cfg = OptimiserConfig(init_points=10, n_iters=20)
+    space = _space(cfg, SD_BLOCKS)
+    optimiser = Optimiser(space, cfg, seed=0)
+    best = -math.inf
+    for trial in range(optimiser.budget):
+        params = optimiser.suggest(trial)
+        value = score([params[p.name] for p in space.parameters])
+        best = max(best, value)
+        optimiser.register(params, value)
+    random_best = max(score(x) for x in np.random.default_rng(1).random((30, 26)))
+    centre_score = score(np.full(26, 0.5))
+    assert best - centre_score > 0.5 * (0 - centre_score), "more than half the way from the centre to the optimum"
+    assert best > random_best
+
+
+def test_importance_ranks_the_weights_that_matter():
+    cfg = OptimiserConfig(init_points=10, n_iters=10, groups=[["OUT00", "OUT01"]], frozen={"BASE": 0.5})
+    optimiser = Optimiser(_space(cfg), cfg, seed=2)
+    for trial in range(optimiser.budget):
+        params = optimiser.suggest(trial)
+        optimiser.register(params, -4 * (params["IN01"] - 0.3) ** 2 - 0.05 * (params["M00"] - 0.5) ** 2)
+    importance = optimiser.importance()
+    assert set(importance) == set(BLOCKS)
+    assert importance["IN01"] == 1.0 and importance["BASE"] == 0.0
+    assert importance["OUT00"] == importance["OUT01"] < 0.5
+    assert importance["IN00"] < 0.5
+
+
+def test_best_by_posterior_mean_is_not_fooled_by_one_lucky_render():
+    cfg = OptimiserConfig(init_points=2, n_iters=0)
+    optimiser = Optimiser(_space(cfg), cfg, seed=0)
+    rng = np.random.default_rng(4)
+    names = list(BLOCKS)
+    observed = []
+    # a smooth landscape peaking at 0.3 everywhere, scored with noise
+    for _ in range(30):
+        x = rng.uniform(0, 1, 6)
+        observed.append((dict(zip(names, x)), -float(((x - 0.3) ** 2).sum()) + rng.normal(0, 0.02)))
+    good = dict(zip(names, np.full(6, 0.32)))
+    observed.append((good, -0.0024 + 0.01))
+    # a far, bad merge that rendered one lucky image
+    lucky = dict(zip(names, np.full(6, 0.95)))
+    observed.append((lucky, 0.05))
+    assert max(range(len(observed)), key=lambda i: observed[i][1]) == len(observed) - 1
+    assert optimiser.best(observed) == len(observed) - 2
+
+
+def test_trust_region_grows_on_improvements_and_shrinks_on_failures():
+    assert trust_length([1, 2, 3], init_points=3) == TRUST_INITIAL
+    assert trust_length([1, 2, 3, 4, 5], init_points=3) == 2 * TRUST_INITIAL
+    assert trust_length([1, 2, 3, 0, 0, 0], init_points=3) == TRUST_INITIAL / 2
+    lower, upper = trust_region(np.array([0.1, 0.5]), np.array([1.0, 100.0]), 0.4)
+    # the smooth weight gets a wider side, but at most 2× its share; the box stays in the unit cube
+    assert lower[0] == 0.0 and upper[0] == pytest.approx(0.2)
+    assert upper[1] - lower[1] == pytest.approx(0.8)
+
+
+def test_gp_posterior_gradients_match_finite_differences():
+    rng = np.random.default_rng(0)
+    x = rng.random((25, 4))
+    model = FittedGP(x, -((x - 0.4) ** 2).sum(1) + 0.01 * rng.normal(size=25))
+    points = rng.random((3, 4))
+    posterior = model.predict(points, gradient=True)
+    plain = model.predict(points)
+    np.testing.assert_allclose(posterior.mean, plain.mean, rtol=1e-10)
+    np.testing.assert_allclose(posterior.std, plain.std, rtol=1e-8)
+    acquisition = LogExpectedImprovement()
+    acquisition.incumbent = float(model.predict(x).mean.max())
+    _, grad = acquisition.value(posterior)
+    for d in range(4):
+        step = np.zeros(4)
+        step[d] = 1e-6
+        up, down = model.predict(points + step), model.predict(points - step)
+        np.testing.assert_allclose((up.mean - down.mean) / 2e-6, posterior.mean_grad[:, d], rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose((up.std - down.std) / 2e-6, posterior.std_grad[:, d], rtol=1e-4, atol=1e-7)
+        numeric = (acquisition.value(up)[0] - acquisition.value(down)[0]) / 2e-6
+        np.testing.assert_allclose(numeric, grad[:, d], rtol=1e-4, atol=1e-6)
+
+
+def test_log_expected_improvement_is_exact_where_ei_is_representable_and_finite_beyond():
+    from scipy.stats import norm
+
+    z = np.array([-30.0, -5.0, -1.0, 0.0, 2.0])
+    direct = np.log(norm.pdf(z) + z * norm.cdf(z))
+    np.testing.assert_allclose(log_h(z[1:]), direct[1:], rtol=1e-9)
+    assert np.isfinite(log_h(np.array([-1e5])))[0] and log_h(np.array([-40.0]))[0] < log_h(np.array([-30.0]))[0]
 
 
 def test_with_no_successful_trial_it_keeps_exploring():
@@ -73,7 +206,6 @@ def test_with_no_successful_trial_it_keeps_exploring():
     optimiser = Optimiser(_space(cfg), cfg, seed=1)
     a, b = optimiser.suggest(2), optimiser.suggest(3)
     assert a != b and all(0 <= v <= 1 for v in a.values())
-    assert optimiser.phase(1) == "init" and optimiser.phase(2) == "optimise"
 
 
 @pytest.mark.parametrize("field, value", [("acquisition", "foo"), ("init_points", 0), ("n_iters", -1), ("kappa", -1.0)])

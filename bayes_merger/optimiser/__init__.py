@@ -1,0 +1,203 @@
+"""The optimiser: a start point, a seeded Latin hypercube, then Gaussian-process suggestions.
+
+Trial 0 is the start point (the centre of the space, the even merge, unless the user gives a recipe):
+it is the baseline every later trial is measured against. The next ``init_points − 1`` trials are a
+seeded Latin hypercube; after them a GP (``gp.py``) is fitted to every score so far and the next point
+maximises the acquisition (``acquisition.py``).
+
+Each suggestion is a pure function of (run seed, trial index, the trials observed before it): the GP
+is refitted from the observations for every suggestion and the search's random state is derived from
+the seed and the trial index. So a resumed run suggests exactly what an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Mapping, Sequence
+
+import numpy as np
+from scipy.stats import qmc
+
+from bayes_merger.config import OptimiserConfig
+from bayes_merger.errors import ConfigError
+from bayes_merger.optimiser.acquisition import (
+    Acquisition,
+    LogExpectedImprovement,
+    LogProbabilityOfImprovement,
+    UpperConfidenceBound,
+)
+from bayes_merger.optimiser.gp import FittedGP
+from bayes_merger.space import SearchSpace
+
+log = logging.getLogger(__name__)
+
+ACQUISITIONS = ("ei", "ucb", "poi")
+
+
+def check_optimiser_config(config: OptimiserConfig) -> None:
+    if config.acquisition not in ACQUISITIONS:
+        raise ConfigError(f"optimiser.acquisition must be one of {', '.join(ACQUISITIONS)}, got '{config.acquisition}'.")
+    if config.init_points < 1:
+        raise ConfigError(f"optimiser.init_points must be at least 1, got {config.init_points}.")
+    if config.n_iters < 0:
+        raise ConfigError(f"optimiser.n_iters must not be negative, got {config.n_iters}.")
+    if config.kappa < 0 or config.xi < 0:
+        raise ConfigError("optimiser.kappa and optimiser.xi must not be negative.")
+
+
+class Optimiser:
+    """Suggests parameters trial by trial and learns from registered scores."""
+
+    # how many of the best points (by posterior mean) the acquisition search perturbs
+    n_centres = 3
+
+    def __init__(self, space: SearchSpace, config: OptimiserConfig, seed: int) -> None:
+        check_optimiser_config(config)
+        self.space = space
+        self.config = config
+        self.seed = seed
+        self._lower = np.array([p.lower for p in space.parameters])
+        self._range = np.array([p.upper - p.lower for p in space.parameters])
+        self._observed: list[tuple[dict[str, float], float]] = []
+        self.start = space.start_params(config.start)
+        self._initial = [self.start] + self._latin_hypercube(config.init_points - 1)
+
+    @property
+    def budget(self) -> int:
+        return self.config.init_points + self.config.n_iters
+
+    def phase(self, trial: int) -> str:
+        if trial == 0:
+            return "start"
+        return "init" if trial < self.config.init_points else "optimise"
+
+    def register(self, params: Mapping[str, float], score: float) -> None:
+        self._observed.append(({k: float(v) for k, v in params.items()}, float(score)))
+
+    def suggest(self, trial: int) -> dict[str, float]:
+        if trial < len(self._initial):
+            return dict(self._initial[trial])
+        model = self.model()
+        if model is None:
+            # every trial so far failed: the GP has nothing to learn from, so keep exploring
+            return self._random(trial)
+        rng = np.random.default_rng(self._trial_seed(trial))
+        acquisition = self._acquisition()
+        means = model.predict(model.x).mean
+        acquisition.incumbent = float(means.max())
+        centres = model.x[np.argsort(-means)[: self.n_centres]]
+        box = trust_region(centres[0], model.length_scale, trust_length([s for _, s in self._observed],
+                                                                          self.config.init_points))
+        return self._to_params(acquisition.maximise(model, centres, rng, box))
+
+    def model(self) -> FittedGP | None:
+        """The GP fitted to every registered score (None before the first)."""
+        if not self._observed:
+            return None
+        x = np.array([self._to_unit(params) for params, _ in self._observed])
+        y = np.array([score for _, score in self._observed])
+        return FittedGP(x, y)
+
+    def best(self, observed: Sequence[tuple[Mapping[str, float], float]] | None = None) -> int | None:
+        """Index of the observation with the highest posterior mean: the best merge, noise discounted.
+
+        With noisy scores the highest raw score is often a lucky render; the posterior mean weighs each
+        score against its neighbours'. ``observed`` defaults to what was registered.
+        """
+        points = self._observed if observed is None else [(dict(p), float(s)) for p, s in observed]
+        if not points:
+            return None
+        if len(points) < 3:
+            return int(np.argmax([s for _, s in points]))
+        x = np.array([self._to_unit(p) for p, _ in points])
+        model = FittedGP(x, np.array([s for _, s in points]))
+        return int(np.argmax(model.predict(x).mean))
+
+    def importance(self) -> dict[str, float]:
+        """How much each weight matters, from the fitted length scales: 1/ℓ, the largest scaled to 1.
+
+        A weight the model found the score to change fast along has a short length scale. Frozen
+        weights get 0; every member of a group gets the group's value.
+        """
+        model = self.model()
+        values = dict.fromkeys(self.space.weight_names, 0.0)
+        if model is None or len(self._observed) < 3:
+            return values
+        inverse = 1.0 / model.length_scale
+        inverse = inverse / inverse.max()
+        for parameter, value in zip(self.space.parameters, inverse):
+            for member in parameter.members:
+                values[member] = round(float(value), 4)
+        return values
+
+    def _acquisition(self) -> Acquisition:
+        if self.config.acquisition == "ucb":
+            return UpperConfidenceBound(kappa=self.config.kappa)
+        if self.config.acquisition == "poi":
+            return LogProbabilityOfImprovement(xi=self.config.xi)
+        return LogExpectedImprovement(xi=self.config.xi)
+
+    def _to_unit(self, params: Mapping[str, float]) -> np.ndarray:
+        values = np.array([params[p.name] for p in self.space.parameters], dtype=float)
+        return (values - self._lower) / self._range
+
+    def _to_params(self, unit: np.ndarray) -> dict[str, float]:
+        values = self._lower + np.clip(unit, 0.0, 1.0) * self._range
+        return {p.name: float(v) for p, v in zip(self.space.parameters, values)}
+
+    def _trial_seed(self, trial: int) -> int:
+        return int(np.random.SeedSequence([self.seed, trial]).generate_state(1)[0])
+
+    def _latin_hypercube(self, n: int) -> list[dict[str, float]]:
+        if n <= 0:
+            return []
+        sampler = qmc.LatinHypercube(d=len(self.space.parameters), rng=np.random.default_rng([self.seed, 0x1A7]))
+        return [self._to_params(row) for row in sampler.random(n)]
+
+    def _random(self, trial: int) -> dict[str, float]:
+        rng = np.random.default_rng(self._trial_seed(trial))
+        return self._to_params(rng.random(len(self.space.parameters)))
+
+
+# TuRBO's trust region (Eriksson et al., 2019), with tolerances for budgets of tens of trials, not
+# thousands: the side doubles after 2 improvements in a row and halves after 3 failures, and starts over
+# at its initial size when it falls below the smallest (the region has converged).
+TRUST_INITIAL, TRUST_MIN, TRUST_MAX = 0.8, 0.05, 1.6
+TRUST_SUCCESSES, TRUST_FAILURES = 2, 3
+
+
+def trust_length(scores: Sequence[float], init_points: int) -> float:
+    """The trust region's side in the unit cube, replayed from the scores in trial order.
+
+    A pure function of the trial log, so a resumed run has the same region as an uninterrupted one.
+    A score counts as an improvement when it beats the best so far by 0.1% of the scores' spread.
+    """
+    start = min(init_points, len(scores))
+    if start == 0:
+        return TRUST_INITIAL
+    best = max(scores[:start])
+    spread = (max(scores) - min(scores)) or 1.0
+    length, wins, losses = TRUST_INITIAL, 0, 0
+    for score in scores[start:]:
+        if score > best + 1e-3 * spread:
+            wins, losses, best = wins + 1, 0, score
+        else:
+            wins, losses = 0, losses + 1
+        if wins >= TRUST_SUCCESSES:
+            length, wins = min(2 * length, TRUST_MAX), 0
+        elif losses >= TRUST_FAILURES:
+            length, losses = length / 2, 0
+            if length < TRUST_MIN:
+                length = TRUST_INITIAL
+    return length
+
+
+def trust_region(centre: np.ndarray, length_scale: np.ndarray, side: float) -> tuple[np.ndarray, np.ndarray]:
+    """The box of side ``side`` around ``centre``, stretched along the weights the GP finds smooth.
+
+    As in TuRBO each side is scaled by its length scale over their geometric mean, but only by ½–2×:
+    with tens of points, a length scale far beyond the others means "not learned yet", not "irrelevant".
+    """
+    weights = np.clip(length_scale / np.exp(np.log(length_scale).mean()), 0.5, 2.0)
+    half = 0.5 * side * weights
+    return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)

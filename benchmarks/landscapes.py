@@ -1,0 +1,104 @@
+"""Synthetic block-weight landscapes for benchmarks/bench_optimiser.py: stand-ins for "the aesthetic
+score of a merge" that cost nothing to evaluate, each seed with its own optimum and importances.
+
+Every landscape is rescaled like aesthetic scores: the optimum scores 7, the far corner 4 (score range
+3), so regrets are comparable across landscapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from scipy.optimize import minimize
+
+from bayes_merger.merge.arch import SD_BLOCKS, SDXL_BLOCKS
+
+SCORE_TOP, SCORE_RANGE = 7.0, 3.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Landscape:
+    name: str
+    blocks: tuple[str, ...]
+    uses_beta: bool
+    shape: str  # "few": a few weights matter; "graded": importance graded across all; "peaks": two bumps
+    noise: float = 0.0  # σ as a fraction of the score range
+    edge: int = 0  # weights whose optimum lies on the boundary
+    about: str = ""
+
+
+LANDSCAPES = {
+    ls.name: ls
+    for ls in (
+        Landscape("few26", SD_BLOCKS, False, "few", about="4 of 26 weights matter, the rest barely; mild interaction"),
+        Landscape("graded26", SD_BLOCKS, False, "graded", about="importance graded over all 26 weights (20× from first to last)"),
+        Landscape("noisy2", SD_BLOCKS, False, "graded", noise=0.02, about="graded26 with noise σ = 2% of the range"),
+        Landscape("noisy5", SD_BLOCKS, False, "graded", noise=0.05, about="graded26 with noise σ = 5% of the range"),
+        Landscape("edge26", SD_BLOCKS, False, "graded", edge=6, about="graded26 with 6 optima on the boundary"),
+        Landscape("peaks26", SD_BLOCKS, False, "peaks", about="two separated peaks, the second 20% lower"),
+        Landscape("sdxl20", SDXL_BLOCKS, False, "graded", about="graded on SDXL's 20 blocks"),
+        Landscape("beta52", SD_BLOCKS, True, "graded", about="graded on α and β of 26 blocks (52 weights)"),
+    )
+}
+
+
+class Objective:
+    """One landscape drawn for one seed: ``true(x)`` for x in [0, 1]^d, ``observe`` adds the noise."""
+
+    def __init__(self, landscape: Landscape, seed: int) -> None:
+        self.landscape = landscape
+        self.seed = seed
+        d = len(landscape.blocks) * (2 if landscape.uses_beta else 1)
+        self.dim = d
+        rng = np.random.default_rng([seed, sum(map(ord, landscape.shape)), d, landscape.edge])
+        order = rng.permutation(d)
+        if landscape.shape == "few":
+            self.weights = rng.uniform(0.02, 0.1, d)
+            self.weights[order[:4]] = rng.uniform(0.6, 1.2, 4)
+            important = order[:4]
+        else:
+            # 20× from the most to the least important weight, log-uniformly graded, in random order
+            self.weights = np.geomspace(1.0, 0.05, d)[np.argsort(order)] * rng.uniform(0.8, 1.25, d)
+            important = order[: max(3, d // 6)]
+        self.center = rng.uniform(0.15, 0.85, d)
+        if landscape.edge:
+            edged = np.concatenate([order[:2], order[-(landscape.edge - 2):]])
+            # the unconstrained optimum lies outside [0, 1]: the best weight is 0 or 1
+            self.center[edged] = np.where(rng.random(len(edged)) < 0.5, -0.25, 1.25)
+        # a mild interaction between the important weights, so the landscape is not axis-aligned
+        self.cross = np.zeros(d)
+        self.cross[important] = rng.normal(0.0, 0.4, len(important))
+        if landscape.shape == "peaks":
+            # the second peak sits at the first's mirror image in half of the weights
+            flip = rng.random(d) < 0.5
+            self.center2 = np.where(flip, 1.0 - self.center, self.center)
+            self.center2[order[:3]] = 1.0 - self.center[order[:3]]
+            self.weights2 = self.weights[rng.permutation(d)]
+            q = self._q(rng.random((4000, d)), self.center, self.weights)
+            self.tau = float(np.median(q)) / np.log(3.0)  # a random merge scores a third of the peak
+        starts = [np.clip(self.center, 0, 1)] + ([np.clip(self.center2, 0, 1)] if landscape.shape == "peaks" else [])
+        best = [minimize(lambda x: -self.raw(x), s, bounds=[(0.0, 1.0)] * d, method="L-BFGS-B",
+                         options={"ftol": 1e-15, "gtol": 1e-12}) for s in starts]
+        self.raw_best = max(float(-b.fun) for b in best)
+        self.raw_worst = float(self.raw(np.where(self.center < 0.5, 1.0, 0.0)))
+
+    def _q(self, x: np.ndarray, center: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        diff = np.asarray(x) - center
+        return (weights * diff * diff).sum(-1) + (diff @ self.cross) ** 2
+
+    def raw(self, x: np.ndarray) -> np.ndarray:
+        if self.landscape.shape == "peaks":
+            return np.exp(-self._q(x, self.center, self.weights) / self.tau) + 0.8 * np.exp(
+                -self._q(x, self.center2, self.weights2) / self.tau)
+        return -self._q(x, self.center, self.weights)
+
+    def true(self, x: np.ndarray) -> float:
+        return SCORE_TOP - SCORE_RANGE * (self.raw_best - float(self.raw(x))) / (self.raw_best - self.raw_worst)
+
+    def observe(self, x: np.ndarray, trial: int) -> float:
+        value = self.true(x)
+        if self.landscape.noise:
+            # the same noise for trial t under every method (common random numbers)
+            value += self.landscape.noise * SCORE_RANGE * np.random.default_rng([self.seed, trial, 0x5EED]).normal()
+        return value
