@@ -10,7 +10,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import math
+import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -209,3 +212,55 @@ def validate(body: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[list[Any]
         else:
             errors.append((["body", name], kind.rstrip("?"), body[name]))
     return values, errors
+
+
+def generate(features: np.ndarray, name: str, sha256: str, values: dict[str, Any], sampler: str, image_format: str,
+             return_grid: bool, max_image_size: int, version: str) -> dict[str, Any]:
+    """The txt2img answer (images, parameters, info) of the model ``name`` (its file's stem, A1111's
+    name_for_extra) with these ``features``, as A1111 gives it for checked request ``values``."""
+    count = max(values["batch_size"], 1) * max(values["n_iter"], 1)
+    seed = values["seed"] if values["seed"] != -1 else random.randrange(4294967294)
+    subseed = values["subseed"] if values["subseed"] != -1 else random.randrange(4294967294)
+    # A1111: consecutive seeds, unless a variation seed is mixed in
+    seeds = [seed + (i if values["subseed_strength"] == 0 else 0) for i in range(count)]
+    prompt, negative = values["prompt"], values["negative_prompt"]
+    images = [render(features, prompt, negative, s, values["width"], values["height"], max_image_size)
+              for s in seeds]
+    index_of_first_image = 0
+    if values["save_images"] and return_grid and count > 1:
+        images.insert(0, grid(images))
+        index_of_first_image = 1
+    infotexts = [
+        f"{prompt}\nNegative prompt: {negative}\nSteps: {values['steps']}, Sampler: {sampler}, "
+        f"CFG scale: {values['cfg_scale']}, Seed: {s}, Size: {values['width']}x{values['height']}, "
+        f"Model hash: {sha256[:10]}, Model: {name}, Version: {version}"
+        for s in seeds
+    ]
+    info = {
+        "prompt": prompt, "all_prompts": [prompt] * count, "negative_prompt": negative,
+        "all_negative_prompts": [negative] * count, "seed": seed, "all_seeds": seeds, "subseed": subseed,
+        "all_subseeds": [subseed + i for i in range(count)], "subseed_strength": values["subseed_strength"],
+        "width": values["width"], "height": values["height"], "sampler_name": sampler,
+        "cfg_scale": values["cfg_scale"], "steps": values["steps"], "batch_size": values["batch_size"],
+        "restore_faces": bool(values["restore_faces"]), "face_restoration_model": None,
+        "sd_model_name": name, "sd_model_hash": sha256[:10], "sd_vae_name": None, "sd_vae_hash": None,
+        "seed_resize_from_w": values["seed_resize_from_w"], "seed_resize_from_h": values["seed_resize_from_h"],
+        "denoising_strength": values["denoising_strength"], "extra_generation_params": {},
+        "index_of_first_image": index_of_first_image, "infotexts": infotexts, "styles": values["styles"] or [],
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "clip_skip": 1,
+        "is_using_inpainting_conditioning": False, "version": version,
+    }
+    encoded = [encode(image, image_format) for image in images] if values["send_images"] else []
+    return {"images": encoded, "parameters": values, "info": json.dumps(info)}
+
+
+def validation_detail(errors: list[tuple[list[Any], str, Any]], pydantic_v2: bool) -> list[dict[str, Any]]:
+    """A 422's ``detail`` for (location, kind, value) triples, worded as pydantic v1 (A1111) or v2 (Forge)."""
+    detail = []
+    for loc, kind, value in errors:
+        v1, v2 = TYPE_ERRORS[kind]
+        if pydantic_v2:
+            detail.append({"type": v2[1], "loc": loc, "msg": v2[0], "input": value})
+        else:
+            detail.append({"loc": loc, "msg": v1[0], "type": v1[1]})
+    return detail

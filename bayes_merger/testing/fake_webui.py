@@ -4,11 +4,10 @@ It speaks the contract of ``shared/reference/a1111-api.md`` (field names, status
 error body shapes, ``--api-auth``) in three flavours: ``a1111`` (also reForge), ``forge`` (lazy
 model load at the next generation, ``message`` in error bodies, plain ``{"detail"}`` for an
 HTTPException, pydantic-v2 422s) and ``sdnext`` (``{"updated": [...]}``, keeps the old model on an
-unknown name). ``refresh-checkpoints`` scans its folder; selecting a checkpoint really loads the
-file; txt2img renders a small deterministic picture whose colours and pattern are smooth functions
-of the loaded tensors, mixed with noise seeded by prompt and seed, so different merges give
-different images. Faults can be injected for tests: failing, dropped, delayed or held requests, a
-server that is still starting, loads that silently fail, a stop and a restart on the same port.
+unknown name). This module holds the A1111 state: options, the checkpoints of its folder (selecting
+one really loads the file; loads can be made to fail silently) and txt2img, whose pictures
+(``fake_txt2img``) are smooth functions of the loaded tensors, so different merges give different
+images. The HTTP side, sockets, recorded requests and injected faults, is ``fake_http``.
 
 Run it in the foreground as "the WebUI" of a test or a demo::
 
@@ -18,26 +17,20 @@ Run it in the foreground as "the WebUI" of a test or a demo::
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
 import json
 import logging
-import random
 import signal
-import socket
 import threading
 import time
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
 import numpy as np
 
-from bayes_merger.testing.fake_txt2img import (
-    TYPE_ERRORS, encode, grid, model_features, read_tensors, render, validate,
-)
+from bayes_merger.files import file_sha256
+from bayes_merger.testing.fake_http import FakeHTTPServer, _Response
+from bayes_merger.testing.fake_txt2img import generate, model_features, read_tensors, validate, validation_detail
 
 logger = logging.getLogger(__name__)
 
@@ -50,16 +43,6 @@ _DEFAULT_OPTIONS = {
     "sd_model_checkpoint": "", "samples_format": "png", "return_grid": True, "grid_only_if_multiple": True,
     "sd_checkpoints_limit": 1, "sd_checkpoint_cache": 0, "CLIP_stop_at_last_layers": 1, "sd_vae": "Automatic",
 }
-
-
-@dataclass(frozen=True)
-class RecordedRequest:
-    """One request the server answered: ``status`` is None when the connection was dropped."""
-
-    method: str
-    path: str
-    body: Any
-    status: int | None
 
 
 @dataclass(frozen=True)
@@ -84,107 +67,18 @@ class _LoadedModel:
     features: np.ndarray  # five numbers in (0, 1) that drive the rendered picture
 
 
-@dataclass
-class _Fault:
-    kind: str  # "status", "drop" or "startup"
-    remaining: int
-    path: str | None = None
-    method: str | None = None
-    status: int = 503
-    message: str = ""
-    body: bytes | None = None
-
-
-@dataclass
-class _Response:
-    status: int
-    payload: Any = None
-    raw: bytes | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-_DROP = object()
-
-
-class _Server(ThreadingHTTPServer):
-    # non-daemon handler threads, joined by server_close, so that stop() leaves nothing running
-    daemon_threads = False
-    block_on_close = True
-    fake: FakeWebUI
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        logger.debug("fake WebUI: connection from %s ended with an error", client_address, exc_info=True)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as uvicorn: exercises the client's connection reuse
-    server_version = "FakeWebUI/1"
-    timeout = 10  # idle keep-alive connections are closed, as servers do
-    disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.fake._track(self.connection)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        except OSError:
-            pass
-        finally:
-            self.server.fake._untrack(self.connection)
-
-    def do_GET(self) -> None:
-        self.server.fake._handle(self, "GET")
-
-    def do_POST(self) -> None:
-        self.server.fake._handle(self, "POST")
-
-    def do_PUT(self) -> None:
-        self.server.fake._handle(self, "PUT")
-
-    def do_DELETE(self) -> None:
-        self.server.fake._handle(self, "DELETE")
-
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("fake WebUI: " + format, *args)
-
-
-class FakeWebUI:
+class FakeWebUI(FakeHTTPServer):
     """A fake A1111 API server on 127.0.0.1, for tests and the offline demo."""
 
-    def __init__(
-        self,
-        checkpoint_dir: Path,
-        mode: str = "a1111",
-        auth: str | None = None,
-        port: int = 0,
-        *,
-        host: str = "127.0.0.1",
-        max_image_size: int = 64,
-    ) -> None:
+    def __init__(self, checkpoint_dir: Path, mode: str = "a1111", auth: str | None = None, port: int = 0, *,
+                 host: str = "127.0.0.1", max_image_size: int = 64) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        super().__init__(auth=auth, port=port, host=host)
         self.checkpoint_dir = Path(checkpoint_dir)
         self.mode = mode
-        self.host = host
         self.max_image_size = max_image_size
-        self._port = port
-        self._users = _parse_auth(auth)
-        self._httpd: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self._lock = threading.RLock()  # server state
         self._queue_lock = threading.Lock()  # generation and model loads run one at a time, as in A1111
-        self._records: list[RecordedRequest] = []
-        self._records_changed = threading.Condition()
-        self._held = 0  # requests waiting on a hold() right now
-        self._connections: set[socket.socket] = set()
-        self._stopping = False
-        self._faults: list[_Fault] = []
-        self._delays: dict[str, float] = {}
-        self._holds: dict[tuple[str, str | None], threading.Event] = {}
-        self._stop_event = threading.Event()
         self._failing_loads = 0
         self._failing_loads_keep_option = False
         self._options: dict[str, Any] = dict(_DEFAULT_OPTIONS)
@@ -207,48 +101,23 @@ class FakeWebUI:
 
     # ----------------------------------------------------------------------------- lifecycle
 
-    def start(self) -> FakeWebUI:
-        """Listen (on the same port as before after a stop), scan the folder, load the model it remembers."""
-        if self._httpd is not None:
-            return self
-        httpd = _Server((self.host, self._port), _Handler)
-        httpd.fake = self
-        self._port = httpd.server_address[1]
-        with self._lock:
-            self._stopping = False
-            self._stop_event.clear()
-            self._scan()
-            self._startup_load()
-        self._httpd = httpd
-        # a short poll interval makes stop() quick (shutdown waits for the loop's next poll)
-        self._thread = threading.Thread(
-            target=httpd.serve_forever, args=(0.02,), name=f"fake-webui-{self._port}", daemon=True
-        )
-        self._thread.start()
-        logger.info("fake WebUI (%s) serving %s, checkpoints in %s", self.mode, self.url, self.checkpoint_dir)
-        return self
+    def _on_start(self) -> None:
+        self._scan()
+        self._startup_load()
 
-    def stop(self) -> None:
-        """Stop as a killed process would: every open connection is closed, held requests end unanswered."""
-        httpd = self._httpd
-        if httpd is None:
-            return
-        with self._lock:
-            self._stopping = True
-            self._stop_event.set()
-            for event in self._holds.values():
-                event.set()
-            self._holds.clear()
-            connections = list(self._connections)
-        httpd.shutdown()
-        for conn in connections:
-            _shutdown(conn)
-        httpd.server_close()
-        if self._thread is not None:
-            self._thread.join()
-        self._httpd = self._thread = None
-        with self._lock:
-            self._loaded = self._pending = None
+    def _on_stop(self) -> None:
+        self._loaded = self._pending = None
+
+    def _log_started(self) -> None:
+        logger.info("fake WebUI (%s) serving %s, checkpoints in %s", self.mode, self.url, self.checkpoint_dir)
+
+    def _route(self, method: str, path: str, raw: bytes) -> Any:
+        route = self._routes.get((method, path))
+        if route is None:
+            if any(p == path for _, p in self._routes):
+                return _Response(405, {"detail": "Method Not Allowed"})
+            return _Response(404, {"detail": "Not Found"})
+        return route(raw)
 
     def restart(self, forget_selection: bool = False) -> None:
         """Stop and start on the same port. Like A1111, it reloads the checkpoint selected before
@@ -259,43 +128,20 @@ class FakeWebUI:
                 self._options["sd_model_checkpoint"] = ""
         self.start()
 
-    def __enter__(self) -> FakeWebUI:
-        return self.start()
+    # ---------------------------------------------------------------------------- A1111 state
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    def fail_loads(self, count: int = 1, keep_option: bool = False) -> None:
+        """Make the next ``count`` model loads fail silently: the old model stays, the answer is 200.
+        The option goes back to the old model (A1111), or shows the new one if ``keep_option``."""
+        with self._lock:
+            self._failing_loads = count
+            self._failing_loads_keep_option = keep_option
 
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self._port}"
-
-    # ---------------------------------------------------------------------------- inspection
-
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        with self._records_changed:
-            return list(self._records)
-
-    def requests_to(self, path: str, method: str | None = None) -> list[RecordedRequest]:
-        return [r for r in self.requests if r.path == path and (method is None or r.method == method)]
-
-    def wait_for_requests(self, path: str, count: int, timeout: float = 5.0) -> list[RecordedRequest]:
-        """Block until ``count`` requests to ``path`` have been answered or dropped (a held request
-        counts once released)."""
-        with self._records_changed:
-            if not self._records_changed.wait_for(lambda: len(self.requests_to(path)) >= count, timeout):
-                raise TimeoutError(f"fewer than {count} requests to {path} within {timeout} s")
-        return self.requests_to(path)
-
-    def wait_until_held(self, count: int = 1, timeout: float = 5.0) -> None:
-        """Block until ``count`` requests are waiting on a ``hold()``."""
-        with self._records_changed:
-            if not self._records_changed.wait_for(lambda: self._held >= count, timeout):
-                raise TimeoutError(f"fewer than {count} held requests within {timeout} s")
+    def clear_faults(self) -> None:
+        super().clear_faults()
+        with self._lock:
+            self._failing_loads = 0
+            self._failing_loads_keep_option = False
 
     @property
     def loaded_model(self) -> str | None:
@@ -324,138 +170,6 @@ class FakeWebUI:
         with self._lock:
             self._options[key] = value
 
-    # ------------------------------------------------------------------------ fault injection
-
-    def fail_next(
-        self, count: int = 1, status: int = 503, path: str | None = None, message: str = "injected failure",
-        body: str | bytes | None = None, method: str | None = None,
-    ) -> None:
-        """Answer the next ``count`` requests (to ``path`` and with ``method`` only, if given) with
-        ``status`` and this mode's error body (500: an exception; else an HTTPException), or ``body``
-        as it is (e.g. a proxy's HTML page)."""
-        raw = body.encode() if isinstance(body, str) else body
-        with self._lock:
-            self._faults.append(_Fault("status", count, path, method, status, message, raw))
-
-    def drop_next(self, count: int = 1, path: str | None = None, method: str | None = None) -> None:
-        """Close the connection without an answer, after reading the request, ``count`` times."""
-        with self._lock:
-            self._faults.append(_Fault("drop", count, path, method))
-
-    def starting_up(self, count: int) -> None:
-        """Answer the next ``count`` /sdapi requests with 404 Not Found, as a WebUI still starting."""
-        with self._lock:
-            self._faults.insert(0, _Fault("startup", count))
-
-    def delay(self, path: str, seconds: float) -> None:
-        """Answer requests to ``path`` only after ``seconds`` (0 removes the delay)."""
-        with self._lock:
-            self._delays[path] = seconds
-
-    def hold(self, path: str, method: str | None = None) -> threading.Event:
-        """Keep requests to ``path`` (with ``method``, if given) waiting until the returned event is
-        set or the server stops; a request released by a stop gets no answer."""
-        with self._lock:
-            return self._holds.setdefault((path, method), threading.Event())
-
-    def fail_loads(self, count: int = 1, keep_option: bool = False) -> None:
-        """Make the next ``count`` model loads fail silently: the old model stays, the answer is 200.
-        The option goes back to the old model (A1111), or shows the new one if ``keep_option``."""
-        with self._lock:
-            self._failing_loads = count
-            self._failing_loads_keep_option = keep_option
-
-    def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.clear()
-            self._delays.clear()
-            for event in self._holds.values():
-                event.set()
-            self._holds.clear()
-            self._failing_loads = 0
-            self._failing_loads_keep_option = False
-
-    # ------------------------------------------------------------------------- HTTP plumbing
-
-    def _track(self, conn: socket.socket) -> None:
-        with self._lock:
-            self._connections.add(conn)
-            stopping = self._stopping
-        if stopping:
-            _shutdown(conn)
-
-    def _untrack(self, conn: socket.socket) -> None:
-        with self._lock:
-            self._connections.discard(conn)
-
-    def _handle(self, handler: _Handler, method: str) -> None:
-        path = urlsplit(handler.path).path
-        length = int(handler.headers.get("Content-Length") or 0)
-        raw = handler.rfile.read(length) if length > 0 else b""
-        try:
-            response = self._answer(method, path, raw, handler.headers.get("Authorization"))
-        except Exception as exc:  # a bug of the fake: answer as the real server answers any exception
-            logger.exception("fake WebUI: %s %s failed", method, path)
-            response = self._exception(str(exc), type(exc).__name__)
-        dropped = response is _DROP or self._stop_event.is_set()
-        # recorded before the answer leaves, so a test that got its answer also sees the record
-        with self._records_changed:
-            self._records.append(RecordedRequest(method, path, _parse_body(raw), None if dropped else response.status))
-            self._records_changed.notify_all()
-        if dropped:
-            handler.close_connection = True
-            _shutdown(handler.connection)
-        else:
-            _send(handler, response)
-
-    def _answer(self, method: str, path: str, raw: bytes, authorization: str | None) -> Any:
-        fault = self._take_fault(path, method)
-        if fault is not None:
-            if fault.kind == "startup":
-                return _Response(404, {"detail": "Not Found"})
-            if fault.kind == "drop":
-                return _DROP
-            if fault.body is not None:
-                return _Response(fault.status, raw=fault.body, headers={"Content-Type": "text/html"})
-            if fault.status == 500:
-                return self._exception(fault.message)
-            return self._http_exception(fault.status, fault.message)
-        with self._lock:
-            seconds = self._delays.get(path, 0.0)
-            hold = self._holds.get((path, method)) or self._holds.get((path, None))
-        if seconds:
-            self._stop_event.wait(seconds)
-        if hold is not None:
-            with self._records_changed:
-                self._held += 1
-                self._records_changed.notify_all()
-            try:
-                hold.wait()
-            finally:
-                with self._records_changed:
-                    self._held -= 1
-        if path.startswith("/sdapi/") and self._users:
-            denied = _check_auth(authorization, self._users)
-            if denied:
-                return _Response(401, {"detail": denied}, headers={"WWW-Authenticate": "Basic"})
-        route = self._routes.get((method, path))
-        if route is None:
-            if any(p == path for _, p in self._routes):
-                return _Response(405, {"detail": "Method Not Allowed"})
-            return _Response(404, {"detail": "Not Found"})
-        return route(raw)
-
-    def _take_fault(self, path: str, method: str) -> _Fault | None:
-        with self._lock:
-            for fault in self._faults:
-                if fault.kind == "startup" and not path.startswith("/sdapi/"):
-                    continue
-                if fault.remaining > 0 and fault.path in (None, path) and fault.method in (None, method):
-                    fault.remaining -= 1
-                    self._faults = [f for f in self._faults if f.remaining > 0]
-                    return fault
-        return None
-
     # error bodies: the three shapes of the API reference, in this mode's flavour
 
     def _exception(self, message: str, error: str = "RuntimeError") -> _Response:
@@ -468,15 +182,7 @@ class FakeWebUI:
         return _Response(status, {"error": "HTTPException", "detail": detail, "body": "", "errors": detail})
 
     def _invalid(self, errors: list[tuple[list[Any], str, Any]]) -> _Response:
-        """422 for (location, kind, value) triples, worded as pydantic v1 (A1111) or v2 (Forge)."""
-        detail = []
-        for loc, kind, value in errors:
-            v1, v2 = TYPE_ERRORS[kind]
-            if self.mode == "forge":
-                detail.append({"type": v2[1], "loc": loc, "msg": v2[0], "input": value})
-            else:
-                detail.append({"loc": loc, "msg": v1[0], "type": v1[1]})
-        return _Response(422, {"detail": detail})
+        return _Response(422, {"detail": validation_detail(errors, pydantic_v2=self.mode == "forge")})
 
     def _json_object(self, raw: bytes) -> dict[str, Any] | _Response:
         try:
@@ -564,7 +270,8 @@ class FakeWebUI:
                 return_grid = bool(self._options.get("return_grid", True))
             if model is None:
                 return self._exception("No checkpoints found. Place a checkpoint in the models folder.", "FileNotFoundError")
-            return _Response(200, self._generate(model, values, sampler, image_format, return_grid))
+            return _Response(200, generate(model.features, model.checkpoint.stem, model.sha256, values, sampler,
+                                           image_format, return_grid, self.max_image_size, VERSIONS[self.mode]))
 
     # ------------------------------------------------------------------------ model handling
 
@@ -630,7 +337,7 @@ class FakeWebUI:
             return False
         try:
             tensors = read_tensors(checkpoint.path)
-            sha = _sha256(checkpoint.path)
+            sha = file_sha256(checkpoint.path)
         except Exception as exc:  # noqa: BLE001 - the real server logs any load error and carries on
             logger.warning("fake WebUI: failed to load %s (%s), keeping the old model", checkpoint.name, exc)
             return False
@@ -639,112 +346,6 @@ class FakeWebUI:
         self._load_count += 1
         logger.debug("fake WebUI: loaded %s", checkpoint.name)
         return True
-
-    def _generate(self, model: _LoadedModel, values: dict[str, Any], sampler: str, image_format: str,
-                  return_grid: bool) -> dict[str, Any]:
-        count = max(values["batch_size"], 1) * max(values["n_iter"], 1)
-        seed = values["seed"] if values["seed"] != -1 else random.randrange(4294967294)
-        subseed = values["subseed"] if values["subseed"] != -1 else random.randrange(4294967294)
-        # A1111: consecutive seeds, unless a variation seed is mixed in
-        seeds = [seed + (i if values["subseed_strength"] == 0 else 0) for i in range(count)]
-        prompt, negative = values["prompt"], values["negative_prompt"]
-        images = [render(model.features, prompt, negative, s, values["width"], values["height"], self.max_image_size)
-                  for s in seeds]
-        index_of_first_image = 0
-        if values["save_images"] and return_grid and count > 1:
-            images.insert(0, grid(images))
-            index_of_first_image = 1
-        name = model.checkpoint.stem  # A1111's name_for_extra
-        version = VERSIONS[self.mode]
-        infotexts = [
-            f"{prompt}\nNegative prompt: {negative}\nSteps: {values['steps']}, Sampler: {sampler}, "
-            f"CFG scale: {values['cfg_scale']}, Seed: {s}, Size: {values['width']}x{values['height']}, "
-            f"Model hash: {model.sha256[:10]}, Model: {name}, Version: {version}"
-            for s in seeds
-        ]
-        info = {
-            "prompt": prompt, "all_prompts": [prompt] * count, "negative_prompt": negative,
-            "all_negative_prompts": [negative] * count, "seed": seed, "all_seeds": seeds, "subseed": subseed,
-            "all_subseeds": [subseed + i for i in range(count)], "subseed_strength": values["subseed_strength"],
-            "width": values["width"], "height": values["height"], "sampler_name": sampler,
-            "cfg_scale": values["cfg_scale"], "steps": values["steps"], "batch_size": values["batch_size"],
-            "restore_faces": bool(values["restore_faces"]), "face_restoration_model": None,
-            "sd_model_name": name, "sd_model_hash": model.sha256[:10], "sd_vae_name": None, "sd_vae_hash": None,
-            "seed_resize_from_w": values["seed_resize_from_w"], "seed_resize_from_h": values["seed_resize_from_h"],
-            "denoising_strength": values["denoising_strength"], "extra_generation_params": {},
-            "index_of_first_image": index_of_first_image, "infotexts": infotexts, "styles": values["styles"] or [],
-            "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "clip_skip": 1,
-            "is_using_inpainting_conditioning": False, "version": version,
-        }
-        encoded = [encode(image, image_format) for image in images] if values["send_images"] else []
-        return {"images": encoded, "parameters": values, "info": json.dumps(info)}
-
-
-# -------------------------------------------------------------------------------- helpers
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _parse_auth(auth: str | None) -> set[tuple[str, str]]:
-    users = set()
-    for pair in (auth or "").split(","):
-        user, sep, password = pair.strip().partition(":")
-        if sep:
-            users.add((user, password))
-    return users
-
-
-def _check_auth(header: str | None, users: set[tuple[str, str]]) -> str | None:
-    """None when allowed, else the 401 detail of FastAPI's HTTPBasic as A1111 uses it."""
-    if not header or not header.lower().startswith("basic "):
-        return "Not authenticated"
-    try:
-        user, _, password = base64.b64decode(header[6:].strip()).decode("utf-8").partition(":")
-    except ValueError:
-        return "Invalid authentication credentials"
-    return None if (user, password) in users else "Incorrect username or password"
-
-
-def _parse_body(raw: bytes) -> Any:
-    if not raw:
-        return None
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return raw.decode("utf-8", "replace")
-
-
-def _send(handler: _Handler, response: _Response) -> None:
-    if response.raw is not None:
-        payload = response.raw
-        content_type = response.headers.get("Content-Type", "application/octet-stream")
-    else:
-        payload = json.dumps(response.payload).encode()
-        content_type = "application/json"
-    try:
-        handler.send_response(response.status)
-        handler.send_header("Content-Type", content_type)
-        handler.send_header("Content-Length", str(len(payload)))
-        for key, value in response.headers.items():
-            if key != "Content-Type":
-                handler.send_header(key, value)
-        handler.end_headers()
-        handler.wfile.write(payload)
-    except OSError:  # the client gave up (its read timeout) and closed the connection
-        handler.close_connection = True
-
-
-def _shutdown(conn: socket.socket) -> None:
-    try:
-        conn.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -165,6 +165,18 @@ class WebUIClient:
             logger.debug("Waiting for the WebUI at %s: %s.", self._base, last)
             time.sleep(min(self._config.poll_interval, remaining))
 
+    def status(self, timeout: float = 10.0) -> int | None:
+        """The HTTP status of one ``GET /sdapi/v1/progress`` (not retried); None when the WebUI cannot be reached."""
+        try:
+            response = self._session.get(self._base + PROGRESS, timeout=(min(self._config.connect_timeout, timeout), timeout))
+        except requests.RequestException:
+            return None
+        return response.status_code
+
+    def set_option(self, key: str, value: Any) -> None:
+        """Set one WebUI option (``POST /sdapi/v1/options``); a WebUIError when it is refused."""
+        self._request("POST", OPTIONS, {key: value})
+
     def check_checkpoint_dir(self) -> None:
         """Fail now, not after the first merge, if merges cannot be written where the WebUI looks."""
         folder = self._checkpoint_dir

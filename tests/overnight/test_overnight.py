@@ -1,4 +1,4 @@
-"""scripts/overnight.py, driven as a scheduler drives it: a subprocess, with the fake A1111 server as its WebUI.
+"""bayes-merger-overnight, driven as a scheduler drives it: a subprocess, with the fake A1111 server as its WebUI.
 
 The nights run the real ``bayes-merger`` over real HTTP against ``python -m
 bayes_merger.testing.fake_webui``, on tiny generated models with a tiny CLIP scorer. A bayes-merger
@@ -11,7 +11,6 @@ finishes it. Budgets are initial trials only (an optimisation step fits a Gaussi
 from __future__ import annotations
 
 import fcntl
-import importlib.util
 import json
 import os
 import re
@@ -24,12 +23,13 @@ import time
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "overnight.py"
-REPO = SCRIPT.parents[1]
+from bayes_merger.overnight.settings import Failure, deadline_from, hydra_value, load_env_file, night_of, parse_sections
+from bayes_merger.run_folder import unfinished
+
+REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable  # the virtual environment's: bayes-merger lies beside it
 NIGHT_TIMEOUT = 240  # seconds: a bound for a hung script, never reached when it works
 TXT2IMG_PER_TRIAL = 2  # payloads/demo.yaml has two payloads
@@ -74,16 +74,6 @@ except KeyboardInterrupt:
     (marks / "interrupted").touch()
     sys.exit(130)
 '''
-
-
-@pytest.fixture(scope="module")
-def overnight() -> ModuleType:
-    """The script as a module, for its helpers."""
-    spec = importlib.util.spec_from_file_location("overnight", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +170,8 @@ class World:
                 f"{after_trials * TXT2IMG_PER_TRIAL}")
 
     def command(self, *args: str, config: Path | None = None) -> list[str]:
-        return [PYTHON, str(SCRIPT), "--config", str(config or self.config), *args]
+        # what the bayes-merger-overnight console script runs
+        return [PYTHON, "-m", "bayes_merger.overnight", "--config", str(config or self.config), *args]
 
     def env(self, webui_command: str | None = None) -> dict[str, str]:
         return {**os.environ, "WEBUI_COMMAND": webui_command or self.webui_command, "WEBUI_READY_TIMEOUT": "60",
@@ -344,24 +335,24 @@ def test_sigterm_reaches_bayes_merger_as_ctrl_c_and_the_webui_is_stopped(tmp_pat
 # ---------------------------------------------------------------------------- the helpers
 
 
-def test_deadline_is_the_next_occurrence_of_the_clock_time_or_the_earlier_max_hours(overnight: ModuleType) -> None:
+def test_deadline_is_the_next_occurrence_of_the_clock_time_or_the_earlier_max_hours() -> None:
     evening = datetime(2026, 3, 1, 23, 30)
 
-    assert overnight.deadline_from("07:00", None, evening) == datetime(2026, 3, 2, 7, 0)
-    assert overnight.deadline_from("23:45", None, evening) == datetime(2026, 3, 1, 23, 45)
-    assert overnight.deadline_from("07:00", 2, evening) == datetime(2026, 3, 2, 1, 30)
-    assert overnight.deadline_from(None, None, evening) is None
-    with pytest.raises(overnight.Failure):
-        overnight.deadline_from("7h", None, evening)
+    assert deadline_from("07:00", None, evening) == datetime(2026, 3, 2, 7, 0)
+    assert deadline_from("23:45", None, evening) == datetime(2026, 3, 1, 23, 45)
+    assert deadline_from("07:00", 2, evening) == datetime(2026, 3, 2, 1, 30)
+    assert deadline_from(None, None, evening) is None
+    with pytest.raises(Failure):
+        deadline_from("7h", None, evening)
 
 
-def test_a_night_runs_from_noon_to_noon(overnight: ModuleType) -> None:
-    assert overnight.night_of(datetime(2026, 3, 1, 23, 30)) == date(2026, 3, 1)
-    assert overnight.night_of(datetime(2026, 3, 2, 1, 30)) == date(2026, 3, 1)
-    assert overnight.night_of(datetime(2026, 3, 2, 12, 30)) == date(2026, 3, 2)
+def test_a_night_runs_from_noon_to_noon() -> None:
+    assert night_of(datetime(2026, 3, 1, 23, 30)) == date(2026, 3, 1)
+    assert night_of(datetime(2026, 3, 2, 1, 30)) == date(2026, 3, 1)
+    assert night_of(datetime(2026, 3, 2, 12, 30)) == date(2026, 3, 2)
 
 
-def test_latest_unfinished_is_the_newest_run_without_finished_at(overnight: ModuleType, tmp_path: Path) -> None:
+def test_latest_unfinished_is_the_newest_run_without_finished_at(tmp_path: Path) -> None:
     for name, started, done in [("old", "2026-03-01T22:00:00", False), ("newer", "2026-03-02T22:00:00", False),
                                 ("newest-but-finished", "2026-03-03T22:00:00", True)]:
         (tmp_path / name).mkdir()
@@ -369,28 +360,29 @@ def test_latest_unfinished_is_the_newest_run_without_finished_at(overnight: Modu
         (tmp_path / name / "run.json").write_text(json.dumps(meta))
     (tmp_path / "no-run-json").mkdir()
 
-    assert overnight.latest_unfinished(tmp_path) == tmp_path / "newer"
-    assert overnight.latest_unfinished(tmp_path / "nothing-here") is None
+    assert unfinished(tmp_path) == tmp_path / "newer"
+    assert unfinished(tmp_path / "nothing-here") is None
 
 
-def test_the_composed_config_is_read_from_omegaconf_yaml(overnight: ModuleType) -> None:
+def test_the_composed_config_is_read_from_omegaconf_yaml() -> None:
     text = ("model_a: ???\nrun:\n  seed: 42\n  dir: '0123'\nwebui:\n  url: http://h:7861\n  auth: null\n"
             "  checkpoint_dir: \"/a b/c\"\npayloads:\n  defaults: {}\n")
 
-    sections = overnight.parse_sections(text)
+    sections = parse_sections(text)
 
-    assert sections["run"] == {"seed": "42", "dir": "0123"}
+    assert sections["run"] == {"seed": 42, "dir": "0123"}
     assert sections["webui"] == {"url": "http://h:7861", "auth": None, "checkpoint_dir": "/a b/c"}
+    assert "model_a" not in sections  # a scalar, not a section
 
 
-def test_run_folders_with_spaces_are_quoted_for_hydra(overnight: ModuleType) -> None:
-    assert overnight.hydra_value("/runs/2026-03-01_22-00-00_weighted_sum_laion") == \
+def test_run_folders_with_spaces_are_quoted_for_hydra() -> None:
+    assert hydra_value("/runs/2026-03-01_22-00-00_weighted_sum_laion") == \
         "/runs/2026-03-01_22-00-00_weighted_sum_laion"
-    assert overnight.hydra_value("/my runs/it's") == "'/my runs/it\\'s'"
+    assert hydra_value("/my runs/it's") == "'/my runs/it\\'s'"
 
 
 def test_env_file_values_are_shell_quoted_and_do_not_override_the_environment(
-        overnight: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     env_file = tmp_path / "overnight.env"
     env_file.write_text("# settings\nWEBUI_COMMAND=\"./webui.sh --nowebui --port 7861\"\n"
                         "export OVERNIGHT_DEADLINE=07:00\n"
@@ -400,7 +392,7 @@ def test_env_file_values_are_shell_quoted_and_do_not_override_the_environment(
         monkeypatch.delenv(key)
     monkeypatch.setenv("OVERNIGHT_LOG_DIR", "/from/environment")
 
-    overnight.load_env_file(env_file)
+    load_env_file(env_file)
 
     assert os.environ["WEBUI_COMMAND"] == "./webui.sh --nowebui --port 7861"
     assert os.environ["OVERNIGHT_DEADLINE"] == "07:00"

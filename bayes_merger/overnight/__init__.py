@@ -1,0 +1,27 @@
+"""One unattended night of bayes-merger, for cron or a systemd timer.
+
+    bayes-merger-overnight --config conf/night.yaml [--deadline 07:00] [OVERRIDE ...]
+
+It takes a lock on the config's run.dir, starts the WebUI if WEBUI_COMMAND is set, waits until its
+API answers, sets the options that keep its RAM flat, then runs ``bayes-merger``: it resumes the
+newest unfinished run under run.dir (a run folder whose run.json has no ``finished_at``), else it
+starts a new one. When the WebUI dies mid-run it restarts the WebUI and resumes, up to
+``--max-restarts`` times. At the deadline, or on SIGTERM / Ctrl-C, bayes-merger gets a Ctrl-C (it
+keeps every finished trial) and the next night resumes. Its log and bayes-merger's go into one file
+per night, the WebUI's console into a second one beside it; the WebUI it started is stopped at the
+end (its process group: SIGTERM, then SIGKILL).
+
+bayes-merger runs as a child process in its own process group. Settings come from flags, else environment variables (``--env-file`` loads KEY=VALUE lines for
+variables not already set); ``--help`` lists them.
+
+Exit codes: 0 the run finished its budget, or was stopped at the deadline to be resumed; otherwise
+bayes-merger's own code (1 no successful trial, 2 config, 3 checkpoint/merge, 4 WebUI, 5 scorer,
+6 stopped but resumable: the WebUI kept dying); 69 the WebUI could not be started or never answered;
+70 a bug in the runner (traceback in the log); 75 another overnight run holds the lock of this run.dir;
+128 + N when stopped by signal N (130, 143).
+
+    settings.py   flags, environment, env file, deadline, the composed config (``bayes-merger --cfg job``)
+    processes.py  the run.dir lock, the WebUI process it manages, the WebUI probe (the package's client)
+    night.py      one night: start/restart the WebUI, run or resume bayes-merger, deadline and signals
+    cli.py        ``bayes-merger-overnight`` (also ``python -m bayes_merger.overnight``): logging, exit codes
+"""

@@ -1,0 +1,105 @@
+"""``bayes-merger-overnight``: one unattended night (see the package docstring); logging and exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Sequence
+
+from bayes_merger.errors import BayesMergerError
+from bayes_merger.overnight.night import Night
+from bayes_merger.overnight.processes import RunDirLock, WebUIApi
+from bayes_merger.overnight.settings import (
+    EXIT_CONFIG,
+    EXIT_SOFTWARE,
+    Failure,
+    auth_of,
+    build_settings,
+    compose_config,
+    load_env_file,
+    night_of,
+    parse_args,
+    run_dir_of,
+)
+
+log = logging.getLogger("overnight")
+
+
+def setup_logging(log_dir: Path, night: date) -> tuple[Path, Path]:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_file = log_dir / f"overnight-{night:%Y-%m-%d}.log"
+    formatter = logging.Formatter("%(asctime)s overnight %(levelname)s %(message)s")
+    for handler in (logging.FileHandler(log_file, mode="a", encoding="utf-8"), logging.StreamHandler(sys.stderr)):
+        handler.setFormatter(formatter)
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    return log_file, log_dir / f"overnight-{night:%Y-%m-%d}.webui.log"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(format="overnight: %(levelname)s %(message)s")
+    started = datetime.now()
+    try:
+        env_file = _env_file_argument(argv)
+        if env_file is not None:
+            load_env_file(env_file)
+        settings = build_settings(parse_args(argv), started)
+    except Failure as failure:
+        log.error("%s", failure)
+        return failure.code
+    except OSError as error:
+        log.error("%s", error)
+        return EXIT_CONFIG
+
+    try:
+        log_file, webui_log = setup_logging(settings.log_dir, night_of(started))
+    except OSError as error:
+        log.error("Cannot write the night's log in %s: %s.", settings.log_dir, error)
+        return EXIT_CONFIG
+    log.info("---- overnight run, pid %d, config %s%s", os.getpid(), settings.config,
+             f", deadline {settings.deadline:%Y-%m-%d %H:%M}" if settings.deadline else "")
+    try:
+        sections = compose_config(settings)
+        run_dir = settings.run_dir or run_dir_of(sections)
+        url = settings.webui_url or sections.get("webui", {}).get("url")
+        if not url:
+            raise Failure("No WebUI address: set webui.url in the config, --webui-url or WEBUI_URL.", EXIT_CONFIG)
+        try:
+            api = WebUIApi(str(url), settings.webui_auth or auth_of(sections.get("webui", {})))
+        except BayesMergerError as error:
+            raise Failure(str(error), EXIT_CONFIG) from error
+        with RunDirLock(run_dir), api:
+            night = Night(settings, run_dir, api, log_file, webui_log)
+            previous = {sig: signal.signal(sig, night.on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+            try:
+                code = night.run()
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+    except Failure as failure:
+        log.error("%s", failure)
+        code = failure.code
+    except Exception:  # a bug: its traceback goes into the night's log, not only to a console nobody reads
+        log.exception("Unexpected error in bayes-merger-overnight (a bug; please report it).")
+        code = EXIT_SOFTWARE
+    log.info("---- overnight run ends with exit code %d after %s", code, _duration(datetime.now() - started))
+    return code
+
+
+def _env_file_argument(argv: Sequence[str]) -> Path | None:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--env-file", type=Path)
+    known, _ = parser.parse_known_args(argv)
+    return known.env_file
+
+
+def _duration(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"

@@ -1,0 +1,241 @@
+"""One night's work: the WebUI (started, restarted), the bayes-merger attempts, the deadline and the signals."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from bayes_merger.overnight.processes import KILL_WAIT, ManagedWebUI, WebUIApi, signal_group
+from bayes_merger.overnight.settings import (
+    BM_STOPPED,
+    BM_WEBUI_ERROR,
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_WEBUI_DOWN,
+    Failure,
+    Settings,
+    hydra_value,
+)
+from bayes_merger.run_folder import describe, unfinished
+
+log = logging.getLogger("overnight")
+
+POLL_SECONDS = 0.5
+CHILD_GRACE = 120.0  # seconds bayes-merger gets to stop after a Ctrl-C before it is terminated
+CTRL_C_REPEAT = 10.0  # seconds between Ctrl-Cs while it has not stopped
+
+
+def run_folders(run_dir: Path) -> set[Path]:
+    return {p for p in run_dir.iterdir() if p.is_dir()} if run_dir.is_dir() else set()
+
+
+class Night:
+    """One night's work: the WebUI, the bayes-merger attempts, the deadline and the signals."""
+
+    def __init__(self, settings: Settings, run_dir: Path, api: WebUIApi, log_file: Path, webui_log: Path) -> None:
+        self.settings = settings
+        self.run_dir = run_dir
+        self.api = api
+        self.log_file = log_file
+        self.webui = ManagedWebUI(settings.webui_command, settings.webui_cwd, settings.webui_env, webui_log,
+                                  settings.stop_grace) if settings.webui_command else None
+        self.child: subprocess.Popen[bytes] | None = None
+        self.stop_signal: int | None = None
+        self.interrupted_at: float | None = None
+
+    # signals: remember the first, hand a Ctrl-C to bayes-merger so it ends cleanly
+    def on_signal(self, signum: int, frame: Any) -> None:
+        if self.stop_signal is None:
+            self.stop_signal = signum
+            log.warning("Got %s: stopping; every finished trial is kept.", signal.Signals(signum).name)
+        self._interrupt_child()
+
+    def _interrupt_child(self) -> None:
+        if self.child is not None and self.child.poll() is None and self.interrupted_at is None:
+            self.interrupted_at = time.monotonic()
+            signal_group(self.child.pid, signal.SIGINT)
+
+    def past_deadline(self) -> bool:
+        return self.settings.deadline is not None and datetime.now() >= self.settings.deadline
+
+    def stopping(self) -> bool:
+        return self.stop_signal is not None or self.past_deadline()
+
+    def run(self) -> int:
+        try:
+            return self._attempts()
+        finally:
+            if self.webui is not None:
+                self.webui.stop()
+
+    def _attempts(self) -> int:
+        restarts = 0
+        adopted = False  # a WebUI was already answering: use it, start none
+        new_run = self.settings.new_run  # until bayes-merger has been started once
+        while True:
+            if self.stopping():
+                return self._stopped(None)
+            if self.webui is not None and not adopted and not self.webui.running:
+                answer = self.api.status(timeout=5) if self.webui.process is None and restarts == 0 else None
+                if answer is not None:
+                    log.warning("Something already answers at %s (HTTP %d): using it as the WebUI; WEBUI_COMMAND "
+                                "is not run, and it is not stopped at the end.", self.api.url, answer)
+                    adopted = True
+                else:
+                    self.webui.stop()
+                    self.webui.start()
+            if not self._wait_ready():
+                if self.stopping():
+                    return self._stopped(None)
+                if restarts >= self.settings.max_restarts or self.webui is None or adopted:
+                    raise Failure(f"The WebUI at {self.api.url} did not answer; giving up.", EXIT_WEBUI_DOWN)
+                restarts += 1
+                log.warning("Restarting the WebUI (restart %d of %d).", restarts, self.settings.max_restarts)
+                self.webui.stop()
+                continue
+            if self.settings.webui_options:
+                self.api.set_options(self.settings.webui_options)
+            if self.stopping():
+                return self._stopped(None)
+
+            folder = None if new_run else unfinished(self.run_dir)
+            new_run, resumed = False, folder is not None
+            rc, folder = self._bayes_merger(folder)
+            if folder is not None:
+                log.info("Run %s: %s.", folder, describe(folder))
+            if self.interrupted_at is not None:
+                return self._stopped(folder)
+            if rc == 0:
+                log.info("The run finished its budget.")
+                return EXIT_OK
+            if rc not in (BM_WEBUI_ERROR, BM_STOPPED):
+                log.error("bayes-merger failed with exit code %d; see above.", rc)
+                if rc == EXIT_CONFIG and resumed:
+                    log.error("If the config no longer fits the unfinished run %s, start a new run with --new-run "
+                              "(that run stays as it is).", folder)
+                return rc if rc > 0 else 1
+            if not self._webui_down():
+                log.error("bayes-merger stopped (exit code %d) while the WebUI still answers: not a WebUI crash, "
+                          "so no restart. Fix the cause; the next night resumes.", rc)
+                return rc
+            if restarts >= self.settings.max_restarts:
+                log.error("The WebUI went down %d times; giving up (exit code %d). The next night resumes.",
+                          restarts + 1, rc)
+                return rc
+            restarts += 1
+            if self.webui is not None and not adopted:
+                self.webui.stop()
+                log.warning("The WebUI went down; restarting it and resuming (restart %d of %d).",
+                            restarts, self.settings.max_restarts)
+            else:
+                log.warning("The WebUI went down; waiting for it to come back (retry %d of %d).",
+                            restarts, self.settings.max_restarts)
+
+    def _wait_ready(self) -> bool:
+        deadline = time.monotonic() + self.settings.ready_timeout
+        last = "no answer"
+        log.info("Waiting up to %g s for the WebUI API at %s.", self.settings.ready_timeout, self.api.url)
+        while not self.stopping():
+            status = self.api.status(timeout=10)
+            if status == 200:
+                log.info("The WebUI API answers.")
+                return True
+            if status == 401:
+                raise Failure(f"The WebUI at {self.api.url} refuses our credentials (HTTP 401): set WEBUI_AUTH "
+                              "or the config's webui.auth_env.", EXIT_WEBUI_DOWN)
+            if status == 404:
+                last = "HTTP 404: still starting, or started without --api"
+            elif status is not None:
+                last = f"HTTP {status}"
+            if self.webui is not None and self.webui.process is not None and not self.webui.running:
+                log.error("The WebUI exited (status %s) before its API answered; see %s.",
+                          self.webui.exit_code(), self.webui.output)
+                return False
+            if time.monotonic() >= deadline:
+                log.error("The WebUI API did not answer within %g s (%s).", self.settings.ready_timeout, last)
+                return False
+            time.sleep(POLL_SECONDS)
+        return False
+
+    def _webui_down(self) -> bool:
+        if self.webui is not None and self.webui.process is not None and not self.webui.running:
+            log.warning("The WebUI process exited (status %s); see %s.", self.webui.exit_code(), self.webui.output)
+            return True
+        status = self.api.status(timeout=10)
+        if status != 200:
+            log.warning("The WebUI API does not answer (%s).", f"HTTP {status}" if status else "unreachable")
+            return True
+        return False
+
+    def _bayes_merger(self, folder: Path | None) -> tuple[int, Path | None]:
+        command = [*self.settings.bayes_merger, "--config", str(self.settings.config), *self.settings.overrides]
+        if folder is not None:
+            log.info("Resuming %s (%s).", folder, describe(folder))
+            command += [f"resume={hydra_value(str(folder))}", f"hydra.run.dir={hydra_value(str(folder))}"]
+        else:
+            log.info("No unfinished run under %s: starting a new one.", self.run_dir)
+        before = run_folders(self.run_dir)
+        log.info("Running: %s", shlex.join(command))
+        # bayes-merger logs into the night's file; no progress bars there
+        env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
+        with open(self.log_file, "ab") as output:
+            self.child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                                          env=env, start_new_session=True)
+        try:
+            rc = self._wait_child(self.child)
+        finally:
+            self.child = None
+        log.info("bayes-merger exited with code %d.", rc)
+        if folder is None:
+            new = sorted(run_folders(self.run_dir) - before)
+            folder = new[-1] if new else None
+        return rc, folder
+
+    def _wait_child(self, child: subprocess.Popen[bytes]) -> int:
+        """Wait for bayes-merger; at the deadline or on a signal, Ctrl-C it, then SIGTERM, then SIGKILL."""
+        terminated = killed = False
+        last_ctrl_c = 0.0
+        while True:
+            try:
+                return child.wait(POLL_SECONDS)
+            except subprocess.TimeoutExpired:
+                pass
+            if self.interrupted_at is None:
+                if self.past_deadline():
+                    log.warning("Deadline %s reached: stopping bayes-merger (Ctrl-C); the next night resumes.",
+                                f"{self.settings.deadline:%Y-%m-%d %H:%M}")
+                    self._interrupt_child()
+                elif self.stop_signal is not None:
+                    self._interrupt_child()  # the signal came before self.child was set
+                last_ctrl_c = time.monotonic()
+                continue
+            now = time.monotonic()
+            waited = now - self.interrupted_at
+            if waited > CHILD_GRACE + KILL_WAIT and not killed:
+                log.warning("bayes-merger ignores SIGTERM: SIGKILL.")
+                signal_group(child.pid, signal.SIGKILL)
+                killed = True
+            elif waited > CHILD_GRACE and not terminated:
+                log.warning("bayes-merger still runs %g s after Ctrl-C: SIGTERM.", CHILD_GRACE)
+                signal_group(child.pid, signal.SIGTERM)
+                terminated = True
+            elif not terminated and now - last_ctrl_c >= CTRL_C_REPEAT:
+                # Python drops a KeyboardInterrupt raised inside a weakref callback or __del__
+                # ("Exception ignored in ..."), so one Ctrl-C can be lost: send it again
+                log.warning("bayes-merger still runs %.0f s after Ctrl-C: Ctrl-C again.", waited)
+                signal_group(child.pid, signal.SIGINT)
+                last_ctrl_c = now
+
+    def _stopped(self, folder: Path | None) -> int:
+        if self.stop_signal is not None:
+            log.warning("Stopped by %s.", signal.Signals(self.stop_signal).name)
+            return 128 + self.stop_signal
+        log.info("Stopped at the deadline%s; the next night resumes it.", f" ({folder.name})" if folder else "")
+        return EXIT_OK

@@ -1,0 +1,146 @@
+"""The processes and resources a night holds: the lock on run.dir, the WebUI it started, and a probe of its API."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import shlex
+import signal
+import subprocess
+from pathlib import Path
+from typing import IO, Any, Sequence
+
+from bayes_merger.config import WebUIConfig
+from bayes_merger.errors import WebUIError
+from bayes_merger.overnight.settings import EXIT_LOCKED, EXIT_WEBUI_DOWN, Failure
+from bayes_merger.webui.client import WebUIClient
+
+log = logging.getLogger("overnight")
+
+LOCK_FILE = ".overnight.lock"
+KILL_WAIT = 10.0  # seconds to wait for a process after SIGKILL
+
+
+class RunDirLock:
+    """An exclusive ``fcntl.flock`` on ``<run.dir>/.overnight.lock``, held while the night lasts."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK_FILE
+        self._file: IO[str] | None = None
+
+    def __enter__(self) -> RunDirLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+", encoding="utf-8")  # not inherited by child processes (PEP 446)
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            handle.seek(0)
+            holder = handle.read().strip()
+            handle.close()
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise Failure(f"Another overnight run{who} is working on {self.path.parent} (lock {self.path} is held); "
+                          "exiting without touching it.", EXIT_LOCKED) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._file = handle
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()  # closing releases the lock
+            self._file = None
+
+
+class WebUIApi:
+    """The two calls the night needs, through the package's WebUI client: is the API up, and set options."""
+
+    def __init__(self, url: str, auth: str | None) -> None:
+        config = WebUIConfig(url=url, auth=auth, checkpoint_dir=".", read_timeout=60.0, retries=1)
+        self._client = WebUIClient(config, run_id="overnight")
+        self.url = url.rstrip("/")
+
+    def status(self, timeout: float = 10.0) -> int | None:
+        """HTTP status of GET /sdapi/v1/progress, None when it cannot be reached."""
+        return self._client.status(timeout)
+
+    def set_options(self, options: dict[str, Any]) -> None:
+        for key, value in options.items():  # one by one: an option a fork lacks must not block the others
+            try:
+                self._client.set_option(key, value)
+                log.info("WebUI option %s = %s set.", key, json.dumps(value))
+            except WebUIError as error:
+                if error.status is not None:
+                    log.warning("The WebUI refused option %s = %s (HTTP %d); set it in its Settings instead.",
+                                key, json.dumps(value), error.status)
+                else:
+                    log.warning("Could not set WebUI option %s: %s", key, error)
+
+    def __enter__(self) -> WebUIApi:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._client.close()
+
+
+class ManagedWebUI:
+    """A WebUI process this script started, in its own process group."""
+
+    def __init__(self, command: Sequence[str], cwd: Path | None, env: dict[str, str], output: Path,
+                 stop_grace: float) -> None:
+        self.command, self.cwd, self.env, self.output, self.stop_grace = list(command), cwd, env, output, stop_grace
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log.info("Starting the WebUI: %s (console output in %s)", shlex.join(self.command), self.output)
+        with open(self.output, "ab") as console:
+            try:
+                self.process = subprocess.Popen(
+                    self.command, cwd=self.cwd, env={**os.environ, **self.env}, stdin=subprocess.DEVNULL,
+                    stdout=console, stderr=subprocess.STDOUT, start_new_session=True,
+                )
+            except OSError as error:
+                raise Failure(f"Cannot start the WebUI ({shlex.join(self.command)}): {error}.", EXIT_WEBUI_DOWN) from error
+        log.info("WebUI started, pid %d.", self.process.pid)
+
+    def exit_code(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        """SIGTERM to its process group, SIGKILL after the grace period; also reaps what it left behind."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        pgid = process.pid  # start_new_session: the leader's pid is the group's id
+        if process.poll() is None:
+            log.info("Stopping the WebUI (pid %d): SIGTERM, SIGKILL after %g s.", process.pid, self.stop_grace)
+        signal_group(pgid, signal.SIGTERM)
+        try:
+            process.wait(self.stop_grace)
+        except subprocess.TimeoutExpired:
+            log.warning("The WebUI did not stop within %g s: SIGKILL.", self.stop_grace)
+        # whatever is left of its group (the leader gone or not) gets SIGKILL
+        signal_group(pgid, signal.SIGKILL)
+        try:
+            process.wait(KILL_WAIT)
+        except subprocess.TimeoutExpired:
+            log.error("The WebUI (pid %d) survived SIGKILL.", process.pid)
+            return
+        log.info("WebUI stopped (exit status %s).", process.returncode)
+
+
+def signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass

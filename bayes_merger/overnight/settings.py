@@ -1,0 +1,247 @@
+"""The night's settings: flags, else environment variables (``--env-file`` fills unset ones), and the
+composed bayes-merger config (``run.dir``, ``webui.url``, credentials) as ``bayes-merger --cfg job`` prints it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from bayes_merger.webui.client import OPTIONS
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_WEBUI_DOWN = 69  # EX_UNAVAILABLE
+EXIT_SOFTWARE = 70  # EX_SOFTWARE: a bug in the runner
+EXIT_LOCKED = 75  # EX_TEMPFAIL: try again later
+BM_WEBUI_ERROR, BM_STOPPED = 4, 6  # bayes-merger's codes after which a WebUI restart can help
+
+# A1111's advice against RAM growing with each model switch: one model in memory, no RAM cache
+DEFAULT_WEBUI_OPTIONS = '{"sd_checkpoints_limit": 1, "sd_checkpoint_cache": 0}'
+
+
+class Failure(Exception):
+    """The night cannot go on; ``code`` is the exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Settings:
+    config: Path
+    overrides: tuple[str, ...]
+    bayes_merger: tuple[str, ...]
+    run_dir: Path | None
+    log_dir: Path
+    max_restarts: int
+    deadline: datetime | None
+    new_run: bool
+    webui_command: tuple[str, ...]
+    webui_cwd: Path | None
+    webui_env: dict[str, str]
+    webui_url: str | None
+    webui_auth: str | None
+    ready_timeout: float
+    stop_grace: float
+    webui_options: dict[str, Any]
+
+
+def load_env_file(path: Path) -> None:
+    """KEY=VALUE lines (``#`` comments, optional ``export``, quotes as in a shell) for unset variables."""
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export "):].lstrip()
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise Failure(f"{path}:{number}: expected KEY=VALUE, got {line!r}.", EXIT_CONFIG)
+        words = shlex.split(value, comments=True)
+        os.environ.setdefault(key.strip(), " ".join(words) if len(words) != 1 else words[0])
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(
+        prog="bayes-merger-overnight",
+        description="One unattended night of bayes-merger: start the WebUI, resume the latest unfinished run "
+                    "(or start one), restart the WebUI if it dies, stop it at the end.",
+        epilog="WebUI settings come from the environment: WEBUI_COMMAND (the command that starts it; unset: "
+               "use a WebUI that is already running), WEBUI_CWD, WEBUI_ENV ('KEY=VALUE ...' added to its "
+               "environment), WEBUI_URL (default: webui.url of the config), WEBUI_AUTH ('user:password'; "
+               "default: the config's webui.auth / webui.auth_env), WEBUI_OPTIONS (JSON object of options "
+               f"POSTed to {OPTIONS} once the API answers; default {DEFAULT_WEBUI_OPTIONS}; '' or '{{}}': none).",
+    )
+    parser.add_argument("--env-file", type=Path, help="read KEY=VALUE lines into the environment (set variables win)")
+    parser.add_argument("--config", default=env("OVERNIGHT_CONFIG"),
+                        help="the bayes-merger config (env OVERNIGHT_CONFIG); it must keep conf/run.yaml's hydra: section")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for bayes-merger, e.g. optimiser.n_iters=200 "
+                        "(env OVERNIGHT_OVERRIDES, shell-quoted)")
+    parser.add_argument("--run-dir", default=env("OVERNIGHT_RUN_DIR"),
+                        help="where the runs are, passed on as run.dir=DIR (env OVERNIGHT_RUN_DIR; default: run.dir "
+                             "of the composed config)")
+    parser.add_argument("--log-dir", default=env("OVERNIGHT_LOG_DIR", "logs"),
+                        help="one log file per night goes here (env OVERNIGHT_LOG_DIR; default: logs)")
+    parser.add_argument("--bayes-merger", default=env("BAYES_MERGER"),
+                        help="the bayes-merger command (env BAYES_MERGER; default: the one beside this Python, else on PATH)")
+    parser.add_argument("--max-restarts", type=int, default=int(env("OVERNIGHT_MAX_RESTARTS", "3")),
+                        help="WebUI restarts (and resumes) allowed after it died (env OVERNIGHT_MAX_RESTARTS; default 3)")
+    parser.add_argument("--deadline", default=env("OVERNIGHT_DEADLINE"), metavar="HH:MM",
+                        help="stop at the next HH:MM; the next night resumes (env OVERNIGHT_DEADLINE)")
+    parser.add_argument("--max-hours", type=float, default=_float(env("OVERNIGHT_MAX_HOURS")),
+                        help="stop after this many hours (env OVERNIGHT_MAX_HOURS)")
+    parser.add_argument("--new-run", action="store_true", help="start a new run even if an unfinished one exists")
+    parser.add_argument("--webui-url", default=env("WEBUI_URL"), help="the WebUI's address (env WEBUI_URL)")
+    parser.add_argument("--ready-timeout", type=float, default=float(env("WEBUI_READY_TIMEOUT", "600")),
+                        help="seconds to wait for the WebUI's API (env WEBUI_READY_TIMEOUT; default 600)")
+    parser.add_argument("--stop-grace", type=float, default=float(env("WEBUI_STOP_GRACE", "30")),
+                        help="seconds between SIGTERM and SIGKILL when stopping the WebUI (env WEBUI_STOP_GRACE; default 30)")
+    return parser.parse_intermixed_args(argv)
+
+
+def build_settings(args: argparse.Namespace, now: datetime) -> Settings:
+    if not args.config:
+        raise Failure("--config (or OVERNIGHT_CONFIG) is required: the bayes-merger config to run.", EXIT_CONFIG)
+    config = Path(args.config).expanduser().resolve()
+    if not config.is_file():
+        raise Failure(f"Config file {args.config} does not exist.", EXIT_CONFIG)
+    overrides = tuple(args.overrides) or tuple(shlex.split(os.environ.get("OVERNIGHT_OVERRIDES", "")))
+    if any(o.split("=", 1)[0].lstrip("+~") in ("resume", "hydra.run.dir") for o in overrides):
+        raise Failure("Do not pass resume= or hydra.run.dir=: the script picks the run folder itself "
+                      "(--new-run starts a new one).", EXIT_CONFIG)
+    run_dir = Path(args.run_dir).expanduser().resolve() if args.run_dir else None
+    if run_dir is not None:  # bayes-merger must put its runs where the script looks for them
+        overrides = (*overrides, f"run.dir={hydra_value(str(run_dir))}")
+    if args.max_restarts < 0:
+        raise Failure("--max-restarts must not be negative.", EXIT_CONFIG)
+    try:
+        options = json.loads(os.environ.get("WEBUI_OPTIONS", DEFAULT_WEBUI_OPTIONS) or "{}")
+    except json.JSONDecodeError as error:
+        raise Failure(f"WEBUI_OPTIONS is not a JSON object: {error}.", EXIT_CONFIG) from error
+    if not isinstance(options, dict):
+        raise Failure("WEBUI_OPTIONS must be a JSON object, e.g. " + DEFAULT_WEBUI_OPTIONS, EXIT_CONFIG)
+    webui_env = {}
+    for item in shlex.split(os.environ.get("WEBUI_ENV", "")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise Failure(f"WEBUI_ENV: expected KEY=VALUE, got {item!r}.", EXIT_CONFIG)
+        webui_env[key] = value
+    cwd = os.environ.get("WEBUI_CWD")
+    return Settings(
+        config=config,
+        overrides=overrides,
+        bayes_merger=tuple(shlex.split(args.bayes_merger)) if args.bayes_merger else find_bayes_merger(),
+        run_dir=run_dir,
+        log_dir=Path(args.log_dir).expanduser().resolve(),
+        max_restarts=args.max_restarts,
+        deadline=deadline_from(args.deadline, args.max_hours, now),
+        new_run=args.new_run,
+        webui_command=tuple(shlex.split(os.environ.get("WEBUI_COMMAND", ""))),
+        webui_cwd=Path(cwd).expanduser() if cwd else None,
+        webui_env=webui_env,
+        webui_url=args.webui_url,
+        webui_auth=os.environ.get("WEBUI_AUTH") or None,
+        ready_timeout=args.ready_timeout,
+        stop_grace=args.stop_grace,
+        webui_options=options,
+    )
+
+
+def find_bayes_merger() -> tuple[str, ...]:
+    beside = Path(sys.executable).parent / "bayes-merger"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return (str(beside),)
+    found = shutil.which("bayes-merger")
+    if found:
+        return (found,)
+    raise Failure("bayes-merger is not installed beside this Python nor on PATH: run the script with the "
+                  "virtual environment's Python, or set --bayes-merger / BAYES_MERGER.", EXIT_CONFIG)
+
+
+def deadline_from(clock: str | None, max_hours: float | None, now: datetime) -> datetime | None:
+    """The earlier of the next ``HH:MM`` after ``now`` and ``now + max_hours``; None when neither is set."""
+    candidates = []
+    if clock:
+        try:
+            at = datetime.strptime(clock.strip(), "%H:%M").time()
+        except ValueError as error:
+            raise Failure(f"--deadline must be HH:MM (24 h), got {clock!r}.", EXIT_CONFIG) from error
+        moment = datetime.combine(now.date(), at)
+        candidates.append(moment if moment > now else moment + timedelta(days=1))
+    if max_hours is not None:
+        if max_hours <= 0:
+            raise Failure("--max-hours must be positive.", EXIT_CONFIG)
+        candidates.append(now + timedelta(hours=max_hours))
+    return min(candidates) if candidates else None
+
+
+def night_of(moment: datetime) -> date:
+    """A night runs from noon to noon: a start at 01:00 belongs to the evening before."""
+    return (moment - timedelta(hours=12)).date()
+
+
+def _float(value: str | None) -> float | None:
+    return float(value) if value else None
+
+
+def compose_config(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The ``run`` and ``webui`` sections of the composed config, as bayes-merger (Hydra) composes it."""
+    command = [*settings.bayes_merger, "--config", str(settings.config), *settings.overrides, "--cfg", "job", "--resolve"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    except OSError as error:
+        raise Failure(f"Cannot run {settings.bayes_merger[0]}: {error}.", EXIT_CONFIG) from error
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip().splitlines()
+        raise Failure(f"bayes-merger cannot compose {settings.config}: {' '.join(detail[-3:])}",
+                      done.returncode if 0 < done.returncode < 128 else EXIT_CONFIG)
+    return parse_sections(done.stdout)
+
+
+def parse_sections(text: str) -> dict[str, dict[str, Any]]:
+    """The sections (mappings at the top level) of the YAML config ``--cfg job`` prints."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise Failure(f"bayes-merger printed a config that is not YAML ({error}).", EXIT_CONFIG) from error
+    if not isinstance(data, dict):
+        return {}
+    return {str(key): value for key, value in data.items() if isinstance(value, dict)}
+
+
+def hydra_value(value: str) -> str:
+    """A value for a Hydra override, quoted when it holds characters Hydra's grammar would read."""
+    if all(c.isalnum() or c in "/._-+:@%" for c in value):
+        return value
+    # in a quoted value a backslash is literal, except before a quote (or the closing quote)
+    escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped) + "'"
+
+
+def run_dir_of(sections: dict[str, dict[str, Any]]) -> Path:
+    value = sections.get("run", {}).get("dir")
+    if not value:
+        raise Failure("The composed config has no run.dir; pass --run-dir.", EXIT_CONFIG)
+    return Path(str(value)).expanduser().resolve()
+
+
+def auth_of(webui: dict[str, Any]) -> str | None:
+    if webui.get("auth"):
+        return str(webui["auth"])
+    if webui.get("auth_env"):
+        return os.environ.get(str(webui["auth_env"])) or None
+    return None
