@@ -27,6 +27,7 @@ from bayes_merger.report import write_report
 from bayes_merger.run_folder import (
     BEST_MERGE,
     Trial,
+    best_extras,
     TrialLog,
     now,
     record_images,
@@ -91,14 +92,14 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None) -> RunR
 
         TrialLoop(inputs, merger, webui, scorer, optimiser, trial_log, stop or threading.Event()).run()
 
-        best = trial_log.best()
+        best = record_best(run_dir, trial_log, optimiser)
         if best is not None and cfg.save_best and info.get("best_saved_trial") != best.trial:
             _save_best_merge(inputs, merger, best)
             info["best_saved_trial"] = best.trial
         info["finished_at"] = now()
         write_run_info(run_dir, info)
         _refresh_report(run_dir)
-        _log_summary(trial_log, run_dir)
+        _log_summary(trial_log, best, run_dir)
         return RunResult(run_dir, len(trial_log.trials), optimiser.budget, best)
 
 
@@ -132,9 +133,8 @@ class TrialLoop:
                     failures = 0
                 else:
                     failures += 1
-                write_best(self.run_dir, self.trial_log.best())
+                best = record_best(self.run_dir, self.trial_log, self.optimiser)
                 _refresh_report(self.run_dir)
-                best = self.trial_log.best()
                 bar.set_postfix(score=_fmt(trial.score), best=_fmt(best.score if best else None))
                 bar.update(1)
                 if self.stop.is_set() and index + 1 < budget:
@@ -232,6 +232,15 @@ class _timed:
         self.timings[self.stage] = time.perf_counter() - self.start
 
 
+def record_best(run_dir: Path, trial_log: TrialLog, optimiser: Optimiser) -> Trial | None:
+    """The trial the optimiser's model rates best, written to best.yaml with the raw best and the baseline."""
+    ok = [t for t in trial_log.trials if t.ok and t.score is not None]
+    index = optimiser.best([(t.params, t.score) for t in ok]) if ok else None
+    best = ok[index] if index is not None else None
+    write_best(run_dir, best, best_extras(trial_log.trials, best, optimiser.importance()))
+    return best
+
+
 def _save_best_merge(inputs: Inputs, merger: Merger, best: Trial) -> None:
     merger.merge(inputs.space.to_block_weights(best.params))
     path = merger.save(inputs.run_dir / BEST_MERGE, dtype=inputs.config.best_precision, prune=inputs.config.merge.prune,
@@ -246,12 +255,17 @@ def _refresh_report(run_dir: Path) -> None:
         log.exception("Could not rebuild the report of %s; the run goes on.", run_dir)
 
 
-def _log_summary(trial_log: TrialLog, run_dir: Path) -> None:
+def _log_summary(trial_log: TrialLog, best: Trial | None, run_dir: Path) -> None:
     ok = sorted((t for t in trial_log.trials if t.ok), key=lambda t: -t.score)
     failed = sum(1 for t in trial_log.trials if not t.ok)
     lines = [f"{'rank':>4}  {'trial':>5}  {'score':>8}  weights (α)"]
     lines += [f"{rank:>4}  {t.trial:>5}  {t.score:>8.4f}  {','.join(f'{w:.2f}' for w in t.weights['alpha'].values())}"
               for rank, t in enumerate(ok[:5], start=1)]
+    baseline = next((t for t in trial_log.trials if t.trial == 0 and t.ok), None)
+    if best is not None:
+        lines.append(f"Best (by the model's posterior mean): trial {best.trial}, score {best.score:.4f}"
+                     + (f", {best.score - baseline.score:+.4f} over the baseline (trial 0, {baseline.score:.4f})"
+                        if baseline is not None else ""))
     log.info("Run finished: %d trials (%d failed) in %s\n%s", len(trial_log.trials), failed, run_dir, "\n".join(lines))
 
 

@@ -323,3 +323,34 @@ def test_failed_trials_are_inside_the_convergence_plot(tmp_path):
     run_dir = make_run(tmp_path / "run", n_trials=3, failed=(0, 1, 2))
     low, high = convergence_figure(load_run(run_dir)).axes[0].get_xlim()
     assert low < 0 and high > 2
+
+
+def test_report_shows_the_models_best_the_raw_best_the_gain_and_block_importance(tmp_path):
+    from bayes_merger.run_folder import best_extras, read_trials, write_best
+
+    run_dir = make_run(tmp_path / "run", beta=True)
+    trials = read_trials(run_dir / "trials.jsonl")
+    raw = max((t for t in trials if t.ok), key=lambda t: t.score)
+    chosen = next(t for t in trials if t.ok and t.trial not in (0, raw.trial))
+    importance = {b: 0.1 for b in SD_BLOCKS} | {b + "_beta": 0.2 for b in SD_BLOCKS} | {"OUT05": 1.0}
+    write_best(run_dir, chosen, best_extras(trials, chosen, importance))
+    write_report(run_dir)
+
+    run = load_run(run_dir)
+    assert run.best[0] == chosen.trial and run.raw_best[0] == raw.trial and run.baseline[0] == 0
+    assert run.importance["OUT05"] == 1.0 and run.importance["IN00_beta"] == 0.2
+    html = (run_dir / "report.html").read_text()
+    assert f"highest raw score: trial {raw.trial}" in html
+    assert f"{chosen.score - trials[0].score:+.4f}" in html
+    assert 'src="importance.png"' in html
+    with Image.open(run_dir / "importance.png") as image:
+        assert image.width > 600  # two UNet panels: α and β
+
+
+def test_report_of_a_run_without_best_yaml_falls_back_to_the_highest_score(tmp_path):
+    run_dir = make_run(tmp_path / "run")
+    write_report(run_dir)
+    run = load_run(run_dir)
+    assert run.best == run.raw_best and run.importance == {}
+    assert not (run_dir / "importance.png").exists()
+    assert "importance.png" not in (run_dir / "report.html").read_text()

@@ -59,6 +59,7 @@ class Optimiser:
         self._lower = np.array([p.lower for p in space.parameters])
         self._range = np.array([p.upper - p.lower for p in space.parameters])
         self._observed: list[tuple[dict[str, float], float]] = []
+        self._model: tuple[int, FittedGP] | None = None
         self.start = space.start_params(config.start)
         self._initial = [self.start] + self._latin_hypercube(config.init_points - 1)
 
@@ -91,12 +92,16 @@ class Optimiser:
         return self._to_params(acquisition.maximise(model, centres, rng, box))
 
     def model(self) -> FittedGP | None:
-        """The GP fitted to every registered score (None before the first)."""
+        """The GP fitted to every registered score (None before the first); fitted once per new score."""
         if not self._observed:
             return None
-        x = np.array([self._to_unit(params) for params, _ in self._observed])
-        y = np.array([score for _, score in self._observed])
-        return FittedGP(x, y)
+        if self._model is None or self._model[0] != len(self._observed):
+            self._model = (len(self._observed), self._fit(self._observed))
+        return self._model[1]
+
+    def _fit(self, observed: Sequence[tuple[Mapping[str, float], float]]) -> FittedGP:
+        x = np.array([self._to_unit(params) for params, _ in observed])
+        return FittedGP(x, np.array([score for _, score in observed]))
 
     def best(self, observed: Sequence[tuple[Mapping[str, float], float]] | None = None) -> int | None:
         """Index of the observation with the highest posterior mean: the best merge, noise discounted.
@@ -109,9 +114,8 @@ class Optimiser:
             return None
         if len(points) < 3:
             return int(np.argmax([s for _, s in points]))
-        x = np.array([self._to_unit(p) for p, _ in points])
-        model = FittedGP(x, np.array([s for _, s in points]))
-        return int(np.argmax(model.predict(x).mean))
+        model = self.model() if observed is None else self._fit(points)
+        return int(np.argmax(model.predict(model.x).mean))
 
     def importance(self) -> dict[str, float]:
         """How much each weight matters, from the fitted length scales: 1/ℓ, the largest scaled to 1.

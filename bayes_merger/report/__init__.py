@@ -11,8 +11,8 @@ from pathlib import Path
 from bayes_merger.files import atomic_write_text
 from bayes_merger.report.data import RunData, load_run
 from bayes_merger.report.html import render_html
-from bayes_merger.report.plots import convergence_figure, save_png, weights_figure
-from bayes_merger.run_folder.paths import CONVERGENCE_PNG, REPORT_HTML, WEIGHTS_PNG
+from bayes_merger.report.plots import convergence_figure, importance_figure, save_png, weights_figure
+from bayes_merger.run_folder.paths import CONVERGENCE_PNG, IMPORTANCE_PNG, REPORT_HTML, WEIGHTS_PNG
 
 __all__ = ["write_report", "load_run", "RunData", "REPORT_HTML"]
 
@@ -28,4 +28,6 @@ def write_report(run_dir: Path) -> None:
     run = load_run(run_dir)
     save_png(convergence_figure(run), run_dir / CONVERGENCE_PNG)
     save_png(weights_figure(run), run_dir / WEIGHTS_PNG)
+    if run.importance:
+        save_png(importance_figure(run), run_dir / IMPORTANCE_PNG)
     atomic_write_text(run_dir / REPORT_HTML, render_html(run))

@@ -8,12 +8,12 @@ cut-short last line is skipped.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from bayes_merger.merge.arch import SD_BLOCKS, SDXL_BLOCKS
-from bayes_merger.run_folder import TRIALS_FILE, finite, load_run_info, ranked, read_trial_records
+from bayes_merger.run_folder import TRIALS_FILE, finite, load_run_info, ranked, read_best, read_trial_records
 from bayes_merger.run_folder import record_score as trial_score
 
 # SD_BLOCKS and SDXL_BLOCKS are the fallback layouts for trial logs whose run.json and weights do
@@ -54,6 +54,8 @@ class RunData:
     # (trial number, record) in log order
     trials: tuple[tuple[int, Mapping[str, Any]], ...]
     blocks: tuple[str, ...]
+    # best.yaml: which trial the optimiser's model rates best, the baseline, each weight's importance
+    best_info: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def ok_trials(self) -> list[tuple[int, Mapping[str, Any], float]]:
@@ -65,8 +67,31 @@ class RunData:
 
     @property
     def best(self) -> tuple[int, Mapping[str, Any], float] | None:
+        """The trial best.yaml names (the best by posterior mean), else the highest score."""
+        chosen = self.best_info.get("trial")
+        for entry in self.ok_trials:
+            if entry[0] == chosen and not isinstance(chosen, bool):
+                return entry
+        return self.raw_best
+
+    @property
+    def raw_best(self) -> tuple[int, Mapping[str, Any], float] | None:
+        """The trial with the highest score."""
         ranked = self.ranked()
         return ranked[0] if ranked else None
+
+    @property
+    def baseline(self) -> tuple[int, Mapping[str, Any], float] | None:
+        """Trial 0, the start point every other trial is measured against, when it was scored."""
+        return next((entry for entry in self.ok_trials if entry[0] == 0), None)
+
+    @property
+    def importance(self) -> dict[str, float]:
+        """Each weight's importance from best.yaml (1 = the one that matters most); {} when unknown."""
+        values = self.best_info.get("importance")
+        if not isinstance(values, Mapping):
+            return {}
+        return {str(name): v for name, value in values.items() if (v := finite(value)) is not None}
 
     @property
     def worst(self) -> tuple[int, Mapping[str, Any], float] | None:
@@ -108,4 +133,5 @@ def load_run(run_dir: Path) -> RunData:
     info = load_run_info(run_dir) or {}
     records = read_trial_records(run_dir / TRIALS_FILE)
     trials = tuple((trial_number(t, i), t) for i, t in enumerate(records))
-    return RunData(run_dir=run_dir, info=info, trials=trials, blocks=_blocks(info, records))
+    return RunData(run_dir=run_dir, info=info, trials=trials, blocks=_blocks(info, records),
+                   best_info=read_best(run_dir))

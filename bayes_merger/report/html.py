@@ -6,12 +6,10 @@ through ``html.escape``; image paths are URL-quoted as well, so they stay relati
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from functools import lru_cache
 from html import escape
-from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Mapping
-from urllib.parse import quote
 
 from matplotlib.colors import to_hex
 
@@ -19,108 +17,24 @@ from bayes_merger import __version__
 from bayes_merger.report.assets import CSS, JS
 from bayes_merger.report.plots import weight_colormap, weight_norm
 from bayes_merger.report.data import RunData, finite, trial_score, weight_set
+from bayes_merger.report.format import (
+    STAGES,
+    UNKNOWN,
+    as_list,
+    as_mapping,
+    fmt_score,
+    fmt_seconds,
+    fmt_text,
+    image_src,
+    mean_timings,
+    payload_names,
+    run_duration,
+    sort_value,
+)
 
-STAGES = ("merge", "load", "generate", "score")
 # past this many payloads the trials table shows no per-payload columns (it would get too wide)
 MAX_PAYLOAD_COLUMNS = 6
-UNKNOWN = "unknown"
 
-
-# --- formatting ----------------------------------------------------------------------------------
-
-
-def fmt_score(score: float | None) -> str:
-    return "—" if score is None else f"{score:.4f}"
-
-
-def fmt_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return UNKNOWN
-    if seconds < 10:
-        return f"{seconds:.2f} s"
-    if seconds < 90:
-        return f"{seconds:.1f} s"
-    minutes = round(seconds / 60)
-    if minutes < 90:
-        return f"{minutes} min"
-    return f"{minutes // 60} h {minutes % 60:02d} min"
-
-
-def _text(value: Any) -> str:
-    """A run.json value as escaped text, "unknown" when missing."""
-    if value is None or value == "" or value == []:
-        return f'<span class="muted">{UNKNOWN}</span>'
-    if isinstance(value, list):
-        return escape(", ".join(str(v) for v in value))
-    return escape(str(value))
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
-def _duration(run: RunData) -> float | None:
-    """Seconds from the run's start (or its first trial's) to the last finished trial."""
-    starts = [_parse_time(run.info.get("started_at"))] + [_parse_time(t.get("started_at")) for _, t in run.trials]
-    ends = [_parse_time(t.get("finished_at")) for _, t in run.trials]
-    start = next((s for s in starts if s is not None), None)
-    end = max((e for e in ends if e is not None), default=None)
-    return (end - start).total_seconds() if start and end and end >= start else None
-
-
-def _mean_timings(run: RunData) -> dict[str, float]:
-    means = {}
-    for stage in (*STAGES, "total"):
-        values = [v for _, t in run.trials if (v := finite(_mapping(t.get("timings")).get(stage))) is not None]
-        if values:
-            means[stage] = sum(values) / len(values)
-    return means
-
-
-def _list(value: Any) -> list:
-    return value if isinstance(value, list) else []
-
-
-def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _data(value: float | None) -> str:
-    """A cell's sort value: the number, or empty (sorted last) when there is none."""
-    return "" if value is None else repr(value)
-
-
-def _image_src(path: Any) -> str | None:
-    """A relative, quoted and escaped src for an image path from the log; None when there is none.
-
-    Only paths inside the run folder are shown: the report is a page about this run, and a
-    relative reference keeps working when the folder is moved or copied.
-    """
-    if not isinstance(path, str) or not path:
-        return None
-    relative = PurePosixPath(path.replace("\\", "/"))
-    if not relative.parts or relative.is_absolute() or ".." in relative.parts or ":" in relative.parts[0]:
-        return None
-    return escape(quote(str(relative), safe="/"))
-
-
-def _payload_names(run: RunData) -> list[str]:
-    names = [str(p) for p in _list(run.info.get("payloads")) if isinstance(p, (str, int, float))]
-    for _, trial in run.trials:
-        for name in _mapping(trial.get("payload_scores")):
-            if str(name) not in names:
-                names.append(str(name))
-        for image in _list(trial.get("images")):
-            payload = _mapping(image).get("payload")
-            if payload is not None and str(payload) not in names:
-                names.append(str(payload))
-    return names
 
 
 # --- sections ------------------------------------------------------------------------------------
@@ -147,8 +61,8 @@ def _summary(run: RunData) -> str:
     done, budget = len(run.trials), run.budget
     failed = sum(1 for _, t in run.trials if trial_score(t) is None)
     best = run.best
-    timings = _mean_timings(run)
-    duration = _duration(run)
+    timings = mean_timings(run)
+    duration = run_duration(run)
 
     progress = f"{done} / {budget if budget is not None else UNKNOWN}"
     bar = ""
@@ -161,15 +75,20 @@ def _summary(run: RunData) -> str:
     if remaining and remaining > 0 and "total" in timings:
         eta = f"about {fmt_seconds(remaining * timings['total'])} to go"
 
+    raw, baseline = run.raw_best, run.baseline
+    best_note = f"trial {best[0]}" if best else "no successful trial yet"
+    if best and raw and raw[0] != best[0]:
+        best_note += f" (best by the model; highest raw score: trial {raw[0]}, {fmt_score(raw[2])})"
     cards = [
-        _card("Best score", fmt_score(best[2]) if best else "—",
-              f"trial {best[0]}" if best else "no successful trial yet", "accent"),
+        _card("Best score", fmt_score(best[2]) if best else "—", best_note, "accent"),
+        _card("Gain over baseline", f"{best[2] - baseline[2]:+.4f}" if best and baseline else "—",
+              f"trial 0 (the start) scored {fmt_score(baseline[2])}" if baseline else "trial 0 not scored"),
         _card("Trials done", progress + bar, budget_note),
         _card("Duration", fmt_seconds(duration) if duration is not None else UNKNOWN, eta),
-        _card("Method", _text(info.get("method"))),
-        _card("Architecture", _text(info.get("architecture") or info.get("arch_name")),
+        _card("Method", fmt_text(info.get("method"))),
+        _card("Architecture", fmt_text(info.get("architecture") or info.get("arch_name")),
               f"{len(run.blocks)} blocks{' · α and β' if run.uses_beta else ' · α only'}"),
-        _card("Scorer", _text(info.get("scorer")), f"seed {_text(info.get('seed'))}"),
+        _card("Scorer", fmt_text(info.get("scorer")), f"seed {fmt_text(info.get('seed'))}"),
     ]
 
     stage_rows = ""
@@ -182,7 +101,7 @@ def _summary(run: RunData) -> str:
     stage_rows += (f'<tr class="total"><th>trial</th><td class="num">{fmt_seconds(timings.get("total"))}</td>'
                    '<td></td></tr>')
 
-    payloads = _payload_names(run)
+    payloads = payload_names(run)
     payload_list = (", ".join(f"<code>{escape(p)}</code>" for p in payloads)
                     or f'<span class="muted">{UNKNOWN}</span>')
     return f"""
@@ -194,7 +113,7 @@ def _summary(run: RunData) -> str:
       <table class="kv">
         {_model("A", info.get("model_a"))}{_model("B", info.get("model_b"))}{_model("C", info.get("model_c"))}
         <tr><th>payloads</th><td>{payload_list}</td></tr>
-        <tr><th>started</th><td>{_text(info.get("started_at"))}</td></tr>
+        <tr><th>started</th><td>{fmt_text(info.get("started_at"))}</td></tr>
       </table>
     </div>
     <div class="panel">
@@ -223,12 +142,12 @@ def _figure(src: str, alt: str) -> str:
 
 
 def _thumbs(run: RunData, trial: Mapping[str, Any], payload: str) -> str:
-    images = [i for i in _list(trial.get("images")) if str(_mapping(i).get("payload")) == payload]
+    images = [i for i in as_list(trial.get("images")) if str(as_mapping(i).get("payload")) == payload]
     if not images:
         return '<div class="missing">no images recorded</div>'
     out = []
     for image in sorted(images, key=lambda i: i.get("index") if isinstance(i.get("index"), int) else 0):
-        path, src = image.get("path"), _image_src(image.get("path"))
+        path, src = image.get("path"), image_src(image.get("path"))
         caption = fmt_score(finite(image.get("score")))
         if image.get("seed") is not None:
             caption += f'<span class="muted"> · seed {escape(str(image["seed"]))}</span>'
@@ -250,10 +169,10 @@ def _images(run: RunData) -> str:
         return '<p class="muted">No successful trial yet: images of the best and worst trials appear here.</p>'
     sides = [("best", best)] + ([("worst", worst)] if worst and worst[0] != best[0] else [])
     blocks = []
-    for payload in _payload_names(run) or [""]:
+    for payload in payload_names(run) or [""]:
         columns = []
         for label, (n, trial, score) in sides:
-            payload_score = finite(_mapping(trial.get("payload_scores")).get(payload))
+            payload_score = finite(as_mapping(trial.get("payload_scores")).get(payload))
             columns.append(
                 f'<div class="side {label}"><div class="side-head"><span class="tag {label}">{label}</span> '
                 f'trial {n} · score {fmt_score(score)} · payload {fmt_score(payload_score)}</div>'
@@ -296,11 +215,11 @@ def _trial_cells(n: int, trial: Mapping[str, Any], payloads: list[str], blocks: 
     cells = [f'<td class="num" data-v="{n}">{n}</td>',
              f'<td data-v="{escape(phase)}">{escape(phase or UNKNOWN)}</td>',
              f'<td data-v="{escape(status)}"><span class="status {escape(status)}">{escape(status)}</span></td>',
-             f'<td class="num score" data-v="{_data(score)}">{fmt_score(score)}</td>']
-    scores = _mapping(trial.get("payload_scores"))
+             f'<td class="num score" data-v="{sort_value(score)}">{fmt_score(score)}</td>']
+    scores = as_mapping(trial.get("payload_scores"))
     for payload in payloads:
         value = finite(scores.get(payload))
-        cells.append(f'<td class="num" data-v="{_data(value)}">{fmt_score(value)}</td>')
+        cells.append(f'<td class="num" data-v="{sort_value(value)}">{fmt_score(value)}</td>')
     weights = ""
     for name, key in (("alpha", "alpha_string"), ("beta", "beta_string")):
         text = trial.get(key)
@@ -308,8 +227,8 @@ def _trial_cells(n: int, trial: Mapping[str, Any], payloads: list[str], blocks: 
             weights += _strip(trial, name, blocks, norm)
             weights += f'<code class="mbw-s">{escape(str(text)) if text else ""}</code>'
     cells.append(f'<td class="weights">{weights}</td>')
-    total = finite(_mapping(trial.get("timings")).get("total"))
-    cells.append(f'<td class="num" data-v="{_data(total)}">{"—" if total is None else fmt_seconds(total)}</td>')
+    total = finite(as_mapping(trial.get("timings")).get("total"))
+    cells.append(f'<td class="num" data-v="{sort_value(total)}">{"—" if total is None else fmt_seconds(total)}</td>')
     error = "" if trial.get("error") is None else str(trial.get("error"))
     short = error if len(error) <= 180 else error[:177] + "…"
     cells.append(f'<td class="error" data-v="{escape(error)}" title="{escape(error)}">{escape(short)}</td>')
@@ -319,10 +238,10 @@ def _trial_cells(n: int, trial: Mapping[str, Any], payloads: list[str], blocks: 
 def _trials_table(run: RunData) -> str:
     if not run.trials:
         return '<p class="muted">No trial has finished yet.</p>'
-    payloads = _payload_names(run)
+    payloads = payload_names(run)
     payload_cols = payloads if len(payloads) <= MAX_PAYLOAD_COLUMNS else []
     values = [v for _, t in run.trials for name in ("alpha", "beta")
-              for v in _mapping(weight_set(t, name)).values()]
+              for v in as_mapping(weight_set(t, name)).values()]
     norm = weight_norm(values)
     best, worst = run.best, run.worst
     blocks = list(run.blocks)
@@ -392,6 +311,7 @@ def render_html(run: RunData) -> str:
   <h2>Best block weights</h2>
   {_figure("weights.png", "best block weights drawn as the UNet, and the top trials' weights")}
   {_weight_code(run)}
+  {_figure("importance.png", "how much each block matters, from the fitted model") if run.importance else ""}
 </section>
 <section id="images">
   <h2>Best and worst trial, side by side</h2>

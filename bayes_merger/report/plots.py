@@ -12,6 +12,7 @@ from typing import Mapping, Sequence
 import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
+from matplotlib import colormaps
 from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
@@ -76,8 +77,8 @@ def convergence_figure(run: RunData) -> Figure:
     ax = fig.add_subplot()
     _style(ax)
 
-    explore = [(n, s) for n, t in run.trials if (s := trial_score(t)) is not None and t.get("phase") == "init"]
-    exploit = [(n, s) for n, t in run.trials if (s := trial_score(t)) is not None and t.get("phase") != "init"]
+    explore = [(n, s) for n, t in run.trials if (s := trial_score(t)) is not None and t.get("phase") in ("start", "init")]
+    exploit = [(n, s) for n, t in run.trials if (s := trial_score(t)) is not None and t.get("phase") not in ("start", "init")]
     failed = [n for n, t in run.trials if trial_score(t) is None]
 
     if explore:
@@ -161,8 +162,9 @@ def _text_colour(rgba) -> str:
     return "white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else INK
 
 
-def _draw_unet(ax, weights: Mapping[str, float], blocks: Sequence[str], norm: Normalize, title: str) -> None:
-    cmap = weight_colormap()
+def _draw_unet(ax, weights: Mapping[str, float], blocks: Sequence[str], norm: Normalize, title: str,
+               cmap: Colormap | None = None) -> None:
+    cmap = cmap or weight_colormap()
     layout = _unet_layout(blocks)
     rows = max((row for _, row in layout.values()), default=0)
     centre = {b: (x + _BOX_W / 2, -row) for b, (x, row) in layout.items()}
@@ -294,4 +296,21 @@ def weights_figure(run: RunData, top_n: int = 5) -> Figure:
         legend_axes.legend(handles=handles, loc="center", ncol=3, fontsize=8, frameon=False)
     else:
         fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
+    return fig
+
+
+def importance_figure(run: RunData) -> Figure:
+    """Each block's importance (from the model's length scales, 1 = the block that matters most) drawn
+    as the UNet, one panel per α/β set."""
+    importance = run.importance
+    sets = [(name, {b: importance[key] for b in run.blocks if (key := b + suffix) in importance})
+            for name, suffix in (("α", ""), ("β", "_beta"))]
+    sets = [(name, values) for name, values in sets if values]
+    rows = 2 + max(sum(1 for b in run.blocks if (k := block_kind(b)) and k[0] == side) for side in ("IN", "OUT"))
+    fig = Figure(figsize=(6.0 * len(sets), rows * 0.34 + 1.2), layout="constrained")
+    norm = Normalize(0.0, 1.0)
+    cmap = colormaps["Greens"]
+    for col, (name, values) in enumerate(sets):
+        _draw_unet(fig.add_subplot(1, len(sets), col + 1), values, run.blocks, norm,
+                   f"Which blocks matter ({name}): 1 = most, from the model", cmap=cmap)
     return fig

@@ -1,15 +1,22 @@
-"""best.yaml: the best trial's score and weights, named and as MBW strings, rewritten after every trial."""
+"""best.yaml: the best trial's score and weights, named and as MBW strings, rewritten after every trial.
+
+The best trial is the one the optimiser's model rates best (the highest posterior mean: one lucky
+render does not win); the trial with the highest raw score, the baseline (trial 0: the centre or the
+user's start) with the gain over it, and each weight's importance are written beside it.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
+
+import yaml
 
 from omegaconf import OmegaConf
 
 from bayes_merger.files import atomic_write_text
 from bayes_merger.run_folder.paths import BEST_FILE
-from bayes_merger.run_folder.trials import Trial
+from bayes_merger.run_folder.trials import Trial, best_trial
 
 
 def best_fields(best: Trial) -> dict[str, Any]:
@@ -34,3 +41,30 @@ def write_best(run_dir: Path, best: Trial | None, extra: Mapping[str, Any] | Non
         return
     data = {**best_fields(best), **(extra or {})}
     atomic_write_text(Path(run_dir) / BEST_FILE, OmegaConf.to_yaml(OmegaConf.create(data)))
+
+
+def best_extras(trials: Sequence[Trial], best: Trial | None, importance: Mapping[str, float]) -> dict[str, Any]:
+    """best.yaml's fields beyond the best trial's own: the raw best, the baseline and the gain, importance."""
+    extra: dict[str, Any] = {"chosen_by": "posterior mean"}
+    raw = best_trial(trials)
+    if raw is not None:
+        extra["raw_best"] = {"trial": raw.trial, "score": raw.score}
+    baseline = next((t for t in trials if t.trial == 0 and t.ok), None)
+    if baseline is not None:
+        extra["baseline"] = {"trial": 0, "score": baseline.score, "alpha": baseline.alpha_string,
+                             "beta": baseline.beta_string}
+        if best is not None:
+            extra["gain_over_baseline"] = best.score - baseline.score
+    if any(importance.values()):
+        extra["importance"] = {name: float(value) for name, value in importance.items()}
+    return extra
+
+
+def read_best(run_dir: Path) -> dict[str, Any]:
+    """best.yaml as a plain dict; {} when it is missing or unreadable (a report never fails on it)."""
+    path = Path(run_dir) / BEST_FILE
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -70,9 +70,19 @@ def test_short_run_completes_and_best_yaml_matches_the_best_trial(assets, fake_w
     assert all(t["status"] == "ok" for t in trials)
     best_line = max(trials, key=lambda t: t["score"])
     best = yaml.safe_load((run_dir / "best.yaml").read_text())
-    assert best["trial"] == best_line["trial"] and best["score"] == best_line["score"]
-    assert best["alpha"] == best_line["alpha_string"] and len(best["alpha"].split(",")) == 26
+    # the best is the trial the model rates best; the raw best and the baseline are written beside it
+    chosen = next(t for t in trials if t["trial"] == best["trial"])
+    assert best["score"] == chosen["score"] and best["alpha"] == chosen["alpha_string"]
+    assert len(best["alpha"].split(",")) == 26 and best["chosen_by"] == "posterior mean"
+    assert best["raw_best"] == {"trial": best_line["trial"], "score": best_line["score"]}
+    assert trials[0]["phase"] == "start" and set(trials[0]["weights"]["alpha"].values()) == {0.5}
+    assert best["baseline"]["score"] == trials[0]["score"] and best["baseline"]["alpha"] == trials[0]["alpha_string"]
+    assert best["gain_over_baseline"] == pytest.approx(chosen["score"] - trials[0]["score"])
+    importance = best["importance"]
+    assert len(importance) == 26 and max(importance.values()) == 1.0 and min(importance.values()) >= 0
     assert (run_dir / "best.safetensors").is_file() and (run_dir / "report.html").is_file()
+    assert (run_dir / "importance.png").is_file() and "importance.png" in (run_dir / "report.html").read_text()
+    assert "Gain over baseline" in (run_dir / "report.html").read_text()
     assert json.loads((run_dir / "run.json").read_text())["finished_at"]
     # every image of every trial was rendered by the merge of that trial, with fixed seeds
     seeds = {(i["payload"], i["index"]): i["seed"] for i in trials[0]["images"]}
