@@ -75,7 +75,9 @@ class Optimiser:
     def register(self, params: Mapping[str, float], score: float) -> None:
         self._observed.append(({k: float(v) for k, v in params.items()}, float(score)))
 
-    def suggest(self, trial: int) -> dict[str, float]:
+    def suggest(self, trial: int, pending: Sequence[Mapping[str, float]] = ()) -> dict[str, float]:
+        """The parameters of trial ``trial``, given the scores registered so far and the parameters of
+        the trials still running (``pending``: suggested, not yet scored), which it steers away from."""
         if trial < len(self._initial):
             return dict(self._initial[trial])
         model = self.model()
@@ -89,6 +91,8 @@ class Optimiser:
         centres = model.x[np.argsort(-means)[: self.n_centres]]
         box = trust_region(centres[0], model.length_scale, trust_length([s for _, s in self._observed],
                                                                           self.config.init_points))
+        if pending:
+            model = model.believing(np.array([self._to_unit(p) for p in pending]))
         return self._to_params(acquisition.maximise(model, centres, rng, box))
 
     def model(self) -> FittedGP | None:

@@ -100,13 +100,18 @@ class Posterior:
 class FittedGP:
     """A GP fitted to points in the unit cube and their scores; predicts the noise-free score."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+    def __init__(self, x: np.ndarray, y: np.ndarray, _fixed: FittedGP | None = None) -> None:
         self.x = np.asarray(x, dtype=float)
         y = np.asarray(y, dtype=float)
+        self.y = y
         self.gp = MAPGaussianProcess(self.x.shape[1])
-        self._y_std = float(y.std()) if len(y) > 1 and y.std() > 0 else 1.0
-        # the prior mean is the worst score seen, not the average: see the module's docstring
-        self._y_mean = float(y.min())
+        if _fixed is None:
+            self._y_std = float(y.std()) if len(y) > 1 and y.std() > 0 else 1.0
+            # the prior mean is the worst score seen, not the average: see the module's docstring
+            self._y_mean = float(y.min())
+        else:  # conditioned on more points with the hyperparameters and scaling of a fitted model
+            self._y_mean, self._y_std = _fixed._y_mean, _fixed._y_std
+            self.gp.kernel, self.gp.optimizer = _fixed.gp.kernel_, None
         with warnings.catch_warnings():
             # the length scales may end at a bound on few points; the prior keeps that harmless
             warnings.simplefilter("ignore", ConvergenceWarning)
@@ -116,6 +121,19 @@ class FittedGP:
         self.noise = float(kernel.k2.noise_level)
         self._alpha = np.asarray(self.gp.alpha_, dtype=float).reshape(-1)
         self._chol = self.gp.L_
+
+    def believing(self, points: np.ndarray) -> FittedGP:
+        """This model, told that ``points`` (trials still running) score what it predicts there.
+
+        The "kriging believer" of Ginsbourger et al. (2010): the posterior mean does not move, but the
+        uncertainty around a running trial collapses, so the next suggestion goes elsewhere. The
+        hyperparameters are kept, not refitted to the made-up scores.
+        """
+        points = np.atleast_2d(np.asarray(points, dtype=float))
+        if not len(points):
+            return self
+        believed = self.predict(points).mean
+        return FittedGP(np.vstack([self.x, points]), np.concatenate([self.y, believed]), _fixed=self)
 
     @property
     def noise_std(self) -> float:

@@ -213,3 +213,25 @@ def test_bad_optimiser_settings_are_refused(field, value):
     cfg = OptimiserConfig(**{field: value})
     with pytest.raises(ConfigError, match=field):
         Optimiser(_space(OptimiserConfig()), cfg, seed=1)
+
+
+def test_a_pending_trial_is_believed_at_its_predicted_score_and_steers_the_next_one_away():
+    rng = np.random.default_rng(1)
+    x = rng.random((20, 3))
+    model = FittedGP(x, -((x - 0.4) ** 2).sum(1))
+    running = np.array([[0.45, 0.4, 0.35]])
+    believed = model.believing(running)
+    before, after = model.predict(running), believed.predict(running)
+    assert after.mean == pytest.approx(before.mean, abs=1e-3)
+    assert after.std[0] < 0.5 * before.std[0]
+    np.testing.assert_allclose(believed.length_scale, model.length_scale)
+
+    cfg = OptimiserConfig(init_points=5, n_iters=5)
+    optimiser = Optimiser(_space(cfg), cfg, seed=4)
+    for trial in range(6):
+        params = optimiser.suggest(trial)
+        optimiser.register(params, _objective(params))
+    alone = optimiser.suggest(6)
+    beside = optimiser.suggest(6, pending=[alone])
+    assert beside != alone and all(0 <= v <= 1 for v in beside.values())
+    assert optimiser.suggest(6, pending=[alone]) == beside, "deterministic with the same pending trials"
