@@ -8,10 +8,11 @@ leaves a gradient optimiser nothing to follow and random candidates nothing to r
 
 Where the maximum is searched: random points over the whole box find a far-away maximum, but in 20–52
 dimensions almost none of them lands near the good points seen so far, where the maximum usually is
-once a few trials have been scored. So half the candidates perturb a random subset of the coordinates
+once a few trials have been scored. So three candidates in four perturb a random subset of the coordinates
 of the best points (by posterior mean) by steps of 1–30 % of the range (as BoTorch's
 ``sample_perturbed_subset_dims`` and TuRBO's trust regions do), and the best candidates are then
-polished with L-BFGS-B on the exact gradient.
+polished with L-BFGS-B on the exact gradient. The optimiser confines the whole search to a trust
+region around the best point (``bayes_merger.optimiser.trust_region``).
 """
 
 from __future__ import annotations
@@ -108,16 +109,23 @@ class Acquisition(AcquisitionFunction):
         return np.clip(base + mask * rng.normal(0.0, 1.0, base.shape) * step, 0.0, 1.0)
 
 
-class LogExpectedImprovement(Acquisition):
-    """log EI over the incumbent (the best posterior mean among the points scored), plus ``xi``."""
+class _OverIncumbent(Acquisition):
+    """An acquisition of the standardised improvement z = (μ − incumbent − ξ)/σ."""
 
     def __init__(self, xi: float = 0.0) -> None:
         super().__init__()
         self.xi = xi
 
-    def value(self, posterior: Posterior) -> tuple[np.ndarray, np.ndarray | None]:
+    def _z(self, posterior: Posterior) -> tuple[np.ndarray, np.ndarray]:
         std = np.maximum(posterior.std, 1e-12)
-        z = (posterior.mean - self.incumbent - self.xi) / std
+        return std, (posterior.mean - self.incumbent - self.xi) / std
+
+
+class LogExpectedImprovement(_OverIncumbent):
+    """log EI over the incumbent (the best posterior mean among the points scored), plus ``xi``."""
+
+    def value(self, posterior: Posterior) -> tuple[np.ndarray, np.ndarray | None]:
+        std, z = self._z(posterior)
         logh = log_h(z)
         value = np.log(std) + logh
         if posterior.mean_grad is None:
@@ -129,16 +137,11 @@ class LogExpectedImprovement(Acquisition):
         return value, grad
 
 
-class LogProbabilityOfImprovement(Acquisition):
+class LogProbabilityOfImprovement(_OverIncumbent):
     """log PI over the incumbent plus ``xi``."""
 
-    def __init__(self, xi: float = 0.0) -> None:
-        super().__init__()
-        self.xi = xi
-
     def value(self, posterior: Posterior) -> tuple[np.ndarray, np.ndarray | None]:
-        std = np.maximum(posterior.std, 1e-12)
-        z = (posterior.mean - self.incumbent - self.xi) / std
+        std, z = self._z(posterior)
         value = log_ndtr(z)
         if posterior.mean_grad is None:
             return value, None
