@@ -20,7 +20,8 @@ Methods: random (uniform), lhs (one Latin hypercube of each budget), centre (the
 trial), bayes_opt (bayes_opt 3's stock BayesianOptimization: its GP, UCB κ=2.576 and L-BFGS-polished
 acquisition, 10 random initial points), tpe (Optuna's multivariate TPE), cmaes (Optuna's CMA-ES, from
 the centre), default (bayes-merger's defaults) and bo:key=value,… (bayes-merger with OptimiserConfig
-fields changed: acquisition, kappa, xi, init_points).
+fields changed: acquisition, kappa, xi, init_points; and pending=k: each trial is suggested while the k
+trials before it are still running, as with pipelining or k+1 WebUIs).
 
 The table prints the median and quartiles over seeds of each regret, and the median seconds per
 suggestion with 100 observations. The last line is name=value pairs: for each budget, the worst over
@@ -69,8 +70,10 @@ def optimiser_config(method: str, budget: int) -> OptimiserConfig:
     if method.startswith("bo:"):
         for item in filter(None, method[3:].split(",")):
             key, _, value = item.partition("=")
+            if key == "pending":
+                continue
             if key not in ("acquisition", "kappa", "xi", "init_points"):
-                raise SystemExit(f"unknown key '{key}' in '{method}' (acquisition, kappa, xi, init_points)")
+                raise SystemExit(f"unknown key '{key}' in '{method}' (acquisition, kappa, xi, init_points, pending)")
             fields[key] = value if key == "acquisition" else (int(value) if key == "init_points" else float(value))
     init = min(fields.pop("init_points", OptimiserConfig().init_points), budget)
     return OptimiserConfig(init_points=init, n_iters=budget - init, **fields)
@@ -129,18 +132,33 @@ def points_of(method: str, objective: Objective, budget: int, seed: int) -> tupl
     space = build_space(cfg, objective.landscape.blocks, objective.landscape.uses_beta)
     names = [p.name for p in space.parameters]
     optimiser = Optimiser(space, cfg, seed=seed)
-    observed = []
+    # with k trials in flight (pipelined or several WebUIs), trial t is suggested before the scores of
+    # trials t−k … t−1 are known: their parameters are pending
+    lag = pending_of(method)
+    suggested: list[dict[str, float]] = []
     for t in range(budget):
+        for j in range(len(optimiser._observed), max(t - lag, 0)):
+            optimiser.register(suggested[j], ys[j])
         start = time.perf_counter()
-        params = optimiser.suggest(t)
+        params = optimiser.suggest(t, pending=suggested[max(t - lag, 0):t])
         if t >= cfg.init_points:
             seconds.append(time.perf_counter() - start)
+        suggested.append(params)
         x = np.array([params[n] for n in names])
         xs.append(x)
         ys.append(objective.observe(x, t))
-        optimiser.register(params, ys[-1])
-        observed.append((params, ys[-1]))
+    for j in range(len(optimiser._observed), budget):
+        optimiser.register(suggested[j], ys[j])
     return xs, ys, optimiser.best(), seconds
+
+
+def pending_of(method: str) -> int:
+    """k of ``bo:…,pending=k``: how many trials are still running when one is suggested (default 0)."""
+    for item in method[3:].split(",") if method.startswith("bo:") else ():
+        key, _, value = item.partition("=")
+        if key == "pending":
+            return int(value)
+    return 0
 
 
 def run_one(task: tuple[str, str, int, tuple[int, ...]]) -> dict:
@@ -230,6 +248,11 @@ def main() -> None:
     parser.add_argument("--landscapes", nargs="+", choices=list(LANDSCAPES), help="default: all")
     parser.add_argument("--seeds", type=int, help="seeds per landscape (default 10)")
     parser.add_argument("--budgets", type=int, nargs="+", help="default 20 40 80")
+    parser.add_argument("--bayes-opt-seeds", type=int,
+                        help="seeds for bayes_opt, whose 10-start L-BFGS acquisition search takes 2–6 s a "
+                             "suggestion (default: as --seeds)")
+    parser.add_argument("--bayes-opt-budget", type=int,
+                        help="largest budget for bayes_opt; larger budgets print '-' (default: the largest)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes side by side")
     parser.add_argument("--no-timing", action="store_true", help="skip the seconds-per-suggestion column")
     args = parser.parse_args()
@@ -240,7 +263,9 @@ def main() -> None:
     names = list(dict.fromkeys(args.landscapes or quick.get("landscapes") or list(LANDSCAPES)))
     seeds = range(args.seeds or quick.get("seeds") or 10)
     budgets = tuple(sorted(args.budgets or quick.get("budgets") or (20, 40, 80)))
-    tasks = [(m, n, s, budgets) for n in names for s in seeds for m in methods]
+    slow_budgets = tuple(b for b in budgets if b <= (args.bayes_opt_budget or budgets[-1])) or budgets[:1]
+    tasks = [(m, n, s, slow_budgets if m == "bayes_opt" else budgets) for n in names for s in seeds for m in methods
+             if m != "bayes_opt" or s < (args.bayes_opt_seeds or len(seeds))]
     # the slow methods first, so the pool is not left waiting on them at the end
     tasks.sort(key=lambda t: t[0] != "bayes_opt")
     started = time.perf_counter()
@@ -248,8 +273,9 @@ def main() -> None:
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for res in pool.map(run_one, tasks):
             results.append(res)
+            last = max(int(k.split("@")[1]) for k in res if k.startswith("best@"))
             log.info("%-9s %-14s seed %d: regret@%d %.3f (%.0f s)", res["landscape"], res["method"], res["seed"],
-                     budgets[-1], res[f"best@{budgets[-1]}"], res["elapsed"])
+                     last, res[f"best@{last}"], res["elapsed"])
         timing = {} if args.no_timing else dict(zip(methods, pool.map(time_at_100, methods)))
     report(methods, names, budgets, results, timing, time.perf_counter() - started)
 
@@ -261,6 +287,8 @@ def _quartiles(values: list[float]) -> tuple[float, float, float]:
 
 def report(methods, names, budgets, results, timing, elapsed) -> None:
     def cell(values):
+        if not values:
+            return "-"
         q1, q2, q3 = _quartiles(values)
         return f"{q2:6.3f} [{q1:5.3f}–{q3:5.3f}]"
 
@@ -268,15 +296,17 @@ def report(methods, names, budgets, results, timing, elapsed) -> None:
     for r in results:
         by[(r["method"], r["landscape"])].append(r)
     print("regret = 7 − true score of the best trial so far (score range 3; lower is better): median [quartiles] over seeds")
-    print("reported = regret of the trial the method would report at the end; s/sug = median s per suggestion at 100 observations")
+    print("reported = regret of the trial the method would report at the end of its largest budget; "
+          "s/sug = median s per suggestion at 100 observations")
     header = f"{'landscape':<9} {'method':<16}" + "".join(f" {'@' + str(n):>21}" for n in budgets)
     print(header + f" {'reported@' + str(budgets[-1]):>21} {'s/sug':>6}")
     for name in names:
         for method in methods:
             rs = by[(method, name)]
             line = f"{name:<9} {method:<16}"
-            line += "".join(f" {cell([r[f'best@{n}'] for r in rs]):>21}" for n in budgets)
-            line += f" {cell([r[f'reported@{budgets[-1]}'] for r in rs]):>21}"
+            line += "".join(f" {cell([r[f'best@{n}'] for r in rs if f'best@{n}' in r]):>21}" for n in budgets)
+            last = max(n for n in budgets if f"best@{n}" in rs[0])
+            line += f" {cell([r[f'reported@{last}'] for r in rs]):>21}"
             t = timing.get(method)
             print(line + (f" {t:6.2f}" if t is not None else f" {'-':>6}"))
         print()
@@ -289,8 +319,9 @@ def report(methods, names, budgets, results, timing, elapsed) -> None:
             if "random" in methods:
                 worst = max(med[name] / statistics.median(r[f"best@{n}"] for r in by[("random", name)]) for name in names)
                 summary.append(f"{key}/random@{n}={worst:.3f}")
-            if refs:
-                worst = max(med[name] / min(statistics.median(r[f"best@{n}"] for r in by[(ref, name)]) for ref in refs)
+            have = [ref for ref in refs if f"best@{n}" in by[(ref, names[0])][0]]
+            if have:
+                worst = max(med[name] / min(statistics.median(r[f"best@{n}"] for r in by[(ref, name)]) for ref in have)
                             for name in names)
                 summary.append(f"{key}/best_ref@{n}={worst:.3f}")
         if "centre" in methods:
