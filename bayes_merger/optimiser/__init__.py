@@ -59,7 +59,7 @@ class Optimiser:
         self._lower = np.array([p.lower for p in space.parameters])
         self._range = np.array([p.upper - p.lower for p in space.parameters])
         self._observed: list[tuple[dict[str, float], float]] = []
-        self._model: tuple[int, FittedGP] | None = None
+        self._model: tuple[list, FittedGP] | None = None
         self.start = space.start_params(config.start)
         self._initial = [self.start] + self._latin_hypercube(config.init_points - 1)
 
@@ -74,6 +74,11 @@ class Optimiser:
 
     def register(self, params: Mapping[str, float], score: float) -> None:
         self._observed.append(({k: float(v) for k, v in params.items()}, float(score)))
+
+    def observe(self, observations: Sequence[tuple[Mapping[str, float], float]]) -> None:
+        """Replace what was registered: the scores a suggestion may know (``schedule.Schedule``), in
+        trial order."""
+        self._observed = [({k: float(v) for k, v in p.items()}, float(s)) for p, s in observations]
 
     def suggest(self, trial: int, pending: Sequence[Mapping[str, float]] = ()) -> dict[str, float]:
         """The parameters of trial ``trial``, given the scores registered so far and the parameters of
@@ -99,8 +104,8 @@ class Optimiser:
         """The GP fitted to every registered score (None before the first); fitted once per new score."""
         if not self._observed:
             return None
-        if self._model is None or self._model[0] != len(self._observed):
-            self._model = (len(self._observed), self._fit(self._observed))
+        if self._model is None or self._model[0] != self._observed:
+            self._model = (list(self._observed), self._fit(self._observed))
         return self._model[1]
 
     def _fit(self, observed: Sequence[tuple[Mapping[str, float], float]]) -> FittedGP:

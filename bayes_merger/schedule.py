@@ -1,0 +1,81 @@
+"""Which trial runs next when several are in flight, and what its suggestion may know.
+
+With ``in_flight`` trials running at once (a pipelined loop, several WebUIs), trial t is suggested
+knowing the scores of trials 0 … t−1−lag and the parameters of trials t−lag … t−1 (still running,
+"pending"), where lag = in_flight − 1. What a suggestion knows is fixed by the trial number, not by
+which trial happened to finish first, so a run is reproducible, a trial re-queued after its WebUI died
+is suggested again identically, and a resumed run suggests what an uninterrupted one would have. With
+one trial in flight (lag 0) this is the sequential loop: trial t knows every trial before it.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Iterable
+
+
+class Schedule:
+    """Hands out trial numbers in order to the workers and tells each when its trial may be suggested."""
+
+    def __init__(self, budget: int, in_flight: int, finished: Iterable[int] = ()) -> None:
+        if in_flight < 1:
+            raise ValueError("in_flight must be at least 1")
+        self.budget = budget
+        self.lag = in_flight - 1
+        self._finished = set(finished)
+        self._claimed: set[int] = set()
+        self._changed = threading.Condition()
+        self._closed = False
+
+    def claim(self) -> int | None:
+        """The lowest trial number nobody runs or ran; None when every trial is taken or done."""
+        with self._changed:
+            for index in range(self.budget):
+                if index not in self._finished and index not in self._claimed:
+                    self._claimed.add(index)
+                    return index
+            return None
+
+    def known_before(self, index: int) -> range:
+        """The trials whose scores the suggestion of ``index`` is built on (those that succeeded)."""
+        return range(0, max(index - self.lag, 0))
+
+    def pending_before(self, index: int) -> range:
+        """The trials the suggestion of ``index`` treats as still running."""
+        return range(max(index - self.lag, 0), index)
+
+    def wait_until_ready(self, index: int, stop: threading.Event | None = None, poll: float = 0.5) -> bool:
+        """Block until every trial in ``known_before(index)`` has finished; False if the run stops first."""
+        with self._changed:
+            while not self._ready(index):
+                if self._closed or (stop is not None and stop.is_set()):
+                    return False
+                self._changed.wait(poll)
+            return True
+
+    def finish(self, index: int) -> None:
+        """``index`` is in the trial log (succeeded or failed)."""
+        with self._changed:
+            self._claimed.discard(index)
+            self._finished.add(index)
+            self._changed.notify_all()
+
+    def release(self, index: int) -> None:
+        """``index`` did not finish (its WebUI was lost): another worker takes it."""
+        with self._changed:
+            self._claimed.discard(index)
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        """Wake every waiting worker: the run is stopping."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    @property
+    def done(self) -> bool:
+        with self._changed:
+            return len(self._finished) >= self.budget
+
+    def _ready(self, index: int) -> bool:
+        return all(j in self._finished for j in self.known_before(index))

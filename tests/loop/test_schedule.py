@@ -1,0 +1,71 @@
+import threading
+
+import pytest
+
+from bayes_merger.schedule import Schedule
+
+
+def test_sequential_schedule_knows_every_earlier_trial():
+    schedule = Schedule(budget=3, in_flight=1)
+    assert schedule.claim() == 0 and schedule.wait_until_ready(0)
+    assert list(schedule.known_before(2)) == [0, 1] and list(schedule.pending_before(2)) == []
+    assert schedule.claim() == 1
+    assert not schedule.wait_until_ready(1, stop=_set()), "trial 0 has not finished"
+    schedule.finish(0)
+    assert schedule.wait_until_ready(1)
+
+
+def test_with_three_in_flight_a_trial_knows_all_but_the_two_before_it():
+    schedule = Schedule(budget=10, in_flight=3)
+    assert list(schedule.known_before(6)) == [0, 1, 2, 3] and list(schedule.pending_before(6)) == [4, 5]
+    assert [schedule.claim() for _ in range(3)] == [0, 1, 2]
+    assert all(schedule.wait_until_ready(i) for i in range(3)), "the first three need nothing"
+    schedule.finish(1)  # out of order: trial 3 still waits for trial 0
+    assert schedule.claim() == 3 and not schedule.wait_until_ready(3, stop=_set())
+    schedule.finish(0)
+    assert schedule.wait_until_ready(3)
+
+
+def test_a_released_trial_is_claimed_again_and_resume_skips_finished_ones():
+    schedule = Schedule(budget=4, in_flight=2, finished=[0, 2])
+    assert schedule.claim() == 1 and schedule.claim() == 3 and schedule.claim() is None
+    schedule.release(1)
+    assert schedule.claim() == 1
+    schedule.finish(1)
+    schedule.finish(3)
+    assert schedule.done
+
+
+def test_a_waiting_worker_wakes_when_the_trial_it_needs_finishes():
+    schedule = Schedule(budget=3, in_flight=1)
+    schedule.claim()
+    schedule.claim()
+    result = []
+    waiter = threading.Thread(target=lambda: result.append(schedule.wait_until_ready(1)))
+    waiter.start()
+    schedule.finish(0)
+    waiter.join(timeout=10)
+    assert result == [True]
+
+
+def test_close_wakes_waiters_with_false():
+    schedule = Schedule(budget=3, in_flight=1)
+    schedule.claim()
+    schedule.claim()
+    result = []
+    waiter = threading.Thread(target=lambda: result.append(schedule.wait_until_ready(1)))
+    waiter.start()
+    schedule.close()
+    waiter.join(timeout=10)
+    assert result == [False]
+
+
+def test_in_flight_must_be_positive():
+    with pytest.raises(ValueError):
+        Schedule(budget=1, in_flight=0)
+
+
+def _set() -> threading.Event:
+    event = threading.Event()
+    event.set()
+    return event
