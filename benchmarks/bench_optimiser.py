@@ -2,7 +2,7 @@
 would pick instead, side by side on the same synthetic landscapes (benchmarks/landscapes.py).
 
     python benchmarks/bench_optimiser.py --quick             # under 5 minutes on 2 cores
-    python benchmarks/bench_optimiser.py --jobs 2            # every landscape, 10 seeds, 80 trials
+    python benchmarks/bench_optimiser.py --jobs 2 --results r.jsonl   # every landscape, 10 seeds, 80 trials
     python benchmarks/bench_optimiser.py --methods default bo:acquisition=ucb cmaes --landscapes graded26
 
 Every run drives the real ``bayes_merger.optimiser.Optimiser`` over a ``build_space`` of the real
@@ -32,6 +32,7 @@ landscapes of default's median regret / random's (``default/random@40``) and / t
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import statistics
@@ -253,6 +254,9 @@ def main() -> None:
                              "suggestion (default: as --seeds)")
     parser.add_argument("--bayes-opt-budget", type=int,
                         help="largest budget for bayes_opt; larger budgets print '-' (default: the largest)")
+    parser.add_argument("--results", type=Path,
+                        help="a JSON-lines file: each finished run is appended to it, and runs already in it are "
+                             "not run again (a long benchmark can be stopped and continued)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes side by side")
     parser.add_argument("--no-timing", action="store_true", help="skip the seconds-per-suggestion column")
     args = parser.parse_args()
@@ -266,13 +270,26 @@ def main() -> None:
     slow_budgets = tuple(b for b in budgets if b <= (args.bayes_opt_budget or budgets[-1])) or budgets[:1]
     tasks = [(m, n, s, slow_budgets if m == "bayes_opt" else budgets) for n in names for s in seeds for m in methods
              if m != "bayes_opt" or s < (args.bayes_opt_seeds or len(seeds))]
-    # the slow methods first, so the pool is not left waiting on them at the end
-    tasks.sort(key=lambda t: t[0] != "bayes_opt")
+    # bayes_opt last: with --results, the fast methods' runs are saved first
+    tasks.sort(key=lambda t: t[0] == "bayes_opt")
     started = time.perf_counter()
     results: list[dict] = []
+    if args.results and args.results.exists():
+        wanted = {(m, n, s): b for m, n, s, b in tasks}
+        for line in args.results.read_text().splitlines():
+            res = json.loads(line)
+            key = (res["method"], res["landscape"], res["seed"])
+            if key in wanted and all(f"best@{b}" in res for b in wanted[key]):
+                results.append(res)
+        done = {(r["method"], r["landscape"], r["seed"]) for r in results}
+        tasks = [t for t in tasks if t[:3] not in done]
+        log.info("%d runs read from %s, %d to run", len(results), args.results, len(tasks))
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for res in pool.map(run_one, tasks):
             results.append(res)
+            if args.results:
+                with args.results.open("a") as handle:
+                    handle.write(json.dumps(res) + "\n")
             last = max(int(k.split("@")[1]) for k in res if k.startswith("best@"))
             log.info("%-9s %-14s seed %d: regret@%d %.3f (%.0f s)", res["landscape"], res["method"], res["seed"],
                      last, res[f"best@{last}"], res["elapsed"])
