@@ -39,8 +39,30 @@ def demo_environment(config: Config) -> Iterator[Config]:
     if not head.exists():
         head.parent.mkdir(parents=True, exist_ok=True)
         make_tiny_head(head)
+    if config.webui.backend == "comfyui":
+        with _fake_comfyui(config) as demo_config:
+            yield demo_config
+        return
     checkpoint_dir = Path(config.webui.checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     with FakeWebUI(checkpoint_dir) as webui:
         log.info("demo: a fake A1111 WebUI serves %s at %s", checkpoint_dir, webui.url)
         yield replace(config, webui=replace(config.webui, url=webui.url))
+
+
+@contextmanager
+def _fake_comfyui(config: Config) -> Iterator[Config]:
+    """``webui.backend=comfyui``: a fake ComfyUI whose models/checkpoints folder holds links to the demo
+    models (merged in its graph) and a ``bayes-merger`` sub-folder for merges handed over by file."""
+    from bayes_merger.testing.fake_comfyui import FakeComfyUI
+
+    root = Path(config.webui.checkpoint_dir).with_name("comfyui-models")
+    merges = root / "bayes-merger"
+    merges.mkdir(parents=True, exist_ok=True)
+    for model in (config.model_a, config.model_b):
+        link = root / Path(model).name
+        if not link.exists():
+            link.symlink_to(Path(model).resolve())
+    with FakeComfyUI(root, root.with_name("comfyui-output")) as comfy:
+        log.info("demo: a fake ComfyUI serves %s at %s", root, comfy.url)
+        yield replace(config, webui=replace(config.webui, url=comfy.url, checkpoint_dir=str(merges)))

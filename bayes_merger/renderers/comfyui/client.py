@@ -1,0 +1,394 @@
+"""The ComfyUI client of one run: wait for ComfyUI, hand it each trial's merge, render, read back.
+
+A renderer beside ``webui.client.WebUIClient`` (see ``renderers.Renderer``). Each image is one prompt
+(``POST /prompt`` with this run's client id); the ``/ws`` websocket says when it has run or failed,
+and ``/history`` and ``/view`` give the images back. A websocket that drops is reopened and
+``/history`` and ``/queue`` tell what became of the prompt; a prompt ComfyUI no longer knows (it
+restarted) is a ``WebUIConnectionError``, so the loop waits and redoes the trial. An execution error
+(a checkpoint that does not load, a node that raises) is a ``WebUIError`` of that trial.
+
+The merge is confirmed to be the one rendered: the graph ComfyUI reports in ``/history`` (and in
+each PNG's ``prompt`` text) must load the names and carry the ratios this client sent.
+
+Two hand-offs (``graph`` for how a merge becomes nodes):
+- by file (``load_checkpoint``): the merge is written into ``webui.checkpoint_dir``, a sub-folder
+  of ComfyUI's models/checkpoints; ComfyUI lists files at every request (no refresh call); the
+  previous trial's file is deleted. Names never repeat, since ComfyUI caches a loader by its name.
+- in the graph (``load_weights``, weighted_sum only): models A and B stay loaded in ComfyUI and the
+  block-merge node applies the weights as patches; no file, no torch merge.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import requests
+from PIL import Image, UnidentifiedImageError
+
+from bayes_merger.config import WebUIConfig
+from bayes_merger.errors import ConfigError, WebUIConnectionError, WebUIError
+from bayes_merger.merge.arch import Architecture
+from bayes_merger.merge.weights import BlockWeights
+from bayes_merger.renderers.comfyui import blocks, graph as graphs
+from bayes_merger.renderers.comfyui.events import EventStream
+from bayes_merger.renderers.comfyui.files import ComfyMergeFiles, basename
+from bayes_merger.renderers.comfyui.http import ComfyApi, http_error
+from bayes_merger.webui.client import Generation
+
+logger = logging.getLogger(__name__)
+
+# how often the history is asked while the websocket is silent
+HISTORY_POLL = 5.0
+
+
+class ComfyUIClient:
+    """One ComfyUI session of one run; ``handoff`` is "file" or "graph" (see ``choose_handoff``)."""
+
+    def __init__(self, config: WebUIConfig, run_id: str, *, handoff: str = "file", arch: Architecture | None = None,
+                 model_a: str | Path | None = None, model_b: str | Path | None = None) -> None:
+        if handoff not in ("file", "graph"):
+            raise ConfigError(f"The ComfyUI hand-off must be file or graph, not {handoff!r}.")
+        if handoff == "graph" and (arch is None or model_a is None or model_b is None):
+            raise ConfigError("Merging in ComfyUI's graph needs the architecture and models A and B.")
+        self._config = config
+        self._run_id = run_id
+        self._handoff = handoff
+        self._arch = arch
+        self._models = (config.comfyui_model_a or model_a, config.comfyui_model_b or model_b)
+        self._files = ComfyMergeFiles(Path(config.checkpoint_dir), run_id, config.keep_last) if config.checkpoint_dir \
+            and config.checkpoint_dir != "???" else None
+        self._api = ComfyApi(config)
+        self._events = EventStream(self._api.base, f"bayes-merger-{run_id}-{uuid.uuid4().hex[:8]}",
+                                   config.connect_timeout, self._api.auth)
+        self._workflow = graphs.load_workflow(config.comfyui_workflow) if config.comfyui_workflow \
+            else graphs.builtin_workflow()
+        self._samplers: tuple[list[str], list[str]] | None = None
+        self._merge_inputs: list[str] | None = None
+        self._names: tuple[str, str] | None = None  # models A and B as ComfyUI lists them
+        self._shown: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # the hand-off of the last load
+        self._shown_label = ""
+
+    def __enter__(self) -> ComfyUIClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._events.close()
+        self._api.close()
+
+    def __repr__(self) -> str:
+        return f"ComfyUIClient(url={self._api.base!r}, run_id={self._run_id!r}, handoff={self._handoff!r})"
+
+    @property
+    def merges_in_graph(self) -> bool:
+        return self._handoff == "graph"
+
+    # ----------------------------------------------------------------------------------- start-up
+
+    def wait_until_ready(self, timeout: float | None = None) -> None:
+        """Poll ``GET /system_stats`` until ComfyUI answers 200, for at most ``timeout`` seconds."""
+        timeout = self._config.ready_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        last, unreachable = "it did not answer", True
+        while True:
+            try:
+                response = self._api.probe((self._config.connect_timeout, min(self._config.read_timeout, max(timeout, 1.0))))
+            except requests.RequestException as exc:
+                last, unreachable = f"it could not be reached ({type(exc).__name__})", True
+            else:
+                unreachable = False
+                if response.ok:
+                    self._events.close()  # a restarted server forgot the old socket
+                    logger.info("ComfyUI at %s is ready.", self._api.base)
+                    return
+                last = f"it answered HTTP {response.status_code} to GET /system_stats"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                error = WebUIConnectionError if unreachable else WebUIError
+                raise error(f"ComfyUI at {self._api.base} was not ready after {timeout:g} s: {last}.")
+            time.sleep(min(self._config.poll_interval, remaining))
+
+    def check_checkpoint_dir(self) -> None:
+        """By file: the folder is writable and ComfyUI lists what is written there. In the graph:
+        ComfyUI lists models A and B and has the merge nodes. Both before the first merge."""
+        if self._handoff == "graph":
+            self._model_names()
+            self._merge_node_inputs()
+            return
+        files = self._require_files()
+        files.check_writable()
+        probe = files.folder / f"bm-{self._run_id}-probe.safetensors"
+        try:
+            probe.write_bytes(b"")
+            self._listed_name(probe.name)
+        finally:
+            probe.unlink(missing_ok=True)
+
+    def check_payloads(self, payloads: Iterable[Any]) -> None:
+        """Every payload (``.name``, ``.request``) becomes a graph: unknown samplers and fields ComfyUI
+        cannot apply are a ConfigError now, naming the valid samplers from ``/object_info``."""
+        samplers, schedulers = self._sampler_names()
+        for payload in payloads:
+            graphs.image_values(payload.request, samplers, schedulers, f"payload '{payload.name}'")
+
+    # ---------------------------------------------------------------------------- the hand-off
+
+    def load_checkpoint(self, write: Callable[[Path], None], trial: int) -> str:
+        """By file: write the merge into the checkpoint folder under a new name and render with it."""
+        self._shown, self._shown_label = None, ""
+        files = self._require_files()
+        name = files.fresh_name(trial)
+        files.write(write, name)
+        listed = self._listed_name(name)
+        self._shown = lambda graph: graphs.by_file(graph, self._workflow, listed)
+        self._shown_label = listed
+        files.delete_old(keep=name)
+        logger.info("ComfyUI lists the merge as %s.", listed)
+        return listed
+
+    def load_weights(self, weights: BlockWeights, trial: int) -> str:
+        """In the graph: the weighted sum (1 − α)·A + α·B of these weights, merged by ComfyUI."""
+        self._shown, self._shown_label = None, ""
+        assert self._arch is not None
+        model_a, model_b = self._model_names()
+        ratios = blocks.block_ratios(self._arch, weights, self._merge_node_inputs())
+        clip = blocks.clip_ratio(weights)
+        merge_class = blocks.merge_node(self._arch)
+        self._shown = lambda graph: graphs.in_graph(graph, self._workflow, model_a, model_b, merge_class, ratios, clip)
+        self._shown_label = f"{model_a} + {model_b} merged in the graph (trial {trial})"
+        return self._shown_label
+
+    def remove_merges(self) -> None:
+        if self._files is not None:
+            self._files.remove_all()
+
+    def hand_back(self, model: str = "") -> None:
+        """End of a run: delete this run's merge files and let ComfyUI free the models. Best effort."""
+        self._shown = None
+        removed = self._files.remove_all() if self._files is not None else 0
+        if removed:
+            logger.info("Deleted this run's %d merge file(s) from %s.", removed, self._files.folder)  # type: ignore[union-attr]
+        self.free(unload_models=True, free_memory=True)
+
+    def free(self, unload_models: bool = True, free_memory: bool = False) -> None:
+        try:
+            self._api.request("POST", "/free", {"unload_models": unload_models, "free_memory": free_memory})
+        except WebUIError as error:
+            logger.debug("POST /free failed: %s", error)
+
+    # ------------------------------------------------------------------------------- generation
+
+    def txt2img(self, request: Mapping[str, Any]) -> Generation:
+        """Render one payload with the merge shown last: one prompt per image, seeds as A1111's."""
+        if self._shown is None:
+            raise WebUIError("No merge is shown to ComfyUI: the last hand-off failed, so nothing is rendered.")
+        samplers, schedulers = self._sampler_names()
+        images, seeds, prompt_ids = [], [], []
+        for values in graphs.image_values(request, samplers, schedulers, "the payload"):
+            graph = self._shown(graphs.fill(self._workflow, {**values, "output": f"bayes-merger/{self._run_id}"}))
+            prompt_id, entry = self._run(graph)
+            rendered = self._images(entry, graph)
+            images.extend(rendered)
+            seeds.extend([values["seed"]] * len(rendered))
+            prompt_ids.append(prompt_id)
+        if not images:
+            raise WebUIError("ComfyUI ran the prompt but it produced no image: the workflow needs a SaveImage node.")
+        info = {"sd_model_name": self._shown_label, "prompt_ids": prompt_ids, "seed": seeds[0], "all_seeds": seeds,
+                "backend": "comfyui"}
+        return Generation(images=images, info=info, seeds=seeds)
+
+    def _run(self, graph: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Queue one prompt and wait until it has run; its history entry, or a WebUIError."""
+        self._events.connect()  # before the POST, so no event of this prompt is missed
+        answer = self._api.request("POST", "/prompt", {"prompt": graph, "client_id": self._events.client_id})
+        prompt_id = str((answer or {}).get("prompt_id") or "")
+        if not prompt_id:
+            raise WebUIError(f"POST /prompt answered without a prompt_id: {str(answer)[:120]}.")
+        deadline = time.monotonic() + self._config.read_timeout
+        outcome: dict[str, Any] | None = None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WebUIConnectionError(
+                    f"ComfyUI did not finish prompt {prompt_id} within {self._config.read_timeout:g} s "
+                    "(raise webui.read_timeout if renders take longer)."
+                )
+            try:
+                message = self._events.next(min(remaining, HISTORY_POLL))
+            except WebUIConnectionError as error:
+                logger.warning("%s Reopening it and asking ComfyUI about prompt %s.", error, prompt_id)
+                self._events.connect()
+                message = None
+            if message is None:  # silence or a dropped socket: ask the history
+                entry = self._history_or_lost(prompt_id)
+                if entry is not None:
+                    return prompt_id, self._finished(prompt_id, entry, outcome)
+                continue
+            data = message.get("data") or {}
+            if not isinstance(data, Mapping) or data.get("prompt_id") != prompt_id:
+                continue
+            kind = message.get("type")
+            if kind in ("execution_success", "execution_error", "execution_interrupted"):
+                outcome = {"type": kind, **data}
+                if kind != "execution_success":
+                    raise WebUIError(_execution_error(prompt_id, outcome))
+            elif kind == "executing" and data.get("node") is None:  # the prompt is done and in the history
+                entry = self._history_wait(prompt_id)
+                return prompt_id, self._finished(prompt_id, entry, outcome)
+
+    def _history_or_lost(self, prompt_id: str) -> dict[str, Any] | None:
+        """The prompt's history entry once it has finished; None while queued or running;
+        WebUIConnectionError when ComfyUI has forgotten it (a restart)."""
+        entry = self._api.request("GET", f"/history/{prompt_id}") or {}
+        if prompt_id in entry:
+            return entry[prompt_id]
+        queue = self._api.request("GET", "/queue") or {}
+        for item in (queue.get("queue_running") or []) + (queue.get("queue_pending") or []):
+            if isinstance(item, list) and len(item) > 1 and item[1] == prompt_id:
+                return None
+        # it may have finished between the two questions: the history is written before the queue lets go
+        entry = self._api.request("GET", f"/history/{prompt_id}") or {}
+        if prompt_id in entry:
+            return entry[prompt_id]
+        raise WebUIConnectionError(
+            f"ComfyUI no longer knows prompt {prompt_id}: it was restarted or its queue was cleared."
+        )
+
+    def _history_wait(self, prompt_id: str) -> dict[str, Any]:
+        for _ in range(20):
+            entry = self._history_or_lost(prompt_id)
+            if entry is not None:
+                return entry
+            time.sleep(0.05)
+        raise WebUIError(f"ComfyUI said prompt {prompt_id} was done, but its history does not have it.")
+
+    def _finished(self, prompt_id: str, entry: Mapping[str, Any], outcome: Mapping[str, Any] | None) -> dict[str, Any]:
+        status = entry.get("status") or {}
+        if status.get("status_str") not in (None, "success") or status.get("completed") is False:
+            messages = status.get("messages") or []
+            last = messages[-1] if messages else ["execution_error", {}]
+            raise WebUIError(_execution_error(prompt_id, {"type": last[0], **(last[1] if len(last) > 1 else {})}))
+        return dict(entry)
+
+    def _images(self, entry: Mapping[str, Any], sent: Mapping[str, Any]) -> list[Image.Image]:
+        echoed = entry.get("prompt")
+        echoed_graph = echoed[2] if isinstance(echoed, list) and len(echoed) > 2 else None
+        expected = graphs.handoff_nodes(sent)
+        if isinstance(echoed_graph, Mapping) and graphs.handoff_nodes(echoed_graph) != expected:
+            raise WebUIError(f"ComfyUI's history shows another model than the one sent ({self._shown_label}); "
+                             "these images are not scored.")
+        images = []
+        outputs = entry.get("outputs") or {}
+        for node_id in sorted(outputs, key=lambda n: (len(n), n)):
+            for ref in (outputs[node_id] or {}).get("images") or []:
+                params = {"filename": ref.get("filename", ""), "subfolder": ref.get("subfolder", ""),
+                          "type": ref.get("type", "output")}
+                data = self._api.request("GET", "/view", params=params, raw=True)
+                try:
+                    image = Image.open(io.BytesIO(data))
+                    image.load()
+                except (UnidentifiedImageError, OSError) as exc:
+                    raise WebUIError(f"GET /view of {params['filename']} is not an image ({exc}).") from exc
+                text = getattr(image, "text", {}).get("prompt") if hasattr(image, "text") else None
+                if text:
+                    try:
+                        in_png = graphs.handoff_nodes(json.loads(text))
+                    except (json.JSONDecodeError, AttributeError):
+                        in_png = expected
+                    if in_png != expected:
+                        raise WebUIError(f"Image {params['filename']} was rendered by another graph than the one "
+                                         f"sent ({self._shown_label}); it is not scored.")
+                images.append(image.convert("RGB"))
+        return images
+
+    # --------------------------------------------------------------------------- server facts
+
+    def _sampler_names(self) -> tuple[list[str], list[str]]:
+        if self._samplers is None:
+            required = self._node_inputs("KSampler")
+            try:
+                self._samplers = (list(required["sampler_name"][0]), list(required["scheduler"][0]))
+            except (KeyError, IndexError, TypeError) as exc:
+                raise WebUIError("ComfyUI's /object_info/KSampler lists no sampler_name or scheduler choices.") from exc
+        return self._samplers
+
+    def _merge_node_inputs(self) -> list[str]:
+        if self._merge_inputs is None:
+            assert self._arch is not None
+            node = blocks.merge_node(self._arch)
+            required = self._node_inputs(node)
+            self._merge_inputs = [name for name in required if name not in ("model1", "model2")]
+            for node_class in ("CLIPMergeSimple", graphs.LOADER):
+                self._node_inputs(node_class)
+        return self._merge_inputs
+
+    def _node_inputs(self, node_class: str) -> dict[str, Any]:
+        info = self._api.request("GET", f"/object_info/{node_class}") or {}
+        entry = info.get(node_class) if isinstance(info, Mapping) else None
+        if not isinstance(entry, Mapping):
+            raise WebUIError(f"ComfyUI has no {node_class} node (GET /object_info/{node_class} is empty): "
+                             "is it a ComfyUI with the core nodes?")
+        return dict((entry.get("input") or {}).get("required") or {})
+
+    def _checkpoints(self) -> list[str]:
+        listed = self._api.request("GET", "/models/checkpoints")
+        return [str(n) for n in listed] if isinstance(listed, list) else []
+
+    def _listed_name(self, file_name: str) -> str:
+        for name in self._checkpoints():
+            if basename(name) == file_name:
+                return name
+        folder = self._require_files().folder
+        raise WebUIError(
+            f"ComfyUI does not list {file_name} written to {folder}: webui.checkpoint_dir must be ComfyUI's "
+            "models/checkpoints folder or a sub-folder of it (or a checkpoints path of its extra_model_paths.yaml)."
+        )
+
+    def _model_names(self) -> tuple[str, str]:
+        if self._names is None:
+            listed = self._checkpoints()
+            self._names = (self._resolve(self._models[0], listed, "a"), self._resolve(self._models[1], listed, "b"))
+        return self._names
+
+    def _resolve(self, model: Any, listed: list[str], which: str) -> str:
+        text = str(model)
+        if text in listed:
+            return text
+        name = Path(text).name
+        found = [n for n in listed if basename(n) == name]
+        if len(found) > 1:  # the one whose folders match the end of the model's path
+            found = [n for n in found if text.replace("\\", "/").endswith(n)] or found[:1]
+        if found:
+            return found[0]
+        raise ConfigError(
+            f"ComfyUI does not list model {which.upper()} ({name}) among its checkpoints: merging in the graph loads "
+            f"A and B by name, so put the file in ComfyUI's models/checkpoints (a link will do) or name it with "
+            f"webui.comfyui_model_{which}; listed: {', '.join(listed[:20]) or 'nothing'}."
+        )
+
+    def _require_files(self) -> ComfyMergeFiles:
+        if self._files is None:
+            raise ConfigError("webui.checkpoint_dir is not set: with ComfyUI, point it at a sub-folder of "
+                              "ComfyUI's models/checkpoints (e.g. models/checkpoints/bayes-merger).")
+        return self._files
+
+
+def _execution_error(prompt_id: str, event: Mapping[str, Any]) -> str:
+    node = f"node {event.get('node_id', '?')} ({event.get('node_type', '?')})"
+    if event.get("type") == "execution_interrupted":
+        return f"ComfyUI interrupted prompt {prompt_id} at {node}; the trial's images are incomplete."
+    kind = str(event.get("exception_type") or "error").rsplit(".", 1)[-1]
+    message = " ".join(str(event.get("exception_message") or "no message").split())
+    return f"ComfyUI failed running {node} of prompt {prompt_id}: {kind}: {message.rstrip('.')}."
+
+
+__all__ = ["ComfyUIClient", "http_error"]

@@ -1,0 +1,95 @@
+"""ComfyUI's ``/ws`` websocket as a client reads it: JSON events for one client id, one at a time.
+
+``websocket-client`` (synchronous, no event loop) is enough: the client reads events only while it
+waits for its own prompt. Binary frames (previews, SaveImageWebsocket) are skipped: images are read
+back from ``/history`` and ``/view``, which also survive a dropped socket.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from typing import Any
+from urllib.parse import quote
+
+import websocket
+
+from bayes_merger.errors import WebUIConnectionError
+
+logger = logging.getLogger(__name__)
+
+
+class EventStream:
+    """The websocket of one client id; ``next`` returns the next JSON event, or None on a timeout."""
+
+    def __init__(self, base: str, client_id: str, connect_timeout: float, auth: tuple[str, str] | None = None) -> None:
+        scheme, rest = base.split("://", 1)
+        self.url = f"{'wss' if scheme == 'https' else 'ws'}://{rest}/ws?clientId={quote(client_id)}"
+        self.client_id = client_id
+        self._connect_timeout = connect_timeout
+        self._header = []
+        if auth:
+            token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+            self._header.append(f"Authorization: Basic {token}")
+        self._ws: websocket.WebSocket | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None and self._ws.connected
+
+    def connect(self) -> None:
+        """Open the socket if it is not open; WebUIConnectionError when it cannot be."""
+        if self.connected:
+            return
+        self.close()
+        try:
+            self._ws = websocket.create_connection(self.url, timeout=self._connect_timeout, header=self._header,
+                                                   enable_multithread=True)
+        except (websocket.WebSocketException, OSError) as exc:
+            raise WebUIConnectionError(
+                f"Could not open ComfyUI's websocket {self.url.split('?')[0]} ({_words(exc)}); is it running?"
+            ) from exc
+        logger.debug("ComfyUI websocket open for client %s", self.client_id)
+
+    def next(self, timeout: float) -> dict[str, Any] | None:
+        """The next JSON event within ``timeout`` s, None if none came; WebUIConnectionError when the
+        socket closed or failed (the caller reconnects and asks /history what became of its prompt)."""
+        if self._ws is None:
+            self.connect()
+        assert self._ws is not None
+        try:
+            self._ws.settimeout(max(timeout, 0.01))
+            while True:
+                frame = self._ws.recv()
+                if not frame:  # a close frame (or an empty message)
+                    if not self._ws.connected:
+                        raise websocket.WebSocketConnectionClosedException("closed by the server")
+                    continue
+                if isinstance(frame, str):
+                    try:
+                        message = json.loads(frame)
+                    except json.JSONDecodeError:
+                        continue
+                    if isinstance(message, dict):
+                        return message
+        except websocket.WebSocketTimeoutException:
+            return None
+        except (websocket.WebSocketException, OSError) as exc:
+            self.close()
+            raise WebUIConnectionError(f"ComfyUI's websocket closed ({_words(exc)}).") from exc
+
+    def close(self) -> None:
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            try:
+                ws.close(timeout=1)
+            except (websocket.WebSocketException, OSError):
+                pass
+
+
+def _words(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if isinstance(exc, ConnectionRefusedError) or "refused" in text.lower():
+        return "connection refused"
+    return text or type(exc).__name__

@@ -1,0 +1,107 @@
+"""Which renderer a run gets: ``webui.backend`` (a1111, comfyui, or auto: ask the server), and for
+ComfyUI which hand-off (``webui.comfyui_handoff``: graph, file, or auto).
+
+The A1111 family (A1111, Forge, reForge, SD.Next) answers ``GET /sdapi/v1/progress``; ComfyUI answers
+``GET /system_stats`` and ``GET /object_info/KSampler``. Each probe is one unretried GET.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import requests
+
+from bayes_merger.config import WebUIConfig
+from bayes_merger.errors import ConfigError, WebUIConnectionError, WebUIError
+from bayes_merger.merge.arch import Architecture
+from bayes_merger.renderers.comfyui.http import base_url, credentials
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("a1111", "comfyui", "auto")
+HANDOFFS = ("graph", "file", "auto")
+
+
+def detect_backend(config: WebUIConfig, timeout: float | None = None) -> str:
+    """"a1111" or "comfyui": ``webui.backend`` when it names one, else what the server at ``webui.url`` is."""
+    backend = str(config.backend).lower()
+    if backend not in BACKENDS:
+        raise ConfigError(f"webui.backend must be one of {', '.join(BACKENDS)}, not {config.backend!r}.")
+    if backend != "auto":
+        return backend
+    base = base_url(config.url)
+    timeout = timeout if timeout is not None else config.connect_timeout
+    with requests.Session() as session:
+        session.auth = credentials(config)
+        answers = {}
+        for path in ("/sdapi/v1/progress", "/system_stats", "/object_info/KSampler"):
+            try:
+                response = session.get(base + path, timeout=(config.connect_timeout, timeout))
+            except requests.RequestException as exc:
+                raise WebUIConnectionError(
+                    f"webui.backend is auto, but the server at {base} could not be reached to ask what it is "
+                    f"({type(exc).__name__}); start it first or set webui.backend to a1111 or comfyui."
+                ) from exc
+            answers[path] = response.status_code == 200 and _json_object(response)
+    if answers["/sdapi/v1/progress"]:
+        log.info("webui.backend auto: %s answers /sdapi/v1/progress, an A1111-compatible WebUI.", base)
+        return "a1111"
+    if answers["/system_stats"] and answers["/object_info/KSampler"]:
+        log.info("webui.backend auto: %s answers /system_stats and /object_info, a ComfyUI.", base)
+        return "comfyui"
+    raise WebUIError(
+        f"webui.backend is auto, but {base} answers neither /sdapi/v1/progress (A1111, Forge, SD.Next: start it "
+        "with --api) nor /system_stats and /object_info (ComfyUI); check webui.url."
+    )
+
+
+def choose_handoff(config: WebUIConfig, method: str, lower: float, upper: float, arch: Architecture,
+                   variant_ok: bool = True) -> tuple[str, str]:
+    """("graph" or "file", the reason, for the log) for a ComfyUI run.
+
+    In the graph only a weighted sum of two models with weights in [0, 1] can be merged (ComfyUI's
+    ratios go from 0 to 1; there is no node for the other methods). ``auto`` takes the graph whenever
+    it can: it writes no file and ComfyUI keeps both models loaded between trials.
+    """
+    wanted = str(config.comfyui_handoff).lower()
+    if wanted not in HANDOFFS:
+        raise ConfigError(f"webui.comfyui_handoff must be one of {', '.join(HANDOFFS)}, not {config.comfyui_handoff!r}.")
+    reasons = []
+    if method != "weighted_sum":
+        reasons.append(f"merge.method is {method} (only weighted_sum has a ComfyUI merge node)")
+    if lower < 0.0 or upper > 1.0:
+        reasons.append(f"the weights range over [{lower:g}, {upper:g}] (ComfyUI's ratios are within [0, 1])")
+    if arch.variant or not variant_ok:
+        reasons.append(f"the models are {arch.label} (their extra input channels are merged by file only)")
+    if wanted == "file":
+        return "file", "webui.comfyui_handoff is file"
+    if reasons:
+        if wanted == "graph":
+            raise ConfigError(f"webui.comfyui_handoff is graph, but {'; '.join(reasons)}: set it to file or auto.")
+        return "file", "; ".join(reasons)
+    return "graph", ("webui.comfyui_handoff is graph" if wanted == "graph"
+                     else "weighted_sum of two models within [0, 1]: merged in ComfyUI's graph, no file per trial")
+
+
+def open_renderer(config: WebUIConfig, run_id: str, *, method: str = "weighted_sum", lower: float = 0.0,
+                  upper: float = 1.0, arch: Architecture | None = None, model_a: str | Path | None = None,
+                  model_b: str | Path | None = None):
+    """The renderer the config asks for (``WebUIClient`` or ``ComfyUIClient``), not yet waited for."""
+    backend = detect_backend(config)
+    if backend == "a1111":
+        from bayes_merger.webui.client import WebUIClient
+
+        return WebUIClient(config, run_id=run_id)
+    from bayes_merger.renderers.comfyui import ComfyUIClient
+
+    handoff, reason = ("file", "no architecture given") if arch is None else choose_handoff(config, method, lower, upper, arch)
+    log.info("ComfyUI hand-off: %s (%s).", handoff, reason)
+    return ComfyUIClient(config, run_id, handoff=handoff, arch=arch, model_a=model_a, model_b=model_b)
+
+
+def _json_object(response: requests.Response) -> bool:
+    try:
+        return isinstance(response.json(), dict)
+    except ValueError:
+        return False

@@ -1,0 +1,575 @@
+"""A fake ComfyUI 0.3.64: its HTTP API and its ``/ws`` websocket on real sockets, real checkpoint
+files, one prompt executed at a time, the one-prompt node cache, fake pictures.
+
+It speaks Part A of ``shared/reference/comfyui-api.md``: the endpoints (also under ``/api``), the
+400 bodies of a refused prompt, history, ``/view``, ``/free``, the websocket's event order and its
+routing by ``clientId``. The nodes and what they compute are ``fake_comfyui_nodes``; the HTTP side
+and its fault injection (failing and dropped requests) is ``fake_http``; the websocket frames are
+``fake_websocket``. Faults of its own: execution errors sent over the websocket
+(``fail_execution``), websockets dropped now or at a given event (``drop_websockets``,
+``drop_websocket_at``), execution held (``hold_execution``), and ``restart`` (history, queue
+counter and cache lost, as a real restart loses them).
+
+Run it in the foreground as "the ComfyUI" of a demo::
+
+    python -m bayes_merger.testing.fake_comfyui --checkpoint-dir DIR --port 8188
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import queue
+import signal
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from PIL import PngImagePlugin
+
+from bayes_merger.testing.fake_comfyui_nodes import Executor, NodeFailure, catalogue, object_info, png_text, prompt_error, validate
+from bayes_merger.testing.fake_http import FakeHTTPServer, RecordedRequest, _Response
+from bayes_merger.testing.fake_websocket import ServerWebSocket, is_upgrade
+
+logger = logging.getLogger(__name__)
+
+VERSION = "0.3.64"
+MODEL_FOLDERS = ["checkpoints", "configs", "loras", "vae", "text_encoders", "diffusion_models", "clip_vision",
+                 "style_models", "embeddings", "diffusers", "vae_approx", "controlnet", "gligen", "upscale_models",
+                 "custom_nodes", "hypernetworks", "photomaker", "classifiers", "model_patches", "audio_encoders"]
+
+
+class _Interrupted(Exception):
+    pass
+
+
+@dataclass
+class _Item:
+    number: int
+    prompt_id: str
+    prompt: dict[str, Any]
+    extra: dict[str, Any]
+    outputs: list[str]
+
+    def as_list(self) -> list[Any]:
+        return [self.number, self.prompt_id, self.prompt, self.extra, self.outputs]
+
+
+class FakeComfyUI(FakeHTTPServer):
+    """A fake ComfyUI on 127.0.0.1 whose ``checkpoint_dir`` is its models/checkpoints folder."""
+
+    def __init__(self, checkpoint_dir: Path, output_dir: Path | None = None, port: int = 0, *,
+                 host: str = "127.0.0.1", max_image_size: int = 64) -> None:
+        super().__init__(port=port, host=host)
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self._own_output = None if output_dir else tempfile.TemporaryDirectory(prefix="fake-comfyui-output-")
+        self.output_dir = Path(output_dir) if output_dir else Path(self._own_output.name)  # type: ignore[union-attr]
+        self._classes = catalogue(self.checkpoints)
+        self._executor = Executor(self._checkpoint_path, self._save_image, max_image_size)
+        self._local = threading.local()
+        self._sockets: dict[str, list[ServerWebSocket]] = {}
+        self._number = 0
+        self._history: dict[str, dict[str, Any]] = {}
+        self._queue: queue.Queue[_Item | None] = queue.Queue()
+        self._pending: list[_Item] = []
+        self._running: _Item | None = None
+        self._cache: dict[str, tuple[Any, Any]] = {}  # node signature → (outputs, ui), last prompt only
+        self._generation = 0
+        self._interrupt = threading.Event()
+        self._execution_gate = threading.Event()
+        self._execution_gate.set()
+        self._execution_faults: list[dict[str, Any]] = []
+        self._ws_drops: list[list[Any]] = []  # [event type, remaining]
+        self._image_counter = 0
+        self.frees: list[dict[str, Any]] = []
+        self.executed: list[list[str]] = []  # node ids run (not cached) per prompt, in order
+
+    # ----------------------------------------------------------------------------- lifecycle
+
+    def _on_start(self) -> None:
+        self._generation += 1
+        self._queue = queue.Queue()
+        threading.Thread(target=self._worker, args=(self._generation, self._queue), daemon=True,
+                         name=f"fake-comfyui-worker-{self._generation}").start()
+
+    def _on_stop(self) -> None:
+        self._generation += 1
+        self._queue.put(None)
+        self._history.clear()
+        self._pending.clear()
+        self._running = None
+        self._number = 0
+        self._cache.clear()
+        self._sockets.clear()
+
+    def _log_started(self) -> None:
+        logger.info("fake ComfyUI serving %s, checkpoints in %s", self.url, self.checkpoint_dir)
+
+    def restart(self) -> None:
+        """Stop (every connection dropped, the prompt in flight lost) and start again on the same port."""
+        self.stop()
+        self.start()
+
+    def __del__(self) -> None:
+        if self._own_output is not None:
+            self._own_output.cleanup()
+
+    # ------------------------------------------------------------------------------ inspection
+
+    def checkpoints(self) -> list[str]:
+        """The checkpoint names as ComfyUI lists them: relative paths with "/", sorted, read on each call."""
+        if not self.checkpoint_dir.is_dir():
+            return []
+        return sorted(p.relative_to(self.checkpoint_dir).as_posix() for p in self.checkpoint_dir.rglob("*")
+                      if p.is_file() and p.suffix in (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft"))
+
+    @property
+    def load_count(self) -> int:
+        """How many checkpoint files the loaders have read since the fake was created."""
+        return self._executor.loads
+
+    @property
+    def loaded(self) -> list[str]:
+        return list(self._executor.loaded)
+
+    @property
+    def history(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return json.loads(json.dumps(self._history))
+
+    # ----------------------------------------------------------------------- fault injection
+
+    def fail_execution(self, node_type: str, message: str = "injected failure\n",
+                       exception_type: str = "RuntimeError", count: int = 1) -> None:
+        """The next ``count`` prompts fail at their first node of class ``node_type`` (execution_error)."""
+        with self._lock:
+            self._execution_faults.append({"node_type": node_type, "message": message,
+                                           "exception_type": exception_type, "remaining": count})
+
+    def drop_websockets(self) -> None:
+        """Drop every open websocket now, without a close frame."""
+        with self._lock:
+            sockets = [ws for group in self._sockets.values() for ws in group]
+        for ws in sockets:
+            ws.drop()
+
+    def drop_websocket_at(self, event: str, count: int = 1) -> None:
+        """Drop the prompt's websocket instead of sending its next ``count`` events of type ``event``."""
+        with self._lock:
+            self._ws_drops.append([event, count])
+
+    def hold_execution(self) -> threading.Event:
+        """Queued prompts wait (after execution_start) until the returned event is set."""
+        self._execution_gate.clear()
+        return self._execution_gate
+
+    def clear_faults(self) -> None:
+        super().clear_faults()
+        with self._lock:
+            self._execution_faults.clear()
+            self._ws_drops.clear()
+        self._execution_gate.set()
+
+    # ------------------------------------------------------------------------------ HTTP side
+
+    def _exception(self, message: str, error: str = "RuntimeError") -> _Response:
+        return _Response(500, raw=b"500 Internal Server Error\n\nServer got itself in trouble",
+                         headers={"Content-Type": "text/plain; charset=utf-8"})
+
+    def _http_exception(self, status: int, detail: str) -> _Response:
+        return _Response(status, raw=f"{status}: {detail}".encode(), headers={"Content-Type": "text/plain; charset=utf-8"})
+
+    def _handle(self, handler: Any, method: str) -> None:
+        parts = urlsplit(handler.path)
+        path = parts.path[4:] if parts.path.startswith("/api/") else parts.path
+        self._local.query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        if method == "GET" and path == "/ws" and is_upgrade(handler.headers):
+            self._serve_websocket(handler, self._local.query.get("clientId") or uuid.uuid4().hex)
+            handler.close_connection = True
+            return
+        super()._handle(handler, method)
+
+    def _route(self, method: str, path: str, raw: bytes) -> Any:
+        path = path[4:] if path.startswith("/api/") else path
+        query = getattr(self._local, "query", {})
+        if method == "GET":
+            if path == "/system_stats":
+                return _Response(200, self._system_stats())
+            if path == "/object_info":
+                return _Response(200, {name: object_info(c) for name, c in self._classes.items()})
+            if path.startswith("/object_info/"):
+                node = self._classes.get(path[len("/object_info/"):])
+                return _Response(200, {node.name: object_info(node)} if node else {})
+            if path == "/models":
+                return _Response(200, MODEL_FOLDERS)
+            if path.startswith("/models/"):
+                folder = path[len("/models/"):]
+                if folder not in MODEL_FOLDERS:
+                    return _Response(404, raw=b"")
+                return _Response(200, self.checkpoints() if folder == "checkpoints" else [])
+            if path == "/prompt":
+                with self._lock:
+                    remaining = len(self._pending) + (self._running is not None)
+                return _Response(200, {"exec_info": {"queue_remaining": remaining}})
+            if path == "/queue":
+                with self._lock:
+                    running = [self._running.as_list()] if self._running else []
+                    pending = [i.as_list() for i in sorted(self._pending, key=lambda i: i.number)]
+                return _Response(200, {"queue_running": running, "queue_pending": pending})
+            if path == "/history":
+                with self._lock:
+                    items = list(self._history.items())
+                if "max_items" in query:
+                    items = items[-int(query["max_items"]):]
+                return _Response(200, dict(items))
+            if path.startswith("/history/"):
+                with self._lock:
+                    entry = self._history.get(path[len("/history/"):])
+                return _Response(200, {path[len("/history/"):]: entry} if entry else {})
+            if path == "/view":
+                return self._view(query)
+            if path == "/features":
+                return _Response(200, {"supports_preview_metadata": True, "max_upload_size": 104857600})
+            if path == "/embeddings":
+                return _Response(200, [])
+        if method == "POST":
+            if path == "/prompt":
+                return self._post_prompt(raw)
+            if path == "/queue":
+                body = _json(raw) or {}
+                with self._lock:
+                    if body.get("clear"):
+                        self._pending.clear()
+                    for prompt_id in body.get("delete") or []:
+                        self._pending = [i for i in self._pending if i.prompt_id != prompt_id]
+                return _Response(200, raw=b"")
+            if path == "/interrupt":
+                body = _json(raw) or {}
+                with self._lock:
+                    running = self._running
+                if running is not None and body.get("prompt_id") in (None, running.prompt_id):
+                    self._interrupt.set()
+                return _Response(200, raw=b"")
+            if path == "/free":
+                body = _json(raw) or {}
+                with self._lock:
+                    self.frees.append(body)
+                    if body.get("free_memory"):
+                        self._cache.clear()
+                return _Response(200, raw=b"")
+        return self._http_exception(404, "Not Found") if method == "GET" else self._http_exception(405, "Method Not Allowed")
+
+    def _system_stats(self) -> dict[str, Any]:
+        return {"system": {"os": "posix", "ram_total": 25276510208, "ram_free": 23744233472,
+                           "comfyui_version": VERSION, "required_frontend_version": "1.27.10",
+                           "python_version": "3.11.7", "pytorch_version": "2.13.0+cpu", "embedded_python": False,
+                           "argv": ["main.py", "--cpu"]},
+                "devices": [{"name": "cpu", "type": "cpu", "index": None, "vram_total": 25276510208,
+                             "vram_free": 23744233472}]}
+
+    def _view(self, query: dict[str, str]) -> _Response:
+        name, subfolder = query.get("filename", ""), query.get("subfolder", "")
+        if not name or ".." in Path(name).parts or ".." in Path(subfolder).parts or name.startswith("/"):
+            return _Response(400, raw=b"")
+        if query.get("type", "output") != "output":
+            return _Response(404, raw=b"")
+        path = self.output_dir / subfolder / name
+        if not path.is_file():
+            return _Response(404, raw=b"")
+        kind = "image/png" if path.suffix == ".png" else "application/octet-stream"
+        return _Response(200, raw=path.read_bytes(), headers={"Content-Type": kind})
+
+    def _post_prompt(self, raw: bytes) -> _Response:
+        try:
+            body = json.loads(raw or b"")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return self._exception("not JSON")
+        with self._lock:
+            self._number += 1
+            number = self._number - 1
+        if not isinstance(body, dict) or "prompt" not in body:
+            return _Response(400, prompt_error("no_prompt", "No prompt provided", "No prompt provided"))
+        prompt = body["prompt"]
+        if not isinstance(prompt, dict) or not prompt:
+            return _Response(400, prompt_error("prompt_no_outputs", "Prompt has no outputs"))
+        outputs, error = validate(prompt, self._classes)
+        if error is not None:
+            return _Response(400, error)
+        prompt_id = str(body.get("prompt_id") or uuid.uuid4())
+        if body.get("front"):
+            number = -number
+        extra = dict(body.get("extra_data") or {})
+        if body.get("client_id"):
+            extra["client_id"] = body["client_id"]
+        item = _Item(number, prompt_id, prompt, extra, outputs)
+        with self._lock:
+            self._pending.append(item)
+            work = self._queue
+        work.put(item)
+        self._broadcast_status()
+        return _Response(200, {"prompt_id": prompt_id, "number": number, "node_errors": {}})
+
+    # ----------------------------------------------------------------------------- websocket
+
+    def _serve_websocket(self, handler: Any, client_id: str) -> None:
+        ws = ServerWebSocket.accept(handler)
+        with self._records_changed:
+            self._records.append(RecordedRequest("GET", "/ws", {"clientId": client_id}, 101))
+            self._records_changed.notify_all()
+        with self._lock:
+            self._sockets.setdefault(client_id, []).append(ws)
+            remaining = len(self._pending) + (self._running is not None)
+        ws.send_text(json.dumps({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": remaining}},
+                                                            "sid": client_id}}))
+        try:
+            while not ws.closed and not self._stop_event.is_set():
+                try:
+                    frame = ws.receive()
+                except socket.timeout:
+                    continue
+                if frame is None:
+                    break
+                message = _json(frame[1]) if frame[0] == 1 else None
+                if isinstance(message, dict) and message.get("type") == "feature_flags":
+                    ws.send_text(json.dumps({"type": "feature_flags", "data": {
+                        "supports_preview_metadata": True, "max_upload_size": 104857600}}))
+        except ConnectionError:
+            pass
+        finally:
+            with self._lock:
+                group = self._sockets.get(client_id, [])
+                if ws in group:
+                    group.remove(ws)
+
+    def _send(self, client_id: str | None, event: str, data: dict[str, Any]) -> None:
+        """An execution event: only to the prompt's client (none when it gave no client_id)."""
+        if not client_id:
+            return
+        with self._lock:
+            sockets = list(self._sockets.get(client_id, []))
+            drop = next((d for d in self._ws_drops if d[0] == event and d[1] > 0), None) if sockets else None
+            if drop is not None:
+                drop[1] -= 1
+                self._ws_drops = [d for d in self._ws_drops if d[1] > 0]
+        for ws in sockets:
+            if drop is not None:
+                ws.drop()
+            else:
+                ws.send_text(json.dumps({"type": event, "data": data}))
+
+    def _broadcast_status(self) -> None:
+        with self._lock:
+            remaining = len(self._pending) + (self._running is not None)
+            sockets = [ws for group in self._sockets.values() for ws in group]
+        for ws in sockets:
+            ws.send_text(json.dumps({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": remaining}}}}))
+
+    # ------------------------------------------------------------------------------ execution
+
+    def _worker(self, generation: int, work: queue.Queue) -> None:
+        while True:
+            item = work.get()
+            if item is None or generation != self._generation:
+                return
+            with self._lock:
+                if item not in self._pending:  # deleted from the queue
+                    continue
+                self._pending.remove(item)
+                self._running = item
+            try:
+                self._execute(item, generation)
+            except Exception:  # noqa: BLE001 - a bug of the fake must not kill its worker
+                logger.exception("fake ComfyUI: prompt %s failed", item.prompt_id)
+            with self._lock:
+                if generation == self._generation:
+                    self._running = None
+            if generation == self._generation:
+                self._broadcast_status()
+                self._send(item.extra.get("client_id"), "executing", {"node": None, "prompt_id": item.prompt_id})
+
+    def _execute(self, item: _Item, generation: int) -> None:
+        client, prompt_id, prompt = item.extra.get("client_id"), item.prompt_id, item.prompt
+        messages: list[list[Any]] = []
+
+        def event(kind: str, data: dict[str, Any]) -> None:
+            data = {**data, "prompt_id": prompt_id}
+            if kind.startswith("execution_"):
+                data.setdefault("timestamp", int(time.time() * 1000))
+                messages.append([kind, data])
+            self._send(client, kind, data)
+
+        event("execution_start", {})
+        self._execution_gate.wait()
+        if generation != self._generation:
+            return
+        order = _topological(prompt, item.outputs)
+        signatures = _signatures(prompt, order)
+        with self._lock:
+            old_cache = self._cache
+        cached = [n for n in order if signatures[n] in old_cache and prompt[n]["class_type"] != "SaveImageWebsocket"]
+        event("execution_cached", {"nodes": cached})
+        values: dict[str, Any] = {}
+        new_cache: dict[str, tuple[Any, Any]] = {}
+        outputs: dict[str, Any] = {}
+        ran: list[str] = []
+        self._interrupt.clear()
+        executed: list[str] = []
+        for node_id in order:
+            class_type = prompt[node_id]["class_type"]
+            inputs = {k: values[v[0]][v[1]] if _is_link(v) else v for k, v in prompt[node_id]["inputs"].items()}
+            fault = self._take_execution_fault(class_type)
+            try:
+                if fault is not None:
+                    raise NodeFailure(fault["exception_type"], fault["message"])
+                if node_id in cached:
+                    result, ui = old_cache[signatures[node_id]]
+                else:
+                    self._send(client, "executing", {"node": node_id, "display_node": node_id})
+                    result, ui = self._executor.run(class_type, inputs, prompt,
+                                                    lambda k, n: self._progress(client, prompt_id, node_id, k, n))
+                    ran.append(node_id)
+            except NodeFailure as failure:
+                event("execution_error", {"node_id": node_id, "node_type": class_type, "executed": executed,
+                                          "exception_message": failure.message, "exception_type": failure.exception_type,
+                                          "traceback": [f"{failure.exception_type}: {failure.message}"],
+                                          "current_inputs": {}, "current_outputs": []})
+                self._finish(item, {}, messages, "error", new_cache, generation, ran)
+                return
+            except _Interrupted:
+                event("execution_interrupted", {"node_id": node_id, "node_type": class_type, "executed": executed})
+                self._finish(item, {}, messages, "error", new_cache, generation, ran)
+                return
+            if generation != self._generation:
+                return
+            values[node_id] = result
+            new_cache[signatures[node_id]] = (result, ui)
+            executed.append(node_id)
+            if ui and "images" in ui:
+                outputs[node_id] = {"images": ui["images"]}
+                self._send(client, "executed", {"node": node_id, "display_node": node_id, "output": outputs[node_id]})
+            if ui and "websocket_images" in ui:
+                self._send_images(client, prompt_id, node_id, ui["websocket_images"])
+        event("execution_success", {})
+        self._finish(item, outputs, messages, "success", new_cache, generation, ran)
+
+    def _finish(self, item: _Item, outputs: dict[str, Any], messages: list[list[Any]], status: str,
+                cache: dict[str, tuple[Any, Any]], generation: int, ran: list[str]) -> None:
+        with self._lock:
+            if generation != self._generation:
+                return
+            self._cache = cache
+            self.executed.append(ran)
+            self._history[item.prompt_id] = {
+                "prompt": item.as_list(), "outputs": outputs,
+                "status": {"status_str": status, "completed": status == "success", "messages": messages},
+                "meta": {n: {"node_id": n, "display_node": n, "parent_node": None, "real_node_id": n} for n in outputs},
+            }
+
+    def _progress(self, client: str | None, prompt_id: str, node_id: str, value: int, maximum: int) -> None:
+        if self._interrupt.is_set():
+            raise _Interrupted()
+        self._send(client, "progress", {"value": value, "max": maximum, "node": node_id})
+
+    def _send_images(self, client: str | None, prompt_id: str, node_id: str, images: list[Any]) -> None:
+        import io
+
+        for image in images:
+            self._send(client, "progress", {"value": 0, "max": 1, "node": node_id})
+            buffer = io.BytesIO()
+            image.save(buffer, "PNG")
+            with self._lock:
+                sockets = list(self._sockets.get(client or "", []))
+            for ws in sockets:
+                ws.send_binary((1).to_bytes(4, "big") + (2).to_bytes(4, "big") + buffer.getvalue())
+
+    def _take_execution_fault(self, class_type: str) -> dict[str, Any] | None:
+        with self._lock:
+            for fault in self._execution_faults:
+                if fault["node_type"] == class_type and fault["remaining"] > 0:
+                    fault["remaining"] -= 1
+                    self._execution_faults = [f for f in self._execution_faults if f["remaining"] > 0]
+                    return fault
+        return None
+
+    def _checkpoint_path(self, name: str) -> Path:
+        return self.checkpoint_dir / name
+
+    def _save_image(self, image: Any, prefix: str, prompt: dict[str, Any]) -> dict[str, str]:
+        subfolder, _, base = prefix.rpartition("/")
+        with self._lock:
+            self._image_counter += 1
+            counter = self._image_counter
+        name = f"{base}_{counter:05d}_.png"
+        folder = self.output_dir / subfolder
+        folder.mkdir(parents=True, exist_ok=True)
+        info = PngImagePlugin.PngInfo()
+        info.add_text("prompt", png_text(prompt))
+        image.save(folder / name, "PNG", pnginfo=info)
+        return {"filename": name, "subfolder": subfolder, "type": "output"}
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def _is_link(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
+
+
+def _topological(prompt: dict[str, Any], outputs: list[str]) -> list[str]:
+    order: list[str] = []
+
+    def visit(node_id: str) -> None:
+        if node_id in order:
+            return
+        for value in prompt[node_id]["inputs"].values():
+            if _is_link(value):
+                visit(value[0])
+        order.append(node_id)
+
+    for output in outputs:
+        visit(output)
+    return order
+
+
+def _signatures(prompt: dict[str, Any], order: list[str]) -> dict[str, str]:
+    """A node's cache key: its class and inputs, links replaced by the linked node's key (not its id)."""
+    keys: dict[str, str] = {}
+    for node_id in order:
+        node = prompt[node_id]
+        inputs = {k: [keys[v[0]], v[1]] if _is_link(v) else v for k, v in sorted(node["inputs"].items())}
+        keys[node_id] = json.dumps([node["class_type"], inputs], sort_keys=True)
+    return keys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bayes_merger.testing.fake_comfyui",
+                                     description="A fake ComfyUI API for tests and demos; runs until SIGTERM or Ctrl-C.")
+    parser.add_argument("--checkpoint-dir", type=Path, required=True, help="its models/checkpoints folder")
+    parser.add_argument("--output-dir", type=Path, default=None, help="where SaveImage writes (default: a temporary folder)")
+    parser.add_argument("--port", type=int, default=8188)
+    parser.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with FakeComfyUI(args.checkpoint_dir, args.output_dir, port=args.port, host=args.host):
+        while not stop.wait(3600):
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

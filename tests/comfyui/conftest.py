@@ -1,0 +1,62 @@
+"""A fake ComfyUI with two tiny SD1 checkpoints (a, b) and a ``bayes-merger`` sub-folder for merges."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from bayes_merger.config import WebUIConfig
+from bayes_merger.merge.arch import architecture
+from bayes_merger.renderers.comfyui import ComfyUIClient
+from bayes_merger.testing.fake_comfyui import FakeComfyUI
+from bayes_merger.testing.models import make_checkpoint
+
+PAYLOAD = {"prompt": "a red boat", "negative_prompt": "blurry", "seed": 7, "steps": 3, "width": 64, "height": 64,
+           "sampler_name": "Euler a"}
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-sd1")
+    make_checkpoint(folder / "a.safetensors", "sd1", seed=1)
+    make_checkpoint(folder / "b.safetensors", "sd1", seed=2)
+    return folder
+
+
+@pytest.fixture
+def fake_comfyui(tmp_path: Path, tiny_models: Path) -> Iterator[FakeComfyUI]:
+    checkpoints = tmp_path / "models" / "checkpoints"
+    (checkpoints / "bayes-merger").mkdir(parents=True)
+    for name in ("a.safetensors", "b.safetensors"):
+        (checkpoints / name).symlink_to(tiny_models / name)
+    with FakeComfyUI(checkpoints, tmp_path / "output") as server:
+        yield server
+
+
+@pytest.fixture
+def comfy_config(fake_comfyui: FakeComfyUI) -> Callable[..., WebUIConfig]:
+    def make(**overrides: Any) -> WebUIConfig:
+        values: dict[str, Any] = dict(
+            url=fake_comfyui.url, checkpoint_dir=str(fake_comfyui.checkpoint_dir / "bayes-merger"), backend="comfyui",
+            connect_timeout=2.0, read_timeout=10.0, retries=2, backoff_factor=0.0, ready_timeout=3.0,
+            poll_interval=0.02,
+        )
+        values.update(overrides)
+        return WebUIConfig(**values)
+
+    return make
+
+
+@pytest.fixture
+def graph_client(comfy_config, tiny_models) -> Iterator[ComfyUIClient]:
+    with ComfyUIClient(comfy_config(), "run1", handoff="graph", arch=architecture("sd1"),
+                       model_a=tiny_models / "a.safetensors", model_b=tiny_models / "b.safetensors") as client:
+        yield client
+
+
+@pytest.fixture
+def file_client(comfy_config) -> Iterator[ComfyUIClient]:
+    with ComfyUIClient(comfy_config(), "run1", handoff="file") as client:
+        yield client

@@ -1,0 +1,152 @@
+"""ComfyUIClient against the fake ComfyUI: both hand-offs, images and seeds, the renderer seam."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file, save_file
+
+from bayes_merger.config import MergeConfig
+from bayes_merger.errors import ConfigError, WebUIError
+from bayes_merger.merge.arch import architecture
+from bayes_merger.merge.merger import Merger
+from bayes_merger.merge.weights import BlockWeights
+from bayes_merger.renderers import GraphMerging, Renderer
+from bayes_merger.renderers.comfyui import ComfyUIClient
+from bayes_merger.webui.client import WebUIClient
+
+PAYLOAD = {"prompt": "a red boat", "negative_prompt": "blurry", "seed": 7, "steps": 3, "width": 64, "height": 64,
+           "sampler_name": "Euler a"}
+SD1 = architecture("sd1")
+
+
+class Payload:
+    def __init__(self, name, request):
+        self.name, self.request = name, request
+
+
+def pixels(image):
+    return np.asarray(image, dtype=np.int16)
+
+
+def test_both_clients_are_renderers(comfy_config, graph_client):
+    assert isinstance(WebUIClient(comfy_config(), "run1"), Renderer)
+    assert isinstance(graph_client, Renderer) and isinstance(graph_client, GraphMerging)
+    assert graph_client.merges_in_graph
+
+
+def test_in_graph_renders_every_image_with_a1111s_seeds(graph_client, fake_comfyui):
+    graph_client.wait_until_ready()
+    graph_client.check_checkpoint_dir()
+    graph_client.load_weights(BlockWeights.uniform(SD1.blocks, 0.3), trial=0)
+    generation = graph_client.txt2img({**PAYLOAD, "batch_size": 2})
+
+    assert generation.seeds == [7, 8]
+    assert [image.size for image in generation.images] == [(64, 64), (64, 64)]
+    assert "a.safetensors + b.safetensors" in generation.info["sd_model_name"]
+    sent = fake_comfyui.requests_to("/prompt", "POST")[0].body
+    assert sent["client_id"].startswith("bayes-merger-run1-")
+    classes = sorted(node["class_type"] for node in sent["prompt"].values())
+    assert classes.count("CheckpointLoaderSimple") == 2 and "ModelMergeSD1" in classes and "CLIPMergeSimple" in classes
+
+
+def test_changing_only_the_weights_reloads_no_checkpoint(graph_client, fake_comfyui):
+    for trial, alpha in enumerate((0.2, 0.7, 0.4)):
+        graph_client.load_weights(BlockWeights.uniform(SD1.blocks, alpha), trial=trial)
+        graph_client.txt2img(PAYLOAD)
+    assert fake_comfyui.load_count == 2  # A and B, once: one graph shape for the whole run
+
+
+def test_different_weights_render_different_pictures_and_the_same_weights_the_same(graph_client):
+    def render(alpha):
+        graph_client.load_weights(BlockWeights.uniform(SD1.blocks, alpha), trial=0)
+        return pixels(graph_client.txt2img(PAYLOAD).images[0])
+
+    first, other, again = render(0.1), render(0.9), render(0.1)
+    assert np.abs(first - other).mean() > 1
+    assert (first == again).all()
+
+
+def test_the_graph_merge_renders_what_the_torch_merge_renders_by_file(graph_client, file_client, tiny_models):
+    """BASE = 0 (the VAE, which ComfyUI cannot merge, is then A's on both routes); other blocks vary."""
+    weights = BlockWeights(SD1.blocks, [0.0] + [round(0.1 + 0.03 * i, 2) for i in range(25)])
+    merger = Merger(tiny_models / "a.safetensors", tiny_models / "b.safetensors", None, MergeConfig(device="cpu"))
+    merger.merge(weights)
+    file_client.load_checkpoint(lambda path: merger.save(path, dtype="fp32"), trial=0)
+    by_file = pixels(file_client.txt2img(PAYLOAD).images[0])
+    graph_client.load_weights(weights, trial=0)
+    in_graph = pixels(graph_client.txt2img(PAYLOAD).images[0])
+    assert np.abs(by_file - in_graph).max() <= 2
+
+
+def test_by_file_writes_into_the_sub_folder_loads_by_listed_name_and_deletes_the_previous(file_client, fake_comfyui,
+                                                                                         tiny_models):
+    tensors = load_file(tiny_models / "a.safetensors")
+    folder = fake_comfyui.checkpoint_dir / "bayes-merger"
+    file_client.check_checkpoint_dir()
+    assert file_client.load_checkpoint(lambda p: save_file(tensors, str(p)), trial=0) == \
+        "bayes-merger/bm-run1-t0000.safetensors"
+    file_client.txt2img(PAYLOAD)
+    file_client.load_checkpoint(lambda p: save_file(tensors, str(p)), trial=1)
+    file_client.txt2img(PAYLOAD)
+
+    assert sorted(p.name for p in folder.iterdir()) == ["bm-run1-t0001.safetensors"]
+    assert fake_comfyui.loaded == ["bayes-merger/bm-run1-t0000.safetensors", "bayes-merger/bm-run1-t0001.safetensors"]
+    file_client.hand_back()
+    assert list(folder.iterdir()) == []
+    assert fake_comfyui.frees[-1] == {"unload_models": True, "free_memory": True}
+
+
+def test_a_trial_redone_by_file_gets_a_new_name_so_comfyuis_cache_cannot_serve_the_old_merge(file_client, tiny_models):
+    tensors = load_file(tiny_models / "a.safetensors")
+    first = file_client.load_checkpoint(lambda p: save_file(tensors, str(p)), trial=3)
+    again = file_client.load_checkpoint(lambda p: save_file(tensors, str(p)), trial=3)
+    assert (first, again) == ("bayes-merger/bm-run1-t0003.safetensors", "bayes-merger/bm-run1-t0003-r2.safetensors")
+
+
+def test_a_checkpoint_dir_comfyui_does_not_scan_is_an_error_before_the_first_merge(comfy_config, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with ComfyUIClient(comfy_config(checkpoint_dir=str(elsewhere)), "run1") as client:
+        with pytest.raises(WebUIError, match="does not list bm-run1-probe.safetensors.*models/checkpoints"):
+            client.check_checkpoint_dir()
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_models_comfyui_does_not_list_are_an_error_before_the_first_trial(comfy_config, tmp_path):
+    with ComfyUIClient(comfy_config(), "run1", handoff="graph", arch=SD1, model_a=tmp_path / "a.safetensors",
+                       model_b=tmp_path / "other.safetensors") as client:
+        with pytest.raises(ConfigError, match="does not list model B \\(other.safetensors\\).*webui.comfyui_model_b"):
+            client.check_checkpoint_dir()
+
+
+def test_models_can_be_named_as_comfyui_lists_them(comfy_config, fake_comfyui, tmp_path):
+    config = comfy_config(comfyui_model_a="a.safetensors", comfyui_model_b="b.safetensors")
+    with ComfyUIClient(config, "run1", handoff="graph", arch=SD1, model_a=tmp_path / "x.safetensors",
+                       model_b=tmp_path / "y.safetensors") as client:
+        client.check_checkpoint_dir()
+
+
+def test_an_unknown_sampler_is_refused_before_the_run_with_the_servers_names(graph_client):
+    with pytest.raises(ConfigError, match="payload 'portrait': sampler 'Restart' has no ComfyUI equivalent.*uni_pc"):
+        graph_client.check_payloads([Payload("ok", PAYLOAD), Payload("portrait", {**PAYLOAD, "sampler_name": "Restart"})])
+
+
+def test_nothing_renders_before_a_hand_off(graph_client):
+    with pytest.raises(WebUIError, match="No merge is shown"):
+        graph_client.txt2img(PAYLOAD)
+
+
+def test_a_user_workflow_renders_with_the_merge(comfy_config, tiny_models, tmp_path):
+    import json
+
+    from bayes_merger.renderers.comfyui.graph import BUILTIN
+
+    workflow = json.loads(json.dumps(BUILTIN))
+    workflow["2"]["inputs"]["text"] = "masterpiece, {{prompt}}"
+    path = tmp_path / "workflow_api.json"
+    path.write_text(json.dumps(workflow))
+    with ComfyUIClient(comfy_config(comfyui_workflow=str(path)), "run1", handoff="graph", arch=SD1,
+                       model_a=tiny_models / "a.safetensors", model_b=tiny_models / "b.safetensors") as client:
+        client.load_weights(BlockWeights.uniform(SD1.blocks, 0.5), trial=0)
+        assert len(client.txt2img(PAYLOAD).images) == 1

@@ -1,0 +1,156 @@
+"""ComfyUIClient when things go wrong: refused prompts, execution errors, dropped sockets, restarts."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from bayes_merger.errors import WebUIConnectionError, WebUIError
+from bayes_merger.merge.arch import architecture
+from bayes_merger.merge.weights import BlockWeights
+from bayes_merger.renderers.comfyui import ComfyUIClient
+from bayes_merger.renderers.comfyui.http import ComfyApi
+
+PAYLOAD = {"prompt": "a red boat", "seed": 7, "steps": 3, "width": 64, "height": 64}
+SD1 = architecture("sd1")
+WEIGHTS = BlockWeights.uniform(SD1.blocks, 0.4)
+
+
+def prompt_posts(fake):
+    return [r.status for r in fake.requests_to("/prompt", "POST")]
+
+
+def test_a_refused_prompt_names_the_node_and_the_input(comfy_config, fake_comfyui):
+    graph = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "nope.safetensors"}},
+             "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+             "3": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}},
+             "2": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "x"}},
+             "5": {"class_type": "SaveImageWebsocket", "inputs": {"images": ["1", 0]}}}
+    api = ComfyApi(comfy_config())
+    with pytest.raises(WebUIError) as error:
+        api.request("POST", "/prompt", {"prompt": graph})
+    message = str(error.value)
+    assert "ComfyUI refused the prompt" in message and "HTTP 400" in message
+    assert "node 1 (CheckpointLoaderSimple) input 'ckpt_name': Value not in list" in message
+    assert "'nope.safetensors' not in ['a.safetensors', 'b.safetensors']" in message
+    assert "node 5 (SaveImageWebsocket) input 'images': Return type mismatch" in message
+
+
+def test_a_missing_merge_ratio_is_named(comfy_config):
+    graph = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "a.safetensors"}},
+             "3": {"class_type": "ModelMergeSimple", "inputs": {"model1": ["1", 0], "model2": ["1", 0]}},
+             "4": {"class_type": "SaveImageWebsocket", "inputs": {"images": ["3", 0]}}}
+    with pytest.raises(WebUIError, match="node 4 \\(SaveImageWebsocket\\) input 'images': Return type mismatch"):
+        ComfyApi(comfy_config()).request("POST", "/prompt", {"prompt": graph})
+
+
+def test_a_prompt_without_outputs_and_a_server_crash_are_sentences(comfy_config, fake_comfyui):
+    api = ComfyApi(comfy_config())
+    with pytest.raises(WebUIError, match="refused the prompt .*: Prompt has no outputs\\.$"):
+        api.request("POST", "/prompt", {"prompt": {"1": {"class_type": "EmptyLatentImage", "inputs": {}}}})
+    fake_comfyui.fail_next(1, status=500, path="/object_info")
+    with pytest.raises(WebUIError, match="GET /object_info failed with HTTP 500: Internal Server Error Server got "
+                                         "itself in trouble\\.$"):
+        api.request("GET", "/object_info")
+
+
+def test_an_execution_error_over_the_websocket_fails_the_trial_with_the_node_and_its_message(graph_client, fake_comfyui):
+    graph_client.load_weights(WEIGHTS, trial=0)
+    fake_comfyui.fail_execution("KSampler", "CUDA out of memory. Tried to allocate 2 GiB\n",
+                                "torch.OutOfMemoryError")
+    with pytest.raises(WebUIError) as error:
+        graph_client.txt2img(PAYLOAD)
+    assert not isinstance(error.value, WebUIConnectionError)  # the trial's failure, not a lost server
+    assert "ComfyUI failed running node 5 (KSampler)" in str(error.value)
+    assert "OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB." in str(error.value)
+    assert graph_client.txt2img(PAYLOAD).images  # the next render works
+
+
+def test_a_corrupt_merge_file_fails_the_trial_with_the_loaders_error(file_client, fake_comfyui):
+    file_client.load_checkpoint(lambda path: path.write_bytes(b"\xff" * 64), trial=0)
+    with pytest.raises(WebUIError, match="node 1 \\(CheckpointLoaderSimple\\).*SafetensorError"):
+        file_client.txt2img(PAYLOAD)
+
+
+@pytest.mark.parametrize("event", ["execution_start", "progress", "execution_success", "executing"])
+def test_a_websocket_dropped_mid_prompt_is_reopened_and_the_history_gives_the_images(graph_client, fake_comfyui,
+                                                                                     monkeypatch, event):
+    monkeypatch.setattr("bayes_merger.renderers.comfyui.client.HISTORY_POLL", 0.2)
+    graph_client.load_weights(WEIGHTS, trial=0)
+    fake_comfyui.drop_websocket_at(event)
+    generation = graph_client.txt2img(PAYLOAD)
+    assert generation.seeds == [7] and len(generation.images) == 1
+    assert prompt_posts(fake_comfyui) == [200]  # never queued twice
+    assert len(fake_comfyui.requests_to("/ws")) == 2
+
+
+def test_a_restart_mid_prompt_is_a_lost_server_and_the_trial_can_be_redone(graph_client, fake_comfyui):
+    graph_client.load_weights(WEIGHTS, trial=0)
+    gate = fake_comfyui.hold_execution()
+    outcome: list[BaseException] = []
+
+    def render():
+        try:
+            graph_client.txt2img(PAYLOAD)
+        except BaseException as exc:  # noqa: BLE001
+            outcome.append(exc)
+
+    thread = threading.Thread(target=render)
+    thread.start()
+    fake_comfyui.wait_for_requests("/prompt", 1)
+    fake_comfyui.restart()
+    gate.set()
+    thread.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], WebUIConnectionError)
+    assert "restarted" in str(outcome[0]) or "websocket" in str(outcome[0]).lower()
+
+    graph_client.wait_until_ready()
+    assert graph_client.txt2img(PAYLOAD).images  # the same hand-off renders again after the restart
+
+
+def test_a_dropped_prompt_request_is_not_sent_again(graph_client, fake_comfyui):
+    graph_client.load_weights(WEIGHTS, trial=0)
+    fake_comfyui.drop_next(1, path="/prompt", method="POST")
+    with pytest.raises(WebUIConnectionError):
+        graph_client.txt2img(PAYLOAD)
+    assert prompt_posts(fake_comfyui) == [None]
+
+
+def test_a_503_on_the_queue_is_retried(graph_client, fake_comfyui):
+    graph_client.load_weights(WEIGHTS, trial=0)
+    fake_comfyui.fail_next(1, status=503, path="/prompt", method="POST", message="Service Unavailable")
+    assert graph_client.txt2img(PAYLOAD).images
+    assert prompt_posts(fake_comfyui) == [503, 200]
+
+
+def test_a_comfyui_that_is_not_running_is_a_connection_error_after_the_ready_timeout(comfy_config, fake_comfyui):
+    fake_comfyui.stop()
+    with ComfyUIClient(comfy_config(ready_timeout=0.3), "run1") as client:
+        with pytest.raises(WebUIConnectionError, match="was not ready after 0.3 s"):
+            client.wait_until_ready()
+
+
+def test_an_a1111_at_the_url_is_told_apart(comfy_config, fake_webui):
+    with ComfyUIClient(comfy_config(url=fake_webui.url), "run1") as client:
+        with pytest.raises(WebUIError, match="HTTP 404"):
+            client.wait_until_ready(timeout=0.2)
+
+
+def test_a_merge_file_is_confirmed_by_what_comfyui_reports_it_rendered(file_client, fake_comfyui, tiny_models,
+                                                                       monkeypatch):
+    tensors = load_file(tiny_models / "a.safetensors")
+    file_client.load_checkpoint(lambda p: save_file(tensors, str(p)), trial=0)
+    original = fake_comfyui._route
+
+    def rewrite_history(method, path, raw):  # a server that rendered another model than asked
+        response = original(method, path, raw)
+        if path.startswith("/history/") and response.payload:
+            for entry in response.payload.values():
+                entry["prompt"][2]["1"]["inputs"]["ckpt_name"] = "a.safetensors"
+        return response
+
+    monkeypatch.setattr(fake_comfyui, "_route", rewrite_history)
+    with pytest.raises(WebUIError, match="another model than the one sent"):
+        file_client.txt2img(PAYLOAD)

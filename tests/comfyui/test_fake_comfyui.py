@@ -1,0 +1,113 @@
+"""The fake ComfyUI speaks the measured API (shared/reference/comfyui-api.md, Part A)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+import websocket
+
+from bayes_merger.renderers.comfyui import graph as graphs
+
+VALUES = {"prompt": "boat", "negative": "", "seed": 3, "width": 64, "height": 64, "steps": 2, "cfg": 7.0,
+          "sampler": "euler", "scheduler": "normal", "output": "t/x"}
+
+
+def prompt(model="a.safetensors"):
+    workflow = graphs.builtin_workflow()
+    return graphs.by_file(graphs.fill(workflow, VALUES), workflow, model)
+
+
+def test_every_route_answers_under_api_too(fake_comfyui):
+    for path in ("/system_stats", "/api/system_stats"):
+        assert requests.get(fake_comfyui.url + path).json()["system"]["comfyui_version"] == "0.3.64"
+    assert requests.get(fake_comfyui.url + "/api/models/checkpoints").json() == ["a.safetensors", "b.safetensors"]
+
+
+def test_unknown_things_answer_as_comfyui_does(fake_comfyui):
+    assert requests.get(fake_comfyui.url + "/object_info/NoSuchNode").json() == {}
+    assert requests.get(fake_comfyui.url + "/history/nope").json() == {}
+    assert requests.get(fake_comfyui.url + "/models/nope").status_code == 404
+    assert requests.get(fake_comfyui.url + "/view", params={"filename": "nope.png"}).status_code == 404
+    assert requests.get(fake_comfyui.url + "/view", params={"filename": "../x"}).status_code == 400
+    bad = requests.post(fake_comfyui.url + "/prompt", data=b"not json")
+    assert bad.status_code == 500 and bad.text.startswith("500 Internal Server Error")
+
+
+def test_a_merge_node_lists_its_ratios(fake_comfyui):
+    """The reference says "27 FLOATs" but lists 30 names (2 + 12 + 3 + 12 + 1), as ComfyUI's
+    ModelMergeSD1 defines them; the client takes the names from /object_info either way."""
+    info = requests.get(fake_comfyui.url + "/object_info/ModelMergeSD1").json()["ModelMergeSD1"]
+    ratios = info["input_order"]["required"][2:]
+    assert len(ratios) == 30 and ratios[0] == "time_embed." and ratios[-1] == "out."
+    assert info["input"]["required"]["out."] == ["FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}]
+
+
+@pytest.mark.parametrize("change, kind, details", [
+    (lambda g: g["5"]["inputs"].pop("cfg"), "required_input_missing", "cfg"),
+    (lambda g: g["5"]["inputs"].update(cfg=101), "value_bigger_than_max", "cfg"),
+    (lambda g: g["5"]["inputs"].update(steps=0), "value_smaller_than_min", "steps"),
+    (lambda g: g["5"]["inputs"].update(cfg="abc"), "invalid_input_type", "cfg, abc, could not convert string to float: 'abc'"),
+    (lambda g: g["5"]["inputs"].update(sampler_name="nope"), "value_not_in_list",
+     "sampler_name: 'nope' not in (list of length 42)"),
+])
+def test_invalid_inputs_get_the_measured_400_bodies(fake_comfyui, change, kind, details):
+    graph = prompt()
+    change(graph)
+    answer = requests.post(fake_comfyui.url + "/prompt", json={"prompt": graph})
+    assert answer.status_code == 400
+    body = answer.json()
+    assert body["error"]["type"] == "prompt_outputs_failed_validation"
+    error = body["node_errors"]["5"]
+    assert error["class_type"] == "KSampler" and error["dependent_outputs"] == ["7"]
+    assert error["errors"][0]["type"] == kind and error["errors"][0]["details"] == details
+
+
+def test_prompt_level_errors(fake_comfyui):
+    url = fake_comfyui.url + "/prompt"
+    assert requests.post(url, json={}).json()["error"]["type"] == "no_prompt"
+    assert requests.post(url, json={"prompt": {}}).json()["error"]["type"] == "prompt_no_outputs"
+    unknown = requests.post(url, json={"prompt": {"3": {"class_type": "NoSuchNode", "inputs": {}}}}).json()
+    assert unknown["error"] == {"type": "invalid_prompt", "message": "Cannot execute because node NoSuchNode does not exist.",
+                                "details": "Node ID '#3'", "extra_info": {}}
+    numbers = [requests.post(url, json={"prompt": prompt(), "prompt_id": f"id-{i}"}).json()["number"] for i in range(2)]
+    assert numbers == [3, 4]  # the three refused POSTs counted too
+
+
+def test_the_websocket_tells_one_prompt_in_the_measured_order(fake_comfyui):
+    ws = websocket.create_connection(fake_comfyui.url.replace("http", "ws") + "/ws?clientId=me", timeout=5)
+    assert json.loads(ws.recv()) == {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}},
+                                                                "sid": "me"}}
+    answer = requests.post(fake_comfyui.url + "/prompt", json={"prompt": prompt(), "client_id": "me",
+                                                               "prompt_id": "my-own-id"}).json()
+    assert answer == {"prompt_id": "my-own-id", "number": 0, "node_errors": {}}
+    events = []
+    while not events or events[-1] != ("executing", None):
+        message = json.loads(ws.recv())
+        events.append((message["type"], message["data"].get("node")))
+    ws.close()
+    kinds = [kind for kind, _ in events]
+    assert kinds[kinds.index("execution_start") - 1] == "status"
+    assert kinds.index("execution_start") < kinds.index("execution_cached") < kinds.index("executing")
+    assert ("executed", "7") in events and kinds.count("progress") == 2
+    assert kinds[-3:] == ["execution_success", "status", "executing"]
+    entry = requests.get(fake_comfyui.url + "/history/my-own-id").json()["my-own-id"]
+    assert entry["status"]["status_str"] == "success" and entry["prompt"][2] == prompt()
+    image = entry["outputs"]["7"]["images"][0]
+    view = requests.get(fake_comfyui.url + "/view", params=image)
+    assert view.headers["Content-Type"] == "image/png" and view.content[:4] == b"\x89PNG"
+
+
+def test_an_identical_prompt_is_all_cached_and_a_restart_forgets_everything(fake_comfyui):
+    for prompt_id in ("one", "two"):
+        requests.post(fake_comfyui.url + "/prompt", json={"prompt": prompt(), "prompt_id": prompt_id})
+    fake_comfyui.wait_for_requests("/prompt", 2)
+    import time
+
+    deadline = time.monotonic() + 5
+    while len(fake_comfyui.history) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert fake_comfyui.executed[1] == []  # nothing re-ran
+    fake_comfyui.restart()
+    assert requests.get(fake_comfyui.url + "/history").json() == {}
