@@ -50,18 +50,6 @@ class WebUIConfig:
     poll_interval: float = 2.0
     # how many of the previous trials' merge files to keep in checkpoint_dir (0: delete each)
     keep_last: int = 0
-    # the server at url: a1111 (also Forge, reForge, SD.Next), comfyui, or auto (ask the server)
-    backend: str = "a1111"
-    # ComfyUI only. How each trial's merge reaches it: graph (weighted_sum merged inside the graph by
-    # ModelMergeSD1/SDXL + CLIPMergeSimple, no file), file (written into checkpoint_dir, a sub-folder
-    # of ComfyUI's models/checkpoints), or auto (graph where the method and bounds allow it)
-    comfyui_handoff: str = "auto"
-    # ComfyUI, in the graph: models A and B as ComfyUI lists them (null: found by their file names)
-    comfyui_model_a: Optional[str] = None
-    comfyui_model_b: Optional[str] = None
-    # ComfyUI: an API-format workflow JSON with {{model}}, {{prompt}}, {{negative}}, {{seed}}, …
-    # placeholders, instead of the built-in text-to-image graph
-    comfyui_workflow: Optional[str] = None
 
 
 @dataclass
@@ -77,7 +65,7 @@ class PayloadsConfig:
 
 @dataclass
 class ScorerConfig:
-    # laion, chad, aesthetic_head, manual, or ensemble (several of them, see `ensemble`)
+    # laion, chad, aesthetic_head, aesthetic_v25, pickscore, hpsv2, manual, or ensemble (several, see `ensemble`)
     name: str = "laion"
     # the CLIP image model: a Hugging Face id or a local folder (config.json, model.safetensors, …)
     clip: str = "openai/clip-vit-large-patch14"
@@ -97,6 +85,14 @@ class ScorerConfig:
     manual_ratings: Optional[str] = None
     # manual scoring: open each image in the system viewer (false, or no display: only print its path)
     manual_viewer: bool = True
+    # pickscore, hpsv2: the CLIP tokenizer for the prompts (a Hugging Face id or a local folder)
+    tokenizer: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+    # aesthetic_v25: the SigLIP image model (a Hugging Face id or a local folder)
+    siglip: str = "google/siglip-so400m-patch14-384"
+    # finalists: at the end of a run, re-score the top finalists_top_k trials' saved images with this
+    # scorer (a name, e.g. pickscore; null: off) into rescore-<name>.jsonl and the report
+    finalists: Optional[str] = None
+    finalists_top_k: int = 5
 
 
 @dataclass

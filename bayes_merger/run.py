@@ -24,6 +24,7 @@ from bayes_merger.inputs import Inputs, check_inputs
 from bayes_merger.merge.merger import Merger
 from bayes_merger.optimiser import Optimiser
 from bayes_merger.report import write_report
+from bayes_merger.rescore import finalists
 from bayes_merger.run_folder import (
     BEST_MERGE,
     Trial,
@@ -98,6 +99,7 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None) -> RunR
             info["best_saved_trial"] = best.trial
         info["finished_at"] = now()
         write_run_info(run_dir, info)
+        finalists(run_dir, inputs.scorer)  # scorer.finalists: the top trials again with a stronger scorer
         _refresh_report(run_dir)
         _log_summary(trial_log, best, run_dir)
         return RunResult(run_dir, len(trial_log.trials), optimiser.budget, best)
@@ -211,13 +213,15 @@ class TrialLoop:
         contexts: list[ImageContext] = []
         for payload in self.payloads:
             generation = self.webui.txt2img(payload.request)
+            prompt = str(payload.request.get("prompt", ""))  # wildcards were drawn when the payload was read
             for image_index, (image, seed) in enumerate(zip(generation.images, generation.seeds)):
                 path = None
                 if self.inputs.keep_images:
                     path = save_image(self.run_dir, image, trial=index, payload=payload.name, index=image_index,
-                                      prompt=str(payload.request.get("prompt", "")), seed=seed, weights=alpha_string)
+                                      prompt=prompt, seed=seed, weights=alpha_string)
                 images.append(image)
-                contexts.append(ImageContext(payload=payload.name, index=image_index, seed=seed, path=path))
+                contexts.append(ImageContext(payload=payload.name, index=image_index, seed=seed, path=path,
+                                             prompt=prompt))
         return images, contexts
 
 

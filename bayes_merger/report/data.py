@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from bayes_merger.merge.arch import SD_BLOCKS, SDXL_BLOCKS
-from bayes_merger.run_folder import TRIALS_FILE, finite, load_run_info, ranked, read_best, read_trial_records
+from bayes_merger.run_folder import TRIALS_FILE, finite, load_run_info, ranked, read_best, read_rescores, read_trial_records
 from bayes_merger.run_folder import record_score as trial_score
 
 # SD_BLOCKS and SDXL_BLOCKS are the fallback layouts for trial logs whose run.json and weights do
@@ -56,6 +56,8 @@ class RunData:
     blocks: tuple[str, ...]
     # best.yaml: which trial the optimiser's model rates best, the baseline, each weight's importance
     best_info: Mapping[str, Any] = field(default_factory=dict)
+    # rescore-<label>.jsonl files: {label: {trial number: score}} (python -m bayes_merger.rescore)
+    rescores: Mapping[str, Mapping[int, float]] = field(default_factory=dict)
 
     @property
     def ok_trials(self) -> list[tuple[int, Mapping[str, Any], float]]:
@@ -134,4 +136,4 @@ def load_run(run_dir: Path) -> RunData:
     records = read_trial_records(run_dir / TRIALS_FILE)
     trials = tuple((trial_number(t, i), t) for i, t in enumerate(records))
     return RunData(run_dir=run_dir, info=info, trials=trials, blocks=_blocks(info, records),
-                   best_info=read_best(run_dir))
+                   best_info=read_best(run_dir), rescores=read_rescores(run_dir))

@@ -10,6 +10,7 @@ is replaced atomically (``bayes_merger.files``).
     run_info.py   run.json: written, read strictly (resume) or tolerantly (report), resume identity
     best.py       best.yaml
     images.py     images/: PNGs with their prompt, seed and weights, named with their score
+    rescores.py   rescore-<scorer>.jsonl: the saved images scored again by another scorer
 """
 
 from bayes_merger.run_folder.best import best_extras, read_best, write_best
@@ -23,6 +24,7 @@ from bayes_merger.run_folder.paths import (
     RUN_FILE,
     TRIALS_FILE,
 )
+from bayes_merger.run_folder.rescores import read_rescores, rescore_path, write_rescores
 from bayes_merger.run_folder.run_info import (
     check_resumable,
     describe,
@@ -51,4 +53,5 @@ __all__ = [
     "ImageRecord", "Trial", "TrialLog", "best_trial", "finite", "record_score", "now", "ranked", "read_trial_records", "read_trials",
     "check_resumable", "describe", "is_run_folder", "load_run_info", "read_run_info", "unfinished", "write_run_info",
     "write_best", "record_images", "save_image",
+    "read_rescores", "rescore_path", "write_rescores",
 ]

@@ -13,16 +13,19 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class ImageContext:
-    """Where one image comes from: its payload, its place in the payload's batch, its seed, its file.
+    """Where one image comes from: its payload, its place in the payload's batch, its seed, its file,
+    and the prompt it was rendered from.
 
     ``path`` is where the trial loop saved the image (the manual scorer shows it), or None when
-    images are not saved.
+    images are not saved. ``prompt`` is the payload's prompt as sent to the WebUI (wildcards already
+    drawn); prompt-conditioned scorers (``pickscore``, ``hpsv2``) score the image against it.
     """
 
     payload: str
     index: int
     seed: int
     path: Path | None = None
+    prompt: str = ""
 
 
 @runtime_checkable

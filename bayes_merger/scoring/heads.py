@@ -5,6 +5,8 @@ Two layouts are recognised from the state dict's keys, and nothing else is guess
 - the LAION MLP (``layers.0``, ``layers.2``, ``layers.4``, ``layers.6``, ``layers.7``, each with
   ``.weight`` and ``.bias``): five linear layers with dropouts between them and, as trained, **no
   activations** (the ReLUs were commented out in the original code), so dropouts are left out here;
+- the aesthetic predictor v2.5 MLP (``scoring_head.0/2/4/6/8``): the same five linear layers, again
+  with dropouts and no activations between them, on a 1152-d SigLIP embedding;
 - a single linear layer: one ``weight`` of shape (1, D), optionally with its ``bias`` (1,), under
   any one prefix (``weight``, ``linear.weight``, ``fc.weight`` …).
 """
@@ -23,7 +25,13 @@ from bayes_merger.errors import ScorerError
 #: The indices of the linear layers in the LAION MLP's nn.Sequential (dropouts sit between them).
 LAION_LAYER_INDICES: tuple[int, ...] = (0, 2, 4, 6, 7)
 
-_LAYER_KEY = re.compile(r"^layers\.(\d+)\.(weight|bias)$")
+#: Recognised MLP layouts: key prefix → (indices of the linear layers, layout name).
+_MLP_LAYOUTS: dict[str, tuple[tuple[int, ...], str]] = {
+    "layers": (LAION_LAYER_INDICES, "laion-mlp"),
+    "scoring_head": ((0, 2, 4, 6, 8), "v2.5-mlp"),
+}
+
+_LAYER_KEY = re.compile(r"^(layers|scoring_head)\.(\d+)\.(weight|bias)$")
 
 
 class AestheticHead(nn.Module):
@@ -50,11 +58,15 @@ class AestheticHead(nn.Module):
     def from_state_dict(cls, tensors: Mapping[str, torch.Tensor], source: str = "") -> AestheticHead:
         """Build the head whose layout the keys show, or raise ScorerError naming the keys found."""
         where = f" in {source}" if source else ""
-        if all(_LAYER_KEY.match(k) for k in tensors):
-            indices = sorted({int(_LAYER_KEY.match(k).group(1)) for k in tensors})  # type: ignore[union-attr]
-            if tuple(indices) == LAION_LAYER_INDICES:
-                pairs = [(tensors.get(f"layers.{i}.weight"), tensors.get(f"layers.{i}.bias")) for i in indices]
-                return cls(_chain(pairs, source), layout="laion-mlp")
+        matches = [_LAYER_KEY.match(k) for k in tensors]
+        prefixes = {m.group(1) for m in matches if m}
+        if tensors and all(matches) and len(prefixes) == 1:
+            prefix = prefixes.pop()
+            expected, layout = _MLP_LAYOUTS[prefix]
+            indices = sorted({int(m.group(2)) for m in matches if m})
+            if tuple(indices) == expected:
+                pairs = [(tensors.get(f"{prefix}.{i}.weight"), tensors.get(f"{prefix}.{i}.bias")) for i in indices]
+                return cls(_chain(pairs, source), layout=layout)
         weights = [k for k in tensors if k == "weight" or k.endswith(".weight")]
         if len(weights) == 1:
             prefix = weights[0][: -len("weight")]
@@ -66,7 +78,8 @@ class AestheticHead(nn.Module):
         found = ", ".join(f"{k} {tuple(v.shape)}" for k, v in list(tensors.items())[:12])
         more = f" and {len(tensors) - 12} more" if len(tensors) > 12 else ""
         raise ScorerError(
-            f"The head{where} is neither the LAION MLP (layers.0/2/4/6/7 .weight/.bias) nor a single "
+            f"The head{where} is neither the LAION MLP (layers.0/2/4/6/7 .weight/.bias), the v2.5 MLP "
+            f"(scoring_head.0/2/4/6/8), nor a single "
             f"linear layer to one output; keys found: {found or 'none'}{more}."
         )
 

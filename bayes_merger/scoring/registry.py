@@ -1,12 +1,15 @@
 """The list of scorers by name, and ``build_scorer``: config → a ready scorer, models loaded once.
 
-Adding a scorer (ImageReward, PickScore, HPSv2 …) is one new module with a factory
+Adding a scorer (ImageReward …) is one new module with a factory
 ``build(config: ScorerConfig, shared: SharedModels) -> Scorer`` and one line in ``SCORERS``.
 
 Config shapes::
 
     scorer: {name: laion}                                   # one scorer
     scorer: {name: ensemble, ensemble: {laion: 1.0, chad: 0.5}}   # several, weighted per image
+    scorer: {name: ensemble, ensemble: {pickscore: 1.0, hpsv2: 1.0, aesthetic_v25: 0.5}}
+
+Ensemble members are put on one scale first (``scales.py``: fixed affine maps, never run statistics).
 
 Ensemble members share the section's other settings (clip, device, batch_size, cache_dir) and one
 CLIP backbone; ``scorer.head`` is used by the member that takes a head file (``aesthetic_head``).
@@ -24,7 +27,7 @@ from typing import Callable, Mapping
 
 from bayes_merger.config import ScorerConfig
 from bayes_merger.errors import ConfigError
-from bayes_merger.scoring import aesthetic, manual
+from bayes_merger.scoring import aesthetic, aesthetic_v25, manual, preference
 from bayes_merger.scoring.base import Scorer, SharedModels
 from bayes_merger.scoring.combine import check_combine_mode
 from bayes_merger.scoring.ensemble import EnsembleScorer
@@ -39,6 +42,9 @@ SCORERS: Mapping[str, ScorerFactory] = MappingProxyType(
         "laion": aesthetic.build_laion,
         "chad": aesthetic.build_chad,
         "aesthetic_head": aesthetic.build_aesthetic_head,
+        "aesthetic_v25": aesthetic_v25.build_aesthetic_v25,
+        "pickscore": preference.build_pickscore,
+        "hpsv2": preference.build_hpsv2,
         "manual": manual.build_manual,
     }
 )

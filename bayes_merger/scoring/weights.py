@@ -5,6 +5,14 @@ file deleted), converted to ``.safetensors`` with the source hash in its metadat
 cache dir. Later runs read only the safetensors file, so no pickle is ever opened twice, and the
 ``.pth`` itself is only ever read with torch's ``weights_only`` loader.
 
+A published ``.safetensors`` file (PickScore) is kept as it is, its checked sha256 in a
+``<file>.sha256`` file beside it.
+
+Every published file is in one table below (``HeadSource`` constants). A pin of ``None`` is a
+digest bayes-merger could not learn when the source was added: the first fetch is accepted, its
+sha256 printed in a warning (compare it with the one on the file's page) and recorded in the cache,
+so the cached file can never change unnoticed afterwards. Replace ``None`` by that digest.
+
 Cache dir: ``scorer.cache_dir`` if set, else ``$XDG_CACHE_HOME/bayes-merger`` (``~/.cache/bayes-merger``).
 With ``HF_HUB_OFFLINE=1`` nothing is downloaded: a head that is not cached is an error saying where
 to put the file.
@@ -24,7 +32,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from bayes_merger.errors import ScorerError
-from bayes_merger.files import atomic_path, file_sha256, load_torch_weights
+from bayes_merger.files import atomic_path, atomic_write_text, file_sha256, load_torch_weights
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +49,19 @@ class HeadSource:
     name: str
     description: str
     url: str
-    sha256: str
+    sha256: str | None  # None: not pinned yet (see the module docstring)
     filename: str
+    licence: str = ""
 
     @property
     def cached_name(self) -> str:
         """The converted file's name in the cache dir."""
         return Path(self.filename).stem + ".safetensors"
+
+    @property
+    def is_safetensors(self) -> bool:
+        """Published as safetensors: cached as it is, with no conversion."""
+        return self.filename.endswith(".safetensors")
 
 
 LAION_HEAD = HeadSource(
@@ -57,6 +71,7 @@ LAION_HEAD = HeadSource(
     "sac+logos+ava1-l14-linearMSE.pth",
     sha256="21dd590f3ccdc646f0d53120778b296013b096a035a2718c9cb0d511bff0f1e0",
     filename="sac+logos+ava1-l14-linearMSE.pth",
+    licence="Apache-2.0",
 )
 
 CHAD_HEAD = HeadSource(
@@ -65,6 +80,36 @@ CHAD_HEAD = HeadSource(
     url="https://github.com/grexzen/SD-Chad/raw/main/chadscorer.pth",
     sha256="ba265592f419d88ad66216257d54c57eae08ae2fde0b8be167bbe7ddc09206bd",
     filename="chadscorer.pth",
+    licence="Apache-2.0",
+)
+
+# --- Pins not verified: these digests could not be learnt offline when the sources were added.
+# The first fetch prints the file's sha256; check it against the file's page and put it here.
+PICKSCORE = HeadSource(
+    name="pickscore",
+    description="PickScore v1 model (CLIP ViT-H/14 fine-tuned on Pick-a-Pic)",
+    url="https://huggingface.co/yuvalkirstain/PickScore_v1/resolve/main/model.safetensors",
+    sha256=None,  # UNVERIFIED
+    filename="PickScore_v1.safetensors",
+    licence="MIT (the PickScore repository, yuvalkirstain/PickScore)",
+)
+
+HPS_V21 = HeadSource(
+    name="hpsv2",
+    description="HPS v2.1 model (open_clip ViT-H/14 fine-tuned on HPD v2)",
+    url="https://huggingface.co/xswu/HPSv2/resolve/main/HPS_v2.1_compressed.pt",
+    sha256=None,  # UNVERIFIED
+    filename="HPS_v2.1_compressed.pt",
+    licence="Apache-2.0 (tgxs002/HPSv2)",
+)
+
+AESTHETIC_V25 = HeadSource(
+    name="aesthetic_v25",
+    description="aesthetic predictor v2.5 head (on SigLIP so400m)",
+    url="https://github.com/discus0434/aesthetic-predictor-v2-5/raw/main/models/aesthetic_predictor_v2_5.pth",
+    sha256=None,  # UNVERIFIED
+    filename="aesthetic_predictor_v2_5.pth",
+    licence="AGPL-3.0 (discus0434/aesthetic-predictor-v2-5): you download it; bayes-merger ships no copy",
 )
 
 #: Downloads a URL to a local file; may raise requests/OS errors (turned into ScorerError).
@@ -105,14 +150,17 @@ def pinned_head(source: HeadSource, cache_dir: Path, download: Downloader | None
     """
     cached = cache_dir / source.cached_name
     if cached.is_file():
-        if converted_from(cached) == source.sha256:
+        recorded = converted_from(cached)
+        if recorded is not None and (recorded == source.sha256 or source.sha256 is None):
+            return cached
+        if source.is_safetensors:  # put there by hand (cached_name == filename): check it once
+            _store(source, cached, cached, _verified_digest(cached, source))
             return cached
         log.warning("%s does not come from the pinned %s; fetching it again", cached, source.filename)
 
     placed = cache_dir / source.filename
     if placed.is_file():
-        check_sha256(placed, source.sha256, what=source.description, url=source.url)
-        convert_to_safetensors(placed, cached, source_sha256=source.sha256, source_url=source.url)
+        _store(source, placed, cached, _verified_digest(placed, source))
         return cached
 
     if downloads_disabled():
@@ -128,11 +176,40 @@ def pinned_head(source: HeadSource, cache_dir: Path, download: Downloader | None
             (download or http_download)(source.url, tmp)
         except Exception as exc:  # requests, OS and HTTP errors alike mean: not downloaded
             raise ScorerError(_missing_message(source, cache_dir, f"the download failed ({exc})")) from exc
-        check_sha256(tmp, source.sha256, what=source.description, url=source.url)
-        convert_to_safetensors(tmp, cached, source_sha256=source.sha256, source_url=source.url)
+        _store(source, tmp, cached, _verified_digest(tmp, source))
     finally:
         tmp.unlink(missing_ok=True)
     return cached
+
+
+def _verified_digest(path: Path, source: HeadSource) -> str:
+    """The file's sha256 once it is known to be the source's: checked against the pin, or, with no
+    pin yet, printed for the user to compare (the first fetch is trusted, and recorded)."""
+    if source.sha256 is not None:
+        check_sha256(path, source.sha256, what=source.description, url=source.url)
+        return source.sha256
+    digest = file_sha256(path)
+    log.warning(
+        "bayes-merger has no pinned sha256 for the %s yet: %s has sha256 %s. Compare it with the one shown "
+        "for %s; it is recorded, and the cached file is checked against it from now on.",
+        source.description, path.name, digest, source.url,
+    )
+    return digest
+
+
+def _store(source: HeadSource, path: Path, cached: Path, digest: str) -> None:
+    """Put a checked file into the cache: safetensors as it is (digest beside it), a .pth converted."""
+    if not source.is_safetensors:
+        convert_to_safetensors(path, cached, source_sha256=digest, source_url=source.url)
+        return
+    if path != cached:
+        os.replace(path, cached)
+    atomic_write_text(_digest_file(cached), digest + "\n")
+    log.info("Cached the %s as %s", source.description, cached)
+
+
+def _digest_file(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
 
 
 def check_sha256(path: Path, expected: str, *, what: str, url: str = "") -> None:
@@ -184,7 +261,11 @@ def convert_to_safetensors(
 
 
 def converted_from(path: Path) -> str | None:
-    """The source sha256 recorded in one of our converted safetensors files (None otherwise)."""
+    """The source sha256 recorded for a cached file: in the metadata of one of our converted
+    safetensors files, or in the ``.sha256`` file beside a published safetensors file (None otherwise)."""
+    beside = _digest_file(path)
+    if beside.is_file():
+        return beside.read_text(encoding="utf-8").strip() or None
     try:
         with safe_open(str(path), framework="pt") as handle:
             return (handle.metadata() or {}).get(SOURCE_SHA256_KEY)
@@ -193,8 +274,9 @@ def converted_from(path: Path) -> str | None:
 
 
 def _missing_message(source: HeadSource, cache_dir: Path, why: str) -> str:
+    digest = f"sha256 {source.sha256}" if source.sha256 else "its sha256 is printed when it is first used"
+    head = " or set scorer.head to a local copy of that file" if source.name in ("laion", "chad") else ""
     return (
         f"The {source.description} is not cached and {why}. Download {source.url} "
-        f"(sha256 {source.sha256}) and save it as {cache_dir / source.filename}, "
-        "or set scorer.head to a local copy of that file."
+        f"({digest}) and save it as {cache_dir / source.filename}{head}."
     )

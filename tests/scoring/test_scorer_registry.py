@@ -29,7 +29,7 @@ class _Constant:
 
 
 def test_the_registry_lists_every_scorer_by_name() -> None:
-    assert set(SCORERS) == {"laion", "chad", "aesthetic_head", "manual"}
+    assert set(SCORERS) == {"laion", "chad", "aesthetic_head", "aesthetic_v25", "pickscore", "hpsv2", "manual"}
 
 
 def test_an_unknown_scorer_name_is_a_config_error_suggesting_the_closest() -> None:

@@ -1,0 +1,116 @@
+"""Re-scoring a finished run's saved images, and the end-of-run finalists."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bayes_merger.config import ScorerConfig
+from bayes_merger.errors import ConfigError
+from bayes_merger.rescore import finalists, main, rescore_run, scorer_config
+from bayes_merger.run_folder import ImageRecord, Trial, TrialLog, read_rescores, save_image
+from bayes_merger.testing.tiny_clip import make_tiny_head
+
+PROMPTS = {"portrait": "portrait of a __woman__ drawn as: an old woman", "castle": "a castle at dusk"}
+
+
+class PromptLength:
+    """Scores an image by the length of its prompt plus its index: shows which prompt it was given."""
+
+    name = "promptlength"
+
+    def score(self, images, contexts=None):  # noqa: ANN001, ANN201
+        return [len(c.prompt) + c.index for c in contexts]
+
+
+def _run_folder(run_dir: Path, scores: list[float | None]) -> Path:
+    """A finished run: one trial per score (None: failed), two payloads of two saved images each."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = TrialLog(run_dir)
+    rng = np.random.default_rng(0)
+    for number, score in enumerate(scores):
+        records = []
+        if score is not None:
+            for payload, prompt in PROMPTS.items():
+                for index in range(2):
+                    image = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+                    path = save_image(run_dir, image, trial=number, payload=payload, index=index, prompt=prompt,
+                                      seed=100 + index, weights="0.5")
+                    records.append(ImageRecord(payload, index, 100 + index, score, path.relative_to(run_dir).as_posix()))
+        log.append(Trial(trial=number, phase="init", status="ok" if score is not None else "failed",
+                         params={"x": 0.5}, weights={"alpha": {"BASE": 0.5}, "beta": None}, alpha_string="0.5",
+                         beta_string=None, score=score, error=None if score is not None else "boom",
+                         payload_scores={}, images=tuple(records)))
+    return run_dir
+
+
+def test_rescore_writes_new_scores_beside_the_log_and_leaves_the_log_alone(tmp_path: Path) -> None:
+    run_dir = _run_folder(tmp_path, [5.0, None, 6.0])
+    before = (run_dir / "trials.jsonl").read_bytes()
+    result = rescore_run(run_dir, ScorerConfig(), scorer=PromptLength())
+    assert (run_dir / "trials.jsonl").read_bytes() == before
+    assert result.path == run_dir / "rescore-promptlength.jsonl"
+    lines = [json.loads(line) for line in result.path.read_text().splitlines()]
+    assert [line["trial"] for line in lines] == [0, 2]
+    portrait, castle = len(PROMPTS["portrait"]), len(PROMPTS["castle"])
+    first = lines[0]
+    assert [image["score"] for image in first["images"]] == [portrait, portrait + 1, castle, castle + 1]
+    assert first["payload_scores"] == {"portrait": portrait + 0.5, "castle": castle + 0.5}
+    assert first["score"] == pytest.approx((portrait + castle + 1) / 2)
+    assert first["original_score"] == 5.0
+    assert read_rescores(run_dir) == {"promptlength": {0: first["score"], 2: lines[1]["score"]}}
+
+
+def test_top_k_rescores_only_the_best_trials_of_the_run(tmp_path: Path) -> None:
+    run_dir = _run_folder(tmp_path, [5.0, 7.0, 6.0, 4.0])
+    result = rescore_run(run_dir, ScorerConfig(), top_k=2, scorer=PromptLength())
+    assert sorted(result.scores) == [1, 2]
+
+
+def test_the_report_shows_a_column_per_rescore(tmp_path: Path) -> None:
+    from bayes_merger.report import write_report
+
+    run_dir = _run_folder(tmp_path, [5.0, 6.0])
+    rescore_run(run_dir, ScorerConfig(), scorer=PromptLength())
+    write_report(run_dir)
+    assert 'class="rescore-col">promptlength</th>' in (run_dir / "report.html").read_text()
+
+
+def test_overrides_start_from_the_runs_scorer_section(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("scorer:\n  name: laion\n  device: cpu\n  batch_size: 3\n")
+    config, top_k = scorer_config(tmp_path, ["scorer=pickscore", "scorer.batch_size=2", "top_k=4"])
+    assert (config.name, config.device, config.batch_size, top_k) == ("pickscore", "cpu", 2, 4)
+    config, _ = scorer_config(tmp_path, ["scorer=ensemble", "scorer.ensemble={pickscore: 1, hpsv2: 2}"])
+    assert config.ensemble == {"pickscore": 1, "hpsv2": 2}
+    with pytest.raises(ConfigError, match="not an option"):
+        scorer_config(tmp_path, ["optimiser.n_iters=3"])
+
+
+def test_the_command_rescores_with_a_registered_scorer_through_its_loader(
+    tmp_path: Path, tiny_clip_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = _run_folder(tmp_path / "run", [5.0, 6.0])
+    head = make_tiny_head(tmp_path / "head.safetensors")
+    code = main([str(run_dir), "scorer=aesthetic_head", f"scorer.head={head}", f"scorer.clip={tiny_clip_dir}",
+                 "scorer.device=cpu"])
+    assert code == 0, capsys.readouterr().err
+    scores = read_rescores(run_dir)["aesthetic_head"]
+    assert sorted(scores) == [0, 1] and all(np.isfinite(list(scores.values())))
+    assert main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_finalists_are_off_by_default_and_rescore_the_top_k_when_set(tmp_path: Path, tiny_clip_dir: Path) -> None:
+    run_dir = _run_folder(tmp_path / "run", [5.0, 7.0, 6.0])
+    head = make_tiny_head(tmp_path / "head.safetensors")
+    config = ScorerConfig(name="laion", clip=str(tiny_clip_dir), head=str(head), device="cpu")
+    assert finalists(run_dir, config) is None
+    chosen = dataclasses.replace(config, finalists="aesthetic_head", finalists_top_k=2)
+    result = finalists(run_dir, chosen)
+    assert result is not None and sorted(result.scores) == [1, 2]
+    # a finalists scorer that cannot load never fails the run
+    assert finalists(run_dir, dataclasses.replace(config, finalists="hpsv2", cache_dir=str(tmp_path))) is None
