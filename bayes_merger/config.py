@@ -50,6 +50,18 @@ class WebUIConfig:
     poll_interval: float = 2.0
     # how many of the previous trials' merge files to keep in checkpoint_dir (0: delete each)
     keep_last: int = 0
+    # the server at url: a1111 (also Forge, reForge, SD.Next), comfyui, or auto (ask the server)
+    backend: str = "a1111"
+    # ComfyUI only. How each trial's merge reaches it: graph (weighted_sum merged inside the graph by
+    # ModelMergeSD1/SDXL + CLIPMergeSimple, no file), file (written into checkpoint_dir, a sub-folder
+    # of ComfyUI's models/checkpoints), or auto (graph where the method and bounds allow it)
+    comfyui_handoff: str = "auto"
+    # ComfyUI, in the graph: models A and B as ComfyUI lists them (null: found by their file names)
+    comfyui_model_a: Optional[str] = None
+    comfyui_model_b: Optional[str] = None
+    # ComfyUI: an API-format workflow JSON with {{model}}, {{prompt}}, {{negative}}, {{seed}}, …
+    # placeholders, instead of the built-in text-to-image graph
+    comfyui_workflow: Optional[str] = None
 
 
 @dataclass
