@@ -1,6 +1,8 @@
-"""Which torch device a ``device`` setting (``merge.device``, ``scorer.device``) names."""
+"""Which torch device a ``device`` setting (``merge.device``, ``scorer.device``) names, and how much memory it has free."""
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -21,3 +23,20 @@ def resolve_device(name: str, what: str = "device") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{what.capitalize()} {name!r} asked for, but torch sees no CUDA device; use auto or cpu.")
     return device
+
+
+def available_bytes(device: torch.device) -> int:
+    """Memory the device can still give: CUDA's free memory, or the system's MemAvailable (0 if unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0

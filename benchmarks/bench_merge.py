@@ -46,7 +46,8 @@ from bayes_merger.merge.arch import SD_BLOCKS  # noqa: E402
 from bayes_merger.merge.checkpoint import is_kept_by_prune  # noqa: E402
 from bayes_merger.merge.merger import Merger  # noqa: E402
 from bayes_merger.merge.weights import BlockWeights  # noqa: E402
-from bayes_merger.testing.models import key_specs, make_checkpoint, parameter_count  # noqa: E402
+from bayes_merger.testing.checkpoint_keys import key_specs, parameter_count  # noqa: E402
+from bayes_merger.testing.models import make_checkpoint  # noqa: E402
 
 log = logging.getLogger("bench_merge")
 GB = 1e9

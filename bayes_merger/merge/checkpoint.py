@@ -1,29 +1,25 @@
 """Reading and writing checkpoints: safetensors first, pickles only through torch's weights-only loader.
 
 Reading a .safetensors file reads its header first (enough to detect the architecture), then only
-the tensors asked for, straight from the file into tensors of their own. Reading normalises the
-older key names some checkpoints carry to the names every other module uses (see
-``canonical_key``). Writing streams the safetensors format tensor by tensor, straight from the
-tensors' memory to the file, into a temporary file renamed into place when complete.
+the tensors asked for (the format itself is ``safetensors_file``). Reading normalises the older key
+names some checkpoints carry to the names every other module uses (see ``canonical_key``). Saving
+chooses the keys (prune) and the precision, and writes .safetensors only.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import pickle
 import re
-import struct
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 
 import torch
 
 from bayes_merger.errors import CheckpointError, ConfigError
-from bayes_merger.files import atomic_path, load_torch_weights
 from bayes_merger.files import file_sha256 as sha256_of
+from bayes_merger.files import load_torch_weights
+from bayes_merger.merge.safetensors_file import TensorInfo, read_header, read_tensors, write_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -43,23 +39,6 @@ _EMA = "model_ema."
 _EMA_UNET = "model_ema.diffusion_model"
 _EMA_OWN = ("model_ema.decay", "model_ema.num_updates")
 
-_ST_DTYPES: dict[torch.dtype, str] = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-    torch.float8_e4m3fn: "F8_E4M3",
-    torch.float8_e5m2: "F8_E5M2",
-}
-_TORCH_DTYPES = {v: k for k, v in _ST_DTYPES.items()}
-_ITEMSIZE = {dtype: torch.empty((), dtype=dtype).element_size() for dtype in _ST_DTYPES}
-
 _DTYPE_NAMES: dict[str, torch.dtype] = {
     "fp16": torch.float16,
     "float16": torch.float16,
@@ -72,14 +51,6 @@ _DTYPE_NAMES: dict[str, torch.dtype] = {
     "float": torch.float32,
     "32": torch.float32,
 }
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """A tensor's shape and dtype, known without reading its data."""
-
-    shape: tuple[int, ...]
-    dtype: torch.dtype
 
 
 def canonical_key(key: str) -> str:
@@ -135,97 +106,6 @@ def _format_of(path: Path) -> str:
     )
 
 
-_MAX_HEADER = 100_000_000  # safetensors' own limit: a larger "header" is a file that is not safetensors
-
-
-@dataclass(frozen=True)
-class _Entry:
-    stored: str
-    info: TensorInfo
-    start: int  # absolute file offset of the tensor's bytes
-    size: int
-
-
-def _read_safetensors_header(path: Path) -> list[_Entry]:
-    """Parse and check a .safetensors header: every tensor's place in the file, nothing else read.
-
-    The checks are those of safetensors' own loader (offsets tile the data exactly, sizes match
-    shapes and dtypes), so a truncated or damaged file is refused here rather than half-read later.
-    """
-
-    def bad(reason: str) -> CheckpointError:
-        return CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt: {reason}).")
-
-    file_size = path.stat().st_size
-    with path.open("rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise bad(f"{file_size} bytes, too short for a header")
-        (length,) = struct.unpack("<Q", head)
-        if length > _MAX_HEADER or 8 + length > file_size:
-            raise bad(f"header length {length} does not fit a {file_size}-byte file")
-        raw = f.read(length)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise bad(f"header is not JSON: {err}") from None
-    if not isinstance(header, dict):
-        raise bad("header is not a JSON object")
-
-    data_start = 8 + length
-    entries = []
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype = _TORCH_DTYPES[meta["dtype"]]
-            shape = tuple(int(d) for d in meta["shape"])
-            begin, end = (int(x) for x in meta["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise bad(f"tensor {name!r} has an unreadable or unsupported description {meta!r}") from None
-        size = math.prod(shape) * _ITEMSIZE[dtype]
-        if min(shape, default=0) < 0 or end - begin != size:
-            raise bad(f"tensor {name!r} takes {end - begin} bytes, its shape and dtype need {size}")
-        entries.append(_Entry(name, TensorInfo(shape, dtype), data_start + begin, size))
-    entries.sort(key=lambda e: e.start)
-    position = data_start
-    for entry in entries:
-        if entry.start != position:
-            raise bad(f"tensor {entry.stored!r} does not start where the previous one ends")
-        position += entry.size
-    if position != file_size:
-        raise bad(f"the tensors need {position} bytes, the file has {file_size}")
-    return entries
-
-
-def _read_safetensors(
-    path: Path, entries: Iterable[_Entry], convert: Callable[[torch.Tensor, _Entry], torch.Tensor], device: str
-) -> dict[str, torch.Tensor]:
-    """Read tensors straight from the file into tensors of their own (one copy, no memory map).
-
-    safetensors' own loader hands out tensors backed by a memory map of the file: each page is
-    faulted in on first use (measured here 8x slower than reading the same bytes) and stays the
-    file's, not ours. Reading into owned tensors makes "loaded once, resident" true.
-    """
-    out: dict[str, torch.Tensor] = {}
-    with path.open("rb", buffering=0) as f:
-        for entry in entries:
-            t = torch.empty(entry.info.shape, dtype=entry.info.dtype)
-            if entry.size:
-                f.seek(entry.start)
-                view = memoryview(t.reshape(-1).view(torch.uint8).numpy())
-                done = 0
-                while done < entry.size:
-                    n = f.readinto(view[done:])
-                    if not n:
-                        raise CheckpointError(f"{path} is not a readable safetensors file (truncated while reading).")
-                    done += n
-            if device != "cpu":
-                t = t.to(device)
-            out[entry.stored] = convert(t, entry)
-    return out
-
-
 def _torch_load(path: Path, lazy: bool) -> dict[str, torch.Tensor]:
     """A pickle checkpoint, on the CPU, through torch's weights-only unpickler: nothing in it is executed.
 
@@ -274,7 +154,7 @@ def read_tensor_info(path: Path | str) -> dict[str, TensorInfo]:
     """Every tensor's canonical name, shape and dtype, reading only the header where the format allows."""
     path = _checked_file(path)
     if _format_of(path) == "safetensors":
-        entries = {e.stored: e for e in _read_safetensors_header(path)}
+        entries = {e.stored: e for e in read_header(path)}
         return {c: entries[s].info for c, s in _stored_names(entries, path).items()}
     tensors = _torch_load(path, lazy=True)
     names = _stored_names(tensors, path)
@@ -306,10 +186,10 @@ def load_state_dict(
 
     out: dict[str, torch.Tensor] = {}
     if _format_of(path) == "safetensors":
-        entries = {e.stored: e for e in _read_safetensors_header(path)}
+        entries = {e.stored: e for e in read_header(path)}
         wanted = {s: c for c, s in _stored_names(entries, path).items() if keys is None or c in keys}
         # in file order: one forward pass over the file
-        tensors = _read_safetensors(
+        tensors = read_tensors(
             path, [e for e in entries.values() if e.stored in wanted], lambda t, e: convert(t, wanted[e.stored]), device
         )
         out = {wanted[stored]: t for stored, t in tensors.items()}
@@ -328,72 +208,7 @@ def file_sha256(path: Path | str) -> str:
     return sha256_of(_checked_file(path))
 
 
-# ----------------------------------------------------------------------------------------- writing
-
-
-def _raw_bytes(t: torch.Tensor):
-    """The tensor's bytes as a buffer, without a copy for contiguous CPU tensors."""
-    t = t.detach()
-    if t.device.type != "cpu":
-        t = t.cpu()
-    t = t.contiguous()
-    if t.numel() == 0:
-        return b""
-    return t.reshape(-1).view(torch.uint8).numpy()
-
-
-def write_safetensors(
-    path: Path | str,
-    entries: Sequence[tuple[str, torch.dtype, Sequence[int]]],
-    tensor_of: Callable[[str], torch.Tensor],
-    metadata: Mapping[str, str] | None = None,
-) -> Path:
-    """Write a .safetensors file tensor by tensor, atomically (temporary file, then rename).
-
-    ``entries`` lists (name, dtype, shape) in file order; ``tensor_of(name)`` is called once per
-    entry, in that order, and must return a tensor of that dtype and shape on any device. Only one
-    tensor is held at a time beyond what the caller holds, and a contiguous CPU tensor is written
-    from its own memory, so writing costs about what a plain write of the same bytes costs.
-    """
-    path = Path(path)
-    header: dict[str, object] = {}
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    offset = 0
-    sizes = []
-    for name, dtype, shape in entries:
-        if dtype not in _ST_DTYPES:
-            raise CheckpointError(f"Cannot save tensor {name}: dtype {dtype} has no safetensors equivalent.")
-        numel = 1
-        for d in shape:
-            numel *= int(d)
-        size = numel * _ITEMSIZE[dtype]
-        header[name] = {
-            "dtype": _ST_DTYPES[dtype],
-            "shape": [int(d) for d in shape],
-            "data_offsets": [offset, offset + size],
-        }
-        offset += size
-        sizes.append(size)
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned, as safetensors' own writer does
-
-    try:
-        # the temporary file is hidden and does not end in .safetensors: a WebUI scanning the folder
-        # never lists a half-written file
-        with atomic_path(path) as tmp, tmp.open("wb") as f:
-            f.write(struct.pack("<Q", len(blob)))
-            f.write(blob)
-            for (name, dtype, shape), size in zip(entries, sizes):
-                t = tensor_of(name)
-                if t.dtype != dtype or tuple(t.shape) != tuple(int(d) for d in shape):
-                    raise ValueError(f"tensor {name} is {t.dtype} {tuple(t.shape)}, announced {dtype} {tuple(shape)}")
-                written = f.write(_raw_bytes(t))
-                if written != size:
-                    raise OSError(f"short write of tensor {name}: {written} of {size} bytes")
-    except OSError as err:
-        raise CheckpointError(f"Cannot write {path}: {err}.") from None
-    return path
+# ------------------------------------------------------------------------------------------ saving
 
 
 def save_state_dict(

@@ -15,13 +15,19 @@ Per key (A's keys, in A's order):
   only when ``prune`` is off;
 - the input convolution of an inpainting/instruct-pix2pix model A merged with a normal B merges its
   first 4 input channels and keeps A's for the rest, as A1111 and supermerger do.
+
+The method's input checks (shapes, dtypes, model C) run once per key, when the plan is built; each
+trial calls the unchecked formula. For a method that declares work independent of α and β
+(``MergeMethod.prepare``: differences, sorts, spectra), that work is done once per key at load and
+kept, within a memory budget (``precompute_bytes``; see ``Merger``); keys beyond the budget do it
+every trial. Both ways run the same code, so the merge is bit for bit the same.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 
@@ -29,7 +35,7 @@ import torch
 
 from bayes_merger import __version__
 from bayes_merger.config import MergeConfig
-from bayes_merger.devices import resolve_device
+from bayes_merger.devices import available_bytes, resolve_device
 from bayes_merger.errors import CheckpointError, ConfigError, MergeError
 from bayes_merger.merge.arch import INPUT_CONV_KEY, Architecture, detect_architecture
 from bayes_merger.merge.checkpoint import (
@@ -42,6 +48,7 @@ from bayes_merger.merge.checkpoint import (
     save_state_dict,
 )
 from bayes_merger.merge.methods import MergeMethod, clip_to_inputs, get_method
+from bayes_merger.merge.methods.registry import prepared_bytes
 from bayes_merger.merge.weights import BlockWeights, layout_label
 
 log = logging.getLogger(__name__)
@@ -65,6 +72,8 @@ class _Step:
     # for a partial merge (the first input channels only): the slice of the key's output that
     # receives ``out``; None when ``out`` is the key's output itself
     into: torch.Tensor | None = None
+    # what the method's ``prepare`` computed once for this key; None: computed every trial
+    prepared: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -121,12 +130,20 @@ def _check_architectures(models: Mapping[str, Path], archs: Mapping[str, Archite
 
 
 class Merger:
-    """Merges models A, B [, C] with block weights, in place, as often as asked."""
+    """Merges models A, B [, C] with block weights, in place, as often as asked.
+
+    Memory: the models as loaded, one output tensor per merged key, and what the method precomputes
+    (``MergeMethod.prepare``; 8 to 16 bytes per merged value for the non-linear methods, one
+    tensor the size of the merged keys for add_difference, nothing for the others), which is kept
+    only up to ``precompute_bytes`` in all (default: half the memory the merge device has
+    available once the models are loaded; 0 turns precomputing off).
+    """
 
     def __init__(self, model_a: Path, model_b: Path, model_c: Path | None, config: MergeConfig,
-                 inputs: MergeInputs | None = None) -> None:
+                 inputs: MergeInputs | None = None, *, precompute_bytes: int | None = None) -> None:
         """Check the inputs (unless ``inputs`` holds them, already checked), then load the models."""
         self.config = config
+        self._precompute_bytes = precompute_bytes
         if inputs is None:
             inputs = inspect_inputs(model_a, model_b, model_c, config)
         self.method: MergeMethod = inputs.method
@@ -140,9 +157,12 @@ class Merger:
         self._weights: BlockWeights | None = None
 
     @classmethod
-    def from_inputs(cls, inputs: MergeInputs, config: MergeConfig) -> "Merger":
+    def from_inputs(cls, inputs: MergeInputs, config: MergeConfig, *, precompute_bytes: int | None = None) -> "Merger":
         """The merger of inputs ``inspect_inputs`` has already checked (the files are not inspected again)."""
-        return cls(inputs.models["A"], inputs.models["B"], inputs.models.get("C"), config, inputs)
+        return cls(
+            inputs.models["A"], inputs.models["B"], inputs.models.get("C"), config, inputs,
+            precompute_bytes=precompute_bytes,
+        )
 
     # ------------------------------------------------------------------------------------- plan
 
@@ -229,22 +249,54 @@ class Merger:
                     a_part = t[:, :n].contiguous()
                     c_part = None if c is None else c[:, :n].contiguous()
                     b_part = b[:, :n].contiguous()
-                    steps.append(_Step(key, plan[key], a_part, b_part, c_part, torch.empty_like(a_part), out[:, :n]))
+                    steps.append(self._step(key, plan[key], a_part, b_part, c_part, torch.empty_like(a_part), out[:, :n]))
                     log.info("%s: merging the first %d of %d input channels; the rest is A's.", key, n, t.shape[1])
                 else:
                     # a copy of A rather than empty memory: the pages are touched now, at load,
                     # not during the first trial's merge
                     out = t.clone()
                     outputs[key] = out
-                    steps.append(_Step(key, plan[key], t, b, c, out))
+                    steps.append(self._step(key, plan[key], t, b, c, out))
         self._inputs = inputs
-        self._steps = steps
+        self._steps = self._prepare(steps)
         self._outputs = outputs
         self._view: Mapping[str, torch.Tensor] = MappingProxyType(outputs)
         log.info(
             "%s models loaded: %d keys merged, %d taken from model A.",
             self.architecture.label, len(steps), len(outputs) - len(steps),
         )
+
+    def _step(self, key: str, block: int, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None,
+              out: torch.Tensor, into: torch.Tensor | None = None) -> _Step:
+        """A key's step, its inputs checked by the method once, here, rather than every trial."""
+        try:
+            b, c, out = self.method.check(a, b, c, out)
+        except MergeError as err:
+            raise MergeError(f"{key}: {err}") from None
+        return _Step(key, block, a, b, c, out, into)
+
+    def _prepare(self, steps: list[_Step]) -> list[_Step]:
+        """The steps with what the method precomputes, key by key while the total fits the budget."""
+        prepare = self.method.prepare
+        if prepare is None:
+            return steps
+        budget = self._precompute_bytes
+        if budget is None:
+            budget = available_bytes(self.device) // 2
+        used, spent, done = 0, budget <= 0, []
+        with torch.no_grad():
+            for step in steps:
+                kept = None if spent else prepare(step.a, step.b, step.c, None)
+                size = 0 if kept is None else prepared_bytes(kept, (step.a, step.b, step.c))
+                if kept is None or used + size > budget:
+                    spent = True  # the keys after the first that does not fit are not tried
+                    done.append(step)
+                    continue
+                used += size
+                done.append(replace(step, prepared=kept))
+        log.info("%s: the work independent of the weights precomputed for %d of %d keys (%.2f GB).",
+                 self.method.name, sum(s.prepared is not None for s in done), len(done), used / 1e9)
+        return done
 
     # ------------------------------------------------------------------------------------- merge
 
@@ -267,11 +319,14 @@ class Merger:
         self.check_weights(weights)
         alpha = weights.alpha
         beta = weights.beta if weights.beta is not None else (0.0,) * len(alpha)
-        fn = self.method.fn
+        formula, finish = self.method.formula, self.method.finish
         clip = self.config.weights_clip
         with torch.no_grad():
             for step in self._steps:
-                fn(step.a, step.b, step.c, alpha[step.block], beta[step.block], step.out)
+                if step.prepared is not None and finish is not None:
+                    finish(step.prepared, alpha[step.block], beta[step.block], step.out)
+                else:
+                    formula(step.a, step.b, step.c, alpha[step.block], beta[step.block], step.out)
                 if clip:
                     clip_to_inputs(step.out, step.a, step.b)
                 if step.into is not None:

@@ -15,7 +15,7 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
@@ -157,6 +157,14 @@ def read_tensors(path: Path) -> dict[str, Any]:
     return loaded.get("state_dict", loaded) if isinstance(loaded, dict) else {}
 
 
+def _from_text(number: Callable[[str], Any], value: str) -> tuple[bool, Any]:
+    """A number written as text, as pydantic reads it: (True, the number), or (False, the text)."""
+    try:
+        return True, number(value.strip())
+    except ValueError:
+        return False, value
+
+
 def _coerce(kind: str, value: Any) -> tuple[bool, Any]:
     """pydantic's lax coercion: numbers given as strings are accepted."""
     base = kind.rstrip("?")
@@ -170,19 +178,13 @@ def _coerce(kind: str, value: Any) -> tuple[bool, Any]:
         if isinstance(value, float) and value.is_integer():
             return True, int(value)
         if isinstance(value, str):
-            try:
-                return True, int(value.strip())
-            except ValueError:
-                return False, value
+            return _from_text(int, value)
         return False, value
     if base == "float":
         if isinstance(value, (int, float)):
             return True, float(value)
         if isinstance(value, str):
-            try:
-                return True, float(value.strip())
-            except ValueError:
-                return False, value
+            return _from_text(float, value)
         return False, value
     if base == "str":
         return (True, str(value)) if isinstance(value, (str, int, float)) and not isinstance(value, bool) else (False, value)

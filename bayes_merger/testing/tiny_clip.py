@@ -17,6 +17,18 @@ from safetensors.torch import save_file
 from bayes_merger.scoring.clip import quiet_transformers
 
 
+def _tower(width: int, mlp_width: int, layers: int, **more: object) -> dict[str, object]:
+    """A tiny transformer tower's settings: two attention heads, projected to 768 like ViT-L/14."""
+    return dict(
+        hidden_size=width,
+        intermediate_size=mlp_width,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        projection_dim=768,
+        **more,
+    )
+
+
 def make_tiny_clip(dir: Path, *, full_model: bool = False, seed: int = 0) -> Path:
     """Build the tiny CLIP in ``dir`` (created if needed, ~0.8 MB) and return ``dir``.
 
@@ -30,31 +42,14 @@ def make_tiny_clip(dir: Path, *, full_model: bool = False, seed: int = 0) -> Pat
     except ImportError:
         from transformers import CLIPImageProcessor as Processor
 
-    vision = CLIPVisionConfig(
-        hidden_size=64,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=224,
-        patch_size=14,
-        projection_dim=768,
-        hidden_act="quick_gelu",
-    )
+    vision = CLIPVisionConfig(**_tower(64, 256, 2), image_size=224, patch_size=14, hidden_act="quick_gelu")
     dir = Path(dir)
     dir.mkdir(parents=True, exist_ok=True)
     # A private RNG state: the same seed gives the same weights, and the caller's RNG is untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if full_model:
-            text = dict(
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=1,
-                num_attention_heads=2,
-                projection_dim=768,
-                vocab_size=100,
-                max_position_embeddings=16,
-            )
+            text = _tower(32, 64, 1, vocab_size=100, max_position_embeddings=16)
             model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision.to_dict(), projection_dim=768))
         else:
             model = CLIPVisionModelWithProjection(vision)

@@ -1,6 +1,6 @@
 """Payloads: the txt2img requests every trial renders, read from YAML with fixed seeds and seeded wildcards.
 
-Two file formats (see ``payloads/README.md``):
+Two file formats (see ``payloads/README.md``; found and read in ``payload_files``):
 
 - the original tool's: a ``cargo.yaml`` whose Hydra defaults list names the payloads
   (``defaults: [{cargo: [portrait, landscape]}]``) and whose other keys are defaults for all of them,
@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from bayes_merger.config import PayloadsConfig
 from bayes_merger.errors import ConfigError
+from bayes_merger.webui.payload_files import Layer, RawPayload, check_unique, discover
 from bayes_merger.webui.wildcards import Wildcards, derive, wildcards_dir
 
 __all__ = ["Payload", "load_payloads", "TXT2IMG_FIELDS"]
@@ -96,30 +96,14 @@ class Payload:
     seeds: tuple[int, ...]
 
 
-@dataclass(frozen=True)
-class _Layer:
-    """Fields from one place, with the label used in messages about them."""
-
-    fields: Mapping[str, Any]
-    label: str  # a file path, or "payloads.defaults (config)"
-    kind: str  # "file_defaults", "config_defaults" or "payload"
-
-
-@dataclass(frozen=True)
-class _RawPayload:
-    name: str
-    own: _Layer
-    file_defaults: _Layer | None
-
-
 def load_payloads(config: PayloadsConfig, run_seed: int) -> list[Payload]:
     """Read, check and resolve the payloads named by ``config``; ConfigError on anything wrong."""
     if isinstance(run_seed, bool) or not isinstance(run_seed, int):
         raise ConfigError(f"run.seed must be a whole number, got {run_seed!r}.")
     if not config.dir:
         raise ConfigError("payloads.dir is empty: give a payload folder or a payload file.")
-    raws, root = _discover(Path(str(config.dir)).expanduser())
-    _check_unique(raws)
+    raws, root = discover(Path(str(config.dir)).expanduser())
+    check_unique(raws)
     config_defaults = _plain(config.defaults) or {}
     if not isinstance(config_defaults, Mapping):
         raise ConfigError(f"payloads.defaults must be a mapping of txt2img fields, got {config_defaults!r}.")
@@ -127,7 +111,7 @@ def load_payloads(config: PayloadsConfig, run_seed: int) -> list[Payload]:
         run_seed=run_seed,
         allow_random=bool(config.allow_random_seeds),
         wildcards=Wildcards(wildcards_dir(config.wildcards_dir, root)),
-        config_defaults=_Layer(dict(config_defaults), "payloads.defaults (config)", "config_defaults"),
+        config_defaults=Layer(dict(config_defaults), "payloads.defaults (config)", "config_defaults"),
     )
     payloads = [builder.build(raw) for raw in raws]
     if all(p.score_weight == 0 for p in payloads):
@@ -138,188 +122,6 @@ def load_payloads(config: PayloadsConfig, run_seed: int) -> list[Payload]:
         len(payloads), ", ".join(p.name for p in payloads), sum(p.images for p in payloads),
     )
     return payloads
-
-
-# --- finding payloads --------------------------------------------------------------------------
-
-
-def _discover(path: Path) -> tuple[list[_RawPayload], Path]:
-    """The payloads under ``path`` (a folder or a file) and the folder that holds the payload set."""
-    if not path.exists():
-        raise ConfigError(f"payloads.dir {path} does not exist.")
-    if path.is_file():
-        return _from_file(path, _read_yaml(path), direct=True), path.parent
-    cargo = _cargo_file(path)
-    if cargo is not None:
-        log.info("Payloads: using %s and the payload files it lists.", cargo)
-        return _from_cargo(cargo, _read_yaml(cargo)), cargo.parent
-    files = sorted(
-        p for p in path.iterdir() if p.is_file() and p.suffix in (".yaml", ".yml") and ".tmpl." not in p.name
-    )
-    if not files:
-        hint = ""
-        if (path / "cargo").is_dir():
-            hint = f" (its cargo/ subfolder may: point payloads.dir at {path / 'cargo'})"
-        raise ConfigError(f"payloads.dir {path} holds no payload files (*.yaml){hint}.")
-    raws: list[_RawPayload] = []
-    for file in files:
-        raws.extend(_from_file(file, _read_yaml(file), direct=False))
-    return raws, path
-
-
-def _cargo_file(folder: Path) -> Path | None:
-    """The original tool's cargo file for a folder: inside it, or beside it when the folder is cargo/."""
-    candidates = [folder / "cargo.yaml", folder / "cargo.yml"]
-    if folder.name == "cargo":
-        candidates += [folder.parent / "cargo.yaml", folder.parent / "cargo.yml"]
-    return next((c for c in candidates if c.is_file()), None)
-
-
-def _read_yaml(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read payload file {path}: {exc}.") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"payload file {path} is not valid YAML{where}: {problem}.") from None
-
-
-def _from_file(path: Path, data: Any, *, direct: bool) -> list[_RawPayload]:
-    if data is None:
-        raise ConfigError(f"payload file {path} is empty.")
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"payload file {path} must hold a mapping, not a {type(data).__name__}.")
-    if isinstance(data.get("payloads"), list):
-        return _from_list(path, data)
-    if direct and isinstance(data.get("defaults"), list):
-        return _from_cargo(path, data)
-    return _from_payload_file(path, data, file_defaults=None)
-
-
-def _from_list(path: Path, data: Mapping[str, Any]) -> list[_RawPayload]:
-    """The list form: ``defaults:`` (optional) and ``payloads:``, a list of mappings with a ``name``."""
-    extra = sorted(str(k) for k in data if k not in ("defaults", "payloads"))
-    if extra:
-        raise ConfigError(
-            f"{path}: unknown top-level key '{extra[0]}'; a payload list file holds only "
-            "'defaults' and 'payloads'."
-        )
-    defaults = data.get("defaults") or {}
-    if not isinstance(defaults, Mapping):
-        raise ConfigError(f"{path}: 'defaults' must be a mapping of txt2img fields.")
-    file_defaults = _Layer(_string_keys(defaults, path), str(path), "file_defaults")
-    if not data["payloads"]:
-        raise ConfigError(f"{path}: 'payloads' is an empty list.")
-    raws = []
-    for index, item in enumerate(data["payloads"], start=1):
-        if not isinstance(item, Mapping):
-            raise ConfigError(
-                f"{path}: payload #{index} in 'payloads' must be a mapping with a name and a prompt."
-            )
-        fields = _string_keys(item, path)
-        name = fields.pop("name", None)
-        if not isinstance(name, str):
-            raise ConfigError(f"{path}: payload #{index} in 'payloads' needs a 'name' (text), got {name!r}.")
-        raws.append(_RawPayload(_check_name(name, path), _Layer(fields, str(path), "payload"), file_defaults))
-    return raws
-
-
-def _from_cargo(path: Path, data: Mapping[str, Any]) -> list[_RawPayload]:
-    """The original tool's cargo file: its Hydra defaults list names the payloads, the rest are defaults."""
-    names = _cargo_names(path, data.get("defaults"))
-    inline = data.get("cargo")
-    defaults = {k: v for k, v in _string_keys(data, path).items() if k not in ("defaults", "cargo")}
-    file_defaults = _Layer(defaults, str(path), "file_defaults")
-    raws: list[_RawPayload] = []
-    folder = path.parent / "cargo"
-    for name in names:
-        if ".." in name.split("/"):
-            raise ConfigError(f"{path}: payload entry '{name}' must stay inside {folder}.")
-        file = next((f for f in (folder / f"{name}.yaml", folder / f"{name}.yml") if f.is_file()), None)
-        if file is None:
-            expected = folder / f"{name}.yaml"
-            raise ConfigError(f"{path} lists the payload '{name}', but {expected} does not exist.")
-        raws.extend(_from_payload_file(file, _read_yaml(file), file_defaults))
-    # A composed config (what Hydra made of the cargo) may carry the payloads inline under cargo:.
-    if isinstance(inline, Mapping):
-        raws.extend(_from_payload_file(path, inline, file_defaults))
-    if not raws:
-        raise ConfigError(f"{path} lists no payloads: add them under 'defaults: [{{cargo: [name, ...]}}]'.")
-    return raws
-
-
-def _cargo_names(path: Path, entries: Any) -> list[str]:
-    names: list[str] = []
-    for entry in entries or []:
-        if entry == "_self_":
-            continue
-        if isinstance(entry, str) and entry.startswith("cargo/"):
-            names.append(entry[len("cargo/"):])
-        elif isinstance(entry, Mapping) and "cargo" in entry:
-            listed = entry["cargo"]
-            listed = [listed] if isinstance(listed, str) else listed
-            if not isinstance(listed, list) or not all(isinstance(n, str) for n in listed):
-                raise ConfigError(
-                    f"{path}: 'cargo' in the defaults list must be a payload name or a list of names."
-                )
-            names.extend(listed)
-        else:
-            log.warning("%s: defaults entry %r is not a payload list; ignored.", path, entry)
-    return names
-
-
-def _from_payload_file(path: Path, data: Any, file_defaults: _Layer | None) -> list[_RawPayload]:
-    """One payload file: ``name: {fields}`` (the original format), or bare fields named by the file."""
-    if data is None:
-        raise ConfigError(f"payload file {path} is empty.")
-    if not isinstance(data, Mapping) or not data:
-        raise ConfigError(f"payload file {path} must hold a mapping 'name: {{prompt: ..., ...}}'.")
-    data = _string_keys(data, path)
-    if "prompt" in data and not isinstance(data["prompt"], Mapping):
-        # The oldest versions of the original tool: fields at the top, the file names the payload.
-        return [_RawPayload(_check_name(path.stem, path), _Layer(data, str(path), "payload"), file_defaults)]
-    raws = []
-    for name, fields in data.items():
-        if not isinstance(fields, Mapping):
-            raise ConfigError(
-                f"{path}: top-level key '{name}' should be a payload name holding its txt2img fields "
-                f"(prompt, steps, ...), not a {type(fields).__name__}."
-            )
-        own = _Layer(_string_keys(fields, path), str(path), "payload")
-        raws.append(_RawPayload(_check_name(name, path), own, file_defaults))
-    return raws
-
-
-def _string_keys(data: Mapping[Any, Any], path: Path) -> dict[str, Any]:
-    for key in data:
-        if not isinstance(key, str):
-            raise ConfigError(f"{path}: key {key!r} must be text (a field or payload name).")
-    return dict(data)
-
-
-def _check_name(name: str, path: Path) -> str:
-    # Names become parts of image file names and keys of the trial log.
-    bad = not name or len(name) > 100 or name != name.strip() or name.startswith(".")
-    if bad or any(c in name for c in "/\\") or any(ord(c) < 32 for c in name):
-        raise ConfigError(
-            f"{path}: payload name {name!r} must be 1-100 characters without slashes or a leading dot."
-        )
-    return name
-
-
-def _check_unique(raws: Sequence[_RawPayload]) -> None:
-    seen: dict[str, str] = {}
-    for raw in raws:
-        if raw.name in seen:
-            first = seen[raw.name]
-            where = f"in {first}" if first == raw.own.label else f"in {first} and in {raw.own.label}"
-            raise ConfigError(f"payload name '{raw.name}' is defined twice, {where}.")
-        seen[raw.name] = raw.own.label
 
 
 def _plain(value: Any) -> Any:
@@ -334,10 +136,10 @@ def _plain(value: Any) -> Any:
 class _Fields:
     """One payload's fields after layering, each remembering the layer (file) it came from."""
 
-    def __init__(self, raw: _RawPayload, layers: Sequence[_Layer]) -> None:
+    def __init__(self, raw: RawPayload, layers: Sequence[Layer]) -> None:
         self.name = raw.name
         self.own = raw.own
-        self.origin: dict[str, _Layer] = {}
+        self.origin: dict[str, Layer] = {}
         self.values: dict[str, Any] = {}
         for layer in layers:
             for key, value in layer.fields.items():
@@ -353,7 +155,7 @@ class _Builder:
     """Turns raw payloads into resolved Payloads; remembers which warnings it already gave."""
 
     def __init__(
-        self, *, run_seed: int, allow_random: bool, wildcards: Wildcards, config_defaults: _Layer
+        self, *, run_seed: int, allow_random: bool, wildcards: Wildcards, config_defaults: Layer
     ) -> None:
         self.run_seed = run_seed
         self.allow_random = allow_random
@@ -363,7 +165,7 @@ class _Builder:
         self._no_steps: list[str] = []
         self._random: list[str] = []
 
-    def build(self, raw: _RawPayload) -> Payload:
+    def build(self, raw: RawPayload) -> Payload:
         layers = [layer for layer in (raw.file_defaults, self.config_defaults, raw.own) if layer is not None]
         for layer in layers:
             for key in layer.fields:
@@ -389,7 +191,7 @@ class _Builder:
             self._no_steps.append(raw.name)
         return Payload(name=raw.name, request=request, score_weight=score_weight, images=images, seeds=seeds)
 
-    def _warn_unknown(self, key: str, layer: _Layer, name: str) -> None:
+    def _warn_unknown(self, key: str, layer: Layer, name: str) -> None:
         if key in TXT2IMG_FIELDS or key in _OWN_FIELDS or (layer.label, key) in self._warned:
             return
         if layer.kind != "payload":  # shared defaults: once, not once per payload
@@ -505,7 +307,7 @@ def _check_values(fields: _Fields) -> None:
                         fields.where(key))
 
 
-def _subject(layer: _Layer, name: str) -> str:
+def _subject(layer: Layer, name: str) -> str:
     if layer.kind == "payload":
         return f"{layer.label}: payload '{name}'"
     return f"{layer.label}: default"

@@ -11,7 +11,7 @@ import torch
 
 from bayes_merger.errors import CheckpointError
 from bayes_merger.merge.arch import SD_BLOCKS, SDXL_BLOCKS, architecture, detect_architecture
-from bayes_merger.testing.models import key_specs
+from bayes_merger.testing.checkpoint_keys import key_specs
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "architectures"
 _DTYPES = {"float32": torch.float32, "int64": torch.int64, "int32": torch.int32}

@@ -19,8 +19,8 @@ from bayes_merger.merge.checkpoint import (
     load_state_dict,
     read_tensor_info,
     save_state_dict,
-    write_safetensors,
 )
+from bayes_merger.merge.safetensors_file import write_safetensors
 from bayes_merger.testing.models import make_checkpoint, make_state_dict
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "architectures"

@@ -18,6 +18,7 @@ from bayes_merger.merge import merger as merger_module
 from bayes_merger.merge.arch import SD_BLOCKS, SDXL_BLOCKS, architecture
 from bayes_merger.devices import resolve_device
 from bayes_merger.merge.merger import Merger
+from bayes_merger.merge.methods import MergeMethod
 from bayes_merger.merge.weights import BlockWeights
 from bayes_merger.testing.models import make_checkpoint, make_state_dict
 
@@ -136,6 +137,28 @@ def test_repeated_merges_give_identical_results(models):
     merger.merge(BlockWeights.uniform(SD_BLOCKS, 0.9))
     second = merger.merge(weights)
     assert all(torch.equal(second[k], t) for k, t in first.items())
+
+
+@pytest.mark.parametrize("method", ["add_difference", "top_k_tensor_sum", "distribution_crossover"])
+def test_precomputing_within_any_budget_gives_the_same_bits(models, method):
+    weights = BlockWeights(SD_BLOCKS, _per_block_weights().alpha, tuple(0.3 for _ in SD_BLOCKS))
+    merges = []
+    for budget in (0, 20_000, None):  # off, a few keys, as much as the machine allows
+        merger = Merger(models["a"], models["b"], models["c"], _config(method=method), precompute_bytes=budget)
+        merges.append({k: t.clone() for k, t in merger.merge(weights).items()})
+    assert all(torch.equal(merges[0][k], t) for merge in merges[1:] for k, t in merge.items())
+
+
+def test_method_checks_run_when_the_plan_is_built_not_in_every_merge(models, monkeypatch):
+    calls = []
+    real = MergeMethod.check
+    monkeypatch.setattr(MergeMethod, "check", lambda self, *args: calls.append(1) or real(self, *args))
+    merger = Merger(models["a"], models["b"], None, _config())
+    planned = len(calls)
+    assert planned > 0
+    for alpha in (0.2, 0.7):
+        merger.merge(BlockWeights.uniform(SD_BLOCKS, alpha))
+    assert len(calls) == planned
 
 
 def test_add_difference_uses_model_c(models):

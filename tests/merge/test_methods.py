@@ -21,6 +21,7 @@ from bayes_merger.merge.methods import (
     build_registry,
     clip_to_inputs,
     get_method,
+    merge_method,
 )
 
 sd_meh = pytest.importorskip("sd_meh.merge_methods", reason="sd-meh 0.9.5 is the test oracle")
@@ -245,6 +246,46 @@ def test_two_methods_with_one_name_are_refused() -> None:
     method = MergeMethod("twice", methods.weighted_sum, False, False, "the same name twice")
     with pytest.raises(ValueError, match="'twice' is registered twice"):
         build_registry([method, method])
+
+
+def test_the_decorator_names_a_method_by_its_function_and_keeps_its_declaration() -> None:
+    @merge_method(needs_beta=True, description="A, always")
+    def keep_a(a, b, c, alpha, beta, out):
+        return out.copy_(a)
+
+    assert isinstance(keep_a, MergeMethod)
+    assert (keep_a.name, keep_a.needs_beta, keep_a.needs_c, keep_a.description) == ("keep_a", True, False, "A, always")
+    assert keep_a.prepare is None and keep_a.finish is None
+    a, b, _ = random_inputs((3,), seed=15)
+    assert torch.equal(keep_a.fn(a, b, None, 0.5, 0.5), a)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if METHODS[n].prepare is not None])
+def test_precomputed_work_gives_the_same_bits_as_the_one_shot_formula(name: str) -> None:
+    method = METHODS[name]
+    for dtype in (torch.float32, torch.float16):
+        for index, shape in enumerate(SHAPES):
+            a, b, c = random_inputs(shape, seed=20 + index, dtype=dtype)
+            c = c if method.needs_c else None
+            kept = method.prepare(a, b, c, None)
+            for alpha, beta in WEIGHTS:
+                once = method.formula(a, b, c, alpha, beta, torch.empty_like(a))
+                again = method.finish(kept, alpha, beta, torch.empty_like(a))
+                assert torch.equal(once, again), (dtype, shape, alpha, beta)
+
+
+def test_precomputing_never_changes_the_inputs_or_what_was_precomputed() -> None:
+    a, b, c = random_inputs((6, 5), seed=16)
+    originals = [t.clone() for t in (a, b, c)]
+    for name in (n for n in NAMES if METHODS[n].prepare is not None):
+        method = METHODS[name]
+        kept = method.prepare(a, b, c if method.needs_c else None, None)
+        snapshot = [t.clone() if isinstance(t, torch.Tensor) else t for t in kept]
+        for alpha, beta in WEIGHTS:
+            method.finish(kept, alpha, beta, torch.empty_like(a))
+        for now, before in zip(kept, snapshot):
+            assert not isinstance(now, torch.Tensor) or torch.equal(now, before), name
+    assert all(torch.equal(t, o) for t, o in zip((a, b, c), originals))
 
 
 def test_clip_to_inputs_clamps_in_place_between_a_and_b() -> None:
