@@ -42,7 +42,7 @@ class ImageRecord:
 @dataclass(frozen=True)
 class Trial:
     trial: int
-    phase: str  # "init" (exploration) or "optimise" (exploitation)
+    phase: str  # "start" (trial 0, the baseline), "init" (exploration) or "optimise" (the GP's)
     status: str  # "ok" or "failed"
     params: dict[str, float]
     weights: dict[str, Any]  # {"alpha": {block: w}, "beta": {block: w} | None}
@@ -55,6 +55,8 @@ class Trial:
     timings: dict[str, float] = field(default_factory=dict)
     started_at: str = ""
     finished_at: str = ""
+    # the WebUI that rendered it (its URL), when a run renders on several
+    webui: str | None = None
 
     @property
     def ok(self) -> bool:

@@ -1,0 +1,186 @@
+"""Runs the remaining trials of a run: one at a time, pipelined, or on several WebUIs at once.
+
+One mechanism covers the three: a worker per slot (a WebUI, or two slots per WebUI when pipelined)
+takes the next trial number from the ``Schedule``, waits until the trials its suggestion builds on have
+finished, and runs the trial in two halves:
+
+  prepare  suggest, merge, check, and write the merge under a staging name the WebUI does not list
+           (our work; one merge at a time, since the Merger has one output buffer)
+  render   on its WebUI and nobody else's trial: move the staged file into place, refresh, select,
+           confirm, render, score (the WebUI's work)
+
+Pipelined, the next trial's prepare runs while the WebUI renders, so our work hides behind the render.
+Memory: the Merger's one output buffer, and on disk one staged merge per slot beside the one loaded.
+A finished trial is handed to ``on_trial`` (the trial log, best.yaml, the progress bar) under one lock,
+so the trial log stays one line per finished trial, in the order they finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+from bayes_merger.errors import BayesMergerError, WebUIConnectionError
+from bayes_merger.optimiser import Optimiser
+from bayes_merger.run_folder import Trial
+from bayes_merger.schedule import Schedule
+
+log = logging.getLogger(__name__)
+
+# how many times one trial is tried when its WebUI drops out from under it
+WEBUI_ATTEMPTS = 2
+
+
+@dataclass
+class Slot:
+    """One WebUI the trials render on; ``lock`` keeps it to one trial's model at a time (pipelined, two
+    workers share a slot: one prepares while the other renders)."""
+
+    name: str
+    webui: Any
+    checkpoint_dir: Path
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    alive: bool = True
+
+
+class Stages(Protocol):
+    """The two halves of a trial (``run.TrialLoop``)."""
+
+    def prepare(self, index: int, params: Mapping[str, float], slot: Slot, timings: dict[str, float]) -> Any:
+        """Merge and stage the trial's checkpoint next to ``slot``'s WebUI; raises BayesMergerError."""
+
+    def render(self, index: int, params: Mapping[str, float], prepared: Any, slot: Slot,
+               timings: dict[str, float]) -> Trial:
+        """Load the staged merge in the slot's WebUI, render and score: the finished trial."""
+
+    def failed(self, index: int, params: Mapping[str, float], error: Exception, slot: Slot,
+               timings: dict[str, float]) -> Trial:
+        """The record of a trial that failed with ``error``."""
+
+    def discard(self, prepared: Any) -> None:
+        """Remove a staged merge that will not be loaded."""
+
+
+class LostAllWebUIs(BayesMergerError):
+    """Every WebUI was lost; the trials that finished are saved."""
+
+
+class Executor:
+    """Runs trials ``0 … budget − 1`` not yet in ``finished`` on ``slots``; see the module's docstring."""
+
+    def __init__(self, stages: Stages, optimiser: Optimiser, slots: Sequence[Slot], finished: Mapping[int, Trial],
+                 budget: int, on_trial: Callable[[Trial], None], stop: threading.Event, depth: int = 1) -> None:
+        self.stages = stages
+        self.optimiser = optimiser
+        self.slots = list(slots)
+        self.depth = depth
+        self.trials: dict[int, Trial] = dict(finished)
+        self.schedule = Schedule(budget, in_flight=len(self.slots) * depth, finished=self.trials)
+        self.on_trial = on_trial
+        self.stop = stop
+        self._suggested: dict[int, dict[str, float]] = {}
+        self._attempts: dict[int, int] = {}
+        self._state = threading.Lock()  # the optimiser, the trials, on_trial
+        self._merging = threading.Lock()  # the Merger's one output buffer
+        self._error: BaseException | None = None
+
+    def run(self) -> None:
+        """Run until every trial has finished, the run is asked to stop, or a worker fails (re-raised)."""
+        if len(self.slots) == 1 and self.depth == 1:
+            self._work(self.slots[0])  # one at a time: in the caller's thread, as the sequential loop was
+        else:
+            workers = [threading.Thread(target=self._guarded, args=(slot,), name=f"trial-{slot.name}-{n}",
+                                        daemon=True) for slot in self.slots for n in range(self.depth)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                while worker.is_alive():
+                    worker.join(0.2)
+        if self._error is not None:
+            raise self._error
+
+    def _guarded(self, slot: Slot) -> None:
+        try:
+            self._work(slot)
+        except BaseException as error:  # noqa: BLE001 - handed to the caller's thread by run()
+            with self._state:
+                self._error = self._error or error
+            self.stop.set()
+            self.schedule.close()
+
+    def _work(self, slot: Slot) -> None:
+        while slot.alive and not self.stop.is_set() and self._error is None:
+            index = self.schedule.claim()
+            if index is None:
+                return
+            if not self.schedule.wait_until_ready(index, self.stop):
+                self.schedule.release(index)
+                return
+            timings: dict[str, float] = {}
+            started = time.perf_counter()
+            with self._state:
+                params = self.suggestion(index)
+            timings["suggest"] = time.perf_counter() - started
+            trial = self._run_trial(index, params, slot, timings)
+            if trial is None:  # the WebUI was lost: the trial goes back to the queue
+                continue
+            with self._state:
+                self.trials[index] = trial
+                self.schedule.finish(index)
+                self.on_trial(trial)
+
+    def _run_trial(self, index: int, params: dict[str, float], slot: Slot, timings: dict[str, float]) -> Trial | None:
+        try:
+            with self._merging:
+                prepared = self.stages.prepare(index, params, slot, timings)
+        except WebUIConnectionError:
+            raise
+        except BayesMergerError as error:
+            return self.stages.failed(index, params, error, slot, timings)
+        try:
+            with slot.lock:
+                return self.stages.render(index, params, prepared, slot, timings)
+        except WebUIConnectionError as error:
+            self.stages.discard(prepared)
+            self._lost(slot, index, error)
+            return None
+
+    def suggestion(self, index: int) -> dict[str, float]:
+        """The parameters of trial ``index``: logged, or suggested from what the schedule lets it know.
+
+        Called with the state lock held. The trials it treats as pending are suggested first if they
+        have not been (their suggestion depends on less), so the answer never depends on timing.
+        """
+        if index in self.trials:
+            return dict(self.trials[index].params)
+        if index not in self._suggested:
+            pending = [self.suggestion(j) for j in self.schedule.pending_before(index)]
+            known = [self.trials[j] for j in self.schedule.known_before(index)
+                     if j in self.trials and self.trials[j].ok and self.trials[j].score is not None]
+            self.optimiser.observe([(t.params, t.score) for t in known])
+            self._suggested[index] = self.optimiser.suggest(index, pending=pending)
+        return dict(self._suggested[index])
+
+    def _lost(self, slot: Slot, index: int, error: WebUIConnectionError) -> None:
+        """Wait for a lost WebUI; while it answers again the trial is redone, else the others go on."""
+        self.schedule.release(index)
+        self._attempts[index] = self._attempts.get(index, 0) + 1
+        log.warning("trial %d: %s Waiting for the WebUI %s to answer again.", index, error, slot.name)
+        try:
+            slot.webui.wait_until_ready()
+        except WebUIConnectionError:
+            slot.alive = False
+        alive = [s for s in self.slots if s.alive]
+        if slot.alive and self._attempts[index] < WEBUI_ATTEMPTS:
+            return
+        if len(alive) > 1 or (alive and not slot.alive):
+            slot.alive = False
+            log.warning("Lost the WebUI %s (%s); trial %d goes to another one; going on with %d WebUI%s.",
+                        slot.name, error, index, len([s for s in self.slots if s.alive]),
+                        "" if len(alive) == 1 else "s")
+            return
+        raise LostAllWebUIs(f"Lost the WebUI during trial {index} ({error})")

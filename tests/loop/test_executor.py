@@ -1,0 +1,153 @@
+"""The trial executor with stand-in stages: order, determinism with trials in flight, lost WebUIs, resume."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from bayes_merger.config import OptimiserConfig
+from bayes_merger.errors import WebUIConnectionError
+from bayes_merger.executor import Executor, LostAllWebUIs, Slot
+from bayes_merger.optimiser import Optimiser
+from bayes_merger.run_folder import Trial
+from bayes_merger.space import build_space
+
+BLOCKS = ("BASE", "IN00", "IN01", "M00", "OUT00", "OUT01")
+
+
+def _score(params):
+    return -sum((v - 0.3) ** 2 for v in params.values())
+
+
+class FakeWebUI:
+    def __init__(self, fail_on: set[int] = frozenset(), comes_back: bool = True, fail_first: bool = False) -> None:
+        self.fail_on = set(fail_on)
+        self.fail_first = fail_first
+        self.comes_back = comes_back
+        self.rendered: list[int] = []
+
+    def wait_until_ready(self) -> None:
+        if not self.comes_back:
+            raise WebUIConnectionError("The WebUI does not answer.")
+
+
+class Stages:
+    def __init__(self, jitter: bool = False) -> None:
+        self.jitter = random.Random(0) if jitter else None
+        self.in_render: dict[str, int] = {}
+        self.overlap = False
+        self.lock = threading.Lock()
+        self.discarded: list[int] = []
+
+    def prepare(self, index, params, slot, timings):
+        return index
+
+    def render(self, index, params, prepared, slot, timings):
+        with self.lock:
+            self.in_render[slot.name] = self.in_render.get(slot.name, 0) + 1
+            self.overlap |= self.in_render[slot.name] > 1
+            delay = self.jitter.random() * 0.004 if self.jitter else 0.0
+        try:
+            if index in slot.webui.fail_on or slot.webui.fail_first:
+                slot.webui.fail_on.discard(index)
+                slot.webui.fail_first = False
+                raise WebUIConnectionError("The WebUI went away.")
+            time.sleep(delay)  # rendering takes time: trials finish out of order
+            slot.webui.rendered.append(index)
+            return _trial(index, params, _score(params), webui=slot.name)
+        finally:
+            with self.lock:
+                self.in_render[slot.name] -= 1
+
+    def failed(self, index, params, error, slot, timings):
+        return _trial(index, params, None, webui=slot.name)
+
+    def discard(self, prepared):
+        self.discarded.append(prepared)
+
+
+def _trial(index, params, score, webui=None) -> Trial:
+    return Trial(trial=index, phase="optimise", params=dict(params), weights={}, alpha_string="", beta_string=None,
+                 started_at="", status="ok" if score is not None else "failed", score=score,
+                 error=None if score is not None else "failed", finished_at="", webui=webui)
+
+
+def _optimiser(budget=12):
+    cfg = OptimiserConfig(init_points=4, n_iters=budget - 4)
+    return Optimiser(build_space(cfg, BLOCKS, uses_beta=False), cfg, seed=7)
+
+
+def _run(slots, depth=1, finished=None, budget=12, jitter=False):
+    stages, log = Stages(jitter), []
+    executor = Executor(stages, _optimiser(budget), slots, finished or {}, budget, log.append, threading.Event(), depth)
+    executor.run()
+    return log, stages
+
+
+def _slot(name, webui=None):
+    return Slot(name=name, webui=webui or FakeWebUI(), checkpoint_dir=Path("."))
+
+
+def test_one_webui_runs_the_trials_in_order_as_the_sequential_loop_did():
+    log, _ = _run([_slot("a")])
+    assert [t.trial for t in log] == list(range(12))
+    sequential = _optimiser()
+    for trial in log:
+        assert trial.params == sequential.suggest(trial.trial)
+        sequential.register(trial.params, trial.score)
+
+
+def test_with_several_in_flight_every_trial_runs_once_and_the_suggestions_do_not_depend_on_timing():
+    runs = [_run([_slot("a"), _slot("b")], depth=2, jitter=True)[0] for _ in range(2)]
+    for log in runs:
+        assert sorted(t.trial for t in log) == list(range(12))
+    first, second = ({t.trial: t.params for t in log} for log in runs)
+    assert first == second
+    assert {t.webui for t in runs[0]} == {"a", "b"}
+
+
+def test_pipelined_trials_never_share_the_webui():
+    _, stages = _run([_slot("a")], depth=2, jitter=True)
+    assert not stages.overlap
+
+
+def test_a_lost_webui_hands_its_trial_to_another_and_the_run_goes_on():
+    dead = FakeWebUI(fail_first=True, comes_back=False)
+    log, stages = _run([_slot("a", dead), _slot("b")])
+    assert sorted(t.trial for t in log) == list(range(12))
+    assert dead.rendered == [] and len(stages.discarded) == 1
+    assert all(t.webui == "b" for t in log), "the lost trial and every later one rendered on b"
+
+
+def test_the_last_webui_lost_twice_stops_the_run_with_the_finished_trials_kept():
+    webui = FakeWebUI(fail_on={3})
+    stages, log = Stages(), []
+    executor = Executor(stages, _optimiser(), [_slot("a", webui)], {}, 12, log.append, threading.Event())
+    webui.fail_on = {3}
+    original = stages.render
+
+    def always_fails_on_3(index, *args):
+        if index == 3:
+            raise WebUIConnectionError("The WebUI went away.")
+        return original(index, *args)
+
+    stages.render = always_fails_on_3
+    with pytest.raises(LostAllWebUIs, match="trial 3"):
+        executor.run()
+    assert [t.trial for t in log] == [0, 1, 2]
+
+
+def test_a_resumed_run_suggests_what_an_uninterrupted_one_did():
+    full, _ = _run([_slot("a"), _slot("b")], depth=2, jitter=True)
+    by_index = {t.trial: t for t in full}
+    # stopped with trials 0-5 and 7 finished (6 was in flight), resumed on a single WebUI, pipelined
+    finished = {i: by_index[i] for i in (0, 1, 2, 3, 4, 5, 7)}
+    stages, log = Stages(), []
+    executor = Executor(stages, _optimiser(), [_slot("c"), _slot("d")], finished, 12, log.append, threading.Event(), 2)
+    executor.run()
+    assert sorted(t.trial for t in log) == [6, 8, 9, 10, 11]
+    assert all(t.params == by_index[t.trial].params for t in log)
