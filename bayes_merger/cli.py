@@ -19,12 +19,15 @@ from typing import Iterator, Sequence
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
-from tqdm.contrib.logging import logging_redirect_tqdm
 
+from bayes_merger import __version__
+from bayes_merger.cli_help import USAGE, help_text
 from bayes_merger.config import Config, register_configs
 from bayes_merger.errors import BayesMergerError, ConfigError
+from bayes_merger.files import atomic_write_text
 from bayes_merger.run_folder.paths import BEST_FILE, CONFIG_FILE
 
 log = logging.getLogger("bayes_merger")
@@ -130,14 +133,34 @@ def _stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(signum, handler)
 
 
+def scrub_sweep_config() -> None:
+    """Hydra writes a sweep's composed config to <sweep dir>/multirun.yaml, password included: remove it."""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return
+    path = Path(hydra_cfg.sweep.dir) / "multirun.yaml"
+    try:
+        data = OmegaConf.load(path)
+    except (OSError, OmegaConfBaseException):
+        return
+    changed = False
+    for section, key in SECRET_KEYS:
+        if OmegaConf.select(data, f"{section}.{key}"):
+            OmegaConf.update(data, f"{section}.{key}", None)
+            changed = True
+    if changed:
+        atomic_write_text(path, OmegaConf.to_yaml(data))
+
+
 def _task(cfg: DictConfig) -> None:
     from bayes_merger.run import run  # imported here so that --help and config errors stay fast
 
     try:
+        scrub_sweep_config()
         config = to_config(cfg)
         # a resumed run continues in its own folder, whatever the config's hydra.run.dir says
         run_dir = Path(config.resume).expanduser() if config.resume else Path(HydraConfig.get().runtime.output_dir)
-        with logging_redirect_tqdm(), _stop_on_signals() as stop:
+        with _stop_on_signals() as stop:
             if config.demo:
                 from bayes_merger.testing.demo import demo_environment
 
@@ -159,8 +182,30 @@ def _task(cfg: DictConfig) -> None:
     log.info("Best score %.4f (trial %d); weights in %s", result.best.score, result.best.trial, result.run_dir / BEST_FILE)
 
 
+# Hydra's flags that name a config, and those that need none
+_CONFIG_FLAGS = ("--config", "--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd")
+_HYDRA_ONLY = ("--hydra-help", "--info", "-i", "--shell-completion", "-sc")
+
+
+def _own_flags(args: Sequence[str]) -> None:
+    """--help, --version, and no config at all: answered here, before Hydra."""
+    if "--help" in args or "-h" in args:
+        print(help_text())
+        sys.exit(0)
+    if "--version" in args:
+        print(f"bayes-merger {__version__}")
+        sys.exit(0)
+    names_config = any(a.split("=", 1)[0] in _CONFIG_FLAGS for a in args)
+    if not names_config and not any(a in _HYDRA_ONLY for a in args):
+        print(USAGE, file=sys.stderr)
+        print("bayes-merger: a config is needed, e.g. --config conf/run.yaml (bayes-merger --help says more).",
+              file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
+    _own_flags(args)
     try:
         args = rewrite_config_flag(args)
     except ConfigError as error:

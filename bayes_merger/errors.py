@@ -47,6 +47,13 @@ class WebUIConnectionError(WebUIError):
     """
 
 
+class StorageError(BayesMergerError):
+    """A file could not be written where it must go (disk full, no permission, read-only): not the
+    trial's fault, so the run stops at once, resumable, instead of failing trial after trial."""
+
+    exit_code = 6
+
+
 class ScorerError(BayesMergerError):
     """The scorer's weights are missing or wrong, or a score is not a finite number."""
 

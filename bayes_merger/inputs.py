@@ -33,6 +33,7 @@ from bayes_merger.run_folder import (
 )
 from bayes_merger.scoring import for_run_folder, needs_image_files
 from bayes_merger.space import SearchSpace, build_space
+from bayes_merger.webui.merge_files import RUN_ID
 from bayes_merger.webui.payloads import Payload, load_payloads
 
 
@@ -76,11 +77,13 @@ def check_inputs(cfg: Config, run_dir: Path) -> Inputs:
     if not resuming and is_run_folder(run_dir):
         raise ConfigError(f"{run_dir} already holds a run; continue it with resume={run_dir} or start a new one elsewhere.")
     previous = read_run_info(run_dir) if resuming else None
-    run_id = previous["run_id"] if previous else f"{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+    run_id = previous.get("run_id") if previous else None
+    if not isinstance(run_id, str) or not RUN_ID.match(run_id):  # a folder of an older version: a new id
+        run_id = f"{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
     info = _run_info(cfg, run_id, merge, space, payloads)
     if previous:
         check_resumable(previous, info, run_dir)
-        info = {**previous, "n_iters": cfg.optimiser.n_iters}
+        info = {**previous, "n_iters": cfg.optimiser.n_iters, "run_id": run_id}
         info.pop("finished_at", None)
     scorer = for_run_folder(cfg.scorer, run_dir / MANUAL_RATINGS)
     return Inputs(cfg, run_dir, merge, space, payloads, scorer, info, resuming)

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from bayes_merger.config import Config
-from bayes_merger.errors import BayesMergerError, WebUIConnectionError
+from bayes_merger.errors import BayesMergerError, StorageError, WebUIConnectionError
 from bayes_merger.inputs import Inputs, check_inputs
+from bayes_merger.merge.finite import check_finite
 from bayes_merger.merge.merger import Merger
 from bayes_merger.optimiser import Optimiser
+from bayes_merger.progress import progress_bar
 from bayes_merger.report import write_report
 from bayes_merger.rescore import finalists
 from bayes_merger.run_folder import (
@@ -36,8 +36,12 @@ from bayes_merger.run_folder import (
     write_best,
     write_run_info,
 )
+from bayes_merger.run_folder.liveness import is_running, run_folders, running
+from bayes_merger.run_folder.run_info import load_run_info
 from bayes_merger.scoring import ImageContext, Scorer, build_scorer, score_trial
 from bayes_merger.webui.client import WebUIClient
+from bayes_merger.webui.merge_files import merge_run_id
+from bayes_merger.webui.render_check import MergeNotRendered, RenderCheck
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +78,12 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None) -> RunR
     inputs = check_inputs(cfg, run_dir)
     info = dict(inputs.info)
 
-    with WebUIClient(cfg.webui, run_id=inputs.run_id) as webui:
+    with running(run_dir), WebUIClient(cfg.webui, run_id=inputs.run_id) as webui:
         webui.wait_until_ready()
         webui.check_checkpoint_dir()
+        runs = {**run_folders(Path(cfg.run.dir)), **run_folders(run_dir.parent)}
+        webui.remove_leftovers(lambda run_id: run_id in runs and not is_running(runs[run_id]))
+        info["webui_model_before"] = _model_before(webui, info, runs)
         scorer = build_scorer(inputs.scorer)
         log.info("Loading the models to merge.")
         merger = Merger.from_inputs(inputs.merge, cfg.merge)
@@ -91,7 +98,11 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None) -> RunR
         if trial_log.trials:
             log.info("Resuming %s: %d of %d trials done.", run_dir, len(trial_log.trials), optimiser.budget)
 
-        TrialLoop(inputs, merger, webui, scorer, optimiser, trial_log, stop or threading.Event()).run()
+        try:
+            TrialLoop(inputs, merger, webui, scorer, optimiser, trial_log, stop or threading.Event()).run()
+        finally:
+            # at the end and on every stop: the WebUI gets its model back and our files go
+            webui.hand_back(info["webui_model_before"])
 
         best = record_best(run_dir, trial_log, optimiser)
         if best is not None and cfg.save_best and info.get("best_saved_trial") != best.trial:
@@ -103,6 +114,19 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None) -> RunR
         _refresh_report(run_dir)
         _log_summary(trial_log, best, run_dir)
         return RunResult(run_dir, len(trial_log.trials), optimiser.budget, best)
+
+
+def _model_before(webui: WebUIClient, info: dict[str, Any], runs: dict[str, Path]) -> str:
+    """The model the WebUI had before this run first started (a resumed run kept it in run.json)."""
+    if info.get("webui_model_before") is not None:
+        return str(info["webui_model_before"])
+    current = webui.selected_model()
+    owner = merge_run_id(current)
+    if owner is None:
+        return current
+    # the WebUI still holds the merge of a run that died: that run knew what was there before it
+    earlier = load_run_info(runs[owner]) if owner in runs else None
+    return str((earlier or {}).get("webui_model_before") or "")
 
 
 class TrialLoop:
@@ -121,15 +145,22 @@ class TrialLoop:
         self.optimiser = optimiser
         self.trial_log = trial_log
         self.stop = stop
+        self.render_check = RenderCheck()
+        self.not_rendered: MergeNotRendered | None = None
 
     def run(self) -> None:
         done = len(self.trial_log.trials)
         budget = self.optimiser.budget
         failures = 0
-        with tqdm(total=budget, initial=done, desc="trials", unit="trial", dynamic_ncols=True) as bar:
+        with progress_bar(total=budget, initial=done, desc="trials", unit="trial", dynamic_ncols=True) as bar:
             for index in range(done, budget):
-                trial = self._trial_surviving_the_webui(index)
+                try:
+                    trial = self._trial_surviving_the_webui(index)
+                except StorageError as error:
+                    raise RunStopped(f"{str(error).rstrip('.')}, then resume with resume={self.run_dir}.") from error
                 self.trial_log.append(trial)
+                if self.not_rendered is not None:
+                    raise RunStopped(f"{self.not_rendered}, and resume with resume={self.run_dir}.")
                 if trial.ok:
                     self.optimiser.register(trial.params, trial.score)
                     failures = 0
@@ -180,7 +211,8 @@ class TrialLoop:
         clock = time.perf_counter() - timings["suggest"]
         try:
             with _timed(timings, "merge"):
-                self.merger.merge(weights)
+                merged = self.merger.merge(weights)
+                check_finite(merged, self.merger.architecture, self.merger.method.name)
             with _timed(timings, "load"):
                 self.webui.load_checkpoint(
                     lambda path: self.merger.save(path, dtype=self.cfg.merge.dtype, prune=self.cfg.merge.prune),
@@ -188,13 +220,18 @@ class TrialLoop:
                 )
             with _timed(timings, "generate"):
                 images, contexts = self._render(index, weights.alpha_string())
+            self.render_check.check(index, weights.alpha + (weights.beta or ()),
+                                    [(c.payload, c.index, c.seed, image) for image, c in zip(images, contexts)])
             with _timed(timings, "score"):
                 scores = self.scorer.score(images, contexts)
                 per_payload, score = score_trial(scores, [c.payload for c in contexts],
                                                  {p.name: p.score_weight for p in self.payloads}, self.cfg.scorer.combine)
             records = record_images(self.run_dir, contexts, scores)
-        except WebUIConnectionError:
+        except (WebUIConnectionError, StorageError):
             raise
+        except MergeNotRendered as error:
+            self.not_rendered = error
+            return self._failed(record, error, timings, clock, quiet=True)
         except BayesMergerError as error:
             return self._failed(record, error, timings, clock)
         timings["total"] = time.perf_counter() - clock
@@ -203,9 +240,11 @@ class TrialLoop:
         return Trial(status="ok", score=score, payload_scores=per_payload, images=tuple(records), timings=timings,
                      finished_at=now(), **record)
 
-    def _failed(self, record: dict[str, Any], error: Exception, timings: dict[str, float], clock: float) -> Trial:
+    def _failed(self, record: dict[str, Any], error: Exception, timings: dict[str, float], clock: float,
+                quiet: bool = False) -> Trial:
         timings["total"] = time.perf_counter() - clock
-        log.error("trial %d failed: %s", record["trial"], error)
+        if not quiet:
+            log.error("trial %d failed: %s", record["trial"], error)
         return Trial(status="failed", score=None, error=str(error), timings=timings, finished_at=now(), **record)
 
     def _render(self, index: int, alpha_string: str) -> tuple[list[Any], list[ImageContext]]:

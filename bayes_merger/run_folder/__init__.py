@@ -10,6 +10,7 @@ is replaced atomically (``bayes_merger.files``).
     run_info.py   run.json: written, read strictly (resume) or tolerantly (report), resume identity
     best.py       best.yaml
     images.py     images/: PNGs with their prompt, seed and weights, named with their score
+    liveness.py   .run.lock: held while a run works, so others can tell a dead run from a live one
     rescores.py   rescore-<scorer>.jsonl: the saved images scored again by another scorer
 """
 

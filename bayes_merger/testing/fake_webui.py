@@ -5,13 +5,12 @@ error body shapes, ``--api-auth``) in three flavours: ``a1111`` (also reForge), 
 model load at the next generation, ``message`` in error bodies, plain ``{"detail"}`` for an
 HTTPException, pydantic-v2 422s) and ``sdnext`` (``{"updated": [...]}``, keeps the old model on an
 unknown name). This module holds the A1111 state: options, the checkpoints of its folder (selecting
-one really loads the file; loads can be made to fail silently) and txt2img, whose pictures
+one really loads the file; loads can be made to fail silently, or switches ignored while the new name
+is reported) and txt2img, whose pictures
 (``fake_txt2img``) are smooth functions of the loaded tensors, so different merges give different
 images. The HTTP side, sockets, recorded requests and injected faults, is ``fake_http``.
 
-Run it in the foreground as "the WebUI" of a test or a demo::
-
-    python -m bayes_merger.testing.fake_webui --checkpoint-dir DIR --port 7861 [--mode forge] [--api-auth u:p]
+Run it as "the WebUI" of a test or a demo: ``python -m bayes_merger.testing.fake_webui --checkpoint-dir DIR``.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ import json
 import logging
 import signal
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -81,6 +79,8 @@ class FakeWebUI(FakeHTTPServer):
         self._queue_lock = threading.Lock()  # generation and model loads run one at a time, as in A1111
         self._failing_loads = 0
         self._failing_loads_keep_option = False
+        self._ignoring_switch = False
+        self._stuck_features: np.ndarray | None = None  # what every picture shows while ignoring switches
         self._options: dict[str, Any] = dict(_DEFAULT_OPTIONS)
         self._checkpoints: list[_Checkpoint] = []
         self._hashes: dict[tuple[str, tuple[int, int]], str] = {}  # A1111's cache.json
@@ -137,11 +137,20 @@ class FakeWebUI(FakeHTTPServer):
             self._failing_loads = count
             self._failing_loads_keep_option = keep_option
 
+    def ignore_model_switch(self, ignore: bool = True) -> None:
+        """Report every new selection (options, ``info.sd_model_name``) but keep rendering the model
+        loaded now, as a stuck model cache or an extension that swallows the switch does."""
+        with self._lock:
+            self._ignoring_switch = ignore
+            self._stuck_features = self._loaded.features if ignore and self._loaded else None
+
     def clear_faults(self) -> None:
         super().clear_faults()
         with self._lock:
             self._failing_loads = 0
             self._failing_loads_keep_option = False
+            self._ignoring_switch = False
+            self._stuck_features = None
 
     @property
     def loaded_model(self) -> str | None:
@@ -266,11 +275,16 @@ class FakeWebUI(FakeHTTPServer):
                     if self._loaded is None or self._loaded.checkpoint.path != pending.path:
                         self._load(pending)
                 model = self._loaded
+                features = None if model is None else model.features
+                if self._ignoring_switch and model is not None:
+                    if self._stuck_features is None:
+                        self._stuck_features = model.features
+                    features = self._stuck_features
                 image_format = str(self._options.get("samples_format", "png")).lower()
                 return_grid = bool(self._options.get("return_grid", True))
             if model is None:
                 return self._exception("No checkpoints found. Place a checkpoint in the models folder.", "FileNotFoundError")
-            return _Response(200, generate(model.features, model.checkpoint.stem, model.sha256, values, sampler,
+            return _Response(200, generate(features, model.checkpoint.stem, model.sha256, values, sampler,
                                            image_format, return_grid, self.max_image_size, VERSIONS[self.mode]))
 
     # ------------------------------------------------------------------------ model handling
@@ -360,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-auth", default=None, help="user:password[,user2:password2] for HTTP Basic auth")
     parser.add_argument("--starting-requests", type=int, default=0,
                         help="answer the first N /sdapi requests with 404, as a WebUI still starting")
+    parser.add_argument("--ignore-model-switch", action="store_true",
+                        help="report each new model but keep rendering the first one (a stuck model cache)")
     parser.add_argument("--max-image-size", type=int, default=64, help="largest side of rendered images, in pixels")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -371,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
                        max_image_size=args.max_image_size)
     if args.starting_requests:
         server.starting_up(args.starting_requests)
+    if args.ignore_model_switch:
+        server.ignore_model_switch()
     with server:
         while not stop.wait(3600):
             pass

@@ -13,14 +13,14 @@ from bayes_merger.errors import CheckpointError
 from bayes_merger.merge.arch import SD_BLOCKS, SDXL_BLOCKS, architecture, detect_architecture
 from bayes_merger.testing.checkpoint_keys import key_specs
 
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "architectures"
+DATA = Path(__file__).resolve().parents[1] / "data" / "architectures"  # real key names and shapes (no weights)
 _DTYPES = {"float32": torch.float32, "int64": torch.int64, "int32": torch.int32}
 
 
 def _real(name: str) -> dict[str, dict]:
     path = DATA / name
     if not path.is_file():
-        pytest.skip(f"the real key lists are not here ({path}); they live in the shared data folder")
+        pytest.skip(f"the real key lists are not here ({path})")
     components = json.loads(path.read_text())["components"]
     return {key: meta for component in components.values() for key, meta in component.items()}
 

@@ -23,7 +23,7 @@ from bayes_merger.merge.checkpoint import (
 from bayes_merger.merge.safetensors_file import write_safetensors
 from bayes_merger.testing.models import make_checkpoint, make_state_dict
 
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "architectures"
+DATA = Path(__file__).resolve().parents[1] / "data" / "architectures"  # real key names and shapes (no weights)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_every_alias_of_the_real_key_lists_normalises_to_its_key():
     for name in ("sd1-ldm.json", "sdxl-sgm.json"):
         path = DATA / name
         if not path.is_file():
-            pytest.skip(f"the real key lists are not here ({path}); they live in the shared data folder")
+            pytest.skip(f"the real key lists are not here ({path})")
         for component in json.loads(path.read_text())["components"].values():
             for key, meta in component.items():
                 assert canonical_key(key) == key

@@ -14,7 +14,7 @@ import requests
 import torch
 from safetensors.torch import save_file
 
-from bayes_merger.errors import ConfigError, WebUIError
+from bayes_merger.errors import ConfigError, StorageError, WebUIError
 from bayes_merger.testing.fake_webui import FakeWebUI
 from bayes_merger.webui.client import Generation, WebUIClient
 
@@ -194,7 +194,7 @@ def test_a_writer_that_fails_leaves_no_temporary_file(fake_webui, webui_config):
         path.write_bytes(b"half")
         raise OSError(28, "No space left on device")
 
-    with WebUIClient(webui_config(), "run1") as client, pytest.raises(WebUIError, match="No space left on device"):
+    with WebUIClient(webui_config(), "run1") as client, pytest.raises(StorageError, match="No space left on device"):
         client.load_checkpoint(broken, trial=0)
 
     assert list(fake_webui.checkpoint_dir.iterdir()) == []

@@ -1,0 +1,45 @@
+"""The check that a merge holds only finite numbers, before it is handed to a renderer.
+
+Several methods can produce NaN or infinity for some weights (a difference scaled far out of range
+overflows fp16, a division by a near-zero norm); a WebUI given such a checkpoint renders black or
+noise, or fails every generation. One pass of float64 sums finds them: a sum is finite exactly when
+every value summed is (float64 cannot overflow on the sum of fp16, bf16 or fp32 values of one tensor).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from bayes_merger.errors import BayesMergerError, MergeError
+from bayes_merger.merge.arch import Architecture
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], architecture: Architecture, method: str) -> None:
+    """Raise a MergeError naming the method and the first block with a NaN or infinite value."""
+    keys = [key for key, t in tensors.items() if t.is_floating_point() and t.numel()]
+    if not keys:
+        return
+    with torch.no_grad():
+        sums = torch.stack([tensors[key].sum(dtype=torch.float64) for key in keys])
+        bad = torch.nonzero(~torch.isfinite(sums)).flatten().tolist()
+    if not bad:
+        return
+    blocks: list[str] = []
+    for index in bad:
+        block = _block(architecture, keys[index])
+        if block not in blocks:
+            blocks.append(block)
+    more = f" (and {len(blocks) - 1} more block(s))" if len(blocks) > 1 else ""
+    raise MergeError(
+        f"The {method} merge has NaN or infinite values in block {blocks[0]}{more}, first in {keys[bad[0]]}; it was "
+        f"not handed to the WebUI (narrow that block's weight range in optimiser.custom_ranges, or use another method)."
+    )
+
+
+def _block(architecture: Architecture, key: str) -> str:
+    try:
+        return architecture.block_of(key) or "none (a key copied from model A)"
+    except BayesMergerError:
+        return "unknown"

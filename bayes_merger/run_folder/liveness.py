@@ -1,0 +1,81 @@
+"""Whether a run is going on now: a run holds an exclusive ``fcntl.flock`` on ``<run>/.run.lock``
+while it works, and the system releases it when the process ends, however it ends (kill -9 too).
+
+Other runs use it to tell a merge file left by a run that died from one a live run still needs.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from bayes_merger.errors import ConfigError
+from bayes_merger.run_folder.run_info import load_run_info
+
+try:
+    import fcntl
+except ImportError:  # Windows: no liveness; a run folder is then never said to be over
+    fcntl = None  # type: ignore[assignment]
+
+RUN_LOCK = ".run.lock"
+
+
+@contextmanager
+def running(run_dir: Path) -> Iterator[None]:
+    """Hold the run folder's lock while the block runs; a ConfigError if another process holds it."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    handle = open(run_dir / RUN_LOCK, "a+", encoding="utf-8")  # not inherited by child processes
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            handle.seek(0)
+            holder = handle.read().strip()
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise ConfigError(f"{run_dir} is being run by another bayes-merger{who}; wait for it to end "
+                              "before resuming it.") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # closing releases the lock
+
+
+def is_running(run_dir: Path) -> bool:
+    """True while a process holds the run folder's lock (and, without fcntl, always: unknown)."""
+    if fcntl is None:
+        return True
+    try:
+        handle = open(Path(run_dir) / RUN_LOCK, "r", encoding="utf-8")
+    except FileNotFoundError:
+        return False  # never started by a version that locks, or never started at all
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        return False
+
+
+def run_folders(base: Path) -> dict[str, Path]:
+    """run id → run folder, for the runs under ``base`` (``run.dir``) and its sweeps (``multirun/*/*``)."""
+    base = Path(base)
+    candidates = [*base.glob("*"), *base.glob("multirun/*/*")] if base.is_dir() else []
+    found: dict[str, Path] = {}
+    for folder in candidates:
+        if folder.is_dir() and (folder / "run.json").is_file():
+            info = load_run_info(folder) or {}
+            if isinstance(info.get("run_id"), str):
+                found[info["run_id"]] = folder
+    return found

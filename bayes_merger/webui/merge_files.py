@@ -1,0 +1,179 @@
+"""The merge files in the WebUI's checkpoint folder: names, the atomic write, and every clean-up.
+
+A run writes each trial's merge as ``bm-<run id>-t<trial>[-r<n>].safetensors``, through a ``.tmp``
+name the WebUI does not list, and deletes its older merges as it goes (``keep_last``), all of them at
+its end. A run that died (kill -9, power loss) leaves its last merge, a ``.tmp`` being written, or
+the ``.corrupted`` name Forge gives a file it could not load; those are found by the name pattern
+and removed once the run they belong to is known to be over. A file whose name does not follow the
+pattern was not written by bayes-merger and is never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Callable, Mapping, Any
+
+from bayes_merger.errors import BayesMergerError, ConfigError, StorageError
+from bayes_merger.files import atomic_path
+
+logger = logging.getLogger(__name__)
+
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# a merge file of any run: the name written, a .tmp being written (and the hidden file its writer
+# renames into it), or the name Forge gives a file it cannot load
+_MERGE_FILE = r"^\.?bm-(?P<run>{run})-t(?P<trial>\d{{4,}})(?:-r(?P<retry>\d+))?\.safetensors(?P<suffix>\.tmp(?:\.\d+\.tmp)?|\.corrupted)?$"
+_ANY_MERGE = re.compile(_MERGE_FILE.format(run=r"[A-Za-z0-9][A-Za-z0-9._-]*?"))
+# " [0123456789]" that A1111 appends to a checkpoint's title once it knows the file's hash
+HASH_SUFFIX = re.compile(r"\s*\[[0-9a-fA-F]{8,64}\]$")
+
+
+def merge_run_id(name: str) -> str | None:
+    """The run id in the name of a merge file (or of a checkpoint title), or None when bayes-merger did not write it."""
+    match = _ANY_MERGE.match(basename(HASH_SUFFIX.sub("", name.strip())))
+    return match["run"] if match else None
+
+
+class MergeFiles:
+    """The merge files of one run in ``folder``."""
+
+    def __init__(self, folder: Path, run_id: str, keep_last: int) -> None:
+        if not RUN_ID.match(run_id):
+            raise ConfigError(
+                f"The run id {run_id!r} cannot name a checkpoint file: use letters, digits, '.', '_' and '-'."
+            )
+        self.folder = Path(folder).expanduser()
+        self.run_id = run_id
+        self.keep_last = max(keep_last, 0)
+        self._own = re.compile(_MERGE_FILE.format(run=re.escape(run_id)))
+
+    def check_writable(self) -> None:
+        """Fail now, not after the first merge, if merges cannot be written where the WebUI looks."""
+        folder = self.folder
+        if not folder.is_dir():
+            raise ConfigError(
+                f"webui.checkpoint_dir {folder} is not an existing folder: point it at the WebUI's "
+                "checkpoint folder (models/Stable-diffusion, its --ckpt-dir, or a subfolder)."
+            )
+        probe = folder / f".bm-{self.run_id}-write-test.tmp"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise ConfigError(f"webui.checkpoint_dir {folder} is not writable: {exc.strerror or exc}.") from exc
+
+    def name_for(self, trial: int, current: str) -> str:
+        # A1111 does not reload a checkpoint whose file name it already has loaded, even when the
+        # content changed. After a resume the WebUI may still hold this trial's file: use a new name.
+        stem = f"bm-{self.run_id}-t{trial:04d}"
+        name, attempt = f"{stem}.safetensors", 1
+        while current and basename(HASH_SUFFIX.sub("", current)) == name:
+            attempt += 1
+            name = f"{stem}-r{attempt}.safetensors"
+        return name
+
+    def write(self, write: Callable[[Path], None], target: Path) -> None:
+        """``write(tmp)`` under a ``.tmp`` name, renamed to ``target`` once complete; a failure to store
+        it (disk full, no permission) is a StorageError and leaves no file behind."""
+        try:
+            # the rename overwrites our own file of an interrupted earlier attempt
+            with atomic_path(target, tmp=target.with_name(target.name + ".tmp")) as tmp:
+                write(tmp)
+        except (OSError, BayesMergerError) as exc:
+            os_error = _os_error(exc)
+            if os_error is None:
+                raise
+            raise StorageError(
+                f"Could not write the merge to {self.folder}: {os_error.strerror or os_error}; free space there "
+                "(each merge is the size of a checkpoint) or make it writable."
+            ) from exc
+
+    def own(self) -> list[tuple[Path, tuple[int, int, bool]]]:
+        """This run's files with their order (trial, attempt, unfinished or unloadable)."""
+        found = []
+        for path in self._children():
+            match = self._own.match(path.name)
+            if match and path.is_file():
+                found.append((path, (int(match["trial"]), int(match["retry"] or 1), bool(match["suffix"]))))
+        return found
+
+    def delete_old(self, keep: str) -> None:
+        """Keep the current merge and the ``keep_last`` newest before it; only this run's files."""
+        files = [(order, path) for path, order in self.own() if path.name != keep]
+        leftovers = [path for order, path in files if order[2]]  # .tmp of an interrupted write, .corrupted
+        merges = sorted(((order, path) for order, path in files if not order[2]), reverse=True)
+        for path in leftovers + [path for _, path in merges[self.keep_last:]]:
+            _unlink(path)
+
+    def remove_all(self) -> int:
+        """Delete every file of this run; returns how many."""
+        files = [path for path, _ in self.own()]
+        for path in files:
+            _unlink(path)
+        return len(files)
+
+    def remove_leftovers(self, over: Callable[[str], bool]) -> list[Path]:
+        """Delete the merge files of other runs for which ``over(run_id)`` says the run is over."""
+        by_run: dict[str, list[Path]] = {}
+        for path in self._children():
+            match = _ANY_MERGE.match(path.name)
+            if match and match["run"] != self.run_id and path.is_file():
+                by_run.setdefault(match["run"], []).append(path)
+        removed = []
+        for run_id, paths in sorted(by_run.items()):
+            if not over(run_id):
+                logger.info("Leaving %d merge file(s) of run %s in %s: that run may still be going.",
+                            len(paths), run_id, self.folder)
+                continue
+            for path in paths:
+                _unlink(path)
+                removed.append(path)
+        if removed:
+            logger.info("Removed %d merge file(s) left in %s by earlier runs that stopped.", len(removed), self.folder)
+        return removed
+
+    def _children(self) -> list[Path]:
+        try:
+            return list(self.folder.iterdir())
+        except OSError:
+            return []
+
+
+def basename(path: str) -> str:
+    """The last component of a path written with / or \\ (the WebUI may run on Windows)."""
+    return re.split(r"[\\/]", path)[-1]
+
+
+def aliases(entry: Mapping[str, Any], file_name: str) -> frozenset[str]:
+    """Every name under which the WebUI may report the model of one ``sd-models`` entry."""
+    names = {file_name, file_name.rsplit(".", 1)[0], str(entry.get("model_name") or "")}
+    for key in ("title", "filename"):
+        value = HASH_SUFFIX.sub("", str(entry.get(key) or ""))
+        names.update({value, basename(value)})
+    return frozenset(name for name in names if name)
+
+
+def matches(reported: str, names: frozenset[str]) -> bool:
+    name = HASH_SUFFIX.sub("", reported.strip())
+    return bool(name) and (name in names or basename(name) in names)
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc`` (itself, or the cause or context a wrapper kept), if any."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+        logger.debug("Deleted %s.", path)
+    except OSError as exc:
+        logger.warning("Could not delete the merge file %s: %s.", path, exc.strerror or exc)

@@ -1,0 +1,99 @@
+"""The command line a new user meets first: no arguments, --help, --version; and the progress bar."""
+
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bayes_merger import __version__
+from bayes_merger.cli import main
+
+from test_cli_run import _args, _cli
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _exit(args, capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as stopped:
+        main(args)
+    out, err = capsys.readouterr()
+    return int(stopped.value.code or 0), out, err
+
+
+def test_no_arguments_is_a_usage_line_and_exit_2_not_a_traceback():
+    done = subprocess.run([sys.executable, "-c", "from bayes_merger.cli import main; main()"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.startswith("usage: bayes-merger --config FILE")
+    assert "Traceback" not in done.stderr and "--help" in done.stderr
+
+
+def test_overrides_without_a_config_are_the_usage_too(capsys):
+    code, out, err = _exit(["model_a=/m/a.safetensors"], capsys)
+    assert code == 2 and err.startswith("usage: bayes-merger")
+
+
+def test_version_is_the_tools_own(capsys):
+    assert _exit(["--version"], capsys)[:2] == (0, f"bayes-merger {__version__}\n")
+
+
+def _run_yaml_value(key: str):
+    run = yaml.safe_load((REPO / "conf" / "run.yaml").read_text())
+    groups = {k: v for entry in run["defaults"] if isinstance(entry, dict) for k, v in entry.items()}
+    node: object = run
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            group = key.split(".")[0]
+            node = yaml.safe_load((REPO / "conf" / group / f"{groups[group]}.yaml").read_text())
+            return node[key.split(".", 1)[1]]
+        node = node[part]
+    return node
+
+
+def test_help_lists_the_groups_the_main_options_with_run_yaml_defaults_and_examples(capsys):
+    code, out, _ = _exit(["--help"], capsys)
+    assert code == 0 and out.startswith("usage: bayes-merger")
+    for group in ("optimiser", "scorer", "merge"):
+        options = sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml"))
+        line = next(line for line in out.splitlines() if line.strip().startswith(group + " "))
+        assert sorted(re.findall(r"\w+", line.split("default:")[0])[1:]) == options
+    shown = dict(re.findall(r"^  ([a-z_]+(?:\.[a-z_]+)*)\s+(\S+)\s", out, re.M))
+    for key in ("model_a", "webui.url", "webui.checkpoint_dir", "optimiser.init_points", "optimiser.n_iters",
+                "scorer.name", "merge.method", "run.dir", "resume", "save_best"):
+        value = _run_yaml_value(key)
+        expected = "required" if value == "???" else "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+        assert shown[key] == expected, key
+    assert "resume=runs/<run>" in out and "-m merge.method=" in out and "--config conf/run.yaml model_a=" in out
+
+
+def test_log_lines_never_land_inside_the_progress_bar(assets, fake_webui, tmp_path, monkeypatch, capsys):
+    # a library logger with its own console handler that does not propagate, as transformers sets up
+    chatty = logging.getLogger("bm-test-library")
+    handler = logging.StreamHandler(sys.stderr)
+    chatty.addHandler(handler)
+    chatty.propagate = False
+    import bayes_merger.run as run_module
+
+    original = run_module.score_trial
+
+    def score_and_chat(*args, **kwargs):
+        chatty.warning("library says hello")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "score_trial", score_and_chat)
+    try:
+        assert _cli(_args(assets, fake_webui, tmp_path / "runs")) == 0
+    finally:
+        chatty.removeHandler(handler)
+    err = capsys.readouterr().err
+    assert err.count("library says hello") == 5
+    assert "trials:" in err, "the bar was drawn"
+    for match in re.finditer("library says hello", err):
+        assert match.start() == 0 or err[match.start() - 1] in "\r\n", "the line was written into the bar"
+    assert chatty.handlers == [], "the console handlers are given back"

@@ -1,0 +1,223 @@
+"""A long night's faults and bad input: 200 trials in flat memory, the WebUI password never written
+anywhere, and run folders of older versions or cut by a power loss (issue 11)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import requests
+
+from test_cli_run import REPO, _args, _cli, _only_run, _trials
+
+PASSWORD = "s3cret-Pa55word"
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+class _PixelMean:
+    """A scorer that costs nothing: the mean pixel value (the memory under test is the loop's)."""
+
+    name = "pixel_mean"
+
+    def score(self, images, contexts=None):
+        return [float(np.asarray(image, dtype=np.float32).mean()) for image in images]
+
+
+@pytest.fixture
+def webui_process(tmp_path):
+    """The fake WebUI in a process of its own, as a real WebUI is: our RSS is then bayes-merger's alone."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    folder = tmp_path / "webui-models"
+    server = subprocess.Popen([sys.executable, "-m", "bayes_merger.testing.fake_webui", "--checkpoint-dir", str(folder),
+                               "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    webui = SimpleNamespace(url=f"http://127.0.0.1:{port}", checkpoint_dir=folder)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(webui.url + "/sdapi/v1/progress", timeout=1).ok:
+                    break
+            except requests.RequestException:
+                time.sleep(0.1)  # polling a starting server with a deadline
+        yield webui
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from /proc")
+def test_200_trials_keep_memory_flat_and_the_checkpoint_folder_small(assets, webui_process, tmp_path, monkeypatch):
+    import bayes_merger.run as run_module
+    from bayes_merger.run import TrialLoop
+
+    fake_webui = webui_process
+
+    payloads = tmp_path / "one.yaml"
+    payloads.write_text("defaults: {steps: 1, width: 64, height: 64}\npayloads:\n  - name: one\n    prompt: a fox\n")
+    original_trial, original_report = TrialLoop._trial, run_module._refresh_report
+    rss, files = [], []
+
+    def measured(self, index):
+        trial = original_trial(self, index)
+        files.append(len([p for p in fake_webui.checkpoint_dir.iterdir() if p.name.startswith("bm-")]))
+        rss.append(_rss_mb())
+        return trial
+
+    reports = []
+
+    def some_reports(run_dir):  # the report is rebuilt every 25th trial (each rebuild costs a second)
+        reports.append(run_dir)
+        if len(reports) % 25 == 0:
+            original_report(run_dir)
+
+    original_best = run_module.record_best
+    bests = []
+
+    def some_bests(run_dir, trial_log, optimiser):  # the GP's view of the best every 50th trial (it grows with n³)
+        bests.append(run_dir)
+        return original_best(run_dir, trial_log, optimiser) if len(bests) % 50 == 0 else trial_log.best()
+
+    monkeypatch.setattr(TrialLoop, "_trial", measured)
+    monkeypatch.setattr(run_module, "_refresh_report", some_reports)
+    monkeypatch.setattr(run_module, "record_best", some_bests)
+    monkeypatch.setattr(run_module, "build_scorer", lambda config: _PixelMean())
+    keep_last = 1
+    args = _args(assets, fake_webui, tmp_path / "runs", "optimiser.init_points=200", "optimiser.n_iters=0",
+                 f"webui.keep_last={keep_last}", "save_best=false", "save_images=false", f"payloads.dir={payloads}")
+    assert _cli(args) == 0
+    trials = _trials(_only_run(tmp_path / "runs"))
+    assert len(trials) == 200 and all(t["status"] == "ok" for t in trials)
+    assert max(files) <= keep_last + 1
+    # warm-up: the first 100 trials, in which the report's first rebuilds fill matplotlib's caches
+    # (steps of 5-13 MB at rebuilds 1-3, about 1 MB after); the loop's own trials add nothing
+    warm = float(np.median(rss[90:100]))
+    end = float(np.median(rss[-10:]))
+    assert end - warm < 10.0, f"RSS grew {end - warm:.1f} MB over the last 100 trials ({rss[::20]})"
+    assert [p.name for p in fake_webui.checkpoint_dir.iterdir()] == []
+
+
+def _files_under(*folders: Path) -> list[Path]:
+    return [p for folder in folders if folder.exists() for p in folder.rglob("*") if p.is_file()]
+
+
+def test_the_webui_password_is_never_written_nor_said(assets, fake_webui, tmp_path):
+    """A sweep of two runs with auth in the config file, each with its own log, as a user runs it."""
+    secured = type(fake_webui)(fake_webui.checkpoint_dir, auth=f"user:{PASSWORD}").start()
+    try:
+        shutil.copytree(REPO / "conf", tmp_path / "conf")  # the config groups beside the config
+        config = tmp_path / "conf" / "night.yaml"
+        config.write_text((REPO / "conf" / "demo.yaml").read_text().replace("webui:\n", f"webui:\n  auth: user:{PASSWORD}\n", 1))
+        args = [a for a in _args(assets, secured, tmp_path / "runs") if not a.startswith("hydra/")]
+        args[1] = str(config)
+        args += ["optimiser.init_points=2", "optimiser.n_iters=0", "merge.method=weighted_sum,tensor_sum", "-m"]
+        done = subprocess.run([sys.executable, "-c", "from bayes_merger.cli import main; main()", *args],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        files = _files_under(tmp_path / "runs")
+        names = {p.name for p in files}
+        assert {"config.yaml", "bayes-merger.log", "trials.jsonl", "report.html", "multirun.yaml"} <= names
+        assert len([p for p in files if p.name == "bayes-merger.log"]) == 2
+        for path in files:
+            assert PASSWORD.encode() not in path.read_bytes(), path
+        assert PASSWORD not in done.stdout + done.stderr
+
+        # a wrong password: the error names the problem, never the password tried
+        wrong = "Wr0ng-Pa55"
+        code = _cli(_args(assets, secured, tmp_path / "wrong", f"webui.auth=user:{wrong}"))
+        assert code == 4
+        for path in _files_under(tmp_path / "wrong"):
+            assert wrong.encode() not in path.read_bytes(), path
+    finally:
+        secured.stop()
+
+
+def test_auth_env_keeps_the_password_out_of_the_run_folder(assets, tmp_path, monkeypatch, caplog):
+    from bayes_merger.testing.fake_webui import FakeWebUI
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    monkeypatch.setenv("BM_TEST_AUTH", f"user:{PASSWORD}")
+    with FakeWebUI(folder, auth=f"user:{PASSWORD}") as secured:
+        assert _cli(_args(assets, secured, tmp_path / "runs", "webui.auth_env=BM_TEST_AUTH",
+                          "optimiser.init_points=2", "optimiser.n_iters=0")) == 0
+    for path in _files_under(tmp_path / "runs"):
+        assert PASSWORD.encode() not in path.read_bytes(), path
+    assert PASSWORD not in caplog.text
+
+
+# ------------------------------------------------------------------- run folders of other times
+
+
+@pytest.fixture
+def stopped_run(assets, fake_webui, tmp_path):
+    """A run folder stopped after 3 of its 5 trials."""
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "optimiser.n_iters=0")) == 0
+    run_dir = _only_run(tmp_path / "runs")
+    info = json.loads((run_dir / "run.json").read_text())
+    info.pop("finished_at")
+    (run_dir / "run.json").write_text(json.dumps(info))
+    return run_dir
+
+
+def _resume(assets, fake_webui, run_dir: Path) -> int:
+    return _cli(_args(assets, fake_webui, run_dir.parent, f"resume={run_dir}"))
+
+
+def test_a_trial_log_cut_mid_line_by_a_power_loss_resumes(assets, fake_webui, stopped_run):
+    log = stopped_run / "trials.jsonl"
+    log.write_bytes(log.read_bytes()[:-40])  # the last line lost its end
+    assert _resume(assets, fake_webui, stopped_run) == 0
+    assert [t["trial"] for t in _trials(stopped_run)] == [0, 1, 2, 3, 4]
+
+
+def test_a_folder_of_an_older_version_resumes(assets, fake_webui, stopped_run):
+    # what the first versions wrote: no webui_model_before, no best_saved_trial, no version; and a
+    # trial line without the fields added later (timings, images, payload scores)
+    info = json.loads((stopped_run / "run.json").read_text())
+    for key in ("webui_model_before", "best_saved_trial", "version"):
+        info.pop(key, None)
+    (stopped_run / "run.json").write_text(json.dumps(info))
+    lines = [json.loads(line) for line in (stopped_run / "trials.jsonl").read_text().splitlines()]
+    for line in lines:
+        for key in ("timings", "images", "payload_scores", "started_at", "finished_at"):
+            line.pop(key)
+    (stopped_run / "trials.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert _resume(assets, fake_webui, stopped_run) == 0
+    assert len(_trials(stopped_run)) == 5
+
+
+def test_a_run_json_without_a_run_id_resumes_under_a_new_one(assets, fake_webui, stopped_run):
+    info = json.loads((stopped_run / "run.json").read_text())
+    info.pop("run_id")
+    (stopped_run / "run.json").write_text(json.dumps(info))
+    assert _resume(assets, fake_webui, stopped_run) == 0
+    assert len(_trials(stopped_run)) == 5
+    assert json.loads((stopped_run / "run.json").read_text())["run_id"]
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda d: (d / "run.json").write_text('{"run_id": "x", "model_a"'), "run.json is unreadable"),
+    (lambda d: (d / "trials.jsonl").write_text('{"trial": 0, "status": "ok"}\n{"trial": 1}\n'), "line 1 is not a trial record"),
+])
+def test_a_damaged_run_folder_is_one_sentence(assets, fake_webui, stopped_run, caplog, damage, words):
+    damage(stopped_run)
+    assert _resume(assets, fake_webui, stopped_run) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and words in errors[0] and "\n" not in errors[0]

@@ -1,0 +1,234 @@
+"""Trust in the morning: the merge really reaches the renderer, a run leaves nothing behind in the
+WebUI's folder, and the faults of a long night end in one sentence (issue 11)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from bayes_merger.errors import CheckpointError, MergeError
+from bayes_merger.merge.arch import architecture
+from bayes_merger.merge.finite import check_finite
+from bayes_merger.merge.merger import Merger
+from bayes_merger.run_folder.liveness import running
+from bayes_merger.testing.models import make_checkpoint
+from bayes_merger.webui.render_check import MergeNotRendered, RenderCheck
+
+from test_cli_run import _args, _cli, _only_run, _trials
+
+TXT2IMG = "/sdapi/v1/txt2img"
+
+
+def _errors(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def _ours(folder: Path) -> list[str]:
+    return sorted(p.name for p in Path(folder).iterdir() if "bm-" in p.name)
+
+
+@pytest.fixture
+def webui_with_a_model(fake_webui):
+    """The fake WebUI with the user's own model loaded, as before any run."""
+    make_checkpoint(fake_webui.checkpoint_dir / "mine.safetensors", "sd1", seed=9)
+    fake_webui.restart()
+    assert fake_webui.loaded_model == "mine.safetensors"
+    return fake_webui
+
+
+# ------------------------------------------------------------------ the merge reaches the renderer
+
+
+def test_a_webui_that_keeps_rendering_the_old_model_stops_the_run_within_a_few_trials(assets, fake_webui, tmp_path, caplog):
+    fake_webui.ignore_model_switch()
+    code = _cli(_args(assets, fake_webui, tmp_path / "runs", "optimiser.init_points=6", "optimiser.n_iters=4"))
+    assert code == 6
+    run_dir = _only_run(tmp_path / "runs")
+    trials = _trials(run_dir)
+    assert len(trials) == 3, "stopped at the third trial with the same pictures"
+    assert trials[-1]["status"] == "failed" and "does not reach the renderer" in trials[-1]["error"]
+    errors = _errors(caplog)
+    assert len(errors) == 1 and "\n" not in errors[0]
+    assert errors[0].startswith("The merge does not reach the renderer: trials 0, 1 and 2 merged different weights")
+    assert f"resume={run_dir}" in errors[0]
+
+
+def test_a_flat_landscape_with_different_pictures_runs_to_its_budget(assets, fake_webui, tmp_path, monkeypatch):
+    import bayes_merger.run as run_module
+
+    monkeypatch.setattr(run_module, "score_trial", lambda scores, payloads, weights, combine: ({"fox": 5.0}, 5.0))
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "optimiser.init_points=5", "optimiser.n_iters=1")) == 0
+    assert [t["score"] for t in _trials(_only_run(tmp_path / "runs"))] == [5.0] * 6
+
+
+def _pictures(colour: int) -> list[tuple[str, int, int, Image.Image]]:
+    return [("fox", 0, 11, Image.new("RGB", (8, 8), (colour, 0, 0))), ("fox", 1, 12, Image.new("RGB", (8, 8), (0, colour, 0)))]
+
+
+def test_the_same_pictures_from_different_weights_three_times_in_a_row_is_proof():
+    check = RenderCheck()
+    check.check(0, [0.1, 0.2], _pictures(1))
+    check.check(1, [0.5, 0.2], _pictures(1))
+    with pytest.raises(MergeNotRendered, match="trials 0, 1 and 2"):
+        check.check(2, [0.9, 0.7], _pictures(1))
+
+
+def test_different_pictures_or_near_identical_weights_are_never_proof():
+    check = RenderCheck()
+    for trial in range(20):  # a flat landscape: the pictures change, whatever the scores
+        check.check(trial, [trial / 20, 0.5], _pictures(trial))
+    check = RenderCheck()
+    for trial in range(20):  # weights too close to change an fp16 file: the same pictures prove nothing
+        check.check(trial, [0.5 + trial * 1e-4, 0.5], _pictures(1))
+    check = RenderCheck()
+    for trial in range(20):  # a repeat now and then is broken by pictures that change
+        check.check(trial, [trial / 20, 0.5], _pictures(trial // 2))
+
+
+# --------------------------------------------------------------------------------- leftovers
+
+
+def _mine_is_back(fake_webui) -> None:
+    assert fake_webui.loaded_model == "mine.safetensors"
+    assert fake_webui.options["sd_model_checkpoint"].startswith("mine.safetensors")
+    assert sorted(p.name for p in fake_webui.checkpoint_dir.iterdir()) == ["mine.safetensors"]
+
+
+def test_the_end_of_a_run_selects_the_model_of_before_and_deletes_the_merge(assets, webui_with_a_model, tmp_path):
+    assert _cli(_args(assets, webui_with_a_model, tmp_path / "runs", "webui.keep_last=2")) == 0
+    _mine_is_back(webui_with_a_model)
+    assert json.loads((_only_run(tmp_path / "runs") / "run.json").read_text())["webui_model_before"].startswith("mine")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_by_signal_hands_the_webui_back(assets, webui_with_a_model, tmp_path, monkeypatch, signum):
+    from bayes_merger.run import TrialLoop
+
+    original = TrialLoop._trial
+
+    def trial_then_signal(self, index):
+        result = original(self, index)
+        if index == 1:
+            os.kill(os.getpid(), signum)
+        return result
+
+    monkeypatch.setattr(TrialLoop, "_trial", trial_then_signal)
+    assert _cli(_args(assets, webui_with_a_model, tmp_path / "runs")) == 130
+    _mine_is_back(webui_with_a_model)
+
+
+def test_a_stop_after_failures_hands_the_webui_back(assets, webui_with_a_model, tmp_path):
+    webui_with_a_model.fail_next(1000, status=500, path=TXT2IMG)
+    assert _cli(_args(assets, webui_with_a_model, tmp_path / "runs")) == 6
+    webui_with_a_model.clear_faults()
+    _mine_is_back(webui_with_a_model)
+
+
+def _run_folder(runs: Path, run_id: str) -> Path:
+    folder = runs / f"2026-01-01_00-00-00_{run_id}"
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"run_id": run_id, "webui_model_before": "mine.safetensors"}))
+    return folder
+
+
+def test_files_of_runs_that_died_are_removed_and_nothing_else(assets, webui_with_a_model, tmp_path):
+    runs, folder = tmp_path / "runs", webui_with_a_model.checkpoint_dir
+    _run_folder(runs, "20260101-000000-dead")
+    live = _run_folder(runs, "20260101-000000-live")
+    dead_files = ["bm-20260101-000000-dead-t0007.safetensors", "bm-20260101-000000-dead-t0008.safetensors.tmp",
+                  "bm-20260101-000000-dead-t0006-r2.safetensors.corrupted"]
+    kept = ["bm-20260101-000000-live-t0003.safetensors",  # its run is going on (it holds its lock)
+            "bm-20250101-000000-gone-t0001.safetensors",  # no run folder says it is over
+            "bm-notes.safetensors", "mybm-20260101-000000-dead-t0007.safetensors", "bm-20260101-000000-dead.txt"]
+    for name in dead_files + kept:
+        (folder / name).write_bytes(b"x")
+    with running(live):
+        assert _cli(_args(assets, webui_with_a_model, runs)) == 0
+    assert sorted(p.name for p in folder.iterdir()) == sorted(kept + ["mine.safetensors"])
+
+
+def test_a_run_killed_while_holding_the_webui_leaves_it_to_the_next_run(assets, webui_with_a_model, tmp_path):
+    runs = tmp_path / "runs"
+    dead = _run_folder(runs, "20260101-000000-dead")
+    merge = webui_with_a_model.checkpoint_dir / "bm-20260101-000000-dead-t0004.safetensors"
+    make_checkpoint(merge, "sd1", seed=3)
+    webui_with_a_model.set_option("sd_model_checkpoint", merge.name)
+    webui_with_a_model.restart()  # it comes back with the dead run's merge loaded
+    assert webui_with_a_model.loaded_model == merge.name
+    assert _cli(_args(assets, webui_with_a_model, runs)) == 0
+    assert dead.exists()
+    _mine_is_back(webui_with_a_model)
+
+
+# ------------------------------------------------------------------------------- NaN and inf
+
+
+def test_a_merge_with_nan_fails_its_trial_naming_method_and_block_and_never_reaches_the_webui(
+        assets, fake_webui, tmp_path, monkeypatch):
+    original = Merger.merge
+    calls = []
+
+    def merge_with_nan(self, weights):
+        merged = original(self, weights)
+        calls.append(1)
+        if len(calls) == 2:
+            key = next(k for k in merged if self.architecture.block_of(k) == "IN04" and merged[k].is_floating_point())
+            merged[key].view(-1)[0] = float("nan")
+        return merged
+
+    monkeypatch.setattr(Merger, "merge", merge_with_nan)
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "save_best=false")) == 0
+    trials = _trials(_only_run(tmp_path / "runs"))
+    assert [t["status"] for t in trials] == ["ok", "failed", "ok", "ok", "ok"]
+    assert "weighted_sum merge has NaN or infinite values in block IN04" in trials[1]["error"]
+    assert "not handed to the WebUI" in trials[1]["error"]
+    selected = [r.body["sd_model_checkpoint"] for r in fake_webui.requests_to("/sdapi/v1/options", "POST")]
+    assert [name.split(" ")[0][-17:] for name in selected] == [f"t{t:04d}.safetensors" for t in (0, 2, 3, 4)], \
+        "the WebUI never saw trial 1"
+
+
+def test_check_finite_finds_inf_and_accepts_the_largest_finite_values():
+    arch = architecture("sd1")
+    key = "model.diffusion_model.middle_block.0.in_layers.0.weight"
+    big = torch.full((100_000,), 65504.0, dtype=torch.float16)  # sums past fp16's range: still finite values
+    check_finite({key: big}, arch, "add_difference")
+    big[7] = float("inf")
+    with pytest.raises(MergeError, match="add_difference merge has NaN or infinite values in block M00"):
+        check_finite({key: big}, arch, "add_difference")
+
+
+# ------------------------------------------------------------------------- disk full, no permission
+
+
+@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "No space left on device"), (errno.EACCES, "Permission denied")])
+def test_a_full_or_unwritable_checkpoint_folder_is_one_error_and_no_partial_file(
+        assets, fake_webui, tmp_path, monkeypatch, caplog, code, words):
+    original = Merger.save
+    saves = []
+
+    def save_then_fail(self, path, **options):
+        saves.append(path)
+        if len(saves) < 3 or Path(path).parent != fake_webui.checkpoint_dir:
+            return original(self, path, **options)
+        Path(path).write_bytes(b"half a merge")  # what the disk took before it failed
+        try:
+            raise OSError(code, os.strerror(code))
+        except OSError as error:
+            raise CheckpointError(f"Cannot write {path}: {error}.") from None  # as the saver reports it
+
+    monkeypatch.setattr(Merger, "save", save_then_fail)
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs")) == 6
+    run_dir = _only_run(tmp_path / "runs")
+    assert [t["status"] for t in _trials(run_dir)] == ["ok", "ok"]
+    errors = _errors(caplog)
+    assert len(errors) == 1 and "\n" not in errors[0]
+    assert words in errors[0] and str(fake_webui.checkpoint_dir) in errors[0] and f"resume={run_dir}" in errors[0]
+    assert list(fake_webui.checkpoint_dir.iterdir()) == [], "no partial file, and the run's merges are gone"
