@@ -454,3 +454,20 @@ def test_a_payload_held_in_an_omegaconf_node_is_sent_as_plain_json(fake_webui, w
 
     sent = fake_webui.requests_to(TXT2IMG)[-1].body
     assert sent["styles"] == ["a", "b"] and sent["override_settings"] == {"CLIP_stop_at_last_layers": 2}
+
+
+@pytest.mark.parametrize("name, run_id", [
+    ("bm-20260101-000000-ab12-t0003.safetensors", "20260101-000000-ab12"),
+    ("bm-20260101-000000-ab12-t0003-r2.safetensors [0123456789]", "20260101-000000-ab12"),
+    ("sub/bm-run1-t0012.safetensors.corrupted", "run1"),
+    (".bm-run1-t0012.safetensors.tmp.4242.tmp", "run1"),
+    ("bm-run1-t0012.safetensors.tmp", "run1"),
+    ("bm-run1-t12.safetensors", None),
+    ("mybm-run1-t0012.safetensors", None),
+    ("bm-run1-t0012.safetensors.bak", None),
+    ("base.safetensors", None),
+])
+def test_merge_file_names_say_which_run_wrote_them(name, run_id):
+    from bayes_merger.webui.merge_files import merge_run_id
+
+    assert merge_run_id(name) == run_id
