@@ -50,6 +50,14 @@ class WebUIConfig:
     poll_interval: float = 2.0
     # how many of the previous trials' merge files to keep in checkpoint_dir (0: delete each)
     keep_last: int = 0
+    # while the WebUI renders one trial, suggest, merge and write the next beside it (two trials in
+    # flight per WebUI; one more staged merge file in the checkpoint folder; each suggestion then
+    # knows every score but the previous trial's)
+    pipeline: bool = False
+    # several WebUIs, one trial (two, pipelined) in flight on each: their URLs (empty: just `url`)
+    urls: List[str] = field(default_factory=list)
+    # their checkpoint folders, in the order of `urls` (empty: all share checkpoint_dir)
+    checkpoint_dirs: List[str] = field(default_factory=list)
     # the server at url: a1111 (also Forge, reForge, SD.Next), comfyui, or auto (ask the server)
     backend: str = "a1111"
     # ComfyUI only. How each trial's merge reaches it: graph (weighted_sum merged inside the graph by

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
-from bayes_merger.errors import BayesMergerError, WebUIConnectionError
+from bayes_merger.errors import BayesMergerError, StorageError, WebUIConnectionError
 from bayes_merger.optimiser import Optimiser
 from bayes_merger.run_folder import Trial
 from bayes_merger.schedule import Schedule
@@ -137,8 +137,8 @@ class Executor:
         try:
             with self._merging:
                 prepared = self.stages.prepare(index, params, slot, timings)
-        except WebUIConnectionError:
-            raise
+        except (WebUIConnectionError, StorageError):
+            raise  # not this merge's fault: the WebUI is lost, or the disk is full (the run stops)
         except BayesMergerError as error:
             return self.stages.failed(index, params, error, slot, timings)
         try:

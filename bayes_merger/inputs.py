@@ -101,6 +101,12 @@ def _check_settings(cfg: Config) -> tuple[Path, Path, Path | None]:
             raise ConfigError(f"{key}: {path} does not exist.")
         if not path.is_file():
             raise ConfigError(f"{key}: {path} is a folder, not a checkpoint file.")
+    urls, folders = list(cfg.webui.urls), list(cfg.webui.checkpoint_dirs)
+    if len(set(urls)) < len(urls):
+        raise ConfigError(f"webui.urls names a WebUI twice: {urls}; each WebUI renders one trial at a time.")
+    if folders and len(folders) != max(len(urls), 1):
+        raise ConfigError(f"webui.checkpoint_dirs has {len(folders)} folders for {max(len(urls), 1)} WebUIs: give "
+                          "one per URL of webui.urls, in the same order, or none to share webui.checkpoint_dir.")
     if cfg.best_format != "safetensors":
         raise ConfigError(f"best_format '{cfg.best_format}' is not supported: the best merge is saved as safetensors, "
                           "which every WebUI reads and which cannot carry code.")

@@ -12,17 +12,25 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass
+import os
+import re
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-from bayes_merger.config import Config
+from omegaconf import OmegaConf
+
+from bayes_merger.config import Config, WebUIConfig
+from bayes_merger.executor import Executor, LostAllWebUIs, Slot
 from bayes_merger.errors import BayesMergerError, StorageError, WebUIConnectionError
 from bayes_merger.inputs import Inputs, check_inputs
 from bayes_merger.merge.finite import check_finite
 from bayes_merger.merge.merger import Merger
+from bayes_merger.merge.weights import BlockWeights
 from bayes_merger.optimiser import Optimiser
 from bayes_merger.progress import progress_bar
+from bayes_merger.renderers.probe import open_renderer
 from bayes_merger.report import write_report
 from bayes_merger.rescore import finalists
 from bayes_merger.run_folder import (
@@ -40,14 +48,10 @@ from bayes_merger.run_folder.liveness import is_running, run_folders, running
 from bayes_merger.run_folder.run_info import load_run_info
 from bayes_merger.scoring import ImageContext, Scorer, build_scorer, score_trial
 from bayes_merger.webui.client import WebUIClient
-from bayes_merger.webui.merge_files import merge_run_id
+from bayes_merger.webui.merge_files import MergeFiles, merge_run_id
 from bayes_merger.webui.render_check import MergeNotRendered, RenderCheck
 
 log = logging.getLogger(__name__)
-
-# how many times a trial is tried when the WebUI drops out from under it
-WEBUI_ATTEMPTS = 2
-
 
 class RunStopped(BayesMergerError):
     """The run stopped before its budget was spent; the run folder can be resumed."""
@@ -72,18 +76,18 @@ class Interrupted(RunStopped):
 def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None) -> RunResult:
     """Run (or resume) the optimisation in ``run_dir``; raises a BayesMergerError on bad input.
 
-    Setting ``stop`` ends the run after the trial in flight, every finished trial saved.
+    Setting ``stop`` ends the run after the trials in flight, every finished trial saved.
     """
     run_dir = Path(run_dir)
     inputs = check_inputs(cfg, run_dir)
     info = dict(inputs.info)
 
-    with running(run_dir), WebUIClient(cfg.webui, run_id=inputs.run_id) as webui:
-        webui.wait_until_ready()
-        webui.check_checkpoint_dir()
+    with running(run_dir), ExitStack() as stack:
+        slots = [Slot(name=url, webui=stack.enter_context(_renderer(inputs, webui_cfg, run_id)),
+                      checkpoint_dir=Path(webui_cfg.checkpoint_dir).expanduser())
+                 for url, webui_cfg, run_id in _webuis(cfg, inputs.run_id)]
         runs = {**run_folders(Path(cfg.run.dir)), **run_folders(run_dir.parent)}
-        webui.remove_leftovers(lambda run_id: run_id in runs and not is_running(runs[run_id]))
-        info["webui_model_before"] = _model_before(webui, info, runs)
+        before = _prepare_webuis(slots, inputs, info, runs)
         scorer = build_scorer(inputs.scorer)
         log.info("Loading the models to merge.")
         merger = Merger.from_inputs(inputs.merge, cfg.merge)
@@ -99,10 +103,11 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None) -> RunR
             log.info("Resuming %s: %d of %d trials done.", run_dir, len(trial_log.trials), optimiser.budget)
 
         try:
-            TrialLoop(inputs, merger, webui, scorer, optimiser, trial_log, stop or threading.Event()).run()
+            TrialLoop(inputs, merger, slots, scorer, optimiser, trial_log, stop or threading.Event()).run()
         finally:
-            # at the end and on every stop: the WebUI gets its model back and our files go
-            webui.hand_back(info["webui_model_before"])
+            # at the end and on every stop: each WebUI gets its model back and our files go
+            for slot in slots:
+                slot.webui.hand_back(before.get(slot.name, ""))
 
         best = record_best(run_dir, trial_log, optimiser)
         if best is not None and cfg.save_best and info.get("best_saved_trial") != best.trial:
@@ -116,6 +121,55 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None) -> RunR
         return RunResult(run_dir, len(trial_log.trials), optimiser.budget, best)
 
 
+def _webuis(cfg: Config, run_id: str) -> list[tuple[str, WebUIConfig, str]]:
+    """(URL, its config, the run id its merge files carry) of every WebUI the run renders on.
+
+    WebUIs sharing one checkpoint folder name their files apart (``<run id>-w2``, …), so one never
+    deletes the merge another is loading.
+    """
+    webui = OmegaConf.to_object(cfg.webui) if OmegaConf.is_config(cfg.webui) else cfg.webui
+    urls = list(webui.urls) or [webui.url]
+    folders = list(webui.checkpoint_dirs) or [webui.checkpoint_dir] * len(urls)
+    shared = len(set(folders)) < len(folders)
+    return [(url, replace(webui, url=url, checkpoint_dir=folder),
+             f"{run_id}-w{n + 1}" if shared and n else run_id)
+            for n, (url, folder) in enumerate(zip(urls, folders))]
+
+
+def _renderer(inputs: Inputs, webui_cfg: WebUIConfig, run_id: str) -> Any:
+    lower = min(p.lower for p in inputs.space.parameters)
+    upper = max(p.upper for p in inputs.space.parameters)
+    cfg = inputs.config
+    return open_renderer(webui_cfg, run_id, method=cfg.merge.method, lower=lower, upper=upper,
+                         arch=inputs.merge.architecture, model_a=cfg.model_a, model_b=cfg.model_b)
+
+
+def _prepare_webuis(slots: list[Slot], inputs: Inputs, info: dict[str, Any], runs: dict[str, Path]) -> dict[str, str]:
+    """Wait for each WebUI, check its folder, clear dead runs' files; the model each had before the run."""
+    before = dict(info.get("webui_models_before") or {})
+    for n, slot in enumerate(slots):
+        webui = slot.webui
+        webui.wait_until_ready()
+        webui.check_checkpoint_dir()
+        if hasattr(webui, "check_payloads"):
+            webui.check_payloads(inputs.payloads)
+        if hasattr(webui, "remove_leftovers"):
+            webui.remove_leftovers(lambda run_id: (owner := _owner(run_id)) in runs and not is_running(runs[owner]))
+        if hasattr(webui, "selected_model"):
+            if n == 0:  # the first WebUI's model is where a run of one WebUI always kept it
+                info["webui_model_before"] = before[slot.name] = _model_before(webui, info, runs)
+            else:
+                before.setdefault(slot.name, _model_before(webui, {"webui_model_before": before.get(slot.name)}, runs))
+    if len(slots) > 1:
+        info["webui_models_before"] = before
+    return before
+
+
+def _owner(run_id: str) -> str:
+    """The run a merge file belongs to (``<run id>-w2`` is a second WebUI's file of that run)."""
+    return re.sub(r"-w\d+$", "", run_id)
+
+
 def _model_before(webui: WebUIClient, info: dict[str, Any], runs: dict[str, Path]) -> str:
     """The model the WebUI had before this run first started (a resumed run kept it in run.json)."""
     if info.get("webui_model_before") is not None:
@@ -125,104 +179,115 @@ def _model_before(webui: WebUIClient, info: dict[str, Any], runs: dict[str, Path
     if owner is None:
         return current
     # the WebUI still holds the merge of a run that died: that run knew what was there before it
-    earlier = load_run_info(runs[owner]) if owner in runs else None
+    earlier = load_run_info(runs[_owner(owner)]) if _owner(owner) in runs else None
     return str((earlier or {}).get("webui_model_before") or "")
 
 
-class TrialLoop:
-    """Runs the remaining trials of a run, one at a time."""
+@dataclass
+class Prepared:
+    """A trial between its two halves: its weights and record, and its merge staged beside the WebUI."""
 
-    def __init__(self, inputs: Inputs, merger: Merger, webui: WebUIClient, scorer: Scorer, optimiser: Optimiser,
+    weights: BlockWeights
+    record: dict[str, Any]
+    staged: Path | None
+    clock: float
+
+
+class TrialLoop:
+    """Runs the remaining trials of a run on its WebUIs (``executor.Executor``): each trial's two
+    halves (``prepare``: merge and stage; ``render``: load, render, score) and what follows a
+    finished trial (``record``: the trial log, best.yaml, the report, the progress bar, stops)."""
+
+    def __init__(self, inputs: Inputs, merger: Merger, slots: list[Slot], scorer: Scorer, optimiser: Optimiser,
                  trial_log: TrialLog, stop: threading.Event) -> None:
         self.inputs = inputs
         self.cfg = inputs.config
         self.run_dir = inputs.run_dir
         self.merger = merger
-        self.webui = webui
+        self.slots = slots
         self.scorer = scorer
         self.payloads = inputs.payloads
         self.space = inputs.space
         self.optimiser = optimiser
         self.trial_log = trial_log
         self.stop = stop
-        self.render_check = RenderCheck()
+        self.render_checks = {slot.name: RenderCheck() for slot in slots}
         self.not_rendered: MergeNotRendered | None = None
+        self._scoring = threading.Lock()
+        self._failures = 0
+        self._bar: Any = None
 
     def run(self) -> None:
-        done = len(self.trial_log.trials)
+        finished = {t.trial: t for t in self.trial_log.trials}
         budget = self.optimiser.budget
-        failures = 0
-        with progress_bar(total=budget, initial=done, desc="trials", unit="trial", dynamic_ncols=True) as bar:
-            for index in range(done, budget):
-                try:
-                    trial = self._trial_surviving_the_webui(index)
-                except StorageError as error:
-                    raise RunStopped(f"{str(error).rstrip('.')}, then resume with resume={self.run_dir}.") from error
-                self.trial_log.append(trial)
-                if self.not_rendered is not None:
-                    raise RunStopped(f"{self.not_rendered}, and resume with resume={self.run_dir}.")
-                if trial.ok:
-                    self.optimiser.register(trial.params, trial.score)
-                    failures = 0
-                else:
-                    failures += 1
-                best = record_best(self.run_dir, self.trial_log, self.optimiser)
-                _refresh_report(self.run_dir)
-                bar.set_postfix(score=_fmt(trial.score), best=_fmt(best.score if best else None))
-                bar.update(1)
-                if self.stop.is_set() and index + 1 < budget:
-                    raise Interrupted(f"Stopped after {index + 1} of {budget} trials, every one saved; "
-                                      f"resume with resume={self.run_dir}")
-                if failures >= self.cfg.run.max_consecutive_failures:
-                    raise RunStopped(
-                        f"{failures} trials in a row failed (last: {trial.error}); stopping. "
-                        f"Fix the cause and resume with resume={self.run_dir}."
-                    )
-
-    def _trial_surviving_the_webui(self, index: int) -> Trial:
-        """A lost WebUI is not the merge's fault: wait for it and redo the trial, or stop resumably."""
-        lost: WebUIConnectionError | None = None
-        for attempt in range(1, WEBUI_ATTEMPTS + 1):
+        depth = 2 if self.cfg.webui.pipeline else 1
+        executor = Executor(self, self.optimiser, self.slots, finished, budget, self.record, self.stop, depth)
+        with progress_bar(total=budget, initial=len(finished), desc="trials", unit="trial", dynamic_ncols=True) as bar:
+            self._bar = bar
             try:
-                return self._trial(index)
-            except WebUIConnectionError as error:
-                lost = error
-                log.warning("trial %d: %s Waiting for the WebUI to answer again.", index, error)
-                try:
-                    self.webui.wait_until_ready()
-                except WebUIConnectionError:
-                    break
-                if attempt == WEBUI_ATTEMPTS:
-                    break
-        raise RunStopped(f"Lost the WebUI during trial {index} ({lost}); the {index} finished trials are saved. "
-                         f"Resume with resume={self.run_dir}")
+                executor.run()
+            except LostAllWebUIs as error:
+                done = len(self.trial_log.trials)
+                raise RunStopped(f"{error}; the {done} finished trials are saved. Resume with resume={self.run_dir}"
+                                 ) from error
+            except StorageError as error:
+                raise RunStopped(f"{str(error).rstrip('.')}, then resume with resume={self.run_dir}.") from error
+        done = len(self.trial_log.trials)
+        if done < budget:
+            raise Interrupted(f"Stopped after {done} of {budget} trials, every one saved; "
+                              f"resume with resume={self.run_dir}")
 
-    def _trial(self, index: int) -> Trial:
-        started_at = now()
-        timings: dict[str, float] = {}
-        with _timed(timings, "suggest"):
-            params = self.optimiser.suggest(index)
+    def record(self, trial: Trial) -> None:
+        """A finished trial: into the trial log, best.yaml and the report; a stop when the run must."""
+        self.trial_log.append(trial)
+        if self.not_rendered is not None:
+            raise RunStopped(f"{self.not_rendered}, and resume with resume={self.run_dir}.")
+        self._failures = 0 if trial.ok else self._failures + 1
+        best = record_best(self.run_dir, self.trial_log, self.optimiser)
+        _refresh_report(self.run_dir)
+        self._bar.set_postfix(score=_fmt(trial.score), best=_fmt(best.score if best else None))
+        self._bar.update(1)
+        if self._failures >= self.cfg.run.max_consecutive_failures:
+            raise RunStopped(
+                f"{self._failures} trials in a row failed (last: {trial.error}); stopping. "
+                f"Fix the cause and resume with resume={self.run_dir}."
+            )
+
+    def prepare(self, index: int, params: Mapping[str, float], slot: Slot, timings: dict[str, float]) -> Prepared:
         weights = self.space.to_block_weights(params)
         record = dict(
-            trial=index, phase=self.optimiser.phase(index), params=params, weights=weights.as_dict(),
+            trial=index, phase=self.optimiser.phase(index), params=dict(params), weights=weights.as_dict(),
             alpha_string=weights.alpha_string(), beta_string=weights.beta_string() if weights.beta else None,
-            started_at=started_at,
+            started_at=now(), webui=slot.name if len(self.slots) > 1 else None,
         )
-        clock = time.perf_counter() - timings["suggest"]
+        prepared = Prepared(weights, record, None, time.perf_counter() - timings.get("suggest", 0.0))
+        if getattr(slot.webui, "merges_in_graph", False):
+            return prepared  # the renderer merges inside its own graph: no file
+        with _timed(timings, "merge"):
+            merged = self.merger.merge(weights)
+            check_finite(merged, self.merger.architecture, self.merger.method.name)
+        # staged under a name the WebUI does not list; moved into place when the WebUI is free
+        prepared.staged = slot.checkpoint_dir / f".bm-{self.inputs.run_id}-t{index:04d}.safetensors.staged"
+        with _timed(timings, "write"):
+            MergeFiles(slot.checkpoint_dir, self.inputs.run_id, 0).write(
+                lambda path: self.merger.save(path, dtype=self.cfg.merge.dtype, prune=self.cfg.merge.prune),
+                prepared.staged)
+        return prepared
+
+    def render(self, index: int, params: Mapping[str, float], prepared: Prepared, slot: Slot,
+               timings: dict[str, float]) -> Trial:
+        weights, record = prepared.weights, prepared.record
         try:
-            with _timed(timings, "merge"):
-                merged = self.merger.merge(weights)
-                check_finite(merged, self.merger.architecture, self.merger.method.name)
             with _timed(timings, "load"):
-                self.webui.load_checkpoint(
-                    lambda path: self.merger.save(path, dtype=self.cfg.merge.dtype, prune=self.cfg.merge.prune),
-                    trial=index,
-                )
+                if prepared.staged is None:
+                    slot.webui.load_weights(weights, trial=index)
+                else:
+                    slot.webui.load_checkpoint(lambda path: os.replace(prepared.staged, path), trial=index)
             with _timed(timings, "generate"):
-                images, contexts = self._render(index, weights.alpha_string())
-            self.render_check.check(index, weights.alpha + (weights.beta or ()),
-                                    [(c.payload, c.index, c.seed, image) for image, c in zip(images, contexts)])
-            with _timed(timings, "score"):
+                images, contexts = self._render(index, slot, weights.alpha_string())
+            self.render_checks[slot.name].check(index, weights.alpha + (weights.beta or ()),
+                                                [(c.payload, c.index, c.seed, image) for image, c in zip(images, contexts)])
+            with _timed(timings, "score"), self._scoring:
                 scores = self.scorer.score(images, contexts)
                 per_payload, score = score_trial(scores, [c.payload for c in contexts],
                                                  {p.name: p.score_weight for p in self.payloads}, self.cfg.scorer.combine)
@@ -231,14 +296,29 @@ class TrialLoop:
             raise
         except MergeNotRendered as error:
             self.not_rendered = error
-            return self._failed(record, error, timings, clock, quiet=True)
+            return self._failed(record, error, timings, prepared.clock, quiet=True)
         except BayesMergerError as error:
-            return self._failed(record, error, timings, clock)
-        timings["total"] = time.perf_counter() - clock
-        log.info("trial %d: score %.4f (merge %.2fs, load %.2fs, generate %.2fs, score %.2fs)", index, score,
-                 timings["merge"], timings["load"], timings["generate"], timings["score"])
+            return self._failed(record, error, timings, prepared.clock)
+        finally:
+            self.discard(prepared)
+        timings["total"] = time.perf_counter() - prepared.clock
+        log.info("trial %d: score %.4f (merge %.2fs, load %.2fs, generate %.2fs, score %.2fs)%s", index, score,
+                 timings.get("merge", 0.0), timings["load"], timings["generate"], timings["score"],
+                 f" on {slot.name}" if record["webui"] else "")
         return Trial(status="ok", score=score, payload_scores=per_payload, images=tuple(records), timings=timings,
                      finished_at=now(), **record)
+
+    def failed(self, index: int, params: Mapping[str, float], error: Exception, slot: Slot,
+               timings: dict[str, float]) -> Trial:
+        weights = self.space.to_block_weights(params)
+        record = dict(trial=index, phase=self.optimiser.phase(index), params=dict(params), weights=weights.as_dict(),
+                      alpha_string=weights.alpha_string(), beta_string=weights.beta_string() if weights.beta else None,
+                      started_at=now(), webui=slot.name if len(self.slots) > 1 else None)
+        return self._failed(record, error, timings, time.perf_counter() - sum(timings.values()))
+
+    def discard(self, prepared: Prepared) -> None:
+        if prepared.staged is not None:
+            prepared.staged.unlink(missing_ok=True)
 
     def _failed(self, record: dict[str, Any], error: Exception, timings: dict[str, float], clock: float,
                 quiet: bool = False) -> Trial:
@@ -247,11 +327,11 @@ class TrialLoop:
             log.error("trial %d failed: %s", record["trial"], error)
         return Trial(status="failed", score=None, error=str(error), timings=timings, finished_at=now(), **record)
 
-    def _render(self, index: int, alpha_string: str) -> tuple[list[Any], list[ImageContext]]:
+    def _render(self, index: int, slot: Slot, alpha_string: str) -> tuple[list[Any], list[ImageContext]]:
         images: list[Any] = []
         contexts: list[ImageContext] = []
         for payload in self.payloads:
-            generation = self.webui.txt2img(payload.request)
+            generation = slot.webui.txt2img(payload.request)
             prompt = str(payload.request.get("prompt", ""))  # wildcards were drawn when the payload was read
             for image_index, (image, seed) in enumerate(zip(generation.images, generation.seeds)):
                 path = None

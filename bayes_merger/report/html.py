@@ -209,7 +209,7 @@ def _strip(trial: Mapping[str, Any], name: str, blocks: Iterable[str], norm) -> 
 
 
 def _trial_cells(n: int, trial: Mapping[str, Any], payloads: list[str], blocks: list[str], norm,
-                 rescores: Iterable[Mapping[int, float]] = ()) -> str:
+                 rescores: Iterable[Mapping[int, float]] = (), webui_column: bool = False) -> str:
     score = trial_score(trial)
     status = str(trial.get("status") or ("ok" if score is not None else UNKNOWN))
     phase = str(trial.get("phase") or "")
@@ -217,6 +217,9 @@ def _trial_cells(n: int, trial: Mapping[str, Any], payloads: list[str], blocks: 
              f'<td data-v="{escape(phase)}">{escape(phase or UNKNOWN)}</td>',
              f'<td data-v="{escape(status)}"><span class="status {escape(status)}">{escape(status)}</span></td>',
              f'<td class="num score" data-v="{sort_value(score)}">{fmt_score(score)}</td>']
+    if webui_column:  # several WebUIs rendered the run: which one rendered this trial
+        webui = str(trial.get("webui") or "")
+        cells.append(f'<td data-v="{escape(webui)}"><code>{escape(webui) or "—"}</code></td>')
     for rescored in rescores:
         value = rescored.get(n)
         cells.append(f'<td class="num" data-v="{sort_value(value)}">{fmt_score(value)}</td>')
@@ -253,6 +256,9 @@ def _trials_table(run: RunData) -> str:
     head = ['<th data-type="num" data-first="asc" scope="col">#</th>',
             '<th data-type="text" scope="col">phase</th>', '<th data-type="text" scope="col">status</th>',
             '<th data-type="num" scope="col" aria-sort="descending">score</th>']
+    webui_column = any(t.get("webui") for _, t in run.trials)
+    if webui_column:
+        head.append('<th data-type="text" scope="col">webui</th>')
     head += [f'<th data-type="num" scope="col" class="rescore-col">{escape(label)}</th>' for label in run.rescores]
     head += [f'<th data-type="num" scope="col" class="payload-col">{escape(p)}</th>' for p in payload_cols]
     head += ['<th scope="col">weights (α string{})</th>'.format(", β string" if run.uses_beta else ""),
@@ -272,7 +278,7 @@ def _trials_table(run: RunData) -> str:
             classes.append("worst")
         if trial_score(trial) is None:
             classes.append("failed")
-        rows.append(f'<tr class="{" ".join(classes)}">{_trial_cells(n, trial, payload_cols, blocks, norm, run.rescores.values())}</tr>')
+        rows.append(f'<tr class="{" ".join(classes)}">{_trial_cells(n, trial, payload_cols, blocks, norm, run.rescores.values(), webui_column)}</tr>')
     return (f'<div class="table-wrap"><table class="trials sortable"><thead><tr>{"".join(head)}</tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table></div>')
 

@@ -188,9 +188,12 @@ class TrialLog:
             good_end = end
         if self.path.exists() and self.path.stat().st_size > good_end:
             self._set_aside_tail(good_end)
-        for expected, trial in enumerate(self.trials):
-            if trial.trial != expected:
-                raise ConfigError(f"{self.path}: expected trial {expected} on line {expected + 1}, found trial {trial.trial}.")
+        # with several trials in flight they finish, and are logged, out of order; each only once
+        seen: set[int] = set()
+        for line, trial in enumerate(self.trials, start=1):
+            if trial.trial in seen or trial.trial < 0:
+                raise ConfigError(f"{self.path}: trial {trial.trial} on line {line} is logged twice or numbered wrongly.")
+            seen.add(trial.trial)
 
     def _set_aside_tail(self, good_end: int) -> None:
         # Appending after half a line would corrupt the next record; keep the fragment for inspection.
@@ -204,8 +207,8 @@ class TrialLog:
         log.warning("Set aside an incomplete last line of %s into %s.", self.path, side.name)
 
     def append(self, trial: Trial) -> None:
-        if trial.trial != len(self.trials):
-            raise ValueError(f"trial {trial.trial} appended after {len(self.trials)} trials")
+        if any(t.trial == trial.trial for t in self.trials):
+            raise ValueError(f"trial {trial.trial} is already in the trial log")
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(trial.to_json() + "\n")
             handle.flush()

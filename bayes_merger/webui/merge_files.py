@@ -22,8 +22,9 @@ logger = logging.getLogger(__name__)
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # a merge file of any run: the name written, a .tmp being written (and the hidden file its writer
-# renames into it), or the name Forge gives a file it cannot load
-_MERGE_FILE = r"^\.?bm-(?P<run>{run})-t(?P<trial>\d{{4,}})(?:-r(?P<retry>\d+))?\.safetensors(?P<suffix>\.tmp(?:\.\d+\.tmp)?|\.corrupted)?$"
+# renames into it), the name Forge gives a file it cannot load, or a .staged merge waiting for its
+# turn (a pipelined run writes the next trial's merge while the WebUI renders)
+_MERGE_FILE = r"^\.?bm-(?P<run>{run})-t(?P<trial>\d{{4,}})(?:-r(?P<retry>\d+))?\.safetensors(?P<suffix>(?:\.staged)?\.tmp(?:\.\d+\.tmp)?|\.corrupted|\.staged)?$"
 _ANY_MERGE = re.compile(_MERGE_FILE.format(run=r"[A-Za-z0-9][A-Za-z0-9._-]*?"))
 # " [0123456789]" that A1111 appends to a checkpoint's title once it knows the file's hash
 HASH_SUFFIX = re.compile(r"\s*\[[0-9a-fA-F]{8,64}\]$")
@@ -100,7 +101,8 @@ class MergeFiles:
 
     def delete_old(self, keep: str) -> None:
         """Keep the current merge and the ``keep_last`` newest before it; only this run's files."""
-        files = [(order, path) for path, order in self.own() if path.name != keep]
+        # a .staged merge is the next trial's, still to be loaded: not a leftover while the run goes on
+        files = [(order, path) for path, order in self.own() if path.name != keep and ".staged" not in path.name]
         leftovers = [path for order, path in files if order[2]]  # .tmp of an interrupted write, .corrupted
         merges = sorted(((order, path) for order, path in files if not order[2]), reverse=True)
         for path in leftovers + [path for _, path in merges[self.keep_last:]]:

@@ -47,7 +47,9 @@ def _only_run(runs: Path) -> Path:
 
 
 def _trials(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "trials.jsonl").read_text().splitlines()]
+    """The trial log's records by trial number (pipelined trials may finish, and be logged, out of order)."""
+    records = [json.loads(line) for line in (run_dir / "trials.jsonl").read_text().splitlines()]
+    return sorted(records, key=lambda t: t["trial"])
 
 
 def test_short_run_completes_and_best_yaml_matches_the_best_trial(assets, fake_webui, tmp_path):
@@ -176,15 +178,15 @@ def test_webui_lost_mid_run_stops_resumably_and_resume_finishes(assets, fake_web
 def test_ctrl_c_finishes_the_trial_in_flight_then_stops_resumably(assets, fake_webui, tmp_path, monkeypatch):
     from bayes_merger.run import TrialLoop
 
-    original = TrialLoop._trial
+    original = TrialLoop.render
 
-    def trial_then_ctrl_c(self, index):
-        result = original(self, index)
+    def trial_then_ctrl_c(self, index, *args):
+        result = original(self, index, *args)
         if index == 1:
             os.kill(os.getpid(), signal.SIGINT)
         return result
 
-    monkeypatch.setattr(TrialLoop, "_trial", trial_then_ctrl_c)
+    monkeypatch.setattr(TrialLoop, "render", trial_then_ctrl_c)
     handler = signal.getsignal(signal.SIGINT)
     assert _cli(_args(assets, fake_webui, tmp_path / "runs")) == 130
     assert signal.getsignal(signal.SIGINT) is handler, "the CLI gives the signal handlers back"

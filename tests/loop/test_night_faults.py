@@ -71,11 +71,11 @@ def test_200_trials_keep_memory_flat_and_the_checkpoint_folder_small(assets, web
 
     payloads = tmp_path / "one.yaml"
     payloads.write_text("defaults: {steps: 1, width: 64, height: 64}\npayloads:\n  - name: one\n    prompt: a fox\n")
-    original_trial, original_report = TrialLoop._trial, run_module._refresh_report
+    original_render, original_report = TrialLoop.render, run_module._refresh_report
     rss, files = [], []
 
-    def measured(self, index):
-        trial = original_trial(self, index)
+    def measured(self, index, *args):
+        trial = original_render(self, index, *args)
         files.append(len([p for p in fake_webui.checkpoint_dir.iterdir() if p.name.startswith("bm-")]))
         rss.append(_rss_mb())
         return trial
@@ -94,7 +94,7 @@ def test_200_trials_keep_memory_flat_and_the_checkpoint_folder_small(assets, web
         bests.append(run_dir)
         return original_best(run_dir, trial_log, optimiser) if len(bests) % 50 == 0 else trial_log.best()
 
-    monkeypatch.setattr(TrialLoop, "_trial", measured)
+    monkeypatch.setattr(TrialLoop, "render", measured)
     monkeypatch.setattr(run_module, "_refresh_report", some_reports)
     monkeypatch.setattr(run_module, "record_best", some_bests)
     monkeypatch.setattr(run_module, "build_scorer", lambda config: _PixelMean())

@@ -112,15 +112,15 @@ def test_the_end_of_a_run_selects_the_model_of_before_and_deletes_the_merge(asse
 def test_a_stop_by_signal_hands_the_webui_back(assets, webui_with_a_model, tmp_path, monkeypatch, signum):
     from bayes_merger.run import TrialLoop
 
-    original = TrialLoop._trial
+    original = TrialLoop.render
 
-    def trial_then_signal(self, index):
-        result = original(self, index)
+    def trial_then_signal(self, index, *args):
+        result = original(self, index, *args)
         if index == 1:
             os.kill(os.getpid(), signum)
         return result
 
-    monkeypatch.setattr(TrialLoop, "_trial", trial_then_signal)
+    monkeypatch.setattr(TrialLoop, "render", trial_then_signal)
     assert _cli(_args(assets, webui_with_a_model, tmp_path / "runs")) == 130
     _mine_is_back(webui_with_a_model)
 

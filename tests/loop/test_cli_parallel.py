@@ -1,0 +1,78 @@
+"""Runs with trials in flight, end to end through the CLI: pipelined, and on two fake WebUIs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bayes_merger.testing.fake_webui import FakeWebUI
+from tests.loop.test_cli_run import _args, _cli, _only_run, _trials
+
+
+@pytest.fixture
+def second_webui(tmp_path_factory):
+    with FakeWebUI(tmp_path_factory.mktemp("second-webui-models")) as server:
+        yield server
+
+
+def test_a_pipelined_run_finishes_every_trial_and_resumes_to_the_same_trials(assets, fake_webui, tmp_path):
+    args = _args(assets, fake_webui, tmp_path / "whole", "webui.pipeline=true", "optimiser.n_iters=4")
+    assert _cli(args) == 0
+    whole = _trials(_only_run(tmp_path / "whole"))
+    assert [t["trial"] for t in whole] == list(range(7)) and all(t["status"] == "ok" for t in whole)
+    assert not [p for p in fake_webui.checkpoint_dir.iterdir()], "no merge, staged or not, is left behind"
+
+    # the same run stopped after its first five trials (two of them as if finished out of order), resumed
+    cut = tmp_path / "cut"
+    assert _cli(_args(assets, fake_webui, cut, "webui.pipeline=true", "optimiser.n_iters=4")) == 0
+    run_dir = _only_run(cut)
+    lines = (run_dir / "trials.jsonl").read_text().splitlines()
+    kept = [lines[i] for i in (0, 1, 2, 4)]  # trial 3 was in flight when the run stopped
+    (run_dir / "trials.jsonl").write_text("\n".join(kept) + "\n")
+    info = json.loads((run_dir / "run.json").read_text())
+    info.pop("finished_at", None)
+    (run_dir / "run.json").write_text(json.dumps(info))
+    assert _cli(_args(assets, fake_webui, cut, "webui.pipeline=true", "optimiser.n_iters=4", f"resume={run_dir}")) == 0
+    resumed = _trials(run_dir)
+    assert [t["trial"] for t in resumed] == list(range(7))
+    assert [t["params"] for t in resumed] == [t["params"] for t in whole]
+
+
+def test_two_webuis_share_the_trials_and_each_trial_says_where_it_rendered(assets, fake_webui, second_webui, tmp_path):
+    urls = f"[{fake_webui.url},{second_webui.url}]"
+    dirs = f"[{fake_webui.checkpoint_dir},{second_webui.checkpoint_dir}]"
+    args = _args(assets, fake_webui, tmp_path / "runs", f"webui.urls={urls}", f"webui.checkpoint_dirs={dirs}",
+                 "optimiser.init_points=4", "optimiser.n_iters=4")
+    assert _cli(args) == 0
+    run_dir = _only_run(tmp_path / "runs")
+    trials = _trials(run_dir)
+    assert [t["trial"] for t in trials] == list(range(8)) and all(t["status"] == "ok" for t in trials)
+    assert {t["webui"] for t in trials} == {fake_webui.url, second_webui.url}
+    assert '<th data-type="text" scope="col">webui</th>' in (run_dir / "report.html").read_text()
+    for webui in (fake_webui, second_webui):
+        assert not list(webui.checkpoint_dir.iterdir()), "each WebUI's folder is cleaned at the end"
+
+
+def test_a_webui_lost_for_good_hands_its_trials_to_the_other(assets, fake_webui, second_webui, tmp_path):
+    urls = f"[{fake_webui.url},{second_webui.url}]"
+    dirs = f"[{fake_webui.checkpoint_dir},{second_webui.checkpoint_dir}]"
+    second_webui.drop_next(1000, path="/sdapi/v1/txt2img")  # drops every render: a WebUI gone bad
+    args = _args(assets, fake_webui, tmp_path / "runs", f"webui.urls={urls}", f"webui.checkpoint_dirs={dirs}",
+                 "optimiser.init_points=4", "optimiser.n_iters=2", "webui.ready_timeout=1", "webui.retries=0")
+    assert _cli(args) == 0
+    trials = _trials(_only_run(tmp_path / "runs"))
+    assert [t["trial"] for t in trials] == list(range(6)) and all(t["status"] == "ok" for t in trials)
+    assert {t["webui"] for t in trials} == {fake_webui.url}
+
+
+@pytest.mark.parametrize("override, words", [
+    ("webui.urls=[http://127.0.0.1:1,http://127.0.0.1:1]", "names a WebUI twice"),
+    ("webui.checkpoint_dirs=[/a,/b]", "has 2 folders for 1 WebUIs"),
+])
+def test_bad_webui_lists_are_one_sentence_before_the_webui_is_touched(assets, fake_webui, tmp_path, caplog,
+                                                                      override, words):
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", override)) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and words in errors[0]
+    assert not fake_webui.requests
