@@ -33,6 +33,7 @@ from bayes_merger.run_folder import (
 )
 from bayes_merger.scoring import for_run_folder, needs_image_files
 from bayes_merger.space import SearchSpace, build_space
+from bayes_merger.renderers.probe import BACKENDS, choose_handoff
 from bayes_merger.webui.merge_files import RUN_ID
 from bayes_merger.webui.payloads import Payload, load_payloads
 
@@ -74,6 +75,9 @@ def check_inputs(cfg: Config, run_dir: Path) -> Inputs:
     # and bad bounds are refused before the WebUI is contacted or a tensor is read
     merge = inspect_inputs(*models, cfg.merge)
     space = build_space(cfg.optimiser, merge.architecture.blocks, merge.method.needs_beta)
+    if str(cfg.webui.backend).lower() in ("comfyui", "auto"):  # a graph hand-off the method cannot take
+        choose_handoff(cfg.webui, cfg.merge.method, min(p.lower for p in space.parameters),
+                       max(p.upper for p in space.parameters), merge.architecture)
     if not resuming and is_run_folder(run_dir):
         raise ConfigError(f"{run_dir} already holds a run; continue it with resume={run_dir} or start a new one elsewhere.")
     previous = read_run_info(run_dir) if resuming else None
@@ -101,6 +105,8 @@ def _check_settings(cfg: Config) -> tuple[Path, Path, Path | None]:
             raise ConfigError(f"{key}: {path} does not exist.")
         if not path.is_file():
             raise ConfigError(f"{key}: {path} is a folder, not a checkpoint file.")
+    if str(cfg.webui.backend).lower() not in BACKENDS:
+        raise ConfigError(f"webui.backend must be one of {', '.join(BACKENDS)}, not {cfg.webui.backend!r}.")
     urls, folders = list(cfg.webui.urls), list(cfg.webui.checkpoint_dirs)
     if len(set(urls)) < len(urls):
         raise ConfigError(f"webui.urls names a WebUI twice: {urls}; each WebUI renders one trial at a time.")

@@ -76,3 +76,17 @@ def test_bad_webui_lists_are_one_sentence_before_the_webui_is_touched(assets, fa
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and words in errors[0]
     assert not fake_webui.requests
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["webui.backend=invokeai"], "webui.backend must be one of a1111, comfyui, auto"),
+    (["webui.backend=comfyui", "webui.comfyui_handoff=graph", "merge.method=add_difference"],
+     "webui.comfyui_handoff is graph, but merge.method is add_difference"),
+])
+def test_a_backend_that_cannot_work_is_one_sentence_before_the_webui_is_touched(assets, fake_webui, tmp_path, caplog,
+                                                                               overrides, words):
+    extra = [f"model_c={assets['model_a']}"] if "add_difference" in " ".join(overrides) else []
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", *overrides, *extra)) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and words in errors[0]
+    assert not fake_webui.requests
