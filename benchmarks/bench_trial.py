@@ -1,0 +1,162 @@
+"""Trials per hour at the render bound: the real loop against fake WebUIs that take a set time to switch
+models and to render, sequential vs pipelined vs two WebUIs, side by side in one run.
+
+    python benchmarks/bench_trial.py                      # full-size SD1 (real keys and shapes), 10 s render
+    python benchmarks/bench_trial.py --scale 0.1 --render 2 --switch 0.5 --trials 6   # a quick look
+    python benchmarks/bench_trial.py --sdxl --scale 0.25
+
+Each configuration runs ``bayes-merger`` itself (the CLI, the Merger, the WebUI client, the tiny
+scorer of the demo) on in-process fake A1111 servers whose ``/sdapi/v1/options`` (the model switch)
+answers after ``--switch`` seconds and whose ``/sdapi/v1/txt2img`` answers after ``--render`` seconds
+(one payload, one image a trial). The render-bound ideal keeps the WebUI busy all the time: one trial
+per switch + render. Throughput is measured between the first and the last finished trial (the models'
+load at the start is not a trial's cost). Per-stage medians come from the trial log's timings: ours
+(suggest, merge, write, score) and the WebUI's (load: write-in-place + refresh + select + confirm;
+generate). The peak RSS is the whole benchmark process's.
+
+The last line holds the key ratios as name=value pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bayes_merger.cli import main as cli_main  # noqa: E402
+from bayes_merger.run import TrialLoop  # noqa: E402
+from bayes_merger.testing.fake_webui import FakeWebUI  # noqa: E402
+from bayes_merger.testing.models import make_checkpoint  # noqa: E402
+from bayes_merger.testing.tiny_clip import make_tiny_clip, make_tiny_head  # noqa: E402
+
+log = logging.getLogger("bench_trial")
+STAGES = ("suggest", "merge", "write", "load", "generate", "score", "total")
+CONFIGS = {  # name: (WebUIs, pipelined)
+    "sequential": (1, False),
+    "pipelined": (1, True),
+    "two_webuis": (2, True),
+}
+
+
+def run_config(name: str, webuis: int, pipelined: bool, work: Path, args: argparse.Namespace, assets: dict) -> dict:
+    servers = []
+    for n in range(webuis):
+        folder = work / f"{name}-webui{n}"
+        folder.mkdir(parents=True)
+        server = FakeWebUI(folder).start()
+        server.delay("/sdapi/v1/options", args.switch)
+        server.delay("/sdapi/v1/txt2img", args.render)
+        servers.append(server)
+    finished: list[float] = []
+    original = TrialLoop.record
+
+    def record(self, trial):
+        finished.append(time.perf_counter())
+        return original(self, trial)
+
+    TrialLoop.record = record
+    try:
+        payloads = work / f"{name}-payloads.yaml"
+        payloads.write_text("defaults: {steps: 1, width: 64, height: 64}\npayloads:\n  - name: one\n    prompt: a fox\n")
+        overrides = [
+            "--config", str(REPO / "conf" / "demo.yaml"), "demo=false", f"run.dir={work / name / 'runs'}",
+            f"webui.url={servers[0].url}", f"webui.checkpoint_dir={servers[0].checkpoint_dir}",
+            f"webui.pipeline={str(pipelined).lower()}", f"payloads.dir={payloads}",
+            f"optimiser.init_points={min(3, args.trials)}", f"optimiser.n_iters={max(args.trials - 3, 0)}",
+            "save_best=false", "save_images=false", "hydra/job_logging=none", "hydra/hydra_logging=none",
+            *[f"{key}={value}" for key, value in assets.items()],
+        ]
+        if webuis > 1:
+            overrides += [f"webui.urls=[{','.join(s.url for s in servers)}]",
+                          f"webui.checkpoint_dirs=[{','.join(str(s.checkpoint_dir) for s in servers)}]"]
+        try:
+            cli_main(overrides)
+        except SystemExit as stop:
+            if stop.code:
+                raise RuntimeError(f"{name}: bayes-merger exited {stop.code}") from None
+    finally:
+        TrialLoop.record = original
+        for server in servers:
+            server.stop()
+    run_dir = next(p for p in (work / name / "runs").iterdir() if p.is_dir())
+    trials = [json.loads(line) for line in (run_dir / "trials.jsonl").read_text().splitlines()]
+    medians = {stage: statistics.median(t["timings"].get(stage, 0.0) for t in trials) for stage in STAGES}
+    span = finished[-1] - finished[0]
+    per_hour = 3600.0 * (len(finished) - 1) / span if span > 0 else float("nan")
+    return {"name": name, "trials": len(trials), "per_hour": per_hour, "medians": medians,
+            "ok": sum(t["status"] == "ok" for t in trials)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", type=float, default=1.0, help="model widths × scale (1: the real SD1/SDXL shapes)")
+    parser.add_argument("--sdxl", action="store_true", help="SDXL models instead of SD1")
+    parser.add_argument("--render", type=float, default=10.0, help="seconds the fake WebUI takes per render")
+    parser.add_argument("--switch", type=float, default=2.0, help="seconds the fake WebUI takes per model switch")
+    parser.add_argument("--trials", type=int, default=8, help="trials per configuration")
+    parser.add_argument("--workdir", type=Path, help="where the models and runs go (default: a temporary folder)")
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    log.setLevel(logging.INFO)
+
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        work = Path(tmp)
+        arch = "sdxl" if args.sdxl else "sd1"
+        log.info("Writing two %s checkpoints at scale %g …", arch, args.scale)
+        assets = {
+            "model_a": make_checkpoint(work / "a.safetensors", arch, seed=1, scale=args.scale),
+            "model_b": make_checkpoint(work / "b.safetensors", arch, seed=2, scale=args.scale),
+            "scorer.clip": make_tiny_clip(work / "clip"),
+            "scorer.head": make_tiny_head(work / "head.safetensors"),
+        }
+        size = assets["model_a"].stat().st_size / 1e9
+        results = []
+        for name in args.configs:
+            webuis, pipelined = CONFIGS[name]
+            log.info("%s: %d WebUI(s), pipelined %s …", name, webuis, pipelined)
+            results.append(run_config(name, webuis, pipelined, work, args, assets))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    ideal = 3600.0 / (args.render + args.switch)
+    print(f"{arch} at scale {args.scale:g} ({size:.2f} GB a checkpoint); fake WebUI: switch {args.switch:g} s, "
+          f"render {args.render:g} s; render-bound ideal {ideal:.0f} trials/h per WebUI; {args.trials} trials each")
+    print("/ideal: against switch + render as set; /busy: against the WebUI's own measured time a trial "
+          "(load + generate, the sequential run's medians), the bound no client can beat")
+    print(f"{'config':<12} {'trials/h':>9} {'/ideal':>7} {'/busy':>6} " + " ".join(f"{s:>8}" for s in STAGES)
+          + "   (median s)")
+    by = {r["name"]: r for r in results}
+    first = by.get("sequential", results[0])["medians"]
+    busy = 3600.0 / (first["load"] + first["generate"])
+    for r in results:
+        webuis = CONFIGS[r["name"]][0]
+        print(f"{r['name']:<12} {r['per_hour']:9.0f} {r['per_hour'] / (ideal * webuis):7.2f} "
+              f"{r['per_hour'] / (busy * webuis):6.2f} "
+              + " ".join(f"{r['medians'][s]:8.2f}" for s in STAGES) + f"   ({r['ok']}/{r['trials']} ok)")
+    ours = first["suggest"] + first["merge"] + first["write"] + first["score"]
+    print(f"sequential hand-off: ours (suggest, merge, write, score) {ours:.2f} s, the WebUI's (load, generate) "
+          f"{first['load'] + first['generate']:.2f} s a trial")
+    print(f"peak RSS of the benchmark process: {peak:.0f} MB")
+    pairs = [f"{r['name']}_vs_ideal={r['per_hour'] / (ideal * CONFIGS[r['name']][0]):.3f}" for r in results]
+    pairs += [f"{r['name']}_vs_busy={r['per_hour'] / (busy * CONFIGS[r['name']][0]):.3f}" for r in results]
+    if "sequential" in by and "pipelined" in by:
+        pairs.append(f"pipelined_vs_sequential={by['pipelined']['per_hour'] / by['sequential']['per_hour']:.3f}")
+    if "two_webuis" in by and "pipelined" in by:
+        pairs.append(f"two_webuis_vs_one={by['two_webuis']['per_hour'] / by['pipelined']['per_hour']:.3f}")
+    pairs.append(f"peak_rss_mb={peak:.0f}")
+    print(" ".join(pairs))
+
+
+if __name__ == "__main__":
+    main()
