@@ -21,21 +21,18 @@ import argparse
 import json
 import logging
 import queue
-import signal
 import socket
 import tempfile
 import threading
-import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from PIL import PngImagePlugin
-
-from bayes_merger.testing.fake_comfyui_nodes import Executor, NodeFailure, catalogue, object_info, png_text, prompt_error, validate
+from bayes_merger.testing.fake_comfyui_nodes import Executor, catalogue, object_info, prompt_error, validate
+from bayes_merger.testing.fake_comfyui_execution import PromptExecution, PromptItem
 from bayes_merger.testing.fake_http import FakeHTTPServer, RecordedRequest, _Response
+from bayes_merger.testing.fake_serve import serve_until_stopped
 from bayes_merger.testing.fake_websocket import ServerWebSocket, is_upgrade
 
 logger = logging.getLogger(__name__)
@@ -46,23 +43,7 @@ MODEL_FOLDERS = ["checkpoints", "configs", "loras", "vae", "text_encoders", "dif
                  "custom_nodes", "hypernetworks", "photomaker", "classifiers", "model_patches", "audio_encoders"]
 
 
-class _Interrupted(Exception):
-    pass
-
-
-@dataclass
-class _Item:
-    number: int
-    prompt_id: str
-    prompt: dict[str, Any]
-    extra: dict[str, Any]
-    outputs: list[str]
-
-    def as_list(self) -> list[Any]:
-        return [self.number, self.prompt_id, self.prompt, self.extra, self.outputs]
-
-
-class FakeComfyUI(FakeHTTPServer):
+class FakeComfyUI(PromptExecution, FakeHTTPServer):
     """A fake ComfyUI on 127.0.0.1 whose ``checkpoint_dir`` is its models/checkpoints folder."""
 
     def __init__(self, checkpoint_dir: Path, output_dir: Path | None = None, port: int = 0, *,
@@ -77,9 +58,9 @@ class FakeComfyUI(FakeHTTPServer):
         self._sockets: dict[str, list[ServerWebSocket]] = {}
         self._number = 0
         self._history: dict[str, dict[str, Any]] = {}
-        self._queue: queue.Queue[_Item | None] = queue.Queue()
-        self._pending: list[_Item] = []
-        self._running: _Item | None = None
+        self._queue: queue.Queue[PromptItem | None] = queue.Queue()
+        self._pending: list[PromptItem] = []
+        self._running: PromptItem | None = None
         self._cache: dict[str, tuple[Any, Any]] = {}  # node signature → (outputs, ui), last prompt only
         self._generation = 0
         self._interrupt = threading.Event()
@@ -308,7 +289,7 @@ class FakeComfyUI(FakeHTTPServer):
         extra = dict(body.get("extra_data") or {})
         if body.get("client_id"):
             extra["client_id"] = body["client_id"]
-        item = _Item(number, prompt_id, prompt, extra, outputs)
+        item = PromptItem(number, prompt_id, prompt, extra, outputs)
         with self._lock:
             self._pending.append(item)
             work = self._queue
@@ -371,185 +352,12 @@ class FakeComfyUI(FakeHTTPServer):
         for ws in sockets:
             ws.send_text(json.dumps({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": remaining}}}}))
 
-    # ------------------------------------------------------------------------------ execution
-
-    def _worker(self, generation: int, work: queue.Queue) -> None:
-        while True:
-            item = work.get()
-            if item is None or generation != self._generation:
-                return
-            with self._lock:
-                if item not in self._pending:  # deleted from the queue
-                    continue
-                self._pending.remove(item)
-                self._running = item
-            try:
-                self._execute(item, generation)
-            except Exception:  # noqa: BLE001 - a bug of the fake must not kill its worker
-                logger.exception("fake ComfyUI: prompt %s failed", item.prompt_id)
-            with self._lock:
-                if generation == self._generation:
-                    self._running = None
-            if generation == self._generation:
-                self._broadcast_status()
-                self._send(item.extra.get("client_id"), "executing", {"node": None, "prompt_id": item.prompt_id})
-
-    def _execute(self, item: _Item, generation: int) -> None:
-        client, prompt_id, prompt = item.extra.get("client_id"), item.prompt_id, item.prompt
-        messages: list[list[Any]] = []
-
-        def event(kind: str, data: dict[str, Any]) -> None:
-            data = {**data, "prompt_id": prompt_id}
-            if kind.startswith("execution_"):
-                data.setdefault("timestamp", int(time.time() * 1000))
-                messages.append([kind, data])
-            self._send(client, kind, data)
-
-        event("execution_start", {})
-        self._execution_gate.wait()
-        if generation != self._generation:
-            return
-        order = _topological(prompt, item.outputs)
-        signatures = _signatures(prompt, order)
-        with self._lock:
-            old_cache = self._cache
-        cached = [n for n in order if signatures[n] in old_cache and prompt[n]["class_type"] != "SaveImageWebsocket"]
-        event("execution_cached", {"nodes": cached})
-        values: dict[str, Any] = {}
-        new_cache: dict[str, tuple[Any, Any]] = {}
-        outputs: dict[str, Any] = {}
-        ran: list[str] = []
-        self._interrupt.clear()
-        executed: list[str] = []
-        for node_id in order:
-            class_type = prompt[node_id]["class_type"]
-            inputs = {k: values[v[0]][v[1]] if _is_link(v) else v for k, v in prompt[node_id]["inputs"].items()}
-            fault = self._take_execution_fault(class_type)
-            try:
-                if fault is not None:
-                    raise NodeFailure(fault["exception_type"], fault["message"])
-                if node_id in cached:
-                    result, ui = old_cache[signatures[node_id]]
-                else:
-                    self._send(client, "executing", {"node": node_id, "display_node": node_id})
-                    result, ui = self._executor.run(class_type, inputs, prompt,
-                                                    lambda k, n: self._progress(client, prompt_id, node_id, k, n))
-                    ran.append(node_id)
-            except NodeFailure as failure:
-                event("execution_error", {"node_id": node_id, "node_type": class_type, "executed": executed,
-                                          "exception_message": failure.message, "exception_type": failure.exception_type,
-                                          "traceback": [f"{failure.exception_type}: {failure.message}"],
-                                          "current_inputs": {}, "current_outputs": []})
-                self._finish(item, {}, messages, "error", new_cache, generation, ran)
-                return
-            except _Interrupted:
-                event("execution_interrupted", {"node_id": node_id, "node_type": class_type, "executed": executed})
-                self._finish(item, {}, messages, "error", new_cache, generation, ran)
-                return
-            if generation != self._generation:
-                return
-            values[node_id] = result
-            new_cache[signatures[node_id]] = (result, ui)
-            executed.append(node_id)
-            if ui and "images" in ui:
-                outputs[node_id] = {"images": ui["images"]}
-                self._send(client, "executed", {"node": node_id, "display_node": node_id, "output": outputs[node_id]})
-            if ui and "websocket_images" in ui:
-                self._send_images(client, prompt_id, node_id, ui["websocket_images"])
-        event("execution_success", {})
-        self._finish(item, outputs, messages, "success", new_cache, generation, ran)
-
-    def _finish(self, item: _Item, outputs: dict[str, Any], messages: list[list[Any]], status: str,
-                cache: dict[str, tuple[Any, Any]], generation: int, ran: list[str]) -> None:
-        with self._lock:
-            if generation != self._generation:
-                return
-            self._cache = cache
-            self.executed.append(ran)
-            self._history[item.prompt_id] = {
-                "prompt": item.as_list(), "outputs": outputs,
-                "status": {"status_str": status, "completed": status == "success", "messages": messages},
-                "meta": {n: {"node_id": n, "display_node": n, "parent_node": None, "real_node_id": n} for n in outputs},
-            }
-
-    def _progress(self, client: str | None, prompt_id: str, node_id: str, value: int, maximum: int) -> None:
-        if self._interrupt.is_set():
-            raise _Interrupted()
-        self._send(client, "progress", {"value": value, "max": maximum, "node": node_id})
-
-    def _send_images(self, client: str | None, prompt_id: str, node_id: str, images: list[Any]) -> None:
-        import io
-
-        for image in images:
-            self._send(client, "progress", {"value": 0, "max": 1, "node": node_id})
-            buffer = io.BytesIO()
-            image.save(buffer, "PNG")
-            with self._lock:
-                sockets = list(self._sockets.get(client or "", []))
-            for ws in sockets:
-                ws.send_binary((1).to_bytes(4, "big") + (2).to_bytes(4, "big") + buffer.getvalue())
-
-    def _take_execution_fault(self, class_type: str) -> dict[str, Any] | None:
-        with self._lock:
-            for fault in self._execution_faults:
-                if fault["node_type"] == class_type and fault["remaining"] > 0:
-                    fault["remaining"] -= 1
-                    self._execution_faults = [f for f in self._execution_faults if f["remaining"] > 0]
-                    return fault
-        return None
-
-    def _checkpoint_path(self, name: str) -> Path:
-        return self.checkpoint_dir / name
-
-    def _save_image(self, image: Any, prefix: str, prompt: dict[str, Any]) -> dict[str, str]:
-        subfolder, _, base = prefix.rpartition("/")
-        with self._lock:
-            self._image_counter += 1
-            counter = self._image_counter
-        name = f"{base}_{counter:05d}_.png"
-        folder = self.output_dir / subfolder
-        folder.mkdir(parents=True, exist_ok=True)
-        info = PngImagePlugin.PngInfo()
-        info.add_text("prompt", png_text(prompt))
-        image.save(folder / name, "PNG", pnginfo=info)
-        return {"filename": name, "subfolder": subfolder, "type": "output"}
-
 
 def _json(raw: bytes) -> Any:
     try:
         return json.loads(raw or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
-
-
-def _is_link(value: Any) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
-
-
-def _topological(prompt: dict[str, Any], outputs: list[str]) -> list[str]:
-    order: list[str] = []
-
-    def visit(node_id: str) -> None:
-        if node_id in order:
-            return
-        for value in prompt[node_id]["inputs"].values():
-            if _is_link(value):
-                visit(value[0])
-        order.append(node_id)
-
-    for output in outputs:
-        visit(output)
-    return order
-
-
-def _signatures(prompt: dict[str, Any], order: list[str]) -> dict[str, str]:
-    """A node's cache key: its class and inputs, links replaced by the linked node's key (not its id)."""
-    keys: dict[str, str] = {}
-    for node_id in order:
-        node = prompt[node_id]
-        inputs = {k: [keys[v[0]], v[1]] if _is_link(v) else v for k, v in sorted(node["inputs"].items())}
-        keys[node_id] = json.dumps([node["class_type"], inputs], sort_keys=True)
-    return keys
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -560,14 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8188)
     parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    with FakeComfyUI(args.checkpoint_dir, args.output_dir, port=args.port, host=args.host):
-        while not stop.wait(3600):
-            pass
+    serve_until_stopped(args.checkpoint_dir,
+                        lambda: FakeComfyUI(args.checkpoint_dir, args.output_dir, port=args.port, host=args.host))
     return 0
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 
 from bayes_merger.files import file_sha256
 from bayes_merger.testing.fake_http import FakeHTTPServer, _Response
+from bayes_merger.testing.fake_serve import serve_until_stopped
 from bayes_merger.testing.fake_txt2img import generate, model_features, read_tensors, validate, validation_detail
 
 logger = logging.getLogger(__name__)
@@ -378,20 +378,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="report each new model but keep rendering the first one (a stuck model cache)")
     parser.add_argument("--max-image-size", type=int, default=64, help="largest side of rendered images, in pixels")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    server = FakeWebUI(args.checkpoint_dir, mode=args.mode, auth=args.api_auth, port=args.port, host=args.host,
-                       max_image_size=args.max_image_size)
-    if args.starting_requests:
-        server.starting_up(args.starting_requests)
-    if args.ignore_model_switch:
-        server.ignore_model_switch()
-    with server:
-        while not stop.wait(3600):
-            pass
+
+    def make() -> FakeWebUI:
+        server = FakeWebUI(args.checkpoint_dir, mode=args.mode, auth=args.api_auth, port=args.port, host=args.host,
+                           max_image_size=args.max_image_size)
+        if args.starting_requests:
+            server.starting_up(args.starting_requests)
+        if args.ignore_model_switch:
+            server.ignore_model_switch()
+        return server
+
+    serve_until_stopped(args.checkpoint_dir, make)
     logger.info("fake WebUI stopped")
     return 0
 

@@ -22,7 +22,8 @@ import requests
 from bayes_merger.config import WebUIConfig
 from bayes_merger.errors import WebUIConnectionError, WebUIError
 from bayes_merger.webui.generation import Generation, parse_info, read_generation
-from bayes_merger.webui.http import OPTIONS, PROGRESS, REFRESH, SD_MODELS, TXT2IMG, ApiSession, cause, http_error, plain
+from bayes_merger.webui.http import OPTIONS, PROGRESS, REFRESH, SD_MODELS, TXT2IMG, ApiSession, http_error, plain
+from bayes_merger.webui.http import wait_until_ready as poll_until_ready
 from bayes_merger.webui.merge_files import HASH_SUFFIX, MergeFiles, aliases, basename, matches, merge_run_id
 
 __all__ = ["Generation", "WebUIClient", "WebUIConnectionError", "WebUIError", "OPTIONS"]
@@ -60,31 +61,8 @@ class WebUIClient:
 
     def wait_until_ready(self, timeout: float | None = None) -> None:
         """Poll ``GET /sdapi/v1/progress`` until the API answers 200, for at most ``timeout`` seconds."""
-        timeout = self._config.ready_timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
-        last, unreachable = "it did not answer", True
-        while True:
-            try:
-                response = self._api.probe((self._config.connect_timeout, min(self._config.read_timeout, max(timeout, 1.0))))
-            except requests.RequestException as exc:
-                last, unreachable = f"it could not be reached ({cause(exc)})", True
-            else:
-                unreachable = False
-                if response.ok:
-                    logger.info("The WebUI at %s is ready.", self._base)
-                    return
-                if response.status_code == 401:
-                    raise http_error("GET", PROGRESS, response)
-                if response.status_code == 404:
-                    last = "its API answers 404: it is still starting, or it was started without --api (API not enabled)"
-                else:
-                    last = f"it answered HTTP {response.status_code}"
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                error = WebUIConnectionError if unreachable else WebUIError
-                raise error(f"The WebUI at {self._base} was not ready after {timeout:g} s: {last}.")
-            logger.debug("Waiting for the WebUI at %s: %s.", self._base, last)
-            time.sleep(min(self._config.poll_interval, remaining))
+        poll_until_ready(self._api.probe, self._config, timeout, f"the WebUI at {self._base}", judge=_not_ready)
+        logger.info("The WebUI at %s is ready.", self._base)
 
     def status(self, timeout: float = 10.0) -> int | None:
         """The HTTP status of one ``GET /sdapi/v1/progress`` (not retried); None when the WebUI cannot be reached."""
@@ -210,3 +188,12 @@ class WebUIClient:
                 f"The WebUI generated with {used!r} instead of the merge {self._expected_label}: the merge "
                 "did not load (see the WebUI's console), so these images are not scored."
             )
+
+
+def _not_ready(response: requests.Response) -> str:
+    """What a non-2xx answer to the readiness probe means; a 401 will not change, so it raises."""
+    if response.status_code == 401:
+        raise http_error("GET", PROGRESS, response)
+    if response.status_code == 404:
+        return "its API answers 404: it is still starting, or it was started without --api (API not enabled)"
+    return f"it answered HTTP {response.status_code}"

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 import requests
@@ -46,7 +46,7 @@ REFRESH = "/sdapi/v1/refresh-checkpoints"
 PROGRESS = "/sdapi/v1/progress"
 
 
-class _Retry(Retry):
+class SafeRetry(Retry):
     """``Retry`` that never repeats a request whose answer timed out (see the module docstring)."""
 
     def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):  # type: ignore[override]
@@ -56,64 +56,118 @@ class _Retry(Retry):
 
 
 class ApiSession:
-    """The HTTP session of one client: ``request`` returns decoded JSON or raises a WebUIError."""
+    """The HTTP session of one client: ``request`` returns decoded JSON or raises a WebUIError.
+
+    The ComfyUI session (``renderers.comfyui.http.ComfyApi``) is this one with its own paths and words.
+    """
+
+    server = "the WebUI"  # who the error messages name
+    once_path = TXT2IMG  # the request never repeated after a 504 or a dropped connection (module docstring)
+    probe_path = PROGRESS  # the readiness probe: polled on its own schedule, never retried
+    busy_words = "got no answer within {timeout:g} s (raise webui.read_timeout if model loads or generations take longer)"
+    credentials_form = ", as for --api-auth"
 
     def __init__(self, config: WebUIConfig) -> None:
         self.config = config
-        self.base = _base_url(config.url)
+        self.base = base_url(config.url)
+        self.auth = credentials(config, self.credentials_form)
         self._timeout = (config.connect_timeout, config.read_timeout)
         self._session = requests.Session()
-        self._session.auth = _credentials(config)
+        self._session.auth = self.auth
         self._mount_adapters()
 
     def _mount_adapters(self) -> None:
         common = dict(
             total=self.config.retries,
             backoff_factor=self.config.backoff_factor,
-            # every request this client sends is safe to repeat after a 502/503; the txt2img adapter
+            # every request this client sends is safe to repeat after a 502/503; the once_path adapter
             # below narrows what else is retried (module docstring)
             allowed_methods=frozenset({"GET", "POST"}),
             raise_on_status=False,  # the last 5xx answer is returned, so its body becomes the message
             other=0,
         )
         # requests picks the adapter with the longest matching prefix
-        self._session.mount(f"{self.base}/", HTTPAdapter(max_retries=_Retry(status_forcelist=(502, 503, 504), **common)))
+        self._session.mount(f"{self.base}/", HTTPAdapter(max_retries=SafeRetry(status_forcelist=(502, 503, 504), **common)))
         self._session.mount(
-            f"{self.base}{TXT2IMG}", HTTPAdapter(max_retries=_Retry(read=False, status_forcelist=(502, 503), **common))
+            f"{self.base}{self.once_path}",
+            HTTPAdapter(max_retries=SafeRetry(read=False, status_forcelist=(502, 503), **common)),
         )
-        # the progress probe polls on its own schedule
-        self._session.mount(f"{self.base}{PROGRESS}", HTTPAdapter(max_retries=0))
+        # the probe polls on its own schedule
+        self._session.mount(f"{self.base}{self.probe_path}", HTTPAdapter(max_retries=0))
 
     def close(self) -> None:
         self._session.close()
 
     def probe(self, timeout: tuple[float, float]) -> requests.Response:
-        """One ``GET /sdapi/v1/progress``, not retried; requests' own exceptions pass through."""
-        return self._session.get(self.base + PROGRESS, timeout=timeout)
+        """One GET of ``probe_path``, not retried; requests' own exceptions pass through."""
+        return self._session.get(self.base + self.probe_path, timeout=timeout)
 
-    def request(self, method: str, path: str, body: Any = None) -> Any:
-        """One API call: the decoded JSON answer, or a WebUIError naming the call and the reason."""
-        url = self.base + path
+    def send(self, method: str, path: str, body: Any = None, params: Mapping[str, str] | None = None) -> requests.Response:
+        """One API call: the answer when it is 2xx, else a WebUIError naming the call and the reason."""
         started = time.monotonic()
         try:
-            response = self._session.request(method, url, json=body, timeout=self._timeout)
+            response = self._session.request(method, self.base + path, json=body, params=params, timeout=self._timeout)
         except requests.ReadTimeout as exc:
-            raise WebUIConnectionError(
-                f"{method} {path} got no answer within {self.config.read_timeout:g} s (raise webui.read_timeout "
-                "if model loads or generations take longer)."
-            ) from exc
+            words = self.busy_words.format(timeout=self.config.read_timeout)
+            raise WebUIConnectionError(f"{method} {path} {words}.") from exc
         except requests.RequestException as exc:
             raise WebUIConnectionError(
-                f"{method} {path} failed: could not talk to the WebUI at {self.base} ({cause(exc)}); "
+                f"{method} {path} failed: could not talk to {self.server} at {self.base} ({cause(exc)}); "
                 "is it running, and is webui.url right?"
             ) from exc
         logger.debug("%s %s: HTTP %d in %.2f s", method, path, response.status_code, time.monotonic() - started)
         if not response.ok:
-            raise http_error(method, path, response)
+            raise self.error_for(method, path, response)
+        return response
+
+    def error_for(self, method: str, path: str, response: requests.Response) -> WebUIError:
+        return http_error(method, path, response)
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        """One API call: the decoded JSON answer, or a WebUIError naming the call and the reason."""
+        return decode_json(method, path, self.send(method, path, body))
+
+
+def decode_json(method: str, path: str, response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise WebUIError(f"{method} {path} answered something that is not JSON: {response.text[:120]!r}.") from exc
+
+
+def wait_until_ready(
+    probe: Callable[[tuple[float, float]], requests.Response],
+    config: WebUIConfig,
+    timeout: float | None,
+    server: str,
+    judge: Callable[[requests.Response], str],
+    reason: Callable[[BaseException], str] | None = None,
+) -> None:
+    """Call ``probe`` every ``poll_interval`` until it answers 2xx, for at most ``timeout`` seconds.
+
+    ``server`` names it ("the WebUI at ..."); ``judge`` says in words what a non-2xx answer means
+    (or raises, for an answer that will not change); ``reason`` does the same for an exception
+    (default: ``cause``).
+    """
+    timeout = config.ready_timeout if timeout is None else timeout
+    deadline = time.monotonic() + timeout
+    last, unreachable = "it did not answer", True
+    while True:
         try:
-            return response.json()
-        except ValueError as exc:
-            raise WebUIError(f"{method} {path} answered something that is not JSON: {response.text[:120]!r}.") from exc
+            response = probe((config.connect_timeout, min(config.read_timeout, max(timeout, 1.0))))
+        except requests.RequestException as exc:
+            last, unreachable = f"it could not be reached ({(reason or cause)(exc)})", True
+        else:
+            unreachable = False
+            if response.ok:
+                return
+            last = judge(response)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            error = WebUIConnectionError if unreachable else WebUIError
+            raise error(f"{server[:1].upper()}{server[1:]} was not ready after {timeout:g} s: {last}.")
+        logger.debug("Waiting for %s: %s.", server, last)
+        time.sleep(min(config.poll_interval, remaining))
 
 
 def http_error(method: str, path: str, response: requests.Response) -> WebUIError:
@@ -127,7 +181,8 @@ def http_error(method: str, path: str, response: requests.Response) -> WebUIErro
     return WebUIError(f"{method} {path} failed with HTTP {status}: {message.rstrip('.')}{hint}.", status=status)
 
 
-def _base_url(url: str) -> str:
+def base_url(url: str) -> str:
+    """``webui.url`` in the form requests prepares; a ConfigError for anything else."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"webui.url {url!r} is not an http:// or https:// address.")
@@ -137,7 +192,11 @@ def _base_url(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc.lower()}{parts.path.rstrip('/')}"
 
 
-def _credentials(config: WebUIConfig) -> tuple[str, str] | None:
+def credentials(config: WebUIConfig, form: str = "") -> tuple[str, str] | None:
+    """("user", "password") from ``webui.auth`` or the variable ``webui.auth_env`` names.
+
+    ``form`` ends the sentence of a malformed value (", as for --api-auth").
+    """
     secret = config.auth
     source = "webui.auth"
     if not secret and config.auth_env:
@@ -149,7 +208,7 @@ def _credentials(config: WebUIConfig) -> tuple[str, str] | None:
         return None
     user, sep, password = secret.partition(":")
     if not sep or not user:
-        raise ConfigError(f"The credentials in {source} must have the form user:password, as for --api-auth.")
+        raise ConfigError(f"The credentials in {source} must have the form user:password{form}.")
     return user, password
 
 

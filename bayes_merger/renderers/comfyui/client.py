@@ -29,7 +29,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import requests
 from PIL import Image, UnidentifiedImageError
 
 from bayes_merger.config import WebUIConfig
@@ -41,6 +40,7 @@ from bayes_merger.renderers.comfyui.events import EventStream
 from bayes_merger.renderers.comfyui.files import ComfyMergeFiles, basename
 from bayes_merger.renderers.comfyui.http import ComfyApi, http_error
 from bayes_merger.webui.client import Generation
+from bayes_merger.webui.http import wait_until_ready as poll_until_ready
 
 logger = logging.getLogger(__name__)
 
@@ -96,26 +96,11 @@ class ComfyUIClient:
 
     def wait_until_ready(self, timeout: float | None = None) -> None:
         """Poll ``GET /system_stats`` until ComfyUI answers 200, for at most ``timeout`` seconds."""
-        timeout = self._config.ready_timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
-        last, unreachable = "it did not answer", True
-        while True:
-            try:
-                response = self._api.probe((self._config.connect_timeout, min(self._config.read_timeout, max(timeout, 1.0))))
-            except requests.RequestException as exc:
-                last, unreachable = f"it could not be reached ({type(exc).__name__})", True
-            else:
-                unreachable = False
-                if response.ok:
-                    self._events.close()  # a restarted server forgot the old socket
-                    logger.info("ComfyUI at %s is ready.", self._api.base)
-                    return
-                last = f"it answered HTTP {response.status_code} to GET /system_stats"
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                error = WebUIConnectionError if unreachable else WebUIError
-                raise error(f"ComfyUI at {self._api.base} was not ready after {timeout:g} s: {last}.")
-            time.sleep(min(self._config.poll_interval, remaining))
+        poll_until_ready(self._api.probe, self._config, timeout, f"ComfyUI at {self._api.base}",
+                         judge=lambda response: f"it answered HTTP {response.status_code} to GET /system_stats",
+                         reason=lambda exc: type(exc).__name__)
+        self._events.close()  # a restarted server forgot the old socket
+        logger.info("ComfyUI at %s is ready.", self._api.base)
 
     def check_checkpoint_dir(self) -> None:
         """By file: the folder is writable and ComfyUI lists what is written there. In the graph:
