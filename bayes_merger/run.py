@@ -357,8 +357,11 @@ class _timed:
 
 def record_best(run_dir: Path, trial_log: TrialLog, optimiser: Optimiser) -> Trial | None:
     """The trial the optimiser's model rates best, written to best.yaml with the raw best and the baseline."""
-    ok = [t for t in trial_log.trials if t.ok and t.score is not None]
-    index = optimiser.best([(t.params, t.score) for t in ok]) if ok else None
+    ok = sorted((t for t in trial_log.trials if t.ok and t.score is not None), key=lambda t: t.trial)
+    # every score so far, in trial order: the model the best and the importance are read from (the
+    # executor sets what each suggestion may know again before it suggests)
+    optimiser.observe([(t.params, t.score) for t in ok])
+    index = optimiser.best()
     best = ok[index] if index is not None else None
     write_best(run_dir, best, best_extras(trial_log.trials, best, optimiser.importance()))
     return best
