@@ -36,28 +36,20 @@ def test_a_released_trial_is_claimed_again_and_resume_skips_finished_ones():
     assert schedule.done
 
 
-def test_a_waiting_worker_wakes_when_the_trial_it_needs_finishes():
+@pytest.mark.parametrize("wake, expected", [
+    (lambda schedule: schedule.finish(0), True),  # the trial it needs finished
+    (lambda schedule: schedule.close(), False),  # the run is stopping
+])
+def test_a_waiting_worker_wakes_when_the_trial_it_needs_finishes_or_the_run_stops(wake, expected):
     schedule = Schedule(budget=3, in_flight=1)
     schedule.claim()
     schedule.claim()
     result = []
     waiter = threading.Thread(target=lambda: result.append(schedule.wait_until_ready(1)))
     waiter.start()
-    schedule.finish(0)
+    wake(schedule)
     waiter.join(timeout=10)
-    assert result == [True]
-
-
-def test_close_wakes_waiters_with_false():
-    schedule = Schedule(budget=3, in_flight=1)
-    schedule.claim()
-    schedule.claim()
-    result = []
-    waiter = threading.Thread(target=lambda: result.append(schedule.wait_until_ready(1)))
-    waiter.start()
-    schedule.close()
-    waiter.join(timeout=10)
-    assert result == [False]
+    assert result == [expected]
 
 
 def test_in_flight_must_be_positive():
