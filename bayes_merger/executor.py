@@ -172,15 +172,13 @@ class Executor:
         log.warning("trial %d: %s Waiting for the WebUI %s to answer again.", index, error, slot.name)
         try:
             slot.webui.wait_until_ready()
+            if self._attempts[index] < WEBUI_ATTEMPTS:
+                return  # it answers again: the trial is redone
         except WebUIConnectionError:
-            slot.alive = False
-        alive = [s for s in self.slots if s.alive]
-        if slot.alive and self._attempts[index] < WEBUI_ATTEMPTS:
-            return
-        if len(alive) > 1 or (alive and not slot.alive):
-            slot.alive = False
-            log.warning("Lost the WebUI %s (%s); trial %d goes to another one; going on with %d WebUI%s.",
-                        slot.name, error, index, len([s for s in self.slots if s.alive]),
-                        "" if len(alive) == 1 else "s")
-            return
-        raise LostAllWebUIs(f"Lost the WebUI during trial {index} ({error})")
+            pass
+        others = [s for s in self.slots if s.alive and s is not slot]
+        if not others:
+            raise LostAllWebUIs(f"Lost the WebUI during trial {index} ({error})")
+        slot.alive = False
+        log.warning("Lost the WebUI %s (%s); trial %d goes to another one; going on with %d WebUI%s.",
+                    slot.name, error, index, len(others), "" if len(others) == 1 else "s")

@@ -95,10 +95,7 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None) -> RunR
         run_dir.mkdir(parents=True, exist_ok=True)
         write_run_info(run_dir, info)
 
-        trial_log = TrialLog(run_dir)
-        for trial in trial_log.trials:
-            if trial.ok and trial.score is not None:
-                optimiser.register(trial.params, trial.score)
+        trial_log = TrialLog(run_dir)  # the executor tells the optimiser what each suggestion may know
         if trial_log.trials:
             log.info("Resuming %s: %d of %d trials done.", run_dir, len(trial_log.trials), optimiser.budget)
 
@@ -255,11 +252,7 @@ class TrialLoop:
 
     def prepare(self, index: int, params: Mapping[str, float], slot: Slot, timings: dict[str, float]) -> Prepared:
         weights = self.space.to_block_weights(params)
-        record = dict(
-            trial=index, phase=self.optimiser.phase(index), params=dict(params), weights=weights.as_dict(),
-            alpha_string=weights.alpha_string(), beta_string=weights.beta_string() if weights.beta else None,
-            started_at=now(), webui=slot.name if len(self.slots) > 1 else None,
-        )
+        record = self._record(index, params, weights, slot)
         prepared = Prepared(weights, record, None, time.perf_counter() - timings.get("suggest", 0.0))
         if getattr(slot.webui, "merges_in_graph", False):
             return prepared  # the renderer merges inside its own graph: no file
@@ -310,11 +303,16 @@ class TrialLoop:
 
     def failed(self, index: int, params: Mapping[str, float], error: Exception, slot: Slot,
                timings: dict[str, float]) -> Trial:
-        weights = self.space.to_block_weights(params)
-        record = dict(trial=index, phase=self.optimiser.phase(index), params=dict(params), weights=weights.as_dict(),
-                      alpha_string=weights.alpha_string(), beta_string=weights.beta_string() if weights.beta else None,
-                      started_at=now(), webui=slot.name if len(self.slots) > 1 else None)
+        record = self._record(index, params, self.space.to_block_weights(params), slot)
         return self._failed(record, error, timings, time.perf_counter() - sum(timings.values()))
+
+    def _record(self, index: int, params: Mapping[str, float], weights: BlockWeights, slot: Slot) -> dict[str, Any]:
+        """The fields of a trial's record known before it is rendered."""
+        return dict(
+            trial=index, phase=self.optimiser.phase(index), params=dict(params), weights=weights.as_dict(),
+            alpha_string=weights.alpha_string(), beta_string=weights.beta_string() if weights.beta else None,
+            started_at=now(), webui=slot.name if len(self.slots) > 1 else None,
+        )
 
     def discard(self, prepared: Prepared) -> None:
         if prepared.staged is not None:
