@@ -49,7 +49,6 @@ class Acquisition(AcquisitionFunction):
     n_global = 512
     n_local = 1536
     n_polish = 4
-    n_centres = 3
 
     def __init__(self) -> None:
         super().__init__()
