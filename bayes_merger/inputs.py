@@ -75,6 +75,7 @@ def check_inputs(cfg: Config, run_dir: Path) -> Inputs:
     # and bad bounds are refused before the WebUI is contacted or a tensor is read
     merge = inspect_inputs(*models, cfg.merge)
     space = build_space(cfg.optimiser, merge.architecture.blocks, merge.method.needs_beta)
+    space.start_params(cfg.optimiser.start)  # a bad optimiser.start is refused here, not after the models load
     if str(cfg.webui.backend).lower() in ("comfyui", "auto"):  # a graph hand-off the method cannot take
         choose_handoff(cfg.webui, cfg.merge.method, min(p.lower for p in space.parameters),
                        max(p.upper for p in space.parameters), merge.architecture)

@@ -90,3 +90,4 @@ def test_a_backend_that_cannot_work_is_one_sentence_before_the_webui_is_touched(
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and words in errors[0]
     assert not fake_webui.requests
+

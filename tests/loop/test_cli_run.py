@@ -148,6 +148,13 @@ def test_bad_config_is_refused_before_any_merge(assets, fake_webui, tmp_path, ca
     assert not fake_webui.requests_to("/sdapi/v1/options", "POST")
 
 
+def test_a_bad_start_recipe_is_one_sentence_before_the_webui_is_touched(assets, fake_webui, tmp_path, caplog):
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "optimiser.start='0.5,0.5'")) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == ["optimiser.start has 2 numbers; this architecture and method take 26."]
+    assert not fake_webui.requests
+
+
 def test_missing_model_is_one_sentence_and_a_nonzero_exit(assets, fake_webui, tmp_path, caplog):
     args = _args(assets, fake_webui, tmp_path / "runs") + [f"model_b={tmp_path / 'nope.safetensors'}"]
     assert _cli(args) == 2
