@@ -8,7 +8,9 @@ and its fault injection (failing and dropped requests) is ``fake_http``; the web
 ``fake_websocket``. Faults of its own: execution errors sent over the websocket
 (``fail_execution``), websockets dropped now or at a given event (``drop_websockets``,
 ``drop_websocket_at``), execution held (``hold_execution``), and ``restart`` (history, queue
-counter and cache lost, as a real restart loses them).
+counter and cache lost, as a real restart loses them). Not faults: ``delay_node`` gives node classes a
+running time (a benchmark's load, re-patch and render costs); ``previews`` makes samplers send
+preview frames.
 
 Run it in the foreground as "the ComfyUI" of a demo::
 
@@ -71,6 +73,8 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
         self._image_counter = 0
         self.frees: list[dict[str, Any]] = []
         self.executed: list[list[str]] = []  # node ids run (not cached) per prompt, in order
+        self.previews = False  # True: samplers send a preview image (JPEG frame) per step, as --preview-method does
+        self._node_delays: dict[str, float] = {}
 
     # ----------------------------------------------------------------------------- lifecycle
 
@@ -150,6 +154,17 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
         """Queued prompts wait (after execution_start) until the returned event is set."""
         self._execution_gate.clear()
         return self._execution_gate
+
+    def delay_node(self, class_type: str, seconds: float) -> None:
+        """Nodes whose class starts with ``class_type`` take ``seconds`` longer each time they run (not when
+        cached): "CheckpointLoaderSimple" a checkpoint load, "ModelMerge" the merge and re-patch of a
+        ratio change, "KSampler" the render (the costs of ``comfyui-api.md``'s timings, scaled as wanted)."""
+        with self._lock:
+            self._node_delays[class_type] = max(float(seconds), 0.0)
+
+    def node_delay(self, class_type: str) -> float:
+        with self._lock:
+            return sum(s for prefix, s in self._node_delays.items() if class_type.startswith(prefix))
 
     def clear_faults(self) -> None:
         super().clear_faults()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import PngImagePlugin
+from PIL import Image, PngImagePlugin
 
 from bayes_merger.testing.fake_comfyui_nodes import NodeFailure, png_text
 
@@ -103,6 +103,9 @@ class PromptExecution:
                     result, ui = old_cache[signatures[node_id]]
                 else:
                     self._send(client, "executing", {"node": node_id, "display_node": node_id})
+                    delay = self.node_delay(class_type)
+                    if delay:
+                        time.sleep(delay)  # the node's running time as set (delay_node), not a synchronisation
                     result, ui = self._executor.run(class_type, inputs, prompt,
                                                     lambda k, n: self._progress(client, prompt_id, node_id, k, n))
                     ran.append(node_id)
@@ -146,17 +149,24 @@ class PromptExecution:
     def _progress(self, client: str | None, prompt_id: str, node_id: str, value: int, maximum: int) -> None:
         if self._interrupt.is_set():
             raise _Interrupted()
-        self._send(client, "progress", {"value": value, "max": maximum, "node": node_id})
+        self._send(client, "progress", {"value": value, "max": maximum, "prompt_id": prompt_id, "node": node_id})
+        if self.previews:  # a sampler's preview: a JPEG frame after its step's progress (--preview-method)
+            buffer = io.BytesIO()
+            Image.new("RGB", (8, 8), (value * 40 % 256, 0, 0)).save(buffer, "JPEG")
+            self._send_binary(client, (1).to_bytes(4, "big") + (1).to_bytes(4, "big") + buffer.getvalue())
 
     def _send_images(self, client: str | None, prompt_id: str, node_id: str, images: list[Any]) -> None:
         for image in images:
-            self._send(client, "progress", {"value": 0, "max": 1, "node": node_id})
+            self._send(client, "progress", {"value": 0, "max": 1, "prompt_id": prompt_id, "node": node_id})
             buffer = io.BytesIO()
             image.save(buffer, "PNG")
-            with self._lock:
-                sockets = list(self._sockets.get(client or "", []))
-            for ws in sockets:
-                ws.send_binary((1).to_bytes(4, "big") + (2).to_bytes(4, "big") + buffer.getvalue())
+            self._send_binary(client, (1).to_bytes(4, "big") + (2).to_bytes(4, "big") + buffer.getvalue())
+
+    def _send_binary(self, client: str | None, frame: bytes) -> None:
+        with self._lock:
+            sockets = list(self._sockets.get(client or "", []))
+        for ws in sockets:
+            ws.send_binary(frame)
 
     def _take_execution_fault(self, class_type: str) -> dict[str, Any] | None:
         with self._lock:

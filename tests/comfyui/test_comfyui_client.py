@@ -150,3 +150,46 @@ def test_a_user_workflow_renders_with_the_merge(comfy_config, tiny_models, tmp_p
                        model_a=tiny_models / "a.safetensors", model_b=tiny_models / "b.safetensors") as client:
         client.load_weights(BlockWeights.uniform(SD1.blocks, 0.5), trial=0)
         assert len(client.txt2img(PAYLOAD).images) == 1
+
+
+def test_the_built_in_graph_leaves_no_image_in_comfyuis_output_folder(graph_client, fake_comfyui):
+    graph_client.load_weights(BlockWeights.uniform(SD1.blocks, 0.3), trial=0)
+    generation = graph_client.txt2img({**PAYLOAD, "batch_size": 2})
+
+    assert len(generation.images) == 2 and generation.images[0].mode == "RGB"
+    sent = fake_comfyui.requests_to("/prompt", "POST")[0].body["prompt"]
+    assert [n["class_type"] for n in sent.values()].count("SaveImageWebsocket") == 1
+    assert not [n for n in sent.values() if n["class_type"] == "SaveImage"]
+    assert not fake_comfyui.requests_to("/view")  # the images came over the websocket
+    assert not [p for p in fake_comfyui.output_dir.rglob("*") if p.is_file()]
+
+
+def test_sampler_previews_on_the_websocket_are_not_taken_for_images(graph_client, fake_comfyui):
+    graph_client.load_weights(BlockWeights.uniform(SD1.blocks, 0.3), trial=0)
+    plain = pixels(graph_client.txt2img(PAYLOAD).images[0])
+    fake_comfyui.previews = True
+    graph_client.load_weights(BlockWeights.uniform(SD1.blocks, 0.3), trial=1)
+    generation = graph_client.txt2img(PAYLOAD)
+
+    assert len(generation.images) == 1 and generation.images[0].size == (64, 64)  # previews are 8×8 JPEGs
+    assert (pixels(generation.images[0]) == plain).all()
+
+
+def test_a_user_workflow_with_save_image_still_renders_and_its_files_stay_where_it_saves_them(
+        comfy_config, fake_comfyui, tiny_models, tmp_path):
+    import json
+
+    from bayes_merger.renderers.comfyui.graph import BUILTIN
+
+    workflow = json.loads(json.dumps(BUILTIN))
+    workflow["7"] = {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "{{output}}"}}
+    path = tmp_path / "workflow_api.json"
+    path.write_text(json.dumps(workflow))
+    with ComfyUIClient(comfy_config(comfyui_workflow=str(path)), "run1", handoff="graph", arch=SD1,
+                       model_a=tiny_models / "a.safetensors", model_b=tiny_models / "b.safetensors") as client:
+        client.load_weights(BlockWeights.uniform(SD1.blocks, 0.3), trial=0)
+        generation = client.txt2img(PAYLOAD)
+
+    assert len(generation.images) == 1 and len(fake_comfyui.requests_to("/view")) == 1
+    saved = [p for p in fake_comfyui.output_dir.rglob("*.png")]
+    assert [p.relative_to(fake_comfyui.output_dir).as_posix() for p in saved] == ["bayes-merger/run1_00001_.png"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -16,6 +17,15 @@ from bayes_merger.renderers.comfyui.http import ComfyApi
 PAYLOAD = {"prompt": "a red boat", "seed": 7, "steps": 3, "width": 64, "height": 64}
 SD1 = architecture("sd1")
 WEIGHTS = BlockWeights.uniform(SD1.blocks, 0.4)
+
+
+def save_image_workflow() -> dict:
+    """The built-in graph with SaveImage as its output, as a user's exported workflow would have it."""
+    from bayes_merger.renderers.comfyui.graph import BUILTIN
+
+    workflow = json.loads(json.dumps(BUILTIN))
+    workflow["7"] = {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "{{output}}"}}
+    return workflow
 
 
 def prompt_posts(fake):
@@ -75,16 +85,34 @@ def test_a_corrupt_merge_file_fails_the_trial_with_the_loaders_error(file_client
 
 
 @pytest.mark.parametrize("event", ["execution_start", "progress", "execution_success", "executing"])
-def test_a_websocket_dropped_mid_prompt_is_reopened_and_the_history_gives_the_images(graph_client, fake_comfyui,
-                                                                                     monkeypatch, event):
+def test_a_websocket_dropped_mid_prompt_is_reopened_and_the_image_asked_for_again_from_the_cache(
+        graph_client, fake_comfyui, monkeypatch, event):
     monkeypatch.setattr("bayes_merger.renderers.comfyui.client.HISTORY_POLL", 0.2)
     graph_client.load_weights(WEIGHTS, trial=0)
+    undisturbed = graph_client.txt2img(PAYLOAD).images[0]
     fake_comfyui.drop_websocket_at(event)
     generation = graph_client.txt2img(PAYLOAD)
     assert generation.seeds == [7] and len(generation.images) == 1
-    assert prompt_posts(fake_comfyui) == [200]  # never queued twice
-    # reopened once, unless the history answered first (a poll after 0.2 s of silence, e.g. on a busy CPU)
-    assert 1 <= len(fake_comfyui.requests_to("/ws")) <= 2
+    assert generation.images[0].tobytes() == undisturbed.tobytes()
+    # the image may have gone with the socket: the identical prompt once more, which only re-runs the
+    # websocket saver (everything else is ComfyUI's cache)
+    assert prompt_posts(fake_comfyui) == [200, 200, 200]
+    assert fake_comfyui.executed[-1] == ["7"]
+    assert 2 <= len(fake_comfyui.requests_to("/ws")) <= 3  # reopened (once more if the history answered first)
+
+
+def test_with_a_save_image_workflow_a_dropped_websocket_costs_no_second_prompt(comfy_config, fake_comfyui, tiny_models,
+                                                                             tmp_path, monkeypatch):
+    monkeypatch.setattr("bayes_merger.renderers.comfyui.client.HISTORY_POLL", 0.2)
+    path = tmp_path / "workflow_api.json"
+    path.write_text(json.dumps(save_image_workflow()))
+    with ComfyUIClient(comfy_config(comfyui_workflow=str(path)), "run1", handoff="graph", arch=SD1,
+                       model_a=tiny_models / "a.safetensors", model_b=tiny_models / "b.safetensors") as client:
+        client.load_weights(WEIGHTS, trial=0)
+        fake_comfyui.drop_websocket_at("progress")
+        generation = client.txt2img(PAYLOAD)
+    assert generation.seeds == [7] and len(generation.images) == 1
+    assert prompt_posts(fake_comfyui) == [200]  # its images are files: the history and /view give them back
 
 
 def test_a_restart_mid_prompt_is_a_lost_server_and_the_trial_can_be_redone(graph_client, fake_comfyui):

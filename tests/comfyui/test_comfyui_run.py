@@ -25,3 +25,4 @@ def test_a_run_on_comfyui_finishes_with_every_trial_scored(fake_comfyui, tiny_mo
     assert [t["trial"] for t in trials] == [0, 1, 2, 3] and all(t["status"] == "ok" for t in trials)
     assert len({round(t["score"], 6) for t in trials}) > 1, "different weights render different pictures"
     assert not [p for p in folder.iterdir()], "no merge file is left in ComfyUI's folder"
+    assert not [p for p in (tmp_path / "output").rglob("*") if p.is_file()], "no image is left in ComfyUI's output"

@@ -14,9 +14,13 @@ VALUES = {"prompt": "boat", "negative": "", "seed": 3, "width": 64, "height": 64
           "sampler": "euler", "scheduler": "normal", "output": "t/x"}
 
 
-def prompt(model="a.safetensors"):
+def prompt(model="a.safetensors", saver="SaveImage"):
+    """The built-in graph, with SaveImage (as in the measurements of Part A) unless ``saver`` says otherwise."""
     workflow = graphs.builtin_workflow()
-    return graphs.by_file(graphs.fill(workflow, VALUES), workflow, model)
+    graph = graphs.by_file(graphs.fill(workflow, VALUES), workflow, model)
+    if saver == "SaveImage":
+        graph["7"] = {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": VALUES["output"]}}
+    return graph
 
 
 def test_every_route_answers_under_api_too(fake_comfyui):
@@ -111,3 +115,43 @@ def test_an_identical_prompt_is_all_cached_and_a_restart_forgets_everything(fake
     assert fake_comfyui.executed[1] == []  # nothing re-ran
     fake_comfyui.restart()
     assert requests.get(fake_comfyui.url + "/history").json() == {}
+
+
+def test_save_image_websocket_sends_the_png_after_its_progress_and_writes_nothing(fake_comfyui):
+    ws = websocket.create_connection(fake_comfyui.url.replace("http", "ws") + "/ws?clientId=me", timeout=5)
+    ws.recv()  # the first status
+    frames = []
+    for prompt_id in ("one", "two"):  # the second is identical: SaveImageWebsocket re-runs all the same
+        requests.post(fake_comfyui.url + "/prompt", json={"prompt": prompt(saver="SaveImageWebsocket"),
+                                                          "client_id": "me", "prompt_id": prompt_id})
+        events = []
+        while not events or events[-1] != ("executing", None):
+            frame = ws.recv()
+            if isinstance(frame, bytes):
+                frames.append(frame)
+                events.append(("binary", None))
+            else:
+                message = json.loads(frame)
+                events.append((message["type"], message["data"].get("node")))
+        binary = events.index(("binary", None))
+        assert events[binary - 1] == ("progress", "7") and ("executed", "7") not in events
+    ws.close()
+    assert [f[:8] for f in frames] == [b"\x00\x00\x00\x01\x00\x00\x00\x02"] * 2 and frames[0][8:12] == b"\x89PNG"
+    assert frames[0][8:] == frames[1][8:]
+    assert fake_comfyui.executed[1] == ["7"]
+    assert fake_comfyui.history["one"]["outputs"] == {}  # it returns no UI data
+    assert not [p for p in fake_comfyui.output_dir.rglob("*") if p.is_file()]
+
+
+def test_a_node_delay_costs_its_time_only_when_the_node_runs(fake_comfyui):
+    import time
+
+    fake_comfyui.delay_node("CheckpointLoaderSimple", 0.3)
+    times = []
+    for prompt_id in ("one", "two"):  # the second loads nothing: the loader is cached
+        start = time.monotonic()
+        requests.post(fake_comfyui.url + "/prompt", json={"prompt": prompt(), "prompt_id": prompt_id})
+        while prompt_id not in fake_comfyui.history:
+            time.sleep(0.01)
+        times.append(time.monotonic() - start)
+    assert times[0] >= 0.3 and fake_comfyui.executed[1] == []

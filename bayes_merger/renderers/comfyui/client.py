@@ -1,11 +1,15 @@
 """The ComfyUI client of one run: wait for ComfyUI, hand it each trial's merge, render, read back.
 
 A renderer beside ``webui.client.WebUIClient`` (see ``renderers.Renderer``). Each image is one prompt
-(``POST /prompt`` with this run's client id); the ``/ws`` websocket says when it has run or failed,
-and ``/history`` and ``/view`` give the images back. A websocket that drops is reopened and
-``/history`` and ``/queue`` tell what became of the prompt; a prompt ComfyUI no longer knows (it
-restarted) is a ``WebUIConnectionError``, so the loop waits and redoes the trial. An execution error
-(a checkpoint that does not load, a node that raises) is a ``WebUIError`` of that trial.
+(``POST /prompt`` with this run's client id); the ``/ws`` websocket says when it has run or failed.
+The images come back over that websocket from ``SaveImageWebsocket`` nodes (the built-in graph's
+output: ComfyUI writes no file), or, for a user's workflow with ``SaveImage`` instead, from
+``/history`` and ``/view``. A websocket that drops is reopened and ``/history`` and ``/queue`` tell
+what became of the prompt; images a dropped socket may have lost are asked for again with the
+identical prompt, which ComfyUI serves from its cache (only ``SaveImageWebsocket`` re-runs, in
+milliseconds). A prompt ComfyUI no longer knows (it restarted) is a ``WebUIConnectionError``, so
+the loop waits and redoes the trial. An execution error (a checkpoint that does not load, a node
+that raises) is a ``WebUIError`` of that trial.
 
 The merge is confirmed to be the one rendered: the graph ComfyUI reports in ``/history`` (and in
 each PNG's ``prompt`` text) must load the names and carry the ratios this client sent.
@@ -46,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 # how often the history is asked while the websocket is silent
 HISTORY_POLL = 5.0
+# how often one image's prompt is sent again when a dropped websocket may have lost its images
+IMAGE_ATTEMPTS = 3
 
 
 class ComfyUIClient:
@@ -180,19 +186,34 @@ class ComfyUIClient:
         images, seeds, prompt_ids = [], [], []
         for values in graphs.image_values(request, samplers, schedulers, "the payload"):
             graph = self._shown(graphs.fill(self._workflow, {**values, "output": f"bayes-merger/{self._run_id}"}))
-            prompt_id, entry = self._run(graph)
-            rendered = self._images(entry, graph)
+            prompt_id, entry, frames = self._run_for_images(graph)
+            rendered = self._images(entry, graph, frames)
             images.extend(rendered)
             seeds.extend([values["seed"]] * len(rendered))
             prompt_ids.append(prompt_id)
         if not images:
-            raise WebUIError("ComfyUI ran the prompt but it produced no image: the workflow needs a SaveImage node.")
+            raise WebUIError("ComfyUI ran the prompt but it produced no image: the workflow needs a SaveImageWebsocket "
+                             "(or SaveImage) node.")
         info = {"sd_model_name": self._shown_label, "prompt_ids": prompt_ids, "seed": seeds[0], "all_seeds": seeds,
                 "backend": "comfyui"}
         return Generation(images=images, info=info, seeds=seeds)
 
-    def _run(self, graph: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """Queue one prompt and wait until it has run; its history entry, or a WebUIError."""
+    def _run_for_images(self, graph: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, list[bytes]]]:
+        """``_run``, again while a dropped websocket may have lost images of ``SaveImageWebsocket`` nodes."""
+        savers = graphs.websocket_savers(graph)
+        for attempt in range(1, IMAGE_ATTEMPTS + 1):
+            prompt_id, entry, frames, intact = self._run(graph, savers)
+            if intact or not savers:
+                return prompt_id, entry, frames
+            logger.warning("ComfyUI's websocket dropped during prompt %s, so its images may be incomplete; sending the "
+                           "identical prompt again (ComfyUI answers it from its cache).", prompt_id)
+        raise WebUIConnectionError(f"ComfyUI's websocket dropped during each of {IMAGE_ATTEMPTS} tries of one image's "
+                                   "prompt, so its images never arrived whole.")
+
+    def _run(self, graph: dict[str, Any], savers: frozenset[str] = frozenset()
+             ) -> tuple[str, dict[str, Any], dict[str, list[bytes]], bool]:
+        """Queue one prompt and wait until it has run, or a WebUIError: its id, its history entry, the
+        images its ``savers`` (SaveImageWebsocket node ids) sent, and whether the websocket stayed open."""
         self._events.connect()  # before the POST, so no event of this prompt is missed
         answer = self._api.request("POST", "/prompt", {"prompt": graph, "client_id": self._events.client_id})
         prompt_id = str((answer or {}).get("prompt_id") or "")
@@ -200,6 +221,8 @@ class ComfyUIClient:
             raise WebUIError(f"POST /prompt answered without a prompt_id: {str(answer)[:120]}.")
         deadline = time.monotonic() + self._config.read_timeout
         outcome: dict[str, Any] | None = None
+        frames: dict[str, list[bytes]] = {}
+        intact, started, told, node = True, False, False, None  # node: that of this prompt's last progress event
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -211,24 +234,39 @@ class ComfyUIClient:
                 message = self._events.next(min(remaining, HISTORY_POLL))
             except WebUIConnectionError as error:
                 logger.warning("%s Reopening it and asking ComfyUI about prompt %s.", error, prompt_id)
+                intact = False
                 self._events.connect()
                 message = None
             if message is None:  # silence or a dropped socket: ask the history
                 entry = self._history_or_lost(prompt_id)
-                if entry is not None:
-                    return prompt_id, self._finished(prompt_id, entry, outcome)
+                if entry is not None and savers and intact and not told:
+                    told = True  # finished: its last events and images may still be on their way
+                    continue
+                if entry is not None:  # images not seen to their end count as lost
+                    return prompt_id, self._finished(prompt_id, entry, outcome), frames, not savers
                 continue
             data = message.get("data") or {}
+            kind = message.get("type")
+            if kind == "image_frame":
+                # ComfyUI runs one prompt at a time, so after this prompt's start an image is this prompt's;
+                # it is an output when it comes from a SaveImageWebsocket node, else a sampler's preview
+                source = data.get("node") or node
+                if started and data.get("prompt_id") in (None, prompt_id) and source in savers:
+                    frames.setdefault(source, []).append(data["image"])
+                continue
             if not isinstance(data, Mapping) or data.get("prompt_id") != prompt_id:
                 continue
-            kind = message.get("type")
-            if kind in ("execution_success", "execution_error", "execution_interrupted"):
+            if kind == "execution_start":
+                started = True
+            elif kind == "progress":
+                node = data.get("node")
+            elif kind in ("execution_success", "execution_error", "execution_interrupted"):
                 outcome = {"type": kind, **data}
                 if kind != "execution_success":
                     raise WebUIError(_execution_error(prompt_id, outcome))
             elif kind == "executing" and data.get("node") is None:  # the prompt is done and in the history
                 entry = self._history_wait(prompt_id)
-                return prompt_id, self._finished(prompt_id, entry, outcome)
+                return prompt_id, self._finished(prompt_id, entry, outcome), frames, intact and started
 
     def _history_or_lost(self, prompt_id: str) -> dict[str, Any] | None:
         """The prompt's history entry once it has finished; None while queued or running;
@@ -264,13 +302,18 @@ class ComfyUIClient:
             raise WebUIError(_execution_error(prompt_id, {"type": last[0], **(last[1] if len(last) > 1 else {})}))
         return dict(entry)
 
-    def _images(self, entry: Mapping[str, Any], sent: Mapping[str, Any]) -> list[Image.Image]:
+    def _images(self, entry: Mapping[str, Any], sent: Mapping[str, Any],
+                frames: Mapping[str, list[bytes]]) -> list[Image.Image]:
+        """The prompt's images: from its SaveImageWebsocket nodes when it has any, else its saved files."""
         echoed = entry.get("prompt")
         echoed_graph = echoed[2] if isinstance(echoed, list) and len(echoed) > 2 else None
         expected = graphs.handoff_nodes(sent)
         if isinstance(echoed_graph, Mapping) and graphs.handoff_nodes(echoed_graph) != expected:
             raise WebUIError(f"ComfyUI's history shows another model than the one sent ({self._shown_label}); "
                              "these images are not scored.")
+        if graphs.websocket_savers(sent):
+            return [_decoded(data, f"an image node {node_id} sent over the websocket")
+                    for node_id in sorted(frames, key=lambda n: (len(n), n)) for data in frames[node_id]]
         images = []
         outputs = entry.get("outputs") or {}
         for node_id in sorted(outputs, key=lambda n: (len(n), n)):
@@ -365,6 +408,15 @@ class ComfyUIClient:
             raise ConfigError("webui.checkpoint_dir is not set: with ComfyUI, point it at a sub-folder of "
                               "ComfyUI's models/checkpoints (e.g. models/checkpoints/bayes-merger).")
         return self._files
+
+
+def _decoded(data: bytes, what: str) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise WebUIError(f"ComfyUI sent {what} that is not an image ({exc}).") from exc
+    return image.convert("RGB")
 
 
 def _execution_error(prompt_id: str, event: Mapping[str, Any]) -> str:

@@ -1,8 +1,9 @@
 """ComfyUI's ``/ws`` websocket as a client reads it: JSON events for one client id, one at a time.
 
 ``websocket-client`` (synchronous, no event loop) is enough: the client reads events only while it
-waits for its own prompt. Binary frames (previews, SaveImageWebsocket) are skipped: images are read
-back from ``/history`` and ``/view``, which also survive a dropped socket.
+waits for its own prompt. A binary frame (an image of ``SaveImageWebsocket``, or a sampler's preview)
+comes back as an ``image_frame`` event holding the image bytes and, in the metadata format, its node
+and prompt; the client tells the images it asked for from previews by the node (see ``client``).
 """
 
 from __future__ import annotations
@@ -66,13 +67,17 @@ class EventStream:
                     if not self._ws.connected:
                         raise websocket.WebSocketConnectionClosedException("closed by the server")
                     continue
-                if isinstance(frame, str):
-                    try:
-                        message = json.loads(frame)
-                    except json.JSONDecodeError:
-                        continue
-                    if isinstance(message, dict):
-                        return message
+                if isinstance(frame, bytes):
+                    image = image_frame(frame)
+                    if image is not None:
+                        return image
+                    continue
+                try:
+                    message = json.loads(frame)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(message, dict):
+                    return message
         except websocket.WebSocketTimeoutException:
             return None
         except (websocket.WebSocketException, OSError) as exc:
@@ -86,6 +91,30 @@ class EventStream:
                 ws.close(timeout=1)
             except (websocket.WebSocketException, OSError):
                 pass
+
+
+def image_frame(frame: bytes) -> dict[str, Any] | None:
+    """A binary frame as an event: ``{"type": "image_frame", "data": {"image", "node", "prompt_id"}}``.
+
+    Measured formats: ``uint32 BE 1`` (an image), ``uint32 BE`` 1 (JPEG) or 2 (PNG), the bytes; and,
+    once a client announced ``supports_preview_metadata``, ``uint32 BE 4``, ``uint32 BE`` length, the
+    metadata JSON (``node_id``, ``prompt_id``, …), the bytes. Anything else is not an image: None.
+    """
+    if len(frame) < 8:
+        return None
+    kind = int.from_bytes(frame[:4], "big")
+    if kind == 1:
+        return {"type": "image_frame", "data": {"image": frame[8:], "node": None, "prompt_id": None}}
+    if kind == 4:
+        length = int.from_bytes(frame[4:8], "big")
+        try:
+            meta = json.loads(frame[8:8 + length])
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return None
+        meta = meta if isinstance(meta, dict) else {}
+        return {"type": "image_frame", "data": {"image": frame[8 + length:], "node": meta.get("node_id"),
+                                                "prompt_id": meta.get("prompt_id")}}
+    return None
 
 
 def _words(exc: BaseException) -> str:

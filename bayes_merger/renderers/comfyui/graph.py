@@ -2,9 +2,11 @@
 
 A graph is first a *template* with named placeholders — ``{{model}}``, ``{{prompt}}``,
 ``{{negative}}``, ``{{seed}}``, ``{{width}}``, ``{{height}}``, ``{{steps}}``, ``{{cfg}}``,
-``{{sampler}}``, ``{{scheduler}}``, ``{{output}}`` — either the built-in text-to-image graph or a
-user's workflow saved in API format. A value that is exactly a placeholder takes the value with its
-type (``"{{seed}}"`` → 1234); inside a longer text it is replaced as text (``"{{prompt}}, detailed"``).
+``{{sampler}}``, ``{{scheduler}}``, ``{{output}}`` (a ``SaveImage`` prefix, ``bayes-merger/<run id>``) —
+either the built-in text-to-image graph (its images come back over the websocket from
+``SaveImageWebsocket``: ComfyUI saves nothing) or a user's workflow saved in API format. A value
+that is exactly a placeholder takes the value with its type (``"{{seed}}"`` → 1234); inside a longer
+text it is replaced as text (``"{{prompt}}, detailed"``).
 
 ``{{model}}`` is the ``ckpt_name`` of one ``CheckpointLoaderSimple``, and the hand-off works on it:
 by file, it becomes the merge's listed name; in the graph, that loader loads model A, a second loader
@@ -37,6 +39,7 @@ MODEL = "{{model}}"
 PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 NAMES = ("model", "prompt", "negative", "seed", "width", "height", "steps", "cfg", "sampler", "scheduler", "output")
 LOADER = "CheckpointLoaderSimple"
+WEBSOCKET_SAVER = "SaveImageWebsocket"
 
 BUILTIN: dict[str, Any] = {
     "1": {"class_type": LOADER, "inputs": {"ckpt_name": MODEL}},
@@ -48,7 +51,9 @@ BUILTIN: dict[str, Any] = {
         "scheduler": "{{scheduler}}", "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0],
         "denoise": 1.0}},
     "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
-    "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "{{output}}"}},
+    # images come back over the websocket and ComfyUI writes no file (SaveImage would leave one per
+    # image in its output folder; a user's workflow may still use it, with {{output}} as its prefix)
+    "7": {"class_type": WEBSOCKET_SAVER, "inputs": {"images": ["6", 0]}},
 }
 
 # payload fields the graph applies, and those that do not change the picture
@@ -173,6 +178,11 @@ def in_graph(graph: dict[str, Any], workflow: Workflow, model_a: str, model_b: s
     graph[unet] = {"class_type": merge_class, "inputs": {"model1": [loader, 0], "model2": [b, 0], **ratios}}
     graph[clip] = {"class_type": "CLIPMergeSimple", "inputs": {"clip1": [loader, 1], "clip2": [b, 1], "ratio": clip_ratio}}
     return graph
+
+
+def websocket_savers(graph: Mapping[str, Any]) -> frozenset[str]:
+    """The ids of the nodes that send their images over the websocket instead of saving them."""
+    return frozenset(nid for nid, node in graph.items() if node.get("class_type") == WEBSOCKET_SAVER)
 
 
 def handoff_nodes(graph: Mapping[str, Any]) -> dict[str, Any]:
