@@ -30,6 +30,7 @@ from bayes_merger.merge.merger import Merger
 from bayes_merger.merge.weights import BlockWeights
 from bayes_merger.optimiser import Optimiser
 from bayes_merger.progress import progress_bar
+from bayes_merger.renderers.comfyui.route import settle_route
 from bayes_merger.renderers.probe import open_renderer
 from bayes_merger.report import write_report
 from bayes_merger.rescore import finalists
@@ -99,8 +100,10 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None) -> RunR
         if trial_log.trials:
             log.info("Resuming %s: %d of %d trials done.", run_dir, len(trial_log.trials), optimiser.budget)
 
+        loop = TrialLoop(inputs, merger, slots, scorer, optimiser, trial_log, stop or threading.Event())
         try:
-            TrialLoop(inputs, merger, slots, scorer, optimiser, trial_log, stop or threading.Event()).run()
+            _settle_comfyui_routes(loop, info)
+            loop.run()
         finally:
             # at the end and on every stop: each WebUI gets its model back and our files go
             for slot in slots:
@@ -139,6 +142,30 @@ def _renderer(inputs: Inputs, webui_cfg: WebUIConfig, run_id: str) -> Any:
     cfg = inputs.config
     return open_renderer(webui_cfg, run_id, method=cfg.merge.method, lower=lower, upper=upper,
                          arch=inputs.merge.architecture, model_a=cfg.model_a, model_b=cfg.model_b)
+
+
+def _settle_comfyui_routes(loop: TrialLoop, info: dict[str, Any]) -> None:
+    """webui.comfyui_handoff auto: each ComfyUI's route timed both ways before trial 0, or read back
+    from run.json on a resume (``renderers.comfyui.route``)."""
+    auto = [slot for slot in loop.slots if getattr(slot.webui, "handoff", None) == "auto"]
+    if not auto:
+        return
+    start = loop.space.start_params(loop.cfg.optimiser.start)  # trial 0's weights, then another point
+    params = [start, {p.name: p.upper if start[p.name] == p.lower else p.lower for p in loop.space.parameters}]
+    request = {**loop.payloads[0].request, "batch_size": 1, "n_iter": 1}
+    recorded = dict(info.get("comfyui_handoff") or {})
+    for slot in auto:
+        def stage(index: int, slot: Slot = slot) -> tuple[Path, float]:
+            timings: dict[str, float] = {}
+            staged = loop.prepare(index, params[index], slot, timings).staged
+            assert staged is not None
+            return staged, timings["merge"] + timings["write"]
+
+        recorded[slot.name] = settle_route(slot.webui, recorded.get(slot.name), request,
+                                           [loop.space.to_block_weights(p) for p in params], stage,
+                                           loop.cfg.webui.pipeline)
+    info["comfyui_handoff"] = recorded
+    write_run_info(loop.run_dir, info)
 
 
 def _prepare_webuis(slots: list[Slot], inputs: Inputs, info: dict[str, Any], runs: dict[str, Path]) -> dict[str, str]:

@@ -58,11 +58,13 @@ def detect_backend(config: WebUIConfig, timeout: float | None = None) -> str:
 
 def choose_handoff(config: WebUIConfig, method: str, lower: float, upper: float, arch: Architecture,
                    variant_ok: bool = True) -> tuple[str, str]:
-    """("graph" or "file", the reason, for the log) for a ComfyUI run.
+    """("graph", "file" or "auto", the reason, for the log) for a ComfyUI run.
 
     In the graph only a weighted sum of two models with weights in [0, 1] can be merged (ComfyUI's
-    ratios go from 0 to 1; there is no node for the other methods). ``auto`` takes the graph whenever
-    it can: it writes no file and ComfyUI keeps both models loaded between trials.
+    ratios go from 0 to 1; there is no node for the other methods). ``auto`` where both routes can
+    be taken stays "auto": which is faster depends on the device (re-patching the models in the
+    graph against loading a file we wrote), so ``comfyui.route.settle_route`` measures both before
+    trial 0 and the run folder keeps the choice.
     """
     wanted = str(config.comfyui_handoff).lower()
     if wanted not in HANDOFFS:
@@ -80,8 +82,9 @@ def choose_handoff(config: WebUIConfig, method: str, lower: float, upper: float,
         if wanted == "graph":
             raise ConfigError(f"webui.comfyui_handoff is graph, but {'; '.join(reasons)}: set it to file or auto.")
         return "file", "; ".join(reasons)
-    return "graph", ("webui.comfyui_handoff is graph" if wanted == "graph"
-                     else "weighted_sum of two models within [0, 1]: merged in ComfyUI's graph, no file per trial")
+    if wanted == "graph":
+        return "graph", "webui.comfyui_handoff is graph"
+    return "auto", "weighted_sum of two models within [0, 1]: in the graph or by file, whichever measures faster"
 
 
 def open_renderer(config: WebUIConfig, run_id: str, *, method: str = "weighted_sum", lower: float = 0.0,

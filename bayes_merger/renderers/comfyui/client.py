@@ -55,13 +55,14 @@ IMAGE_ATTEMPTS = 3
 
 
 class ComfyUIClient:
-    """One ComfyUI session of one run; ``handoff`` is "file" or "graph" (see ``choose_handoff``)."""
+    """One ComfyUI session of one run; ``handoff`` is "file", "graph", or "auto": both possible until
+    ``settle`` picks one (``route.settle_route`` measures which is faster; see ``choose_handoff``)."""
 
     def __init__(self, config: WebUIConfig, run_id: str, *, handoff: str = "file", arch: Architecture | None = None,
                  model_a: str | Path | None = None, model_b: str | Path | None = None) -> None:
-        if handoff not in ("file", "graph"):
-            raise ConfigError(f"The ComfyUI hand-off must be file or graph, not {handoff!r}.")
-        if handoff == "graph" and (arch is None or model_a is None or model_b is None):
+        if handoff not in ("file", "graph", "auto"):
+            raise ConfigError(f"The ComfyUI hand-off must be file, graph or auto, not {handoff!r}.")
+        if handoff != "file" and (arch is None or model_a is None or model_b is None):
             raise ConfigError("Merging in ComfyUI's graph needs the architecture and models A and B.")
         self._config = config
         self._run_id = run_id
@@ -98,6 +99,21 @@ class ComfyUIClient:
     def merges_in_graph(self) -> bool:
         return self._handoff == "graph"
 
+    @property
+    def handoff(self) -> str:
+        """"graph", "file", or "auto" while both routes are open."""
+        return self._handoff
+
+    @property
+    def url(self) -> str:
+        return self._api.base
+
+    def settle(self, handoff: str) -> None:
+        """Take one route for the rest of the run (from "auto")."""
+        if handoff not in ("file", "graph"):
+            raise ConfigError(f"The ComfyUI hand-off must be file or graph, not {handoff!r}.")
+        self._handoff = handoff
+
     # ----------------------------------------------------------------------------------- start-up
 
     def wait_until_ready(self, timeout: float | None = None) -> None:
@@ -110,11 +126,34 @@ class ComfyUIClient:
 
     def check_checkpoint_dir(self) -> None:
         """By file: the folder is writable and ComfyUI lists what is written there. In the graph:
-        ComfyUI lists models A and B and has the merge nodes. Both before the first merge."""
-        if self._handoff == "graph":
-            self._model_names()
-            self._merge_node_inputs()
+        ComfyUI lists models A and B and has the merge nodes. Both before the first merge; with "auto",
+        a route that fails its check leaves the other (both failing: the by-file error)."""
+        if self._handoff == "auto":
+            failed = {}
+            for route, check in (("graph", self._check_graph), ("file", self._check_file)):
+                try:
+                    check()
+                except WebUIConnectionError:
+                    raise
+                except (ConfigError, WebUIError) as error:  # a folder or models ComfyUI does not list
+                    failed[route] = error
+            if len(failed) == 2:
+                raise failed["file"]
+            for route, error in failed.items():
+                self.settle("file" if route == "graph" else "graph")
+                logger.warning("ComfyUI hand-off auto at %s: %s, since %s cannot be used: %s", self.url,
+                               self._handoff, "the graph" if route == "graph" else "a file", error)
             return
+        if self._handoff == "graph":
+            self._check_graph()
+        else:
+            self._check_file()
+
+    def _check_graph(self) -> None:
+        self._model_names()
+        self._merge_node_inputs()
+
+    def _check_file(self) -> None:
         files = self._require_files()
         files.check_writable()
         probe = files.folder / f"bm-{self._run_id}-probe.safetensors"

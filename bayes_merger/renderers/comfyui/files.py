@@ -37,7 +37,7 @@ class ComfyMergeFiles:
         self.run_id = run_id
         self.keep_last = max(keep_last, 0)
         self._own = re.compile(rf"^\.?bm-{re.escape(run_id)}-t(\d{{4,}})(?:-r(\d+))?\.safetensors(\.tmp)?$")
-        self._last: str | None = None
+        self._used: set[str] = set()  # every name this run has handed to ComfyUI
 
     def check_writable(self) -> None:
         if not self.folder.is_dir():
@@ -55,7 +55,7 @@ class ComfyMergeFiles:
     def fresh_name(self, trial: int) -> str:
         stem, attempt = f"bm-{self.run_id}-t{trial:04d}", 1
         name = f"{stem}.safetensors"
-        while (self.folder / name).exists() or name == self._last:
+        while (self.folder / name).exists() or name in self._used:
             attempt += 1
             name = f"{stem}-r{attempt}.safetensors"
         return name
@@ -71,7 +71,7 @@ class ComfyMergeFiles:
                              "or make it writable.") from exc
         except BayesMergerError:
             raise
-        self._last = name
+        self._used.add(name)
         return target
 
     def delete_old(self, keep: str) -> None:

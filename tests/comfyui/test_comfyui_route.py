@@ -1,0 +1,117 @@
+"""webui.comfyui_handoff auto: the route is measured both ways on the ComfyUI, the faster taken, and
+the choice kept in the run folder so a resumed run takes it again without measuring."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from bayes_merger.merge.arch import architecture
+from bayes_merger.merge.weights import BlockWeights
+from bayes_merger.renderers.comfyui import ComfyUIClient
+from bayes_merger.renderers.comfyui.route import settle_route
+from bayes_merger.testing.tiny_clip import make_tiny_clip, make_tiny_head
+from tests.loop.test_cli_run import REPO, _cli, _only_run, _trials
+
+SD1 = architecture("sd1")
+REQUEST = {"prompt": "a red boat", "seed": 7, "steps": 1, "width": 64, "height": 64}
+WEIGHTS = [BlockWeights.uniform(SD1.blocks, 0.5), BlockWeights.uniform(SD1.blocks, 0.2)]
+SLOW = 0.6  # seconds the slow route's node takes in the fake, far above the rest of a tiny trial
+
+
+@pytest.fixture
+def auto_client(comfy_config, tiny_models):
+    with ComfyUIClient(comfy_config(), "run1", handoff="auto", arch=SD1, model_a=tiny_models / "a.safetensors",
+                       model_b=tiny_models / "b.safetensors") as client:
+        client.check_checkpoint_dir()
+        yield client
+
+
+def stager(client_folder, tiny_models):
+    """A stand-in for the loop's merge and write: model A's tensors into a staged file."""
+    tensors = load_file(tiny_models / "a.safetensors")
+
+    def stage(index):
+        staged = client_folder / f".bm-run1-t{index:04d}.safetensors.staged"
+        save_file(tensors, str(staged))
+        return staged, 0.01
+
+    return stage
+
+
+@pytest.mark.parametrize("slow_node, expected", [("ModelMerge", "file"), ("CheckpointLoaderSimple", "graph")])
+def test_auto_takes_the_route_that_measures_faster(auto_client, fake_comfyui, tiny_models, caplog, slow_node,
+                                                   expected):
+    fake_comfyui.delay_node(slow_node, SLOW)  # a slow re-patch in the graph, or a slow checkpoint load
+    folder = fake_comfyui.checkpoint_dir / "bayes-merger"
+    with caplog.at_level(logging.INFO, logger="bayes_merger.renderers.comfyui.route"):
+        record = settle_route(auto_client, None, REQUEST, WEIGHTS, stager(folder, tiny_models), pipelined=False)
+
+    assert record["route"] == expected and auto_client.handoff == expected
+    assert auto_client.merges_in_graph == (expected == "graph")
+    slow, fast = (record["graph_s"], record["file_s"]) if expected == "file" else (record["file_s"], record["graph_s"])
+    assert slow >= SLOW > fast
+    assert f": {expected}, the faster for this device (a trial's hand-off + render took" in caplog.text
+    assert not list(folder.iterdir()), "the probe's merge files are deleted"
+    assert len(fake_comfyui.requests_to("/prompt", "POST")) == 4  # each route: a warm-up and a timed image
+
+
+def test_pipelined_by_file_counts_the_larger_of_our_write_and_comfyuis_load_and_render(auto_client, fake_comfyui,
+                                                                                     tiny_models):
+    folder = fake_comfyui.checkpoint_dir / "bayes-merger"
+    record = settle_route(auto_client, None, REQUEST, WEIGHTS, stager(folder, tiny_models), pipelined=True)
+    assert record["file_s"] == max(record["merge_write_s"], record["load_render_s"])
+
+
+def test_a_recorded_choice_is_taken_without_measuring(auto_client, fake_comfyui, tiny_models, caplog):
+    recorded = {"route": "file", "graph_s": 1.0, "file_s": 0.5, "merge_write_s": 0.2, "load_render_s": 0.3,
+                "pipelined": False, "reason": "the faster"}
+    with caplog.at_level(logging.INFO, logger="bayes_merger.renderers.comfyui.route"):
+        record = settle_route(auto_client, recorded, REQUEST, WEIGHTS, lambda i: pytest.fail("measured"), False)
+    assert record == recorded and auto_client.handoff == "file"
+    assert not fake_comfyui.requests_to("/prompt", "POST")
+    assert "file, as measured when the run started" in caplog.text
+
+
+def test_auto_with_models_comfyui_does_not_list_takes_the_file_without_measuring(comfy_config, tmp_path):
+    with ComfyUIClient(comfy_config(), "run1", handoff="auto", arch=SD1, model_a=tmp_path / "unlisted-a.safetensors",
+                       model_b=tmp_path / "unlisted-b.safetensors") as client:
+        client.check_checkpoint_dir()
+        assert client.handoff == "file"
+        assert settle_route(client, None, REQUEST, WEIGHTS, lambda i: pytest.fail("measured"), False)["route"] == "file"
+
+
+def test_a_whole_run_on_auto_records_the_measured_route_and_its_resume_keeps_it(fake_comfyui, tiny_models, tmp_path):
+    fake_comfyui.delay_node("ModelMerge", SLOW)  # the graph is the slow route on this "device"
+    folder = tmp_path / "models" / "checkpoints" / "bayes-merger"
+    args = [
+        "--config", str(REPO / "conf" / "demo.yaml"), "demo=false",
+        f"webui.url={fake_comfyui.url}", "webui.backend=comfyui", "webui.comfyui_handoff=auto",
+        f"webui.checkpoint_dir={folder}", f"model_a={tiny_models / 'a.safetensors'}",
+        f"model_b={tiny_models / 'b.safetensors'}", f"run.dir={tmp_path / 'runs'}",
+        f"payloads.dir={REPO / 'payloads' / 'demo.yaml'}", f"payloads.wildcards_dir={REPO / 'payloads' / 'wildcards'}",
+        f"scorer.clip={make_tiny_clip(tmp_path / 'clip')}", f"scorer.head={make_tiny_head(tmp_path / 'head.safetensors')}",
+        "optimiser.init_points=2", "optimiser.n_iters=0", "hydra/job_logging=none", "hydra/hydra_logging=none",
+    ]
+    assert _cli(args) == 0
+    run_dir = _only_run(tmp_path / "runs")
+    record = json.loads((run_dir / "run.json").read_text())["comfyui_handoff"][fake_comfyui.url]
+    assert record["route"] == "file" and record["graph_s"] >= SLOW > record["file_s"]
+    first = _trials(run_dir)
+    assert [t["status"] for t in first] == ["ok", "ok"]
+    assert all("merge" in t["timings"] and "write" in t["timings"] for t in first), "merged by us, by file"
+    posts = len(fake_comfyui.requests_to("/prompt", "POST"))
+
+    fake_comfyui.delay_node("ModelMerge", 0.0)  # the device changed, but the run keeps its route
+    resume = ["--config", str(run_dir / "config.yaml"), f"resume={run_dir}", "optimiser.n_iters=1",
+              "hydra/job_logging=none", "hydra/hydra_logging=none"]
+    assert _cli(resume) == 0
+    trials = _trials(run_dir)
+    assert [t["trial"] for t in trials] == [0, 1, 2] and trials[:2] == first
+    assert "merge" in trials[2]["timings"]
+    assert len(fake_comfyui.requests_to("/prompt", "POST")) - posts == 4  # trial 2's four images, no probe
+    assert json.loads((run_dir / "run.json").read_text())["comfyui_handoff"][fake_comfyui.url] == record
+    assert not list(folder.iterdir()) and not [p for p in (tmp_path / "output").rglob("*") if p.is_file()]
