@@ -150,6 +150,14 @@ class RunSettings:
 
 
 @dataclass
+class ClusterConfig:
+    # the Ray cluster whose hosts run the trials on their own WebUIs (pip install 'bayes-merger[ray]'):
+    # null (no Ray: the WebUIs of `webui` on this machine), auto (the cluster this machine belongs to),
+    # or the head's host:port
+    address: Optional[str] = None
+
+
+@dataclass
 class Config:
     model_a: str = MISSING
     model_b: str = MISSING
@@ -167,6 +175,7 @@ class Config:
     payloads: PayloadsConfig = field(default_factory=PayloadsConfig)
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     optimiser: OptimiserConfig = field(default_factory=OptimiserConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     # the offline demo: generate tiny models and start the fake WebUI in-process
     demo: bool = False
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bayes_merger import __version__
+from bayes_merger.cluster.settings import check_cluster_settings
 from bayes_merger.config import Config, ScorerConfig
 from bayes_merger.errors import ConfigError
 from bayes_merger.merge.checkpoint import parse_dtype
@@ -118,6 +119,7 @@ def _check_settings(cfg: Config) -> tuple[Path, Path, Path | None]:
         raise ConfigError(f"best_format '{cfg.best_format}' is not supported: the best merge is saved as safetensors, "
                           "which every WebUI reads and which cannot carry code.")
     parse_dtype(cfg.best_precision)
+    check_cluster_settings(cfg)
     if cfg.run.max_consecutive_failures < 1:
         raise ConfigError("run.max_consecutive_failures must be at least 1.")
     if cfg.resume is not None and not is_run_folder(model_path(cfg.resume)):

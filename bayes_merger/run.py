@@ -84,14 +84,19 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None) -> RunR
     info = dict(inputs.info)
 
     with running(run_dir), ExitStack() as stack:
-        slots = [Slot(name=url, webui=stack.enter_context(_renderer(inputs, webui_cfg, run_id)),
-                      checkpoint_dir=Path(webui_cfg.checkpoint_dir).expanduser())
-                 for url, webui_cfg, run_id in _webuis(cfg, inputs.run_id)]
         runs = {**run_folders(Path(cfg.run.dir)), **run_folders(run_dir.parent)}
-        before = _prepare_webuis(slots, inputs, info, runs)
-        scorer = build_scorer(inputs.scorer)
-        log.info("Loading the models to merge.")
-        merger = Merger.from_inputs(inputs.merge, cfg.merge)
+        if cfg.cluster.address is not None:  # each host of the Ray cluster loads the models and scores (cluster/)
+            from bayes_merger.cluster.hosts import open_hosts
+
+            slots, before, scorer, merger = stack.enter_context(open_hosts(inputs, runs)), {}, None, None
+        else:
+            slots = [Slot(name=url, webui=stack.enter_context(_renderer(inputs, webui_cfg, run_id)),
+                          checkpoint_dir=Path(webui_cfg.checkpoint_dir).expanduser())
+                     for url, webui_cfg, run_id in _webuis(cfg, inputs.run_id)]
+            before = _prepare_webuis(slots, inputs, info, runs)
+            scorer = build_scorer(inputs.scorer)
+            log.info("Loading the models to merge.")
+            merger = Merger.from_inputs(inputs.merge, cfg.merge)
         optimiser = Optimiser(inputs.space, cfg.optimiser, cfg.run.seed)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_run_info(run_dir, info)
@@ -111,7 +116,7 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None) -> RunR
 
         best = record_best(run_dir, trial_log, optimiser)
         if best is not None and cfg.save_best and info.get("best_saved_trial") != best.trial:
-            _save_best_merge(inputs, merger, best)
+            _save_best_merge(inputs, merger or Merger.from_inputs(inputs.merge, cfg.merge), best)
             info["best_saved_trial"] = best.trial
         info["finished_at"] = now()
         write_run_info(run_dir, info)
@@ -281,8 +286,8 @@ class TrialLoop:
         weights = self.space.to_block_weights(params)
         record = self._record(index, params, weights, slot)
         prepared = Prepared(weights, record, None, time.perf_counter() - timings.get("suggest", 0.0))
-        if getattr(slot.webui, "merges_in_graph", False):
-            return prepared  # the renderer merges inside its own graph: no file
+        if getattr(slot.webui, "merges_in_graph", False) or getattr(slot.webui, "renders_remotely", False):
+            return prepared  # the renderer merges inside its own graph, or a cluster host merges: no file here
         with _timed(timings, "merge"):
             merged = self.merger.merge(weights)
             check_finite(merged, self.merger.architecture, self.merger.method.name)
@@ -296,6 +301,10 @@ class TrialLoop:
 
     def render(self, index: int, params: Mapping[str, float], prepared: Prepared, slot: Slot,
                timings: dict[str, float]) -> Trial:
+        if getattr(slot.webui, "renders_remotely", False):  # a host of a Ray cluster runs the whole trial
+            trial, not_rendered = slot.webui.run_trial(index, params, prepared.record, timings, self.run_dir)
+            self.not_rendered = self.not_rendered or not_rendered
+            return trial
         weights, record = prepared.weights, prepared.record
         try:
             with _timed(timings, "load"):

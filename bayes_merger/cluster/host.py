@@ -1,0 +1,127 @@
+"""One WebUI on one host of the Ray cluster, and the trials it runs there: the body of a Ray actor.
+
+mergekit-evolve's pool pattern: the actor reads the models from its own disk once (after checking they
+are the driver's files), keeps them resident and runs each trial it is given start to finish with the
+one-machine code, ``run.TrialLoop``'s prepare (merge, stage the file beside the WebUI) and render
+(load, render, score), on a slot of its own. What goes back to the driver is small: the finished
+``Trial`` (score, per-image records) and the image files' bytes. The run folder stays the driver's;
+the host writes images to a scratch folder, reads them back and deletes them.
+
+A plain class: the driver wraps it with ``ray.remote`` (``hosts.py``), and tests can use it as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import tempfile
+import threading
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from bayes_merger import __version__
+from bayes_merger.cluster.fingerprint import Fingerprint, check_same_file
+from bayes_merger.config import WebUIConfig
+from bayes_merger.errors import BayesMergerError, StorageError, WebUIConnectionError
+from bayes_merger.executor import Slot
+from bayes_merger.inputs import Inputs
+from bayes_merger.merge.merger import Merger
+from bayes_merger.optimiser import Optimiser
+from bayes_merger.run import TrialLoop, _prepare_webuis, _renderer
+from bayes_merger.run_folder import IMAGES_DIR, Trial, TrialLog
+from bayes_merger.scoring import build_scorer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HostResult:
+    """A trial as a host returns it: the record, the image files (relative path → PNG bytes), and the
+    sentence of a MergeNotRendered when the WebUI proved not to render the merges."""
+
+    trial: Trial
+    images: dict[str, bytes]
+    not_rendered: str | None = None
+
+
+class TrialHost:
+    """The trials of one run on one WebUI of this host. ``start`` once, then ``run_trial`` per trial."""
+
+    def __init__(self, inputs: Inputs, webui: WebUIConfig, run_id: str, models: Mapping[str, Fingerprint],
+                 dead_runs: Mapping[str, Path], threads: int | None = None) -> None:
+        if threads:
+            torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS=1 in its workers; a host's CPUs are ours
+        self.scratch = Path(tempfile.mkdtemp(prefix="bayes-merger-host-"))
+        self.inputs = replace(inputs, run_dir=self.scratch)
+        self.webui_config = webui
+        self.run_id = run_id
+        self.models = dict(models)
+        self.dead_runs = dict(dead_runs)
+        self.label = f"{socket.gethostname()} ({webui.url})"
+        self._stack = ExitStack()
+        self._loop: TrialLoop | None = None
+        self._slot: Slot | None = None
+        self._before = ""
+
+    def start(self) -> str:
+        """Check the model files, open the WebUI, load the scorer and the models; returns our version."""
+        cfg = self.inputs.config
+        try:
+            for model, path in self.inputs.merge.models.items():  # before anything slow
+                check_same_file(path, self.models[model], f"model_{model.lower()}")
+            renderer = self._stack.enter_context(_renderer(self.inputs, self.webui_config, self.run_id))
+            slot = Slot(name=self.webui_config.url, webui=renderer,
+                        checkpoint_dir=Path(self.webui_config.checkpoint_dir).expanduser())
+            self._before = _prepare_webuis([slot], self.inputs, {}, self.dead_runs).get(slot.name, "")
+            scorer = build_scorer(self.inputs.scorer)
+            merger = Merger.from_inputs(self.inputs.merge, cfg.merge)
+            optimiser = Optimiser(self.inputs.space, cfg.optimiser, cfg.run.seed)  # names each trial's phase
+            self._loop = TrialLoop(self.inputs, merger, [slot], scorer, optimiser, TrialLog(self.scratch),
+                                   threading.Event())
+            self._slot = slot
+        except BayesMergerError as error:
+            raise type(error)(f"{self.label}: {error}") from None
+        return __version__
+
+    def run_trial(self, index: int, params: Mapping[str, float]) -> HostResult:
+        """Trial ``index`` start to finish, as the executor runs it on one machine; a lost WebUI or a
+        full disk raises (WebUIConnectionError, StorageError) as there."""
+        loop, slot = self._loop, self._slot
+        if loop is None or slot is None:
+            raise WebUIConnectionError(f"{self.label} is not started.")
+        timings: dict[str, float] = {}
+        try:
+            try:
+                prepared = loop.prepare(index, params, slot, timings)
+            except (WebUIConnectionError, StorageError):
+                raise
+            except BayesMergerError as error:
+                trial = loop.failed(index, params, error, slot, timings)
+            else:
+                trial = loop.render(index, params, prepared, slot, timings)
+            images = {image.path: (self.scratch / image.path).read_bytes() for image in trial.images if image.path}
+        finally:
+            shutil.rmtree(self.scratch / IMAGES_DIR, ignore_errors=True)
+        not_rendered, loop.not_rendered = loop.not_rendered, None
+        return HostResult(trial, images, str(not_rendered) if not_rendered is not None else None)
+
+    def wait_until_ready(self) -> None:
+        """Return once this host's WebUI answers (WebUIConnectionError after ``webui.ready_timeout``)."""
+        if self._slot is None:
+            raise WebUIConnectionError(f"{self.label} is not started.")
+        self._slot.webui.wait_until_ready()
+
+    def hand_back(self) -> None:
+        """The end of the run: the WebUI gets its model back, this run's merge files go, the session ends."""
+        try:
+            if self._slot is not None:
+                self._slot.webui.hand_back(self._before)
+        finally:
+            self._slot = self._loop = None
+            self._stack.close()
+            shutil.rmtree(self.scratch, ignore_errors=True)

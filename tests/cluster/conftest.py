@@ -1,0 +1,35 @@
+"""Fixtures of the cluster tests: one local Ray instance for them all, offering two WebUIs, and the
+loop's tiny models and scorer."""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+import pytest
+
+from tests.loop.conftest import assets  # noqa: F401 - the same tiny SD1 models and scorer as the loop's tests
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """A local Ray instance (2 CPUs, ``{"webui": 2}``: one host with two WebUIs), started once, with
+    token authentication as a real cluster has it (the token in a temporary file, not ~/.ray)."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed; pip install -e '.[test,ray]' runs the cluster tests")
+    token = tmp_path_factory.mktemp("ray") / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    saved = {key: os.environ.get(key) for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    from ray._raylet import Config  # Ray reads RAY_AUTH_MODE into this cache once; read it again, as ray.init does
+
+    Config.initialize("")
+    ray.init(num_cpus=2, resources={"webui": 2}, include_dashboard=False, logging_level="WARNING")
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
