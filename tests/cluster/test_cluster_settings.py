@@ -1,0 +1,73 @@
+"""What a cluster run refuses before any work, and the model files' fingerprints; none of it needs Ray."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from bayes_merger.cluster.fingerprint import Fingerprint, check_same_file, fingerprint
+from bayes_merger.cluster.host import TrialHost
+from bayes_merger.config import ClusterConfig, Config, OptimiserConfig, PayloadsConfig, ScorerConfig, WebUIConfig
+from bayes_merger.errors import ConfigError
+from bayes_merger.inputs import check_inputs
+from bayes_merger.testing.models import make_checkpoint
+from tests.loop.test_cli_run import REPO, _args, _cli
+
+
+@pytest.mark.parametrize("override, words", [
+    ("cluster.address=head", "cluster.address must be auto or the Ray head's host:port"),
+    ("cluster.address=ray://head:10001", "cluster.address must be auto or the Ray head's host:port"),
+    ("cluster.address=head:70000", "cluster.address must be auto or the Ray head's host:port"),
+    ("scorer.name=manual", "on a Ray cluster (cluster.address) the hosts score"),
+    ("webui.pipeline=true", "set webui.pipeline=false"),
+])
+def test_a_cluster_setting_that_cannot_work_is_one_sentence_before_any_work(assets, fake_webui, tmp_path, caplog,
+                                                                            override, words):
+    overrides = [override] if override.startswith("cluster.") else ["cluster.address=auto", override]
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", *overrides)) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and words in errors[0]
+    assert not fake_webui.requests
+
+
+def test_without_ray_a_cluster_run_says_how_to_install_it(assets, fake_webui, tmp_path, caplog, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails, as where it is not installed
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "cluster.address=10.0.0.1:6379")) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "pip install 'bayes-merger[ray]'" in errors[0]
+    assert not fake_webui.requests
+
+
+def test_a_fingerprint_tells_a_different_file_from_the_same_one(tmp_path):
+    a = make_checkpoint(tmp_path / "a.safetensors", "sd1", seed=1, scale=0.05)
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(a.read_bytes())
+    # other weights saved the same way: the same header and size (why the whole file is hashed)
+    other = make_checkpoint(tmp_path / "b.safetensors", "sd1", seed=2, scale=0.05)
+    assert other.stat().st_size == a.stat().st_size
+    assert fingerprint(a) == fingerprint(copy)
+    check_same_file(copy, fingerprint(a), "model_a")
+    with pytest.raises(ConfigError, match=r"model_b: .*b\.safetensors on this host is not the driver's file"):
+        check_same_file(other, fingerprint(a), "model_b")
+    with pytest.raises(ConfigError, match="does not exist on this host"):
+        check_same_file(tmp_path / "missing.safetensors", fingerprint(a), "model_a")
+
+
+def test_a_host_with_another_file_at_the_models_path_refuses_before_it_loads_anything(assets, tmp_path):
+    cfg = Config(model_a=str(assets["model_a"]), model_b=str(assets["model_b"]),
+                 webui=WebUIConfig(checkpoint_dir=str(tmp_path), url="http://127.0.0.1:9"),
+                 payloads=PayloadsConfig(dir=str(REPO / "payloads" / "demo.yaml")),
+                 scorer=ScorerConfig(clip=str(assets["scorer.clip"]), head=str(assets["scorer.head"])),
+                 optimiser=OptimiserConfig(init_points=2, n_iters=1), cluster=ClusterConfig())
+    inputs = check_inputs(cfg, tmp_path / "run")
+    driver = {m: fingerprint(p) for m, p in inputs.merge.models.items()}
+    driver["B"] = Fingerprint(driver["B"].size, "0" * 64)  # the host's B is another file
+    host = TrialHost(inputs, cfg.webui, inputs.run_id, driver, {})
+    with pytest.raises(ConfigError, match=r"\(http://127.0.0.1:9\): model_b: .* is not the driver's file"):
+        host.start()  # refused before the WebUI (nothing listens at :9) or a tensor is touched
+    host.hand_back()
+    assert not Path(host.scratch).exists()
