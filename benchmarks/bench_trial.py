@@ -4,6 +4,7 @@ models and to render, sequential vs pipelined vs two WebUIs, side by side in one
     python benchmarks/bench_trial.py                      # full-size SD1 (real keys and shapes), 10 s render
     python benchmarks/bench_trial.py --scale 0.1 --render 2 --switch 0.5 --trials 6   # a quick look
     python benchmarks/bench_trial.py --sdxl --scale 0.25
+    python benchmarks/bench_trial.py --configs comfyui_graph comfyui_file --patch 4.8 --load 0.5   # ComfyUI routes
 
 Each configuration runs ``bayes-merger`` itself (the CLI, the Merger, the WebUI client, the tiny
 scorer of the demo) on in-process fake A1111 servers whose ``/sdapi/v1/options`` (the model switch)
@@ -13,6 +14,11 @@ per switch + render. Throughput is measured between the first and the last finis
 load at the start is not a trial's cost). Per-stage medians come from the trial log's timings: ours
 (suggest, merge, write, score) and the WebUI's (load: write-in-place + refresh + select + confirm;
 generate). The peak RSS is the whole benchmark process's.
+
+The ComfyUI rows (comfyui_graph, comfyui_file, comfyui_auto; benchmarks/trial_comfyui.py) run the same
+loop against a fake ComfyUI whose loader, block-merge node and sampler take ``--load``, ``--patch`` and
+``--render`` seconds: the merge handed over in the graph (a re-patch a trial) or by file (our merge and
+write, then a load a trial). Their /ideal and /busy are against ComfyUI's own time by their route.
 
 The last line holds the key ratios as name=value pairs.
 """
@@ -30,14 +36,16 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "benchmarks"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 from bayes_merger.cli import main as cli_main  # noqa: E402
 from bayes_merger.run import TrialLoop  # noqa: E402
 from bayes_merger.testing.fake_webui import FakeWebUI  # noqa: E402
 from bayes_merger.testing.models import make_checkpoint  # noqa: E402
 from bayes_merger.testing.tiny_clip import make_tiny_clip, make_tiny_head  # noqa: E402
+import trial_comfyui  # noqa: E402
 
 log = logging.getLogger("bench_trial")
 STAGES = ("suggest", "merge", "write", "load", "generate", "score", "total")
@@ -106,7 +114,9 @@ def main() -> None:
     parser.add_argument("--switch", type=float, default=2.0, help="seconds the fake WebUI takes per model switch")
     parser.add_argument("--trials", type=int, default=8, help="trials per configuration")
     parser.add_argument("--workdir", type=Path, help="where the models and runs go (default: a temporary folder)")
-    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", choices=[*CONFIGS, *trial_comfyui.COMFYUI_CONFIGS],
+                        default=[*CONFIGS, "comfyui_graph", "comfyui_file"])
+    trial_comfyui.add_arguments(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     log.setLevel(logging.INFO)
@@ -124,6 +134,10 @@ def main() -> None:
         size = assets["model_a"].stat().st_size / 1e9
         results = []
         for name in args.configs:
+            if name in trial_comfyui.COMFYUI_CONFIGS:
+                log.info("%s: a fake ComfyUI, hand-off %s …", name, trial_comfyui.COMFYUI_CONFIGS[name])
+                results.append(trial_comfyui.run_comfyui_config(name, work, args, assets, STAGES, cli_main, REPO))
+                continue
             webuis, pipelined = CONFIGS[name]
             log.info("%s: %d WebUI(s), pipelined %s …", name, webuis, pipelined)
             results.append(run_config(name, webuis, pipelined, work, args, assets))
@@ -134,26 +148,30 @@ def main() -> None:
           f"render {args.render:g} s; render-bound ideal {ideal:.0f} trials/h per WebUI; {args.trials} trials each")
     print("/ideal: against switch + render as set; /busy: against the WebUI's own measured time a trial "
           "(load + generate, the sequential run's medians), the bound no client can beat")
-    print(f"{'config':<12} {'trials/h':>9} {'/ideal':>7} {'/busy':>6} " + " ".join(f"{s:>8}" for s in STAGES)
+    print(f"{'config':<13} {'trials/h':>9} {'/ideal':>7} {'/busy':>6} " + " ".join(f"{s:>8}" for s in STAGES)
           + "   (median s)")
     by = {r["name"]: r for r in results}
     first = by.get("sequential", results[0])["medians"]
     busy = 3600.0 / (first["load"] + first["generate"])
     for r in results:
-        webuis = CONFIGS[r["name"]][0]
-        print(f"{r['name']:<12} {r['per_hour']:9.0f} {r['per_hour'] / (ideal * webuis):7.2f} "
-              f"{r['per_hour'] / (busy * webuis):6.2f} "
+        webuis = r.get("webuis") or CONFIGS[r["name"]][0]
+        print(f"{r['name']:<13} {r['per_hour']:9.0f} {r['per_hour'] / (r.get('ideal', ideal) * webuis):7.2f} "
+              f"{r['per_hour'] / (r.get('busy', busy) * webuis):6.2f} "
               + " ".join(f"{r['medians'][s]:8.2f}" for s in STAGES) + f"   ({r['ok']}/{r['trials']} ok)")
     ours = first["suggest"] + first["merge"] + first["write"] + first["score"]
     print(f"sequential hand-off: ours (suggest, merge, write, score) {ours:.2f} s, the WebUI's (load, generate) "
           f"{first['load'] + first['generate']:.2f} s a trial")
+    for line in trial_comfyui.describe(results, args):
+        print(line)
     print(f"peak RSS of the benchmark process: {peak:.0f} MB")
-    pairs = [f"{r['name']}_vs_ideal={r['per_hour'] / (ideal * CONFIGS[r['name']][0]):.3f}" for r in results]
-    pairs += [f"{r['name']}_vs_busy={r['per_hour'] / (busy * CONFIGS[r['name']][0]):.3f}" for r in results]
+    share = lambda r, bound: r["per_hour"] / (bound * (r.get("webuis") or CONFIGS[r["name"]][0]))  # noqa: E731
+    pairs = [f"{r['name']}_vs_ideal={share(r, r.get('ideal', ideal)):.3f}" for r in results]
+    pairs += [f"{r['name']}_vs_busy={share(r, r.get('busy', busy)):.3f}" for r in results]
     if "sequential" in by and "pipelined" in by:
         pairs.append(f"pipelined_vs_sequential={by['pipelined']['per_hour'] / by['sequential']['per_hour']:.3f}")
     if "two_webuis" in by and "pipelined" in by:
         pairs.append(f"two_webuis_vs_one={by['two_webuis']['per_hour'] / by['pipelined']['per_hour']:.3f}")
+    pairs += trial_comfyui.pairs(results)
     pairs.append(f"peak_rss_mb={peak:.0f}")
     print(" ".join(pairs))
 
