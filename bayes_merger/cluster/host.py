@@ -32,7 +32,7 @@ from bayes_merger.executor import Slot
 from bayes_merger.inputs import Inputs
 from bayes_merger.merge.merger import Merger
 from bayes_merger.optimiser import Optimiser
-from bayes_merger.run import TrialLoop, _prepare_webuis, _renderer
+from bayes_merger.run import TrialLoop, _prepare_webuis, _renderer, _settle_comfyui_routes
 from bayes_merger.run_folder import IMAGES_DIR, Trial, TrialLog
 from bayes_merger.scoring import build_scorer
 
@@ -83,6 +83,7 @@ class TrialHost:
             optimiser = Optimiser(self.inputs.space, cfg.optimiser, cfg.run.seed)  # names each trial's phase
             self._loop = TrialLoop(self.inputs, merger, [slot], scorer, optimiser, TrialLog(self.scratch),
                                    threading.Event())
+            _settle_comfyui_routes(self._loop, {})  # a ComfyUI with comfyui_handoff auto: timed here, as on one machine
             self._slot = slot
         except BayesMergerError as error:
             raise type(error)(f"{self.label}: {error}") from None
