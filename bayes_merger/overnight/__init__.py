@@ -9,7 +9,9 @@ starts a new one. When the WebUI dies mid-run it restarts the WebUI and resumes,
 ``--max-restarts`` times. At the deadline, or on SIGTERM / Ctrl-C, bayes-merger gets a Ctrl-C (it
 keeps every finished trial) and the next night resumes. Its log and bayes-merger's go into one file
 per night, the WebUI's console into a second one beside it; the WebUI it started is stopped at the
-end (its process group: SIGTERM, then SIGKILL).
+end (its process group: SIGTERM, then SIGKILL). The WebUI may be a ComfyUI (``webui.backend: comfyui``
+in the config): it is ready when ``GET /system_stats`` answers, and WEBUI_COMMAND starts it (e.g.
+``python main.py --listen 127.0.0.1 --port 8188`` with WEBUI_CWD its folder); it has no options to set.
 
 bayes-merger runs as a child process in its own process group. Settings come from flags, else environment variables (``--env-file`` loads KEY=VALUE lines for
 variables not already set); ``--help`` lists them.
@@ -21,7 +23,7 @@ bayes-merger's own code (1 no successful trial, 2 config, 3 checkpoint/merge, 4 
 128 + N when stopped by signal N (130, 143).
 
     settings.py   flags, environment, env file, deadline, the composed config (``bayes-merger --cfg job``)
-    processes.py  the run.dir lock, the WebUI process it manages, the WebUI probe (the package's client)
+    processes.py  the run.dir lock, the WebUI process it manages, the WebUI probe (the package's clients)
     night.py      one night: start/restart the WebUI, run or resume bayes-merger, deadline and signals
     cli.py        ``bayes-merger-overnight`` (also ``python -m bayes_merger.overnight``): logging, exit codes
 """

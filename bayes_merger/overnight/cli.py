@@ -72,7 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not url:
             raise Failure("No WebUI address: set webui.url in the config, --webui-url or WEBUI_URL.", EXIT_CONFIG)
         try:
-            api = WebUIApi(str(url), settings.webui_auth or auth_of(sections.get("webui", {})))
+            webui = sections.get("webui", {})
+            api = WebUIApi(str(url), settings.webui_auth or auth_of(webui), str(webui.get("backend") or "a1111"))
         except BayesMergerError as error:
             raise Failure(str(error), EXIT_CONFIG) from error
         with RunDirLock(run_dir), api:

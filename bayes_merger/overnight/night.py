@@ -141,17 +141,18 @@ class Night:
     def _wait_ready(self) -> bool:
         deadline = time.monotonic() + self.settings.ready_timeout
         last = "no answer"
-        log.info("Waiting up to %g s for the WebUI API at %s.", self.settings.ready_timeout, self.api.url)
+        log.info("Waiting up to %g s for the %s API at %s.", self.settings.ready_timeout, self.api.kind, self.api.url)
         while not self.stopping():
             status = self.api.status(timeout=10)
             if status == 200:
-                log.info("The WebUI API answers.")
+                log.info("The %s API answers.", self.api.kind)
                 return True
             if status == 401:
                 raise Failure(f"The WebUI at {self.api.url} refuses our credentials (HTTP 401): set WEBUI_AUTH "
                               "or the config's webui.auth_env.", EXIT_WEBUI_DOWN)
             if status == 404:
-                last = "HTTP 404: still starting, or started without --api"
+                last = "HTTP 404: is it a ComfyUI?" if self.api.backend == "comfyui" \
+                    else "HTTP 404: still starting, or started without --api"
             elif status is not None:
                 last = f"HTTP {status}"
             if self.webui is not None and self.webui.process is not None and not self.webui.running:

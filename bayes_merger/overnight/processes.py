@@ -13,9 +13,12 @@ import subprocess
 from pathlib import Path
 from typing import IO, Any, Sequence
 
+import requests
+
 from bayes_merger.config import WebUIConfig
 from bayes_merger.errors import WebUIError
 from bayes_merger.overnight.settings import EXIT_LOCKED, EXIT_WEBUI_DOWN, Failure
+from bayes_merger.renderers.comfyui.http import ComfyApi
 from bayes_merger.webui.client import WebUIClient
 
 log = logging.getLogger("overnight")
@@ -59,18 +62,46 @@ class RunDirLock:
 
 
 class WebUIApi:
-    """The two calls the night needs, through the package's WebUI client: is the API up, and set options."""
+    """The two calls the night needs, through the package's clients: is the API up, and set options.
 
-    def __init__(self, url: str, auth: str | None) -> None:
+    ``backend`` is the config's ``webui.backend``: an A1111-type WebUI is up when ``GET /sdapi/v1/progress``
+    answers, a ComfyUI when ``GET /system_stats`` does; with ``auto`` either will do.
+    """
+
+    def __init__(self, url: str, auth: str | None, backend: str = "a1111") -> None:
         config = WebUIConfig(url=url, auth=auth, checkpoint_dir=".", read_timeout=60.0, retries=1)
+        self.backend = str(backend).lower()
+        if self.backend not in ("a1111", "comfyui", "auto"):
+            raise WebUIError(f"webui.backend must be one of a1111, comfyui, auto, not {backend!r}.")
         self._client = WebUIClient(config, run_id="overnight")
+        self._comfyui = ComfyApi(config)
         self.url = url.rstrip("/")
+        self.kind = "ComfyUI" if self.backend == "comfyui" else "WebUI"
 
     def status(self, timeout: float = 10.0) -> int | None:
-        """HTTP status of GET /sdapi/v1/progress, None when it cannot be reached."""
-        return self._client.status(timeout)
+        """HTTP status of the backend's readiness probe, None when it cannot be reached (with auto: 200
+        when either probe answers 200, else the A1111 one's)."""
+        if self.backend == "comfyui":
+            return self._comfyui_status(timeout)
+        status = self._client.status(timeout)
+        if self.backend == "auto" and status != 200 and self._comfyui_status(timeout) == 200:
+            return 200
+        return status
+
+    def is_comfyui(self, timeout: float = 10.0) -> bool:
+        return self.backend == "comfyui" or (self.backend == "auto" and self._client.status(timeout) != 200
+                                             and self._comfyui_status(timeout) == 200)
+
+    def _comfyui_status(self, timeout: float) -> int | None:
+        try:
+            return self._comfyui.probe((min(self._comfyui.config.connect_timeout, timeout), timeout)).status_code
+        except requests.RequestException:
+            return None
 
     def set_options(self, options: dict[str, Any]) -> None:
+        if self.is_comfyui():
+            log.info("ComfyUI has no options API: WEBUI_OPTIONS (%s) is not applied.", ", ".join(options))
+            return
         for key, value in options.items():  # one by one: an option a fork lacks must not block the others
             try:
                 self._client.set_option(key, value)
@@ -87,6 +118,7 @@ class WebUIApi:
 
     def __exit__(self, *exc: object) -> None:
         self._client.close()
+        self._comfyui.close()
 
 
 class ManagedWebUI:

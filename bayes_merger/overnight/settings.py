@@ -80,11 +80,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         prog="bayes-merger-overnight",
         description="One unattended night of bayes-merger: start the WebUI, resume the latest unfinished run "
                     "(or start one), restart the WebUI if it dies, stop it at the end.",
-        epilog="WebUI settings come from the environment: WEBUI_COMMAND (the command that starts it; unset: "
-               "use a WebUI that is already running), WEBUI_CWD, WEBUI_ENV ('KEY=VALUE ...' added to its "
+        epilog="WebUI settings come from the environment: WEBUI_COMMAND (the command that starts it, e.g. "
+               "'python main.py --listen 127.0.0.1 --port 8188' for a ComfyUI; unset: use a WebUI that is already "
+               "running), WEBUI_CWD, WEBUI_ENV ('KEY=VALUE ...' added to its "
                "environment), WEBUI_URL (default: webui.url of the config), WEBUI_AUTH ('user:password'; "
                "default: the config's webui.auth / webui.auth_env), WEBUI_OPTIONS (JSON object of options "
-               f"POSTed to {OPTIONS} once the API answers; default {DEFAULT_WEBUI_OPTIONS}; '' or '{{}}': none).",
+               f"POSTed to {OPTIONS} once the API answers; default {DEFAULT_WEBUI_OPTIONS}; '' or '{{}}': none; not for "
+               "a ComfyUI). The config's webui.backend says how readiness is asked: A1111 answers "
+               "/sdapi/v1/progress, ComfyUI /system_stats.",
     )
     parser.add_argument("--env-file", type=Path, help="read KEY=VALUE lines into the environment (set variables win)")
     parser.add_argument("--config", default=env("OVERNIGHT_CONFIG"),

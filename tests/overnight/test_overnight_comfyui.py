@@ -1,0 +1,145 @@
+"""bayes-merger-overnight with a ComfyUI as its WebUI: ready when /system_stats answers, started by
+WEBUI_COMMAND, restarted when it dies mid-run and the run resumed; no A1111 options sent to it."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bayes_merger.errors import WebUIError
+from bayes_merger.overnight.processes import WebUIApi
+from bayes_merger.testing.fake_comfyui import FakeComfyUI
+from tests.overnight.test_overnight import PYTHON, REPO, World, assets, finished, trials  # noqa: F401 (assets: a fixture)
+
+PROMPTS_PER_TRIAL = 4  # payloads/demo.yaml: two payloads of two images, one prompt an image
+
+DYING_COMFYUI = '''
+"""The fake ComfyUI, mortal: its first DEATHS lives exit when the client queues prompt N + 1."""
+import os, sys, time
+from pathlib import Path
+from bayes_merger.testing.fake_comfyui import FakeComfyUI, main
+
+checkpoint_dir, port, counter, deaths, n = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+died = int(counter.read_text()) if counter.exists() else 0
+if died >= deaths:  # a healthy ComfyUI from now on
+    sys.exit(main(["--checkpoint-dir", checkpoint_dir, "--port", str(port)]))
+server = FakeComfyUI(Path(checkpoint_dir), port=port).start()
+deadline = time.monotonic() + 120
+while time.monotonic() < deadline and len(server.requests_to("/prompt", "POST")) <= n:
+    time.sleep(0.05)
+counter.write_text(str(died + 1))
+os._exit(1)  # a crash: no goodbye, every connection reset
+'''
+
+
+# ------------------------------------------------------------------------------ the probe
+
+
+@pytest.fixture
+def comfyui(tmp_path: Path):
+    with FakeComfyUI(tmp_path / "checkpoints") as server:
+        yield server
+
+
+def test_a_comfyui_is_ready_when_system_stats_answers(comfyui: FakeComfyUI) -> None:
+    with WebUIApi(comfyui.url, None, "comfyui") as api:
+        assert api.status(timeout=5) == 200 and api.kind == "ComfyUI"
+    assert [r.path for r in comfyui.requests] == ["/system_stats"]
+    with WebUIApi(comfyui.url, None, "a1111") as api:  # the A1111 probe gets ComfyUI's 404
+        assert api.status(timeout=5) == 404
+    with WebUIApi(comfyui.url, None, "auto") as api:
+        assert api.status(timeout=5) == 200
+
+
+def test_a_stopped_comfyui_does_not_answer(comfyui: FakeComfyUI) -> None:
+    comfyui.stop()
+    with WebUIApi(comfyui.url, None, "comfyui") as api:
+        assert api.status(timeout=2) is None
+
+
+def test_no_a1111_options_are_posted_to_a_comfyui(comfyui: FakeComfyUI) -> None:
+    with WebUIApi(comfyui.url, None, "auto") as api:
+        api.set_options({"sd_checkpoints_limit": 1})
+    assert not comfyui.requests_to("/sdapi/v1/options", "POST")
+
+
+def test_an_unknown_backend_is_refused() -> None:
+    with pytest.raises(WebUIError, match="webui.backend must be one of"):
+        WebUIApi("http://127.0.0.1:1", None, "invokeai")
+
+
+# ------------------------------------------------------------------------------ a night
+
+
+def write_comfyui_config(world: World, init_points: int) -> Path:
+    """conf/demo.yaml's settings against the ComfyUI at the world's port, merged in its graph."""
+    (world.checkpoint_dir / "bayes-merger").mkdir()
+    for key in ("model_a", "model_b"):
+        (world.checkpoint_dir / world.assets[key].name).symlink_to(world.assets[key])
+    text = textwrap.dedent(f"""\
+        defaults:
+          - bayes_merger
+          - _self_
+        demo: false
+        model_a: {world.assets["model_a"]}
+        model_b: {world.assets["model_b"]}
+        save_images: false
+        save_best: false
+        run:
+          dir: {world.runs}
+        webui:
+          backend: comfyui
+          comfyui_handoff: graph
+          url: http://127.0.0.1:{world.port}
+          checkpoint_dir: {world.checkpoint_dir / "bayes-merger"}
+          connect_timeout: 2.0
+          read_timeout: 30.0
+          retries: 1
+          backoff_factor: 0.0
+          ready_timeout: 5.0
+          poll_interval: 0.1
+        payloads:
+          dir: {REPO / "payloads" / "demo.yaml"}
+          wildcards_dir: {REPO / "payloads" / "wildcards"}
+        scorer:
+          name: aesthetic_head
+          clip: {world.assets["clip"]}
+          head: {world.assets["head"]}
+        optimiser:
+          init_points: {init_points}
+          n_iters: 0
+        hydra:
+          run:
+            dir: ${{bm_run_dir:${{resume}},${{run.dir}},${{merge.method}},${{scorer.name}}}}
+          output_subdir: null
+          job:
+            chdir: false
+        """)
+    path = world.folder / "comfyui.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_comfyui_that_dies_mid_run_is_restarted_and_the_run_finished(tmp_path: Path,
+                                                                        assets: dict[str, Path]) -> None:
+    world = World(tmp_path, assets)
+    config = write_comfyui_config(world, init_points=2)
+    wrapper = tmp_path / "mortal_comfyui.py"
+    wrapper.write_text(DYING_COMFYUI)
+    mortal = (f"{PYTHON} {wrapper} {world.checkpoint_dir} {world.port} {tmp_path / 'deaths'} 1 "
+              f"{PROMPTS_PER_TRIAL}")
+
+    night = world.night("--max-restarts", "1", webui_command=mortal, config=config)
+
+    assert night.returncode == 0, night.log[-3000:]
+    assert "Waiting up to 60 s for the ComfyUI API at" in night.log and "The ComfyUI API answers." in night.log
+    assert "The WebUI went down; restarting it and resuming (restart 1 of 1)." in night.log
+    assert len(re.findall(r"WebUI started, pid", night.log)) == 2
+    assert "ComfyUI has no options API" in night.log and "sd_checkpoints_limit = 1 set" not in night.log
+    [folder] = night.run_folders
+    assert [t["trial"] for t in trials(folder)] == [0, 1] and all(t["status"] == "ok" for t in trials(folder))
+    assert finished(folder)
+    world.assert_webui_gone()
