@@ -2,8 +2,9 @@
 
 Several methods can produce NaN or infinity for some weights (a difference scaled far out of range
 overflows fp16, a division by a near-zero norm); a WebUI given such a checkpoint renders black or
-noise, or fails every generation. One pass of float64 sums finds them: a sum is finite exactly when
-every value summed is (float64 cannot overflow on the sum of fp16, bf16 or fp32 values of one tensor).
+noise, or fails every generation. One pass of ``aminmax`` in the tensor's own dtype finds them: both
+ends propagate NaN, and an infinity is one of the ends. (Measured on full-size SD1 in fp16, 2 CPU
+threads: 0.1 s, against 2.6 s for float64 sums, whose conversion torch does not vectorise.)
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ def check_finite(tensors: Mapping[str, torch.Tensor], architecture: Architecture
     if not keys:
         return
     with torch.no_grad():
-        sums = torch.stack([tensors[key].sum(dtype=torch.float64) for key in keys])
-        bad = torch.nonzero(~torch.isfinite(sums)).flatten().tolist()
+        ends = torch.stack([torch.stack(torch.aminmax(tensors[key])).float() for key in keys])
+        bad = torch.nonzero(~torch.isfinite(ends).all(dim=1)).flatten().tolist()
     if not bad:
         return
     blocks: list[str] = []

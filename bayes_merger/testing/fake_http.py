@@ -11,6 +11,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -116,7 +117,7 @@ class FakeHTTPServer:
         self._connections: set[socket.socket] = set()
         self._stopping = False
         self._faults: list[_Fault] = []
-        self._delays: dict[str, float] = {}
+        self._delays: dict[tuple[str, str | None], tuple[float, bool]] = {}
         self._holds: dict[tuple[str, str | None], threading.Event] = {}
         self._stop_event = threading.Event()
 
@@ -245,10 +246,12 @@ class FakeHTTPServer:
         with self._lock:
             self._faults.insert(0, _Fault("startup", count))
 
-    def delay(self, path: str, seconds: float) -> None:
-        """Answer requests to ``path`` only after ``seconds`` (0 removes the delay)."""
+    def delay(self, path: str, seconds: float, method: str | None = None, *, in_all: bool = False) -> None:
+        """Answer requests to ``path`` (with ``method``, if given) only after ``seconds`` (0 removes the
+        delay); ``in_all``: ``seconds`` after the request came, the server's own work on it included
+        (a server whose switch takes that long, whatever part of it is reading the file)."""
         with self._lock:
-            self._delays[path] = seconds
+            self._delays[(path, method)] = (seconds, in_all)
 
     def hold(self, path: str, method: str | None = None) -> threading.Event:
         """Keep requests to ``path`` (with ``method``, if given) waiting until the returned event is
@@ -309,10 +312,11 @@ class FakeHTTPServer:
             if fault.status == 500:
                 return self._exception(fault.message)
             return self._http_exception(fault.status, fault.message)
+        came = time.monotonic()
         with self._lock:
-            seconds = self._delays.get(path, 0.0)
+            seconds, in_all = self._delays.get((path, method)) or self._delays.get((path, None)) or (0.0, False)
             hold = self._holds.get((path, method)) or self._holds.get((path, None))
-        if seconds:
+        if seconds and not in_all:
             self._stop_event.wait(seconds)
         if hold is not None:
             with self._records_changed:
@@ -327,7 +331,10 @@ class FakeHTTPServer:
             denied = _check_auth(authorization, self._users)
             if denied:
                 return _Response(401, {"detail": denied}, headers={"WWW-Authenticate": "Basic"})
-        return self._route(method, path, raw)
+        response = self._route(method, path, raw)
+        if seconds and in_all:
+            self._stop_event.wait(max(0.0, came + seconds - time.monotonic()))
+        return response
 
     def _take_fault(self, path: str, method: str) -> _Fault | None:
         with self._lock:

@@ -205,6 +205,24 @@ def test_check_finite_finds_inf_and_accepts_the_largest_finite_values():
         check_finite({key: big}, arch, "add_difference")
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_check_finite_finds_each_kind_of_bad_value_in_each_precision_and_names_its_block(dtype, bad):
+    arch = architecture("sd1")
+    fine = "model.diffusion_model.input_blocks.4.0.in_layers.0.weight"
+    scalar = "cond_stage_model.transformer.text_model.final_layer_norm.bias"  # BASE; a 0-d tensor here
+    tensors = {fine: torch.randn(1000, dtype=dtype), scalar: torch.tensor(0.5, dtype=dtype),
+               "model.diffusion_model.output_blocks.2.1.conv.weight": torch.randn(64, dtype=dtype)}
+    check_finite(tensors, arch, "weighted_sum")
+    tensors[scalar] = torch.tensor(bad, dtype=dtype)
+    with pytest.raises(MergeError, match=f"NaN or infinite values in block BASE, first in {scalar}"):
+        check_finite(tensors, arch, "weighted_sum")
+    tensors[scalar] = torch.tensor(0.5, dtype=dtype)
+    tensors["model.diffusion_model.output_blocks.2.1.conv.weight"][-1] = bad
+    with pytest.raises(MergeError, match="in block OUT02"):
+        check_finite(tensors, arch, "weighted_sum")
+
+
 # ------------------------------------------------------------------------- disk full, no permission
 
 

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -259,6 +260,24 @@ def test_a_stop_ends_held_requests_unanswered_and_the_restart_keeps_the_port(fak
 
     assert fake_webui.port == port
     assert get(fake_webui, "/progress").status_code == 200
+
+
+def test_a_delay_for_one_method_leaves_the_others_alone_and_in_all_counts_the_server_s_own_work(fake_webui):
+    tiny(fake_webui.checkpoint_dir / "a.safetensors", 1)
+    tiny(fake_webui.checkpoint_dir / "b.safetensors", 2)
+    fake_webui.delay(API + "/options", 60, "POST")
+    with ThreadPoolExecutor(1) as pool:
+        switching = pool.submit(post, fake_webui, "/options", {"sd_model_checkpoint": "a.safetensors"})
+        assert get(fake_webui, "/options").status_code == 200  # answered while the POST still waits
+        assert not switching.done()
+        fake_webui.stop()
+    # in_all: the answer comes ``seconds`` after the request, the load's own work inside that time
+    fake_webui.start()
+    fake_webui.delay(API + "/options", 0.5, "POST", in_all=True)
+    began = time.monotonic()
+    assert post(fake_webui, "/options", {"sd_model_checkpoint": "b.safetensors"}).status_code == 200
+    assert time.monotonic() - began >= 0.5
+    assert fake_webui.loaded_model == "b.safetensors"
 
 
 def test_the_command_line_server_runs_until_sigterm(tmp_path):
