@@ -62,7 +62,8 @@ class WebUIConfig:
     backend: str = "a1111"
     # ComfyUI only. How each trial's merge reaches it: graph (weighted_sum merged inside the graph by
     # ModelMergeSD1/SDXL + CLIPMergeSimple, no file), file (written into checkpoint_dir, a sub-folder
-    # of ComfyUI's models/checkpoints), or auto (graph where the method and bounds allow it)
+    # of ComfyUI's models/checkpoints), or auto (where both can be taken, one trial timed each way
+    # before trial 0 and the faster kept in run.json; else the one that can)
     comfyui_handoff: str = "auto"
     # ComfyUI, in the graph: models A and B as ComfyUI lists them (null: found by their file names)
     comfyui_model_a: Optional[str] = None
