@@ -316,6 +316,10 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
 
     def _serve_websocket(self, handler: Any, client_id: str) -> None:
         ws = ServerWebSocket.accept(handler)
+        # a websocket stays open however long its client is silent, as aiohttp's does; the idle timeout
+        # of HTTP connections would end it (a timed-out socket file cannot be read again); stop() and
+        # drops shut the connection down, which ends the read
+        handler.connection.settimeout(None)
         with self._records_changed:
             self._records.append(RecordedRequest("GET", "/ws", {"clientId": client_id}, 101))
             self._records_changed.notify_all()

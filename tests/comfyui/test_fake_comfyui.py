@@ -155,3 +155,20 @@ def test_a_node_delay_costs_its_time_only_when_the_node_runs(fake_comfyui):
             time.sleep(0.01)
         times.append(time.monotonic() - start)
     assert times[0] >= 0.3 and fake_comfyui.executed[1] == []
+
+
+def test_a_silent_websocket_outlives_the_idle_timeout_of_http_connections(fake_comfyui, monkeypatch):
+    import time
+
+    from bayes_merger.testing import fake_http
+
+    monkeypatch.setattr(fake_http._Handler, "timeout", 0.1)
+    ws = websocket.create_connection(fake_comfyui.url.replace("http", "ws") + "/ws?clientId=me", timeout=5)
+    ws.recv()  # the first status
+    time.sleep(0.5)  # the silence under test: several idle timeouts of an HTTP connection
+    requests.post(fake_comfyui.url + "/prompt", json={"prompt": prompt(), "client_id": "me", "prompt_id": "late"})
+    kinds = []
+    while not kinds or kinds[-1] != "execution_success":
+        kinds.append(json.loads(ws.recv())["type"])
+    ws.close()
+    assert "execution_start" in kinds
