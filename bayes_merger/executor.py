@@ -9,7 +9,8 @@ finished, and runs the trial in two halves:
   render   on its WebUI and nobody else's trial: move the staged file into place, refresh, select,
            confirm, render, score (the WebUI's work)
 
-Pipelined, the next trial's prepare runs while the WebUI renders, so our work hides behind the render.
+Pipelined, the next trial's prepare runs while the WebUI renders, so our work hides behind the render;
+it starts once the model of the trial before is loaded (``Slot.reserve``), not during that load.
 Memory: the Merger's one output buffer, and on disk one staged merge per slot beside the one loaded.
 A finished trial is handed to ``on_trial`` (the trial log, best.yaml, the progress bar) under one lock,
 so the trial log stays one line per finished trial, in the order they finish.
@@ -45,6 +46,25 @@ class Slot:
     checkpoint_dir: Path
     lock: threading.Lock = field(default_factory=threading.Lock)
     alive: bool = True
+    # trials between the start of their merge and the end of their model's load on this WebUI: the next
+    # trial's merge waits until there are none, so that it overlaps the render rather than competing
+    # with the load for the disk, the memory bus and the CPUs
+    _loading: set[int] = field(default_factory=set)
+    _changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def reserve(self, index: int, stop: threading.Event) -> None:
+        """Wait until no other trial merges for this WebUI or loads on it (or the run is asked to stop),
+        then count trial ``index`` as one, until ``loaded``."""
+        with self._changed:
+            while self._loading and not stop.is_set():
+                self._changed.wait(0.2)
+            self._loading.add(index)
+
+    def loaded(self, index: int) -> None:
+        """Trial ``index`` has its model loaded, or will load none: the next trial may merge."""
+        with self._changed:
+            self._loading.discard(index)
+            self._changed.notify_all()
 
 
 class Stages(Protocol):
@@ -134,20 +154,24 @@ class Executor:
                 self.on_trial(trial)
 
     def _run_trial(self, index: int, params: dict[str, float], slot: Slot, timings: dict[str, float]) -> Trial | None:
+        slot.reserve(index, self.stop)
         try:
-            with self._merging:
-                prepared = self.stages.prepare(index, params, slot, timings)
-        except (WebUIConnectionError, StorageError):
-            raise  # not this merge's fault: the WebUI is lost, or the disk is full (the run stops)
-        except BayesMergerError as error:
-            return self.stages.failed(index, params, error, slot, timings)
-        try:
-            with slot.lock:
-                return self.stages.render(index, params, prepared, slot, timings)
-        except WebUIConnectionError as error:
-            self.stages.discard(prepared)
-            self._lost(slot, index, error)
-            return None
+            try:
+                with self._merging:
+                    prepared = self.stages.prepare(index, params, slot, timings)
+            except (WebUIConnectionError, StorageError):
+                raise  # not this merge's fault: the WebUI is lost, or the disk is full (the run stops)
+            except BayesMergerError as error:
+                return self.stages.failed(index, params, error, slot, timings)
+            try:
+                with slot.lock:
+                    return self.stages.render(index, params, prepared, slot, timings)
+            except WebUIConnectionError as error:
+                self.stages.discard(prepared)
+                self._lost(slot, index, error)
+                return None
+        finally:
+            slot.loaded(index)
 
     def suggestion(self, index: int) -> dict[str, float]:
         """The parameters of trial ``index``: logged, or suggested from what the schedule lets it know.

@@ -312,6 +312,7 @@ class TrialLoop:
                     slot.webui.load_weights(weights, trial=index)
                 else:
                     slot.webui.load_checkpoint(lambda path: os.replace(prepared.staged, path), trial=index)
+            slot.loaded(index)  # the next trial's merge may start: it overlaps this render
             with _timed(timings, "generate"):
                 images, contexts = self._render(index, slot, weights.alpha_string())
             self.render_checks[slot.name].check(index, weights.alpha + (weights.beta or ()),

@@ -115,6 +115,45 @@ def test_pipelined_trials_never_share_the_webui():
     assert not stages.overlap
 
 
+def test_pipelined_the_next_merge_waits_for_the_model_load_and_overlaps_the_render():
+    events, lock = [], threading.Lock()
+
+    class Loading(Stages):
+        def prepare(self, index, params, slot, timings):
+            with lock:
+                events.append(("merge", index))
+            return index
+
+        def render(self, index, params, prepared, slot, timings):
+            with lock:
+                events.append(("load", index))
+            time.sleep(0.002)  # the load takes time: a merge started now would overlap it
+            with lock:
+                events.append(("loaded", index))
+            slot.loaded(index)
+            time.sleep(0.01)  # the render: the next trial merges meanwhile
+            with lock:
+                events.append(("rendered", index))
+            return _trial(index, params, _score(params), webui=slot.name)
+
+    stages, log = Loading(), []
+    Executor(stages, _optimiser(), [_slot("a")], {}, 12, log.append, threading.Event(), depth=2).run()
+    assert sorted(t.trial for t in log) == list(range(12))
+    loading = None
+    for kind, index in events:
+        if kind == "load":
+            loading = index
+        elif kind == "loaded":
+            loading = None
+        elif kind == "merge":
+            assert loading is None, f"trial {index}'s merge began during trial {loading}'s load"
+    merges = [i for kind, i in events if kind == "merge"]
+    rendered = [i for kind, i in events if kind == "rendered"]
+    overlapped = [i for i in range(1, 12) if events.index(("merge", i)) < events.index(("rendered", i - 1))]
+    assert merges == rendered == list(range(12))
+    assert overlapped, "no merge overlapped the render before it: not pipelined"
+
+
 def test_a_lost_webui_hands_its_trial_to_another_and_the_run_goes_on():
     dead = FakeWebUI(fail_first=True, comes_back=False)
     log, stages = _run([_slot("a", dead), _slot("b")])
