@@ -5,6 +5,7 @@ models and to render, sequential vs pipelined vs two WebUIs, side by side in one
     python benchmarks/bench_trial.py --scale 0.1 --render 2 --switch 0.5 --trials 6   # a quick look
     python benchmarks/bench_trial.py --sdxl --scale 0.25
     python benchmarks/bench_trial.py --configs comfyui_graph comfyui_file --patch 4.8 --load 0.5   # ComfyUI routes
+    python benchmarks/bench_trial.py --configs sequential ray1 ray2 ray3 --scale 0.25   # WebUI hosts on Ray
 
 Each configuration runs ``bayes-merger`` itself (the CLI, the Merger, the WebUI client, the tiny
 scorer of the demo) on in-process fake A1111 servers whose ``/sdapi/v1/options`` (the model switch)
@@ -19,6 +20,10 @@ The ComfyUI rows (comfyui_graph, comfyui_file, comfyui_auto; benchmarks/trial_co
 loop against a fake ComfyUI whose loader, block-merge node and sampler take ``--load``, ``--patch`` and
 ``--render`` seconds: the merge handed over in the graph (a re-patch a trial) or by file (our merge and
 write, then a load a trial). Their /ideal and /busy are against ComfyUI's own time by their route.
+
+The Ray rows (ray1, ray2, ray3; benchmarks/trial_ray.py; needs the ray extra) run the loop on 1–3
+WebUI hosts of a local Ray instance, an actor per fake WebUI merging, rendering and scoring its trials;
+rayN_vs_one on the last line is against one WebUI on one machine (the sequential row), target ≥ 0.8·N.
 
 The last line holds the key ratios as name=value pairs.
 """
@@ -46,6 +51,7 @@ from bayes_merger.testing.fake_webui import FakeWebUI  # noqa: E402
 from bayes_merger.testing.models import make_checkpoint  # noqa: E402
 from bayes_merger.testing.tiny_clip import make_tiny_clip, make_tiny_head  # noqa: E402
 import trial_comfyui  # noqa: E402
+import trial_ray  # noqa: E402
 
 log = logging.getLogger("bench_trial")
 STAGES = ("suggest", "merge", "write", "load", "generate", "score", "total")
@@ -114,7 +120,7 @@ def main() -> None:
     parser.add_argument("--switch", type=float, default=2.0, help="seconds the fake WebUI takes per model switch")
     parser.add_argument("--trials", type=int, default=8, help="trials per configuration")
     parser.add_argument("--workdir", type=Path, help="where the models and runs go (default: a temporary folder)")
-    parser.add_argument("--configs", nargs="+", choices=[*CONFIGS, *trial_comfyui.COMFYUI_CONFIGS],
+    parser.add_argument("--configs", nargs="+", choices=[*CONFIGS, *trial_comfyui.COMFYUI_CONFIGS, *trial_ray.RAY_CONFIGS],
                         default=[*CONFIGS, "comfyui_graph", "comfyui_file"])
     trial_comfyui.add_arguments(parser)
     args = parser.parse_args()
@@ -137,6 +143,10 @@ def main() -> None:
             if name in trial_comfyui.COMFYUI_CONFIGS:
                 log.info("%s: a fake ComfyUI, hand-off %s …", name, trial_comfyui.COMFYUI_CONFIGS[name])
                 results.append(trial_comfyui.run_comfyui_config(name, work, args, assets, STAGES, cli_main, REPO))
+                continue
+            if name in trial_ray.RAY_CONFIGS:
+                log.info("%s: %d WebUI host(s) on a local Ray …", name, trial_ray.RAY_CONFIGS[name])
+                results.append(trial_ray.run_ray_config(name, work, args, assets, STAGES, cli_main, REPO))
                 continue
             webuis, pipelined = CONFIGS[name]
             log.info("%s: %d WebUI(s), pipelined %s …", name, webuis, pipelined)
@@ -163,6 +173,8 @@ def main() -> None:
           f"{first['load'] + first['generate']:.2f} s a trial")
     for line in trial_comfyui.describe(results, args):
         print(line)
+    for line in trial_ray.describe(results):
+        print(line)
     print(f"peak RSS of the benchmark process: {peak:.0f} MB")
     share = lambda r, bound: r["per_hour"] / (bound * (r.get("webuis") or CONFIGS[r["name"]][0]))  # noqa: E731
     pairs = [f"{r['name']}_vs_ideal={share(r, r.get('ideal', ideal)):.3f}" for r in results]
@@ -172,6 +184,7 @@ def main() -> None:
     if "two_webuis" in by and "pipelined" in by:
         pairs.append(f"two_webuis_vs_one={by['two_webuis']['per_hour'] / by['pipelined']['per_hour']:.3f}")
     pairs += trial_comfyui.pairs(results)
+    pairs += trial_ray.pairs(results)
     pairs.append(f"peak_rss_mb={peak:.0f}")
     print(" ".join(pairs))
 
