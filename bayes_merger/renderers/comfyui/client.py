@@ -24,16 +24,12 @@ Two hand-offs (``graph`` for how a merge becomes nodes):
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Callable, Mapping
-
-from PIL import Image, UnidentifiedImageError
 
 from bayes_merger.config import WebUIConfig
 from bayes_merger.errors import ConfigError, WebUIConnectionError, WebUIError
@@ -43,6 +39,7 @@ from bayes_merger.renderers.comfyui import blocks, graph as graphs
 from bayes_merger.renderers.comfyui.events import EventStream
 from bayes_merger.renderers.comfyui.files import ComfyMergeFiles, basename
 from bayes_merger.renderers.comfyui.http import ComfyApi, http_error
+from bayes_merger.renderers.comfyui.images import prompt_images
 from bayes_merger.webui.client import Generation
 from bayes_merger.webui.http import wait_until_ready as poll_until_ready
 
@@ -226,7 +223,9 @@ class ComfyUIClient:
         for values in graphs.image_values(request, samplers, schedulers, "the payload"):
             graph = self._shown(graphs.fill(self._workflow, {**values, "output": f"bayes-merger/{self._run_id}"}))
             prompt_id, entry, frames = self._run_for_images(graph)
-            rendered = self._images(entry, graph, frames)
+            rendered = prompt_images(entry, graph, frames,
+                                     lambda params: self._api.request("GET", "/view", params=params, raw=True),
+                                     self._shown_label)
             images.extend(rendered)
             seeds.extend([values["seed"]] * len(rendered))
             prompt_ids.append(prompt_id)
@@ -341,42 +340,6 @@ class ComfyUIClient:
             raise WebUIError(_execution_error(prompt_id, {"type": last[0], **(last[1] if len(last) > 1 else {})}))
         return dict(entry)
 
-    def _images(self, entry: Mapping[str, Any], sent: Mapping[str, Any],
-                frames: Mapping[str, list[bytes]]) -> list[Image.Image]:
-        """The prompt's images: from its SaveImageWebsocket nodes when it has any, else its saved files."""
-        echoed = entry.get("prompt")
-        echoed_graph = echoed[2] if isinstance(echoed, list) and len(echoed) > 2 else None
-        expected = graphs.handoff_nodes(sent)
-        if isinstance(echoed_graph, Mapping) and graphs.handoff_nodes(echoed_graph) != expected:
-            raise WebUIError(f"ComfyUI's history shows another model than the one sent ({self._shown_label}); "
-                             "these images are not scored.")
-        if graphs.websocket_savers(sent):
-            return [_decoded(data, f"an image node {node_id} sent over the websocket")
-                    for node_id in sorted(frames, key=lambda n: (len(n), n)) for data in frames[node_id]]
-        images = []
-        outputs = entry.get("outputs") or {}
-        for node_id in sorted(outputs, key=lambda n: (len(n), n)):
-            for ref in (outputs[node_id] or {}).get("images") or []:
-                params = {"filename": ref.get("filename", ""), "subfolder": ref.get("subfolder", ""),
-                          "type": ref.get("type", "output")}
-                data = self._api.request("GET", "/view", params=params, raw=True)
-                try:
-                    image = Image.open(io.BytesIO(data))
-                    image.load()
-                except (UnidentifiedImageError, OSError) as exc:
-                    raise WebUIError(f"GET /view of {params['filename']} is not an image ({exc}).") from exc
-                text = getattr(image, "text", {}).get("prompt") if hasattr(image, "text") else None
-                if text:
-                    try:
-                        in_png = graphs.handoff_nodes(json.loads(text))
-                    except (json.JSONDecodeError, AttributeError):
-                        in_png = expected
-                    if in_png != expected:
-                        raise WebUIError(f"Image {params['filename']} was rendered by another graph than the one "
-                                         f"sent ({self._shown_label}); it is not scored.")
-                images.append(image.convert("RGB"))
-        return images
-
     # --------------------------------------------------------------------------- server facts
 
     def _sampler_names(self) -> tuple[list[str], list[str]]:
@@ -447,15 +410,6 @@ class ComfyUIClient:
             raise ConfigError("webui.checkpoint_dir is not set: with ComfyUI, point it at a sub-folder of "
                               "ComfyUI's models/checkpoints (e.g. models/checkpoints/bayes-merger).")
         return self._files
-
-
-def _decoded(data: bytes, what: str) -> Image.Image:
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except (UnidentifiedImageError, OSError) as exc:
-        raise WebUIError(f"ComfyUI sent {what} that is not an image ({exc}).") from exc
-    return image.convert("RGB")
 
 
 def _execution_error(prompt_id: str, event: Mapping[str, Any]) -> str:
