@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
