@@ -8,11 +8,14 @@ models and to render, sequential vs pipelined vs two WebUIs, side by side in one
     python benchmarks/bench_trial.py --configs sequential ray1 ray2 ray3 --scale 0.25   # WebUI hosts on Ray
 
 Each configuration runs ``bayes-merger`` itself (the CLI, the Merger, the WebUI client, the tiny
-scorer of the demo) on in-process fake A1111 servers whose ``/sdapi/v1/options`` (the model switch)
-answers after ``--switch`` seconds and whose ``/sdapi/v1/txt2img`` answers after ``--render`` seconds
-(one payload, one image a trial). The render-bound ideal keeps the WebUI busy all the time: one trial
-per switch + render. Throughput is measured between the first and the last finished trial (the models'
-load at the start is not a trial's cost). Per-stage medians come from the trial log's timings: ours
+scorer of the demo) on in-process fake A1111 servers whose ``POST /sdapi/v1/options`` (the model
+switch) answers ``--switch`` seconds after it came and whose ``POST /sdapi/v1/txt2img`` answers
+``--render`` seconds after it came (one payload, one image a trial); the fake's own work (reading and
+hashing the new file, as A1111 does) is part of those times, or lengthens them when it takes longer.
+The render-bound ideal keeps the WebUI busy all the time: one trial per switch + render. Throughput
+is counted from the end of the first round of trials to the last finished trial
+(``throughput.trials_per_hour``: the models' load at the start is not a trial's cost). Per-stage
+medians come from the trial log's timings: ours
 (suggest, merge, write, score) and the WebUI's (load: write-in-place + refresh + select + confirm;
 generate). The peak RSS is the whole benchmark process's.
 
@@ -51,6 +54,7 @@ from bayes_merger.testing.fake_webui import FakeWebUI  # noqa: E402
 from bayes_merger.testing.models import make_checkpoint  # noqa: E402
 from bayes_merger.testing.tiny_clip import make_tiny_clip, make_tiny_head  # noqa: E402
 import trial_comfyui  # noqa: E402
+from throughput import trials_per_hour  # noqa: E402
 import trial_ray  # noqa: E402
 
 log = logging.getLogger("bench_trial")
@@ -68,8 +72,10 @@ def run_config(name: str, webuis: int, pipelined: bool, work: Path, args: argpar
         folder = work / f"{name}-webui{n}"
         folder.mkdir(parents=True)
         server = FakeWebUI(folder).start()
-        server.delay("/sdapi/v1/options", args.switch)
-        server.delay("/sdapi/v1/txt2img", args.render)
+        # the switch and the render take these times in all, the fake's own work (reading and hashing
+        # the file, as A1111 does) included; GET /options (the client's confirmation) is not a switch
+        server.delay("/sdapi/v1/options", args.switch, "POST", in_all=True)
+        server.delay("/sdapi/v1/txt2img", args.render, "POST", in_all=True)
         servers.append(server)
     finished: list[float] = []
     original = TrialLoop.record
@@ -105,8 +111,7 @@ def run_config(name: str, webuis: int, pipelined: bool, work: Path, args: argpar
     run_dir = next(p for p in (work / name / "runs").iterdir() if p.is_dir())
     trials = [json.loads(line) for line in (run_dir / "trials.jsonl").read_text().splitlines()]
     medians = {stage: statistics.median(t["timings"].get(stage, 0.0) for t in trials) for stage in STAGES}
-    span = finished[-1] - finished[0]
-    per_hour = 3600.0 * (len(finished) - 1) / span if span > 0 else float("nan")
+    per_hour = trials_per_hour(finished, webuis)
     return {"name": name, "trials": len(trials), "per_hour": per_hour, "medians": medians,
             "ok": sum(t["status"] == "ok" for t in trials)}
 

@@ -22,6 +22,7 @@ from typing import Callable
 
 from bayes_merger.run import TrialLoop
 from bayes_merger.testing.fake_comfyui import FakeComfyUI
+from throughput import trials_per_hour
 
 # name: the webui.comfyui_handoff it runs with
 COMFYUI_CONFIGS = {"comfyui_graph": "graph", "comfyui_file": "file", "comfyui_auto": "auto"}
@@ -84,8 +85,7 @@ def run_comfyui_config(name: str, work: Path, args: argparse.Namespace, assets: 
     run_dir = next(p for p in (work / name / "runs").iterdir() if p.is_dir())
     trials = [json.loads(line) for line in (run_dir / "trials.jsonl").read_text().splitlines()]
     medians = {stage: statistics.median(t["timings"].get(stage, 0.0) for t in trials) for stage in stages}
-    span = finished[-1] - finished[0]
-    per_hour = 3600.0 * (len(finished) - 1) / span if span > 0 else float("nan")
+    per_hour = trials_per_hour(finished, 1)
     measured = json.loads((run_dir / "run.json").read_text()).get("comfyui_handoff", {}).get(server.url, {})
     left = [p for p in checkpoints.joinpath("bayes-merger").iterdir()] + \
         [p for p in (work / f"{name}-comfyui" / "output").rglob("*") if p.is_file()]

@@ -2,9 +2,8 @@
 ``{"webui": 3}``), an actor per fake A1111 WebUI with the same ``--switch`` and ``--render`` times, each
 actor merging, rendering and scoring its own trials (``bayes_merger/cluster/``).
 
-Throughput is trials / (last trial finished − the executor started): the actors' start (models loaded
-on each) is not a trial's cost, and with N trials finishing at about the same time the first→last span
-of the other rows would count the first round's trials without their time. The trial count is rounded
+Throughput is counted as in every row (``throughput.trials_per_hour``), from the end of the first
+round (one trial a host: the actors' start and models' load are not a trial's cost). The trial count is rounded
 up to a multiple of 6, so every host runs whole rounds for N = 1, 2 and 3. Target (issue 15): rayN ≥
 0.8·N × one WebUI's trials per hour (the ``sequential`` row when it ran, else ``ray1``).
 """
@@ -21,9 +20,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from bayes_merger.executor import Executor
 from bayes_merger.run import TrialLoop
 from bayes_merger.testing.fake_webui import FakeWebUI
+from throughput import trials_per_hour
 
 # name: WebUI hosts
 RAY_CONFIGS = {"ray1": 1, "ray2": 2, "ray3": 3}
@@ -59,19 +58,14 @@ def run_ray_config(name: str, work: Path, args: argparse.Namespace, assets: dict
         server.delay("/sdapi/v1/options", args.switch, "POST", in_all=True)  # as bench_trial's run_config
         server.delay("/sdapi/v1/txt2img", args.render, "POST", in_all=True)
         servers.append(server)
-    started: list[float] = []
     finished: list[float] = []
-    record, execute = TrialLoop.record, Executor.run
+    record = TrialLoop.record
 
     def timed_record(self, trial):
         finished.append(time.perf_counter())
         return record(self, trial)
 
-    def timed_run(self):
-        started.append(time.perf_counter())
-        return execute(self)
-
-    TrialLoop.record, Executor.run = timed_record, timed_run
+    TrialLoop.record = timed_record
     trials = trial_count(args.trials)
     try:
         payloads = work / f"{name}-payloads.yaml"
@@ -91,14 +85,13 @@ def run_ray_config(name: str, work: Path, args: argparse.Namespace, assets: dict
             if stop.code:
                 raise RuntimeError(f"{name}: bayes-merger exited {stop.code}") from None
     finally:
-        TrialLoop.record, Executor.run = record, execute
+        TrialLoop.record = record
         for server in servers:
             server.stop()
     run_dir = next(p for p in (work / name / "runs").iterdir() if p.is_dir())
     logged = [json.loads(line) for line in (run_dir / "trials.jsonl").read_text().splitlines()]
     medians = {stage: statistics.median(t["timings"].get(stage, 0.0) for t in logged) for stage in stages}
-    span = finished[-1] - started[0]
-    return {"name": name, "trials": len(logged), "per_hour": 3600.0 * len(finished) / span, "medians": medians,
+    return {"name": name, "trials": len(logged), "per_hour": trials_per_hour(finished, hosts), "medians": medians,
             "ok": sum(t["status"] == "ok" for t in logged), "webuis": hosts,
             "hosts_used": len({t["webui"] for t in logged})}
 

@@ -247,9 +247,8 @@ class FakeHTTPServer:
             self._faults.insert(0, _Fault("startup", count))
 
     def delay(self, path: str, seconds: float, method: str | None = None, *, in_all: bool = False) -> None:
-        """Answer requests to ``path`` (with ``method``, if given) only after ``seconds`` (0 removes the
-        delay); ``in_all``: ``seconds`` after the request came, the server's own work on it included
-        (a server whose switch takes that long, whatever part of it is reading the file)."""
+        """Answer requests to ``path`` (with ``method``, if given) ``seconds`` later (0: no delay); with
+        ``in_all``, ``seconds`` after the request came, the server's own work on it included."""
         with self._lock:
             self._delays[(path, method)] = (seconds, in_all)
 
