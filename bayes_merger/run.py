@@ -13,15 +13,12 @@ import math
 import threading
 import time
 import os
-import re
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from omegaconf import OmegaConf
-
-from bayes_merger.config import Config, WebUIConfig
+from bayes_merger.config import Config
 from bayes_merger.executor import Executor, LostAllWebUIs, Slot
 from bayes_merger.errors import BayesMergerError, StorageError, WebUIConnectionError
 from bayes_merger.inputs import Inputs, check_inputs
@@ -30,8 +27,6 @@ from bayes_merger.merge.merger import Merger
 from bayes_merger.merge.weights import BlockWeights
 from bayes_merger.optimiser import Optimiser
 from bayes_merger.progress import progress_bar
-from bayes_merger.renderers.comfyui.route import settle_route
-from bayes_merger.renderers.probe import open_renderer
 from bayes_merger.report import write_report
 from bayes_merger.rescore import finalists
 from bayes_merger.run_folder import (
@@ -45,12 +40,11 @@ from bayes_merger.run_folder import (
     write_best,
     write_run_info,
 )
-from bayes_merger.run_folder.liveness import is_running, run_folders, running
-from bayes_merger.run_folder.run_info import load_run_info
+from bayes_merger.run_folder.liveness import run_folders, running
 from bayes_merger.scoring import ImageContext, Scorer, build_scorer, score_trial
-from bayes_merger.webui.client import WebUIClient
-from bayes_merger.webui.merge_files import MergeFiles, merge_run_id
+from bayes_merger.webui.merge_files import MergeFiles
 from bayes_merger.webui.render_check import MergeNotRendered, RenderCheck
+from bayes_merger.webuis import open_webui_renderer, prepare_webuis, settle_comfyui_routes, webui_configs
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +84,10 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None) -> RunR
 
             slots, before, scorer, merger = stack.enter_context(open_hosts(inputs, runs)), {}, None, None
         else:
-            slots = [Slot(name=url, webui=stack.enter_context(_renderer(inputs, webui_cfg, run_id)),
+            slots = [Slot(name=url, webui=stack.enter_context(open_webui_renderer(inputs, webui_cfg, run_id)),
                           checkpoint_dir=Path(webui_cfg.checkpoint_dir).expanduser())
-                     for url, webui_cfg, run_id in _webuis(cfg, inputs.run_id)]
-            before = _prepare_webuis(slots, inputs, info, runs)
+                     for url, webui_cfg, run_id in webui_configs(cfg, inputs.run_id)]
+            before = prepare_webuis(slots, inputs, info, runs)
             scorer = build_scorer(inputs.scorer)
             log.info("Loading the models to merge.")
             merger = Merger.from_inputs(inputs.merge, cfg.merge)
@@ -107,7 +101,7 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None) -> RunR
 
         loop = TrialLoop(inputs, merger, slots, scorer, optimiser, trial_log, stop or threading.Event())
         try:
-            _settle_comfyui_routes(loop, info)
+            settle_comfyui_routes(loop, info)
             loop.run()
         finally:
             # at the end and on every stop: each WebUI gets its model back and our files go
@@ -124,92 +118,6 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None) -> RunR
         _refresh_report(run_dir)
         _log_summary(trial_log, best, run_dir)
         return RunResult(run_dir, len(trial_log.trials), optimiser.budget, best)
-
-
-def _webuis(cfg: Config, run_id: str) -> list[tuple[str, WebUIConfig, str]]:
-    """(URL, its config, the run id its merge files carry) of every WebUI the run renders on.
-
-    WebUIs sharing one checkpoint folder name their files apart (``<run id>-w2``, …), so one never
-    deletes the merge another is loading.
-    """
-    webui = OmegaConf.to_object(cfg.webui) if OmegaConf.is_config(cfg.webui) else cfg.webui
-    urls = list(webui.urls) or [webui.url]
-    folders = list(webui.checkpoint_dirs) or [webui.checkpoint_dir] * len(urls)
-    shared = len(set(folders)) < len(folders)
-    return [(url, replace(webui, url=url, checkpoint_dir=folder),
-             f"{run_id}-w{n + 1}" if shared and n else run_id)
-            for n, (url, folder) in enumerate(zip(urls, folders))]
-
-
-def _renderer(inputs: Inputs, webui_cfg: WebUIConfig, run_id: str) -> Any:
-    lower = min(p.lower for p in inputs.space.parameters)
-    upper = max(p.upper for p in inputs.space.parameters)
-    cfg = inputs.config
-    return open_renderer(webui_cfg, run_id, method=cfg.merge.method, lower=lower, upper=upper,
-                         arch=inputs.merge.architecture, model_a=cfg.model_a, model_b=cfg.model_b)
-
-
-def _settle_comfyui_routes(loop: TrialLoop, info: dict[str, Any]) -> None:
-    """webui.comfyui_handoff auto: each ComfyUI's route timed both ways before trial 0, or read back
-    from run.json on a resume (``renderers.comfyui.route``)."""
-    auto = [slot for slot in loop.slots if getattr(slot.webui, "handoff", None) == "auto"]
-    if not auto:
-        return
-    start = loop.space.start_params(loop.cfg.optimiser.start)  # trial 0's weights, then another point
-    params = [start, {p.name: p.upper if start[p.name] == p.lower else p.lower for p in loop.space.parameters}]
-    request = {**loop.payloads[0].request, "batch_size": 1, "n_iter": 1}
-    recorded = dict(info.get("comfyui_handoff") or {})
-    for slot in auto:
-        def stage(index: int, slot: Slot = slot) -> tuple[Path, float]:
-            timings: dict[str, float] = {}
-            staged = loop.prepare(index, params[index], slot, timings).staged
-            assert staged is not None
-            return staged, timings["merge"] + timings["write"]
-
-        recorded[slot.name] = settle_route(slot.webui, recorded.get(slot.name), request,
-                                           [loop.space.to_block_weights(p) for p in params], stage,
-                                           loop.cfg.webui.pipeline)
-    info["comfyui_handoff"] = recorded
-    write_run_info(loop.run_dir, info)
-
-
-def _prepare_webuis(slots: list[Slot], inputs: Inputs, info: dict[str, Any], runs: dict[str, Path]) -> dict[str, str]:
-    """Wait for each WebUI, check its folder, clear dead runs' files; the model each had before the run."""
-    before = dict(info.get("webui_models_before") or {})
-    for n, slot in enumerate(slots):
-        webui = slot.webui
-        webui.wait_until_ready()
-        webui.check_checkpoint_dir()
-        if hasattr(webui, "check_payloads"):
-            webui.check_payloads(inputs.payloads)
-        if hasattr(webui, "remove_leftovers"):
-            webui.remove_leftovers(lambda run_id: (owner := _owner(run_id)) in runs and not is_running(runs[owner]))
-        if hasattr(webui, "selected_model"):
-            if n == 0:  # the first WebUI's model is where a run of one WebUI always kept it
-                info["webui_model_before"] = before[slot.name] = _model_before(webui, info, runs)
-            else:
-                before.setdefault(slot.name, _model_before(webui, {"webui_model_before": before.get(slot.name)}, runs))
-    if len(slots) > 1:
-        info["webui_models_before"] = before
-    return before
-
-
-def _owner(run_id: str) -> str:
-    """The run a merge file belongs to (``<run id>-w2`` is a second WebUI's file of that run)."""
-    return re.sub(r"-w\d+$", "", run_id)
-
-
-def _model_before(webui: WebUIClient, info: dict[str, Any], runs: dict[str, Path]) -> str:
-    """The model the WebUI had before this run first started (a resumed run kept it in run.json)."""
-    if info.get("webui_model_before") is not None:
-        return str(info["webui_model_before"])
-    current = webui.selected_model()
-    owner = merge_run_id(current)
-    if owner is None:
-        return current
-    # the WebUI still holds the merge of a run that died: that run knew what was there before it
-    earlier = load_run_info(runs[_owner(owner)]) if _owner(owner) in runs else None
-    return str((earlier or {}).get("webui_model_before") or "")
 
 
 @dataclass

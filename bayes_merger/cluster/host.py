@@ -32,7 +32,8 @@ from bayes_merger.executor import Slot
 from bayes_merger.inputs import Inputs
 from bayes_merger.merge.merger import Merger
 from bayes_merger.optimiser import Optimiser
-from bayes_merger.run import TrialLoop, _prepare_webuis, _renderer, _settle_comfyui_routes
+from bayes_merger.run import TrialLoop
+from bayes_merger.webuis import open_webui_renderer, prepare_webuis, settle_comfyui_routes
 from bayes_merger.run_folder import IMAGES_DIR, Trial, TrialLog
 from bayes_merger.scoring import build_scorer
 
@@ -74,16 +75,16 @@ class TrialHost:
         try:
             for model, path in self.inputs.merge.models.items():  # before anything slow
                 check_same_file(path, self.models[model], f"model_{model.lower()}")
-            renderer = self._stack.enter_context(_renderer(self.inputs, self.webui_config, self.run_id))
+            renderer = self._stack.enter_context(open_webui_renderer(self.inputs, self.webui_config, self.run_id))
             slot = Slot(name=self.webui_config.url, webui=renderer,
                         checkpoint_dir=Path(self.webui_config.checkpoint_dir).expanduser())
-            self._before = _prepare_webuis([slot], self.inputs, {}, self.dead_runs).get(slot.name, "")
+            self._before = prepare_webuis([slot], self.inputs, {}, self.dead_runs).get(slot.name, "")
             scorer = build_scorer(self.inputs.scorer)
             merger = Merger.from_inputs(self.inputs.merge, cfg.merge)
             optimiser = Optimiser(self.inputs.space, cfg.optimiser, cfg.run.seed)  # names each trial's phase
             self._loop = TrialLoop(self.inputs, merger, [slot], scorer, optimiser, TrialLog(self.scratch),
                                    threading.Event())
-            _settle_comfyui_routes(self._loop, {})  # a ComfyUI with comfyui_handoff auto: timed here, as on one machine
+            settle_comfyui_routes(self._loop, {})  # a ComfyUI with comfyui_handoff auto: timed here, as on one machine
             self._slot = slot
         except BayesMergerError as error:
             raise type(error)(f"{self.label}: {error}") from None

@@ -95,7 +95,7 @@ def open_hosts(inputs: Inputs, runs: Mapping[str, Path]) -> Iterator[list[Slot]]
     their checkpoint folders, all as seen from that host. ``runs`` are the run folders this machine
     knows, so hosts can remove the merge files of runs that are over.
     """
-    from bayes_merger.run import _webuis
+    from bayes_merger.webuis import webui_configs
 
     cfg = inputs.config
     with connect(cfg.cluster.address) as ray:
@@ -103,7 +103,7 @@ def open_hosts(inputs: Inputs, runs: Mapping[str, Path]) -> Iterator[list[Slot]]
         if not nodes:
             raise ConfigError(f"No host of the Ray cluster at {cfg.cluster.address} offers a WebUI: join each WebUI "
                               f"host with ray start --address=HEAD:6379 --resources='{{\"{RESOURCE}\": 1}}'.")
-        webuis = _webuis(cfg, inputs.run_id)
+        webuis = webui_configs(cfg, inputs.run_id)
         reference = {model: fingerprint(path) for model, path in inputs.merge.models.items()}
         dead = {owner: path for owner, path in runs.items() if not is_running(path)}
         hosts: list[tuple[RayHost, str]] = []
