@@ -101,7 +101,7 @@ def describe(results: list[dict]) -> list[str]:
     if not rows:
         return []
     return [f"Ray rows: {r['name']} ran on {r['hosts_used']} host(s), {r['trials']} trials (rounded up to a multiple "
-            "of 6); trials/h from the executor's start to the last trial" for r in rows]
+            "of 6); trials/h from the end of the first round to the last trial" for r in rows]
 
 
 def pairs(results: list[dict]) -> list[str]:
