@@ -14,7 +14,7 @@ switch) answers ``--switch`` seconds after it came and whose ``POST /sdapi/v1/tx
 hashing the new file, as A1111 does) is part of those times, or lengthens them when it takes longer.
 The render-bound ideal keeps the WebUI busy all the time: one trial per switch + render. Throughput
 is counted from the end of the first round of trials to the last finished trial
-(``throughput.trials_per_hour``: the models' load at the start is not a trial's cost). Per-stage
+(``trial_run.trials_per_hour``: the models' load at the start is not a trial's cost). Per-stage
 medians come from the trial log's timings: ours
 (suggest, merge, write, score) and the WebUI's (load: write-in-place + refresh + select + confirm;
 generate). The peak RSS is the whole benchmark process's.
@@ -34,13 +34,10 @@ The last line holds the key ratios as name=value pairs.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import resource
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,13 +45,10 @@ for _path in (REPO, REPO / "benchmarks"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from bayes_merger.cli import main as cli_main  # noqa: E402
-from bayes_merger.run import TrialLoop  # noqa: E402
-from bayes_merger.testing.fake_webui import FakeWebUI  # noqa: E402
 from bayes_merger.testing.models import make_checkpoint  # noqa: E402
 from bayes_merger.testing.tiny_clip import make_tiny_clip, make_tiny_head  # noqa: E402
 import trial_comfyui  # noqa: E402
-from throughput import trials_per_hour  # noqa: E402
+from trial_run import start_fake_webuis, timed_run  # noqa: E402
 import trial_ray  # noqa: E402
 
 log = logging.getLogger("bench_trial")
@@ -67,53 +61,18 @@ CONFIGS = {  # name: (WebUIs, pipelined)
 
 
 def run_config(name: str, webuis: int, pipelined: bool, work: Path, args: argparse.Namespace, assets: dict) -> dict:
-    servers = []
-    for n in range(webuis):
-        folder = work / f"{name}-webui{n}"
-        folder.mkdir(parents=True)
-        server = FakeWebUI(folder).start()
-        # the switch and the render take these times in all, the fake's own work (reading and hashing
-        # the file, as A1111 does) included; GET /options (the client's confirmation) is not a switch
-        server.delay("/sdapi/v1/options", args.switch, "POST", in_all=True)
-        server.delay("/sdapi/v1/txt2img", args.render, "POST", in_all=True)
-        servers.append(server)
-    finished: list[float] = []
-    original = TrialLoop.record
-
-    def record(self, trial):
-        finished.append(time.perf_counter())
-        return original(self, trial)
-
-    TrialLoop.record = record
+    servers = start_fake_webuis(name, work, webuis, args)
+    overrides = [f"webui.url={servers[0].url}", f"webui.checkpoint_dir={servers[0].checkpoint_dir}",
+                 f"webui.pipeline={str(pipelined).lower()}"]
+    if webuis > 1:
+        overrides += [f"webui.urls=[{','.join(s.url for s in servers)}]",
+                      f"webui.checkpoint_dirs=[{','.join(str(s.checkpoint_dir) for s in servers)}]"]
     try:
-        payloads = work / f"{name}-payloads.yaml"
-        payloads.write_text("defaults: {steps: 1, width: 64, height: 64}\npayloads:\n  - name: one\n    prompt: a fox\n")
-        overrides = [
-            "--config", str(REPO / "conf" / "demo.yaml"), "demo=false", f"run.dir={work / name / 'runs'}",
-            f"webui.url={servers[0].url}", f"webui.checkpoint_dir={servers[0].checkpoint_dir}",
-            f"webui.pipeline={str(pipelined).lower()}", f"payloads.dir={payloads}",
-            f"optimiser.init_points={min(3, args.trials)}", f"optimiser.n_iters={max(args.trials - 3, 0)}",
-            "save_best=false", "save_images=false", "hydra/job_logging=none", "hydra/hydra_logging=none",
-            *[f"{key}={value}" for key, value in assets.items()],
-        ]
-        if webuis > 1:
-            overrides += [f"webui.urls=[{','.join(s.url for s in servers)}]",
-                          f"webui.checkpoint_dirs=[{','.join(str(s.checkpoint_dir) for s in servers)}]"]
-        try:
-            cli_main(overrides)
-        except SystemExit as stop:
-            if stop.code:
-                raise RuntimeError(f"{name}: bayes-merger exited {stop.code}") from None
+        run = timed_run(name, work, args.trials, assets, overrides, STAGES, webuis)
     finally:
-        TrialLoop.record = original
         for server in servers:
             server.stop()
-    run_dir = next(p for p in (work / name / "runs").iterdir() if p.is_dir())
-    trials = [json.loads(line) for line in (run_dir / "trials.jsonl").read_text().splitlines()]
-    medians = {stage: statistics.median(t["timings"].get(stage, 0.0) for t in trials) for stage in STAGES}
-    per_hour = trials_per_hour(finished, webuis)
-    return {"name": name, "trials": len(trials), "per_hour": per_hour, "medians": medians,
-            "ok": sum(t["status"] == "ok" for t in trials)}
+    return {"name": name, "trials": len(run.trials), "per_hour": run.per_hour, "medians": run.medians, "ok": run.ok}
 
 
 def main() -> None:
@@ -147,11 +106,11 @@ def main() -> None:
         for name in args.configs:
             if name in trial_comfyui.COMFYUI_CONFIGS:
                 log.info("%s: a fake ComfyUI, hand-off %s …", name, trial_comfyui.COMFYUI_CONFIGS[name])
-                results.append(trial_comfyui.run_comfyui_config(name, work, args, assets, STAGES, cli_main, REPO))
+                results.append(trial_comfyui.run_comfyui_config(name, work, args, assets, STAGES))
                 continue
             if name in trial_ray.RAY_CONFIGS:
                 log.info("%s: %d WebUI host(s) on a local Ray …", name, trial_ray.RAY_CONFIGS[name])
-                results.append(trial_ray.run_ray_config(name, work, args, assets, STAGES, cli_main, REPO))
+                results.append(trial_ray.run_ray_config(name, work, args, assets, STAGES))
                 continue
             webuis, pipelined = CONFIGS[name]
             log.info("%s: %d WebUI(s), pipelined %s …", name, webuis, pipelined)

@@ -15,14 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
-from typing import Callable
 
-from bayes_merger.run import TrialLoop
 from bayes_merger.testing.fake_comfyui import FakeComfyUI
-from throughput import trials_per_hour
+from trial_run import timed_run
 
 # name: the webui.comfyui_handoff it runs with
 COMFYUI_CONFIGS = {"comfyui_graph": "graph", "comfyui_file": "file", "comfyui_auto": "auto"}
@@ -42,8 +38,7 @@ def ideal(route: str, args: argparse.Namespace) -> float:
     return 3600.0 / seconds
 
 
-def run_comfyui_config(name: str, work: Path, args: argparse.Namespace, assets: dict, stages: tuple[str, ...],
-                       cli_main: Callable[[list[str]], None], repo: Path) -> dict:
+def run_comfyui_config(name: str, work: Path, args: argparse.Namespace, assets: dict, stages: tuple[str, ...]) -> dict:
     """One bench_trial configuration on a fake ComfyUI; the result in bench_trial's shape, plus its
     own ``ideal`` and ``busy`` (ComfyUI's measured load + generate medians) and the route taken."""
     route = COMFYUI_CONFIGS[name]
@@ -55,43 +50,18 @@ def run_comfyui_config(name: str, work: Path, args: argparse.Namespace, assets: 
     server.delay_node("CheckpointLoaderSimple", args.load)
     server.delay_node("ModelMerge", args.patch)
     server.delay_node("KSampler", args.render)
-    finished: list[float] = []
-    original = TrialLoop.record
-
-    def record(self, trial):
-        finished.append(time.perf_counter())
-        return original(self, trial)
-
-    TrialLoop.record = record
+    overrides = [f"webui.url={server.url}", "webui.backend=comfyui", f"webui.comfyui_handoff={route}",
+                 f"webui.checkpoint_dir={checkpoints / 'bayes-merger'}", "webui.pipeline=false"]
     try:
-        payloads = work / f"{name}-payloads.yaml"
-        payloads.write_text("defaults: {steps: 1, width: 64, height: 64}\npayloads:\n  - name: one\n    prompt: a fox\n")
-        overrides = [
-            "--config", str(repo / "conf" / "demo.yaml"), "demo=false", f"run.dir={work / name / 'runs'}",
-            f"webui.url={server.url}", "webui.backend=comfyui", f"webui.comfyui_handoff={route}",
-            f"webui.checkpoint_dir={checkpoints / 'bayes-merger'}", "webui.pipeline=false", f"payloads.dir={payloads}",
-            f"optimiser.init_points={min(3, args.trials)}", f"optimiser.n_iters={max(args.trials - 3, 0)}",
-            "save_best=false", "save_images=false", "hydra/job_logging=none", "hydra/hydra_logging=none",
-            *[f"{key}={value}" for key, value in assets.items()],
-        ]
-        try:
-            cli_main(overrides)
-        except SystemExit as stop:
-            if stop.code:
-                raise RuntimeError(f"{name}: bayes-merger exited {stop.code}") from None
+        run = timed_run(name, work, args.trials, assets, overrides, stages, 1)
     finally:
-        TrialLoop.record = original
         server.stop()
-    run_dir = next(p for p in (work / name / "runs").iterdir() if p.is_dir())
-    trials = [json.loads(line) for line in (run_dir / "trials.jsonl").read_text().splitlines()]
-    medians = {stage: statistics.median(t["timings"].get(stage, 0.0) for t in trials) for stage in stages}
-    per_hour = trials_per_hour(finished, 1)
-    measured = json.loads((run_dir / "run.json").read_text()).get("comfyui_handoff", {}).get(server.url, {})
+    measured = json.loads((run.run_dir / "run.json").read_text()).get("comfyui_handoff", {}).get(server.url, {})
     left = [p for p in checkpoints.joinpath("bayes-merger").iterdir()] + \
         [p for p in (work / f"{name}-comfyui" / "output").rglob("*") if p.is_file()]
-    return {"name": name, "trials": len(trials), "per_hour": per_hour, "medians": medians,
-            "ok": sum(t["status"] == "ok" for t in trials), "webuis": 1, "ideal": ideal(route, args),
-            "busy": 3600.0 / (medians["load"] + medians["generate"]), "route": measured.get("route", route),
+    return {"name": name, "trials": len(run.trials), "per_hour": run.per_hour, "medians": run.medians,
+            "ok": run.ok, "webuis": 1, "ideal": ideal(route, args),
+            "busy": 3600.0 / (run.medians["load"] + run.medians["generate"]), "route": measured.get("route", route),
             "measured": measured, "left_behind": len(left)}
 
 

@@ -2,7 +2,7 @@
 ``{"webui": 3}``), an actor per fake A1111 WebUI with the same ``--switch`` and ``--render`` times, each
 actor merging, rendering and scoring its own trials (``bayes_merger/cluster/``).
 
-Throughput is counted as in every row (``throughput.trials_per_hour``), from the end of the first
+Throughput is counted as in every row (``trial_run.trials_per_hour``), from the end of the first
 round (one trial a host: the actors' start and models' load are not a trial's cost). The trial count is rounded
 up to a multiple of 6, so every host runs whole rounds for N = 1, 2 and 3. Target (issue 15): rayN ≥
 0.8·N × one WebUI's trials per hour (the ``sequential`` row when it ran, else ``ray1``).
@@ -11,18 +11,12 @@ up to a multiple of 6, so every host runs whole rounds for N = 1, 2 and 3. Targe
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import secrets
-import statistics
-import time
 from pathlib import Path
-from typing import Callable
 
-from bayes_merger.run import TrialLoop
-from bayes_merger.testing.fake_webui import FakeWebUI
-from throughput import trials_per_hour
+from trial_run import start_fake_webuis, timed_run
 
 # name: WebUI hosts
 RAY_CONFIGS = {"ray1": 1, "ray2": 2, "ray3": 3}
@@ -46,54 +40,20 @@ def trial_count(trials: int) -> int:
     return 6 * math.ceil(trials / 6)
 
 
-def run_ray_config(name: str, work: Path, args: argparse.Namespace, assets: dict, stages: tuple[str, ...],
-                   cli_main: Callable, repo: Path) -> dict:
+def run_ray_config(name: str, work: Path, args: argparse.Namespace, assets: dict, stages: tuple[str, ...]) -> dict:
     hosts = RAY_CONFIGS[name]
     start_ray(work)
-    servers = []
-    for n in range(hosts):
-        folder = work / f"{name}-webui{n}"
-        folder.mkdir(parents=True)
-        server = FakeWebUI(folder).start()
-        server.delay("/sdapi/v1/options", args.switch, "POST", in_all=True)  # as bench_trial's run_config
-        server.delay("/sdapi/v1/txt2img", args.render, "POST", in_all=True)
-        servers.append(server)
-    finished: list[float] = []
-    record = TrialLoop.record
-
-    def timed_record(self, trial):
-        finished.append(time.perf_counter())
-        return record(self, trial)
-
-    TrialLoop.record = timed_record
-    trials = trial_count(args.trials)
+    servers = start_fake_webuis(name, work, hosts, args)
+    overrides = ["cluster.address=auto", f"webui.checkpoint_dir={servers[0].checkpoint_dir}",
+                 f"webui.urls=[{','.join(s.url for s in servers)}]",
+                 f"webui.checkpoint_dirs=[{','.join(str(s.checkpoint_dir) for s in servers)}]"]
     try:
-        payloads = work / f"{name}-payloads.yaml"
-        payloads.write_text("defaults: {steps: 1, width: 64, height: 64}\npayloads:\n  - name: one\n    prompt: a fox\n")
-        overrides = [
-            "--config", str(repo / "conf" / "demo.yaml"), "demo=false", f"run.dir={work / name / 'runs'}",
-            "cluster.address=auto", f"webui.checkpoint_dir={servers[0].checkpoint_dir}",
-            f"webui.urls=[{','.join(s.url for s in servers)}]",
-            f"webui.checkpoint_dirs=[{','.join(str(s.checkpoint_dir) for s in servers)}]",
-            f"payloads.dir={payloads}", f"optimiser.init_points={min(3, trials)}",
-            f"optimiser.n_iters={max(trials - 3, 0)}", "save_best=false", "save_images=false",
-            "hydra/job_logging=none", "hydra/hydra_logging=none", *[f"{key}={value}" for key, value in assets.items()],
-        ]
-        try:
-            cli_main(overrides)
-        except SystemExit as stop:
-            if stop.code:
-                raise RuntimeError(f"{name}: bayes-merger exited {stop.code}") from None
+        run = timed_run(name, work, trial_count(args.trials), assets, overrides, stages, hosts)
     finally:
-        TrialLoop.record = record
         for server in servers:
             server.stop()
-    run_dir = next(p for p in (work / name / "runs").iterdir() if p.is_dir())
-    logged = [json.loads(line) for line in (run_dir / "trials.jsonl").read_text().splitlines()]
-    medians = {stage: statistics.median(t["timings"].get(stage, 0.0) for t in logged) for stage in stages}
-    return {"name": name, "trials": len(logged), "per_hour": trials_per_hour(finished, hosts), "medians": medians,
-            "ok": sum(t["status"] == "ok" for t in logged), "webuis": hosts,
-            "hosts_used": len({t["webui"] for t in logged})}
+    return {"name": name, "trials": len(run.trials), "per_hour": run.per_hour, "medians": run.medians,
+            "ok": run.ok, "webuis": hosts, "hosts_used": len({t["webui"] for t in run.trials})}
 
 
 def describe(results: list[dict]) -> list[str]:
