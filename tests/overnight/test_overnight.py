@@ -120,8 +120,14 @@ class World:
         self.webui_command = (f"{PYTHON} -m bayes_merger.testing.fake_webui --checkpoint-dir {self.checkpoint_dir} "
                               f"--port {self.port}")
 
-    def write_config(self, name: str, init_points: int = 2, model_a: Path | None = None) -> Path:
-        # conf/demo.yaml's settings against a WebUI over real HTTP, with test-sized timeouts and budget
+    def write_config(self, name: str, init_points: int = 2, model_a: Path | None = None,
+                     **webui: object) -> Path:
+        """conf/demo.yaml's settings against a WebUI over real HTTP, with test-sized timeouts and budget;
+        ``webui``: more or other ``webui.`` settings."""
+        settings = {"url": f"http://127.0.0.1:{self.port}", "checkpoint_dir": self.checkpoint_dir,
+                    "connect_timeout": 2.0, "read_timeout": 30.0, "retries": 1, "backoff_factor": 0.0,
+                    "ready_timeout": 10.0, "poll_interval": 0.1, **webui}
+        webui_lines = "".join(f"\n  {key}: {value}" for key, value in settings.items())
         text = textwrap.dedent(f"""\
             defaults:
               - bayes_merger
@@ -133,15 +139,7 @@ class World:
             save_best: false
             run:
               dir: {self.runs}
-            webui:
-              url: http://127.0.0.1:{self.port}
-              checkpoint_dir: {self.checkpoint_dir}
-              connect_timeout: 2.0
-              read_timeout: 30.0
-              retries: 1
-              backoff_factor: 0.0
-              ready_timeout: 10.0
-              poll_interval: 0.1
+            webui:@WEBUI@
             payloads:
               dir: {REPO / "payloads" / "demo.yaml"}
               wildcards_dir: {REPO / "payloads" / "wildcards"}
@@ -158,7 +156,7 @@ class World:
               output_subdir: null
               job:
                 chdir: false
-            """)
+            """).replace("@WEBUI@", webui_lines)
         path = self.folder / name
         path.write_text(text)
         return path

@@ -4,7 +4,6 @@ WEBUI_COMMAND, restarted when it dies mid-run and the run resumed; no A1111 opti
 from __future__ import annotations
 
 import re
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from bayes_merger.errors import WebUIError
 from bayes_merger.overnight.processes import WebUIApi
 from bayes_merger.testing.fake_comfyui import FakeComfyUI
-from tests.overnight.test_overnight import PYTHON, REPO, World, assets, finished, trials  # noqa: F401 (assets: a fixture)
+from tests.overnight.test_overnight import PYTHON, World, assets, finished, trials  # noqa: F401 (assets: a fixture)
 
 PROMPTS_PER_TRIAL = 4  # payloads/demo.yaml: two payloads of two images, one prompt an image
 
@@ -79,48 +78,8 @@ def write_comfyui_config(world: World, init_points: int) -> Path:
     (world.checkpoint_dir / "bayes-merger").mkdir()
     for key in ("model_a", "model_b"):
         (world.checkpoint_dir / world.assets[key].name).symlink_to(world.assets[key])
-    text = textwrap.dedent(f"""\
-        defaults:
-          - bayes_merger
-          - _self_
-        demo: false
-        model_a: {world.assets["model_a"]}
-        model_b: {world.assets["model_b"]}
-        save_images: false
-        save_best: false
-        run:
-          dir: {world.runs}
-        webui:
-          backend: comfyui
-          comfyui_handoff: graph
-          url: http://127.0.0.1:{world.port}
-          checkpoint_dir: {world.checkpoint_dir / "bayes-merger"}
-          connect_timeout: 2.0
-          read_timeout: 30.0
-          retries: 1
-          backoff_factor: 0.0
-          ready_timeout: 5.0
-          poll_interval: 0.1
-        payloads:
-          dir: {REPO / "payloads" / "demo.yaml"}
-          wildcards_dir: {REPO / "payloads" / "wildcards"}
-        scorer:
-          name: aesthetic_head
-          clip: {world.assets["clip"]}
-          head: {world.assets["head"]}
-        optimiser:
-          init_points: {init_points}
-          n_iters: 0
-        hydra:
-          run:
-            dir: ${{bm_run_dir:${{resume}},${{run.dir}},${{merge.method}},${{scorer.name}}}}
-          output_subdir: null
-          job:
-            chdir: false
-        """)
-    path = world.folder / "comfyui.yaml"
-    path.write_text(text)
-    return path
+    return world.write_config("comfyui.yaml", init_points=init_points, backend="comfyui", comfyui_handoff="graph",
+                              checkpoint_dir=world.checkpoint_dir / "bayes-merger", ready_timeout=5.0)
 
 
 def test_a_comfyui_that_dies_mid_run_is_restarted_and_the_run_finished(tmp_path: Path,
