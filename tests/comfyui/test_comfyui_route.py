@@ -13,8 +13,8 @@ from bayes_merger.merge.arch import architecture
 from bayes_merger.merge.weights import BlockWeights
 from bayes_merger.renderers.comfyui import ComfyUIClient
 from bayes_merger.renderers.comfyui.route import settle_route
-from bayes_merger.testing.tiny_clip import make_tiny_clip, make_tiny_head
-from tests.loop.test_cli_run import REPO, _cli, _only_run, _trials
+from tests.comfyui.test_comfyui_run import comfyui_run_args
+from tests.loop.test_cli_run import _cli, _only_run, _trials
 
 SD1 = architecture("sd1")
 REQUEST = {"prompt": "a red boat", "seed": 7, "steps": 1, "width": 64, "height": 64}
@@ -87,15 +87,7 @@ def test_auto_with_models_comfyui_does_not_list_takes_the_file_without_measuring
 def test_a_whole_run_on_auto_records_the_measured_route_and_its_resume_keeps_it(fake_comfyui, tiny_models, tmp_path):
     fake_comfyui.delay_node("ModelMerge", SLOW)  # the graph is the slow route on this "device"
     folder = tmp_path / "models" / "checkpoints" / "bayes-merger"
-    args = [
-        "--config", str(REPO / "conf" / "demo.yaml"), "demo=false",
-        f"webui.url={fake_comfyui.url}", "webui.backend=comfyui", "webui.comfyui_handoff=auto",
-        f"webui.checkpoint_dir={folder}", f"model_a={tiny_models / 'a.safetensors'}",
-        f"model_b={tiny_models / 'b.safetensors'}", f"run.dir={tmp_path / 'runs'}",
-        f"payloads.dir={REPO / 'payloads' / 'demo.yaml'}", f"payloads.wildcards_dir={REPO / 'payloads' / 'wildcards'}",
-        f"scorer.clip={make_tiny_clip(tmp_path / 'clip')}", f"scorer.head={make_tiny_head(tmp_path / 'head.safetensors')}",
-        "optimiser.init_points=2", "optimiser.n_iters=0", "hydra/job_logging=none", "hydra/hydra_logging=none",
-    ]
+    args = comfyui_run_args(fake_comfyui.url, tiny_models, tmp_path, "comfyui", "auto", init_points=2, n_iters=0)
     assert _cli(args) == 0
     run_dir = _only_run(tmp_path / "runs")
     record = json.loads((run_dir / "run.json").read_text())["comfyui_handoff"][fake_comfyui.url]

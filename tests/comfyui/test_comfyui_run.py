@@ -2,25 +2,35 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bayes_merger.testing.tiny_clip import make_tiny_clip, make_tiny_head
 from tests.loop.test_cli_run import REPO, _cli, _only_run, _trials
 
 
-@pytest.mark.parametrize("handoff", ["graph", "file"])
-def test_a_run_on_comfyui_finishes_with_every_trial_scored(fake_comfyui, tiny_models, tmp_path, handoff):
+def comfyui_run_args(url: str, models: Path, tmp_path: Path, backend: str, handoff: str, init_points: int,
+                     n_iters: int) -> list[str]:
+    """The demo's settings against the fake ComfyUI at ``url``, with the fixture's tiny models."""
     folder = tmp_path / "models" / "checkpoints" / "bayes-merger"  # the fixture's sub-folder for merges
-    args = [
+    return [
         "--config", str(REPO / "conf" / "demo.yaml"), "demo=false",
-        f"webui.url={fake_comfyui.url}", "webui.backend=auto", f"webui.comfyui_handoff={handoff}",
-        f"webui.checkpoint_dir={folder}", f"model_a={tiny_models / 'a.safetensors'}",
-        f"model_b={tiny_models / 'b.safetensors'}", f"run.dir={tmp_path / 'runs'}",
+        f"webui.url={url}", f"webui.backend={backend}", f"webui.comfyui_handoff={handoff}",
+        f"webui.checkpoint_dir={folder}", f"model_a={models / 'a.safetensors'}",
+        f"model_b={models / 'b.safetensors'}", f"run.dir={tmp_path / 'runs'}",
         f"payloads.dir={REPO / 'payloads' / 'demo.yaml'}", f"payloads.wildcards_dir={REPO / 'payloads' / 'wildcards'}",
         f"scorer.clip={make_tiny_clip(tmp_path / 'clip')}", f"scorer.head={make_tiny_head(tmp_path / 'head.safetensors')}",
-        "optimiser.init_points=3", "optimiser.n_iters=1", "hydra/job_logging=none", "hydra/hydra_logging=none",
+        f"optimiser.init_points={init_points}", f"optimiser.n_iters={n_iters}",
+        "hydra/job_logging=none", "hydra/hydra_logging=none",
     ]
+
+
+@pytest.mark.parametrize("handoff", ["graph", "file"])
+def test_a_run_on_comfyui_finishes_with_every_trial_scored(fake_comfyui, tiny_models, tmp_path, handoff):
+    args = comfyui_run_args(fake_comfyui.url, tiny_models, tmp_path, "auto", handoff, init_points=3, n_iters=1)
     assert _cli(args) == 0
+    folder = tmp_path / "models" / "checkpoints" / "bayes-merger"
     trials = _trials(_only_run(tmp_path / "runs"))
     assert [t["trial"] for t in trials] == [0, 1, 2, 3] and all(t["status"] == "ok" for t in trials)
     assert len({round(t["score"], 6) for t in trials}) > 1, "different weights render different pictures"
