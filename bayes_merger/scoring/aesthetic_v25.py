@@ -26,7 +26,7 @@ from bayes_merger.devices import resolve_device
 from bayes_merger.errors import ConfigError, ScorerError
 from bayes_merger.scoring import weights
 from bayes_merger.scoring.base import ImageContext, SharedModels
-from bayes_merger.scoring.clip import quiet_transformers
+from bayes_merger.scoring.clip import from_pretrained, quiet_transformers
 from bayes_merger.scoring.heads import AestheticHead
 from bayes_merger.scoring.weights import downloads_disabled, load_head_file, pinned_head, resolve_cache_dir
 
@@ -101,18 +101,9 @@ def load_siglip(name: str, device: str) -> tuple[torch.nn.Module, SquareResize, 
     torch_device = resolve_device(device, "scorer device")
     local = Path(name).expanduser().is_dir()
     source = str(Path(name).expanduser()) if local else name
-    offline = downloads_disabled()
-    try:
-        with quiet_transformers():
-            model = SiglipVisionModel.from_pretrained(source, local_files_only=offline)
-    except (OSError, ValueError) as exc:
-        why = "downloads are off (HF_HUB_OFFLINE is set)" if offline else "it could not be downloaded"
-        raise ScorerError(
-            f"The SigLIP model {name!r} (scorer.siglip) is not in the Hugging Face cache and {why}. Fetch it "
-            f"once with network: `hf download {name} config.json preprocessor_config.json model.safetensors`, "
-            f"or set scorer.siglip to a local folder holding those files. ({exc})"
-        ) from exc
-    preprocessing = _preprocessing(source, offline, int(model.config.image_size))
+    model = from_pretrained(SiglipVisionModel, source, name, "SigLIP model", "scorer.siglip",
+                            "config.json preprocessor_config.json model.safetensors", "those files")
+    preprocessing = _preprocessing(source, downloads_disabled(), int(model.config.image_size))
     dtype = torch.float16 if torch_device.type == "cuda" else torch.float32
     return model.to(device=torch_device, dtype=dtype).requires_grad_(False), preprocessing, torch_device
 

@@ -16,7 +16,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -221,6 +221,27 @@ def quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+def from_pretrained(loader: Any, source: str, name: str, what: str, setting: str, files: str, holding: str,
+                    usable: Callable[[Any], bool] = lambda loaded: True) -> Any:
+    """``loader.from_pretrained(source)``, quietly, from the cache only when downloads are off; a
+    ScorerError saying how to fetch ``name``'s ``files``, or what a local folder must hold, if it fails
+    or what it loads is not ``usable``."""
+    offline = downloads_disabled()
+    try:
+        with quiet_transformers():
+            loaded = loader.from_pretrained(source, local_files_only=offline)
+        if usable(loaded):
+            return loaded
+        detail: object = "what loaded is empty"
+    except (OSError, ValueError) as exc:
+        detail = exc
+    why = "downloads are off (HF_HUB_OFFLINE is set)" if offline else "it could not be downloaded"
+    raise ScorerError(
+        f"The {what} {name!r} ({setting}) is not in the Hugging Face cache and {why}. Fetch it once with "
+        f"network: `hf download {name} {files}`, or set {setting} to a local folder holding {holding}. ({detail})"
+    ) from (detail if isinstance(detail, Exception) else None)
 
 
 def _clip_missing_message(clip: str, local: bool, offline: bool, exc: Exception) -> str:

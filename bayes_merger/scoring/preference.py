@@ -39,8 +39,8 @@ from bayes_merger.devices import resolve_device
 from bayes_merger.errors import ConfigError, ScorerError
 from bayes_merger.scoring import weights
 from bayes_merger.scoring.base import ImageContext, SharedModels
-from bayes_merger.scoring.clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Preprocessing, quiet_transformers
-from bayes_merger.scoring.weights import HeadSource, downloads_disabled, load_head_file, pinned_head, resolve_cache_dir
+from bayes_merger.scoring.clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Preprocessing, from_pretrained
+from bayes_merger.scoring.weights import HeadSource, load_head_file, pinned_head, resolve_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -242,17 +242,10 @@ def load_tokenizer(name: str) -> object:
     """The CLIP BPE tokenizer from a Hugging Face id or a local folder; ScorerError naming the files."""
     from transformers import CLIPTokenizer
 
-    offline = downloads_disabled()
-    try:
-        with quiet_transformers():
-            return CLIPTokenizer.from_pretrained(name, local_files_only=offline)
-    except (OSError, ValueError) as exc:
-        why = "downloads are off (HF_HUB_OFFLINE is set)" if offline else "it could not be downloaded"
-        raise ScorerError(
-            f"The CLIP tokenizer {name!r} (scorer.tokenizer) is not in the Hugging Face cache and {why}. "
-            f"Fetch it once with network: `hf download {name} {' '.join(_TOKENIZER_FILES)}`, or set "
-            f"scorer.tokenizer to a local folder holding vocab.json and merges.txt. ({exc})"
-        ) from exc
+    # transformers 5 answers a name it cannot find offline with a 2-token tokenizer, not an error
+    return from_pretrained(CLIPTokenizer, name, name, "CLIP tokenizer", "scorer.tokenizer",
+                           " ".join(_TOKENIZER_FILES), "vocab.json and merges.txt",
+                           usable=lambda tokenizer: len(tokenizer) > 2)
 
 
 def _weights_file(source: HeadSource, config: ScorerConfig) -> Path:

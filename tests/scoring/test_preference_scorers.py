@@ -221,3 +221,20 @@ def test_ensemble_members_are_put_on_the_common_scale_by_fixed_maps() -> None:
     ensemble = EnsembleScorer([(_Constant("pickscore", 22.0), 1.0), (_Constant("hpsv2", 0.295), 1.0),
                                (_Constant("laion", 5.0), 2.0)])
     assert ensemble.score(_images(2)) == pytest.approx([(6.5 + 6.5 + 2 * 5.0) / 4] * 2)
+
+
+def test_a_tokenizer_that_is_not_cached_is_one_sentence_offline(monkeypatch):
+    from bayes_merger.scoring.preference import load_tokenizer
+
+    # transformers itself answers such a name with an empty 2-token tokenizer that scores every prompt alike
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ScorerError, match=r"The CLIP tokenizer 'bayes-merger-tests/absent' \(scorer.tokenizer\) "
+                                          r"is not in the Hugging Face cache and downloads are off"):
+        load_tokenizer("bayes-merger-tests/absent")
+
+
+def test_a_tiny_tokenizer_folder_loads(tokenizer_dir):
+    from bayes_merger.scoring.preference import load_tokenizer
+
+    assert len(load_tokenizer(str(tokenizer_dir))) > 2
+
