@@ -97,7 +97,12 @@ class Optimiser:
         box = trust_region(centres[0], model.length_scale, trust_length([s for _, s in self._observed],
                                                                           self.config.init_points))
         if pending:
-            model = model.believing(np.array([self._to_unit(p) for p in pending]))
+            running = np.array([self._to_unit(p) for p in pending])
+            # a running trial predicted to beat the best is, for all the model knows, the new best: a
+            # suggestion must improve on it, not repeat it (bench_optimiser, 3 pending: 1.21× → 1.19× the
+            # sequential regret at 40 trials, 1.25× → 1.18× at 80)
+            acquisition.incumbent = max(acquisition.incumbent, float(model.predict(running).mean.max()))
+            model = model.believing(running)
         return self._to_params(acquisition.maximise(model, centres, rng, box))
 
     def model(self) -> FittedGP | None:

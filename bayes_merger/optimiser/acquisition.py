@@ -121,7 +121,8 @@ class _OverIncumbent(Acquisition):
 
 
 class LogExpectedImprovement(_OverIncumbent):
-    """log EI over the incumbent (the best posterior mean among the points scored), plus ``xi``."""
+    """log EI over the incumbent (the best posterior mean among the points scored and the trials still
+    running), plus ``xi``."""
 
     def value(self, posterior: Posterior) -> tuple[np.ndarray, np.ndarray | None]:
         std, z = self._z(posterior)

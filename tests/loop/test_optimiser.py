@@ -235,3 +235,36 @@ def test_a_pending_trial_is_believed_at_its_predicted_score_and_steers_the_next_
     beside = optimiser.suggest(6, pending=[alone])
     assert beside != alone and all(0 <= v <= 1 for v in beside.values())
     assert optimiser.suggest(6, pending=[alone]) == beside, "deterministic with the same pending trials"
+
+
+def test_a_running_trial_predicted_above_the_best_is_the_bar_a_suggestion_must_clear(monkeypatch):
+    cfg = OptimiserConfig(init_points=5, n_iters=5)
+    optimiser = Optimiser(_space(cfg), cfg, seed=4)
+    for trial in range(6):
+        params = optimiser.suggest(trial)
+        optimiser.register(params, _objective(params))
+    model = optimiser.model()
+    best = float(model.predict(model.x).mean.max())
+    bars = []
+    maximise = LogExpectedImprovement.maximise
+
+    def spy(self, *args, **kwargs):
+        bars.append(self.incumbent)
+        return maximise(self, *args, **kwargs)
+
+    monkeypatch.setattr(LogExpectedImprovement, "maximise", spy)
+    optimiser.suggest(6)
+    # a running trial a short step up the posterior mean from the best point
+    top = model.x[int(np.argmax(model.predict(model.x).mean))]
+    uphill = model.predict(top[None], gradient=True).mean_grad[0]
+    uphill[((top <= 0) & (uphill < 0)) | ((top >= 1) & (uphill > 0))] = 0.0  # along the box
+    promising = optimiser._to_params(top + 0.02 * uphill / np.abs(uphill).max())
+    predicted = float(model.predict(optimiser._to_unit(promising)).mean[0])
+    assert predicted > best
+    far = {name: 1.0 - value for name, value in promising.items()}
+    assert float(model.predict(optimiser._to_unit(far)).mean[0]) < best
+    optimiser.suggest(6, pending=[promising])
+    optimiser.suggest(6, pending=[far])
+    assert bars[0] == pytest.approx(best)
+    assert bars[1] == pytest.approx(predicted), "improvement is counted over the running trial's prediction"
+    assert bars[2] == pytest.approx(best), "a running trial predicted worse leaves the bar where it was"
