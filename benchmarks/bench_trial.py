@@ -48,7 +48,7 @@ for _path in (REPO, REPO / "benchmarks"):
 from bayes_merger.testing.models import make_checkpoint  # noqa: E402
 from bayes_merger.testing.tiny_clip import make_tiny_clip, make_tiny_head  # noqa: E402
 import trial_comfyui  # noqa: E402
-from trial_run import start_fake_webuis, timed_run  # noqa: E402
+from trial_run import several_webuis, start_fake_webuis, timed_run  # noqa: E402
 import trial_ray  # noqa: E402
 
 log = logging.getLogger("bench_trial")
@@ -65,14 +65,13 @@ def run_config(name: str, webuis: int, pipelined: bool, work: Path, args: argpar
     overrides = [f"webui.url={servers[0].url}", f"webui.checkpoint_dir={servers[0].checkpoint_dir}",
                  f"webui.pipeline={str(pipelined).lower()}"]
     if webuis > 1:
-        overrides += [f"webui.urls=[{','.join(s.url for s in servers)}]",
-                      f"webui.checkpoint_dirs=[{','.join(str(s.checkpoint_dir) for s in servers)}]"]
+        overrides += several_webuis(servers)
     try:
         run = timed_run(name, work, args.trials, assets, overrides, STAGES, webuis)
     finally:
         for server in servers:
             server.stop()
-    return {"name": name, "trials": len(run.trials), "per_hour": run.per_hour, "medians": run.medians, "ok": run.ok}
+    return run.row(name)
 
 
 def main() -> None:

@@ -59,10 +59,9 @@ def run_comfyui_config(name: str, work: Path, args: argparse.Namespace, assets: 
     measured = json.loads((run.run_dir / "run.json").read_text()).get("comfyui_handoff", {}).get(server.url, {})
     left = [p for p in checkpoints.joinpath("bayes-merger").iterdir()] + \
         [p for p in (work / f"{name}-comfyui" / "output").rglob("*") if p.is_file()]
-    return {"name": name, "trials": len(run.trials), "per_hour": run.per_hour, "medians": run.medians,
-            "ok": run.ok, "webuis": 1, "ideal": ideal(route, args),
-            "busy": 3600.0 / (run.medians["load"] + run.medians["generate"]), "route": measured.get("route", route),
-            "measured": measured, "left_behind": len(left)}
+    return run.row(name, webuis=1, ideal=ideal(route, args),
+                   busy=3600.0 / (run.medians["load"] + run.medians["generate"]), route=measured.get("route", route),
+                   measured=measured, left_behind=len(left))
 
 
 def describe(results: list[dict], args: argparse.Namespace) -> list[str]:

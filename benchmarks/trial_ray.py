@@ -16,7 +16,7 @@ import os
 import secrets
 from pathlib import Path
 
-from trial_run import start_fake_webuis, timed_run
+from trial_run import several_webuis, start_fake_webuis, timed_run
 
 # name: WebUI hosts
 RAY_CONFIGS = {"ray1": 1, "ray2": 2, "ray3": 3}
@@ -45,15 +45,13 @@ def run_ray_config(name: str, work: Path, args: argparse.Namespace, assets: dict
     start_ray(work)
     servers = start_fake_webuis(name, work, hosts, args)
     overrides = ["cluster.address=auto", f"webui.checkpoint_dir={servers[0].checkpoint_dir}",
-                 f"webui.urls=[{','.join(s.url for s in servers)}]",
-                 f"webui.checkpoint_dirs=[{','.join(str(s.checkpoint_dir) for s in servers)}]"]
+                 *several_webuis(servers)]
     try:
         run = timed_run(name, work, trial_count(args.trials), assets, overrides, stages, hosts)
     finally:
         for server in servers:
             server.stop()
-    return {"name": name, "trials": len(run.trials), "per_hour": run.per_hour, "medians": run.medians,
-            "ok": run.ok, "webuis": hosts, "hosts_used": len({t["webui"] for t in run.trials})}
+    return run.row(name, webuis=hosts, hosts_used=len({t["webui"] for t in run.trials}))
 
 
 def describe(results: list[dict]) -> list[str]:

@@ -47,6 +47,12 @@ def start_fake_webuis(name: str, work: Path, count: int, args: argparse.Namespac
     return servers
 
 
+def several_webuis(servers: list[FakeWebUI]) -> list[str]:
+    """The overrides that name every one of ``servers`` (``webui.urls``, ``webui.checkpoint_dirs``)."""
+    return [f"webui.urls=[{','.join(s.url for s in servers)}]",
+            f"webui.checkpoint_dirs=[{','.join(str(s.checkpoint_dir) for s in servers)}]"]
+
+
 @dataclass
 class TimedRun:
     run_dir: Path
@@ -54,9 +60,10 @@ class TimedRun:
     medians: dict[str, float]  # per stage, from the trial log's timings
     per_hour: float
 
-    @property
-    def ok(self) -> int:
-        return sum(t["status"] == "ok" for t in self.trials)
+    def row(self, name: str, **extra) -> dict:
+        """The run as a row of bench_trial's table; ``extra``: the row's own columns."""
+        return {"name": name, "trials": len(self.trials), "per_hour": self.per_hour, "medians": self.medians,
+                "ok": sum(t["status"] == "ok" for t in self.trials), **extra}
 
 
 def timed_run(name: str, work: Path, trials: int, assets: dict, overrides: list[str], stages: tuple[str, ...],
