@@ -53,7 +53,7 @@ for _path in (REPO, REPO / "benchmarks"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from landscapes import LANDSCAPES, SCORE_TOP, Landscape, Objective  # noqa: E402
+from landscapes import LANDSCAPES, SCORE_TOP, Objective  # noqa: E402
 
 from bayes_merger.config import OptimiserConfig  # noqa: E402
 from bayes_merger.optimiser import Optimiser  # noqa: E402
