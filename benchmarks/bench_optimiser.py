@@ -57,6 +57,7 @@ from landscapes import LANDSCAPES, SCORE_TOP, Objective  # noqa: E402
 
 from bayes_merger.config import OptimiserConfig  # noqa: E402
 from bayes_merger.optimiser import Optimiser  # noqa: E402
+from bayes_merger.schedule import Schedule  # noqa: E402
 from bayes_merger.space import build_space  # noqa: E402
 
 log = logging.getLogger("bench_optimiser")
@@ -133,15 +134,15 @@ def points_of(method: str, objective: Objective, budget: int, seed: int) -> tupl
     space = build_space(cfg, objective.landscape.blocks, objective.landscape.uses_beta)
     names = [p.name for p in space.parameters]
     optimiser = Optimiser(space, cfg, seed=seed)
-    # with k trials in flight (pipelined or several WebUIs), trial t is suggested before the scores of
-    # trials t−k … t−1 are known: their parameters are pending
-    lag = pending_of(method)
+    # with k trials pending (pipelined or several WebUIs), trial t is suggested knowing what the run's
+    # own schedule lets it know: the scores of trials 0 … t−k−1 and the parameters of t−k … t−1
+    schedule = Schedule(budget, in_flight=pending_of(method) + 1)
     suggested: list[dict[str, float]] = []
     for t in range(budget):
-        for j in range(len(optimiser._observed), max(t - lag, 0)):
+        for j in range(len(optimiser._observed), len(schedule.known_before(t))):
             optimiser.register(suggested[j], ys[j])
         start = time.perf_counter()
-        params = optimiser.suggest(t, pending=suggested[max(t - lag, 0):t])
+        params = optimiser.suggest(t, pending=[suggested[j] for j in schedule.pending_before(t)])
         if t >= cfg.init_points:
             seconds.append(time.perf_counter() - start)
         suggested.append(params)
