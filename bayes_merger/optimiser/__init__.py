@@ -95,7 +95,7 @@ class Optimiser:
         acquisition.incumbent = float(means.max())
         centres = model.x[np.argsort(-means)[: self.n_centres]]
         box = trust_region(centres[0], model.length_scale, trust_length([s for _, s in self._observed],
-                                                                          self.config.init_points))
+                                                                          self.config.init_points, len(pending)))
         if pending:
             running = np.array([self._to_unit(p) for p in pending])
             model = model.believing(running)
@@ -184,21 +184,28 @@ TRUST_INITIAL, TRUST_MIN, TRUST_MAX = 0.8, 0.05, 1.6
 TRUST_SUCCESSES, TRUST_FAILURES = 2, 3
 
 
-def trust_length(scores: Sequence[float], init_points: int) -> float:
+def trust_length(scores: Sequence[float], init_points: int, lag: int = 0) -> float:
     """The trust region's side in the unit cube, replayed from the scores in trial order.
 
     A pure function of the trial log, so a resumed run has the same region as an uninterrupted one.
     A score counts as an improvement when it beats the best so far by 0.1% of the scores' spread.
+    With ``lag`` trials in flight, the ``lag`` trials after an improvement were suggested before it was
+    known: that they fall short of it says nothing about the region, so they are not failures (counted
+    as failures, they halve the region after most improvements: bench_optimiser, 3 pending, 40 seeds,
+    1.19× → 1.15× the sequential regret at 40 trials, 1.23× → 1.18× at 80).
     """
     start = min(init_points, len(scores))
     if start == 0:
         return TRUST_INITIAL
     best = max(scores[:start])
     spread = (max(scores) - min(scores)) or 1.0
-    length, wins, losses = TRUST_INITIAL, 0, 0
+    length, wins, losses, unaware = TRUST_INITIAL, 0, 0, 0
     for score in scores[start:]:
         if score > best + 1e-3 * spread:
-            wins, losses, best = wins + 1, 0, score
+            wins, losses, best, unaware = wins + 1, 0, score, lag
+        elif unaware:
+            unaware -= 1
+            continue
         else:
             wins, losses = 0, losses + 1
         if wins >= TRUST_SUCCESSES:

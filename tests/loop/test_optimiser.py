@@ -164,6 +164,10 @@ def test_trust_region_grows_on_improvements_and_shrinks_on_failures():
     assert trust_length([1, 2, 3], init_points=3) == TRUST_INITIAL
     assert trust_length([1, 2, 3, 4, 5], init_points=3) == 2 * TRUST_INITIAL
     assert trust_length([1, 2, 3, 0, 0, 0], init_points=3) == TRUST_INITIAL / 2
+    # with 3 trials in flight, the 3 after an improvement were suggested without knowing of it
+    assert trust_length([1, 2, 3, 4, 0, 0, 0], init_points=3, lag=3) == TRUST_INITIAL
+    assert trust_length([1, 2, 3, 4, 0, 0, 0, 0, 0, 0], init_points=3, lag=3) == TRUST_INITIAL / 2
+    assert trust_length([1, 2, 3, 4, 0, 0, 0], init_points=3) == TRUST_INITIAL / 2
     lower, upper = trust_region(np.array([0.1, 0.5]), np.array([1.0, 100.0]), 0.4)
     # the smooth weight gets a wider side, but at most 2× its share; the box stays in the unit cube
     assert lower[0] == 0.0 and upper[0] == pytest.approx(0.2)
@@ -268,3 +272,26 @@ def test_a_running_trial_predicted_above_the_best_is_the_bar_a_suggestion_must_c
     assert bars[0] == pytest.approx(best)
     assert bars[1] == pytest.approx(predicted), "improvement is counted over the running trial's prediction"
     assert bars[2] == pytest.approx(best), "a running trial predicted worse leaves the bar where it was"
+
+
+def test_with_trials_running_the_misses_suggested_before_an_improvement_was_known_leave_the_region(monkeypatch):
+    import bayes_merger.optimiser as optimiser_module
+
+    cfg = OptimiserConfig(init_points=3, n_iters=10)
+    optimiser = Optimiser(_space(cfg), cfg, seed=2)
+    points = [optimiser.suggest(t) for t in range(3)] + [optimiser._random(t) for t in range(3, 7)]
+    # trial 3 improves on the initial design; trials 4–6 fall short of it
+    optimiser.observe(list(zip(points, [0.1, 0.2, 0.3, 0.9, 0.0, 0.0, 0.0])))
+    sides = []
+    region = optimiser_module.trust_region
+
+    def spy(centre, length_scale, side):
+        sides.append(side)
+        return region(centre, length_scale, side)
+
+    monkeypatch.setattr(optimiser_module, "trust_region", spy)
+    optimiser.suggest(7)
+    running = [optimiser._random(t) for t in range(7, 10)]
+    optimiser.suggest(10, pending=running)
+    assert sides[0] == TRUST_INITIAL / 2, "three misses in a row halve the region"
+    assert sides[1] == TRUST_INITIAL, "with three trials in flight, trials 4–6 were suggested before trial 3's score"
