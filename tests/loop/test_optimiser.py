@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 
+import bayes_merger.optimiser as optimiser_module
 from bayes_merger.config import OptimiserConfig
 from bayes_merger.errors import ConfigError
 from bayes_merger.merge.arch import SD_BLOCKS
@@ -275,8 +276,6 @@ def test_a_running_trial_predicted_above_the_best_is_the_bar_a_suggestion_must_c
 
 
 def test_with_trials_running_the_misses_suggested_before_an_improvement_was_known_leave_the_region(monkeypatch):
-    import bayes_merger.optimiser as optimiser_module
-
     cfg = OptimiserConfig(init_points=3, n_iters=10)
     optimiser = Optimiser(_space(cfg), cfg, seed=2)
     points = [optimiser.suggest(t) for t in range(3)] + [optimiser._random(t) for t in range(3, 7)]
