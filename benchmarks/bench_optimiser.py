@@ -26,7 +26,9 @@ trials before it are still running, as with pipelining or k+1 WebUIs).
 The table prints the median and quartiles over seeds of each regret, and the median seconds per
 suggestion with 100 observations. The last line is name=value pairs: for each budget, the worst over
 landscapes of default's median regret / random's (``default/random@40``) and / the best reference's
-(``default/best_ref@40``), and whether default ever did worse than the centre merge.
+(``default/best_ref@40``), whether default ever did worse than the centre merge, and for each
+``bo:…,pending=k`` the cost of the trials in flight: the geometric mean over landscapes of its median
+reported regret over the same configuration's with nothing in flight (``bo_pending3/default@40``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import statistics
 import sys
@@ -161,6 +164,15 @@ def pending_of(method: str) -> int:
         if key == "pending":
             return int(value)
     return 0
+
+
+def without_pending(method: str) -> str:
+    """The method ``bo:…,pending=k`` is measured against: the same configuration, nothing in flight."""
+    items = [item for item in method[3:].split(",") if item] if method.startswith("bo:") else []
+    kept = [item for item in items if not item.startswith("pending=")]
+    if len(kept) == len(items):
+        return method
+    return "bo:" + ",".join(kept) if kept else "default"
 
 
 def run_one(task: tuple[str, str, int, tuple[int, ...]]) -> dict:
@@ -348,6 +360,13 @@ def report(methods, names, budgets, results, timing, elapsed) -> None:
             worse = sum(statistics.median(r[f"best@{budgets[-1]}"] for r in by[(method, name)])
                         > statistics.median(r[f"best@{budgets[-1]}"] for r in by[("centre", name)]) for name in names)
             summary.append(f"{key}_worse_than_centre={worse}/{len(names)}")
+        sequential = without_pending(method)
+        if sequential != method and sequential in methods:
+            # the cost of trials in flight: regret over the same optimiser's without them, at equal trials
+            for n in budgets:
+                ratios = [statistics.median(r[f"reported@{n}"] for r in by[(method, name)])
+                          / statistics.median(r[f"reported@{n}"] for r in by[(sequential, name)]) for name in names]
+                summary.append(f"{key}/{sequential.replace(':', '_')}@{n}={math.exp(np.mean(np.log(ratios))):.3f}")
         if timing.get(method) is not None:
             summary.append(f"{key}_s_per_suggestion={timing[method]:.2f}")
     summary.append(f"elapsed_s={elapsed:.0f}")
