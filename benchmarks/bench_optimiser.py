@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import statistics
 import sys
@@ -72,14 +71,13 @@ INIT_POINTS = 10
 def optimiser_config(method: str, budget: int) -> OptimiserConfig:
     """OptimiserConfig for ``default`` or ``bo:key=value,…`` with ``budget`` trials."""
     fields: dict = {}
-    if method.startswith("bo:"):
-        for item in filter(None, method[3:].split(",")):
-            key, _, value = item.partition("=")
-            if key == "pending":
-                continue
-            if key not in ("acquisition", "kappa", "xi", "init_points"):
-                raise SystemExit(f"unknown key '{key}' in '{method}' (acquisition, kappa, xi, init_points, pending)")
-            fields[key] = value if key == "acquisition" else (int(value) if key == "init_points" else float(value))
+    for item in settings_of(method):
+        key, _, value = item.partition("=")
+        if key == "pending":
+            continue
+        if key not in ("acquisition", "kappa", "xi", "init_points"):
+            raise SystemExit(f"unknown key '{key}' in '{method}' (acquisition, kappa, xi, init_points, pending)")
+        fields[key] = value if key == "acquisition" else (int(value) if key == "init_points" else float(value))
     init = min(fields.pop("init_points", OptimiserConfig().init_points), budget)
     return OptimiserConfig(init_points=init, n_iters=budget - init, **fields)
 
@@ -157,9 +155,14 @@ def points_of(method: str, objective: Objective, budget: int, seed: int) -> tupl
     return xs, ys, optimiser.best(), seconds
 
 
+def settings_of(method: str) -> list[str]:
+    """The ``key=value`` items of ``bo:key=value,…`` (none for any other method)."""
+    return [item for item in method[3:].split(",") if item] if method.startswith("bo:") else []
+
+
 def pending_of(method: str) -> int:
     """k of ``bo:…,pending=k``: how many trials are still running when one is suggested (default 0)."""
-    for item in method[3:].split(",") if method.startswith("bo:") else ():
+    for item in settings_of(method):
         key, _, value = item.partition("=")
         if key == "pending":
             return int(value)
@@ -168,7 +171,7 @@ def pending_of(method: str) -> int:
 
 def without_pending(method: str) -> str:
     """The method ``bo:…,pending=k`` is measured against: the same configuration, nothing in flight."""
-    items = [item for item in method[3:].split(",") if item] if method.startswith("bo:") else []
+    items = settings_of(method)
     kept = [item for item in items if not item.startswith("pending=")]
     if len(kept) == len(items):
         return method
@@ -317,6 +320,11 @@ def _quartiles(values: list[float]) -> tuple[float, float, float]:
     return float(q1), float(q2), float(q3)
 
 
+def summary_name(method: str) -> str:
+    """``method`` as a name in the name=value line: no ':', ',' or '='."""
+    return method.replace(":", "_").replace(",", "_").replace("=", "")
+
+
 def report(methods, names, budgets, results, timing, elapsed) -> None:
     def cell(values):
         if not values:
@@ -345,7 +353,7 @@ def report(methods, names, budgets, results, timing, elapsed) -> None:
     summary = []
     refs = [m for m in methods if m in REFERENCES and m not in ("random", "centre")]
     for method in [m for m in methods if m not in REFERENCES]:
-        key = method.replace(":", "_").replace(",", "_").replace("=", "")
+        key = summary_name(method)
         for n in budgets:
             med = {name: statistics.median(r[f"best@{n}"] for r in by[(method, name)]) for name in names}
             if "random" in methods:
@@ -366,7 +374,7 @@ def report(methods, names, budgets, results, timing, elapsed) -> None:
             for n in budgets:
                 ratios = [statistics.median(r[f"reported@{n}"] for r in by[(method, name)])
                           / statistics.median(r[f"reported@{n}"] for r in by[(sequential, name)]) for name in names]
-                summary.append(f"{key}/{sequential.replace(':', '_')}@{n}={math.exp(np.mean(np.log(ratios))):.3f}")
+                summary.append(f"{key}/{summary_name(sequential)}@{n}={statistics.geometric_mean(ratios):.3f}")
         if timing.get(method) is not None:
             summary.append(f"{key}_s_per_suggestion={timing[method]:.2f}")
     summary.append(f"elapsed_s={elapsed:.0f}")
