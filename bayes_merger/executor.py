@@ -185,7 +185,7 @@ class Executor:
             pending = [self.suggestion(j) for j in self.schedule.pending_before(index)]
             known = [self.trials[j] for j in self.schedule.known_before(index)
                      if j in self.trials and self.trials[j].ok and self.trials[j].score is not None]
-            self.optimiser.observe([(t.params, t.score) for t in known])
+            self.optimiser.observe([(t.params, t.score) for t in known], trials=[t.trial for t in known])
             self._suggested[index] = self.optimiser.suggest(index, pending=pending)
         return dict(self._suggested[index])
 

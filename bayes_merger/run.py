@@ -303,7 +303,7 @@ def record_best(run_dir: Path, trial_log: TrialLog, optimiser: Optimiser) -> Tri
     ok = sorted((t for t in trial_log.trials if t.ok and t.score is not None), key=lambda t: t.trial)
     # every score so far, in trial order: the model the best and the importance are read from (the
     # executor sets what each suggestion may know again before it suggests)
-    optimiser.observe([(t.params, t.score) for t in ok])
+    optimiser.observe([(t.params, t.score) for t in ok], trials=[t.trial for t in ok])
     index = optimiser.best()
     best = ok[index] if index is not None else None
     write_best(run_dir, best, best_extras(trial_log.trials, best, optimiser.importance()))

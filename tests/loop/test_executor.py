@@ -190,3 +190,24 @@ def test_a_resumed_run_suggests_what_an_uninterrupted_one_did():
     executor.run()
     assert sorted(t.trial for t in log) == [6, 8, 9, 10, 11]
     assert all(t.params == by_index[t.trial].params for t in log)
+
+
+def test_the_optimiser_is_told_the_trial_numbers_of_the_scores_it_knows_so_a_failed_trial_leaves_a_gap():
+    class FailingStages(Stages):
+        def render(self, index, params, prepared, slot, timings):
+            trial = super().render(index, params, prepared, slot, timings)
+            return _trial(index, params, None, webui=slot.name) if index == 5 else trial
+
+    optimiser, seen = _optimiser(), []
+    observe = optimiser.observe
+
+    def spy(observations, trials=None):
+        seen.append(list(trials))
+        observe(observations, trials)
+
+    optimiser.observe = spy
+    log = []
+    Executor(FailingStages(), optimiser, [_slot("a")], {}, 12, log.append, threading.Event(), 2).run()
+    assert [t.trial for t in log if t.score is None] == [5]
+    # the trust region's window after an improvement is counted in trials (optimiser.trust_length)
+    assert [0, 1, 2, 3, 4, 6, 7, 8, 9] in seen

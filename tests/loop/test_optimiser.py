@@ -169,6 +169,13 @@ def test_trust_region_grows_on_improvements_and_shrinks_on_failures():
     assert trust_length([1, 2, 3, 4, 0, 0, 0], init_points=3, lag=3) == TRUST_INITIAL
     assert trust_length([1, 2, 3, 4, 0, 0, 0, 0, 0, 0], init_points=3, lag=3) == TRUST_INITIAL / 2
     assert trust_length([1, 2, 3, 4, 0, 0, 0], init_points=3) == TRUST_INITIAL / 2
+    # the window is counted in trials, not scores: trial 4 failed, so trials 5 and 6 are the rest of
+    # the window after trial 3's improvement, and 8–10 (which knew of it) are three misses
+    scores, trials = [1, 2, 3, 4, 0, 0, 0, 0, 0], [0, 1, 2, 3, 5, 6, 8, 9, 10]
+    assert trust_length(scores, init_points=3, lag=3, trials=trials) == TRUST_INITIAL / 2
+    assert trust_length(scores, init_points=3, lag=3) == TRUST_INITIAL, "counted in scores, 8 would be excused"
+    # an initial trial that failed leaves the first suggested trial out of the initial design
+    assert trust_length([1, 2, 3, 4], init_points=3, trials=[0, 1, 3, 4]) == 2 * TRUST_INITIAL
     lower, upper = trust_region(np.array([0.1, 0.5]), np.array([1.0, 100.0]), 0.4)
     # the smooth weight gets a wider side, but at most 2× its share; the box stays in the unit cube
     assert lower[0] == 0.0 and upper[0] == pytest.approx(0.2)
