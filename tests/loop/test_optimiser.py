@@ -169,7 +169,7 @@ def test_trust_region_grows_on_improvements_and_shrinks_on_failures():
     assert trust_length([1, 2, 3, 4, 0, 0, 0], init_points=3, lag=3) == TRUST_INITIAL
     assert trust_length([1, 2, 3, 4, 0, 0, 0, 0, 0, 0], init_points=3, lag=3) == TRUST_INITIAL / 2
     assert trust_length([1, 2, 3, 4, 0, 0, 0], init_points=3) == TRUST_INITIAL / 2
-    # the window is counted in trials, not scores: trial 4 failed, so trials 5 and 6 are the rest of
+    # the window is counted in trials, not scores: trials 4 and 7 failed, so 5 and 6 are the rest of
     # the window after trial 3's improvement, and 8–10 (which knew of it) are three misses
     scores, trials = [1, 2, 3, 4, 0, 0, 0, 0, 0], [0, 1, 2, 3, 5, 6, 8, 9, 10]
     assert trust_length(scores, init_points=3, lag=3, trials=trials) == TRUST_INITIAL / 2
