@@ -9,8 +9,9 @@ and its fault injection (failing and dropped requests) is ``fake_http``; the web
 (``fail_execution``), websockets dropped now or at a given event (``drop_websockets``,
 ``drop_websocket_at``), execution held (``hold_execution``), and ``restart`` (history, queue
 counter and cache lost, as a real restart loses them). Not faults: ``delay_node`` gives node classes a
-running time (a benchmark's load, re-patch and render costs); ``previews`` makes samplers send
-preview frames.
+running time (a benchmark's load, re-patch and render costs), slept or, ``virtual``, only added to
+``clock`` (so a test of a timing decision reads the same on a slow machine); ``previews`` makes
+samplers send preview frames.
 
 Run it in the foreground as "the ComfyUI" of a demo::
 
@@ -26,6 +27,7 @@ import queue
 import socket
 import tempfile
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -74,7 +76,8 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
         self.frees: list[dict[str, Any]] = []
         self.executed: list[list[str]] = []  # node ids run (not cached) per prompt, in order
         self.previews = False  # True: samplers send a preview image (JPEG frame) per step, as --preview-method does
-        self._node_delays: dict[str, float] = {}
+        self._node_delays: dict[str, tuple[float, bool]] = {}  # class prefix → (seconds, virtual)
+        self._virtual_s = 0.0  # what virtual delays have added to clock()
 
     # ----------------------------------------------------------------------------- lifecycle
 
@@ -155,16 +158,25 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
         self._execution_gate.clear()
         return self._execution_gate
 
-    def delay_node(self, class_type: str, seconds: float) -> None:
+    def delay_node(self, class_type: str, seconds: float, *, virtual: bool = False) -> None:
         """Nodes whose class starts with ``class_type`` take ``seconds`` longer each time they run (not when
         cached): "CheckpointLoaderSimple" a checkpoint load, "ModelMerge" the merge and re-patch of a
-        ratio change, "KSampler" the render (the costs of ``comfyui-api.md``'s timings, scaled as wanted)."""
+        ratio change, "KSampler" the render (the costs of ``comfyui-api.md``'s timings, scaled as wanted).
+        ``virtual``: the node does not sleep; the seconds are added to ``clock()`` instead."""
         with self._lock:
-            self._node_delays[class_type] = max(float(seconds), 0.0)
+            self._node_delays[class_type] = (max(float(seconds), 0.0), virtual)
 
     def node_delay(self, class_type: str) -> float:
+        """Seconds to sleep for one run of a ``class_type`` node; its virtual seconds are added to ``clock()``."""
         with self._lock:
-            return sum(s for prefix, s in self._node_delays.items() if class_type.startswith(prefix))
+            matching = [delay for prefix, delay in self._node_delays.items() if class_type.startswith(prefix)]
+            self._virtual_s += sum(seconds for seconds, virtual in matching if virtual)
+            return sum(seconds for seconds, virtual in matching if not virtual)
+
+    def clock(self) -> float:
+        """``time.perf_counter()`` plus the virtual delays the nodes have run so far."""
+        with self._lock:
+            return time.perf_counter() + self._virtual_s
 
     def clear_faults(self) -> None:
         super().clear_faults()

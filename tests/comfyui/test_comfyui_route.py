@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from bayes_merger.merge.arch import architecture
 from bayes_merger.merge.weights import BlockWeights
-from bayes_merger.renderers.comfyui import ComfyUIClient
+from bayes_merger.renderers.comfyui import ComfyUIClient, route
 from bayes_merger.renderers.comfyui.route import settle_route
 from tests.comfyui.test_comfyui_run import comfyui_run_args
 from tests.loop.test_cli_run import _cli, _only_run, _trials
@@ -19,7 +19,14 @@ from tests.loop.test_cli_run import _cli, _only_run, _trials
 SD1 = architecture("sd1")
 REQUEST = {"prompt": "a red boat", "seed": 7, "steps": 1, "width": 64, "height": 64}
 WEIGHTS = [BlockWeights.uniform(SD1.blocks, 0.5), BlockWeights.uniform(SD1.blocks, 0.2)]
-SLOW = 0.6  # seconds the slow route's node takes in the fake, far above the rest of a tiny trial
+SLOW = 60.0  # seconds the slow route's node takes, virtually: far above the rest of a tiny trial on any machine
+
+
+@pytest.fixture
+def slow_node(fake_comfyui, monkeypatch):
+    """Makes a node class SLOW without sleeping: the fake adds the seconds to the clock the route is timed by."""
+    monkeypatch.setattr(route, "clock", fake_comfyui.clock)
+    return lambda class_type, seconds=SLOW: fake_comfyui.delay_node(class_type, seconds, virtual=True)
 
 
 @pytest.fixture
@@ -42,10 +49,10 @@ def stager(client_folder, tiny_models):
     return stage
 
 
-@pytest.mark.parametrize("slow_node, expected", [("ModelMerge", "file"), ("CheckpointLoaderSimple", "graph")])
+@pytest.mark.parametrize("slow_class, expected", [("ModelMerge", "file"), ("CheckpointLoaderSimple", "graph")])
 def test_auto_takes_the_route_that_measures_faster(auto_client, fake_comfyui, tiny_models, caplog, slow_node,
-                                                   expected):
-    fake_comfyui.delay_node(slow_node, SLOW)  # a slow re-patch in the graph, or a slow checkpoint load
+                                                   slow_class, expected):
+    slow_node(slow_class)  # a slow re-patch in the graph, or a slow checkpoint load
     folder = fake_comfyui.checkpoint_dir / "bayes-merger"
     with caplog.at_level(logging.INFO, logger="bayes_merger.renderers.comfyui.route"):
         record = settle_route(auto_client, None, REQUEST, WEIGHTS, stager(folder, tiny_models), pipelined=False)
@@ -84,8 +91,9 @@ def test_auto_with_models_comfyui_does_not_list_takes_the_file_without_measuring
         assert settle_route(client, None, REQUEST, WEIGHTS, lambda i: pytest.fail("measured"), False)["route"] == "file"
 
 
-def test_a_whole_run_on_auto_records_the_measured_route_and_its_resume_keeps_it(fake_comfyui, tiny_models, tmp_path):
-    fake_comfyui.delay_node("ModelMerge", SLOW)  # the graph is the slow route on this "device"
+def test_a_whole_run_on_auto_records_the_measured_route_and_its_resume_keeps_it(fake_comfyui, tiny_models, tmp_path,
+                                                                                 slow_node):
+    slow_node("ModelMerge")  # the graph is the slow route on this "device"
     folder = tmp_path / "models" / "checkpoints" / "bayes-merger"
     args = comfyui_run_args(fake_comfyui.url, tiny_models, tmp_path, "comfyui", "auto", init_points=2, n_iters=0)
     assert _cli(args) == 0
@@ -97,7 +105,7 @@ def test_a_whole_run_on_auto_records_the_measured_route_and_its_resume_keeps_it(
     assert all("merge" in t["timings"] and "write" in t["timings"] for t in first), "merged by us, by file"
     posts = len(fake_comfyui.requests_to("/prompt", "POST"))
 
-    fake_comfyui.delay_node("ModelMerge", 0.0)  # the device changed, but the run keeps its route
+    slow_node("ModelMerge", 0.0)  # the device changed, but the run keeps its route
     resume = ["--config", str(run_dir / "config.yaml"), f"resume={run_dir}", "optimiser.n_iters=1",
               "hydra/job_logging=none", "hydra/hydra_logging=none"]
     assert _cli(resume) == 0

@@ -157,6 +157,20 @@ def test_a_node_delay_costs_its_time_only_when_the_node_runs(fake_comfyui):
     assert times[0] >= 0.3 and fake_comfyui.executed[1] == []
 
 
+def test_a_virtual_node_delay_adds_to_the_clock_only_when_the_node_runs(fake_comfyui):
+    import time
+
+    fake_comfyui.delay_node("CheckpointLoaderSimple", 1000.0, virtual=True)
+    clocks = [fake_comfyui.clock()]
+    for prompt_id in ("one", "two"):  # the second loads nothing: the loader is cached
+        requests.post(fake_comfyui.url + "/prompt", json={"prompt": prompt(), "prompt_id": prompt_id})
+        while prompt_id not in fake_comfyui.history:
+            time.sleep(0.01)
+        clocks.append(fake_comfyui.clock())
+    assert clocks[1] - clocks[0] >= 1000.0 > clocks[2] - clocks[1]
+    assert fake_comfyui.executed[1] == []
+
+
 def test_a_silent_websocket_outlives_the_idle_timeout_of_http_connections(fake_comfyui, monkeypatch):
     import time
 
