@@ -166,12 +166,14 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
         with self._lock:
             self._node_delays[class_type] = (max(float(seconds), 0.0), virtual)
 
-    def node_delay(self, class_type: str) -> float:
-        """Seconds to sleep for one run of a ``class_type`` node; its virtual seconds are added to ``clock()``."""
+    def spend_node_time(self, class_type: str) -> None:
+        """One run of a ``class_type`` node: sleeps its delays, adds its virtual ones to ``clock()``."""
         with self._lock:
             matching = [delay for prefix, delay in self._node_delays.items() if class_type.startswith(prefix)]
             self._virtual_s += sum(seconds for seconds, virtual in matching if virtual)
-            return sum(seconds for seconds, virtual in matching if not virtual)
+        slept = sum(seconds for seconds, virtual in matching if not virtual)
+        if slept:
+            time.sleep(slept)  # the node's running time as set (delay_node), not a synchronisation
 
     def clock(self) -> float:
         """``time.perf_counter()`` plus the virtual delays the nodes have run so far."""

@@ -103,9 +103,7 @@ class PromptExecution:
                     result, ui = old_cache[signatures[node_id]]
                 else:
                     self._send(client, "executing", {"node": node_id, "display_node": node_id})
-                    delay = self.node_delay(class_type)
-                    if delay:
-                        time.sleep(delay)  # the node's running time as set (delay_node), not a synchronisation
+                    self.spend_node_time(class_type)
                     result, ui = self._executor.run(class_type, inputs, prompt,
                                                     lambda k, n: self._progress(client, prompt_id, node_id, k, n))
                     ran.append(node_id)

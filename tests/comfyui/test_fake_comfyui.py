@@ -143,32 +143,32 @@ def test_save_image_websocket_sends_the_png_after_its_progress_and_writes_nothin
     assert not [p for p in fake_comfyui.output_dir.rglob("*") if p.is_file()]
 
 
+def _two_identical_prompts(fake_comfyui, clock):
+    """The seconds each of two identical prompts took by ``clock``: the second finds its loader cached."""
+    import time
+
+    times = []
+    for prompt_id in ("one", "two"):
+        start = clock()
+        requests.post(fake_comfyui.url + "/prompt", json={"prompt": prompt(), "prompt_id": prompt_id})
+        while prompt_id not in fake_comfyui.history:
+            time.sleep(0.01)
+        times.append(clock() - start)
+    return times
+
+
 def test_a_node_delay_costs_its_time_only_when_the_node_runs(fake_comfyui):
     import time
 
     fake_comfyui.delay_node("CheckpointLoaderSimple", 0.3)
-    times = []
-    for prompt_id in ("one", "two"):  # the second loads nothing: the loader is cached
-        start = time.monotonic()
-        requests.post(fake_comfyui.url + "/prompt", json={"prompt": prompt(), "prompt_id": prompt_id})
-        while prompt_id not in fake_comfyui.history:
-            time.sleep(0.01)
-        times.append(time.monotonic() - start)
+    times = _two_identical_prompts(fake_comfyui, time.monotonic)
     assert times[0] >= 0.3 and fake_comfyui.executed[1] == []
 
 
 def test_a_virtual_node_delay_adds_to_the_clock_only_when_the_node_runs(fake_comfyui):
-    import time
-
     fake_comfyui.delay_node("CheckpointLoaderSimple", 1000.0, virtual=True)
-    clocks = [fake_comfyui.clock()]
-    for prompt_id in ("one", "two"):  # the second loads nothing: the loader is cached
-        requests.post(fake_comfyui.url + "/prompt", json={"prompt": prompt(), "prompt_id": prompt_id})
-        while prompt_id not in fake_comfyui.history:
-            time.sleep(0.01)
-        clocks.append(fake_comfyui.clock())
-    assert clocks[1] - clocks[0] >= 1000.0 > clocks[2] - clocks[1]
-    assert fake_comfyui.executed[1] == []
+    times = _two_identical_prompts(fake_comfyui, fake_comfyui.clock)
+    assert times[0] >= 1000.0 > times[1] and fake_comfyui.executed[1] == []
 
 
 def test_a_silent_websocket_outlives_the_idle_timeout_of_http_connections(fake_comfyui, monkeypatch):
