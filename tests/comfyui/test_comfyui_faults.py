@@ -87,7 +87,7 @@ def test_a_corrupt_merge_file_fails_the_trial_with_the_loaders_error(file_client
 @pytest.mark.parametrize("event", ["execution_start", "progress", "execution_success", "executing"])
 def test_a_websocket_dropped_mid_prompt_is_reopened_and_the_image_asked_for_again_from_the_cache(
         graph_client, fake_comfyui, monkeypatch, event):
-    monkeypatch.setattr("bayes_merger.renderers.comfyui.client.HISTORY_POLL", 0.2)
+    monkeypatch.setattr("bayes_merger.renderers.comfyui.prompts.HISTORY_POLL", 0.2)
     graph_client.load_weights(WEIGHTS, trial=0)
     undisturbed = graph_client.txt2img(PAYLOAD).images[0]
     fake_comfyui.drop_websocket_at(event)
@@ -103,7 +103,7 @@ def test_a_websocket_dropped_mid_prompt_is_reopened_and_the_image_asked_for_agai
 
 def test_with_a_save_image_workflow_a_dropped_websocket_costs_no_second_prompt(comfy_config, fake_comfyui, tiny_models,
                                                                              tmp_path, monkeypatch):
-    monkeypatch.setattr("bayes_merger.renderers.comfyui.client.HISTORY_POLL", 0.2)
+    monkeypatch.setattr("bayes_merger.renderers.comfyui.prompts.HISTORY_POLL", 0.2)
     path = tmp_path / "workflow_api.json"
     path.write_text(json.dumps(save_image_workflow()))
     with ComfyUIClient(comfy_config(comfyui_workflow=str(path)), "run1", handoff="graph", arch=SD1,

@@ -1,15 +1,9 @@
 """The ComfyUI client of one run: wait for ComfyUI, hand it each trial's merge, render, read back.
 
-A renderer beside ``webui.client.WebUIClient`` (see ``renderers.Renderer``). Each image is one prompt
-(``POST /prompt`` with this run's client id); the ``/ws`` websocket says when it has run or failed.
-The images come back over that websocket from ``SaveImageWebsocket`` nodes (the built-in graph's
-output: ComfyUI writes no file), or, for a user's workflow with ``SaveImage`` instead, from
-``/history`` and ``/view``. A websocket that drops is reopened and ``/history`` and ``/queue`` tell
-what became of the prompt; images a dropped socket may have lost are asked for again with the
-identical prompt, which ComfyUI serves from its cache (only ``SaveImageWebsocket`` re-runs, in
-milliseconds). A prompt ComfyUI no longer knows (it restarted) is a ``WebUIConnectionError``, so
-the loop waits and redoes the trial. An execution error (a checkpoint that does not load, a node
-that raises) is a ``WebUIError`` of that trial.
+A renderer beside ``webui.client.WebUIClient`` (see ``renderers.Renderer``). Each image is one prompt,
+run to its end by ``prompts.PromptRunner``. The images come back over the websocket from
+``SaveImageWebsocket`` nodes (the built-in graph's output: ComfyUI writes no file), or, for a user's
+workflow with ``SaveImage`` instead, from ``/history`` and ``/view`` (``images``).
 
 The merge is confirmed to be the one rendered: the graph ComfyUI reports in ``/history`` (and in
 each PNG's ``prompt`` text) must load the names and carry the ratios this client sent.
@@ -25,7 +19,6 @@ Two hand-offs (``graph`` for how a merge becomes nodes):
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -40,15 +33,11 @@ from bayes_merger.renderers.comfyui.events import EventStream
 from bayes_merger.renderers.comfyui.files import ComfyMergeFiles, basename
 from bayes_merger.renderers.comfyui.http import ComfyApi, http_error
 from bayes_merger.renderers.comfyui.images import prompt_images
+from bayes_merger.renderers.comfyui.prompts import PromptRunner
 from bayes_merger.webui.client import Generation
 from bayes_merger.webui.http import wait_until_ready as poll_until_ready
 
 logger = logging.getLogger(__name__)
-
-# how often the history is asked while the websocket is silent
-HISTORY_POLL = 5.0
-# how often one image's prompt is sent again when a dropped websocket may have lost its images
-IMAGE_ATTEMPTS = 3
 
 
 class ComfyUIClient:
@@ -71,6 +60,7 @@ class ComfyUIClient:
         self._api = ComfyApi(config)
         self._events = EventStream(self._api.base, f"bayes-merger-{run_id}-{uuid.uuid4().hex[:8]}",
                                    config.connect_timeout, self._api.auth)
+        self._prompts = PromptRunner(self._api, self._events, config.read_timeout)
         self._workflow = graphs.load_workflow(config.comfyui_workflow) if config.comfyui_workflow \
             else graphs.builtin_workflow()
         self._samplers: tuple[list[str], list[str]] | None = None
@@ -222,7 +212,7 @@ class ComfyUIClient:
         images, seeds, prompt_ids = [], [], []
         for values in graphs.image_values(request, samplers, schedulers, "the payload"):
             graph = self._shown(graphs.fill(self._workflow, {**values, "output": f"bayes-merger/{self._run_id}"}))
-            prompt_id, entry, frames = self._run_for_images(graph)
+            prompt_id, entry, frames = self._prompts.run(graph)
             rendered = prompt_images(entry, graph, frames,
                                      lambda params: self._api.request("GET", "/view", params=params, raw=True),
                                      self._shown_label)
@@ -235,110 +225,6 @@ class ComfyUIClient:
         info = {"sd_model_name": self._shown_label, "prompt_ids": prompt_ids, "seed": seeds[0], "all_seeds": seeds,
                 "backend": "comfyui"}
         return Generation(images=images, info=info, seeds=seeds)
-
-    def _run_for_images(self, graph: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, list[bytes]]]:
-        """``_run``, again while a dropped websocket may have lost images of ``SaveImageWebsocket`` nodes."""
-        savers = graphs.websocket_savers(graph)
-        for attempt in range(1, IMAGE_ATTEMPTS + 1):
-            prompt_id, entry, frames, intact = self._run(graph, savers)
-            if intact or not savers:
-                return prompt_id, entry, frames
-            logger.warning("ComfyUI's websocket dropped during prompt %s, so its images may be incomplete; sending the "
-                           "identical prompt again (ComfyUI answers it from its cache).", prompt_id)
-        raise WebUIConnectionError(f"ComfyUI's websocket dropped during each of {IMAGE_ATTEMPTS} tries of one image's "
-                                   "prompt, so its images never arrived whole.")
-
-    def _run(self, graph: dict[str, Any], savers: frozenset[str] = frozenset()
-             ) -> tuple[str, dict[str, Any], dict[str, list[bytes]], bool]:
-        """Queue one prompt and wait until it has run, or a WebUIError: its id, its history entry, the
-        images its ``savers`` (SaveImageWebsocket node ids) sent, and whether the websocket stayed open."""
-        self._events.connect()  # before the POST, so no event of this prompt is missed
-        answer = self._api.request("POST", "/prompt", {"prompt": graph, "client_id": self._events.client_id})
-        prompt_id = str((answer or {}).get("prompt_id") or "")
-        if not prompt_id:
-            raise WebUIError(f"POST /prompt answered without a prompt_id: {str(answer)[:120]}.")
-        deadline = time.monotonic() + self._config.read_timeout
-        outcome: dict[str, Any] | None = None
-        frames: dict[str, list[bytes]] = {}
-        intact, started, told, node = True, False, False, None  # node: that of this prompt's last progress event
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise WebUIConnectionError(
-                    f"ComfyUI did not finish prompt {prompt_id} within {self._config.read_timeout:g} s "
-                    "(raise webui.read_timeout if renders take longer)."
-                )
-            try:
-                message = self._events.next(min(remaining, HISTORY_POLL))
-            except WebUIConnectionError as error:
-                logger.warning("%s Reopening it and asking ComfyUI about prompt %s.", error, prompt_id)
-                intact = False
-                self._events.connect()
-                message = None
-            if message is None:  # silence or a dropped socket: ask the history
-                entry = self._history_or_lost(prompt_id)
-                if entry is not None and savers and intact and not told:
-                    told = True  # finished: its last events and images may still be on their way
-                    continue
-                if entry is not None:  # images not seen to their end count as lost
-                    return prompt_id, self._finished(prompt_id, entry, outcome), frames, not savers
-                continue
-            data = message.get("data") or {}
-            kind = message.get("type")
-            if kind == "image_frame":
-                # ComfyUI runs one prompt at a time, so after this prompt's start an image is this prompt's;
-                # it is an output when it comes from a SaveImageWebsocket node, else a sampler's preview
-                source = data.get("node") or node
-                if started and data.get("prompt_id") in (None, prompt_id) and source in savers:
-                    frames.setdefault(source, []).append(data["image"])
-                continue
-            if not isinstance(data, Mapping) or data.get("prompt_id") != prompt_id:
-                continue
-            if kind == "execution_start":
-                started = True
-            elif kind == "progress":
-                node = data.get("node")
-            elif kind in ("execution_success", "execution_error", "execution_interrupted"):
-                outcome = {"type": kind, **data}
-                if kind != "execution_success":
-                    raise WebUIError(_execution_error(prompt_id, outcome))
-            elif kind == "executing" and data.get("node") is None:  # the prompt is done and in the history
-                entry = self._history_wait(prompt_id)
-                return prompt_id, self._finished(prompt_id, entry, outcome), frames, intact and started
-
-    def _history_or_lost(self, prompt_id: str) -> dict[str, Any] | None:
-        """The prompt's history entry once it has finished; None while queued or running;
-        WebUIConnectionError when ComfyUI has forgotten it (a restart)."""
-        entry = self._api.request("GET", f"/history/{prompt_id}") or {}
-        if prompt_id in entry:
-            return entry[prompt_id]
-        queue = self._api.request("GET", "/queue") or {}
-        for item in (queue.get("queue_running") or []) + (queue.get("queue_pending") or []):
-            if isinstance(item, list) and len(item) > 1 and item[1] == prompt_id:
-                return None
-        # it may have finished between the two questions: the history is written before the queue lets go
-        entry = self._api.request("GET", f"/history/{prompt_id}") or {}
-        if prompt_id in entry:
-            return entry[prompt_id]
-        raise WebUIConnectionError(
-            f"ComfyUI no longer knows prompt {prompt_id}: it was restarted or its queue was cleared."
-        )
-
-    def _history_wait(self, prompt_id: str) -> dict[str, Any]:
-        for _ in range(20):
-            entry = self._history_or_lost(prompt_id)
-            if entry is not None:
-                return entry
-            time.sleep(0.05)
-        raise WebUIError(f"ComfyUI said prompt {prompt_id} was done, but its history does not have it.")
-
-    def _finished(self, prompt_id: str, entry: Mapping[str, Any], outcome: Mapping[str, Any] | None) -> dict[str, Any]:
-        status = entry.get("status") or {}
-        if status.get("status_str") not in (None, "success") or status.get("completed") is False:
-            messages = status.get("messages") or []
-            last = messages[-1] if messages else ["execution_error", {}]
-            raise WebUIError(_execution_error(prompt_id, {"type": last[0], **(last[1] if len(last) > 1 else {})}))
-        return dict(entry)
 
     # --------------------------------------------------------------------------- server facts
 
@@ -410,15 +296,6 @@ class ComfyUIClient:
             raise ConfigError("webui.checkpoint_dir is not set: with ComfyUI, point it at a sub-folder of "
                               "ComfyUI's models/checkpoints (e.g. models/checkpoints/bayes-merger).")
         return self._files
-
-
-def _execution_error(prompt_id: str, event: Mapping[str, Any]) -> str:
-    node = f"node {event.get('node_id', '?')} ({event.get('node_type', '?')})"
-    if event.get("type") == "execution_interrupted":
-        return f"ComfyUI interrupted prompt {prompt_id} at {node}; the trial's images are incomplete."
-    kind = str(event.get("exception_type") or "error").rsplit(".", 1)[-1]
-    message = " ".join(str(event.get("exception_message") or "no message").split())
-    return f"ComfyUI failed running {node} of prompt {prompt_id}: {kind}: {message.rstrip('.')}."
 
 
 __all__ = ["ComfyUIClient", "http_error"]
