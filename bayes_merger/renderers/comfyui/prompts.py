@@ -40,7 +40,7 @@ class PromptRunner:
         """Run ``graph`` to its end: its prompt id, its history entry and the images its
         ``SaveImageWebsocket`` nodes sent; sent again while a dropped websocket may have lost some."""
         savers = graphs.websocket_savers(graph)
-        for attempt in range(1, IMAGE_ATTEMPTS + 1):
+        for _ in range(IMAGE_ATTEMPTS):
             prompt_id, entry, frames, intact = self._run(graph, savers)
             if intact or not savers:
                 return prompt_id, entry, frames
