@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import requests
@@ -107,8 +108,6 @@ def test_an_identical_prompt_is_all_cached_and_a_restart_forgets_everything(fake
     for prompt_id in ("one", "two"):
         requests.post(fake_comfyui.url + "/prompt", json={"prompt": prompt(), "prompt_id": prompt_id})
     fake_comfyui.wait_for_requests("/prompt", 2)
-    import time
-
     deadline = time.monotonic() + 5
     while len(fake_comfyui.history) < 2 and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -145,8 +144,6 @@ def test_save_image_websocket_sends_the_png_after_its_progress_and_writes_nothin
 
 def _two_identical_prompts(fake_comfyui, clock):
     """The seconds each of two identical prompts took by ``clock``: the second finds its loader cached."""
-    import time
-
     times = []
     for prompt_id in ("one", "two"):
         start = clock()
@@ -158,8 +155,6 @@ def _two_identical_prompts(fake_comfyui, clock):
 
 
 def test_a_node_delay_costs_its_time_only_when_the_node_runs(fake_comfyui):
-    import time
-
     fake_comfyui.delay_node("CheckpointLoaderSimple", 0.3)
     times = _two_identical_prompts(fake_comfyui, time.monotonic)
     assert times[0] >= 0.3 and fake_comfyui.executed[1] == []
@@ -172,8 +167,6 @@ def test_a_virtual_node_delay_adds_to_the_clock_only_when_the_node_runs(fake_com
 
 
 def test_a_silent_websocket_outlives_the_idle_timeout_of_http_connections(fake_comfyui, monkeypatch):
-    import time
-
     from bayes_merger.testing import fake_http
 
     monkeypatch.setattr(fake_http._Handler, "timeout", 0.1)
