@@ -49,7 +49,7 @@ class PromptRunner:
         raise WebUIConnectionError(f"ComfyUI's websocket dropped during each of {IMAGE_ATTEMPTS} tries of one image's "
                                    "prompt, so its images never arrived whole.")
 
-    def _run(self, graph: dict[str, Any], savers: frozenset[str] = frozenset()
+    def _run(self, graph: dict[str, Any], savers: frozenset[str]
              ) -> tuple[str, dict[str, Any], dict[str, list[bytes]], bool]:
         """Queue one prompt and wait until it has run, or a WebUIError: its id, its history entry, the
         images its ``savers`` (SaveImageWebsocket node ids) sent, and whether the websocket stayed open."""
