@@ -65,7 +65,9 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as uvicorn: exercises the client's connection reuse
     server_version = "FakeWebUI/1"
-    timeout = 10  # idle keep-alive connections are closed, as servers do
+    # idle keep-alive connections are closed after 5 s, as uvicorn (the server under A1111's gradio) does
+    # by default: a client must not reuse one the server is closing
+    timeout = 5
     disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall
     server: _Server
 
