@@ -26,7 +26,7 @@ from bayes_merger.devices import resolve_device
 from bayes_merger.errors import ConfigError, ScorerError
 from bayes_merger.scoring import weights
 from bayes_merger.scoring.base import ImageContext, SharedModels
-from bayes_merger.scoring.clip import from_pretrained, quiet_transformers
+from bayes_merger.scoring.clip import from_pretrained, normalised, quiet_transformers
 from bayes_merger.scoring.heads import AestheticHead
 from bayes_merger.scoring.weights import downloads_disabled, load_head_file, pinned_head, resolve_cache_dir
 
@@ -46,9 +46,7 @@ class SquareResize:
         image = image.convert("RGB")
         if image.size != (self.size, self.size):
             image = image.resize((self.size, self.size), resample=Image.Resampling(self.resample))
-        pixels = np.asarray(image, dtype=np.float32) / 255.0
-        pixels = (pixels - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
-        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+        return normalised(image, self.mean, self.std)
 
     @classmethod
     def from_processor(cls, processor: object) -> SquareResize:

@@ -33,6 +33,14 @@ OPENAI_CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.2757771
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 
 
+def normalised(image: Image.Image, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """An RGB image as the float32 array (3, height, width) a vision tower takes: scaled to 0–1, then
+    normalised per channel."""
+    pixels = np.asarray(image, dtype=np.float32) / 255.0
+    pixels = (pixels - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """OpenAI's CLIP image transform with its settings: resize shortest side, centre crop, normalise."""
@@ -59,9 +67,7 @@ class Preprocessing:
         left = int(round((new_w - self.crop_width) / 2.0))
         top = int(round((new_h - self.crop_height) / 2.0))
         image = image.crop((left, top, left + self.crop_width, top + self.crop_height))
-        pixels = np.asarray(image, dtype=np.float32) / 255.0
-        pixels = (pixels - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
-        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+        return normalised(image, self.mean, self.std)
 
     @classmethod
     def from_processor(cls, processor: object) -> Preprocessing:

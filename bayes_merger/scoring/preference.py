@@ -39,7 +39,7 @@ from bayes_merger.devices import resolve_device
 from bayes_merger.errors import ConfigError, ScorerError
 from bayes_merger.scoring import weights
 from bayes_merger.scoring.base import ImageContext, SharedModels
-from bayes_merger.scoring.clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Preprocessing, from_pretrained
+from bayes_merger.scoring.clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Preprocessing, from_pretrained, normalised
 from bayes_merger.scoring.weights import HeadSource, load_head_file, pinned_head, resolve_cache_dir
 
 log = logging.getLogger(__name__)
@@ -67,9 +67,7 @@ class PadToSquare:
             image = image.resize((new_w, new_h), resample=Image.Resampling.BICUBIC)
         canvas = Image.new("RGB", (self.size, self.size))
         canvas.paste(image, ((self.size - new_w) // 2, (self.size - new_h) // 2))
-        pixels = np.asarray(canvas, dtype=np.float32) / 255.0
-        pixels = (pixels - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
-        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+        return normalised(canvas, self.mean, self.std)
 
 
 class PromptScorer:
