@@ -113,6 +113,12 @@ class Executor:
         if len(self.slots) == 1 and self.depth == 1:
             self._work(self.slots[0])  # one at a time: in the caller's thread, as the sequential loop was
         else:
+            in_flight = len(self.slots) * self.depth
+            beside = "the trial running beside it has its score" if in_flight == 2 else \
+                f"the {in_flight - 1} trials running beside it have their scores"
+            log.info("Up to %d trials at once on %d WebUI%s%s: each is suggested before %s, so more trials an "
+                     "hour are each a little less informed (README: Trials in flight).", in_flight, len(self.slots),
+                     "" if len(self.slots) == 1 else "s", ", pipelined" if self.depth > 1 else "", beside)
             workers = [threading.Thread(target=self._guarded, args=(slot,), name=f"trial-{slot.name}-{n}",
                                         daemon=True) for slot in self.slots for n in range(self.depth)]
             for worker in workers:

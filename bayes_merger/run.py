@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
-import os
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +47,7 @@ from bayes_merger.webui.render_check import MergeNotRendered, RenderCheck
 from bayes_merger.webuis import open_webui_renderer, prepare_webuis, settle_comfyui_routes, webui_configs
 
 log = logging.getLogger(__name__)
+
 
 class RunStopped(BayesMergerError):
     """The run stopped before its budget was spent; the run folder can be resumed."""

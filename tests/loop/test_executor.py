@@ -110,6 +110,16 @@ def test_with_several_in_flight_every_trial_runs_once_and_the_suggestions_do_not
     assert {t.webui for t in runs[0]} == {"a", "b"}
 
 
+def test_trials_at_once_are_announced_once_with_their_number(caplog):
+    caplog.set_level("INFO", logger="bayes_merger.executor")
+    _run([_slot("a")])
+    assert not [r for r in caplog.records if "at once" in r.getMessage()]
+    _run([_slot("a"), _slot("b")], depth=2)
+    said = [r.getMessage() for r in caplog.records if "at once" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("Up to 4 trials at once on 2 WebUIs, pipelined")
+    assert "before the 3 trials running beside it have their scores" in said[0]
+
+
 def test_pipelined_trials_never_share_the_webui():
     _, stages = _run([_slot("a")], depth=2, jitter=True)
     assert not stages.overlap
