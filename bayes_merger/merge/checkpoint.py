@@ -28,6 +28,11 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 # what prune keeps: UNet, VAE, SD1/SD2 text encoder, SDXL text encoders (EMA, scheduler and extras go)
 PRUNE_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner.")
+# and the markers from which ComfyUI and Forge tell a model's prediction type (SDXL's ``v_pred``,
+# ``ztsnr``, ``edm_vpred.*``; ``edm_mean``/``edm_std`` of EDM models): without them a v-prediction merge
+# loads as an eps model and renders noise, which the optimiser would then score
+PREDICTION_MARKERS = ("v_pred", "ztsnr", "edm_mean", "edm_std")
+PREDICTION_MARKER_PREFIXES = ("edm_vpred.",)
 
 # Older names of the same tensors (the aliases of the architecture key lists), as systematic rules:
 # - CLIP-L text encoders saved by older transformers versions lack the ``text_model.`` level;
@@ -73,7 +78,11 @@ def parse_dtype(name: str | None) -> torch.dtype | None:
 
 
 def is_kept_by_prune(key: str) -> bool:
-    return key.startswith(PRUNE_PREFIXES)
+    return key.startswith(PRUNE_PREFIXES) or is_prediction_marker(key)
+
+
+def is_prediction_marker(key: str) -> bool:
+    return key in PREDICTION_MARKERS or key.startswith(PREDICTION_MARKER_PREFIXES)
 
 
 # ----------------------------------------------------------------------------------------- reading

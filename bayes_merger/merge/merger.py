@@ -42,6 +42,7 @@ from bayes_merger.merge.checkpoint import (
     TensorInfo,
     file_sha256,
     is_kept_by_prune,
+    is_prediction_marker,
     load_state_dict,
     parse_dtype,
     read_tensor_info,
@@ -109,6 +110,7 @@ def inspect_inputs(model_a: Path, model_b: Path, model_c: Path | None, config: M
         for m, info in infos.items()
     }
     _check_architectures(models, archs)
+    _check_prediction_markers(models, infos)
     return MergeInputs(method, models, infos, archs["A"])
 
 
@@ -127,6 +129,19 @@ def _check_architectures(models: Mapping[str, Path], archs: Mapping[str, Archite
                 f"Model {m} ({models[m]}) is an {arch.label} model and model A ({models['A']}) is "
                 f"{a.label}: an inpainting or instruct-pix2pix model can only be merged as model A."
             )
+
+
+def _check_prediction_markers(models: Mapping[str, Path], infos: Mapping[str, Mapping[str, TensorInfo]]) -> None:
+    """Warn when the models' prediction-type markers (``v_pred``, ``ztsnr``, …) differ: the merge carries
+    model A's, so a renderer loads it as A's kind of model whatever the weights say."""
+    def markers(m: str) -> list[str]:
+        return sorted(k for k in infos[m] if is_prediction_marker(k))
+    for m in models:
+        if m != "A" and markers(m) != markers("A"):
+            log.warning("Model %s (%s) has the prediction-type markers %s and model A (%s) %s: the merge carries "
+                        "model A's, so renderers load it as model A's kind of model (eps or v-prediction); "
+                        "merge models of one kind, or make the other one model A.", m, models[m],
+                        ", ".join(markers(m)) or "none", models["A"], ", ".join(markers("A")) or "none")
 
 
 class Merger:

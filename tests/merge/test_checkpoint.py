@@ -269,12 +269,16 @@ def test_prune_keeps_only_unet_vae_and_text_encoder_keys(tmp_path):
     tensors = make_state_dict(seed=2, ema=True)
     tensors["conditioner.embedders.0.x"] = torch.ones(1)
     tensors["lora.extra"] = torch.ones(1)
+    markers = {"v_pred": torch.zeros(0, dtype=torch.int64), "ztsnr": torch.zeros(0, dtype=torch.int64),
+               "edm_vpred.sigma_max": torch.tensor(80.0), "edm_mean": torch.zeros(1, 4, 1, 1)}
+    tensors.update(markers)
     loaded = load_file(save_state_dict(tensors, tmp_path / "p.safetensors", prune=True))
     assert not any(k.startswith("model_ema") for k in loaded)
     assert "betas" not in loaded and "lora.extra" not in loaded
     assert "conditioner.embedders.0.x" in loaded
     kept = {k for k in tensors if k.startswith(("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner."))}
-    assert set(loaded) == kept
+    # the markers ComfyUI and Forge read a v-prediction (or EDM) model's kind from
+    assert set(loaded) == kept | set(markers)
 
 
 def test_a_failed_save_leaves_no_file_and_keeps_the_previous_one(tmp_path):

@@ -327,6 +327,33 @@ def test_save_writes_the_last_merge_with_its_recipe(models, tmp_path):
     assert meta["trial"] == "3" and meta["architecture"] == "SD1"
 
 
+def _vpred_sdxl(path: Path, seed: int) -> Path:
+    tensors = make_state_dict("sdxl", seed=seed)
+    tensors["v_pred"] = torch.zeros(0, dtype=torch.int64)
+    tensors["ztsnr"] = torch.zeros(0, dtype=torch.int64)
+    save_file(tensors, path)
+    return path
+
+
+def test_a_pruned_merge_of_v_prediction_models_keeps_their_markers(tmp_path, caplog):
+    a, b = _vpred_sdxl(tmp_path / "a.safetensors", 21), _vpred_sdxl(tmp_path / "b.safetensors", 22)
+    merger = Merger(a, b, None, _config(prune=True))
+    merger.merge(BlockWeights.uniform(SDXL_BLOCKS, 0.5))
+    saved = load_file(merger.save(tmp_path / "m.safetensors"))
+    # renderers tell v-prediction from these keys alone: without them the merge renders as an eps model
+    assert "v_pred" in saved and "ztsnr" in saved
+    assert "prediction-type markers" not in caplog.text
+
+
+def test_merging_a_v_prediction_model_into_an_eps_model_warns_that_a_decides(models, tmp_path, caplog):
+    b = _vpred_sdxl(tmp_path / "b.safetensors", 23)
+    with caplog.at_level("WARNING"):
+        merger = Merger(models["xl_a"], b, None, _config())
+    assert "Model B" in caplog.text and "v_pred, ztsnr" in caplog.text and "model A's kind of model" in caplog.text
+    merger.merge(BlockWeights.uniform(SDXL_BLOCKS, 0.5))
+    assert "v_pred" not in load_file(merger.save(tmp_path / "m.safetensors"))  # A's (none), as the warning says
+
+
 def test_save_precision_and_prune_can_be_chosen_per_save(models, tmp_path):
     merger = Merger(models["a"], models["b"], None, _config(prune=False))
     merger.merge(BlockWeights.uniform(SD_BLOCKS, 0.5))
