@@ -19,6 +19,12 @@ Which requests are retried (``urllib3.Retry`` on the session's adapters, with ba
 - Read timeouts: never. The server is busy; asking again only adds another full wait. Raise
   ``webui.read_timeout`` instead.
 - 4xx and 500: never. The answer will not change.
+
+What a failed request means for the trial: a 502 or 503 still there after the retries, and a 404
+"Not Found" on an API path that answered before (A1111's port opens before its API routes exist, so a
+restarting WebUI answers 404 for a while), are a ``WebUIConnectionError``: the server is down or
+restarting, not the trial at fault, so the loop waits for it and redoes the trial. Every other error
+answer is a ``WebUIError`` of that trial.
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ class ApiSession:
     probe_path = PROGRESS  # the readiness probe: polled on its own schedule, never retried
     busy_words = "got no answer within {timeout:g} s (raise webui.read_timeout if model loads or generations take longer)"
     credentials_form = ", as for --api-auth"
+    api_prefix = "/sdapi/"  # where a 404 "Not Found" after earlier answers means a restart (module docstring)
 
     def __init__(self, config: WebUIConfig) -> None:
         self.config = config
@@ -75,6 +82,7 @@ class ApiSession:
         self._session = requests.Session()
         self._session.auth = self.auth
         self._mount_adapters()
+        self._answered = False  # whether an API path has answered 2xx: a later route-404 is a restart
 
     def _mount_adapters(self) -> None:
         common = dict(
@@ -117,7 +125,18 @@ class ApiSession:
             ) from exc
         logger.debug("%s %s: HTTP %d in %.2f s", method, path, response.status_code, time.monotonic() - started)
         if not response.ok:
-            raise self.error_for(method, path, response)
+            error = self.error_for(method, path, response)
+            status = response.status_code
+            if status in (502, 503):  # the retries ran out
+                raise WebUIConnectionError(f"{error} Still so after {self.config.retries + 1} tries: {self.server} "
+                                           "(or a proxy in front of it) is down, restarting or overloaded.", status=status)
+            if self._answered and status == 404 and path.startswith(self.api_prefix) \
+                    and _server_message(response) == "Not Found":
+                raise WebUIConnectionError(f"{method} {path} failed with HTTP 404: Not Found, where {self.server}'s API "
+                                           "answered before: it is restarting (its API is not up yet).", status=status)
+            raise error
+        if path.startswith(self.api_prefix):
+            self._answered = True
         return response
 
     def error_for(self, method: str, path: str, response: requests.Response) -> WebUIError:

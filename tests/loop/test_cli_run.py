@@ -182,6 +182,15 @@ def test_webui_lost_mid_run_stops_resumably_and_resume_finishes(assets, fake_web
     assert [t["status"] for t in _trials(run_dir)] == ["ok"] * 5
 
 
+def test_a_503_storm_outlasting_the_retries_redoes_the_trial_instead_of_failing_it(assets, fake_webui, tmp_path, caplog):
+    # two tries per request: the storm fails the first try of the trial and one of its redo
+    fake_webui.fail_next(3, status=503, path="/sdapi/v1/txt2img", message="Server busy")
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "webui.retries=1", "webui.backoff_factor=0")) == 0
+    trials = _trials(_only_run(tmp_path / "runs"))
+    assert [t["status"] for t in trials] == ["ok"] * 5
+    assert "HTTP 503: Server busy. Still so after 2 tries" in caplog.text
+
+
 def test_ctrl_c_finishes_the_trial_in_flight_then_stops_resumably(assets, fake_webui, tmp_path, monkeypatch):
     from bayes_merger.run import TrialLoop
 

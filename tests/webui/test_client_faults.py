@@ -55,11 +55,23 @@ def test_a_503_that_does_not_go_away_ends_as_an_error_after_the_configured_retri
     with WebUIClient(webui_config(retries=2), "run1") as client:
         client.load_checkpoint(write_merge, trial=0)
         fake_webui.fail_next(10, status=503, path=TXT2IMG, message="Server busy")
-        with pytest.raises(WebUIError, match="HTTP 503: Server busy") as error:
+        with pytest.raises(WebUIError, match="HTTP 503: Server busy. Still so after 3 tries") as error:
             client.txt2img(PAYLOAD)
 
     assert error.value.status == 503
     assert statuses(fake_webui, TXT2IMG) == [503, 503, 503]  # the first try and 2 retries
+    # the server said it did not run the request: not the trial's fault, so the loop waits and redoes it
+    assert isinstance(error.value, WebUIConnectionError)
+
+
+def test_a_500_stays_the_trials_error(fake_webui, webui_config):
+    with WebUIClient(webui_config(retries=2), "run1") as client:
+        client.load_checkpoint(write_merge, trial=0)
+        fake_webui.fail_next(1, status=500, path=TXT2IMG)
+        with pytest.raises(WebUIError) as error:
+            client.txt2img(PAYLOAD)
+
+    assert not isinstance(error.value, WebUIConnectionError)
 
 
 @pytest.mark.parametrize("status", [400, 404, 422, 500])
@@ -209,8 +221,23 @@ def test_wait_until_ready_tolerates_a_server_restarting_under_it(fake_webui, web
 def test_a_404_from_the_api_hints_at_a_missing_api_flag(fake_webui, webui_config):
     with WebUIClient(webui_config(), "run1") as client:
         fake_webui.starting_up(1)
-        with pytest.raises(WebUIError, match=r"HTTP 404: Not Found \(API not enabled: start the WebUI with --api\)"):
+        with pytest.raises(WebUIError, match=r"HTTP 404: Not Found \(API not enabled: start the WebUI with --api\)") as error:
             client.txt2img(PAYLOAD)
+
+    assert not isinstance(error.value, WebUIConnectionError)
+
+
+def test_a_404_from_an_api_that_answered_before_is_a_restart_not_the_trials_error(fake_webui, webui_config):
+    with WebUIClient(webui_config(), "run1") as client:
+        client.load_checkpoint(write_merge, trial=0)
+        fake_webui.restart()
+        fake_webui.starting_up(1)  # the port is open again before the API routes are
+        with pytest.raises(WebUIConnectionError, match="HTTP 404: Not Found, where the WebUI's API answered before"):
+            client.txt2img(PAYLOAD)
+        client.wait_until_ready(timeout=5)
+        generation = client.txt2img(PAYLOAD)
+
+    assert generation.seeds == [7]
 
 
 def test_retries_apply_however_the_url_is_written(fake_webui, webui_config):
