@@ -265,6 +265,9 @@ class FakeWebUI(FakeHTTPServer):
         if errors:
             return self._invalid(errors)
         sampler = values["sampler_name"] or values["sampler_index"]
+        if self.mode != "sdnext":  # A1111 splits a legacy "DPM++ 2M Karras" into sampler and scheduler
+            sampler = next((sampler[: -len(label) - 1] for label in (n.title() for n in SCHEDULERS)
+                            if sampler.endswith(" " + label)), sampler)
         if sampler not in SAMPLERS:
             if self.mode == "sdnext":
                 return self._http_exception(404, "Sampler not found")

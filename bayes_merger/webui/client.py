@@ -15,16 +15,17 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import requests
 
 from bayes_merger.config import WebUIConfig
-from bayes_merger.errors import WebUIConnectionError, WebUIError
+from bayes_merger.errors import ConfigError, WebUIConnectionError, WebUIError
 from bayes_merger.webui.generation import Generation, parse_info, read_generation
 from bayes_merger.webui.http import OPTIONS, PROGRESS, REFRESH, SD_MODELS, TXT2IMG, ApiSession, http_error, plain
 from bayes_merger.webui.http import wait_until_ready as poll_until_ready
 from bayes_merger.webui.merge_files import HASH_SUFFIX, MergeFiles, aliases, basename, matches, merge_run_id
+from bayes_merger.webui.samplers import SAMPLERS, SCHEDULERS, sampler_names, sampler_problem, scheduler_names
 
 __all__ = ["Generation", "WebUIClient", "WebUIConnectionError", "WebUIError", "OPTIONS"]
 
@@ -79,6 +80,30 @@ class WebUIClient:
     def check_checkpoint_dir(self) -> None:
         """Fail now, not after the first merge, if merges cannot be written where the WebUI looks."""
         self._files.check_writable()
+
+    def check_payloads(self, payloads: Iterable[Any]) -> None:
+        """A payload (``.name``, ``.request``) whose sampler or scheduler the WebUI does not have is a
+        ConfigError now, naming the ones it has (see ``webui.samplers``)."""
+        samplers = self._listing(SAMPLERS)
+        if samplers is None:
+            return  # a WebUI that does not list its samplers cannot be checked
+        schedulers = self._listing(SCHEDULERS)
+        for payload in payloads:
+            problem = sampler_problem(payload.request, sampler_names(samplers),
+                                      None if schedulers is None else scheduler_names(schedulers))
+            if problem:
+                raise ConfigError(f"Payload '{payload.name}' cannot be rendered as written on the WebUI at "
+                                  f"{self._base}: {problem}.")
+
+    def _listing(self, path: str) -> list[Any] | None:
+        """A list the WebUI answers at ``path``; None where it has no such route (404)."""
+        try:
+            answer = self._api.request("GET", path)
+        except WebUIError as error:
+            if error.status == 404:
+                return None
+            raise
+        return list(answer) if isinstance(answer, list) else None
 
     def selected_model(self) -> str:
         """The checkpoint the WebUI has selected (``sd_model_checkpoint``), "" when none."""

@@ -251,6 +251,51 @@ def test_check_checkpoint_dir_accepts_a_writable_folder_and_leaves_it_clean(fake
     assert list(fake_webui.checkpoint_dir.iterdir()) == []
 
 
+# ----------------------------------------------------------------------------- samplers
+
+
+class _Payload:
+    def __init__(self, name: str, **request) -> None:
+        self.name, self.request = name, {**PAYLOAD, **request}
+
+
+@pytest.mark.parametrize("fake_webui", ALL_MODES, indirect=True)
+def test_a_payload_with_a_sampler_the_webui_lacks_is_refused_before_the_run(fake_webui, webui_config):
+    # A1111 and Forge would render it with another sampler all night; SD.Next would refuse every image
+    with WebUIClient(webui_config(), "run1") as client:
+        client.check_payloads([_Payload("ok", sampler_name="DPM++ 2M")])
+        with pytest.raises(ConfigError, match=r"Payload 'boat' .* no sampler 'DPM\+\+ 2M Karas' .*did you mean "
+                                              r"'DPM\+\+ 2M'\?.*its samplers: Euler, Euler a"):
+            client.check_payloads([_Payload("ok"), _Payload("boat", sampler_name="DPM++ 2M Karas")])
+
+
+@pytest.mark.parametrize("fake_webui", ["a1111", "forge"], indirect=True)
+def test_a_legacy_sampler_with_its_scheduler_in_the_name_is_accepted_and_renders_with_that_sampler(fake_webui,
+                                                                                                     webui_config):
+    payload = _Payload("legacy", sampler_name="DPM++ 2M Karras")
+    with WebUIClient(webui_config(), "run1") as client:
+        client.check_payloads([payload])
+        client.load_checkpoint(merge_writer(0.1), trial=0)
+        generation = client.txt2img(payload.request)
+
+    assert generation.info["sampler_name"] == "DPM++ 2M"  # split, as A1111 does, not a fallback to Euler
+
+
+def test_a_scheduler_the_webui_lacks_is_refused_and_sdnext_which_has_none_is_not_asked(fake_webui, webui_config):
+    with WebUIClient(webui_config(), "run1") as client:
+        client.check_payloads([_Payload("ok", scheduler="karras"), _Payload("label", scheduler="Karras")])
+        with pytest.raises(ConfigError, match=r"no scheduler 'karas' \(did you mean 'karras'\?\)"):
+            client.check_payloads([_Payload("typo", scheduler="karas")])
+
+
+@pytest.mark.parametrize("fake_webui", ["sdnext"], indirect=True)
+def test_sdnext_without_schedulers_takes_sampler_names_whole(fake_webui, webui_config):
+    with WebUIClient(webui_config(), "run1") as client:
+        client.check_payloads([_Payload("ok", sampler_name="Euler a", scheduler="anything")])
+        with pytest.raises(ConfigError, match="no sampler 'DPM\\+\\+ 2M Karras'"):
+            client.check_payloads([_Payload("legacy", sampler_name="DPM++ 2M Karras")])
+
+
 # ------------------------------------------------------------------- a model that did not load
 
 
