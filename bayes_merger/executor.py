@@ -2,7 +2,8 @@
 
 One mechanism covers the three: a worker per slot (a WebUI, or two slots per WebUI when pipelined)
 takes the next trial number from the ``Schedule``, waits until the trials its suggestion builds on have
-finished, and runs the trial in two halves:
+finished (taking over instead an earlier trial that a lost WebUI gave back, which they wait for), and
+runs the trial in two halves:
 
   prepare  suggest, merge, check, and write the merge under a staging name the WebUI does not list
            (our work; one merge at a time, since the Merger has one output buffer)
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
-from bayes_merger.errors import BayesMergerError, StorageError, WebUIConnectionError
+from bayes_merger.errors import BayesMergerError, StorageError, WebUIConnectionError, WebUIError
 from bayes_merger.optimiser import Optimiser
 from bayes_merger.run_folder import Trial
 from bayes_merger.schedule import Schedule
@@ -103,7 +104,7 @@ class Executor:
         self.on_trial = on_trial
         self.stop = stop
         self._suggested: dict[int, dict[str, float]] = {}
-        self._attempts: dict[int, int] = {}
+        self._attempts: dict[tuple[str, int], int] = {}
         self._state = threading.Lock()  # the optimiser, the trials, on_trial
         self._merging = threading.Lock()  # the Merger's one output buffer
         self._error: BaseException | None = None
@@ -143,8 +144,8 @@ class Executor:
             index = self.schedule.claim()
             if index is None:
                 return
-            if not self.schedule.wait_until_ready(index, self.stop):
-                self.schedule.release(index)
+            index = self.schedule.wait_for_turn(index, self.stop)
+            if index is None:
                 return
             timings: dict[str, float] = {}
             started = time.perf_counter()
@@ -198,13 +199,14 @@ class Executor:
     def _lost(self, slot: Slot, index: int, error: WebUIConnectionError) -> None:
         """Wait for a lost WebUI; while it answers again the trial is redone, else the others go on."""
         self.schedule.release(index)
-        self._attempts[index] = self._attempts.get(index, 0) + 1
+        # counted per WebUI: a trial that another WebUI dropped does not count against this one
+        attempts = self._attempts[(slot.name, index)] = self._attempts.get((slot.name, index), 0) + 1
         log.warning("trial %d: %s Waiting for the WebUI %s to answer again.", index, error, slot.name)
         try:
             slot.webui.wait_until_ready()
-            if self._attempts[index] < WEBUI_ATTEMPTS:
+            if attempts < WEBUI_ATTEMPTS:
                 return  # it answers again: the trial is redone
-        except WebUIConnectionError:
+        except WebUIError:  # unreachable, or still answering errors (a proxy's 502) when the wait ended
             pass
         others = [s for s in self.slots if s.alive and s is not slot]
         if not others:

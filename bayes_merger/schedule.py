@@ -44,14 +44,29 @@ class Schedule:
         """The trials the suggestion of ``index`` treats as still running."""
         return range(max(index - self.lag, 0), index)
 
-    def wait_until_ready(self, index: int, stop: threading.Event | None = None, poll: float = 0.5) -> bool:
-        """Block until every trial in ``known_before(index)`` has finished; False if the run stops first."""
+    def wait_for_turn(self, index: int, stop: threading.Event | None = None, poll: float = 0.5) -> int | None:
+        """Block until the claimed trial may be suggested (every trial in its ``known_before`` has
+        finished); the trial to run then, or None if the run stops first (the claim is given back).
+
+        That is ``index``, unless a lost WebUI releases an earlier trial meanwhile: the worker gives
+        ``index`` back and takes that one, since ``index`` and the trials after it wait for it, and
+        every worker may be waiting.
+        """
         with self._changed:
-            while not self._ready(index):
+            while True:
+                orphan = next((j for j in range(index) if j not in self._finished and j not in self._claimed), None)
+                if orphan is not None:
+                    self._claimed.discard(index)
+                    self._claimed.add(orphan)
+                    index = orphan
+                    self._changed.notify_all()
+                if self._ready(index):
+                    return index
                 if self._closed or (stop is not None and stop.is_set()):
-                    return False
+                    self._claimed.discard(index)
+                    self._changed.notify_all()
+                    return None
                 self._changed.wait(poll)
-            return True
 
     def finish(self, index: int) -> None:
         """``index`` is in the trial log (succeeded or failed)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bayes_merger.config import OptimiserConfig
-from bayes_merger.errors import WebUIConnectionError
+from bayes_merger.errors import WebUIConnectionError, WebUIError
 from bayes_merger.executor import Executor, LostAllWebUIs, Slot
 from bayes_merger.optimiser import Optimiser
 from bayes_merger.run_folder import Trial
@@ -170,6 +170,47 @@ def test_a_lost_webui_hands_its_trial_to_another_and_the_run_goes_on():
     assert sorted(t.trial for t in log) == list(range(12))
     assert dead.rendered == [] and len(stages.discarded) == 1
     assert all(t.webui == "b" for t in log), "the lost trial and every later one rendered on b"
+
+
+class _Dying(Stages):
+    """The WebUI "a" dies during trial 4's render, once the other WebUI has claimed the trial after."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.executor: Executor | None = None
+
+    def render(self, index, params, prepared, slot, timings):
+        if slot.name == "a" and index == 4:
+            schedule = self.executor.schedule
+            with schedule._changed:  # the state the other worker waits in: trial 5 done, 6 claimed
+                while not (5 in schedule._finished and 6 in schedule._claimed):
+                    schedule._changed.wait(0.05)
+            raise WebUIConnectionError("The WebUI went away.")
+        return super().render(index, params, prepared, slot, timings)
+
+
+def test_a_trial_released_by_a_lost_webui_is_taken_over_by_a_worker_already_waiting_for_it():
+    stages, log, stop = _Dying(), [], threading.Event()
+    executor = Executor(stages, _optimiser(12), [_slot("a", FakeWebUI(comes_back=False)), _slot("b")], {}, 12,
+                        log.append, stop, 1)
+    stages.executor = executor
+    runner = threading.Thread(target=executor.run, daemon=True)
+    runner.start()
+    runner.join(timeout=60)
+    stop.set()
+    assert not runner.is_alive(), "the run hung waiting for the lost WebUI's trial"
+    assert sorted(t.trial for t in log) == list(range(12))
+    assert [t.webui for t in log if t.trial == 4] == ["b"]
+
+
+def test_a_webui_still_answering_errors_when_its_wait_ends_is_lost_and_the_others_go_on():
+    class Proxied(FakeWebUI):
+        def wait_until_ready(self) -> None:
+            raise WebUIError("The WebUI at a was not ready after 120 s: it answered HTTP 502.")
+
+    log, _ = _run([_slot("a", Proxied(fail_on={3})), _slot("b")])
+    assert sorted(t.trial for t in log) == list(range(12))
+    assert [t.webui for t in log if t.trial == 3] == ["b"]
 
 
 def test_the_last_webui_lost_twice_stops_the_run_with_the_finished_trials_kept():

@@ -7,23 +7,25 @@ from bayes_merger.schedule import Schedule
 
 def test_sequential_schedule_knows_every_earlier_trial():
     schedule = Schedule(budget=3, in_flight=1)
-    assert schedule.claim() == 0 and schedule.wait_until_ready(0)
+    assert schedule.claim() == 0 and schedule.wait_for_turn(0) == 0
     assert list(schedule.known_before(2)) == [0, 1] and list(schedule.pending_before(2)) == []
     assert schedule.claim() == 1
-    assert not schedule.wait_until_ready(1, stop=_set()), "trial 0 has not finished"
+    assert schedule.wait_for_turn(1, stop=_set()) is None, "trial 0 has not finished"
+    assert schedule.claim() == 1, "a worker that stops waiting gives its trial back"
     schedule.finish(0)
-    assert schedule.wait_until_ready(1)
+    assert schedule.wait_for_turn(1) == 1
 
 
 def test_with_three_in_flight_a_trial_knows_all_but_the_two_before_it():
     schedule = Schedule(budget=10, in_flight=3)
     assert list(schedule.known_before(6)) == [0, 1, 2, 3] and list(schedule.pending_before(6)) == [4, 5]
     assert [schedule.claim() for _ in range(3)] == [0, 1, 2]
-    assert all(schedule.wait_until_ready(i) for i in range(3)), "the first three need nothing"
+    assert [schedule.wait_for_turn(i) for i in range(3)] == [0, 1, 2], "the first three need nothing"
     schedule.finish(1)  # out of order: trial 3 still waits for trial 0
-    assert schedule.claim() == 3 and not schedule.wait_until_ready(3, stop=_set())
+    assert schedule.claim() == 3 and schedule.wait_for_turn(3, stop=_set()) is None
+    assert schedule.claim() == 3
     schedule.finish(0)
-    assert schedule.wait_until_ready(3)
+    assert schedule.wait_for_turn(3) == 3
 
 
 def test_a_released_trial_is_claimed_again_and_resume_skips_finished_ones():
@@ -37,19 +39,34 @@ def test_a_released_trial_is_claimed_again_and_resume_skips_finished_ones():
 
 
 @pytest.mark.parametrize("wake, expected", [
-    (lambda schedule: schedule.finish(0), True),  # the trial it needs finished
-    (lambda schedule: schedule.close(), False),  # the run is stopping
+    (lambda schedule: schedule.finish(0), 1),  # the trial it needs finished
+    (lambda schedule: schedule.close(), None),  # the run is stopping
 ])
 def test_a_waiting_worker_wakes_when_the_trial_it_needs_finishes_or_the_run_stops(wake, expected):
     schedule = Schedule(budget=3, in_flight=1)
     schedule.claim()
     schedule.claim()
     result = []
-    waiter = threading.Thread(target=lambda: result.append(schedule.wait_until_ready(1)))
+    waiter = threading.Thread(target=lambda: result.append(schedule.wait_for_turn(1)))
     waiter.start()
     wake(schedule)
     waiter.join(timeout=10)
     assert result == [expected]
+
+
+def test_a_waiting_worker_takes_over_an_earlier_trial_a_lost_webui_released():
+    # two WebUIs: trial 4 waits for trial 2, whose WebUI is lost, and nobody else is left to take it
+    schedule = Schedule(budget=6, in_flight=2, finished=[0, 1])
+    assert schedule.claim() == 2 and schedule.claim() == 3
+    schedule.finish(3)
+    assert schedule.claim() == 4
+    result = []
+    waiter = threading.Thread(target=lambda: result.append(schedule.wait_for_turn(4)))
+    waiter.start()
+    schedule.release(2)
+    waiter.join(timeout=10)
+    assert result == [2], "it runs trial 2 instead"
+    assert schedule.claim() == 4, "and gave trial 4 back"
 
 
 def test_in_flight_must_be_positive():
