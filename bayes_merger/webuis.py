@@ -46,11 +46,15 @@ def webui_configs(cfg: Config, run_id: str) -> list[tuple[str, WebUIConfig, str]
 
 
 def open_webui_renderer(inputs: Inputs, webui_cfg: WebUIConfig, run_id: str) -> Any:
-    lower = min(p.lower for p in inputs.space.parameters)
-    upper = max(p.upper for p in inputs.space.parameters)
+    space = inputs.space
+    lower = min(p.lower for p in space.parameters)
+    upper = max(p.upper for p in space.parameters)
+    # the largest BASE weight a trial can have: above 0, a ComfyUI graph (which cannot merge the VAE)
+    # renders another model than the merge by file wherever A's and B's VAEs differ
+    base_max = max((p.upper for p in space.parameters if "BASE" in p.members), default=space.frozen.get("BASE", 0.0))
     cfg = inputs.config
     return open_renderer(webui_cfg, run_id, method=cfg.merge.method, lower=lower, upper=upper,
-                         arch=inputs.merge.architecture, model_a=cfg.model_a, model_b=cfg.model_b)
+                         arch=inputs.merge.architecture, model_a=cfg.model_a, model_b=cfg.model_b, base_max=base_max)
 
 
 def settle_comfyui_routes(loop: "TrialLoop", info: dict[str, Any]) -> None:

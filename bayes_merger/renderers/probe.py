@@ -2,12 +2,14 @@
 ComfyUI which hand-off (``webui.comfyui_handoff``: graph, file, or auto).
 
 The A1111 family (A1111, Forge, reForge, SD.Next) answers ``GET /sdapi/v1/progress``; ComfyUI answers
-``GET /system_stats`` and ``GET /object_info/KSampler``. Each probe is one unretried GET.
+``GET /system_stats`` and ``GET /object_info/KSampler``. Each probe is one unretried GET, asked again
+while the server is starting.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import requests
@@ -15,7 +17,7 @@ import requests
 from bayes_merger.config import WebUIConfig
 from bayes_merger.errors import ConfigError, WebUIConnectionError, WebUIError
 from bayes_merger.merge.arch import Architecture
-from bayes_merger.renderers.comfyui.http import base_url, credentials
+from bayes_merger.renderers.comfyui.http import base_url, cause, credentials
 
 log = logging.getLogger(__name__)
 
@@ -24,32 +26,49 @@ HANDOFFS = ("graph", "file", "auto")
 
 
 def detect_backend(config: WebUIConfig, timeout: float | None = None) -> str:
-    """"a1111" or "comfyui": ``webui.backend`` when it names one, else what the server at ``webui.url`` is."""
+    """"a1111" or "comfyui": ``webui.backend`` when it names one, else what the server at ``webui.url`` is.
+
+    A server that is still starting (refusing connections, or with its port open before its API: A1111
+    answers 404 then) is asked again every ``webui.poll_interval`` for up to ``webui.ready_timeout``
+    (``timeout``), as a named backend is waited for; a 401 will not change, so it ends the wait.
+    """
     backend = str(config.backend).lower()
     if backend not in BACKENDS:
         raise ConfigError(f"webui.backend must be one of {', '.join(BACKENDS)}, not {config.backend!r}.")
     if backend != "auto":
         return backend
     base = base_url(config.url)
-    timeout = timeout if timeout is not None else config.connect_timeout
+    deadline = time.monotonic() + (config.ready_timeout if timeout is None else timeout)
     with requests.Session() as session:
         session.auth = credentials(config)
-        answers = {}
-        for path in ("/sdapi/v1/progress", "/system_stats", "/object_info/KSampler"):
-            try:
-                response = session.get(base + path, timeout=(config.connect_timeout, timeout))
-            except requests.RequestException as exc:
-                raise WebUIConnectionError(
-                    f"webui.backend is auto, but the server at {base} could not be reached to ask what it is "
-                    f"({type(exc).__name__}); start it first or set webui.backend to a1111 or comfyui."
-                ) from exc
-            answers[path] = response.status_code == 200 and _json_object(response)
-    if answers["/sdapi/v1/progress"]:
-        log.info("webui.backend auto: %s answers /sdapi/v1/progress, an A1111-compatible WebUI.", base)
-        return "a1111"
-    if answers["/system_stats"] and answers["/object_info/KSampler"]:
-        log.info("webui.backend auto: %s answers /system_stats and /object_info, a ComfyUI.", base)
-        return "comfyui"
+        while True:
+            answers, unreachable = {}, None
+            for path in ("/sdapi/v1/progress", "/system_stats", "/object_info/KSampler"):
+                try:
+                    response = session.get(base + path, timeout=(config.connect_timeout, config.connect_timeout))
+                except requests.RequestException as exc:
+                    unreachable = exc
+                    break
+                if response.status_code == 401:
+                    raise WebUIError(f"webui.backend is auto, but {base} answered GET {path} with HTTP 401: check "
+                                     "webui.auth or the variable named by webui.auth_env.", status=401)
+                answers[path] = response.status_code == 200 and _json_object(response)
+            if answers.get("/sdapi/v1/progress"):
+                log.info("webui.backend auto: %s answers /sdapi/v1/progress, an A1111-compatible WebUI.", base)
+                return "a1111"
+            if answers.get("/system_stats") and answers.get("/object_info/KSampler"):
+                log.info("webui.backend auto: %s answers /system_stats and /object_info, a ComfyUI.", base)
+                return "comfyui"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            log.debug("webui.backend auto: %s is not ready yet; asking again.", base)
+            time.sleep(min(config.poll_interval, remaining))
+    if unreachable is not None:
+        raise WebUIConnectionError(
+            f"webui.backend is auto, but the server at {base} could not be reached to ask what it is "
+            f"({cause(unreachable)}); start it first or set webui.backend to a1111 or comfyui."
+        ) from unreachable
     raise WebUIError(
         f"webui.backend is auto, but {base} answers neither /sdapi/v1/progress (A1111, Forge, SD.Next: start it "
         "with --api) nor /system_stats and /object_info (ComfyUI); check webui.url."
@@ -89,7 +108,7 @@ def choose_handoff(config: WebUIConfig, method: str, lower: float, upper: float,
 
 def open_renderer(config: WebUIConfig, run_id: str, *, method: str = "weighted_sum", lower: float = 0.0,
                   upper: float = 1.0, arch: Architecture | None = None, model_a: str | Path | None = None,
-                  model_b: str | Path | None = None):
+                  model_b: str | Path | None = None, base_max: float | None = None):
     """The renderer the config asks for (``WebUIClient`` or ``ComfyUIClient``), not yet waited for."""
     backend = detect_backend(config)
     if backend == "a1111":
@@ -100,7 +119,8 @@ def open_renderer(config: WebUIConfig, run_id: str, *, method: str = "weighted_s
 
     handoff, reason = ("file", "no architecture given") if arch is None else choose_handoff(config, method, lower, upper, arch)
     log.info("ComfyUI hand-off: %s (%s).", handoff, reason)
-    return ComfyUIClient(config, run_id, handoff=handoff, arch=arch, model_a=model_a, model_b=model_b)
+    return ComfyUIClient(config, run_id, handoff=handoff, arch=arch, model_a=model_a, model_b=model_b,
+                         base_max=base_max)
 
 
 def _json_object(response: requests.Response) -> bool:

@@ -7,8 +7,10 @@ routing by ``clientId``. The nodes and what they compute are ``fake_comfyui_node
 and its fault injection (failing and dropped requests) is ``fake_http``; the websocket frames are
 ``fake_websocket``. Faults of its own: execution errors sent over the websocket
 (``fail_execution``), websockets dropped now or at a given event (``drop_websockets``,
-``drop_websocket_at``), execution held (``hold_execution``), and ``restart`` (history, queue
-counter and cache lost, as a real restart loses them). Not faults: ``delay_node`` gives node classes a
+``drop_websocket_at``), execution held (``hold_execution``; an ``/interrupt`` of the held prompt
+still stops it, as ComfyUI's stops a running one within a second), and ``restart`` (history, queue
+counter and cache lost, as a real restart loses them). ``wait_until_running`` and ``wait_until_idle``
+let a test wait for the queue instead of polling it. Not faults: ``delay_node`` gives node classes a
 running time (a benchmark's load, re-patch and render costs), slept or, ``virtual``, only added to
 ``clock`` (so a test of a timing decision reads the same on a slow machine); ``previews`` makes
 samplers send preview frames.
@@ -68,12 +70,15 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
         self._cache: dict[str, tuple[Any, Any]] = {}  # node signature → (outputs, ui), last prompt only
         self._generation = 0
         self._interrupt = threading.Event()
-        self._execution_gate = threading.Event()
+        # the queue, the gate or an interrupt changed: wakes a held prompt and a test's wait_until_*
+        self._changed = threading.Condition(self._lock)
+        self._execution_gate = _Gate(self._changed)
         self._execution_gate.set()
         self._execution_faults: list[dict[str, Any]] = []
         self._ws_drops: list[list[Any]] = []  # [event type, remaining]
         self._image_counter = 0
         self.frees: list[dict[str, Any]] = []
+        self._free_flags: dict[str, bool] = {}  # those of /free not yet applied (a prompt was running)
         self.executed: list[list[str]] = []  # node ids run (not cached) per prompt, in order
         self.previews = False  # True: samplers send a preview image (JPEG frame) per step, as --preview-method does
         self._node_delays: dict[str, tuple[float, bool]] = {}  # class prefix → (seconds, virtual)
@@ -88,14 +93,17 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
                          name=f"fake-comfyui-worker-{self._generation}").start()
 
     def _on_stop(self) -> None:
-        self._generation += 1
-        self._queue.put(None)
-        self._history.clear()
-        self._pending.clear()
-        self._running = None
-        self._number = 0
-        self._cache.clear()
-        self._sockets.clear()
+        with self._changed:
+            self._generation += 1
+            self._queue.put(None)
+            self._history.clear()
+            self._pending.clear()
+            self._running = None
+            self._number = 0
+            self._cache.clear()
+            self._free_flags.clear()
+            self._sockets.clear()
+            self._changed.notify_all()
 
     def _log_started(self) -> None:
         logger.info("fake ComfyUI serving %s, checkpoints in %s", self.url, self.checkpoint_dir)
@@ -154,9 +162,24 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
             self._ws_drops.append([event, count])
 
     def hold_execution(self) -> threading.Event:
-        """Queued prompts wait (after execution_start) until the returned event is set."""
+        """Queued prompts wait (after execution_start) until the returned event is set, or an interrupt
+        stops the one held (then execution_interrupted at its first node)."""
         self._execution_gate.clear()
         return self._execution_gate
+
+    def wait_until_running(self, timeout: float = 5.0) -> str:
+        """Block until a prompt is running (taken off the queue); its id."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._running is not None, timeout):
+                raise TimeoutError(f"no prompt was running within {timeout} s")
+            assert self._running is not None
+            return self._running.prompt_id
+
+    def wait_until_idle(self, timeout: float = 5.0) -> None:
+        """Block until no prompt is running or pending (the last one's history is written)."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._running is None and not self._pending, timeout):
+                raise TimeoutError(f"the queue was still busy after {timeout} s")
 
     def delay_node(self, class_type: str, seconds: float, *, virtual: bool = False) -> None:
         """Nodes whose class starts with ``class_type`` take ``seconds`` longer each time they run (not when
@@ -254,27 +277,39 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
                 return self._post_prompt(raw)
             if path == "/queue":
                 body = _json(raw) or {}
-                with self._lock:
+                with self._changed:
                     if body.get("clear"):
                         self._pending.clear()
                     for prompt_id in body.get("delete") or []:
                         self._pending = [i for i in self._pending if i.prompt_id != prompt_id]
+                    self._changed.notify_all()
                 return _Response(200, raw=b"")
             if path == "/interrupt":
                 body = _json(raw) or {}
-                with self._lock:
+                with self._changed:
                     running = self._running
-                if running is not None and body.get("prompt_id") in (None, running.prompt_id):
-                    self._interrupt.set()
+                    # without an id it stops whatever runs (the UI's Cancel); another prompt's id does nothing
+                    if running is not None and body.get("prompt_id") in (None, running.prompt_id):
+                        self._interrupt.set()
+                        self._changed.notify_all()
                 return _Response(200, raw=b"")
             if path == "/free":
                 body = _json(raw) or {}
-                with self._lock:
+                with self._changed:
                     self.frees.append(body)
-                    if body.get("free_memory"):
-                        self._cache.clear()
+                    # ComfyUI's worker takes these flags between prompts: at once when idle, else once the
+                    # running prompt has ended (and written its node cache)
+                    self._free_flags.update({k: True for k in ("unload_models", "free_memory") if body.get(k)})
+                    if self._running is None:
+                        self._apply_free()
                 return _Response(200, raw=b"")
         return self._http_exception(404, "Not Found") if method == "GET" else self._http_exception(405, "Method Not Allowed")
+
+    def _apply_free(self) -> None:
+        """The /free flags, as ComfyUI's worker applies them (called with the lock held)."""
+        if self._free_flags.get("free_memory"):
+            self._cache.clear()
+        self._free_flags.clear()
 
     def _system_stats(self) -> dict[str, Any]:
         return {"system": {"os": "posix", "ram_total": 25276510208, "ram_free": 23744233472,
@@ -319,9 +354,10 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
         if body.get("client_id"):
             extra["client_id"] = body["client_id"]
         item = PromptItem(number, prompt_id, prompt, extra, outputs)
-        with self._lock:
+        with self._changed:
             self._pending.append(item)
             work = self._queue
+            self._changed.notify_all()
         work.put(item)
         self._broadcast_status()
         return _Response(200, {"prompt_id": prompt_id, "number": number, "node_errors": {}})
@@ -384,6 +420,19 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
             sockets = [ws for group in self._sockets.values() for ws in group]
         for ws in sockets:
             ws.send_text(json.dumps({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": remaining}}}}))
+
+
+class _Gate(threading.Event):
+    """``hold_execution``'s event: setting it also wakes the held prompt, which waits on ``changed``."""
+
+    def __init__(self, changed: threading.Condition) -> None:
+        super().__init__()
+        self._changed = changed
+
+    def set(self) -> None:
+        super().set()
+        with self._changed:
+            self._changed.notify_all()
 
 
 def _json(raw: bytes) -> Any:

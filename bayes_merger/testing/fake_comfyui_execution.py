@@ -49,18 +49,22 @@ class PromptExecution:
             item = work.get()
             if item is None or generation != self._generation:
                 return
-            with self._lock:
+            with self._changed:
                 if item not in self._pending:  # deleted from the queue
                     continue
                 self._pending.remove(item)
                 self._running = item
+                self._interrupt.clear()  # as ComfyUI's executor clears the flag when a prompt starts
+                self._changed.notify_all()
             try:
                 self._execute(item, generation)
             except Exception:  # noqa: BLE001 - a bug of the fake must not kill its worker
                 logger.exception("fake ComfyUI: prompt %s failed", item.prompt_id)
-            with self._lock:
+            with self._changed:
                 if generation == self._generation:
                     self._running = None
+                    self._apply_free()
+                    self._changed.notify_all()
             if generation == self._generation:
                 self._broadcast_status()
                 self._send(item.extra.get("client_id"), "executing", {"node": None, "prompt_id": item.prompt_id})
@@ -77,7 +81,9 @@ class PromptExecution:
             self._send(client, kind, data)
 
         event("execution_start", {})
-        self._execution_gate.wait()
+        with self._changed:  # held (hold_execution) until released, interrupted or restarted
+            self._changed.wait_for(lambda: self._execution_gate.is_set() or self._interrupt.is_set()
+                                   or generation != self._generation)
         if generation != self._generation:
             return
         order = _topological(prompt, item.outputs)
@@ -90,7 +96,6 @@ class PromptExecution:
         new_cache: dict[str, tuple[Any, Any]] = {}
         outputs: dict[str, Any] = {}
         ran: list[str] = []
-        self._interrupt.clear()
         executed: list[str] = []
         for node_id in order:
             class_type = prompt[node_id]["class_type"]
@@ -102,6 +107,8 @@ class PromptExecution:
                 if node_id in cached:
                     result, ui = old_cache[signatures[node_id]]
                 else:
+                    if self._interrupt.is_set():  # ComfyUI checks before each node it runs, and at each sampler step
+                        raise _Interrupted()
                     self._send(client, "executing", {"node": node_id, "display_node": node_id})
                     self.spend_node_time(class_type)
                     result, ui = self._executor.run(class_type, inputs, prompt,

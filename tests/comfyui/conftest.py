@@ -1,4 +1,7 @@
-"""A fake ComfyUI with two tiny SD1 checkpoints (a, b) and a ``bayes-merger`` sub-folder for merges."""
+"""A fake ComfyUI with two tiny SD1 checkpoints (a, b) and a ``bayes-merger`` sub-folder for merges.
+
+A and B have different VAEs; ``shared_vae_models`` gives B model A's VAE, as most fine-tunes of one
+base model have it, which leaves the graph route open under ``comfyui_handoff: auto``."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+from safetensors.torch import load_file, save_file
 
 from bayes_merger.config import WebUIConfig
 from bayes_merger.merge.arch import architecture
@@ -33,6 +37,20 @@ def fake_comfyui(tmp_path: Path, tiny_models: Path) -> Iterator[FakeComfyUI]:
         (checkpoints / name).symlink_to(tiny_models / name)
     with FakeComfyUI(checkpoints, tmp_path / "output") as server:
         yield server
+
+
+@pytest.fixture
+def shared_vae_models(tmp_path: Path, tiny_models: Path, fake_comfyui: FakeComfyUI) -> Path:
+    """A folder with a.safetensors and b.safetensors whose VAE is A's; the fake ComfyUI lists that B."""
+    folder = tmp_path / "shared-vae"
+    folder.mkdir()
+    (folder / "a.safetensors").symlink_to(tiny_models / "a.safetensors")
+    vae = {k: v for k, v in load_file(tiny_models / "a.safetensors").items() if k.startswith("first_stage_model.")}
+    save_file({**load_file(tiny_models / "b.safetensors"), **vae}, str(folder / "b.safetensors"))
+    listed = fake_comfyui.checkpoint_dir / "b.safetensors"
+    listed.unlink()
+    listed.symlink_to(folder / "b.safetensors")
+    return folder
 
 
 @pytest.fixture

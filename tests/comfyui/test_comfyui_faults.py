@@ -13,6 +13,7 @@ from bayes_merger.merge.arch import architecture
 from bayes_merger.merge.weights import BlockWeights
 from bayes_merger.renderers.comfyui import ComfyUIClient
 from bayes_merger.renderers.comfyui.http import ComfyApi
+from bayes_merger.renderers.comfyui.prompts import OutOfMemory, PromptInterrupted
 
 PAYLOAD = {"prompt": "a red boat", "seed": 7, "steps": 3, "width": 64, "height": 64}
 SD1 = architecture("sd1")
@@ -68,14 +69,114 @@ def test_a_prompt_without_outputs_and_a_server_crash_are_sentences(comfy_config,
 
 def test_an_execution_error_over_the_websocket_fails_the_trial_with_the_node_and_its_message(graph_client, fake_comfyui):
     graph_client.load_weights(WEIGHTS, trial=0)
-    fake_comfyui.fail_execution("KSampler", "CUDA out of memory. Tried to allocate 2 GiB\n",
-                                "torch.OutOfMemoryError")
+    fake_comfyui.fail_execution("KSampler", "Expected all tensors to be on the same device\n", "RuntimeError")
     with pytest.raises(WebUIError) as error:
         graph_client.txt2img(PAYLOAD)
     assert not isinstance(error.value, WebUIConnectionError)  # the trial's failure, not a lost server
     assert "ComfyUI failed running node 5 (KSampler)" in str(error.value)
-    assert "OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB." in str(error.value)
+    assert "RuntimeError: Expected all tensors to be on the same device." in str(error.value)
+    assert fake_comfyui.frees == []
     assert graph_client.txt2img(PAYLOAD).images  # the next render works
+
+
+@pytest.mark.parametrize("exception_type", ["torch.OutOfMemoryError", "torch.cuda.OutOfMemoryError"])
+def test_out_of_memory_frees_comfyuis_memory_and_is_redone_not_failed(graph_client, fake_comfyui, exception_type):
+    graph_client.load_weights(WEIGHTS, trial=0)
+    fake_comfyui.fail_execution("KSampler", "CUDA out of memory. Tried to allocate 2 GiB\n", exception_type)
+    with pytest.raises(OutOfMemory) as error:
+        graph_client.txt2img(PAYLOAD)
+    assert isinstance(error.value, WebUIConnectionError)  # the executor waits and redoes the trial
+    assert str(error.value).startswith("ComfyUI ran out of memory running node 5 (KSampler) of prompt ")
+    assert "(OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB), so it was asked to free" in str(error.value)
+    assert fake_comfyui.frees == [{"unload_models": True, "free_memory": True}]
+    loads = fake_comfyui.load_count
+    assert graph_client.txt2img(PAYLOAD).images  # the redone render works
+    assert fake_comfyui.load_count == loads + 2, "the freed cache makes it reload A and B"
+
+
+def test_a_prompt_cancelled_in_comfyuis_ui_is_redone_not_failed(graph_client, fake_comfyui, comfy_config):
+    graph_client.load_weights(WEIGHTS, trial=0)
+    gate = fake_comfyui.hold_execution()
+    outcome = Background(graph_client)
+    ours = fake_comfyui.wait_until_running()
+    ComfyApi(comfy_config()).request("POST", "/interrupt", {})  # the Cancel button: no prompt id
+    outcome.thread.join(10)
+    assert len(outcome.errors) == 1 and isinstance(outcome.errors[0], PromptInterrupted)
+    assert isinstance(outcome.errors[0], WebUIConnectionError)
+    assert str(outcome.errors[0]).startswith(f"ComfyUI's prompt {ours} was interrupted at node ")
+    assert fake_comfyui.history[ours]["status"]["messages"][-1][0] == "execution_interrupted"
+    gate.set()
+    assert graph_client.txt2img(PAYLOAD).images
+
+
+class Background:
+    """A render on another thread and what it raised."""
+
+    def __init__(self, client: ComfyUIClient) -> None:
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._render, args=(client,))
+        self.thread.start()
+
+    def _render(self, client: ComfyUIClient) -> None:
+        try:
+            client.txt2img(PAYLOAD)
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            self.errors.append(exc)
+
+
+def queued_ids(api: ComfyApi) -> tuple[list[str], list[str]]:
+    """(running, pending) prompt ids, as GET /queue lists them."""
+    queue = api.request("GET", "/queue")
+    return [item[1] for item in queue["queue_running"]], [item[1] for item in queue["queue_pending"]]
+
+
+def test_a_prompt_we_stop_waiting_for_is_interrupted_so_the_redone_trial_does_not_queue_behind_it(
+        comfy_config, fake_comfyui, tiny_models):
+    gate = fake_comfyui.hold_execution()
+    with ComfyUIClient(comfy_config(read_timeout=0.5), "run1", handoff="graph", arch=SD1,
+                       model_a=tiny_models / "a.safetensors", model_b=tiny_models / "b.safetensors") as client:
+        client.load_weights(WEIGHTS, trial=0)
+        with pytest.raises(WebUIConnectionError, match="did not finish prompt (\\S+) within 0.5 s") as error:
+            client.txt2img(PAYLOAD)
+        ours = str(error.value).split("prompt ", 1)[1].split(" ", 1)[0]
+        fake_comfyui.wait_until_idle()  # the interrupt stops it while it is still held
+        assert queued_ids(ComfyApi(comfy_config())) == ([], [])
+        assert fake_comfyui.history[ours]["status"]["messages"][-1][0] == "execution_interrupted"
+        assert [r.body for r in fake_comfyui.requests_to("/interrupt", "POST")] == [{"prompt_id": ours}]
+        gate.set()
+        assert client.txt2img(PAYLOAD).images  # the redone trial runs at once
+
+
+def test_a_prompt_we_stop_waiting_for_leaves_the_queue_and_anothers_running_prompt_runs_on(
+        comfy_config, fake_comfyui, tiny_models):
+    with ComfyUIClient(comfy_config(read_timeout=0.5), "run1", handoff="graph", arch=SD1,
+                       model_a=tiny_models / "a.safetensors", model_b=tiny_models / "b.safetensors") as client:
+        client.load_weights(WEIGHTS, trial=0)
+        client.txt2img(PAYLOAD)
+        graph = next(iter(fake_comfyui.history.values()))["prompt"][2]
+        api = ComfyApi(comfy_config())
+        gate = fake_comfyui.hold_execution()
+        theirs = api.request("POST", "/prompt", {"prompt": graph, "client_id": "another-user"})["prompt_id"]
+        assert fake_comfyui.wait_until_running() == theirs
+        with pytest.raises(WebUIConnectionError, match="did not finish prompt .* within 0.5 s"):
+            client.txt2img(PAYLOAD)
+        assert queued_ids(api) == ([theirs], [])  # ours is gone; the interrupt with our id left theirs alone
+        gate.set()
+        fake_comfyui.wait_until_idle()
+        assert fake_comfyui.history[theirs]["status"]["status_str"] == "success"
+
+
+def test_a_failed_clean_up_is_logged_and_the_timeout_is_what_is_raised(comfy_config, fake_comfyui, tiny_models,
+                                                                        caplog):
+    gate = fake_comfyui.hold_execution()
+    with ComfyUIClient(comfy_config(read_timeout=0.5), "run1", handoff="graph", arch=SD1,
+                       model_a=tiny_models / "a.safetensors", model_b=tiny_models / "b.safetensors") as client:
+        client.load_weights(WEIGHTS, trial=0)
+        fake_comfyui.fail_next(1, status=500, path="/queue", method="POST")
+        with pytest.raises(WebUIConnectionError, match="did not finish prompt"):
+            client.txt2img(PAYLOAD)
+    assert "Could not withdraw prompt" in caplog.text and "so it may still run" in caplog.text
+    gate.set()
 
 
 def test_a_corrupt_merge_file_fails_the_trial_with_the_loaders_error(file_client, fake_comfyui):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bayes_merger.errors import ConfigError, WebUIConnectionError
+from bayes_merger.errors import ConfigError, WebUIConnectionError, WebUIError
 from bayes_merger.merge.arch import architecture
 from bayes_merger.renderers.comfyui import ComfyUIClient
 from bayes_merger.renderers.probe import choose_handoff, detect_backend, open_renderer
@@ -28,8 +28,21 @@ def test_a_named_backend_is_taken_without_asking(comfy_config, fake_comfyui):
 
 def test_auto_with_nothing_running_is_a_connection_error(comfy_config, fake_comfyui):
     fake_comfyui.stop()
-    with pytest.raises(WebUIConnectionError, match="could not be reached.*set webui.backend"):
-        detect_backend(comfy_config(backend="auto"))
+    with pytest.raises(WebUIConnectionError, match="could not be reached to ask what it is .connection refused.*set webui.backend"):
+        detect_backend(comfy_config(backend="auto", ready_timeout=0.2))
+
+
+def test_auto_waits_for_a_webui_whose_port_is_open_before_its_api(comfy_config, fake_webui):
+    fake_webui.starting_up(3)  # A1111 answers 404 on /sdapi while it starts
+    assert detect_backend(comfy_config(backend="auto", url=fake_webui.url)) == "a1111"
+    assert [r.status for r in fake_webui.requests_to("/sdapi/v1/progress")] == [404, 404, 404, 200]
+
+
+@pytest.mark.parametrize("fake_webui", [{"auth": "user:secret"}], indirect=True)
+def test_auto_asked_without_the_password_says_so_at_once(comfy_config, fake_webui):
+    with pytest.raises(WebUIError, match="HTTP 401: check webui.auth"):
+        detect_backend(comfy_config(backend="auto", url=fake_webui.url, ready_timeout=30))
+    assert len(fake_webui.requests_to("/sdapi/v1/progress")) == 1, "a 401 will not change: no waiting"
 
 
 def test_an_unknown_backend_is_a_config_error(comfy_config):

@@ -9,6 +9,7 @@ import logging
 import pytest
 from safetensors.torch import load_file, save_file
 
+from bayes_merger.errors import WebUIConnectionError
 from bayes_merger.merge.arch import architecture
 from bayes_merger.merge.weights import BlockWeights
 from bayes_merger.renderers.comfyui import ComfyUIClient, route
@@ -30,9 +31,10 @@ def slow_node(fake_comfyui, monkeypatch):
 
 
 @pytest.fixture
-def auto_client(comfy_config, tiny_models):
-    with ComfyUIClient(comfy_config(), "run1", handoff="auto", arch=SD1, model_a=tiny_models / "a.safetensors",
-                       model_b=tiny_models / "b.safetensors") as client:
+def auto_client(comfy_config, shared_vae_models):
+    """Both routes open: B has A's VAE, so the graph renders the model the merge by file does."""
+    with ComfyUIClient(comfy_config(), "run1", handoff="auto", arch=SD1, model_a=shared_vae_models / "a.safetensors",
+                       model_b=shared_vae_models / "b.safetensors") as client:
         client.check_checkpoint_dir()
         yield client
 
@@ -91,11 +93,12 @@ def test_auto_with_models_comfyui_does_not_list_takes_the_file_without_measuring
         assert settle_route(client, None, REQUEST, WEIGHTS, lambda i: pytest.fail("measured"), False)["route"] == "file"
 
 
-def test_a_whole_run_on_auto_records_the_measured_route_and_its_resume_keeps_it(fake_comfyui, tiny_models, tmp_path,
-                                                                                 slow_node):
+def test_a_whole_run_on_auto_records_the_measured_route_and_its_resume_keeps_it(fake_comfyui, shared_vae_models,
+                                                                                 tmp_path, slow_node):
     slow_node("ModelMerge")  # the graph is the slow route on this "device"
     folder = tmp_path / "models" / "checkpoints" / "bayes-merger"
-    args = comfyui_run_args(fake_comfyui.url, tiny_models, tmp_path, "comfyui", "auto", init_points=2, n_iters=0)
+    args = comfyui_run_args(fake_comfyui.url, shared_vae_models, tmp_path, "comfyui", "auto", init_points=2,
+                            n_iters=0)
     assert _cli(args) == 0
     run_dir = _only_run(tmp_path / "runs")
     record = json.loads((run_dir / "run.json").read_text())["comfyui_handoff"][fake_comfyui.url]
@@ -115,3 +118,38 @@ def test_a_whole_run_on_auto_records_the_measured_route_and_its_resume_keeps_it(
     assert len(fake_comfyui.requests_to("/prompt", "POST")) - posts == 4  # trial 2's four images, no probe
     assert json.loads((run_dir / "run.json").read_text())["comfyui_handoff"][fake_comfyui.url] == record
     assert not list(folder.iterdir()) and not [p for p in (tmp_path / "output").rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("exception_type, words", [("torch.OutOfMemoryError", "ComfyUI ran out of memory running node"),
+                                                   ("RuntimeError", "ComfyUI failed running node")])
+def test_a_graph_that_fails_while_it_is_timed_leaves_the_file_route(auto_client, fake_comfyui, tiny_models, caplog,
+                                                                    exception_type, words):
+    # the merge node only runs in the graph: the file route is timed undisturbed, then the graph fails
+    fake_comfyui.fail_execution("ModelMergeSD1", "CUDA out of memory. Tried to allocate 5 GiB\n", exception_type)
+    folder = fake_comfyui.checkpoint_dir / "bayes-merger"
+    with caplog.at_level(logging.WARNING, logger="bayes_merger.renderers.comfyui.route"):
+        record = settle_route(auto_client, None, REQUEST, WEIGHTS, stager(folder, tiny_models), pipelined=False)
+
+    assert record == {"route": "file", "reason": record["reason"]} and auto_client.handoff == "file"
+    assert record["reason"].startswith(f"the graph failed while it was timed: {words} ")
+    warnings = [r.getMessage() for r in caplog.records if r.name == "bayes_merger.renderers.comfyui.route"]
+    assert warnings == [f"ComfyUI hand-off auto at {fake_comfyui.url}: file, since {record['reason']}"]
+    assert fake_comfyui.frees == ([{"unload_models": True, "free_memory": True}] if "memory" in words else [])
+    assert len(fake_comfyui.requests_to("/prompt", "POST")) == 3  # the file route's two, the graph's first
+    assert not list(folder.iterdir()), "the probe's merge files are deleted"
+    auto_client.load_checkpoint(lambda path: save_file(load_file(tiny_models / "b.safetensors"), str(path)), trial=0)
+    assert auto_client.txt2img(REQUEST).images  # the run goes on by file
+
+
+def test_a_comfyui_lost_while_the_graph_is_timed_stops_the_run(auto_client, fake_comfyui, tiny_models, monkeypatch):
+    load_weights = auto_client.load_weights
+
+    def stop_then_load(*args, **kwargs):
+        fake_comfyui.stop()
+        return load_weights(*args, **kwargs)
+
+    monkeypatch.setattr(auto_client, "load_weights", stop_then_load)
+    folder = fake_comfyui.checkpoint_dir / "bayes-merger"
+    with pytest.raises(WebUIConnectionError, match="websocket|could not|refused"):
+        settle_route(auto_client, None, REQUEST, WEIGHTS, stager(folder, tiny_models), pipelined=False)
+    assert auto_client.handoff == "auto"

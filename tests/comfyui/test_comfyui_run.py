@@ -36,3 +36,14 @@ def test_a_run_on_comfyui_finishes_with_every_trial_scored(fake_comfyui, tiny_mo
     assert len({round(t["score"], 6) for t in trials}) > 1, "different weights render different pictures"
     assert not [p for p in folder.iterdir()], "no merge file is left in ComfyUI's folder"
     assert not [p for p in (tmp_path / "output").rglob("*") if p.is_file()], "no image is left in ComfyUI's output"
+
+
+def test_a_trial_comfyui_ran_out_of_memory_on_is_redone_not_failed(fake_comfyui, tiny_models, tmp_path):
+    fake_comfyui.fail_execution("KSampler", "CUDA out of memory. Tried to allocate 2 GiB\n", "torch.OutOfMemoryError")
+    args = comfyui_run_args(fake_comfyui.url, tiny_models, tmp_path, "comfyui", "graph", init_points=2, n_iters=0)
+    assert _cli(args) == 0
+    trials = _trials(_only_run(tmp_path / "runs"))
+    assert [t["trial"] for t in trials] == [0, 1] and all(t["status"] == "ok" for t in trials)
+    failed = [entry for entry in fake_comfyui.history.values() if entry["status"]["status_str"] != "success"]
+    assert len(failed) == 1  # the prompt that ran out of memory, redone once ComfyUI had freed its memory
+    assert fake_comfyui.frees[0] == {"unload_models": True, "free_memory": True}

@@ -13,7 +13,9 @@ Two hand-offs (``graph`` for how a merge becomes nodes):
   of ComfyUI's models/checkpoints; ComfyUI lists files at every request (no refresh call); the
   previous trial's file is deleted. Names never repeat, since ComfyUI caches a loader by its name.
 - in the graph (``load_weights``, weighted_sum only): models A and B stay loaded in ComfyUI and the
-  block-merge node applies the weights as patches; no file, no torch merge.
+  block-merge node applies the weights as patches; no file, no torch merge. The VAE is A's (ComfyUI
+  cannot merge one), so where A's and B's VAEs differ and BASE can be above 0 the graph renders another
+  model than the merge by file and ``best.safetensors``: "auto" then takes the file, "graph" warns.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from bayes_merger.config import WebUIConfig
-from bayes_merger.errors import ConfigError, WebUIConnectionError, WebUIError
+from bayes_merger.errors import CheckpointError, ConfigError, WebUIConnectionError, WebUIError
 from bayes_merger.merge.arch import Architecture
 from bayes_merger.merge.weights import BlockWeights
 from bayes_merger.renderers.comfyui import blocks, graph as graphs
@@ -34,6 +36,7 @@ from bayes_merger.renderers.comfyui.files import ComfyMergeFiles, basename
 from bayes_merger.renderers.comfyui.http import ComfyApi, http_error
 from bayes_merger.renderers.comfyui.images import prompt_images
 from bayes_merger.renderers.comfyui.prompts import PromptRunner
+from bayes_merger.renderers.comfyui.vae import vaes_differ
 from bayes_merger.webui.client import Generation
 from bayes_merger.webui.http import wait_until_ready as poll_until_ready
 
@@ -45,7 +48,10 @@ class ComfyUIClient:
     ``settle`` picks one (``route.settle_route`` measures which is faster; see ``choose_handoff``)."""
 
     def __init__(self, config: WebUIConfig, run_id: str, *, handoff: str = "file", arch: Architecture | None = None,
-                 model_a: str | Path | None = None, model_b: str | Path | None = None) -> None:
+                 model_a: str | Path | None = None, model_b: str | Path | None = None,
+                 base_max: float | None = None) -> None:
+        """``model_a``/``model_b``: the model files here; ``base_max``: the largest BASE weight the run
+        can try (None: not known, so taken as above 0), which decides whether their VAEs matter."""
         if handoff not in ("file", "graph", "auto"):
             raise ConfigError(f"The ComfyUI hand-off must be file, graph or auto, not {handoff!r}.")
         if handoff != "file" and (arch is None or model_a is None or model_b is None):
@@ -55,6 +61,9 @@ class ComfyUIClient:
         self._handoff = handoff
         self._arch = arch
         self._models = (config.comfyui_model_a or model_a, config.comfyui_model_b or model_b)
+        self._model_files = (model_a, model_b)
+        self._base_max = base_max
+        self._route_reason: str | None = None
         self._files = ComfyMergeFiles(Path(config.checkpoint_dir), run_id, config.keep_last) if config.checkpoint_dir \
             and config.checkpoint_dir != "???" else None
         self._api = ComfyApi(config)
@@ -95,6 +104,11 @@ class ComfyUIClient:
     def url(self) -> str:
         return self._api.base
 
+    @property
+    def route_reason(self) -> str | None:
+        """Why the check of "auto" left one route (None while both are open)."""
+        return self._route_reason
+
     def settle(self, handoff: str) -> None:
         """Take one route for the rest of the run (from "auto")."""
         if handoff not in ("file", "graph"):
@@ -114,10 +128,11 @@ class ComfyUIClient:
     def check_checkpoint_dir(self) -> None:
         """By file: the folder is writable and ComfyUI lists what is written there. In the graph:
         ComfyUI lists models A and B and has the merge nodes. Both before the first merge; with "auto",
-        a route that fails its check leaves the other (both failing: the by-file error)."""
+        a route that fails its check leaves the other (both failing: the by-file error). The graph also
+        fails it, under "auto", where it would render another VAE than the merge (``vae``)."""
         if self._handoff == "auto":
             failed = {}
-            for route, check in (("graph", self._check_graph), ("file", self._check_file)):
+            for route, check in (("graph", self._check_graph_renders_the_merge), ("file", self._check_file)):
                 try:
                     check()
                 except WebUIConnectionError:
@@ -128,13 +143,37 @@ class ComfyUIClient:
                 raise failed["file"]
             for route, error in failed.items():
                 self.settle("file" if route == "graph" else "graph")
-                logger.warning("ComfyUI hand-off auto at %s: %s, since %s cannot be used: %s", self.url,
-                               self._handoff, "the graph" if route == "graph" else "a file", error)
+                self._route_reason = f"{'the graph' if route == 'graph' else 'a file'} cannot be used: {error}"
+                logger.warning("ComfyUI hand-off auto at %s: %s, since %s", self.url, self._handoff, self._route_reason)
             return
         if self._handoff == "graph":
             self._check_graph()
+            mismatch = self._vae_mismatch()
+            if mismatch:  # asked for: the README documents this limitation of the graph
+                logger.warning("webui.comfyui_handoff is graph, but %s", mismatch)
         else:
             self._check_file()
+
+    def _check_graph_renders_the_merge(self) -> None:
+        self._check_graph()
+        mismatch = self._vae_mismatch()
+        if mismatch:
+            raise ConfigError(mismatch)
+
+    def _vae_mismatch(self) -> str | None:
+        """Why the graph would render another model than the merge by file, or None: A's and B's VAEs
+        differ while BASE, which the torch merge gives the VAE, can be above 0."""
+        if self._base_max is not None and self._base_max <= 0.0:
+            return None
+        try:
+            differ = vaes_differ(*(Path(str(path)).expanduser() for path in self._model_files))
+        except (CheckpointError, OSError) as error:
+            return f"the VAEs of models A and B could not be compared ({error})."
+        if not differ:
+            return None
+        base = "BASE may be above 0" if self._base_max is None else f"BASE can reach {self._base_max:g}"
+        return (f"models A and B have different VAEs and {base}: ComfyUI cannot merge a VAE, so the graph decodes "
+                "with A's while the merge by file (and best.safetensors) merges it with BASE.")
 
     def _check_graph(self) -> None:
         self._model_names()
@@ -197,10 +236,7 @@ class ComfyUIClient:
         self.free(unload_models=True, free_memory=True)
 
     def free(self, unload_models: bool = True, free_memory: bool = False) -> None:
-        try:
-            self._api.request("POST", "/free", {"unload_models": unload_models, "free_memory": free_memory})
-        except WebUIError as error:
-            logger.debug("POST /free failed: %s", error)
+        self._prompts.free(unload_models, free_memory)
 
     # ------------------------------------------------------------------------------- generation
 

@@ -6,7 +6,15 @@ reopened and ``/history`` and ``/queue`` tell what became of the prompt; images 
 have lost are asked for again with the identical prompt, which ComfyUI serves from its cache (only
 ``SaveImageWebsocket`` re-runs, in milliseconds). A prompt ComfyUI no longer knows (it restarted) is a
 ``WebUIConnectionError``, so the loop waits and redoes the trial. An execution error (a checkpoint
-that does not load, a node that raises) is a ``WebUIError`` of that trial.
+that does not load, a node that raises) is a ``WebUIError`` of that trial, except two that are not the
+trial's fault and are redone like a lost server: a prompt stopped by ComfyUI's Cancel button (with no
+prompt id, ``/interrupt`` stops whatever runs; ``PromptInterrupted``) and an out-of-memory error, after
+which ComfyUI is asked to free its models and cache (``OutOfMemory``).
+
+A prompt given up on while ComfyUI may still hold it (our wait ran out, the websocket could not be
+reopened, Ctrl-C) is taken off ComfyUI's queue and, if it runs, interrupted by its id, so a redone
+trial does not queue behind it and no one else's prompt is stopped (``shared/reference/comfyui-api.md``:
+``/queue`` deletes pending items only; ``/interrupt`` with another prompt's id does nothing).
 """
 
 from __future__ import annotations
@@ -26,6 +34,17 @@ logger = logging.getLogger(__name__)
 HISTORY_POLL = 5.0
 # how often one image's prompt is sent again when a dropped websocket may have lost its images
 IMAGE_ATTEMPTS = 3
+# how an execution error names torch's failed allocation (torch.OutOfMemoryError, alias
+# torch.cuda.OutOfMemoryError); the last part of exception_type is compared
+OUT_OF_MEMORY = "OutOfMemoryError"
+
+
+class PromptInterrupted(WebUIConnectionError):
+    """Someone stopped the prompt in ComfyUI (its Cancel button): not the trial's fault, so it is redone."""
+
+
+class OutOfMemory(WebUIConnectionError):
+    """ComfyUI ran out of memory running the prompt; it was asked to free its memory, and the trial is redone."""
 
 
 class PromptRunner:
@@ -35,6 +54,7 @@ class PromptRunner:
         self._api = api
         self._events = events
         self._read_timeout = read_timeout
+        self._ended: set[str] = set()  # prompts of the running ``_run`` that ComfyUI holds no more
 
     def run(self, graph: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, list[bytes]]]:
         """Run ``graph`` to its end: its prompt id, its history entry and the images its
@@ -58,6 +78,19 @@ class PromptRunner:
         prompt_id = str((answer or {}).get("prompt_id") or "")
         if not prompt_id:
             raise WebUIError(f"POST /prompt answered without a prompt_id: {str(answer)[:120]}.")
+        try:
+            return self._follow(prompt_id, savers)
+        except BaseException:
+            if prompt_id not in self._ended:
+                self._give_up(prompt_id)
+            raise
+        finally:
+            self._ended.discard(prompt_id)
+
+    def _follow(self, prompt_id: str, savers: frozenset[str]
+                ) -> tuple[str, dict[str, Any], dict[str, list[bytes]], bool]:
+        """Wait for the queued prompt ``prompt_id`` to end (see ``_run``); ``_ended`` gets it once ComfyUI
+        no longer holds it, so a failure after that leaves ComfyUI's queue alone."""
         deadline = time.monotonic() + self._read_timeout
         outcome: dict[str, Any] | None = None
         frames: dict[str, list[bytes]] = {}
@@ -100,18 +133,57 @@ class PromptRunner:
             elif kind == "progress":
                 node = data.get("node")
             elif kind in ("execution_success", "execution_error", "execution_interrupted"):
+                self._ended.add(prompt_id)
                 outcome = {"type": kind, **data}
                 if kind != "execution_success":
-                    raise WebUIError(_execution_error(prompt_id, outcome))
+                    raise self._failed(prompt_id, outcome)
             elif kind == "executing" and data.get("node") is None:  # the prompt is done and in the history
                 entry = self._history_wait(prompt_id)
                 return prompt_id, self._finished(prompt_id, entry, outcome), frames, intact and started
+
+    def _give_up(self, prompt_id: str) -> None:
+        """Take a prompt we no longer wait for off ComfyUI's queue, and interrupt it if it is running.
+        Best effort: the error that made us give up is the one that counts."""
+        # delete first: a prompt that starts between the two requests is then caught by the interrupt
+        for path, body in (("/queue", {"delete": [prompt_id]}), ("/interrupt", {"prompt_id": prompt_id})):
+            try:
+                self._api.request("POST", path, body)
+            except WebUIError as error:
+                logger.warning("Could not withdraw prompt %s from ComfyUI (%s), so it may still run.", prompt_id, error)
+                return
+        logger.info("Withdrew prompt %s from ComfyUI's queue (interrupted if it was running).", prompt_id)
+
+    def free(self, unload_models: bool = True, free_memory: bool = False) -> bool:
+        """Ask ComfyUI to unload its models (``free_memory``: and drop its node cache); whether it answered."""
+        try:
+            self._api.request("POST", "/free", {"unload_models": unload_models, "free_memory": free_memory})
+        except WebUIError as error:
+            logger.debug("POST /free failed: %s", error)
+            return False
+        return True
+
+    def _failed(self, prompt_id: str, event: Mapping[str, Any]) -> WebUIError:
+        """The error of a prompt that ended in ``execution_error`` or ``execution_interrupted``."""
+        node = f"node {event.get('node_id', '?')} ({event.get('node_type', '?')})"
+        if event.get("type") == "execution_interrupted":
+            return PromptInterrupted(f"ComfyUI's prompt {prompt_id} was interrupted at {node}, by its Cancel button "
+                                     "or another client's /interrupt, so the trial's images are incomplete.")
+        kind = str(event.get("exception_type") or "error").rsplit(".", 1)[-1]
+        message = " ".join(str(event.get("exception_message") or "no message").split()).rstrip(".")
+        if kind.endswith(OUT_OF_MEMORY):
+            # its models and its node cache hold the memory: the redone trial starts from a clean device
+            if not self.free(unload_models=True, free_memory=True):
+                logger.warning("ComfyUI ran out of memory and did not answer POST /free, so its memory may stay full.")
+            return OutOfMemory(f"ComfyUI ran out of memory running {node} of prompt {prompt_id} ({kind}: {message}), "
+                               "so it was asked to free its models and cache.")
+        return WebUIError(f"ComfyUI failed running {node} of prompt {prompt_id}: {kind}: {message}.")
 
     def _history_or_lost(self, prompt_id: str) -> dict[str, Any] | None:
         """The prompt's history entry once it has finished; None while queued or running;
         WebUIConnectionError when ComfyUI has forgotten it (a restart)."""
         entry = self._api.request("GET", f"/history/{prompt_id}") or {}
         if prompt_id in entry:
+            self._ended.add(prompt_id)
             return entry[prompt_id]
         queue = self._api.request("GET", "/queue") or {}
         for item in (queue.get("queue_running") or []) + (queue.get("queue_pending") or []):
@@ -119,6 +191,7 @@ class PromptRunner:
                 return None
         # it may have finished between the two questions: the history is written before the queue lets go
         entry = self._api.request("GET", f"/history/{prompt_id}") or {}
+        self._ended.add(prompt_id)  # finished, or forgotten: either way ComfyUI holds it no more
         if prompt_id in entry:
             return entry[prompt_id]
         raise WebUIConnectionError(
@@ -138,14 +211,6 @@ class PromptRunner:
         if status.get("status_str") not in (None, "success") or status.get("completed") is False:
             messages = status.get("messages") or []
             last = messages[-1] if messages else ["execution_error", {}]
-            raise WebUIError(_execution_error(prompt_id, {"type": last[0], **(last[1] if len(last) > 1 else {})}))
+            raise self._failed(prompt_id, {"type": last[0], **(last[1] if len(last) > 1 else {})})
         return dict(entry)
 
-
-def _execution_error(prompt_id: str, event: Mapping[str, Any]) -> str:
-    node = f"node {event.get('node_id', '?')} ({event.get('node_type', '?')})"
-    if event.get("type") == "execution_interrupted":
-        return f"ComfyUI interrupted prompt {prompt_id} at {node}; the trial's images are incomplete."
-    kind = str(event.get("exception_type") or "error").rsplit(".", 1)[-1]
-    message = " ".join(str(event.get("exception_message") or "no message").split())
-    return f"ComfyUI failed running {node} of prompt {prompt_id}: {kind}: {message.rstrip('.')}."

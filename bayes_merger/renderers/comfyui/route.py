@@ -11,6 +11,10 @@ file, our merge and write count too: added to ComfyUI's load and render, or, wit
 
 The probe's images are not scored and its files are deleted. A resumed run reads the recorded
 choice and measures nothing, so a run keeps one route from its first trial to its last.
+
+A graph that fails while it is timed (out of memory: the merge graph holds both models, about 12 GB
+against 7 GB for one model on the reference's CPU; a node that raises) leaves the file route, with a
+warning; a ComfyUI that stops answering stays fatal, as it is before any trial.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bayes_merger.errors import WebUIError
+from bayes_merger.errors import WebUIConnectionError, WebUIError
 from bayes_merger.merge.weights import BlockWeights
+from bayes_merger.renderers.comfyui.prompts import OutOfMemory
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +48,8 @@ def settle_route(client: Any, recorded: Mapping[str, Any] | None, request: Mappi
     """
     where = client.url
     if client.handoff != "auto":  # its check left one route (see ComfyUIClient.check_checkpoint_dir)
-        return {"route": client.handoff, "reason": "the other route failed its check before the run"}
+        return {"route": client.handoff,
+                "reason": client.route_reason or "the other route failed its check before the run"}
     if recorded and recorded.get("route") in ROUTES:
         client.settle(recorded["route"])
         log.info("ComfyUI hand-off at %s: %s, as measured when the run started (%s).", where, recorded["route"],
@@ -51,27 +57,19 @@ def settle_route(client: Any, recorded: Mapping[str, Any] | None, request: Mappi
         return dict(recorded)
     log.info("ComfyUI hand-off auto at %s: timing one trial in the graph and one by file …", where)
     timed: dict[str, float] = {}
-    for route in ("file", "graph"):  # the graph last: its models stay loaded if it wins
-        for index, blocks in enumerate(weights):
-            started = clock()
-            ours = 0.0
-            if route == "graph":
-                client.load_weights(blocks, trial=index)
-            else:
-                staged, ours = stage(index)
-                started = clock()
-                try:
-                    client.load_checkpoint(lambda path: os.replace(staged, path), trial=index)
-                finally:
-                    staged.unlink(missing_ok=True)
-            if not client.txt2img(request).images:
-                raise WebUIError("ComfyUI rendered no image while the hand-offs were timed.")
-            theirs = clock() - started
-            if route == "file":
-                timed["merge_write_s"], timed["load_render_s"] = ours, theirs
-            else:
-                timed["graph_s"] = theirs
-    client.remove_merges()
+    try:
+        timed.update(_time_route(client, "file", request, weights, stage))
+        try:
+            timed.update(_time_route(client, "graph", request, weights, stage))  # last: its models stay loaded
+        except WebUIError as error:
+            if isinstance(error, WebUIConnectionError) and not isinstance(error, OutOfMemory):
+                raise  # ComfyUI is gone, not the graph at fault
+            record = {"route": "file", "reason": f"the graph failed while it was timed: {error}"}
+            log.warning("ComfyUI hand-off auto at %s: file, since %s", where, record["reason"])
+            client.settle("file")
+            return record
+    finally:
+        client.remove_merges()
     file_s = max(timed["merge_write_s"], timed["load_render_s"]) if pipelined \
         else timed["merge_write_s"] + timed["load_render_s"]
     record = {"route": "graph" if timed["graph_s"] <= file_s else "file", "graph_s": round(timed["graph_s"], 3),
@@ -82,6 +80,32 @@ def settle_route(client: Any, recorded: Mapping[str, Any] | None, request: Mappi
              _timings(record))
     client.settle(record["route"])
     return record
+
+
+def _time_route(client: Any, route: str, request: Mapping[str, Any], weights: Sequence[BlockWeights],
+                stage: Callable[[int], tuple[Path, float]]) -> dict[str, float]:
+    """Render ``request`` once per weight set by ``route``; the seconds of the last (the first warms up)."""
+    timed: dict[str, float] = {}
+    for index, blocks in enumerate(weights):
+        started = clock()
+        ours = 0.0
+        if route == "graph":
+            client.load_weights(blocks, trial=index)
+        else:
+            staged, ours = stage(index)
+            started = clock()
+            try:
+                client.load_checkpoint(lambda path: os.replace(staged, path), trial=index)
+            finally:
+                staged.unlink(missing_ok=True)
+        if not client.txt2img(request).images:
+            raise WebUIError("ComfyUI rendered no image while the hand-offs were timed.")
+        theirs = clock() - started
+        if route == "file":
+            timed["merge_write_s"], timed["load_render_s"] = ours, theirs
+        else:
+            timed["graph_s"] = theirs
+    return timed
 
 
 def _timings(record: Mapping[str, Any]) -> str:
