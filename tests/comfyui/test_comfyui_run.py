@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,18 @@ def test_a_trial_comfyui_ran_out_of_memory_on_is_redone_not_failed(fake_comfyui,
     failed = [entry for entry in fake_comfyui.history.values() if entry["status"]["status_str"] != "success"]
     assert len(failed) == 1  # the prompt that ran out of memory, redone once ComfyUI had freed its memory
     assert fake_comfyui.frees[0] == {"unload_models": True, "free_memory": True}
+
+
+@pytest.mark.parametrize("frozen_base", [False, True])
+def test_auto_measures_the_graph_only_where_it_renders_the_merge(fake_comfyui, tiny_models, tmp_path, caplog,
+                                                                   frozen_base):
+    # the tiny models' VAEs differ: only with BASE held at 0 does the graph render what the file would
+    args = comfyui_run_args(fake_comfyui.url, tiny_models, tmp_path, "comfyui", "auto", init_points=2, n_iters=0)
+    assert _cli(args + (["+optimiser.frozen.BASE=0.0"] if frozen_base else [])) == 0
+    info = json.loads((_only_run(tmp_path / "runs") / "run.json").read_text())
+    if frozen_base:
+        (record,) = info["comfyui_handoff"].values()
+        assert "graph_s" in record and "file_s" in record  # both routes timed
+    else:
+        assert "comfyui_handoff" not in info  # nothing timed
+        assert "file, since the graph cannot be used: models A and B have different VAEs" in caplog.text
