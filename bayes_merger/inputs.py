@@ -10,6 +10,8 @@ started, still before the first merge.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import secrets
 from dataclasses import asdict, dataclass
@@ -21,6 +23,7 @@ from bayes_merger import __version__
 from bayes_merger.cluster.settings import check_cluster_settings
 from bayes_merger.config import Config, ScorerConfig
 from bayes_merger.errors import ConfigError
+from bayes_merger.files import file_sha256
 from bayes_merger.merge.checkpoint import parse_dtype
 from bayes_merger.merge.merger import MergeInputs, inspect_inputs
 from bayes_merger.optimiser import check_optimiser_config
@@ -146,4 +149,21 @@ def _run_info(cfg: Config, run_id: str, merge: MergeInputs, space: SearchSpace, 
         "scorer": cfg.scorer.name,
         "payloads": [p.name for p in payloads],
         "space": {"parameters": [asdict(p) for p in space.parameters], "frozen": dict(space.frozen)},
+        "objective": _objective(cfg, payloads),
+    }
+
+
+def _objective(cfg: Config, payloads: list[Payload]) -> dict[str, Any]:
+    """What a score means beyond the models and the payload names: the requests as sent, the scorer,
+    the merge's precision and clipping. A resume that changes one would mix two objectives in one log."""
+    requests = [[p.name, dict(p.request), p.score_weight] for p in payloads]
+    scorer = cfg.scorer
+    head = model_path(scorer.head) if scorer.head else None
+    return {
+        "payloads_sha256": hashlib.sha256(json.dumps(requests, sort_keys=True, default=str).encode()).hexdigest(),
+        "scorer": {"name": scorer.name, "clip": scorer.clip, "combine": scorer.combine,
+                   "ensemble": dict(sorted(dict(scorer.ensemble).items())), "tokenizer": scorer.tokenizer,
+                   "siglip": scorer.siglip, "head_sha256": file_sha256(head) if head and head.is_file() else None},
+        "merge": {"dtype": cfg.merge.dtype, "load_dtype": cfg.merge.load_dtype,
+                  "weights_clip": cfg.merge.weights_clip, "prune": cfg.merge.prune},
     }

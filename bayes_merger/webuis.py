@@ -92,7 +92,7 @@ def prepare_webuis(slots: list[Slot], inputs: Inputs, info: dict[str, Any], runs
             webui.check_payloads(inputs.payloads)
         if hasattr(webui, "remove_leftovers"):
             webui.remove_leftovers(lambda run_id: (owner := _owner(run_id)) in runs and not is_running(runs[owner]))
-        if hasattr(webui, "selected_model"):
+        if hasattr(webui, "model_at_start"):
             if n == 0:  # the first WebUI's model is where a run of one WebUI always kept it
                 info["webui_model_before"] = before[slot.name] = _model_before(webui, info, runs)
             else:
@@ -111,7 +111,7 @@ def _model_before(webui: WebUIClient, info: dict[str, Any], runs: dict[str, Path
     """The model the WebUI had before this run first started (a resumed run kept it in run.json)."""
     if info.get("webui_model_before") is not None:
         return str(info["webui_model_before"])
-    current = webui.selected_model()
+    current = webui.model_at_start()
     owner = merge_run_id(current)
     if owner is None:
         return current

@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 
 # run.json fields that must match for a run folder to be resumed with a config
 IDENTITY = ("model_a", "model_b", "model_c", "method", "seed", "init_points", "space", "payloads", "scorer")
+# what a score means (payload requests, scorer, merge precision): resumed with another, the trials before
+# and after would measure different things. Another version may record it differently: then a warning.
+OBJECTIVE = "objective"
 
 
 def write_run_info(run_dir: Path, info: Mapping[str, Any]) -> None:
@@ -67,6 +70,29 @@ def check_resumable(previous: Mapping[str, Any], current: Mapping[str, Any], run
                 f"Cannot resume {run_dir}: '{key}' differs from the run's ({previous[key]!r} there, {current[key]!r} now). "
                 "Resume with the run's own config: --config " + str(Path(run_dir) / CONFIG_FILE)
             )
+    if OBJECTIVE in previous:
+        changed = _differences(normalise(previous[OBJECTIVE]), normalise(current[OBJECTIVE]))
+        if changed:
+            what = ", ".join("the payload requests" if c == "payloads_sha256" else c for c in changed)
+            if previous.get("version") == current.get("version"):
+                raise ConfigError(f"Cannot resume {run_dir}: what a score means changed ({what}), so the trials before "
+                                  "and after would measure different things. Resume with the run's own config: "
+                                  f"--config {Path(run_dir) / CONFIG_FILE}, or start a new run.")
+            log.warning("Resuming %s, run by bayes-merger %s, whose record of what a score means differs (%s); "
+                        "if the payloads, scorer or merge settings did change, start a new run instead.",
+                        run_dir, previous.get("version"), what)
+
+
+def _differences(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """The entries of two records (one level of nesting: ``part.key``) that differ."""
+    found = []
+    for part in sorted(set(before) | set(now)):
+        a, b = before.get(part), now.get(part)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            found += [f"{part}.{key}" for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
+        elif a != b:
+            found.append(part)
+    return found
 
 
 def unfinished(base: Path) -> Path | None:

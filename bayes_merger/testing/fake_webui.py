@@ -324,11 +324,14 @@ class FakeWebUI(FakeHTTPServer):
         checkpoint = self._resolve(remembered) if remembered else None
         if checkpoint is None and self._checkpoints:
             checkpoint = self._checkpoints[0]  # A1111's fallback: the first checkpoint found
-        self._options["sd_model_checkpoint"] = self._title(checkpoint) if checkpoint else ""
+        # Forge names the checkpoint it will load; A1111 and reForge (mode a1111) leave the option null
+        # until one is selected, unless one was remembered (shared/reference/a1111-api.md)
+        named = checkpoint is not None and (bool(remembered) or self.mode != "a1111")
+        self._options["sd_model_checkpoint"] = self._title(checkpoint) if named else ""
         if checkpoint is not None:
             if self.mode == "forge":
                 self._pending = checkpoint
-            elif self._load(checkpoint):
+            elif self._load(checkpoint) and named:
                 self._options["sd_model_checkpoint"] = self._title(checkpoint)
 
     def _select(self, checkpoint: _Checkpoint, value: str) -> bool:

@@ -112,6 +112,19 @@ class WebUIClient:
             raise WebUIError(f"GET {OPTIONS} answered {type(options).__name__}, not an object of options.")
         return str(options.get("sd_model_checkpoint") or "")
 
+    def model_at_start(self) -> str:
+        """The checkpoint the WebUI has now, to select again when the run ends: ``sd_model_checkpoint``,
+        or where that is null (A1111 and reForge name none until one is selected, though they load one),
+        the first listed checkpoint that is not a merge of a run: the one A1111 loads when none is remembered."""
+        current = self.selected_model()
+        if current:
+            return current
+        models = self._api.request("GET", SD_MODELS)
+        for entry in models if isinstance(models, list) else []:
+            if isinstance(entry, Mapping) and entry.get("title") and merge_run_id(str(entry["title"])) is None:
+                return str(entry["title"])
+        return ""
+
     def remove_leftovers(self, over: Callable[[str], bool]) -> list[Path]:
         """Delete merge files of other runs once ``over(run_id)`` says that run is over (see merge_files)."""
         return self._files.remove_leftovers(over)

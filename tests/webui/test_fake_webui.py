@@ -125,6 +125,16 @@ def test_a_checkpoint_that_cannot_be_read_keeps_the_old_model_and_still_answers_
 
     assert response.status_code == 200 and response.json() is None
     assert fake_webui.loaded_model == "a.safetensors"
+    assert not get(fake_webui, "/options").json()["sd_model_checkpoint"]  # as at start: none named
+
+
+@pytest.mark.parametrize(("fake_webui", "named"), [("a1111", False), ("forge", True)], indirect=["fake_webui"])
+def test_a_fresh_start_loads_the_first_checkpoint_and_only_forge_names_it(fake_webui, named):
+    tiny(fake_webui.checkpoint_dir / "a.safetensors", 1)
+    fake_webui.restart(forget_selection=True)
+    assert bool(get(fake_webui, "/options").json()["sd_model_checkpoint"]) is named
+    post(fake_webui, "/options", {"sd_model_checkpoint": "a.safetensors"})
+    fake_webui.restart()  # a selection is remembered: A1111 names it at the next start
     assert get(fake_webui, "/options").json()["sd_model_checkpoint"].startswith("a.safetensors")
 
 

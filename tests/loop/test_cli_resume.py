@@ -1,0 +1,35 @@
+"""Resuming with a config that changes what a score means is refused; another version's record warns."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.loop.test_cli_run import _args, _cli, _only_run, _trials
+
+
+@pytest.mark.parametrize("change, named", [
+    ("+payloads.defaults.steps=2", "the payload requests"),
+    ("merge.dtype=fp32", "merge.dtype"),
+    ("scorer.combine=geometric", "scorer.combine"),
+])
+def test_a_resume_that_changes_what_a_score_means_is_refused(assets, fake_webui, tmp_path, caplog, change, named):
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "optimiser.n_iters=0")) == 0
+    run_dir = _only_run(tmp_path / "runs")
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}", change)) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and f"what a score means changed ({named})" in errors[0]
+    assert len(_trials(run_dir)) == 3
+
+
+def test_a_run_of_another_version_whose_record_differs_resumes_with_a_warning(assets, fake_webui, tmp_path, caplog):
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "optimiser.n_iters=0")) == 0
+    run_dir = _only_run(tmp_path / "runs")
+    info = json.loads((run_dir / "run.json").read_text())
+    info["version"] = "0.0.1"
+    info["objective"]["payloads_sha256"] = "recorded otherwise"
+    (run_dir / "run.json").write_text(json.dumps(info))
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}")) == 0
+    assert "run by bayes-merger 0.0.1, whose record of what a score means differs (the payload requests)" in caplog.text
+    assert len(_trials(run_dir)) == 5
