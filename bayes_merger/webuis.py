@@ -90,6 +90,8 @@ def prepare_webuis(slots: list[Slot], inputs: Inputs, info: dict[str, Any], runs
         webui.check_checkpoint_dir()
         if hasattr(webui, "check_payloads"):
             webui.check_payloads(inputs.payloads)
+        if hasattr(webui, "check_memory_options"):
+            webui.check_memory_options()
         if hasattr(webui, "remove_leftovers"):
             webui.remove_leftovers(lambda run_id: (owner := _owner(run_id)) in runs and not is_running(runs[owner]))
         if hasattr(webui, "model_at_start"):

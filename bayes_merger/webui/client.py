@@ -31,6 +31,9 @@ __all__ = ["Generation", "WebUIClient", "WebUIConnectionError", "WebUIError", "O
 
 logger = logging.getLogger(__name__)
 
+# the options that keep models in memory, and the values A1111's maintainers advise for many switches
+MEMORY_OPTIONS = {"sd_checkpoints_limit": 1, "sd_checkpoint_cache": 0}
+
 
 class WebUIClient:
     """One WebUI session of one run: selects each trial's merge and renders payloads with it."""
@@ -111,6 +114,20 @@ class WebUIClient:
         if not isinstance(options, Mapping):
             raise WebUIError(f"GET {OPTIONS} answered {type(options).__name__}, not an object of options.")
         return str(options.get("sd_model_checkpoint") or "")
+
+    def check_memory_options(self) -> None:
+        """Warn when the WebUI keeps more than one model in memory: with a new merge every trial its RAM
+        would grow all night (A1111's maintainers advise ``sd_checkpoints_limit`` 1 and
+        ``sd_checkpoint_cache`` 0; the overnight runner sets them, a plain run leaves the user's WebUI as it is)."""
+        options = self._api.request("GET", OPTIONS)
+        kept = {key: options.get(key) for key in MEMORY_OPTIONS if isinstance(options, Mapping)}
+        high = {key: value for key, value in kept.items()
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and value > MEMORY_OPTIONS[key]}
+        if high:
+            logger.warning("The WebUI at %s keeps more than one model in memory (%s): with a new merge every trial its "
+                           "RAM grows all night. Set %s in its Settings (Stable Diffusion) or its config.json.",
+                           self._base, ", ".join(f"{k}={v}" for k, v in high.items()),
+                           " and ".join(f"{k} to {MEMORY_OPTIONS[k]}" for k in high))
 
     def model_at_start(self) -> str:
         """The checkpoint the WebUI has now, to select again when the run ends: ``sd_model_checkpoint``,

@@ -296,6 +296,20 @@ def test_sdnext_without_schedulers_takes_sampler_names_whole(fake_webui, webui_c
             client.check_payloads([_Payload("legacy", sampler_name="DPM++ 2M Karras")])
 
 
+# --------------------------------------------------------------------- the WebUI's memory
+
+
+def test_a_webui_keeping_several_models_in_memory_is_warned_about(fake_webui, webui_config, caplog):
+    with WebUIClient(webui_config(), "run1") as client:
+        client.check_memory_options()  # A1111's defaults: one model, no RAM cache
+        assert "keeps more than one model" not in caplog.text
+        fake_webui.set_option("sd_checkpoints_limit", 3)
+        client.check_memory_options()
+
+    assert "keeps more than one model in memory (sd_checkpoints_limit=3)" in caplog.text
+    assert "Set sd_checkpoints_limit to 1" in caplog.text
+
+
 # ------------------------------------------------------------------- a model that did not load
 
 
