@@ -22,6 +22,7 @@ from typing import Any
 from bayes_merger import __version__
 from bayes_merger.cluster.settings import check_cluster_settings
 from bayes_merger.config import Config, ScorerConfig
+from bayes_merger.devices import resolve_device
 from bayes_merger.errors import ConfigError
 from bayes_merger.files import file_sha256
 from bayes_merger.merge.checkpoint import parse_dtype
@@ -123,6 +124,9 @@ def _check_settings(cfg: Config) -> tuple[Path, Path, Path | None]:
                           "which every WebUI reads and which cannot carry code.")
     parse_dtype(cfg.best_precision)
     check_cluster_settings(cfg)
+    if cfg.cluster.address is None:  # on a cluster the devices are the hosts', checked there
+        resolve_device(cfg.merge.device, "merge device")
+        resolve_device(cfg.scorer.device, "scorer device")
     if cfg.run.max_consecutive_failures < 1:
         raise ConfigError("run.max_consecutive_failures must be at least 1.")
     if cfg.resume is not None and not is_run_folder(model_path(cfg.resume)):

@@ -1,4 +1,5 @@
-"""Resuming with a config that changes what a score means is refused; another version's record warns."""
+"""What a run refuses before any work: a resume that changes what a score means (another version's record
+only warns), a device this machine does not have."""
 
 from __future__ import annotations
 
@@ -33,3 +34,12 @@ def test_a_run_of_another_version_whose_record_differs_resumes_with_a_warning(as
     assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}")) == 0
     assert "run by bayes-merger 0.0.1, whose record of what a score means differs (the payload requests)" in caplog.text
     assert len(_trials(run_dir)) == 5
+
+
+def test_a_cuda_device_on_a_machine_without_one_is_refused_before_the_webui_is_asked(assets, fake_webui, tmp_path,
+                                                                                      caplog, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "merge.device=cuda:0")) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == ["Merge device 'cuda:0' asked for, but torch sees no CUDA device; use auto or cpu."]
+    assert fake_webui.requests_to("/sdapi/v1/progress") == []
