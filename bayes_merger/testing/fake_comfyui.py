@@ -4,7 +4,8 @@ files, one prompt executed at a time, the one-prompt node cache, fake pictures.
 It speaks Part A of ``shared/reference/comfyui-api.md``: the endpoints (also under ``/api``), the
 400 bodies of a refused prompt, history, ``/view``, ``/free``, the websocket's event order and its
 routing by ``clientId``. The nodes and what they compute are ``fake_comfyui_nodes``; the HTTP side
-and its fault injection (failing and dropped requests) is ``fake_http``; the websocket frames are
+and its fault injection (failing requests, and requests dropped before or after they are carried out:
+``drop_next``, ``drop_after_next``) is ``fake_http``; the websocket frames are
 ``fake_websocket``. Faults of its own: execution errors sent over the websocket
 (``fail_execution``), websockets dropped now or at a given event (``drop_websockets``,
 ``drop_websocket_at``), execution held (``hold_execution``; an ``/interrupt`` of the held prompt
@@ -358,8 +359,10 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
             self._pending.append(item)
             work = self._queue
             self._changed.notify_all()
-        work.put(item)
+        # the status first, as ComfyUI's queue sends it on put: the worker could otherwise send execution_start
+        # before it, which the real server never does
         self._broadcast_status()
+        work.put(item)
         return _Response(200, {"prompt_id": prompt_id, "number": number, "node_errors": {}})
 
     # ----------------------------------------------------------------------------- websocket

@@ -1,7 +1,8 @@
 """The fake WebUI's HTTP side: a threaded server on real sockets, the record of the requests it
-answered, and fault injection (failing, dropped, delayed or held requests, a server still starting,
-a stop as a killed process stops). What the requests mean is the subclass's: ``FakeWebUI`` keeps
-the A1111 state (options, checkpoints, the loaded model, txt2img) and answers through ``_route``.
+answered, and fault injection (failing requests, requests dropped before or after the server acted
+on them, delayed or held requests, a server still starting, a stop as a killed process stops). What
+the requests mean is the subclass's: ``FakeWebUI`` keeps the A1111 state (options, checkpoints, the
+loaded model, txt2img) and answers through ``_route``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class RecordedRequest:
 
 @dataclass
 class _Fault:
-    kind: str  # "status", "drop" or "startup"
+    kind: str  # "status", "drop", "drop_after" or "startup"
     remaining: int
     path: str | None = None
     method: str | None = None
@@ -243,6 +244,12 @@ class FakeHTTPServer:
         with self._lock:
             self._faults.append(_Fault("drop", count, path, method))
 
+    def drop_after_next(self, count: int = 1, path: str | None = None, method: str | None = None) -> None:
+        """Carry out the request as usual, then close the connection without its answer, ``count`` times:
+        an answer lost on the way back (a proxy's timeout, a network cut) although the server acted on it."""
+        with self._lock:
+            self._faults.append(_Fault("drop_after", count, path, method))
+
     def starting_up(self, count: int) -> None:
         """Answer the next ``count`` /sdapi requests with 404 Not Found, as a WebUI still starting."""
         with self._lock:
@@ -303,7 +310,8 @@ class FakeHTTPServer:
 
     def _answer(self, method: str, path: str, raw: bytes, authorization: str | None) -> Any:
         fault = self._take_fault(path, method)
-        if fault is not None:
+        drop_after = fault is not None and fault.kind == "drop_after"
+        if fault is not None and not drop_after:
             if fault.kind == "startup":
                 return _Response(404, {"detail": "Not Found"})
             if fault.kind == "drop":
@@ -335,7 +343,7 @@ class FakeHTTPServer:
         response = self._route(method, path, raw)
         if seconds and in_all:
             self._stop_event.wait(max(0.0, came + seconds - time.monotonic()))
-        return response
+        return _DROP if drop_after else response
 
     def _take_fault(self, path: str, method: str) -> _Fault | None:
         with self._lock:

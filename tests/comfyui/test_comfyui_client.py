@@ -127,6 +127,38 @@ def test_models_can_be_named_as_comfyui_lists_them(comfy_config, fake_comfyui, t
         client.check_checkpoint_dir()
 
 
+def listed_also_as(fake_comfyui, tiny_models, *names):
+    for name in names:
+        path = fake_comfyui.checkpoint_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.symlink_to(tiny_models / "a.safetensors")
+
+
+def test_a_model_listed_in_several_folders_none_of_which_its_path_prefers_is_an_error(comfy_config, fake_comfyui,
+                                                                                     tiny_models, tmp_path):
+    listed_also_as(fake_comfyui, tiny_models, "sd15/c.safetensors", "xl/c.safetensors")
+    with ComfyUIClient(comfy_config(), "run1", handoff="graph", arch=SD1, model_a=tmp_path / "mine" / "c.safetensors",
+                       model_b=tiny_models / "b.safetensors") as client:
+        with pytest.raises(ConfigError) as error:
+            client.check_checkpoint_dir()
+    message = str(error.value)
+    assert "several checkpoints named c.safetensors" in message and "model A's path" in message
+    assert "sd15/c.safetensors, xl/c.safetensors" in message and "webui.comfyui_model_a" in message
+
+
+@pytest.mark.parametrize("path, chosen", [
+    ("models/xl/c.safetensors", "xl/c.safetensors"),  # more of the path's end matches
+    ("models/c.safetensors", "c.safetensors"),  # equal counts: the name that is the path's whole end
+    ("models\\sd15\\c.safetensors", "sd15/c.safetensors"),  # a Windows path
+])
+def test_a_model_listed_in_several_folders_is_the_one_matching_most_of_its_path(comfy_config, fake_comfyui,
+                                                                                tiny_models, tmp_path, path, chosen):
+    listed_also_as(fake_comfyui, tiny_models, "c.safetensors", "sd15/c.safetensors", "xl/c.safetensors")
+    with ComfyUIClient(comfy_config(), "run1", handoff="graph", arch=SD1, model_a=f"/data/{path}",
+                       model_b=tiny_models / "b.safetensors") as client:
+        assert client.load_weights(BlockWeights.uniform(SD1.blocks, 0.3), trial=0).startswith(f"{chosen} + ")
+
+
 def test_an_unknown_sampler_is_refused_before_the_run_with_the_servers_names(graph_client):
     with pytest.raises(ConfigError, match="payload 'portrait': sampler 'Restart' has no ComfyUI equivalent.*uni_pc"):
         graph_client.check_payloads([Payload("ok", PAYLOAD), Payload("portrait", {**PAYLOAD, "sampler_name": "Restart"})])

@@ -12,7 +12,7 @@ from bayes_merger.errors import WebUIConnectionError, WebUIError
 from bayes_merger.merge.arch import architecture
 from bayes_merger.merge.weights import BlockWeights
 from bayes_merger.renderers.comfyui import ComfyUIClient
-from bayes_merger.renderers.comfyui.http import ComfyApi
+from bayes_merger.renderers.comfyui.http import ComfyApi, lost_answer
 from bayes_merger.renderers.comfyui.prompts import OutOfMemory, PromptInterrupted
 
 PAYLOAD = {"prompt": "a red boat", "seed": 7, "steps": 3, "width": 64, "height": 64}
@@ -240,12 +240,106 @@ def test_a_restart_mid_prompt_is_a_lost_server_and_the_trial_can_be_redone(graph
     assert graph_client.txt2img(PAYLOAD).images  # the same hand-off renders again after the restart
 
 
-def test_a_dropped_prompt_request_is_not_sent_again(graph_client, fake_comfyui):
+def sent_ids(fake):
+    return [r.body["prompt_id"] for r in fake.requests_to("/prompt", "POST")]
+
+
+def test_every_prompt_carries_a_new_id_of_the_clients_own_which_comfyui_keeps(graph_client, fake_comfyui):
+    graph_client.load_weights(WEIGHTS, trial=0)
+    generation = graph_client.txt2img({**PAYLOAD, "batch_size": 2})
+    ids = sent_ids(fake_comfyui)
+    assert len(set(ids)) == 2 and all(len(i) == 36 for i in ids)  # uuid4s
+    assert generation.info["prompt_ids"] == ids and sorted(fake_comfyui.history) == sorted(ids)
+
+
+def test_a_prompt_whose_answer_is_lost_after_comfyui_queued_it_is_followed_not_sent_again(graph_client, fake_comfyui):
+    graph_client.load_weights(WEIGHTS, trial=0)
+    fake_comfyui.drop_after_next(1, path="/prompt", method="POST")
+    generation = graph_client.txt2img(PAYLOAD)
+    assert generation.seeds == [7] and len(generation.images) == 1
+    assert prompt_posts(fake_comfyui) == [None]  # no answer, and no second POST
+    [ours] = sent_ids(fake_comfyui)
+    assert list(fake_comfyui.history) == [ours] and generation.info["prompt_ids"] == [ours]  # rendered once
+    # the images that arrived are those an undisturbed render gives
+    assert graph_client.txt2img(PAYLOAD).images[0].tobytes() == generation.images[0].tobytes()
+
+
+def test_a_prompt_request_dropped_before_comfyui_got_it_is_sent_once_more_under_a_new_id(graph_client, fake_comfyui):
+    graph_client.load_weights(WEIGHTS, trial=0)
+    graph_client.txt2img(PAYLOAD)  # ComfyUI answers with our own id: it keeps the ids we send
+    fake_comfyui.drop_next(1, path="/prompt", method="POST")
+    generation = graph_client.txt2img(PAYLOAD)
+    assert len(generation.images) == 1
+    assert prompt_posts(fake_comfyui) == [200, None, 200]
+    first, dropped, again = sent_ids(fake_comfyui)
+    assert dropped != again and generation.info["prompt_ids"] == [again]
+    assert sorted(fake_comfyui.history) == sorted([first, again])
+
+
+def test_a_prompt_request_dropped_twice_is_a_lost_server(graph_client, fake_comfyui):
+    graph_client.load_weights(WEIGHTS, trial=0)
+    graph_client.txt2img(PAYLOAD)
+    fake_comfyui.drop_next(2, path="/prompt", method="POST")
+    with pytest.raises(WebUIConnectionError, match="the connection was closed without an answer"):
+        graph_client.txt2img(PAYLOAD)
+    assert prompt_posts(fake_comfyui) == [200, None, None]
+
+
+def test_a_first_prompt_request_dropped_is_not_sent_again_until_comfyui_has_kept_an_id(graph_client, fake_comfyui):
+    # an older ComfyUI makes its own ids, so not finding ours proves nothing there: no second POST
     graph_client.load_weights(WEIGHTS, trial=0)
     fake_comfyui.drop_next(1, path="/prompt", method="POST")
-    with pytest.raises(WebUIConnectionError):
+    with pytest.raises(WebUIConnectionError, match="the connection was closed without an answer"):
         graph_client.txt2img(PAYLOAD)
     assert prompt_posts(fake_comfyui) == [None]
+    [ours] = sent_ids(fake_comfyui)
+    assert fake_comfyui.requests_to(f"/history/{ours}", "GET") and fake_comfyui.requests_to("/queue", "GET")
+
+
+def test_a_504_on_the_queue_is_looked_up_and_not_sent_again(graph_client, fake_comfyui):
+    graph_client.load_weights(WEIGHTS, trial=0)
+    graph_client.txt2img(PAYLOAD)
+    fake_comfyui.fail_next(1, status=504, path="/prompt", method="POST", message="Gateway Timeout")
+    with pytest.raises(WebUIError, match="HTTP 504"):
+        graph_client.txt2img(PAYLOAD)
+    assert prompt_posts(fake_comfyui) == [200, 504]  # ComfyUI may still be about to queue it
+    assert fake_comfyui.requests_to(f"/history/{sent_ids(fake_comfyui)[1]}", "GET")
+
+
+def test_a_prompt_request_that_times_out_before_comfyui_queued_it_is_not_sent_again(comfy_config, fake_comfyui,
+                                                                                    tiny_models):
+    with ComfyUIClient(comfy_config(read_timeout=0.5), "run1", handoff="graph", arch=SD1,
+                       model_a=tiny_models / "a.safetensors", model_b=tiny_models / "b.safetensors") as client:
+        client.load_weights(WEIGHTS, trial=0)
+        client.txt2img(PAYLOAD)  # ComfyUI keeps our ids: a repost would be allowed after a drop
+        fake_comfyui.hold("/prompt", "POST")  # ComfyUI has the request but has not queued it (yet)
+        with pytest.raises(WebUIConnectionError, match="got no answer from ComfyUI within 0.5 s"):
+            client.txt2img(PAYLOAD)
+    fake_comfyui.stop()  # ends the held requests unanswered and waits for them: the record is complete
+    assert prompt_posts(fake_comfyui) == [200, None]  # it may still be queued late, so not sent again
+    assert fake_comfyui.requests_to(f"/history/{sent_ids(fake_comfyui)[1]}", "GET")  # but looked up
+
+
+def lost_answer_of(api: ComfyApi) -> str | None:
+    with pytest.raises(WebUIError) as error:
+        api.request("POST", "/prompt", {"prompt": {}})
+    return lost_answer(error.value)
+
+
+def test_which_failed_posts_may_have_reached_comfyui(comfy_config, fake_comfyui):
+    api = ComfyApi(comfy_config(read_timeout=0.2))
+    assert lost_answer_of(api) is None  # its 400: the answer itself
+    fake_comfyui.fail_next(3, status=503, path="/prompt")
+    assert lost_answer_of(api) is None  # ComfyUI (or a proxy) said it did not run it
+    fake_comfyui.fail_next(1, status=504, path="/prompt")
+    assert lost_answer_of(api) == "gateway"
+    for fault in (fake_comfyui.drop_next, fake_comfyui.drop_after_next):
+        fault(1, path="/prompt")
+        assert lost_answer_of(api) == "dropped"
+    fake_comfyui.delay("/prompt", 2.0, "POST")
+    assert lost_answer_of(api) == "timeout"
+    fake_comfyui.stop()
+    assert lost_answer_of(api) is None  # refused: nothing reached it, so it stays a plain connection error
 
 
 def test_a_503_on_the_queue_is_retried(graph_client, fake_comfyui):

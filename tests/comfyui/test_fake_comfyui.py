@@ -179,3 +179,16 @@ def test_a_silent_websocket_outlives_the_idle_timeout_of_http_connections(fake_c
         kinds.append(json.loads(ws.recv())["type"])
     ws.close()
     assert "execution_start" in kinds
+
+
+@pytest.mark.parametrize("fault, queued", [("drop_next", False), ("drop_after_next", True)])
+def test_a_dropped_prompt_request_is_queued_only_when_dropped_after_it_was_carried_out(fake_comfyui, fault, queued):
+    getattr(fake_comfyui, fault)(1, path="/prompt", method="POST")
+    with pytest.raises(requests.ConnectionError):
+        requests.post(fake_comfyui.url + "/prompt", json={"prompt": prompt(), "prompt_id": "lost"})
+    assert [r.status for r in fake_comfyui.requests_to("/prompt", "POST")] == [None]
+    fake_comfyui.wait_until_idle()
+    assert list(fake_comfyui.history) == (["lost"] if queued else [])
+    # the fault is spent: the next request is answered
+    answer = requests.post(fake_comfyui.url + "/prompt", json={"prompt": prompt(), "prompt_id": "next"})
+    assert answer.json()["prompt_id"] == "next"

@@ -21,6 +21,7 @@ Two hand-offs (``graph`` for how a merge becomes nodes):
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -315,12 +316,22 @@ class ComfyUIClient:
         text = str(model)
         if text in listed:
             return text
-        name = Path(text).name
+        name = basename(text)
         found = [n for n in listed if basename(n) == name]
-        if len(found) > 1:  # the one whose folders match the end of the model's path
-            found = [n for n in found if text.replace("\\", "/").endswith(n)] or found[:1]
-        if found:
+        if len(found) == 1:
             return found[0]
+        if found:
+            # the one whose folders match most of the end of the model's path (at equal counts, a listed
+            # name that is the path's whole end beats one with a folder the path does not have); a guess
+            # beyond that could merge another model than the user's, so a tie is theirs to settle
+            ranked = sorted(found, key=lambda n: _tail_match(text, n), reverse=True)
+            if _tail_match(text, ranked[0]) > _tail_match(text, ranked[1]):
+                return ranked[0]
+            raise ConfigError(
+                f"ComfyUI lists several checkpoints named {name} and none matches more of model {which.upper()}'s "
+                f"path ({text}) than the others: {', '.join(found[:20])}; name the one to load with "
+                f"webui.comfyui_model_{which}."
+            )
         raise ConfigError(
             f"ComfyUI does not list model {which.upper()} ({name}) among its checkpoints: merging in the graph loads "
             f"A and B by name, so put the file in ComfyUI's models/checkpoints (a link will do) or name it with "
@@ -332,6 +343,19 @@ class ComfyUIClient:
             raise ConfigError("webui.checkpoint_dir is not set: with ComfyUI, point it at a sub-folder of "
                               "ComfyUI's models/checkpoints (e.g. models/checkpoints/bayes-merger).")
         return self._files
+
+
+def _tail_match(path: str, listed: str) -> tuple[int, bool]:
+    """How many trailing components of ``path`` the listed name ``listed`` matches, and whether it is
+    the path's whole end (every one of its components matches)."""
+    ours = re.split(r"[\\/]", path)[::-1]
+    theirs = re.split(r"[\\/]", listed)[::-1]
+    matched = 0
+    for mine, other in zip(ours, theirs):
+        if mine != other:
+            break
+        matched += 1
+    return matched, matched == len(theirs)
 
 
 __all__ = ["ComfyUIClient", "http_error"]

@@ -9,8 +9,11 @@ of ``webui.http``:
 - Connection errors (refused, connect timeout): every request; nothing reached the server.
 - 502 and 503: every request; the server (or a proxy) says it did not run it.
 - 504 and connections dropped after the request was sent: only requests that are harmless to repeat:
-  the GETs, ``/free`` and ``/interrupt``. Never ``POST /prompt``: the prompt may already be queued,
-  and a repeat would render it twice; the client asks ``/history`` and ``/queue`` instead.
+  the GETs, ``/free`` and ``/interrupt``. Never ``POST /prompt`` here: the prompt may already be
+  queued, and a repeat would render it twice. Each prompt carries an id of the client's own instead,
+  so the runner asks ``/history`` and ``/queue`` about that id (``lost_answer`` tells when) and
+  follows it; one ComfyUI never got is posted once more only after a dropped connection
+  (``prompts.PromptRunner``).
 - Read timeouts: never (asking again only adds another full wait). 4xx and 500: never.
 
 Error bodies (``shared/reference/comfyui-api.md``): a refused prompt is a 400 with ``error`` and
@@ -20,14 +23,16 @@ Error bodies (``shared/reference/comfyui-api.md``): a refused prompt is a 400 wi
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import requests
+from urllib3.exceptions import MaxRetryError, ProtocolError
 
-from bayes_merger.errors import WebUIError
+from bayes_merger.errors import WebUIConnectionError, WebUIError
 from bayes_merger.webui.http import ApiSession, base_url, cause, credentials, decode_json
 
-__all__ = ["PROMPT", "SYSTEM_STATS", "ComfyApi", "base_url", "cause", "credentials", "http_error", "prompt_error_text"]
+__all__ = ["PROMPT", "SYSTEM_STATS", "ComfyApi", "base_url", "cause", "credentials", "http_error", "lost_answer",
+           "prompt_error_text"]
 
 PROMPT = "/prompt"
 SYSTEM_STATS = "/system_stats"
@@ -54,6 +59,37 @@ class ComfyApi(ApiSession):
         if not response.content:
             return None
         return decode_json(method, path, response)
+
+
+def lost_answer(error: WebUIError) -> Literal["dropped", "timeout", "gateway"] | None:
+    """How a request that reached the server lost its answer, or None where it did not reach it (refused,
+    connect timeout) or the error is the server's answer.
+
+    "dropped": the connection closed before the answer was whole (ComfyUI's or a proxy's side, or an idle
+    keep-alive connection the server closed as the request went out); "timeout": no answer within
+    ``webui.read_timeout``; "gateway": a proxy's 504, it gave up waiting for ComfyUI. In all three ComfyUI
+    may have acted on the request, or may still be about to.
+    """
+    if error.status == 504:
+        return "gateway"
+    if not isinstance(error, WebUIConnectionError) or error.status is not None:
+        return None  # a 502 or 503: the server (or proxy) said it did not run it
+    reason = error.__cause__
+    if isinstance(reason, requests.ReadTimeout):
+        return "timeout"
+    if isinstance(reason, requests.exceptions.ChunkedEncodingError):  # the answer was cut off
+        return "dropped"
+    for _ in range(3):  # requests → urllib3 MaxRetryError → the underlying error
+        if isinstance(reason, ProtocolError):
+            return "dropped"
+        if isinstance(reason, MaxRetryError):
+            reason = reason.reason
+        elif isinstance(reason, requests.RequestException) and reason.args \
+                and isinstance(reason.args[0], BaseException):
+            reason = reason.args[0]
+        else:
+            break
+    return None
 
 
 def http_error(method: str, path: str, response: requests.Response) -> WebUIError:

@@ -1,15 +1,25 @@
 """One ComfyUI prompt run to its end: queued, followed over the websocket, confirmed in the history.
 
-Each image is one prompt (``POST /prompt`` with the run's client id); the ``/ws`` websocket says when
-it has run or failed and carries the images of ``SaveImageWebsocket`` nodes. A websocket that drops is
-reopened and ``/history`` and ``/queue`` tell what became of the prompt; images a dropped socket may
-have lost are asked for again with the identical prompt, which ComfyUI serves from its cache (only
-``SaveImageWebsocket`` re-runs, in milliseconds). A prompt ComfyUI no longer knows (it restarted) is a
-``WebUIConnectionError``, so the loop waits and redoes the trial. An execution error (a checkpoint
-that does not load, a node that raises) is a ``WebUIError`` of that trial, except two that are not the
-trial's fault and are redone like a lost server: a prompt stopped by ComfyUI's Cancel button (with no
-prompt id, ``/interrupt`` stops whatever runs; ``PromptInterrupted``) and an out-of-memory error, after
-which ComfyUI is asked to free its models and cache (``OutOfMemory``).
+Each image is one prompt (``POST /prompt`` with the run's client id and a prompt id of our own, which
+ComfyUI keeps); the ``/ws`` websocket says when it has run or failed and carries the images of
+``SaveImageWebsocket`` nodes. A websocket that drops is reopened and ``/history`` and ``/queue`` tell
+what became of the prompt; images a dropped socket may have lost are asked for again with the
+identical prompt, which ComfyUI serves from its cache (only ``SaveImageWebsocket`` re-runs, in
+milliseconds). A prompt ComfyUI no longer knows (it restarted) is a ``WebUIConnectionError``, so the
+loop waits and redoes the trial. An execution error (a checkpoint that does not load, a node that
+raises) is a ``WebUIError`` of that trial, except two that are not the trial's fault and are redone
+like a lost server: a prompt stopped by ComfyUI's Cancel button (with no prompt id, ``/interrupt``
+stops whatever runs; ``PromptInterrupted``) and an out-of-memory error, after which ComfyUI is asked
+to free its models and cache (``OutOfMemory``).
+
+A ``POST /prompt`` whose answer is lost after it was sent (the connection dropped, the read timed out, a
+proxy's 504) is looked up by its id in ``/history`` and ``/queue``: a prompt ComfyUI has is followed as
+if the POST had answered, so it is neither orphaned nor rendered twice. One it does not have was not
+queued: after a dropped connection (ComfyUI had done with the request, or never got it) it is posted
+once more, under a new id, so that a first copy arriving late could not mix its events and images in;
+but only where ComfyUI has kept our id before (an older one makes its own, so the lookup proves
+nothing). After a read timeout or a 504 ComfyUI may still be about to queue it, so the error is raised
+as before.
 
 A prompt given up on while ComfyUI may still hold it (our wait ran out, the websocket could not be
 reopened, Ctrl-C) is taken off ComfyUI's queue and, if it runs, interrupted by its id, so a redone
@@ -21,12 +31,13 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from typing import Any, Mapping
 
 from bayes_merger.errors import WebUIConnectionError, WebUIError
 from bayes_merger.renderers.comfyui import graph as graphs
 from bayes_merger.renderers.comfyui.events import EventStream
-from bayes_merger.renderers.comfyui.http import ComfyApi
+from bayes_merger.renderers.comfyui.http import PROMPT, ComfyApi, lost_answer
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +66,9 @@ class PromptRunner:
         self._events = events
         self._read_timeout = read_timeout
         self._ended: set[str] = set()  # prompts of the running ``_run`` that ComfyUI holds no more
+        # whether ComfyUI has answered a POST with the prompt id we sent (older versions make their own):
+        # only then does "not in /history nor /queue" prove that a prompt whose answer was lost was never queued
+        self._ids_kept = False
 
     def run(self, graph: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, list[bytes]]]:
         """Run ``graph`` to its end: its prompt id, its history entry and the images its
@@ -74,10 +88,7 @@ class PromptRunner:
         """Queue one prompt and wait until it has run, or a WebUIError: its id, its history entry, the
         images its ``savers`` (SaveImageWebsocket node ids) sent, and whether the websocket stayed open."""
         self._events.connect()  # before the POST, so no event of this prompt is missed
-        answer = self._api.request("POST", "/prompt", {"prompt": graph, "client_id": self._events.client_id})
-        prompt_id = str((answer or {}).get("prompt_id") or "")
-        if not prompt_id:
-            raise WebUIError(f"POST /prompt answered without a prompt_id: {str(answer)[:120]}.")
+        prompt_id = self._queue(graph)
         try:
             return self._follow(prompt_id, savers)
         except BaseException:
@@ -86,6 +97,41 @@ class PromptRunner:
             raise
         finally:
             self._ended.discard(prompt_id)
+
+    def _queue(self, graph: dict[str, Any]) -> str:
+        """POST ``graph`` under a new prompt id of our own; the id ComfyUI queued it under. An answer lost
+        after sending is looked up by that id (see the module docstring)."""
+        resent = False
+        while True:
+            prompt_id = str(uuid.uuid4())  # random: nothing needs it but to find the prompt again
+            body = {"prompt": graph, "client_id": self._events.client_id, "prompt_id": prompt_id}
+            try:
+                answer = self._api.request("POST", PROMPT, body)
+            except WebUIError as error:
+                lost = lost_answer(error)
+                if lost is None:  # nothing reached ComfyUI, or this is its answer
+                    raise
+                try:
+                    known, _ = self._lookup(prompt_id)
+                except WebUIError as asking:
+                    logger.warning("Could not ask ComfyUI whether it queued prompt %s (%s).", prompt_id, asking)
+                    raise error
+                if known:
+                    self._ids_kept = True
+                    logger.warning("POST /prompt lost its answer (%s), but ComfyUI has prompt %s, so it is followed.",
+                                   lost, prompt_id)
+                    return prompt_id
+                if lost != "dropped" or resent or not self._ids_kept:
+                    raise error
+                logger.warning("POST /prompt lost its answer (dropped) and ComfyUI never queued prompt %s, so it is "
+                               "sent once more.", prompt_id)
+                resent = True
+                continue
+            answered = str((answer or {}).get("prompt_id") or "")
+            if not answered:
+                raise WebUIError(f"POST /prompt answered without a prompt_id: {str(answer)[:120]}.")
+            self._ids_kept = answered == prompt_id
+            return answered
 
     def _follow(self, prompt_id: str, savers: frozenset[str]
                 ) -> tuple[str, dict[str, Any], dict[str, list[bytes]], bool]:
@@ -181,22 +227,28 @@ class PromptRunner:
     def _history_or_lost(self, prompt_id: str) -> dict[str, Any] | None:
         """The prompt's history entry once it has finished; None while queued or running;
         WebUIConnectionError when ComfyUI has forgotten it (a restart)."""
+        known, entry = self._lookup(prompt_id)
+        if entry is not None or not known:  # finished, or forgotten: either way ComfyUI holds it no more
+            self._ended.add(prompt_id)
+        if not known:
+            raise WebUIConnectionError(
+                f"ComfyUI no longer knows prompt {prompt_id}: it was restarted or its queue was cleared."
+            )
+        return entry
+
+    def _lookup(self, prompt_id: str) -> tuple[bool, dict[str, Any] | None]:
+        """Whether ComfyUI has the prompt (in its history, queued or running), and its history entry once
+        it has finished."""
         entry = self._api.request("GET", f"/history/{prompt_id}") or {}
         if prompt_id in entry:
-            self._ended.add(prompt_id)
-            return entry[prompt_id]
+            return True, entry[prompt_id]
         queue = self._api.request("GET", "/queue") or {}
         for item in (queue.get("queue_running") or []) + (queue.get("queue_pending") or []):
             if isinstance(item, list) and len(item) > 1 and item[1] == prompt_id:
-                return None
+                return True, None
         # it may have finished between the two questions: the history is written before the queue lets go
         entry = self._api.request("GET", f"/history/{prompt_id}") or {}
-        self._ended.add(prompt_id)  # finished, or forgotten: either way ComfyUI holds it no more
-        if prompt_id in entry:
-            return entry[prompt_id]
-        raise WebUIConnectionError(
-            f"ComfyUI no longer knows prompt {prompt_id}: it was restarted or its queue was cleared."
-        )
+        return (True, entry[prompt_id]) if prompt_id in entry else (False, None)
 
     def _history_wait(self, prompt_id: str) -> dict[str, Any]:
         for _ in range(20):
