@@ -3,12 +3,14 @@
 ``--config conf/run.yaml`` is rewritten into Hydra's ``--config-path <dir> --config-name run``
 before Hydra parses the command line, so every Hydra flag (``--cfg job``, ``-m``, overrides) works
 as usual. Expected failures (bad input, an unreachable WebUI) end in one logged sentence and a
-non-zero exit code; only bugs show a traceback.
+non-zero exit code; only bugs show a traceback. A config Hydra cannot compose (a wrong type in an
+override, an unknown key) is bad input too: one sentence, exit 2.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -19,15 +21,17 @@ from typing import Iterator, Sequence
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from bayes_merger import __version__
+from bayes_merger.cli_errors import composition_error
 from bayes_merger.cli_help import USAGE, help_text
 from bayes_merger.config import Config, register_configs
 from bayes_merger.errors import BayesMergerError, ConfigError
-from bayes_merger.files import atomic_write_text
+from bayes_merger.files import atomic_write_text, storage_errors
 from bayes_merger.run_folder.paths import BEST_FILE, CONFIG_FILE
 
 log = logging.getLogger("bayes_merger")
@@ -93,7 +97,13 @@ def to_config(cfg: DictConfig) -> Config:
 
 
 def save_config(cfg: DictConfig, run_dir: Path, resuming: bool) -> Path:
-    """The composed config, secrets removed, loadable again with ``--config`` (to resume)."""
+    """The composed config, secrets removed, loadable again with ``--config`` (to resume), written atomically.
+
+    A resume keeps the config it ran with beside the run's own, as ``config.resumed-<time>.yaml``: the
+    run's ``config.yaml``, which the resume command names, is never overwritten. A config that one of
+    the folder's files already holds word for word is not written again, so a run resumed over and
+    over with one config (the overnight runner, retries) does not gather a file per attempt.
+    """
     data = OmegaConf.to_container(cfg, resolve=True)
     for section, key in SECRET_KEYS:
         if data.get(section, {}).get(key):
@@ -102,13 +112,30 @@ def save_config(cfg: DictConfig, run_dir: Path, resuming: bool) -> Path:
     text = "# the config of this run; resume it with:\n"
     text += f"#   bayes-merger --config {run_dir / CONFIG_FILE} resume={run_dir}\n"
     text += "defaults:\n  - bayes_merger\n  - _self_\n\n" + OmegaConf.to_yaml(OmegaConf.create(data)) + HYDRA_BLOCK
+    if resuming:
+        same = next((path for path in _saved_configs(run_dir) if _text_of(path) == text), None)
+        if same is not None:
+            return same
     name = CONFIG_FILE if not resuming else f"config.resumed-{datetime.now():%Y%m%d-%H%M%S}.yaml"
     path = run_dir / name
     if path.exists():
         return path  # never overwrite what a user already has
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    with storage_errors(path):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # the resume command needs this file: a kill during the write must not leave half of it
+        atomic_write_text(path, text, fsync=True)
     return path
+
+
+def _saved_configs(run_dir: Path) -> list[Path]:
+    return [run_dir / CONFIG_FILE, *sorted(run_dir.glob("config.resumed-*.yaml"))]
+
+
+def _text_of(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 @contextmanager
@@ -161,14 +188,15 @@ def _task(cfg: DictConfig) -> None:
         # a resumed run continues in its own folder, whatever the config's hydra.run.dir says
         run_dir = Path(config.resume).expanduser() if config.resume else Path(HydraConfig.get().runtime.output_dir)
         with _stop_on_signals() as stop:
+            # the demo's saved config is the one given, not the one with its fake WebUI's port, new at
+            # every start: a resume starts the fake again, and its config is then the same
+            save_config(cfg, run_dir, config.resume is not None)
             if config.demo:
                 from bayes_merger.testing.demo import demo_environment
 
                 with demo_environment(config) as demo_config:
-                    save_config(OmegaConf.structured(demo_config), run_dir, config.resume is not None)
                     result = run(demo_config, run_dir, stop)
             else:
-                save_config(cfg, run_dir, config.resume is not None)
                 result = run(config, run_dir, stop)
     except BayesMergerError as error:
         log.error("%s", error)
@@ -203,19 +231,38 @@ def _own_flags(args: Sequence[str]) -> None:
         sys.exit(2)
 
 
+@contextmanager
+def _composition_errors_raised() -> Iterator[None]:
+    """Hydra prints an error it meets in composing the config as lines of its own and exits 1; with
+    HYDRA_FULL_ERROR set it raises it instead, to be turned into one sentence. A user who set the
+    variable asked for Hydra's full report, and gets it."""
+    if "HYDRA_FULL_ERROR" in os.environ:
+        yield
+        return
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        try:
+            yield
+        finally:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+    except (ConfigCompositionException, OverrideParseException) as error:
+        raise composition_error(error) from error
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     _own_flags(args)
     try:
         args = rewrite_config_flag(args)
-    except ConfigError as error:
+        register_configs()
+        register_resolvers()
+        sys.argv = [sys.argv[0] if sys.argv else "bayes-merger"] + args
+        with _composition_errors_raised():
+            hydra.main(version_base=None, config_path=None, config_name=None)(_task)()
+    except ConfigError as error:  # before Hydra set up logging: the task's own errors end in _task
         logging.basicConfig(format="bayes-merger: %(message)s")
         log.error("%s", error)
         sys.exit(error.exit_code)
-    register_configs()
-    register_resolvers()
-    sys.argv = [sys.argv[0] if sys.argv else "bayes-merger"] + args
-    hydra.main(version_base=None, config_path=None, config_name=None)(_task)()
 
 
 if __name__ == "__main__":

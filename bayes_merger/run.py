@@ -21,6 +21,7 @@ from typing import Any, Mapping
 from bayes_merger.config import Config
 from bayes_merger.executor import Executor, LostAllWebUIs, Slot
 from bayes_merger.errors import BayesMergerError, StorageError, WebUIConnectionError
+from bayes_merger.files import storage_errors
 from bayes_merger.inputs import Inputs, check_inputs
 from bayes_merger.merge.finite import check_finite
 from bayes_merger.merge.merger import Merger
@@ -31,6 +32,7 @@ from bayes_merger.report import write_report
 from bayes_merger.rescore import finalists
 from bayes_merger.run_folder import (
     BEST_MERGE,
+    RUN_FILE,
     Trial,
     best_extras,
     TrialLog,
@@ -40,7 +42,7 @@ from bayes_merger.run_folder import (
     write_best,
     write_run_info,
 )
-from bayes_merger.run_folder.liveness import run_folders, running
+from bayes_merger.run_folder.liveness import remove_dead_temp_files, run_folders, running
 from bayes_merger.scoring import ImageContext, Scorer, build_scorer, score_trial
 from bayes_merger.webui.merge_files import MergeFiles
 from bayes_merger.webui.render_check import MergeNotRendered, RenderCheck
@@ -79,6 +81,7 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None) -> RunR
     info = dict(inputs.info)
 
     with running(run_dir), ExitStack() as stack:
+        remove_dead_temp_files(run_dir)  # a best merge cut off by kill -9 is the size of a checkpoint
         runs = {**run_folders(Path(cfg.run.dir)), **run_folders(run_dir.parent)}
         if cfg.cluster.address is not None:  # each host of the Ray cluster loads the models and scores (cluster/)
             from bayes_merger.cluster.hosts import open_hosts
@@ -93,8 +96,10 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None) -> RunR
             log.info("Loading the models to merge.")
             merger = Merger.from_inputs(inputs.merge, cfg.merge)
         optimiser = Optimiser(inputs.space, cfg.optimiser, cfg.run.seed)
+        _note_trials_at_once(info, len(slots) * (2 if cfg.webui.pipeline else 1), run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_run_info(run_dir, info)
+        with storage_errors(run_dir / RUN_FILE):
+            write_run_info(run_dir, info)
 
         trial_log = TrialLog(run_dir)  # the executor tells the optimiser what each suggestion may know
         if trial_log.trials:
@@ -109,12 +114,16 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None) -> RunR
             for slot in slots:
                 slot.webui.hand_back(before.get(slot.name, ""))
 
-        best = record_best(run_dir, trial_log, optimiser)
-        if best is not None and cfg.save_best and info.get("best_saved_trial") != best.trial:
-            _save_best_merge(inputs, merger or Merger.from_inputs(inputs.merge, cfg.merge), best)
-            info["best_saved_trial"] = best.trial
-        info["finished_at"] = now()
-        write_run_info(run_dir, info)
+        try:
+            best = record_best(run_dir, trial_log, optimiser)
+            if best is not None and cfg.save_best and info.get("best_saved_trial") != best.trial:
+                _save_best_merge(inputs, merger or Merger.from_inputs(inputs.merge, cfg.merge), best)
+                info["best_saved_trial"] = best.trial
+            info["finished_at"] = now()
+            with storage_errors(run_dir / RUN_FILE):
+                write_run_info(run_dir, info)
+        except StorageError as error:  # every trial is logged: a resume only writes these again
+            raise _storage_stop(error, run_dir) from error
         finalists(run_dir, inputs.scorer)  # scorer.finalists: the top trials again with a stronger scorer
         _refresh_report(run_dir)
         _log_summary(trial_log, best, run_dir)
@@ -169,7 +178,7 @@ class TrialLoop:
                 raise RunStopped(f"{error}; the {done} finished trials are saved. Resume with resume={self.run_dir}"
                                  ) from error
             except StorageError as error:
-                raise RunStopped(f"{str(error).rstrip('.')}, then resume with resume={self.run_dir}.") from error
+                raise _storage_stop(error, self.run_dir) from error
         done = len(self.trial_log.trials)
         if done < budget:
             raise Interrupted(f"Stopped after {done} of {budget} trials, every one saved; "
@@ -311,10 +320,28 @@ def record_best(run_dir: Path, trial_log: TrialLog, optimiser: Optimiser) -> Tri
     return best
 
 
+def _note_trials_at_once(info: dict[str, Any], at_once: int, run_dir: Path) -> None:
+    """Record how many trials run at once; a resume with another number says what that changes (the
+    suggestions from here on are those of a run with as many at once, not of the one that started)."""
+    before = info.get("trials_at_once")
+    if isinstance(before, int) and before != at_once:
+        log.warning("%s ran up to %d trial%s at once and resumes with %d (other WebUIs or webui.pipeline): the "
+                    "finished trials are kept, and the next ones are suggested as with %d at once, so they differ "
+                    "from what the run would have suggested.", run_dir, before, "" if before == 1 else "s",
+                    at_once, at_once)
+    info["trials_at_once"] = at_once
+
+
+def _storage_stop(error: StorageError, run_dir: Path) -> RunStopped:
+    return RunStopped(f"{str(error).rstrip('.')}, then resume with resume={run_dir}.")
+
+
 def _save_best_merge(inputs: Inputs, merger: Merger, best: Trial) -> None:
     merger.merge(inputs.space.to_block_weights(best.params))
-    path = merger.save(inputs.run_dir / BEST_MERGE, dtype=inputs.config.best_precision, prune=inputs.config.merge.prune,
-                       metadata={"bayes_merger_score": f"{best.score:.6f}", "bayes_merger_trial": str(best.trial)})
+    with storage_errors(inputs.run_dir / BEST_MERGE):  # the checkpoint writer's CheckpointError of a full disk
+        path = merger.save(inputs.run_dir / BEST_MERGE, dtype=inputs.config.best_precision,
+                           prune=inputs.config.merge.prune,
+                           metadata={"bayes_merger_score": f"{best.score:.6f}", "bayes_merger_trial": str(best.trial)})
     log.info("Saved the best merge (trial %d, score %.4f) to %s", best.trial, best.score, path)
 
 

@@ -14,7 +14,7 @@ import yaml
 
 from omegaconf import OmegaConf
 
-from bayes_merger.files import atomic_write_text
+from bayes_merger.files import atomic_write_text, storage_errors
 from bayes_merger.run_folder.paths import BEST_FILE
 from bayes_merger.run_folder.trials import Trial, best_trial
 
@@ -33,14 +33,16 @@ def best_fields(best: Trial) -> dict[str, Any]:
 
 
 def write_best(run_dir: Path, best: Trial | None, extra: Mapping[str, Any] | None = None) -> None:
-    """(Re)write best.yaml atomically; nothing while no trial has succeeded.
+    """(Re)write best.yaml atomically; nothing while no trial has succeeded; a StorageError when it cannot be.
 
     ``extra`` adds fields after the standard ones (plain data: numbers, strings, lists, dicts).
     """
     if best is None:
         return
     data = {**best_fields(best), **(extra or {})}
-    atomic_write_text(Path(run_dir) / BEST_FILE, OmegaConf.to_yaml(OmegaConf.create(data)))
+    path = Path(run_dir) / BEST_FILE
+    with storage_errors(path):
+        atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(data)))
 
 
 def best_extras(trials: Sequence[Trial], best: Trial | None, importance: Mapping[str, float]) -> dict[str, Any]:

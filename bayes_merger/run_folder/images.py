@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 from PIL.PngImagePlugin import PngInfo
 
+from bayes_merger.files import storage_errors
 from bayes_merger.run_folder.paths import IMAGES_DIR
 from bayes_merger.run_folder.trials import ImageRecord
 
@@ -18,14 +19,21 @@ def _slug(name: str) -> str:
 
 def save_image(run_dir: Path, image: Any, *, trial: int, payload: str, index: int, prompt: str, seed: int,
                weights: str) -> Path:
-    """Write a trial's image as ``images/tNNNN-<payload>-NN.png`` with its prompt, seed and weights as PNG text."""
+    """Write a trial's image as ``images/tNNNN-<payload>-NN.png`` with its prompt, seed and weights as PNG text;
+    a StorageError when it cannot be stored."""
     path = Path(run_dir) / IMAGES_DIR / f"t{trial:04d}-{_slug(payload)}-{index:02d}.png"
-    path.parent.mkdir(exist_ok=True)
     info = PngInfo()
     info.add_text("prompt", prompt)
     info.add_text("seed", str(seed))
     info.add_text("weights", weights)
-    image.save(path, pnginfo=info)
+    with storage_errors(path):
+        path.parent.mkdir(exist_ok=True)
+        try:
+            image.save(path, pnginfo=info)
+        except OSError:
+            # a cut-off PNG would stay in the folder (and the report) until the trial is redone
+            path.unlink(missing_ok=True)
+            raise
     return path
 
 
@@ -37,7 +45,8 @@ def record_images(run_dir: Path, contexts: Sequence[Any], scores: Sequence[float
         relative = None
         if context.path is not None:
             final = context.path.with_name(f"{context.path.stem}-{value:.3f}.png")
-            context.path.replace(final)
+            with storage_errors(final):
+                context.path.replace(final)
             relative = final.relative_to(run_dir).as_posix()
         records.append(ImageRecord(payload=context.payload, index=context.index, seed=context.seed,
                                    score=float(value), path=relative))

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 from bayes_merger.errors import ConfigError
+from bayes_merger.files import storage_errors
 from bayes_merger.run_folder.paths import TRIALS_FILE
 
 log = logging.getLogger(__name__)
@@ -199,21 +200,44 @@ class TrialLog:
         # Appending after half a line would corrupt the next record; keep the fragment for inspection.
         data = self.path.read_bytes()
         side = self.path.with_name(f"{TRIALS_FILE}.incomplete-{datetime.now():%Y%m%d-%H%M%S}")
-        side.write_bytes(data[good_end:])
-        with self.path.open("r+b") as handle:
+        with storage_errors(side):
+            side.write_bytes(data[good_end:])
+        with storage_errors(self.path), self.path.open("r+b") as handle:
             handle.truncate(good_end)
             handle.flush()
             os.fsync(handle.fileno())
         log.warning("Set aside an incomplete last line of %s into %s.", self.path, side.name)
 
     def append(self, trial: Trial) -> None:
+        """Write ``trial`` as one line, durably; a StorageError (disk full, unwritable) leaves the log as it was."""
         if any(t.trial == trial.trial for t in self.trials):
             raise ValueError(f"trial {trial.trial} is already in the trial log")
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(trial.to_json() + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        data = (trial.to_json() + "\n").encode("utf-8")  # a NaN score raises here, before the file is touched
+        with storage_errors(self.path):
+            # unbuffered: after a failed write no buffered rest can reach the file behind the truncation below
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
+            try:
+                start = os.fstat(fd).st_size
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.fsync(fd)
+                except OSError:
+                    # cut off what reached the file of this line: the trial is redone on resume, and its
+                    # line must not follow half of this one (truncating needs no free space)
+                    _truncate(fd, start)
+                    raise
+            finally:
+                os.close(fd)
         self.trials.append(trial)
 
     def best(self) -> Trial | None:
         return best_trial(self.trials)
+
+
+def _truncate(fd: int, size: int) -> None:
+    try:
+        os.ftruncate(fd, size)
+    except OSError as error:  # the strict reader sets a cut-off last line aside on resume
+        log.warning("Could not remove a partly written line from the trial log (%s).", error.strerror or error)

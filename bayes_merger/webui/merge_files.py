@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Any
 
 from bayes_merger.errors import BayesMergerError, ConfigError, StorageError
-from bayes_merger.files import atomic_path
+from bayes_merger.files import atomic_path, os_error
 
 logger = logging.getLogger(__name__)
 
@@ -82,11 +82,11 @@ class MergeFiles:
             with atomic_path(target, tmp=target.with_name(target.name + ".tmp")) as tmp:
                 write(tmp)
         except (OSError, BayesMergerError) as exc:
-            os_error = _os_error(exc)
-            if os_error is None:
+            cause = os_error(exc)
+            if cause is None:
                 raise
             raise StorageError(
-                f"Could not write the merge to {self.folder}: {os_error.strerror or os_error}; free space there "
+                f"Could not write the merge to {self.folder}: {cause.strerror or cause}; free space there "
                 "(each merge is the size of a checkpoint) or make it writable."
             ) from exc
 
@@ -159,18 +159,6 @@ def aliases(entry: Mapping[str, Any], file_name: str) -> frozenset[str]:
 def matches(reported: str, names: frozenset[str]) -> bool:
     name = HASH_SUFFIX.sub("", reported.strip())
     return bool(name) and (name in names or basename(name) in names)
-
-
-def _os_error(exc: BaseException) -> OSError | None:
-    """The OSError behind ``exc`` (itself, or the cause or context a wrapper kept), if any."""
-    seen: BaseException | None = exc
-    for _ in range(5):
-        if seen is None:
-            return None
-        if isinstance(seen, OSError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 def _unlink(path: Path) -> None:

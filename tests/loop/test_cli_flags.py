@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -97,3 +98,26 @@ def test_log_lines_never_land_inside_the_progress_bar(assets, fake_webui, tmp_pa
     for match in re.finditer("library says hello", err):
         assert match.start() == 0 or err[match.start() - 1] in "\r\n", "the line was written into the bar"
     assert chatty.handlers == [], "the console handlers are given back"
+
+
+@pytest.mark.parametrize("override, sentence", [
+    ("run.seed=1.5", "run.seed must be an integer, not 1.5."),
+    ("optimiser.init_points=abc", "optimiser.init_points must be an integer, not 'abc'."),
+    ("demo=maybe", "demo must be true or false, not 'maybe'."),
+    ("merge.metod=weighted_sum", ("merge.metod is not a setting of bayes-merger (a misspelling?); "
+                                  "bayes-merger --help lists them.")),
+])
+def test_an_override_of_the_wrong_type_is_one_sentence_and_exit_2(override, sentence, capsys, caplog):
+    code, _, err = _exit(["--config", str(REPO / "conf" / "demo.yaml"), "demo=false", override], capsys)
+    assert code == 2
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [sentence]
+    assert "HYDRA_FULL_ERROR" not in err and "Traceback" not in err
+    assert "HYDRA_FULL_ERROR" not in os.environ, "the switch is the CLI's own, not left for what it starts"
+
+
+def test_hydra_full_error_set_by_the_user_still_gets_hydras_whole_report(monkeypatch):
+    from hydra.errors import ConfigCompositionException
+
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(ConfigCompositionException, match="run.seed=1.5"):
+        main(["--config", str(REPO / "conf" / "demo.yaml"), "demo=false", "run.seed=1.5"])

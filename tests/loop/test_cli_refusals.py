@@ -1,5 +1,6 @@
 """What a run refuses before any work: a resume that changes what a score means (another version's record
-only warns), a device this machine does not have."""
+only warns), a device this machine does not have; a resume with another number of trials at once
+says what that changes."""
 
 from __future__ import annotations
 
@@ -43,3 +44,14 @@ def test_a_cuda_device_on_a_machine_without_one_is_refused_before_the_webui_is_a
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert errors == ["Merge device 'cuda:0' asked for, but torch sees no CUDA device; use auto or cpu."]
     assert fake_webui.requests_to("/sdapi/v1/progress") == []
+
+
+def test_a_resume_with_another_number_of_trials_at_once_says_what_that_changes(assets, fake_webui, tmp_path, caplog):
+    # e.g. resumed with a dead WebUI's URL removed: allowed, but its suggestions are another run's
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "optimiser.n_iters=0", "webui.pipeline=true")) == 0
+    run_dir = _only_run(tmp_path / "runs")
+    assert json.loads((run_dir / "run.json").read_text())["trials_at_once"] == 2
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}")) == 0
+    assert "ran up to 2 trials at once and resumes with 1" in caplog.text
+    assert json.loads((run_dir / "run.json").read_text())["trials_at_once"] == 1
+    assert len(_trials(run_dir)) == 5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -13,7 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bayes_merger.cli import main
+from omegaconf import OmegaConf
+
+from bayes_merger.cli import main, save_config
+from bayes_merger.errors import StorageError
 from bayes_merger.testing.models import make_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -112,6 +116,7 @@ def test_killed_run_resumes_to_the_same_trials_as_an_uninterrupted_run(assets, f
               "hydra/job_logging=none", "hydra/hydra_logging=none"]
     assert _cli(resume) == 0
     assert sorted(p.name for p in runs.iterdir()) == [run_dir.name], "resumed in place, no new folder"
+    assert not list(run_dir.glob("config.resumed-*")), "resumed with the run's own config: no copy of it"
     resumed = _trials(run_dir)
     assert [t["trial"] for t in resumed] == [0, 1, 2, 3, 4]
     assert [t["params"] for t in resumed] == [t["params"] for t in whole]
@@ -266,3 +271,54 @@ def test_a_multirun_sweep_gives_each_method_its_own_run_folder(assets, fake_webu
     assert folders == ["0_weighted_sum_aesthetic_head", "1_tensor_sum_aesthetic_head"]
     for folder in (tmp_path / "runs" / "multirun").glob("*/*_aesthetic_head"):
         assert len(_trials(folder)) == 1
+
+
+def test_config_yaml_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    from bayes_merger import files
+
+    class DiskFillsUp:  # the file handle of a disk that fills up after a few bytes
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def write(self, text):
+            self.handle.write(text[:20])
+            self.handle.flush()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files, "open", lambda *args, **kwargs: DiskFillsUp(open(*args, **kwargs)), raising=False)
+    with pytest.raises(StorageError, match=r"config\.yaml: No space left on device"):
+        save_config(OmegaConf.create({"resume": None}), tmp_path, resuming=False)
+    assert list(tmp_path.iterdir()) == [], "no cut-off config.yaml for the resume command to choke on"
+
+
+def test_a_resume_keeps_each_config_it_ran_with_once(tmp_path):
+    config = OmegaConf.create({"webui": {"auth": "user:secret"}, "resume": None, "optimiser": {"n_iters": 2}})
+    assert save_config(config, tmp_path, resuming=False) == tmp_path / "config.yaml"
+    resumed = OmegaConf.merge(config, {"resume": str(tmp_path)})
+    assert save_config(resumed, tmp_path, resuming=True) == tmp_path / "config.yaml", "the same config again"
+    longer = OmegaConf.merge(resumed, {"optimiser": {"n_iters": 5}})
+    kept = save_config(longer, tmp_path, resuming=True)
+    assert kept.name.startswith("config.resumed-") and "n_iters: 5" in kept.read_text()
+    assert save_config(longer, tmp_path, resuming=True) == kept
+    assert {p.name for p in tmp_path.iterdir()} == {"config.yaml", kept.name}
+    assert "secret" not in kept.read_text() + (tmp_path / "config.yaml").read_text()
+
+
+def test_the_demo_resumed_with_its_own_config_leaves_no_copy_of_it(tmp_path, monkeypatch):
+    # the demo's fake WebUI listens on a new port at every start: that is not a config of the run
+    monkeypatch.chdir(tmp_path)
+    for name in ("conf", "payloads"):
+        (tmp_path / name).symlink_to(REPO / name)
+    quiet = ["hydra/job_logging=none", "hydra/hydra_logging=none"]
+    run_dir = tmp_path / "demo-run" / "runs" / "first"
+    assert _cli(["--config", "conf/demo.yaml", "optimiser.init_points=1", "optimiser.n_iters=0",
+                 f"hydra.run.dir={run_dir}", *quiet]) == 0
+    for _ in range(2):
+        assert _cli(["--config", str(run_dir / "config.yaml"), f"resume={run_dir}", *quiet]) == 0
+    assert not list(run_dir.glob("config.resumed-*"))

@@ -3,18 +3,25 @@ anywhere, and run folders of older versions or cut by a power loss (issue 11).""
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import types
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import requests
+
+from bayes_merger.files import atomic_write_text
 
 from test_cli_run import REPO, _args, _cli, _only_run, _trials
 
@@ -212,6 +219,20 @@ def test_a_run_json_without_a_run_id_resumes_under_a_new_one(assets, fake_webui,
     assert json.loads((stopped_run / "run.json").read_text())["run_id"]
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="no liveness on Windows")
+def test_a_best_merge_cut_off_by_kill_9_is_removed_when_the_run_resumes(assets, fake_webui, stopped_run, caplog):
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a writer that is gone, as one killed with -9 is
+    cut_off = stopped_run / f".best.safetensors.{child.pid}.tmp"
+    cut_off.write_bytes(b"\0" * 4096)
+    in_use = stopped_run / f".report.html.{os.getppid()}.tmp"  # a live process writes it now
+    in_use.write_text("<html>")
+    caplog.set_level(logging.INFO)
+    assert _resume(assets, fake_webui, stopped_run) == 0
+    assert not cut_off.exists() and in_use.exists()
+    assert f"Deleted {cut_off} (0.0 MB), left by process {child.pid}" in caplog.text
+
+
 @pytest.mark.parametrize("damage, words", [
     (lambda d: (d / "run.json").write_text('{"run_id": "x", "model_a"'), "run.json is unreadable"),
     (lambda d: (d / "trials.jsonl").write_text('{"trial": 0, "status": "ok"}\n{"trial": 1}\n'), "line 1 is not a trial record"),
@@ -221,3 +242,91 @@ def test_a_damaged_run_folder_is_one_sentence(assets, fake_webui, stopped_run, c
     assert _resume(assets, fake_webui, stopped_run) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and words in errors[0] and "\n" not in errors[0]
+
+
+# ------------------------------------------------------------------- a full disk
+
+
+def _full_disk_at_trial_3_line(monkeypatch):
+    from bayes_merger.run_folder import trials
+
+    class DiskFull(types.ModuleType):  # half the line fits, then the disk is full
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        def write(self, fd, data):
+            if bytes(data).startswith(b'{"trial": 3,'):
+                os.write(fd, bytes(data)[:30])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return os.write(fd, data)
+
+    monkeypatch.setattr(trials, "os", DiskFull("os"))
+    return "trials.jsonl"
+
+
+def _full_disk_at_trial_2_images(monkeypatch):
+    from PIL import Image
+
+    original = Image.Image.save
+
+    def save(self, fp, *args, **kwargs):
+        if isinstance(fp, Path) and fp.name.startswith("t0002-"):
+            fp.write_bytes(b"\x89PNG\r\n\x1a\n")  # cut off where the disk filled up
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return original(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", save)
+    return "images/t0002-"
+
+
+def _full_disk_at_the_third_best_yaml(monkeypatch):
+    from bayes_merger.run_folder import best
+
+    writes = []
+
+    def write(path, text, **kwargs):
+        writes.append(path)
+        if len(writes) == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return atomic_write_text(path, text, **kwargs)
+
+    monkeypatch.setattr(best, "atomic_write_text", write)
+    return "best.yaml"
+
+
+def _full_disk_at_the_best_merge(monkeypatch):
+    from bayes_merger.merge import safetensors_file
+
+    original = safetensors_file.atomic_path
+
+    @contextmanager
+    def atomic_path(path, tmp=None):
+        with original(path, tmp) as temporary:
+            yield temporary
+            if Path(path).name == "best.safetensors":
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(safetensors_file, "atomic_path", atomic_path)
+    return "best.safetensors"
+
+
+@pytest.mark.parametrize("fill", [_full_disk_at_trial_3_line, _full_disk_at_trial_2_images,
+                                  _full_disk_at_the_third_best_yaml, _full_disk_at_the_best_merge])
+def test_a_full_run_folder_disk_stops_resumably_in_one_sentence_and_resume_finishes(
+        assets, fake_webui, tmp_path, monkeypatch, caplog, fill):
+    where = fill(monkeypatch)
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs")) == 6
+    run_dir = _only_run(tmp_path / "runs")
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert errors[0].startswith(f"Could not write {run_dir / where}")
+    assert errors[0].endswith(f": No space left on device; free space on its disk or make it writable, "
+                              f"then resume with resume={run_dir}.")
+    assert not list(run_dir.glob(".*.tmp")) and not list((run_dir / "images").glob("t0002-*-??.png"))
+    done = _trials(run_dir)  # the log reads back whole: the trial that could not be logged is not in it
+    assert [t["trial"] for t in done] == list(range(len(done))) and len(done) <= 5
+
+    monkeypatch.undo()
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}")) == 0
+    assert [t["status"] for t in _trials(run_dir)] == ["ok"] * 5
+    assert (run_dir / "best.safetensors").is_file() and not list(run_dir.glob("trials.jsonl.incomplete-*"))
