@@ -58,3 +58,10 @@ class ScorerError(BayesMergerError):
     """The scorer's weights are missing or wrong, or a score is not a finite number."""
 
     exit_code = 5
+
+
+class RatingsEnded(ScorerError):
+    """Manual scoring has no more input (end of input: Ctrl-D, or a run started with its input
+    redirected): not the trial's fault, so the run stops, resumable, and the trial is redone on resume."""
+
+    exit_code = 6

@@ -37,6 +37,7 @@ from bayes_merger.run_folder import (
     read_run_info,
 )
 from bayes_merger.scoring import for_run_folder, needs_image_files
+from bayes_merger.scoring.registry import named_scorer
 from bayes_merger.space import SearchSpace, build_space
 from bayes_merger.renderers.probe import BACKENDS, choose_handoff
 from bayes_merger.webui.merge_files import RUN_ID
@@ -124,6 +125,8 @@ def _check_settings(cfg: Config) -> tuple[Path, Path, Path | None]:
                           "which every WebUI reads and which cannot carry code.")
     parse_dtype(cfg.best_precision)
     check_cluster_settings(cfg)
+    if cfg.scorer.finalists:  # used only at the end of the night: a typo is said now
+        named_scorer(cfg.scorer, cfg.scorer.finalists)
     if cfg.cluster.address is None:  # on a cluster the devices are the hosts', checked there
         resolve_device(cfg.merge.device, "merge device")
         resolve_device(cfg.scorer.device, "scorer device")

@@ -34,6 +34,7 @@ from bayes_merger.run_folder import (
     write_rescores,
 )
 from bayes_merger.scoring import ImageContext, Scorer, build_scorer, score_trial
+from bayes_merger.scoring.registry import ENSEMBLE, PRESETS, named_scorer
 
 log = logging.getLogger(__name__)
 
@@ -146,10 +147,11 @@ def scorer_config(run_dir: Path, overrides: Sequence[str]) -> tuple[ScorerConfig
         key, sep, value = override.partition("=")
         if not sep:
             raise ConfigError(f"{override!r} is not key=value (e.g. scorer=pickscore, scorer.batch_size=4, top_k=5).")
-        if key == "scorer":
-            base.name = value
-            if value != "ensemble":
-                base.ensemble = {}
+        if key == "scorer":  # a named ensemble (preference) is its members; checked once all is merged
+            preset = PRESETS.get(value)
+            base.name = ENSEMBLE if preset else value
+            if preset or value != ENSEMBLE:
+                base.ensemble = dict(preset or {})
         elif key == "top_k":
             top_k = int(value)
         elif key.startswith("scorer."):
@@ -175,8 +177,8 @@ def finalists(run_dir: Path, config: ScorerConfig) -> Rescored | None:
     """
     if not config.finalists:
         return None
-    finalist_config = dataclasses.replace(config, name=config.finalists, ensemble={})
     try:
+        finalist_config = named_scorer(config, config.finalists)
         result = rescore_run(run_dir, finalist_config, top_k=config.finalists_top_k)
     except BayesMergerError as error:
         log.error("The finalists were not re-scored with %s: %s", config.finalists, error)

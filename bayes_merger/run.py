@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 from bayes_merger.config import Config
 from bayes_merger.executor import Executor, LostAllWebUIs, Slot
-from bayes_merger.errors import BayesMergerError, StorageError, WebUIConnectionError
+from bayes_merger.errors import BayesMergerError, RatingsEnded, StorageError, WebUIConnectionError
 from bayes_merger.files import storage_errors
 from bayes_merger.inputs import Inputs, check_inputs
 from bayes_merger.merge.finite import check_finite
@@ -123,7 +123,7 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None) -> RunR
             with storage_errors(run_dir / RUN_FILE):
                 write_run_info(run_dir, info)
         except StorageError as error:  # every trial is logged: a resume only writes these again
-            raise _storage_stop(error, run_dir) from error
+            raise _stop_resumably(error, run_dir) from error
         finalists(run_dir, inputs.scorer)  # scorer.finalists: the top trials again with a stronger scorer
         _refresh_report(run_dir)
         _log_summary(trial_log, best, run_dir)
@@ -177,8 +177,8 @@ class TrialLoop:
                 done = len(self.trial_log.trials)
                 raise RunStopped(f"{error}; the {done} finished trials are saved. Resume with resume={self.run_dir}"
                                  ) from error
-            except StorageError as error:
-                raise _storage_stop(error, self.run_dir) from error
+            except (StorageError, RatingsEnded) as error:
+                raise _stop_resumably(error, self.run_dir) from error
         done = len(self.trial_log.trials)
         if done < budget:
             raise Interrupted(f"Stopped after {done} of {budget} trials, every one saved; "
@@ -240,7 +240,7 @@ class TrialLoop:
                 per_payload, score = score_trial(scores, [c.payload for c in contexts],
                                                  {p.name: p.score_weight for p in self.payloads}, self.cfg.scorer.combine)
             records = record_images(self.run_dir, contexts, scores)
-        except (WebUIConnectionError, StorageError):
+        except (WebUIConnectionError, StorageError, RatingsEnded):
             raise
         except MergeNotRendered as error:
             self.not_rendered = error
@@ -332,7 +332,7 @@ def _note_trials_at_once(info: dict[str, Any], at_once: int, run_dir: Path) -> N
     info["trials_at_once"] = at_once
 
 
-def _storage_stop(error: StorageError, run_dir: Path) -> RunStopped:
+def _stop_resumably(error: StorageError | RatingsEnded, run_dir: Path) -> RunStopped:
     return RunStopped(f"{str(error).rstrip('.')}, then resume with resume={run_dir}.")
 
 

@@ -81,11 +81,13 @@ def objective(
         return math.fsum(w * s for _, s, w in pairs) / total
     if mode == "geometric":
         for name, score, weight in pairs:
-            if score <= 0 and weight > 0:
+            if score < 0 and weight > 0:
                 raise ScorerError(
-                    f"Payload {name!r} scored {score}; the geometric mean needs scores > 0 "
-                    "(use scorer.combine: arithmetic for scorers that can go to 0 or below)."
+                    f"Payload {name!r} scored {score}; the geometric mean needs scores ≥ 0 "
+                    "(use scorer.combine: arithmetic for scorers that can go below 0)."
                 )
+        if any(s == 0 and w > 0 for _, s, w in pairs):
+            return 0.0  # a payload at the bottom of the scale (a manual 0): the worst, not a failed trial
         return math.exp(math.fsum(w * math.log(s) for _, s, w in pairs if w > 0) / total)
     # quadratic
     for name, score, weight in pairs:

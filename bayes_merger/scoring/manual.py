@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 from PIL import Image
 
 from bayes_merger.config import ScorerConfig
-from bayes_merger.errors import ScorerError
+from bayes_merger.errors import RatingsEnded, ScorerError
 from bayes_merger.files import atomic_write_text
 from bayes_merger.scoring.base import ImageContext, SharedModels
 
@@ -180,9 +180,9 @@ class ManualScorer:
             try:
                 text = self._ask(prompt)
             except EOFError as exc:
-                raise ScorerError(
-                    f"Manual scoring stopped: no more input; {len(self.ratings)} ratings are saved in "
-                    f"{self.ratings.path} and a resumed run will not ask for them again."
+                raise RatingsEnded(
+                    f"Manual scoring stopped: no more input (it needs a terminal to type in); {len(self.ratings)} "
+                    f"ratings are saved in {self.ratings.path} and a resumed run will not ask for them again"
                 ) from exc
             rating = parse_rating(text)
             if rating is not None:

@@ -51,6 +51,12 @@ SCORERS: Mapping[str, ScorerFactory] = MappingProxyType(
 
 ENSEMBLE = "ensemble"
 
+#: Named ensembles: ``scorer=preference`` composes the same from conf/scorer/preference.yaml (a test
+#: keeps the two equal); the finalists and bayes-merger-rescore take these names too.
+PRESETS: Mapping[str, Mapping[str, float]] = MappingProxyType(
+    {"preference": MappingProxyType({"pickscore": 1.0, "hpsv2": 1.0, "aesthetic_v25": 0.5})}
+)
+
 #: Scorers that read ``scorer.head``; in an ensemble the others use their own published weights.
 _TAKES_HEAD_FILE = frozenset({"aesthetic_head"})
 
@@ -77,11 +83,26 @@ def build_scorer(config: ScorerConfig) -> Scorer:
     return _factory(config.name)(config, shared)
 
 
+def named_scorer(config: ScorerConfig, name: str) -> ScorerConfig:
+    """``config`` scoring with ``name`` instead: a scorer, a named ensemble (``PRESETS``) or ``ensemble``
+    (``config``'s own); the names checked (a ConfigError), nothing loaded."""
+    config = _as_dataclass(config)
+    if name in PRESETS:
+        named = dataclasses.replace(config, name=ENSEMBLE, ensemble=dict(PRESETS[name]))
+    else:
+        named = dataclasses.replace(config, name=name, ensemble=dict(config.ensemble) if name == ENSEMBLE else {})
+    if named.name == ENSEMBLE:
+        _ensemble_members(named)
+    else:
+        _factory(named.name)
+    return named
+
+
 def _factory(name: str) -> ScorerFactory:
     try:
         return SCORERS[name]
     except KeyError:
-        known = [*SCORERS, ENSEMBLE]
+        known = [*SCORERS, ENSEMBLE, *PRESETS]
         close = difflib.get_close_matches(name, known, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"scorer.name {name!r} is not a scorer; use one of: {', '.join(known)}.{hint}") from None

@@ -55,3 +55,9 @@ def test_a_resume_with_another_number_of_trials_at_once_says_what_that_changes(a
     assert "ran up to 2 trials at once and resumes with 1" in caplog.text
     assert json.loads((run_dir / "run.json").read_text())["trials_at_once"] == 1
     assert len(_trials(run_dir)) == 5
+
+
+def test_a_finalists_scorer_that_does_not_exist_is_refused_before_the_night(assets, fake_webui, tmp_path, caplog):
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "scorer.finalists=pickscor")) == 2
+    assert "scorer.name 'pickscor' is not a scorer" in caplog.text and "Did you mean 'pickscore'" in caplog.text
+    assert fake_webui.requests_to("/sdapi/v1/progress") == []

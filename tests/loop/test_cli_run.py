@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import signal
@@ -194,6 +195,21 @@ def test_a_503_storm_outlasting_the_retries_redoes_the_trial_instead_of_failing_
     trials = _trials(_only_run(tmp_path / "runs"))
     assert [t["status"] for t in trials] == ["ok"] * 5
     assert "HTTP 503: Server busy. Still so after 2 tries" in caplog.text
+
+
+def test_manual_scoring_without_input_stops_resumably_and_loses_no_trial(assets, fake_webui, tmp_path, caplog,
+                                                                         monkeypatch):
+    # e.g. started under nohup (stdin at its end): no trial may be logged as failed for it
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    runs = tmp_path / "runs"
+    assert _cli(_args(assets, fake_webui, runs, "scorer.name=manual", "scorer.manual_viewer=false")) == 6
+    run_dir = _only_run(runs)
+    assert not (run_dir / "trials.jsonl").exists() or _trials(run_dir) == []
+    assert "Manual scoring stopped: no more input" in caplog.text and f"resume={run_dir}" in caplog.text
+    monkeypatch.setattr("sys.stdin", io.StringIO("7\n" * 100))
+    assert _cli(_args(assets, fake_webui, runs, "scorer.name=manual", "scorer.manual_viewer=false",
+                      f"resume={run_dir}")) == 0
+    assert [t["status"] for t in _trials(run_dir)] == ["ok"] * 5
 
 
 def test_ctrl_c_finishes_the_trial_in_flight_then_stops_resumably(assets, fake_webui, tmp_path, monkeypatch):

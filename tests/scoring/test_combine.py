@@ -55,9 +55,12 @@ def test_a_payload_with_score_weight_zero_does_not_count() -> None:
         assert objective({"a": 5.0, "b": 1.0}, {"a": 1.0, "b": 0.0}, mode) == pytest.approx(5.0)
 
 
-def test_geometric_mean_refuses_a_score_that_is_not_positive() -> None:
-    with pytest.raises(ScorerError, match="geometric mean needs scores > 0"):
-        objective({"a": 5.0, "b": 0.0}, {"a": 1.0, "b": 1.0}, "geometric")
+def test_geometric_mean_refuses_a_negative_score_and_takes_a_zero_as_the_worst() -> None:
+    with pytest.raises(ScorerError, match="geometric mean needs scores ≥ 0"):
+        objective({"a": 5.0, "b": -0.5}, {"a": 1.0, "b": 1.0}, "geometric")
+    # a manual rating of 0 is a score, the lowest there is, not a failed trial
+    assert objective({"a": 5.0, "b": 0.0}, {"a": 1.0, "b": 1.0}, "geometric") == 0.0
+    assert objective({"a": 5.0, "b": 0.0}, {"a": 1.0, "b": 0.0}, "geometric") == pytest.approx(5.0)
 
 
 def test_quadratic_mean_refuses_a_negative_score() -> None:

@@ -91,6 +91,11 @@ def test_overrides_start_from_the_runs_scorer_section(tmp_path: Path) -> None:
         scorer_config(tmp_path, ["optimiser.n_iters=3"])
 
 
+def test_a_named_ensemble_is_taken_as_a_scorer_name_here_too(tmp_path: Path) -> None:
+    config, _ = scorer_config(tmp_path, ["scorer=preference"])
+    assert config.name == "ensemble" and config.ensemble == {"pickscore": 1.0, "hpsv2": 1.0, "aesthetic_v25": 0.5}
+
+
 def test_the_command_rescores_with_a_registered_scorer_through_its_loader(
     tmp_path: Path, tiny_clip_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -174,3 +174,11 @@ def test_default_config_works_offline_once_clip_and_head_are_cached(
     scorer = build_scorer(ScorerConfig(cache_dir=str(tmp_path / "heads"), device="cpu"))  # HF_HUB_OFFLINE=1
     assert scorer.name == "laion"
     assert all(math.isfinite(s) for s in scorer.score(make_images(2)))
+
+
+def test_the_named_ensembles_are_those_the_config_groups_compose():
+    from bayes_merger.scoring.registry import PRESETS
+
+    for name, members in PRESETS.items():
+        group = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "scorer" / f"{name}.yaml")
+        assert group.name == "ensemble" and dict(group.ensemble) == dict(members)
