@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Mapping, Sequence
+from contextlib import contextmanager
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 from scipy.stats import qmc
+from threadpoolctl import threadpool_limits
 
 from bayes_merger.config import OptimiserConfig
 from bayes_merger.errors import ConfigError
@@ -93,6 +95,10 @@ class Optimiser:
         the trials still running (``pending``: suggested, not yet scored), which it steers away from."""
         if trial < len(self._initial):
             return dict(self._initial[trial])
+        with one_blas_thread():
+            return self._suggest(trial, pending)
+
+    def _suggest(self, trial: int, pending: Sequence[Mapping[str, float]]) -> dict[str, float]:
         model = self.model()
         if model is None:
             # every trial so far failed: the GP has nothing to learn from, so keep exploring
@@ -113,7 +119,13 @@ class Optimiser:
             # 1.19× the sequential regret at 40 trials, 1.25× → 1.18× at 80; with ξ = 0, not raising the
             # bar measured 1.03× / 1.08× the regret of raising it); believed scores are the predictions
             acquisition.incumbent = max(acquisition.incumbent, float(model.y[-len(running):].max()))
-        return self._to_params(acquisition.maximise(model, centres, rng, box))
+        chosen = acquisition.maximise(model, centres, rng, box)
+        if _repeats(chosen, model.x):
+            # with fixed seeds the same merge scores the same: a repeat (the best point on a bound of a
+            # space of one or two weights) would teach nothing, so the trial goes where the model knows least
+            candidates = rng.random((DUPLICATE_CANDIDATES, chosen.size))
+            chosen = candidates[int(np.argmax(model.predict(candidates).std))]
+        return self._to_params(chosen)
 
     def model(self) -> FittedGP | None:
         """The GP fitted to every registered score (None before the first); fitted once per new score."""
@@ -125,9 +137,14 @@ class Optimiser:
 
     def _fit(self, observed: Sequence[tuple[Mapping[str, float], float]]) -> FittedGP:
         x = np.array([self._to_unit(params) for params, _ in observed])
-        return FittedGP(x, np.array([score for _, score in observed]))
+        with one_blas_thread():
+            return FittedGP(x, np.array([score for _, score in observed]))
 
     def best(self, observed: Sequence[tuple[Mapping[str, float], float]] | None = None) -> int | None:
+        with one_blas_thread():
+            return self._best(observed)
+
+    def _best(self, observed: Sequence[tuple[Mapping[str, float], float]] | None) -> int | None:
         """Index of the observation with the highest posterior mean: the best merge, noise discounted.
 
         With noisy scores the highest raw score is often a lucky render; the posterior mean weighs each
@@ -185,6 +202,25 @@ class Optimiser:
     def _random(self, trial: int) -> dict[str, float]:
         rng = np.random.default_rng(self._trial_seed(trial))
         return self._to_params(rng.random(len(self.space.parameters)))
+
+
+# a suggestion closer than this to a scored or running point (in the unit cube, every weight) repeats it
+DUPLICATE_TOLERANCE = 1e-6
+DUPLICATE_CANDIDATES = 1024
+
+
+def _repeats(point: np.ndarray, points: np.ndarray) -> bool:
+    return bool(points.size) and bool((np.abs(points - point).max(axis=1) < DUPLICATE_TOLERANCE).any())
+
+
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """BLAS on one thread while the GP is fitted and asked: its sums are then added in one order on
+    every machine, so a run resumed where the CPU count differs suggests what it would have (with
+    several threads the last bits change past ~120 scores, and the search is chaotic enough to grow
+    them into other weights). The matrices are at most a few hundred wide: one thread costs nothing."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 # TuRBO's trust region (Eriksson et al., 2019), with tolerances for budgets of tens of trials, not
