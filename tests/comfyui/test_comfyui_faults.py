@@ -104,6 +104,7 @@ def test_a_prompt_cancelled_in_comfyuis_ui_is_redone_not_failed(graph_client, fa
     assert len(outcome.errors) == 1 and isinstance(outcome.errors[0], PromptInterrupted)
     assert isinstance(outcome.errors[0], WebUIConnectionError)
     assert str(outcome.errors[0]).startswith(f"ComfyUI's prompt {ours} was interrupted at node ")
+    fake_comfyui.wait_until_idle()  # the event comes before the history is written
     assert fake_comfyui.history[ours]["status"]["messages"][-1][0] == "execution_interrupted"
     gate.set()
     assert graph_client.txt2img(PAYLOAD).images
