@@ -115,7 +115,11 @@ def test_a_whole_run_on_auto_records_the_measured_route_and_its_resume_keeps_it(
     trials = _trials(run_dir)
     assert [t["trial"] for t in trials] == [0, 1, 2] and trials[:2] == first
     assert "merge" in trials[2]["timings"]
-    assert len(fake_comfyui.requests_to("/prompt", "POST")) - posts == 4  # trial 2's four images, no probe
+    # trial 2's four images (a busy machine may ask again for one from ComfyUI's cache), and no probe:
+    # nothing in the graph since the run started
+    later = fake_comfyui.requests_to("/prompt", "POST")[posts:]
+    assert len(later) >= 4
+    assert not [r for r in later if any(n["class_type"].startswith("ModelMerge") for n in r.body["prompt"].values())]
     assert json.loads((run_dir / "run.json").read_text())["comfyui_handoff"][fake_comfyui.url] == record
     assert not list(folder.iterdir()) and not [p for p in (tmp_path / "output").rglob("*") if p.is_file()]
 
