@@ -102,6 +102,10 @@ class PromptScorer:
             return []
         if contexts is None or len(contexts) != len(images):
             raise ScorerError(f"{self.name} scores each image against its prompt, but no prompts were given.")
+        for context in contexts:
+            if not context.prompt.strip():  # a re-scored PNG whose text was stripped, or an empty payload prompt
+                where = context.path or f"payload {context.payload!r} image {context.index}"
+                raise ScorerError(f"{self.name} scores each image against its prompt, but {where} has none.")
         prompts = [context.prompt for context in contexts]
         scores: list[float] = []
         with torch.inference_mode():

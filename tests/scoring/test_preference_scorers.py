@@ -133,6 +133,9 @@ def test_prompt_scorers_batch_like_one_by_one_and_depend_on_the_prompt(
     assert all(abs(a - b) > 1e-6 for a, b in zip(together, other))
     with pytest.raises(ScorerError, match="against its prompt"):
         scorer.score(images, None)
+    # an image without its prompt (a re-scored PNG whose text was stripped) is not scored against ""
+    with pytest.raises(ScorerError, match="but payload 'p' image 1 has none"):
+        scorer.score(images, _contexts(["a red cat", "", "a tree"]))
 
 
 def test_a_missing_model_file_offline_names_the_file_and_where_to_put_it(tmp_path: Path, tokenizer_dir: Path) -> None:
