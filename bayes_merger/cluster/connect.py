@@ -7,7 +7,9 @@ A host offers its WebUIs with a custom resource, ``ray start --address=HEAD:6379
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +22,11 @@ log = logging.getLogger(__name__)
 
 # the custom resource a WebUI host offers, one unit per WebUI
 RESOURCE = "webui"
+
+# how long the Ray head's address may take to accept a TCP connection before the run says nothing answers
+# there: a head on a reachable network answers in milliseconds, and ray.init itself has no timeout (for an
+# address nothing answers at it retries for many minutes, saying only "Failed to connect to GCS")
+CONNECT_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -44,13 +51,13 @@ def connect(address: str) -> Iterator[Any]:
     if ray.is_initialized():
         yield ray
         return
+    _check_answers(address)
     main = threading.current_thread() is threading.main_thread()
     sigterm = signal.getsignal(signal.SIGTERM) if main else None
     try:
         ray.init(address=address, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as error:
-        raise ConfigError(f"Could not join the Ray cluster at cluster.address={address} ({str(error).strip()}); start "
-                          "it first (ray start --head on the head machine; see the README's several machines).") from None
+        raise _not_joined(address, error) from None
     finally:
         if main and sigterm is not None:
             signal.signal(signal.SIGTERM, sigterm)
@@ -58,6 +65,49 @@ def connect(address: str) -> Iterator[Any]:
         yield ray
     finally:
         ray.shutdown()  # a joined cluster keeps running; only this driver leaves it
+
+
+def _check_answers(address: str) -> None:
+    """Nothing when the Ray head ``address`` leads to accepts a connection; a ConfigError saying what to
+    check when nothing answers there in CONNECT_TIMEOUT (ray.init would wait, retrying, for many minutes)."""
+    target = _head_address(address)
+    if target is None:
+        return  # Ray changed how it finds a local cluster: ray.init finds it, or says it finds none
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT):
+            pass
+    except OSError as error:
+        why = f"no answer in {CONNECT_TIMEOUT:g} s" if isinstance(error, TimeoutError) else str(error.strerror or error)
+        where = f"cluster.address={address}" + ("" if target == address else f" ({target})")
+        raise ConfigError(f"Nothing answers at {where}: {why[:1].lower() + why[1:]}; check that the Ray head runs "
+                          "there (ray status on the head), that this is the port given to "
+                          "ray start --head (6379 by default), and that this machine can reach it.") from None
+
+
+def _head_address(address: str) -> str | None:
+    """The ``host:port`` ray.init dials for ``address``: for ``auto``, RAY_ADDRESS or the latest local Ray
+    session, as Ray finds them; None where Ray's way of finding them is not there."""
+    if address != "auto":
+        return address  # host:port, checked by settings.check_address
+    found = os.environ.get("RAY_ADDRESS", "")  # ray.init takes it over auto (a ray:// one: a Ray Client server)
+    if not found:
+        try:  # ray.init's own lookup (Ray has no public one): the latest ray start, else any Ray on this machine
+            from ray._private.services import canonicalize_bootstrap_address
+        except ImportError:
+            return None
+        try:
+            found = canonicalize_bootstrap_address("auto") or ""
+        except (ConnectionError, ValueError) as error:  # no Ray running on this machine
+            raise _not_joined(address, error) from None
+    found = found.split("://", 1)[-1]
+    return found if found.rpartition(":")[2].isdigit() else None
+
+
+def _not_joined(address: str, error: Exception) -> ConfigError:
+    """The sentence for a cluster Ray itself could not join (none running here for ``auto``, or refused)."""
+    return ConfigError(f"Could not join the Ray cluster at cluster.address={address} ({str(error).strip()}); start "
+                       "it first (ray start --head on the head machine; see the README's several machines).")
 
 
 def webui_nodes(ray: Any) -> list[Node]:

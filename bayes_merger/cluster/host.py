@@ -69,6 +69,10 @@ class TrialHost:
         self._slot: Slot | None = None
         self._before = ""
 
+    def placed(self) -> str:
+        """Our label: answers as soon as Ray has placed the actor, before anything slow (see ``start``)."""
+        return self.label
+
     def start(self) -> str:
         """Check the model files, open the WebUI, load the scorer and the models; returns our version."""
         cfg = self.inputs.config

@@ -11,6 +11,7 @@ the models again while its trial is already elsewhere.
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +32,12 @@ log = logging.getLogger(__name__)
 
 # how long the end of a run waits for a host to hand its WebUI back
 HAND_BACK_TIMEOUT = 60.0
+
+# how long the hosts' actors may take to be placed, before their models load. Ray places an actor as soon
+# as its host has a free ``webui`` unit, in a new worker process that imports torch and bayes-merger (tens
+# of seconds on a busy host); one still waiting after this waits for a unit another run holds, or for a
+# host that left the cluster, and Ray would keep it waiting, silently, for ever
+PLACEMENT_TIMEOUT = 180.0
 
 
 class RayHost:
@@ -82,8 +89,8 @@ class RayHost:
             if isinstance(error.cause, BayesMergerError):
                 raise error.cause from None
             raise
-        except (exceptions.RayActorError, exceptions.WorkerCrashedError, exceptions.NodeDiedError,
-                exceptions.ObjectLostError) as error:
+        except (exceptions.RayActorError, exceptions.ActorUnschedulableError, exceptions.WorkerCrashedError,
+                exceptions.NodeDiedError, exceptions.ObjectLostError) as error:  # unschedulable: its node left
             raise WebUIConnectionError(f"The host of {self.name} is gone ({type(error).__name__}).") from None
 
 
@@ -112,6 +119,7 @@ def open_hosts(inputs: Inputs, runs: Mapping[str, Path]) -> Iterator[list[Slot]]
                 hosts += _start_actors(ray, node, webuis, inputs, reference, dead)
             log.info("Starting %d WebUI host%s on the Ray cluster (models load there): %s", len(hosts),
                      "" if len(hosts) == 1 else "s", ", ".join(host.name for host, _ in hosts))
+            _wait_until_placed(ray, [host for host, _ in hosts])
             started = [(host, host.actor.start.remote()) for host, _ in hosts]
             for host, ref in started:
                 version = host._get(ref)
@@ -122,6 +130,25 @@ def open_hosts(inputs: Inputs, runs: Mapping[str, Path]) -> Iterator[list[Slot]]
         finally:
             for host, _ in hosts:
                 ray.kill(host.actor)  # after the run handed each WebUI back; a dead one is killed already
+
+
+def _wait_until_placed(ray: Any, hosts: list[RayHost]) -> None:
+    """Return once Ray has placed every host's actor; a lost host (WebUIConnectionError) for one it cannot
+    place (its node left the cluster) or has not placed in PLACEMENT_TIMEOUT (its WebUI taken by another run)."""
+    refs = {host.actor.placed.remote(): host for host in hosts}
+    deadline = time.monotonic() + PLACEMENT_TIMEOUT
+    waiting = list(refs)
+    while waiting:  # one at a time, so that an actor Ray cannot place stops the wait at once
+        done, waiting = ray.wait(waiting, num_returns=1, timeout=max(deadline - time.monotonic(), 0.0))
+        if not done:
+            break
+        refs[done[0]]._get(done[0])
+    if waiting:
+        others = f" (and {len(waiting) - 1} more)" if len(waiting) > 1 else ""
+        raise WebUIConnectionError(
+            f"{refs[waiting[0]].name}{others} could not start within {PLACEMENT_TIMEOUT:g} s: most likely another "
+            f"run on this Ray cluster holds its host's {RESOURCE} unit (one run per WebUI: wait for that run to end "
+            "or stop it), or the host has left the cluster (ray status lists the hosts).")
 
 
 def _start_actors(ray: Any, node: Node, webuis: list, inputs: Inputs, reference: Mapping[str, Any],

@@ -1,0 +1,109 @@
+"""The start of a cluster run that cannot go on, said in one sentence instead of a hang: a Ray head
+nothing answers at, a host whose WebUI another run holds, a host that left the cluster."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import pytest
+
+from bayes_merger.cluster import connect, hosts
+from bayes_merger.cluster.connect import Node
+from bayes_merger.testing.fake_webui import FakeWebUI
+from tests.cluster.test_cluster_runs import _cluster_args
+from tests.loop.test_cli_run import _args, _cli
+
+
+@pytest.fixture
+def no_ray_init(monkeypatch):
+    """``ray`` as in a driver that has not joined a cluster; ``ray.init`` fails the test, as for an address
+    nothing answers at it retries for many minutes instead of raising."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed; pip install -e '.[test,ray]' runs the cluster tests")
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # another test of this session may have started Ray
+
+    def init(address=None, **kwargs):
+        pytest.fail(f"ray.init(address={address!r}) was called for an address nothing answers at")
+
+    monkeypatch.setattr(ray, "init", init)
+
+
+@pytest.fixture
+def closed_port():
+    """A port of 127.0.0.1 that refuses connections: bound, not listening."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+@pytest.fixture
+def silent_port():
+    """A port of 127.0.0.1 that never completes a connection: its one-place backlog is full, so Linux drops
+    the next SYN, as a host that is gone or behind a firewall does."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        with socket.create_connection(server.getsockname()):  # takes the backlog's one place
+            yield server.getsockname()[1]
+
+
+@pytest.mark.usefixtures("no_ray_init")
+@pytest.mark.parametrize("port, address, words", [
+    ("closed_port", "127.0.0.1:{port}", "Nothing answers at cluster.address=127.0.0.1:{port}: connection refused; "),
+    ("silent_port", "127.0.0.1:{port}", "Nothing answers at cluster.address=127.0.0.1:{port}: no answer in 0.2 s; "),
+    # auto is RAY_ADDRESS where set, as ray.init reads it; a ray:// one is a Ray Client server's host:port
+    ("closed_port", "auto", "Nothing answers at cluster.address=auto (127.0.0.1:{port}): connection refused; "),
+])
+def test_a_ray_head_nothing_answers_at_is_one_sentence_and_exit_2(assets, fake_webui, tmp_path, caplog, monkeypatch,
+                                                                  request, port, address, words):
+    port = request.getfixturevalue(port)
+    monkeypatch.setattr(connect, "CONNECT_TIMEOUT", 0.2)
+    if address == "auto":
+        monkeypatch.setenv("RAY_ADDRESS", f"ray://127.0.0.1:{port}")
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"cluster.address={address.format(port=port)}")) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith(words.format(port=port)), errors
+    assert "ray start --head" in errors[0]
+    assert not fake_webui.requests
+
+
+@pytest.fixture
+def webuis(tmp_path_factory):
+    """Two fake WebUIs, the two of the local Ray instance's host."""
+    servers = [FakeWebUI(tmp_path_factory.mktemp(f"host{n}-models")).start() for n in range(2)]
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def test_a_host_whose_webuis_another_run_holds_is_one_sentence_and_exit_4(assets, webuis, tmp_path, caplog,
+                                                                            monkeypatch, ray_cluster):
+    monkeypatch.setattr(hosts, "PLACEMENT_TIMEOUT", 0.5)  # placement is either done or never: nothing frees the units
+
+    class OtherRun:
+        def placed(self) -> bool:
+            return True
+
+    others = [ray_cluster.remote(OtherRun).options(resources={"webui": 1}, num_cpus=0).remote() for _ in range(2)]
+    try:
+        ray_cluster.get([other.placed.remote() for other in others])  # both of the host's WebUIs are taken
+        caplog.set_level(logging.INFO)
+        assert _cli(_cluster_args(assets, webuis, tmp_path / "runs")) == 4
+    finally:
+        for other in others:
+            ray_cluster.kill(other)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(f"{webuis[0].url}@") and " (and 1 more) could not start within 0.5 s: " in errors[0]
+    assert "another run on this Ray cluster holds its host's webui unit" in errors[0]
+    assert not any(server.requests for server in webuis)
+
+
+def test_a_host_that_left_the_cluster_before_its_actor_started_is_a_lost_host(assets, webuis, tmp_path, caplog,
+                                                                               monkeypatch, ray_cluster):
+    gone = Node(id="ab" * 28, address="10.0.0.9", hostname="gone", webuis=1, cpus=1)  # no such node: unschedulable
+    monkeypatch.setattr(hosts, "webui_nodes", lambda ray: [gone])
+    assert _cli(_cluster_args(assets, webuis[:1], tmp_path / "runs")) == 4
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [f"The host of {webuis[0].url}@10.0.0.9 is gone (ActorUnschedulableError)."]
+    assert not webuis[0].requests
