@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import signal
 import subprocess
 import time
@@ -12,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bayes_merger.overnight.processes import KILL_WAIT, ManagedWebUI, WebUIApi, signal_group
+from bayes_merger.overnight.processes import ManagedWebUI, WebUIApi, redacted, signal_group
 from bayes_merger.overnight.settings import (
     BM_STOPPED,
     BM_WEBUI_ERROR,
@@ -28,8 +27,16 @@ from bayes_merger.run_folder import describe, unfinished
 log = logging.getLogger("overnight")
 
 POLL_SECONDS = 0.5
-CHILD_GRACE = 120.0  # seconds bayes-merger gets to stop after a Ctrl-C before it is terminated
-CTRL_C_REPEAT = 10.0  # seconds between Ctrl-Cs while it has not stopped
+# seconds bayes-merger gets after its second Ctrl-C ("stop now") to unwind, the WebUI's model handed back in
+# its finally, before SIGKILL
+STOP_NOW_WAIT = 30.0
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # a real-time signal, say
+        return f"signal {number}"
 
 
 def run_folders(run_dir: Path) -> set[Path]:
@@ -60,6 +67,8 @@ class Night:
     def _interrupt_child(self) -> None:
         if self.child is not None and self.child.poll() is None and self.interrupted_at is None:
             self.interrupted_at = time.monotonic()
+            log.info("bayes-merger gets a Ctrl-C: it stops after the trial in flight and hands the WebUI back "
+                     "(up to %g s).", self.settings.run_stop_grace)
             signal_group(self.child.pid, signal.SIGINT)
 
     def past_deadline(self) -> bool:
@@ -115,22 +124,37 @@ class Night:
             if rc == 0:
                 log.info("The run finished its budget.")
                 return EXIT_OK
-            if rc not in (BM_WEBUI_ERROR, BM_STOPPED):
+            killed = rc < 0  # by a signal: the OOM killer, a crash; every trial it finished is on disk
+            if killed:
+                log.warning("bayes-merger was killed by %s (the OOM killer? a crash?); its run can be resumed.",
+                            signal_name(-rc))
+                webui_down = self._webui_down()
+            elif rc not in (BM_WEBUI_ERROR, BM_STOPPED):
                 log.error("bayes-merger failed with exit code %d; see above.", rc)
                 if rc == EXIT_CONFIG and resumed:
                     log.error("If the config no longer fits the unfinished run %s, start a new run with --new-run "
                               "(that run stays as it is).", folder)
-                return rc if rc > 0 else 1
-            if not self._webui_down():
-                log.error("bayes-merger stopped (exit code %d) while the WebUI still answers: not a WebUI crash, "
-                          "so no restart. Fix the cause; the next night resumes.", rc)
                 return rc
+            else:
+                webui_down = self._webui_down()
+                if not webui_down:
+                    log.error("bayes-merger stopped (exit code %d) while the WebUI still answers: not a WebUI "
+                              "crash, so no restart. Fix the cause; the next night resumes.", rc)
+                    return rc
             if restarts >= self.settings.max_restarts:
+                if killed:
+                    # not 128 + the signal: 130 and 143 are the night's "stopped on request", not a failure
+                    log.error("bayes-merger was killed; %d restarts already: giving up (exit code %d). The next "
+                              "night resumes.", restarts, BM_STOPPED)
+                    return BM_STOPPED
                 log.error("The WebUI went down %d times; giving up (exit code %d). The next night resumes.",
                           restarts + 1, rc)
                 return rc
             restarts += 1
-            if self.webui is not None and not adopted:
+            if not webui_down:
+                log.warning("Resuming the run; the WebUI still answers (retry %d of %d).",
+                            restarts, self.settings.max_restarts)
+            elif self.webui is not None and not adopted:
                 self.webui.stop()
                 log.warning("The WebUI went down; restarting it and resuming (restart %d of %d).",
                             restarts, self.settings.max_restarts)
@@ -183,7 +207,7 @@ class Night:
         else:
             log.info("No unfinished run under %s: starting a new one.", self.run_dir)
         before = run_folders(self.run_dir)
-        log.info("Running: %s", shlex.join(command))
+        log.info("Running: %s", redacted(command))
         # bayes-merger logs into the night's file; no progress bars there
         env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
         with open(self.log_file, "ab") as output:
@@ -200,9 +224,9 @@ class Night:
         return rc, folder
 
     def _wait_child(self, child: subprocess.Popen[bytes]) -> int:
-        """Wait for bayes-merger; at the deadline or on a signal, Ctrl-C it, then SIGTERM, then SIGKILL."""
-        terminated = killed = False
-        last_ctrl_c = 0.0
+        """Wait for bayes-merger; at the deadline or on a signal, Ctrl-C it once, then give it ``run_stop_grace``
+        seconds to finish the trial in flight and hand the WebUI back before a second Ctrl-C, then SIGKILL."""
+        stopped_now = killed = False
         while True:
             try:
                 return child.wait(POLL_SECONDS)
@@ -215,24 +239,23 @@ class Night:
                     self._interrupt_child()
                 elif self.stop_signal is not None:
                     self._interrupt_child()  # the signal came before self.child was set
-                last_ctrl_c = time.monotonic()
                 continue
-            now = time.monotonic()
-            waited = now - self.interrupted_at
-            if waited > CHILD_GRACE + KILL_WAIT and not killed:
-                log.warning("bayes-merger ignores SIGTERM: SIGKILL.")
+            # One Ctrl-C, never repeated on a timer: bayes-merger's second one means "stop now", which would drop
+            # a trial longer than the repeat or cut its hand-back short, leaving a merge selected in the WebUI. A
+            # Ctrl-C that comes before bayes-merger's handler is installed ends it all the same (KeyboardInterrupt; in
+            # the rare case that Python drops it, raised in a __del__, the second Ctrl-C after the grace comes).
+            waited = time.monotonic() - self.interrupted_at
+            grace = self.settings.run_stop_grace
+            if waited > grace + STOP_NOW_WAIT and not killed:
+                log.warning("bayes-merger still runs %g s after its second Ctrl-C: SIGKILL.", STOP_NOW_WAIT)
                 signal_group(child.pid, signal.SIGKILL)
                 killed = True
-            elif waited > CHILD_GRACE and not terminated:
-                log.warning("bayes-merger still runs %g s after Ctrl-C: SIGTERM.", CHILD_GRACE)
-                signal_group(child.pid, signal.SIGTERM)
-                terminated = True
-            elif not terminated and now - last_ctrl_c >= CTRL_C_REPEAT:
-                # Python drops a KeyboardInterrupt raised inside a weakref callback or __del__
-                # ("Exception ignored in ..."), so one Ctrl-C can be lost: send it again
-                log.warning("bayes-merger still runs %.0f s after Ctrl-C: Ctrl-C again.", waited)
+            elif waited > grace and not stopped_now:
+                # a second Ctrl-C rather than SIGKILL: bayes-merger drops the trial but still hands the WebUI back
+                log.warning("bayes-merger still runs %g s after Ctrl-C (--run-stop-grace): Ctrl-C again to stop it "
+                            "now; the trial in flight is lost.", grace)
                 signal_group(child.pid, signal.SIGINT)
-                last_ctrl_c = now
+                stopped_now = True
 
     def _stopped(self, folder: Path | None) -> int:
         if self.stop_signal is not None:

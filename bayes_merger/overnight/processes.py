@@ -7,6 +7,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -25,6 +26,27 @@ log = logging.getLogger("overnight")
 
 LOCK_FILE = ".overnight.lock"
 KILL_WAIT = 10.0  # seconds to wait for a process after SIGKILL
+# the WebUIs' credential flags (A1111 and its forks: --api-auth, --gradio-auth; SD.Next: --auth), as a word
+# of their own (the value is the next word) or inside one (--api-auth=u:p, or a `bash -c '... --auth u:p'`)
+SECRET_FLAGS = ("--api-auth", "--gradio-auth", "--auth")
+_SECRET_IN_WORD = re.compile(r"(?<![\w-])(--(?:api-auth|gradio-auth|auth))(=|\s+)\S+")
+# a Hydra override of a key that ends in "auth" (webui.auth=u:p, +webui.auth=u:p); webui.auth_env names a variable
+_SECRET_OVERRIDE = re.compile(r"^([^=\s]*auth=).*$", re.IGNORECASE | re.DOTALL)
+
+
+def redacted(command: Sequence[str]) -> str:
+    """``shlex.join(command)`` for the night's log, with the values of credential flags and auth overrides
+    shown as ``***``."""
+    shown = []
+    value_is_secret = False
+    for word in command:
+        if value_is_secret:
+            shown.append("***")
+            value_is_secret = False
+            continue
+        value_is_secret = word in SECRET_FLAGS
+        shown.append(_SECRET_IN_WORD.sub(r"\1\2***", _SECRET_OVERRIDE.sub(r"\1***", word)))
+    return shlex.join(shown)
 
 
 class RunDirLock:
@@ -130,7 +152,7 @@ class ManagedWebUI:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        log.info("Starting the WebUI: %s (console output in %s)", shlex.join(self.command), self.output)
+        log.info("Starting the WebUI: %s (console output in %s)", redacted(self.command), self.output)
         with open(self.output, "ab") as console:
             try:
                 self.process = subprocess.Popen(
@@ -138,7 +160,7 @@ class ManagedWebUI:
                     stdout=console, stderr=subprocess.STDOUT, start_new_session=True,
                 )
             except OSError as error:
-                raise Failure(f"Cannot start the WebUI ({shlex.join(self.command)}): {error}.", EXIT_WEBUI_DOWN) from error
+                raise Failure(f"Cannot start the WebUI ({redacted(self.command)}): {error}.", EXIT_WEBUI_DOWN) from error
         log.info("WebUI started, pid %d.", self.process.pid)
 
     def exit_code(self) -> int | None:

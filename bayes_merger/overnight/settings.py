@@ -56,11 +56,15 @@ class Settings:
     webui_auth: str | None
     ready_timeout: float
     stop_grace: float
+    run_stop_grace: float
     webui_options: dict[str, Any]
 
 
 def load_env_file(path: Path) -> None:
-    """KEY=VALUE lines (``#`` comments, optional ``export``, quotes as in a shell) for unset variables."""
+    """KEY=VALUE lines (``#`` comments, optional ``export``, quotes as in a shell) for unset variables.
+
+    A malformed line is named by file, line number and key only: it may hold a password.
+    """
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -69,9 +73,37 @@ def load_env_file(path: Path) -> None:
             line = line[len("export "):].lstrip()
         key, sep, value = line.partition("=")
         if not sep or not key.strip().isidentifier():
-            raise Failure(f"{path}:{number}: expected KEY=VALUE, got {line!r}.", EXIT_CONFIG)
-        words = shlex.split(value, comments=True)
+            raise Failure(f"{path}:{number}: expected KEY=VALUE (a name, '=', then the value).", EXIT_CONFIG)
+        try:
+            words = shlex.split(_without_comment(value))
+        except ValueError as error:  # shlex's only complaints: an unclosed quote or a trailing backslash
+            raise Failure(f"{path}:{number}: the value of {key.strip()} is not shell-quoted right "
+                          f"({str(error).lower()}).", EXIT_CONFIG) from None
         os.environ.setdefault(key.strip(), " ".join(words) if len(words) != 1 else words[0])
+
+
+def _without_comment(value: str) -> str:
+    """``value`` up to a ``#`` that starts a word outside quotes, where a shell's comment begins: ``pa#ss``
+    and ``'a # b'`` keep theirs (shlex's ``comments=True`` would cut both)."""
+    quote: str | None = None
+    escaped = word_start = False  # the value goes on the word KEY= began
+    for index, char in enumerate(value):
+        if escaped:
+            escaped = word_start = False
+        elif quote is not None:
+            if char == quote:
+                quote = None
+            elif char == "\\" and quote == '"':
+                escaped = True
+        elif char == "#" and word_start:
+            return value[:index]
+        else:
+            if char == "\\":
+                escaped = True
+            elif char in "'\"":
+                quote = char
+            word_start = char in " \t"
+    return value
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -101,17 +133,22 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="one log file per night goes here (env OVERNIGHT_LOG_DIR; default: logs)")
     parser.add_argument("--bayes-merger", default=env("BAYES_MERGER"),
                         help="the bayes-merger command (env BAYES_MERGER; default: the one beside this Python, else on PATH)")
-    parser.add_argument("--max-restarts", type=int, default=int(env("OVERNIGHT_MAX_RESTARTS", "3")),
-                        help="WebUI restarts (and resumes) allowed after it died (env OVERNIGHT_MAX_RESTARTS; default 3)")
+    parser.add_argument("--max-restarts", type=int, default=_env_number("OVERNIGHT_MAX_RESTARTS", int, "3"),
+                        help="WebUI restarts (and resumes) allowed after it died, and resumes after bayes-merger "
+                             "was killed by a signal (env OVERNIGHT_MAX_RESTARTS; default 3)")
     parser.add_argument("--deadline", default=env("OVERNIGHT_DEADLINE"), metavar="HH:MM",
                         help="stop at the next HH:MM; the next night resumes (env OVERNIGHT_DEADLINE)")
-    parser.add_argument("--max-hours", type=float, default=_float(env("OVERNIGHT_MAX_HOURS")),
+    parser.add_argument("--max-hours", type=float, default=_env_number("OVERNIGHT_MAX_HOURS", float),
                         help="stop after this many hours (env OVERNIGHT_MAX_HOURS)")
     parser.add_argument("--new-run", action="store_true", help="start a new run even if an unfinished one exists")
     parser.add_argument("--webui-url", default=env("WEBUI_URL"), help="the WebUI's address (env WEBUI_URL)")
-    parser.add_argument("--ready-timeout", type=float, default=float(env("WEBUI_READY_TIMEOUT", "600")),
+    parser.add_argument("--ready-timeout", type=float, default=_env_number("WEBUI_READY_TIMEOUT", float, "600"),
                         help="seconds to wait for the WebUI's API (env WEBUI_READY_TIMEOUT; default 600)")
-    parser.add_argument("--stop-grace", type=float, default=float(env("WEBUI_STOP_GRACE", "30")),
+    parser.add_argument("--run-stop-grace", type=float, default=_env_number("OVERNIGHT_RUN_STOP_GRACE", float, "180"),
+                        help="seconds bayes-merger gets after its Ctrl-C (deadline, SIGTERM, Ctrl-C) to finish the "
+                             "trial in flight and hand the WebUI back; then a second Ctrl-C stops it at once, and "
+                             "SIGKILL follows 30 s later (env OVERNIGHT_RUN_STOP_GRACE; default 180)")
+    parser.add_argument("--stop-grace", type=float, default=_env_number("WEBUI_STOP_GRACE", float, "30"),
                         help="seconds between SIGTERM and SIGKILL when stopping the WebUI (env WEBUI_STOP_GRACE; default 30)")
     return parser.parse_intermixed_args(argv)
 
@@ -131,6 +168,8 @@ def build_settings(args: argparse.Namespace, now: datetime) -> Settings:
         overrides = (*overrides, f"run.dir={hydra_value(str(run_dir))}")
     if args.max_restarts < 0:
         raise Failure("--max-restarts must not be negative.", EXIT_CONFIG)
+    if args.run_stop_grace < 0:
+        raise Failure("--run-stop-grace must not be negative.", EXIT_CONFIG)
     try:
         options = json.loads(os.environ.get("WEBUI_OPTIONS", DEFAULT_WEBUI_OPTIONS) or "{}")
     except json.JSONDecodeError as error:
@@ -160,6 +199,7 @@ def build_settings(args: argparse.Namespace, now: datetime) -> Settings:
         webui_auth=os.environ.get("WEBUI_AUTH") or None,
         ready_timeout=args.ready_timeout,
         stop_grace=args.stop_grace,
+        run_stop_grace=args.run_stop_grace,
         webui_options=options,
     )
 
@@ -197,8 +237,17 @@ def night_of(moment: datetime) -> date:
     return (moment - timedelta(hours=12)).date()
 
 
-def _float(value: str | None) -> float | None:
-    return float(value) if value else None
+def _env_number(name: str, kind: type[int | float], default: str | None = None) -> int | float | None:
+    """The environment variable ``name`` (or ``default`` when unset or empty) as a number, None when neither
+    is given; a Failure, not a traceback, when it is not a number."""
+    value = os.environ.get(name) or default
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        raise Failure(f"{name} must be {'a whole number' if kind is int else 'a number'}, not {value!r}.",
+                      EXIT_CONFIG) from None
 
 
 def compose_config(settings: Settings) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,320 @@
+"""The runner's Night driven in this process, with stand-ins for bayes-merger (small scripts that behave as
+it does on a signal) and for the WebUI's API: how it stops bayes-merger, resumes a killed one, and what its
+log shows; and the env file and number settings it reads.
+
+The runner's clock runs fast (``FastClock``): its minutes of grace pass in seconds while the stand-ins'
+trials take real time, so a test of a stop that must wait for a trial stays short.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import logging
+import os
+import shlex
+import signal
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bayes_merger.overnight import cli
+from bayes_merger.overnight import night as night_module
+from bayes_merger.overnight.night import STOP_NOW_WAIT, Night
+from bayes_merger.overnight.processes import KILL_WAIT, ManagedWebUI, redacted
+from bayes_merger.overnight.settings import Settings, build_settings, load_env_file, parse_args
+
+REPO = Path(__file__).resolve().parents[2]
+SPEED = 20  # the runner's seconds per real second
+
+# bayes-merger's stop (bayes_merger/cli.py _stop_on_signals): the first SIGINT or SIGTERM lets the trial in
+# flight finish, a second one aborts it (KeyboardInterrupt). DEAF: it notes signals and goes on regardless.
+TWO_STAGE_BAYES_MERGER = '''
+import os, signal, sys, time
+from pathlib import Path
+
+marks, trial_seconds, deaf = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3] == "deaf"
+stop = False
+
+
+def request_stop(signum, frame):
+    global stop
+    with open(marks / "signals", "a") as noted:
+        noted.write(signal.Signals(signum).name + "\\n")
+    if deaf:
+        return
+    if stop:
+        raise KeyboardInterrupt
+    stop = True
+
+
+for signum in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(signum, request_stop)
+os.kill(os.getppid(), signal.SIGTERM)  # `systemctl stop` of the runner, while the trial runs
+try:
+    time.sleep(trial_seconds)  # the trial in flight: the sleep goes on after a handler that returns
+    (marks / "trial-finished").touch()
+except KeyboardInterrupt:
+    (marks / "trial-aborted").touch()
+sys.exit(130)
+'''
+
+# bayes-merger killed by a signal (the OOM killer) after it started a run folder: "never", "once" (its first
+# start) or "always"; else it finishes the run. Each call's arguments go into <marks>/calls.
+KILLED_BAYES_MERGER = '''
+import json, os, signal, sys
+from pathlib import Path
+
+marks, killed = Path(sys.argv[1]), sys.argv[2]
+with open(marks / "calls", "a") as calls:
+    calls.write(" ".join(sys.argv[3:]) + "\\n")
+folder = marks / "runs" / "run-1"
+if not folder.is_dir():
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"started_at": "2026-03-01T22:00:00", "init_points": 3}))
+if killed == "always" or killed == "once" and not (marks / "killed").exists():
+    (marks / "killed").touch()
+    os.kill(os.getpid(), signal.SIGKILL)
+sys.exit(0)
+'''
+
+
+class FastClock:
+    """Stands in for the ``time`` module in night.py: ``monotonic`` runs SPEED times as fast as the real one."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+
+    def monotonic(self) -> float:
+        return self.start + (time.monotonic() - self.start) * SPEED
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        time.sleep(seconds)
+
+
+class ApiStandIn:
+    """A WebUI API that always answers."""
+
+    url, kind, backend = "http://127.0.0.1:7861", "WebUI", "a1111"
+
+    def status(self, timeout: float = 10.0) -> int:
+        return 200
+
+    def set_options(self, options: dict[str, Any]) -> None:
+        pass
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No setting of the runner from the environment of whoever runs the tests."""
+    for key in [k for k in os.environ if k.startswith(("OVERNIGHT_", "WEBUI_")) or k == "BAYES_MERGER"]:
+        monkeypatch.delenv(key)
+    return monkeypatch
+
+
+def unset(monkeypatch: pytest.MonkeyPatch, *keys: str) -> None:
+    for key in keys:
+        monkeypatch.setenv(key, "")  # recorded, so that teardown removes what the test sets
+        monkeypatch.delenv(key)
+
+
+def settings_for(tmp_path: Path, script: str, *script_args: str, overrides: tuple[str, ...] = ()) -> Settings:
+    """The runner's settings with their defaults, bayes-merger being ``script`` (no WebUI command: the
+    API stand-in is "already running")."""
+    stand_in = tmp_path / "bayes_merger_stand_in.py"
+    stand_in.write_text(script)
+    config = tmp_path / "night.yaml"
+    config.write_text("{}\n")
+    command = shlex.join([sys.executable, str(stand_in), str(tmp_path), *script_args])
+    args = parse_args(["--config", str(config), "--bayes-merger", command, *overrides])
+    return build_settings(args, datetime.now())
+
+
+def night_for(settings: Settings, tmp_path: Path) -> Night:
+    return Night(settings, tmp_path / "runs", ApiStandIn(), tmp_path / "night.log",  # type: ignore[arg-type]
+                 tmp_path / "night.webui.log")
+
+
+def run_with_sigterm_handler(night: Night) -> int:
+    """night.run() with the runner's SIGTERM handler installed, as cli.main installs it."""
+    previous = signal.signal(signal.SIGTERM, night.on_signal)
+    try:
+        return night.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.fixture
+def fast_runner(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(night_module, "time", FastClock())
+    monkeypatch.setattr(night_module, "POLL_SECONDS", 0.02)
+
+
+def signals_noted(tmp_path: Path) -> list[str]:
+    return (tmp_path / "signals").read_text().split()
+
+
+# ------------------------------------------------------------------------------- stopping
+
+
+def test_a_stop_waits_for_the_trial_in_flight_with_one_ctrl_c(
+        tmp_path: Path, clean_env: pytest.MonkeyPatch, fast_runner: None, caplog: pytest.LogCaptureFixture) -> None:
+    # a trial of 1.5 s is 30 s of the runner's time: longer than any Ctrl-C repeat of old, far shorter
+    # than the default grace
+    settings = settings_for(tmp_path, TWO_STAGE_BAYES_MERGER, "1.5", "-")
+    caplog.set_level(logging.INFO, logger="overnight")
+
+    code = run_with_sigterm_handler(night_for(settings, tmp_path))
+
+    assert code == 128 + signal.SIGTERM
+    assert (tmp_path / "trial-finished").exists() and not (tmp_path / "trial-aborted").exists()
+    assert signals_noted(tmp_path) == ["SIGINT"]  # one Ctrl-C: a second would have aborted the trial
+    assert "Got SIGTERM" in caplog.text and "Ctrl-C again" not in caplog.text
+
+
+def test_a_bayes_merger_that_outlives_the_grace_gets_a_second_ctrl_c_then_sigkill(
+        tmp_path: Path, clean_env: pytest.MonkeyPatch, fast_runner: None, caplog: pytest.LogCaptureFixture) -> None:
+    settings = dataclasses.replace(settings_for(tmp_path, TWO_STAGE_BAYES_MERGER, "3600", "deaf"),
+                                   run_stop_grace=10.0)
+    caplog.set_level(logging.INFO, logger="overnight")
+
+    started = time.monotonic()
+    code = run_with_sigterm_handler(night_for(settings, tmp_path))
+
+    assert code == 128 + signal.SIGTERM
+    assert signals_noted(tmp_path) == ["SIGINT", "SIGINT"]
+    assert "still runs 10 s after Ctrl-C (--run-stop-grace): Ctrl-C again" in caplog.text
+    assert f"still runs {STOP_NOW_WAIT:g} s after its second Ctrl-C: SIGKILL" in caplog.text
+    assert time.monotonic() - started < 60  # SIGKILLed, not its hour-long trial run out
+
+
+def test_the_default_stop_of_bayes_merger_and_the_webui_fits_systemds_stop_timeout(clean_env: pytest.MonkeyPatch,
+                                                                                   tmp_path: Path) -> None:
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read(REPO / "scripts" / "systemd" / "bayes-merger-overnight.service")
+    timeout = float(unit["Service"]["TimeoutStopSec"])
+    settings = settings_for(tmp_path, "")
+
+    # SIGTERM from systemd: bayes-merger's grace, its "stop now", then the WebUI's SIGTERM and SIGKILL
+    assert settings.run_stop_grace + STOP_NOW_WAIT + settings.stop_grace + KILL_WAIT <= timeout
+    assert settings.run_stop_grace >= 120  # several minutes: a real trial and the hand-back
+
+
+# ------------------------------------------------------------------ a killed bayes-merger
+
+
+def test_a_bayes_merger_killed_by_a_signal_is_resumed(tmp_path: Path, clean_env: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    settings = settings_for(tmp_path, KILLED_BAYES_MERGER, "once")
+    caplog.set_level(logging.INFO, logger="overnight")
+
+    code = night_for(settings, tmp_path).run()
+
+    first, second = (tmp_path / "calls").read_text().splitlines()
+    assert code == 0
+    assert "resume=" not in first and f"resume={tmp_path / 'runs' / 'run-1'}" in second
+    assert "bayes-merger was killed by SIGKILL" in caplog.text
+    assert "Resuming the run; the WebUI still answers (retry 1 of 3)." in caplog.text
+
+
+def test_a_bayes_merger_killed_more_often_than_allowed_gives_up_resumable(
+        tmp_path: Path, clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    settings = dataclasses.replace(settings_for(tmp_path, KILLED_BAYES_MERGER, "always"), max_restarts=1)
+
+    code = night_for(settings, tmp_path).run()
+
+    assert code == 6  # bayes-merger's "stopped, resumable", not 1 ("no trial succeeded")
+    assert len((tmp_path / "calls").read_text().splitlines()) == 2
+    assert "bayes-merger was killed; 1 restarts already: giving up (exit code 6)" in caplog.text
+
+
+# ------------------------------------------------------------------------ secrets in logs
+
+
+def test_credentials_in_commands_and_overrides_are_shown_as_stars() -> None:
+    assert redacted(["./webui.sh", "--api-auth", "me:pw", "--gradio-auth=me:pw2", "--port", "7861"]) == \
+        "./webui.sh --api-auth '***' '--gradio-auth=***' --port 7861"
+    assert redacted(["python", "launch.py", "--auth", "me:pw"]) == "python launch.py --auth '***'"
+    assert redacted(["bash", "-c", "./webui.sh --api-auth me:pw --api"]) == \
+        "bash -c './webui.sh --api-auth *** --api'"
+    assert redacted(["bayes-merger", "webui.auth=me:pw", "+webui.hosts.0.auth='me:pw'", "webui.auth_env=PW",
+                     "--gradio-auth-path", "creds.txt"]) == \
+        "bayes-merger 'webui.auth=***' '+webui.hosts.0.auth=***' webui.auth_env=PW --gradio-auth-path creds.txt"
+
+
+def test_the_night_log_shows_no_password_of_an_override(tmp_path: Path, clean_env: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    settings = settings_for(tmp_path, KILLED_BAYES_MERGER, "never", overrides=("webui.auth=me:s3cret",))
+    caplog.set_level(logging.INFO, logger="overnight")
+
+    assert night_for(settings, tmp_path).run() == 0
+
+    assert "webui.auth=me:s3cret" in (tmp_path / "calls").read_text()  # bayes-merger still gets it
+    assert "Running: " in caplog.text and "webui.auth=***" in caplog.text
+    assert "s3cret" not in caplog.text
+
+
+def test_the_webui_command_is_logged_without_its_credentials(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    webui = ManagedWebUI([sys.executable, "-c", "pass", "--api-auth", "me:s3cret"], None, {}, tmp_path / "webui.log",
+                         stop_grace=10)
+    caplog.set_level(logging.INFO, logger="overnight")
+
+    webui.start()
+    webui.stop()
+
+    assert "Starting the WebUI: " in caplog.text and "--api-auth '***'" in caplog.text
+    assert "s3cret" not in caplog.text
+
+
+# ------------------------------------------------------------------- env file and numbers
+
+
+def test_env_file_comments_start_only_at_a_word_as_in_a_shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env_file = tmp_path / "overnight.env"
+    env_file.write_text("WEBUI_AUTH=me:pa#ss\nA=one # a comment\nB='x # y'\nC=x\\ #y\nD=\"a#b\" #c\nE=#x\n")
+    unset(monkeypatch, "WEBUI_AUTH", "A", "B", "C", "D", "E")
+
+    load_env_file(env_file)
+
+    # what `set -a; source overnight.env` gives in bash
+    assert [os.environ[k] for k in ("WEBUI_AUTH", "A", "B", "C", "D", "E")] == \
+        ["me:pa#ss", "one", "x # y", "x #y", "a#b", "#x"]
+
+
+@pytest.mark.parametrize("line, says", [
+    ("WEBUI_AUTH='me:s3cret", "overnight.env:2: the value of WEBUI_AUTH is not shell-quoted right (no closing"),
+    ("WEBUI_AUTH=me:s3cret\\", "overnight.env:2: the value of WEBUI_AUTH is not shell-quoted right"),
+    ("WEBUI AUTH=me:s3cret", "overnight.env:2: expected KEY=VALUE"),
+    ("me:s3cret", "overnight.env:2: expected KEY=VALUE"),
+])
+def test_a_malformed_env_file_line_is_one_sentence_and_exit_2_without_its_value(
+        tmp_path: Path, clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, line: str, says: str) -> None:
+    env_file = tmp_path / "overnight.env"
+    env_file.write_text(f"# settings\n{line}\n")
+
+    code = cli.main(["--env-file", str(env_file), "--config", str(tmp_path / "night.yaml")])
+
+    assert code == 2
+    assert says in caplog.text
+    assert "s3cret" not in caplog.text and "Traceback" not in caplog.text
+
+
+@pytest.mark.parametrize("key, says", [
+    ("OVERNIGHT_MAX_RESTARTS", "OVERNIGHT_MAX_RESTARTS must be a whole number, not 'three'."),
+    ("WEBUI_READY_TIMEOUT", "WEBUI_READY_TIMEOUT must be a number, not 'three'."),
+    ("WEBUI_STOP_GRACE", "WEBUI_STOP_GRACE must be a number, not 'three'."),
+    ("OVERNIGHT_RUN_STOP_GRACE", "OVERNIGHT_RUN_STOP_GRACE must be a number, not 'three'."),
+    ("OVERNIGHT_MAX_HOURS", "OVERNIGHT_MAX_HOURS must be a number, not 'three'."),
+])
+def test_a_setting_that_is_not_a_number_is_one_sentence_and_exit_2(
+        tmp_path: Path, clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, key: str, says: str) -> None:
+    clean_env.setenv(key, "three")
+
+    assert cli.main(["--config", str(tmp_path / "night.yaml")]) == 2
+    assert says in caplog.text
+
