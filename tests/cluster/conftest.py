@@ -8,6 +8,7 @@ import secrets
 
 import pytest
 
+from bayes_merger.testing.fake_webui import FakeWebUI
 from tests.loop.conftest import assets  # noqa: F401 - the same tiny SD1 models and scorer as the loop's tests
 
 
@@ -33,3 +34,18 @@ def ray_cluster(tmp_path_factory):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture
+def start_webuis(tmp_path_factory):
+    """Starts ``n`` fake WebUIs (the hosts' WebUIs), each with its own checkpoint folder; all stopped at the end."""
+    servers: list[FakeWebUI] = []
+
+    def start(n: int) -> list[FakeWebUI]:
+        new = [FakeWebUI(tmp_path_factory.mktemp(f"host{len(servers) + i}-models")).start() for i in range(n)]
+        servers.extend(new)
+        return new
+
+    yield start
+    for server in servers:
+        server.stop()

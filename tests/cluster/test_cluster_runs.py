@@ -12,19 +12,15 @@ import threading
 import pytest
 
 from bayes_merger.run import TrialLoop
-from bayes_merger.testing.fake_webui import FakeWebUI
 from tests.loop.test_cli_run import _args, _cli, _only_run, _trials
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 
 @pytest.fixture
-def webuis(tmp_path_factory):
+def webuis(start_webuis):
     """Three fake WebUIs, each with its own checkpoint folder (the hosts' WebUIs)."""
-    servers = [FakeWebUI(tmp_path_factory.mktemp(f"host{n}-models")).start() for n in range(3)]
-    yield servers
-    for server in servers:
-        server.stop()
+    return start_webuis(3)
 
 
 def _cluster_args(assets, servers, runs, *overrides):

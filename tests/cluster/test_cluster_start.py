@@ -10,7 +10,6 @@ import pytest
 
 from bayes_merger.cluster import connect, hosts
 from bayes_merger.cluster.connect import Node
-from bayes_merger.testing.fake_webui import FakeWebUI
 from tests.cluster.test_cluster_runs import _cluster_args
 from tests.loop.test_cli_run import _args, _cli
 
@@ -68,12 +67,9 @@ def test_a_ray_head_nothing_answers_at_is_one_sentence_and_exit_2(assets, fake_w
 
 
 @pytest.fixture
-def webuis(tmp_path_factory):
+def webuis(start_webuis):
     """Two fake WebUIs, the two of the local Ray instance's host."""
-    servers = [FakeWebUI(tmp_path_factory.mktemp(f"host{n}-models")).start() for n in range(2)]
-    yield servers
-    for server in servers:
-        server.stop()
+    return start_webuis(2)
 
 
 def test_a_host_whose_webuis_another_run_holds_is_one_sentence_and_exit_4(assets, webuis, tmp_path, caplog,
