@@ -29,7 +29,7 @@ KILL_WAIT = 10.0  # seconds to wait for a process after SIGKILL
 # the WebUIs' credential flags (A1111 and its forks: --api-auth, --gradio-auth; SD.Next: --auth), as a word
 # of their own (the value is the next word) or inside one (--api-auth=u:p, or a `bash -c '... --auth u:p'`)
 SECRET_FLAGS = ("--api-auth", "--gradio-auth", "--auth")
-_SECRET_IN_WORD = re.compile(r"(?<![\w-])(--(?:api-auth|gradio-auth|auth))(=|\s+)\S+")
+_SECRET_IN_WORD = re.compile(rf"(?<![\w-])({'|'.join(map(re.escape, SECRET_FLAGS))})(=|\s+)\S+")
 # a Hydra override of a key that ends in "auth" (webui.auth=u:p, +webui.auth=u:p); webui.auth_env names a variable
 _SECRET_OVERRIDE = re.compile(r"^([^=\s]*auth=).*$", re.IGNORECASE | re.DOTALL)
 

@@ -272,16 +272,22 @@ def _server_message(response: requests.Response) -> str:
     return response.reason or "no message"
 
 
-def cause(exc: BaseException) -> str:
-    """A few words for what went wrong on the wire."""
-    reason: BaseException | None = exc
-    for _ in range(5):  # unwrap requests → urllib3 MaxRetryError → the underlying error
-        if isinstance(reason, MaxRetryError):
+def underlying(exc: BaseException) -> BaseException:
+    """The error on the wire behind a requests exception: requests → urllib3 MaxRetryError → the error."""
+    reason = exc
+    for _ in range(5):
+        if isinstance(reason, MaxRetryError) and reason.reason is not None:
             reason = reason.reason
         elif isinstance(reason, requests.RequestException) and reason.args and isinstance(reason.args[0], BaseException):
             reason = reason.args[0]
         else:
             break
+    return reason
+
+
+def cause(exc: BaseException) -> str:
+    """A few words for what went wrong on the wire."""
+    reason = underlying(exc)
     if isinstance(reason, NewConnectionError) or "refused" in str(reason).lower():
         return "connection refused"
     if isinstance(reason, ProtocolError) or isinstance(exc, requests.exceptions.ChunkedEncodingError):

@@ -26,10 +26,10 @@ from __future__ import annotations
 from typing import Any, Literal, Mapping
 
 import requests
-from urllib3.exceptions import MaxRetryError, ProtocolError
+from urllib3.exceptions import ProtocolError
 
 from bayes_merger.errors import WebUIConnectionError, WebUIError
-from bayes_merger.webui.http import ApiSession, base_url, cause, credentials, decode_json
+from bayes_merger.webui.http import ApiSession, base_url, cause, credentials, decode_json, underlying
 
 __all__ = ["PROMPT", "SYSTEM_STATS", "ComfyApi", "base_url", "cause", "credentials", "http_error", "lost_answer",
            "prompt_error_text"]
@@ -79,16 +79,8 @@ def lost_answer(error: WebUIError) -> Literal["dropped", "timeout", "gateway"] |
         return "timeout"
     if isinstance(reason, requests.exceptions.ChunkedEncodingError):  # the answer was cut off
         return "dropped"
-    for _ in range(3):  # requests → urllib3 MaxRetryError → the underlying error
-        if isinstance(reason, ProtocolError):
-            return "dropped"
-        if isinstance(reason, MaxRetryError):
-            reason = reason.reason
-        elif isinstance(reason, requests.RequestException) and reason.args \
-                and isinstance(reason.args[0], BaseException):
-            reason = reason.args[0]
-        else:
-            break
+    if reason is not None and isinstance(underlying(reason), ProtocolError):
+        return "dropped"
     return None
 
 
