@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from bayes_merger.errors import BayesMergerError, StorageError, WebUIConnectionError, WebUIError
 from bayes_merger.optimiser import Optimiser
-from bayes_merger.run_folder import Trial
+from bayes_merger.run_folder import Trial, observations
 from bayes_merger.schedule import Schedule
 
 log = logging.getLogger(__name__)
@@ -190,9 +190,8 @@ class Executor:
             return dict(self.trials[index].params)
         if index not in self._suggested:
             pending = [self.suggestion(j) for j in self.schedule.pending_before(index)]
-            known = [self.trials[j] for j in self.schedule.known_before(index)
-                     if j in self.trials and self.trials[j].ok and self.trials[j].score is not None]
-            self.optimiser.observe([(t.params, t.score) for t in known], trials=[t.trial for t in known])
+            self.optimiser.observe(*observations(self.trials[j] for j in self.schedule.known_before(index)
+                                                 if j in self.trials))
             self._suggested[index] = self.optimiser.suggest(index, pending=pending)
         return dict(self._suggested[index])
 

@@ -32,11 +32,12 @@ from bayes_merger.report import write_report
 from bayes_merger.rescore import finalists
 from bayes_merger.run_folder import (
     BEST_MERGE,
-    RUN_FILE,
     Trial,
     best_extras,
     TrialLog,
     now,
+    observations,
+    ranked,
     record_images,
     save_image,
     write_best,
@@ -98,8 +99,7 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None) -> RunR
         optimiser = Optimiser(inputs.space, cfg.optimiser, cfg.run.seed)
         _note_trials_at_once(info, len(slots) * (2 if cfg.webui.pipeline else 1), run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        with storage_errors(run_dir / RUN_FILE):
-            write_run_info(run_dir, info)
+        write_run_info(run_dir, info)
 
         trial_log = TrialLog(run_dir)  # the executor tells the optimiser what each suggestion may know
         if trial_log.trials:
@@ -120,8 +120,7 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None) -> RunR
                 _save_best_merge(inputs, merger or Merger.from_inputs(inputs.merge, cfg.merge), best)
                 info["best_saved_trial"] = best.trial
             info["finished_at"] = now()
-            with storage_errors(run_dir / RUN_FILE):
-                write_run_info(run_dir, info)
+            write_run_info(run_dir, info)
         except StorageError as error:  # every trial is logged: a resume only writes these again
             raise _stop_resumably(error, run_dir) from error
         finalists(run_dir, inputs.scorer)  # scorer.finalists: the top trials again with a stronger scorer
@@ -310,12 +309,12 @@ class _timed:
 
 def record_best(run_dir: Path, trial_log: TrialLog, optimiser: Optimiser) -> Trial | None:
     """The trial the optimiser's model rates best, written to best.yaml with the raw best and the baseline."""
-    ok = sorted((t for t in trial_log.trials if t.ok and t.score is not None), key=lambda t: t.trial)
-    # every score so far, in trial order: the model the best and the importance are read from (the
-    # executor sets what each suggestion may know again before it suggests)
-    optimiser.observe([(t.params, t.score) for t in ok], trials=[t.trial for t in ok])
+    # every score so far: the model the best and the importance are read from (the executor sets what
+    # each suggestion may know again before it suggests)
+    scored, numbers = observations(trial_log.trials)
+    optimiser.observe(scored, numbers)
     index = optimiser.best()
-    best = ok[index] if index is not None else None
+    best = None if index is None else next(t for t in trial_log.trials if t.ok and t.trial == numbers[index])
     write_best(run_dir, best, best_extras(trial_log.trials, best, optimiser.importance()))
     return best
 
@@ -353,7 +352,7 @@ def _refresh_report(run_dir: Path) -> None:
 
 
 def _log_summary(trial_log: TrialLog, best: Trial | None, run_dir: Path) -> None:
-    ok = sorted((t for t in trial_log.trials if t.ok), key=lambda t: -t.score)
+    ok = ranked((t for t in trial_log.trials if t.ok), lambda t: t.score, lambda t: t.trial)
     failed = sum(1 for t in trial_log.trials if not t.ok)
     lines = [f"{'rank':>4}  {'trial':>5}  {'score':>8}  weights (α)"]
     lines += [f"{rank:>4}  {t.trial:>5}  {t.score:>8.4f}  {','.join(f'{w:.2f}' for w in t.weights['alpha'].values())}"

@@ -24,7 +24,7 @@ from bayes_merger.cluster.host import HostResult, TrialHost
 from bayes_merger.errors import BayesMergerError, ConfigError, WebUIConnectionError
 from bayes_merger.executor import Slot
 from bayes_merger.inputs import Inputs
-from bayes_merger.run_folder import Trial
+from bayes_merger.run_folder import Trial, write_image_file
 from bayes_merger.run_folder.liveness import is_running
 from bayes_merger.webui.render_check import MergeNotRendered
 
@@ -55,9 +55,7 @@ class RayHost:
         """Trial ``index`` on the host; its images saved in ``run_dir``; the driver's ``record`` fields kept."""
         result: HostResult = self._get(self.actor.run_trial.remote(index, dict(params)))
         for relative, data in result.images.items():
-            path = Path(run_dir) / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+            write_image_file(run_dir, relative, data)
         host = dict(result.trial.timings)
         host["total"] = host.get("total", 0.0) + timings.get("suggest", 0.0)
         timings.update(host)

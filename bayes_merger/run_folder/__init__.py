@@ -15,7 +15,7 @@ is replaced atomically (``bayes_merger.files``).
 """
 
 from bayes_merger.run_folder.best import best_extras, read_best, write_best
-from bayes_merger.run_folder.images import record_images, save_image
+from bayes_merger.run_folder.images import record_images, save_image, write_image_file
 from bayes_merger.run_folder.paths import (
     BEST_FILE,
     BEST_MERGE,
@@ -42,6 +42,7 @@ from bayes_merger.run_folder.trials import (
     best_trial,
     finite,
     now,
+    observations,
     ranked,
     read_trial_records,
     read_trials,
@@ -51,8 +52,8 @@ from bayes_merger.run_folder.trials import (
 __all__ = [
     "best_extras", "read_best",
     "BEST_FILE", "BEST_MERGE", "CONFIG_FILE", "IMAGES_DIR", "MANUAL_RATINGS", "RUN_FILE", "TRIALS_FILE",
-    "ImageRecord", "Trial", "TrialLog", "best_trial", "finite", "record_score", "now", "ranked", "read_trial_records", "read_trials",
+    "ImageRecord", "Trial", "TrialLog", "best_trial", "finite", "record_score", "now", "observations", "ranked", "read_trial_records", "read_trials",
     "check_resumable", "describe", "is_run_folder", "load_run_info", "read_run_info", "unfinished", "write_run_info",
-    "write_best", "record_images", "save_image",
+    "write_best", "record_images", "save_image", "write_image_file",
     "read_rescores", "rescore_path", "write_rescores",
 ]

@@ -37,6 +37,20 @@ def save_image(run_dir: Path, image: Any, *, trial: int, payload: str, index: in
     return path
 
 
+def write_image_file(run_dir: Path, relative: str, data: bytes) -> Path:
+    """Write an image another machine rendered and named (a cluster host's) at ``relative`` in the run
+    folder; a StorageError when it cannot be stored."""
+    path = Path(run_dir) / relative
+    with storage_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.write_bytes(data)
+        except OSError:
+            path.unlink(missing_ok=True)  # as save_image: no cut-off PNG left behind
+            raise
+    return path
+
+
 def record_images(run_dir: Path, contexts: Sequence[Any], scores: Sequence[float]) -> list[ImageRecord]:
     """The trial log's records of scored images; a saved image gets its score into its name, so a
     folder of images sorts by it (``contexts``: payload, index, seed and path of each image)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from bayes_merger.errors import ConfigError
-from bayes_merger.files import atomic_write_text
+from bayes_merger.files import atomic_write_text, storage_errors
 from bayes_merger.run_folder.paths import CONFIG_FILE, RUN_FILE, TRIALS_FILE
 from bayes_merger.run_folder.trials import ranked, read_trial_records, record_score
 
@@ -27,7 +27,10 @@ OBJECTIVE = "objective"
 
 
 def write_run_info(run_dir: Path, info: Mapping[str, Any]) -> None:
-    atomic_write_text(Path(run_dir) / RUN_FILE, json.dumps(info, indent=2))
+    """Write run.json atomically; a StorageError when it cannot be stored."""
+    path = Path(run_dir) / RUN_FILE
+    with storage_errors(path):
+        atomic_write_text(path, json.dumps(info, indent=2))
 
 
 def is_run_folder(run_dir: Path) -> bool:

@@ -92,6 +92,13 @@ def ranked(entries: Iterable[T], score: Callable[[T], float | None], number: Cal
     return [entry for _, _, entry in sorted(scored, key=lambda item: (-item[0], item[1]))]
 
 
+def observations(trials: Iterable[Trial]) -> tuple[list[tuple[dict[str, float], float]], list[int]]:
+    """What the optimiser learns from ``trials``: the (parameters, score) of each scored one in trial
+    order, and their trial numbers (``Optimiser.observe``'s two arguments)."""
+    scored = sorted((t for t in trials if t.ok and t.score is not None), key=lambda t: t.trial)
+    return [(dict(t.params), float(t.score)) for t in scored], [t.trial for t in scored]
+
+
 def finite(value: Any) -> float | None:
     """value as a float when it is a finite number (not a bool), else None."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -11,8 +11,10 @@ import pytest
 from PIL import Image
 
 from bayes_merger.errors import StorageError
-from bayes_merger.run_folder import TrialLog, read_trials, save_image, trials, write_best
+from bayes_merger.run_folder import TrialLog, read_trials, save_image, trials, write_best, write_image_file, write_run_info
 from bayes_merger.run_folder import best as best_module
+from bayes_merger.run_folder import images as images_module
+from bayes_merger.run_folder import run_info as run_info_module
 
 from test_trials import _trial
 
@@ -96,3 +98,27 @@ def test_best_yaml_that_cannot_be_written_is_a_storage_error(tmp_path, monkeypat
     monkeypatch.setattr(best_module, "atomic_write_text", no_room)
     with pytest.raises(StorageError, match=r"best\.yaml: Read-only file system; "):
         write_best(tmp_path, _trial(0))
+
+
+def test_run_json_that_cannot_be_written_is_a_storage_error(tmp_path, monkeypatch):
+    def no_room(path, text, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(run_info_module, "atomic_write_text", no_room)
+    with pytest.raises(StorageError, match=r"run\.json: No space left on device; "):
+        write_run_info(tmp_path, {"seed": 1})
+
+
+def test_a_cluster_hosts_image_the_disk_has_no_room_for_is_a_storage_error_and_no_file(tmp_path, monkeypatch):
+    class _FullPath(type(tmp_path)):
+        def write_bytes(self, data):
+            with open(self, "wb") as handle:  # half of it lands, then the disk is full
+                handle.write(data[: len(data) // 2])
+            raise ENOSPC
+
+    monkeypatch.setattr(images_module, "Path", _FullPath)
+    with pytest.raises(StorageError, match=r"t0002-fox-00\.png: No space left on device"):
+        write_image_file(tmp_path, "images/t0002-fox-00.png", b"\x89PNG" * 64)
+    assert list((tmp_path / "images").iterdir()) == []
+    monkeypatch.undo()
+    assert write_image_file(tmp_path, "images/t0002-fox-00.png", b"png").read_bytes() == b"png"
