@@ -15,7 +15,7 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # the config groups and their options when conf/ is not beside the package (conf/<group>/*.yaml)
 GROUPS = {
     "optimiser": ("default", "quick", "thorough"),
-    "scorer": ("laion", "chad", "manual", "ensemble"),
+    "scorer": ("aesthetic_v25", "chad", "ensemble", "hpsv2", "laion", "manual", "pickscore", "preference"),
     "merge": ("weighted_sum", "add_difference"),
 }
 
@@ -30,7 +30,7 @@ MAIN_OPTIONS = (
     ("webui.keep_last", "previous merge files kept in checkpoint_dir"),
     ("optimiser.init_points", "initial points (trial 0 is the even merge)"),
     ("optimiser.n_iters", "Gaussian-process suggestions after them"),
-    ("scorer.name", "laion, chad, aesthetic_head, manual or ensemble"),
+    ("scorer.name", "laion, chad, aesthetic_head, aesthetic_v25, pickscore, hpsv2, manual or ensemble"),
     ("payloads.dir", "a folder of payload files or one list file"),
     ("run.dir", "each run gets its own folder below it"),
     ("run.seed", "seeds the initial points, payload seeds and wildcards"),

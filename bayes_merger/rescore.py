@@ -155,6 +155,8 @@ def scorer_config(run_dir: Path, overrides: Sequence[str]) -> tuple[ScorerConfig
         elif key == "top_k":
             top_k = int(value)
         elif key.startswith("scorer."):
+            if key == "scorer.ensemble":  # the members given, not added to the run's (as a run's override does)
+                base.ensemble = {}
             dotlist.append(f"{key.removeprefix('scorer.')}={value}")
         else:
             raise ConfigError(f"{key!r} is not an option here: use scorer=NAME, scorer.KEY=VALUE or top_k=N.")

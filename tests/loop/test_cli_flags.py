@@ -14,6 +14,8 @@ import yaml
 
 from bayes_merger import __version__
 from bayes_merger.cli import main
+from bayes_merger.cli_help import GROUPS
+from bayes_merger.scoring.registry import SCORERS
 
 from test_cli_run import _args, _cli
 
@@ -71,6 +73,13 @@ def test_help_lists_the_groups_the_main_options_with_run_yaml_defaults_and_examp
         expected = "required" if value == "???" else "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
         assert shown[key] == expected, key
     assert "resume=runs/<run>" in out and "-m merge.method=" in out and "--config conf/run.yaml model_a=" in out
+    scorer_names = next(line for line in out.splitlines() if line.strip().startswith("scorer.name "))
+    assert all(name in scorer_names for name in SCORERS)
+
+
+def test_the_groups_listed_without_conf_beside_the_package_are_conf_s():
+    for group, options in GROUPS.items():
+        assert sorted(options) == sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml")), group
 
 
 def test_log_lines_never_land_inside_the_progress_bar(assets, fake_webui, tmp_path, monkeypatch, capsys):

@@ -91,6 +91,14 @@ def test_overrides_start_from_the_runs_scorer_section(tmp_path: Path) -> None:
         scorer_config(tmp_path, ["optimiser.n_iters=3"])
 
 
+def test_an_ensemble_given_replaces_the_runs_members(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("scorer:\n  name: ensemble\n  ensemble: {laion: 1, chad: 1}\n")
+    config, _ = scorer_config(tmp_path, ["scorer=ensemble", "scorer.ensemble={pickscore: 1, hpsv2: 1}"])
+    assert config.ensemble == {"pickscore": 1, "hpsv2": 1}
+    config, _ = scorer_config(tmp_path, ["scorer=ensemble"])  # the run's own members, to score again
+    assert config.ensemble == {"laion": 1, "chad": 1}
+
+
 def test_a_named_ensemble_is_taken_as_a_scorer_name_here_too(tmp_path: Path) -> None:
     config, _ = scorer_config(tmp_path, ["scorer=preference"])
     assert config.name == "ensemble" and config.ensemble == {"pickscore": 1.0, "hpsv2": 1.0, "aesthetic_v25": 0.5}
