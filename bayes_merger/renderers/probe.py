@@ -18,6 +18,7 @@ from bayes_merger.config import WebUIConfig
 from bayes_merger.errors import ConfigError, WebUIConnectionError, WebUIError
 from bayes_merger.merge.arch import Architecture
 from bayes_merger.renderers.comfyui.http import base_url, cause, credentials
+from bayes_merger.webui.http import http_error
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,8 @@ def detect_backend(config: WebUIConfig, timeout: float | None = None) -> str:
                 except requests.RequestException as exc:
                     unreachable = exc
                     break
-                if response.status_code == 401:
-                    raise WebUIError(f"webui.backend is auto, but {base} answered GET {path} with HTTP 401: check "
-                                     "webui.auth or the variable named by webui.auth_env.", status=401)
+                if response.status_code == 401:  # the credentials will not change while we wait
+                    raise http_error("GET", path, response)
                 answers[path] = response.status_code == 200 and _json_object(response)
             if answers.get("/sdapi/v1/progress"):
                 log.info("webui.backend auto: %s answers /sdapi/v1/progress, an A1111-compatible WebUI.", base)

@@ -22,7 +22,7 @@ import requests
 from bayes_merger.config import WebUIConfig
 from bayes_merger.errors import ConfigError, WebUIConnectionError, WebUIError
 from bayes_merger.webui.generation import Generation, parse_info, read_generation
-from bayes_merger.webui.http import OPTIONS, PROGRESS, REFRESH, SD_MODELS, TXT2IMG, ApiSession, http_error, plain
+from bayes_merger.webui.http import OPTIONS, REFRESH, SD_MODELS, TXT2IMG, ApiSession, plain
 from bayes_merger.webui.http import wait_until_ready as poll_until_ready
 from bayes_merger.webui.merge_files import HASH_SUFFIX, MergeFiles, aliases, basename, matches, merge_run_id
 from bayes_merger.webui.samplers import SAMPLERS, SCHEDULERS, sampler_names, sampler_problem, scheduler_names
@@ -65,7 +65,7 @@ class WebUIClient:
 
     def wait_until_ready(self, timeout: float | None = None) -> None:
         """Poll ``GET /sdapi/v1/progress`` until the API answers 200, for at most ``timeout`` seconds."""
-        poll_until_ready(self._api.probe, self._config, timeout, f"the WebUI at {self._base}", judge=_not_ready)
+        poll_until_ready(self._api, timeout, f"the WebUI at {self._base}", judge=_not_ready)
         logger.info("The WebUI at %s is ready.", self._base)
 
     def status(self, timeout: float = 10.0) -> int | None:
@@ -246,9 +246,7 @@ class WebUIClient:
 
 
 def _not_ready(response: requests.Response) -> str:
-    """What a non-2xx answer to the readiness probe means; a 401 will not change, so it raises."""
-    if response.status_code == 401:
-        raise http_error("GET", PROGRESS, response)
+    """What a non-2xx answer to the readiness probe means (a 401 never comes here: it ends the wait)."""
     if response.status_code == 404:
         return "its API answers 404: it is still starting, or it was started without --api (API not enabled)"
     return f"it answered HTTP {response.status_code}"

@@ -15,7 +15,8 @@ Which requests are retried (``urllib3.Retry`` on the session's adapters, with ba
   to repeat: the GETs, ``refresh-checkpoints`` (a rescan) and ``POST /options`` (it *sets* a value:
   once applied, setting it again is a no-op). Not txt2img: the server may still be rendering it,
   and a repeat would queue a second generation behind the first and most likely time out the same
-  way; the trial fails instead and the next trial starts clean.
+  way. A 504 then fails the trial and the next trial starts clean; a dropped connection is a lost
+  WebUI (below): the loop waits until it answers again and redoes the trial.
 - Read timeouts: never. The server is busy; asking again only adds another full wait. Raise
   ``webui.read_timeout`` instead.
 - 4xx and 500: never. The answer will not change.
@@ -50,6 +51,8 @@ OPTIONS = "/sdapi/v1/options"
 SD_MODELS = "/sdapi/v1/sd-models"
 REFRESH = "/sdapi/v1/refresh-checkpoints"
 PROGRESS = "/sdapi/v1/progress"
+# ends the sentence of every 401, whoever answered it: the WebUI, ComfyUI, or an auth proxy in front of either
+AUTH_HINT = " (check webui.auth or the variable named by webui.auth_env)"
 
 
 class SafeRetry(Retry):
@@ -155,31 +158,35 @@ def decode_json(method: str, path: str, response: requests.Response) -> Any:
 
 
 def wait_until_ready(
-    probe: Callable[[tuple[float, float]], requests.Response],
-    config: WebUIConfig,
+    api: ApiSession,
     timeout: float | None,
     server: str,
     judge: Callable[[requests.Response], str],
     reason: Callable[[BaseException], str] | None = None,
 ) -> None:
-    """Call ``probe`` every ``poll_interval`` until it answers 2xx, for at most ``timeout`` seconds.
+    """Call ``api.probe`` every ``poll_interval`` until it answers 2xx, for at most ``timeout`` seconds.
 
-    ``server`` names it ("the WebUI at ..."); ``judge`` says in words what a non-2xx answer means
+    A 401 ends the wait at once with ``api.error_for``'s sentence, which names webui.auth (``AUTH_HINT``):
+    wrong or missing credentials do not change while we wait, whichever server (or proxy) asks for them.
+    ``server`` names it ("the WebUI at ..."); ``judge`` says in words what another non-2xx answer means
     (or raises, for an answer that will not change); ``reason`` does the same for an exception
     (default: ``cause``).
     """
+    config = api.config
     timeout = config.ready_timeout if timeout is None else timeout
     deadline = time.monotonic() + timeout
     last, unreachable = "it did not answer", True
     while True:
         try:
-            response = probe((config.connect_timeout, min(config.read_timeout, max(timeout, 1.0))))
+            response = api.probe((config.connect_timeout, min(config.read_timeout, max(timeout, 1.0))))
         except requests.RequestException as exc:
             last, unreachable = f"it could not be reached ({(reason or cause)(exc)})", True
         else:
             unreachable = False
             if response.ok:
                 return
+            if response.status_code == 401:
+                raise api.error_for("GET", api.probe_path, response)
             last = judge(response)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -194,7 +201,7 @@ def http_error(method: str, path: str, response: requests.Response) -> WebUIErro
     message = _server_message(response)
     hint = ""
     if status == 401:
-        hint = " (check webui.auth or the variable named by webui.auth_env)"
+        hint = AUTH_HINT
     elif status == 404 and path.startswith("/sdapi/") and message == "Not Found":
         hint = " (API not enabled: start the WebUI with --api)"
     return WebUIError(f"{method} {path} failed with HTTP {status}: {message.rstrip('.')}{hint}.", status=status)

@@ -2,10 +2,14 @@
 
 A run writes each trial's merge as ``bm-<run id>-t<trial>[-r<n>].safetensors``, through a ``.tmp``
 name the WebUI does not list, and deletes its older merges as it goes (``keep_last``), all of them at
-its end. A run that died (kill -9, power loss) leaves its last merge, a ``.tmp`` being written, or
-the ``.corrupted`` name Forge gives a file it could not load; those are found by the name pattern
-and removed once the run they belong to is known to be over. A file whose name does not follow the
-pattern was not written by bayes-merger and is never touched.
+its end. A pipelined run first writes the next trial's merge under a hidden ``.staged`` name
+(``staged_path``) while the WebUI renders. A run that died (kill -9, power loss) leaves its last
+merge, a ``.tmp`` or ``.staged`` one, or the ``.corrupted`` name Forge gives a file it could not load;
+those are found by the name pattern and removed once the run they belong to is known to be over. A
+file whose name does not follow the pattern was not written by bayes-merger and is never touched.
+
+Both renderers keep their merges here: ComfyUI's ``renderers.comfyui.files.ComfyMergeFiles`` is this
+class with its own folder advice and a name that is never reused within a run.
 """
 
 from __future__ import annotations
@@ -39,6 +43,10 @@ def merge_run_id(name: str) -> str | None:
 class MergeFiles:
     """The merge files of one run in ``folder``."""
 
+    # what webui.checkpoint_dir must be, for the sentence of a folder that does not exist
+    folder_advice = ("point it at the WebUI's checkpoint folder (models/Stable-diffusion, its --ckpt-dir, "
+                     "or a subfolder).")
+
     def __init__(self, folder: Path, run_id: str, keep_last: int) -> None:
         if not RUN_ID.match(run_id):
             raise ConfigError(
@@ -53,10 +61,7 @@ class MergeFiles:
         """Fail now, not after the first merge, if merges cannot be written where the WebUI looks."""
         folder = self.folder
         if not folder.is_dir():
-            raise ConfigError(
-                f"webui.checkpoint_dir {folder} is not an existing folder: point it at the WebUI's "
-                "checkpoint folder (models/Stable-diffusion, its --ckpt-dir, or a subfolder)."
-            )
+            raise ConfigError(f"webui.checkpoint_dir {folder} is not an existing folder: {self.folder_advice}")
         probe = folder / f".bm-{self.run_id}-write-test.tmp"
         try:
             probe.write_bytes(b"")
@@ -64,15 +69,24 @@ class MergeFiles:
         except OSError as exc:
             raise ConfigError(f"webui.checkpoint_dir {folder} is not writable: {exc.strerror or exc}.") from exc
 
+    def merge_name(self, trial: int, attempt: int = 1) -> str:
+        """The file name of this run's merge of ``trial``; an ``attempt`` above 1 is a fresh name for it."""
+        stem = f"bm-{self.run_id}-t{trial:04d}"
+        return f"{stem}.safetensors" if attempt == 1 else f"{stem}-r{attempt}.safetensors"
+
+    def staged_path(self, trial: int) -> Path:
+        """Where a pipelined run writes ``trial``'s merge while the WebUI renders the trial before: a
+        hidden name the WebUI does not list, moved onto the merge's name when its turn comes. The
+        pattern knows it, so the merge of a run killed meanwhile is removed as a leftover."""
+        return self.folder / f".{self.merge_name(trial)}.staged"
+
     def name_for(self, trial: int, current: str) -> str:
         # A1111 does not reload a checkpoint whose file name it already has loaded, even when the
         # content changed. After a resume the WebUI may still hold this trial's file: use a new name.
-        stem = f"bm-{self.run_id}-t{trial:04d}"
-        name, attempt = f"{stem}.safetensors", 1
-        while current and basename(HASH_SUFFIX.sub("", current)) == name:
+        attempt = 1
+        while current and basename(HASH_SUFFIX.sub("", current)) == self.merge_name(trial, attempt):
             attempt += 1
-            name = f"{stem}-r{attempt}.safetensors"
-        return name
+        return self.merge_name(trial, attempt)
 
     def write(self, write: Callable[[Path], None], target: Path) -> None:
         """``write(tmp)`` under a ``.tmp`` name, renamed to ``target`` once complete; a failure to store

@@ -40,7 +40,7 @@ def test_auto_waits_for_a_webui_whose_port_is_open_before_its_api(comfy_config, 
 
 @pytest.mark.parametrize("fake_webui", [{"auth": "user:secret"}], indirect=True)
 def test_auto_asked_without_the_password_says_so_at_once(comfy_config, fake_webui):
-    with pytest.raises(WebUIError, match="HTTP 401: check webui.auth"):
+    with pytest.raises(WebUIError, match=r"HTTP 401: .*\(check webui\.auth or the variable named by webui\.auth_env\)"):
         detect_backend(comfy_config(backend="auto", url=fake_webui.url, ready_timeout=30))
     assert len(fake_webui.requests_to("/sdapi/v1/progress")) == 1, "a 401 will not change: no waiting"
 

@@ -14,6 +14,7 @@ from bayes_merger.merge.arch import architecture
 from bayes_merger.merge.weights import BlockWeights
 from bayes_merger.renderers.comfyui import ComfyUIClient, route
 from bayes_merger.renderers.comfyui.route import settle_route
+from bayes_merger.webui.merge_files import MergeFiles
 from tests.comfyui.test_comfyui_run import comfyui_run_args
 from tests.loop.test_cli_run import _cli, _only_run, _trials
 
@@ -44,7 +45,7 @@ def stager(client_folder, tiny_models):
     tensors = load_file(tiny_models / "a.safetensors")
 
     def stage(index):
-        staged = client_folder / f".bm-run1-t{index:04d}.safetensors.staged"
+        staged = MergeFiles(client_folder, "run1", 0).staged_path(index)
         save_file(tensors, str(staged))
         return staged, 0.01
 

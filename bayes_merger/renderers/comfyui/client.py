@@ -12,6 +12,8 @@ Two hand-offs (``graph`` for how a merge becomes nodes):
 - by file (``load_checkpoint``): the merge is written into ``webui.checkpoint_dir``, a sub-folder
   of ComfyUI's models/checkpoints; ComfyUI lists files at every request (no refresh call); the
   previous trial's file is deleted. Names never repeat, since ComfyUI caches a loader by its name.
+  The files are ``webui.merge_files``' (``files``), as are the clean-ups: a run that starts removes
+  the files of runs that are over (``remove_leftovers``).
 - in the graph (``load_weights``, weighted_sum only): models A and B stay loaded in ComfyUI and the
   block-merge node applies the weights as patches; no file, no torch merge. The VAE is A's (ComfyUI
   cannot merge one), so where A's and B's VAEs differ and BASE can be above 0 the graph renders another
@@ -119,8 +121,9 @@ class ComfyUIClient:
     # ----------------------------------------------------------------------------------- start-up
 
     def wait_until_ready(self, timeout: float | None = None) -> None:
-        """Poll ``GET /system_stats`` until ComfyUI answers 200, for at most ``timeout`` seconds."""
-        poll_until_ready(self._api.probe, self._config, timeout, f"ComfyUI at {self._api.base}",
+        """Poll ``GET /system_stats`` until ComfyUI answers 200, for at most ``timeout`` seconds; a 401
+        (a proxy in front of it refuses the credentials) ends the wait at once."""
+        poll_until_ready(self._api, timeout, f"ComfyUI at {self._api.base}",
                          judge=lambda response: f"it answered HTTP {response.status_code} to GET /system_stats",
                          reason=lambda exc: type(exc).__name__)
         self._events.close()  # a restarted server forgot the old socket
@@ -204,7 +207,7 @@ class ComfyUIClient:
         self._shown, self._shown_label = None, ""
         files = self._require_files()
         name = files.fresh_name(trial)
-        files.write(write, name)
+        files.write(write, files.folder / name)
         listed = self._listed_name(name)
         self._shown = lambda graph: graphs.by_file(graph, self._workflow, listed)
         self._shown_label = listed
@@ -227,6 +230,11 @@ class ComfyUIClient:
     def remove_merges(self) -> None:
         if self._files is not None:
             self._files.remove_all()
+
+    def remove_leftovers(self, over: Callable[[str], bool]) -> list[Path]:
+        """Delete merge files of other runs once ``over(run_id)`` says that run is over (see merge_files):
+        a pipelined run killed while ComfyUI rendered leaves a checkpoint-sized ``.staged`` merge."""
+        return self._files.remove_leftovers(over) if self._files is not None else []
 
     def hand_back(self, model: str = "") -> None:
         """End of a run: delete this run's merge files and let ComfyUI free the models. Best effort."""

@@ -29,7 +29,7 @@ import requests
 from urllib3.exceptions import ProtocolError
 
 from bayes_merger.errors import WebUIConnectionError, WebUIError
-from bayes_merger.webui.http import ApiSession, base_url, cause, credentials, decode_json, underlying
+from bayes_merger.webui.http import AUTH_HINT, ApiSession, base_url, cause, credentials, decode_json, underlying
 
 __all__ = ["PROMPT", "SYSTEM_STATS", "ComfyApi", "base_url", "cause", "credentials", "http_error", "lost_answer",
            "prompt_error_text"]
@@ -99,7 +99,11 @@ def http_error(method: str, path: str, response: requests.Response) -> WebUIErro
     if text.startswith(f"{status}:"):  # aiohttp's "404: Not Found"
         text = text.split(":", 1)[1].strip()
     message = text[:200] if text and not text.startswith("<") else (response.reason or "no message")
-    hint = " (is webui.url a ComfyUI server? set webui.backend)" if status in (404, 405) else ""
+    hint = ""
+    if status == 401:  # ComfyUI has no credentials of its own: a proxy in front of it asks for them
+        hint = AUTH_HINT
+    elif status in (404, 405):
+        hint = " (is webui.url a ComfyUI server? set webui.backend)"
     return WebUIError(f"{method} {path} failed with HTTP {status}: {message.rstrip('.')}{hint}.", status=status)
 
 
