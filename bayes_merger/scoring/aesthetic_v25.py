@@ -23,10 +23,10 @@ from PIL import Image
 
 from bayes_merger.config import ScorerConfig
 from bayes_merger.devices import resolve_device
-from bayes_merger.errors import ConfigError, ScorerError
+from bayes_merger.errors import ScorerError
 from bayes_merger.scoring import weights
 from bayes_merger.scoring.base import ImageContext, SharedModels
-from bayes_merger.scoring.clip import from_pretrained, normalised, quiet_transformers
+from bayes_merger.scoring.clip import check_batch_size, from_pretrained, normalised, quiet_transformers
 from bayes_merger.scoring.heads import AestheticHead
 from bayes_merger.scoring.weights import downloads_disabled, load_head_file, pinned_head, resolve_cache_dir
 
@@ -64,8 +64,7 @@ class SiglipAestheticScorer:
 
     def __init__(self, model: torch.nn.Module, head: AestheticHead, preprocessing: SquareResize,
                  device: torch.device, batch_size: int = 8, name: str = "aesthetic_v25") -> None:
-        if batch_size < 1:
-            raise ConfigError(f"scorer.batch_size is {batch_size}; it must be at least 1.")
+        check_batch_size(batch_size)
         width = int(model.config.hidden_size)
         if head.input_dim != width:
             raise ScorerError(f"The {name} head takes {head.input_dim}-d embeddings but the SigLIP model gives "

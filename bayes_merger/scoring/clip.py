@@ -96,7 +96,7 @@ class ClipEmbedder:
         batch_size: int = 8,
         source: str = "",
     ) -> None:
-        _check_batch_size(batch_size)
+        check_batch_size(batch_size)
         self.model = model.eval()
         self.preprocessing = preprocessing
         self.device = device
@@ -121,7 +121,7 @@ class ClipEmbedder:
         """
         from transformers import CLIPVisionModelWithProjection
 
-        _check_batch_size(batch_size)  # config errors before the slow load
+        check_batch_size(batch_size)  # config errors before the slow load
         torch_device = resolve_device(device, "scorer device")
         local = _looks_local(clip)
         source = str(Path(clip).expanduser()) if local else clip
@@ -170,7 +170,8 @@ class ClipEmbedder:
         return embeddings
 
 
-def _check_batch_size(batch_size: int) -> None:
+def check_batch_size(batch_size: int) -> None:
+    """scorer.batch_size, for every scorer that batches its images."""
     if batch_size < 1:
         raise ConfigError(f"scorer.batch_size is {batch_size}; it must be at least 1.")
 

@@ -36,10 +36,11 @@ from PIL import Image
 
 from bayes_merger.config import ScorerConfig
 from bayes_merger.devices import resolve_device
-from bayes_merger.errors import ConfigError, ScorerError
+from bayes_merger.errors import ScorerError
 from bayes_merger.scoring import weights
 from bayes_merger.scoring.base import ImageContext, SharedModels
-from bayes_merger.scoring.clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Preprocessing, from_pretrained, normalised
+from bayes_merger.scoring.clip import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Preprocessing, check_batch_size, from_pretrained,
+                                       normalised)
 from bayes_merger.scoring.weights import HeadSource, load_head_file, pinned_head, resolve_cache_dir
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,7 @@ class PromptScorer:
         batch_size: int = 8,
         times_logit_scale: bool = False,
     ) -> None:
-        if batch_size < 1:
-            raise ConfigError(f"scorer.batch_size is {batch_size}; it must be at least 1.")
+        check_batch_size(batch_size)
         self.name = name
         self.model = model.eval()
         self.tokenizer = tokenizer

@@ -174,3 +174,15 @@ def test_device_auto_is_cpu_without_cuda_and_nonsense_is_a_config_error(monkeypa
 def test_batch_size_below_one_is_a_config_error_before_loading() -> None:
     with pytest.raises(ConfigError, match="batch_size"):
         ClipEmbedder.load("nobody/never-loaded", device="cpu", batch_size=0)
+
+
+@pytest.mark.parametrize("scorer", ["pickscore", "aesthetic_v25"])
+def test_every_batching_scorer_refuses_a_batch_size_below_one(scorer: str) -> None:
+    from bayes_merger.scoring.aesthetic_v25 import SiglipAestheticScorer
+    from bayes_merger.scoring.preference import PromptScorer
+
+    with pytest.raises(ConfigError, match=r"scorer\.batch_size is 0; it must be at least 1"):
+        if scorer == "pickscore":
+            PromptScorer(scorer, None, None, None, torch.device("cpu"), batch_size=0)
+        else:
+            SiglipAestheticScorer(None, None, None, torch.device("cpu"), batch_size=0)
