@@ -30,7 +30,7 @@ from bayes_merger import __version__
 from bayes_merger.cli_errors import composition_error
 from bayes_merger.cli_help import USAGE, help_text
 from bayes_merger.config import Config, register_configs
-from bayes_merger.errors import BayesMergerError, ConfigError
+from bayes_merger.errors import BayesMergerError, ConfigError, Interrupted
 from bayes_merger.files import atomic_write_text, storage_errors
 from bayes_merger.run_folder.paths import BEST_FILE, CONFIG_FILE
 
@@ -203,7 +203,7 @@ def _task(cfg: DictConfig) -> None:
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         log.error("Interrupted. Every finished trial is saved; resume with resume=%s", HydraConfig.get().runtime.output_dir)
-        sys.exit(130)
+        sys.exit(Interrupted.exit_code)
     if result.best is None:
         log.error("No trial succeeded; see the errors in %s", result.run_dir)
         sys.exit(1)

@@ -65,3 +65,15 @@ class RatingsEnded(ScorerError):
     redirected): not the trial's fault, so the run stops, resumable, and the trial is redone on resume."""
 
     exit_code = 6
+
+
+class RunStopped(BayesMergerError):
+    """The run stopped before its budget was spent; the run folder can be resumed."""
+
+    exit_code = 6
+
+
+class Interrupted(RunStopped):
+    """The user (Ctrl-C) or the system (SIGTERM) asked the run to stop; it stopped between trials."""
+
+    exit_code = 130  # 128 + SIGINT: what a shell reports for a command a Ctrl-C stopped

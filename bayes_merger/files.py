@@ -1,5 +1,5 @@
-"""File helpers every part shares: atomic writes, failed writes as StorageError, the sha256 of a file,
-and safe loading of torch pickles.
+"""File helpers every part shares: atomic writes, failed writes as StorageError, a pid-file lock, the
+sha256 of a file, and safe loading of torch pickles.
 
 An atomic write goes to a temporary file beside the target and is renamed over it, so a reader (a
 browser showing the report, a WebUI scanning its folder, a resumed run) sees the old file or the new
@@ -9,6 +9,7 @@ one left by a process killed while writing can be told from one still being writ
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -18,8 +19,8 @@ from typing import Any, Iterator, Mapping
 
 from bayes_merger.errors import BayesMergerError, StorageError
 
-__all__ = ["atomic_path", "atomic_write_text", "file_sha256", "load_torch_weights", "os_error", "storage_errors",
-           "temp_file_writer"]
+__all__ = ["Locked", "atomic_path", "atomic_write_text", "file_sha256", "load_torch_weights", "os_error", "pid_lock",
+           "storage_errors", "temp_file_writer"]
 
 _HIDDEN_TMP = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.tmp$")
 
@@ -91,6 +92,50 @@ def storage_errors(path: Path | str) -> Iterator[None]:
             raise
         reason = error.strerror or str(error) or type(error).__name__
         raise StorageError(f"Could not write {path}: {reason}; free space on its disk or make it writable.") from exc
+
+
+class Locked(Exception):
+    """Another process holds the lock ``pid_lock`` was asked for; ``pid`` is the one it wrote, None when unknown.
+
+    Not a BayesMergerError: each caller says in its own words what is locked and what to do.
+    """
+
+    def __init__(self, path: Path, pid: int | None) -> None:
+        super().__init__(f"{path} is held by another process" + (f" (pid {pid})" if pid is not None else "") + ".")
+        self.path = path
+        self.pid = pid
+
+
+@contextmanager
+def pid_lock(path: Path | str) -> Iterator[None]:
+    """Hold an exclusive ``fcntl.flock`` on ``path`` (created, with its folder) while the block runs, our pid
+    written in it; ``Locked`` at once, naming the holder's pid, if another process holds it.
+
+    The system releases the lock when the process ends, however it ends (kill -9 too), so a file left
+    behind locks nothing. POSIX only: the caller decides what a system without flock (Windows) means.
+    """
+    import fcntl  # imported here: Windows has none, and its callers never get this far
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+", encoding="utf-8")  # not inherited by child processes (PEP 446)
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            # only "held by another": anything else (no locks on this file system) is the system's own error
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            handle.seek(0)
+            holder = handle.read().strip()
+            raise Locked(path, int(holder) if holder.isdigit() else None) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # closing releases the lock
 
 
 def file_sha256(path: Path | str) -> str:

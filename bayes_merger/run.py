@@ -20,7 +20,14 @@ from typing import Any, Mapping
 
 from bayes_merger.config import Config
 from bayes_merger.executor import Executor, LostAllWebUIs, Slot
-from bayes_merger.errors import BayesMergerError, RatingsEnded, StorageError, WebUIConnectionError
+from bayes_merger.errors import (
+    BayesMergerError,
+    Interrupted,
+    RatingsEnded,
+    RunStopped,
+    StorageError,
+    WebUIConnectionError,
+)
 from bayes_merger.files import storage_errors
 from bayes_merger.inputs import Inputs, check_inputs
 from bayes_merger.merge.finite import check_finite
@@ -52,24 +59,12 @@ from bayes_merger.webuis import open_webui_renderer, prepare_webuis, settle_comf
 log = logging.getLogger(__name__)
 
 
-class RunStopped(BayesMergerError):
-    """The run stopped before its budget was spent; the run folder can be resumed."""
-
-    exit_code = 6
-
-
 @dataclass(frozen=True)
 class RunResult:
     run_dir: Path
     trials: int
     budget: int
     best: Trial | None
-
-
-class Interrupted(RunStopped):
-    """The user (Ctrl-C) or the system (SIGTERM) asked the run to stop; it stopped between trials."""
-
-    exit_code = 130
 
 
 def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None) -> RunResult:

@@ -22,7 +22,8 @@ Exit codes: 0 the run finished its budget, or was stopped at the deadline to be 
 bayes-merger's own code (1 no successful trial, 2 config, 3 checkpoint/merge, 4 WebUI, 5 scorer,
 6 stopped but resumable: the WebUI kept dying, or bayes-merger kept being killed by a signal); 69 the
 WebUI could not be started or never answered; 70 a bug in the runner (traceback in the log); 75 another
-overnight run holds the lock of this run.dir; 128 + N when the runner was stopped by signal N (130, 143).
+overnight run holds the lock of this run.dir; 128 + N when the runner was stopped by signal N (129 SIGHUP,
+130 SIGINT, 143 SIGTERM), the run kept as at the deadline.
 
     settings.py   flags, environment, env file, deadline, the composed config (``bayes-merger --cfg job``)
     processes.py  the run.dir lock, the WebUI process it manages, the WebUI probe (the package's clients)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from bayes_merger.errors import BayesMergerError
-from bayes_merger.overnight.night import Night
+from bayes_merger.overnight.night import STOP_SIGNALS, Night
 from bayes_merger.overnight.processes import RunDirLock, WebUIApi
 from bayes_merger.overnight.settings import (
     EXIT_CONFIG,
@@ -48,9 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = datetime.now()
     try:
         env_file = _env_file_argument(argv)
-        if env_file is not None:
-            load_env_file(env_file)
-        settings = build_settings(parse_args(argv), started)
+        origins = load_env_file(env_file) if env_file is not None else {}
+        settings = build_settings(parse_args(argv, origins), started, origins)
     except Failure as failure:
         log.error("%s", failure)
         return failure.code
@@ -71,14 +70,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         url = settings.webui_url or sections.get("webui", {}).get("url")
         if not url:
             raise Failure("No WebUI address: set webui.url in the config, --webui-url or WEBUI_URL.", EXIT_CONFIG)
+        webui = sections.get("webui", {})
+        # the config's credentials, read even when WEBUI_AUTH is set: bayes-merger reads them, and a variable
+        # they name that is unset ends each of its starts with exit 2; the night says so before it starts anything
+        auth = auth_of(webui)
         try:
-            webui = sections.get("webui", {})
-            api = WebUIApi(str(url), settings.webui_auth or auth_of(webui), str(webui.get("backend") or "a1111"))
+            api = WebUIApi(str(url), settings.webui_auth or auth, str(webui.get("backend") or "a1111"))
         except BayesMergerError as error:
             raise Failure(str(error), EXIT_CONFIG) from error
         with RunDirLock(run_dir), api:
             night = Night(settings, run_dir, api, log_file, webui_log)
-            previous = {sig: signal.signal(sig, night.on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+            previous = {sig: signal.signal(sig, night.on_signal) for sig in STOP_SIGNALS}
             try:
                 code = night.run()
             finally:

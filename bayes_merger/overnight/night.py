@@ -27,6 +27,9 @@ from bayes_merger.run_folder import describe, unfinished
 log = logging.getLogger("overnight")
 
 POLL_SECONDS = 0.5
+# the signals that stop the night as its deadline does (bayes-merger gets a Ctrl-C, the run is kept); the runner
+# then exits 128 + the signal, which the systemd unit counts as a success (SuccessExitStatus)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # seconds bayes-merger gets after its second Ctrl-C ("stop now") to unwind, the WebUI's model handed back in
 # its finally, before SIGKILL
 STOP_NOW_WAIT = 30.0

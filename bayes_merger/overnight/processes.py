@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import logging
 import os
@@ -11,13 +9,15 @@ import re
 import shlex
 import signal
 import subprocess
+from contextlib import ExitStack
 from pathlib import Path
-from typing import IO, Any, Sequence
+from typing import Any, Sequence
 
 import requests
 
 from bayes_merger.config import WebUIConfig
 from bayes_merger.errors import WebUIError
+from bayes_merger.files import Locked, pid_lock
 from bayes_merger.overnight.settings import EXIT_LOCKED, EXIT_WEBUI_DOWN, Failure
 from bayes_merger.renderers.comfyui.http import ComfyApi
 from bayes_merger.webui.client import WebUIClient
@@ -50,37 +50,27 @@ def redacted(command: Sequence[str]) -> str:
 
 
 class RunDirLock:
-    """An exclusive ``fcntl.flock`` on ``<run.dir>/.overnight.lock``, held while the night lasts."""
+    """An exclusive lock on ``<run.dir>/.overnight.lock`` (``files.pid_lock``), held while the night lasts."""
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / LOCK_FILE
-        self._file: IO[str] | None = None
+        self._held: ExitStack | None = None
 
     def __enter__(self) -> RunDirLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+", encoding="utf-8")  # not inherited by child processes (PEP 446)
+        held = ExitStack()
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            handle.seek(0)
-            holder = handle.read().strip()
-            handle.close()
-            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            who = f" (pid {holder})" if holder.isdigit() else ""
+            held.enter_context(pid_lock(self.path))
+        except Locked as locked:
+            who = f" (pid {locked.pid})" if locked.pid is not None else ""
             raise Failure(f"Another overnight run{who} is working on {self.path.parent} (lock {self.path} is held); "
                           "exiting without touching it.", EXIT_LOCKED) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self._file = handle
+        self._held = held
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._file is not None:
-            self._file.close()  # closing releases the lock
-            self._file = None
+        if self._held is not None:
+            self._held.close()  # closing the file releases the lock
+            self._held = None
 
 
 class WebUIApi:

@@ -14,18 +14,23 @@ import sys
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import yaml
 
+from bayes_merger.config import WebUIConfig
+from bayes_merger.errors import ConfigError, RunStopped, WebUIError
+from bayes_merger.renderers.comfyui.http import ComfyApi
 from bayes_merger.webui.client import OPTIONS
+from bayes_merger.webui.http import ApiSession, credentials
 
 EXIT_OK = 0
-EXIT_CONFIG = 2
+EXIT_CONFIG = ConfigError.exit_code  # the runner's bad settings and bayes-merger's bad config: one code
 EXIT_WEBUI_DOWN = 69  # EX_UNAVAILABLE
 EXIT_SOFTWARE = 70  # EX_SOFTWARE: a bug in the runner
 EXIT_LOCKED = 75  # EX_TEMPFAIL: try again later
-BM_WEBUI_ERROR, BM_STOPPED = 4, 6  # bayes-merger's codes after which a WebUI restart can help
+# bayes-merger's codes after which a WebUI restart can help (RunStopped: a lost WebUI stops the run resumable)
+BM_WEBUI_ERROR, BM_STOPPED = WebUIError.exit_code, RunStopped.exit_code
 
 # A1111's advice against RAM growing with each model switch: one model in memory, no RAM cache
 DEFAULT_WEBUI_OPTIONS = '{"sd_checkpoints_limit": 1, "sd_checkpoint_cache": 0}'
@@ -60,11 +65,13 @@ class Settings:
     webui_options: dict[str, Any]
 
 
-def load_env_file(path: Path) -> None:
-    """KEY=VALUE lines (``#`` comments, optional ``export``, quotes as in a shell) for unset variables.
+def load_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines (``#`` comments, optional ``export``, quotes as in a shell) for unset variables; returns
+    ``path:line`` by the name of each variable it set, for the messages about a bad value (``_named``).
 
     A malformed line is named by file, line number and key only: it may hold a password.
     """
+    origins: dict[str, str] = {}
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -79,7 +86,25 @@ def load_env_file(path: Path) -> None:
         except ValueError as error:  # shlex's only complaints: an unclosed quote or a trailing backslash
             raise Failure(f"{path}:{number}: the value of {key.strip()} is not shell-quoted right "
                           f"({str(error).lower()}).", EXIT_CONFIG) from None
-        os.environ.setdefault(key.strip(), " ".join(words) if len(words) != 1 else words[0])
+        if key.strip() not in os.environ:  # a set variable wins, and so does a key's first line
+            os.environ[key.strip()] = " ".join(words) if len(words) != 1 else words[0]
+            origins[key.strip()] = f"{path}:{number}"
+    return origins
+
+
+def _named(name: str, origins: Mapping[str, str]) -> str:
+    """The setting ``name`` as a message about its value names it, by the env file and line it came from, else as
+    an environment variable; never with its value, which may be a password."""
+    return f"{origins[name]}: {name}" if name in origins else f"The environment variable {name}"
+
+
+def _words(name: str, origins: Mapping[str, str]) -> list[str]:
+    """The shell-quoted words of the environment variable ``name``; a Failure, naming it, when they are not."""
+    try:
+        return shlex.split(os.environ.get(name, ""))
+    except ValueError as error:  # shlex's only complaints: an unclosed quote or a trailing backslash
+        raise Failure(f"{_named(name, origins)} is not shell-quoted right ({str(error).lower()}).",
+                      EXIT_CONFIG) from None
 
 
 def _without_comment(value: str) -> str:
@@ -106,8 +131,10 @@ def _without_comment(value: str) -> str:
     return value
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+def parse_args(argv: Sequence[str], origins: Mapping[str, str] | None = None) -> argparse.Namespace:
+    """The flags, defaults from the environment; ``origins``: where the env file set variables (``load_env_file``)."""
     env = os.environ.get
+    origins = origins or {}
     parser = argparse.ArgumentParser(
         prog="bayes-merger-overnight",
         description="One unattended night of bayes-merger: start the WebUI, resume the latest unfinished run "
@@ -133,33 +160,37 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="one log file per night goes here (env OVERNIGHT_LOG_DIR; default: logs)")
     parser.add_argument("--bayes-merger", default=env("BAYES_MERGER"),
                         help="the bayes-merger command (env BAYES_MERGER; default: the one beside this Python, else on PATH)")
-    parser.add_argument("--max-restarts", type=int, default=_env_number("OVERNIGHT_MAX_RESTARTS", int, "3"),
+    parser.add_argument("--max-restarts", type=int, default=_env_number("OVERNIGHT_MAX_RESTARTS", int, origins, "3"),
                         help="WebUI restarts (and resumes) allowed after it died, and resumes after bayes-merger "
                              "was killed by a signal (env OVERNIGHT_MAX_RESTARTS; default 3)")
     parser.add_argument("--deadline", default=env("OVERNIGHT_DEADLINE"), metavar="HH:MM",
                         help="stop at the next HH:MM; the next night resumes (env OVERNIGHT_DEADLINE)")
-    parser.add_argument("--max-hours", type=float, default=_env_number("OVERNIGHT_MAX_HOURS", float),
+    parser.add_argument("--max-hours", type=float, default=_env_number("OVERNIGHT_MAX_HOURS", float, origins),
                         help="stop after this many hours (env OVERNIGHT_MAX_HOURS)")
     parser.add_argument("--new-run", action="store_true", help="start a new run even if an unfinished one exists")
     parser.add_argument("--webui-url", default=env("WEBUI_URL"), help="the WebUI's address (env WEBUI_URL)")
-    parser.add_argument("--ready-timeout", type=float, default=_env_number("WEBUI_READY_TIMEOUT", float, "600"),
+    parser.add_argument("--ready-timeout", type=float,
+                        default=_env_number("WEBUI_READY_TIMEOUT", float, origins, "600"),
                         help="seconds to wait for the WebUI's API (env WEBUI_READY_TIMEOUT; default 600)")
-    parser.add_argument("--run-stop-grace", type=float, default=_env_number("OVERNIGHT_RUN_STOP_GRACE", float, "180"),
+    parser.add_argument("--run-stop-grace", type=float,
+                        default=_env_number("OVERNIGHT_RUN_STOP_GRACE", float, origins, "180"),
                         help="seconds bayes-merger gets after its Ctrl-C (deadline, SIGTERM, Ctrl-C) to finish the "
                              "trial in flight and hand the WebUI back; then a second Ctrl-C stops it at once, and "
                              "SIGKILL follows 30 s later (env OVERNIGHT_RUN_STOP_GRACE; default 180)")
-    parser.add_argument("--stop-grace", type=float, default=_env_number("WEBUI_STOP_GRACE", float, "30"),
+    parser.add_argument("--stop-grace", type=float, default=_env_number("WEBUI_STOP_GRACE", float, origins, "30"),
                         help="seconds between SIGTERM and SIGKILL when stopping the WebUI (env WEBUI_STOP_GRACE; default 30)")
     return parser.parse_intermixed_args(argv)
 
 
-def build_settings(args: argparse.Namespace, now: datetime) -> Settings:
+def build_settings(args: argparse.Namespace, now: datetime, origins: Mapping[str, str] | None = None) -> Settings:
+    """The night's settings from the flags and the environment; ``origins`` as for ``parse_args``."""
+    origins = origins or {}
     if not args.config:
         raise Failure("--config (or OVERNIGHT_CONFIG) is required: the bayes-merger config to run.", EXIT_CONFIG)
     config = Path(args.config).expanduser().resolve()
     if not config.is_file():
         raise Failure(f"Config file {args.config} does not exist.", EXIT_CONFIG)
-    overrides = tuple(args.overrides) or tuple(shlex.split(os.environ.get("OVERNIGHT_OVERRIDES", "")))
+    overrides = tuple(args.overrides) or tuple(_words("OVERNIGHT_OVERRIDES", origins))
     if any(o.split("=", 1)[0].lstrip("+~") in ("resume", "hydra.run.dir") for o in overrides):
         raise Failure("Do not pass resume= or hydra.run.dir=: the script picks the run folder itself "
                       "(--new-run starts a new one).", EXIT_CONFIG)
@@ -173,14 +204,16 @@ def build_settings(args: argparse.Namespace, now: datetime) -> Settings:
     try:
         options = json.loads(os.environ.get("WEBUI_OPTIONS", DEFAULT_WEBUI_OPTIONS) or "{}")
     except json.JSONDecodeError as error:
-        raise Failure(f"WEBUI_OPTIONS is not a JSON object: {error}.", EXIT_CONFIG) from error
+        raise Failure(f"{_named('WEBUI_OPTIONS', origins)} is not a JSON object: {error}.", EXIT_CONFIG) from error
     if not isinstance(options, dict):
-        raise Failure("WEBUI_OPTIONS must be a JSON object, e.g. " + DEFAULT_WEBUI_OPTIONS, EXIT_CONFIG)
+        raise Failure(f"{_named('WEBUI_OPTIONS', origins)} must be a JSON object, e.g. {DEFAULT_WEBUI_OPTIONS}",
+                      EXIT_CONFIG)
     webui_env = {}
-    for item in shlex.split(os.environ.get("WEBUI_ENV", "")):
+    for number, item in enumerate(_words("WEBUI_ENV", origins), start=1):
         key, sep, value = item.partition("=")
-        if not sep:
-            raise Failure(f"WEBUI_ENV: expected KEY=VALUE, got {item!r}.", EXIT_CONFIG)
+        if not sep or not key:
+            raise Failure(f"{_named('WEBUI_ENV', origins)} must be KEY=VALUE words; its word {number} is not.",
+                          EXIT_CONFIG)
         webui_env[key] = value
     cwd = os.environ.get("WEBUI_CWD")
     return Settings(
@@ -192,7 +225,7 @@ def build_settings(args: argparse.Namespace, now: datetime) -> Settings:
         max_restarts=args.max_restarts,
         deadline=deadline_from(args.deadline, args.max_hours, now),
         new_run=args.new_run,
-        webui_command=tuple(shlex.split(os.environ.get("WEBUI_COMMAND", ""))),
+        webui_command=tuple(_words("WEBUI_COMMAND", origins)),
         webui_cwd=Path(cwd).expanduser() if cwd else None,
         webui_env=webui_env,
         webui_url=args.webui_url,
@@ -237,16 +270,17 @@ def night_of(moment: datetime) -> date:
     return (moment - timedelta(hours=12)).date()
 
 
-def _env_number(name: str, kind: type[int | float], default: str | None = None) -> int | float | None:
+def _env_number(name: str, kind: type[int | float], origins: Mapping[str, str],
+                default: str | None = None) -> int | float | None:
     """The environment variable ``name`` (or ``default`` when unset or empty) as a number, None when neither
-    is given; a Failure, not a traceback, when it is not a number."""
+    is given; a Failure, not a traceback, when it is not a number, naming where it was set, not its value."""
     value = os.environ.get(name) or default
     if value is None:
         return None
     try:
         return kind(value)
     except ValueError:
-        raise Failure(f"{name} must be {'a whole number' if kind is int else 'a number'}, not {value!r}.",
+        raise Failure(f"{_named(name, origins)} must be {'a whole number' if kind is int else 'a number'}.",
                       EXIT_CONFIG) from None
 
 
@@ -292,8 +326,14 @@ def run_dir_of(sections: dict[str, dict[str, Any]]) -> Path:
 
 
 def auth_of(webui: dict[str, Any]) -> str | None:
-    if webui.get("auth"):
-        return str(webui["auth"])
-    if webui.get("auth_env"):
-        return os.environ.get(str(webui["auth_env"])) or None
-    return None
+    """``user:password`` from the composed config's webui.auth, else from the variable webui.auth_env names, read
+    by bayes-merger's own ``credentials``: a named variable that is unset (or a malformed value) is the sentence
+    and exit 2 every bayes-merger start would end with, said before the night starts anything, not a 401 later."""
+    backend = str(webui.get("backend") or "a1111")
+    config = WebUIConfig(auth=str(webui["auth"]) if webui.get("auth") else None,
+                         auth_env=str(webui["auth_env"]) if webui.get("auth_env") else None, checkpoint_dir=".")
+    try:
+        pair = credentials(config, (ComfyApi if backend == "comfyui" else ApiSession).credentials_form)
+    except ConfigError as error:
+        raise Failure(str(error), EXIT_CONFIG) from None
+    return None if pair is None else ":".join(pair)

@@ -8,15 +8,14 @@ while writing left in its folder: the best merge's is the size of a checkpoint.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from bayes_merger.errors import ConfigError
-from bayes_merger.files import temp_file_writer
+from bayes_merger.files import Locked, pid_lock, temp_file_writer
 from bayes_merger.run_folder.run_info import load_run_info
 
 log = logging.getLogger(__name__)
@@ -37,25 +36,14 @@ def running(run_dir: Path) -> Iterator[None]:
     if fcntl is None:
         yield
         return
-    handle = open(run_dir / RUN_LOCK, "a+", encoding="utf-8")  # not inherited by child processes
-    try:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            handle.seek(0)
-            holder = handle.read().strip()
-            who = f" (pid {holder})" if holder.isdigit() else ""
+    with ExitStack() as stack:
+        try:  # only the lock's own refusal, not a Locked from the block, is the ConfigError
+            stack.enter_context(pid_lock(run_dir / RUN_LOCK))
+        except Locked as locked:
+            who = f" (pid {locked.pid})" if locked.pid is not None else ""
             raise ConfigError(f"{run_dir} is being run by another bayes-merger{who}; wait for it to end "
                               "before resuming it.") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
         yield
-    finally:
-        handle.close()  # closing releases the lock
 
 
 def is_running(run_dir: Path) -> bool:

@@ -14,6 +14,7 @@ import logging
 import os
 import shlex
 import signal
+import subprocess
 import sys
 import time
 from datetime import datetime
@@ -24,7 +25,7 @@ import pytest
 
 from bayes_merger.overnight import cli
 from bayes_merger.overnight import night as night_module
-from bayes_merger.overnight.night import STOP_NOW_WAIT, Night
+from bayes_merger.overnight.night import STOP_NOW_WAIT, STOP_SIGNALS, Night
 from bayes_merger.overnight.processes import KILL_WAIT, ManagedWebUI, redacted
 from bayes_merger.overnight.settings import Settings, build_settings, load_env_file, parse_args
 
@@ -80,6 +81,19 @@ if killed == "always" or killed == "once" and not (marks / "killed").exists():
     (marks / "killed").touch()
     os.kill(os.getpid(), signal.SIGKILL)
 sys.exit(0)
+'''
+
+# bayes-merger as the runner first calls it (--cfg job): a composed config whose webui.auth_env names a variable;
+# any other call, and the WebUI command, leave a mark
+COMPOSING_BAYES_MERGER = '''
+import sys
+from pathlib import Path
+
+marks = Path(sys.argv[1])
+if "--cfg" not in sys.argv:
+    (marks / "bayes-merger-started").touch()
+    sys.exit(0)
+print(f"run:\\n  dir: {marks / 'runs'}\\nwebui:\\n  url: http://127.0.0.1:9\\n  auth_env: {sys.argv[2]}")
 '''
 
 
@@ -205,6 +219,15 @@ def test_the_default_stop_of_bayes_merger_and_the_webui_fits_systemds_stop_timeo
     assert settings.run_stop_grace >= 120  # several minutes: a real trial and the hand-back
 
 
+def test_systemd_counts_a_stop_by_any_signal_the_runner_catches_as_a_success() -> None:
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read(REPO / "scripts" / "systemd" / "bayes-merger-overnight.service")
+    success = {int(code) for code in unit["Service"]["SuccessExitStatus"].split()}
+
+    # the runner stops on each as at its deadline, the run kept, and exits 128 + the signal (Night._stopped)
+    assert {128 + signum for signum in STOP_SIGNALS} <= success
+
+
 # ------------------------------------------------------------------ a killed bayes-merger
 
 
@@ -271,6 +294,33 @@ def test_the_webui_command_is_logged_without_its_credentials(tmp_path: Path, cap
     assert "s3cret" not in caplog.text
 
 
+# --------------------------------------------------------------------------- credentials
+
+
+@pytest.mark.parametrize("webui_auth", [None, "me:s3cret"])
+def test_an_unset_auth_env_variable_is_one_sentence_and_exit_2_before_anything_starts(
+        tmp_path: Path, clean_env: pytest.MonkeyPatch, webui_auth: str | None) -> None:
+    # WEBUI_AUTH or not: bayes-merger reads the config's credentials, and would stop with exit 2 at each start
+    stand_in = tmp_path / "bayes_merger_stand_in.py"
+    stand_in.write_text(COMPOSING_BAYES_MERGER)
+    (tmp_path / "night.yaml").write_text("{}\n")
+    webui = shlex.join([sys.executable, "-c", f"open({str(tmp_path / 'webui-started')!r}, 'w')"])
+    env = {**os.environ, "WEBUI_COMMAND": webui, **({"WEBUI_AUTH": webui_auth} if webui_auth else {})}
+    env.pop("BM_TEST_UNSET_AUTH", None)
+    command = [sys.executable, "-m", "bayes_merger.overnight", "--config", str(tmp_path / "night.yaml"),
+               "--bayes-merger", shlex.join([sys.executable, str(stand_in), str(tmp_path), "BM_TEST_UNSET_AUTH"]),
+               "--log-dir", str(tmp_path / "logs"), "--max-restarts", "0", "--ready-timeout", "2"]
+
+    night = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+
+    assert night.returncode == 2, night.stderr
+    errors = [line for line in night.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and errors[0].endswith(
+        "webui.auth_env names BM_TEST_UNSET_AUTH, but that environment variable is not set."), night.stderr
+    assert not (tmp_path / "webui-started").exists() and not (tmp_path / "bayes-merger-started").exists()
+    assert not (tmp_path / "runs" / ".overnight.lock").exists()  # not even the lock was taken
+
+
 # ------------------------------------------------------------------- env file and numbers
 
 
@@ -305,11 +355,11 @@ def test_a_malformed_env_file_line_is_one_sentence_and_exit_2_without_its_value(
 
 
 @pytest.mark.parametrize("key, says", [
-    ("OVERNIGHT_MAX_RESTARTS", "OVERNIGHT_MAX_RESTARTS must be a whole number, not 'three'."),
-    ("WEBUI_READY_TIMEOUT", "WEBUI_READY_TIMEOUT must be a number, not 'three'."),
-    ("WEBUI_STOP_GRACE", "WEBUI_STOP_GRACE must be a number, not 'three'."),
-    ("OVERNIGHT_RUN_STOP_GRACE", "OVERNIGHT_RUN_STOP_GRACE must be a number, not 'three'."),
-    ("OVERNIGHT_MAX_HOURS", "OVERNIGHT_MAX_HOURS must be a number, not 'three'."),
+    ("OVERNIGHT_MAX_RESTARTS", "The environment variable OVERNIGHT_MAX_RESTARTS must be a whole number."),
+    ("WEBUI_READY_TIMEOUT", "The environment variable WEBUI_READY_TIMEOUT must be a number."),
+    ("WEBUI_STOP_GRACE", "The environment variable WEBUI_STOP_GRACE must be a number."),
+    ("OVERNIGHT_RUN_STOP_GRACE", "The environment variable OVERNIGHT_RUN_STOP_GRACE must be a number."),
+    ("OVERNIGHT_MAX_HOURS", "The environment variable OVERNIGHT_MAX_HOURS must be a number."),
 ])
 def test_a_setting_that_is_not_a_number_is_one_sentence_and_exit_2(
         tmp_path: Path, clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, key: str, says: str) -> None:
@@ -317,4 +367,29 @@ def test_a_setting_that_is_not_a_number_is_one_sentence_and_exit_2(
 
     assert cli.main(["--config", str(tmp_path / "night.yaml")]) == 2
     assert says in caplog.text
+    assert "three" not in caplog.text
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("OVERNIGHT_MAX_RESTARTS", "me:s3cret", "OVERNIGHT_MAX_RESTARTS must be a whole number."),
+    ("WEBUI_STOP_GRACE", "me:s3cret", "WEBUI_STOP_GRACE must be a number."),
+    ("WEBUI_ENV", "CUDA_VISIBLE_DEVICES=0 me:s3cret", "WEBUI_ENV must be KEY=VALUE words; its word 2 is not."),
+    ("WEBUI_ENV", "A='me:s3cret", "WEBUI_ENV is not shell-quoted right (no closing quotation)."),
+])
+@pytest.mark.parametrize("in_file", [True, False])
+def test_a_bad_setting_is_named_by_its_file_line_and_key_never_by_its_value(
+        tmp_path: Path, clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, key: str, value: str,
+        says: str, in_file: bool) -> None:
+    (tmp_path / "night.yaml").write_text("{}\n")
+    env_file = tmp_path / "overnight.env"
+    env_file.write_text(f"# settings\n{key}={shlex.quote(value)}\n" if in_file else "# settings\n")
+    unset(clean_env, key)  # what the env file sets goes at teardown
+    if not in_file:
+        clean_env.setenv(key, value)
+
+    code = cli.main(["--env-file", str(env_file), "--config", str(tmp_path / "night.yaml")])
+
+    assert code == 2
+    assert (f"overnight.env:2: {says}" if in_file else f"The environment variable {says}") in caplog.text
+    assert "s3cret" not in caplog.text and "Traceback" not in caplog.text
 
