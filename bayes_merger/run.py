@@ -204,11 +204,11 @@ class TrialLoop:
             merged = self.merger.merge(weights)
             check_finite(merged, self.merger.architecture, self.merger.method.name)
         # staged under a name the WebUI does not list; moved into place when the WebUI is free
-        prepared.staged = slot.checkpoint_dir / f".bm-{self.inputs.run_id}-t{index:04d}.safetensors.staged"
+        files = MergeFiles(slot.checkpoint_dir, self.inputs.run_id, 0)
+        prepared.staged = files.staged_path(index)
         with _timed(timings, "write"):
-            MergeFiles(slot.checkpoint_dir, self.inputs.run_id, 0).write(
-                lambda path: self.merger.save(path, dtype=self.cfg.merge.dtype, prune=self.cfg.merge.prune),
-                prepared.staged)
+            files.write(lambda path: self.merger.save(path, dtype=self.cfg.merge.dtype, prune=self.cfg.merge.prune),
+                        prepared.staged)
         return prepared
 
     def render(self, index: int, params: Mapping[str, float], prepared: Prepared, slot: Slot,
