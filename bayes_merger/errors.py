@@ -77,3 +77,8 @@ class Interrupted(RunStopped):
     """The user (Ctrl-C) or the system (SIGTERM) asked the run to stop; it stopped between trials."""
 
     exit_code = 130  # 128 + SIGINT: what a shell reports for a command a Ctrl-C stopped
+
+
+#: Errors that say nothing about the trial they interrupted (a lost WebUI, a full disk, no ratings left):
+#: the trial is not logged as failed; the run waits for the WebUI, or stops resumably and redoes it.
+NOT_THE_TRIALS_FAULT = (WebUIConnectionError, StorageError, RatingsEnded)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
-from bayes_merger.errors import BayesMergerError, StorageError, WebUIConnectionError, WebUIError
+from bayes_merger.errors import NOT_THE_TRIALS_FAULT, BayesMergerError, WebUIConnectionError, WebUIError
 from bayes_merger.optimiser import Optimiser
 from bayes_merger.run_folder import Trial, observations
 from bayes_merger.schedule import Schedule
@@ -166,7 +166,7 @@ class Executor:
             try:
                 with self._merging:
                     prepared = self.stages.prepare(index, params, slot, timings)
-            except (WebUIConnectionError, StorageError):
+            except NOT_THE_TRIALS_FAULT:
                 raise  # not this merge's fault: the WebUI is lost, or the disk is full (the run stops)
             except BayesMergerError as error:
                 return self.stages.failed(index, params, error, slot, timings)

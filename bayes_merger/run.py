@@ -22,11 +22,11 @@ from bayes_merger.config import Config
 from bayes_merger.executor import Executor, LostAllWebUIs, Slot
 from bayes_merger.errors import (
     BayesMergerError,
+    NOT_THE_TRIALS_FAULT,
     Interrupted,
     RatingsEnded,
     RunStopped,
     StorageError,
-    WebUIConnectionError,
 )
 from bayes_merger.files import storage_errors
 from bayes_merger.inputs import Inputs, check_inputs
@@ -234,7 +234,7 @@ class TrialLoop:
                 per_payload, score = score_trial(scores, [c.payload for c in contexts],
                                                  {p.name: p.score_weight for p in self.payloads}, self.cfg.scorer.combine)
             records = record_images(self.run_dir, contexts, scores)
-        except (WebUIConnectionError, StorageError, RatingsEnded):
+        except NOT_THE_TRIALS_FAULT:
             raise
         except MergeNotRendered as error:
             self.not_rendered = error

@@ -28,7 +28,8 @@ def start_ray(work: Path) -> None:
     if token.exists():
         return  # started for an earlier row; its workers read this token as they start
     token.write_text(secrets.token_hex(32))
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    # a benchmark stays on this machine: no usage stats sent to usage-stats.ray.io
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), RAY_USAGE_STATS_ENABLED="0")
     import ray  # after the environment: Ray reads RAY_AUTH_MODE once
 
     if not ray.is_initialized():

@@ -27,7 +27,7 @@ import torch
 from bayes_merger import __version__
 from bayes_merger.cluster.fingerprint import Fingerprint, check_same_file
 from bayes_merger.config import WebUIConfig
-from bayes_merger.errors import BayesMergerError, StorageError, WebUIConnectionError
+from bayes_merger.errors import NOT_THE_TRIALS_FAULT, BayesMergerError, WebUIConnectionError
 from bayes_merger.executor import Slot
 from bayes_merger.inputs import Inputs
 from bayes_merger.merge.merger import Merger
@@ -96,7 +96,7 @@ class TrialHost:
 
     def run_trial(self, index: int, params: Mapping[str, float]) -> HostResult:
         """Trial ``index`` start to finish, as the executor runs it on one machine; a lost WebUI or a
-        full disk raises (WebUIConnectionError, StorageError) as there."""
+        full disk raises (NOT_THE_TRIALS_FAULT) as there."""
         loop, slot = self._loop, self._slot
         if loop is None or slot is None:
             raise WebUIConnectionError(f"{self.label} is not started.")
@@ -104,7 +104,7 @@ class TrialHost:
         try:
             try:
                 prepared = loop.prepare(index, params, slot, timings)
-            except (WebUIConnectionError, StorageError):
+            except NOT_THE_TRIALS_FAULT:
                 raise
             except BayesMergerError as error:
                 trial = loop.failed(index, params, error, slot, timings)

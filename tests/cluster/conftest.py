@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import tempfile
 
 import pytest
 
@@ -15,20 +17,25 @@ from tests.loop.conftest import assets  # noqa: F401 - the same tiny SD1 models 
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory):
     """A local Ray instance (2 CPUs, ``{"webui": 2}``: one host with two WebUIs), started once, with
-    token authentication as a real cluster has it (the token in a temporary file, not ~/.ray)."""
+    token authentication as a real cluster has it (the token in a temporary file, not ~/.ray), its
+    session files in a temporary folder (not /tmp/ray) and no usage stats sent to usage-stats.ray.io."""
     ray = pytest.importorskip("ray", reason="Ray is not installed; pip install -e '.[test,ray]' runs the cluster tests")
     token = tmp_path_factory.mktemp("ray") / "auth_token"
     token.write_text(secrets.token_hex(32))
-    saved = {key: os.environ.get(key) for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    saved = {key: os.environ.get(key) for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_USAGE_STATS_ENABLED")}
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), RAY_USAGE_STATS_ENABLED="0")
     from ray._raylet import Config  # Ray reads RAY_AUTH_MODE into this cache once; read it again, as ray.init does
 
     Config.initialize("")
-    ray.init(num_cpus=2, resources={"webui": 2}, include_dashboard=False, logging_level="WARNING")
+    # not a tmp_path_factory folder: Ray's Unix sockets under it would come near the 107-byte path limit
+    session_dir = tempfile.mkdtemp(prefix="ray")
+    ray.init(num_cpus=2, resources={"webui": 2}, include_dashboard=False, logging_level="WARNING",
+             _temp_dir=session_dir)
     try:
         yield ray
     finally:
         ray.shutdown()
+        shutil.rmtree(session_dir, ignore_errors=True)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

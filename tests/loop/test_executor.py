@@ -127,11 +127,14 @@ def test_pipelined_trials_never_share_the_webui():
 
 def test_pipelined_the_next_merge_waits_for_the_model_load_and_overlaps_the_render():
     events, lock = [], threading.Lock()
+    merging = [threading.Event() for _ in range(12)]
+    not_pipelined = threading.Event()
 
     class Loading(Stages):
         def prepare(self, index, params, slot, timings):
             with lock:
                 events.append(("merge", index))
+            merging[index].set()
             return index
 
         def render(self, index, params, prepared, slot, timings):
@@ -141,7 +144,10 @@ def test_pipelined_the_next_merge_waits_for_the_model_load_and_overlaps_the_rend
             with lock:
                 events.append(("loaded", index))
             slot.loaded(index)
-            time.sleep(0.01)  # the render: the next trial merges meanwhile
+            # the render lasts until the next trial's merge has begun; an executor that does not pipeline
+            # never begins it meanwhile: after 5 s the renders stop waiting and the assert below fails
+            if index + 1 < 12 and not not_pipelined.is_set() and not merging[index + 1].wait(timeout=5):
+                not_pipelined.set()
             with lock:
                 events.append(("rendered", index))
             return _trial(index, params, _score(params), webui=slot.name)

@@ -62,7 +62,12 @@ def webui_process(tmp_path):
                 if requests.get(webui.url + "/sdapi/v1/progress", timeout=1).ok:
                     break
             except requests.RequestException:
-                time.sleep(0.1)  # polling a starting server with a deadline
+                pass
+            if server.poll() is not None:
+                pytest.fail(f"the fake WebUI exited with {server.returncode} before answering")
+            time.sleep(0.1)  # polling a starting server with a deadline
+        else:
+            pytest.fail(f"the fake WebUI did not answer at {webui.url} within 60 s")
         yield webui
     finally:
         server.terminate()

@@ -1,4 +1,5 @@
 import threading
+import time
 
 import pytest
 
@@ -46,12 +47,10 @@ def test_a_waiting_worker_wakes_when_the_trial_it_needs_finishes_or_the_run_stop
     schedule = Schedule(budget=3, in_flight=1)
     schedule.claim()
     schedule.claim()
-    result = []
-    waiter = threading.Thread(target=lambda: result.append(schedule.wait_for_turn(1)))
-    waiter.start()
+    waiter, result = _waiting(schedule, 1)
     wake(schedule)
-    waiter.join(timeout=10)
-    assert result == [expected]
+    waiter.join(timeout=5)
+    assert result == [expected], "woken by the change, not by its next poll a minute later"
 
 
 def test_a_waiting_worker_takes_over_an_earlier_trial_a_lost_webui_released():
@@ -60,18 +59,30 @@ def test_a_waiting_worker_takes_over_an_earlier_trial_a_lost_webui_released():
     assert schedule.claim() == 2 and schedule.claim() == 3
     schedule.finish(3)
     assert schedule.claim() == 4
-    result = []
-    waiter = threading.Thread(target=lambda: result.append(schedule.wait_for_turn(4)))
-    waiter.start()
+    waiter, result = _waiting(schedule, 4)
     schedule.release(2)
-    waiter.join(timeout=10)
-    assert result == [2], "it runs trial 2 instead"
+    waiter.join(timeout=5)
+    assert result == [2], "it runs trial 2 instead, woken by the release, not by its next poll a minute later"
     assert schedule.claim() == 4, "and gave trial 4 back"
 
 
 def test_in_flight_must_be_positive():
     with pytest.raises(ValueError):
         Schedule(budget=1, in_flight=0)
+
+
+def _waiting(schedule: Schedule, index: int) -> tuple[threading.Thread, list]:
+    """A worker blocked in ``wait_for_turn(index)`` with a minute between its own re-checks, so only a
+    notification wakes it within a test's time; its result is appended to the list."""
+    result = []
+    waiter = threading.Thread(target=lambda: result.append(schedule.wait_for_turn(index, poll=60)), daemon=True)
+    waiter.start()
+    deadline = time.monotonic() + 5
+    while not schedule._changed._waiters:  # it waits on the condition (blocked, not still checking)
+        assert waiter.is_alive(), f"wait_for_turn({index}) returned {result} instead of waiting"
+        assert time.monotonic() < deadline, f"wait_for_turn({index}) did not begin to wait within 5 s"
+        time.sleep(0.001)
+    return waiter, result
 
 
 def _set() -> threading.Event:

@@ -262,7 +262,7 @@ def test_different_architectures_are_refused_before_any_tensor_is_read(models, m
 
 
 def test_unknown_method_is_refused_with_the_closest_name(models):
-    with pytest.raises(MergeError, match="Unknown merge method 'weighted_summ'; did you mean 'weighted_sum'"):
+    with pytest.raises(ConfigError, match="Unknown merge method 'weighted_summ'; did you mean 'weighted_sum'"):
         Merger(models["a"], models["b"], None, _config(method="weighted_summ"))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import textwrap
 from pathlib import Path
@@ -29,6 +30,12 @@ def load(path: Path, run_seed: int = 42, **config) -> list[Payload]:
 
 def by_name(payloads: list[Payload]) -> dict[str, Payload]:
     return {p.name: p for p in payloads}
+
+
+def _sha256_number(*parts: object) -> int:
+    """The derivation rule of seeds and wildcard draws, written out: the first 8 bytes, big-endian, of the
+    sha256 of the parts joined by the unit separator."""
+    return int.from_bytes(hashlib.sha256("\x1f".join(map(str, parts)).encode("utf-8")).digest()[:8], "big")
 
 
 @pytest.fixture
@@ -238,8 +245,10 @@ def test_each_wildcard_occurrence_and_payload_gets_its_own_draw(wildcard_set: Pa
 
 
 def test_wildcard_draws_are_pinned_so_resumed_runs_render_the_same_prompts(wildcard_set: Path) -> None:
-    # Golden values: a change in the derivation would silently change every resumed run's objective.
-    assert prompts(load(wildcard_set, run_seed=42))[0] == "w8 and w9"
+    # The documented rule (line = sha256 of run seed, payload, field, occurrence), computed here: a change
+    # in the derivation would silently change every resumed run's objective.
+    first, second = (_sha256_number(42, "wildcard", "p0", "prompt", occurrence) % 50 for occurrence in (0, 1))
+    assert prompts(load(wildcard_set, run_seed=42))[0] == f"w{first} and w{second}" == "w8 and w9"
 
 
 def test_wildcard_lines_skip_blanks_and_comments_and_may_nest(tmp_path: Path) -> None:
@@ -327,8 +336,9 @@ def test_derived_seeds_are_stable_and_differ_per_payload_and_run_seed(seedless: 
 
 
 def test_derived_seeds_are_pinned_so_they_are_the_same_in_every_process(seedless: Path) -> None:
-    # Golden value: hashlib, not the per-process salted hash(); resumed runs rely on it.
-    assert by_name(load(seedless, 42))["cat"].request["seed"] == 1657470752
+    # hashlib (sha256 of run seed, "seed", payload), not the per-process salted hash(); resumed runs rely on it.
+    expected = _sha256_number(42, "seed", "cat") % 2**31
+    assert by_name(load(seedless, 42))["cat"].request["seed"] == expected == 1657470752
 
 
 def test_given_seed_is_kept(tmp_path: Path) -> None:

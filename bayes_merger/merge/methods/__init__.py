@@ -46,7 +46,7 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
-from bayes_merger.errors import MergeError
+from bayes_merger.errors import ConfigError
 from bayes_merger.merge.methods.difference import (
     euclidean_add_difference,
     multiply_difference,
@@ -93,14 +93,14 @@ METHODS: Mapping[str, MergeMethod] = build_registry(
 )
 
 def get_method(name: str) -> MergeMethod:
-    """The method called ``name``; a MergeError suggesting the closest name when there is none."""
+    """The method called ``name``; a ConfigError (a setting, exit 2) suggesting the closest name when there is none."""
     method = METHODS.get(name)
     if method is not None:
         return method
     valid = ", ".join(METHODS)
     close = difflib.get_close_matches(name.strip().lower(), METHODS, n=1)
     hint = f"; did you mean '{close[0]}'?" if close else "."
-    raise MergeError(f"Unknown merge method '{name}'{hint} Valid methods: {valid}.")
+    raise ConfigError(f"Unknown merge method '{name}'{hint} Valid methods: {valid}.")
 
 
 def clip_to_inputs(out: Tensor, a: Tensor, b: Tensor) -> Tensor:
