@@ -39,7 +39,7 @@ from bayes_merger.run_folder import (
 from bayes_merger.scoring import for_run_folder, needs_image_files
 from bayes_merger.scoring.registry import named_scorer
 from bayes_merger.space import SearchSpace, build_space
-from bayes_merger.renderers.probe import BACKENDS, choose_handoff
+from bayes_merger.renderers.probe import backend_of, choose_handoff
 from bayes_merger.webui.merge_files import RUN_ID
 from bayes_merger.webui.payloads import Payload, load_payloads
 
@@ -112,8 +112,7 @@ def _check_settings(cfg: Config) -> tuple[Path, Path, Path | None]:
             raise ConfigError(f"{key}: {path} does not exist.")
         if not path.is_file():
             raise ConfigError(f"{key}: {path} is a folder, not a checkpoint file.")
-    if str(cfg.webui.backend).lower() not in BACKENDS:
-        raise ConfigError(f"webui.backend must be one of {', '.join(BACKENDS)}, not {cfg.webui.backend!r}.")
+    backend_of(cfg.webui.backend)
     urls, folders = list(cfg.webui.urls), list(cfg.webui.checkpoint_dirs)
     if len(set(urls)) < len(urls):
         raise ConfigError(f"webui.urls names a WebUI twice: {urls}; each WebUI renders one trial at a time.")

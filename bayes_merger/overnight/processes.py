@@ -20,6 +20,7 @@ from bayes_merger.errors import WebUIError
 from bayes_merger.files import Locked, pid_lock
 from bayes_merger.overnight.settings import EXIT_LOCKED, EXIT_WEBUI_DOWN, Failure
 from bayes_merger.renderers.comfyui.http import ComfyApi
+from bayes_merger.renderers.probe import backend_of
 from bayes_merger.webui.client import WebUIClient
 
 log = logging.getLogger("overnight")
@@ -82,9 +83,7 @@ class WebUIApi:
 
     def __init__(self, url: str, auth: str | None, backend: str = "a1111") -> None:
         config = WebUIConfig(url=url, auth=auth, checkpoint_dir=".", read_timeout=60.0, retries=1)
-        self.backend = str(backend).lower()
-        if self.backend not in ("a1111", "comfyui", "auto"):
-            raise WebUIError(f"webui.backend must be one of a1111, comfyui, auto, not {backend!r}.")
+        self.backend = backend_of(backend)
         self._client = WebUIClient(config, run_id="overnight")
         self._comfyui = ComfyApi(config)
         self.url = url.rstrip("/")

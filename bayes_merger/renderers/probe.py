@@ -26,6 +26,14 @@ BACKENDS = ("a1111", "comfyui", "auto")
 HANDOFFS = ("graph", "file", "auto")
 
 
+def backend_of(value: object) -> str:
+    """``webui.backend`` checked: "a1111", "comfyui" or "auto" (any case); a ConfigError otherwise."""
+    backend = str(value).lower()
+    if backend not in BACKENDS:
+        raise ConfigError(f"webui.backend must be one of {', '.join(BACKENDS)}, not {value!r}.")
+    return backend
+
+
 def detect_backend(config: WebUIConfig, timeout: float | None = None) -> str:
     """"a1111" or "comfyui": ``webui.backend`` when it names one, else what the server at ``webui.url`` is.
 
@@ -33,9 +41,7 @@ def detect_backend(config: WebUIConfig, timeout: float | None = None) -> str:
     answers 404 then) is asked again every ``webui.poll_interval`` for up to ``webui.ready_timeout``
     (``timeout``), as a named backend is waited for; a 401 will not change, so it ends the wait.
     """
-    backend = str(config.backend).lower()
-    if backend not in BACKENDS:
-        raise ConfigError(f"webui.backend must be one of {', '.join(BACKENDS)}, not {config.backend!r}.")
+    backend = backend_of(config.backend)
     if backend != "auto":
         return backend
     base = base_url(config.url)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bayes_merger.errors import WebUIError
+from bayes_merger.errors import ConfigError
 from bayes_merger.overnight.processes import WebUIApi
 from bayes_merger.testing.fake_comfyui import FakeComfyUI
 from tests.overnight.test_overnight import PYTHON, World, assets, finished, trials  # noqa: F401 (assets: a fixture)
@@ -80,7 +80,7 @@ def test_no_a1111_options_are_posted_to_a_comfyui(comfyui: FakeComfyUI) -> None:
 
 
 def test_an_unknown_backend_is_refused() -> None:
-    with pytest.raises(WebUIError, match="webui.backend must be one of"):
+    with pytest.raises(ConfigError, match="webui.backend must be one of"):
         WebUIApi("http://127.0.0.1:1", None, "invokeai")
 
 
