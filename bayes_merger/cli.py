@@ -22,12 +22,12 @@ from typing import Iterator, Sequence
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, OverrideParseException
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from bayes_merger import __version__
 from bayes_merger.cli_errors import composition_error
+from bayes_merger.cli_secrets import hide_secrets_in_hydra_log, scrub_hydra_files, without_secrets
 from bayes_merger.cli_help import USAGE, help_text
 from bayes_merger.config import Config, register_configs
 from bayes_merger.errors import BayesMergerError, ConfigError, Interrupted
@@ -35,9 +35,6 @@ from bayes_merger.files import atomic_write_text, storage_errors
 from bayes_merger.run_folder.paths import BEST_FILE, CONFIG_FILE
 
 log = logging.getLogger("bayes_merger")
-
-# never written to disk: the WebUI password
-SECRET_KEYS = (("webui", "auth"),)
 
 
 # the run-folder settings of conf/run.yaml, so that a saved config resumes into its own folder
@@ -104,10 +101,7 @@ def save_config(cfg: DictConfig, run_dir: Path, resuming: bool) -> Path:
     the folder's files already holds word for word is not written again, so a run resumed over and
     over with one config (the overnight runner, retries) does not gather a file per attempt.
     """
-    data = OmegaConf.to_container(cfg, resolve=True)
-    for section, key in SECRET_KEYS:
-        if data.get(section, {}).get(key):
-            data[section][key] = None
+    data = without_secrets(OmegaConf.to_container(cfg, resolve=True))
     data["resume"] = None
     text = "# the config of this run; resume it with:\n"
     text += f"#   bayes-merger --config {run_dir / CONFIG_FILE} resume={run_dir}\n"
@@ -160,30 +154,11 @@ def _stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(signum, handler)
 
 
-def scrub_sweep_config() -> None:
-    """Hydra writes a sweep's composed config to <sweep dir>/multirun.yaml, password included: remove it."""
-    hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return
-    path = Path(hydra_cfg.sweep.dir) / "multirun.yaml"
-    try:
-        data = OmegaConf.load(path)
-    except (OSError, OmegaConfBaseException):
-        return
-    changed = False
-    for section, key in SECRET_KEYS:
-        if OmegaConf.select(data, f"{section}.{key}"):
-            OmegaConf.update(data, f"{section}.{key}", None)
-            changed = True
-    if changed:
-        atomic_write_text(path, OmegaConf.to_yaml(data))
-
-
 def _task(cfg: DictConfig) -> None:
     from bayes_merger.run import run  # imported here so that --help and config errors stay fast
 
     try:
-        scrub_sweep_config()
+        scrub_hydra_files()
         config = to_config(cfg)
         # a resumed run continues in its own folder, whatever the config's hydra.run.dir says
         run_dir = Path(config.resume).expanduser() if config.resume else Path(HydraConfig.get().runtime.output_dir)
@@ -256,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args = rewrite_config_flag(args)
         register_configs()
         register_resolvers()
+        hide_secrets_in_hydra_log()
         sys.argv = [sys.argv[0] if sys.argv else "bayes-merger"] + args
         with _composition_errors_raised():
             hydra.main(version_base=None, config_path=None, config_name=None)(_task)()

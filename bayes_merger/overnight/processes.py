@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import requests
 
+from bayes_merger.cli_secrets import redacted_override
 from bayes_merger.config import WebUIConfig
 from bayes_merger.errors import WebUIError
 from bayes_merger.files import Locked, pid_lock
@@ -31,8 +32,6 @@ KILL_WAIT = 10.0  # seconds to wait for a process after SIGKILL
 # of their own (the value is the next word) or inside one (--api-auth=u:p, or a `bash -c '... --auth u:p'`)
 SECRET_FLAGS = ("--api-auth", "--gradio-auth", "--auth")
 _SECRET_IN_WORD = re.compile(rf"(?<![\w-])({'|'.join(map(re.escape, SECRET_FLAGS))})(=|\s+)\S+")
-# a Hydra override of a key that ends in "auth" (webui.auth=u:p, +webui.auth=u:p); webui.auth_env names a variable
-_SECRET_OVERRIDE = re.compile(r"^([^=\s]*auth=).*$", re.IGNORECASE | re.DOTALL)
 
 
 def redacted(command: Sequence[str]) -> str:
@@ -46,7 +45,7 @@ def redacted(command: Sequence[str]) -> str:
             value_is_secret = False
             continue
         value_is_secret = word in SECRET_FLAGS
-        shown.append(_SECRET_IN_WORD.sub(r"\1\2***", _SECRET_OVERRIDE.sub(r"\1***", word)))
+        shown.append(_SECRET_IN_WORD.sub(r"\1\2***", redacted_override(word)))
     return shlex.join(shown)
 
 

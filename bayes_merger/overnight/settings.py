@@ -67,7 +67,8 @@ class Settings:
 
 def load_env_file(path: Path) -> dict[str, str]:
     """KEY=VALUE lines (``#`` comments, optional ``export``, quotes as in a shell) for unset variables; returns
-    ``path:line`` by the name of each variable it set, for the messages about a bad value (``_named``).
+    ``path:line`` by the name of each variable it set, for the messages about a bad value (``_named``). A value
+    of one word is set as a shell leaves it, one of several words shell-quoted (``shlex.join``).
 
     A malformed line is named by file, line number and key only: it may hold a password.
     """
@@ -87,7 +88,9 @@ def load_env_file(path: Path) -> dict[str, str]:
             raise Failure(f"{path}:{number}: the value of {key.strip()} is not shell-quoted right "
                           f"({str(error).lower()}).", EXIT_CONFIG) from None
         if key.strip() not in os.environ:  # a set variable wins, and so does a key's first line
-            os.environ[key.strip()] = " ".join(words) if len(words) != 1 else words[0]
+            # one word as the shell leaves it (KEY="a b" is a b); several quoted again, for the settings read as
+            # words (_words): WEBUI_COMMAND=./webui.sh --ckpt-dir '/m/my models' keeps '/m/my models' one word
+            os.environ[key.strip()] = words[0] if len(words) == 1 else shlex.join(words)
             origins[key.strip()] = f"{path}:{number}"
     return origins
 

@@ -336,6 +336,23 @@ def test_env_file_comments_start_only_at_a_word_as_in_a_shell(tmp_path: Path, mo
         ["me:pa#ss", "one", "x # y", "x #y", "a#b", "#x"]
 
 
+def test_env_file_words_keep_their_quotes_into_the_webui_command(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
+    (tmp_path / "night.yaml").write_text("{}\n")
+    env_file = tmp_path / "overnight.env"
+    env_file.write_text("WEBUI_COMMAND=./webui.sh --ckpt-dir '/m/my models' --port 7861\n"
+                        "WEBUI_ENV=A=1 B=\"x y\"\n"
+                        'WEBUI_CWD="/opt/my webui"\n')
+    unset(clean_env, "WEBUI_COMMAND", "WEBUI_ENV", "WEBUI_CWD")
+
+    origins = load_env_file(env_file)
+    args = parse_args(["--config", str(tmp_path / "night.yaml"), "--bayes-merger", "bayes-merger"], origins)
+    settings = build_settings(args, datetime.now(), origins)
+
+    assert settings.webui_command == ("./webui.sh", "--ckpt-dir", "/m/my models", "--port", "7861")
+    assert settings.webui_env == {"A": "1", "B": "x y"}
+    assert os.environ["WEBUI_CWD"] == "/opt/my webui" and settings.webui_cwd == Path("/opt/my webui")
+
+
 @pytest.mark.parametrize("line, says", [
     ("WEBUI_AUTH='me:s3cret", "overnight.env:2: the value of WEBUI_AUTH is not shell-quoted right (no closing"),
     ("WEBUI_AUTH=me:s3cret\\", "overnight.env:2: the value of WEBUI_AUTH is not shell-quoted right"),

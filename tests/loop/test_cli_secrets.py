@@ -1,0 +1,56 @@
+"""The WebUI password given on the command line (webui.auth=user:password) is written to no file Hydra leaves
+behind and shown in none of Hydra's own log lines."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from bayes_merger.cli_secrets import _HYDRA_LAUNCHER_LOGGER, _scrubbed, redacted_override
+from tests.loop.test_cli_run import _args, _cli
+
+PASSWORD = "s3cretPW"
+
+
+@pytest.mark.parametrize("fake_webui", [{"auth": f"alice:{PASSWORD}"}], indirect=True)
+def test_a_sweep_with_the_password_as_an_override_writes_it_nowhere(assets, fake_webui, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger=_HYDRA_LAUNCHER_LOGGER)  # its "#0 : <overrides>" line before each job
+    runs = tmp_path / "runs"
+    # two jobs of one trial each; a .hydra folder in each job's run folder as well as the sweep's multirun.yaml
+    args = _args(assets, fake_webui, runs, "optimiser.init_points=1", "optimiser.n_iters=0", "run.seed=1,2",
+                 f"webui.auth=alice:{PASSWORD}", "hydra.output_subdir=.hydra", "-m")
+    assert _cli(args) == 0
+    jobs = sorted(runs.glob("multirun/*/*_aesthetic_head"))
+    assert len(jobs) == 2 and all((job / ".hydra" / "hydra.yaml").is_file() for job in jobs)
+    assert fake_webui.requests, "the password reached the WebUI"
+    files = [path for path in runs.rglob("*") if path.is_file()]
+    assert any(path.name == "multirun.yaml" for path in files)
+    leaks = [str(path.relative_to(runs)) for path in files if PASSWORD.encode() in path.read_bytes()]
+    assert leaks == []
+    launched = [r.getMessage() for r in caplog.records if r.name == _HYDRA_LAUNCHER_LOGGER and "#" in r.getMessage()]
+    assert len(launched) == 2 and all("webui.auth=***" in line for line in launched)
+    assert PASSWORD not in caplog.text
+
+
+@pytest.mark.parametrize("override, shown", [
+    ("webui.auth=alice:pw", "webui.auth=***"),
+    ("+webui.auth='alice:p w'", "+webui.auth=***"),
+    ("my.backend.Auth=x", "my.backend.Auth=***"),
+    ("webui.auth_env=WEBUI_AUTH", "webui.auth_env=WEBUI_AUTH"),  # the name of a variable, not a secret
+    ("webui.url=http://host", "webui.url=http://host"),
+])
+def test_an_override_is_redacted_by_the_key_it_sets(override, shown):
+    assert redacted_override(override) == shown
+
+
+def test_the_override_dirname_loses_the_password_whatever_its_separator():
+    hydra_yaml = {"hydra": {
+        "overrides": {"hydra": ["hydra.job.config.override_dirname.kv_sep=:"],
+                      "task": ["run.seed=1", "webui.auth=alice\\:pw=x"]},
+        "job": {"override_dirname": "run.seed:1,webui.auth:alice\\:pw:x",
+                "config": {"override_dirname": {"kv_sep": ":", "item_sep": ","}}},
+    }}
+    scrubbed = _scrubbed(hydra_yaml)
+    assert scrubbed["hydra"]["overrides"]["task"] == ["run.seed=1", "webui.auth=***"]
+    assert scrubbed["hydra"]["job"]["override_dirname"] == "run.seed:1,webui.auth:***"
