@@ -4,23 +4,29 @@ sha256 of a file, and safe loading of torch pickles.
 An atomic write goes to a temporary file beside the target and is renamed over it, so a reader (a
 browser showing the report, a WebUI scanning its folder, a resumed run) sees the old file or the new
 one, never half of one. The temporary file is named after its writer's pid (``temp_file_writer``), so
-one left by a process killed while writing can be told from one still being written.
+one left by a process killed while writing can be told from one still being written. It is created
+by ``open_new``, never opened through what is already at its name: a folder another user can write
+may hold a link named like it, planted to make us overwrite the file it points to.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import re
-from contextlib import contextmanager
+import stat
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import IO, Any, Iterator, Mapping
 
 from bayes_merger.errors import BayesMergerError, StorageError
 
-__all__ = ["Locked", "atomic_path", "atomic_write_text", "file_sha256", "load_torch_weights", "os_error", "pid_lock",
-           "storage_errors", "temp_file_writer"]
+__all__ = ["ForeignFile", "Locked", "atomic_path", "atomic_write_text", "file_sha256", "load_torch_weights",
+           "open_new", "os_error", "pid_lock", "remove_dead_temp_files", "storage_errors", "temp_file_writer"]
+
+_log = logging.getLogger(__name__)
 
 _HIDDEN_TMP = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.tmp$")
 
@@ -36,26 +42,98 @@ def temp_file_writer(path: Path | str) -> int | None:
     return int(match["pid"]) if match else None
 
 
+class ForeignFile(FileExistsError):
+    """Something other than a regular file (a link another user planted) is at the name of a file
+    ``open_new`` creates, or came there meanwhile: nothing is written through it. Its ``strerror``
+    says what to do, in one sentence."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(errno.EEXIST, f"{path.name} is already there and is not a file of ours (a link another "
+                         f"user planted?), so nothing was written through it; use a folder only you can write "
+                         f"(mkdir -m 700)", str(path))
+
+
+def open_new(path: Path | str, mode: str = "wb", **kwargs: Any) -> IO[Any]:
+    """Open ``path`` for writing as a file this call creates (``mode`` "wb" or "w"); ForeignFile where it cannot.
+
+    O_EXCL refuses any name already there, a link included (POSIX: even a dangling one), and O_NOFOLLOW
+    says the same again: a link planted at the name, in a folder another user can write (a sub-folder of
+    /dev/shm that user made), never makes us overwrite the file it points to. A regular file at the name
+    is a stale one of ours (a killed writer's): removed first, as the plain open this replaces would
+    have overwritten it; removing a name never follows a link.
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"open_new writes a new file: mode 'wb' or 'w', not {mode!r}")
+    path = Path(path)
+    _remove_file(path)
+
+    def opener(name: str, flags: int) -> int:
+        return os.open(name, flags | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+
+    try:
+        return open(path, mode.replace("w", "x"), opener=opener, **kwargs)
+    except FileExistsError:
+        raise ForeignFile(path) from None
+    except OSError as error:
+        if error.errno == errno.ELOOP:  # O_NOFOLLOW's answer on a system whose O_EXCL let the link through
+            raise ForeignFile(path) from None
+        raise
+
+
+def _remove_file(path: Path) -> None:
+    """Remove the regular file at ``path``, if there is one; a link is looked at (lstat), never followed, and left.
+
+    A regular file at one of our names is ours: removing it (a name, not the data of a file it may be
+    a hard link to) harms no one, and its owner may not be us where a file system maps owners (NFS).
+    """
+    try:
+        found = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(found.st_mode):
+        path.unlink(missing_ok=True)
+
+
 @contextmanager
-def atomic_path(path: Path | str, tmp: Path | None = None) -> Iterator[Path]:
+def atomic_path(path: Path | str, tmp: Path | None = None, *, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write; on a clean exit it replaces ``path``, on an error it is removed.
 
     ``tmp`` names the temporary file when the caller needs a particular name (default: hidden,
-    beside ``path``).
+    beside ``path``), to be created with ``open_new``. ``durable`` syncs the folder after
+    the rename, so the rename survives a power loss too (the caller syncs the file before it).
     """
     path = Path(path)
     tmp = _hidden_tmp(path) if tmp is None else Path(tmp)
     try:
         yield tmp
         os.replace(tmp, path)
+        if durable:
+            _sync_folder(path.parent)
     finally:
-        tmp.unlink(missing_ok=True)
+        # a link open_new refused stays (it is not ours to remove), and no failure to remove the file
+        # hides why the write failed
+        with suppress(OSError):
+            _remove_file(tmp)
+
+
+def _sync_folder(folder: Path) -> None:
+    """fsync a folder, so the names renamed into it are on the disk (POSIX; Windows cannot open a folder)."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP):  # a file system that cannot sync a folder
+            raise
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: Path | str, text: str, *, fsync: bool = False) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically; ``fsync`` makes it durable before the rename."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as handle:
+    with atomic_path(path, durable=fsync) as tmp:
+        with open_new(tmp, "w", encoding="utf-8") as handle:
             handle.write(text)
             if fsync:
                 handle.flush()
@@ -136,6 +214,46 @@ def pid_lock(path: Path | str) -> Iterator[None]:
         yield
     finally:
         handle.close()  # closing releases the lock
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, as another user's process
+    return True
+
+
+def remove_dead_temp_files(folder: Path | str) -> list[Path]:
+    """Delete the temporary files of atomic writes in ``folder`` whose writing process is no longer alive
+    (killed while writing: a best merge's, a scorer download's, GBs); returns them.
+
+    A live writer (a report being rebuilt, a re-score, another run's download) keeps its file; a pid
+    taken over by another process since only leaves the file until a later call. A run calls it on
+    its folder as it starts, the scorer cache before a download.
+    """
+    if os.name != "posix":
+        return []  # Windows: os.kill(pid, 0) would not just ask
+    try:
+        candidates = list(Path(folder).iterdir())
+    except OSError:
+        return []
+    removed = []
+    for path in candidates:
+        pid = temp_file_writer(path)
+        if pid is None or pid == os.getpid() or _alive(pid) or not path.is_file():
+            continue
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except OSError as error:
+            _log.warning("Could not delete %s, left by a stopped process: %s.", path, error.strerror or error)
+            continue
+        _log.info("Deleted %s (%.1f MB), left by process %d, which stopped while writing it.", path, size / 1e6, pid)
+        removed.append(path)
+    return removed
 
 
 def file_sha256(path: Path | str) -> str:

@@ -28,7 +28,7 @@ from bayes_merger.errors import (
     RunStopped,
     StorageError,
 )
-from bayes_merger.files import storage_errors
+from bayes_merger.files import remove_dead_temp_files, storage_errors
 from bayes_merger.inputs import Inputs, check_inputs
 from bayes_merger.merge.finite import check_finite
 from bayes_merger.merge.merger import Merger
@@ -50,7 +50,7 @@ from bayes_merger.run_folder import (
     write_best,
     write_run_info,
 )
-from bayes_merger.run_folder.liveness import remove_dead_temp_files, run_folders, running
+from bayes_merger.run_folder.liveness import run_folders, running
 from bayes_merger.scoring import ImageContext, Scorer, build_scorer, score_trial
 from bayes_merger.webui.merge_files import MergeFiles
 from bayes_merger.webui.render_check import MergeNotRendered, RenderCheck
@@ -334,7 +334,7 @@ def _save_best_merge(inputs: Inputs, merger: Merger, best: Trial) -> None:
     merger.merge(inputs.space.to_block_weights(best.params))
     with storage_errors(inputs.run_dir / BEST_MERGE):  # the checkpoint writer's CheckpointError of a full disk
         path = merger.save(inputs.run_dir / BEST_MERGE, dtype=inputs.config.best_precision,
-                           prune=inputs.config.merge.prune,
+                           prune=inputs.config.merge.prune, durable=True,
                            metadata={"bayes_merger_score": f"{best.score:.6f}", "bayes_merger_trial": str(best.trial)})
     log.info("Saved the best merge (trial %d, score %.4f) to %s", best.trial, best.score, path)
 

@@ -8,6 +8,7 @@ hand-off route when it is ``auto``.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -39,10 +40,22 @@ def webui_configs(cfg: Config, run_id: str) -> list[tuple[str, WebUIConfig, str]
     webui = OmegaConf.to_object(cfg.webui) if OmegaConf.is_config(cfg.webui) else cfg.webui
     urls = list(webui.urls) or [webui.url]
     folders = list(webui.checkpoint_dirs) or [webui.checkpoint_dir] * len(urls)
-    shared = len(set(folders)) < len(folders)
+    shared = len({_folder_key(folder) for folder in folders}) < len(folders)
     return [(url, replace(webui, url=url, checkpoint_dir=folder),
              f"{run_id}-w{n + 1}" if shared and n else run_id)
             for n, (url, folder) in enumerate(zip(urls, folders))]
+
+
+def _folder_key(folder: str) -> tuple[int, int] | str:
+    """What makes two checkpoint folders one: the folder itself (device, inode) where it exists, else its
+    resolved path. Two spellings of one folder ('/m/bm' and '/m/bm/', '~/bm', a link to it) compared as
+    strings would give their WebUIs one run id, and each would delete the merge the other is loading."""
+    path = os.path.realpath(os.path.expanduser(str(folder)))
+    try:
+        found = os.stat(path)
+    except OSError:
+        return path
+    return found.st_dev, found.st_ino
 
 
 def open_webui_renderer(inputs: Inputs, webui_cfg: WebUIConfig, run_id: str) -> Any:

@@ -226,12 +226,15 @@ def save_state_dict(
     metadata: Mapping[str, str] | None = None,
     dtype: str | None = None,
     prune: bool = False,
+    *,
+    durable: bool = False,
 ) -> Path:
     """Save tensors as .safetensors, atomically.
 
     ``dtype`` ("fp16", "bf16", "fp32" or None to keep each tensor's) converts floating-point
     tensors only — integer tensors such as ``position_ids`` keep theirs. ``prune`` keeps only the
-    UNet, VAE and text-encoder keys.
+    UNet, VAE and text-encoder keys. ``durable`` syncs the file to the disk before it replaces the
+    old one: for a merge that is kept (best.safetensors), not for a trial's throwaway merge.
     """
     target = parse_dtype(dtype)
     names = [k for k in tensors if not prune or is_kept_by_prune(k)]
@@ -247,4 +250,4 @@ def save_state_dict(
         # convert on the tensor's own device (a GPU converts faster than it transfers)
         return t if t.dtype == wanted else t.to(wanted)
 
-    return write_safetensors(path, entries, tensor_of, metadata)
+    return write_safetensors(path, entries, tensor_of, metadata, durable=durable)

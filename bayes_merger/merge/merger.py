@@ -387,8 +387,10 @@ class Merger:
         dtype: str | None = None,
         prune: bool | None = None,
         metadata: dict[str, str] | None = None,
+        durable: bool = False,
     ) -> Path:
-        """Write the last merge as .safetensors (atomically), the recipe in its metadata."""
+        """Write the last merge as .safetensors (atomically), the recipe in its metadata; ``durable``: on
+        disk before this returns (fsync), for a file that is kept (the best merge), not a trial's."""
         if self._weights is None:
             raise MergeError("Nothing to save yet: merge() has not been called.")
         meta = {"format": "pt", **self.recipe(), **(metadata or {})}
@@ -398,4 +400,5 @@ class Merger:
             meta,
             dtype if dtype is not None else self.config.dtype,
             self.config.prune if prune is None else prune,
+            durable=durable,
         )

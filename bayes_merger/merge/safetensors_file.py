@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 
 from bayes_merger.errors import CheckpointError
-from bayes_merger.files import atomic_path
+from bayes_merger.files import atomic_path, open_new
 
 _ST_DTYPES: dict[torch.dtype, str] = {
     torch.float64: "F64",
@@ -154,6 +155,8 @@ def write_safetensors(
     entries: Sequence[tuple[str, torch.dtype, Sequence[int]]],
     tensor_of: Callable[[str], torch.Tensor],
     metadata: Mapping[str, str] | None = None,
+    *,
+    durable: bool = False,
 ) -> Path:
     """Write a .safetensors file tensor by tensor, atomically (temporary file, then rename).
 
@@ -161,6 +164,11 @@ def write_safetensors(
     entry, in that order, and must return a tensor of that dtype and shape on any device. Only one
     tensor is held at a time beyond what the caller holds, and a contiguous CPU tensor is written
     from its own memory, so writing costs about what a plain write of the same bytes costs.
+
+    ``durable`` syncs the file before the rename (and the folder after it), so a power loss leaves the
+    old file or the whole new one, never an empty one: for a merge that is kept (best.safetensors). A
+    trial's merge is not: it is thrown away after its render, and a sync would make each trial wait
+    for the disk (seconds for a checkpoint-sized file).
     """
     path = Path(path)
     header: dict[str, object] = {}
@@ -187,8 +195,8 @@ def write_safetensors(
 
     try:
         # the temporary file is hidden and does not end in .safetensors: a WebUI scanning the folder
-        # never lists a half-written file
-        with atomic_path(path) as tmp, tmp.open("wb") as f:
+        # never lists a half-written file. open_new: never written through a link planted at its name
+        with atomic_path(path, durable=durable) as tmp, open_new(tmp, "wb") as f:
             f.write(struct.pack("<Q", len(blob)))
             f.write(blob)
             for (name, dtype, shape), size in zip(entries, sizes):
@@ -198,6 +206,9 @@ def write_safetensors(
                 written = f.write(_raw_bytes(t))
                 if written != size:
                     raise OSError(f"short write of tensor {name}: {written} of {size} bytes")
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
     except OSError as err:
         raise CheckpointError(f"Cannot write {path}: {err}.") from None
     return path

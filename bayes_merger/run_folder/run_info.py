@@ -1,8 +1,8 @@
 """run.json: what a run is (models, method, architecture, budget, search space), and whether it finished.
 
-Written atomically when a run starts or resumes and when it finishes (``finished_at``). Read strictly
-to resume (an unreadable file is an error) and tolerantly for the report and the overnight runner (an
-unreadable file is "unknown").
+Written atomically and durably when a run starts or resumes and when it finishes (``finished_at``).
+Read strictly to resume (an unreadable file is an error) and tolerantly for the report and the
+overnight runner (an unreadable file is "unknown").
 """
 
 from __future__ import annotations
@@ -27,10 +27,14 @@ OBJECTIVE = "objective"
 
 
 def write_run_info(run_dir: Path, info: Mapping[str, Any]) -> None:
-    """Write run.json atomically; a StorageError when it cannot be stored."""
+    """Write run.json atomically and durably; a StorageError when it cannot be stored.
+
+    Durably (synced before the rename): what it records must survive a power loss as written, never
+    as an empty file, and it is written a few times a run, so the sync costs nothing that shows.
+    """
     path = Path(run_dir) / RUN_FILE
     with storage_errors(path):
-        atomic_write_text(path, json.dumps(info, indent=2))
+        atomic_write_text(path, json.dumps(info, indent=2), fsync=True)
 
 
 def is_run_folder(run_dir: Path) -> bool:

@@ -5,41 +5,60 @@ file deleted), converted to ``.safetensors`` with the source hash in its metadat
 cache dir. Later runs read only the safetensors file, so no pickle is ever opened twice, and the
 ``.pth`` itself is only ever read with torch's ``weights_only`` loader.
 
-A published ``.safetensors`` file (PickScore) is kept as it is, its checked sha256 in a
-``<file>.sha256`` file beside it.
+A published ``.safetensors`` file (PickScore) is kept as it is.
+
+Every cached file has a ``<file>.sha256`` file beside it: the sha256 of the cached file's own bytes
+(for PickScore, the published file's), its size and its mtime. A cached file of at most
+``REHASH_LIMIT`` bytes (the heads: a few MB) is hashed again on every load; a larger one (the
+PickScore and HPS v2.1 models, GBs) only when its size or mtime is no longer the recorded one. A
+cached file whose bytes are not the recorded ones is refused (delete it to fetch it again). A file
+cached by a bayes-merger that recorded no such digest gets it recorded on its first load.
+
+A fetch or conversion writes to a hidden ``.<name>.<pid>.tmp`` file beside the cache (the name of
+``files.atomic_path``'s temporary files): one whose process is gone (a fetch killed halfway, GBs for
+PickScore) is removed before the next fetch (``files.remove_dead_temp_files``); one being written
+by a live process is left alone.
 
 Every published file is in one table below (``HeadSource`` constants). A pin of ``None`` is a
 digest bayes-merger could not learn when the source was added: the first fetch is accepted, its
 sha256 printed in a warning (compare it with the one on the file's page) and recorded in the cache,
-so the cached file can never change unnoticed afterwards. Replace ``None`` by that digest.
+and the cached file is checked against that record from then on, as above. Replace ``None`` by that
+digest.
 
 Cache dir: ``scorer.cache_dir`` if set, else ``$XDG_CACHE_HOME/bayes-merger`` (``~/.cache/bayes-merger``).
 With ``HF_HUB_OFFLINE=1`` nothing is downloaded: a head that is not cached is an error saying where
-to put the file.
+to put the file. The CLIP and SigLIP backbones are not cached here: they come through the Hugging
+Face cache, whose files bayes-merger does not hash.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping, NamedTuple
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from bayes_merger.errors import ScorerError
-from bayes_merger.files import atomic_path, atomic_write_text, file_sha256, load_torch_weights
+from bayes_merger.files import (atomic_path, atomic_write_text, file_sha256, load_torch_weights, open_new,
+                                remove_dead_temp_files)
 
 log = logging.getLogger(__name__)
+
+#: A cached file up to this size is hashed again on every load; a larger one when its size or mtime changed.
+REHASH_LIMIT = 64 << 20
 
 #: Metadata key in our converted files: the sha256 of the .pth they were converted from.
 SOURCE_SHA256_KEY = "source_sha256"
 
 _TRUTHY = {"1", "ON", "YES", "TRUE"}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -137,7 +156,7 @@ def http_download(url: str, dest: Path, timeout: float = 60.0) -> None:
 
     with requests.get(url, stream=True, timeout=timeout) as response:
         response.raise_for_status()
-        with open(dest, "wb") as handle:
+        with open_new(dest) as handle:
             for chunk in response.iter_content(chunk_size=1 << 20):
                 handle.write(chunk)
 
@@ -145,18 +164,22 @@ def http_download(url: str, dest: Path, timeout: float = 60.0) -> None:
 def pinned_head(source: HeadSource, cache_dir: Path, download: Downloader | None = None) -> Path:
     """The cached safetensors file of a published head, fetching and converting it if needed.
 
-    Looks, in order, for the converted file in ``cache_dir``, for the original ``.pth`` put there
-    by hand (checked, then converted), and finally downloads it (unless HF_HUB_OFFLINE is set).
+    Looks, in order, for the converted file in ``cache_dir`` (its bytes checked against the sha256
+    recorded when it was cached: ``check_cached``), for the original ``.pth`` put there by hand
+    (checked, then converted), and finally downloads it (unless HF_HUB_OFFLINE is set).
     """
     cached = cache_dir / source.cached_name
     if cached.is_file():
         recorded = converted_from(cached)
         if recorded is not None and (recorded == source.sha256 or source.sha256 is None):
+            check_cached(cached)
             return cached
         if source.is_safetensors:  # put there by hand (cached_name == filename): check it once
             _store(source, cached, cached, _verified_digest(cached, source))
             return cached
         log.warning("%s does not come from the pinned %s; fetching it again", cached, source.filename)
+    else:  # a record left without its file would refuse the next copy put there by hand
+        _digest_file(cached).unlink(missing_ok=True)
 
     placed = cache_dir / source.filename
     if placed.is_file():
@@ -167,19 +190,53 @@ def pinned_head(source: HeadSource, cache_dir: Path, download: Downloader | None
         raise ScorerError(_missing_message(source, cache_dir, "downloads are off (HF_HUB_OFFLINE is set)"))
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=cache_dir, prefix=f".{source.filename}.", suffix=".part")
-    os.close(handle)
-    tmp = Path(tmp_name)
-    try:
+    remove_dead_temp_files(cache_dir)  # a fetch killed halfway left its file: GBs, for PickScore
+    with _temp_beside(cache_dir / source.filename) as tmp:
         log.info("Downloading the %s from %s", source.description, source.url)
         try:
             (download or http_download)(source.url, tmp)
         except Exception as exc:  # requests, OS and HTTP errors alike mean: not downloaded
             raise ScorerError(_missing_message(source, cache_dir, f"the download failed ({exc})")) from exc
         _store(source, tmp, cached, _verified_digest(tmp, source))
+    return cached
+
+
+def check_cached(path: Path) -> None:
+    """Refuse a cached file whose bytes are not those recorded in ``<path>.sha256`` when it was cached.
+
+    A file of at most ``REHASH_LIMIT`` bytes is hashed every time; a larger one only when its size or
+    mtime differs from the recorded ones (hashing GBs on every load would cost more than the check is
+    worth: any write to the file changes its mtime). A file with no record (cached by an earlier
+    bayes-merger) gets one now.
+    """
+    record = _read_record(path)
+    stat = path.stat()
+    stamp = (stat.st_size, stat.st_mtime_ns)
+    if record is None:
+        _write_record(path, path, file_sha256(path), quiet=True)
+        log.info("Recorded the sha256 of %s: it is checked against it from now on", path)
+        return
+    if stat.st_size > REHASH_LIMIT and record.stamp == stamp:
+        return
+    actual = file_sha256(path)
+    if actual != record.sha256:
+        raise ScorerError(
+            f"{path} has changed since bayes-merger cached it (sha256 {actual}, recorded {record.sha256}), "
+            "so it was not used: delete it to fetch it again."
+        )
+    if record.stamp != stamp:  # the same bytes, copied or touched: no need to hash a large file again
+        _write_record(path, path, actual, quiet=True)
+
+
+@contextmanager
+def _temp_beside(path: Path) -> Iterator[Path]:
+    """A new hidden ``.<name>.<pid>.tmp`` beside ``path`` to write, removed after the block: named as
+    ``files.atomic_path`` names its files, so one a killed process left is known by its pid."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
     finally:
         tmp.unlink(missing_ok=True)
-    return cached
 
 
 def _verified_digest(path: Path, source: HeadSource) -> str:
@@ -191,25 +248,63 @@ def _verified_digest(path: Path, source: HeadSource) -> str:
     digest = file_sha256(path)
     log.warning(
         "bayes-merger has no pinned sha256 for the %s yet: %s has sha256 %s. Compare it with the one shown "
-        "for %s; it is recorded, and the cached file is checked against it from now on.",
+        "for %s; it is recorded, and the cached file is checked against that record from now on.",
         source.description, path.name, digest, source.url,
     )
     return digest
 
 
 def _store(source: HeadSource, path: Path, cached: Path, digest: str) -> None:
-    """Put a checked file into the cache: safetensors as it is (digest beside it), a .pth converted."""
-    if not source.is_safetensors:
-        convert_to_safetensors(path, cached, source_sha256=digest, source_url=source.url)
-        return
-    if path != cached:
-        os.replace(path, cached)
-    atomic_write_text(_digest_file(cached), digest + "\n")
+    """Put a checked file into the cache, its record beside it: safetensors as it is, a .pth converted.
+
+    The record is written before the file is moved into place, so a cached file is never without one.
+    """
+    if source.is_safetensors:
+        _write_record(cached, path, digest)
+        if path != cached:
+            os.replace(path, cached)
+    else:
+        with _temp_beside(cached) as part:
+            _save_converted(path, part, source_sha256=digest, source_url=source.url)
+            _write_record(cached, part, file_sha256(part))
+            os.replace(part, cached)
     log.info("Cached the %s as %s", source.description, cached)
+
+
+class _Record(NamedTuple):
+    """What ``<file>.sha256`` says: the file's sha256, and its (size, mtime_ns) then (None if not written)."""
+
+    sha256: str
+    stamp: tuple[int, int] | None
 
 
 def _digest_file(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
+
+
+def _read_record(path: Path) -> _Record | None:
+    try:
+        fields = _digest_file(path).read_text(encoding="utf-8").split()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not fields or not _SHA256.fullmatch(fields[0].lower()):
+        return None
+    stamped = len(fields) >= 3 and fields[1].isdigit() and fields[2].isdigit()
+    return _Record(fields[0].lower(), (int(fields[1]), int(fields[2])) if stamped else None)
+
+
+def _write_record(cached: Path, written: Path, digest: str, *, quiet: bool = False) -> None:
+    """Record ``digest`` and ``written``'s size and mtime (kept by the rename into ``cached``) beside ``cached``.
+
+    ``quiet``: a cache that cannot be written (read-only, shared) only means the file is hashed again next time.
+    """
+    stat = written.stat()
+    try:
+        atomic_write_text(_digest_file(cached), f"{digest} {stat.st_size} {stat.st_mtime_ns}\n")
+    except OSError as exc:
+        if not quiet:
+            raise
+        log.debug("Could not record the sha256 of %s (%s)", cached, exc)
 
 
 def check_sha256(path: Path, expected: str, *, what: str, url: str = "") -> None:
@@ -251,26 +346,32 @@ def convert_to_safetensors(
     source: Path, dest: Path, *, source_sha256: str, source_url: str = ""
 ) -> Path:
     """Write ``source``'s tensors to ``dest`` as safetensors, atomically (temp file + rename)."""
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in load_head_file(source).items()}
-    metadata = {SOURCE_SHA256_KEY: source_sha256, "source_url": source_url, "format": "pt"}
     dest.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(dest) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-    log.info("Cached %s as %s", source.name, dest)
+        _save_converted(source, tmp, source_sha256=source_sha256, source_url=source_url)
+    log.info("Converted %s to %s", source.name, dest)
     return dest
+
+
+def _save_converted(source: Path, dest: Path, *, source_sha256: str, source_url: str) -> None:
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in load_head_file(source).items()}
+    metadata = {SOURCE_SHA256_KEY: source_sha256, "source_url": source_url, "format": "pt"}
+    save_file(tensors, str(dest), metadata=metadata)
 
 
 def converted_from(path: Path) -> str | None:
     """The source sha256 recorded for a cached file: in the metadata of one of our converted
-    safetensors files, or in the ``.sha256`` file beside a published safetensors file (None otherwise)."""
-    beside = _digest_file(path)
-    if beside.is_file():
-        return beside.read_text(encoding="utf-8").strip() or None
+    safetensors files, else the sha256 in the ``.sha256`` file beside it (a published safetensors
+    file is cached as it is, so its own sha256 is its source's); None when there is neither."""
     try:
         with safe_open(str(path), framework="pt") as handle:
-            return (handle.metadata() or {}).get(SOURCE_SHA256_KEY)
-    except Exception:  # unreadable or foreign: treated as not ours
-        return None
+            recorded = (handle.metadata() or {}).get(SOURCE_SHA256_KEY)
+    except Exception:  # unreadable or foreign: its record, if any, decides (and check_cached refuses it)
+        recorded = None
+    if recorded:
+        return recorded
+    record = _read_record(path)
+    return record.sha256 if record else None
 
 
 def _missing_message(source: HeadSource, cache_dir: Path, why: str) -> str:

@@ -7,6 +7,8 @@ its end. A pipelined run first writes the next trial's merge under a hidden ``.s
 merge, a ``.tmp`` or ``.staged`` one, or the ``.corrupted`` name Forge gives a file it could not load;
 those are found by the name pattern and removed once the run they belong to is known to be over. A
 file whose name does not follow the pattern was not written by bayes-merger and is never touched.
+The folder may be one another user can write (a sub-folder of /dev/shm): a file is only ever created
+new (``files.open_new``), never written through a link planted at its name.
 
 Both renderers keep their merges here: ComfyUI's ``renderers.comfyui.files.ComfyMergeFiles`` is this
 class with its own folder advice and a name that is never reused within a run.
@@ -20,15 +22,16 @@ from pathlib import Path
 from typing import Callable, Mapping, Any
 
 from bayes_merger.errors import BayesMergerError, ConfigError, StorageError
-from bayes_merger.files import atomic_path, os_error
+from bayes_merger.files import ForeignFile, atomic_path, open_new, os_error
 
 logger = logging.getLogger(__name__)
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # a merge file of any run: the name written, a .tmp being written (and the hidden file its writer
 # renames into it), the name Forge gives a file it cannot load, or a .staged merge waiting for its
-# turn (a pipelined run writes the next trial's merge while the WebUI renders)
-_MERGE_FILE = r"^\.?bm-(?P<run>{run})-t(?P<trial>\d{{4,}})(?:-r(?P<retry>\d+))?\.safetensors(?P<suffix>(?:\.staged)?\.tmp(?:\.\d+\.tmp)?|\.corrupted|\.staged)?$"
+# turn (a pipelined run writes the next trial's merge while the WebUI renders). The hidden file the
+# writer renames into a .staged merge's .tmp hides a hidden name again: two dots, for that name only
+_MERGE_FILE = r"^(?:\.\.(?=.*\.staged\.tmp\.\d+\.tmp$)|\.)?bm-(?P<run>{run})-t(?P<trial>\d{{4,}})(?:-r(?P<retry>\d+))?\.safetensors(?P<suffix>(?:\.staged)?\.tmp(?:\.\d+\.tmp)?|\.corrupted|\.staged)?$"
 _ANY_MERGE = re.compile(_MERGE_FILE.format(run=r"[A-Za-z0-9][A-Za-z0-9._-]*?"))
 # " [0123456789]" that A1111 appends to a checkpoint's title once it knows the file's hash
 HASH_SUFFIX = re.compile(r"\s*\[[0-9a-fA-F]{8,64}\]$")
@@ -64,8 +67,10 @@ class MergeFiles:
             raise ConfigError(f"webui.checkpoint_dir {folder} is not an existing folder: {self.folder_advice}")
         probe = folder / f".bm-{self.run_id}-write-test.tmp"
         try:
-            probe.write_bytes(b"")
+            open_new(probe).close()  # never through a link another user planted at the name
             probe.unlink()
+        except ForeignFile as exc:
+            raise ConfigError(f"webui.checkpoint_dir {folder}: {exc.strerror}.") from exc
         except OSError as exc:
             raise ConfigError(f"webui.checkpoint_dir {folder} is not writable: {exc.strerror or exc}.") from exc
 
@@ -99,6 +104,8 @@ class MergeFiles:
             cause = os_error(exc)
             if cause is None:
                 raise
+            if isinstance(cause, ForeignFile):  # no space or permission to fix: the folder is not the user's own
+                raise StorageError(f"Could not write the merge to {self.folder}: {cause.strerror}.") from exc
             raise StorageError(
                 f"Could not write the merge to {self.folder}: {cause.strerror or cause}; free space there "
                 "(each merge is the size of a checkpoint) or make it writable."

@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from bayes_merger.errors import ConfigError
-from bayes_merger.run_folder.liveness import is_running, remove_dead_temp_files, run_folders, running
+from bayes_merger.files import remove_dead_temp_files
+from bayes_merger.run_folder.liveness import is_running, run_folders, running
 
 
 def test_a_run_folder_is_running_only_while_its_lock_is_held(tmp_path):

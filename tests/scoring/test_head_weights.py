@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,8 +54,9 @@ def test_laion_head_downloads_checks_converts_and_reproduces_the_golden_value(
         assert server.requests == 1
     assert cached == cache / "sac+logos+ava1-l14-linearMSE.safetensors"
     assert converted_from(cached) == LAION_HEAD.sha256
-    # Only the converted file is kept: no pickle, no partial download left in the cache.
-    assert sorted(p.name for p in cache.iterdir()) == [cached.name]
+    # Only the converted file and its record are kept: no pickle, no partial download left in the cache.
+    assert sorted(p.name for p in cache.iterdir()) == [cached.name, cached.name + ".sha256"]
+    assert (cache / (cached.name + ".sha256")).read_text().split()[0] == file_sha256(cached)
     head = AestheticHead.from_state_dict(load_head_file(cached))
     assert head.layout == "laion-mlp"
     assert sum(p.numel() for p in head.parameters()) == 927_969
@@ -84,6 +89,9 @@ def test_a_cached_head_is_used_without_any_download(tmp_path: Path, monkeypatch:
         raise AssertionError("downloaded although the head is cached")
 
     assert pinned_head(source, tmp_path, download=no_download) == tmp_path / source.cached_name
+    # cached with no record of its own bytes (an earlier bayes-merger): recorded now, checked from now on
+    record = tmp_path / (source.cached_name + ".sha256")
+    assert record.read_text().split()[0] == file_sha256(tmp_path / source.cached_name)
 
 
 def test_a_pth_put_in_the_cache_by_hand_is_checked_and_converted_offline(tmp_path: Path) -> None:
@@ -143,6 +151,131 @@ def test_a_cached_file_from_another_source_is_fetched_again(tmp_path: Path) -> N
     shutil.copy(tmp_path / "src" / source.filename, tmp_path / source.filename)
     cached = pinned_head(source, tmp_path)
     assert converted_from(cached) == source.sha256
+
+
+CHANGED = "has changed since bayes-merger cached it .*so it was not used: delete it to fetch it again"
+
+
+def _flip_last_byte(path: Path) -> None:
+    """Change one byte of the tensor data: the file still loads, its metadata is still ours."""
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_cached_head_whose_bytes_changed_after_caching_is_refused(tmp_path: Path) -> None:
+    source = _random_pinned_source(tmp_path)
+    shutil.copy(tmp_path / "src" / source.filename, tmp_path / source.filename)
+    cached = pinned_head(source, tmp_path)  # checked against the pin, converted, its own sha256 recorded
+    assert pinned_head(source, tmp_path) == cached
+    _flip_last_byte(cached)
+    assert converted_from(cached) == source.sha256  # the metadata alone cannot tell
+    with pytest.raises(ScorerError, match=CHANGED) as error:
+        pinned_head(source, tmp_path)
+    assert str(cached) in str(error.value)
+
+
+def test_an_unpinned_published_safetensors_changed_in_the_cache_is_refused_until_deleted(tmp_path: Path) -> None:
+    # like PickScore: no pin, kept as it is, trusted on first use and recorded
+    source = weights.HeadSource("st", "random safetensors model", "http://127.0.0.1:9/none", None, "model.safetensors")
+    cached = tmp_path / source.filename
+    save_file({"weight": torch.ones(1, 768)}, str(cached))
+    assert pinned_head(source, tmp_path) == cached
+    _flip_last_byte(cached)
+    with pytest.raises(ScorerError, match=CHANGED):
+        pinned_head(source, tmp_path)
+    cached.unlink()  # what the message says to do
+    with pytest.raises(ScorerError, match="HF_HUB_OFFLINE"):
+        pinned_head(source, tmp_path)
+    save_file({"weight": torch.zeros(1, 768)}, str(cached))  # a good copy put there by hand
+    assert pinned_head(source, tmp_path) == cached
+    assert converted_from(cached) == file_sha256(cached)
+
+
+def test_a_large_cached_file_is_hashed_again_only_when_its_size_or_mtime_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = _random_pinned_source(tmp_path)
+    shutil.copy(tmp_path / "src" / source.filename, tmp_path / source.filename)
+    cached = pinned_head(source, tmp_path)
+    monkeypatch.setattr(weights, "REHASH_LIMIT", 0)  # every file counts as large (GBs, like PickScore)
+    real_sha256 = weights.file_sha256
+    monkeypatch.setattr(weights, "file_sha256", lambda path: pytest.fail(f"{path} was hashed again"))
+    assert pinned_head(source, tmp_path) == cached  # untouched: no hashing
+    monkeypatch.setattr(weights, "file_sha256", real_sha256)
+    stat = cached.stat()
+    _flip_last_byte(cached)
+    os.utime(cached, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    with pytest.raises(ScorerError, match=CHANGED):
+        pinned_head(source, tmp_path)
+
+
+_STALLED_FETCH = """
+import sys, time
+from pathlib import Path
+from bayes_merger.scoring import weights
+
+def stalled(url, dest):  # a fetch that never finishes; no network is touched
+    dest.write_bytes(b"x" * 100_000)
+    print(dest, flush=True)
+    time.sleep(600)
+
+source = weights.HeadSource("random", "random test head", "http://127.0.0.1:9/none", sys.argv[2], sys.argv[3])
+weights.pinned_head(source, Path(sys.argv[1]), download=stalled)
+"""
+
+
+def _start_stalled_fetch(source: weights.HeadSource, cache: Path) -> tuple[subprocess.Popen[str], Path]:
+    """Another process fetching ``source`` into ``cache``, stopped halfway; returns it and its temporary file."""
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    process = subprocess.Popen(
+        [sys.executable, "-c", _STALLED_FETCH, str(cache), source.sha256, source.filename],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    line = process.stdout.readline().strip()
+    if not line:
+        process.kill()
+        pytest.fail(f"the stalled fetch did not start: {process.communicate()[1]}")
+    part = Path(line)
+    assert part.parent == cache and part.name == f".{source.filename}.{process.pid}.tmp"
+    return process, part
+
+
+def test_the_file_of_a_killed_download_is_removed_by_the_next_download(
+    tmp_path: Path, file_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = _random_pinned_source(tmp_path)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    process, part = _start_stalled_fetch(source, cache)
+    os.kill(process.pid, signal.SIGKILL)  # killed mid-download: no finally, no clean-up of its own
+    process.communicate()
+    assert part.is_file()
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    with file_server(tmp_path / "src") as server:
+        cached = pinned_head(_served(source, server.url(source.filename)), cache)
+    assert not part.exists()
+    assert sorted(p.name for p in cache.iterdir()) == [cached.name, cached.name + ".sha256"]
+
+
+def test_the_file_another_process_is_downloading_now_is_left_alone(
+    tmp_path: Path, file_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = _random_pinned_source(tmp_path)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    process, part = _start_stalled_fetch(source, cache)
+    try:
+        monkeypatch.delenv("HF_HUB_OFFLINE")
+        with file_server(tmp_path / "src") as server:
+            cached = pinned_head(_served(source, server.url(source.filename)), cache)
+        assert converted_from(cached) == source.sha256
+        assert part.is_file() and part.stat().st_size == 100_000  # still there, as its writer left it
+        assert process.poll() is None
+    finally:
+        process.kill()
+        process.communicate()
 
 
 def test_a_local_head_for_laion_must_be_the_published_file(tmp_path: Path) -> None:
