@@ -113,6 +113,20 @@ def test_a_checkpoint_dir_comfyui_does_not_scan_is_an_error_before_the_first_mer
     assert list(elsewhere.iterdir()) == []
 
 
+def test_the_write_probe_never_writes_through_a_link_planted_at_its_name(file_client, fake_comfyui, tmp_path):
+    precious = b"the victim's own file\n"
+    victim = tmp_path / "home" / "notes.txt"
+    victim.parent.mkdir()
+    victim.write_bytes(precious)
+    planted = fake_comfyui.checkpoint_dir / "bayes-merger" / "bm-run1-probe.safetensors"
+    planted.symlink_to(victim)  # what another user who can write the folder can plant
+    with pytest.raises(ConfigError, match="bm-run1-probe.safetensors is already there and is not a file of ours"):
+        file_client.check_checkpoint_dir()
+
+    assert victim.read_bytes() == precious
+    assert not fake_comfyui.requests_to("/models/checkpoints")  # refused before ComfyUI was asked to list it
+
+
 def test_models_comfyui_does_not_list_are_an_error_before_the_first_trial(comfy_config, tmp_path):
     with ComfyUIClient(comfy_config(), "run1", handoff="graph", arch=SD1, model_a=tmp_path / "a.safetensors",
                        model_b=tmp_path / "other.safetensors") as client:
@@ -121,10 +135,20 @@ def test_models_comfyui_does_not_list_are_an_error_before_the_first_trial(comfy_
 
 
 def test_models_can_be_named_as_comfyui_lists_them(comfy_config, fake_comfyui, tmp_path):
+    """The files here (x, y) are not listed: the configured names are what the graph loads, A as A."""
     config = comfy_config(comfyui_model_a="a.safetensors", comfyui_model_b="b.safetensors")
     with ComfyUIClient(config, "run1", handoff="graph", arch=SD1, model_a=tmp_path / "x.safetensors",
                        model_b=tmp_path / "y.safetensors") as client:
         client.check_checkpoint_dir()
+        client.load_weights(BlockWeights.uniform(SD1.blocks, 0.3), trial=0)
+        assert len(client.txt2img(PAYLOAD).images) == 1
+
+    [post] = fake_comfyui.requests_to("/prompt", "POST")
+    graph = post.body["prompt"]
+    [merge] = [node for node in graph.values() if node["class_type"] == "ModelMergeSD1"]
+    loaded = [graph[merge["inputs"][model][0]]["inputs"]["ckpt_name"] for model in ("model1", "model2")]
+    assert loaded == ["a.safetensors", "b.safetensors"]  # model1 is A
+    assert sorted(fake_comfyui.loaded) == ["a.safetensors", "b.safetensors"]
 
 
 def listed_also_as(fake_comfyui, tiny_models, *names):

@@ -328,7 +328,9 @@ def lost_answer_of(api: ComfyApi) -> str | None:
 
 
 def test_which_failed_posts_may_have_reached_comfyui(comfy_config, fake_comfyui):
-    api = ComfyApi(comfy_config(read_timeout=0.2))
+    # 2 s: the answers below (a 400, 503s, a 504, drops) come in time on a busy machine; only the
+    # delayed POST is slow, and the stop() after it ends that delay
+    api = ComfyApi(comfy_config(read_timeout=2.0))
     assert lost_answer_of(api) is None  # its 400: the answer itself
     fake_comfyui.fail_next(3, status=503, path="/prompt")
     assert lost_answer_of(api) is None  # ComfyUI (or a proxy) said it did not run it
@@ -337,7 +339,7 @@ def test_which_failed_posts_may_have_reached_comfyui(comfy_config, fake_comfyui)
     for fault in (fake_comfyui.drop_next, fake_comfyui.drop_after_next):
         fault(1, path="/prompt")
         assert lost_answer_of(api) == "dropped"
-    fake_comfyui.delay("/prompt", 2.0, "POST")
+    fake_comfyui.delay("/prompt", 30.0, "POST")
     assert lost_answer_of(api) == "timeout"
     fake_comfyui.stop()
     assert lost_answer_of(api) is None  # refused: nothing reached it, so it stays a plain connection error

@@ -108,9 +108,9 @@ def test_an_identical_prompt_is_all_cached_and_a_restart_forgets_everything(fake
     for prompt_id in ("one", "two"):
         requests.post(fake_comfyui.url + "/prompt", json={"prompt": prompt(), "prompt_id": prompt_id})
     fake_comfyui.wait_for_requests("/prompt", 2)
-    deadline = time.monotonic() + 5
-    while len(fake_comfyui.history) < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    fake_comfyui.wait_until_idle()  # both ran; a TimeoutError after 5 s otherwise
+    assert sorted(fake_comfyui.history) == ["one", "two"]
+    assert len(fake_comfyui.executed) == 2 and fake_comfyui.executed[0]  # the first ran its nodes
     assert fake_comfyui.executed[1] == []  # nothing re-ran
     fake_comfyui.restart()
     assert requests.get(fake_comfyui.url + "/history").json() == {}
@@ -147,10 +147,11 @@ def _two_identical_prompts(fake_comfyui, clock):
     times = []
     for prompt_id in ("one", "two"):
         start = clock()
-        requests.post(fake_comfyui.url + "/prompt", json={"prompt": prompt(), "prompt_id": prompt_id})
-        while prompt_id not in fake_comfyui.history:
-            time.sleep(0.01)
+        answer = requests.post(fake_comfyui.url + "/prompt", json={"prompt": prompt(), "prompt_id": prompt_id})
+        assert answer.status_code == 200
+        fake_comfyui.wait_until_idle()  # the prompt ran and its history is written; a TimeoutError after 5 s
         times.append(clock() - start)
+        assert fake_comfyui.history[prompt_id]["status"]["status_str"] == "success"
     return times
 
 

@@ -281,11 +281,18 @@ def test_a_legacy_sampler_with_its_scheduler_in_the_name_is_accepted_and_renders
     assert generation.info["sampler_name"] == "DPM++ 2M"  # split, as A1111 does, not a fallback to Euler
 
 
+@pytest.mark.parametrize("fake_webui", ALL_MODES, indirect=True)
 def test_a_scheduler_the_webui_lacks_is_refused_and_sdnext_which_has_none_is_not_asked(fake_webui, webui_config):
     with WebUIClient(webui_config(), "run1") as client:
         client.check_payloads([_Payload("ok", scheduler="karras"), _Payload("label", scheduler="Karras")])
-        with pytest.raises(ConfigError, match=r"no scheduler 'karas' \(did you mean 'karras'\?\)"):
+        if fake_webui.mode == "sdnext":  # no /schedulers: a scheduler field cannot be checked, so none is refused
             client.check_payloads([_Payload("typo", scheduler="karas")])
+        else:
+            with pytest.raises(ConfigError, match=r"no scheduler 'karas' \(did you mean 'karras'\?\)"):
+                client.check_payloads([_Payload("typo", scheduler="karas")])
+
+    listed = [r.status for r in fake_webui.requests_to("/sdapi/v1/schedulers")]
+    assert listed and set(listed) == ({404} if fake_webui.mode == "sdnext" else {200})
 
 
 @pytest.mark.parametrize("fake_webui", ["sdnext"], indirect=True)

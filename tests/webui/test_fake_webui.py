@@ -6,9 +6,11 @@ import base64
 import io
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,6 +24,7 @@ from safetensors.torch import save_file
 
 from bayes_merger.testing.fake_txt2img import model_features, render
 from bayes_merger.testing.fake_webui import FakeWebUI
+from bayes_merger.testing.models import make_checkpoint
 
 API = "/sdapi/v1"
 KEYS = ("model.diffusion_model.input_blocks.4.1.proj_in.weight", "model.diffusion_model.middle_block.0.in_layers.2.weight",
@@ -220,9 +223,8 @@ def test_constants_every_model_shares_do_not_swamp_the_difference_between_models
 
 @pytest.mark.parametrize("arch", ["sd1", "sd2", "sdxl"])
 def test_tiny_checkpoints_of_every_layout_render_distinct_pictures(fake_webui, arch):
-    models = pytest.importorskip("bayes_merger.testing.models")
-    models.make_checkpoint(fake_webui.checkpoint_dir / "a.safetensors", arch, seed=1)
-    models.make_checkpoint(fake_webui.checkpoint_dir / "b.ckpt", arch, seed=2)
+    make_checkpoint(fake_webui.checkpoint_dir / "a.safetensors", arch, seed=1)
+    make_checkpoint(fake_webui.checkpoint_dir / "b.ckpt", arch, seed=2)
     fake_webui.restart()
     first = generate(fake_webui)[0][0]
     post(fake_webui, "/options", {"sd_model_checkpoint": "b"}).raise_for_status()
@@ -290,6 +292,13 @@ def test_a_delay_for_one_method_leaves_the_others_alone_and_in_all_counts_the_se
     assert fake_webui.loaded_model == "b.safetensors"
 
 
+def _read_lines(stream, into: queue.Queue) -> None:
+    """Put each line of ``stream`` into ``into``, then "" at its end."""
+    for line in iter(stream.readline, ""):
+        into.put(line)
+    into.put("")
+
+
 def test_the_command_line_server_runs_until_sigterm(tmp_path):
     tiny(tmp_path / "models" / "m.safetensors", 1)
     process = subprocess.Popen(
@@ -297,11 +306,20 @@ def test_the_command_line_server_runs_until_sigterm(tmp_path):
          "--port", "0", "--mode", "forge", "--api-auth", "u:p"],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+    lines: queue.Queue[str] = queue.Queue()
+    # a thread reads stderr to its end (so the pipe never fills); the test waits on the queue, with a deadline
+    reader = threading.Thread(target=_read_lines, args=(process.stderr, lines), daemon=True)
+    reader.start()
     try:
-        line = ""
+        deadline = time.monotonic() + 60
+        line, seen = "", []
         while "serving http://" not in line:
-            line = process.stderr.readline()
-            assert line, "the server exited before serving"
+            try:
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail(f"no 'serving http://' line from the server within 60 s; it wrote: {''.join(seen)!r}")
+            assert line, f"the server exited before serving; it wrote: {''.join(seen)!r}"
+            seen.append(line)
         url = line.split("serving ", 1)[1].split(",", 1)[0]
         response = requests.get(url + API + "/sd-models", auth=("u", "p"), timeout=5)
         assert [m["title"] for m in response.json()] == ["m.safetensors"]
@@ -310,4 +328,5 @@ def test_the_command_line_server_runs_until_sigterm(tmp_path):
     finally:
         process.kill()
         process.wait()
+        reader.join(timeout=10)  # the pipe's end comes with the process's
         process.stderr.close()
