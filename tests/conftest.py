@@ -1,13 +1,30 @@
-"""Fixtures shared by the whole suite: a running fake WebUI and a client config pointing at it."""
+"""Fixtures shared by the whole suite: tiny SD1 models and a tiny scorer, a running fake WebUI and a
+client config pointing at it."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 
 from bayes_merger.config import WebUIConfig
 from bayes_merger.testing.fake_webui import FakeWebUI
+from bayes_merger.testing.models import make_checkpoint
+from bayes_merger.testing.tiny_clip import make_tiny_clip, make_tiny_head
+
+
+@pytest.fixture(scope="session")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two tiny SD1 checkpoints (with the real key names) and a tiny CLIP + head, made once, by the
+    names of the config keys they are for."""
+    root = tmp_path_factory.mktemp("assets")
+    return {
+        "model_a": make_checkpoint(root / "a.safetensors", "sd1", seed=1),
+        "model_b": make_checkpoint(root / "b.safetensors", "sd1", seed=2),
+        "scorer.clip": make_tiny_clip(root / "clip"),
+        "scorer.head": make_tiny_head(root / "head.safetensors"),
+    }
 
 
 @pytest.fixture

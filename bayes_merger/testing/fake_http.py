@@ -21,6 +21,14 @@ from urllib.parse import urlsplit
 logger = logging.getLogger(__name__)
 
 
+def free_port() -> int:
+    """A port on 127.0.0.1 nothing listens on now (the system's pick): for a server started in another
+    process, or an address where nothing answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @dataclass(frozen=True)
 class RecordedRequest:
     """One request the server answered: ``status`` is None when the connection was dropped."""

@@ -11,7 +11,6 @@ import tempfile
 import pytest
 
 from bayes_merger.testing.fake_webui import FakeWebUI
-from tests.loop.conftest import assets  # noqa: F401 - the same tiny SD1 models and scorer as the loop's tests
 
 
 @pytest.fixture(scope="session")

@@ -15,18 +15,15 @@ from bayes_merger.config import WebUIConfig
 from bayes_merger.merge.arch import architecture
 from bayes_merger.renderers.comfyui import ComfyUIClient
 from bayes_merger.testing.fake_comfyui import FakeComfyUI
-from bayes_merger.testing.models import make_checkpoint
 
 PAYLOAD = {"prompt": "a red boat", "negative_prompt": "blurry", "seed": 7, "steps": 3, "width": 64, "height": 64,
            "sampler_name": "Euler a"}
 
 
 @pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-sd1")
-    make_checkpoint(folder / "a.safetensors", "sd1", seed=1)
-    make_checkpoint(folder / "b.safetensors", "sd1", seed=2)
-    return folder
+def tiny_models(assets: dict[str, Path]) -> Path:
+    """The folder of the suite's tiny SD1 pair, a.safetensors and b.safetensors."""
+    return assets["model_a"].parent
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import pytest
 import requests
 
 from bayes_merger.files import atomic_write_text
+from bayes_merger.testing.fake_http import free_port
 
 from test_cli_run import REPO, _args, _cli, _only_run, _trials
 
@@ -48,9 +48,7 @@ class _PixelMean:
 @pytest.fixture
 def webui_process(tmp_path):
     """The fake WebUI in a process of its own, as a real WebUI is: our RSS is then bayes-merger's alone."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     folder = tmp_path / "webui-models"
     server = subprocess.Popen([sys.executable, "-m", "bayes_merger.testing.fake_webui", "--checkpoint-dir", str(folder),
                                "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -305,8 +303,8 @@ def _full_disk_at_the_best_merge(monkeypatch):
     original = safetensors_file.atomic_path
 
     @contextmanager
-    def atomic_path(path, tmp=None):
-        with original(path, tmp) as temporary:
+    def atomic_path(path, tmp=None, **options):
+        with original(path, tmp, **options) as temporary:
             yield temporary
             if Path(path).name == "best.safetensors":
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -28,6 +28,7 @@ import pytest
 
 from bayes_merger.overnight.settings import Failure, deadline_from, hydra_value, load_env_file, night_of, parse_sections
 from bayes_merger.run_folder import unfinished
+from bayes_merger.testing.fake_http import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable  # the virtual environment's: bayes-merger lies beside it
@@ -85,27 +86,6 @@ except KeyboardInterrupt:
 '''
 
 
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Two tiny SD1 checkpoints and a tiny CLIP + head, made once for the module."""
-    from bayes_merger.testing.models import make_checkpoint
-    from bayes_merger.testing.tiny_clip import make_tiny_clip, make_tiny_head
-
-    folder = tmp_path_factory.mktemp("assets")
-    made = {"model_a": folder / "a.safetensors", "model_b": folder / "b.safetensors"}
-    for seed, path in enumerate(made.values(), start=1):
-        make_checkpoint(path, "sd1", seed=seed)
-    made["clip"] = make_tiny_clip(folder / "clip")
-    made["head"] = make_tiny_head(folder / "head.safetensors")
-    return made
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def port_is_free(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
@@ -154,8 +134,8 @@ class World:
               wildcards_dir: {REPO / "payloads" / "wildcards"}
             scorer:
               name: aesthetic_head
-              clip: {self.assets["clip"]}
-              head: {self.assets["head"]}
+              clip: {self.assets["scorer.clip"]}
+              head: {self.assets["scorer.head"]}
             optimiser:
               init_points: {init_points}
               n_iters: 0

@@ -11,7 +11,7 @@ import pytest
 from bayes_merger.errors import ConfigError
 from bayes_merger.overnight.processes import WebUIApi
 from bayes_merger.testing.fake_comfyui import FakeComfyUI
-from tests.overnight.test_overnight import PYTHON, World, assets, finished, trials  # noqa: F401 (assets: a fixture)
+from tests.overnight.test_overnight import PYTHON, World, finished, trials
 
 PROMPTS_PER_TRIAL = 4  # payloads/demo.yaml: two payloads of two images, one prompt an image
 

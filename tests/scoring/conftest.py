@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from bayes_merger.scoring import weights
+from bayes_merger.testing.fake_http import free_port
 from bayes_merger.testing.tiny_clip import make_tiny_clip
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
@@ -101,12 +102,7 @@ def file_server() -> Iterator[type[FileServer]]:
 @pytest.fixture
 def closed_port_url() -> str:
     """A 127.0.0.1 URL nothing listens on: the download fails at once, like a machine offline."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/missing.pth"
+    return f"http://127.0.0.1:{free_port()}/missing.pth"
 
 
 def _make_images(count: int, size: tuple[int, int] = (96, 64), seed: int = 0) -> list[Image.Image]:
