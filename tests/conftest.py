@@ -3,6 +3,8 @@ client config pointing at it."""
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -56,3 +58,23 @@ def webui_config(fake_webui: FakeWebUI) -> Callable[..., WebUIConfig]:
         return WebUIConfig(**values)
 
     return make
+
+
+@pytest.fixture
+def syncs_and_renames(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, object]]:
+    """os.fsync and os.replace, recorded in order: ("sync", inode of a file or "folder"), ("rename", name)."""
+    events: list[tuple[str, object]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        found = os.fstat(fd)
+        events.append(("sync", found.st_ino if stat.S_ISREG(found.st_mode) else "folder"))
+        real_fsync(fd)
+
+    def replace(src, dst) -> None:
+        events.append(("rename", Path(dst).name))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return events

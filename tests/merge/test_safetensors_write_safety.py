@@ -3,8 +3,6 @@ that is kept (best.safetensors), synced to the disk before it replaces the old f
 
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 
 import pytest
@@ -64,28 +62,9 @@ def test_a_stale_temporary_file_of_ours_is_replaced_as_before(tmp_path: Path) ->
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
 
 
-def _record_syncs_and_renames(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, object]]:
-    """os.fsync and os.replace, recorded in order: ("sync", inode of a file or "folder"), ("rename", name)."""
-    events: list[tuple[str, object]] = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd: int) -> None:
-        found = os.fstat(fd)
-        events.append(("sync", found.st_ino if stat.S_ISREG(found.st_mode) else "folder"))
-        real_fsync(fd)
-
-    def replace(src, dst) -> None:
-        events.append(("rename", Path(dst).name))
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "replace", replace)
-    return events
-
-
 def test_a_durable_save_syncs_the_file_before_the_rename_and_a_trials_merge_does_not_sync(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    events = _record_syncs_and_renames(monkeypatch)
+        tmp_path: Path, syncs_and_renames: list[tuple[str, object]]) -> None:
+    events = syncs_and_renames
     tensors = {"model.diffusion_model.x": torch.ones(4)}
 
     save_state_dict(tensors, tmp_path / "bm-run1-t0001.safetensors")  # a trial's throwaway merge

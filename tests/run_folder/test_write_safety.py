@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from pathlib import Path
 
 import pytest
@@ -41,22 +40,9 @@ def test_a_link_planted_at_the_temporary_name_of_an_atomic_write_is_refused(
     assert path.read_text() == "first\n"
 
 
-def test_run_json_is_synced_before_it_is_renamed_into_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    events: list[tuple[str, object]] = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd: int) -> None:
-        found = os.fstat(fd)
-        events.append(("sync", found.st_ino if stat.S_ISREG(found.st_mode) else "folder"))
-        real_fsync(fd)
-
-    def replace(src, dst) -> None:
-        events.append(("rename", Path(dst).name))
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "replace", replace)
-
+def test_run_json_is_synced_before_it_is_renamed_into_place(
+        tmp_path: Path, syncs_and_renames: list[tuple[str, object]]) -> None:
+    events = syncs_and_renames
     write_run_info(tmp_path, {"best_saved_trial": 7})
 
     path = tmp_path / "run.json"

@@ -242,37 +242,28 @@ def _start_stalled_fetch(source: weights.HeadSource, cache: Path) -> tuple[subpr
     return process, part
 
 
-def test_the_file_of_a_killed_download_is_removed_by_the_next_download(
-    tmp_path: Path, file_server, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    source = _random_pinned_source(tmp_path)
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    process, part = _start_stalled_fetch(source, cache)
-    os.kill(process.pid, signal.SIGKILL)  # killed mid-download: no finally, no clean-up of its own
-    process.communicate()
-    assert part.is_file()
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    with file_server(tmp_path / "src") as server:
-        cached = pinned_head(_served(source, server.url(source.filename)), cache)
-    assert not part.exists()
-    assert sorted(p.name for p in cache.iterdir()) == [cached.name, cached.name + ".sha256"]
-
-
-def test_the_file_another_process_is_downloading_now_is_left_alone(
-    tmp_path: Path, file_server, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("killed", [True, False], ids=["killed", "still-downloading"])
+def test_a_download_left_by_a_killed_process_is_removed_by_the_next_and_a_live_ones_is_not(
+    tmp_path: Path, file_server, monkeypatch: pytest.MonkeyPatch, killed: bool
 ) -> None:
     source = _random_pinned_source(tmp_path)
     cache = tmp_path / "cache"
     cache.mkdir()
     process, part = _start_stalled_fetch(source, cache)
     try:
+        if killed:
+            os.kill(process.pid, signal.SIGKILL)  # killed mid-download: no finally, no clean-up of its own
+            process.communicate()
+            assert part.is_file()
         monkeypatch.delenv("HF_HUB_OFFLINE")
         with file_server(tmp_path / "src") as server:
             cached = pinned_head(_served(source, server.url(source.filename)), cache)
         assert converted_from(cached) == source.sha256
-        assert part.is_file() and part.stat().st_size == 100_000  # still there, as its writer left it
-        assert process.poll() is None
+        if killed:
+            assert sorted(p.name for p in cache.iterdir()) == [cached.name, cached.name + ".sha256"]
+        else:
+            assert part.is_file() and part.stat().st_size == 100_000  # still there, as its writer left it
+            assert process.poll() is None
     finally:
         process.kill()
         process.communicate()
