@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_scorers.py [--images 16] [--width 256] [--layers 4]
 
 No real weights are downloaded: each scorer runs on a random model of its real class and key
-layout (CLIP for laion, ViT-H/14-shaped CLIP for pickscore and hpsv2, SigLIP for aesthetic_v25) at
+layout (ViT-H/14-shaped CLIP for pickscore and hpsv2, SigLIP for aesthetic_v25) at
 the given width and depth, at the real input size (224, or 384 for SigLIP), loaded through the
 scorer's real loader. "bare" is the model's forward pass alone on already-preprocessed tensors, in
 the same batches; "overhead" = bare images/s ÷ scorer images/s (1.00: the scorer adds nothing).

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import resource
 import sys
 import tempfile
@@ -105,6 +106,9 @@ def main() -> None:
         size = assets["model_a"].stat().st_size / 1e9
         results = []
         for name in args.configs:
+            # each configuration starts with the disk's write-back done: the models just written (GBs),
+            # or the last configuration's merges, would otherwise slow the first writes of the next
+            os.sync()
             if name in trial_comfyui.COMFYUI_CONFIGS:
                 log.info("%s: a fake ComfyUI, hand-off %s …", name, trial_comfyui.COMFYUI_CONFIGS[name])
                 results.append(trial_comfyui.run_comfyui_config(name, work, args, assets, STAGES))
