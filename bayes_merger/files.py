@@ -24,14 +24,17 @@ from typing import IO, Any, Iterator, Mapping
 from bayes_merger.errors import BayesMergerError, StorageError
 
 __all__ = ["ForeignFile", "Locked", "atomic_path", "atomic_write_text", "file_sha256", "load_torch_weights",
-           "open_new", "os_error", "pid_lock", "remove_dead_temp_files", "storage_errors", "temp_file_writer"]
+           "open_new", "os_error", "pid_lock", "remove_dead_temp_files", "storage_errors", "temp_file_writer",
+           "temp_path"]
 
 _log = logging.getLogger(__name__)
 
 _HIDDEN_TMP = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.tmp$")
 
 
-def _hidden_tmp(path: Path) -> Path:
+def temp_path(path: Path) -> Path:
+    """Where this process writes ``path`` before it is complete: ``.NAME.<pid>.tmp`` beside it (``temp_file_writer``
+    reads the pid back, so one a killed writer left is known as such: ``remove_dead_temp_files``)."""
     # hidden and not ending like the target: nothing that lists the folder picks up a half-written file
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
@@ -103,7 +106,7 @@ def atomic_path(path: Path | str, tmp: Path | None = None, *, durable: bool = Fa
     the rename, so the rename survives a power loss too (the caller syncs the file before it).
     """
     path = Path(path)
-    tmp = _hidden_tmp(path) if tmp is None else Path(tmp)
+    tmp = temp_path(path) if tmp is None else Path(tmp)
     try:
         yield tmp
         os.replace(tmp, path)

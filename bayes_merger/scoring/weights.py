@@ -47,7 +47,7 @@ from safetensors.torch import load_file, save_file
 
 from bayes_merger.errors import ScorerError
 from bayes_merger.files import (atomic_path, atomic_write_text, file_sha256, load_torch_weights, open_new,
-                                remove_dead_temp_files)
+                                remove_dead_temp_files, temp_path)
 
 log = logging.getLogger(__name__)
 
@@ -230,9 +230,8 @@ def check_cached(path: Path) -> None:
 
 @contextmanager
 def _temp_beside(path: Path) -> Iterator[Path]:
-    """A new hidden ``.<name>.<pid>.tmp`` beside ``path`` to write, removed after the block: named as
-    ``files.atomic_path`` names its files, so one a killed process left is known by its pid."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """``files.temp_path(path)`` to write, removed after the block: one a killed process left is known by its pid."""
+    tmp = temp_path(path)
     try:
         yield tmp
     finally:
