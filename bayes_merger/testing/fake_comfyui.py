@@ -77,6 +77,7 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
         self._execution_gate.set()
         self._execution_faults: list[dict[str, Any]] = []
         self._ws_drops: list[list[Any]] = []  # [event type, remaining]
+        self._ws_filing_delay = 0.0  # file_websockets_late
         self._image_counter = 0
         self.frees: list[dict[str, Any]] = []
         self._free_flags: dict[str, bool] = {}  # those of /free not yet applied (a prompt was running)
@@ -161,6 +162,11 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
         """Drop the prompt's websocket instead of sending its next ``count`` events of type ``event``."""
         with self._lock:
             self._ws_drops.append([event, count])
+
+    def file_websockets_late(self, seconds: float) -> None:
+        """A busy server: each new websocket is filed under its client id (from then on it gets that client's
+        events, and its first ``status``) ``seconds`` after the handshake's 101."""
+        self._ws_filing_delay = seconds
 
     def hold_execution(self) -> threading.Event:
         """Queued prompts wait (after execution_start) until the returned event is set, or an interrupt
@@ -373,6 +379,7 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
         # of HTTP connections would end it (a timed-out socket file cannot be read again); stop() and
         # drops shut the connection down, which ends the read
         handler.connection.settimeout(None)
+        time.sleep(self._ws_filing_delay)  # a fault: a busy server between the handshake and filing the socket
         with self._records_changed:
             self._records.append(RecordedRequest("GET", "/ws", {"clientId": client_id}, 101))
             self._records_changed.notify_all()

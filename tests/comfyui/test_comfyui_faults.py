@@ -381,3 +381,13 @@ def test_a_merge_file_is_confirmed_by_what_comfyui_reports_it_rendered(file_clie
     monkeypatch.setattr(fake_comfyui, "_route", rewrite_history)
     with pytest.raises(WebUIError, match="another model than the one sent"):
         file_client.txt2img(PAYLOAD)
+
+
+def test_a_prompt_is_posted_only_once_comfyui_has_filed_our_websocket(graph_client, fake_comfyui, caplog):
+    # a busy ComfyUI answers the handshake before it files the socket under our client id: events sent
+    # meanwhile reach no one, and a prompt posted at once would have its images taken for lost
+    fake_comfyui.file_websockets_late(0.5)
+    graph_client.load_weights(WEIGHTS, trial=0)
+    assert len(graph_client.txt2img(PAYLOAD).images) == 1
+    assert prompt_posts(fake_comfyui) == [200]
+    assert "websocket dropped" not in caplog.text

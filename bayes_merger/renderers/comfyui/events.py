@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 from typing import Any
 from urllib.parse import quote
 
@@ -40,7 +41,13 @@ class EventStream:
         return self._ws is not None and self._ws.connected
 
     def connect(self) -> None:
-        """Open the socket if it is not open; WebUIConnectionError when it cannot be."""
+        """Open the socket if it is not open, and wait for ComfyUI's first ``status`` message; WebUIConnectionError
+        when it cannot be opened.
+
+        ComfyUI sends that message once it has filed the socket under our client id, and only then are the
+        events of our prompts sent to it: a prompt posted between the handshake and that moment (a busy
+        server) would run with its events sent to no one, and its images taken for lost.
+        """
         if self.connected:
             return
         self.close()
@@ -51,6 +58,11 @@ class EventStream:
             raise WebUIConnectionError(
                 f"Could not open ComfyUI's websocket {self.url.split('?')[0]} ({_words(exc)}); is it running?"
             ) from exc
+        deadline = time.monotonic() + self._connect_timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            message = self.next(remaining)
+            if message is None or message.get("type") == "status":
+                break  # a server that sends no status within the connect timeout is not waited for longer
         logger.debug("ComfyUI websocket open for client %s", self.client_id)
 
     def next(self, timeout: float) -> dict[str, Any] | None:
