@@ -26,7 +26,7 @@ class MergeConfig:
     # keep only UNet, VAE and text-encoder keys in saved files (drops EMA and other extras)
     prune: bool = True
     # precision the models are held and merged in (fp16, bf16, fp32); None keeps model A's
-    # (fp16 halves the memory of fp32 checkpoints)
+    # (fp16 halves the memory of fp32 checkpoints); a bf16 A saved as fp16 is held in fp16
     load_dtype: Optional[str] = None
 
 

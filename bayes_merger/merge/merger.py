@@ -55,6 +55,22 @@ from bayes_merger.merge.weights import BlockWeights, layout_label
 log = logging.getLogger(__name__)
 
 
+def held_dtype(a_dtype: torch.dtype, load_dtype: torch.dtype | None, save_dtype: torch.dtype | None) -> torch.dtype:
+    """The precision a key is held and merged in: ``merge.load_dtype``, else model A's.
+
+    Except that a bf16 A saved as fp16 is held in fp16, in the same memory: bf16 keeps 3 fewer bits
+    than fp16, so a bf16 merge saved as fp16 had only bf16's precision, B's fp16 values rounded
+    to bf16 before the merge and the merge rounded again.
+    """
+    if not a_dtype.is_floating_point:
+        return a_dtype
+    if load_dtype is not None:
+        return load_dtype
+    if a_dtype == torch.bfloat16 and save_dtype == torch.float16:
+        return torch.float16
+    return a_dtype
+
+
 def _fewer_channels(shape: tuple[int, ...], a_shape: tuple[int, ...]) -> bool:
     """A convolution like A's but with fewer input channels (a normal model beside an inpainting A)."""
     return len(shape) == 4 == len(a_shape) and shape[1] <= a_shape[1] and (shape[0], *shape[2:]) == (a_shape[0], *a_shape[2:])
@@ -167,7 +183,7 @@ class Merger:
         self.device: torch.device = resolve_device(config.device, "merge device")
 
         plan, partial = self._plan(inputs.infos)
-        self._load(inputs.infos, plan, partial, parse_dtype(config.load_dtype))
+        self._load(inputs.infos, plan, partial, parse_dtype(config.load_dtype), parse_dtype(config.dtype))
         self._hashes: dict[str, str] = {}
         self._weights: BlockWeights | None = None
 
@@ -232,12 +248,10 @@ class Merger:
         plan: Mapping[str, int],
         partial: Mapping[str, int],
         load_dtype: torch.dtype | None,
+        save_dtype: torch.dtype | None,
     ) -> None:
-        # A's dtype per key is the dtype of the result: B and C are brought to it as they load
-        dtypes = {
-            k: (load_dtype if load_dtype is not None and v.dtype.is_floating_point else v.dtype)
-            for k, v in infos["A"].items()
-        }
+        # the held dtype per key is the dtype of the result: B and C are brought to it as they load
+        dtypes = {k: held_dtype(v.dtype, load_dtype, save_dtype) for k, v in infos["A"].items()}
         # with prune, what pruning drops (EMA copies: as large as the UNet) is never saved, so never loaded
         a_keys = [k for k in infos["A"] if is_kept_by_prune(k)] if self.config.prune else None
         log.info("Loading model A %s onto %s", self.models["A"], self.device)

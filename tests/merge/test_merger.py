@@ -34,6 +34,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
         "b": make_checkpoint(folder / "b.safetensors", seed=2, ema=True),
         "c": make_checkpoint(folder / "c.safetensors", seed=3),
         "a32": make_checkpoint(folder / "a32.safetensors", seed=1, dtype=torch.float32),
+        "a_bf16": make_checkpoint(folder / "a_bf16.safetensors", seed=1, dtype=torch.bfloat16),
         "xl_a": make_checkpoint(folder / "xl_a.safetensors", "sdxl", seed=4),
         "xl_b": make_checkpoint(folder / "xl_b.safetensors", "sdxl", seed=5),
         "inpaint": make_checkpoint(folder / "inpaint.safetensors", seed=6, variant="inpainting"),
@@ -238,6 +239,22 @@ def test_mixed_precision_inputs_merge_in_model_a_precision(models):
     assert out["model.diffusion_model.out.2.weight"].dtype == torch.float16
     out32 = Merger(models["a32"], models["b"], None, _config()).merge(BlockWeights.uniform(SD_BLOCKS, 0.5))
     assert out32["model.diffusion_model.out.2.weight"].dtype == torch.float32
+
+
+def test_a_bf16_model_saved_as_fp16_is_merged_in_fp16s_precision(models, tmp_path):
+    # held in bf16, B's fp16 values were rounded to bf16 and the merge rounded again: errors of ~2^-9
+    merger = Merger(models["a_bf16"], models["b"], None, _config(dtype="fp16"))
+    merger.merge(BlockWeights.uniform(SD_BLOCKS, 0.3))
+    saved = load_file(merger.save(tmp_path / "merged.safetensors"))
+    a, b = _tensors(models["a_bf16"]), _tensors(models["b"])
+    key = "model.diffusion_model.middle_block.1.proj_in.weight"
+    exact = a[key].double() * 0.7 + b[key].double() * 0.3
+    assert saved[key].dtype == torch.float16
+    relative = ((saved[key].double() - exact).abs() / exact.abs().clamp_min(1e-3)).max().item()
+    assert relative <= 2.0**-10, relative  # fp16's own rounding of the exact merge, twice at most
+    # saved as bf16 it stays in bf16, as before
+    kept = Merger(models["a_bf16"], models["b"], None, _config(dtype="bf16")).merge(BlockWeights.uniform(SD_BLOCKS, 0.3))
+    assert kept[key].dtype == torch.bfloat16
 
 
 def test_load_dtype_sets_the_precision_models_are_held_in(models):
