@@ -321,6 +321,34 @@ def test_a_prompt_request_that_times_out_before_comfyui_queued_it_is_not_sent_ag
     assert fake_comfyui.requests_to(f"/history/{sent_ids(fake_comfyui)[1]}", "GET")  # but looked up
 
 
+def test_a_prompt_comfyui_queues_after_its_post_timed_out_is_withdrawn_before_the_next(comfy_config, fake_comfyui,
+                                                                                      tiny_models):
+    # queued late, it would run for no one, and the redone trial's prompts would wait behind it
+    with ComfyUIClient(comfy_config(read_timeout=2.0), "run1", handoff="graph", arch=SD1,
+                       model_a=tiny_models / "a.safetensors", model_b=tiny_models / "b.safetensors") as client:
+        client.load_weights(WEIGHTS, trial=0)
+        client.txt2img(PAYLOAD)
+        release = fake_comfyui.hold("/prompt", "POST")
+        with pytest.raises(WebUIConnectionError, match="got no answer from ComfyUI within 2 s"):
+            client.txt2img(PAYLOAD)
+        gate = fake_comfyui.hold_execution()
+        release.set()  # ComfyUI queues it now
+        late = fake_comfyui.wait_until_running()
+        assert late == sent_ids(fake_comfyui)[1]
+        done: dict = {}
+        redone = threading.Thread(target=lambda: done.setdefault("generation", client.txt2img(PAYLOAD)))
+        redone.start()
+        try:
+            [interrupt] = fake_comfyui.wait_for_requests("/interrupt", 1)
+        finally:
+            gate.set()  # our own prompt runs on
+            redone.join(30)
+    assert interrupt.body == {"prompt_id": late}
+    assert {"delete": [late]} in [r.body for r in fake_comfyui.requests_to("/queue", "POST")]
+    assert fake_comfyui.history[late]["status"]["status_str"] == "error"  # interrupted
+    assert len(done["generation"].images) == 1
+
+
 def lost_answer_of(api: ComfyApi) -> str | None:
     with pytest.raises(WebUIError) as error:
         api.request("POST", "/prompt", {"prompt": {}})

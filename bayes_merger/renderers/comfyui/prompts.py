@@ -19,7 +19,8 @@ queued: after a dropped connection (ComfyUI had done with the request, or never 
 once more, under a new id, so that a first copy arriving late could not mix its events and images in;
 but only where ComfyUI has kept our id before (an older one makes its own, so the lookup proves
 nothing). After a read timeout or a 504 ComfyUI may still be about to queue it, so the error is raised
-as before.
+as before, and before each of the next few prompts it is looked up again: queued late, it would run
+for no one, ahead of the redone trial's prompts, so it is withdrawn.
 
 A prompt given up on while ComfyUI may still hold it (our wait ran out, the websocket could not be
 reopened, Ctrl-C) is taken off ComfyUI's queue and, if it runs, interrupted by its id, so a redone
@@ -45,6 +46,8 @@ logger = logging.getLogger(__name__)
 HISTORY_POLL = 5.0
 # how often one image's prompt is sent again when a dropped websocket may have lost its images
 IMAGE_ATTEMPTS = 3
+# before how many later prompts one whose POST answer was lost to a timeout or a 504 is looked up again
+LATE_PROMPT_CHECKS = 3
 # how an execution error names torch's failed allocation (torch.OutOfMemoryError, alias
 # torch.cuda.OutOfMemoryError); the last part of exception_type is compared
 OUT_OF_MEMORY = "OutOfMemoryError"
@@ -69,6 +72,9 @@ class PromptRunner:
         # whether ComfyUI has answered a POST with the prompt id we sent (older versions make their own):
         # only then does "not in /history nor /queue" prove that a prompt whose answer was lost was never queued
         self._ids_kept = False
+        # prompts whose POST lost its answer to a timeout or a 504 and that ComfyUI did not have then:
+        # id → how many more times to look for them (``_withdraw_late``)
+        self._unsettled: dict[str, int] = {}
 
     def run(self, graph: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, list[bytes]]]:
         """Run ``graph`` to its end: its prompt id, its history entry and the images its
@@ -101,6 +107,7 @@ class PromptRunner:
     def _queue(self, graph: dict[str, Any]) -> str:
         """POST ``graph`` under a new prompt id of our own; the id ComfyUI queued it under. An answer lost
         after sending is looked up by that id (see the module docstring)."""
+        self._withdraw_late()
         resent = False
         while True:
             prompt_id = str(uuid.uuid4())  # random: nothing needs it but to find the prompt again
@@ -121,7 +128,10 @@ class PromptRunner:
                     logger.warning("POST /prompt lost its answer (%s), but ComfyUI has prompt %s, so it is followed.",
                                    lost, prompt_id)
                     return prompt_id
-                if lost != "dropped" or resent or not self._ids_kept:
+                if lost != "dropped":
+                    self._unsettled[prompt_id] = LATE_PROMPT_CHECKS  # it may still be on its way to the queue
+                    raise error
+                if resent or not self._ids_kept:
                     raise error
                 logger.warning("POST /prompt lost its answer (dropped) and ComfyUI never queued prompt %s, so it is "
                                "sent once more.", prompt_id)
@@ -132,6 +142,25 @@ class PromptRunner:
                 raise WebUIError(f"POST /prompt answered without a prompt_id: {str(answer)[:120]}.")
             self._ids_kept = answered == prompt_id
             return answered
+
+    def _withdraw_late(self) -> None:
+        """Withdraw a prompt whose POST lost its answer to a timeout or a 504 and that ComfyUI has queued
+        since: it would run for no one, ahead of ours. Each is looked for before ``LATE_PROMPT_CHECKS``
+        prompts at most (a 504's request that never reaches ComfyUI is never queued)."""
+        for prompt_id, checks in list(self._unsettled.items()):
+            try:
+                known, entry = self._lookup(prompt_id)
+            except WebUIError as error:
+                logger.debug("Could not look for prompt %s, whose POST lost its answer: %s", prompt_id, error)
+                continue
+            if known and entry is None:
+                logger.warning("ComfyUI queued prompt %s late, after its POST had lost its answer, so it is withdrawn.",
+                               prompt_id)
+                self._give_up(prompt_id)
+            if known or checks <= 1:
+                del self._unsettled[prompt_id]
+            else:
+                self._unsettled[prompt_id] = checks - 1
 
     def _follow(self, prompt_id: str, savers: frozenset[str]
                 ) -> tuple[str, dict[str, Any], dict[str, list[bytes]], bool]:
