@@ -59,6 +59,9 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
         self.checkpoint_dir = Path(checkpoint_dir)
         self._own_output = None if output_dir else tempfile.TemporaryDirectory(prefix="fake-comfyui-output-")
         self.output_dir = Path(output_dir) if output_dir else Path(self._own_output.name)  # type: ignore[union-attr]
+        # ComfyUI's temp folder, where PreviewImage writes (served by /view?type=temp)
+        self._own_temp = tempfile.TemporaryDirectory(prefix="fake-comfyui-temp-")
+        self.temp_dir = Path(self._own_temp.name)
         self._classes = catalogue(self.checkpoints)
         self._executor = Executor(self._checkpoint_path, self._save_image, max_image_size)
         self._local = threading.local()
@@ -118,6 +121,7 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
     def __del__(self) -> None:
         if self._own_output is not None:
             self._own_output.cleanup()
+        self._own_temp.cleanup()
 
     # ------------------------------------------------------------------------------ inspection
 
@@ -330,9 +334,10 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
         name, subfolder = query.get("filename", ""), query.get("subfolder", "")
         if not name or ".." in Path(name).parts or ".." in Path(subfolder).parts or name.startswith("/"):
             return _Response(400, raw=b"")
-        if query.get("type", "output") != "output":
+        folders = {"output": self.output_dir, "temp": self.temp_dir}
+        if query.get("type", "output") not in folders:
             return _Response(404, raw=b"")
-        path = self.output_dir / subfolder / name
+        path = folders[query.get("type", "output")] / subfolder / name
         if not path.is_file():
             return _Response(404, raw=b"")
         kind = "image/png" if path.suffix == ".png" else "application/octet-stream"

@@ -185,18 +185,19 @@ class PromptExecution:
     def _checkpoint_path(self, name: str) -> Path:
         return self.checkpoint_dir / name
 
-    def _save_image(self, image: Any, prefix: str, prompt: dict[str, Any]) -> dict[str, str]:
+    def _save_image(self, image: Any, prefix: str, prompt: dict[str, Any], kind: str = "output") -> dict[str, str]:
+        """Write a PNG as SaveImage does (``kind`` "output") or PreviewImage ("temp": the temp folder)."""
         subfolder, _, base = prefix.rpartition("/")
         with self._lock:
             self._image_counter += 1
             counter = self._image_counter
         name = f"{base}_{counter:05d}_.png"
-        folder = self.output_dir / subfolder
+        folder = (self.output_dir if kind == "output" else self.temp_dir) / subfolder
         folder.mkdir(parents=True, exist_ok=True)
         info = PngImagePlugin.PngInfo()
         info.add_text("prompt", png_text(prompt))
         image.save(folder / name, "PNG", pnginfo=info)
-        return {"filename": name, "subfolder": subfolder, "type": "output"}
+        return {"filename": name, "subfolder": subfolder, "type": kind}
 
 
 def _is_link(value: Any) -> bool:

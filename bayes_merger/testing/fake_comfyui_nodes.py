@@ -13,6 +13,7 @@ same merge written to a file render the same picture.
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -83,6 +84,7 @@ def catalogue(checkpoints: Callable[[], list[str]]) -> dict[str, NodeClass]:
         NodeClass("SaveImage", (("images", ("IMAGE",)), ("filename_prefix", ("STRING", {"default": "ComfyUI"}))),
                   output_node=True, category="image"),
         NodeClass("SaveImageWebsocket", (("images", ("IMAGE",)),), output_node=True, category="api/image"),
+        NodeClass("PreviewImage", (("images", ("IMAGE",)),), output_node=True, category="image"),
     ]
     return {c.name: c for c in classes}
 
@@ -222,7 +224,7 @@ class Executor:
     """Runs one node at a time; ``loads`` counts checkpoint files read."""
 
     checkpoint_path: Callable[[str], Path]
-    save_image: Callable[[Any, str, dict[str, Any]], dict[str, str]]
+    save_image: Callable[..., dict[str, str]]  # (image, prefix, prompt, kind="output"): its images entry
     max_image_size: int = 64
     loads: int = 0
     loaded: list[str] = field(default_factory=list)
@@ -261,6 +263,9 @@ class Executor:
         if class_type == "SaveImage":
             saved = [self.save_image(image, str(inputs["filename_prefix"]), prompt) for image in inputs["images"]]
             return (), {"images": saved}
+        if class_type == "PreviewImage":  # ComfyUI's: a SaveImage into its temp folder, a random prefix
+            prefix = "ComfyUI_temp_" + "".join(random.choice("abcdefghijklmnopqrstupvxyz") for _ in range(5))
+            return (), {"images": [self.save_image(image, prefix, prompt, "temp") for image in inputs["images"]]}
         if class_type == "SaveImageWebsocket":
             return (), {"websocket_images": list(inputs["images"])}
         raise NodeFailure("NotImplementedError", f"the fake ComfyUI cannot run {class_type}")

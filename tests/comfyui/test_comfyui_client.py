@@ -249,3 +249,29 @@ def test_a_user_workflow_with_save_image_still_renders_and_its_files_stay_where_
     assert len(generation.images) == 1 and len(fake_comfyui.requests_to("/view")) == 1
     saved = [p for p in fake_comfyui.output_dir.rglob("*.png")]
     assert [p.relative_to(fake_comfyui.output_dir).as_posix() for p in saved] == ["bayes-merger/run1_00001_.png"]
+
+
+@pytest.mark.parametrize("outputs", [("SaveImage", "PreviewImage"), ("PreviewImage", "SaveImage"), ("PreviewImage",)],
+                         ids=["saved-and-previewed", "previewed-and-saved", "previewed-only"])
+def test_a_user_workflows_previews_are_not_scored_beside_what_it_saves(comfy_config, fake_comfyui, tiny_models,
+                                                                       tmp_path, outputs):
+    # a workflow that previews an intermediate image and saves the result: the result is the trial's image
+    import json
+
+    from bayes_merger.renderers.comfyui.graph import BUILTIN
+
+    workflow = json.loads(json.dumps(BUILTIN))
+    for node_id, class_type in zip(("7", "8"), outputs):
+        workflow[node_id] = {"class_type": class_type, "inputs": {"images": ["6", 0]}}
+        if class_type == "SaveImage":
+            workflow[node_id]["inputs"]["filename_prefix"] = "{{output}}"
+    path = tmp_path / "workflow_api.json"
+    path.write_text(json.dumps(workflow))
+    with ComfyUIClient(comfy_config(comfyui_workflow=str(path)), "run1", handoff="graph", arch=SD1,
+                       model_a=tiny_models / "a.safetensors", model_b=tiny_models / "b.safetensors") as client:
+        client.load_weights(BlockWeights.uniform(SD1.blocks, 0.3), trial=0)
+        generation = client.txt2img({**PAYLOAD, "batch_size": 2})
+
+    assert len(generation.images) == 2 and len(fake_comfyui.requests_to("/view")) == 2
+    saved = list(fake_comfyui.output_dir.rglob("*.png"))
+    assert len(saved) == (2 if "SaveImage" in outputs else 0) and len(list(fake_comfyui.temp_dir.rglob("*.png"))) == 2

@@ -3,7 +3,9 @@
 ComfyUI's ``/history`` echoes the graph it ran: its loaders' names and merge ratios must be those sent.
 The images are those ``SaveImageWebsocket`` nodes sent over the websocket (the built-in graph: no file
 in ComfyUI's output folder), else the files ``SaveImage`` nodes wrote, read back with ``GET /view``;
-a PNG's ``prompt`` text is checked like the history.
+a PNG's ``prompt`` text is checked like the history. A user's workflow may also preview intermediate
+images (``PreviewImage``: its files are of type ``temp``): those are not the trial's result and are
+not scored, unless the workflow saves nothing (then its previews are its images).
 """
 
 from __future__ import annotations
@@ -33,21 +35,23 @@ def prompt_images(entry: Mapping[str, Any], sent: Mapping[str, Any], frames: Map
                 for node_id in sorted(frames, key=lambda n: (len(n), n)) for data in frames[node_id]]
     images = []
     outputs = entry.get("outputs") or {}
-    for node_id in sorted(outputs, key=lambda n: (len(n), n)):
-        for ref in (outputs[node_id] or {}).get("images") or []:
-            params = {"filename": ref.get("filename", ""), "subfolder": ref.get("subfolder", ""),
-                      "type": ref.get("type", "output")}
-            image = decoded(view(params), f"GET /view of {params['filename']}")
-            text = getattr(image, "text", {}).get("prompt") if hasattr(image, "text") else None
-            if text:
-                try:
-                    in_png = graphs.handoff_nodes(json.loads(text))
-                except (json.JSONDecodeError, AttributeError):
-                    in_png = expected
-                if in_png != expected:
-                    raise WebUIError(f"Image {params['filename']} was rendered by another graph than the one "
-                                     f"sent ({label}); it is not scored.")
-            images.append(image.convert("RGB"))
+    refs = [ref for node_id in sorted(outputs, key=lambda n: (len(n), n))
+            for ref in (outputs[node_id] or {}).get("images") or [] if isinstance(ref, Mapping)]
+    saved = [ref for ref in refs if ref.get("type", "output") == "output"]
+    for ref in saved or refs:
+        params = {"filename": ref.get("filename", ""), "subfolder": ref.get("subfolder", ""),
+                  "type": ref.get("type", "output")}
+        image = decoded(view(params), f"GET /view of {params['filename']}")
+        text = getattr(image, "text", {}).get("prompt") if hasattr(image, "text") else None
+        if text:
+            try:
+                in_png = graphs.handoff_nodes(json.loads(text))
+            except (json.JSONDecodeError, AttributeError):
+                in_png = expected
+            if in_png != expected:
+                raise WebUIError(f"Image {params['filename']} was rendered by another graph than the one "
+                                 f"sent ({label}); it is not scored.")
+        images.append(image.convert("RGB"))
     return images
 
 
