@@ -27,6 +27,8 @@ RESOURCE = "webui"
 # there: a head on a reachable network answers in milliseconds, and ray.init itself has no timeout (for an
 # address nothing answers at it retries for many minutes, saying only "Failed to connect to GCS")
 CONNECT_TIMEOUT = 10.0
+# how long a server that accepted the connection may take to answer HTTP/2's preface before ray.init is left to judge it
+HTTP2_PROBE_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -75,14 +77,43 @@ def _check_answers(address: str) -> None:
         return  # Ray changed how it finds a local cluster: ray.init finds it, or says it finds none
     host, _, port = target.rpartition(":")
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT):
-            pass
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT) as connection:
+            answer = _first_answer(connection)
     except OSError as error:
         why = f"no answer in {CONNECT_TIMEOUT:g} s" if isinstance(error, TimeoutError) else str(error.strerror or error)
         where = f"cluster.address={address}" + ("" if target == address else f" ({target})")
         raise ConfigError(f"Nothing answers at {where}: {why[:1].lower() + why[1:]}; check that the Ray head runs "
                           "there (ray status on the head), that this is the port given to "
                           "ray start --head (6379 by default), and that this machine can reach it.") from None
+    if answer and not _is_settings_frame(answer):
+        where = f"cluster.address={address}" + ("" if target == address else f" ({target})")
+        raise ConfigError(f"Something other than a Ray head answers at {where} (a Ray head speaks gRPC, HTTP/2; this "
+                          f"answered {answer[:12]!r}): give the port given to ray start --head (6379 by default), "
+                          "not the dashboard's (8265) or a WebUI's.")
+
+
+def _first_answer(connection: socket.socket) -> bytes:
+    """The first bytes (up to a frame header's 9) a server sends after HTTP/2's connection preface; empty when
+    nothing comes in HTTP2_PROBE_TIMEOUT (then ray.init decides)."""
+    answer = b""
+    try:
+        # the client preface (RFC 9113 §3.4) and an empty SETTINGS frame
+        connection.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        connection.settimeout(HTTP2_PROBE_TIMEOUT)
+        while len(answer) < 9:
+            chunk = connection.recv(9 - len(answer))
+            if not chunk:
+                break
+            answer += chunk
+    except OSError:
+        pass
+    return answer
+
+
+def _is_settings_frame(answer: bytes) -> bool:
+    """Whether ``answer`` begins as an HTTP/2 server's preface must (RFC 9113 §3.4): a SETTINGS frame (type 4)
+    on stream 0. A web server answers the preface in HTTP/1 ("HTTP/1.1 400 …", or a bare error page)."""
+    return len(answer) >= 9 and answer[3] == 4 and answer[5:9] == b"\x00\x00\x00\x00"
 
 
 def _head_address(address: str) -> str | None:

@@ -66,6 +66,27 @@ def test_a_ray_head_nothing_answers_at_is_one_sentence_and_exit_2(assets, fake_w
     assert not fake_webui.requests
 
 
+@pytest.mark.usefixtures("no_ray_init")
+def test_a_web_server_at_the_ray_heads_address_is_one_sentence_and_exit_2(assets, fake_webui, tmp_path, caplog):
+    # the dashboard's port (8265) or a WebUI's given for the head's: ray.init would retry it for many minutes
+    other = fake_webui.url.split("//", 1)[1]
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"cluster.address={other}")) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith(f"Something other than a Ray head answers at cluster.address={other} "
+                                                     "(a Ray head speaks gRPC, HTTP/2; this answered b'"), errors
+    assert errors[0].endswith("give the port given to ray start --head (6379 by default), not the dashboard's (8265) "
+                              "or a WebUI's.")
+    assert not fake_webui.requests  # its 505 to the preface is no API request
+
+
+def test_a_ray_head_answers_http2s_preface_with_its_settings(ray_cluster):
+    # the probe's premise, on a real head: gRPC's first frame is SETTINGS (type 4), never an HTTP/1 answer
+    target = connect._head_address(ray_cluster.get_runtime_context().gcs_address)
+    host, _, port = target.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=5) as connection:
+        assert connect._is_settings_frame(connect._first_answer(connection))
+
+
 @pytest.fixture
 def webuis(start_webuis):
     """Two fake WebUIs, the two of the local Ray instance's host."""
@@ -103,3 +124,14 @@ def test_a_host_that_left_the_cluster_before_its_actor_started_is_a_lost_host(as
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert errors == [f"The host of {webuis[0].url}@10.0.0.9 is gone (ActorUnschedulableError)."]
     assert not webuis[0].requests
+
+
+@pytest.mark.parametrize("answer, settings", [
+    (b"\x00\x00\x12\x04\x00\x00\x00\x00\x00", True),  # gRPC's: SETTINGS, 18 bytes of parameters, stream 0
+    (b"HTTP/1.1 400 Bad Request\r\n", False),  # uvicorn's, aiohttp's (the dashboard), nginx's
+    (b"<!DOCTYPE HTML>\n", False),  # Python's http.server: an HTTP/0.9 error page
+    (b"\x00\x00\x08\x07\x00\x00\x00\x00\x00", False),  # GOAWAY: HTTP/2, but not a server's preface
+    (b"\x00\x00", False),  # cut short
+])
+def test_only_a_settings_frame_is_taken_for_a_ray_heads_answer(answer, settings):
+    assert connect._is_settings_frame(answer) is settings
