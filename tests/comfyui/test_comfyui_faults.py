@@ -307,6 +307,22 @@ def test_a_504_on_the_queue_is_looked_up_and_not_sent_again(graph_client, fake_c
     assert fake_comfyui.requests_to(f"/history/{sent_ids(fake_comfyui)[1]}", "GET")
 
 
+def test_a_prompt_lost_to_a_504_is_looked_for_before_the_next_three_prompts_only(graph_client, fake_comfyui):
+    # a proxy's 504 for a request that never reached ComfyUI: nothing to withdraw, and no lookups for ever
+    graph_client.load_weights(WEIGHTS, trial=0)
+    fake_comfyui.fail_next(1, status=504, path="/prompt", method="POST", message="Gateway Timeout")
+    with pytest.raises(WebUIError, match="HTTP 504"):
+        graph_client.txt2img(PAYLOAD)
+    lost = f"/history/{sent_ids(fake_comfyui)[0]}"
+    looked = [len(fake_comfyui.requests_to(lost, "GET"))]
+    for _ in range(4):
+        graph_client.txt2img(PAYLOAD)
+        looked.append(len(fake_comfyui.requests_to(lost, "GET")))
+    steps = [after - before for before, after in zip(looked, looked[1:])]
+    assert all(step > 0 for step in steps[:3]) and steps[3] == 0, steps
+    assert not fake_comfyui.requests_to("/interrupt")
+
+
 def test_a_prompt_request_that_times_out_before_comfyui_queued_it_is_not_sent_again(comfy_config, fake_comfyui,
                                                                                     tiny_models):
     with ComfyUIClient(comfy_config(read_timeout=2.0), "run1", handoff="graph", arch=SD1,
