@@ -263,7 +263,7 @@ class Executor:
         if class_type == "SaveImage":
             saved = [self.save_image(image, str(inputs["filename_prefix"]), prompt) for image in inputs["images"]]
             return (), {"images": saved}
-        if class_type == "PreviewImage":  # ComfyUI's: a SaveImage into its temp folder, a random prefix
+        if class_type == "PreviewImage":  # ComfyUI's: a SaveImage into its temp folder, a random prefix (its alphabet)
             prefix = "ComfyUI_temp_" + "".join(random.choice("abcdefghijklmnopqrstupvxyz") for _ in range(5))
             return (), {"images": [self.save_image(image, prefix, prompt, "temp") for image in inputs["images"]]}
         if class_type == "SaveImageWebsocket":
