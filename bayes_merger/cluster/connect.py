@@ -76,17 +76,16 @@ def _check_answers(address: str) -> None:
     if target is None:
         return  # Ray changed how it finds a local cluster: ray.init finds it, or says it finds none
     host, _, port = target.rpartition(":")
+    where = f"cluster.address={address}" + ("" if target == address else f" ({target})")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT) as connection:
             answer = _first_answer(connection)
     except OSError as error:
         why = f"no answer in {CONNECT_TIMEOUT:g} s" if isinstance(error, TimeoutError) else str(error.strerror or error)
-        where = f"cluster.address={address}" + ("" if target == address else f" ({target})")
         raise ConfigError(f"Nothing answers at {where}: {why[:1].lower() + why[1:]}; check that the Ray head runs "
                           "there (ray status on the head), that this is the port given to "
                           "ray start --head (6379 by default), and that this machine can reach it.") from None
     if answer and not _is_settings_frame(answer):
-        where = f"cluster.address={address}" + ("" if target == address else f" ({target})")
         raise ConfigError(f"Something other than a Ray head answers at {where} (a Ray head speaks gRPC, HTTP/2; this "
                           f"answered {answer[:12]!r}): give the port given to ray start --head (6379 by default), "
                           "not the dashboard's (8265) or a WebUI's.")
