@@ -5,6 +5,8 @@ base model have it, which leaves the graph route open under ``comfyui_handoff: a
 
 from __future__ import annotations
 
+import copy
+import json
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -14,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from bayes_merger.config import WebUIConfig
 from bayes_merger.merge.arch import architecture
 from bayes_merger.renderers.comfyui import ComfyUIClient
+from bayes_merger.renderers.comfyui.graph import BUILTIN
 from bayes_merger.testing.fake_comfyui import FakeComfyUI
 
 PAYLOAD = {"prompt": "a red boat", "negative_prompt": "blurry", "seed": 7, "steps": 3, "width": 64, "height": 64,
@@ -69,6 +72,21 @@ def graph_client(comfy_config, tiny_models) -> Iterator[ComfyUIClient]:
     with ComfyUIClient(comfy_config(), "run1", handoff="graph", arch=architecture("sd1"),
                        model_a=tiny_models / "a.safetensors", model_b=tiny_models / "b.safetensors") as client:
         yield client
+
+
+@pytest.fixture
+def workflow_client(comfy_config, tiny_models, tmp_path) -> Callable[[Callable[[dict], None]], ComfyUIClient]:
+    """``make(edit)``: a graph client whose graph is a user's workflow file: the built-in graph, changed in
+    place by ``edit`` (to be used in a ``with``)."""
+    def make(edit: Callable[[dict], None]) -> ComfyUIClient:
+        workflow = copy.deepcopy(BUILTIN)
+        edit(workflow)
+        path = tmp_path / "workflow_api.json"
+        path.write_text(json.dumps(workflow))
+        return ComfyUIClient(comfy_config(comfyui_workflow=str(path)), "run1", handoff="graph", arch=architecture("sd1"),
+                             model_a=tiny_models / "a.safetensors", model_b=tiny_models / "b.safetensors")
+
+    return make
 
 
 @pytest.fixture

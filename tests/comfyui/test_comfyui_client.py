@@ -193,17 +193,16 @@ def test_nothing_renders_before_a_hand_off(graph_client):
         graph_client.txt2img(PAYLOAD)
 
 
-def test_a_user_workflow_renders_with_the_merge(comfy_config, tiny_models, tmp_path):
-    import json
+def save_image(workflow: dict) -> None:
+    """The built-in graph's output as a user's exported workflow would have it: SaveImage, not the websocket."""
+    workflow["7"] = {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "{{output}}"}}
 
-    from bayes_merger.renderers.comfyui.graph import BUILTIN
 
-    workflow = json.loads(json.dumps(BUILTIN))
-    workflow["2"]["inputs"]["text"] = "masterpiece, {{prompt}}"
-    path = tmp_path / "workflow_api.json"
-    path.write_text(json.dumps(workflow))
-    with ComfyUIClient(comfy_config(comfyui_workflow=str(path)), "run1", handoff="graph", arch=SD1,
-                       model_a=tiny_models / "a.safetensors", model_b=tiny_models / "b.safetensors") as client:
+def test_a_user_workflow_renders_with_the_merge(workflow_client):
+    def edit(workflow: dict) -> None:
+        workflow["2"]["inputs"]["text"] = "masterpiece, {{prompt}}"
+
+    with workflow_client(edit) as client:
         client.load_weights(BlockWeights.uniform(SD1.blocks, 0.5), trial=0)
         assert len(client.txt2img(PAYLOAD).images) == 1
 
@@ -232,17 +231,8 @@ def test_sampler_previews_on_the_websocket_are_not_taken_for_images(graph_client
 
 
 def test_a_user_workflow_with_save_image_still_renders_and_its_files_stay_where_it_saves_them(
-        comfy_config, fake_comfyui, tiny_models, tmp_path):
-    import json
-
-    from bayes_merger.renderers.comfyui.graph import BUILTIN
-
-    workflow = json.loads(json.dumps(BUILTIN))
-    workflow["7"] = {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "{{output}}"}}
-    path = tmp_path / "workflow_api.json"
-    path.write_text(json.dumps(workflow))
-    with ComfyUIClient(comfy_config(comfyui_workflow=str(path)), "run1", handoff="graph", arch=SD1,
-                       model_a=tiny_models / "a.safetensors", model_b=tiny_models / "b.safetensors") as client:
+        workflow_client, fake_comfyui):
+    with workflow_client(save_image) as client:
         client.load_weights(BlockWeights.uniform(SD1.blocks, 0.3), trial=0)
         generation = client.txt2img(PAYLOAD)
 
@@ -253,22 +243,15 @@ def test_a_user_workflow_with_save_image_still_renders_and_its_files_stay_where_
 
 @pytest.mark.parametrize("outputs", [("SaveImage", "PreviewImage"), ("PreviewImage", "SaveImage"), ("PreviewImage",)],
                          ids=["saved-and-previewed", "previewed-and-saved", "previewed-only"])
-def test_a_user_workflows_previews_are_not_scored_beside_what_it_saves(comfy_config, fake_comfyui, tiny_models,
-                                                                       tmp_path, outputs):
+def test_a_user_workflows_previews_are_not_scored_beside_what_it_saves(workflow_client, fake_comfyui, outputs):
     # a workflow that previews an intermediate image and saves the result: the result is the trial's image
-    import json
+    def edit(workflow: dict) -> None:
+        for node_id, class_type in zip(("7", "8"), outputs):
+            workflow[node_id] = {"class_type": class_type, "inputs": {"images": ["6", 0]}}
+            if class_type == "SaveImage":
+                workflow[node_id]["inputs"]["filename_prefix"] = "{{output}}"
 
-    from bayes_merger.renderers.comfyui.graph import BUILTIN
-
-    workflow = json.loads(json.dumps(BUILTIN))
-    for node_id, class_type in zip(("7", "8"), outputs):
-        workflow[node_id] = {"class_type": class_type, "inputs": {"images": ["6", 0]}}
-        if class_type == "SaveImage":
-            workflow[node_id]["inputs"]["filename_prefix"] = "{{output}}"
-    path = tmp_path / "workflow_api.json"
-    path.write_text(json.dumps(workflow))
-    with ComfyUIClient(comfy_config(comfyui_workflow=str(path)), "run1", handoff="graph", arch=SD1,
-                       model_a=tiny_models / "a.safetensors", model_b=tiny_models / "b.safetensors") as client:
+    with workflow_client(edit) as client:
         client.load_weights(BlockWeights.uniform(SD1.blocks, 0.3), trial=0)
         generation = client.txt2img({**PAYLOAD, "batch_size": 2})
 

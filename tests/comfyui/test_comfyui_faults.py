@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 
 import pytest
@@ -14,19 +13,11 @@ from bayes_merger.merge.weights import BlockWeights
 from bayes_merger.renderers.comfyui import ComfyUIClient
 from bayes_merger.renderers.comfyui.http import ComfyApi, lost_answer
 from bayes_merger.renderers.comfyui.prompts import OutOfMemory, PromptInterrupted
+from tests.comfyui.test_comfyui_client import save_image
 
 PAYLOAD = {"prompt": "a red boat", "seed": 7, "steps": 3, "width": 64, "height": 64}
 SD1 = architecture("sd1")
 WEIGHTS = BlockWeights.uniform(SD1.blocks, 0.4)
-
-
-def save_image_workflow() -> dict:
-    """The built-in graph with SaveImage as its output, as a user's exported workflow would have it."""
-    from bayes_merger.renderers.comfyui.graph import BUILTIN
-
-    workflow = json.loads(json.dumps(BUILTIN))
-    workflow["7"] = {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "{{output}}"}}
-    return workflow
 
 
 def prompt_posts(fake):
@@ -203,13 +194,10 @@ def test_a_websocket_dropped_mid_prompt_is_reopened_and_the_image_asked_for_agai
     assert 2 <= len(fake_comfyui.requests_to("/ws")) <= 3  # reopened (once more if the history answered first)
 
 
-def test_with_a_save_image_workflow_a_dropped_websocket_costs_no_second_prompt(comfy_config, fake_comfyui, tiny_models,
-                                                                             tmp_path, monkeypatch):
+def test_with_a_save_image_workflow_a_dropped_websocket_costs_no_second_prompt(workflow_client, fake_comfyui,
+                                                                             monkeypatch):
     monkeypatch.setattr("bayes_merger.renderers.comfyui.prompts.HISTORY_POLL", 0.2)
-    path = tmp_path / "workflow_api.json"
-    path.write_text(json.dumps(save_image_workflow()))
-    with ComfyUIClient(comfy_config(comfyui_workflow=str(path)), "run1", handoff="graph", arch=SD1,
-                       model_a=tiny_models / "a.safetensors", model_b=tiny_models / "b.safetensors") as client:
+    with workflow_client(save_image) as client:
         client.load_weights(WEIGHTS, trial=0)
         fake_comfyui.drop_websocket_at("progress")
         generation = client.txt2img(PAYLOAD)
