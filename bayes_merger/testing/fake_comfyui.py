@@ -334,10 +334,10 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
         name, subfolder = query.get("filename", ""), query.get("subfolder", "")
         if not name or ".." in Path(name).parts or ".." in Path(subfolder).parts or name.startswith("/"):
             return _Response(400, raw=b"")
-        folders = {"output": self.output_dir, "temp": self.temp_dir}
-        if query.get("type", "output") not in folders:
+        folder = {"output": self.output_dir, "temp": self.temp_dir}.get(query.get("type", "output"))
+        if folder is None:
             return _Response(404, raw=b"")
-        path = folders[query.get("type", "output")] / subfolder / name
+        path = folder / subfolder / name
         if not path.is_file():
             return _Response(404, raw=b"")
         kind = "image/png" if path.suffix == ".png" else "application/octet-stream"
