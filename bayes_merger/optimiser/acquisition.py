@@ -58,6 +58,11 @@ class Acquisition(AcquisitionFunction):
         """The acquisition (to maximise) and, when the posterior has gradients, its gradient."""
         raise NotImplementedError
 
+    def unit(self, model: FittedGP) -> float:
+        """What one unit of ``value`` is worth in the GP's own units: L-BFGS-B's tolerances are absolute
+        below 1, so an acquisition in score units is polished on ``value / unit`` (1: scale-free)."""
+        return 1.0
+
     def base_acq(self, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
         return self.value(Posterior(np.asarray(mean), np.asarray(std)))[0]
 
@@ -83,11 +88,12 @@ class Acquisition(AcquisitionFunction):
                 break
             if min(np.abs(candidates[index] - s).max() for s in starts) > 1e-3:
                 starts.append(candidates[index])
-        best_x, best_value = candidates[order[0]], values[order[0]]
+        unit = self.unit(model)
+        best_x, best_value = candidates[order[0]], values[order[0]] / unit
 
         def negative(x: np.ndarray) -> tuple[float, np.ndarray]:
             value, grad = self.value(model.predict(x[None, :], gradient=True))
-            return -float(value[0]), -grad[0]
+            return -float(value[0]) / unit, -grad[0] / unit
 
         for start in starts:
             result = minimize(negative, start, jac=True, method="L-BFGS-B", bounds=list(zip(lower, upper)),
@@ -151,11 +157,14 @@ class LogProbabilityOfImprovement(_OverIncumbent):
 
 
 class UpperConfidenceBound(Acquisition):
-    """μ + κσ."""
+    """μ + κσ, in score units (so polished in the GP's: scores of 1e-6 are polished as scores of 1)."""
 
     def __init__(self, kappa: float) -> None:
         super().__init__()
         self.kappa = kappa
+
+    def unit(self, model: FittedGP) -> float:
+        return model.score_scale
 
     def value(self, posterior: Posterior) -> tuple[np.ndarray, np.ndarray | None]:
         value = posterior.mean + self.kappa * posterior.std

@@ -136,6 +136,11 @@ class FittedGP:
         return FittedGP(np.vstack([self.x, points]), np.concatenate([self.y, believed]), _fixed=self)
 
     @property
+    def score_scale(self) -> float:
+        """The unit the GP works in, in score units: the scores' standard deviation (1 for a single score)."""
+        return self._y_std
+
+    @property
     def noise_std(self) -> float:
         """The learned observation noise, as a standard deviation in score units."""
         return math.sqrt(self.noise) * self._y_std

@@ -213,6 +213,23 @@ def test_log_expected_improvement_is_exact_where_ei_is_representable_and_finite_
     assert np.isfinite(log_h(np.array([-1e5])))[0] and log_h(np.array([-40.0]))[0] < log_h(np.array([-30.0]))[0]
 
 
+@pytest.mark.parametrize("acquisition", ["ei", "ucb", "poi"])
+def test_suggestions_do_not_depend_on_the_unit_of_the_scores(acquisition):
+    # a scorer whose scores are a millionth of another's, otherwise alike, must be optimised alike:
+    # the upper confidence bound, in score units, was not polished at all at that scale
+    cfg = OptimiserConfig(init_points=6, n_iters=6, acquisition=acquisition)
+    runs = []
+    for unit in (1.0, 1e-6):
+        optimiser = Optimiser(_space(cfg), cfg, seed=3)
+        points = []
+        for trial in range(optimiser.budget):
+            params = optimiser.suggest(trial)
+            optimiser.register(params, unit * _objective(params))
+            points.append(list(params.values()))
+        runs.append(np.array(points))
+    np.testing.assert_allclose(runs[1], runs[0], atol=1e-3)
+
+
 def test_with_no_successful_trial_it_keeps_exploring():
     cfg = OptimiserConfig(init_points=2, n_iters=3)
     optimiser = Optimiser(_space(cfg), cfg, seed=1)
