@@ -88,6 +88,9 @@ class FakeWebUI(FakeHTTPServer):
         self._loaded: _LoadedModel | None = None
         self._pending: _Checkpoint | None = None  # Forge: selected, to load at the next generation
         self._load_count = 0
+        self._render_seconds = 0.0
+        self._interrupt = threading.Event()  # A1111's state.interrupted: set by /interrupt, cleared as a generation begins
+        self._generations: list[str] = []  # how each generation ended: "done" or "interrupted"
         self._routes: dict[tuple[str, str], Callable[[Any], _Response]] = {
             ("GET", "/sdapi/v1/progress"): self._progress,
             ("GET", "/sdapi/v1/options"): self._get_options,
@@ -95,6 +98,7 @@ class FakeWebUI(FakeHTTPServer):
             ("GET", "/sdapi/v1/sd-models"): self._sd_models,
             ("POST", "/sdapi/v1/refresh-checkpoints"): self._refresh,
             ("POST", "/sdapi/v1/txt2img"): self._txt2img,
+            ("POST", "/sdapi/v1/interrupt"): self._interrupt_generation,
             ("GET", "/sdapi/v1/samplers"): self._samplers,
         }
         if mode != "sdnext":
@@ -120,6 +124,10 @@ class FakeWebUI(FakeHTTPServer):
             return _Response(404, {"detail": "Not Found"})
         return route(raw)
 
+    def stop(self) -> None:
+        self._interrupt.set()  # a killed process renders no more
+        super().stop()
+
     def restart(self, forget_selection: bool = False) -> None:
         """Stop and start on the same port. Like A1111, it reloads the checkpoint selected before
         (its config.json), or the first one listed when that is gone or ``forget_selection``."""
@@ -144,6 +152,18 @@ class FakeWebUI(FakeHTTPServer):
         with self._lock:
             self._ignoring_switch = ignore
             self._stuck_features = self._loaded.features if ignore and self._loaded else None
+
+    def render_for(self, seconds: float) -> None:
+        """Make each generation take ``seconds``, holding the generation queue as A1111 does, unless
+        ``POST /sdapi/v1/interrupt`` ends it sooner (0: at once)."""
+        with self._lock:
+            self._render_seconds = seconds
+
+    @property
+    def generations(self) -> list[str]:
+        """How each generation ended, in order: "done", or "interrupted" by ``/sdapi/v1/interrupt``."""
+        with self._lock:
+            return list(self._generations)
 
     def clear_faults(self) -> None:
         super().clear_faults()
@@ -257,6 +277,10 @@ class FakeWebUI(FakeHTTPServer):
         return _Response(200, [{"name": name, "label": name.title(), "aliases": None, "default_rho": -1,
                                 "need_inner_model": False} for name in SCHEDULERS])
 
+    def _interrupt_generation(self, raw: bytes) -> _Response:
+        self._interrupt.set()
+        return _Response(200, {})
+
     def _txt2img(self, raw: bytes) -> _Response:
         body = self._json_object(raw)
         if isinstance(body, _Response):
@@ -286,8 +310,14 @@ class FakeWebUI(FakeHTTPServer):
                     features = self._stuck_features
                 image_format = str(self._options.get("samples_format", "png")).lower()
                 return_grid = bool(self._options.get("return_grid", True))
+                seconds = self._render_seconds
+                self._interrupt.clear()  # A1111's state.begin(): an interrupt sent while idle is forgotten
             if model is None:
                 return self._exception("No checkpoints found. Place a checkpoint in the models folder.", "FileNotFoundError")
+            # an interrupted generation still answers, with what it rendered so far
+            interrupted = self._interrupt.wait(seconds) if seconds else False
+            with self._lock:
+                self._generations.append("interrupted" if interrupted else "done")
             return _Response(200, generate(features, model.checkpoint.stem, model.sha256, values, sampler,
                                            image_format, return_grid, self.max_image_size, VERSIONS[self.mode]))
 

@@ -22,7 +22,7 @@ import requests
 from bayes_merger.config import WebUIConfig
 from bayes_merger.errors import ConfigError, WebUIConnectionError, WebUIError
 from bayes_merger.webui.generation import Generation, parse_info, read_generation
-from bayes_merger.webui.http import OPTIONS, REFRESH, SD_MODELS, TXT2IMG, ApiSession, plain
+from bayes_merger.webui.http import INTERRUPT, OPTIONS, REFRESH, SD_MODELS, TXT2IMG, ApiSession, plain
 from bayes_merger.webui.http import wait_until_ready as poll_until_ready
 from bayes_merger.webui.merge_files import HASH_SUFFIX, MergeFiles, aliases, basename, matches, merge_run_id
 from bayes_merger.webui.samplers import SAMPLERS, SCHEDULERS, sampler_names, sampler_problem, scheduler_names
@@ -222,10 +222,28 @@ class WebUIClient:
 
     def txt2img(self, request: Mapping[str, Any]) -> Generation:
         """Render one payload; confirms the images came from the merge selected last."""
-        body = self._api.request("POST", TXT2IMG, body=plain(request))
+        try:
+            body = self._api.request("POST", TXT2IMG, body=plain(request))
+        except WebUIError as error:
+            if error.status == 504 or isinstance(error.__cause__, requests.ReadTimeout):
+                self._interrupt()
+            raise
         info = parse_info(body)
         self._confirm_model(info)
         return read_generation(body, info)
+
+    def _interrupt(self) -> None:
+        """Stop the generation whose answer did not come (a read timeout, a proxy's 504): the server goes
+        on rendering it for no one, and the next request would queue behind it. A1111 gives a generation
+        no id, so ``/interrupt`` stops whatever runs: on a WebUI this run drives, that one. Sent while
+        idle, it does nothing (the next generation clears it). Best effort."""
+        try:
+            self._api.request("POST", INTERRUPT)
+        except WebUIError as error:
+            logger.debug("POST %s failed: %s", INTERRUPT, error)
+        else:
+            logger.info("Asked the WebUI to stop the generation whose answer did not come, so the next one does "
+                        "not wait behind it.")
 
     def _confirm_model(self, info: Mapping[str, Any]) -> None:
         if self._expected is None:  # nothing selected yet: generate with whatever the WebUI has

@@ -15,10 +15,11 @@ Which requests are retried (``urllib3.Retry`` on the session's adapters, with ba
   to repeat: the GETs, ``refresh-checkpoints`` (a rescan) and ``POST /options`` (it *sets* a value:
   once applied, setting it again is a no-op). Not txt2img: the server may still be rendering it,
   and a repeat would queue a second generation behind the first and most likely time out the same
-  way. A 504 then fails the trial and the next trial starts clean; a dropped connection is a lost
-  WebUI (below): the loop waits until it answers again and redoes the trial.
-- Read timeouts: never. The server is busy; asking again only adds another full wait. Raise
-  ``webui.read_timeout`` instead.
+  way. A 504 then fails the trial and the next trial starts clean (the client interrupts the
+  generation the server may still be running); a dropped connection is a lost WebUI (below): the loop
+  waits until it answers again and redoes the trial.
+- Read timeouts: never. The server is busy; asking again only adds another full wait (after a txt2img,
+  the client interrupts the generation instead). Raise ``webui.read_timeout``.
 - 4xx and 500: never. The answer will not change.
 
 What a failed request means for the trial: a 502 or 503 still there after the retries, and a 404
@@ -51,6 +52,7 @@ OPTIONS = "/sdapi/v1/options"
 SD_MODELS = "/sdapi/v1/sd-models"
 REFRESH = "/sdapi/v1/refresh-checkpoints"
 PROGRESS = "/sdapi/v1/progress"
+INTERRUPT = "/sdapi/v1/interrupt"
 # ends the sentence of every 401, whoever answered it: the WebUI, ComfyUI, or an auth proxy in front of either
 AUTH_HINT = " (check webui.auth or the variable named by webui.auth_env)"
 

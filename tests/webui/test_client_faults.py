@@ -16,6 +16,7 @@ TXT2IMG = "/sdapi/v1/txt2img"
 OPTIONS = "/sdapi/v1/options"
 SD_MODELS = "/sdapi/v1/sd-models"
 PROGRESS = "/sdapi/v1/progress"
+INTERRUPT = "/sdapi/v1/interrupt"
 PAYLOAD = {"prompt": "a red boat", "seed": 7, "steps": 20, "width": 64, "height": 64}
 
 
@@ -74,6 +75,7 @@ def test_a_500_stays_the_trials_error(fake_webui, webui_config):
     assert error.value.status == 500
     assert statuses(fake_webui, TXT2IMG) == [500]  # the server ran it and failed: not retried
     assert not isinstance(error.value, WebUIConnectionError)
+    assert not fake_webui.requests_to(INTERRUPT), "a generation that ended is not interrupted"
 
 
 @pytest.mark.parametrize("status", [400, 404, 422, 500])
@@ -96,6 +98,8 @@ def test_a_504_on_txt2img_is_not_retried_because_the_server_may_still_be_renderi
             client.txt2img(PAYLOAD)
 
     assert statuses(fake_webui, TXT2IMG) == [504]
+    # and the generation the server may be running for no one is interrupted
+    assert statuses(fake_webui, INTERRUPT, "POST") == [200]
 
 
 def test_a_dropped_connection_on_a_read_is_retried(fake_webui, webui_config):
@@ -115,22 +119,29 @@ def test_a_dropped_connection_during_txt2img_is_an_error_without_a_retry(fake_we
         assert client.txt2img(PAYLOAD).images  # the next call works again
 
     assert statuses(fake_webui, TXT2IMG) == [None, 200]
+    # a dropped connection is most often a WebUI that died: nothing to interrupt, and no retries to wait out
+    assert not fake_webui.requests_to(INTERRUPT)
 
 
 # ---------------------------------------------------------------------- timeouts and refusals
 
 
-def test_a_generation_slower_than_the_read_timeout_is_an_error_and_is_not_repeated(fake_webui, webui_config):
-    # only txt2img is slow (held until released); 2 s leaves the load's requests time on a busy machine
-    release = fake_webui.hold(TXT2IMG)
+def test_a_generation_slower_than_the_read_timeout_is_an_error_is_not_repeated_and_is_interrupted(
+        fake_webui, webui_config):
+    # only the generation is slow; 2 s leaves the load's requests time on a busy machine
+    fake_webui.render_for(600.0)
     with WebUIClient(webui_config(read_timeout=2.0, retries=3), "run1") as client:
         client.load_checkpoint(write_merge, trial=0)
         with pytest.raises(WebUIConnectionError, match=r"no answer within 2 s \(raise webui.read_timeout"):
             client.txt2img(PAYLOAD)
-        release.set()
+        # the server stops rendering for no one (else it holds the generation queue for ten minutes)
         fake_webui.wait_for_requests(TXT2IMG, 1)
+        assert fake_webui.generations == ["interrupted"]
+        fake_webui.render_for(0.0)
+        assert client.txt2img(PAYLOAD).images  # and the WebUI renders the next one
 
-    assert len(fake_webui.requests_to(TXT2IMG)) == 1
+    assert len(fake_webui.requests_to(TXT2IMG)) == 2
+    assert fake_webui.generations == ["interrupted", "done"]
 
 
 def test_a_read_timeout_on_a_get_is_not_retried_either(fake_webui, webui_config):
