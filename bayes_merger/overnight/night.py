@@ -89,29 +89,36 @@ class Night:
 
     def _attempts(self) -> int:
         restarts = 0
-        adopted = False  # a WebUI was already answering: use it, start none
+        adopted: int | None = None  # what answered at the WebUI's address before we started one: use it, start none
+        ready_once = False
         new_run = self.settings.new_run  # until bayes-merger has been started once
         while True:
             if self.stopping():
                 return self._stopped(None)
-            if self.webui is not None and not adopted and not self.webui.running:
+            if self.webui is not None and adopted is None and not self.webui.running:
                 answer = self.api.status(timeout=5) if self.webui.process is None and restarts == 0 else None
                 if answer is not None:
                     log.warning("Something already answers at %s (HTTP %d): using it as the WebUI; WEBUI_COMMAND "
                                 "is not run, and it is not stopped at the end.", self.api.url, answer)
-                    adopted = True
+                    adopted = answer
                 else:
                     self.webui.stop()
                     self.webui.start()
             if not self._wait_ready():
                 if self.stopping():
                     return self._stopped(None)
-                if restarts >= self.settings.max_restarts or self.webui is None or adopted:
+                if adopted is not None and not ready_once:
+                    raise Failure(f"Something answered at {self.api.url} (HTTP {adopted}) before the night began, so "
+                                  f"WEBUI_COMMAND was not run, but it never became a ready {self.api.kind}: stop what "
+                                  "listens there, or give the WebUI a free port (in WEBUI_COMMAND and the config's "
+                                  "webui.url).", EXIT_WEBUI_DOWN)
+                if restarts >= self.settings.max_restarts or self.webui is None or adopted is not None:
                     raise Failure(f"The WebUI at {self.api.url} did not answer; giving up.", EXIT_WEBUI_DOWN)
                 restarts += 1
                 log.warning("Restarting the WebUI (restart %d of %d).", restarts, self.settings.max_restarts)
                 self.webui.stop()
                 continue
+            ready_once = True
             if self.settings.webui_options:
                 self.api.set_options(self.settings.webui_options)
             if self.stopping():
@@ -157,7 +164,7 @@ class Night:
             if not webui_down:
                 log.warning("Resuming the run; the WebUI still answers (retry %d of %d).",
                             restarts, self.settings.max_restarts)
-            elif self.webui is not None and not adopted:
+            elif self.webui is not None and adopted is None:
                 self.webui.stop()
                 log.warning("The WebUI went down; restarting it and resuming (restart %d of %d).",
                             restarts, self.settings.max_restarts)

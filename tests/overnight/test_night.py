@@ -27,7 +27,7 @@ from bayes_merger.overnight import cli
 from bayes_merger.overnight import night as night_module
 from bayes_merger.overnight.night import STOP_NOW_WAIT, STOP_SIGNALS, Night
 from bayes_merger.overnight.processes import KILL_WAIT, ManagedWebUI, redacted
-from bayes_merger.overnight.settings import Settings, build_settings, load_env_file, parse_args
+from bayes_merger.overnight.settings import EXIT_WEBUI_DOWN, Failure, Settings, build_settings, load_env_file, parse_args
 
 REPO = Path(__file__).resolve().parents[2]
 SPEED = 20  # the runner's seconds per real second
@@ -121,6 +121,13 @@ class ApiStandIn:
 
     def set_options(self, options: dict[str, Any]) -> None:
         pass
+
+
+class ForeignServerStandIn(ApiStandIn):
+    """Not a WebUI: something else listening at the WebUI's address (a WebUI without --api, another app)."""
+
+    def status(self, timeout: float = 10.0) -> int:
+        return 404
 
 
 @pytest.fixture
@@ -254,6 +261,23 @@ def test_a_bayes_merger_killed_more_often_than_allowed_gives_up_resumable(
     assert code == 6  # bayes-merger's "stopped, resumable", not 1 ("no trial succeeded")
     assert len((tmp_path / "calls").read_text().splitlines()) == 2
     assert "bayes-merger was killed; 1 restarts already: giving up (exit code 6)" in caplog.text
+
+
+def test_something_else_on_the_webuis_port_is_named_as_such_and_the_webui_command_is_not_run(
+        tmp_path: Path, clean_env: pytest.MonkeyPatch, fast_runner: None) -> None:
+    started = tmp_path / "webui-started"
+    webui = (sys.executable, "-c", f"open({str(started)!r}, 'w')")
+    settings = dataclasses.replace(settings_for(tmp_path, KILLED_BAYES_MERGER, "never"), webui_command=webui,
+                                   ready_timeout=20.0)
+    night = Night(settings, tmp_path / "runs", ForeignServerStandIn(), tmp_path / "night.log",  # type: ignore[arg-type]
+                  tmp_path / "night.webui.log")
+
+    with pytest.raises(Failure, match=r"Something answered at http://127.0.0.1:7861 \(HTTP 404\) before the night "
+                                      r"began, so WEBUI_COMMAND was not run, but it never became a ready WebUI") as failure:
+        night.run()
+
+    assert failure.value.code == EXIT_WEBUI_DOWN
+    assert not started.exists() and not (tmp_path / "calls").exists()
 
 
 # ------------------------------------------------------------------------ secrets in logs
