@@ -35,8 +35,15 @@ logger = logging.getLogger(__name__)
 
 MODES = ("a1111", "forge", "sdnext")
 VERSIONS = {"a1111": "v1.10.1", "forge": "f2.0.1v1.10.1-previous-669-gdfdcbab6", "sdnext": "v2024-10-30"}
-SAMPLERS = ("Euler", "Euler a", "DPM++ 2M", "DPM++ SDE", "DDIM", "UniPC")
-SCHEDULERS = ("automatic", "uniform", "karras", "exponential")
+# name → aliases, as A1111 v1.10's /samplers lists them (its API takes the name only: the aliases are
+# for pasted infotexts)
+SAMPLER_ALIASES = {"Euler": ["k_euler"], "Euler a": ["k_euler_a", "k_euler_ancestral"], "DPM++ 2M": ["k_dpmpp_2m"],
+                   "DPM++ SDE": ["k_dpmpp_sde"], "DDIM": ["ddim"], "UniPC": ["unipc"]}
+SAMPLERS = tuple(SAMPLER_ALIASES)
+# name, label, aliases, as A1111 v1.10's /schedulers lists them
+SCHEDULER_ENTRIES = (("automatic", "Automatic", []), ("uniform", "Uniform", []), ("karras", "Karras", []),
+                     ("exponential", "Exponential", []), ("sgm_uniform", "SGM Uniform", ["SGMUniform"]))
+SCHEDULERS = tuple(name for name, _, _ in SCHEDULER_ENTRIES)
 
 _DEFAULT_OPTIONS = {
     "sd_model_checkpoint": "", "samples_format": "png", "return_grid": True, "grid_only_if_multiple": True,
@@ -271,11 +278,11 @@ class FakeWebUI(FakeHTTPServer):
         return _Response(200, None)
 
     def _samplers(self, raw: bytes) -> _Response:
-        return _Response(200, [{"name": name, "aliases": [], "options": {}} for name in SAMPLERS])
+        return _Response(200, [{"name": name, "aliases": aliases, "options": {}} for name, aliases in SAMPLER_ALIASES.items()])
 
     def _schedulers(self, raw: bytes) -> _Response:
-        return _Response(200, [{"name": name, "label": name.title(), "aliases": None, "default_rho": -1,
-                                "need_inner_model": False} for name in SCHEDULERS])
+        return _Response(200, [{"name": name, "label": label, "aliases": aliases or None, "default_rho": -1,
+                                "need_inner_model": False} for name, label, aliases in SCHEDULER_ENTRIES])
 
     def _interrupt_generation(self, raw: bytes) -> _Response:
         self._interrupt.set()
@@ -290,9 +297,9 @@ class FakeWebUI(FakeHTTPServer):
             return self._invalid(errors)
         sampler = values["sampler_name"] or values["sampler_index"]
         if self.mode != "sdnext":  # A1111 splits a legacy "DPM++ 2M Karras" into sampler and scheduler
-            sampler = next((sampler[: -len(label) - 1] for label in (n.title() for n in SCHEDULERS)
-                            if sampler.endswith(" " + label)), sampler)
-        if sampler not in SAMPLERS:
+            suffixes = [option for name, label, aliases in SCHEDULER_ENTRIES for option in (label, name, *aliases)]
+            sampler = next((sampler[: -len(option) - 1] for option in suffixes if sampler.endswith(" " + option)), sampler)
+        if sampler not in SAMPLERS:  # by name only: A1111's all_samplers_map has no aliases
             if self.mode == "sdnext":
                 return self._http_exception(404, "Sampler not found")
             sampler = "Euler"  # A1111 and Forge fall back silently

@@ -25,7 +25,7 @@ from bayes_merger.webui.generation import Generation, parse_info, read_generatio
 from bayes_merger.webui.http import INTERRUPT, OPTIONS, REFRESH, SD_MODELS, TXT2IMG, ApiSession, plain
 from bayes_merger.webui.http import wait_until_ready as poll_until_ready
 from bayes_merger.webui.merge_files import HASH_SUFFIX, MergeFiles, aliases, basename, matches, merge_run_id
-from bayes_merger.webui.samplers import SAMPLERS, SCHEDULERS, sampler_names, sampler_problem, scheduler_names
+from bayes_merger.webui.samplers import SAMPLERS, SCHEDULERS, sampler_problem
 
 __all__ = ["Generation", "WebUIClient", "WebUIConnectionError", "WebUIError", "OPTIONS"]
 
@@ -92,8 +92,7 @@ class WebUIClient:
             return  # a WebUI that does not list its samplers cannot be checked
         schedulers = self._listing(SCHEDULERS)
         for payload in payloads:
-            problem = sampler_problem(payload.request, sampler_names(samplers),
-                                      None if schedulers is None else scheduler_names(schedulers))
+            problem = sampler_problem(payload.request, samplers, schedulers)
             if problem:
                 raise ConfigError(f"Payload '{payload.name}' cannot be rendered as written on the WebUI at "
                                   f"{self._base}: {problem}.")

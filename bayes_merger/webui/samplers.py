@@ -3,9 +3,12 @@
 another one, and SD.Next refuses every image with 404 ``Sampler not found`` (see
 ``shared/reference/a1111-api.md``), so a typo would cost the whole night either way.
 
-The names A1111 takes: a sampler's ``name`` or one of its ``aliases``, optionally followed by a
-scheduler's ``label``, ``name`` or alias (the legacy combined form ``"DPM++ 2M Karras"``, which it
-splits); a ``scheduler`` field is a scheduler's ``name`` or ``label``.
+The names A1111's API takes (``sd_samplers.get_sampler_and_scheduler``): a sampler's ``name``, optionally
+followed by a scheduler's ``label``, ``name`` or alias (the legacy combined form ``"DPM++ 2M Karras"``,
+which it splits); a ``scheduler`` field is a scheduler's ``name`` or ``label``. Not the aliases
+``/samplers`` lists (``k_euler_a``): those are for pasted infotexts, and the API renders them with its
+default sampler. A WebUI without ``/schedulers`` (SD.Next, A1111 before 1.10) has no ``scheduler`` field:
+it would ignore one, so a payload that sets it is refused too.
 """
 
 from __future__ import annotations
@@ -19,41 +22,54 @@ SCHEDULERS = "/sdapi/v1/schedulers"
 
 
 def sampler_names(entries: Iterable[Any]) -> list[str]:
-    """Every name a ``/samplers`` answer accepts: the names, then the aliases."""
-    entries = [e for e in entries if isinstance(e, Mapping) and e.get("name")]
-    return [str(e["name"]) for e in entries] + [str(a) for e in entries for a in e.get("aliases") or []]
+    """The names a ``/samplers`` answer lists (not their aliases: see the module docstring)."""
+    return [str(e["name"]) for e in entries if isinstance(e, Mapping) and e.get("name")]
 
 
-def scheduler_names(entries: Iterable[Any]) -> list[str]:
-    """Every name a ``/schedulers`` answer accepts: names, labels and aliases."""
+def scheduler_names(entries: Iterable[Any], aliases: bool = False) -> list[str]:
+    """The names and labels a ``/schedulers`` answer lists, and with ``aliases`` their aliases: what a
+    ``scheduler`` field takes, or what may end a legacy combined sampler name."""
     names: list[str] = []
     for entry in entries:
         if isinstance(entry, Mapping):
             names += [str(entry[k]) for k in ("name", "label") if entry.get(k)]
-            names += [str(a) for a in entry.get("aliases") or []]
+            names += [str(a) for a in entry.get("aliases") or []] if aliases else []
     return names
 
 
-def sampler_problem(request: Mapping[str, Any], samplers: Sequence[str], schedulers: Sequence[str] | None) -> str | None:
+def sampler_problem(request: Mapping[str, Any], samplers: Iterable[Any], schedulers: Iterable[Any] | None) -> str | None:
     """What is wrong with the request's sampler or scheduler, in words, or None.
 
-    ``schedulers`` is None where the WebUI has no ``/schedulers`` (SD.Next, A1111 before 1.10): then
-    a sampler name is taken whole.
+    ``samplers`` is the ``/samplers`` answer; ``schedulers`` the ``/schedulers`` one, None where the
+    WebUI has none (SD.Next, A1111 before 1.10): then a sampler name is taken whole.
     """
+    samplers = [e for e in samplers if isinstance(e, Mapping) and e.get("name")]
+    schedulers = None if schedulers is None else list(schedulers)
+    names = sampler_names(samplers)
     sampler = request.get("sampler_name") or request.get("sampler_index")
-    if sampler is not None and not _known_sampler(str(sampler), samplers, schedulers or ()):
-        return f"it has no sampler {sampler!r}{_close(str(sampler), samplers)}; its samplers: {', '.join(_unique(samplers))}"
+    if sampler is not None and not _known_sampler(str(sampler), names, scheduler_names(schedulers or (), aliases=True)):
+        owner = next((str(e["name"]) for e in samplers if str(sampler) in (e.get("aliases") or [])), None)
+        if owner is not None:
+            return (f"{sampler!r} is an alias of its sampler {owner!r}, which its API does not take (it would render "
+                    f"with its default sampler): write {owner!r}")
+        return f"it has no sampler {sampler!r}{_close(str(sampler), names)}; its samplers: {', '.join(_unique(names))}"
     scheduler = request.get("scheduler")
-    if scheduler is not None and schedulers is not None and str(scheduler) not in schedulers:
-        return (f"it has no scheduler {scheduler!r}{_close(str(scheduler), schedulers)}; its schedulers: "
-                f"{', '.join(_unique(schedulers))}")
+    if scheduler is None:
+        return None
+    if schedulers is None:
+        return (f"it has no scheduler field (no {SCHEDULERS}: SD.Next, or A1111 before 1.10), so scheduler "
+                f"{scheduler!r} would be ignored; remove it (A1111 before 1.10 takes it in the sampler's name, "
+                "as 'DPM++ 2M Karras')")
+    fields = scheduler_names(schedulers)
+    if str(scheduler) not in fields:
+        return f"it has no scheduler {scheduler!r}{_close(str(scheduler), fields)}; its schedulers: {', '.join(_unique(fields))}"
     return None
 
 
-def _known_sampler(name: str, samplers: Sequence[str], schedulers: Sequence[str]) -> bool:
+def _known_sampler(name: str, samplers: Sequence[str], suffixes: Sequence[str]) -> bool:
     if name in samplers:
         return True
-    return any(name.endswith(" " + s) and name[: -len(s) - 1] in samplers for s in schedulers)
+    return any(name.endswith(" " + s) and name[: -len(s) - 1] in samplers for s in suffixes)
 
 
 def _close(name: str, names: Sequence[str]) -> str:

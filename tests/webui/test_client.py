@@ -281,26 +281,47 @@ def test_a_legacy_sampler_with_its_scheduler_in_the_name_is_accepted_and_renders
     assert generation.info["sampler_name"] == "DPM++ 2M"  # split, as A1111 does, not a fallback to Euler
 
 
-@pytest.mark.parametrize("fake_webui", ALL_MODES, indirect=True)
-def test_a_scheduler_the_webui_lacks_is_refused_and_sdnext_which_has_none_is_not_asked(fake_webui, webui_config):
+@pytest.mark.parametrize("fake_webui", ["a1111", "forge"], indirect=True)
+def test_a_scheduler_the_webui_lacks_is_refused(fake_webui, webui_config):
     with WebUIClient(webui_config(), "run1") as client:
         client.check_payloads([_Payload("ok", scheduler="karras"), _Payload("label", scheduler="Karras")])
-        if fake_webui.mode == "sdnext":  # no /schedulers: a scheduler field cannot be checked, so none is refused
+        with pytest.raises(ConfigError, match=r"no scheduler 'karas' \(did you mean 'karras'\?\)"):
             client.check_payloads([_Payload("typo", scheduler="karas")])
-        else:
-            with pytest.raises(ConfigError, match=r"no scheduler 'karas' \(did you mean 'karras'\?\)"):
-                client.check_payloads([_Payload("typo", scheduler="karas")])
+        # an alias ends a legacy combined name, but the scheduler field takes a name or a label only
+        # (A1111's schedulers_map): the field would render with Automatic
+        client.check_payloads([_Payload("legacy alias", sampler_name="DPM++ 2M SGMUniform")])
+        with pytest.raises(ConfigError, match=r"no scheduler 'SGMUniform' \(did you mean 'SGM Uniform'\?\)"):
+            client.check_payloads([_Payload("alias", scheduler="SGMUniform")])
 
-    listed = [r.status for r in fake_webui.requests_to("/sdapi/v1/schedulers")]
-    assert listed and set(listed) == ({404} if fake_webui.mode == "sdnext" else {200})
+    assert {r.status for r in fake_webui.requests_to("/sdapi/v1/schedulers")} == {200}
+
+
+@pytest.mark.parametrize("fake_webui", ["a1111", "forge"], indirect=True)
+def test_a_sampler_alias_is_refused_because_the_api_renders_it_with_another_sampler(fake_webui, webui_config):
+    # /samplers lists k_euler_a as an alias of "Euler a", but the API looks samplers up by name only
+    alias = _Payload("alias", sampler_name="k_euler_a")
+    with WebUIClient(webui_config(), "run1") as client:
+        with pytest.raises(ConfigError, match=r"'k_euler_a' is an alias of its sampler 'Euler a', which its API does "
+                                              r"not take \(it would render with its default sampler\): write 'Euler a'"):
+            client.check_payloads([alias])
+        client.load_checkpoint(merge_writer(0.1), trial=0)
+        rendered = client.txt2img(alias.request)  # what the check spares the user: a night with another sampler
+
+    assert rendered.info["sampler_name"] != "Euler a"
 
 
 @pytest.mark.parametrize("fake_webui", ["sdnext"], indirect=True)
-def test_sdnext_without_schedulers_takes_sampler_names_whole(fake_webui, webui_config):
+def test_sdnext_without_schedulers_takes_sampler_names_whole_and_refuses_a_scheduler_it_would_ignore(
+        fake_webui, webui_config):
     with WebUIClient(webui_config(), "run1") as client:
-        client.check_payloads([_Payload("ok", sampler_name="Euler a", scheduler="anything")])
+        client.check_payloads([_Payload("ok", sampler_name="Euler a")])
         with pytest.raises(ConfigError, match="no sampler 'DPM\\+\\+ 2M Karras'"):
             client.check_payloads([_Payload("legacy", sampler_name="DPM++ 2M Karras")])
+        with pytest.raises(ConfigError, match=r"has no scheduler field \(no /sdapi/v1/schedulers: SD.Next, or A1111 "
+                                              r"before 1.10\), so scheduler 'karras' would be ignored"):
+            client.check_payloads([_Payload("scheduler", sampler_name="Euler a", scheduler="karras")])
+
+    assert {r.status for r in fake_webui.requests_to("/sdapi/v1/schedulers")} == {404}
 
 
 # --------------------------------------------------------------------- the WebUI's memory
