@@ -31,6 +31,11 @@ __all__ = ["Generation", "WebUIClient", "WebUIConnectionError", "WebUIError", "O
 
 logger = logging.getLogger(__name__)
 
+# measured on reForge without internet access: every txt2img fails with 500 URLError (shared/reference)
+OFFLINE_PREVIEWS = ("reForge without internet access fails so while its live previews try to download their model: "
+                    "set the WebUI's option live_previews_enable to false, in its Settings or the overnight runner's "
+                    "WEBUI_OPTIONS.")
+
 # the options that keep models in memory, and the values A1111's maintainers advise for many switches
 MEMORY_OPTIONS = {"sd_checkpoints_limit": 1, "sd_checkpoint_cache": 0}
 
@@ -226,6 +231,8 @@ class WebUIClient:
         except WebUIError as error:
             if error.status == 504 or isinstance(error.__cause__, requests.ReadTimeout):
                 self._interrupt()
+            if error.status == 500 and "URLError" in str(error):
+                raise WebUIError(f"{error} {OFFLINE_PREVIEWS}", status=error.status) from error
             raise
         info = parse_info(body)
         self._confirm_model(info)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -76,6 +77,20 @@ def test_a_500_stays_the_trials_error(fake_webui, webui_config):
     assert statuses(fake_webui, TXT2IMG) == [500]  # the server ran it and failed: not retried
     assert not isinstance(error.value, WebUIConnectionError)
     assert not fake_webui.requests_to(INTERRUPT), "a generation that ended is not interrupted"
+
+
+def test_reforge_offline_fails_every_image_with_urlerror_and_the_error_names_the_option_that_fixes_it(
+        fake_webui, webui_config):
+    body = json.dumps({"error": "URLError", "detail": "", "body": "",
+                       "errors": "<urlopen error [Errno -3] Temporary failure in name resolution>"})
+    with WebUIClient(webui_config(), "run1") as client:
+        client.load_checkpoint(write_merge, trial=0)
+        fake_webui.fail_next(1, status=500, path=TXT2IMG, body=body)
+        with pytest.raises(WebUIError, match=r"HTTP 500: URLError: <urlopen error .*>\. reForge without internet "
+                                             r"access .* live_previews_enable to false") as error:
+            client.txt2img(PAYLOAD)
+
+    assert error.value.status == 500 and not isinstance(error.value, WebUIConnectionError)
 
 
 @pytest.mark.parametrize("status", [400, 404, 422, 500])
