@@ -308,7 +308,11 @@ class FakeWebUI(FakeHTTPServer):
                 if self._pending is not None:  # Forge loads the selected model now
                     pending, self._pending = self._pending, None
                     if self._loaded is None or self._loaded.checkpoint.path != pending.path:
-                        self._load(pending)
+                        unreadable = self._load(pending) is None
+                        if unreadable:  # measured on a real Forge: a 500, and the file renamed
+                            pending.path.rename(pending.path.with_name(pending.path.name + ".corrupted"))
+                            self._scan()
+                            return self._exception("Failed to recognize model type!", "ValueError")
                 model = self._loaded
                 features = None if model is None else model.features
                 if self._ignoring_switch and model is not None:
@@ -387,8 +391,9 @@ class FakeWebUI(FakeHTTPServer):
             self._options["sd_model_checkpoint"] = self._title(checkpoint)
         return previous != self._options["sd_model_checkpoint"]
 
-    def _load(self, checkpoint: _Checkpoint) -> bool:
-        """Read the file, as A1111 does on a switch; a failure keeps the old model and is only logged."""
+    def _load(self, checkpoint: _Checkpoint) -> bool | None:
+        """Read the file, as A1111 does on a switch; a failure keeps the old model and is only logged.
+        False: a failure injected by ``fail_loads``; None: the file could not be read."""
         if self._failing_loads > 0:
             self._failing_loads -= 1
             logger.warning("fake WebUI: failed to load %s (injected), keeping the old model", checkpoint.name)
@@ -402,7 +407,7 @@ class FakeWebUI(FakeHTTPServer):
                 sha = hashing.result()
         except Exception as exc:  # noqa: BLE001 - the real server logs any load error and carries on
             logger.warning("fake WebUI: failed to load %s (%s), keeping the old model", checkpoint.name, exc)
-            return False
+            return None
         self._hashes[(checkpoint.name, checkpoint.stamp)] = sha
         self._loaded = _LoadedModel(checkpoint, sha, features)
         self._load_count += 1

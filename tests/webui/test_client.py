@@ -14,7 +14,7 @@ import requests
 import torch
 from safetensors.torch import save_file
 
-from bayes_merger.errors import ConfigError, StorageError, WebUIError
+from bayes_merger.errors import ConfigError, StorageError, WebUIConnectionError, WebUIError
 from bayes_merger.testing.fake_webui import FakeWebUI
 from bayes_merger.webui.client import Generation, WebUIClient
 
@@ -88,6 +88,23 @@ def test_forge_loads_lazily_and_the_first_generation_confirms_the_merge(fake_web
 
     assert fake_webui.loaded_model == "bm-run1-t0000.safetensors"
     assert generation.info["sd_model_name"] == "bm-run1-t0000"
+
+
+@pytest.mark.parametrize("fake_webui", ["forge"], indirect=True)
+def test_a_merge_forge_cannot_load_fails_its_trial_and_the_file_forge_renames_is_cleaned_up(fake_webui, webui_config):
+    # measured on a real Forge: the lazy load fails inside txt2img with a 500, and Forge renames the file
+    add_base_model(fake_webui)
+    folder = fake_webui.checkpoint_dir
+    with WebUIClient(webui_config(), "run1") as client:
+        client.load_checkpoint(lambda path: path.write_bytes(b"\x08" + bytes(64)), trial=0)
+        with pytest.raises(WebUIError, match=r"HTTP 500: ValueError: Failed to recognize model type!") as error:
+            client.txt2img(PAYLOAD)
+        assert not isinstance(error.value, WebUIConnectionError)  # that trial's failure, not a lost WebUI
+        assert (folder / "bm-run1-t0000.safetensors.corrupted").is_file()
+        client.load_checkpoint(merge_writer(0.2), trial=1)
+        assert client.txt2img(PAYLOAD).info["sd_model_name"] == "bm-run1-t0001"
+
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith("bm-")) == ["bm-run1-t0001.safetensors"]
 
 
 def test_different_merges_render_different_images_and_the_same_merge_the_same(fake_webui, webui_config):
