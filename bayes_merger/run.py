@@ -39,6 +39,7 @@ from bayes_merger.report import write_report
 from bayes_merger.rescore import finalists
 from bayes_merger.run_folder import (
     BEST_MERGE,
+    NOT_RENDERED_FILE,
     Trial,
     best_extras,
     TrialLog,
@@ -180,9 +181,18 @@ class TrialLoop:
 
     def record(self, trial: Trial) -> None:
         """A finished trial: into the trial log, best.yaml and the report; a stop when the run must."""
-        self.trial_log.append(trial)
-        if self.not_rendered is not None:
-            raise RunStopped(f"{self.not_rendered}, and resume with resume={self.run_dir}.")
+        proof = self.not_rendered
+        if proof is None or trial.trial not in proof.trials:
+            self.trial_log.append(trial)
+        if proof is not None:
+            # the pictures of those trials were all of one model, whichever it was: none of their scores
+            # is kept, and a resume renders them again
+            out = self.trial_log.retract(proof.trials)
+            record_best(self.run_dir, self.trial_log, self.optimiser)
+            _refresh_report(self.run_dir)
+            redone = ", ".join(str(t) for t in sorted({*out, trial.trial} & set(proof.trials)))
+            raise RunStopped(f"{proof}; then resume with resume={self.run_dir}, which renders trials {redone} again "
+                             f"(their records are set aside in {NOT_RENDERED_FILE}).")
         self._failures = 0 if trial.ok else self._failures + 1
         best = record_best(self.run_dir, self.trial_log, self.optimiser)
         _refresh_report(self.run_dir)

@@ -43,11 +43,12 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class HostResult:
     """A trial as a host returns it: the record, the image files (relative path → PNG bytes), and the
-    sentence of a MergeNotRendered when the WebUI proved not to render the merges."""
+    sentence of a MergeNotRendered when the WebUI proved not to render the merges, and its trials."""
 
     trial: Trial
     images: dict[str, bytes]
     not_rendered: str | None = None
+    not_rendered_trials: tuple[int, ...] = ()
 
 
 class TrialHost:
@@ -114,7 +115,9 @@ class TrialHost:
         finally:
             shutil.rmtree(self.scratch / IMAGES_DIR, ignore_errors=True)
         not_rendered, loop.not_rendered = loop.not_rendered, None
-        return HostResult(trial, images, str(not_rendered) if not_rendered is not None else None)
+        if not_rendered is None:
+            return HostResult(trial, images)
+        return HostResult(trial, images, str(not_rendered), not_rendered.trials)
 
     def wait_until_ready(self) -> None:
         """Return once this host's WebUI answers (WebUIConnectionError after ``webui.ready_timeout``)."""

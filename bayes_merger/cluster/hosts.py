@@ -66,7 +66,9 @@ class RayHost:
                      trial.score, self.name, *(timings.get(s, 0.0) for s in ("merge", "load", "generate", "score")))
         elif result.not_rendered is None:
             log.error("trial %d failed on %s: %s", index, self.name, trial.error)
-        return trial, MergeNotRendered(result.not_rendered) if result.not_rendered is not None else None
+        if result.not_rendered is None:
+            return trial, None
+        return trial, MergeNotRendered(result.not_rendered, result.not_rendered_trials)
 
     def wait_until_ready(self, timeout: float | None = None) -> None:
         self._get(self.actor.wait_until_ready.remote())

@@ -22,6 +22,7 @@ from bayes_merger.run_folder.paths import (
     CONFIG_FILE,
     IMAGES_DIR,
     MANUAL_RATINGS,
+    NOT_RENDERED_FILE,
     RUN_FILE,
     TRIALS_FILE,
 )
@@ -51,7 +52,8 @@ from bayes_merger.run_folder.trials import (
 
 __all__ = [
     "best_extras", "read_best",
-    "BEST_FILE", "BEST_MERGE", "CONFIG_FILE", "IMAGES_DIR", "MANUAL_RATINGS", "RUN_FILE", "TRIALS_FILE",
+    "BEST_FILE", "BEST_MERGE", "CONFIG_FILE", "IMAGES_DIR", "MANUAL_RATINGS", "NOT_RENDERED_FILE", "RUN_FILE",
+    "TRIALS_FILE",
     "ImageRecord", "Trial", "TrialLog", "best_trial", "finite", "record_score", "now", "observations", "ranked", "read_trial_records", "read_trials",
     "check_resumable", "describe", "is_run_folder", "load_run_info", "read_run_info", "unfinished", "write_run_info",
     "write_best", "record_images", "save_image", "write_image_file",

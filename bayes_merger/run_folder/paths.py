@@ -2,6 +2,8 @@
 
 RUN_FILE = "run.json"
 TRIALS_FILE = "trials.jsonl"
+# trials taken out of the trial log because their pictures were of another model (``TrialLog.retract``)
+NOT_RENDERED_FILE = "trials.not-rendered.jsonl"
 BEST_FILE = "best.yaml"
 BEST_MERGE = "best.safetensors"
 CONFIG_FILE = "config.yaml"

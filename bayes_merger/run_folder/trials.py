@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 from bayes_merger.errors import ConfigError
-from bayes_merger.files import storage_errors
-from bayes_merger.run_folder.paths import TRIALS_FILE
+from bayes_merger.files import atomic_path, open_new, storage_errors
+from bayes_merger.run_folder.paths import NOT_RENDERED_FILE, TRIALS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +238,28 @@ class TrialLog:
             finally:
                 os.close(fd)
         self.trials.append(trial)
+
+    def retract(self, numbers: Iterable[int]) -> list[int]:
+        """Take the trials ``numbers`` out of the log, for a resume to run them again: their scores are not
+        what the log says (the WebUI rendered another model). Their lines move to ``NOT_RENDERED_FILE``
+        first, so nothing is lost; the log is then replaced in one rename. Returns the trials taken out."""
+        numbers = set(numbers)
+        out = [t for t in self.trials if t.trial in numbers]
+        if not out:
+            return []
+        kept = [t for t in self.trials if t.trial not in numbers]
+        side = self.path.with_name(NOT_RENDERED_FILE)
+        with storage_errors(side), side.open("ab") as handle:
+            handle.write("".join(t.to_json() + "\n" for t in out).encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
+        with storage_errors(self.path), atomic_path(self.path, durable=True) as tmp:
+            with open_new(tmp) as handle:
+                handle.write("".join(t.to_json() + "\n" for t in kept).encode("utf-8"))
+                handle.flush()
+                os.fsync(handle.fileno())
+        self.trials = kept
+        return sorted(t.trial for t in out)
 
     def best(self) -> Trial | None:
         return best_trial(self.trials)

@@ -24,7 +24,11 @@ MIN_WEIGHT_CHANGE = 0.02
 
 
 class MergeNotRendered(WebUIError):
-    """The WebUI keeps rendering one model whatever merge it is given."""
+    """The WebUI keeps rendering one model whatever merge it is given; ``trials`` gave the same pictures."""
+
+    def __init__(self, message: str, trials: Sequence[int] = ()) -> None:
+        super().__init__(message)
+        self.trials = tuple(trials)
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,7 @@ class RenderCheck:
                 f"The merge does not reach the renderer: trials {trials} merged different weights but the WebUI "
                 "returned pixel-identical images for the same prompts and seeds, so it keeps rendering one model; "
                 "check that no extension, model-cache setting or override_settings pins the checkpoint and look "
-                "for load errors in the WebUI's console, then restart the WebUI"
+                "for load errors in the WebUI's console, then restart the WebUI", self._streak
             )
 
 

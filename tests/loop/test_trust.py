@@ -47,18 +47,32 @@ def webui_with_a_model(fake_webui):
 # ------------------------------------------------------------------ the merge reaches the renderer
 
 
-def test_a_webui_that_keeps_rendering_the_old_model_stops_the_run_within_a_few_trials(assets, fake_webui, tmp_path, caplog):
+def test_a_webui_that_keeps_rendering_the_old_model_stops_the_run_and_the_resume_renders_those_trials_again(
+        assets, fake_webui, tmp_path, caplog):
+    budget = ("optimiser.init_points=4", "optimiser.n_iters=2")
     fake_webui.ignore_model_switch()
-    code = _cli(_args(assets, fake_webui, tmp_path / "runs", "optimiser.init_points=6", "optimiser.n_iters=4"))
+    code = _cli(_args(assets, fake_webui, tmp_path / "runs", *budget))
     assert code == 6
     run_dir = _only_run(tmp_path / "runs")
-    trials = _trials(run_dir)
-    assert len(trials) == 3, "stopped at the third trial with the same pictures"
-    assert trials[-1]["status"] == "failed" and "does not reach the renderer" in trials[-1]["error"]
     errors = _errors(caplog)
     assert len(errors) == 1 and "\n" not in errors[0]
     assert errors[0].startswith("The merge does not reach the renderer: trials 0, 1 and 2 merged different weights")
-    assert f"resume={run_dir}" in errors[0]
+    assert errors[0].endswith(f"resume with resume={run_dir}, which renders trials 0, 1, 2 again (their records are "
+                              "set aside in trials.not-rendered.jsonl).")
+    # stopped at the third trial with the same pictures; the two logged before are of one model too, so no
+    # score of the three is kept as the truth of the run, nor lost
+    assert (run_dir / "trials.jsonl").read_text() == ""
+    set_aside = [json.loads(line) for line in (run_dir / "trials.not-rendered.jsonl").read_text().splitlines()]
+    assert [t["trial"] for t in set_aside] == [0, 1] and set_aside[0]["score"] == set_aside[1]["score"]
+
+    fake_webui.ignore_model_switch(False)  # the user restarted the WebUI
+    assert _cli(["--config", str(run_dir / "config.yaml"), f"resume={run_dir}", "hydra/job_logging=none",
+                 "hydra/hydra_logging=none"]) == 0
+    resumed = [(t["trial"], t["status"], t["score"]) for t in _trials(run_dir)]
+    # the same run as one on a WebUI that never stuck
+    assert _cli(_args(assets, fake_webui, tmp_path / "clean", *budget)) == 0
+    assert resumed == [(t["trial"], t["status"], t["score"]) for t in _trials(_only_run(tmp_path / "clean"))]
+    assert len({score for _, _, score in resumed}) == len(resumed)
 
 
 def test_a_flat_landscape_with_different_pictures_runs_to_its_budget(assets, fake_webui, tmp_path, monkeypatch):
