@@ -33,6 +33,7 @@ from bayes_merger.config import Config, register_configs
 from bayes_merger.errors import BayesMergerError, ConfigError, Interrupted
 from bayes_merger.files import atomic_write_text, storage_errors
 from bayes_merger.run_folder.paths import BEST_FILE, CONFIG_FILE
+from bayes_merger.run_folder.run_info import is_run_folder
 
 log = logging.getLogger("bayes_merger")
 
@@ -93,6 +94,9 @@ def to_config(cfg: DictConfig) -> Config:
         raise ConfigError(f"Invalid config: {error.msg}") from error
 
 
+CONFIG_HEADER = "# the config of this run; resume it with:\n"
+
+
 def save_config(cfg: DictConfig, run_dir: Path, resuming: bool) -> Path:
     """The composed config, secrets removed, loadable again with ``--config`` (to resume), written atomically.
 
@@ -103,7 +107,7 @@ def save_config(cfg: DictConfig, run_dir: Path, resuming: bool) -> Path:
     """
     data = without_secrets(OmegaConf.to_container(cfg, resolve=True))
     data["resume"] = None
-    text = "# the config of this run; resume it with:\n"
+    text = CONFIG_HEADER
     text += f"#   bayes-merger --config {run_dir / CONFIG_FILE} resume={run_dir}\n"
     text += "defaults:\n  - bayes_merger\n  - _self_\n\n" + OmegaConf.to_yaml(OmegaConf.create(data)) + HYDRA_BLOCK
     if resuming:
@@ -112,8 +116,11 @@ def save_config(cfg: DictConfig, run_dir: Path, resuming: bool) -> Path:
             return same
     name = CONFIG_FILE if not resuming else f"config.resumed-{datetime.now():%Y%m%d-%H%M%S}.yaml"
     path = run_dir / name
-    if path.exists():
-        return path  # never overwrite what a user already has
+    # never overwrite what a user already has; but the config.yaml of a start that was refused before its
+    # run began (no run.json: the WebUI was down, say) is ours and no run's: this start's replaces it, or
+    # the resume command would read the refused start's settings
+    if path.exists() and (resuming or is_run_folder(run_dir) or not (_text_of(path) or "").startswith(CONFIG_HEADER)):
+        return path
     with storage_errors(path):
         run_dir.mkdir(parents=True, exist_ok=True)
         # the resume command needs this file: a kill during the write must not leave half of it

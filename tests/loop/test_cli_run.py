@@ -327,6 +327,23 @@ def test_a_resume_keeps_each_config_it_ran_with_once(tmp_path):
     assert "secret" not in kept.read_text() + (tmp_path / "config.yaml").read_text()
 
 
+def test_a_start_refused_before_its_run_began_leaves_no_config_for_the_next_start_in_that_folder(tmp_path):
+    def config(n_iters):
+        return OmegaConf.create({"resume": None, "optimiser": {"n_iters": n_iters}})
+
+    save_config(config(3), tmp_path, resuming=False)  # then refused: the WebUI was down
+    assert save_config(config(10), tmp_path, resuming=False) == tmp_path / "config.yaml"
+    assert "n_iters: 10" in (tmp_path / "config.yaml").read_text(), "the resume command reads the run's own settings"
+    (tmp_path / "run.json").write_text("{}")  # now a run began: its config is never replaced (the start is refused)
+    save_config(config(20), tmp_path, resuming=False)
+    assert "n_iters: 10" in (tmp_path / "config.yaml").read_text()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("optimiser:\n  n_iters: 7\n")  # nor a config.yaml of the user's own
+    save_config(config(20), mine, resuming=False)
+    assert (mine / "config.yaml").read_text() == "optimiser:\n  n_iters: 7\n"
+
+
 def test_the_demo_resumed_with_its_own_config_leaves_no_copy_of_it(tmp_path, monkeypatch):
     # the demo's fake WebUI listens on a new port at every start: that is not a config of the run
     monkeypatch.chdir(tmp_path)
