@@ -108,12 +108,14 @@ def prepare_webuis(slots: list[Slot], inputs: Inputs, info: dict[str, Any], runs
         if hasattr(webui, "remove_leftovers"):
             webui.remove_leftovers(lambda run_id: (owner := _owner(run_id)) in runs and not is_running(runs[owner]))
         if hasattr(webui, "model_at_start"):
-            if n == 0:  # the first WebUI's model is where a run of one WebUI always kept it
-                info["webui_model_before"] = before[slot.name] = _model_before(webui, info, runs)
-            else:
-                before.setdefault(slot.name, _model_before(webui, {"webui_model_before": before.get(slot.name)}, runs))
-    if len(slots) > 1:
-        info["webui_models_before"] = before
+            known = before.get(slot.name)
+            if known is None and n == 0 and not before:  # a run folder that kept one model, not by WebUI
+                known = info.get("webui_model_before")
+            before[slot.name] = str(known) if known is not None else _model_before(webui, runs)
+            if n == 0:  # the first WebUI's model, where older versions look for it
+                info["webui_model_before"] = before[slot.name]
+    # by WebUI: a resume whose list of WebUIs is reordered or shortened gives each its own model back
+    info["webui_models_before"] = before
     return before
 
 
@@ -122,10 +124,8 @@ def _owner(run_id: str) -> str:
     return re.sub(r"-w\d+$", "", run_id)
 
 
-def _model_before(webui: WebUIClient, info: dict[str, Any], runs: dict[str, Path]) -> str:
-    """The model the WebUI had before this run first started (a resumed run kept it in run.json)."""
-    if info.get("webui_model_before") is not None:
-        return str(info["webui_model_before"])
+def _model_before(webui: WebUIClient, runs: dict[str, Path]) -> str:
+    """The model the WebUI has before this run uses it (not knowing it from run.json)."""
     current = webui.model_at_start()
     owner = merge_run_id(current)
     if owner is None:

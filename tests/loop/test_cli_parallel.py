@@ -7,6 +7,7 @@ import json
 import pytest
 
 from bayes_merger.testing.fake_webui import FakeWebUI
+from bayes_merger.testing.models import make_checkpoint
 from tests.loop.test_cli_run import _args, _cli, _only_run, _trials
 
 
@@ -64,6 +65,29 @@ def test_a_webui_lost_for_good_hands_its_trials_to_the_other(assets, fake_webui,
     trials = _trials(_only_run(tmp_path / "runs"))
     assert [t["trial"] for t in trials] == list(range(6)) and all(t["status"] == "ok" for t in trials)
     assert {t["webui"] for t in trials} == {fake_webui.url}
+
+
+def test_a_resume_on_fewer_webuis_gives_each_the_model_it_had_before_the_run(assets, fake_webui, second_webui, tmp_path):
+    for webui, mine in ((fake_webui, "mine-a"), (second_webui, "mine-b")):
+        make_checkpoint(webui.checkpoint_dir / f"{mine}.safetensors", "sd1", seed=len(mine))
+        webui.restart()
+    urls = f"[{fake_webui.url},{second_webui.url}]"
+    dirs = f"[{fake_webui.checkpoint_dir},{second_webui.checkpoint_dir}]"
+    budget = ("optimiser.init_points=4", "optimiser.n_iters=2")
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"webui.urls={urls}", f"webui.checkpoint_dirs={dirs}",
+                      *budget)) == 0
+    run_dir = _only_run(tmp_path / "runs")
+    lines = (run_dir / "trials.jsonl").read_text().splitlines()
+    (run_dir / "trials.jsonl").write_text("\n".join(lines[:4]) + "\n")  # stopped after four trials
+    info = json.loads((run_dir / "run.json").read_text())
+    info.pop("finished_at", None)
+    (run_dir / "run.json").write_text(json.dumps(info))
+
+    # resumed on the second WebUI alone: the first of the list now, it gets its own model back, not the first's
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"webui.url={second_webui.url}",
+                      f"webui.checkpoint_dir={second_webui.checkpoint_dir}", *budget, f"resume={run_dir}")) == 0
+    assert second_webui.loaded_model == "mine-b.safetensors"
+    assert sorted(p.name for p in second_webui.checkpoint_dir.iterdir()) == ["mine-b.safetensors"]
 
 
 @pytest.mark.parametrize("override, words", [
