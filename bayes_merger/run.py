@@ -112,9 +112,13 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None) -> RunR
 
         try:
             best = record_best(run_dir, trial_log, optimiser)
-            if best is not None and cfg.save_best and info.get("best_saved_trial") != best.trial:
+            # saved again when the best changed, when a resume asks for it in another form, or when it is gone
+            saved = {"trial": best.trial, "precision": str(cfg.best_precision), "prune": bool(cfg.merge.prune)} \
+                if best is not None else None
+            if saved is not None and cfg.save_best and (info.get("best_saved") != saved
+                                                         or not (run_dir / BEST_MERGE).is_file()):
                 _save_best_merge(inputs, merger or Merger.from_inputs(inputs.merge, cfg.merge), best)
-                info["best_saved_trial"] = best.trial
+                info["best_saved"] = saved
             info["finished_at"] = now()
             write_run_info(run_dir, info)
         except StorageError as error:  # every trial is logged: a resume only writes these again

@@ -13,12 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from omegaconf import OmegaConf
 
 from bayes_merger.cli import main, save_config
 from bayes_merger.errors import StorageError
+from bayes_merger.merge.safetensors_file import read_header
 from bayes_merger.testing.models import make_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,6 +88,23 @@ def test_short_run_completes_and_best_yaml_matches_the_best_trial(assets, fake_w
     # the run's own config can resume it, and it holds no secret
     saved = (run_dir / "config.yaml").read_text()
     assert "resume: null" in saved
+
+
+def test_a_finished_run_resumed_with_another_precision_or_without_its_best_merge_saves_it_again(
+        assets, fake_webui, tmp_path):
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs")) == 0
+    run_dir = _only_run(tmp_path / "runs")
+    best = run_dir / "best.safetensors"
+
+    def dtypes():
+        return {entry.info.dtype for entry in read_header(best) if entry.info.dtype.is_floating_point}
+
+    assert dtypes() == {torch.float16}
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}", "best_precision=32")) == 0
+    assert dtypes() == {torch.float32}
+    best.unlink()  # moved away by the user, say
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}", "best_precision=32")) == 0
+    assert dtypes() == {torch.float32}
 
 
 def test_killed_run_resumes_to_the_same_trials_as_an_uninterrupted_run(assets, fake_webui, tmp_path):
