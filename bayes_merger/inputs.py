@@ -31,8 +31,10 @@ from bayes_merger.optimiser import check_optimiser_config
 from bayes_merger.run_folder import (
     MANUAL_RATINGS,
     RUN_FILE,
+    SUGGESTIONS,
     check_resumable,
     is_run_folder,
+    note_changed_suggestions,
     now,
     read_run_info,
 )
@@ -94,7 +96,8 @@ def check_inputs(cfg: Config, run_dir: Path) -> Inputs:
     info = _run_info(cfg, run_id, merge, space, payloads)
     if previous:
         check_resumable(previous, info, run_dir)
-        info = {**previous, "n_iters": cfg.optimiser.n_iters, "run_id": run_id}
+        note_changed_suggestions(previous, info, run_dir)
+        info = {**previous, "n_iters": cfg.optimiser.n_iters, "run_id": run_id, SUGGESTIONS: info[SUGGESTIONS]}
         info.pop("finished_at", None)
     scorer = for_run_folder(cfg.scorer, run_dir / MANUAL_RATINGS)
     return Inputs(cfg, run_dir, merge, space, payloads, scorer, info, resuming)
@@ -156,6 +159,7 @@ def _run_info(cfg: Config, run_id: str, merge: MergeInputs, space: SearchSpace, 
         "payloads": [p.name for p in payloads],
         "space": {"parameters": [asdict(p) for p in space.parameters], "frozen": dict(space.frozen)},
         "objective": _objective(cfg, payloads),
+        SUGGESTIONS: {"acquisition": cfg.optimiser.acquisition, "xi": cfg.optimiser.xi, "kappa": cfg.optimiser.kappa},
     }
 
 

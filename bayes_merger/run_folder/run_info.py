@@ -24,6 +24,9 @@ IDENTITY = ("model_a", "model_b", "model_c", "method", "seed", "init_points", "s
 # what a score means (payload requests, scorer, merge precision): resumed with another, the trials before
 # and after would measure different things. Another version may record it differently: then a warning.
 OBJECTIVE = "objective"
+# the settings that decide a suggestion but not what a score means: a resume may change them, and is told
+# what that changes
+SUGGESTIONS = "suggestions"
 
 
 def write_run_info(run_dir: Path, info: Mapping[str, Any]) -> None:
@@ -88,6 +91,18 @@ def check_resumable(previous: Mapping[str, Any], current: Mapping[str, Any], run
             log.warning("Resuming %s, run by bayes-merger %s, whose record of what a score means differs (%s); "
                         "if the payloads, scorer or merge settings did change, start a new run instead.",
                         run_dir, previous.get("version"), what)
+
+
+def note_changed_suggestions(previous: Mapping[str, Any], current: Mapping[str, Any], run_dir: Path) -> None:
+    """Warn when a resume suggests with other optimiser settings than the run had (older folders: unknown)."""
+    before, now = previous.get(SUGGESTIONS), current[SUGGESTIONS]
+    if not isinstance(before, Mapping):
+        return
+    changed = [f"optimiser.{key} {now.get(key)!r} (was {before.get(key)!r})" for key in sorted(set(before) | set(now))
+               if before.get(key) != now.get(key)]
+    if changed:
+        log.warning("Resuming %s with %s: the finished trials are kept, and the next ones are suggested with these "
+                    "settings, so they differ from what the run would have suggested.", run_dir, ", ".join(changed))
 
 
 def _differences(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:

@@ -107,6 +107,22 @@ def test_a_finished_run_resumed_with_another_precision_or_without_its_best_merge
     assert dtypes() == {torch.float32}
 
 
+def test_a_resume_with_other_acquisition_settings_says_the_suggestions_change(assets, fake_webui, tmp_path, caplog):
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs")) == 0
+    run_dir = _only_run(tmp_path / "runs")
+    caplog.clear()
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}")) == 0
+    assert "suggested with these settings" not in caplog.text
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}", "optimiser.acquisition=ucb",
+                      "optimiser.kappa=1.0")) == 0
+    assert (f"Resuming {run_dir} with optimiser.acquisition 'ucb' (was 'ei'), optimiser.kappa 1.0 (was 2.576): the "
+            "finished trials are kept, and the next ones are suggested with these settings") in caplog.text
+    caplog.clear()
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}", "optimiser.acquisition=ucb",
+                      "optimiser.kappa=1.0")) == 0
+    assert "suggested with these settings" not in caplog.text, "said once"
+
+
 def test_killed_run_resumes_to_the_same_trials_as_an_uninterrupted_run(assets, fake_webui, tmp_path):
     assert _cli(_args(assets, fake_webui, tmp_path / "whole")) == 0
     whole = _trials(_only_run(tmp_path / "whole"))
