@@ -293,8 +293,10 @@ class TrialLoop:
         contexts: list[ImageContext] = []
         for payload in self.payloads:
             generation = slot.webui.txt2img(payload.request)
-            prompt = str(payload.request.get("prompt", ""))  # wildcards were drawn when the payload was read
+            sent = str(payload.request.get("prompt", ""))  # wildcards were drawn when the payload was read
             for image_index, (image, seed) in enumerate(zip(generation.images, generation.seeds)):
+                # what a text-aware scorer compares the image with: the prompt it was rendered from
+                prompt = generation.prompts[image_index] if generation.prompts else sent
                 path = None
                 if self.inputs.keep_images:
                     path = save_image(self.run_dir, image, trial=index, payload=payload.name, index=image_index,

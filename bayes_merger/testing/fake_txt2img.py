@@ -220,30 +220,42 @@ def validate(body: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[list[Any]
     return values, errors
 
 
+def apply_styles(prompt: str, names: list[str] | None, styles: dict[str, str]) -> str:
+    """A1111's ``apply_styles_to_prompt``: each named style's prompt, with ``{prompt}`` standing for the
+    prompt so far, or appended after a comma; a name the server does not have is skipped."""
+    for name in names or []:
+        style = styles.get(name)
+        if style:
+            prompt = style.replace("{prompt}", prompt) if "{prompt}" in style else ", ".join(p for p in (prompt, style) if p)
+    return prompt
+
+
 def generate(features: np.ndarray, name: str, sha256: str, values: dict[str, Any], sampler: str, image_format: str,
-             return_grid: bool, max_image_size: int, version: str) -> dict[str, Any]:
+             return_grid: bool, max_image_size: int, version: str, styles: dict[str, str] | None = None) -> dict[str, Any]:
     """The txt2img answer (images, parameters, info) of the model ``name`` (its file's stem, A1111's
-    name_for_extra) with these ``features``, as A1111 gives it for checked request ``values``."""
+    name_for_extra) with these ``features``, as A1111 gives it for checked request ``values``; ``styles``
+    are the server's saved styles (name → prompt), applied to the prompt rendered (``all_prompts``)."""
     count = max(values["batch_size"], 1) * max(values["n_iter"], 1)
     seed = values["seed"] if values["seed"] != -1 else random.randrange(4294967294)
     subseed = values["subseed"] if values["subseed"] != -1 else random.randrange(4294967294)
     # A1111: consecutive seeds, unless a variation seed is mixed in
     seeds = [seed + (i if values["subseed_strength"] == 0 else 0) for i in range(count)]
     prompt, negative = values["prompt"], values["negative_prompt"]
-    images = [render(features, prompt, negative, s, values["width"], values["height"], max_image_size)
+    styled = apply_styles(prompt, values["styles"], styles or {})
+    images = [render(features, styled, negative, s, values["width"], values["height"], max_image_size)
               for s in seeds]
     index_of_first_image = 0
     if values["save_images"] and return_grid and count > 1:
         images.insert(0, grid(images))
         index_of_first_image = 1
     infotexts = [
-        f"{prompt}\nNegative prompt: {negative}\nSteps: {values['steps']}, Sampler: {sampler}, "
+        f"{styled}\nNegative prompt: {negative}\nSteps: {values['steps']}, Sampler: {sampler}, "
         f"CFG scale: {values['cfg_scale']}, Seed: {s}, Size: {values['width']}x{values['height']}, "
         f"Model hash: {sha256[:10]}, Model: {name}, Version: {version}"
         for s in seeds
     ]
     info = {
-        "prompt": prompt, "all_prompts": [prompt] * count, "negative_prompt": negative,
+        "prompt": prompt, "all_prompts": [styled] * count, "negative_prompt": negative,
         "all_negative_prompts": [negative] * count, "seed": seed, "all_seeds": seeds, "subseed": subseed,
         "all_subseeds": [subseed + i for i in range(count)], "subseed_strength": values["subseed_strength"],
         "width": values["width"], "height": values["height"], "sampler_name": sampler,

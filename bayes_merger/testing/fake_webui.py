@@ -96,6 +96,7 @@ class FakeWebUI(FakeHTTPServer):
         self._pending: _Checkpoint | None = None  # Forge: selected, to load at the next generation
         self._load_count = 0
         self._render_seconds = 0.0
+        self._styles: dict[str, str] = {}  # A1111's styles.csv: name → prompt
         self._interrupt = threading.Event()  # A1111's state.interrupted: set by /interrupt, cleared as a generation begins
         self._generations: list[str] = []  # how each generation ended: "done" or "interrupted"
         self._routes: dict[tuple[str, str], Callable[[Any], _Response]] = {
@@ -159,6 +160,12 @@ class FakeWebUI(FakeHTTPServer):
         with self._lock:
             self._ignoring_switch = ignore
             self._stuck_features = self._loaded.features if ignore and self._loaded else None
+
+    def add_style(self, name: str, prompt: str) -> None:
+        """Save a style, as A1111's styles.csv holds it: a payload's ``styles: [name]`` adds ``prompt`` to
+        the prompt rendered (``{prompt}`` in it stands for the payload's)."""
+        with self._lock:
+            self._styles[name] = prompt
 
     def render_for(self, seconds: float) -> None:
         """Make each generation take ``seconds``, holding the generation queue as A1111 does, unless
@@ -322,6 +329,7 @@ class FakeWebUI(FakeHTTPServer):
                 image_format = str(self._options.get("samples_format", "png")).lower()
                 return_grid = bool(self._options.get("return_grid", True))
                 seconds = self._render_seconds
+                styles = dict(self._styles)
                 self._interrupt.clear()  # A1111's state.begin(): an interrupt sent while idle is forgotten
             if model is None:
                 return self._exception("No checkpoints found. Place a checkpoint in the models folder.", "FileNotFoundError")
@@ -330,7 +338,8 @@ class FakeWebUI(FakeHTTPServer):
             with self._lock:
                 self._generations.append("interrupted" if interrupted else "done")
             return _Response(200, generate(features, model.checkpoint.stem, model.sha256, values, sampler,
-                                           image_format, return_grid, self.max_image_size, VERSIONS[self.mode]))
+                                           image_format, return_grid, self.max_image_size, VERSIONS[self.mode],
+                                           styles))
 
     # ------------------------------------------------------------------------ model handling
 

@@ -6,7 +6,7 @@ import base64
 import binascii
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from PIL import Image, UnidentifiedImageError
@@ -18,11 +18,14 @@ TXT2IMG = "/sdapi/v1/txt2img"
 
 @dataclass(frozen=True)
 class Generation:
-    """The images of one txt2img call (grid left out), its parsed ``info`` and each image's seed."""
+    """The images of one txt2img call (grid left out), its parsed ``info``, each image's seed and the
+    prompt the server rendered it from (``all_prompts``: the payload's, with the WebUI's saved styles
+    applied; empty where the server does not say)."""
 
     images: list[Image.Image]
     info: dict[str, Any]
     seeds: list[int]
+    prompts: list[str] = field(default_factory=list)
 
 
 def parse_info(body: Any) -> dict[str, Any]:
@@ -49,7 +52,10 @@ def read_generation(body: Mapping[str, Any], info: dict[str, Any]) -> Generation
     if not encoded:
         raise WebUIError(f"POST {TXT2IMG} returned no images (is send_images false in the payload?).")
     images = [_decode_image(data, i) for i, data in enumerate(encoded)]
-    return Generation(images=images, info=info, seeds=seeds[: len(images)])
+    prompts = info.get("all_prompts")
+    if not (isinstance(prompts, list) and len(prompts) >= len(images) and all(isinstance(p, str) for p in prompts)):
+        prompts = []
+    return Generation(images=images, info=info, seeds=seeds[: len(images)], prompts=prompts[: len(images)])
 
 
 def _seeds(info: Mapping[str, Any], count: int) -> list[int]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from omegaconf import OmegaConf
 
@@ -121,6 +122,21 @@ def test_a_resume_with_other_acquisition_settings_says_the_suggestions_change(as
     assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}", "optimiser.acquisition=ucb",
                       "optimiser.kappa=1.0")) == 0
     assert "suggested with these settings" not in caplog.text, "said once"
+
+
+def test_images_are_scored_and_kept_with_the_prompt_the_webui_rendered_from_its_styles_applied(
+        assets, fake_webui, tmp_path):
+    # a text-aware scorer (PickScore, HPS v2) compares each image with this prompt; a rescore reads it back
+    fake_webui.add_style("film", "{prompt}, 35mm film grain")
+    payloads = tmp_path / "styled.yaml"
+    payloads.write_text("boat:\n  prompt: a red boat\n  styles: [film]\n  steps: 1\n  width: 64\n  height: 64\n"
+                        "  sampler_name: Euler\n")
+    args = [f"payloads.dir={payloads}" if arg.startswith("payloads.dir=") else arg
+            for arg in _args(assets, fake_webui, tmp_path / "runs", "optimiser.init_points=2", "optimiser.n_iters=0")]
+    assert _cli(args) == 0
+    run_dir = _only_run(tmp_path / "runs")
+    saved = [run_dir / image["path"] for trial in _trials(run_dir) for image in trial["images"]]
+    assert saved and all(Image.open(path).text["prompt"] == "a red boat, 35mm film grain" for path in saved)
 
 
 def test_killed_run_resumes_to_the_same_trials_as_an_uninterrupted_run(assets, fake_webui, tmp_path):

@@ -107,6 +107,18 @@ def test_a_merge_forge_cannot_load_fails_its_trial_and_the_file_forge_renames_is
     assert sorted(p.name for p in folder.iterdir() if p.name.startswith("bm-")) == ["bm-run1-t0001.safetensors"]
 
 
+def test_each_image_comes_with_the_prompt_the_webui_rendered_it_from_its_styles_applied(fake_webui, webui_config):
+    fake_webui.add_style("film", "{prompt}, 35mm film grain")
+    with WebUIClient(webui_config(), "run1") as client:
+        client.load_checkpoint(merge_writer(0.1), trial=0)
+        styled = client.txt2img({**PAYLOAD, "styles": ["film"], "batch_size": 2})
+        plain = client.txt2img(PAYLOAD)
+
+    assert styled.prompts == ["a lighthouse at dusk, 35mm film grain"] * 2
+    assert plain.prompts == ["a lighthouse at dusk"]
+    assert styled.images[0].tobytes() != plain.images[0].tobytes(), "the style is rendered"
+
+
 def test_different_merges_render_different_images_and_the_same_merge_the_same(fake_webui, webui_config):
     with WebUIClient(webui_config(), "run1") as client:
         client.load_checkpoint(merge_writer(0.1), trial=0)
