@@ -87,6 +87,10 @@ def named_scorer(config: ScorerConfig, name: str) -> ScorerConfig:
     """``config`` scoring with ``name`` instead: a scorer, a named ensemble (``PRESETS``) or ``ensemble``
     (``config``'s own); the names checked (a ConfigError), nothing loaded."""
     config = _as_dataclass(config)
+    # a local head file is the head of the scorer it was given for: another one takes its own published
+    # weights (the head-file scorer, and an ensemble's member of it, take any head file)
+    if name != config.name and name not in _TAKES_HEAD_FILE and not (name in PRESETS or name == ENSEMBLE):
+        config = dataclasses.replace(config, head=None)
     if name in PRESETS:
         named = dataclasses.replace(config, name=ENSEMBLE, ensemble=dict(PRESETS[name]))
     else:

@@ -16,6 +16,7 @@ from bayes_merger.errors import ConfigError, ScorerError
 from bayes_merger.scoring import SCORERS, Scorer, build_scorer
 from bayes_merger.scoring import clip as clip_module
 from bayes_merger.scoring.ensemble import EnsembleScorer
+from bayes_merger.scoring.registry import named_scorer
 from bayes_merger.scoring.weights import CHAD_HEAD, LAION_HEAD
 from bayes_merger.testing.tiny_clip import make_tiny_clip, make_tiny_head
 
@@ -142,6 +143,15 @@ def test_in_an_ensemble_scorer_head_goes_to_aesthetic_head_and_laion_keeps_its_o
         ScorerConfig(name="ensemble", ensemble={"laion": 1.0, "aesthetic_head": 1.0}, head=str(mine), **common)
     )
     assert ensemble.score(images) == pytest.approx([(s + 1.0) / 2 for s in laion], abs=1e-6)
+
+
+def test_a_scorer_named_for_finalists_or_a_rescore_does_not_take_the_runs_head_file() -> None:
+    # the run's laion with a local copy of its head: chad must download its own, not be refused for the
+    # laion file's sha256; the head-file scorer takes any head file, an ensemble gives it to that member only
+    run = ScorerConfig(name="laion", head="/models/laion-head.pth")
+    assert named_scorer(run, "chad").head is None and named_scorer(run, "aesthetic_v25").head is None
+    assert named_scorer(run, "laion").head == "/models/laion-head.pth"
+    assert named_scorer(run, "aesthetic_head").head == "/models/laion-head.pth"
 
 
 def test_the_offline_demo_scorer_needs_neither_network_nor_shared_data(
