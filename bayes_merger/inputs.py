@@ -30,6 +30,7 @@ from bayes_merger.merge.merger import MergeInputs, inspect_inputs
 from bayes_merger.optimiser import check_optimiser_config
 from bayes_merger.run_folder import (
     MANUAL_RATINGS,
+    PAYLOAD_WEIGHTS,
     RUN_FILE,
     SUGGESTIONS,
     check_resumable,
@@ -97,7 +98,8 @@ def check_inputs(cfg: Config, run_dir: Path) -> Inputs:
     if previous:
         check_resumable(previous, info, run_dir)
         note_changed_suggestions(previous, info, run_dir)
-        info = {**previous, "n_iters": cfg.optimiser.n_iters, "run_id": run_id, SUGGESTIONS: info[SUGGESTIONS]}
+        info = {**previous, "n_iters": cfg.optimiser.n_iters, "run_id": run_id, SUGGESTIONS: info[SUGGESTIONS],
+                PAYLOAD_WEIGHTS: info[PAYLOAD_WEIGHTS]}
         info.pop("finished_at", None)
     scorer = for_run_folder(cfg.scorer, run_dir / MANUAL_RATINGS)
     return Inputs(cfg, run_dir, merge, space, payloads, scorer, info, resuming)
@@ -157,6 +159,7 @@ def _run_info(cfg: Config, run_id: str, merge: MergeInputs, space: SearchSpace, 
         "seed": cfg.run.seed,
         "scorer": cfg.scorer.name,
         "payloads": [p.name for p in payloads],
+        PAYLOAD_WEIGHTS: {p.name: p.score_weight for p in payloads},
         "space": {"parameters": [asdict(p) for p in space.parameters], "frozen": dict(space.frozen)},
         "objective": _objective(cfg, payloads),
         SUGGESTIONS: {"acquisition": cfg.optimiser.acquisition, "xi": cfg.optimiser.xi, "kappa": cfg.optimiser.kappa},

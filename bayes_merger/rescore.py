@@ -26,7 +26,9 @@ from bayes_merger.config import ScorerConfig
 from bayes_merger.errors import BayesMergerError, ConfigError, ScorerError
 from bayes_merger.run_folder import (
     CONFIG_FILE,
+    PAYLOAD_WEIGHTS,
     TRIALS_FILE,
+    load_run_info,
     now,
     ranked,
     read_trial_records,
@@ -115,7 +117,11 @@ def _saved_images(run_dir: Path, record: Mapping[str, Any]) -> tuple[list[Image.
 
 
 def _score_weights(run_dir: Path) -> dict[str, float]:
-    """Each payload's score_weight, from the run's own config; 1 for all when it cannot be read."""
+    """Each payload's score_weight, as run.json recorded it (older runs: from the run's own config and
+    payload files); 1 for all when it cannot be read."""
+    recorded = (load_run_info(run_dir) or {}).get(PAYLOAD_WEIGHTS)
+    if isinstance(recorded, Mapping):
+        return {str(name): float(weight) for name, weight in recorded.items()}
     try:
         from omegaconf import OmegaConf
 

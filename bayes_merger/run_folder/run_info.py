@@ -27,6 +27,8 @@ OBJECTIVE = "objective"
 # the settings that decide a suggestion but not what a score means: a resume may change them, and is told
 # what that changes
 SUGGESTIONS = "suggestions"
+# each payload's score_weight, so a re-score combines the payloads as the run did without its payload files
+PAYLOAD_WEIGHTS = "payload_weights"
 
 
 def write_run_info(run_dir: Path, info: Mapping[str, Any]) -> None:

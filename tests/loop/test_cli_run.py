@@ -82,6 +82,7 @@ def test_short_run_completes_and_best_yaml_matches_the_best_trial(assets, fake_w
     assert (run_dir / "importance.png").is_file() and "importance.png" in (run_dir / "report.html").read_text()
     assert "Gain over baseline" in (run_dir / "report.html").read_text()
     assert json.loads((run_dir / "run.json").read_text())["finished_at"]
+    assert json.loads((run_dir / "run.json").read_text())["payload_weights"] == {"fox": 1.0, "kettle": 1.0}
     # every image of every trial was rendered by the merge of that trial, with fixed seeds
     seeds = {(i["payload"], i["index"]): i["seed"] for i in trials[0]["images"]}
     assert all({(i["payload"], i["index"]): i["seed"] for i in t["images"]} == seeds for t in trials)

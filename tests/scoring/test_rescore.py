@@ -66,6 +66,16 @@ def test_rescore_writes_new_scores_beside_the_log_and_leaves_the_log_alone(tmp_p
     assert read_rescores(run_dir) == {"promptlength": {0: first["score"], 2: lines[1]["score"]}}
 
 
+def test_the_payloads_are_combined_with_the_weights_the_run_recorded_without_its_payload_files(tmp_path: Path) -> None:
+    run_dir = _run_folder(tmp_path, [5.0])
+    # run.json keeps the weights: the payload folder may have moved or changed since
+    (run_dir / "run.json").write_text(json.dumps({"payload_weights": {"portrait": 3.0, "castle": 1.0}}))
+    (line,) = [json.loads(text) for text in rescore_run(run_dir, ScorerConfig(), scorer=PromptLength())
+               .path.read_text().splitlines()]
+    portrait, castle = len(PROMPTS["portrait"]) + 0.5, len(PROMPTS["castle"]) + 0.5
+    assert line["score"] == pytest.approx((3 * portrait + castle) / 4)
+
+
 def test_top_k_rescores_only_the_best_trials_of_the_run(tmp_path: Path) -> None:
     run_dir = _run_folder(tmp_path, [5.0, 7.0, 6.0, 4.0])
     result = rescore_run(run_dir, ScorerConfig(), top_k=2, scorer=PromptLength())
