@@ -378,6 +378,9 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
 
     # ----------------------------------------------------------------------------- websocket
 
+    def _all_sockets(self) -> list[Any]:
+        return [ws for group in self._sockets.values() for ws in group]
+
     def _serve_websocket(self, handler: Any, client_id: str) -> None:
         ws = ServerWebSocket.accept(handler)
         # a websocket stays open however long its client is silent, as aiohttp's does; the idle timeout
@@ -414,11 +417,12 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
                     group.remove(ws)
 
     def _send(self, client_id: str | None, event: str, data: dict[str, Any]) -> None:
-        """An execution event: only to the prompt's client (none when it gave no client_id)."""
-        if not client_id:
+        """An execution event: only to the prompt's client; of a prompt posted without a client_id,
+        ``progress`` to every socket and no other (measured: shared/reference/comfyui-api.md)."""
+        if not client_id and event != "progress":
             return
         with self._lock:
-            sockets = list(self._sockets.get(client_id, []))
+            sockets = list(self._sockets.get(client_id, [])) if client_id else self._all_sockets()
             drop = next((d for d in self._ws_drops if d[0] == event and d[1] > 0), None) if sockets else None
             if drop is not None:
                 drop[1] -= 1

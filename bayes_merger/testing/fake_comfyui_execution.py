@@ -168,8 +168,9 @@ class PromptExecution:
             self._send_binary(client, (1).to_bytes(4, "big") + (2).to_bytes(4, "big") + buffer.getvalue())
 
     def _send_binary(self, client: str | None, frame: bytes) -> None:
+        """To the prompt's client; of a prompt posted without a client_id, to every socket."""
         with self._lock:
-            sockets = list(self._sockets.get(client or "", []))
+            sockets = list(self._sockets.get(client, [])) if client else self._all_sockets()
         for ws in sockets:
             ws.send_binary(frame)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from safetensors.torch import load_file, save_file
@@ -156,6 +158,28 @@ def test_a_prompt_we_stop_waiting_for_leaves_the_queue_and_anothers_running_prom
         gate.set()
         fake_comfyui.wait_until_idle()
         assert fake_comfyui.history[theirs]["status"]["status_str"] == "success"
+
+
+def test_the_images_of_a_prompt_posted_without_a_client_id_are_never_taken_for_ours(
+        graph_client, fake_comfyui, comfy_config):
+    # ComfyUI sends the progress and the images of such a prompt (another tool's) to every socket, ours too
+    graph_client.load_weights(WEIGHTS, trial=0)
+    alone = [image.tobytes() for image in graph_client.txt2img(PAYLOAD).images]
+    graph = copy.deepcopy(next(iter(fake_comfyui.history.values()))["prompt"][2])
+    for node in graph.values():
+        if "seed" in node["inputs"]:
+            node["inputs"]["seed"] += 1  # other pictures
+    gate = fake_comfyui.hold_execution()
+    theirs = ComfyApi(comfy_config()).request("POST", "/prompt", {"prompt": graph})["prompt_id"]
+    assert fake_comfyui.wait_until_running() == theirs
+    with ThreadPoolExecutor(1) as pool:
+        ours = pool.submit(graph_client.txt2img, PAYLOAD)
+        fake_comfyui.wait_for_requests("/prompt", 3)  # ours is queued behind theirs
+        gate.set()
+        images = ours.result(timeout=30).images
+
+    assert [image.tobytes() for image in images] == alone
+    assert fake_comfyui.history[theirs]["status"]["status_str"] == "success"
 
 
 def test_a_failed_clean_up_is_logged_and_the_timeout_is_what_is_raised(comfy_config, fake_comfyui, tiny_models,
