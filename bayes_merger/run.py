@@ -112,13 +112,12 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None) -> RunR
 
         try:
             best = record_best(run_dir, trial_log, optimiser)
-            # saved again when the best changed, when a resume asks for it in another form, or when it is gone
-            saved = {"trial": best.trial, "precision": str(cfg.best_precision), "prune": bool(cfg.merge.prune)} \
-                if best is not None else None
-            if saved is not None and cfg.save_best and (info.get("best_saved") != saved
-                                                         or not (run_dir / BEST_MERGE).is_file()):
-                _save_best_merge(inputs, merger or Merger.from_inputs(inputs.merge, cfg.merge), best)
-                info["best_saved"] = saved
+            if best is not None and cfg.save_best:
+                # saved again when the best changed, when a resume asks for it in another form, or when it is gone
+                saved = {"trial": best.trial, "precision": str(cfg.best_precision), "prune": bool(cfg.merge.prune)}
+                if info.get("best_saved") != saved or not (run_dir / BEST_MERGE).is_file():
+                    _save_best_merge(inputs, merger or Merger.from_inputs(inputs.merge, cfg.merge), best)
+                    info["best_saved"] = saved
             info["finished_at"] = now()
             write_run_info(run_dir, info)
         except StorageError as error:  # every trial is logged: a resume only writes these again
@@ -191,10 +190,10 @@ class TrialLoop:
         if proof is not None:
             # the pictures of those trials were all of one model, whichever it was: none of their scores
             # is kept, and a resume renders them again
-            out = self.trial_log.retract(proof.trials)
+            self.trial_log.retract(proof.trials)
             record_best(self.run_dir, self.trial_log, self.optimiser)
             _refresh_report(self.run_dir)
-            redone = ", ".join(str(t) for t in sorted({*out, trial.trial} & set(proof.trials)))
+            redone = ", ".join(str(t) for t in sorted(proof.trials))
             raise RunStopped(f"{proof}; then resume with resume={self.run_dir}, which renders trials {redone} again "
                              f"(their records are set aside in {NOT_RENDERED_FILE}).")
         self._failures = 0 if trial.ok else self._failures + 1

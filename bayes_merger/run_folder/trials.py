@@ -239,14 +239,14 @@ class TrialLog:
                 os.close(fd)
         self.trials.append(trial)
 
-    def retract(self, numbers: Iterable[int]) -> list[int]:
+    def retract(self, numbers: Iterable[int]) -> None:
         """Take the trials ``numbers`` out of the log, for a resume to run them again: their scores are not
         what the log says (the WebUI rendered another model). Their lines move to ``NOT_RENDERED_FILE``
-        first, so nothing is lost; the log is then replaced in one rename. Returns the trials taken out."""
+        first, so nothing is lost; the log is then replaced in one rename."""
         numbers = set(numbers)
         out = [t for t in self.trials if t.trial in numbers]
         if not out:
-            return []
+            return
         kept = [t for t in self.trials if t.trial not in numbers]
         side = self.path.with_name(NOT_RENDERED_FILE)
         with storage_errors(side), side.open("ab") as handle:
@@ -259,7 +259,6 @@ class TrialLog:
                 handle.flush()
                 os.fsync(handle.fileno())
         self.trials = kept
-        return sorted(t.trial for t in out)
 
     def best(self) -> Trial | None:
         return best_trial(self.trials)
