@@ -315,8 +315,7 @@ class FakeWebUI(FakeHTTPServer):
                 if self._pending is not None:  # Forge loads the selected model now
                     pending, self._pending = self._pending, None
                     if self._loaded is None or self._loaded.checkpoint.path != pending.path:
-                        unreadable = self._load(pending) is None
-                        if unreadable:  # measured on a real Forge: a 500, and the file renamed
+                        if self._load(pending) is None:  # unreadable; measured on a real Forge: a 500, the file renamed
                             pending.path.rename(pending.path.with_name(pending.path.name + ".corrupted"))
                             self._scan()
                             return self._exception("Failed to recognize model type!", "ValueError")
