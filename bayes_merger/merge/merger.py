@@ -182,8 +182,8 @@ class Merger:
         self.architecture: Architecture = inputs.architecture
         self.device: torch.device = resolve_device(config.device, "merge device")
 
-        plan, partial = self._plan(inputs.infos)
-        self._load(inputs.infos, plan, partial, parse_dtype(config.load_dtype), parse_dtype(config.dtype))
+        plan, partial, extra = self._plan(inputs.infos)
+        self._load(inputs.infos, plan, partial, extra, parse_dtype(config.load_dtype), parse_dtype(config.dtype))
         self._hashes: dict[str, str] = {}
         self._weights: BlockWeights | None = None
 
@@ -197,8 +197,11 @@ class Merger:
 
     # ------------------------------------------------------------------------------------- plan
 
-    def _plan(self, infos: Mapping[str, Mapping[str, TensorInfo]]) -> tuple[dict[str, int], dict[str, int]]:
-        """key → block index for the merged keys, and key → channel count for the partial ones."""
+    def _plan(self, infos: Mapping[str, Mapping[str, TensorInfo]]
+              ) -> tuple[dict[str, int], dict[str, int], dict[str, str]]:
+        """key → block index for the merged keys, key → channel count for the partial ones, and key → model
+        for the weights model A lacks: copied from B (else C), as supermerger and sd-meh do (a model A
+        saved without its VAE would otherwise give merges without one)."""
         arch = self.architecture
         index = {name: i for i, name in enumerate(arch.blocks)}
         others = [m for m in self.models if m != "A"]
@@ -238,7 +241,20 @@ class Merger:
                 len(mismatched),
                 mismatched[0],
             )
-        return plan, partial
+        # the models' weights only: a prediction-type marker or a buffer of B's would change A's kind of model
+        extra: dict[str, str] = {}
+        for m in others:
+            for key in infos[m]:
+                if key in infos["A"] or key in extra or arch.block_of(key) is None:
+                    continue
+                if not self.config.prune or is_kept_by_prune(key):
+                    extra[key] = m
+        for m in others:
+            copied = [key for key, source in extra.items() if source == m]
+            if copied:
+                log.warning("%d keys of model %s are not in model A (first: %s); they are copied from model %s.",
+                            len(copied), m, copied[0], m)
+        return plan, partial, extra
 
     # ----------------------------------------------------------------------------------- loading
 
@@ -247,11 +263,13 @@ class Merger:
         infos: Mapping[str, Mapping[str, TensorInfo]],
         plan: Mapping[str, int],
         partial: Mapping[str, int],
+        extra: Mapping[str, str],
         load_dtype: torch.dtype | None,
         save_dtype: torch.dtype | None,
     ) -> None:
         # the held dtype per key is the dtype of the result: B and C are brought to it as they load
         dtypes = {k: held_dtype(v.dtype, load_dtype, save_dtype) for k, v in infos["A"].items()}
+        dtypes.update({k: held_dtype(infos[m][k].dtype, load_dtype, save_dtype) for k, m in extra.items()})
         # with prune, what pruning drops (EMA copies: as large as the UNet) is never saved, so never loaded
         a_keys = [k for k in infos["A"] if is_kept_by_prune(k)] if self.config.prune else None
         log.info("Loading model A %s onto %s", self.models["A"], self.device)
@@ -260,7 +278,8 @@ class Merger:
         for m in self.models:
             if m != "A":
                 log.info("Loading model %s %s onto %s", m, self.models[m], self.device)
-                inputs[m] = load_state_dict(self.models[m], self.device, keys=plan.keys(), dtypes=dtypes)
+                keys = [*plan, *(k for k, source in extra.items() if source == m)]
+                inputs[m] = load_state_dict(self.models[m], self.device, keys=keys, dtypes=dtypes)
 
         outputs: dict[str, torch.Tensor] = {}
         steps: list[_Step] = []
@@ -286,13 +305,15 @@ class Merger:
                     out = t.clone()
                     outputs[key] = out
                     steps.append(self._step(key, plan[key], t, b, c, out))
+            for key, source in extra.items():
+                outputs[key] = inputs[source][key]  # not merged, never copied
         self._inputs = inputs
         self._steps = self._prepare(steps)
         self._outputs = outputs
         self._view: Mapping[str, torch.Tensor] = MappingProxyType(outputs)
         log.info(
-            "%s models loaded: %d keys merged, %d taken from model A.",
-            self.architecture.label, len(steps), len(outputs) - len(steps),
+            "%s models loaded: %d keys merged, %d taken from model A, %d from the others.",
+            self.architecture.label, len(steps), len(outputs) - len(steps) - len(extra), len(extra),
         )
 
     def _step(self, key: str, block: int, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None,

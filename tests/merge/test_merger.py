@@ -117,6 +117,21 @@ def test_a_key_missing_from_b_or_c_keeps_a_value(models, tmp_path):
     assert not torch.equal(out["model.diffusion_model.out.0.weight"], a["model.diffusion_model.out.0.weight"])
 
 
+def test_keys_model_a_lacks_are_copied_from_b_as_supermerger_and_sd_meh_do(models, tmp_path, caplog):
+    # a model A saved without its VAE: the merges must not come out without one
+    a = {k: v for k, v in _tensors(models["a32"]).items() if not k.startswith("first_stage_model.")}
+    save_file(a, tmp_path / "a.safetensors")
+    merger = Merger(tmp_path / "a.safetensors", models["b"], None, _config(dtype="fp16"))
+    out = merger.merge(BlockWeights.uniform(SD_BLOCKS, 0.5))
+    b = _tensors(models["b"])
+    vae = [k for k in b if k.startswith("first_stage_model.")]
+    assert vae and all(torch.equal(out[k], b[k]) for k in vae)
+    assert all(out[k].dtype == b[k].dtype for k in vae)
+    assert f"{len(vae)} keys of model B are not in model A (first: first_stage_model." in caplog.text
+    merger.save(tmp_path / "merged.safetensors")
+    assert set(vae) <= set(load_file(tmp_path / "merged.safetensors"))
+
+
 def test_every_merge_writes_into_the_same_output_tensors(models):
     merger = Merger(models["a"], models["b"], None, _config())
     first = merger.merge(BlockWeights.uniform(SD_BLOCKS, 0.2))
