@@ -60,7 +60,8 @@ def held_dtype(a_dtype: torch.dtype, load_dtype: torch.dtype | None, save_dtype:
 
     Except that a bf16 A saved as fp16 is held in fp16, in the same memory: bf16 keeps 3 fewer bits
     than fp16, so a bf16 merge saved as fp16 had only bf16's precision, B's fp16 values rounded
-    to bf16 before the merge and the merge rounded again.
+    to bf16 before the merge and the merge rounded again. And an fp8 A, which torch cannot add or
+    interpolate in, is held in the saved precision (fp16 when that is fp8 too or A's own).
     """
     if not a_dtype.is_floating_point:
         return a_dtype
@@ -68,6 +69,8 @@ def held_dtype(a_dtype: torch.dtype, load_dtype: torch.dtype | None, save_dtype:
         return load_dtype
     if a_dtype == torch.bfloat16 and save_dtype == torch.float16:
         return torch.float16
+    if a_dtype.itemsize == 1:  # fp8: torch has no arithmetic in it; held in the precision it is saved in
+        return save_dtype if save_dtype is not None and save_dtype.itemsize > 1 else torch.float16
     return a_dtype
 
 
