@@ -9,15 +9,18 @@ override, an unknown key) is bad input too: one sentence, exit 2.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import logging
 import os
 import signal
 import sys
 import threading
+import typing
 from datetime import datetime
 from pathlib import Path
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -86,12 +89,39 @@ def register_resolvers() -> None:
 
 
 def to_config(cfg: DictConfig) -> Config:
+    unknown = _unknown_keys(cfg, Config)
+    if unknown:  # added with Hydra's +, as its own error message suggests for a misspelt key
+        key = unknown[0]
+        section, _, name = key.rpartition(".")
+        hints = typing.get_type_hints(_schema_at(section))
+        close = difflib.get_close_matches(name, list(hints), n=1)
+        hint = f" (did you mean {'.'.join(filter(None, [section, close[0]]))}?)" if close else ""
+        raise ConfigError(f"{key} is not a setting of bayes-merger{hint}; bayes-merger --help lists them.")
     try:
         return OmegaConf.to_object(cfg)  # type: ignore[return-value]
     except MissingMandatoryValue as error:
         raise ConfigError(f"{error.full_key} is required: set it in the config or on the command line ({error.full_key}=...).") from error
     except OmegaConfBaseException as error:
         raise ConfigError(f"Invalid config: {error.msg}") from error
+
+
+def _unknown_keys(cfg: DictConfig, schema: Any, prefix: str = "") -> list[str]:
+    """The dotted keys of ``cfg`` that the dataclass ``schema`` (and its sections) does not have."""
+    hints = typing.get_type_hints(schema)
+    found = []
+    for key in cfg.keys():
+        if key not in hints:
+            found.append(f"{prefix}{key}")
+        elif dataclasses.is_dataclass(hints[key]) and isinstance(cfg.get(key), DictConfig):
+            found += _unknown_keys(cfg[key], hints[key], f"{prefix}{key}.")
+    return found
+
+
+def _schema_at(section: str) -> Any:
+    schema: Any = Config
+    for part in filter(None, section.split(".")):
+        schema = typing.get_type_hints(schema)[part]
+    return schema
 
 
 CONFIG_HEADER = "# the config of this run; resume it with:\n"
@@ -169,6 +199,9 @@ def _task(cfg: DictConfig) -> None:
         config = to_config(cfg)
         # a resumed run continues in its own folder, whatever the config's hydra.run.dir says
         run_dir = Path(config.resume).expanduser() if config.resume else Path(HydraConfig.get().runtime.output_dir)
+        if config.resume and not is_run_folder(run_dir):  # before a config.resumed-*.yaml is written into it
+            raise ConfigError(f"resume={config.resume} is not a run folder (it has no run.json): give the folder "
+                              "of the run to continue.")
         with _stop_on_signals() as stop:
             # the demo's saved config is the one given, not the one with its fake WebUI's port, new at
             # every start: a resume starts the fake again, and its config is then the same

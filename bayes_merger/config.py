@@ -131,7 +131,8 @@ class OptimiserConfig:
     lower: float = 0.0
     upper: float = 1.0
     # per-parameter ranges, e.g. {IN00: [0.2, 0.8]} (names: BASE/IN00/… or base_alpha/block_0_alpha)
-    custom_ranges: Dict[str, List[float]] = field(default_factory=dict)
+    # (List[Any]: OmegaConf refuses an integer in a List[float], so [0, 1] is checked as numbers in space.py)
+    custom_ranges: Dict[str, List[Any]] = field(default_factory=dict)
     # parameters held at a value, e.g. {BASE: 0.0, OUT11_beta: 0.5}
     frozen: Dict[str, float] = field(default_factory=dict)
     # parameters that move together, e.g. [[IN00, IN01, IN02], [OUT09, OUT10, OUT11]]

@@ -117,6 +117,13 @@ def _check_settings(cfg: Config) -> tuple[Path, Path, Path | None]:
             raise ConfigError(f"{key}: {path} does not exist.")
         if not path.is_file():
             raise ConfigError(f"{key}: {path} is a folder, not a checkpoint file.")
+    if os.path.samefile(model_path(cfg.model_a), model_path(cfg.model_b)):
+        raise ConfigError(f"model_a and model_b are the same file ({model_path(cfg.model_b)}): a model merged with "
+                          "itself is itself whatever the weights; give two different models.")
+    for key in ("connect_timeout", "read_timeout", "ready_timeout", "poll_interval", "retries", "backoff_factor",
+                "keep_last"):
+        if getattr(cfg.webui, key) < 0:
+            raise ConfigError(f"webui.{key} must not be negative, got {getattr(cfg.webui, key)}.")
     backend_of(cfg.webui.backend)
     urls, folders = list(cfg.webui.urls), list(cfg.webui.checkpoint_dirs)
     if len(set(urls)) < len(urls):
@@ -130,7 +137,10 @@ def _check_settings(cfg: Config) -> tuple[Path, Path, Path | None]:
     parse_dtype(cfg.best_precision)
     check_cluster_settings(cfg)
     if cfg.scorer.finalists:  # used only at the end of the night: a typo is said now
-        named_scorer(cfg.scorer, cfg.scorer.finalists)
+        try:
+            named_scorer(cfg.scorer, cfg.scorer.finalists)
+        except ConfigError as error:
+            raise ConfigError(f"scorer.finalists: {error}") from error
     if cfg.cluster.address is None:  # on a cluster the devices are the hosts', checked there
         resolve_device(cfg.merge.device, "merge device")
         resolve_device(cfg.scorer.device, "scorer device")

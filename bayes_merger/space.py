@@ -140,8 +140,8 @@ def build_space(config: OptimiserConfig, blocks: Sequence[str], uses_beta: bool)
     _check_range("the default range (optimiser.lower, optimiser.upper)", config.lower, config.upper)
     ranges: dict[str, tuple[float, float]] = {}
     for raw, bounds in config.custom_ranges.items():
-        if len(bounds) != 2:
-            raise ConfigError(f"optimiser.custom_ranges.{raw} must be [lower, upper], got {list(bounds)}.")
+        if len(bounds) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds):
+            raise ConfigError(f"optimiser.custom_ranges.{raw} must be [lower, upper], two numbers, got {list(bounds)}.")
         lower, upper = float(bounds[0]), float(bounds[1])
         _check_range(f"optimiser.custom_ranges.{raw}", lower, upper)
         ranges[canon(raw)] = (lower, upper)

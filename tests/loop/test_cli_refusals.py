@@ -59,5 +59,51 @@ def test_a_resume_with_another_number_of_trials_at_once_says_what_that_changes(a
 
 def test_a_finalists_scorer_that_does_not_exist_is_refused_before_the_night(assets, fake_webui, tmp_path, caplog):
     assert _cli(_args(assets, fake_webui, tmp_path / "runs", "scorer.finalists=pickscor")) == 2
-    assert "scorer.name 'pickscor' is not a scorer" in caplog.text and "Did you mean 'pickscore'" in caplog.text
+    assert "scorer.finalists: scorer.name 'pickscor' is not a scorer" in caplog.text
+    assert "Did you mean 'pickscore'" in caplog.text
     assert fake_webui.requests_to("/sdapi/v1/progress") == []
+
+
+def _refusal(caplog) -> str:
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0]
+    return errors[0]
+
+
+@pytest.mark.parametrize("overrides, words", [
+    # Hydra's own hint for a misspelt key is to add it with +: then it was ignored, and the saved config
+    # could not resume the run
+    (["+optimizer.n_iters=5"], "optimizer is not a setting of bayes-merger (did you mean optimiser?)"),
+    (["+optimiser.n_iter=5"], "optimiser.n_iter is not a setting of bayes-merger (did you mean optimiser.n_iters?)"),
+    (["webui.retries=-1"], "webui.retries must not be negative, got -1."),
+    (["webui.ready_timeout=-1"], "webui.ready_timeout must not be negative, got -1.0."),
+])
+def test_settings_that_would_be_ignored_or_make_no_sense_are_one_sentence_before_the_webui_is_asked(
+        assets, fake_webui, tmp_path, caplog, overrides, words):
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", *overrides)) == 2
+    assert words in _refusal(caplog)
+    assert fake_webui.requests_to("/sdapi/v1/progress") == []
+
+
+def test_the_same_file_as_model_a_and_model_b_is_refused_before_the_webui_is_asked(assets, fake_webui, tmp_path, caplog):
+    link = tmp_path / "same.safetensors"
+    link.symlink_to(assets["model_a"])
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs") + [f"model_b={link}"]) == 2
+    assert _refusal(caplog).startswith("model_a and model_b are the same file")
+    assert fake_webui.requests_to("/sdapi/v1/progress") == []
+
+
+def test_whole_numbers_in_a_custom_range_are_numbers(assets, fake_webui, tmp_path):
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "optimiser.n_iters=0",
+                      "+optimiser.custom_ranges={IN00: [0, 1], OUT11: [0, 0.5]}")) == 0
+    assert all(0 <= t["weights"]["alpha"]["OUT11"] <= 0.5 for t in _trials(_only_run(tmp_path / "runs")))
+
+
+def test_a_resume_of_a_folder_that_holds_no_run_is_refused_and_nothing_is_written_into_it(
+        assets, fake_webui, tmp_path, caplog):
+    folder = tmp_path / "payloads"
+    folder.mkdir()
+    (folder / "mine.yaml").write_text("a: {prompt: x}\n")
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={folder}")) == 2
+    assert _refusal(caplog).startswith(f"resume={folder} is not a run folder (it has no run.json)")
+    assert not list(folder.glob("config*.yaml"))
