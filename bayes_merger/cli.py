@@ -191,8 +191,14 @@ def _stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(signum, handler)
 
 
+# set once Hydra has made the run folder and handed over: an OSError before it is Hydra's, making that folder
+_TASK_STARTED = threading.Event()
+
+
 def _task(cfg: DictConfig) -> None:
     from bayes_merger.run import run  # imported here so that --help and config errors stay fast
+
+    _TASK_STARTED.set()
 
     try:
         scrub_hydra_files()
@@ -265,6 +271,7 @@ def _composition_errors_raised() -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    _TASK_STARTED.clear()
     args = sys.argv[1:] if argv is None else list(argv)
     _own_flags(args)
     try:
@@ -275,6 +282,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.argv = [sys.argv[0] if sys.argv else "bayes-merger"] + args
         with _composition_errors_raised():
             hydra.main(version_base=None, config_path=None, config_name=None)(_task)()
+    except OSError as error:
+        if _TASK_STARTED.is_set() or not error.filename:
+            raise
+        # Hydra making the run folder (hydra.run.dir, run.dir or resume=) where a file is, or cannot be made
+        logging.basicConfig(format="bayes-merger: %(message)s")
+        log.error("The run folder %s cannot be made (%s): check run.dir, hydra.run.dir or resume=.",
+                  error.filename, error.strerror or error)
+        sys.exit(ConfigError.exit_code)
     except ConfigError as error:  # before Hydra set up logging: the task's own errors end in _task
         logging.basicConfig(format="bayes-merger: %(message)s")
         log.error("%s", error)

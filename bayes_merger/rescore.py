@@ -159,7 +159,10 @@ def scorer_config(run_dir: Path, overrides: Sequence[str]) -> tuple[ScorerConfig
             if preset or value != ENSEMBLE:
                 base.ensemble = dict(preset or {})
         elif key == "top_k":
-            top_k = int(value)
+            try:
+                top_k = int(value)
+            except ValueError:
+                raise ConfigError(f"top_k is {value!r}; it must be a whole number, at least 1.") from None
         elif key.startswith("scorer."):
             if key == "scorer.ensemble":  # the members given, not added to the run's (as a run's override does)
                 base.ensemble = {}

@@ -107,3 +107,11 @@ def test_a_resume_of_a_folder_that_holds_no_run_is_refused_and_nothing_is_writte
     assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={folder}")) == 2
     assert _refusal(caplog).startswith(f"resume={folder} is not a run folder (it has no run.json)")
     assert not list(folder.glob("config*.yaml"))
+
+
+def test_a_run_folder_where_a_file_is_is_one_sentence_not_a_traceback(assets, fake_webui, tmp_path, caplog):
+    taken = tmp_path / "taken"
+    taken.write_text("mine\n")
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"hydra.run.dir={taken}")) == 2
+    assert _refusal(caplog).startswith(f"The run folder {taken} cannot be made (File exists)")
+    assert taken.read_text() == "mine\n"

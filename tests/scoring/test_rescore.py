@@ -97,6 +97,8 @@ def test_overrides_start_from_the_runs_scorer_section(tmp_path: Path) -> None:
     assert (config.name, config.device, config.batch_size, top_k) == ("pickscore", "cpu", 2, 4)
     config, _ = scorer_config(tmp_path, ["scorer=ensemble", "scorer.ensemble={pickscore: 1, hpsv2: 2}"])
     assert config.ensemble == {"pickscore": 1, "hpsv2": 2}
+    with pytest.raises(ConfigError, match="top_k is 'abc'; it must be a whole number, at least 1"):
+        scorer_config(tmp_path, ["top_k=abc"])
     with pytest.raises(ConfigError, match="not an option"):
         scorer_config(tmp_path, ["optimiser.n_iters=3"])
 
