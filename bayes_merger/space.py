@@ -144,8 +144,15 @@ def build_space(config: OptimiserConfig, blocks: Sequence[str], uses_beta: bool)
             raise ConfigError(f"optimiser.custom_ranges.{raw} must be [lower, upper], two numbers, got {list(bounds)}.")
         lower, upper = float(bounds[0]), float(bounds[1])
         _check_range(f"optimiser.custom_ranges.{raw}", lower, upper)
+        _once(ranges, canon(raw), "optimiser.custom_ranges")
         ranges[canon(raw)] = (lower, upper)
-    frozen = {canon(raw): float(value) for raw, value in config.frozen.items()}
+    frozen: dict[str, float] = {}
+    for raw, value in config.frozen.items():
+        _once(frozen, canon(raw), "optimiser.frozen")
+        if canon(raw) in ranges:
+            raise ConfigError(f"{canon(raw)} is both frozen and given a custom range: a frozen weight does not move; "
+                              "remove one of the two.")
+        frozen[canon(raw)] = float(value)
     for name, value in frozen.items():
         if not math.isfinite(value):
             raise ConfigError(f"optimiser.frozen.{name} must be a finite number, got {value}.")
@@ -170,6 +177,11 @@ def build_space(config: OptimiserConfig, blocks: Sequence[str], uses_beta: bool)
     if not parameters:
         raise ConfigError("Every weight is frozen: there is nothing left to optimise.")
     return SearchSpace(blocks=blocks, uses_beta=uses_beta, parameters=tuple(parameters), frozen=frozen)
+
+
+def _once(seen: Mapping[str, object], name: str, setting: str) -> None:
+    if name in seen:  # IN00 and in00, or block_0_alpha beside IN00: the last one would win without a word
+        raise ConfigError(f"{setting} names {name} twice (under two spellings); keep one.")
 
 
 def _start_values(start: object, blocks: tuple[str, ...], uses_beta: bool) -> dict[str, float]:
