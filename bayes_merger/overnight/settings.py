@@ -309,6 +309,14 @@ def parse_sections(text: str) -> dict[str, dict[str, Any]]:
         raise Failure(f"bayes-merger printed a config that is not YAML ({error}).", EXIT_CONFIG) from error
     if not isinstance(data, dict):
         return {}
+    # a required setting left unset (Hydra's ???) would end every bayes-merger start with exit 2, after the
+    # night has started and waited for the WebUI: said now
+    missing = [f"{prefix}{key}" for prefix, part in [("", data), *((f"{k}.", v) for k, v in data.items()
+                                                                  if isinstance(v, dict))]
+               for key, value in part.items() if value == "???"]
+    if missing:
+        raise Failure(f"The config leaves {', '.join(missing)} unset: set {'it' if len(missing) == 1 else 'them'} "
+                      f"in the config or as overrides after it (e.g. {missing[0]}=...).", EXIT_CONFIG)
     return {str(key): value for key, value in data.items() if isinstance(value, dict)}
 
 

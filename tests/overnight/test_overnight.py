@@ -352,7 +352,7 @@ def test_latest_unfinished_is_the_newest_run_without_finished_at(tmp_path: Path)
 
 
 def test_the_composed_config_is_read_from_omegaconf_yaml() -> None:
-    text = ("model_a: ???\nrun:\n  seed: 42\n  dir: '0123'\nwebui:\n  url: http://h:7861\n  auth: null\n"
+    text = ("model_a: a.safetensors\nrun:\n  seed: 42\n  dir: '0123'\nwebui:\n  url: http://h:7861\n  auth: null\n"
             "  checkpoint_dir: \"/a b/c\"\npayloads:\n  defaults: {}\n")
 
     sections = parse_sections(text)
@@ -360,6 +360,15 @@ def test_the_composed_config_is_read_from_omegaconf_yaml() -> None:
     assert sections["run"] == {"seed": 42, "dir": "0123"}
     assert sections["webui"] == {"url": "http://h:7861", "auth": None, "checkpoint_dir": "/a b/c"}
     assert "model_a" not in sections  # a scalar, not a section
+
+
+def test_a_config_that_leaves_a_required_setting_unset_ends_the_night_before_it_starts() -> None:
+    # every bayes-merger start would end with exit 2, after the WebUI was started and waited for
+    text = "model_a: ???\nmodel_b: b.safetensors\nwebui:\n  url: http://h:7861\n  checkpoint_dir: ???\n"
+    with pytest.raises(Failure, match=r"The config leaves model_a, webui.checkpoint_dir unset: set them in the "
+                                      r"config or as overrides after it \(e.g. model_a=...\)") as failure:
+        parse_sections(text)
+    assert failure.value.code == 2
 
 
 def test_run_folders_with_spaces_are_quoted_for_hydra() -> None:
