@@ -9,18 +9,15 @@ override, an unknown key) is bad input too: one sentence, exit 2.
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import logging
 import os
 import signal
 import sys
 import threading
-import typing
 from datetime import datetime
 from pathlib import Path
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -29,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from bayes_merger import __version__
-from bayes_merger.cli_errors import composition_error
+from bayes_merger.cli_errors import composition_error, unknown_keys, unknown_setting
 from bayes_merger.cli_secrets import hide_secrets_in_hydra_log, scrub_hydra_files, without_secrets
 from bayes_merger.cli_help import USAGE, help_text
 from bayes_merger.config import Config, register_configs
@@ -89,39 +86,15 @@ def register_resolvers() -> None:
 
 
 def to_config(cfg: DictConfig) -> Config:
-    unknown = _unknown_keys(cfg, Config)
-    if unknown:  # added with Hydra's +, as its own error message suggests for a misspelt key
-        key = unknown[0]
-        section, _, name = key.rpartition(".")
-        hints = typing.get_type_hints(_schema_at(section))
-        close = difflib.get_close_matches(name, list(hints), n=1)
-        hint = f" (did you mean {'.'.join(filter(None, [section, close[0]]))}?)" if close else ""
-        raise ConfigError(f"{key} is not a setting of bayes-merger{hint}; bayes-merger --help lists them.")
+    unknown = unknown_keys(cfg)
+    if unknown:  # added with Hydra's +, as its own error message suggests for a misspelt key: it would be ignored
+        raise unknown_setting(unknown[0])
     try:
         return OmegaConf.to_object(cfg)  # type: ignore[return-value]
     except MissingMandatoryValue as error:
         raise ConfigError(f"{error.full_key} is required: set it in the config or on the command line ({error.full_key}=...).") from error
     except OmegaConfBaseException as error:
         raise ConfigError(f"Invalid config: {error.msg}") from error
-
-
-def _unknown_keys(cfg: DictConfig, schema: Any, prefix: str = "") -> list[str]:
-    """The dotted keys of ``cfg`` that the dataclass ``schema`` (and its sections) does not have."""
-    hints = typing.get_type_hints(schema)
-    found = []
-    for key in cfg.keys():
-        if key not in hints:
-            found.append(f"{prefix}{key}")
-        elif dataclasses.is_dataclass(hints[key]) and isinstance(cfg.get(key), DictConfig):
-            found += _unknown_keys(cfg[key], hints[key], f"{prefix}{key}.")
-    return found
-
-
-def _schema_at(section: str) -> Any:
-    schema: Any = Config
-    for part in filter(None, section.split(".")):
-        schema = typing.get_type_hints(schema)[part]
-    return schema
 
 
 CONFIG_HEADER = "# the config of this run; resume it with:\n"

@@ -4,6 +4,7 @@ group option or an unreadable override, which Hydra itself reports in several li
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import typing
 from typing import Any
@@ -37,6 +38,31 @@ def _expected_type(key: str) -> str | None:
         else:
             return None
     return _describe(hint, key)
+
+
+def unknown_keys(cfg: Any, schema: Any = Config, prefix: str = "") -> list[str]:
+    """The dotted keys of a composed config (a DictConfig) that the schema and its sections do not have:
+    Hydra lets ``+key=value`` add one, as its own message for a misspelt key suggests."""
+    hints = typing.get_type_hints(schema)
+    found = []
+    for key in cfg.keys():
+        if key not in hints:
+            found.append(f"{prefix}{key}")
+        elif dataclasses.is_dataclass(hints[key]) and hasattr(cfg.get(key), "keys"):
+            found += unknown_keys(cfg[key], hints[key], f"{prefix}{key}.")
+    return found
+
+
+def unknown_setting(key: str) -> ConfigError:
+    """One sentence for a key the schema does not have, naming the closest one its section has."""
+    section, _, name = key.rpartition(".")
+    schema: Any = Config
+    for part in filter(None, section.split(".")):
+        schema = typing.get_type_hints(schema).get(part)
+    names = list(typing.get_type_hints(schema)) if dataclasses.is_dataclass(schema) else []
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"did you mean {'.'.join(filter(None, [section, close[0]]))}?" if close else "a misspelling?"
+    return ConfigError(f"{key} is not a setting of bayes-merger ({hint}); bayes-merger --help lists them.")
 
 
 def _describe(hint: Any, key: str) -> str | None:
@@ -73,8 +99,7 @@ def composition_error(error: ConfigCompositionException | OverrideParseException
         section = str(cause.full_key).rpartition(".")[0]
         # a key missing from a section, not from a mapping setting (custom_ranges={…} without its +)
         if not section or (_expected_type(section) or "").startswith("a section"):
-            return ConfigError(f"{cause.full_key} is not a setting of bayes-merger (a misspelling?); "
-                               "bayes-merger --help lists them.")
+            return unknown_setting(str(cause.full_key))
     if isinstance(cause, (ValidationError, ConfigTypeError)) and cause.full_key:
         expected = _expected_type(str(cause.full_key))
         if expected is not None:

@@ -113,8 +113,9 @@ def test_log_lines_never_land_inside_the_progress_bar(assets, fake_webui, tmp_pa
     ("run.seed=1.5", "run.seed must be an integer, not 1.5."),
     ("optimiser.init_points=abc", "optimiser.init_points must be an integer, not 'abc'."),
     ("demo=maybe", "demo must be true or false, not 'maybe'."),
-    ("merge.metod=weighted_sum", ("merge.metod is not a setting of bayes-merger (a misspelling?); "
+    ("merge.metod=weighted_sum", ("merge.metod is not a setting of bayes-merger (did you mean merge.method?); "
                                   "bayes-merger --help lists them.")),
+    ("merge.xyzzy=1", "merge.xyzzy is not a setting of bayes-merger (a misspelling?); bayes-merger --help lists them."),
 ])
 def test_an_override_of_the_wrong_type_is_one_sentence_and_exit_2(override, sentence, capsys, caplog):
     code, _, err = _exit(["--config", str(REPO / "conf" / "demo.yaml"), "demo=false", override], capsys)
