@@ -209,14 +209,21 @@ _CONFIG_FLAGS = ("--config", "--config-name", "-cn", "--config-path", "-cp", "--
 _HYDRA_ONLY = ("--hydra-help", "--info", "-i", "--shell-completion", "-sc")
 
 
+def _print_and_exit(text: str) -> None:
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `bayes-merger --help | head`: the reader had all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's own flush fails no more
+    sys.exit(0)
+
+
 def _own_flags(args: Sequence[str]) -> None:
     """--help, --version, and no config at all: answered here, before Hydra."""
     if "--help" in args or "-h" in args:
-        print(help_text())
-        sys.exit(0)
+        _print_and_exit(help_text())
     if "--version" in args:
-        print(f"bayes-merger {__version__}")
-        sys.exit(0)
+        _print_and_exit(f"bayes-merger {__version__}")
     names_config = any(a.split("=", 1)[0] in _CONFIG_FLAGS for a in args)
     if not names_config and not any(a in _HYDRA_ONLY for a in args):
         print(USAGE, file=sys.stderr)

@@ -59,6 +59,18 @@ def _run_yaml_value(key: str):
     return node
 
 
+def test_help_read_by_a_pager_that_stops_early_ends_quietly():
+    # `bayes-merger --help | head -1`: the reader has closed the pipe before the text ends (here: before it starts)
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-c", "from bayes_merger.cli import main; main()", "--help"],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, cwd=REPO, timeout=60)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+
+
 def test_help_lists_the_groups_the_main_options_with_run_yaml_defaults_and_examples(capsys):
     code, out, _ = _exit(["--help"], capsys)
     assert code == 0 and out.startswith("usage: bayes-merger")
