@@ -178,20 +178,23 @@ def _task(cfg: DictConfig) -> None:
         config = to_config(cfg)
         # a resumed run continues in its own folder, whatever the config's hydra.run.dir says
         run_dir = Path(config.resume).expanduser() if config.resume else Path(HydraConfig.get().runtime.output_dir)
-        if config.resume and not is_run_folder(run_dir):  # before a config.resumed-*.yaml is written into it
+        if config.resume and not is_run_folder(run_dir):
             raise ConfigError(f"resume={config.resume} is not a run folder (it has no run.json): give the folder "
                               "of the run to continue.")
+        # saved once the run's checks pass, so a refused start or resume leaves no config file; the demo's is the
+        # one given, not the one with its fake WebUI's port, new at every start: a resume starts the fake
+        # again, and its config is then the same
+        def accepted() -> Path:
+            return save_config(cfg, run_dir, config.resume is not None)
+
         with _stop_on_signals() as stop:
-            # the demo's saved config is the one given, not the one with its fake WebUI's port, new at
-            # every start: a resume starts the fake again, and its config is then the same
-            save_config(cfg, run_dir, config.resume is not None)
             if config.demo:
                 from bayes_merger.testing.demo import demo_environment
 
                 with demo_environment(config) as demo_config:
-                    result = run(demo_config, run_dir, stop)
+                    result = run(demo_config, run_dir, stop, accepted)
             else:
-                result = run(config, run_dir, stop)
+                result = run(config, run_dir, stop, accepted)
     except BayesMergerError as error:
         log.error("%s", error)
         sys.exit(error.exit_code)

@@ -16,7 +16,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from bayes_merger.config import Config
 from bayes_merger.executor import Executor, LostAllWebUIs, Slot
@@ -68,16 +68,21 @@ class RunResult:
     best: Trial | None
 
 
-def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None) -> RunResult:
+def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None,
+        accepted: Callable[[], object] | None = None) -> RunResult:
     """Run (or resume) the optimisation in ``run_dir``; raises a BayesMergerError on bad input.
 
-    Setting ``stop`` ends the run after the trials in flight, every finished trial saved.
+    Setting ``stop`` ends the run after the trials in flight, every finished trial saved. ``accepted`` is
+    called once the inputs are checked and the folder is this run's (the CLI saves the config then, so a
+    refused start or resume leaves no config file behind).
     """
     run_dir = Path(run_dir)
     inputs = check_inputs(cfg, run_dir)
     info = dict(inputs.info)
 
     with running(run_dir), ExitStack() as stack:
+        if accepted is not None:
+            accepted()
         remove_dead_temp_files(run_dir)  # a best merge cut off by kill -9 is the size of a checkpoint
         runs = {**run_folders(Path(cfg.run.dir)), **run_folders(run_dir.parent)}
         if cfg.cluster.address is not None:  # each host of the Ray cluster loads the models and scores (cluster/)

@@ -23,6 +23,7 @@ def test_a_resume_that_changes_what_a_score_means_is_refused(assets, fake_webui,
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and f"what a score means changed ({named})" in errors[0]
     assert len(_trials(run_dir)) == 3
+    assert not list(run_dir.glob("config.resumed-*.yaml")), "a refused resume leaves no config beside the run's"
 
 
 def test_a_run_of_another_version_whose_record_differs_resumes_with_a_warning(assets, fake_webui, tmp_path, caplog):
