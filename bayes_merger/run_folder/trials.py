@@ -202,6 +202,7 @@ class TrialLog:
             if trial.trial in seen or trial.trial < 0:
                 raise ConfigError(f"{self.path}: trial {trial.trial} on line {line} is logged twice or numbered wrongly.")
             seen.add(trial.trial)
+        self._finish_retraction()
 
     def _set_aside_tail(self, good_end: int) -> None:
         # Appending after half a line would corrupt the next record; keep the fragment for inspection.
@@ -247,12 +248,27 @@ class TrialLog:
         out = [t for t in self.trials if t.trial in numbers]
         if not out:
             return
-        kept = [t for t in self.trials if t.trial not in numbers]
         side = self.path.with_name(NOT_RENDERED_FILE)
         with storage_errors(side), side.open("ab") as handle:
             handle.write("".join(t.to_json() + "\n" for t in out).encode("utf-8"))
             handle.flush()
             os.fsync(handle.fileno())
+        self._keep_only([t for t in self.trials if t.trial not in numbers])
+
+    def _finish_retraction(self) -> None:
+        # A run killed between retract's two writes left the set-aside lines in the log as well; a trial
+        # rendered again since has another record (its own times and score), so only the very same
+        # record counts as set aside.
+        set_aside = read_trial_records(self.path.with_name(NOT_RENDERED_FILE))
+        stale = [t for t in self.trials if t.to_dict() in set_aside]
+        if stale:
+            log.warning("Trials %s are in both %s and %s (the run stopped while setting them aside): taken out of "
+                        "the trial log, to be run again.", ", ".join(str(t.trial) for t in stale), TRIALS_FILE,
+                        NOT_RENDERED_FILE)
+            self._keep_only([t for t in self.trials if t not in stale])
+
+    def _keep_only(self, kept: list[Trial]) -> None:
+        """Replace the log with ``kept``, in one rename."""
         with storage_errors(self.path), atomic_path(self.path, durable=True) as tmp:
             with open_new(tmp) as handle:
                 handle.write("".join(t.to_json() + "\n" for t in kept).encode("utf-8"))

@@ -57,3 +57,26 @@ def test_best_ignores_failed_trials_and_keeps_the_first_of_a_tie(tmp_path):
 def test_nan_score_cannot_be_written(tmp_path):
     with pytest.raises(ValueError):
         TrialLog(tmp_path).append(_trial(0, score=float("nan")))
+
+
+def test_a_retraction_cut_short_by_a_kill_is_finished_on_resume(tmp_path):
+    log = TrialLog(tmp_path)
+    for n in range(4):
+        log.append(_trial(n, score=n))
+    # killed after retract's first write: trials 1 and 2 set aside, the log not yet replaced
+    (tmp_path / "trials.not-rendered.jsonl").write_text(_trial(1, score=1).to_json() + "\n"
+                                                         + _trial(2, score=2).to_json() + "\n")
+    resumed = TrialLog(tmp_path)
+    assert [t.trial for t in resumed.trials] == [0, 3]
+    assert [t.trial for t in read_trials(tmp_path / "trials.jsonl")] == [0, 3]
+
+
+def test_a_trial_rendered_again_after_being_set_aside_stays_in_the_log(tmp_path):
+    log = TrialLog(tmp_path)
+    for n in range(3):
+        log.append(_trial(n, score=n))
+    log.retract([1])
+    log.append(_trial(1, score=5.0))  # rendered again on resume: another record
+    assert [t.trial for t in TrialLog(tmp_path).trials] == [0, 2, 1]
+    set_aside = [json.loads(line) for line in (tmp_path / "trials.not-rendered.jsonl").read_text().splitlines()]
+    assert [(r["trial"], r["score"]) for r in set_aside] == [(1, 1.0)]
