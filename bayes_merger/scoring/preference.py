@@ -2,7 +2,8 @@
 
 Both score an image *against the prompt it was rendered from* (``ImageContext.prompt``): the cosine
 of the image's and the prompt's projected CLIP embeddings, times the model's ``logit_scale`` for
-PickScore (as its authors score, ≈ 100·cos) and as it is for HPS v2.1.
+PickScore (as its authors score, ≈ 100·cos) and as it is for HPS v2.1. The prompt is compared without
+the WebUI's markup (``(word:1.2)``, ``<lora:…>``, ``BREAK``: ``prompt_text.plain_prompt``).
 
 Both run on transformers' own ``CLIPModel`` (no open_clip, no pinned old libraries):
 
@@ -41,6 +42,7 @@ from bayes_merger.scoring import weights
 from bayes_merger.scoring.base import ImageContext, SharedModels
 from bayes_merger.scoring.clip import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Preprocessing, check_batch_size, from_pretrained,
                                        normalised)
+from bayes_merger.scoring.prompt_text import plain_prompt
 from bayes_merger.scoring.weights import HeadSource, load_head_file, pinned_head, resolve_cache_dir
 
 log = logging.getLogger(__name__)
@@ -102,11 +104,12 @@ class PromptScorer:
             return []
         if contexts is None or len(contexts) != len(images):
             raise ScorerError(f"{self.name} scores each image against its prompt, but no prompts were given.")
-        for context in contexts:
-            if not context.prompt.strip():  # a re-scored PNG whose text was stripped, or an empty payload prompt
+        # what each image is compared with: its prompt without the WebUI's markup (weights, LoRA tags)
+        prompts = [plain_prompt(context.prompt) for context in contexts]
+        for context, prompt in zip(contexts, prompts):
+            if not prompt:  # a re-scored PNG whose text was stripped, an empty payload prompt, or only markup
                 where = context.path or f"payload {context.payload!r} image {context.index}"
                 raise ScorerError(f"{self.name} scores each image against its prompt, but {where} has none.")
-        prompts = [context.prompt for context in contexts]
         scores: list[float] = []
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):

@@ -20,6 +20,7 @@ from bayes_merger.scoring import ImageContext, build_scorer, weights
 from bayes_merger.scoring.ensemble import EnsembleScorer
 from bayes_merger.scoring.heads import AestheticHead
 from bayes_merger.scoring.preference import PadToSquare, open_clip_to_transformers
+from bayes_merger.scoring.prompt_text import plain_prompt
 from bayes_merger.scoring.scales import scale_of
 from bayes_merger.testing.tiny_scorers import (
     make_tiny_siglip,
@@ -136,6 +137,26 @@ def test_prompt_scorers_batch_like_one_by_one_and_depend_on_the_prompt(
     # an image without its prompt (a re-scored PNG whose text was stripped) is not scored against ""
     with pytest.raises(ScorerError, match="but payload 'p' image 1 has none"):
         scorer.score(images, _contexts(["a red cat", "", "a tree"]))
+    # the WebUI's markup is not text the image depicts: weights, LoRA tags and BREAK do not reach the tokenizer
+    marked = ["(a red cat:1.3) on a [sofa] <lora:detail:0.8>", "a castle at dusk BREAK oil painting",
+              "portrait of an ((old man))"]
+    assert scorer.score(images, _contexts(marked)) == pytest.approx(
+        scorer.score(images, _contexts(["a red cat on a sofa", "a castle at dusk, oil painting",
+                                        "portrait of an old man"])), abs=1e-6)
+    with pytest.raises(ScorerError, match="image 0 has none"):
+        scorer.score(images[:1], _contexts(["<lora:detail:0.8>"]))
+
+
+@pytest.mark.parametrize("prompt, plain", [
+    ("(masterpiece:1.2), [blurry], \\(1girl\\) <lora:detail:0.8> BREAK red hair",
+     "masterpiece, blurry, (1girl), red hair"),
+    ("a ((red)) cat, (sofa:0.8), <hypernet:h:1>", "a red cat, sofa"),
+    ("a [cat:dog:10] on [grass::0.3] under [stars:0.5]", "a dog on under stars"),
+    ("time: 10:30 at (night:1.1)", "time: 10:30 at night"),
+    ("[a|b] c", "a|b c"),
+])
+def test_plain_prompt_drops_a1111_markup_as_a1111_parses_it(prompt: str, plain: str) -> None:
+    assert plain_prompt(prompt) == plain
 
 
 def test_a_missing_model_file_offline_names_the_file_and_where_to_put_it(tmp_path: Path, tokenizer_dir: Path) -> None:
