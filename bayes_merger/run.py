@@ -85,7 +85,14 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None,
             accepted()
         remove_dead_temp_files(run_dir)  # a best merge cut off by kill -9 is the size of a checkpoint
         runs = {**run_folders(Path(cfg.run.dir)), **run_folders(run_dir.parent)}
-        if cfg.cluster.address is not None:  # each host of the Ray cluster loads the models and scores (cluster/)
+        optimiser = Optimiser(inputs.space, cfg.optimiser, cfg.run.seed)
+        trial_log = TrialLog(run_dir)  # the executor tells the optimiser what each suggestion may know
+        complete = set(range(optimiser.budget)) <= {t.trial for t in trial_log.trials}
+        if complete:
+            # nothing to render, so no WebUI, scorer or model: a resume for another best_precision, the
+            # finalists or the report works with the WebUI off
+            slots, before, scorer, merger = [], {}, None, None
+        elif cfg.cluster.address is not None:  # each host of the Ray cluster loads the models and scores (cluster/)
             from bayes_merger.cluster.hosts import open_hosts
 
             slots, before, scorer, merger = stack.enter_context(open_hosts(inputs, runs)), {}, None, None
@@ -97,23 +104,25 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None,
             scorer = build_scorer(inputs.scorer)
             log.info("Loading the models to merge.")
             merger = Merger.from_inputs(inputs.merge, cfg.merge)
-        optimiser = Optimiser(inputs.space, cfg.optimiser, cfg.run.seed)
-        _note_trials_at_once(info, len(slots) * (2 if cfg.webui.pipeline else 1), run_dir)
+        if not complete:
+            _note_trials_at_once(info, len(slots) * (2 if cfg.webui.pipeline else 1), run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_run_info(run_dir, info)
 
-        trial_log = TrialLog(run_dir)  # the executor tells the optimiser what each suggestion may know
-        if trial_log.trials:
-            log.info("Resuming %s: %d of %d trials done.", run_dir, len(trial_log.trials), optimiser.budget)
-
-        loop = TrialLoop(inputs, merger, slots, scorer, optimiser, trial_log, stop or threading.Event())
-        try:
-            settle_comfyui_routes(loop, info)
-            loop.run()
-        finally:
-            # at the end and on every stop: each WebUI gets its model back and our files go
-            for slot in slots:
-                slot.webui.hand_back(before.get(slot.name, ""))
+        if complete:
+            log.info("%s has all %d trials already: the best merge, finalists and report only.", run_dir,
+                     optimiser.budget)
+        else:
+            if trial_log.trials:
+                log.info("Resuming %s: %d of %d trials done.", run_dir, len(trial_log.trials), optimiser.budget)
+            loop = TrialLoop(inputs, merger, slots, scorer, optimiser, trial_log, stop or threading.Event())
+            try:
+                settle_comfyui_routes(loop, info)
+                loop.run()
+            finally:
+                # at the end and on every stop: each WebUI gets its model back and our files go
+                for slot in slots:
+                    slot.webui.hand_back(before.get(slot.name, ""))
 
         try:
             best = record_best(run_dir, trial_log, optimiser)

@@ -105,6 +105,7 @@ def test_a_finished_run_resumed_with_another_precision_or_without_its_best_merge
     assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}", "best_precision=32")) == 0
     assert dtypes() == {torch.float32}
     best.unlink()  # moved away by the user, say
+    fake_webui.stop()  # a finished run has nothing to render: its resume needs no WebUI
     assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}", "best_precision=32")) == 0
     assert dtypes() == {torch.float32}
 
