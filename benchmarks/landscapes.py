@@ -22,10 +22,12 @@ class Landscape:
     name: str
     blocks: tuple[str, ...]
     uses_beta: bool
-    shape: str  # "few": a few weights matter; "graded": importance graded across all; "peaks": two bumps
+    shape: str  # "few": a few weights matter; "graded": importance graded across all; "peaks": two bumps;
+    # held out: "cone": a sharp peak; "rugged": ripples with local optima; "cliff": merges past a line break
     noise: float = 0.0  # σ as a fraction of the score range
     edge: int = 0  # weights whose optimum lies on the boundary
     about: str = ""
+    held_out: bool = False  # no default was chosen on it: run it to see the defaults on a landscape they never saw
 
 
 LANDSCAPES = {
@@ -39,8 +41,16 @@ LANDSCAPES = {
         Landscape("peaks26", SD_BLOCKS, False, "peaks", about="two separated peaks, the second 20% lower"),
         Landscape("sdxl20", SDXL_BLOCKS, False, "graded", about="graded on SDXL's 20 blocks"),
         Landscape("beta52", SD_BLOCKS, True, "graded", about="graded on α and β of 26 blocks (52 weights)"),
+        Landscape("cone26", SD_BLOCKS, False, "cone", held_out=True,
+                  about="graded26's importances under a square root: a sharp peak, no smooth top to fit"),
+        Landscape("rugged26", SD_BLOCKS, False, "rugged", held_out=True,
+                  about="graded26 with ripples (two periods per weight): many local optima"),
+        Landscape("cliff26", SD_BLOCKS, False, "cliff", held_out=True,
+                  about="graded26 where raising either of two important weights 0.1 past its best breaks the "
+                        "merge (40% of the range lost at once)"),
     )
 }
+TUNED = [name for name, ls in LANDSCAPES.items() if not ls.held_out]
 
 
 class Objective:
@@ -77,21 +87,39 @@ class Objective:
             self.weights2 = self.weights[rng.permutation(d)]
             q = self._q(rng.random((4000, d)), self.center, self.weights)
             self.tau = float(np.median(q)) / np.log(3.0)  # a random merge scores a third of the peak
+        self.cliff_dims, self.cliff_drop = order[:2], 0.0  # the drop is set once the range without it is known
         starts = [np.clip(self.center, 0, 1)] + ([np.clip(self.center2, 0, 1)] if landscape.shape == "peaks" else [])
         best = [minimize(lambda x: -self.raw(x), s, bounds=[(0.0, 1.0)] * d, method="L-BFGS-B",
                          options={"ftol": 1e-15, "gtol": 1e-12}) for s in starts]
         self.raw_best = max(float(-b.fun) for b in best)
-        self.raw_worst = float(self.raw(np.where(self.center < 0.5, 1.0, 0.0)))
+        if landscape.shape in ("cone", "rugged", "cliff"):
+            # every term is 0 at the centre (inside the box) and ≤ 0 elsewhere; L-BFGS-B cannot polish a cone
+            self.raw_best = float(self.raw(self.center))
+        corner = np.where(self.center < 0.5, 1.0, 0.0)
+        self.raw_worst = float(self.raw(corner))
+        if landscape.shape == "cliff":
+            self.cliff_drop = 0.4 * (self.raw_best - self.raw_worst)
+            self.raw_worst = float(self.raw(corner))
 
     def _q(self, x: np.ndarray, center: np.ndarray, weights: np.ndarray) -> np.ndarray:
         diff = np.asarray(x) - center
         return (weights * diff * diff).sum(-1) + (diff @ self.cross) ** 2
 
     def raw(self, x: np.ndarray) -> np.ndarray:
-        if self.landscape.shape == "peaks":
+        shape = self.landscape.shape
+        if shape == "peaks":
             return np.exp(-self._q(x, self.center, self.weights) / self.tau) + 0.8 * np.exp(
                 -self._q(x, self.center2, self.weights2) / self.tau)
-        return -self._q(x, self.center, self.weights)
+        q = self._q(x, self.center, self.weights)
+        if shape == "cone":
+            return -np.sqrt(q)
+        if shape == "rugged":
+            diff = np.asarray(x) - self.center
+            return -q - 0.05 * (self.weights * (1.0 - np.cos(4.0 * np.pi * diff))).sum(-1)
+        if shape == "cliff":
+            broken = (np.asarray(x)[..., self.cliff_dims] > self.center[self.cliff_dims] + 0.1).any(-1)
+            return -q - self.cliff_drop * broken
+        return -q
 
     def true(self, x: np.ndarray) -> float:
         return SCORE_TOP - SCORE_RANGE * (self.raw_best - float(self.raw(x))) / (self.raw_best - self.raw_worst)
