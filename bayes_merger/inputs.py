@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import secrets
 from dataclasses import asdict, dataclass
@@ -45,6 +46,8 @@ from bayes_merger.space import SearchSpace, build_space
 from bayes_merger.renderers.probe import backend_of, choose_handoff
 from bayes_merger.webui.merge_files import RUN_ID
 from bayes_merger.webui.payloads import Payload, load_payloads
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,9 @@ def _check_settings(cfg: Config) -> tuple[Path, Path, Path | None]:
         if getattr(cfg.webui, key) < 0:
             raise ConfigError(f"webui.{key} must not be negative, got {getattr(cfg.webui, key)}.")
     backend_of(cfg.webui.backend)
+    if cfg.webui.auth and cfg.webui.auth_env:
+        log.warning("webui.auth and webui.auth_env are both set: webui.auth is used, the variable %s is not read.",
+                    cfg.webui.auth_env)
     urls, folders = list(cfg.webui.urls), list(cfg.webui.checkpoint_dirs)
     if len(set(urls)) < len(urls):
         raise ConfigError(f"webui.urls names a WebUI twice: {urls}; each WebUI renders one trial at a time.")

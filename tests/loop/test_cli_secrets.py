@@ -33,6 +33,19 @@ def test_a_sweep_with_the_password_as_an_override_writes_it_nowhere(assets, fake
     assert PASSWORD not in caplog.text
 
 
+@pytest.mark.parametrize("fake_webui", [{"auth": f"alice:{PASSWORD}"}], indirect=True)
+def test_auth_beside_auth_env_is_used_and_says_the_variable_is_not_read(assets, fake_webui, tmp_path, caplog,
+                                                                         monkeypatch):
+    monkeypatch.delenv("BM_TEST_UNSET_AUTH", raising=False)
+    args = _args(assets, fake_webui, tmp_path / "runs", "optimiser.init_points=1", "optimiser.n_iters=0",
+                 f"webui.auth=alice:{PASSWORD}", "webui.auth_env=BM_TEST_UNSET_AUTH")
+    with caplog.at_level(logging.WARNING):
+        assert _cli(args) == 0
+    assert ("webui.auth and webui.auth_env are both set: webui.auth is used, the variable BM_TEST_UNSET_AUTH is "
+            "not read.") in caplog.text
+    assert PASSWORD not in caplog.text
+
+
 @pytest.mark.parametrize("override, shown", [
     ("webui.auth=alice:pw", "webui.auth=***"),
     ("+webui.auth='alice:p w'", "+webui.auth=***"),
