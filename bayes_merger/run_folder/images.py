@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -14,7 +15,13 @@ from bayes_merger.run_folder.trials import ImageRecord
 
 
 def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40] or "payload"
+    """``name`` as a file-name part, one of its own for each payload name: a name that does not fit as it
+    is (other characters, over 40 of them) gets a digest of it, so ``猫`` and ``犬``, ``close up`` and
+    ``close_up`` do not write each other's images."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40]
+    if slug == name:
+        return slug
+    return f"{slug.strip('_') or 'payload'}-{hashlib.sha256(name.encode('utf-8')).hexdigest()[:8]}"
 
 
 def save_image(run_dir: Path, image: Any, *, trial: int, payload: str, index: int, prompt: str, seed: int,

@@ -122,3 +122,13 @@ def test_a_cluster_hosts_image_the_disk_has_no_room_for_is_a_storage_error_and_n
     assert list((tmp_path / "images").iterdir()) == []
     monkeypatch.undo()
     assert write_image_file(tmp_path, "images/t0002-fox-00.png", b"png").read_bytes() == b"png"
+
+
+def test_payloads_whose_names_clean_up_alike_get_image_files_of_their_own(tmp_path):
+    # each name once, as the payload loader allows: none may write over another's image
+    names = ["fox", "猫", "犬", "close up", "close_up", "a" * 40 + "-one", "a" * 40 + "-two", "close?up"]
+    paths = [save_image(tmp_path, Image.new("RGB", (8, 8), (n, 0, 0)), trial=0, payload=name, index=0, prompt="p",
+                        seed=1, weights="w") for n, name in enumerate(names)]
+    assert len(set(paths)) == len(names)
+    assert [Image.open(path).getpixel((0, 0))[0] for path in paths] == list(range(len(names)))
+    assert paths[0].name == "t0000-fox-00.png" and paths[4].name == "t0000-close_up-00.png"
