@@ -36,7 +36,7 @@ from bayes_merger.run_folder import (
     write_rescores,
 )
 from bayes_merger.scoring import ImageContext, Scorer, build_scorer, score_trial
-from bayes_merger.scoring.registry import ENSEMBLE, PRESETS, named_scorer
+from bayes_merger.scoring.registry import ENSEMBLE, PRESETS, keeps_head, named_scorer
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,8 @@ def scorer_config(run_dir: Path, overrides: Sequence[str]) -> tuple[ScorerConfig
             raise ConfigError(f"{override!r} is not key=value (e.g. scorer=pickscore, scorer.batch_size=4, top_k=5).")
         if key == "scorer":  # a named ensemble (preference) is its members; checked once all is merged
             preset = PRESETS.get(value)
+            if not keeps_head(base.name, value):
+                base.head = None
             base.name = ENSEMBLE if preset else value
             if preset or value != ENSEMBLE:
                 base.ensemble = dict(preset or {})

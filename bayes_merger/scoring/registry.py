@@ -83,13 +83,18 @@ def build_scorer(config: ScorerConfig) -> Scorer:
     return _factory(config.name)(config, shared)
 
 
+def keeps_head(given_for: str, name: str) -> bool:
+    """Whether scorer ``name`` scores with a local head file given for scorer ``given_for``: a head file is
+    the head of the scorer it was given for, another one takes its own published weights (the head-file
+    scorer, and an ensemble's member of it, take any head file)."""
+    return name == given_for or name in _TAKES_HEAD_FILE or name in PRESETS or name == ENSEMBLE
+
+
 def named_scorer(config: ScorerConfig, name: str) -> ScorerConfig:
     """``config`` scoring with ``name`` instead: a scorer, a named ensemble (``PRESETS``) or ``ensemble``
     (``config``'s own); the names checked (a ConfigError), nothing loaded."""
     config = _as_dataclass(config)
-    # a local head file is the head of the scorer it was given for: another one takes its own published
-    # weights (the head-file scorer, and an ensemble's member of it, take any head file)
-    if name != config.name and name not in _TAKES_HEAD_FILE and not (name in PRESETS or name == ENSEMBLE):
+    if not keeps_head(config.name, name):
         config = dataclasses.replace(config, head=None)
     if name in PRESETS:
         named = dataclasses.replace(config, name=ENSEMBLE, ensemble=dict(PRESETS[name]))

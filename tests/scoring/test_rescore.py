@@ -103,6 +103,16 @@ def test_overrides_start_from_the_runs_scorer_section(tmp_path: Path) -> None:
         scorer_config(tmp_path, ["optimiser.n_iters=3"])
 
 
+def test_another_scorer_named_for_a_rescore_does_not_take_the_runs_head_file(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("scorer:\n  name: aesthetic_head\n  head: /heads/mine.safetensors\n")
+    for name in ("laion", "chad", "aesthetic_v25", "pickscore"):  # each checks or loads its own published head
+        assert scorer_config(tmp_path, [f"scorer={name}"])[0].head is None
+    for name in ("aesthetic_head", "ensemble", "preference"):  # the run's own, or members that may be it
+        assert scorer_config(tmp_path, [f"scorer={name}"])[0].head == "/heads/mine.safetensors"
+    given = scorer_config(tmp_path, ["scorer=laion", "scorer.head=/heads/laion.safetensors"])[0]
+    assert given.head == "/heads/laion.safetensors"  # a head given with it is its own
+
+
 def test_an_ensemble_given_replaces_the_runs_members(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text("scorer:\n  name: ensemble\n  ensemble: {laion: 1, chad: 1}\n")
     config, _ = scorer_config(tmp_path, ["scorer=ensemble", "scorer.ensemble={pickscore: 1, hpsv2: 1}"])
