@@ -144,7 +144,10 @@ def _text_of(path: Path) -> str | None:
 
 @contextmanager
 def _stop_on_signals() -> Iterator[threading.Event]:
-    """The first Ctrl-C or SIGTERM lets the trial in flight finish; a second Ctrl-C stops at once."""
+    """The first Ctrl-C, SIGTERM or SIGHUP lets the trial in flight finish; a second Ctrl-C stops at once.
+
+    SIGHUP too: a closed terminal or ``systemctl kill -s HUP`` would otherwise kill the run mid-trial,
+    the trial lost and the WebUI left on our merge."""
     stop = threading.Event()
 
     def request_stop(signum: int, frame: object) -> None:
@@ -156,7 +159,8 @@ def _stop_on_signals() -> Iterator[threading.Event]:
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
-    previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    signums = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    previous = {signum: signal.signal(signum, request_stop) for signum in signums}
     try:
         yield stop
     finally:

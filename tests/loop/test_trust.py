@@ -122,7 +122,7 @@ def test_the_end_of_a_run_selects_the_model_of_before_and_deletes_the_merge(asse
     assert json.loads((_only_run(tmp_path / "runs") / "run.json").read_text())["webui_model_before"].startswith("mine")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_stop_by_signal_hands_the_webui_back(assets, webui_with_a_model, tmp_path, monkeypatch, signum):
     from bayes_merger.run import TrialLoop
 
