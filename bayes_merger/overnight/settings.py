@@ -200,6 +200,12 @@ def build_settings(args: argparse.Namespace, now: datetime, origins: Mapping[str
     run_dir = Path(args.run_dir).expanduser().resolve() if args.run_dir else None
     if run_dir is not None:  # bayes-merger must put its runs where the script looks for them
         overrides = (*overrides, f"run.dir={hydra_value(str(run_dir))}")
+    # the WebUI the night starts and waits for is the one bayes-merger talks to, with the same credentials:
+    # the password by the variable's name (bayes-merger inherits the environment), never on its command line
+    if args.webui_url:
+        overrides = (*overrides, f"webui.url={hydra_value(args.webui_url)}")
+    if os.environ.get("WEBUI_AUTH"):
+        overrides = (*overrides, "webui.auth=null", "webui.auth_env=WEBUI_AUTH")
     if args.max_restarts < 0:
         raise Failure("--max-restarts must not be negative.", EXIT_CONFIG)
     if args.run_stop_grace < 0:

@@ -283,6 +283,23 @@ def test_a_second_instance_exits_at_once_while_the_lock_is_held(tmp_path: Path, 
     assert night.run_folders == []
 
 
+def test_the_webui_url_and_password_the_night_is_given_are_those_bayes_merger_uses(
+        tmp_path: Path, assets: dict[str, Path]) -> None:
+    world = World(tmp_path, assets)
+    # the config names another port and no password: WEBUI_URL and WEBUI_AUTH are what the night was given
+    config = world.write_config("elsewhere.yaml", url=f"http://127.0.0.1:{free_port()}")
+    env = {**world.env(world.webui_command + " --api-auth me:s3cret"), "WEBUI_URL": f"http://127.0.0.1:{world.port}",
+           "WEBUI_AUTH": "me:s3cret"}
+    result = subprocess.run(world.command(config=config), cwd=world.folder, env=env, capture_output=True, text=True,
+                            timeout=NIGHT_TIMEOUT)
+
+    assert result.returncode == 0, world.log_text()[-3000:]
+    [folder] = world.run_folders()
+    assert finished(folder) and [t["status"] for t in trials(folder)] == ["ok", "ok"]
+    assert "s3cret" not in world.log_text() and "s3cret" not in (folder / "config.yaml").read_text()
+    world.assert_webui_gone()
+
+
 def test_a_failed_run_passes_on_its_exit_code_and_still_stops_the_webui(tmp_path: Path, assets: dict[str, Path]) -> None:
     world = World(tmp_path, assets)
     config = world.write_config("broken.yaml", model_a=tmp_path / "missing.safetensors")
