@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shlex
@@ -33,6 +34,7 @@ EXIT_LOCKED = 75  # EX_TEMPFAIL: try again later
 BM_WEBUI_ERROR, BM_STOPPED = WebUIError.exit_code, RunStopped.exit_code
 
 # A1111's advice against RAM growing with each model switch: one model in memory, no RAM cache
+MAX_HOURS = 24 * 7  # a deadline further off is a typo (and past datetime's range, a traceback)
 DEFAULT_WEBUI_OPTIONS = '{"sd_checkpoints_limit": 1, "sd_checkpoint_cache": 0}'
 
 
@@ -73,7 +75,12 @@ def load_env_file(path: Path) -> dict[str, str]:
     A malformed line is named by file, line number and key only: it may hold a password.
     """
     origins: dict[str, str] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:  # its bytes may be a password's: the line number only
+        line = path.read_bytes()[: error.start].count(b"\n") + 1
+        raise Failure(f"{path}:{line}: not UTF-8 text; save the env file as UTF-8.", EXIT_CONFIG) from None
+    for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -208,8 +215,11 @@ def build_settings(args: argparse.Namespace, now: datetime, origins: Mapping[str
         overrides = (*overrides, "webui.auth=null", "webui.auth_env=WEBUI_AUTH")
     if args.max_restarts < 0:
         raise Failure("--max-restarts must not be negative.", EXIT_CONFIG)
-    if args.run_stop_grace < 0:
-        raise Failure("--run-stop-grace must not be negative.", EXIT_CONFIG)
+    for flag, env_name in (("run_stop_grace", "OVERNIGHT_RUN_STOP_GRACE"), ("stop_grace", "WEBUI_STOP_GRACE"),
+                           ("ready_timeout", "WEBUI_READY_TIMEOUT")):
+        if not 0 <= getattr(args, flag) < math.inf:  # nan as well: a wait that would never end
+            raise Failure(f"--{flag.replace('_', '-')} (or {env_name}) must be a number of seconds, at least 0.",
+                          EXIT_CONFIG)
     try:
         options = json.loads(os.environ.get("WEBUI_OPTIONS", DEFAULT_WEBUI_OPTIONS) or "{}")
     except json.JSONDecodeError as error:
@@ -268,8 +278,8 @@ def deadline_from(clock: str | None, max_hours: float | None, now: datetime) -> 
         moment = datetime.combine(now.date(), at)
         candidates.append(moment if moment > now else moment + timedelta(days=1))
     if max_hours is not None:
-        if max_hours <= 0:
-            raise Failure("--max-hours must be positive.", EXIT_CONFIG)
+        if not 0 < max_hours <= MAX_HOURS:  # nan too
+            raise Failure(f"--max-hours must be a positive number of hours, at most {MAX_HOURS}.", EXIT_CONFIG)
         candidates.append(now + timedelta(hours=max_hours))
     return min(candidates) if candidates else None
 

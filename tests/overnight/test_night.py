@@ -377,6 +377,30 @@ def test_env_file_words_keep_their_quotes_into_the_webui_command(tmp_path: Path,
     assert os.environ["WEBUI_CWD"] == "/opt/my webui" and settings.webui_cwd == Path("/opt/my webui")
 
 
+@pytest.mark.parametrize("flags, says", [
+    (["--max-hours", "nan"], "--max-hours must be a positive number of hours, at most 168."),
+    (["--max-hours", "inf"], "--max-hours must be a positive number of hours, at most 168."),
+    (["--max-hours", "1e9"], "--max-hours must be a positive number of hours, at most 168."),
+    (["--run-stop-grace", "nan"], "--run-stop-grace (or OVERNIGHT_RUN_STOP_GRACE) must be a number of seconds, at least 0."),
+    (["--stop-grace", "-5"], "--stop-grace (or WEBUI_STOP_GRACE) must be a number of seconds, at least 0."),
+    (["--ready-timeout", "nan"], "--ready-timeout (or WEBUI_READY_TIMEOUT) must be a number of seconds, at least 0."),
+])
+def test_a_number_no_wait_could_end_on_is_one_sentence_and_exit_2(
+        tmp_path: Path, clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, flags: list[str],
+        says: str) -> None:
+    (tmp_path / "night.yaml").write_text("{}\n")
+    assert cli.main(["--config", str(tmp_path / "night.yaml"), *flags]) == 2
+    assert says in caplog.text and "Traceback" not in caplog.text
+
+
+def test_an_env_file_that_is_not_utf8_is_one_sentence_naming_its_line(
+        tmp_path: Path, clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    env_file = tmp_path / "overnight.env"
+    env_file.write_bytes(b"# settings\nWEBUI_AUTH=me:p\xe4ss\n")
+    assert cli.main(["--env-file", str(env_file), "--config", str(tmp_path / "night.yaml")]) == 2
+    assert "overnight.env:2: not UTF-8 text" in caplog.text and "Traceback" not in caplog.text
+
+
 @pytest.mark.parametrize("line, says", [
     ("WEBUI_AUTH='me:s3cret", "overnight.env:2: the value of WEBUI_AUTH is not shell-quoted right (no closing"),
     ("WEBUI_AUTH=me:s3cret\\", "overnight.env:2: the value of WEBUI_AUTH is not shell-quoted right"),
