@@ -22,7 +22,7 @@ from bayes_merger.overnight.settings import (
     Settings,
     hydra_value,
 )
-from bayes_merger.run_folder import describe, unfinished
+from bayes_merger.run_folder import describe, is_run_folder, unfinished
 
 log = logging.getLogger("overnight")
 
@@ -91,7 +91,9 @@ class Night:
         restarts = 0
         adopted: int | None = None  # what answered at the WebUI's address before we started one: use it, start none
         ready_once = False
-        new_run = self.settings.new_run  # until bayes-merger has been started once
+        # the run this night works on, once a start of bayes-merger has made one (its run.json written): a
+        # start that died before (killed while loading the models, say) leaves --new-run standing
+        this_run: Path | None = None
         while True:
             if self.stopping():
                 return self._stopped(None)
@@ -124,9 +126,11 @@ class Night:
             if self.stopping():
                 return self._stopped(None)
 
-            folder = None if new_run else unfinished(self.run_dir)
-            new_run, resumed = False, folder is not None
+            folder = this_run or (None if self.settings.new_run else unfinished(self.run_dir))
+            resumed = folder is not None
             rc, folder = self._bayes_merger(folder)
+            if folder is not None and is_run_folder(folder):
+                this_run = folder
             if folder is not None:
                 log.info("Run %s: %s.", folder, describe(folder))
             if self.interrupted_at is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import json
 import logging
 import os
 import shlex
@@ -80,6 +81,25 @@ if not folder.is_dir():
 if killed == "always" or killed == "once" and not (marks / "killed").exists():
     (marks / "killed").touch()
     os.kill(os.getpid(), signal.SIGKILL)
+sys.exit(0)
+'''
+
+# bayes-merger killed (by the OOM killer, say) while it loads the models, before its new run folder has a
+# run.json, on its first start only; each call's arguments go into <marks>/calls
+KILLED_BEFORE_ITS_RUN_BAYES_MERGER = '''
+import json, os, signal, sys
+from pathlib import Path
+
+marks = Path(sys.argv[1])
+with open(marks / "calls", "a") as calls:
+    calls.write(" ".join(sys.argv[2:]) + "\\n")
+first = not (marks / "killed").exists()
+folder = marks / "runs" / ("new-1" if first else "new-2")
+folder.mkdir(parents=True)
+if first:
+    (marks / "killed").touch()
+    os.kill(os.getpid(), signal.SIGKILL)
+(folder / "run.json").write_text(json.dumps({"started_at": "2026-03-02T22:00:00", "finished_at": "x"}))
 sys.exit(0)
 '''
 
@@ -250,6 +270,20 @@ def test_a_bayes_merger_killed_by_a_signal_is_resumed(tmp_path: Path, clean_env:
     assert "resume=" not in first and f"resume={tmp_path / 'runs' / 'run-1'}" in second
     assert "bayes-merger was killed by SIGKILL" in caplog.text
     assert "Resuming the run; the WebUI still answers (retry 1 of 3)." in caplog.text
+
+
+def test_new_run_stands_when_its_first_start_died_before_making_its_run(tmp_path: Path,
+                                                                         clean_env: pytest.MonkeyPatch) -> None:
+    older = tmp_path / "runs" / "2026-03-01_older"  # unfinished: what a night without --new-run would resume
+    older.mkdir(parents=True)
+    (older / "run.json").write_text(json.dumps({"started_at": "2026-03-01T22:00:00"}))
+    settings = settings_for(tmp_path, KILLED_BEFORE_ITS_RUN_BAYES_MERGER, overrides=("--new-run",))
+
+    code = night_for(settings, tmp_path).run()
+
+    first, second = (tmp_path / "calls").read_text().splitlines()
+    assert code == 0
+    assert "resume=" not in first and "resume=" not in second, "the older run was resumed against --new-run"
 
 
 def test_a_bayes_merger_killed_more_often_than_allowed_gives_up_resumable(
