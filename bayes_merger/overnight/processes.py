@@ -9,6 +9,7 @@ import re
 import shlex
 import signal
 import subprocess
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,6 +29,7 @@ log = logging.getLogger("overnight")
 
 LOCK_FILE = ".overnight.lock"
 KILL_WAIT = 10.0  # seconds to wait for a process after SIGKILL
+STOP_POLL = 0.1  # seconds between looks at a stopping WebUI's process group
 # the WebUIs' credential flags (A1111 and its forks: --api-auth, --gradio-auth; SD.Next: --auth), as a word
 # of their own (the value is the next word) or inside one (--api-auth=u:p, or a `bash -c '... --auth u:p'`)
 SECRET_FLAGS = ("--api-auth", "--gradio-auth", "--auth")
@@ -167,10 +169,14 @@ class ManagedWebUI:
         if process.poll() is None:
             log.info("Stopping the WebUI (pid %d): SIGTERM, SIGKILL after %g s.", process.pid, self.stop_grace)
         signal_group(pgid, signal.SIGTERM)
-        try:
-            process.wait(self.stop_grace)
-        except subprocess.TimeoutExpired:
-            log.warning("The WebUI did not stop within %g s: SIGKILL.", self.stop_grace)
+        # the whole group gets the grace, not only its leader: a wrapper (webui.sh runs python launch.py as
+        # its child) dies at once on SIGTERM while the WebUI itself is still shutting down
+        deadline = time.monotonic() + self.stop_grace
+        while process.poll() is None or group_alive(pgid):
+            if time.monotonic() >= deadline:
+                log.warning("The WebUI did not stop within %g s: SIGKILL.", self.stop_grace)
+                break
+            time.sleep(STOP_POLL)
         # whatever is left of its group (the leader gone or not) gets SIGKILL
         signal_group(pgid, signal.SIGKILL)
         try:
@@ -179,6 +185,17 @@ class ManagedWebUI:
             log.error("The WebUI (pid %d) survived SIGKILL.", process.pid)
             return
         log.info("WebUI stopped (exit status %s).", process.returncode)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of group ``pgid`` is left (its reaped leader aside)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member that changed user: it is there
+        return True
+    return True
 
 
 def signal_group(pgid: int, sig: int) -> None:

@@ -17,6 +17,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from datetime import datetime
 from pathlib import Path
@@ -315,6 +316,35 @@ def test_something_else_on_the_webuis_port_is_named_as_such_and_the_webui_comman
 
 
 # ------------------------------------------------------------------------ secrets in logs
+
+
+def test_a_webui_started_by_a_wrapper_gets_its_stop_grace_though_the_wrapper_dies_at_once(tmp_path: Path) -> None:
+    # webui.sh runs python launch.py as its child: bash dies on SIGTERM at once, the WebUI takes its time
+    child = tmp_path / "webui.py"
+    child.write_text(textwrap.dedent(f"""\
+        import signal, sys, time
+        from pathlib import Path
+
+        def stop(signum, frame):
+            time.sleep(1.0)  # a WebUI shutting down: saving its state, freeing the GPU
+            Path({str(tmp_path / "clean-exit")!r}).touch()
+            sys.exit(0)
+
+        signal.signal(signal.SIGTERM, stop)
+        Path({str(tmp_path / "ready")!r}).touch()
+        while True:
+            time.sleep(0.05)
+        """))
+    webui = ManagedWebUI(["bash", "-c", f"{shlex.quote(sys.executable)} {shlex.quote(str(child))}; echo done"], None,
+                         {}, tmp_path / "webui.log", stop_grace=30)
+    webui.start()
+    while not (tmp_path / "ready").exists():
+        assert webui.running, (tmp_path / "webui.log").read_text()
+        time.sleep(0.02)
+
+    webui.stop()
+
+    assert (tmp_path / "clean-exit").exists(), "the WebUI was killed before its grace was up"
 
 
 def test_credentials_in_commands_and_overrides_are_shown_as_stars() -> None:
