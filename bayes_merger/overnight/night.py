@@ -114,10 +114,15 @@ class Night:
                                   f"WEBUI_COMMAND was not run, but it never became a ready {self.api.kind}: stop what "
                                   "listens there, or give the WebUI a free port (in WEBUI_COMMAND and the config's "
                                   "webui.url).", EXIT_WEBUI_DOWN)
-                if restarts >= self.settings.max_restarts or self.webui is None or adopted is not None:
+                if restarts >= self.settings.max_restarts or self.webui is None:
                     raise Failure(f"The WebUI at {self.api.url} did not answer; giving up.", EXIT_WEBUI_DOWN)
                 restarts += 1
-                log.warning("Restarting the WebUI (restart %d of %d).", restarts, self.settings.max_restarts)
+                if adopted is not None:  # the WebUI that ran before the night is gone: ours takes its place
+                    adopted = None
+                    log.warning("The WebUI that answered before the night began is gone: starting WEBUI_COMMAND "
+                                "(restart %d of %d).", restarts, self.settings.max_restarts)
+                else:
+                    log.warning("Restarting the WebUI (restart %d of %d).", restarts, self.settings.max_restarts)
                 self.webui.stop()
                 continue
             ready_once = True

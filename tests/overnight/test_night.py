@@ -315,6 +315,51 @@ def test_something_else_on_the_webuis_port_is_named_as_such_and_the_webui_comman
     assert not started.exists() and not (tmp_path / "calls").exists()
 
 
+class AdoptedThenGone(ApiStandIn):
+    """A WebUI that ran before the night (adopted) and dies during the run; the one WEBUI_COMMAND starts answers."""
+
+    def __init__(self, marks: Path) -> None:
+        self.marks = marks
+
+    def status(self, timeout: float = 10.0) -> int | None:
+        if (self.marks / "ours").exists():
+            return 200
+        return None if (self.marks / "gone").exists() else 200
+
+
+# bayes-merger whose first start loses its WebUI (exit 6, the WebUI gone); the next one finishes the run
+LOSES_THE_WEBUI_BAYES_MERGER = '''
+import json, sys
+from pathlib import Path
+
+marks = Path(sys.argv[1])
+with open(marks / "calls", "a") as calls:
+    calls.write(" ".join(sys.argv[2:]) + "\\n")
+folder = marks / "runs" / "run-1"
+if not folder.is_dir():
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"started_at": "2026-03-01T22:00:00"}))
+    (marks / "gone").touch()
+    sys.exit(6)
+sys.exit(0)
+'''
+
+
+def test_an_adopted_webui_that_dies_is_replaced_by_the_webui_command(
+        tmp_path: Path, clean_env: pytest.MonkeyPatch, fast_runner: None) -> None:
+    ours = tmp_path / "ours"
+    webui = (sys.executable, "-c", f"import pathlib, time; pathlib.Path({str(ours)!r}).touch(); time.sleep(60)")
+    settings = dataclasses.replace(settings_for(tmp_path, LOSES_THE_WEBUI_BAYES_MERGER), webui_command=webui,
+                                   ready_timeout=20.0)
+    night = Night(settings, tmp_path / "runs", AdoptedThenGone(tmp_path), tmp_path / "night.log",  # type: ignore[arg-type]
+                  tmp_path / "night.webui.log")
+
+    assert night.run() == 0
+    assert ours.exists(), "WEBUI_COMMAND was never run"
+    first, second = (tmp_path / "calls").read_text().splitlines()
+    assert f"resume={tmp_path / 'runs' / 'run-1'}" in second
+
+
 # ------------------------------------------------------------------------ secrets in logs
 
 
