@@ -73,6 +73,10 @@ class RunStopped(BayesMergerError):
     exit_code = 6
 
 
+class WebUIsLost(RunStopped):
+    """The run stopped because no WebUI answered its trials any more; the run folder can be resumed."""
+
+
 class Interrupted(RunStopped):
     """The user (Ctrl-C) or the system (SIGTERM) asked the run to stop; it stopped between trials."""
 

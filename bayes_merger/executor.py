@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 # how many times one trial is tried when its WebUI drops out from under it
 WEBUI_ATTEMPTS = 2
+# how long a second Ctrl-C waits for merges and model loads under way before the WebUIs are handed back
+SETTLE_SECONDS = 30.0
 
 
 @dataclass
@@ -66,6 +68,14 @@ class Slot:
         with self._changed:
             self._loading.discard(index)
             self._changed.notify_all()
+
+    def settle(self, timeout: float) -> None:
+        """Wait (up to ``timeout`` s) until no trial merges for this WebUI or loads on it: a load under
+        way ends before the WebUI is handed back, not after."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self._loading and time.monotonic() < deadline:
+                self._changed.wait(min(0.2, max(deadline - time.monotonic(), 0.0)))
 
 
 class Stages(Protocol):
@@ -108,6 +118,8 @@ class Executor:
         self._state = threading.Lock()  # the optimiser, the trials, on_trial
         self._merging = threading.Lock()  # the Merger's one output buffer
         self._error: BaseException | None = None
+        # a second Ctrl-C: no trial starts loading or is recorded any more (the WebUIs are handed back)
+        self._abandoned = threading.Event()
 
     def run(self) -> None:
         """Run until every trial has finished, the run is asked to stop, or a worker fails (re-raised)."""
@@ -122,26 +134,36 @@ class Executor:
                      "" if len(self.slots) == 1 else "s", ", pipelined" if self.depth > 1 else "", beside)
             workers = [threading.Thread(target=self._guarded, args=(slot,), name=f"trial-{slot.name}-{n}",
                                         daemon=True) for slot in self.slots for n in range(self.depth)]
-            for worker in workers:
-                worker.start()
-            for worker in workers:
-                while worker.is_alive():
-                    worker.join(0.2)
+            try:
+                for worker in workers:
+                    worker.start()
+                for worker in workers:
+                    while worker.is_alive():
+                        worker.join(0.2)
+            except BaseException:  # a second Ctrl-C: stop at once, but not in the middle of a load
+                self._abandoned.set()
+                self.schedule.close()
+                for slot in self.slots:
+                    slot.settle(SETTLE_SECONDS)
+                raise
         if self._error is not None:
             raise self._error
+        if not self.stop.is_set() and not self.schedule.done:
+            raise LostAllWebUIs("No WebUI is left to run the remaining trials")
 
     def _guarded(self, slot: Slot) -> None:
         try:
             self._work(slot)
         except BaseException as error:  # noqa: BLE001 - handed to the caller's thread by run()
+            # the others finish their trials in flight; the user's stop event stays the user's, so that
+            # a Ctrl-C meanwhile is a first one (finish them), not a second
             with self._state:
                 self._error = self._error or error
-            self.stop.set()
             self.schedule.close()
 
     def _work(self, slot: Slot) -> None:
         while slot.alive and not self.stop.is_set() and self._error is None:
-            index = self.schedule.claim()
+            index = self.schedule.claim(lambda: not slot.alive or self.stop.is_set() or self._error is not None)
             if index is None:
                 return
             index = self.schedule.wait_for_turn(index, self.stop)
@@ -155,6 +177,8 @@ class Executor:
             trial = self._run_trial(index, params, slot, timings)
             if trial is None:  # the WebUI was lost: the trial goes back to the queue
                 continue
+            if self._abandoned.is_set():
+                return  # the run ended without it: a resume runs it again
             with self._state:
                 self.trials[index] = trial
                 self.schedule.finish(index)
@@ -163,6 +187,8 @@ class Executor:
     def _run_trial(self, index: int, params: dict[str, float], slot: Slot, timings: dict[str, float]) -> Trial | None:
         slot.reserve(index, self.stop)
         try:
+            if self._error is not None or self._abandoned.is_set():
+                return None  # the run stopped while this trial waited: no merge for nothing
             try:
                 with self._merging:
                     prepared = self.stages.prepare(index, params, slot, timings)
@@ -170,6 +196,9 @@ class Executor:
                 raise  # not this merge's fault: the WebUI is lost, or the disk is full (the run stops)
             except BayesMergerError as error:
                 return self.stages.failed(index, params, error, slot, timings)
+            if self._abandoned.is_set():
+                self.stages.discard(prepared)
+                return None
             try:
                 with slot.lock:
                     return self.stages.render(index, params, prepared, slot, timings)
@@ -207,9 +236,10 @@ class Executor:
                 return  # it answers again: the trial is redone
         except WebUIError:  # unreachable, or still answering errors (a proxy's 502) when the wait ended
             pass
-        others = [s for s in self.slots if s.alive and s is not slot]
-        if not others:
-            raise LostAllWebUIs(f"Lost the WebUI during trial {index} ({error})")
-        slot.alive = False
+        with self._state:  # two WebUIs lost at once: one of them is the last
+            others = [s for s in self.slots if s.alive and s is not slot]
+            if not others:
+                raise LostAllWebUIs(f"Lost the WebUI during trial {index} ({error})")
+            slot.alive = False
         log.warning("Lost the WebUI %s (%s); trial %d goes to another one; going on with %d WebUI%s.",
                     slot.name, error, index, len(others), "" if len(others) == 1 else "s")

@@ -27,6 +27,7 @@ from bayes_merger.errors import (
     RatingsEnded,
     RunStopped,
     StorageError,
+    WebUIsLost,
 )
 from bayes_merger.files import remove_dead_temp_files, storage_errors
 from bayes_merger.inputs import Inputs, check_inputs
@@ -40,6 +41,8 @@ from bayes_merger.rescore import finalists
 from bayes_merger.run_folder import (
     BEST_MERGE,
     NOT_RENDERED_FILE,
+    STOPPED_BY,
+    WEBUI_LOST,
     Trial,
     best_extras,
     TrialLog,
@@ -106,6 +109,7 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None,
             merger = Merger.from_inputs(inputs.merge, cfg.merge)
         if not complete:
             _note_trials_at_once(info, len(slots) * (2 if cfg.webui.pipeline else 1), run_dir)
+        info.pop(STOPPED_BY, None)  # the last session's reason, if it stopped early
         run_dir.mkdir(parents=True, exist_ok=True)
         write_run_info(run_dir, info)
 
@@ -119,6 +123,12 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None,
             try:
                 settle_comfyui_routes(loop, info)
                 loop.run()
+            except WebUIsLost:
+                # why it stopped, for the overnight runner: it restarts a WebUI it manages then, even one
+                # whose API still answers (hung in a generation)
+                info[STOPPED_BY] = WEBUI_LOST
+                write_run_info(run_dir, info)
+                raise
             finally:
                 # at the end and on every stop: each WebUI gets its model back and our files go
                 for slot in slots:
@@ -173,7 +183,7 @@ class TrialLoop:
         self.render_checks = {slot.name: RenderCheck() for slot in slots}
         self.not_rendered: MergeNotRendered | None = None
         self._scoring = threading.Lock()
-        self._failures = 0
+        self._failures: dict[str | None, int] = {}  # consecutive failed trials by WebUI
         self._bar: Any = None
 
     def run(self) -> None:
@@ -187,7 +197,7 @@ class TrialLoop:
                 executor.run()
             except LostAllWebUIs as error:
                 done = len(self.trial_log.trials)
-                raise RunStopped(f"{error}; the {done} finished trials are saved. Resume with resume={self.run_dir}"
+                raise WebUIsLost(f"{error}; the {done} finished trials are saved. Resume with resume={self.run_dir}"
                                  ) from error
             except (StorageError, RatingsEnded) as error:
                 raise _stop_resumably(error, self.run_dir) from error
@@ -210,14 +220,16 @@ class TrialLoop:
             redone = ", ".join(str(t) for t in sorted(proof.trials))
             raise RunStopped(f"{proof}; then resume with resume={self.run_dir}, which renders trials {redone} again "
                              f"(their records are set aside in {NOT_RENDERED_FILE}).")
-        self._failures = 0 if trial.ok else self._failures + 1
+        # counted by WebUI: one that fails every trial is not excused by another's successes
+        failures = self._failures[trial.webui] = 0 if trial.ok else self._failures.get(trial.webui, 0) + 1
         best = record_best(self.run_dir, self.trial_log, self.optimiser)
         _refresh_report(self.run_dir)
         self._bar.set_postfix(score=_fmt(trial.score), best=_fmt(best.score if best else None))
         self._bar.update(1)
-        if self._failures >= self.cfg.run.max_consecutive_failures:
+        if failures >= self.cfg.run.max_consecutive_failures:
+            on = f" on {trial.webui}" if trial.webui else ""
             raise RunStopped(
-                f"{self._failures} trials in a row failed (last: {trial.error}); stopping. "
+                f"{failures} trials in a row failed{on} (last: {trial.error}); stopping. "
                 f"Fix the cause and resume with resume={self.run_dir}."
             )
 

@@ -11,7 +11,7 @@ one trial in flight (lag 0) this is the sequential loop: trial t knows every tri
 from __future__ import annotations
 
 import threading
-from typing import Iterable
+from typing import Callable, Iterable
 
 
 class Schedule:
@@ -27,14 +27,19 @@ class Schedule:
         self._changed = threading.Condition()
         self._closed = False
 
-    def claim(self) -> int | None:
-        """The lowest trial number nobody runs or ran; None when every trial is taken or done."""
+    def claim(self, give_up: Callable[[], bool] = lambda: False, poll: float = 0.5) -> int | None:
+        """The lowest trial number nobody runs or ran; None once every trial is done, the schedule is
+        closed or ``give_up()``. While every trial left is running elsewhere it waits: one of them may
+        be given back (its WebUI lost), and a worker that had left could not take it."""
         with self._changed:
-            for index in range(self.budget):
-                if index not in self._finished and index not in self._claimed:
-                    self._claimed.add(index)
-                    return index
-            return None
+            while True:
+                for index in range(self.budget):
+                    if index not in self._finished and index not in self._claimed:
+                        self._claimed.add(index)
+                        return index
+                if len(self._finished) >= self.budget or self._closed or give_up():
+                    return None
+                self._changed.wait(poll)
 
     def known_before(self, index: int) -> range:
         """The trials whose scores the suggestion of ``index`` is built on (those that succeeded)."""

@@ -22,7 +22,7 @@ from bayes_merger.overnight.settings import (
     Settings,
     hydra_value,
 )
-from bayes_merger.run_folder import describe, is_run_folder, unfinished
+from bayes_merger.run_folder import describe, is_run_folder, stopped_by_lost_webui, unfinished
 
 log = logging.getLogger("overnight")
 
@@ -156,6 +156,11 @@ class Night:
                 return rc
             else:
                 webui_down = self._webui_down()
+                if not webui_down and folder is not None and stopped_by_lost_webui(folder) \
+                        and self.webui is not None and adopted is None:
+                    # its API answers, but no trial got an answer: hung in a generation, a restart is the cure
+                    log.warning("bayes-merger lost the WebUI though its API still answers (hung in a generation?).")
+                    webui_down = True
                 if not webui_down:
                     log.error("bayes-merger stopped (exit code %d) while the WebUI still answers: not a WebUI "
                               "crash, so no restart. Fix the cause; the next night resumes.", rc)

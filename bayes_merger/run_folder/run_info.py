@@ -29,6 +29,13 @@ OBJECTIVE = "objective"
 SUGGESTIONS = "suggestions"
 # each payload's score_weight, so a re-score combines the payloads as the run did without its payload files
 PAYLOAD_WEIGHTS = "payload_weights"
+# why the last session stopped before its budget, where another program acts on it: WEBUI_LOST, no WebUI
+# answered its trials any more (the overnight runner then restarts a WebUI it manages)
+STOPPED_BY, WEBUI_LOST = "stopped_by", "webui_lost"
+
+
+def stopped_by_lost_webui(run_dir: Path) -> bool:
+    return (load_run_info(run_dir) or {}).get(STOPPED_BY) == WEBUI_LOST
 
 
 def write_run_info(run_dir: Path, info: Mapping[str, Any]) -> None:

@@ -55,6 +55,22 @@ def test_two_webuis_share_the_trials_and_each_trial_says_where_it_rendered(asset
         assert not list(webui.checkpoint_dir.iterdir()), "each WebUI's folder is cleaned at the end"
 
 
+def test_a_webui_that_fails_every_trial_stops_the_run_though_the_other_succeeds(assets, fake_webui, second_webui,
+                                                                               tmp_path, caplog):
+    urls = f"[{fake_webui.url},{second_webui.url}]"
+    dirs = f"[{fake_webui.checkpoint_dir},{second_webui.checkpoint_dir}]"
+    second_webui.fail_next(1000, status=500, path="/sdapi/v1/txt2img")  # it answers, but renders nothing
+    args = _args(assets, fake_webui, tmp_path / "runs", f"webui.urls={urls}", f"webui.checkpoint_dirs={dirs}",
+                 "optimiser.init_points=8", "optimiser.n_iters=4")
+    assert _cli(args) == 6
+    second_webui.clear_faults()
+    trials = _trials(_only_run(tmp_path / "runs"))
+    failed = [t for t in trials if t["status"] == "failed"]
+    assert len(failed) == 3 and {t["webui"] for t in failed} == {second_webui.url}
+    assert len(trials) < 12, "the run went on with one WebUI failing every trial"
+    assert f"3 trials in a row failed on {second_webui.url}" in caplog.text
+
+
 def test_a_webui_lost_for_good_hands_its_trials_to_the_other(assets, fake_webui, second_webui, tmp_path):
     urls = f"[{fake_webui.url},{second_webui.url}]"
     dirs = f"[{fake_webui.checkpoint_dir},{second_webui.checkpoint_dir}]"

@@ -237,9 +237,12 @@ def test_webui_lost_mid_run_stops_resumably_and_resume_finishes(assets, fake_web
     assert _cli(_args(assets, fake_webui, tmp_path / "runs", "webui.retries=1")) == 6
     run_dir = _only_run(tmp_path / "runs")
     assert not (run_dir / "trials.jsonl").exists() or _trials(run_dir) == []
+    # why it stopped, for the overnight runner (it restarts a WebUI it manages, even one whose API answers)
+    assert json.loads((run_dir / "run.json").read_text())["stopped_by"] == "webui_lost"
     fake_webui.clear_faults()
     assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}")) == 0
     assert [t["status"] for t in _trials(run_dir)] == ["ok"] * 5
+    assert "stopped_by" not in json.loads((run_dir / "run.json").read_text())
 
 
 def test_a_503_storm_outlasting_the_retries_redoes_the_trial_instead_of_failing_it(assets, fake_webui, tmp_path, caplog):

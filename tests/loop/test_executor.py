@@ -268,3 +268,95 @@ def test_the_optimiser_is_told_the_trial_numbers_of_the_scores_it_knows_so_a_fai
     assert [t.trial for t in log if t.score is None] == [5]
     # the trust region's window after an improvement is counted in trials (optimiser.trust_length)
     assert [0, 1, 2, 3, 4, 6, 7, 8, 9] in seen
+
+
+class _DiesOnTheLastTrial(Stages):
+    """The WebUI that renders the last trial dies in it once every other trial has finished, so the
+    other WebUI's worker has found nothing left to claim."""
+
+    def __init__(self, budget: int) -> None:
+        super().__init__()
+        self.budget = budget
+        self.died = False
+        self.executor: Executor | None = None
+
+    def render(self, index, params, prepared, slot, timings):
+        schedule = self.executor.schedule
+        last = self.budget - 1
+        with schedule._changed:
+            if index == last - 1:  # the other WebUI takes the last trial meanwhile
+                while last not in schedule._claimed:
+                    schedule._changed.wait(0.05)
+            elif index == last and not self.died:
+                while len(schedule._finished) < last:
+                    schedule._changed.wait(0.05)
+                self.died = True
+                raise WebUIConnectionError("The WebUI went away.")
+        return super().render(index, params, prepared, slot, timings)
+
+
+def test_a_webui_lost_on_the_last_trial_hands_it_to_a_webui_with_nothing_left_to_do():
+    budget = 8
+    stages, log = _DiesOnTheLastTrial(budget), []
+    slots = [_slot("a", FakeWebUI(comes_back=False)), _slot("b", FakeWebUI(comes_back=False))]
+    executor = Executor(stages, _optimiser(budget), slots, {}, budget, log.append, threading.Event(), 1)
+    stages.executor = executor
+    runner = threading.Thread(target=executor.run, daemon=True)
+    runner.start()
+    runner.join(timeout=60)
+    assert not runner.is_alive(), "the run hung"
+    assert stages.died
+    assert sorted(t.trial for t in log) == list(range(budget)), "the lost trial was never run"
+    dead = next(slot for slot in slots if not slot.alive)
+    assert [t.webui for t in log if t.trial == budget - 1] != [dead.name]
+
+
+def test_the_run_stopping_itself_leaves_the_users_stop_unset_and_lets_trials_in_flight_finish():
+    log, stop, stopping = [], threading.Event(), threading.Event()
+
+    class Slow(Stages):
+        def render(self, index, params, prepared, slot, timings):
+            if slot.name == "b" and index == 1:
+                stopping.wait(10)  # b's trial is in flight when a's trial stops the run
+            return super().render(index, params, prepared, slot, timings)
+
+    def on_trial(trial):
+        log.append(trial)
+        if trial.trial == 0:
+            stopping.set()
+            raise RuntimeError("the disk is full")
+
+    executor = Executor(Slow(), _optimiser(12), [_slot("a"), _slot("b")], {}, 12, on_trial, stop, 1)
+    with pytest.raises(RuntimeError, match="disk is full"):
+        executor.run()
+    # a Ctrl-C now would be the user's first (finish the trials in flight), not a second (stop at once)
+    assert not stop.is_set()
+    assert sorted(t.trial for t in log) == [0, 1], "the trial in flight beside the stop was not recorded"
+
+
+def test_a_second_ctrl_c_waits_for_a_model_load_under_way_and_records_no_trial_after_it():
+    import _thread
+
+    loading, release = threading.Event(), threading.Event()
+    log, stop = [], threading.Event()
+
+    class Loads(Stages):
+        def render(self, index, params, prepared, slot, timings):
+            if index == 2:
+                loading.set()
+                _thread.interrupt_main()  # the second Ctrl-C, during this trial's model load
+                release.wait(10)
+                slot.loaded(index)  # the load ends; the render goes on
+            return super().render(index, params, prepared, slot, timings)
+
+    slots = [_slot("a"), _slot("b")]
+    executor = Executor(Loads(), _optimiser(12), slots, {}, 12, log.append, stop, 1)
+    threading.Timer(0.5, release.set).start()
+    with pytest.raises(KeyboardInterrupt):
+        executor.run()
+
+    # the WebUIs are handed back only once the load under way has ended, and nothing more is recorded
+    assert release.is_set() and all(not slot._loading for slot in slots)
+    for worker in [t for t in threading.enumerate() if t.name.startswith("trial-")]:
+        worker.join(timeout=10)  # what the workers still did after the stop: none of it reaches the log
+    assert 2 not in [t.trial for t in log]

@@ -31,12 +31,29 @@ def test_with_three_in_flight_a_trial_knows_all_but_the_two_before_it():
 
 def test_a_released_trial_is_claimed_again_and_resume_skips_finished_ones():
     schedule = Schedule(budget=4, in_flight=2, finished=[0, 2])
-    assert schedule.claim() == 1 and schedule.claim() == 3 and schedule.claim() is None
+    assert schedule.claim() == 1 and schedule.claim() == 3 and schedule.claim(give_up=lambda: True) is None
     schedule.release(1)
     assert schedule.claim() == 1
     schedule.finish(1)
     schedule.finish(3)
     assert schedule.done
+
+
+def test_a_worker_with_nothing_to_claim_waits_for_a_trial_given_back_or_the_end():
+    schedule = Schedule(budget=2, in_flight=2)
+    assert schedule.claim() == 0 and schedule.claim() == 1
+    got: list[int | None] = []
+    waiter = threading.Thread(target=lambda: got.append(schedule.claim(poll=0.01)))
+    waiter.start()
+    schedule.release(1)  # its WebUI was lost: the waiting worker takes it
+    waiter.join(timeout=5)
+    assert got == [1]
+    waiter = threading.Thread(target=lambda: got.append(schedule.claim(poll=0.01)))
+    waiter.start()
+    schedule.finish(0)
+    schedule.finish(1)  # every trial done: nothing more to wait for
+    waiter.join(timeout=5)
+    assert not waiter.is_alive() and got == [1, None]
 
 
 @pytest.mark.parametrize("wake, expected", [

@@ -360,6 +360,42 @@ def test_an_adopted_webui_that_dies_is_replaced_by_the_webui_command(
     assert f"resume={tmp_path / 'runs' / 'run-1'}" in second
 
 
+# bayes-merger whose first start loses a WebUI whose API still answers (hung in a generation): it says so in
+# run.json and exits 6; the next start finishes the run
+HUNG_WEBUI_BAYES_MERGER = '''
+import json, sys
+from pathlib import Path
+
+marks = Path(sys.argv[1])
+with open(marks / "calls", "a") as calls:
+    calls.write(" ".join(sys.argv[2:]) + "\\n")
+folder = marks / "runs" / "run-1"
+if not folder.is_dir():
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"started_at": "2026-03-01T22:00:00", "stopped_by": "webui_lost"}))
+    sys.exit(6)
+sys.exit(0)
+'''
+
+
+def test_a_webui_lost_though_its_api_answers_is_restarted_when_the_night_started_it(
+        tmp_path: Path, clean_env: pytest.MonkeyPatch, fast_runner: None, caplog: pytest.LogCaptureFixture) -> None:
+    starts = tmp_path / "webui-starts"
+    webui = (sys.executable, "-c", f"import time; open({str(starts)!r}, 'a').write('x'); time.sleep(60)")
+    settings = dataclasses.replace(settings_for(tmp_path, HUNG_WEBUI_BAYES_MERGER), webui_command=webui,
+                                   ready_timeout=20.0)
+    api = ApiStandIn()
+    night = Night(settings, tmp_path / "runs", api, tmp_path / "night.log",  # type: ignore[arg-type]
+                  tmp_path / "night.webui.log")
+    # the night started the WebUI (nothing answered before): an API that answers only once ours runs
+    api.status = lambda timeout=10.0: 200 if starts.exists() else None  # type: ignore[method-assign]
+    caplog.set_level(logging.INFO, logger="overnight")
+
+    assert night.run() == 0
+    assert starts.read_text() == "xx", "the hung WebUI was not restarted"
+    assert "bayes-merger lost the WebUI though its API still answers" in caplog.text
+
+
 # ------------------------------------------------------------------------ secrets in logs
 
 
