@@ -147,6 +147,9 @@ def _check_settings(cfg: Config) -> tuple[Path, Path, Path | None]:
             named_scorer(cfg.scorer, cfg.scorer.finalists)
         except ConfigError as error:
             raise ConfigError(f"scorer.finalists: {error}") from error
+        if not (cfg.save_images or needs_image_files(cfg.scorer)):
+            raise ConfigError("scorer.finalists scores the top trials' saved images again, but save_images is false: "
+                              "set save_images: true, or leave scorer.finalists unset.")
     if cfg.cluster.address is None:  # on a cluster the devices are the hosts', checked there
         resolve_device(cfg.merge.device, "merge device")
         resolve_device(cfg.scorer.device, "scorer device")

@@ -346,6 +346,23 @@ def test_report_shows_the_models_best_the_raw_best_the_gain_and_block_importance
         assert image.width > 600  # two UNet panels: α and β
 
 
+def test_the_top_trials_panel_marks_the_models_best_as_the_unet_beside_it_does(tmp_path):
+    from bayes_merger.report.plots import weights_figure
+    from bayes_merger.run_folder import best_extras, read_trials, write_best
+
+    run_dir = make_run(tmp_path / "run")
+    trials = read_trials(run_dir / "trials.jsonl")
+    by_score = sorted((t for t in trials if t.ok), key=lambda t: -t.score)
+    chosen = by_score[-1]  # the model's best need not be among the highest raw scores
+    write_best(run_dir, chosen, best_extras(trials, chosen, {}))
+    fig = weights_figure(load_run(run_dir))
+    [lines] = [ax for ax in fig.axes if ax.get_title(loc="left").startswith("Top ")]
+    labels = [line.get_label() for line in lines.get_lines() if not line.get_label().startswith("_")]
+    assert labels[0].startswith(f"#{chosen.trial} ") and labels[0].endswith("(best)")
+    assert [label for label in labels if "(best)" in label] == [labels[0]]
+    assert labels[1].startswith(f"#{by_score[0].trial} ")
+
+
 def test_report_of_a_run_without_best_yaml_falls_back_to_the_highest_score(tmp_path):
     run_dir = make_run(tmp_path / "run")
     write_report(run_dir)

@@ -264,7 +264,8 @@ def weights_figure(run: RunData, top_n: int = 5) -> Figure:
     blocks = list(run.blocks)
     for name in sets:  # blocks a trial has but run.json does not list still get drawn
         blocks += [b for b in weight_set(trial, name) if b not in blocks]
-    top = run.ranked()[:top_n]
+    # the reported best (by the model) first and drawn bold, as in the UNet beside it; then the highest scores
+    top = [best, *[entry for entry in run.ranked() if entry[0] != n_best]][:top_n]
     rows = 2 + max(sum(1 for b in blocks if (k := block_kind(b)) and k[0] == side) for side in ("IN", "OUT"))
     norm = weight_norm([v for name in sets for v in weight_set(trial, name).values()])
 

@@ -33,11 +33,15 @@ def best_fields(best: Trial) -> dict[str, Any]:
 
 
 def write_best(run_dir: Path, best: Trial | None, extra: Mapping[str, Any] | None = None) -> None:
-    """(Re)write best.yaml atomically; nothing while no trial has succeeded; a StorageError when it cannot be.
+    """(Re)write best.yaml atomically; none while no trial has succeeded (one written before is removed: its
+    trials were set aside since); a StorageError when it cannot be.
 
     ``extra`` adds fields after the standard ones (plain data: numbers, strings, lists, dicts).
     """
     if best is None:
+        path = Path(run_dir) / BEST_FILE
+        with storage_errors(path):
+            path.unlink(missing_ok=True)
         return
     data = {**best_fields(best), **(extra or {})}
     path = Path(run_dir) / BEST_FILE

@@ -1,8 +1,10 @@
 """rescore-<name>.jsonl: a finished run's saved images scored again by another scorer, beside trials.jsonl.
 
 One JSON line per re-scored trial — its number, the scorer, the per-payload and per-image scores and
-the objective combined as the run combined its own — written whole and atomically (a re-score is
-redone, not appended to). ``trials.jsonl`` is never touched: the optimiser's own history stays as it was.
+the objective combined as the run combined its own — rewritten atomically, merged by trial with what the
+file held: a trial scored again gets its new line, but a line without a score (its images gone) never
+replaces a scored one, and the other trials' lines stay (the finalists or a ``top_k`` re-score keep a
+full re-score's lines). ``trials.jsonl`` is never touched: the optimiser's own history stays as it was.
 """
 
 from __future__ import annotations
@@ -33,9 +35,32 @@ def rescore_path(run_dir: Path, label: str) -> Path:
 
 def write_rescores(run_dir: Path, label: str, records: Iterable[Mapping[str, Any]]) -> Path:
     path = rescore_path(run_dir, label)
-    text = "".join(json.dumps(dict(record), allow_nan=False) + "\n" for record in records)
+    by_trial = {record["trial"]: record for record in _records(path)}
+    for record in records:
+        before = by_trial.get(record["trial"])
+        if finite(record.get("score")) is None and before is not None and finite(before.get("score")) is not None:
+            continue
+        by_trial[record["trial"]] = dict(record)
+    text = "".join(json.dumps(by_trial[trial], allow_nan=False) + "\n" for trial in sorted(by_trial))
     atomic_write_text(path, text, fsync=True)
     return path
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    """Tolerant: a rescore file's records that name their trial; a missing file is empty."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("trial"), int):
+            records.append(record)
+    return records
 
 
 def read_rescores(run_dir: Path) -> dict[str, dict[int, float]]:
@@ -43,20 +68,11 @@ def read_rescores(run_dir: Path) -> dict[str, dict[int, float]]:
     found: dict[str, dict[int, float]] = {}
     for path in sorted(Path(run_dir).glob(f"{RESCORE_PREFIX}*{RESCORE_SUFFIX}")):
         label = path.name[len(RESCORE_PREFIX) : -len(RESCORE_SUFFIX)]
-        scores: dict[int, float] = {}
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            records = _records(path)
         except (OSError, UnicodeDecodeError) as error:
             log.warning("%s cannot be read (%s); left out of the report.", path, error)
             continue
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and isinstance(record.get("trial"), int):
-                value = finite(record.get("score"))
-                if value is not None:
-                    scores[record["trial"]] = value
-        found[label] = scores
+        found[label] = {record["trial"]: value for record in records
+                        if (value := finite(record.get("score"))) is not None}
     return found

@@ -65,6 +65,14 @@ def test_a_finalists_scorer_that_does_not_exist_is_refused_before_the_night(asse
     assert fake_webui.requests_to("/sdapi/v1/progress") == []
 
 
+def test_finalists_without_saved_images_are_refused_before_the_night(assets, fake_webui, tmp_path, caplog):
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "scorer.finalists=aesthetic_head",
+                      "save_images=false")) == 2
+    assert ("scorer.finalists scores the top trials' saved images again, but save_images is false: set "
+            "save_images: true, or leave scorer.finalists unset.") in caplog.text
+    assert fake_webui.requests_to("/sdapi/v1/progress") == []
+
+
 def _refusal(caplog) -> str:
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "\n" not in errors[0]

@@ -64,6 +64,7 @@ def test_a_webui_that_keeps_rendering_the_old_model_stops_the_run_and_the_resume
     assert (run_dir / "trials.jsonl").read_text() == ""
     set_aside = [json.loads(line) for line in (run_dir / "trials.not-rendered.jsonl").read_text().splitlines()]
     assert [t["trial"] for t in set_aside] == [0, 1] and set_aside[0]["score"] == set_aside[1]["score"]
+    assert not (run_dir / "best.yaml").exists(), "best.yaml still names a trial whose score was set aside"
 
     fake_webui.ignore_model_switch(False)  # the user restarted the WebUI
     assert _cli(["--config", str(run_dir / "config.yaml"), f"resume={run_dir}", "hydra/job_logging=none",

@@ -82,6 +82,21 @@ def test_top_k_rescores_only_the_best_trials_of_the_run(tmp_path: Path) -> None:
     assert sorted(result.scores) == [1, 2]
 
 
+def test_a_later_partial_rescore_keeps_the_other_trials_lines_and_no_error_replaces_a_score(tmp_path: Path) -> None:
+    run_dir = _run_folder(tmp_path, [5.0, 7.0, 6.0, 4.0])
+    full = rescore_run(run_dir, ScorerConfig(), scorer=PromptLength())
+    everything = read_rescores(run_dir)["promptlength"]
+    assert sorted(everything) == [0, 1, 2, 3]
+    rescore_run(run_dir, ScorerConfig(), top_k=2, scorer=PromptLength())  # the finalists at the end of a resume
+    assert read_rescores(run_dir)["promptlength"] == everything
+    for image in (run_dir / "images").glob("t0001-*.png"):
+        image.unlink()  # trial 1's images are gone: its re-score is an error line
+    rescore_run(run_dir, ScorerConfig(), scorer=PromptLength())
+    assert read_rescores(run_dir)["promptlength"] == everything
+    lines = [json.loads(line) for line in full.path.read_text().splitlines()]
+    assert [line["trial"] for line in lines] == [0, 1, 2, 3] and all(line["score"] is not None for line in lines)
+
+
 def test_the_report_shows_a_column_per_rescore(tmp_path: Path) -> None:
     from bayes_merger.report import write_report
 
