@@ -55,13 +55,17 @@ class Slot:
     _loading: set[int] = field(default_factory=set)
     _changed: threading.Condition = field(default_factory=threading.Condition)
 
-    def reserve(self, index: int, stop: threading.Event) -> None:
-        """Wait until no other trial merges for this WebUI or loads on it (or the run is asked to stop),
-        then count trial ``index`` as one, until ``loaded``."""
+    def reserve(self, index: int, stop: threading.Event) -> bool:
+        """Wait until no other trial merges for this WebUI or loads on it, then count trial ``index`` as
+        one, until ``loaded``; False, counting nothing, when the run is asked to stop first (a trial not
+        yet merged is not one in flight)."""
         with self._changed:
             while self._loading and not stop.is_set():
                 self._changed.wait(0.2)
+            if stop.is_set():
+                return False
             self._loading.add(index)
+            return True
 
     def loaded(self, index: int) -> None:
         """Trial ``index`` has its model loaded, or will load none: the next trial may merge."""
@@ -185,7 +189,8 @@ class Executor:
                 self.on_trial(trial)
 
     def _run_trial(self, index: int, params: dict[str, float], slot: Slot, timings: dict[str, float]) -> Trial | None:
-        slot.reserve(index, self.stop)
+        if not slot.reserve(index, self.stop):
+            return None
         try:
             if self._error is not None or self._abandoned.is_set():
                 return None  # the run stopped while this trial waited: no merge for nothing

@@ -312,11 +312,14 @@ def test_a_webui_lost_on_the_last_trial_hands_it_to_a_webui_with_nothing_left_to
 
 
 def test_the_run_stopping_itself_leaves_the_users_stop_unset_and_lets_trials_in_flight_finish():
-    log, stop, stopping = [], threading.Event(), threading.Event()
+    log, stop, stopping, rendering = [], threading.Event(), threading.Event(), threading.Event()
 
     class Slow(Stages):
         def render(self, index, params, prepared, slot, timings):
-            if slot.name == "b" and index == 1:
+            if index == 0:
+                rendering.wait(10)  # trial 0 ends once b renders trial 1
+            if index == 1:
+                rendering.set()
                 stopping.wait(10)  # b's trial is in flight when a's trial stops the run
             return super().render(index, params, prepared, slot, timings)
 
@@ -360,3 +363,27 @@ def test_a_second_ctrl_c_waits_for_a_model_load_under_way_and_records_no_trial_a
     for worker in [t for t in threading.enumerate() if t.name.startswith("trial-")]:
         worker.join(timeout=10)  # what the workers still did after the stop: none of it reaches the log
     assert 2 not in [t.trial for t in log]
+
+
+def test_pipelined_a_stop_during_a_model_load_merges_no_further_trial():
+    stop, log = threading.Event(), []
+
+    class Stopped(Stages):
+        def __init__(self) -> None:
+            super().__init__()
+            self.prepared: list[int] = []
+
+        def prepare(self, index, params, slot, timings):
+            self.prepared.append((index, stop.is_set()))
+            return index
+
+        def render(self, index, params, prepared, slot, timings):
+            if index == 3:
+                stop.set()  # Ctrl-C while trial 3's model loads: trial 3 is in flight, trial 4 is not
+            return super().render(index, params, prepared, slot, timings)
+
+    stages = Stopped()
+    Executor(stages, _optimiser(12), [_slot("a")], {}, 12, log.append, stop, depth=2).run()
+    assert 3 in [t.trial for t in log]
+    assert [index for index, stopping in stages.prepared if stopping] == [], "a merge began after the stop"
+    assert sorted(t.trial for t in log) == sorted(index for index, _ in stages.prepared)
