@@ -49,6 +49,9 @@ class Slot:
     checkpoint_dir: Path
     lock: threading.Lock = field(default_factory=threading.Lock)
     alive: bool = True
+    # cleared while its WebUI is waited for (lost during a trial): its workers take no trial meanwhile, and
+    # give back one they hold, so that the other WebUIs are not kept waiting for it
+    answering: threading.Event = field(default_factory=lambda: _set(threading.Event()))
     # trials between the start of their merge and the end of their model's load on this WebUI: the next
     # trial's merge waits until there are none, so that it overlaps the render rather than competing
     # with the load for the disk, the memory bus and the CPUs
@@ -80,6 +83,11 @@ class Slot:
         with self._changed:
             while self._loading and time.monotonic() < deadline:
                 self._changed.wait(min(0.2, max(deadline - time.monotonic(), 0.0)))
+
+
+def _set(event: threading.Event) -> threading.Event:
+    event.set()
+    return event
 
 
 class Stages(Protocol):
@@ -167,6 +175,8 @@ class Executor:
 
     def _work(self, slot: Slot) -> None:
         while slot.alive and not self.stop.is_set() and self._error is None:
+            if not slot.answering.wait(0.2):
+                continue  # its WebUI is waited for: no trial for it meanwhile
             index = self.schedule.claim(lambda: not slot.alive or self.stop.is_set() or self._error is not None)
             if index is None:
                 return
@@ -194,6 +204,9 @@ class Executor:
         try:
             if self._error is not None or self._abandoned.is_set():
                 return None  # the run stopped while this trial waited: no merge for nothing
+            if not slot.answering.is_set():  # its WebUI was lost meanwhile: another WebUI takes the trial
+                self.schedule.release(index)
+                return None
             try:
                 with self._merging:
                     prepared = self.stages.prepare(index, params, slot, timings)
@@ -231,7 +244,15 @@ class Executor:
 
     def _lost(self, slot: Slot, index: int, error: WebUIConnectionError) -> None:
         """Wait for a lost WebUI; while it answers again the trial is redone, else the others go on."""
+        slot.answering.clear()
+        try:
+            self._wait_for(slot, index, error)
+        finally:
+            slot.answering.set()  # answering again, or lost for good (its workers then end)
+
+    def _wait_for(self, slot: Slot, index: int, error: WebUIConnectionError) -> None:
         self.schedule.release(index)
+        slot.loaded(index)  # its other worker (pipelined) stops waiting to merge, and gives its trial back
         # counted per WebUI: a trial that another WebUI dropped does not count against this one
         attempts = self._attempts[(slot.name, index)] = self._attempts.get((slot.name, index), 0) + 1
         log.warning("trial %d: %s Waiting for the WebUI %s to answer again.", index, error, slot.name)

@@ -387,3 +387,47 @@ def test_pipelined_a_stop_during_a_model_load_merges_no_further_trial():
     assert 3 in [t.trial for t in log]
     assert [index for index, stopping in stages.prepared if stopping] == [], "a merge began after the stop"
     assert sorted(t.trial for t in log) == sorted(index for index, _ in stages.prepared)
+
+
+def test_pipelined_the_other_webuis_go_on_while_a_lost_one_is_waited_for():
+    b = FakeWebUI()
+    progressed = threading.Event()
+
+    class WaitedFor(FakeWebUI):
+        waits = 0
+
+        def wait_until_ready(self) -> None:
+            # the first wait for this WebUI lasts until b has rendered eight more trials (10 s at most)
+            self.waits += 1
+            if self.waits > 1:
+                raise WebUIConnectionError("The WebUI does not answer.")
+            done_before = len(b.rendered)
+            deadline = time.monotonic() + 10
+            while len(b.rendered) < done_before + 8 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if len(b.rendered) >= done_before + 8:
+                progressed.set()
+            raise WebUIConnectionError("The WebUI does not answer.")
+
+    class DiesWithATrialQueued(Stages):
+        """a dies in trial 4 once its other worker holds the next trial, waiting to merge it."""
+
+        executor: Executor | None = None
+
+        def render(self, index, params, prepared, slot, timings):
+            if slot.name == "a" and index == 4:
+                schedule = self.executor.schedule
+                with schedule._changed:  # every worker holds a trial, and the one after 4 may be merged
+                    while not (len(schedule._claimed) >= 4 and all(j in schedule._finished for j in range(4))):
+                        schedule._changed.wait(0.05)
+            return super().render(index, params, prepared, slot, timings)
+
+    a = WaitedFor(fail_on=set(range(4, 16)))  # dead from trial 4 on
+    stages, log = DiesWithATrialQueued(), []
+    executor = Executor(stages, _optimiser(16), [_slot("a", a), _slot("b", b)], {}, 16, log.append,
+                        threading.Event(), 2)
+    stages.executor = executor
+    executor.run()
+    assert progressed.is_set(), "the other WebUI waited for the lost one"
+    assert sorted(t.trial for t in log) == list(range(16))
+    assert all(t.webui == "b" for t in log if t.trial not in a.rendered)
