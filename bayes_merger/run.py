@@ -98,7 +98,7 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None,
         elif cfg.cluster.address is not None:  # each host of the Ray cluster loads the models and scores (cluster/)
             from bayes_merger.cluster.hosts import open_hosts
 
-            slots, before, scorer, merger = stack.enter_context(open_hosts(inputs, runs)), {}, None, None
+            slots, before, scorer, merger = stack.enter_context(open_hosts(inputs, runs, info)), {}, None, None
         else:
             slots = [Slot(name=url, webui=stack.enter_context(open_webui_renderer(inputs, webui_cfg, run_id)),
                           checkpoint_dir=Path(webui_cfg.checkpoint_dir).expanduser())

@@ -74,8 +74,10 @@ class TrialHost:
         """Our label: answers as soon as Ray has placed the actor, before anything slow (see ``start``)."""
         return self.label
 
-    def start(self) -> str:
-        """Check the model files, open the WebUI, load the scorer and the models; returns our version."""
+    def start(self, known_before: str | None = None) -> tuple[str, str]:
+        """Check the model files, open the WebUI, load the scorer and the models; returns our version and
+        the model the WebUI had before the run (``known_before``: the one the driver's run.json recorded
+        for it, when the run is resumed: the WebUI may still hold the merge of the session that died)."""
         cfg = self.inputs.config
         try:
             for model, path in self.inputs.merge.models.items():  # before anything slow
@@ -83,7 +85,8 @@ class TrialHost:
             renderer = self._stack.enter_context(open_webui_renderer(self.inputs, self.webui_config, self.run_id))
             slot = Slot(name=self.webui_config.url, webui=renderer,
                         checkpoint_dir=Path(self.webui_config.checkpoint_dir).expanduser())
-            self._before = prepare_webuis([slot], self.inputs, {}, self.dead_runs).get(slot.name, "")
+            known = {} if known_before is None else {"webui_models_before": {slot.name: known_before}}
+            self._before = prepare_webuis([slot], self.inputs, known, self.dead_runs).get(slot.name, "")
             scorer = build_scorer(self.inputs.scorer)
             merger = Merger.from_inputs(self.inputs.merge, cfg.merge)
             optimiser = Optimiser(self.inputs.space, cfg.optimiser, cfg.run.seed)  # names each trial's phase
@@ -93,7 +96,7 @@ class TrialHost:
             self._slot = slot
         except BayesMergerError as error:
             raise type(error)(f"{self.label}: {error}") from None
-        return __version__
+        return __version__, self._before
 
     def run_trial(self, index: int, params: Mapping[str, float]) -> HostResult:
         """Trial ``index`` start to finish, as the executor runs it on one machine; a lost WebUI or a

@@ -95,12 +95,14 @@ class RayHost:
 
 
 @contextmanager
-def open_hosts(inputs: Inputs, runs: Mapping[str, Path]) -> Iterator[list[Slot]]:
+def open_hosts(inputs: Inputs, runs: Mapping[str, Path], info: dict[str, Any]) -> Iterator[list[Slot]]:
     """A slot per WebUI of every host of the cluster, each host started (models loaded, WebUI checked).
 
     A host offering ``{"webui": N}`` runs the first N WebUIs of ``webui.urls`` (or ``webui.url``) with
     their checkpoint folders, all as seen from that host. ``runs`` are the run folders this machine
-    knows, so hosts can remove the merge files of runs that are over.
+    knows, so hosts can remove the merge files of runs that are over. The model each WebUI had before
+    the run goes into ``info`` (run.json) by host, as on one machine, so that a resume after a crash
+    gives it back.
     """
     from bayes_merger.webuis import webui_configs
 
@@ -120,12 +122,14 @@ def open_hosts(inputs: Inputs, runs: Mapping[str, Path]) -> Iterator[list[Slot]]
             log.info("Starting %d WebUI host%s on the Ray cluster (models load there): %s", len(hosts),
                      "" if len(hosts) == 1 else "s", ", ".join(host.name for host, _ in hosts))
             _wait_until_placed(ray, [host for host, _ in hosts])
-            started = [(host, host.actor.start.remote()) for host, _ in hosts]
+            known = dict(info.get("webui_models_before") or {})
+            started = [(host, host.actor.start.remote(known.get(host.name))) for host, _ in hosts]
             for host, ref in started:
-                version = host._get(ref)
+                version, known[host.name] = host._get(ref)
                 if version != __version__:
                     raise ConfigError(f"{host.name} runs bayes-merger {version}, this machine {__version__}: install "
                                       "the same version on every host.")
+            info["webui_models_before"] = known
             yield [Slot(name=host.name, webui=host, checkpoint_dir=Path(folder)) for host, folder in hosts]
         finally:
             for host, _ in hosts:

@@ -4,14 +4,17 @@ a resume on another host."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import signal
 import threading
 
 import pytest
 
 from bayes_merger.run import TrialLoop
+from bayes_merger.testing.models import make_checkpoint
 from tests.loop.test_cli_run import _args, _cli, _only_run, _trials
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -102,3 +105,30 @@ def test_ctrl_c_stops_every_host_cleanly_and_the_run_resumes_on_another_host(ass
     assert [t["trial"] for t in resumed] == list(range(5)) and all(t["status"] == "ok" for t in resumed)
     assert (run_dir / "trials.jsonl").read_text().startswith(before), "the finished trials are kept as they were"
     assert all(_host_of(t, third) for t in resumed if t["trial"] not in {s["trial"] for s in stopped})
+
+
+def test_a_resume_after_a_crash_gives_the_hosts_webui_the_model_it_had_before_the_run(assets, webuis, tmp_path):
+    server = webuis[0]
+    make_checkpoint(server.checkpoint_dir / "mine.safetensors", "sd1", seed=9)
+    make_checkpoint(server.checkpoint_dir / "other.safetensors", "sd1", seed=10)
+    server.set_option("sd_model_checkpoint", "mine.safetensors")
+    server.restart()
+    args = ("optimiser.init_points=3", "optimiser.n_iters=1", "save_best=false")
+    assert _cli(_cluster_args(assets, [server], tmp_path / "runs", *args)) == 0
+    run_dir = _only_run(tmp_path / "runs")
+    assert server.loaded_model == "mine.safetensors"
+    # what a kill -9 of the driver leaves: the last trials not logged, no finished_at, the WebUI on a merge
+    lines = (run_dir / "trials.jsonl").read_text().splitlines()
+    (run_dir / "trials.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    info = json.loads((run_dir / "run.json").read_text())
+    info.pop("finished_at", None)
+    (run_dir / "run.json").write_text(json.dumps(info))
+    merge = server.checkpoint_dir / f"bm-{info['run_id']}-t0002.safetensors"
+    shutil.copy(server.checkpoint_dir / "other.safetensors", merge)
+    server.set_option("sd_model_checkpoint", merge.name)
+    server.restart()
+    assert server.loaded_model == merge.name
+
+    assert _cli(_cluster_args(assets, [server], tmp_path / "runs", *args, f"resume={run_dir}")) == 0
+    assert server.loaded_model == "mine.safetensors"
+    assert sorted(p.name for p in server.checkpoint_dir.iterdir()) == ["mine.safetensors", "other.safetensors"]
