@@ -225,6 +225,29 @@ def test_summary_shows_budget_best_and_stage_times(sd1_run):
     assert "in progress" in html
 
 
+def test_the_time_to_go_counts_the_trials_that_run_side_by_side(tmp_path):
+    from bayes_merger.report.format import fmt_seconds, mean_timings
+
+    run_dir = make_run(tmp_path / "run")  # 14 of 20 trials
+    total = mean_timings(load_run(run_dir))["total"]
+    write_report(run_dir)
+    assert f"about {fmt_seconds(6 * total)} to go" in html_of(run_dir)
+    info = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**info, "trials_at_once": 3}))  # three WebUIs
+    write_report(run_dir)
+    assert f"about {fmt_seconds(2 * total)} to go" in html_of(run_dir)
+
+
+def test_the_even_mix_keeps_the_neutral_colour_when_weights_go_past_0_and_1():
+    from bayes_merger.report.plots import weight_norm
+
+    for values in ([0.2, 0.8], [-0.5, 0.3, 1.5], [0.1, 1.4]):
+        norm = weight_norm(values)
+        assert float(norm(0.5)) == pytest.approx(0.5)
+        assert float(norm(min([0.0, *values]))) == pytest.approx(0.0)
+        assert float(norm(max([1.0, *values]))) == pytest.approx(1.0)
+
+
 def test_no_successful_trial_still_gives_a_report(tmp_path):
     run_dir = make_run(tmp_path / "run", n_trials=3, failed=(0, 1, 2))
     write_report(run_dir)

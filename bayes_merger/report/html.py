@@ -73,7 +73,10 @@ def _summary(run: RunData) -> str:
     remaining = (budget - done) if budget is not None else None
     eta = ""
     if remaining and remaining > 0 and "total" in timings:
-        eta = f"about {fmt_seconds(remaining * timings['total'])} to go"
+        # a trial's total runs from its merge to its score, and that many run side by side
+        at_once = info.get("trials_at_once")
+        at_once = at_once if isinstance(at_once, int) and not isinstance(at_once, bool) and at_once > 1 else 1
+        eta = f"about {fmt_seconds(remaining * timings['total'] / at_once)} to go"
 
     raw, baseline = run.raw_best, run.baseline
     best_note = f"trial {best[0]}" if best else "no successful trial yet"

@@ -13,7 +13,7 @@ import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib import colormaps
-from matplotlib.colors import Colormap, Normalize
+from matplotlib.colors import Colormap, Normalize, TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
 from matplotlib.ticker import MaxNLocator
@@ -40,8 +40,9 @@ def weight_colormap() -> Colormap:
 
 
 def weight_norm(values: Sequence[float]) -> Normalize:
-    """0..1, widened when a method's weights go beyond (add_difference can)."""
-    return Normalize(vmin=min([0.0, *values]), vmax=max([1.0, *values]))
+    """0..1, widened when weights go beyond (custom ranges, add_difference), 0.5 (the even mix) kept at
+    the colour map's neutral middle."""
+    return TwoSlopeNorm(vcenter=0.5, vmin=min([0.0, *values]), vmax=max([1.0, *values]))
 
 
 def save_png(fig: Figure, path: Path) -> None:
