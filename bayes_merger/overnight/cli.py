@@ -34,7 +34,12 @@ def setup_logging(log_dir: Path, night: date) -> tuple[Path, Path]:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"overnight-{night:%Y-%m-%d}.log"
     formatter = logging.Formatter("%(asctime)s overnight %(levelname)s %(message)s")
-    for handler in (logging.FileHandler(log_file, mode="a", encoding="utf-8"), logging.StreamHandler(sys.stderr)):
+    console = logging.StreamHandler(sys.stderr)
+    # the whole night on a terminal or in systemd's journal; elsewhere (cron's redirect into a file that is
+    # never rotated, its mail) the warnings and errors only: the night's log file has the rest
+    if not (sys.stderr.isatty() or os.environ.get("JOURNAL_STREAM")):
+        console.setLevel(logging.WARNING)
+    for handler in (logging.FileHandler(log_file, mode="a", encoding="utf-8"), console):
         handler.setFormatter(formatter)
         log.addHandler(handler)
     log.setLevel(logging.INFO)

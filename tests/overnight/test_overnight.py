@@ -161,7 +161,8 @@ class World:
         return [PYTHON, "-m", "bayes_merger.overnight", "--config", str(config or self.config), *args]
 
     def env(self, webui_command: str | None = None) -> dict[str, str]:
-        return {**os.environ, "WEBUI_COMMAND": webui_command or self.webui_command, "WEBUI_READY_TIMEOUT": "60",
+        inherited = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}  # as under cron
+        return {**inherited, "WEBUI_COMMAND": webui_command or self.webui_command, "WEBUI_READY_TIMEOUT": "60",
                 "WEBUI_STOP_GRACE": "10", "OVERNIGHT_LOG_DIR": str(self.logs),
                 "OMP_NUM_THREADS": "1"}  # two shared cores: torch's threads would only contend
 
@@ -309,6 +310,8 @@ def test_a_failed_run_passes_on_its_exit_code_and_still_stops_the_webui(tmp_path
     assert night.returncode == 2  # bayes-merger's config error
     assert "missing.safetensors does not exist" in night.log
     assert "bayes-merger failed with exit code 2" in night.log
+    # cron's redirect (not a terminal, not systemd's journal) gets the errors, the night's log the rest
+    assert "bayes-merger failed with exit code 2" in night.stderr and "overnight INFO" not in night.stderr
     world.assert_webui_gone()
 
 
