@@ -327,19 +327,22 @@ class AdoptedThenGone(ApiStandIn):
         return None if (self.marks / "gone").exists() else 200
 
 
-# bayes-merger whose first start loses its WebUI (exit 6, the WebUI gone); the next one finishes the run
+# bayes-merger whose first start loses its WebUI and stops (exit 6), saying so in run.json ("says") or not, the
+# WebUI gone for the API stand-in ("gone") or still answering; the next start finishes the run
 LOSES_THE_WEBUI_BAYES_MERGER = '''
 import json, sys
 from pathlib import Path
 
-marks = Path(sys.argv[1])
+marks, says, gone = Path(sys.argv[1]), sys.argv[2] == "says", sys.argv[3] == "gone"
 with open(marks / "calls", "a") as calls:
-    calls.write(" ".join(sys.argv[2:]) + "\\n")
+    calls.write(" ".join(sys.argv[4:]) + "\\n")
 folder = marks / "runs" / "run-1"
 if not folder.is_dir():
     folder.mkdir(parents=True)
-    (folder / "run.json").write_text(json.dumps({"started_at": "2026-03-01T22:00:00"}))
-    (marks / "gone").touch()
+    info = {"started_at": "2026-03-01T22:00:00", **({"stopped_by": "webui_lost"} if says else {})}
+    (folder / "run.json").write_text(json.dumps(info))
+    if gone:
+        (marks / "gone").touch()
     sys.exit(6)
 sys.exit(0)
 '''
@@ -349,7 +352,8 @@ def test_an_adopted_webui_that_dies_is_replaced_by_the_webui_command(
         tmp_path: Path, clean_env: pytest.MonkeyPatch, fast_runner: None) -> None:
     ours = tmp_path / "ours"
     webui = (sys.executable, "-c", f"import pathlib, time; pathlib.Path({str(ours)!r}).touch(); time.sleep(60)")
-    settings = dataclasses.replace(settings_for(tmp_path, LOSES_THE_WEBUI_BAYES_MERGER), webui_command=webui,
+    settings = dataclasses.replace(settings_for(tmp_path, LOSES_THE_WEBUI_BAYES_MERGER, "silent", "gone"),
+                                   webui_command=webui,
                                    ready_timeout=20.0)
     night = Night(settings, tmp_path / "runs", AdoptedThenGone(tmp_path), tmp_path / "night.log",  # type: ignore[arg-type]
                   tmp_path / "night.webui.log")
@@ -360,29 +364,12 @@ def test_an_adopted_webui_that_dies_is_replaced_by_the_webui_command(
     assert f"resume={tmp_path / 'runs' / 'run-1'}" in second
 
 
-# bayes-merger whose first start loses a WebUI whose API still answers (hung in a generation): it says so in
-# run.json and exits 6; the next start finishes the run
-HUNG_WEBUI_BAYES_MERGER = '''
-import json, sys
-from pathlib import Path
-
-marks = Path(sys.argv[1])
-with open(marks / "calls", "a") as calls:
-    calls.write(" ".join(sys.argv[2:]) + "\\n")
-folder = marks / "runs" / "run-1"
-if not folder.is_dir():
-    folder.mkdir(parents=True)
-    (folder / "run.json").write_text(json.dumps({"started_at": "2026-03-01T22:00:00", "stopped_by": "webui_lost"}))
-    sys.exit(6)
-sys.exit(0)
-'''
-
-
 def test_a_webui_lost_though_its_api_answers_is_restarted_when_the_night_started_it(
         tmp_path: Path, clean_env: pytest.MonkeyPatch, fast_runner: None, caplog: pytest.LogCaptureFixture) -> None:
     starts = tmp_path / "webui-starts"
     webui = (sys.executable, "-c", f"import time; open({str(starts)!r}, 'a').write('x'); time.sleep(60)")
-    settings = dataclasses.replace(settings_for(tmp_path, HUNG_WEBUI_BAYES_MERGER), webui_command=webui,
+    settings = dataclasses.replace(settings_for(tmp_path, LOSES_THE_WEBUI_BAYES_MERGER, "says", "answers"),
+                                   webui_command=webui,
                                    ready_timeout=20.0)
     api = ApiStandIn()
     night = Night(settings, tmp_path / "runs", api, tmp_path / "night.log",  # type: ignore[arg-type]
