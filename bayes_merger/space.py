@@ -166,6 +166,11 @@ def build_space(config: OptimiserConfig, blocks: Sequence[str], uses_beta: bool)
         if len(held) > 1:
             raise ConfigError(f"Group {'-'.join(members)} has members frozen at different values: {sorted(held)}.")
         if held:
+            ranged = [m for m in members if m in ranges]
+            if ranged:  # as for one weight frozen and ranged: the group does not move
+                raise ConfigError(f"Group {'-'.join(members)} is frozen (through {next(m for m in members if m in frozen)})"
+                                  f" and {ranged[0]} is given a custom range: a frozen group does not move; remove "
+                                  "one of the two.")
             value = held.pop()
             frozen.update({m: value for m in members})
             continue
@@ -191,7 +196,10 @@ def _start_values(start: object, blocks: tuple[str, ...], uses_beta: bool) -> di
             return {canonical_name(str(k), blocks, uses_beta): float(v) for k, v in start.items()}
         except (TypeError, ValueError) as error:
             raise ConfigError(f"optimiser.start must map weight names to numbers: {error}.") from None
-    items = re.split(r"[,\s]+", start.strip()) if isinstance(start, str) else list(start)  # type: ignore[call-overload]
+    if not isinstance(start, Sequence):  # a lone number, true: what the model would be is anyone's guess
+        raise ConfigError(f"optimiser.start must be an MBW string of numbers, a list of numbers or a mapping of "
+                          f"weight names to numbers, got {start!r}.")
+    items = re.split(r"[,\s]+", start.strip()) if isinstance(start, str) else list(start)
     try:
         values = [float(v) for v in items if str(v) != ""]
     except (TypeError, ValueError):

@@ -44,8 +44,9 @@ def check_optimiser_config(config: OptimiserConfig) -> None:
         raise ConfigError(f"optimiser.init_points must be at least 1, got {config.init_points}.")
     if config.n_iters < 0:
         raise ConfigError(f"optimiser.n_iters must not be negative, got {config.n_iters}.")
-    if config.kappa < 0 or config.xi < 0:
-        raise ConfigError("optimiser.kappa and optimiser.xi must not be negative.")
+    for key in ("kappa", "xi"):
+        if not 0 <= getattr(config, key) < math.inf:  # nan too: the first suggestion of the GP would fail on it
+            raise ConfigError(f"optimiser.{key} must be a number, 0 or more, got {getattr(config, key)}.")
 
 
 class Optimiser:
@@ -60,6 +61,7 @@ class Optimiser:
         self.config = config
         self.seed = seed
         self._lower = np.array([p.lower for p in space.parameters])
+        self._upper = np.array([p.upper for p in space.parameters])
         self._range = np.array([p.upper - p.lower for p in space.parameters])
         self._observed: list[tuple[dict[str, float], float]] = []
         self._trials: list[int] = []  # the trial number of each observation
@@ -187,7 +189,8 @@ class Optimiser:
         return (values - self._lower) / self._range
 
     def _to_params(self, unit: np.ndarray) -> dict[str, float]:
-        values = self._lower + np.clip(unit, 0.0, 1.0) * self._range
+        # clipped again: lower + 1 × (upper − lower) can round one step past upper
+        values = np.clip(self._lower + np.clip(unit, 0.0, 1.0) * self._range, self._lower, self._upper)
         return {p.name: float(v) for p, v in zip(self.space.parameters, values)}
 
     def _trial_seed(self, trial: int) -> int:

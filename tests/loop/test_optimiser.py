@@ -48,6 +48,8 @@ def test_start_recipe_by_name_or_mbw_string():
     ("0.1,0.2,x,0.4,0.5,0.6", "must be numbers separated by commas"),
     ({"IN00": 1.5}, r"outside its range \[0, 1\]"),
     ({"IN99": 0.5}, "Unknown parameter 'IN99'"),
+    (0.5, "optimiser.start must be an MBW string of numbers, a list of numbers or a mapping"),
+    (True, "optimiser.start must be an MBW string of numbers, a list of numbers or a mapping"),
 ])
 def test_bad_start_is_refused_in_one_sentence(start, message):
     cfg = OptimiserConfig(start=start)
@@ -237,7 +239,8 @@ def test_with_no_successful_trial_it_keeps_exploring():
     assert a != b and all(0 <= v <= 1 for v in a.values())
 
 
-@pytest.mark.parametrize("field, value", [("acquisition", "foo"), ("init_points", 0), ("n_iters", -1), ("kappa", -1.0)])
+@pytest.mark.parametrize("field, value", [("acquisition", "foo"), ("init_points", 0), ("n_iters", -1), ("kappa", -1.0),
+                                          ("kappa", float("nan")), ("xi", float("nan")), ("xi", float("inf"))])
 def test_bad_optimiser_settings_are_refused(field, value):
     cfg = OptimiserConfig(**{field: value})
     with pytest.raises(ConfigError, match=field):
@@ -355,3 +358,11 @@ def test_suggestions_do_not_depend_on_how_many_threads_blas_may_use():
             optimiser.observe(observed)
             suggestions.append(optimiser.suggest(130))
     assert suggestions[0] == suggestions[1]
+
+
+def test_suggestions_stay_inside_custom_ranges_to_the_last_bit():
+    cfg = OptimiserConfig(init_points=3, n_iters=3, custom_ranges={"IN00": [-0.58, 0.17]})
+    optimiser = Optimiser(_space(cfg), cfg, seed=1)
+    # the range's upper end as the unit cube's 1 maps it: lower + 1 × (upper − lower) rounds past 0.17
+    assert optimiser._to_params(np.ones(len(optimiser.space.parameters)))["IN00"] <= 0.17
+    assert optimiser._to_params(np.zeros(len(optimiser.space.parameters)))["IN00"] >= -0.58

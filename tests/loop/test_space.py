@@ -78,6 +78,8 @@ def test_a_frozen_member_fixes_its_whole_group():
         (OptimiserConfig(groups=[["IN00"]]), "at least two"),
         (OptimiserConfig(frozen={name: 0.5 for name in SD}), "nothing left"),
         (OptimiserConfig(frozen={"IN00": 0.1}, custom_ranges={"IN00": [0.2, 0.8]}), "both frozen and given a custom range"),
+        (OptimiserConfig(groups=[["IN00", "IN01"]], frozen={"IN00": 0.1}, custom_ranges={"IN01": [0.2, 0.8]}),
+         "Group IN00-IN01 is frozen \\(through IN00\\) and IN01 is given a custom range"),
         (OptimiserConfig(frozen={"IN00": 0.1, "in00": 0.9}), "optimiser.frozen names IN00 twice"),
         (OptimiserConfig(custom_ranges={"IN00": [0, 0.5], "block_0_alpha": [0, 0.6]}),
          "optimiser.custom_ranges names IN00 twice"),
