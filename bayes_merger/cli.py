@@ -110,8 +110,10 @@ def save_config(cfg: DictConfig, run_dir: Path, resuming: bool) -> Path:
     """
     data = without_secrets(OmegaConf.to_container(cfg, resolve=True))
     data["resume"] = None
+    # absolute, as Hydra names a new run's folder: resume=runs/<run> then writes the same header
+    where = Path(os.path.abspath(run_dir))
     text = CONFIG_HEADER
-    text += f"#   bayes-merger --config {run_dir / CONFIG_FILE} resume={run_dir}\n"
+    text += f"#   bayes-merger --config {where / CONFIG_FILE} resume={where}\n"
     text += "defaults:\n  - bayes_merger\n  - _self_\n\n" + OmegaConf.to_yaml(OmegaConf.create(data)) + HYDRA_BLOCK
     if resuming:
         same = next((path for path in _saved_configs(run_dir) if _text_of(path) == text), None)

@@ -370,7 +370,7 @@ def test_config_yaml_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == [], "no cut-off config.yaml for the resume command to choke on"
 
 
-def test_a_resume_keeps_each_config_it_ran_with_once(tmp_path):
+def test_a_resume_keeps_each_config_it_ran_with_once(tmp_path, monkeypatch):
     config = OmegaConf.create({"webui": {"auth": "user:secret"}, "resume": None, "optimiser": {"n_iters": 2}})
     assert save_config(config, tmp_path, resuming=False) == tmp_path / "config.yaml"
     resumed = OmegaConf.merge(config, {"resume": str(tmp_path)})
@@ -381,6 +381,10 @@ def test_a_resume_keeps_each_config_it_ran_with_once(tmp_path):
     assert save_config(longer, tmp_path, resuming=True) == kept
     assert {p.name for p in tmp_path.iterdir()} == {"config.yaml", kept.name}
     assert "secret" not in kept.read_text() + (tmp_path / "config.yaml").read_text()
+    # resume=runs/<run> as the README writes it, from the folder above: the same config, no copy
+    monkeypatch.chdir(tmp_path.parent)
+    assert save_config(resumed, Path(tmp_path.name), resuming=True) == Path(tmp_path.name) / "config.yaml"
+    assert {p.name for p in tmp_path.iterdir()} == {"config.yaml", kept.name}
 
 
 def test_a_start_refused_before_its_run_began_leaves_no_config_for_the_next_start_in_that_folder(tmp_path):
