@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 # how many times one trial is tried when its WebUI drops out from under it
 WEBUI_ATTEMPTS = 2
 # how long a second Ctrl-C waits for merges and model loads under way before the WebUIs are handed back
-SETTLE_SECONDS = 30.0
+SETTLE_SECONDS = 15.0  # half the 30 s the overnight runner leaves before SIGKILL: the hand-back needs the rest
 
 
 @dataclass
