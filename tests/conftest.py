@@ -16,6 +16,13 @@ from bayes_merger.testing.models import make_checkpoint
 from bayes_merger.testing.tiny_clip import make_tiny_clip, make_tiny_head
 
 
+@pytest.fixture(autouse=True)
+def local_traffic_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy in the environment (HTTP_PROXY) would carry the fakes' 127.0.0.1 traffic off the machine."""
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "127.0.0.1,localhost")
+
+
 @pytest.fixture(scope="session")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two tiny SD1 checkpoints (with the real key names) and a tiny CLIP + head, made once, by the

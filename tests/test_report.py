@@ -7,7 +7,6 @@ import random
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -288,14 +287,13 @@ def test_weights_plot_draws_sdxl_with_its_20_blocks(tmp_path):
     assert panels["Best α"] == panels["Best β"] == set(SDXL_BLOCKS)  # its 20 are tests/merge/test_arch.py's
 
 
-def test_hundred_trials_report_is_quick(tmp_path):
+def test_a_hundred_trial_report_lists_every_trial(tmp_path):
     run_dir = make_run(tmp_path / "run", n_trials=100, init_points=10, n_iters=90, beta=True, failed=(5, 50))
-    write_report(run_dir)  # the first call pays for font caches
-    # CPU time, not wall time: other work on a shared machine must not fail this test
-    start = time.process_time()
     write_report(run_dir)
-    elapsed = time.process_time() - start
-    assert elapsed < 3.0, f"write_report took {elapsed:.2f} s of CPU for 100 trials"
+    html = html_of(run_dir)
+    assert "100 / 100" in html
+    rows = re.findall(r'<tr class="[^"]*"><td class="num" data-v="(\d+)">', html)
+    assert sorted(int(r) for r in rows) == list(range(100))
 
 
 # --- the command line -------------------------------------------------------------------------------

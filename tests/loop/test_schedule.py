@@ -42,18 +42,15 @@ def test_a_released_trial_is_claimed_again_and_resume_skips_finished_ones():
 def test_a_worker_with_nothing_to_claim_waits_for_a_trial_given_back_or_the_end():
     schedule = Schedule(budget=2, in_flight=2)
     assert schedule.claim() == 0 and schedule.claim() == 1
-    got: list[int | None] = []
-    waiter = threading.Thread(target=lambda: got.append(schedule.claim(poll=0.01)))
-    waiter.start()
+    waiter, got = _claiming(schedule)
     schedule.release(1)  # its WebUI was lost: the waiting worker takes it
     waiter.join(timeout=5)
-    assert got == [1]
-    waiter = threading.Thread(target=lambda: got.append(schedule.claim(poll=0.01)))
-    waiter.start()
+    assert got == [1], "woken by the release, not by its next poll a minute later"
+    waiter, got = _claiming(schedule)
     schedule.finish(0)
     schedule.finish(1)  # every trial done: nothing more to wait for
     waiter.join(timeout=5)
-    assert not waiter.is_alive() and got == [1, None]
+    assert not waiter.is_alive() and got == [None]
 
 
 @pytest.mark.parametrize("wake, expected", [
@@ -106,3 +103,16 @@ def _set() -> threading.Event:
     event = threading.Event()
     event.set()
     return event
+
+
+def _claiming(schedule: Schedule) -> tuple[threading.Thread, list]:
+    """A worker blocked in ``claim()`` (every trial taken) with a minute between its own re-checks."""
+    result = []
+    waiter = threading.Thread(target=lambda: result.append(schedule.claim(poll=60)), daemon=True)
+    waiter.start()
+    deadline = time.monotonic() + 5
+    while not schedule._changed._waiters:  # it waits on the condition (blocked, not still checking)
+        assert waiter.is_alive(), f"claim() returned {result} instead of waiting"
+        assert time.monotonic() < deadline, "claim() did not begin to wait within 5 s"
+        time.sleep(0.001)
+    return waiter, result

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -260,17 +259,20 @@ def test_check_checkpoint_dir_rejects_a_missing_folder(webui_config, tmp_path):
             client.check_checkpoint_dir()
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")
-def test_check_checkpoint_dir_rejects_a_read_only_folder(webui_config, tmp_path):
+def test_check_checkpoint_dir_rejects_a_read_only_folder(webui_config, tmp_path, monkeypatch):
+    import errno
+
+    from bayes_merger.webui import merge_files
+
+    def refused(path, *args, **kwargs):  # what a folder without write permission answers (root is let in anyway)
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
     folder = tmp_path / "ro"
     folder.mkdir()
-    folder.chmod(0o500)
-    try:
-        with WebUIClient(webui_config(checkpoint_dir=str(folder)), "run1") as client:
-            with pytest.raises(ConfigError, match="not writable"):
-                client.check_checkpoint_dir()
-    finally:
-        folder.chmod(0o700)
+    monkeypatch.setattr(merge_files, "open_new", refused)
+    with WebUIClient(webui_config(checkpoint_dir=str(folder)), "run1") as client:
+        with pytest.raises(ConfigError, match=f"webui.checkpoint_dir {folder} is not writable: Permission denied"):
+            client.check_checkpoint_dir()
 
 
 def test_check_checkpoint_dir_accepts_a_writable_folder_and_leaves_it_clean(fake_webui, webui_config):
