@@ -12,6 +12,11 @@ import pytest
 
 from bayes_merger.testing.fake_webui import FakeWebUI
 
+# Ray on the loopback address only (as on Windows and macOS, where Ray runs no cluster): its head would bind
+# to the machine's network address, and the tests talk to no address but 127.0.0.1. Read once, when Ray is
+# first imported, so set before that; Ray's workers inherit it.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory):

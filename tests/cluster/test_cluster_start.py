@@ -83,6 +83,7 @@ def test_a_ray_head_answers_http2s_preface_with_its_settings(ray_cluster):
     # the probe's premise, on a real head: gRPC's first frame is SETTINGS (type 4), never an HTTP/1 answer
     target = connect._head_address(ray_cluster.get_runtime_context().gcs_address)
     host, _, port = target.rpartition(":")
+    assert host == "127.0.0.1"  # the tests talk to no other address
     with socket.create_connection((host, int(port)), timeout=5) as connection:
         assert connect._is_settings_frame(connect._first_answer(connection))
 
