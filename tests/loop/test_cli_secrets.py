@@ -23,7 +23,8 @@ def test_a_sweep_with_the_password_as_an_override_writes_it_nowhere(assets, fake
     assert _cli(args) == 0
     jobs = sorted(runs.glob("multirun/*/*_aesthetic_head"))
     assert len(jobs) == 2 and all((job / ".hydra" / "hydra.yaml").is_file() for job in jobs)
-    assert fake_webui.requests, "the password reached the WebUI"
+    rendered = fake_webui.requests_to("/sdapi/v1/txt2img")
+    assert rendered and {r.status for r in rendered} == {200}, "the password reached the WebUI: it rendered for us"
     files = [path for path in runs.rglob("*") if path.is_file()]
     assert any(path.name == "multirun.yaml" for path in files)
     leaks = [str(path.relative_to(runs)) for path in files if PASSWORD.encode() in path.read_bytes()]
