@@ -13,9 +13,10 @@ import logging
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 logger = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ class FakeHTTPServer:
         self._lock = threading.RLock()  # server state
         self._records: list[RecordedRequest] = []
         self._records_changed = threading.Condition()
-        self._held = 0  # requests waiting on a hold() right now
+        self._held = 0  # requests waiting on a hold() or a delay() right now
         self._connections: set[socket.socket] = set()
         self._stopping = False
         self._faults: list[_Fault] = []
@@ -229,7 +230,7 @@ class FakeHTTPServer:
         return self.requests_to(path)
 
     def wait_until_held(self, count: int = 1, timeout: float = 5.0) -> None:
-        """Block until ``count`` requests are waiting on a ``hold()``."""
+        """Block until ``count`` requests are waiting on a ``hold()`` or a ``delay()``."""
         with self._records_changed:
             if not self._records_changed.wait_for(lambda: self._held >= count, timeout):
                 raise TimeoutError(f"fewer than {count} held requests within {timeout} s")
@@ -274,6 +275,18 @@ class FakeHTTPServer:
         set or the server stops; a request released by a stop gets no answer."""
         with self._lock:
             return self._holds.setdefault((path, method), threading.Event())
+
+    @contextmanager
+    def _waiting(self) -> Iterator[None]:
+        """A request waiting on a hold or a delay, counted for ``wait_until_held``."""
+        with self._records_changed:
+            self._held += 1
+            self._records_changed.notify_all()
+        try:
+            yield
+        finally:
+            with self._records_changed:
+                self._held -= 1
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -334,16 +347,11 @@ class FakeHTTPServer:
             seconds, in_all = self._delays.get((path, method)) or self._delays.get((path, None)) or (0.0, False)
             hold = self._holds.get((path, method)) or self._holds.get((path, None))
         if seconds and not in_all:
-            self._stop_event.wait(seconds)
+            with self._waiting():
+                self._stop_event.wait(seconds)
         if hold is not None:
-            with self._records_changed:
-                self._held += 1
-                self._records_changed.notify_all()
-            try:
+            with self._waiting():
                 hold.wait()
-            finally:
-                with self._records_changed:
-                    self._held -= 1
         if path.startswith("/sdapi/") and self._users:
             denied = _check_auth(authorization, self._users)
             if denied:

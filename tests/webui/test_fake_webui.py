@@ -280,6 +280,7 @@ def test_a_delay_for_one_method_leaves_the_others_alone_and_in_all_counts_the_se
     fake_webui.delay(API + "/options", 60, "POST")
     with ThreadPoolExecutor(1) as pool:
         switching = pool.submit(post, fake_webui, "/options", {"sd_model_checkpoint": "a.safetensors"})
+        fake_webui.wait_until_held(1)  # the POST has come and waits out its delay
         assert get(fake_webui, "/options").status_code == 200  # answered while the POST still waits
         assert not switching.done()
         fake_webui.stop()
