@@ -62,7 +62,7 @@ class Optimiser:
         self.seed = seed
         self._lower = np.array([p.lower for p in space.parameters])
         self._upper = np.array([p.upper for p in space.parameters])
-        self._range = np.array([p.upper - p.lower for p in space.parameters])
+        self._range = self._upper - self._lower
         self._observed: list[tuple[dict[str, float], float]] = []
         self._trials: list[int] = []  # the trial number of each observation
         self._model: tuple[list, FittedGP] | None = None

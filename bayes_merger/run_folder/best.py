@@ -38,13 +38,12 @@ def write_best(run_dir: Path, best: Trial | None, extra: Mapping[str, Any] | Non
 
     ``extra`` adds fields after the standard ones (plain data: numbers, strings, lists, dicts).
     """
+    path = Path(run_dir) / BEST_FILE
     if best is None:
-        path = Path(run_dir) / BEST_FILE
         with storage_errors(path):
             path.unlink(missing_ok=True)
         return
     data = {**best_fields(best), **(extra or {})}
-    path = Path(run_dir) / BEST_FILE
     with storage_errors(path):
         atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(data)))
 

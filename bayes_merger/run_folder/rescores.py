@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from bayes_merger.files import atomic_write_text
-from bayes_merger.run_folder.trials import finite
+from bayes_merger.run_folder.trials import finite, read_trial_records
 
 log = logging.getLogger(__name__)
 
@@ -47,20 +47,8 @@ def write_rescores(run_dir: Path, label: str, records: Iterable[Mapping[str, Any
 
 
 def _records(path: Path) -> list[dict[str, Any]]:
-    """Tolerant: a rescore file's records that name their trial; a missing file is empty."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return []
-    records = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("trial"), int):
-            records.append(record)
-    return records
+    """Tolerant, as the trial log is read: a rescore file's records that name their trial."""
+    return [record for record in read_trial_records(path) if isinstance(record.get("trial"), int)]
 
 
 def read_rescores(run_dir: Path) -> dict[str, dict[int, float]]:
@@ -70,7 +58,7 @@ def read_rescores(run_dir: Path) -> dict[str, dict[int, float]]:
         label = path.name[len(RESCORE_PREFIX) : -len(RESCORE_SUFFIX)]
         try:
             records = _records(path)
-        except (OSError, UnicodeDecodeError) as error:
+        except OSError as error:  # read_trial_records decodes what it can: unreadable is all that is left
             log.warning("%s cannot be read (%s); left out of the report.", path, error)
             continue
         found[label] = {record["trial"]: value for record in records
