@@ -32,6 +32,7 @@ from bayes_merger.optimiser import check_optimiser_config
 from bayes_merger.run_folder import (
     MANUAL_RATINGS,
     PAYLOAD_WEIGHTS,
+    RESUMED_AT,
     RUN_FILE,
     SUGGESTIONS,
     check_resumable,
@@ -101,8 +102,11 @@ def check_inputs(cfg: Config, run_dir: Path) -> Inputs:
     if previous:
         check_resumable(previous, info, run_dir)
         note_changed_suggestions(previous, info, run_dir)
+        # each session's start, so the report's duration leaves out the time between sessions
+        resumes = previous.get(RESUMED_AT)
+        resumes = [r for r in resumes if isinstance(r, str)] if isinstance(resumes, list) else []
         info = {**previous, "n_iters": cfg.optimiser.n_iters, "run_id": run_id, SUGGESTIONS: info[SUGGESTIONS],
-                PAYLOAD_WEIGHTS: info[PAYLOAD_WEIGHTS]}
+                PAYLOAD_WEIGHTS: info[PAYLOAD_WEIGHTS], RESUMED_AT: [*resumes, now()]}
         info.pop("finished_at", None)
     scorer = for_run_folder(cfg.scorer, run_dir / MANUAL_RATINGS)
     return Inputs(cfg, run_dir, merge, space, payloads, scorer, info, resuming)

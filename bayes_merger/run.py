@@ -147,7 +147,7 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None,
         except StorageError as error:  # every trial is logged: a resume only writes these again
             raise _stop_resumably(error, run_dir) from error
         finalists(run_dir, inputs.scorer)  # scorer.finalists: the top trials again with a stronger scorer
-        _refresh_report(run_dir)
+        _refresh_report(run_dir, live=False)
         _log_summary(trial_log, best, run_dir)
         return RunResult(run_dir, len(trial_log.trials), optimiser.budget, best)
 
@@ -201,6 +201,9 @@ class TrialLoop:
                                  ) from error
             except (StorageError, RatingsEnded) as error:
                 raise _stop_resumably(error, self.run_dir) from error
+            finally:
+                if len(self.trial_log.trials) < budget:  # stopped: the page must not say "in progress" for ever
+                    _refresh_report(self.run_dir, live=False)
         done = len(self.trial_log.trials)
         if done < budget:
             raise Interrupted(f"Stopped after {done} of {budget} trials, every one saved; "
@@ -216,14 +219,13 @@ class TrialLoop:
             # is kept, and a resume renders them again
             self.trial_log.retract(proof.trials)
             record_best(self.run_dir, self.trial_log, self.optimiser)
-            _refresh_report(self.run_dir)
             redone = ", ".join(str(t) for t in sorted(proof.trials))
             raise RunStopped(f"{proof}; then resume with resume={self.run_dir}, which renders trials {redone} again "
                              f"(their records are set aside in {NOT_RENDERED_FILE}).")
         # counted by WebUI: one that fails every trial is not excused by another's successes
         failures = self._failures[trial.webui] = 0 if trial.ok else self._failures.get(trial.webui, 0) + 1
         best = record_best(self.run_dir, self.trial_log, self.optimiser)
-        _refresh_report(self.run_dir)
+        _refresh_report(self.run_dir, live=True)
         self._bar.set_postfix(score=_fmt(trial.score), best=_fmt(best.score if best else None))
         self._bar.update(1)
         if failures >= self.cfg.run.max_consecutive_failures:
@@ -380,9 +382,9 @@ def _save_best_merge(inputs: Inputs, merger: Merger, best: Trial) -> None:
     log.info("Saved the best merge (trial %d, score %.4f) to %s", best.trial, best.score, path)
 
 
-def _refresh_report(run_dir: Path) -> None:
+def _refresh_report(run_dir: Path, live: bool) -> None:
     try:
-        write_report(run_dir)
+        write_report(run_dir, live)
     except Exception:  # noqa: BLE001 - a broken plot must never stop an overnight run
         log.exception("Could not rebuild the report of %s; the run goes on.", run_dir)
 

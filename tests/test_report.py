@@ -221,7 +221,35 @@ def test_summary_shows_budget_best_and_stage_times(sd1_run):
     assert f"trial {best['trial']}" in html
     assert "weighted_sum" in html and "a.safetensors" in html
     assert "4.20 s" in html  # the mean load time
-    assert "in progress" in html
+
+
+def test_an_unfinished_run_reads_in_progress_while_a_process_runs_it_and_stopped_after(tmp_path):
+    from bayes_merger.run_folder.liveness import running
+
+    run_dir = make_run(tmp_path / "run")  # 14 of 20 trials
+    with running(run_dir):
+        write_report(run_dir)
+        html = html_of(run_dir)
+        assert "in progress · reload to update" in html and "stopped · resume" not in html
+    write_report(run_dir)
+    html = html_of(run_dir)
+    assert "stopped · resume it to finish" in html and "in progress" not in html
+
+
+def test_the_duration_leaves_out_the_time_between_sessions(tmp_path):
+    from bayes_merger.report.format import run_duration
+
+    run_dir = make_run(tmp_path / "run", n_trials=14)  # trials 0–13 finish at 00:mm:17
+    assert run_duration(load_run(run_dir)) == 13 * 60 + 17
+    info = json.loads((run_dir / "run.json").read_text())
+    # stopped after trial 5 (00:05:17), resumed a day later: trials 6–13 finished 1 min apart from 24:06:17
+    (run_dir / "run.json").write_text(json.dumps({**info, "resumed_at": ["2026-01-02T00:05:00+00:00"]}))
+    records = read_trial_records(run_dir / "trials.jsonl")
+    for record in records[6:]:
+        for key in ("started_at", "finished_at"):
+            record[key] = record[key].replace("2026-01-01", "2026-01-02")
+    (run_dir / "trials.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert run_duration(load_run(run_dir)) == (5 * 60 + 17) + (8 * 60 + 17)
 
 
 def test_the_time_to_go_counts_the_trials_that_run_side_by_side(tmp_path):

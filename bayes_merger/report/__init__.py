@@ -17,15 +17,16 @@ from bayes_merger.run_folder.paths import CONVERGENCE_PNG, IMPORTANCE_PNG, REPOR
 __all__ = ["write_report", "load_run", "RunData", "REPORT_HTML"]
 
 
-def write_report(run_dir: Path) -> None:
+def write_report(run_dir: Path, live: bool | None = None) -> None:
     """(Re)build convergence.png, weights.png and report.html in run_dir from what it holds now.
 
     Each file is replaced atomically, so a browser showing the report mid-run never reads half a file.
     Missing or partial inputs (no successful trial, a cut-short last line, an old run.json) give a
-    report that says so; they do not raise.
+    report that says so; they do not raise. ``live``: whether a process runs it now (default: whether
+    one holds its lock); an unfinished run nobody runs is shown as stopped.
     """
     run_dir = Path(run_dir)
-    run = load_run(run_dir)
+    run = load_run(run_dir, live)
     save_png(convergence_figure(run), run_dir / CONVERGENCE_PNG)
     save_png(weights_figure(run), run_dir / WEIGHTS_PNG)
     if run.importance:

@@ -10,6 +10,7 @@ header h1{margin:2px 0 2px;font-size:24px;font-weight:650;display:flex;align-ite
 .sub{color:#d1d5db}
 .pill{font-size:12px;font-weight:500;padding:2px 10px;border-radius:999px;word-break:normal}
 .pill.live{background:#fef3c7;color:#92400e}.pill.done{background:#dcfce7;color:#166534}
+.pill.stopped{background:#e5e7eb;color:#374151}
 main{max-width:1280px;margin:0 auto;padding:8px 32px 24px}
 section{margin:26px 0}
 h2{font-size:18px;margin:0 0 12px;font-weight:650}

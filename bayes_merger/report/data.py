@@ -15,6 +15,7 @@ from typing import Any, Mapping
 from bayes_merger.merge.arch import SD_BLOCKS, SDXL_BLOCKS
 from bayes_merger.run_folder import TRIALS_FILE, finite, load_run_info, ranked, read_best, read_rescores, read_trial_records
 from bayes_merger.run_folder import record_score as trial_score
+from bayes_merger.run_folder.liveness import is_running
 
 # SD_BLOCKS and SDXL_BLOCKS are the fallback layouts for trial logs whose run.json and weights do
 # not name the blocks (the order of merging.md: BASE first, the supermerger MBW order).
@@ -58,6 +59,8 @@ class RunData:
     best_info: Mapping[str, Any] = field(default_factory=dict)
     # rescore-<label>.jsonl files: {label: {trial number: score}} (python -m bayes_merger.rescore)
     rescores: Mapping[str, Mapping[int, float]] = field(default_factory=dict)
+    # a process is running it now (else an unfinished run has stopped, and waits for a resume)
+    live: bool = False
 
     @property
     def ok_trials(self) -> list[tuple[int, Mapping[str, Any], float]]:
@@ -129,11 +132,13 @@ def _blocks(info: Mapping[str, Any], trials: list[dict]) -> tuple[str, ...]:
     return SDXL_BLOCKS if str(info.get("arch_name", "")).lower() == "sdxl" else SD_BLOCKS
 
 
-def load_run(run_dir: Path) -> RunData:
-    """Read a run folder; never fails on missing or partial files."""
+def load_run(run_dir: Path, live: bool | None = None) -> RunData:
+    """Read a run folder; never fails on missing or partial files. ``live``: whether a process runs it
+    now (default: whether one holds its lock)."""
     run_dir = Path(run_dir)
     info = load_run_info(run_dir) or {}
     records = read_trial_records(run_dir / TRIALS_FILE)
     trials = tuple((trial_number(t, i), t) for i, t in enumerate(records))
     return RunData(run_dir=run_dir, info=info, trials=trials, blocks=_blocks(info, records),
-                   best_info=read_best(run_dir), rescores=read_rescores(run_dir))
+                   best_info=read_best(run_dir), rescores=read_rescores(run_dir),
+                   live=is_running(run_dir) if live is None else live)

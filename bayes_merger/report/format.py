@@ -12,6 +12,7 @@ from typing import Any, Mapping
 from urllib.parse import quote
 
 from bayes_merger.report.data import RunData, finite
+from bayes_merger.run_folder import RESUMED_AT
 
 STAGES = ("merge", "load", "generate", "score")
 UNKNOWN = "unknown"
@@ -54,12 +55,20 @@ def parse_time(value: Any) -> datetime | None:
 
 
 def run_duration(run: RunData) -> float | None:
-    """Seconds from the run's start (or its first trial's) to the last finished trial."""
+    """Seconds the run has worked: from the start of each session (the run's, then each resume's) to
+    the last trial it finished, summed, so a run resumed days later is not days long."""
     starts = [parse_time(run.info.get("started_at"))] + [parse_time(t.get("started_at")) for _, t in run.trials]
-    ends = [parse_time(t.get("finished_at")) for _, t in run.trials]
+    ends = sorted(e for _, t in run.trials if (e := parse_time(t.get("finished_at"))) is not None)
     start = next((s for s in starts if s is not None), None)
-    end = max((e for e in ends if e is not None), default=None)
-    return (end - start).total_seconds() if start and end and end >= start else None
+    if start is None or not ends or ends[-1] < start:
+        return None
+    resumes = as_list(run.info.get(RESUMED_AT))
+    sessions = sorted({start, *(r for r in map(parse_time, resumes) if r is not None and r > start)})
+    total = 0.0
+    for begin, following in zip(sessions, [*sessions[1:], None]):
+        last = max((e for e in ends if e >= begin and (following is None or e < following)), default=None)
+        total += (last - begin).total_seconds() if last is not None else 0.0
+    return total
 
 
 def mean_timings(run: RunData) -> dict[str, float]:

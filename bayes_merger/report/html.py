@@ -296,8 +296,12 @@ def render_html(run: RunData) -> str:
     budget = run.budget
     state = ""
     if budget is not None:
-        state = ('<span class="pill done">finished</span>' if len(run.trials) >= budget
-                 else '<span class="pill live">in progress · reload to update</span>')
+        if len(run.trials) >= budget:
+            state = '<span class="pill done">finished</span>'
+        elif run.live:
+            state = '<span class="pill live">in progress · reload to update</span>'
+        else:
+            state = '<span class="pill stopped">stopped · resume it to finish</span>'
     subtitle = " · ".join(escape(str(v)) for v in (info.get("architecture"), info.get("method")) if v)
     generated = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S")
     return f"""<!doctype html>

@@ -29,6 +29,7 @@ from bayes_merger.run_folder.paths import (
 from bayes_merger.run_folder.rescores import read_rescores, rescore_path, write_rescores
 from bayes_merger.run_folder.run_info import (
     PAYLOAD_WEIGHTS,
+    RESUMED_AT,
     STOPPED_BY,
     SUGGESTIONS,
     WEBUI_LOST,
@@ -61,7 +62,7 @@ __all__ = [
     "BEST_FILE", "BEST_MERGE", "CONFIG_FILE", "IMAGES_DIR", "MANUAL_RATINGS", "NOT_RENDERED_FILE", "RUN_FILE",
     "TRIALS_FILE",
     "ImageRecord", "Trial", "TrialLog", "best_trial", "finite", "record_score", "now", "observations", "ranked", "read_trial_records", "read_trials",
-    "PAYLOAD_WEIGHTS", "STOPPED_BY", "SUGGESTIONS", "WEBUI_LOST", "check_resumable", "describe", "is_run_folder", "load_run_info", "note_changed_suggestions",
+    "PAYLOAD_WEIGHTS", "RESUMED_AT", "STOPPED_BY", "SUGGESTIONS", "WEBUI_LOST", "check_resumable", "describe", "is_run_folder", "load_run_info", "note_changed_suggestions",
     "read_run_info", "stopped_by_lost_webui", "unfinished", "write_run_info",
     "write_best", "record_images", "save_image", "write_image_file",
     "read_rescores", "rescore_path", "write_rescores",

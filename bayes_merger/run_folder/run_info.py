@@ -29,6 +29,7 @@ OBJECTIVE = "objective"
 SUGGESTIONS = "suggestions"
 # each payload's score_weight, so a re-score combines the payloads as the run did without its payload files
 PAYLOAD_WEIGHTS = "payload_weights"
+RESUMED_AT = "resumed_at"  # when each session after the first started
 # why the last session stopped before its budget, where another program acts on it: WEBUI_LOST, no WebUI
 # answered its trials any more (the overnight runner then restarts a WebUI it manages)
 STOPPED_BY, WEBUI_LOST = "stopped_by", "webui_lost"

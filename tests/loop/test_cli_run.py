@@ -287,9 +287,12 @@ def test_ctrl_c_finishes_the_trial_in_flight_then_stops_resumably(assets, fake_w
     run_dir = _only_run(tmp_path / "runs")
     assert [t["status"] for t in _trials(run_dir)] == ["ok", "ok"]
     assert "finished_at" not in json.loads((run_dir / "run.json").read_text())
+    assert "stopped · resume it to finish" in (run_dir / "report.html").read_text()  # not "in progress" for ever
     monkeypatch.undo()
     assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}")) == 0
     assert len(_trials(run_dir)) == 5
+    assert len(json.loads((run_dir / "run.json").read_text())["resumed_at"]) == 1  # the report's duration
+    assert "finished</span>" in (run_dir / "report.html").read_text()
 
 
 def _truncated(tmp_path: Path, assets) -> Path:
