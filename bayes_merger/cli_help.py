@@ -34,7 +34,8 @@ MAIN_OPTIONS = (
     ("payloads.dir", "a folder of payload files or one list file"),
     ("run.dir", "each run gets its own folder below it"),
     ("run.seed", "seeds the initial points, payload seeds and wildcards"),
-    ("run.max_consecutive_failures", "stop (resumable) after this many failed trials in a row on one WebUI"),
+    ("run.max_consecutive_failures", "stop (resumable) after this many failed trials in a row on one WebUI "
+                                     "(broken merges not counted once a trial has been scored)"),
     ("resume", "a run folder to continue until its budget is spent"),
     ("save_best", "save the best merge as <run>/best.safetensors"),
 )

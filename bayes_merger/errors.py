@@ -29,14 +29,21 @@ class MergeError(BayesMergerError):
     exit_code = 3
 
 
+class BrokenMerge(MergeError):
+    """The merge of these weights is no usable model: it has NaN or infinite values, or values its file's
+    precision cannot hold. A property of the weights, which the optimiser learns to avoid."""
+
+
 class WebUIError(BayesMergerError):
     """The WebUI could not be reached or answered with an error."""
 
     exit_code = 4
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, server_error: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        # the exception the server named in its error body ("NansException": the model rendered NaN)
+        self.server_error = server_error
 
 
 class WebUIConnectionError(WebUIError):

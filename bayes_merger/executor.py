@@ -237,8 +237,8 @@ class Executor:
             return dict(self.trials[index].params)
         if index not in self._suggested:
             pending = [self.suggestion(j) for j in self.schedule.pending_before(index)]
-            self.optimiser.observe(*observations(self.trials[j] for j in self.schedule.known_before(index)
-                                                 if j in self.trials))
+            known = [self.trials[j] for j in self.schedule.known_before(index) if j in self.trials]
+            self.optimiser.observe(*observations(known), failed=[t.params for t in known if not t.ok])
             self._suggested[index] = self.optimiser.suggest(index, pending=pending)
         return dict(self._suggested[index])
 

@@ -22,6 +22,7 @@ from bayes_merger.config import Config
 from bayes_merger.executor import Executor, LostAllWebUIs, Slot
 from bayes_merger.errors import (
     BayesMergerError,
+    BrokenMerge,
     NOT_THE_TRIALS_FAULT,
     Interrupted,
     RatingsEnded,
@@ -222,8 +223,15 @@ class TrialLoop:
             redone = ", ".join(str(t) for t in sorted(proof.trials))
             raise RunStopped(f"{proof}; then resume with resume={self.run_dir}, which renders trials {redone} again "
                              f"(their records are set aside in {NOT_RENDERED_FILE}).")
-        # counted by WebUI: one that fails every trial is not excused by another's successes
-        failures = self._failures[trial.webui] = 0 if trial.ok else self._failures.get(trial.webui, 0) + 1
+        # counted by WebUI: one that fails every trial is not excused by another's successes. A broken merge
+        # once a trial has been scored is its weights' fault, not the set-up's: the optimiser learns to avoid
+        # those weights, and a run stopped for it would lose the night (bench_optimiser, broken26)
+        failures = self._failures.get(trial.webui, 0)
+        if trial.ok:
+            failures = 0
+        elif not (trial.broken and any(t.ok for t in self.trial_log.trials)):
+            failures += 1
+        self._failures[trial.webui] = failures
         best = record_best(self.run_dir, self.trial_log, self.optimiser)
         _refresh_report(self.run_dir, live=True)
         self._bar.set_postfix(score=_fmt(trial.score), best=_fmt(best.score if best else None))
@@ -243,7 +251,7 @@ class TrialLoop:
             return prepared  # the renderer merges inside its own graph, or a cluster host merges: no file here
         with _timed(timings, "merge"):
             merged = self.merger.merge(weights)
-            check_finite(merged, self.merger.architecture, self.merger.method.name)
+            check_finite(merged, self.merger.architecture, self.merger.method.name, self.cfg.merge.dtype)
         # staged under a name the WebUI does not list; moved into place when the WebUI is free
         files = MergeFiles(slot.checkpoint_dir, self.inputs.run_id, 0)
         prepared.staged = files.staged_path(index)
@@ -313,7 +321,8 @@ class TrialLoop:
         timings["total"] = time.perf_counter() - clock
         if not quiet:
             log.error("trial %d failed: %s", record["trial"], error)
-        return Trial(status="failed", score=None, error=str(error), timings=timings, finished_at=now(), **record)
+        return Trial(status="failed", score=None, error=str(error), timings=timings, finished_at=now(),
+                     broken=is_broken_merge(error), **record)
 
     def _render(self, index: int, slot: Slot, alpha_string: str) -> tuple[list[Any], list[ImageContext]]:
         images: list[Any] = []
@@ -343,6 +352,13 @@ class _timed:
 
     def __exit__(self, *exc: object) -> None:
         self.timings[self.stage] = time.perf_counter() - self.start
+
+
+def is_broken_merge(error: Exception) -> bool:
+    """Whether a trial failed for its weights: its merge had NaN or infinite values, or the WebUI's NaN
+    check refused what it rendered (A1111 and Forge answer 500 naming NansException; with fixed seeds the
+    same merge fails again)."""
+    return isinstance(error, BrokenMerge) or getattr(error, "server_error", None) == "NansException"
 
 
 def record_best(run_dir: Path, trial_log: TrialLog, optimiser: Optimiser) -> Trial | None:

@@ -25,8 +25,13 @@ Methods: random (uniform), lhs (one Latin hypercube of each budget), centre (the
 trial), bayes_opt (bayes_opt 3's stock BayesianOptimization: its GP, UCB κ=2.576 and L-BFGS-polished
 acquisition, the centre and 9 random initial points), tpe (Optuna's multivariate TPE), cmaes (Optuna's CMA-ES, from
 the centre), default (bayes-merger's defaults) and bo:key=value,… (bayes-merger with OptimiserConfig
-fields changed: acquisition, kappa, xi, init_points; and pending=k: each trial is suggested while the k
-trials before it are still running, as with pipelining or k+1 WebUIs).
+fields changed: acquisition, kappa, xi, init_points; pending=k: each trial is suggested while the k
+trials before it are still running, as with pipelining or k+1 WebUIs; failures=ignore: the optimiser is
+told nothing of failed trials, as before it learnt from them).
+
+On the landscapes where trials fail (broken26, flaky26) a failed trial counts as the landscape's worst
+score, and a table says how many trials failed and how many runs would have stopped on failures in a
+row (``default_stopped`` in the last line).
 
 The table prints the median and quartiles over seeds of each regret, and the median seconds per
 suggestion with 100 observations. The last line is name=value pairs: for each budget, the worst over
@@ -62,7 +67,7 @@ for _path in (REPO, REPO / "benchmarks"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from landscapes import LANDSCAPES, SCORE_TOP, TUNED, Objective  # noqa: E402
+from landscapes import LANDSCAPES, SCORE_RANGE, SCORE_TOP, TUNED, Objective  # noqa: E402
 
 from bayes_merger.config import OptimiserConfig  # noqa: E402
 from bayes_merger.optimiser import Optimiser  # noqa: E402
@@ -80,10 +85,11 @@ def optimiser_config(method: str, budget: int) -> OptimiserConfig:
     fields: dict = {}
     for item in settings_of(method):
         key, _, value = item.partition("=")
-        if key == "pending":
+        if key in ("pending", "failures"):
             continue
         if key not in ("acquisition", "kappa", "xi", "init_points"):
-            raise SystemExit(f"unknown key '{key}' in '{method}' (acquisition, kappa, xi, init_points, pending)")
+            raise SystemExit(f"unknown key '{key}' in '{method}' (acquisition, kappa, xi, init_points, pending, "
+                             "failures)")
         fields[key] = value if key == "acquisition" else (int(value) if key == "init_points" else float(value))
     init = min(fields.pop("init_points", OptimiserConfig().init_points), budget)
     return OptimiserConfig(init_points=init, n_iters=budget - init, **fields)
@@ -92,8 +98,9 @@ def optimiser_config(method: str, budget: int) -> OptimiserConfig:
 Reported = Callable[[int], int]  # n → the index of the trial a method would report after its first n trials
 
 
-def best_observed(ys: list[float]) -> Reported:
-    return lambda n: int(np.argmax(ys[:n]))
+def best_observed(ys: list[float | None]) -> Reported:
+    """The trial with the best observed score among the first n (a failed trial has none)."""
+    return lambda n: max((i for i in range(n) if ys[i] is not None), key=lambda i: ys[i], default=0)
 
 
 def points_of(method: str, objective: Objective, budget: int, seed: int
@@ -130,7 +137,10 @@ def points_of(method: str, objective: Objective, budget: int, seed: int
             x = np.array([trial.params[f"x{i}"] for i in range(d)])
             xs.append(x)
             ys.append(objective.observe(x, t))
-            study.tell(trial, ys[-1])
+            if ys[-1] is None:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            else:
+                study.tell(trial, ys[-1])
         return xs, ys, best_observed(ys), seconds
     if method == "bayes_opt":
         from bayes_opt import BayesianOptimization
@@ -147,7 +157,8 @@ def points_of(method: str, objective: Objective, budget: int, seed: int
             x = np.array([params[n] for n in names])
             xs.append(x)
             ys.append(objective.observe(x, t))
-            bo.register(params=params, target=ys[-1])
+            if ys[-1] is not None:  # bayes_opt has no failed trials: a failure is not registered
+                bo.register(params=params, target=ys[-1])
         return xs, ys, best_observed(ys), seconds
     cfg = optimiser_config(method, budget)
     space = build_space(cfg, objective.landscape.blocks, objective.landscape.uses_beta)
@@ -156,10 +167,13 @@ def points_of(method: str, objective: Objective, budget: int, seed: int
     # with k trials pending (pipelined or several WebUIs), trial t is suggested knowing what the run's
     # own schedule lets it know: the scores of trials 0 … t−k−1 and the parameters of t−k … t−1
     schedule = Schedule(budget, in_flight=pending_of(method) + 1)
+    learn = failures_of(method) == "learn"
     suggested: list[dict[str, float]] = []
     for t in range(budget):
-        for j in range(len(optimiser._observed), len(schedule.known_before(t))):
-            optimiser.register(suggested[j], ys[j])
+        known = schedule.known_before(t)
+        scored = [j for j in known if ys[j] is not None]
+        optimiser.observe([(suggested[j], ys[j]) for j in scored], scored,
+                          failed=[suggested[j] for j in known if learn and ys[j] is None])
         start = time.perf_counter()
         params = optimiser.suggest(t, pending=[suggested[j] for j in schedule.pending_before(t)])
         if t >= cfg.init_points:
@@ -168,8 +182,14 @@ def points_of(method: str, objective: Objective, budget: int, seed: int
         x = np.array([params[n] for n in names])
         xs.append(x)
         ys.append(objective.observe(x, t))
-    # after n trials it would report the best of the first n by its posterior mean, as a run of n trials does
-    return xs, ys, lambda n: optimiser.best(list(zip(suggested[:n], ys[:n]))), seconds
+
+    def reported(n: int) -> int:
+        # after n trials it would report the best of the first n by its posterior mean, as a run of n trials does
+        scored = [j for j in range(n) if ys[j] is not None]
+        best = optimiser.best([(suggested[j], ys[j]) for j in scored])
+        return scored[best] if best is not None else 0
+
+    return xs, ys, reported, seconds
 
 
 def settings_of(method: str) -> list[str]:
@@ -184,6 +204,18 @@ def pending_of(method: str) -> int:
         if key == "pending":
             return int(value)
     return 0
+
+
+def failures_of(method: str) -> str:
+    """``bo:…,failures=ignore``: the optimiser is told nothing of failed trials, as before it learnt from
+    them (default ``learn``: a failed trial is believed at its predicted score, as a running one is)."""
+    for item in settings_of(method):
+        key, _, value = item.partition("=")
+        if key == "failures":
+            if value not in ("learn", "ignore"):
+                raise SystemExit(f"failures must be learn or ignore, got '{value}' in '{method}'")
+            return value
+    return "learn"
 
 
 def without_pending(method: str) -> str:
@@ -203,19 +235,41 @@ def run_one(task: tuple[str, str, int, tuple[int, ...]]) -> dict:
     if method == "lhs":  # a Latin hypercube is only one for its own budget
         for n in budgets:
             xs, ys, reported, _ = points_of(method, objective, n, seed)
-            result[f"best@{n}"] = SCORE_TOP - max(objective.true(x) for x in xs)
-            result[f"reported@{n}"] = SCORE_TOP - objective.true(xs[reported(n)])
+            true = true_scores(objective, xs, ys)
+            result[f"best@{n}"] = SCORE_TOP - float(true.max())
+            result[f"reported@{n}"] = SCORE_TOP - float(true[reported(n)])
         result["seconds"] = []
     else:
         budget = 1 if method == "centre" else max(budgets)
         xs, ys, reported, seconds = points_of(method, objective, budget, seed)
-        true = np.array([objective.true(x) for x in xs])
+        true = true_scores(objective, xs, ys)
         for n in budgets:
             result[f"best@{n}"] = SCORE_TOP - float(true[:n].max())
             result[f"reported@{n}"] = SCORE_TOP - float(true[reported(min(n, budget))])
         result["seconds"] = seconds
+    result["failures"] = sum(y is None for y in ys)
+    result["stopped"] = stops(objective, xs, ys)
     result["elapsed"] = time.perf_counter() - started
     return result
+
+
+def stops(objective: Objective, xs: list[np.ndarray], ys: list[float | None], in_a_row: int = 3) -> bool:
+    """Whether a run would have stopped (resumable) on run.max_consecutive_failures = 3 failed trials in
+    a row, as run.TrialLoop counts them: a broken merge does not count once a trial has been scored."""
+    count, scored = 0, False
+    for t, (x, y) in enumerate(zip(xs, ys)):
+        if y is not None:
+            count, scored = 0, True
+        elif not (scored and objective.failure(x, t) == "broken"):
+            count += 1
+            if count >= in_a_row:
+                return True
+    return False
+
+
+def true_scores(objective: Objective, xs: list[np.ndarray], ys: list[float | None]) -> np.ndarray:
+    """Each trial's true score; a failed trial gave the user nothing: the landscape's worst score."""
+    return np.array([objective.true(x) if y is not None else SCORE_TOP - SCORE_RANGE for x, y in zip(xs, ys)])
 
 
 def time_at_100(method: str, seed: int = 0) -> float | None:
@@ -370,6 +424,16 @@ def report(methods, names, budgets, results, timing, elapsed) -> None:
             t = timing.get(method)
             print(line + (f" {t:6.2f}" if t is not None else f" {'-':>6}"))
         print()
+    failing = [name for name in names if LANDSCAPES[name].fails]
+    if failing:
+        print("failed trials: median count; runs that would have stopped on 3 failures in a row "
+              "(run.max_consecutive_failures; broken merges not counted once a trial has been scored)")
+        for name in failing:
+            for method in methods:
+                rs = by[(method, name)]
+                print(f"{name:<9} {method:<16} {statistics.median(r.get('failures', 0) for r in rs):6.1f} "
+                      f"{sum(bool(r.get('stopped')) for r in rs):3d} of {len(rs)}")
+        print()
     summary = []
     refs = [m for m in methods if m in REFERENCES and m not in ("random", "centre")]
     for method in [m for m in methods if m not in REFERENCES]:
@@ -398,6 +462,9 @@ def report(methods, names, budgets, results, timing, elapsed) -> None:
                 ratios = [statistics.median(r[f"reported@{n}"] for r in by[(method, name)])
                           / statistics.median(r[f"reported@{n}"] for r in by[(sequential, name)]) for name in names]
                 summary.append(f"{key}/{summary_name(sequential)}@{n}={statistics.geometric_mean(ratios):.3f}")
+        if failing:
+            stopped = sum(bool(r.get("stopped")) for name in failing for r in by[(method, name)])
+            summary.append(f"{key}_stopped={stopped}/{sum(len(by[(method, name)]) for name in failing)}")
         if timing.get(method) is not None:
             summary.append(f"{key}_s_per_suggestion={timing[method]:.2f}")
     summary.append(f"elapsed_s={elapsed:.0f}")

@@ -26,6 +26,10 @@ class Landscape:
     # held out: "cone": a sharp peak; "rugged": ripples with local optima; "cliff": merges past a line break
     noise: float = 0.0  # σ as a fraction of the score range
     edge: int = 0  # weights whose optimum lies on the boundary
+    interaction: float = 0.4  # σ of the interaction term's coefficients on the important weights
+    # "broken": the merges past cliff26's line fail, their merge broken (NaN: a property of the weights);
+    # "flaky": one trial in ten fails whatever its weights (a WebUI's error), the baseline excepted
+    fails: str = ""
     about: str = ""
     held_out: bool = False  # no default was chosen on it: run it to see the defaults on a landscape they never saw
 
@@ -48,6 +52,16 @@ LANDSCAPES = {
         Landscape("cliff26", SD_BLOCKS, False, "cliff", held_out=True,
                   about="graded26 where raising either of two important weights 0.1 past its best breaks the "
                         "merge (40% of the range lost at once)"),
+        Landscape("corner26", SD_BLOCKS, False, "graded", edge=26, held_out=True,
+                  about="graded26 with every optimum on the boundary: one model is better in every block"),
+        Landscape("ridge26", SD_BLOCKS, False, "graded", interaction=1.5, held_out=True,
+                  about="graded26 with a strong interaction: a narrow ridge across the important weights"),
+        Landscape("noisy10", SD_BLOCKS, False, "graded", noise=0.10, held_out=True,
+                  about="graded26 with noise σ = 10% of the range"),
+        Landscape("broken26", SD_BLOCKS, False, "cliff", fails="broken", held_out=True,
+                  about="cliff26 where the merges past the line fail instead (NaN: the WebUI renders nothing)"),
+        Landscape("flaky26", SD_BLOCKS, False, "graded", fails="flaky", held_out=True,
+                  about="graded26 where one trial in ten fails whatever its weights (a WebUI's error)"),
     )
 }
 TUNED = [name for name, ls in LANDSCAPES.items() if not ls.held_out]
@@ -78,7 +92,7 @@ class Objective:
             self.center[edged] = np.where(rng.random(len(edged)) < 0.5, -0.25, 1.25)
         # a mild interaction between the important weights, so the landscape is not axis-aligned
         self.cross = np.zeros(d)
-        self.cross[important] = rng.normal(0.0, 0.4, len(important))
+        self.cross[important] = rng.normal(0.0, landscape.interaction, len(important))
         if landscape.shape == "peaks":
             # the second peak sits at the first's mirror image in half of the weights
             flip = rng.random(d) < 0.5
@@ -97,7 +111,7 @@ class Objective:
             self.raw_best = float(self.raw(self.center))
         corner = np.where(self.center < 0.5, 1.0, 0.0)
         self.raw_worst = float(self.raw(corner))
-        if landscape.shape == "cliff":
+        if landscape.shape == "cliff" and landscape.fails != "broken":
             self.cliff_drop = 0.4 * (self.raw_best - self.raw_worst)
             self.raw_worst = float(self.raw(corner))
 
@@ -117,14 +131,28 @@ class Objective:
             diff = np.asarray(x) - self.center
             return -q - 0.05 * (self.weights * (1.0 - np.cos(4.0 * np.pi * diff))).sum(-1)
         if shape == "cliff":
-            broken = (np.asarray(x)[..., self.cliff_dims] > self.center[self.cliff_dims] + 0.1).any(-1)
-            return -q - self.cliff_drop * broken
+            return -q - self.cliff_drop * self._past_cliff(x)
         return -q
+
+    def _past_cliff(self, x: np.ndarray) -> np.ndarray:
+        return (np.asarray(x)[..., self.cliff_dims] > self.center[self.cliff_dims] + 0.1).any(-1)
+
+    def failure(self, x: np.ndarray, trial: int) -> str | None:
+        """How trial ``trial`` at ``x`` fails: "broken" (its merge: the weights' fault), "failed" (not the
+        weights' fault), or None (it is scored)."""
+        if self.landscape.fails == "broken" and bool(self._past_cliff(x)):
+            return "broken"
+        if self.landscape.fails == "flaky" and trial > 0 and np.random.default_rng([self.seed, trial, 0xF1A]).random() < 0.1:
+            return "failed"
+        return None
 
     def true(self, x: np.ndarray) -> float:
         return SCORE_TOP - SCORE_RANGE * (self.raw_best - float(self.raw(x))) / (self.raw_best - self.raw_worst)
 
-    def observe(self, x: np.ndarray, trial: int) -> float:
+    def observe(self, x: np.ndarray, trial: int) -> float | None:
+        """The score of trial ``trial`` at ``x``; None if it failed (``failure``)."""
+        if self.failure(x, trial) is not None:
+            return None
         value = self.true(x)
         if self.landscape.noise:
             # the same noise for trial t under every method (common random numbers)

@@ -13,18 +13,26 @@ from typing import Mapping
 
 import torch
 
-from bayes_merger.errors import BayesMergerError, MergeError
+from bayes_merger.errors import BayesMergerError, BrokenMerge
 from bayes_merger.merge.arch import Architecture
+from bayes_merger.merge.checkpoint import parse_dtype
 
 
-def check_finite(tensors: Mapping[str, torch.Tensor], architecture: Architecture, method: str) -> None:
-    """Raise a MergeError naming the method and the first block with a NaN or infinite value."""
+def check_finite(tensors: Mapping[str, torch.Tensor], architecture: Architecture, method: str,
+                 dtype: str | None = None) -> None:
+    """Raise a BrokenMerge naming the method and the first block with a NaN or infinite value, once
+    saved in ``dtype`` ("fp16", "bf16", "fp32"; default: each tensor's own): an fp32 merge saved as fp16
+    turns a value past 65504 into an infinity."""
     keys = [key for key, t in tensors.items() if t.is_floating_point() and t.numel()]
     if not keys:
         return
+    saved_as = parse_dtype(dtype)
     with torch.no_grad():
         ends = torch.stack([torch.stack(torch.aminmax(tensors[key])).float() for key in keys])
-        bad = torch.nonzero(~torch.isfinite(ends).all(dim=1)).flatten().tolist()
+        limits = torch.tensor([torch.finfo(saved_as or tensors[key].dtype).max for key in keys])
+        # in float32 an fp16 or bf16 limit is exact; NaN fails the comparison, infinity the first test
+        held = torch.isfinite(ends).all(dim=1) & (ends.abs() <= limits[:, None]).all(dim=1)
+        bad = torch.nonzero(~held).flatten().tolist()
     if not bad:
         return
     blocks: list[str] = []
@@ -33,8 +41,9 @@ def check_finite(tensors: Mapping[str, torch.Tensor], architecture: Architecture
         if block not in blocks:
             blocks.append(block)
     more = f" (and {len(blocks) - 1} more block(s))" if len(blocks) > 1 else ""
-    raise MergeError(
-        f"The {method} merge has NaN or infinite values in block {blocks[0]}{more}, first in {keys[bad[0]]}; it was "
+    saved = f" once saved as {dtype}" if saved_as is not None else ""
+    raise BrokenMerge(
+        f"The {method} merge has NaN or infinite values in block {blocks[0]}{more}{saved}, first in {keys[bad[0]]}; it was "
         f"not handed to the WebUI (narrow that block's weight range in optimiser.custom_ranges, or use another method)."
     )
 

@@ -58,6 +58,9 @@ class Trial:
     finished_at: str = ""
     # the WebUI that rendered it (its URL), when a run renders on several
     webui: str | None = None
+    # failed because its merge is no usable model (NaN or infinite values, or the WebUI's NaN check):
+    # a property of its weights, which the optimiser then avoids (other failures may not happen again)
+    broken: bool = False
 
     @property
     def ok(self) -> bool:

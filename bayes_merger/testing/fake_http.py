@@ -49,6 +49,8 @@ class _Fault:
     status: int = 503
     message: str = ""
     body: bytes | None = None
+    error: str = "RuntimeError"  # the exception a 500's body names
+    headers: dict[str, str] | None = None  # sent with the answer, e.g. a proxy's Retry-After
 
 
 @dataclass
@@ -239,14 +241,16 @@ class FakeHTTPServer:
 
     def fail_next(
         self, count: int = 1, status: int = 503, path: str | None = None, message: str = "injected failure",
-        body: str | bytes | None = None, method: str | None = None,
+        body: str | bytes | None = None, method: str | None = None, error: str = "RuntimeError",
+        headers: dict[str, str] | None = None,
     ) -> None:
         """Answer the next ``count`` requests (to ``path`` and with ``method`` only, if given) with
-        ``status`` and this mode's error body (500: an exception; else an HTTPException), or ``body``
-        as it is (e.g. a proxy's HTML page)."""
+        ``status`` and this mode's error body (500: the exception ``error``, e.g. "NansException" for a
+        model that rendered NaN; else an HTTPException), or ``body`` as it is (e.g. a proxy's HTML page),
+        with ``headers`` too."""
         raw = body.encode() if isinstance(body, str) else body
         with self._lock:
-            self._faults.append(_Fault("status", count, path, method, status, message, raw))
+            self._faults.append(_Fault("status", count, path, method, status, message, raw, error, headers))
 
     def drop_next(self, count: int = 1, path: str | None = None, method: str | None = None) -> None:
         """Close the connection without an answer, after reading the request, ``count`` times."""
@@ -338,10 +342,13 @@ class FakeHTTPServer:
             if fault.kind == "drop":
                 return _DROP
             if fault.body is not None:
-                return _Response(fault.status, raw=fault.body, headers={"Content-Type": "text/html"})
-            if fault.status == 500:
-                return self._exception(fault.message)
-            return self._http_exception(fault.status, fault.message)
+                answer = _Response(fault.status, raw=fault.body, headers={"Content-Type": "text/html"})
+            elif fault.status == 500:
+                answer = self._exception(fault.message, fault.error)
+            else:
+                answer = self._http_exception(fault.status, fault.message)
+            answer.headers.update(fault.headers or {})
+            return answer
         came = time.monotonic()
         with self._lock:
             seconds, in_all = self._delays.get((path, method)) or self._delays.get((path, None)) or (0.0, False)

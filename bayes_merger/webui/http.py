@@ -11,7 +11,8 @@ Which requests are retried (``urllib3.Retry`` on the session's adapters, with ba
   repeating cannot run anything twice.
 - 502 and 503: every request. The server or the proxy in front of it says it did not run the
   request (restarting, overloaded, backend down).
-- 504 and connections dropped after the request was sent: only requests that are harmless and cheap
+- 504 (and 524, Cloudflare's and RunPod's proxy timeout, which ends any answer slower than 100 s) and
+  connections dropped after the request was sent: only requests that are harmless and cheap
   to repeat: the GETs, ``refresh-checkpoints`` (a rescan) and ``POST /options`` (it *sets* a value:
   once applied, setting it again is a no-op). Not txt2img: the server may still be rendering it,
   and a repeat would queue a second generation behind the first and most likely time out the same
@@ -20,7 +21,8 @@ Which requests are retried (``urllib3.Retry`` on the session's adapters, with ba
   waits until it answers again and redoes the trial.
 - Read timeouts: never. The server is busy; asking again only adds another full wait (after a txt2img,
   the client interrupts the generation instead). Raise ``webui.read_timeout``.
-- 4xx and 500: never. The answer will not change.
+- 4xx and 500: never. The answer will not change. A ``Retry-After`` header is not obeyed: a proxy's
+  429 or 503 could ask for hours per try, in silence; the backoff above decides the wait.
 
 What a failed request means for the trial: a 502 or 503 still there after the retries, and a 404
 "Not Found" on an API path that answered before (A1111's port opens before its API routes exist, so a
@@ -55,6 +57,10 @@ PROGRESS = "/sdapi/v1/progress"
 INTERRUPT = "/sdapi/v1/interrupt"
 # ends the sentence of every 401, whoever answered it: the WebUI, ComfyUI, or an auth proxy in front of either
 AUTH_HINT = " (check webui.auth or the variable named by webui.auth_env)"
+
+
+# a proxy's answer that the server did not answer in time: it may still be running the request
+GATEWAY_TIMEOUTS = (504, 524)
 
 
 class SafeRetry(Retry):
@@ -97,10 +103,12 @@ class ApiSession:
             # below narrows what else is retried (module docstring)
             allowed_methods=frozenset({"GET", "POST"}),
             raise_on_status=False,  # the last 5xx answer is returned, so its body becomes the message
+            respect_retry_after_header=False,  # module docstring
             other=0,
         )
         # requests picks the adapter with the longest matching prefix
-        self._session.mount(f"{self.base}/", HTTPAdapter(max_retries=SafeRetry(status_forcelist=(502, 503, 504), **common)))
+        self._session.mount(f"{self.base}/", HTTPAdapter(max_retries=SafeRetry(status_forcelist=(502, 503, *GATEWAY_TIMEOUTS),
+                                                                                **common)))
         self._session.mount(
             f"{self.base}{self.once_path}",
             HTTPAdapter(max_retries=SafeRetry(read=False, status_forcelist=(502, 503), **common)),
@@ -206,7 +214,8 @@ def http_error(method: str, path: str, response: requests.Response) -> WebUIErro
         hint = AUTH_HINT
     elif status == 404 and path.startswith("/sdapi/") and message == "Not Found":
         hint = " (API not enabled: start the WebUI with --api)"
-    return WebUIError(f"{method} {path} failed with HTTP {status}: {message.rstrip('.')}{hint}.", status=status)
+    return WebUIError(f"{method} {path} failed with HTTP {status}: {message.rstrip('.')}{hint}.", status=status,
+                      server_error=_server_error(response))
 
 
 def base_url(url: str) -> str:
@@ -279,6 +288,16 @@ def _server_message(response: requests.Response) -> str:
     if text and not text.startswith("<"):
         return text[:200]
     return response.reason or "no message"
+
+
+def _server_error(response: requests.Response) -> str | None:
+    """The exception an A1111-style error body names (``{"error": "NansException", …}``), if any."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, Mapping) else None
+    return error if isinstance(error, str) and error else None
 
 
 def underlying(exc: BaseException) -> BaseException:

@@ -366,3 +366,29 @@ def test_suggestions_stay_inside_custom_ranges_to_the_last_bit():
     # the range's upper end as the unit cube's 1 maps it: lower + 1 × (upper − lower) rounds past 0.17
     assert optimiser._to_params(np.ones(len(optimiser.space.parameters)))["IN00"] <= 0.17
     assert optimiser._to_params(np.zeros(len(optimiser.space.parameters)))["IN00"] >= -0.58
+
+
+def _scored_optimiser(trials=8):
+    cfg = OptimiserConfig(init_points=5, n_iters=10)
+    optimiser = Optimiser(_space(cfg), cfg, seed=4)
+    for trial in range(trials):
+        params = optimiser.suggest(trial)
+        optimiser.register(params, _objective(params))
+    return optimiser
+
+
+def _distance(a, b):
+    return max(abs(a[k] - b[k]) for k in a)
+
+
+def test_a_failed_trial_is_not_suggested_again_as_it_was():
+    # told nothing, the optimiser suggests the failed weights again: a broken merge (NaN) fails again
+    # and again until the run stops on failures in a row
+    optimiser = _scored_optimiser()
+    observed = list(optimiser._observed)
+    alone = optimiser.suggest(8)
+    assert _distance(optimiser.suggest(9), alone) < 0.05
+    optimiser.observe(observed, failed=[alone])  # trial 8 failed
+    beside = optimiser.suggest(9)
+    assert _distance(beside, alone) > 0.05
+    assert optimiser.suggest(9) == beside, "deterministic with the same failed trials"

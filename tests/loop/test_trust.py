@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bayes_merger.errors import CheckpointError, MergeError
+from bayes_merger.errors import BrokenMerge, CheckpointError, MergeError
 from bayes_merger.merge.arch import architecture
 from bayes_merger.merge.finite import check_finite
 from bayes_merger.merge.merger import Merger
@@ -205,9 +205,44 @@ def test_a_merge_with_nan_fails_its_trial_naming_method_and_block_and_never_reac
     assert [t["status"] for t in trials] == ["ok", "failed", "ok", "ok", "ok"]
     assert "weighted_sum merge has NaN or infinite values in block IN04" in trials[1]["error"]
     assert "not handed to the WebUI" in trials[1]["error"]
+    assert [t["broken"] for t in trials] == [False, True, False, False, False]  # the optimiser avoids its weights
     selected = [r.body["sd_model_checkpoint"] for r in fake_webui.requests_to("/sdapi/v1/options", "POST")]
     assert [name.split(" ")[0][-17:] for name in selected] == [f"t{t:04d}.safetensors" for t in (0, 2, 3, 4)], \
         "the WebUI never saw trial 1"
+
+
+NAN_IN_UNET = ("A tensor with all NaNs was produced in Unet. This could be either because there's not enough "
+               "precision to represent the picture, or because your video card does not support half type.")
+
+
+def _failing_from_trial_1(monkeypatch, fake_webui, count, error):
+    from bayes_merger.run import TrialLoop
+
+    original = TrialLoop.render
+
+    def render(self, index, *args):
+        if index == 1:  # trial 0 is scored; the next ``count`` generations fail
+            fake_webui.fail_next(count, status=500, path="/sdapi/v1/txt2img", message=NAN_IN_UNET, error=error)
+        return original(self, index, *args)
+
+    monkeypatch.setattr(TrialLoop, "render", render)
+
+
+def test_merges_the_webuis_nan_check_refuses_are_broken_and_do_not_stop_the_run(assets, fake_webui, tmp_path,
+                                                                              monkeypatch):
+    _failing_from_trial_1(monkeypatch, fake_webui, 3, "NansException")
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "save_best=false")) == 0
+    trials = _trials(_only_run(tmp_path / "runs"))
+    assert [t["status"] for t in trials] == ["ok", "failed", "failed", "failed", "ok"]
+    assert [t["broken"] for t in trials] == [False, True, True, True, False]
+    assert "NansException: A tensor with all NaNs was produced in Unet" in trials[1]["error"]
+
+
+def test_three_other_failures_in_a_row_still_stop_the_run(assets, fake_webui, tmp_path, monkeypatch):
+    _failing_from_trial_1(monkeypatch, fake_webui, 3, "RuntimeError")
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "save_best=false")) == 6
+    trials = _trials(_only_run(tmp_path / "runs"))
+    assert [(t["status"], t["broken"]) for t in trials] == [("ok", False)] + [("failed", False)] * 3
 
 
 def test_check_finite_finds_inf_and_accepts_the_largest_finite_values():
@@ -218,6 +253,20 @@ def test_check_finite_finds_inf_and_accepts_the_largest_finite_values():
     big[7] = float("inf")
     with pytest.raises(MergeError, match="add_difference merge has NaN or infinite values in block M00"):
         check_finite({key: big}, arch, "add_difference")
+
+
+def test_check_finite_finds_values_the_files_precision_cannot_hold():
+    # an fp32 merge saved as fp16: past 65504 a value is saved as an infinity
+    arch = architecture("sd1")
+    key = "model.diffusion_model.middle_block.0.in_layers.0.weight"
+    merged = {key: torch.tensor([1.0, -65504.0, 3.0], dtype=torch.float32)}
+    check_finite(merged, arch, "weighted_subtraction", "fp16")
+    merged[key][0] = -65520.0  # rounds to −inf in fp16
+    check_finite(merged, arch, "weighted_subtraction")  # kept as fp32: finite
+    check_finite(merged, arch, "weighted_subtraction", "bf16")  # bf16 has fp32's range
+    with pytest.raises(BrokenMerge, match="values in block M00 once saved as fp16, first in model.diffusion_model"):
+        check_finite(merged, arch, "weighted_subtraction", "fp16")
+    assert torch.isinf(merged[key].to(torch.float16)[0])
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
