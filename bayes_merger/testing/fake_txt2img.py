@@ -231,10 +231,13 @@ def apply_styles(prompt: str, names: list[str] | None, styles: dict[str, str]) -
 
 
 def generate(features: np.ndarray, name: str, sha256: str, values: dict[str, Any], sampler: str, image_format: str,
-             return_grid: bool, max_image_size: int, version: str, styles: dict[str, str] | None = None) -> dict[str, Any]:
+             return_grid: bool, max_image_size: int, version: str, styles: dict[str, str] | None = None,
+             batches: int | None = None) -> dict[str, Any]:
     """The txt2img answer (images, parameters, info) of the model ``name`` (its file's stem, A1111's
     name_for_extra) with these ``features``, as A1111 gives it for checked request ``values``; ``styles``
-    are the server's saved styles (name → prompt), applied to the prompt rendered (``all_prompts``)."""
+    are the server's saved styles (name → prompt), applied to the prompt rendered (``all_prompts``).
+    ``batches``: only that many of the n_iter batches came back (an interrupted generation); its info
+    still lists every seed."""
     count = max(values["batch_size"], 1) * max(values["n_iter"], 1)
     seed = values["seed"] if values["seed"] != -1 else random.randrange(4294967294)
     subseed = values["subseed"] if values["subseed"] != -1 else random.randrange(4294967294)
@@ -242,8 +245,9 @@ def generate(features: np.ndarray, name: str, sha256: str, values: dict[str, Any
     seeds = [seed + (i if values["subseed_strength"] == 0 else 0) for i in range(count)]
     prompt, negative = values["prompt"], values["negative_prompt"]
     styled = apply_styles(prompt, values["styles"], styles or {})
+    rendered = seeds if batches is None else seeds[: batches * max(values["batch_size"], 1)]
     images = [render(features, styled, negative, s, values["width"], values["height"], max_image_size)
-              for s in seeds]
+              for s in rendered]
     index_of_first_image = 0
     if values["save_images"] and return_grid and count > 1:
         images.insert(0, grid(images))

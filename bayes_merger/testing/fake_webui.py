@@ -99,6 +99,8 @@ class FakeWebUI(FakeHTTPServer):
         self._styles: dict[str, str] = {}  # A1111's styles.csv: name → prompt
         self._interrupt = threading.Event()  # A1111's state.interrupted: set by /interrupt, cleared as a generation begins
         self._generations: list[str] = []  # how each generation ended: "done" or "interrupted"
+        self._was_interrupted = False  # the last generation was (A1111's state.interrupted, seen by /progress)
+        self._rendering = threading.Event()  # a generation is under way (render_for's wait)
         self._routes: dict[tuple[str, str], Callable[[Any], _Response]] = {
             ("GET", "/sdapi/v1/progress"): self._progress,
             ("GET", "/sdapi/v1/options"): self._get_options,
@@ -173,6 +175,11 @@ class FakeWebUI(FakeHTTPServer):
         with self._lock:
             self._render_seconds = seconds
 
+    def wait_until_rendering(self, timeout: float = 5.0) -> None:
+        """Block until a generation is under way (one ``render_for`` makes last)."""
+        if not self._rendering.wait(timeout):
+            raise TimeoutError(f"no generation under way within {timeout} s")
+
     @property
     def generations(self) -> list[str]:
         """How each generation ended, in order: "done", or "interrupted" by ``/sdapi/v1/interrupt``."""
@@ -240,7 +247,9 @@ class FakeWebUI(FakeHTTPServer):
     # --------------------------------------------------------------------------- endpoints
 
     def _progress(self, raw: bytes) -> _Response:
-        state = {"skipped": False, "interrupted": False, "job": "", "job_count": 0, "job_timestamp": "0",
+        with self._lock:
+            interrupted = self._was_interrupted
+        state = {"skipped": False, "interrupted": interrupted, "job": "", "job_count": 0, "job_timestamp": "0",
                  "job_no": 0, "sampling_step": 0, "sampling_steps": 0}
         return _Response(200, {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None,
                                "textinfo": None})
@@ -325,20 +334,33 @@ class FakeWebUI(FakeHTTPServer):
                     if self._stuck_features is None:
                         self._stuck_features = model.features
                     features = self._stuck_features
-                image_format = str(self._options.get("samples_format", "png")).lower()
+                overrides = values["override_settings"] or {}
+                unknown = [key for key in overrides if key not in self._options]
+                if unknown and self.mode != "sdnext":  # A1111's opts.set(k, …) looks each key up: KeyError
+                    return self._exception(repr(unknown[0]), "KeyError")
+                image_format = str(overrides.get("samples_format", self._options.get("samples_format", "png"))).lower()
+                if image_format not in ("png", "jpg", "jpeg", "webp") and self.mode != "sdnext":
+                    return self._http_exception(500, "Invalid image format")  # api.encode_pil_to_base64
                 return_grid = bool(self._options.get("return_grid", True))
                 seconds = self._render_seconds
                 styles = dict(self._styles)
                 self._interrupt.clear()  # A1111's state.begin(): an interrupt sent while idle is forgotten
+                self._was_interrupted = False
             if model is None:
                 return self._exception("No checkpoints found. Place a checkpoint in the models folder.", "FileNotFoundError")
-            # an interrupted generation still answers, with what it rendered so far
-            interrupted = self._interrupt.wait(seconds) if seconds else False
+            # an interrupted generation still answers, with what it rendered so far: its first batch, not
+            # finished, and no later batch (A1111 leaves its n_iter loop); /progress says so until the next one
+            self._rendering.set()
+            try:
+                interrupted = self._interrupt.wait(seconds) if seconds else False
+            finally:
+                self._rendering.clear()
             with self._lock:
                 self._generations.append("interrupted" if interrupted else "done")
+                self._was_interrupted = interrupted
             return _Response(200, generate(features, model.checkpoint.stem, model.sha256, values, sampler,
                                            image_format, return_grid, self.max_image_size, VERSIONS[self.mode],
-                                           styles))
+                                           styles, batches=1 if interrupted else None))
 
     # ------------------------------------------------------------------------ model handling
 

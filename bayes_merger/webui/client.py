@@ -22,10 +22,20 @@ import requests
 from bayes_merger.config import WebUIConfig
 from bayes_merger.errors import ConfigError, WebUIConnectionError, WebUIError
 from bayes_merger.webui.generation import Generation, parse_info, read_generation
-from bayes_merger.webui.http import INTERRUPT, OPTIONS, REFRESH, SD_MODELS, TXT2IMG, ApiSession, plain
+from bayes_merger.webui.http import (
+    GATEWAY_TIMEOUTS,
+    INTERRUPT,
+    OPTIONS,
+    PROGRESS,
+    REFRESH,
+    SD_MODELS,
+    TXT2IMG,
+    ApiSession,
+    plain,
+)
 from bayes_merger.webui.http import wait_until_ready as poll_until_ready
 from bayes_merger.webui.merge_files import HASH_SUFFIX, MergeFiles, aliases, basename, matches, merge_run_id
-from bayes_merger.webui.samplers import SAMPLERS, SCHEDULERS, sampler_problem
+from bayes_merger.webui.samplers import SAMPLERS, SCHEDULERS, option_problem, sampler_problem
 
 __all__ = ["Generation", "WebUIClient", "WebUIConnectionError", "WebUIError", "OPTIONS"]
 
@@ -90,14 +100,18 @@ class WebUIClient:
         self._files.check_writable()
 
     def check_payloads(self, payloads: Iterable[Any]) -> None:
-        """A payload (``.name``, ``.request``) whose sampler or scheduler the WebUI does not have is a
-        ConfigError now, naming the ones it has (see ``webui.samplers``)."""
+        """A payload (``.name``, ``.request``) the WebUI would refuse at every txt2img is a ConfigError now:
+        a sampler or scheduler it does not have (naming the ones it has, see ``webui.samplers``), an
+        ``override_settings`` key it has no option for (A1111 answers 500 KeyError), or images in a
+        ``samples_format`` its API cannot send (A1111 answers 500 "Invalid image format")."""
+        payloads = list(payloads)
+        options = self._api.request("GET", OPTIONS)
         samplers = self._listing(SAMPLERS)
-        if samplers is None:
-            return  # a WebUI that does not list its samplers cannot be checked
-        schedulers = self._listing(SCHEDULERS)
+        schedulers = self._listing(SCHEDULERS) if samplers is not None else None
         for payload in payloads:
-            problem = sampler_problem(payload.request, samplers, schedulers)
+            problem = option_problem(payload.request, options) if isinstance(options, Mapping) else None
+            if samplers is not None:  # a WebUI that does not list its samplers cannot be checked
+                problem = problem or sampler_problem(payload.request, samplers, schedulers)
             if problem:
                 raise ConfigError(f"Payload '{payload.name}' cannot be rendered as written on the WebUI at "
                                   f"{self._base}: {problem}.")
@@ -229,14 +243,33 @@ class WebUIClient:
         try:
             body = self._api.request("POST", TXT2IMG, body=plain(request))
         except WebUIError as error:
-            if error.status == 504 or isinstance(error.__cause__, requests.ReadTimeout):
+            if error.status in GATEWAY_TIMEOUTS or isinstance(error.__cause__, requests.ReadTimeout):
                 self._interrupt()
             if error.status == 500 and "URLError" in str(error):
                 raise WebUIError(f"{error} {OFFLINE_PREVIEWS}", status=error.status) from error
             raise
         info = parse_info(body)
         self._confirm_model(info)
-        return read_generation(body, info)
+        generation = read_generation(body, info)
+        self._confirm_finished(request, len(generation.images))
+        return generation
+
+    def _confirm_finished(self, request: Mapping[str, Any], count: int) -> None:
+        """An interrupted or skipped generation still answers 200, with the pictures it had (half
+        denoised) and without the batches it did not reach; only ``/progress`` says so, until the next
+        generation starts. Pressed in the WebUI or sent by another client, it must not be scored."""
+        asked = _whole(request.get("batch_size")) * _whole(request.get("n_iter"))
+        stopped = count < asked
+        if not stopped:
+            try:
+                state = self._api.request("GET", PROGRESS).get("state") or {}
+            except (WebUIError, AttributeError) as error:  # a fork without /progress: the count must do
+                logger.debug("GET %s after a generation: %s", PROGRESS, error)
+                return
+            stopped = isinstance(state, Mapping) and bool(state.get("interrupted") or state.get("skipped"))
+        if stopped:
+            raise WebUIError(f"The generation was interrupted or skipped (in the WebUI, or by another of its clients): "
+                             f"{count} of the {asked} images came back, not all of them finished, so none is scored.")
 
     def _interrupt(self) -> None:
         """Stop the generation whose answer did not come (a read timeout, a proxy's 504): the server goes
@@ -267,6 +300,11 @@ class WebUIClient:
                 f"The WebUI generated with {used!r} instead of the merge {self._expected_label}: the merge "
                 "did not load (see the WebUI's console), so these images are not scored."
             )
+
+
+def _whole(value: Any) -> int:
+    """A count in a payload (batch_size, n_iter): at least 1, as A1111 takes a missing or 0 one."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 1 else 1
 
 
 def _not_ready(response: requests.Response) -> str:

@@ -9,6 +9,11 @@ which it splits); a ``scheduler`` field is a scheduler's ``name`` or ``label``. 
 ``/samplers`` lists (``k_euler_a``): those are for pasted infotexts, and the API renders them with its
 default sampler. A WebUI without ``/schedulers`` (SD.Next, A1111 before 1.10) has no ``scheduler`` field:
 it would ignore one, so a payload that sets it is refused too.
+
+The same check for the WebUI's options (``GET /sdapi/v1/options`` lists every one): A1111 and Forge
+answer every txt2img with 500 ``KeyError`` for an ``override_settings`` key they have no option for, and
+with 500 "Invalid image format" when ``samples_format`` (theirs, or the payload's override) is one their
+API cannot encode.
 """
 
 from __future__ import annotations
@@ -63,6 +68,26 @@ def sampler_problem(request: Mapping[str, Any], samplers: Iterable[Any], schedul
     fields = scheduler_names(schedulers)
     if str(scheduler) not in fields:
         return f"it has no scheduler {scheduler!r}{_close(str(scheduler), fields)}; its schedulers: {', '.join(_unique(fields))}"
+    return None
+
+
+# the formats A1111's API encodes its images in (api.encode_pil_to_base64)
+API_IMAGE_FORMATS = ("png", "jpg", "jpeg", "webp")
+
+
+def option_problem(request: Mapping[str, Any], options: Mapping[str, Any]) -> str | None:
+    """Why the WebUI with these ``options`` would refuse ``request`` at every txt2img, or None."""
+    overrides = request.get("override_settings")
+    overrides = overrides if isinstance(overrides, Mapping) else {}  # its type is checked with the payload
+    unknown = [str(key) for key in overrides if key not in options]
+    if unknown:
+        near = [f"{key!r}{_close(key, list(map(str, options)))}" for key in unknown]
+        return (f"override_settings names {', '.join(near)}, which the WebUI has no option for "
+                f"(it would answer every image with 500 KeyError)")
+    image_format = overrides.get("samples_format", options.get("samples_format"))
+    if isinstance(image_format, str) and image_format.lower() not in API_IMAGE_FORMATS:
+        return (f"its images are saved as {image_format!r} (samples_format), which its API cannot send (it would "
+                f"answer every image with 500 Invalid image format); set samples_format to png")
     return None
 
 

@@ -341,6 +341,37 @@ def test_a_sampler_alias_is_refused_because_the_api_renders_it_with_another_samp
     assert rendered.info["sampler_name"] != "Euler a"
 
 
+@pytest.mark.parametrize("fake_webui", ["a1111", "forge"], indirect=True)
+def test_an_override_setting_the_webui_has_no_option_for_is_refused_before_the_run(fake_webui, webui_config):
+    # A1111 looks every override_settings key up in its options: an unknown one is a 500 at every image
+    typo = _Payload("typo", override_settings={"CLIP_stop_at_last_layer": 2})
+    with WebUIClient(webui_config(), "run1") as client:
+        client.check_payloads([_Payload("ok", override_settings={"CLIP_stop_at_last_layers": 2})])
+        with pytest.raises(ConfigError, match=r"Payload 'typo' .*override_settings names 'CLIP_stop_at_last_layer' "
+                                              r"\(did you mean 'CLIP_stop_at_last_layers'\?\), which the WebUI has no "
+                                              r"option for \(it would answer every image with 500 KeyError\)"):
+            client.check_payloads([typo])
+        client.load_checkpoint(merge_writer(0.1), trial=0)
+        with pytest.raises(WebUIError, match="HTTP 500: KeyError: 'CLIP_stop_at_last_layer'"):
+            client.txt2img(typo.request)  # what the check spares the user: every trial failing
+
+
+@pytest.mark.parametrize("fake_webui", ["a1111", "forge"], indirect=True)
+def test_a_samples_format_the_api_cannot_send_is_refused_before_the_run(fake_webui, webui_config):
+    with WebUIClient(webui_config(), "run1") as client:
+        client.check_payloads([_Payload("webp", override_settings={"samples_format": "webp"})])
+        with pytest.raises(ConfigError, match=r"Payload 'avif' .*saved as 'avif' \(samples_format\), which its API "
+                                              r"cannot send .*set samples_format to png"):
+            client.check_payloads([_Payload("avif", override_settings={"samples_format": "avif"})])
+        fake_webui.set_option("samples_format", "avif")
+        with pytest.raises(ConfigError, match="saved as 'avif'"):
+            client.check_payloads([_Payload("ok")])
+        client.check_payloads([_Payload("png", override_settings={"samples_format": "png"})])
+        client.load_checkpoint(merge_writer(0.1), trial=0)
+        with pytest.raises(WebUIError, match="HTTP 500: Invalid image format"):
+            client.txt2img(_Payload("ok").request)
+
+
 @pytest.mark.parametrize("fake_webui", ["sdnext"], indirect=True)
 def test_sdnext_without_schedulers_takes_sampler_names_whole_and_refuses_a_scheduler_it_would_ignore(
         fake_webui, webui_config):

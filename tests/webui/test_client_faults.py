@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import requests
 import torch
 from safetensors.torch import save_file
 
@@ -42,7 +44,7 @@ def test_a_503_is_retried_until_the_generation_succeeds(fake_webui, webui_config
     assert statuses(fake_webui, TXT2IMG) == [503, 503, 200]
 
 
-@pytest.mark.parametrize("status", [502, 503, 504])
+@pytest.mark.parametrize("status", [502, 503, 504, 524])
 def test_gateway_errors_on_reads_and_selection_are_retried(fake_webui, webui_config, status):
     fake_webui.fail_next(1, status=status, path=SD_MODELS)
     fake_webui.fail_next(1, status=status, path=OPTIONS, method="POST")
@@ -105,16 +107,36 @@ def test_client_errors_and_500_are_never_retried(fake_webui, webui_config, statu
     assert statuses(fake_webui, TXT2IMG) == [status]
 
 
-def test_a_504_on_txt2img_is_not_retried_because_the_server_may_still_be_rendering(fake_webui, webui_config):
+@pytest.mark.parametrize("status", [504, 524])  # 524: Cloudflare's and RunPod's proxies end answers after 100 s
+def test_a_gateway_timeout_on_txt2img_is_not_retried_because_the_server_may_still_be_rendering(fake_webui, webui_config,
+                                                                                                 status):
     with WebUIClient(webui_config(retries=3), "run1") as client:
         client.load_checkpoint(write_merge, trial=0)
-        fake_webui.fail_next(1, status=504, path=TXT2IMG, message="Gateway Timeout")
-        with pytest.raises(WebUIError, match="HTTP 504"):
+        fake_webui.fail_next(1, status=status, path=TXT2IMG, message="Gateway Timeout")
+        with pytest.raises(WebUIError, match=f"HTTP {status}"):
             client.txt2img(PAYLOAD)
 
-    assert statuses(fake_webui, TXT2IMG) == [504]
+    assert statuses(fake_webui, TXT2IMG) == [status]
     # and the generation the server may be running for no one is interrupted
     assert statuses(fake_webui, INTERRUPT, "POST") == [200]
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_proxys_retry_after_is_not_obeyed_and_a_429_is_not_repeated(fake_webui, webui_config, status, monkeypatch):
+    # a proxy asking for an hour per try would hold the run in silence; the backoff decides (0 here)
+    slept = []
+    monkeypatch.setattr("urllib3.util.retry.time.sleep", slept.append)
+    with WebUIClient(webui_config(retries=2, backoff_factor=0), "run1") as client:
+        client.load_checkpoint(write_merge, trial=0)
+        fake_webui.fail_next(1, status=status, path=SD_MODELS, message="Slow down", headers={"Retry-After": "3600"})
+        if status == 429:
+            with pytest.raises(WebUIError, match="HTTP 429"):
+                client.load_checkpoint(write_merge, trial=1)
+        else:
+            client.load_checkpoint(write_merge, trial=1)
+
+    assert slept == []
+    assert statuses(fake_webui, SD_MODELS)[-2:] == ([200, 429] if status == 429 else [503, 200])
 
 
 def test_a_dropped_connection_on_a_read_is_retried(fake_webui, webui_config):
@@ -156,6 +178,24 @@ def test_a_generation_slower_than_the_read_timeout_is_an_error_is_not_repeated_a
         assert client.txt2img(PAYLOAD).images  # and the WebUI renders the next one
 
     assert len(fake_webui.requests_to(TXT2IMG)) == 2
+    assert fake_webui.generations == ["interrupted", "done"]
+
+
+@pytest.mark.parametrize("n_iter, came", [(1, 1), (2, 1)])
+def test_a_generation_interrupted_by_someone_else_answers_200_but_is_not_scored(fake_webui, webui_config, n_iter, came):
+    # the Interrupt button, or another client: A1111 answers with the unfinished first batch, and with
+    # one batch only, the count is right and only /progress tells
+    fake_webui.render_for(600.0)
+    with WebUIClient(webui_config(), "run1") as client, ThreadPoolExecutor(1) as pool:
+        client.load_checkpoint(write_merge, trial=0)
+        answer = pool.submit(client.txt2img, {**PAYLOAD, "n_iter": n_iter})
+        fake_webui.wait_until_rendering()
+        assert requests.post(fake_webui.url + INTERRUPT, timeout=5).status_code == 200
+        with pytest.raises(WebUIError, match=f"interrupted or skipped .*: {came} of the {n_iter} images came back"):
+            answer.result(timeout=30)
+        fake_webui.render_for(0.0)
+        assert len(client.txt2img({**PAYLOAD, "n_iter": n_iter}).images) == n_iter  # the next one is scored
+
     assert fake_webui.generations == ["interrupted", "done"]
 
 
