@@ -85,8 +85,9 @@ class _Step:
 
     key: str
     block: int
-    a: torch.Tensor
-    b: torch.Tensor
+    # None once ``prepared`` holds what the method needs of them (and no weights_clip reads them)
+    a: torch.Tensor | None
+    b: torch.Tensor | None
     c: torch.Tensor | None
     out: torch.Tensor
     # for a partial merge (the first input channels only): the slice of the key's output that
@@ -310,7 +311,6 @@ class Merger:
                     steps.append(self._step(key, plan[key], t, b, c, out))
             for key, source in extra.items():
                 outputs[key] = inputs[source][key]  # not merged, never copied
-        self._inputs = inputs
         self._steps = self._prepare(steps)
         self._outputs = outputs
         self._view: Mapping[str, torch.Tensor] = MappingProxyType(outputs)
@@ -329,10 +329,15 @@ class Merger:
         return _Step(key, block, a, b, c, out, into)
 
     def _prepare(self, steps: list[_Step]) -> list[_Step]:
-        """The steps with what the method precomputes, key by key while the total fits the budget."""
+        """The steps with what the method precomputes, key by key while the total fits the budget.
+
+        A prepared step lets go of its inputs: what ``finish`` reads is in ``prepared`` (add_difference
+        keeps A and B − C, not B and C), so memory holds no copy no trial reads; with weights_clip every
+        trial clips to A and B, which stay."""
         prepare = self.method.prepare
-        if prepare is None:
+        if prepare is None or self.method.finish is None:
             return steps
+        lean = not self.config.weights_clip
         budget = self._precompute_bytes
         if budget is None:
             budget = available_bytes(self.device) // 2
@@ -346,7 +351,8 @@ class Merger:
                     done.append(step)
                     continue
                 used += size
-                done.append(replace(step, prepared=kept))
+                done.append(replace(step, prepared=kept, a=None, b=None, c=None) if lean
+                            else replace(step, prepared=kept))
         log.info("%s: the work independent of the weights precomputed for %d of %d keys (%.2f GB).",
                  self.method.name, sum(s.prepared is not None for s in done), len(done), used / 1e9)
         return done

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import gc
 import hashlib
+import weakref
 from pathlib import Path
 
 import pytest
@@ -163,6 +165,31 @@ def test_precomputing_within_any_budget_gives_the_same_bits(models, method):
         merger = Merger(models["a"], models["b"], models["c"], _config(method=method), precompute_bytes=budget)
         merges.append({k: t.clone() for k, t in merger.merge(weights).items()})
     assert all(torch.equal(merges[0][k], t) for merge in merges[1:] for k, t in merge.items())
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_a_precomputing_merger_lets_go_of_the_inputs_no_trial_reads(models, monkeypatch, clip):
+    # add_difference keeps A and B − C: B's and C's merged tensors are then dead weight (SDXL: 14 GB)
+    loaded: dict[str, list[weakref.ref]] = {}
+    load = merger_module.load_state_dict
+
+    def spy(path, *args, **kwargs):
+        tensors = load(path, *args, **kwargs)
+        loaded[Path(path).name] = [weakref.ref(t) for t in tensors.values()]
+        return tensors
+
+    monkeypatch.setattr(merger_module, "load_state_dict", spy)
+    merger = Merger(models["a"], models["b"], models["c"], _config(method="add_difference", weights_clip=clip))
+    merged = {k: t.clone() for k, t in merger.merge(_per_block_weights()).items()}
+    gc.collect()
+    alive = {name: sum(ref() is not None for ref in refs) for name, refs in loaded.items()}
+    if clip:  # every trial clips to A and B: they stay
+        assert alive[models["b"].name] == len(loaded[models["b"].name])
+    else:
+        assert alive[models["b"].name] == 0 and alive[models["c"].name] == 0
+    unprepared = Merger(models["a"], models["b"], models["c"], _config(method="add_difference", weights_clip=clip),
+                        precompute_bytes=0)
+    assert all(torch.equal(unprepared.merge(_per_block_weights())[k], t) for k, t in merged.items())
 
 
 def test_method_checks_run_when_the_plan_is_built_not_in_every_merge(models, monkeypatch):
