@@ -92,10 +92,10 @@ def test_200_trials_keep_memory_flat_and_the_checkpoint_folder_small(assets, web
 
     reports = []
 
-    def some_reports(run_dir):  # the report is rebuilt every 25th trial (each rebuild costs a second)
+    def some_reports(run_dir, live):  # the report is rebuilt every 25th trial (each rebuild costs a second)
         reports.append(run_dir)
         if len(reports) % 25 == 0:
-            original_report(run_dir)
+            original_report(run_dir, live)
 
     original_best = run_module.record_best
     bests = []
