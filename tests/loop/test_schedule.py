@@ -17,6 +17,16 @@ def test_sequential_schedule_knows_every_earlier_trial():
     assert schedule.wait_for_turn(1) == 1
 
 
+def test_over_the_last_tenth_of_a_run_at_most_two_trials_are_in_flight_and_the_last_runs_alone():
+    schedule = Schedule(budget=40, in_flight=4)
+    assert list(schedule.pending_before(35)) == [32, 33, 34]
+    assert list(schedule.known_before(36)) == list(range(35)) and list(schedule.pending_before(36)) == [35]
+    assert list(schedule.pending_before(38)) == [37]
+    assert list(schedule.known_before(39)) == list(range(39)) and list(schedule.pending_before(39)) == []
+    assert list(Schedule(budget=8, in_flight=4).pending_before(7)) == [4, 5, 6], "a tenth of 8 trials is none"
+    assert list(Schedule(budget=40, in_flight=2).pending_before(38)) == [37]
+
+
 def test_with_three_in_flight_a_trial_knows_all_but_the_two_before_it():
     schedule = Schedule(budget=10, in_flight=3)
     assert list(schedule.known_before(6)) == [0, 1, 2, 3] and list(schedule.pending_before(6)) == [4, 5]
