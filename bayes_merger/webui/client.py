@@ -104,7 +104,6 @@ class WebUIClient:
         a sampler or scheduler it does not have (naming the ones it has, see ``webui.samplers``), an
         ``override_settings`` key it has no option for (A1111 answers 500 KeyError), or images in a
         ``samples_format`` its API cannot send (A1111 answers 500 "Invalid image format")."""
-        payloads = list(payloads)
         options = self._api.request("GET", OPTIONS)
         samplers = self._listing(SAMPLERS)
         schedulers = self._listing(SCHEDULERS) if samplers is not None else None
