@@ -99,7 +99,6 @@ class FakeWebUI(FakeHTTPServer):
         self._styles: dict[str, str] = {}  # A1111's styles.csv: name → prompt
         self._interrupt = threading.Event()  # A1111's state.interrupted: set by /interrupt, cleared as a generation begins
         self._generations: list[str] = []  # how each generation ended: "done" or "interrupted"
-        self._was_interrupted = False  # the last generation was (A1111's state.interrupted, seen by /progress)
         self._rendering = threading.Event()  # a generation is under way (render_for's wait)
         self._routes: dict[tuple[str, str], Callable[[Any], _Response]] = {
             ("GET", "/sdapi/v1/progress"): self._progress,
@@ -247,9 +246,8 @@ class FakeWebUI(FakeHTTPServer):
     # --------------------------------------------------------------------------- endpoints
 
     def _progress(self, raw: bytes) -> _Response:
-        with self._lock:
-            interrupted = self._was_interrupted
-        state = {"skipped": False, "interrupted": interrupted, "job": "", "job_count": 0, "job_timestamp": "0",
+        # A1111's state.interrupted: set by /interrupt, kept after the generation ends, cleared by the next
+        state = {"skipped": False, "interrupted": self._interrupt.is_set(), "job": "", "job_count": 0, "job_timestamp": "0",
                  "job_no": 0, "sampling_step": 0, "sampling_steps": 0}
         return _Response(200, {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None,
                                "textinfo": None})
@@ -345,7 +343,6 @@ class FakeWebUI(FakeHTTPServer):
                 seconds = self._render_seconds
                 styles = dict(self._styles)
                 self._interrupt.clear()  # A1111's state.begin(): an interrupt sent while idle is forgotten
-                self._was_interrupted = False
             if model is None:
                 return self._exception("No checkpoints found. Place a checkpoint in the models folder.", "FileNotFoundError")
             # an interrupted generation still answers, with what it rendered so far: its first batch, not
@@ -357,7 +354,6 @@ class FakeWebUI(FakeHTTPServer):
                 self._rendering.clear()
             with self._lock:
                 self._generations.append("interrupted" if interrupted else "done")
-                self._was_interrupted = interrupted
             return _Response(200, generate(features, model.checkpoint.stem, model.sha256, values, sampler,
                                            image_format, return_grid, self.max_image_size, VERSIONS[self.mode],
                                            styles, batches=1 if interrupted else None))
