@@ -26,9 +26,9 @@ from bayes_merger.devices import resolve_device
 from bayes_merger.errors import ScorerError
 from bayes_merger.scoring import weights
 from bayes_merger.scoring.base import ImageContext, SharedModels
-from bayes_merger.scoring.clip import check_batch_size, from_pretrained, normalised, quiet_transformers
+from bayes_merger.scoring.clip import cache_first, check_batch_size, from_pretrained, normalised
 from bayes_merger.scoring.heads import AestheticHead
-from bayes_merger.scoring.weights import downloads_disabled, load_head_file, pinned_head, resolve_cache_dir
+from bayes_merger.scoring.weights import load_head_file, pinned_head, resolve_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -100,19 +100,18 @@ def load_siglip(name: str, device: str) -> tuple[torch.nn.Module, SquareResize, 
     source = str(Path(name).expanduser()) if local else name
     model = from_pretrained(SiglipVisionModel, source, name, "SigLIP model", "scorer.siglip",
                             "config.json preprocessor_config.json model.safetensors", "those files")
-    preprocessing = _preprocessing(source, downloads_disabled(), int(model.config.image_size))
+    preprocessing = _preprocessing(source, int(model.config.image_size))
     dtype = torch.float16 if torch_device.type == "cuda" else torch.float32
     return model.to(device=torch_device, dtype=dtype).requires_grad_(False), preprocessing, torch_device
 
 
-def _preprocessing(source: str, offline: bool, size: int) -> SquareResize:
+def _preprocessing(source: str, size: int) -> SquareResize:
     try:
         from transformers import SiglipImageProcessorPil as Processor  # transformers 5: no torchvision needed
     except ImportError:
         from transformers import SiglipImageProcessor as Processor
     try:
-        with quiet_transformers():
-            return SquareResize.from_processor(Processor.from_pretrained(source, local_files_only=offline))
+        return SquareResize.from_processor(cache_first(Processor, source))
     except (OSError, ValueError):
         log.warning("%s has no preprocessor_config.json; using SigLIP's preprocessing at %d px", source, size)
         return SquareResize(size=size)

@@ -116,8 +116,8 @@ class ClipEmbedder:
     def load(cls, clip: str = DEFAULT_CLIP, device: str = "auto", batch_size: int = 8) -> ClipEmbedder:
         """Load ``clip`` (a Hugging Face id or a local folder): fp16 on a GPU, fp32 on the CPU.
 
-        With HF_HUB_OFFLINE set only local files and the Hugging Face cache are used; a model that
-        is not there is a ScorerError that says how to fetch it.
+        A cached model is loaded without asking the network (``cache_first``); with HF_HUB_OFFLINE set
+        nothing is downloaded, and a model that is not there is a ScorerError that says how to fetch it.
         """
         from transformers import CLIPVisionModelWithProjection
 
@@ -127,21 +127,17 @@ class ClipEmbedder:
         source = str(Path(clip).expanduser()) if local else clip
         if local and not Path(source).is_dir():
             raise ScorerError(f"scorer.clip is {clip!r}, but that folder does not exist.")
-        offline = downloads_disabled()
         try:
-            with quiet_transformers():
-                model, info = CLIPVisionModelWithProjection.from_pretrained(
-                    source, local_files_only=offline, output_loading_info=True
-                )
+            model, info = cache_first(CLIPVisionModelWithProjection, source, output_loading_info=True)
         except (OSError, ValueError) as exc:
-            raise ScorerError(_clip_missing_message(clip, local, offline, exc)) from exc
+            raise ScorerError(_clip_missing_message(clip, local, downloads_disabled(), exc)) from exc
         missing = sorted(info.get("missing_keys") or [])
         if missing:
             raise ScorerError(
                 f"scorer.clip {clip!r} has no weights for {', '.join(missing[:5])}: it must be a CLIP "
                 f"model with its image projection, such as {DEFAULT_CLIP}."
             )
-        preprocessing = _load_preprocessing(source, offline, model)
+        preprocessing = _load_preprocessing(source, model)
         dtype = torch.float16 if torch_device.type == "cuda" else torch.float32
         model = model.to(device=torch_device, dtype=dtype)
         log.info("CLIP %s loaded on %s (%s)", clip, torch_device, str(dtype).removeprefix("torch."))
@@ -194,14 +190,13 @@ def _looks_local(clip: str) -> bool:
     )
 
 
-def _load_preprocessing(source: str, offline: bool, model: torch.nn.Module) -> Preprocessing:
+def _load_preprocessing(source: str, model: torch.nn.Module) -> Preprocessing:
     try:
         from transformers import CLIPImageProcessorPil as Processor  # transformers 5: no torchvision needed
     except ImportError:
         from transformers import CLIPImageProcessor as Processor
     try:
-        with quiet_transformers():
-            processor = Processor.from_pretrained(source, local_files_only=offline)
+        processor = cache_first(Processor, source)
     except (OSError, ValueError):
         size = int(getattr(model.config, "image_size", 224))
         log.warning("%s has no preprocessor_config.json; using OpenAI's CLIP preprocessing at %d px", source, size)
@@ -230,15 +225,32 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def cache_first(loader: Any, source: str, usable: Callable[[Any], bool] = lambda loaded: True,
+                **kwargs: Any) -> Any:
+    """``loader.from_pretrained(source, **kwargs)``, quietly: from a local folder or the Hugging Face
+    cache first, from the network only when that fails (or loads nothing ``usable``) and downloads are
+    on. A cached model so loads at once without a network: asked with downloads allowed, the hub checks
+    each file online first and retries for tens of seconds where there is no network, minutes where
+    packets are dropped, for every model the run loads."""
+    with quiet_transformers():
+        if downloads_disabled():
+            return loader.from_pretrained(source, local_files_only=True, **kwargs)
+        try:
+            loaded = loader.from_pretrained(source, local_files_only=True, **kwargs)
+            if usable(loaded):
+                return loaded
+        except (OSError, ValueError):
+            pass  # not cached, or only in part: fetched below
+        return loader.from_pretrained(source, local_files_only=False, **kwargs)
+
+
 def from_pretrained(loader: Any, source: str, name: str, what: str, setting: str, files: str, holding: str,
                     usable: Callable[[Any], bool] = lambda loaded: True) -> Any:
-    """``loader.from_pretrained(source)``, quietly, from the cache only when downloads are off; a
-    ScorerError saying how to fetch ``name``'s ``files``, or what a local folder must hold, if it fails
-    or what it loads is not ``usable``."""
+    """``cache_first(loader, source)``; a ScorerError saying how to fetch ``name``'s ``files``, or what
+    a local folder must hold, if it fails or what it loads is not ``usable``."""
     offline = downloads_disabled()
     try:
-        with quiet_transformers():
-            loaded = loader.from_pretrained(source, local_files_only=offline)
+        loaded = cache_first(loader, source, usable)
         if usable(loaded):
             return loaded
         detail: object = "what loaded is empty"

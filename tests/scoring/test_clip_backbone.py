@@ -186,3 +186,45 @@ def test_every_batching_scorer_refuses_a_batch_size_below_one(scorer: str) -> No
             PromptScorer(scorer, None, None, None, torch.device("cpu"), batch_size=0)
         else:
             SiglipAestheticScorer(None, None, None, torch.device("cpu"), batch_size=0)
+
+
+def _in_hub_cache(folder: Path, hub: Path, repo_id: str) -> None:
+    """``folder``'s files as the Hugging Face cache holds a download of ``repo_id`` at ``main``."""
+    repo = hub / f"models--{repo_id.replace('/', '--')}"
+    revision = "0" * 40
+    shutil.copytree(folder, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+
+
+def test_a_cached_clip_loads_without_asking_the_network(tiny_clip_dir: Path, tmp_path: Path, images,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Downloads on (no HF_HUB_OFFLINE), as for a user whose first run filled the cache: asking the
+    # hub first costs tens of seconds of retries per file without a network.
+    import socket
+
+    from huggingface_hub import constants
+    from huggingface_hub.utils import build_hf_headers
+
+    _in_hub_cache(tiny_clip_dir, tmp_path / "hub", "bayes-merger-tests/tiny-clip")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    asked: list[object] = []
+
+    def no_lookup(host: object, *args: object, **kwargs: object) -> None:
+        asked.append(host)
+        raise socket.gaierror("no network in tests")
+
+    def no_connection(self: socket.socket, address: object) -> None:
+        asked.append(address)
+        raise ConnectionRefusedError("no network in tests")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_lookup)
+    monkeypatch.setattr(socket.socket, "connect", no_connection)
+    build_hf_headers()  # huggingface_hub looks its agent registry up once a process: not a model's file
+    asked.clear()
+    cached = ClipEmbedder.load("bayes-merger-tests/tiny-clip", device="cpu")
+    assert asked == []
+    local = ClipEmbedder.load(str(tiny_clip_dir), device="cpu")
+    assert torch.equal(cached.embed(images), local.embed(images))
