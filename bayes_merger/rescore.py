@@ -186,14 +186,15 @@ def finalists(run_dir: Path, config: ScorerConfig) -> Rescored | None:
     """The end-of-run re-ranking (``scorer.finalists``): the top trials again with a stronger scorer.
 
     Never fails the run: a finalists scorer that cannot load or score is logged, and the run's own
-    results stand.
+    results stand. That includes torch's errors (RuntimeError): out of memory is likely where the
+    finalists' large models meet the WebUI's on one GPU.
     """
     if not config.finalists:
         return None
     try:
         finalist_config = named_scorer(config, config.finalists)
         result = rescore_run(run_dir, finalist_config, top_k=config.finalists_top_k)
-    except BayesMergerError as error:
+    except (BayesMergerError, RuntimeError) as error:
         log.error("The finalists were not re-scored with %s: %s", config.finalists, error)
         return None
     order = sorted(result.scores.items(), key=lambda item: (-item[1], item[0]))

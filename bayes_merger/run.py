@@ -8,6 +8,7 @@ folder can be resumed until its budget is spent.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -147,7 +148,11 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None,
             write_run_info(run_dir, info)
         except StorageError as error:  # every trial is logged: a resume only writes these again
             raise _stop_resumably(error, run_dir) from error
-        finalists(run_dir, inputs.scorer)  # scorer.finalists: the top trials again with a stronger scorer
+        # scorer.finalists: the top trials again with a stronger scorer, whose models load beside none of
+        # the run's (the models to merge may be on the GPU with the WebUI's)
+        loop = merger = scorer = None
+        gc.collect()
+        finalists(run_dir, inputs.scorer)
         _refresh_report(run_dir, live=False)
         _log_summary(trial_log, best, run_dir)
         return RunResult(run_dir, len(trial_log.trials), optimiser.budget, best)

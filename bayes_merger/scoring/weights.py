@@ -375,7 +375,9 @@ def converted_from(path: Path) -> str | None:
 
 def _missing_message(source: HeadSource, cache_dir: Path, why: str) -> str:
     digest = f"sha256 {source.sha256}" if source.sha256 else "its sha256 is printed when it is first used"
-    head = " or set scorer.head to a local copy of that file" if source.name in ("laion", "chad") else ""
+    # scorer.head names one head: the scorer's own, not an ensemble member's, which read the cache
+    head = (" (or, for this scorer alone, not in an ensemble, set scorer.head to a local copy of that file)"
+            if source.name in ("laion", "chad") else "")
     return (
         f"The {source.description} is not cached and {why}. Download {source.url} "
         f"({digest}) and save it as {cache_dir / source.filename}{head}."

@@ -164,3 +164,18 @@ def test_finalists_are_off_by_default_and_rescore_the_top_k_when_set(tmp_path: P
     assert result is not None and sorted(result.scores) == [1, 2]
     # a finalists scorer that cannot load never fails the run
     assert finalists(run_dir, dataclasses.replace(config, finalists="hpsv2", cache_dir=str(tmp_path))) is None
+
+
+def test_finalists_that_run_out_of_memory_do_not_fail_the_run(tmp_path: Path, monkeypatch, caplog) -> None:
+    import torch
+
+    from bayes_merger import rescore
+
+    class OutOfMemory(PromptLength):
+        def score(self, images, contexts=None):  # noqa: ANN001, ANN201
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    run_dir = _run_folder(tmp_path / "run", [5.0, 7.0])
+    monkeypatch.setattr(rescore, "build_scorer", lambda config: OutOfMemory())
+    assert finalists(run_dir, ScorerConfig(finalists="aesthetic_head", device="cpu")) is None
+    assert "The finalists were not re-scored with aesthetic_head: CUDA out of memory" in caplog.text
