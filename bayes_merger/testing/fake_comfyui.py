@@ -155,6 +155,12 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
             self._execution_faults.append({"node_type": node_type, "message": message,
                                            "exception_type": exception_type, "remaining": count})
 
+    def without_node(self, node_class: str) -> None:
+        """Drop a node class, as ``--disable-all-custom-nodes`` drops SaveImageWebsocket (ComfyUI ships it
+        as an example in custom_nodes/): /object_info no longer lists it and prompts using it are refused."""
+        with self._lock:
+            self._classes.pop(node_class, None)
+
     def drop_websockets(self) -> None:
         """Drop every open websocket now, without a close frame."""
         with self._lock:

@@ -188,6 +188,24 @@ def test_an_unknown_sampler_is_refused_before_the_run_with_the_servers_names(gra
         graph_client.check_payloads([Payload("ok", PAYLOAD), Payload("portrait", {**PAYLOAD, "sampler_name": "Restart"})])
 
 
+def test_a_comfyui_without_the_websocket_saver_is_refused_before_the_first_merge(graph_client, fake_comfyui):
+    # ComfyUI ships SaveImageWebsocket in custom_nodes/: without custom nodes every prompt would be refused
+    graph_client.check_payloads([Payload("ok", PAYLOAD)])
+    fake_comfyui.without_node("SaveImageWebsocket")
+    with pytest.raises(ConfigError, match="has no SaveImageWebsocket node, which the built-in graph sends its "
+                                          "images with: .*--disable-all-custom-nodes"):
+        graph_client.check_payloads([Payload("ok", PAYLOAD)])
+
+
+def test_a_user_workflows_node_comfyui_does_not_have_is_refused_before_the_first_merge(workflow_client, tmp_path):
+    def edit(workflow: dict) -> None:
+        workflow["8"] = {"class_type": "ImageUpscaleWithModel", "inputs": {"image": ["6", 0]}}
+
+    with workflow_client(edit) as client, pytest.raises(
+            ConfigError, match=f"has no ImageUpscaleWithModel node, which {tmp_path / 'workflow_api.json'} uses"):
+        client.check_payloads([Payload("ok", PAYLOAD)])
+
+
 def test_nothing_renders_before_a_hand_off(graph_client):
     with pytest.raises(WebUIError, match="No merge is shown"):
         graph_client.txt2img(PAYLOAD)

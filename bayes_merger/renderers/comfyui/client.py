@@ -198,7 +198,11 @@ class ComfyUIClient:
 
     def check_payloads(self, payloads: Iterable[Any]) -> None:
         """Every payload (``.name``, ``.request``) becomes a graph: unknown samplers and fields ComfyUI
-        cannot apply are a ConfigError now, naming the valid samplers from ``/object_info``."""
+        cannot apply are a ConfigError now, naming the valid samplers from ``/object_info``; so is a node
+        of the workflow ComfyUI does not have, which would refuse every prompt after the first merge."""
+        for node_class in sorted({str(node["class_type"]) for node in self._workflow.graph.values()}):
+            if self._node_info(node_class) is None:
+                raise ConfigError(_missing_node_message(node_class, self._workflow.source, self.url))
         samplers, schedulers = self._sampler_names()
         for payload in payloads:
             graphs.image_values(payload.request, samplers, schedulers, f"payload '{payload.name}'")
@@ -296,12 +300,16 @@ class ComfyUIClient:
         return self._merge_inputs
 
     def _node_inputs(self, node_class: str) -> dict[str, Any]:
-        info = self._api.request("GET", f"/object_info/{node_class}") or {}
-        entry = info.get(node_class) if isinstance(info, Mapping) else None
-        if not isinstance(entry, Mapping):
+        entry = self._node_info(node_class)
+        if entry is None:
             raise WebUIError(f"ComfyUI has no {node_class} node (GET /object_info/{node_class} is empty): "
                              "is it a ComfyUI with the core nodes?")
         return dict((entry.get("input") or {}).get("required") or {})
+
+    def _node_info(self, node_class: str) -> Mapping[str, Any] | None:
+        info = self._api.request("GET", f"/object_info/{node_class}") or {}
+        entry = info.get(node_class) if isinstance(info, Mapping) else None
+        return entry if isinstance(entry, Mapping) else None
 
     def _checkpoints(self) -> list[str]:
         listed = self._api.request("GET", "/models/checkpoints")
@@ -370,3 +378,14 @@ def _tail_match(path: str, listed: str) -> tuple[int, bool]:
 
 
 __all__ = ["ComfyUIClient", "http_error"]
+
+
+def _missing_node_message(node_class: str, source: str, url: str) -> str:
+    if node_class == graphs.WEBSOCKET_SAVER:
+        # an example node in ComfyUI's custom_nodes/, not a core node: gone with custom nodes off
+        return (f"ComfyUI at {url} has no {node_class} node, which {source} sends its images with: ComfyUI ships "
+                "it as custom_nodes/websocket_image_save.py, left out with --disable-all-custom-nodes or a "
+                "custom_nodes folder of your own; put that file back, or set webui.comfyui_workflow to a workflow "
+                "that saves with SaveImage.")
+    return (f"ComfyUI at {url} has no {node_class} node, which {source} uses: install the custom node that "
+            "provides it, or change the workflow.")
