@@ -309,13 +309,14 @@ def test_a_first_prompt_request_dropped_is_not_sent_again_until_comfyui_has_kept
     assert fake_comfyui.requests_to(f"/history/{ours}", "GET") and fake_comfyui.requests_to("/queue", "GET")
 
 
-def test_a_504_on_the_queue_is_looked_up_and_not_sent_again(graph_client, fake_comfyui):
+@pytest.mark.parametrize("status", [504, 524])  # 524: Cloudflare's (RunPod's proxy) gateway timeout
+def test_a_504_on_the_queue_is_looked_up_and_not_sent_again(graph_client, fake_comfyui, status):
     graph_client.load_weights(WEIGHTS, trial=0)
     graph_client.txt2img(PAYLOAD)
-    fake_comfyui.fail_next(1, status=504, path="/prompt", method="POST", message="Gateway Timeout")
-    with pytest.raises(WebUIError, match="HTTP 504"):
+    fake_comfyui.fail_next(1, status=status, path="/prompt", method="POST", message="Gateway Timeout")
+    with pytest.raises(WebUIError, match=f"HTTP {status}"):
         graph_client.txt2img(PAYLOAD)
-    assert prompt_posts(fake_comfyui) == [200, 504]  # ComfyUI may still be about to queue it
+    assert prompt_posts(fake_comfyui) == [200, status]  # ComfyUI may still be about to queue it
     assert fake_comfyui.requests_to(f"/history/{sent_ids(fake_comfyui)[1]}", "GET")
 
 

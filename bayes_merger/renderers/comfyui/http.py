@@ -8,7 +8,7 @@ of ``webui.http``:
 
 - Connection errors (refused, connect timeout): every request; nothing reached the server.
 - 502 and 503: every request; the server (or a proxy) says it did not run it.
-- 504 and connections dropped after the request was sent: only requests that are harmless to repeat:
+- 504 (524) and connections dropped after the request was sent: only requests that are harmless to repeat:
   the GETs, ``/free`` and ``/interrupt``. Never ``POST /prompt`` here: the prompt may already be
   queued, and a repeat would render it twice. Each prompt carries an id of the client's own instead,
   so the runner asks ``/history`` and ``/queue`` about that id (``lost_answer`` tells when) and
@@ -29,7 +29,7 @@ import requests
 from urllib3.exceptions import ProtocolError
 
 from bayes_merger.errors import WebUIConnectionError, WebUIError
-from bayes_merger.webui.http import AUTH_HINT, ApiSession, base_url, cause, credentials, decode_json, underlying
+from bayes_merger.webui.http import AUTH_HINT, GATEWAY_TIMEOUTS, ApiSession, base_url, cause, credentials, decode_json, underlying
 
 __all__ = ["PROMPT", "SYSTEM_STATS", "ComfyApi", "base_url", "cause", "credentials", "http_error", "lost_answer",
            "prompt_error_text"]
@@ -67,10 +67,10 @@ def lost_answer(error: WebUIError) -> Literal["dropped", "timeout", "gateway"] |
 
     "dropped": the connection closed before the answer was whole (ComfyUI's or a proxy's side, or an idle
     keep-alive connection the server closed as the request went out); "timeout": no answer within
-    ``webui.read_timeout``; "gateway": a proxy's 504, it gave up waiting for ComfyUI. In all three ComfyUI
-    may have acted on the request, or may still be about to.
+    ``webui.read_timeout``; "gateway": a proxy's 504 (Cloudflare's 524), it gave up waiting for ComfyUI.
+    In all three ComfyUI may have acted on the request, or may still be about to.
     """
-    if error.status == 504:
+    if error.status in GATEWAY_TIMEOUTS:
         return "gateway"
     if not isinstance(error, WebUIConnectionError) or error.status is not None:
         return None  # a 502 or 503: the server (or proxy) said it did not run it
