@@ -65,7 +65,9 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
         self._classes = catalogue(self.checkpoints)
         self._executor = Executor(self._checkpoint_path, self._save_image, max_image_size)
         self._local = threading.local()
-        self._sockets: dict[str, list[ServerWebSocket]] = {}
+        self._sockets: dict[str, ServerWebSocket] = {}  # one a client id, as ComfyUI's ``sockets[sid]``
+        self._filed = 0  # websockets filed so far (end_websockets_late)
+        self._late_websocket_ends = False
         self._number = 0
         self._history: dict[str, dict[str, Any]] = {}
         self._queue: queue.Queue[PromptItem | None] = queue.Queue()
@@ -164,7 +166,7 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
     def drop_websockets(self) -> None:
         """Drop every open websocket now, without a close frame."""
         with self._lock:
-            sockets = [ws for group in self._sockets.values() for ws in group]
+            sockets = list(self._sockets.values())
         for ws in sockets:
             ws.drop()
 
@@ -172,6 +174,12 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
         """Drop the prompt's websocket instead of sending its next ``count`` events of type ``event``."""
         with self._lock:
             self._ws_drops.append([event, count])
+
+    def end_websockets_late(self) -> None:
+        """A server that notices a closed websocket late: its handler ends only after the next websocket has
+        been filed, and then forgets its client id as ComfyUI's does (``finally: sockets.pop(sid)``),
+        whichever socket is filed under that id by then."""
+        self._late_websocket_ends = True
 
     def file_websockets_late(self, seconds: float) -> None:
         """A busy server: each new websocket is filed under its client id (from then on it gets that client's
@@ -384,8 +392,11 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
 
     # ----------------------------------------------------------------------------- websocket
 
-    def _all_sockets(self) -> list[Any]:
-        return [ws for group in self._sockets.values() for ws in group]
+    def _sockets_of(self, client_id: str | None) -> list[ServerWebSocket]:
+        """Where a prompt's events go: its client's socket; every socket for a prompt without a client_id."""
+        if not client_id:
+            return list(self._sockets.values())
+        return [self._sockets[client_id]] if client_id in self._sockets else []
 
     def _serve_websocket(self, handler: Any, client_id: str) -> None:
         ws = ServerWebSocket.accept(handler)
@@ -397,8 +408,10 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
         with self._records_changed:
             self._records.append(RecordedRequest("GET", "/ws", {"clientId": client_id}, 101))
             self._records_changed.notify_all()
-        with self._lock:
-            self._sockets.setdefault(client_id, []).append(ws)
+        with self._changed:
+            self._sockets[client_id] = ws  # ComfyUI's: a socket of a client id already filed is forgotten
+            self._filed += 1
+            self._changed.notify_all()
             remaining = len(self._pending) + (self._running is not None)
         ws.send_text(json.dumps({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": remaining}},
                                                             "sid": client_id}}))
@@ -417,10 +430,11 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
         except ConnectionError:
             pass
         finally:
-            with self._lock:
-                group = self._sockets.get(client_id, [])
-                if ws in group:
-                    group.remove(ws)
+            with self._changed:
+                if self._late_websocket_ends:
+                    filed = self._filed
+                    self._changed.wait_for(lambda: self._filed > filed or self._stop_event.is_set(), timeout=10)
+                self._sockets.pop(client_id, None)  # ComfyUI's: whichever socket is filed under the id now
 
     def _send(self, client_id: str | None, event: str, data: dict[str, Any]) -> None:
         """An execution event: only to the prompt's client; of a prompt posted without a client_id,
@@ -428,7 +442,7 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
         if not client_id and event != "progress":
             return
         with self._lock:
-            sockets = list(self._sockets.get(client_id, [])) if client_id else self._all_sockets()
+            sockets = self._sockets_of(client_id)
             drop = next((d for d in self._ws_drops if d[0] == event and d[1] > 0), None) if sockets else None
             if drop is not None:
                 drop[1] -= 1
@@ -442,7 +456,7 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
     def _broadcast_status(self) -> None:
         with self._lock:
             remaining = len(self._pending) + (self._running is not None)
-            sockets = [ws for group in self._sockets.values() for ws in group]
+            sockets = list(self._sockets.values())
         for ws in sockets:
             ws.send_text(json.dumps({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": remaining}}}}))
 

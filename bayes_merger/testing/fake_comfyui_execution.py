@@ -170,7 +170,7 @@ class PromptExecution:
     def _send_binary(self, client: str | None, frame: bytes) -> None:
         """To the prompt's client; of a prompt posted without a client_id, to every socket."""
         with self._lock:
-            sockets = list(self._sockets.get(client, [])) if client else self._all_sockets()
+            sockets = self._sockets_of(client)
         for ws in sockets:
             ws.send_binary(frame)
 

@@ -218,6 +218,21 @@ def test_a_websocket_dropped_mid_prompt_is_reopened_and_the_image_asked_for_agai
     assert 2 <= len(fake_comfyui.requests_to("/ws")) <= 3  # reopened (once more if the history answered first)
 
 
+def test_a_websocket_reopened_after_a_drop_keeps_getting_the_events_of_later_prompts(graph_client, fake_comfyui,
+                                                                                    monkeypatch):
+    # ComfyUI keeps one socket a client id, and a dropped socket's handler, ending after the client has
+    # reopened, forgets whichever socket is filed under its id: a new socket needs a new id
+    monkeypatch.setattr("bayes_merger.renderers.comfyui.prompts.HISTORY_POLL", 0.2)
+    fake_comfyui.end_websockets_late()
+    graph_client.load_weights(WEIGHTS, trial=0)
+    fake_comfyui.drop_websocket_at("progress")
+    graph_client.txt2img(PAYLOAD)
+    posts = len(prompt_posts(fake_comfyui))
+    for seed in (8, 9):
+        assert graph_client.txt2img({**PAYLOAD, "seed": seed}).seeds == [seed]
+    assert len(prompt_posts(fake_comfyui)) == posts + 2  # each once: its events and image came
+
+
 def test_with_a_save_image_workflow_a_dropped_websocket_costs_no_second_prompt(workflow_client, fake_comfyui,
                                                                              monkeypatch):
     monkeypatch.setattr("bayes_merger.renderers.comfyui.prompts.HISTORY_POLL", 0.2)

@@ -23,12 +23,20 @@ logger = logging.getLogger(__name__)
 
 
 class EventStream:
-    """The websocket of one client id; ``next`` returns the next JSON event, or None on a timeout."""
+    """One websocket at a time, each under a client id of its own (``client_id``: the open one's); ``next``
+    returns the next JSON event, or None on a timeout.
 
-    def __init__(self, base: str, client_id: str, connect_timeout: float, auth: tuple[str, str] | None = None) -> None:
+    A socket opened again gets a new id: ComfyUI keeps one socket a client id, and the handler of a
+    socket it notices closed only after the client has reopened one under the same id forgets the new
+    one (``finally: sockets.pop(sid)``), whose events then go nowhere for the rest of the run.
+    """
+
+    def __init__(self, base: str, name: str, connect_timeout: float, auth: tuple[str, str] | None = None) -> None:
         scheme, rest = base.split("://", 1)
-        self.url = f"{'wss' if scheme == 'https' else 'ws'}://{rest}/ws?clientId={quote(client_id)}"
-        self.client_id = client_id
+        self.url = f"{'wss' if scheme == 'https' else 'ws'}://{rest}/ws"
+        self._name = name
+        self._opened = 0
+        self.client_id = f"{name}-0"
         self._connect_timeout = connect_timeout
         self._header = []
         if auth:
@@ -51,12 +59,15 @@ class EventStream:
         if self.connected:
             return
         self.close()
+        self._opened += 1
+        self.client_id = f"{self._name}-{self._opened}"
         try:
-            self._ws = websocket.create_connection(self.url, timeout=self._connect_timeout, header=self._header,
+            self._ws = websocket.create_connection(f"{self.url}?clientId={quote(self.client_id)}",
+                                                   timeout=self._connect_timeout, header=self._header,
                                                    enable_multithread=True)
         except (websocket.WebSocketException, OSError) as exc:
             raise WebUIConnectionError(
-                f"Could not open ComfyUI's websocket {self.url.split('?')[0]} ({_words(exc)}); is it running?"
+                f"Could not open ComfyUI's websocket {self.url} ({_words(exc)}); is it running?"
             ) from exc
         deadline = time.monotonic() + self._connect_timeout
         while (remaining := deadline - time.monotonic()) > 0:
