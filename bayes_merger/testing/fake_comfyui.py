@@ -370,9 +370,9 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
         prompt = body["prompt"]
         if not isinstance(prompt, dict) or not prompt:
             return _Response(400, prompt_error("prompt_no_outputs", "Prompt has no outputs"))
-        outputs, error = validate(prompt, self._classes)
-        if error is not None:
-            return _Response(400, error)
+        outputs, node_errors, refusal = validate(prompt, self._classes)
+        if refusal is not None:
+            return _Response(400, refusal)
         prompt_id = str(body.get("prompt_id") or uuid.uuid4())
         if body.get("front"):
             number = -number
@@ -388,7 +388,7 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
         # before it, which the real server never does
         self._broadcast_status()
         work.put(item)
-        return _Response(200, {"prompt_id": prompt_id, "number": number, "node_errors": {}})
+        return _Response(200, {"prompt_id": prompt_id, "number": number, "node_errors": node_errors})
 
     # ----------------------------------------------------------------------------- websocket
 

@@ -112,16 +112,18 @@ def prompt_error(kind: str, message: str, details: str = "") -> dict[str, Any]:
     return {"error": _error(kind, message, details), "node_errors": {}}
 
 
-def validate(prompt: Mapping[str, Any], classes: Mapping[str, NodeClass]) -> tuple[list[str], dict[str, Any] | None]:
-    """(output node ids, None) for a valid prompt; else ([], the 400 body)."""
+def validate(prompt: Mapping[str, Any], classes: Mapping[str, NodeClass]
+             ) -> tuple[list[str], dict[str, Any], dict[str, Any] | None]:
+    """(the output node ids to run, the node_errors of those it leaves out, None) where some output is valid:
+    ComfyUI queues the prompt and answers 200 with those errors; else ([], {}, the 400 body)."""
     for node_id, node in prompt.items():
         class_type = node.get("class_type") if isinstance(node, Mapping) else None
         if class_type not in classes:
-            return [], prompt_error("invalid_prompt", f"Cannot execute because node {class_type} does not exist.",
-                                    f"Node ID '#{node_id}'")
+            return [], {}, prompt_error("invalid_prompt", f"Cannot execute because node {class_type} does not exist.",
+                                        f"Node ID '#{node_id}'")
     outputs = [nid for nid, node in prompt.items() if classes[node["class_type"]].output_node]
     if not outputs:
-        return [], prompt_error("prompt_no_outputs", "Prompt has no outputs")
+        return [], {}, prompt_error("prompt_no_outputs", "Prompt has no outputs")
     node_errors: dict[str, Any] = {}
     checked: dict[str, bool] = {}
 
@@ -132,18 +134,20 @@ def validate(prompt: Mapping[str, Any], classes: Mapping[str, NodeClass]) -> tup
             return checked[node_id]
         checked[node_id] = True
         node = prompt[node_id]
-        errors = _input_errors(node_id, node, prompt, classes, lambda linked: check(linked, output))
+        inputs_valid: list[bool] = []
+        errors = _input_errors(node_id, node, prompt, classes, lambda linked: inputs_valid.append(check(linked, output)))
         if errors:
             checked[node_id] = False
             node_errors[node_id] = {"errors": errors, "dependent_outputs": [output], "class_type": node["class_type"]}
+        elif not all(inputs_valid):
+            checked[node_id] = False  # ComfyUI's: invalid through an input, with no error of its own listed
         return checked[node_id]
 
-    for output in outputs:
-        check(output, output)
-    if node_errors:
-        return [], {"error": _error("prompt_outputs_failed_validation", "Prompt outputs failed validation", ""),
-                    "node_errors": node_errors}
-    return outputs, None
+    good = [output for output in outputs if check(output, output)]
+    if not good:
+        return [], {}, {"error": _error("prompt_outputs_failed_validation", "Prompt outputs failed validation", ""),
+                        "node_errors": node_errors}
+    return good, node_errors, None
 
 
 def _input_errors(node_id: str, node: Mapping[str, Any], prompt: Mapping[str, Any],

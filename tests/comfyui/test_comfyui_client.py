@@ -225,6 +225,20 @@ def test_a_user_workflow_renders_with_the_merge(workflow_client):
         assert len(client.txt2img(PAYLOAD).images) == 1
 
 
+def test_a_workflow_output_comfyui_refuses_while_it_runs_the_others_is_said_once(workflow_client, caplog):
+    # ComfyUI answers 200 and runs the valid outputs only, naming the others in node_errors
+    def edit(workflow: dict) -> None:
+        workflow["8"] = {"class_type": "PreviewImage", "inputs": {}}
+
+    with workflow_client(edit) as client:
+        client.load_weights(BlockWeights.uniform(SD1.blocks, 0.5), trial=0)
+        for _ in range(2):
+            assert len(client.txt2img(PAYLOAD).images) == 1
+    said = [r.message for r in caplog.records if "without the outputs it refused" in r.message]
+    assert said == ["ComfyUI runs the workflow without the outputs it refused: node 8 (PreviewImage) input 'images': "
+                    "Required input is missing."]
+
+
 def test_the_built_in_graph_leaves_no_image_in_comfyuis_output_folder(graph_client, fake_comfyui):
     graph_client.load_weights(BlockWeights.uniform(SD1.blocks, 0.3), trial=0)
     generation = graph_client.txt2img({**PAYLOAD, "batch_size": 2})

@@ -38,7 +38,7 @@ from typing import Any, Mapping
 from bayes_merger.errors import WebUIConnectionError, WebUIError
 from bayes_merger.renderers.comfyui import graph as graphs
 from bayes_merger.renderers.comfyui.events import EventStream
-from bayes_merger.renderers.comfyui.http import PROMPT, ComfyApi, lost_answer
+from bayes_merger.renderers.comfyui.http import PROMPT, ComfyApi, lost_answer, prompt_error_text
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ class PromptRunner:
         # prompts whose POST lost its answer to a timeout or a 504 and that ComfyUI did not have then:
         # id → how many more times to look for them (``_withdraw_late``)
         self._unsettled: dict[str, int] = {}
+        self._left_out: set[str] = set()  # the refused outputs already warned of (``_warn_left_out``)
 
     def run(self, graph: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, list[bytes]]]:
         """Run ``graph`` to its end: its prompt id, its history entry and the images its
@@ -141,7 +142,17 @@ class PromptRunner:
             if not answered:
                 raise WebUIError(f"POST /prompt answered without a prompt_id: {str(answer)[:120]}.")
             self._ids_kept = answered == prompt_id
+            if answer.get("node_errors"):
+                self._warn_left_out(answer)
             return answered
+
+    def _warn_left_out(self, answer: Mapping[str, Any]) -> None:
+        """ComfyUI queues a prompt some of whose outputs are valid and runs only those, answering 200 with
+        the others' errors: said once a run, since every prompt of the workflow leaves the same out."""
+        text = prompt_error_text(answer)
+        if text not in self._left_out:
+            self._left_out.add(text)
+            logger.warning("ComfyUI runs the workflow without the outputs it refused: %s.", text)
 
     def _withdraw_late(self) -> None:
         """Withdraw a prompt whose POST lost its answer to a timeout or a 504 and that ComfyUI has queued
