@@ -10,7 +10,8 @@ import typing
 from typing import Any
 
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-from omegaconf.errors import ConfigAttributeError, ConfigTypeError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, ConfigTypeError, OmegaConfBaseException,
+                             ValidationError)
 
 from bayes_merger.config import Config
 from bayes_merger.errors import ConfigError
@@ -53,8 +54,45 @@ def unknown_keys(cfg: Any, schema: Any = Config, prefix: str = "") -> list[str]:
     return found
 
 
+# The flat settings of sd-webui-bayesian-merger (2023), which its users bring in their configs and habits:
+# the setting that does that job here (None: none does), and a word on it
+FORMER_SETTINGS: dict[str, tuple[str | None, str]] = {
+    "url": ("webui.url", ""),
+    "merge_mode": ("merge.method", ""),
+    "device": ("merge.device", ""),
+    "work_device": ("merge.device", "the models are merged where they are held"),
+    "weights_clip": ("merge.weights_clip", ""),
+    "prune": ("merge.prune", ""),
+    "threads": (None, "torch sets its own threads"),
+    "rebasin": (None, "re-basin is not offered"),
+    "bounds_transformer": (None, "the optimiser's trust region narrows the search itself"),
+    "latin_hypercube_sampling": (None, "the first optimiser.init_points trials are always a Latin hypercube"),
+    "guided_optimisation": (None, "optimiser.frozen, optimiser.custom_ranges and optimiser.groups apply whenever set"),
+    "optimisation_guide": ("optimiser.frozen, optimiser.custom_ranges and optimiser.groups", ""),
+    "frozen_params": ("optimiser.frozen", ""),
+    "custom_ranges": ("optimiser.custom_ranges", ""),
+    "groups": ("optimiser.groups", ""),
+    "init_points": ("optimiser.init_points", ""),
+    "n_iters": ("optimiser.n_iters", ""),
+    "batch_size": ("payloads.defaults.batch_size", "on the command line +payloads.defaults.batch_size=N"),
+    "save_imgs": ("save_images", ""),
+    "scorer_method": ("scorer.name", ""),
+    "scorer_device": ("scorer.device", ""),
+    "scorer_model_dir": ("scorer.cache_dir", ""),
+    "wildcards_dir": ("payloads.wildcards_dir", ""),
+}
+
+
 def unknown_setting(key: str) -> ConfigError:
-    """One sentence for a key the schema does not have, naming the closest one its section has."""
+    """One sentence for a key the schema does not have: what sd-webui-bayesian-merger's setting of that
+    name is here, else the closest key its section has."""
+    if key in FORMER_SETTINGS:
+        setting, word = FORMER_SETTINGS[key]
+        if setting is None:
+            return ConfigError(f"{key}, a setting of sd-webui-bayesian-merger, has no counterpart in bayes-merger: "
+                               f"{word}.")
+        return ConfigError(f"{key} is sd-webui-bayesian-merger's name for {setting}{f' ({word})' if word else ''} in "
+                           "bayes-merger; bayes-merger --help lists the settings.")
     section, _, name = key.rpartition(".")
     schema: Any = Config
     for part in filter(None, section.split(".")):
@@ -84,6 +122,8 @@ def _describe(hint: Any, key: str) -> str | None:
     return None
 
 
+# sd-webui-bayesian-merger's optimiser choice (optimiser: bayes|tpe|atpe), asked of the group of that name
+_FORMER_OPTIMISER = re.compile(r"(?:Could not find 'optimiser/|OptimiserConfig\. value: )(?P<name>bayes|tpe|atpe)\b")
 _MERGED_OVERRIDE = re.compile(r"^Error merging override [^=]+=(?P<value>.*)$")
 
 
@@ -95,7 +135,13 @@ def composition_error(error: ConfigCompositionException | OverrideParseException
     if isinstance(error, OverrideParseException):
         first = f"{error.override} cannot be read: {first}"
     cause = error.__cause__ or error.__context__  # a YAML file's wrong value comes as the context
-    if isinstance(cause, ConfigAttributeError) and cause.full_key:
+    former = _FORMER_OPTIMISER.search(text if isinstance(error, MissingConfigException) else str(cause or ""))
+    if former:
+        return ConfigError(
+            f"optimiser {former['name']} is sd-webui-bayesian-merger's; bayes-merger's optimiser is one Gaussian "
+            "process (the README's benchmark compares it with TPE), and optimiser=default|quick|thorough picks its preset."
+        )
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:
         section = str(cause.full_key).rpartition(".")[0]
         # a key missing from a section, not from a mapping setting (custom_ranges={…} without its +)
         if not section or (_expected_type(section) or "").startswith("a section"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -135,6 +136,30 @@ def test_an_override_of_the_wrong_type_is_one_sentence_and_exit_2(override, sent
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [sentence]
     assert "HYDRA_FULL_ERROR" not in err and "Traceback" not in err
     assert "HYDRA_FULL_ERROR" not in os.environ, "the switch is the CLI's own, not left for what it starts"
+
+
+FORMER_OPTIMISER = ("is sd-webui-bayesian-merger's; bayes-merger's optimiser is one Gaussian process (the README's "
+                    "benchmark compares it with TPE), and optimiser=default|quick|thorough picks its preset.")
+HEADER = "defaults:\n  - bayes_merger\n  - optimiser: default\n  - scorer: laion\n  - merge: weighted_sum\n  - _self_\n"
+
+
+@pytest.mark.parametrize("lines, sentence", [
+    ("url: http://127.0.0.1:7860\nsave_imgs: true\n",
+     "url is sd-webui-bayesian-merger's name for webui.url in bayes-merger; bayes-merger --help lists the settings."),
+    ("optimiser: bayes\n", f"optimiser bayes {FORMER_OPTIMISER}"),
+    ("optimiser:\n  n_iter: 5\n",
+     "optimiser.n_iter is not a setting of bayes-merger (did you mean optimiser.n_iters?); bayes-merger --help lists them."),
+    ("", f"optimiser tpe {FORMER_OPTIMISER}"),  # with optimiser=tpe
+])
+def test_a_config_with_a_setting_bayes_merger_does_not_have_gets_it_named(lines, sentence, tmp_path, capsys, caplog):
+    # the names users of sd-webui-bayesian-merger bring get the setting that does their job here
+    shutil.copytree(REPO / "conf", tmp_path, dirs_exist_ok=True)  # the groups its defaults name
+    (tmp_path / "old.yaml").write_text(HEADER + lines)
+    overrides = [] if lines else ["optimiser=tpe"]
+    code, _, err = _exit(["--config", str(tmp_path / "old.yaml"), *overrides], capsys)
+    assert code == 2
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [sentence]
+    assert "Traceback" not in err
 
 
 def test_hydra_full_error_set_by_the_user_still_gets_hydras_whole_report(monkeypatch):

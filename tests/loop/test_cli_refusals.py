@@ -84,6 +84,12 @@ def _refusal(caplog) -> str:
     # could not resume the run
     (["+optimizer.n_iters=5"], "optimizer is not a setting of bayes-merger (did you mean optimiser?)"),
     (["+optimiser.n_iter=5"], "optimiser.n_iter is not a setting of bayes-merger (did you mean optimiser.n_iters?)"),
+    # sd-webui-bayesian-merger's names, as its users bring them
+    (["+url=http://127.0.0.1:7860"], "url is sd-webui-bayesian-merger's name for webui.url in bayes-merger"),
+    (["+batch_size=4"], "batch_size is sd-webui-bayesian-merger's name for payloads.defaults.batch_size (on the "
+                        "command line +payloads.defaults.batch_size=N)"),
+    (["+rebasin=true"], "rebasin, a setting of sd-webui-bayesian-merger, has no counterpart in bayes-merger: re-basin "
+                        "is not offered."),
     (["webui.retries=-1"], "webui.retries must not be negative, got -1."),
     (["webui.ready_timeout=-1"], "webui.ready_timeout must not be negative, got -1.0."),
 ])
