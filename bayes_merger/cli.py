@@ -32,8 +32,8 @@ from bayes_merger.cli_help import USAGE, help_text
 from bayes_merger.config import Config, register_configs
 from bayes_merger.errors import BayesMergerError, ConfigError, Interrupted
 from bayes_merger.files import atomic_write_text, storage_errors
-from bayes_merger.run_folder.paths import BEST_FILE, CONFIG_FILE
-from bayes_merger.run_folder.run_info import is_run_folder
+from bayes_merger.run_folder.paths import BEST_FILE, CONFIG_FILE, CONFIG_HEADER
+from bayes_merger.run_folder.run_info import is_run_folder, is_saved_config
 
 log = logging.getLogger("bayes_merger")
 
@@ -97,7 +97,6 @@ def to_config(cfg: DictConfig) -> Config:
         raise ConfigError(f"Invalid config: {error.msg}") from error
 
 
-CONFIG_HEADER = "# the config of this run; resume it with:\n"
 
 
 def save_config(cfg: DictConfig, run_dir: Path, resuming: bool) -> Path:
@@ -124,7 +123,7 @@ def save_config(cfg: DictConfig, run_dir: Path, resuming: bool) -> Path:
     # never overwrite what a user already has; but the config.yaml of a start that was refused before its
     # run began (no run.json: the WebUI was down, say) is ours and no run's: this start's replaces it, or
     # the resume command would read the refused start's settings
-    if path.exists() and (resuming or is_run_folder(run_dir) or not (_text_of(path) or "").startswith(CONFIG_HEADER)):
+    if path.exists() and (resuming or is_run_folder(run_dir) or not is_saved_config(path)):
         return path
     with storage_errors(path):
         run_dir.mkdir(parents=True, exist_ok=True)

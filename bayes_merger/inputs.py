@@ -36,6 +36,7 @@ from bayes_merger.run_folder import (
     RUN_FILE,
     SUGGESTIONS,
     check_resumable,
+    foreign_files,
     is_run_folder,
     note_changed_suggestions,
     now,
@@ -94,6 +95,11 @@ def check_inputs(cfg: Config, run_dir: Path) -> Inputs:
                        max(p.upper for p in space.parameters), merge.architecture)
     if not resuming and is_run_folder(run_dir):
         raise ConfigError(f"{run_dir} already holds a run; continue it with resume={run_dir} or start a new one elsewhere.")
+    foreign = [] if resuming else foreign_files(run_dir)
+    if foreign:
+        named = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ConfigError(f"{run_dir} already holds files that are not a run's ({named}), which a run there could write "
+                          "over: start it in a new or empty folder.")
     previous = read_run_info(run_dir) if resuming else None
     run_id = previous.get("run_id") if previous else None
     if not isinstance(run_id, str) or not RUN_ID.match(run_id):  # a folder of an older version: a new id

@@ -13,6 +13,7 @@ from typing import Iterator
 
 from bayes_merger.errors import ConfigError
 from bayes_merger.files import Locked, pid_lock
+from bayes_merger.run_folder.paths import RUN_LOCK
 from bayes_merger.run_folder.run_info import load_run_info
 
 log = logging.getLogger(__name__)
@@ -21,8 +22,6 @@ try:
     import fcntl
 except ImportError:  # Windows: no liveness; a run folder is then never said to be over
     fcntl = None  # type: ignore[assignment]
-
-RUN_LOCK = ".run.lock"
 
 
 @contextmanager

@@ -7,6 +7,10 @@ NOT_RENDERED_FILE = "trials.not-rendered.jsonl"
 BEST_FILE = "best.yaml"
 BEST_MERGE = "best.safetensors"
 CONFIG_FILE = "config.yaml"
+# the first line of the config.yaml a run saves (a config.yaml without it is the user's)
+CONFIG_HEADER = "# the config of this run; resume it with:\n"
+# held while a run works (liveness)
+RUN_LOCK = ".run.lock"
 IMAGES_DIR = "images"
 # the manual scorer's ratings, when the run keeps them (resume finds them there)
 MANUAL_RATINGS = "manual-ratings.json"

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from bayes_merger.errors import ConfigError
 from bayes_merger.files import atomic_write_text, storage_errors
-from bayes_merger.run_folder.paths import CONFIG_FILE, RUN_FILE, TRIALS_FILE
+from bayes_merger.run_folder.paths import CONFIG_FILE, CONFIG_HEADER, RUN_FILE, RUN_LOCK, TRIALS_FILE
 from bayes_merger.run_folder.trials import ranked, read_trial_records, record_score
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,28 @@ def write_run_info(run_dir: Path, info: Mapping[str, Any]) -> None:
 
 def is_run_folder(run_dir: Path) -> bool:
     return (Path(run_dir) / RUN_FILE).is_file()
+
+
+def foreign_files(run_dir: Path) -> list[str]:
+    """What a folder holds beside what a start of a run leaves there (Hydra's job log, which it appends to,
+    the lock and the saved config): files a new run there would write over (best.safetensors, ...), sorted."""
+    try:
+        entries = sorted(Path(run_dir).iterdir())
+    except FileNotFoundError:
+        return []
+    return [entry.name for entry in entries
+            if entry.name != RUN_LOCK and entry.suffix != ".log" and not is_saved_config(entry)]
+
+
+def is_saved_config(path: Path) -> bool:
+    """A config.yaml a run saved (a user's own has not its header)."""
+    if path.name != CONFIG_FILE or not path.is_file():
+        return False
+    try:
+        with path.open(encoding="utf-8") as handle:
+            return handle.read(len(CONFIG_HEADER)) == CONFIG_HEADER
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def read_run_info(run_dir: Path) -> dict[str, Any]:

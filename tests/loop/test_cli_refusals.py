@@ -124,6 +124,20 @@ def test_a_resume_of_a_folder_that_holds_no_run_is_refused_and_nothing_is_writte
     assert not list(folder.glob("config*.yaml"))
 
 
+def test_a_folder_of_the_users_own_is_not_written_over_by_a_new_run(assets, fake_webui, tmp_path, caplog):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    kept = {"best.safetensors": "my merge", "report.html": "my page", "config.yaml": "my notes\n", "weights.png": "x"}
+    for name, text in kept.items():
+        (mine / name).write_text(text)
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"hydra.run.dir={mine}")) == 2
+    assert _refusal(caplog) == (f"{mine} already holds files that are not a run's (best.safetensors, config.yaml, "
+                                "report.html and 1 more), which a run there could write over: start it in a new or "
+                                "empty folder.")
+    assert {name: (mine / name).read_text() for name in kept} == kept
+    assert fake_webui.requests_to("/sdapi/v1/progress") == []
+
+
 def test_a_run_folder_where_a_file_is_is_one_sentence_not_a_traceback(assets, fake_webui, tmp_path, caplog):
     taken = tmp_path / "taken"
     taken.write_text("mine\n")
