@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 import hydra
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
@@ -31,7 +32,7 @@ from bayes_merger.cli_secrets import hide_secrets_in_hydra_log, scrub_hydra_file
 from bayes_merger.cli_help import USAGE, help_text
 from bayes_merger.config import Config, register_configs
 from bayes_merger.errors import BayesMergerError, ConfigError, Interrupted
-from bayes_merger.files import atomic_write_text, storage_errors
+from bayes_merger.files import atomic_write_text, storage_errors, yaml_problem
 from bayes_merger.run_folder.paths import BEST_FILE, CONFIG_FILE, CONFIG_HEADER
 from bayes_merger.run_folder.run_info import is_run_folder, is_saved_config
 
@@ -64,6 +65,8 @@ def rewrite_config_flag(argv: Sequence[str]) -> list[str]:
             path = Path(value).expanduser().resolve()
             if not path.is_file():
                 raise ConfigError(f"Config file {value} does not exist.")
+            if path.suffix != ".yaml":  # Hydra looks for <name>.yaml: X.yml would read X.yaml beside it, or nothing
+                raise ConfigError(f"--config {value}: Hydra reads only .yaml files; rename it to {path.stem}.yaml.")
             end = i + 1 if "=" in arg else i + 2
             return args[:i] + ["--config-path", str(path.parent), "--config-name", path.stem] + args[end:]
     return args
@@ -256,6 +259,8 @@ def _composition_errors_raised() -> Iterator[None]:
             os.environ.pop("HYDRA_FULL_ERROR", None)
     except (ConfigCompositionException, OverrideParseException) as error:
         raise composition_error(error) from error
+    except yaml.YAMLError as error:  # a config file that is not YAML; a payload file's is said by the payloads
+        raise ConfigError(f"A config file is not valid YAML{yaml_problem(error)}.") from error
 
 
 def main(argv: Sequence[str] | None = None) -> None:

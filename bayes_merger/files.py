@@ -1,5 +1,5 @@
 """File helpers every part shares: atomic writes, failed writes as StorageError, a pid-file lock, the
-sha256 of a file, and safe loading of torch pickles.
+sha256 of a file, safe loading of torch pickles, and where a file that is not YAML goes wrong.
 
 An atomic write goes to a temporary file beside the target and is renamed over it, so a reader (a
 browser showing the report, a WebUI scanning its folder, a resumed run) sees the old file or the new
@@ -288,3 +288,11 @@ def load_torch_weights(path: Path | str, *, mmap: bool = False) -> Any:
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     return obj
+
+
+def yaml_problem(error: Exception) -> str:
+    """Where and what a YAML parser met in a file that is not YAML: " at line 4, column 10: expected ','"."""
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(error, "problem", None) or str(error).strip().splitlines()[0]
+    return f"{where}: {problem}"

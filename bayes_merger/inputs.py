@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import secrets
 from dataclasses import asdict, dataclass
@@ -133,10 +134,16 @@ def _check_settings(cfg: Config) -> tuple[Path, Path, Path | None]:
     if os.path.samefile(model_path(cfg.model_a), model_path(cfg.model_b)):
         raise ConfigError(f"model_a and model_b are the same file ({model_path(cfg.model_b)}): a model merged with "
                           "itself is itself whatever the weights; give two different models.")
+    if not 0 <= cfg.run.seed < 2**32:  # A1111's -1 habit: a random seed would make the run unrepeatable
+        raise ConfigError(f"run.seed must be a whole number from 0 to {2**32 - 1}, got {cfg.run.seed}: the run's "
+                          "seed is fixed so that it can be repeated and resumed.")
     for key in ("connect_timeout", "read_timeout", "ready_timeout", "poll_interval", "retries", "backoff_factor",
                 "keep_last"):
         if getattr(cfg.webui, key) < 0:
             raise ConfigError(f"webui.{key} must not be negative, got {getattr(cfg.webui, key)}.")
+    for key in ("connect_timeout", "read_timeout", "poll_interval"):  # 0 is no wait at all, or a busy loop
+        if not 0 < getattr(cfg.webui, key) < math.inf:
+            raise ConfigError(f"webui.{key} must be a number of seconds above 0, got {getattr(cfg.webui, key)}.")
     backend_of(cfg.webui.backend)
     if cfg.webui.auth and cfg.webui.auth_env:
         log.warning("webui.auth and webui.auth_env are both set: webui.auth is used, the variable %s is not read.",
@@ -157,6 +164,8 @@ def _check_settings(cfg: Config) -> tuple[Path, Path, Path | None]:
             named_scorer(cfg.scorer, cfg.scorer.finalists)
         except ConfigError as error:
             raise ConfigError(f"scorer.finalists: {error}") from error
+        if cfg.scorer.finalists_top_k < 1:
+            raise ConfigError(f"scorer.finalists_top_k is {cfg.scorer.finalists_top_k}; it must be at least 1.")
         if not (cfg.save_images or needs_image_files(cfg.scorer)):
             raise ConfigError("scorer.finalists scores the top trials' saved images again, but save_images is false: "
                               "set save_images: true, or leave scorer.finalists unset.")

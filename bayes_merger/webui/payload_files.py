@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from bayes_merger.errors import ConfigError
+from bayes_merger.files import yaml_problem
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +78,7 @@ def _read_yaml(path: Path) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"payload file {path} is not valid YAML{where}: {problem}.") from None
+        raise ConfigError(f"payload file {path} is not valid YAML{yaml_problem(exc)}.") from None
 
 
 def _from_file(path: Path, data: Any, *, direct: bool) -> list[RawPayload]:

@@ -162,6 +162,26 @@ def test_a_config_with_a_setting_bayes_merger_does_not_have_gets_it_named(lines,
     assert "Traceback" not in err
 
 
+def test_a_config_file_that_is_not_yaml_is_one_sentence_naming_the_line(tmp_path, capsys, caplog):
+    shutil.copytree(REPO / "conf", tmp_path, dirs_exist_ok=True)
+    (tmp_path / "broken.yaml").write_text(HEADER + "model_a: [a\n")
+    code, _, err = _exit(["--config", str(tmp_path / "broken.yaml")], capsys)
+    assert code == 2
+    [said] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert said.startswith("A config file is not valid YAML at line 8, column 1: expected ',' or ']'")
+    assert "Traceback" not in err
+
+
+def test_a_config_file_hydra_would_not_read_is_refused_not_swapped_for_another(tmp_path, capsys, caplog):
+    # Hydra reads <name>.yaml: run.yml would have been run.yaml beside it, the edits in run.yml ignored
+    shutil.copy(REPO / "conf" / "demo.yaml", tmp_path / "demo.yaml")
+    shutil.copy(REPO / "conf" / "demo.yaml", tmp_path / "demo.yml")
+    code, _, _ = _exit(["--config", str(tmp_path / "demo.yml")], capsys)
+    assert code == 2
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        f"--config {tmp_path / 'demo.yml'}: Hydra reads only .yaml files; rename it to demo.yaml."]
+
+
 def test_hydra_full_error_set_by_the_user_still_gets_hydras_whole_report(monkeypatch):
     from hydra.errors import ConfigCompositionException
 

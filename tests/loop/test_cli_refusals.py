@@ -92,6 +92,11 @@ def _refusal(caplog) -> str:
                         "is not offered."),
     (["webui.retries=-1"], "webui.retries must not be negative, got -1."),
     (["webui.ready_timeout=-1"], "webui.ready_timeout must not be negative, got -1.0."),
+    (["webui.read_timeout=0"], "webui.read_timeout must be a number of seconds above 0, got 0.0."),
+    (["webui.poll_interval=0"], "webui.poll_interval must be a number of seconds above 0, got 0.0."),  # a busy loop
+    (["run.seed=-1"], "run.seed must be a whole number from 0 to 4294967295, got -1"),  # A1111's random seed
+    (["scorer.finalists=aesthetic_head", "scorer.finalists_top_k=0"],
+     "scorer.finalists_top_k is 0; it must be at least 1."),  # said at the start, not after the night
 ])
 def test_settings_that_would_be_ignored_or_make_no_sense_are_one_sentence_before_the_webui_is_asked(
         assets, fake_webui, tmp_path, caplog, overrides, words):
