@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError, ReadTimeoutError
+from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnectionError, ProtocolError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from bayes_merger.config import WebUIConfig
@@ -316,6 +316,8 @@ def underlying(exc: BaseException) -> BaseException:
 def cause(exc: BaseException) -> str:
     """A few words for what went wrong on the wire."""
     reason = underlying(exc)
+    if isinstance(reason, NameResolutionError):  # a NewConnectionError too: said before it
+        return "its host name could not be resolved; check the address"
     if isinstance(reason, NewConnectionError) or "refused" in str(reason).lower():
         return "connection refused"
     if isinstance(reason, ProtocolError) or isinstance(exc, requests.exceptions.ChunkedEncodingError):

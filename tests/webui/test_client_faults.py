@@ -279,6 +279,18 @@ def test_a_webui_that_never_comes_up_is_reported_as_unreachable(fake_webui, webu
             client.wait_until_ready(timeout=0.2)
 
 
+def test_a_webui_host_name_that_does_not_resolve_is_said_so_not_connection_refused(webui_config, monkeypatch):
+    import socket
+
+    def no_such_host(host, *args, **kwargs):  # noqa: ANN001, ANN202 - no lookup leaves the machine
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
+    with WebUIClient(webui_config(url="http://webui.invalid:7860"), "run1") as client:
+        with pytest.raises(WebUIConnectionError, match="its host name could not be resolved; check the address"):
+            client.wait_until_ready(timeout=0.2)
+
+
 def test_wait_until_ready_tolerates_a_server_restarting_under_it(fake_webui, webui_config):
     fake_webui.fail_next(2, status=502, path=PROGRESS)
     with WebUIClient(webui_config(), "run1") as client:
