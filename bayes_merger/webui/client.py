@@ -96,8 +96,16 @@ class WebUIClient:
         self._api.request("POST", OPTIONS, {key: value})
 
     def check_checkpoint_dir(self) -> None:
-        """Fail now, not after the first merge, if merges cannot be written where the WebUI looks."""
+        """Fail now, not after the first merge, if merges cannot be written where the WebUI looks: a
+        file written there must be listed after a refresh (a folder it does not scan failed every trial)."""
         self._files.check_writable()
+
+        def listed(name: str) -> None:
+            self._api.request("POST", REFRESH)
+            self._find_listed(name)
+
+        self._files.probe(listed)
+        self._api.request("POST", REFRESH)  # the probe is gone: out of the WebUI's list too
 
     def check_payloads(self, payloads: Iterable[Any]) -> None:
         """A payload (``.name``, ``.request``) the WebUI would refuse at every txt2img is a ConfigError now:

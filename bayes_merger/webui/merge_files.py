@@ -21,6 +21,8 @@ import re
 from pathlib import Path
 from typing import Callable, Mapping, Any
 
+from safetensors.torch import save as save_safetensors
+
 from bayes_merger.errors import BayesMergerError, ConfigError, StorageError
 from bayes_merger.files import ForeignFile, atomic_path, open_new, os_error
 
@@ -73,6 +75,20 @@ class MergeFiles:
             raise ConfigError(f"webui.checkpoint_dir {folder}: {exc.strerror}.") from exc
         except OSError as exc:
             raise ConfigError(f"webui.checkpoint_dir {folder} is not writable: {exc.strerror or exc}.") from exc
+
+    def probe(self, listed: Callable[[str], object]) -> None:
+        """Whether the WebUI lists what is written here, before the first merge: a file named as this
+        run's, an empty safetensors file (A1111 reads the header of each file it lists), is handed to
+        ``listed`` (which raises where the WebUI does not list it) and deleted whatever happens."""
+        probe = self.folder / f"bm-{self.run_id}-probe.safetensors"
+        try:
+            with open_new(probe) as handle:  # never through a link another user planted at the name
+                handle.write(save_safetensors({}, metadata={"bayes-merger": "probe"}))
+            listed(probe.name)
+        except ForeignFile as error:
+            raise ConfigError(f"webui.checkpoint_dir {self.folder}: {error.strerror}.") from error
+        finally:
+            probe.unlink(missing_ok=True)
 
     def merge_name(self, trial: int, attempt: int = 1) -> str:
         """The file name of this run's merge of ``trial``; an ``attempt`` above 1 is a fresh name for it."""

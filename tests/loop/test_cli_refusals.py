@@ -5,6 +5,7 @@ says what that changes."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -127,6 +128,21 @@ def test_a_resume_of_a_folder_that_holds_no_run_is_refused_and_nothing_is_writte
     assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={folder}")) == 2
     assert _refusal(caplog).startswith(f"resume={folder} is not a run folder (it has no run.json)")
     assert not list(folder.glob("config*.yaml"))
+
+
+def test_a_checkpoint_dir_the_webui_does_not_scan_is_refused_before_the_first_merge(assets, fake_webui, tmp_path,
+                                                                                     caplog):
+    # it failed three trials, the baseline among them, for good: a resume never redid them
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code = _cli(_args(assets, fake_webui, tmp_path / "runs", f"webui.checkpoint_dir={elsewhere}"))
+    assert code == 4
+    refusal = _refusal(caplog)
+    assert re.match(r"The WebUI does not list bm-\S+-probe\.safetensors after refresh-checkpoints: "
+                    rf"webui\.checkpoint_dir \({re.escape(str(elsewhere))}\) must be a folder the WebUI scans", refusal)
+    assert list(elsewhere.iterdir()) == []
+    assert not list((tmp_path / "runs").rglob("trials.jsonl"))
+    assert fake_webui.requests_to("/sdapi/v1/txt2img") == []
 
 
 def test_a_folder_of_the_users_own_is_not_written_over_by_a_new_run(assets, fake_webui, tmp_path, caplog):

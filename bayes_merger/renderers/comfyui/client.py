@@ -31,7 +31,6 @@ from typing import Any, Callable, Mapping
 
 from bayes_merger.config import WebUIConfig
 from bayes_merger.errors import CheckpointError, ConfigError, WebUIConnectionError, WebUIError
-from bayes_merger.files import ForeignFile, open_new
 from bayes_merger.merge.arch import Architecture
 from bayes_merger.merge.weights import BlockWeights
 from bayes_merger.renderers.comfyui import blocks, graph as graphs
@@ -187,14 +186,7 @@ class ComfyUIClient:
     def _check_file(self) -> None:
         files = self._require_files()
         files.check_writable()
-        probe = files.folder / f"bm-{self._run_id}-probe.safetensors"
-        try:
-            open_new(probe).close()  # never through a link another user planted at the name
-            self._listed_name(probe.name)
-        except ForeignFile as error:
-            raise ConfigError(f"webui.checkpoint_dir {files.folder}: {error.strerror}.") from error
-        finally:
-            probe.unlink(missing_ok=True)
+        files.probe(self._listed_name)
 
     def check_payloads(self, payloads: Iterable[Any]) -> None:
         """Every payload (``.name``, ``.request``) becomes a graph: unknown samplers and fields ComfyUI
