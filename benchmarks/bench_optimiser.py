@@ -78,6 +78,8 @@ log = logging.getLogger("bench_optimiser")
 
 REFERENCES = ("random", "lhs", "centre", "bayes_opt", "tpe", "cmaes")
 INIT_POINTS = 10
+# regrets below this count as this in the ratios: two methods that found the optimum tie, not divide by 0
+REGRET_FLOOR = 1e-3
 
 
 def optimiser_config(method: str, budget: int) -> OptimiserConfig:
@@ -443,15 +445,16 @@ def report(methods, names, budgets, results, timing, elapsed) -> None:
         for n in budgets:
             med = {name: statistics.median(r[f"best@{n}"] for r in by[(method, name)]) for name in names}
             if "random" in methods:
-                worst = max(med[name] / statistics.median(r[f"best@{n}"] for r in by[("random", name)]) for name in names)
+                worst = max(_ratio(med[name], statistics.median(r[f"best@{n}"] for r in by[("random", name)]))
+                            for name in names)
                 summary.append(f"{key}/random@{n}={worst:.3f}")
             have = [ref for ref in refs if f"best@{n}" in by[(ref, names[0])][0]]
             for kind, label in (("best", "best_ref"), ("reported", "best_ref_reported")):
                 # best: the oracle's pick among the trials tried; reported: the trial each would hand the user
                 if have:
                     ours = {name: statistics.median(r[f"{kind}@{n}"] for r in by[(method, name)]) for name in names}
-                    worst = max(ours[name] / min(statistics.median(r[f"{kind}@{n}"] for r in by[(ref, name)])
-                                                 for ref in have) for name in names)
+                    worst = max(_ratio(ours[name], min(statistics.median(r[f"{kind}@{n}"] for r in by[(ref, name)])
+                                                       for ref in have)) for name in names)
                     summary.append(f"{key}/{label}@{n}={worst:.3f}")
         if "centre" in methods:
             worse = sum(statistics.median(r[f"best@{budgets[-1]}"] for r in by[(method, name)])
@@ -461,8 +464,8 @@ def report(methods, names, budgets, results, timing, elapsed) -> None:
         if sequential != method and sequential in methods:
             # the cost of trials in flight: regret over the same optimiser's without them, at equal trials
             for n in budgets:
-                ratios = [statistics.median(r[f"reported@{n}"] for r in by[(method, name)])
-                          / statistics.median(r[f"reported@{n}"] for r in by[(sequential, name)]) for name in names]
+                ratios = [_ratio(statistics.median(r[f"reported@{n}"] for r in by[(method, name)]),
+                                 statistics.median(r[f"reported@{n}"] for r in by[(sequential, name)])) for name in names]
                 summary.append(f"{key}/{summary_name(sequential)}@{n}={statistics.geometric_mean(ratios):.3f}")
         if failing:
             stopped = sum(bool(r.get("stopped")) for name in failing for r in by[(method, name)])
@@ -471,6 +474,11 @@ def report(methods, names, budgets, results, timing, elapsed) -> None:
             summary.append(f"{key}_s_per_suggestion={timing[method]:.2f}")
     summary.append(f"elapsed_s={elapsed:.0f}")
     print(" ".join(summary))
+
+
+def _ratio(ours: float, theirs: float) -> float:
+    """ours / theirs, each regret taken as at least ``REGRET_FLOOR``: two methods at the optimum tie (1.0)."""
+    return max(ours, REGRET_FLOOR) / max(theirs, REGRET_FLOOR)
 
 
 if __name__ == "__main__":
