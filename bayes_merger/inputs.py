@@ -44,7 +44,7 @@ from bayes_merger.run_folder import (
     read_run_info,
 )
 from bayes_merger.scoring import for_run_folder, needs_image_files
-from bayes_merger.scoring.registry import named_scorer
+from bayes_merger.scoring.registry import check_scorer_config, named_scorer
 from bayes_merger.space import SearchSpace, build_space
 from bayes_merger.renderers.probe import backend_of, choose_handoff
 from bayes_merger.webui.merge_files import RUN_ID
@@ -159,6 +159,7 @@ def _check_settings(cfg: Config) -> tuple[Path, Path, Path | None]:
                           "which every WebUI reads and which cannot carry code.")
     parse_dtype(cfg.best_precision)
     check_cluster_settings(cfg)
+    check_scorer_config(cfg.scorer)  # loaded after the WebUI is found: a typo is said before it is asked
     if cfg.scorer.finalists:  # used only at the end of the night: a typo is said now
         try:
             named_scorer(cfg.scorer, cfg.scorer.finalists)

@@ -29,6 +29,7 @@ from bayes_merger.config import ScorerConfig
 from bayes_merger.errors import ConfigError
 from bayes_merger.scoring import aesthetic, aesthetic_v25, manual, preference
 from bayes_merger.scoring.base import Scorer, SharedModels
+from bayes_merger.scoring.clip import check_batch_size
 from bayes_merger.scoring.combine import check_combine_mode
 from bayes_merger.scoring.ensemble import EnsembleScorer
 
@@ -68,19 +69,29 @@ def build_scorer(config: ScorerConfig) -> Scorer:
     (offline) or wrong — before any trial runs.
     """
     config = _as_dataclass(config)
-    check_combine_mode(config.combine)
+    check_scorer_config(config)
     shared = SharedModels()
     if config.name == ENSEMBLE:
-        members = _ensemble_members(config)
-        return EnsembleScorer(
-            [(_factory(name)(_member_config(config, name), shared), weight) for name, weight in members]
-        )
+        return EnsembleScorer([(_factory(name)(_member_config(config, name), shared), weight)
+                               for name, weight in _ensemble_members(config)])
+    return _factory(config.name)(config, shared)
+
+
+def check_scorer_config(config: ScorerConfig) -> None:
+    """What ``build_scorer`` refuses without a file or a model: the name, the ensemble, the combine mode and
+    the batch size, so that a typo is said before the WebUI is asked anything (a ConfigError)."""
+    config = _as_dataclass(config)
+    check_combine_mode(config.combine)
+    check_batch_size(config.batch_size)
+    if config.name == ENSEMBLE:
+        _ensemble_members(config)
+        return
     if config.ensemble:
         raise ConfigError(
             f"scorer.ensemble is set but scorer.name is {config.name!r}; "
             "set scorer.name: ensemble to combine scorers, or remove scorer.ensemble."
         )
-    return _factory(config.name)(config, shared)
+    _factory(config.name)
 
 
 def keeps_head(given_for: str, name: str) -> bool:

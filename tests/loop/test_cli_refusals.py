@@ -96,6 +96,10 @@ def _refusal(caplog) -> str:
     (["webui.read_timeout=0"], "webui.read_timeout must be a number of seconds above 0, got 0.0."),
     (["webui.poll_interval=0"], "webui.poll_interval must be a number of seconds above 0, got 0.0."),  # a busy loop
     (["run.seed=-1"], "run.seed must be a whole number from 0 to 4294967295, got -1"),  # A1111's random seed
+    # the scorer loads after the WebUI is found: its typos are said before the WebUI is asked
+    (["scorer.name=laoin"], "scorer.name 'laoin' is not a scorer; use one of:"),
+    (["scorer.combine=mean"], "scorer.combine is 'mean', which is not a way to combine scores"),
+    (["scorer.batch_size=0"], "scorer.batch_size is 0; it must be at least 1."),
     (["scorer.finalists=aesthetic_head", "scorer.finalists_top_k=0"],
      "scorer.finalists_top_k is 0; it must be at least 1."),  # said at the start, not after the night
 ])
