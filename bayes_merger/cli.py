@@ -9,6 +9,7 @@ override, an unknown key) is bad input too: one sentence, exit 2.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -187,8 +188,12 @@ def _task(cfg: DictConfig) -> None:
         # a resumed run continues in its own folder, whatever the config's hydra.run.dir says
         run_dir = Path(config.resume).expanduser() if config.resume else Path(HydraConfig.get().runtime.output_dir)
         if config.resume and not is_run_folder(run_dir):
-            raise ConfigError(f"resume={config.resume} is not a run folder (it has no run.json): give the folder "
-                              "of the run to continue.")
+            if not is_saved_config(run_dir / CONFIG_FILE):
+                raise ConfigError(f"resume={config.resume} is not a run folder (it has no run.json): give the folder "
+                                  "of the run to continue.")
+            # a start refused before its run began (the WebUI was down, Ctrl-C) saved the config that says to
+            # resume it: that starts it, in its folder
+            config = dataclasses.replace(config, resume=None)
         # saved once the run's checks pass, so a refused start or resume leaves no config file; the demo's is the
         # one given, not the one with its fake WebUI's port, new at every start: a resume starts the fake
         # again, and its config is then the same
@@ -207,7 +212,11 @@ def _task(cfg: DictConfig) -> None:
         log.error("%s", error)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
-        log.error("Interrupted. Every finished trial is saved; resume with resume=%s", HydraConfig.get().runtime.output_dir)
+        folder = Path(HydraConfig.get().runtime.output_dir)
+        if is_run_folder(folder) or is_saved_config(folder / CONFIG_FILE):
+            log.error("Interrupted. Every finished trial is saved; resume with resume=%s", folder)
+        else:
+            log.error("Interrupted before the run began: start it again.")
         sys.exit(Interrupted.exit_code)
     if result.best is None:
         log.error("No trial succeeded; see the errors in %s", result.run_dir)

@@ -390,6 +390,30 @@ def test_a_resume_keeps_each_config_it_ran_with_once(tmp_path, monkeypatch):
     assert {p.name for p in tmp_path.iterdir()} == {"config.yaml", kept.name}
 
 
+def test_the_resume_command_a_start_refused_before_its_run_began_saved_starts_it(assets, fake_webui, tmp_path, caplog):
+    fake_webui.stop()  # the WebUI is down when the run starts
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "webui.ready_timeout=0.2")) == 4
+    run_dir = _only_run(tmp_path / "runs")
+    saved = (run_dir / "config.yaml").read_text()
+    assert f"resume={run_dir}" in saved and not (run_dir / "run.json").exists()
+    fake_webui.start()
+    assert _cli(["--config", str(run_dir / "config.yaml"), f"resume={run_dir}",  # as the file says
+                 "hydra/job_logging=none", "hydra/hydra_logging=none"]) == 0
+    assert len(_trials(run_dir)) == 5
+
+
+def test_a_hard_stop_before_the_run_began_does_not_advise_a_resume(assets, fake_webui, tmp_path, caplog, monkeypatch):
+    import bayes_merger.run
+
+    def interrupted(cfg, run_dir):  # noqa: ANN001, ANN202 - the second Ctrl-C, while the model headers are read
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bayes_merger.run, "check_inputs", interrupted)
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs")) == 130
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        "Interrupted before the run began: start it again."]
+
+
 def test_a_start_refused_before_its_run_began_leaves_no_config_for_the_next_start_in_that_folder(tmp_path):
     def config(n_iters):
         return OmegaConf.create({"resume": None, "optimiser": {"n_iters": n_iters}})
