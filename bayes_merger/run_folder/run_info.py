@@ -103,13 +103,30 @@ def load_run_info(run_dir: Path) -> dict[str, Any] | None:
     return info
 
 
+def _difference(there: Any, now: Any) -> str:
+    """A setting's value in the run and now, in words; for the search space, only what changed in it
+    (the whole of it is 26 to 52 parameters)."""
+    if isinstance(there, Mapping) and isinstance(now, Mapping) and "parameters" in there and "parameters" in now:
+        def ranges(space: Mapping[str, Any]) -> dict[str, str]:
+            found = {str(p.get("name")): f"[{p.get('lower'):g}, {p.get('upper'):g}]" for p in space["parameters"]}
+            found.update({str(name): f"frozen at {value:g}" for name, value in (space.get("frozen") or {}).items()})
+            return found
+
+        old, new = ranges(there), ranges(now)
+        changed = [f"{name} {old.get(name, 'absent')} there, {new.get(name, 'absent')} now"
+                   for name in [*old, *(n for n in new if n not in old)] if old.get(name) != new.get(name)]
+        if changed:
+            return "; ".join(changed[:3]) + (f"; {len(changed) - 3} more" if len(changed) > 3 else "")
+    return f"{there!r} there, {now!r} now"
+
+
 def check_resumable(previous: Mapping[str, Any], current: Mapping[str, Any], run_dir: Path) -> None:
     """Refuse to resume a run folder with a config that differs in what defines the run."""
     normalise = lambda value: json.loads(json.dumps(value))  # noqa: E731 - tuples vs lists
     for key in IDENTITY:
         if key in previous and normalise(previous[key]) != normalise(current[key]):
             raise ConfigError(
-                f"Cannot resume {run_dir}: '{key}' differs from the run's ({previous[key]!r} there, {current[key]!r} now). "
+                f"Cannot resume {run_dir}: '{key}' differs from the run's ({_difference(previous[key], current[key])}). "
                 "Resume with the run's own config: --config " + str(Path(run_dir) / CONFIG_FILE)
             )
     if OBJECTIVE in previous:

@@ -232,6 +232,17 @@ def test_resume_with_other_models_is_refused(assets, fake_webui, tmp_path, caplo
     assert len(_trials(run_dir)) == 3
 
 
+def test_resume_with_other_bounds_names_what_changed_not_the_whole_space(assets, fake_webui, tmp_path, caplog):
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "optimiser.n_iters=0")) == 0
+    run_dir = _only_run(tmp_path / "runs")
+    code = _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}", "+optimiser.custom_ranges={IN03: [0.2, 1]}",
+                      "+optimiser.frozen={OUT11: 0.5}"))
+    assert code == 2
+    [said] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert said.startswith(f"Cannot resume {run_dir}: 'space' differs from the run's (IN03 [0, 1] there, [0.2, 1] "
+                           "now; OUT11 [0, 1] there, frozen at 0.5 now). Resume with the run's own config")
+
+
 def test_webui_lost_mid_run_stops_resumably_and_resume_finishes(assets, fake_webui, tmp_path):
     fake_webui.drop_next(1000, path="/sdapi/v1/txt2img")
     assert _cli(_args(assets, fake_webui, tmp_path / "runs", "webui.retries=1")) == 6
