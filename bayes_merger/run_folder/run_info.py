@@ -56,13 +56,14 @@ def is_run_folder(run_dir: Path) -> bool:
 
 def foreign_files(run_dir: Path) -> list[str]:
     """What a folder holds beside what a start of a run leaves there (Hydra's job log, which it appends to,
-    the lock and the saved config): files a new run there would write over (best.safetensors, ...), sorted."""
+    and its .hydra folder; the lock and the saved config): files a new run there would write over
+    (best.safetensors, ...), sorted."""
     try:
         entries = sorted(Path(run_dir).iterdir())
     except FileNotFoundError:
         return []
     return [entry.name for entry in entries
-            if entry.name != RUN_LOCK and entry.suffix != ".log" and not is_saved_config(entry)]
+            if entry.name not in (RUN_LOCK, ".hydra") and entry.suffix != ".log" and not is_saved_config(entry)]
 
 
 def is_saved_config(path: Path) -> bool:
