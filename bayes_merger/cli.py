@@ -24,6 +24,7 @@ import hydra
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, OverrideParseException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
@@ -175,6 +176,16 @@ def _stop_on_signals() -> Iterator[threading.Event]:
 
 # set once Hydra has made the run folder and handed over: an OSError before it is Hydra's, making that folder
 _TASK_STARTED = threading.Event()
+# the exit codes of a sweep's jobs that failed (-m): the sweep exits with the first, once every job has run
+_SWEEP_FAILURES: list[int] = []
+
+
+def _end_job(exit_code: int) -> None:
+    """A failed job: the exit now, or in a sweep the sweep's exit once its other jobs have run (a bad value
+    of one job, said only when Hydra composes it, ended the sweep there, the jobs after it never run)."""
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        sys.exit(exit_code)
+    _SWEEP_FAILURES.append(exit_code)
 
 
 def _task(cfg: DictConfig) -> None:
@@ -210,7 +221,8 @@ def _task(cfg: DictConfig) -> None:
                 result = run(config, run_dir, stop, accepted)
     except BayesMergerError as error:
         log.error("%s", error)
-        sys.exit(error.exit_code)
+        _end_job(error.exit_code)
+        return
     except KeyboardInterrupt:
         folder = Path(HydraConfig.get().runtime.output_dir)
         if is_run_folder(folder) or is_saved_config(folder / CONFIG_FILE):
@@ -220,7 +232,8 @@ def _task(cfg: DictConfig) -> None:
         sys.exit(Interrupted.exit_code)
     if result.best is None:
         log.error("No trial succeeded; see the errors in %s", result.run_dir)
-        sys.exit(1)
+        _end_job(1)
+        return
     log.info("Best score %.4f (trial %d); weights in %s", result.best.score, result.best.trial, result.run_dir / BEST_FILE)
 
 
@@ -274,6 +287,7 @@ def _composition_errors_raised() -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     _TASK_STARTED.clear()
+    _SWEEP_FAILURES.clear()
     args = sys.argv[1:] if argv is None else list(argv)
     _own_flags(args)
     try:
@@ -284,6 +298,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.argv = [sys.argv[0] if sys.argv else "bayes-merger"] + args
         with _composition_errors_raised():
             hydra.main(version_base=None, config_path=None, config_name=None)(_task)()
+        if _SWEEP_FAILURES:
+            log.error("%d of the sweep's jobs failed; see their errors above.", len(_SWEEP_FAILURES))
+            sys.exit(_SWEEP_FAILURES[0])
     except OSError as error:
         if _TASK_STARTED.is_set() or not error.filename:
             raise

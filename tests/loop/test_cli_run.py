@@ -360,6 +360,19 @@ def test_a_multirun_sweep_gives_each_method_its_own_run_folder(assets, fake_webu
         assert len(_trials(folder)) == 1
 
 
+def test_a_sweep_job_with_a_bad_value_fails_alone_and_the_sweep_says_so_at_its_end(assets, fake_webui, tmp_path,
+                                                                                     caplog):
+    # the value is said only when Hydra composes its job: it ended the sweep there, the jobs after it never run
+    args = _args(assets, fake_webui, tmp_path / "runs", "optimiser.init_points=1", "optimiser.n_iters=0",
+                 "optimiser.acquisition=ei,nope,ucb", "-m")
+    assert _cli(args) == 2
+    folders = sorted((tmp_path / "runs" / "multirun").glob("*/*_aesthetic_head"))
+    assert [len(_trials(f)) if (f / "trials.jsonl").exists() else 0 for f in folders] == [1, 0, 1]
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors[0].startswith("optimiser.acquisition must be one of") and errors[-1] == (
+        "1 of the sweep's jobs failed; see their errors above.")
+
+
 def test_config_yaml_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     from bayes_merger import files
 
