@@ -182,8 +182,9 @@ _SWEEP_FAILURES: list[int] = []
 
 def _end_job(exit_code: int) -> None:
     """A failed job: the exit now, or in a sweep the sweep's exit once its other jobs have run (a bad value
-    of one job, said only when Hydra composes it, ended the sweep there, the jobs after it never run)."""
-    if HydraConfig.get().mode != RunMode.MULTIRUN:
+    of one job, said only when Hydra composes it, ended the sweep there, the jobs after it never run). A
+    stop the user asked for (Ctrl-C) ends the sweep."""
+    if HydraConfig.get().mode != RunMode.MULTIRUN or exit_code == Interrupted.exit_code:
         sys.exit(exit_code)
     _SWEEP_FAILURES.append(exit_code)
 
