@@ -102,8 +102,6 @@ def to_config(cfg: DictConfig) -> Config:
         raise ConfigError(f"Invalid config: {error.msg}") from error
 
 
-
-
 def save_config(cfg: DictConfig, run_dir: Path, resuming: bool) -> Path:
     """The composed config, secrets removed, loadable again with ``--config`` (to resume), written atomically.
 
