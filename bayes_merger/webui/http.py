@@ -223,6 +223,10 @@ def base_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"webui.url {url!r} is not an http:// or https:// address.")
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when asked for it
+    except ValueError:
+        raise ConfigError(f"webui.url {url!r} has no valid port (a number from 1 to 65535).") from None
     if parts.username or parts.password:
         raise ConfigError("webui.url must not contain a user name or password: use webui.auth_env (or webui.auth).")
     # the form requests prepares, so the adapters mounted on this prefix really match

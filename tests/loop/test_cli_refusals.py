@@ -95,6 +95,7 @@ def _refusal(caplog) -> str:
     (["webui.ready_timeout=-1"], "webui.ready_timeout must not be negative, got -1.0."),
     (["webui.read_timeout=0"], "webui.read_timeout must be a number of seconds above 0, got 0.0."),
     (["webui.poll_interval=0"], "webui.poll_interval must be a number of seconds above 0, got 0.0."),  # a busy loop
+    (["webui.url=http://127.0.0.1:99999"], "webui.url 'http://127.0.0.1:99999' has no valid port"),
     (["run.seed=-1"], "run.seed must be a whole number from 0 to 4294967295, got -1"),  # A1111's random seed
     # the scorer loads after the WebUI is found: its typos are said before the WebUI is asked
     (["scorer.name=laoin"], "scorer.name 'laoin' is not a scorer; use one of:"),
