@@ -98,13 +98,7 @@ class WebUIClient:
     def check_checkpoint_dir(self) -> None:
         """Fail now, not after the first merge, if merges cannot be written where the WebUI looks: a
         file written there must be listed after a refresh (a folder it does not scan failed every trial)."""
-        self._files.check_writable()
-
-        def listed(name: str) -> None:
-            self._api.request("POST", REFRESH)
-            self._find_listed(name)
-
-        self._files.probe(listed)
+        self._files.probe(self._listed_after_refresh)
         self._api.request("POST", REFRESH)  # the probe is gone: out of the WebUI's list too
 
     def check_payloads(self, payloads: Iterable[Any]) -> None:
@@ -185,8 +179,7 @@ class WebUIClient:
         target = self._files.folder / self._files.name_for(trial, current)
         self._files.write(write, target)
         started = time.monotonic()
-        self._api.request("POST", REFRESH)
-        entry = self._find_listed(target.name)
+        entry = self._listed_after_refresh(target.name)
         title = str(entry["title"])
         names = aliases(entry, target.name)
         self._api.request("POST", OPTIONS, body={"sd_model_checkpoint": title})
@@ -227,7 +220,10 @@ class WebUIClient:
         if removed:
             logger.info("Deleted this run's %d merge file(s) from %s.", removed, self._files.folder)
 
-    def _find_listed(self, file_name: str) -> Mapping[str, Any]:
+    def _listed_after_refresh(self, file_name: str) -> Mapping[str, Any]:
+        """The WebUI's entry for a file just written to the checkpoint folder, which it lists once it has
+        scanned its folders again (refresh-checkpoints); a WebUIError naming the folder where it does not."""
+        self._api.request("POST", REFRESH)
         models = self._api.request("GET", SD_MODELS)
         stem = file_name.rsplit(".", 1)[0]
         for entry in models if isinstance(models, list) else []:

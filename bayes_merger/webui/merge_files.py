@@ -77,9 +77,11 @@ class MergeFiles:
             raise ConfigError(f"webui.checkpoint_dir {folder} is not writable: {exc.strerror or exc}.") from exc
 
     def probe(self, listed: Callable[[str], object]) -> None:
-        """Whether the WebUI lists what is written here, before the first merge: a file named as this
-        run's, an empty safetensors file (A1111 reads the header of each file it lists), is handed to
-        ``listed`` (which raises where the WebUI does not list it) and deleted whatever happens."""
+        """Whether merges can be written here (``check_writable``) and the WebUI lists them, before the first
+        merge: a file named as this run's, an empty safetensors file (A1111 reads the header of each file it
+        lists), is handed to ``listed`` (which raises where the WebUI does not list it) and deleted whatever
+        happens."""
+        self.check_writable()
         probe = self.folder / f"bm-{self.run_id}-probe.safetensors"
         try:
             with open_new(probe) as handle:  # never through a link another user planted at the name

@@ -185,7 +185,6 @@ class ComfyUIClient:
 
     def _check_file(self) -> None:
         files = self._require_files()
-        files.check_writable()
         files.probe(self._listed_name)
 
     def check_payloads(self, payloads: Iterable[Any]) -> None:
