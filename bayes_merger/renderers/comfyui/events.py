@@ -35,14 +35,18 @@ class EventStream:
         scheme, rest = base.split("://", 1)
         self.url = f"{'wss' if scheme == 'https' else 'ws'}://{rest}/ws"
         self._name = name
-        self._opened = 0
-        self.client_id = f"{name}-0"
+        self._opened = 0  # sockets opened so far: the open one's client id is numbered by it
         self._connect_timeout = connect_timeout
         self._header = []
         if auth:
             token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
             self._header.append(f"Authorization: Basic {token}")
         self._ws: websocket.WebSocket | None = None
+
+    @property
+    def client_id(self) -> str:
+        """The client id of the socket opened last (a prompt posted under it gets that socket's events)."""
+        return f"{self._name}-{self._opened}"
 
     @property
     def connected(self) -> bool:
@@ -60,7 +64,6 @@ class EventStream:
             return
         self.close()
         self._opened += 1
-        self.client_id = f"{self._name}-{self._opened}"
         try:
             self._ws = websocket.create_connection(f"{self.url}?clientId={quote(self.client_id)}",
                                                    timeout=self._connect_timeout, header=self._header,
