@@ -147,26 +147,28 @@ def _text_of(path: Path) -> str | None:
 
 
 @contextmanager
-def _stop_on_signals() -> Iterator[threading.Event]:
-    """The first Ctrl-C, SIGTERM or SIGHUP lets the trial in flight finish; a second Ctrl-C stops at once.
+def _stop_on_signals() -> Iterator[tuple[threading.Event, threading.Event]]:
+    """(stop, begun): once the trials have begun (``begun`` set), the first Ctrl-C, SIGTERM or SIGHUP lets the
+    trials in flight finish (``stop``) and a second Ctrl-C stops at once. Before, there is nothing to finish:
+    the first stops at once (it would have waited out webui.ready_timeout or the models' loading).
 
     SIGHUP too: a closed terminal or ``systemctl kill -s HUP`` would otherwise kill the run mid-trial,
     the trial lost and the WebUI left on our merge."""
-    stop = threading.Event()
+    stop, begun = threading.Event(), threading.Event()
 
     def request_stop(signum: int, frame: object) -> None:
-        if stop.is_set():
+        if stop.is_set() or not begun.is_set():
             raise KeyboardInterrupt
         stop.set()
         log.warning("Stopping after the trial in flight (%s); press Ctrl-C again to stop now.", signal.Signals(signum).name)
 
     if threading.current_thread() is not threading.main_thread():
-        yield stop
+        yield stop, begun
         return
     signums = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
     previous = {signum: signal.signal(signum, request_stop) for signum in signums}
     try:
-        yield stop
+        yield stop, begun
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -210,22 +212,24 @@ def _task(cfg: DictConfig) -> None:
         def accepted() -> Path:
             return save_config(cfg, run_dir, config.resume is not None)
 
-        with _stop_on_signals() as stop:
+        with _stop_on_signals() as (stop, begun):
             if config.demo:
                 from bayes_merger.testing.demo import demo_environment
 
                 with demo_environment(config) as demo_config:
-                    result = run(demo_config, run_dir, stop, accepted)
+                    result = run(demo_config, run_dir, stop, accepted, begun.set)
             else:
-                result = run(config, run_dir, stop, accepted)
+                result = run(config, run_dir, stop, accepted, begun.set)
     except BayesMergerError as error:
         log.error("%s", error)
         _end_job(error.exit_code)
         return
     except KeyboardInterrupt:
         folder = Path(HydraConfig.get().runtime.output_dir)
-        if is_run_folder(folder) or is_saved_config(folder / CONFIG_FILE):
+        if is_run_folder(folder):
             log.error("Interrupted. Every finished trial is saved; resume with resume=%s", folder)
+        elif is_saved_config(folder / CONFIG_FILE):
+            log.error("Interrupted before the run began; start it with resume=%s (its config is saved there).", folder)
         else:
             log.error("Interrupted before the run began: start it again.")
         sys.exit(Interrupted.exit_code)

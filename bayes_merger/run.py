@@ -74,12 +74,13 @@ class RunResult:
 
 
 def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None,
-        accepted: Callable[[], object] | None = None) -> RunResult:
+        accepted: Callable[[], object] | None = None, begun: Callable[[], object] | None = None) -> RunResult:
     """Run (or resume) the optimisation in ``run_dir``; raises a BayesMergerError on bad input.
 
     Setting ``stop`` ends the run after the trials in flight, every finished trial saved. ``accepted`` is
     called once the inputs are checked and the folder is this run's (the CLI saves the config then, so a
-    refused start or resume leaves no config file behind).
+    refused start or resume leaves no config file behind); ``begun`` just before the first merge goes to a
+    WebUI (the CLI stops at once on a Ctrl-C before it: nothing is in flight, no WebUI holds our model).
     """
     run_dir = Path(run_dir)
     inputs = check_inputs(cfg, run_dir)
@@ -122,6 +123,8 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None,
             if trial_log.trials:
                 log.info("Resuming %s: %d of %d trials done.", run_dir, len(trial_log.trials), optimiser.budget)
             loop = TrialLoop(inputs, merger, slots, scorer, optimiser, trial_log, stop or threading.Event())
+            if begun is not None:
+                begun()
             try:
                 settle_comfyui_routes(loop, info)
                 loop.run()

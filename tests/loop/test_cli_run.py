@@ -426,6 +426,29 @@ def test_the_resume_command_a_start_refused_before_its_run_began_saved_starts_it
     assert len(_trials(run_dir)) == 5
 
 
+def test_a_first_ctrl_c_while_waiting_for_the_webui_at_start_stops_at_once(assets, fake_webui, tmp_path, caplog,
+                                                                          monkeypatch):
+    import bayes_merger.webui.http
+
+    fake_webui.stop()  # the user started the run before the WebUI, then thinks better of it
+    waits: list[float] = []
+
+    def ctrl_c_at_the_first_wait(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(seconds)
+
+    monkeypatch.setattr(bayes_merger.webui.http.time, "sleep", ctrl_c_at_the_first_wait)
+    # not one trial is in flight: waiting out the 2 s would end as a WebUI that never came (exit 4)
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "webui.ready_timeout=2", "webui.poll_interval=0.1")) == 130
+    assert len(waits) == 1
+    assert "Stopping after the trial in flight" not in caplog.text
+    run_dir = _only_run(tmp_path / "runs")  # its config was saved once the inputs passed
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        f"Interrupted before the run began; start it with resume={run_dir} (its config is saved there)."]
+
+
 def test_a_hard_stop_before_the_run_began_does_not_advise_a_resume(assets, fake_webui, tmp_path, caplog, monkeypatch):
     import bayes_merger.run
 
