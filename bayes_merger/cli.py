@@ -76,7 +76,11 @@ def rewrite_config_flag(argv: Sequence[str]) -> list[str]:
 
 def _run_dir(resume: str | None, base: str, method: str, scorer: str) -> str:
     if resume:
-        return str(Path(resume).expanduser())
+        path = Path(resume).expanduser()
+        missing = [folder for folder in (path, *path.parents) if not folder.exists()]
+        if missing:  # Hydra makes it, for its log: a mistyped resume= must not leave a new folder behind
+            _MADE_FOR_RESUME.setdefault(path, missing[-1])
+        return str(path)
     path = Path(base) / f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{method}_{scorer}"
     candidate, number = path, 1
     while candidate.exists():  # two runs started in the same second get their own folders
@@ -178,6 +182,21 @@ def _stop_on_signals() -> Iterator[tuple[threading.Event, threading.Event]]:
 _TASK_STARTED = threading.Event()
 # the exit codes of a sweep's jobs that failed (-m): the sweep exits with the first, once every job has run
 _SWEEP_FAILURES: list[int] = []
+# a resume= folder that did not exist → the topmost folder Hydra made for it (removed when the resume is refused)
+_MADE_FOR_RESUME: dict[Path, Path] = {}
+
+
+def _remove_made_folder(run_dir: Path, top: Path) -> None:
+    """Remove the folders Hydra made for a resume= that named none, with the log it began there."""
+    for log_file in run_dir.glob("*.log"):
+        log_file.unlink(missing_ok=True)
+    for folder in (run_dir, *run_dir.parents):
+        try:
+            folder.rmdir()  # only while empty: nothing but what this start made goes
+        except OSError:
+            return
+        if folder == top:
+            return
 
 
 def _end_job(exit_code: int) -> None:
@@ -200,6 +219,10 @@ def _task(cfg: DictConfig) -> None:
         # a resumed run continues in its own folder, whatever the config's hydra.run.dir says
         run_dir = Path(config.resume).expanduser() if config.resume else Path(HydraConfig.get().runtime.output_dir)
         if config.resume and not is_run_folder(run_dir):
+            if run_dir in _MADE_FOR_RESUME:
+                _remove_made_folder(run_dir, _MADE_FOR_RESUME[run_dir])
+                raise ConfigError(f"resume={config.resume}: there is no such folder; give the folder of the run to "
+                                  "continue.")
             if not is_saved_config(run_dir / CONFIG_FILE):
                 raise ConfigError(f"resume={config.resume} is not a run folder (it has no run.json): give the folder "
                                   "of the run to continue.")
@@ -291,6 +314,7 @@ def _composition_errors_raised() -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> None:
     _TASK_STARTED.clear()
     _SWEEP_FAILURES.clear()
+    _MADE_FOR_RESUME.clear()
     args = sys.argv[1:] if argv is None else list(argv)
     _own_flags(args)
     try:

@@ -135,6 +135,14 @@ def test_a_resume_of_a_folder_that_holds_no_run_is_refused_and_nothing_is_writte
     assert not list(folder.glob("config*.yaml"))
 
 
+def test_a_mistyped_resume_folder_is_refused_and_not_left_made(assets, fake_webui, tmp_path, caplog):
+    (tmp_path / "runs").mkdir()
+    typo = tmp_path / "rnus" / "2026-12-06_01-00-00_weighted_sum_aesthetic_head"
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={typo}")) == 2
+    assert _refusal(caplog) == f"resume={typo}: there is no such folder; give the folder of the run to continue."
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # Hydra made rnus/… for its log: gone again
+
+
 def test_a_checkpoint_dir_the_webui_does_not_scan_is_refused_before_the_first_merge(assets, fake_webui, tmp_path,
                                                                                      caplog):
     # it failed three trials, the baseline among them, for good: a resume never redid them
