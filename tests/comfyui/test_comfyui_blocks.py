@@ -12,7 +12,8 @@ from bayes_merger.testing.fake_comfyui_nodes import SD1_MERGE_INPUTS, SDXL_MERGE
 from bayes_merger.testing.models import make_state_dict
 
 SD1_EXPECTED = {
-    "time_embed.": "IN00", "label_emb.": "IN00",
+    # label_emb. of SD2 unCLIP: BASE, as the torch merger's rule has it (no SD1/SD2 rule names it)
+    "time_embed.": "IN00", "label_emb.": "BASE",
     **{f"input_blocks.{i}.": f"IN{i:02d}" for i in range(12)},
     "middle_block.0.": "M00", "middle_block.1.": "M00", "middle_block.2.": "M00",
     **{f"output_blocks.{i}.": f"OUT{i:02d}" for i in range(12)},

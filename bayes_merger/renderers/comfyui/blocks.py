@@ -8,7 +8,8 @@ With model1 = A and model2 = B, our weighted sum (1 − α)·A + α·B needs rat
 
 Each prefix takes the block our key → block rule (``merge.arch``) gives a key under it, so the graph
 merges exactly as the torch merger does: ``time_embed.`` (and SDXL's ``label_emb.``) → IN00,
-``middle_block.0–2`` → M00, ``out.`` → the last OUT block. BASE is the text encoder:
+``middle_block.0–2`` → M00, ``out.`` → the last OUT block, SD2 unCLIP's ``label_emb.`` → BASE. BASE is
+the text encoder's weight too:
 ``CLIPMergeSimple`` with ratio 1 − α(BASE) (both SDXL encoders at once). **The VAE is not merged**:
 ComfyUI's core has no VAE merge node, so the graph decodes with model A's VAE, whatever BASE is. The
 torch merger merges the VAE with BASE; the two routes render the same picture when BASE is 0 (or
@@ -34,9 +35,7 @@ def prefix_block(arch: Architecture, prefix: str) -> str:
     """The block of the UNet keys under a merge node's input ``prefix`` (our key → block rule)."""
     name = prefix if prefix.endswith(".") else prefix + "."
     block = architecture(arch.name).block_of(f"{UNET_PREFIX}{name}0.weight")
-    if block is None or block == "BASE":
-        # label_emb. of SD1/SD2: no such keys exist; give it IN00 like time_embed
-        return "IN00"
+    assert block is not None, prefix  # every key under the UNet's prefix is merged
     return block
 
 
