@@ -260,6 +260,14 @@ class _Builder:
                 log.warning("%s is overridden: bayes-merger always sends %s: %s.",
                             fields.where(key), key, str(wanted).lower())
             request[key] = wanted
+        # false leaves each override in the WebUI's settings, and our next POST /options saves them into its
+        # config.json: the user's WebUI changed for good. Set only where the payload set it (the API's default
+        # is true), so that the requests of runs that never set it stay as they were.
+        key = "override_settings_restore_afterwards"
+        if request.get(key) is False:
+            log.warning("%s is overridden: bayes-merger always sends %s: true (false would leave the payload's "
+                        "override_settings in the WebUI's settings after the run).", fields.where(key), key)
+            request[key] = True
 
     def log_summary(self) -> None:
         if self._no_steps:

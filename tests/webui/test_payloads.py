@@ -525,6 +525,19 @@ def test_images_are_always_sent_back_and_never_saved_by_the_webui(tmp_path: Path
     assert "'save_images' is overridden" in caplog.text
 
 
+def test_override_settings_are_always_restored_after_each_render(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # false would leave them in the WebUI's settings, saved to its config.json by the next POST /options
+    write(tmp_path, "p.yaml", "a:\n  prompt: x\n  steps: 1\n  override_settings: {CLIP_stop_at_last_layers: 2}\n"
+                              "  override_settings_restore_afterwards: false\nb:\n  prompt: y\n  steps: 1\n")
+
+    with caplog.at_level(logging.WARNING):
+        overriding, plain = load(tmp_path)
+
+    assert overriding.request["override_settings_restore_afterwards"] is True
+    assert "override_settings_restore_afterwards" not in plain.request  # the API's default, true, as before
+    assert "'override_settings_restore_afterwards' is overridden" in caplog.text
+
+
 def test_legacy_combined_sampler_names_pass_through(tmp_path: Path) -> None:
     write(tmp_path, "p.yaml", "a:\n  prompt: x\n  steps: 1\n  sampler_name: DPM++ 2M Karras\n")
 
