@@ -63,6 +63,9 @@ class WebUIClient:
         self._expected: frozenset[str] | None = None
         self._expected_label = ""
         self._warned_unconfirmed = False
+        # a txt2img whose answer has not come: still waited for in another thread, or given up by a second
+        # Ctrl-C, while the WebUI renders on for no one
+        self._unanswered = False
 
     def __enter__(self) -> WebUIClient:
         return self
@@ -200,17 +203,16 @@ class WebUIClient:
         self._files.remove_all()
 
     def hand_back(self, model: str) -> None:
-        """End of a run, or a stop: select ``model`` (the one the WebUI had before the run) again and
-        delete this run's merge files. Best effort: a WebUI that is gone or refuses is only logged."""
+        """End of a run, or a stop: delete this run's merge files and select ``model`` (the one the WebUI
+        had before the run) again. Best effort: a WebUI that is gone or refuses is only logged.
+
+        The files go first: the selection waits for the generation under way and the model's load (minutes
+        on a CPU), and a stop that cannot wait (the overnight runner's SIGKILL) must not leave gigabytes of
+        merges in the user's model list. A generation whose answer nobody will read is interrupted first."""
         self._expected = None
         answering = self.status(timeout=min(self._config.connect_timeout, 5.0)) == 200
-        name = HASH_SUFFIX.sub("", model.strip())
-        if name and merge_run_id(name) is None and answering:
-            try:
-                self._api.request("POST", OPTIONS, body={"sd_model_checkpoint": name})
-                logger.info("Selected %s in the WebUI again, as before the run.", name)
-            except WebUIError as error:
-                logger.warning("Could not select %s in the WebUI again: %s", name, error)
+        if self._unanswered and answering:
+            self._interrupt()
         removed = self._files.remove_all()
         if removed and answering:
             try:
@@ -219,6 +221,13 @@ class WebUIClient:
                 logger.debug("refresh-checkpoints after the clean-up failed: %s", error)
         if removed:
             logger.info("Deleted this run's %d merge file(s) from %s.", removed, self._files.folder)
+        name = HASH_SUFFIX.sub("", model.strip())
+        if name and merge_run_id(name) is None and answering:
+            try:
+                self._api.request("POST", OPTIONS, body={"sd_model_checkpoint": name})
+                logger.info("Selected %s in the WebUI again, as before the run.", name)
+            except WebUIError as error:
+                logger.warning("Could not select %s in the WebUI again: %s", name, error)
 
     def _listed_after_refresh(self, file_name: str) -> Mapping[str, Any]:
         """The WebUI's entry for a file just written to the checkpoint folder, which it lists once it has
@@ -243,14 +252,17 @@ class WebUIClient:
 
     def txt2img(self, request: Mapping[str, Any]) -> Generation:
         """Render one payload; confirms the images came from the merge selected last."""
+        self._unanswered = True  # left set only where no answer or error came back (see hand_back)
         try:
             body = self._api.request("POST", TXT2IMG, body=plain(request))
         except WebUIError as error:
+            self._unanswered = False
             if error.status in GATEWAY_TIMEOUTS or isinstance(error.__cause__, requests.ReadTimeout):
                 self._interrupt()
             if error.status == 500 and "URLError" in str(error):
                 raise WebUIError(f"{error} {OFFLINE_PREVIEWS}", status=error.status) from error
             raise
+        self._unanswered = False
         info = parse_info(body)
         self._confirm_model(info)
         generation = read_generation(body, info)

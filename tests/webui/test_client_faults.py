@@ -199,6 +199,31 @@ def test_a_generation_interrupted_by_someone_else_answers_200_but_is_not_scored(
     assert fake_webui.generations == ["interrupted", "done"]
 
 
+def test_a_stop_that_abandons_a_generation_interrupts_it_and_deletes_the_merges_before_selecting_the_model_back(
+        fake_webui, webui_config):
+    # a second Ctrl-C leaves the worker's txt2img unanswered: the WebUI renders on for no one, and the selection
+    # waits behind that render and the model's load, which the overnight runner's SIGKILL may cut short
+    SREFRESH = "/sdapi/v1/refresh-checkpoints"
+    write_merge(fake_webui.checkpoint_dir / "base.safetensors")
+    fake_webui.restart(forget_selection=True)
+    fake_webui.render_for(600.0)
+    with WebUIClient(webui_config(read_timeout=30.0), "run1") as client, ThreadPoolExecutor(1) as pool:
+        client.load_checkpoint(write_merge, trial=0)
+        abandoned = pool.submit(client.txt2img, PAYLOAD)
+        fake_webui.wait_until_rendering()
+        handed_back = len(fake_webui.requests)
+        client.hand_back("base.safetensors")
+        assert fake_webui.generations == ["interrupted"]  # ended by us, not rendered to its end
+        # interrupted by the hand-back (not the read timeout's own interrupt, 30 s later)
+        with pytest.raises(WebUIError, match="interrupted or skipped"):
+            abandoned.result(timeout=60)
+
+    assert fake_webui.loaded_model == "base.safetensors"
+    assert not list(fake_webui.checkpoint_dir.glob("bm-*"))
+    after = [(r.method, r.path) for r in fake_webui.requests[handed_back:] if r.path in (SREFRESH, OPTIONS)]
+    assert after.index(("POST", SREFRESH)) < after.index(("POST", OPTIONS))  # the merges gone before the wait
+
+
 def test_a_read_timeout_on_a_get_is_not_retried_either(fake_webui, webui_config):
     release = fake_webui.hold(OPTIONS, "GET")  # only the GET is slow; the load's other requests answer at once
     with WebUIClient(webui_config(read_timeout=2.0, retries=3), "run1") as client:
