@@ -31,9 +31,10 @@ logger = logging.getLogger(__name__)
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # a merge file of any run: the name written, a .tmp being written (and the hidden file its writer
 # renames into it), the name Forge gives a file it cannot load, or a .staged merge waiting for its
-# turn (a pipelined run writes the next trial's merge while the WebUI renders). The hidden file the
-# writer renames into a .staged merge's .tmp hides a hidden name again: two dots, for that name only
-_MERGE_FILE = r"^(?:\.\.(?=.*\.staged\.tmp\.\d+\.tmp$)|\.)?bm-(?P<run>{run})-t(?P<trial>\d{{4,}})(?:-r(?P<retry>\d+))?\.safetensors(?P<suffix>(?:\.staged)?\.tmp(?:\.\d+\.tmp)?|\.corrupted|\.staged)?$"
+# turn (a pipelined run writes the next trial's merge while the WebUI renders), or the probe written at
+# start (``probe``: left by a kill then). The hidden file the writer renames into a .staged merge's .tmp
+# hides a hidden name again: two dots, for that name only
+_MERGE_FILE = r"^(?:\.\.(?=.*\.staged\.tmp\.\d+\.tmp$)|\.)?bm-(?P<run>{run})-(?:t(?P<trial>\d{{4,}})(?:-r(?P<retry>\d+))?|probe)\.safetensors(?P<suffix>(?:\.staged)?\.tmp(?:\.\d+\.tmp)?|\.corrupted|\.staged)?$"
 _ANY_MERGE = re.compile(_MERGE_FILE.format(run=r"[A-Za-z0-9][A-Za-z0-9._-]*?"))
 # " [0123456789]" that A1111 appends to a checkpoint's title once it knows the file's hash
 HASH_SUFFIX = re.compile(r"\s*\[[0-9a-fA-F]{8,64}\]$")
@@ -135,7 +136,9 @@ class MergeFiles:
         for path in self._children():
             match = self._own.match(path.name)
             if match and path.is_file():
-                found.append((path, (int(match["trial"]), int(match["retry"] or 1), bool(match["suffix"]))))
+                # the probe of a start killed during it: a leftover, as an unfinished write is
+                leftover = bool(match["suffix"]) or match["trial"] is None
+                found.append((path, (int(match["trial"] or -1), int(match["retry"] or 1), leftover)))
         return found
 
     def delete_old(self, keep: str) -> None:

@@ -607,12 +607,27 @@ def test_a_payload_held_in_an_omegaconf_node_is_sent_as_plain_json(fake_webui, w
     assert sent["styles"] == ["a", "b"] and sent["override_settings"] == {"CLIP_stop_at_last_layers": 2}
 
 
+def test_a_probe_left_by_a_start_killed_during_it_is_not_taken_for_the_users_model_and_is_removed(fake_webui,
+                                                                                                  webui_config):
+    from safetensors.torch import save
+
+    (fake_webui.checkpoint_dir / "bm-dead1-probe.safetensors").write_bytes(save({}))
+    merge_writer(0.9)(fake_webui.checkpoint_dir / "zeta.safetensors")  # listed after the probe
+    fake_webui.restart(forget_selection=True)
+    with WebUIClient(webui_config(), "run1") as client:
+        assert client.model_at_start() == "zeta.safetensors"
+        removed = client.remove_leftovers(lambda run_id: run_id == "dead1")
+
+    assert [p.name for p in removed] == ["bm-dead1-probe.safetensors"]
+
+
 @pytest.mark.parametrize("name, run_id", [
     ("bm-20260101-000000-ab12-t0003.safetensors", "20260101-000000-ab12"),
     ("bm-20260101-000000-ab12-t0003-r2.safetensors [0123456789]", "20260101-000000-ab12"),
     ("sub/bm-run1-t0012.safetensors.corrupted", "run1"),
     (".bm-run1-t0012.safetensors.tmp.4242.tmp", "run1"),
     ("bm-run1-t0012.safetensors.tmp", "run1"),
+    ("bm-run1-probe.safetensors", "run1"),  # written at start, left by a kill during it
     ("bm-run1-t12.safetensors", None),
     ("mybm-run1-t0012.safetensors", None),
     ("bm-run1-t0012.safetensors.bak", None),
