@@ -263,6 +263,9 @@ class FakeWebUI(FakeHTTPServer):
         for key, value in body.items():
             if key != "sd_model_checkpoint":
                 with self._lock:
+                    if key not in self._options and self.mode != "sdnext":
+                        # A1111's Options.set looks the option up (data_labels[key]): the keys before it are set
+                        return self._exception(repr(key), "KeyError")
                     updated.append({key: self._options.get(key) != value})
                     self._options[key] = value
                 continue

@@ -1,5 +1,6 @@
 """bayes-merger-overnight with a ComfyUI as its WebUI: ready when /system_stats answers, started by
-WEBUI_COMMAND, restarted when it dies mid-run and the run resumed; no A1111 options sent to it."""
+WEBUI_COMMAND, restarted when it dies mid-run and the run resumed; no A1111 options sent to it (and to an
+A1111, an option it lacks refused alone)."""
 
 from __future__ import annotations
 
@@ -77,6 +78,16 @@ def test_no_a1111_options_are_posted_to_a_comfyui(comfyui: FakeComfyUI) -> None:
     with WebUIApi(comfyui.url, None, "auto") as api:
         api.set_options({"sd_checkpoints_limit": 1})
     assert not comfyui.requests_to("/sdapi/v1/options", "POST")
+
+
+@pytest.mark.parametrize("fake_webui", ["a1111", "forge"], indirect=True)
+def test_an_option_the_webui_lacks_is_refused_alone_and_the_others_are_set(fake_webui, caplog) -> None:
+    # A1111 answers 500 KeyError for an option it has not (a fork's, or a typo in WEBUI_OPTIONS)
+    with WebUIApi(fake_webui.url, None, "auto") as api:
+        api.set_options({"sd_checkpoints_limit": 2, "no_such_option": 3, "sd_checkpoint_cache": 1})
+    assert (fake_webui.options["sd_checkpoints_limit"], fake_webui.options["sd_checkpoint_cache"]) == (2, 1)
+    assert "no_such_option" not in fake_webui.options
+    assert "The WebUI refused option no_such_option = 3 (HTTP 500)" in caplog.text
 
 
 def test_an_unknown_backend_is_refused() -> None:
