@@ -211,12 +211,17 @@ class TrialLoop:
             except (StorageError, RatingsEnded) as error:
                 raise _stop_resumably(error, self.run_dir) from error
             finally:
-                if len(self.trial_log.trials) < budget:  # stopped: the page must not say "in progress" for ever
+                if self._done(budget) < budget:  # stopped: the page must not say "in progress" for ever
                     _refresh_report(self.run_dir, live=False)
-        done = len(self.trial_log.trials)
+        done = self._done(budget)
         if done < budget:
             raise Interrupted(f"Stopped after {done} of {budget} trials, every one saved; "
                               f"resume with resume={self.run_dir}")
+
+    def _done(self, budget: int) -> int:
+        """How many of trials 0 … budget − 1 are in the trial log (not its length: trials finished out of
+        order beyond a budget since lowered would hide a missing one)."""
+        return len({t.trial for t in self.trial_log.trials if t.trial < budget})
 
     def record(self, trial: Trial) -> None:
         """A finished trial: into the trial log, best.yaml and the report; a stop when the run must."""

@@ -32,7 +32,9 @@ class Schedule:
             raise ValueError("in_flight must be at least 1")
         self.budget = budget
         self.lag = in_flight - 1
-        self._finished = set(finished)
+        # trials of a longer budget (a resume with fewer trials) are not this run's: counted, they would
+        # hide one of its own that is missing
+        self._finished = {index for index in finished if index < budget}
         self._claimed: set[int] = set()
         self._changed = threading.Condition()
         self._closed = False

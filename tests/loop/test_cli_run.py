@@ -306,6 +306,32 @@ def test_ctrl_c_finishes_the_trial_in_flight_then_stops_resumably(assets, fake_w
     assert "finished</span>" in (run_dir / "report.html").read_text()
 
 
+def test_a_stop_is_a_stop_when_a_trial_beyond_a_lowered_budget_fills_the_count(assets, fake_webui, tmp_path,
+                                                                               monkeypatch):
+    from bayes_merger.run import TrialLoop
+
+    # trials finished out of order (several WebUIs) and stopped: 0, 1, 2 and 5 of 6 in the log ...
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "optimiser.n_iters=3")) == 0
+    run_dir = _only_run(tmp_path / "runs")
+    log = run_dir / "trials.jsonl"
+    log.write_text("".join(line + "\n" for line in log.read_text().splitlines() if json.loads(line)["trial"] not in (3, 4)))
+    info = json.loads((run_dir / "run.json").read_text())
+    info.pop("finished_at")
+    (run_dir / "run.json").write_text(json.dumps(info))
+    original = TrialLoop.render
+
+    def trial_then_ctrl_c(self, index, *args):
+        result = original(self, index, *args)
+        os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(TrialLoop, "render", trial_then_ctrl_c)
+    # ... resumed with a budget of 5, and stopped after trial 3: five lines, but trial 4 is missing
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "optimiser.n_iters=2", f"resume={run_dir}")) == 130
+    assert sorted(t["trial"] for t in _trials(run_dir)) == [0, 1, 2, 3, 5]
+    assert "finished_at" not in json.loads((run_dir / "run.json").read_text())
+
+
 def _truncated(tmp_path: Path, assets) -> Path:
     path = tmp_path / "truncated.safetensors"
     path.write_bytes(Path(assets["model_b"]).read_bytes()[:5000])

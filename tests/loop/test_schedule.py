@@ -49,6 +49,13 @@ def test_a_released_trial_is_claimed_again_and_resume_skips_finished_ones():
     assert schedule.done
 
 
+def test_a_trial_beyond_a_lowered_budget_does_not_hide_a_missing_one():
+    # stopped with trials 0-9 and 11 of 12 finished (out of order), resumed with a budget of 11
+    schedule = Schedule(budget=11, in_flight=2, finished=[*range(10), 11])
+    assert not schedule.done
+    assert schedule.claim(give_up=lambda: True) == 10
+
+
 def test_a_worker_with_nothing_to_claim_waits_for_a_trial_given_back_or_the_end():
     schedule = Schedule(budget=2, in_flight=2)
     assert schedule.claim() == 0 and schedule.claim() == 1
