@@ -35,7 +35,7 @@ from bayes_merger.cli_help import USAGE, help_text
 from bayes_merger.config import Config, register_configs
 from bayes_merger.errors import BayesMergerError, ConfigError, Interrupted
 from bayes_merger.files import atomic_write_text, storage_errors, yaml_problem
-from bayes_merger.run_folder.paths import BEST_FILE, CONFIG_FILE, CONFIG_HEADER
+from bayes_merger.run_folder.paths import BEST_FILE, CONFIG_FILE, CONFIG_HEADER, resume_command
 from bayes_merger.run_folder.run_info import is_run_folder, is_saved_config
 
 log = logging.getLogger("bayes_merger")
@@ -117,9 +117,7 @@ def save_config(cfg: DictConfig, run_dir: Path, resuming: bool) -> Path:
     data = without_secrets(OmegaConf.to_container(cfg, resolve=True))
     data["resume"] = None
     # absolute, as Hydra names a new run's folder: resume=runs/<run> then writes the same header
-    where = Path(os.path.abspath(run_dir))
-    text = CONFIG_HEADER
-    text += f"#   bayes-merger --config {where / CONFIG_FILE} resume={where}\n"
+    text = CONFIG_HEADER + f"#   {resume_command(run_dir)}\n"
     text += "defaults:\n  - bayes_merger\n  - _self_\n\n" + OmegaConf.to_yaml(OmegaConf.create(data)) + HYDRA_BLOCK
     if resuming:
         same = next((path for path in _saved_configs(run_dir) if _text_of(path) == text), None)
@@ -250,9 +248,9 @@ def _task(cfg: DictConfig) -> None:
     except KeyboardInterrupt:
         folder = Path(HydraConfig.get().runtime.output_dir)
         if is_run_folder(folder):
-            log.error("Interrupted. Every finished trial is saved; resume with resume=%s", folder)
+            log.error("Interrupted. Every finished trial is saved; resume with: %s", resume_command(folder))
         elif is_saved_config(folder / CONFIG_FILE):
-            log.error("Interrupted before the run began; start it with resume=%s (its config is saved there).", folder)
+            log.error("Interrupted before the run began; start it with: %s", resume_command(folder))
         else:
             log.error("Interrupted before the run began: start it again.")
         sys.exit(Interrupted.exit_code)

@@ -7,6 +7,7 @@ more than types (bounds, files, method vs models) live in ``validate``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -187,3 +188,12 @@ class Config:
 
 def register_configs() -> None:
     ConfigStore.instance().store(name="bayes_merger", node=Config)
+
+
+def hydra_value(value: str) -> str:
+    """A value for a Hydra override, quoted when it holds characters Hydra's grammar would read."""
+    if all(c.isalnum() or c in "/._-+:@%" for c in value):
+        return value
+    # in a quoted value a backslash is literal, except before a quote (or the closing quote)
+    escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped) + "'"

@@ -40,6 +40,7 @@ from bayes_merger.optimiser import Optimiser
 from bayes_merger.progress import progress_bar
 from bayes_merger.report import write_report
 from bayes_merger.rescore import finalists
+from bayes_merger.run_folder.paths import resume_command
 from bayes_merger.run_folder import (
     BEST_MERGE,
     NOT_RENDERED_FILE,
@@ -126,27 +127,25 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None,
             if begun is not None:
                 begun()
             try:
-                settle_comfyui_routes(loop, info)
-                loop.run()
-            except WebUIsLost:
-                # why it stopped, for the overnight runner: it restarts a WebUI it manages then, even one
-                # whose API still answers (hung in a generation)
-                info[STOPPED_BY] = WEBUI_LOST
-                write_run_info(run_dir, info)
+                try:
+                    settle_comfyui_routes(loop, info)
+                    loop.run()
+                except WebUIsLost:
+                    # why it stopped, for the overnight runner: it restarts a WebUI it manages then, even one
+                    # whose API still answers (hung in a generation)
+                    info[STOPPED_BY] = WEBUI_LOST
+                    write_run_info(run_dir, info)
+                    raise
+                finally:
+                    # at the end and on every stop: each WebUI gets its model back and our files go
+                    for slot in slots:
+                        slot.webui.hand_back(before.get(slot.name, ""))
+            except RunStopped:
+                _keep_best_on_stop(inputs, info, merger, trial_log, optimiser)
                 raise
-            finally:
-                # at the end and on every stop: each WebUI gets its model back and our files go
-                for slot in slots:
-                    slot.webui.hand_back(before.get(slot.name, ""))
 
         try:
-            best = record_best(run_dir, trial_log, optimiser)
-            if best is not None and cfg.save_best:
-                # saved again when the best changed, when a resume asks for it in another form, or when it is gone
-                saved = {"trial": best.trial, "precision": str(cfg.best_precision), "prune": bool(cfg.merge.prune)}
-                if info.get("best_saved") != saved or not (run_dir / BEST_MERGE).is_file():
-                    _save_best_merge(inputs, merger or Merger.from_inputs(inputs.merge, cfg.merge), best)
-                    info["best_saved"] = saved
+            best = _keep_best(inputs, info, merger, trial_log, optimiser)
             info["finished_at"] = now()
             write_run_info(run_dir, info)
         except StorageError as error:  # every trial is logged: a resume only writes these again
@@ -206,7 +205,7 @@ class TrialLoop:
                 executor.run()
             except LostAllWebUIs as error:
                 done = len(self.trial_log.trials)
-                raise WebUIsLost(f"{error}; the {done} finished trials are saved. Resume with resume={self.run_dir}"
+                raise WebUIsLost(f"{error}; the {done} finished trials are saved. Resume with: {resume_command(self.run_dir)}"
                                  ) from error
             except (StorageError, RatingsEnded) as error:
                 raise _stop_resumably(error, self.run_dir) from error
@@ -216,7 +215,7 @@ class TrialLoop:
         done = self._done(budget)
         if done < budget:
             raise Interrupted(f"Stopped after {done} of {budget} trials, every one saved; "
-                              f"resume with resume={self.run_dir}")
+                              f"resume with: {resume_command(self.run_dir)}")
 
     def _done(self, budget: int) -> int:
         """How many of trials 0 … budget − 1 are in the trial log (not its length: trials finished out of
@@ -234,8 +233,8 @@ class TrialLoop:
             self.trial_log.retract(proof.trials)
             record_best(self.run_dir, self.trial_log, self.optimiser)
             redone = ", ".join(str(t) for t in sorted(proof.trials))
-            raise RunStopped(f"{proof}; then resume with resume={self.run_dir}, which renders trials {redone} again "
-                             f"(their records are set aside in {NOT_RENDERED_FILE}).")
+            raise RunStopped(f"{proof}; then resume, which renders trials {redone} again (their records are set "
+                             f"aside in {NOT_RENDERED_FILE}): {resume_command(self.run_dir)}")
         # counted by WebUI: one that fails every trial is not excused by another's successes. A broken merge
         # once a trial has been scored is its weights' fault, not the set-up's: the optimiser learns to avoid
         # those weights, and a run stopped for it would lose the night (bench_optimiser, broken26)
@@ -253,7 +252,7 @@ class TrialLoop:
             on = f" on {trial.webui}" if trial.webui else ""
             raise RunStopped(
                 f"{failures} trials in a row failed{on} (last: {trial.error}); stopping. "
-                f"Fix the cause and resume with resume={self.run_dir}."
+                f"Fix the cause and resume with: {resume_command(self.run_dir)}"
             )
 
     def prepare(self, index: int, params: Mapping[str, float], slot: Slot, timings: dict[str, float]) -> Prepared:
@@ -399,7 +398,37 @@ def _note_trials_at_once(info: dict[str, Any], at_once: int, run_dir: Path) -> N
 
 
 def _stop_resumably(error: StorageError | RatingsEnded, run_dir: Path) -> RunStopped:
-    return RunStopped(f"{str(error).rstrip('.')}, then resume with resume={run_dir}.")
+    return RunStopped(f"{str(error).rstrip('.')}, then resume with: {resume_command(run_dir)}")
+
+
+def _keep_best(inputs: Inputs, info: dict[str, Any], merger: Merger | None, trial_log: TrialLog,
+               optimiser: Optimiser) -> Trial | None:
+    """best.yaml, and the best merge (``save_best``) where it is not saved as it is wanted: the best trial
+    changed, a resume asks for it in another form, or it is gone. ``merger`` None: the models are loaded
+    for it (a cluster's driver, or a run with every trial done)."""
+    best = record_best(inputs.run_dir, trial_log, optimiser)
+    cfg = inputs.config
+    if best is not None and cfg.save_best:
+        saved = {"trial": best.trial, "precision": str(cfg.best_precision), "prune": bool(cfg.merge.prune)}
+        if info.get("best_saved") != saved or not (inputs.run_dir / BEST_MERGE).is_file():
+            _save_best_merge(inputs, merger or Merger.from_inputs(inputs.merge, cfg.merge), best)
+            info["best_saved"] = saved
+    return best
+
+
+def _keep_best_on_stop(inputs: Inputs, info: dict[str, Any], merger: Merger | None, trial_log: TrialLog,
+                       optimiser: Optimiser) -> None:
+    """A run that stops before its budget leaves the best merge of its trials so far, as a finished run
+    does: best.safetensors of an earlier session would otherwise stand beside a best.yaml naming a better
+    trial. Only with the models loaded here (not a cluster's driver, which would load them for it);
+    best effort, the stop's own error is the one said."""
+    if merger is None:
+        return
+    try:
+        _keep_best(inputs, info, merger, trial_log, optimiser)
+        write_run_info(inputs.run_dir, info)
+    except BayesMergerError as error:  # the disk that stopped the run, full: the trials are what counts
+        log.warning("The best merge so far was not saved: %s", error)
 
 
 def _save_best_merge(inputs: Inputs, merger: Merger, best: Trial) -> None:

@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from bayes_merger.config import hydra_value
 from bayes_merger.overnight.processes import ManagedWebUI, WebUIApi, redacted, signal_group
 from bayes_merger.overnight.settings import (
     BM_STOPPED,
@@ -20,7 +21,6 @@ from bayes_merger.overnight.settings import (
     EXIT_WEBUI_DOWN,
     Failure,
     Settings,
-    hydra_value,
 )
 from bayes_merger.run_folder import describe, is_run_folder, stopped_by_lost_webui, unfinished
 

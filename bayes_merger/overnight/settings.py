@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from bayes_merger.config import WebUIConfig
+from bayes_merger.config import WebUIConfig, hydra_value
 from bayes_merger.errors import ConfigError, RunStopped, WebUIError
 from bayes_merger.renderers.comfyui.http import ComfyApi
 from bayes_merger.webui.client import OPTIONS
@@ -334,15 +334,6 @@ def parse_sections(text: str) -> dict[str, dict[str, Any]]:
         raise Failure(f"The config leaves {', '.join(missing)} unset: set {'it' if len(missing) == 1 else 'them'} "
                       f"in the config or as overrides after it (e.g. {missing[0]}=...).", EXIT_CONFIG)
     return {str(key): value for key, value in data.items() if isinstance(value, dict)}
-
-
-def hydra_value(value: str) -> str:
-    """A value for a Hydra override, quoted when it holds characters Hydra's grammar would read."""
-    if all(c.isalnum() or c in "/._-+:@%" for c in value):
-        return value
-    # in a quoted value a backslash is literal, except before a quote (or the closing quote)
-    escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
-    return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped) + "'"
 
 
 def run_dir_of(sections: dict[str, dict[str, Any]]) -> Path:

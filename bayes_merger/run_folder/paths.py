@@ -1,4 +1,10 @@
-"""The names of the files in a run folder (the format old run folders share)."""
+"""The names of the files in a run folder (the format old run folders share), and the command that resumes one."""
+
+import os
+import shlex
+from pathlib import Path
+
+from bayes_merger.config import hydra_value
 
 RUN_FILE = "run.json"
 TRIALS_FILE = "trials.jsonl"
@@ -18,3 +24,17 @@ CONVERGENCE_PNG = "convergence.png"
 WEIGHTS_PNG = "weights.png"
 IMPORTANCE_PNG = "importance.png"
 REPORT_HTML = "report.html"
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that resumes the run in ``run_dir`` with its own config, to paste into a shell from any
+    folder: absolute paths, quoted for the shell and, the folder, for Hydra's override grammar."""
+    where = Path(os.path.abspath(run_dir))
+    return f"bayes-merger --config {_shell_word(str(where / CONFIG_FILE))} {_shell_word('resume=' + hydra_value(str(where)))}"
+
+
+def _shell_word(word: str) -> str:
+    # in double quotes where the shell reads nothing there: "resume='/my runs/x'" reads better than shlex's
+    if shlex.quote(word) == word or any(c in word for c in '"$`\\!'):
+        return shlex.quote(word)
+    return f'"{word}"'

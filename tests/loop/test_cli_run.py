@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from bayes_merger.cli import main, save_config
 from bayes_merger.errors import StorageError
 from bayes_merger.merge.safetensors_file import read_header
+from bayes_merger.run_folder.paths import resume_command
 from bayes_merger.testing.models import make_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,6 +59,13 @@ def _trials(run_dir: Path) -> list[dict]:
     """The trial log's records by trial number (pipelined trials may finish, and be logged, out of order)."""
     records = [json.loads(line) for line in (run_dir / "trials.jsonl").read_text().splitlines()]
     return sorted(records, key=lambda t: t["trial"])
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        return handle.metadata()
 
 
 def test_short_run_completes_and_best_yaml_matches_the_best_trial(assets, fake_webui, tmp_path):
@@ -299,6 +307,10 @@ def test_ctrl_c_finishes_the_trial_in_flight_then_stops_resumably(assets, fake_w
     assert [t["status"] for t in _trials(run_dir)] == ["ok", "ok"]
     assert "finished_at" not in json.loads((run_dir / "run.json").read_text())
     assert "stopped · resume it to finish" in (run_dir / "report.html").read_text()  # not "in progress" for ever
+    # the best merge of the trials so far, as a finished run leaves it (a later session's stop would else
+    # leave an earlier session's best beside a best.yaml naming a better trial)
+    best = yaml.safe_load((run_dir / "best.yaml").read_text())["trial"]
+    assert _metadata(run_dir / "best.safetensors")["bayes_merger_trial"] == str(best)
     monkeypatch.undo()
     assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}")) == 0
     assert len(_trials(run_dir)) == 5
@@ -472,7 +484,7 @@ def test_a_first_ctrl_c_while_waiting_for_the_webui_at_start_stops_at_once(asset
     assert "Stopping after the trial in flight" not in caplog.text
     run_dir = _only_run(tmp_path / "runs")  # its config was saved once the inputs passed
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
-        f"Interrupted before the run began; start it with resume={run_dir} (its config is saved there)."]
+        f"Interrupted before the run began; start it with: {resume_command(run_dir)}"]
 
 
 def test_a_hard_stop_before_the_run_began_does_not_advise_a_resume(assets, fake_webui, tmp_path, caplog, monkeypatch):

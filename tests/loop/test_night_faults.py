@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from bayes_merger.files import atomic_write_text
+from bayes_merger.run_folder.paths import resume_command
 from bayes_merger.testing.fake_http import free_port
 
 from test_cli_run import REPO, _args, _cli, _only_run, _trials
@@ -324,7 +325,7 @@ def test_a_full_run_folder_disk_stops_resumably_in_one_sentence_and_resume_finis
     assert len(errors) == 1 and "\n" not in errors[0], errors
     assert errors[0].startswith(f"Could not write {run_dir / where}")
     assert errors[0].endswith(f": No space left on device; free space on its disk or make it writable, "
-                              f"then resume with resume={run_dir}.")
+                              f"then resume with: {resume_command(run_dir)}")
     assert not list(run_dir.glob(".*.tmp")) and not list((run_dir / "images").glob("t0002-*-??.png"))
     done = _trials(run_dir)  # the log reads back whole: the trial that could not be logged is not in it
     assert [t["trial"] for t in done] == list(range(len(done))) and len(done) <= 5

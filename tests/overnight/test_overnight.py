@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from bayes_merger.overnight.settings import Failure, deadline_from, hydra_value, load_env_file, night_of, parse_sections
+from bayes_merger.config import hydra_value
+from bayes_merger.overnight.settings import Failure, deadline_from, load_env_file, night_of, parse_sections
 from bayes_merger.run_folder import unfinished
 from bayes_merger.testing.fake_http import free_port
 
