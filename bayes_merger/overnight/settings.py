@@ -336,6 +336,23 @@ def parse_sections(text: str) -> dict[str, dict[str, Any]]:
     return {str(key): value for key, value in data.items() if isinstance(value, dict)}
 
 
+def webui_url_of(sections: dict[str, dict[str, Any]]) -> str | None:
+    """The one WebUI the night waits for, configures and restarts: the config's ``webui.urls`` where it names
+    one, else ``webui.url``. A config that renders on several WebUIs or a Ray cluster's hosts is refused:
+    the night would watch a WebUI the run does not use, and restart none of those it does."""
+    webui = sections.get("webui", {})
+    urls = list(webui.get("urls") or [])
+    if len(urls) > 1:
+        raise Failure(f"The config renders on {len(urls)} WebUIs (webui.urls), and bayes-merger-overnight watches one: "
+                      "run bayes-merger itself, or give the night a config with one WebUI.", EXIT_CONFIG)
+    if sections.get("cluster", {}).get("address"):
+        raise Failure("The config renders on a Ray cluster's hosts (cluster.address), and bayes-merger-overnight "
+                      "watches one WebUI on this machine: run bayes-merger itself on the cluster's driver.",
+                      EXIT_CONFIG)
+    url = urls[0] if urls else webui.get("url")
+    return str(url) if url else None
+
+
 def run_dir_of(sections: dict[str, dict[str, Any]]) -> Path:
     value = sections.get("run", {}).get("dir")
     if not value:

@@ -27,7 +27,14 @@ from pathlib import Path
 import pytest
 
 from bayes_merger.config import hydra_value
-from bayes_merger.overnight.settings import Failure, deadline_from, load_env_file, night_of, parse_sections
+from bayes_merger.overnight.settings import (
+    Failure,
+    deadline_from,
+    load_env_file,
+    night_of,
+    parse_sections,
+    webui_url_of,
+)
 from bayes_merger.run_folder import unfinished
 from bayes_merger.testing.fake_http import free_port
 
@@ -390,6 +397,17 @@ def test_a_config_that_leaves_a_required_setting_unset_ends_the_night_before_it_
                                       r"config or as overrides after it \(e.g. model_a=...\)") as failure:
         parse_sections(text)
     assert failure.value.code == 2
+
+
+def test_the_night_watches_the_one_webui_the_run_uses_and_refuses_several() -> None:
+    assert webui_url_of(parse_sections("webui:\n  url: http://h:7860\n  urls: []\n")) == "http://h:7860"
+    assert webui_url_of(parse_sections("webui:\n  url: http://h:7860\n  urls: [http://h:7861]\n")) == "http://h:7861"
+    # it would wait for, configure and restart a WebUI the run does not use
+    with pytest.raises(Failure, match=r"renders on 2 WebUIs \(webui.urls\), and bayes-merger-overnight watches one") as failure:
+        webui_url_of(parse_sections("webui:\n  url: http://h:7860\n  urls: [http://h:7861, http://h:7862]\n"))
+    assert failure.value.code == 2
+    with pytest.raises(Failure, match=r"renders on a Ray cluster's hosts \(cluster.address\)"):
+        webui_url_of(parse_sections("webui:\n  url: http://h:7860\ncluster:\n  address: auto\n"))
 
 
 def test_run_folders_with_spaces_are_quoted_for_hydra() -> None:
