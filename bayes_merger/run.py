@@ -233,8 +233,8 @@ class TrialLoop:
             self.trial_log.retract(proof.trials)
             record_best(self.run_dir, self.trial_log, self.optimiser)
             redone = ", ".join(str(t) for t in sorted(proof.trials))
-            raise RunStopped(f"{proof}; then resume, which renders trials {redone} again (their records are set "
-                             f"aside in {NOT_RENDERED_FILE}): {resume_command(self.run_dir)}")
+            raise RunStopped(f"{proof}; then resume, which renders trials {redone} again (the records of those "
+                             f"already logged are set aside in {NOT_RENDERED_FILE}): {resume_command(self.run_dir)}")
         # counted by WebUI: one that fails every trial is not excused by another's successes. A broken merge
         # once a trial has been scored is its weights' fault, not the set-up's: the optimiser learns to avoid
         # those weights, and a run stopped for it would lose the night (bench_optimiser, broken26)
@@ -279,6 +279,8 @@ class TrialLoop:
             self.not_rendered = self.not_rendered or not_rendered
             return trial
         weights, record = prepared.weights, prepared.record
+        saved: list[Path] = []  # this attempt's images, unscored: deleted unless the trial is scored
+        scored = False
         try:
             with _timed(timings, "load"):
                 if prepared.staged is None:
@@ -287,7 +289,7 @@ class TrialLoop:
                     slot.webui.load_checkpoint(lambda path: os.replace(prepared.staged, path), trial=index)
             slot.loaded(index)  # the next trial's merge may start: it overlaps this render
             with _timed(timings, "generate"):
-                images, contexts = self._render(index, slot, weights.alpha_string())
+                images, contexts = self._render(index, slot, weights, saved)
             self.render_checks[slot.name].check(index, weights.alpha + (weights.beta or ()),
                                                 [(c.payload, c.index, c.seed, image) for image, c in zip(images, contexts)])
             with _timed(timings, "score"), self._scoring:
@@ -295,6 +297,7 @@ class TrialLoop:
                 per_payload, score = score_trial(scores, [c.payload for c in contexts],
                                                  {p.name: p.score_weight for p in self.payloads}, self.cfg.scorer.combine)
             records = record_images(self.run_dir, contexts, scores)
+            scored = True
         except NOT_THE_TRIALS_FAULT:
             raise
         except MergeNotRendered as error:
@@ -304,6 +307,9 @@ class TrialLoop:
             return self._failed(record, error, timings, prepared.clock)
         finally:
             self.discard(prepared)
+            if not scored:  # no record names them: they would stand in images/ as if of these weights
+                for path in saved:
+                    path.unlink(missing_ok=True)
         timings["total"] = time.perf_counter() - prepared.clock
         log.info("trial %d: score %.4f (merge %.2fs, load %.2fs, generate %.2fs, score %.2fs)%s", index, score,
                  timings.get("merge", 0.0), timings["load"], timings["generate"], timings["score"],
@@ -336,7 +342,9 @@ class TrialLoop:
         return Trial(status="failed", score=None, error=str(error), timings=timings, finished_at=now(),
                      broken=is_broken_merge(error), **record)
 
-    def _render(self, index: int, slot: Slot, alpha_string: str) -> tuple[list[Any], list[ImageContext]]:
+    def _render(self, index: int, slot: Slot, weights: BlockWeights, saved: list[Path]
+                ) -> tuple[list[Any], list[ImageContext]]:
+        """Each payload's images, saved as they come (``keep_images``; their paths added to ``saved``)."""
         images: list[Any] = []
         contexts: list[ImageContext] = []
         for payload in self.payloads:
@@ -348,7 +356,9 @@ class TrialLoop:
                 path = None
                 if self.inputs.keep_images:
                     path = save_image(self.run_dir, image, trial=index, payload=payload.name, index=image_index,
-                                      prompt=prompt, seed=seed, weights=alpha_string)
+                                      prompt=prompt, seed=seed, weights=weights.alpha_string(),
+                                      beta=weights.beta_string() if weights.beta else None)
+                    saved.append(path)
                 images.append(image)
                 contexts.append(ImageContext(payload=payload.name, index=image_index, seed=seed, path=path,
                                              prompt=prompt))

@@ -25,14 +25,16 @@ def _slug(name: str) -> str:
 
 
 def save_image(run_dir: Path, image: Any, *, trial: int, payload: str, index: int, prompt: str, seed: int,
-               weights: str) -> Path:
-    """Write a trial's image as ``images/tNNNN-<payload>-NN.png`` with its prompt, seed and weights as PNG text;
-    a StorageError when it cannot be stored."""
+               weights: str, beta: str | None = None) -> Path:
+    """Write a trial's image as ``images/tNNNN-<payload>-NN.png`` with its prompt, seed and weights (α, and β for
+    a method that has them) as PNG text; a StorageError when it cannot be stored."""
     path = Path(run_dir) / IMAGES_DIR / f"t{trial:04d}-{_slug(payload)}-{index:02d}.png"
     info = PngInfo()
     info.add_text("prompt", prompt)
     info.add_text("seed", str(seed))
     info.add_text("weights", weights)
+    if beta is not None:
+        info.add_text("beta", beta)
     with storage_errors(path):
         path.parent.mkdir(exist_ok=True)
         try:

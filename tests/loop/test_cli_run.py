@@ -288,6 +288,31 @@ def test_manual_scoring_without_input_stops_resumably_and_loses_no_trial(assets,
     assert [t["status"] for t in _trials(run_dir)] == ["ok"] * 5
 
 
+def test_images_name_both_weights_and_a_failed_trials_images_do_not_stay(assets, fake_webui, tmp_path, monkeypatch):
+    from bayes_merger.errors import WebUIError
+    from bayes_merger.webui.client import WebUIClient
+
+    original, calls = WebUIClient.txt2img, []
+
+    def second_payload_of_trial_1_fails(self, request):
+        calls.append(request)
+        if len(calls) == 4:  # two payloads a trial: trial 1's second
+            raise WebUIError("POST /sdapi/v1/txt2img failed with HTTP 500: RuntimeError: out of memory.", status=500)
+        return original(self, request)
+
+    monkeypatch.setattr(WebUIClient, "txt2img", second_payload_of_trial_1_fails)
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "merge.method=sum_twice",
+                      f"model_c={assets['model_a']}", "optimiser.n_iters=0")) == 0
+    run_dir = _only_run(tmp_path / "runs")
+    assert [t["status"] for t in _trials(run_dir)] == ["ok", "failed", "ok"]
+    images = sorted(p.name for p in (run_dir / "images").iterdir())
+    # the first payload's pictures of trial 1 were saved before its second failed: no record names them
+    assert images and not [name for name in images if name.startswith("t0001-")]
+    trial = _trials(run_dir)[0]
+    text = Image.open(run_dir / trial["images"][0]["path"]).text
+    assert (text["weights"], text["beta"]) == (trial["alpha_string"], trial["beta_string"])
+
+
 def test_ctrl_c_finishes_the_trial_in_flight_then_stops_resumably(assets, fake_webui, tmp_path, monkeypatch):
     from bayes_merger.run import TrialLoop
 

@@ -58,8 +58,8 @@ def test_a_webui_that_keeps_rendering_the_old_model_stops_the_run_and_the_resume
     errors = _errors(caplog)
     assert len(errors) == 1 and "\n" not in errors[0]
     assert errors[0].startswith("The merge does not reach the renderer: trials 0, 1 and 2 merged different weights")
-    assert errors[0].endswith("then resume, which renders trials 0, 1, 2 again (their records are set aside in "
-                              f"trials.not-rendered.jsonl): {resume_command(run_dir)}")
+    assert errors[0].endswith("then resume, which renders trials 0, 1, 2 again (the records of those already logged "
+                              f"are set aside in trials.not-rendered.jsonl): {resume_command(run_dir)}")
     # stopped at the third trial with the same pictures; the two logged before are of one model too, so no
     # score of the three is kept as the truth of the run, nor lost
     assert (run_dir / "trials.jsonl").read_text() == ""
