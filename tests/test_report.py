@@ -310,6 +310,17 @@ def test_weights_plot_draws_one_unet_panel_per_weight_set(tmp_path):
     assert set(unet_panels(make_run(tmp_path / "b", beta=True))) == {"Best α", "Best β"}
 
 
+def test_the_colour_bar_says_model_a_to_model_b_only_for_a_weighted_sum(tmp_path):
+    from bayes_merger.report.plots import weights_figure
+
+    def bar_label(run_dir: Path) -> str:
+        return next(ax.get_xlabel() for ax in weights_figure(load_run(run_dir)).axes if ax.get_xlabel())
+
+    assert bar_label(make_run(tmp_path / "a")) == "0 = model A  ·  0.5 = even mix  ·  1 = model B"
+    # sum_twice's β mixes in model C: 1 is not model B
+    assert bar_label(make_run(tmp_path / "b", beta=True)) == "each block's weight in sum_twice (README: Merge methods)"
+
+
 def test_weights_plot_draws_sdxl_with_its_20_blocks(tmp_path):
     panels = unet_panels(make_run(tmp_path / "xl", arch="sdxl", beta=True))
     assert panels["Best α"] == panels["Best β"] == set(SDXL_BLOCKS)  # its 20 are tests/merge/test_arch.py's

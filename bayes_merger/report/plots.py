@@ -291,7 +291,11 @@ def weights_figure(run: RunData, top_n: int = 5) -> Figure:
         handles = _draw_top_lines(line_ax, name, blocks, top)
     bar = fig.colorbar(ScalarMappable(norm=norm, cmap=weight_colormap()), cax=bar_axes,
                        orientation="horizontal")
-    bar.set_label("0 = model A  ·  0.5 = even mix  ·  1 = model B", color=MUTED, fontsize=8.5)
+    method = str(run.info.get("method") or "weighted_sum")
+    # A to B only for a weighted sum: add_difference's 1 is A + (B − C), distribution_crossover's 0 is B
+    label = ("0 = model A  ·  0.5 = even mix  ·  1 = model B" if method == "weighted_sum"
+             else f"each block's weight in {method} (README: Merge methods)")
+    bar.set_label(label, color=MUTED, fontsize=8.5)
     bar.ax.tick_params(labelsize=8, colors=MUTED)
     bar.outline.set_visible(False)
     if len(sets) == 1:
