@@ -257,12 +257,14 @@ def test_the_time_to_go_counts_the_trials_that_run_side_by_side(tmp_path):
 
     run_dir = make_run(tmp_path / "run")  # 14 of 20 trials
     total = mean_timings(load_run(run_dir))["total"]
-    write_report(run_dir)
+    write_report(run_dir, live=True)
     assert f"about {fmt_seconds(6 * total)} to go" in html_of(run_dir)
     info = json.loads((run_dir / "run.json").read_text())
     (run_dir / "run.json").write_text(json.dumps({**info, "trials_at_once": 3}))  # three WebUIs
-    write_report(run_dir)
+    write_report(run_dir, live=True)
     assert f"about {fmt_seconds(2 * total)} to go" in html_of(run_dir)
+    write_report(run_dir, live=False)  # stopped: nothing goes on until it is resumed
+    assert " to go" not in html_of(run_dir)
 
 
 def test_the_even_mix_keeps_the_neutral_colour_when_weights_go_past_0_and_1():

@@ -72,7 +72,7 @@ def _summary(run: RunData) -> str:
     budget_note = f"{failed} failed" if failed else "none failed"
     remaining = (budget - done) if budget is not None else None
     eta = ""
-    if remaining and remaining > 0 and "total" in timings:
+    if run.live and remaining and remaining > 0 and "total" in timings:  # a stopped run has no time to go
         # a trial's total runs from its merge to its score, and that many run side by side
         at_once = info.get("trials_at_once")
         at_once = at_once if isinstance(at_once, int) and not isinstance(at_once, bool) and at_once > 1 else 1
