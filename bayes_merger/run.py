@@ -43,6 +43,7 @@ from bayes_merger.rescore import finalists
 from bayes_merger.run_folder.paths import resume_command
 from bayes_merger.run_folder import (
     BEST_MERGE,
+    FAILED_AT_START_FILE,
     NOT_RENDERED_FILE,
     STOPPED_BY,
     WEBUI_LOST,
@@ -250,9 +251,19 @@ class TrialLoop:
         self._bar.update(1)
         if failures >= self.cfg.run.max_consecutive_failures:
             on = f" on {trial.webui}" if trial.webui else ""
+            again = ""
+            if not any(t.ok for t in self.trial_log.trials):
+                # nothing was ever scored: the set-up failed them, not their weights (a broken merge is the
+                # weights' fault, and would only fail again), so the resume runs them again: the baseline
+                # (trial 0, the even merge) is not lost for good, nor the budget spent on the fault
+                redo = sorted(t.trial for t in self.trial_log.trials if not t.broken)
+                self.trial_log.retract(redo, FAILED_AT_START_FILE)
+                record_best(self.run_dir, self.trial_log, self.optimiser)
+                again = (f", which runs trials {', '.join(map(str, redo))} again (their records are set aside in "
+                         f"{FAILED_AT_START_FILE})") if redo else ""
             raise RunStopped(
                 f"{failures} trials in a row failed{on} (last: {trial.error}); stopping. "
-                f"Fix the cause and resume with: {resume_command(self.run_dir)}"
+                f"Fix the cause, then resume{again}: {resume_command(self.run_dir)}"
             )
 
     def prepare(self, index: int, params: Mapping[str, float], slot: Slot, timings: dict[str, float]) -> Prepared:

@@ -20,6 +20,7 @@ from bayes_merger.run_folder.paths import (
     BEST_FILE,
     BEST_MERGE,
     CONFIG_FILE,
+    FAILED_AT_START_FILE,
     IMAGES_DIR,
     MANUAL_RATINGS,
     NOT_RENDERED_FILE,
@@ -60,7 +61,7 @@ from bayes_merger.run_folder.trials import (
 
 __all__ = [
     "best_extras", "read_best",
-    "BEST_FILE", "BEST_MERGE", "CONFIG_FILE", "IMAGES_DIR", "MANUAL_RATINGS", "NOT_RENDERED_FILE", "RUN_FILE",
+    "BEST_FILE", "BEST_MERGE", "CONFIG_FILE", "FAILED_AT_START_FILE", "IMAGES_DIR", "MANUAL_RATINGS", "NOT_RENDERED_FILE", "RUN_FILE",
     "TRIALS_FILE",
     "ImageRecord", "Trial", "TrialLog", "best_trial", "finite", "record_score", "now", "observations", "ranked", "read_trial_records", "read_trials",
     "PAYLOAD_WEIGHTS", "RESUMED_AT", "STOPPED_BY", "SUGGESTIONS", "WEBUI_LOST", "check_resumable", "describe", "foreign_files", "is_run_folder", "load_run_info", "note_changed_suggestions",

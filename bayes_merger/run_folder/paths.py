@@ -10,6 +10,9 @@ RUN_FILE = "run.json"
 TRIALS_FILE = "trials.jsonl"
 # trials taken out of the trial log because their pictures were of another model (``TrialLog.retract``)
 NOT_RENDERED_FILE = "trials.not-rendered.jsonl"
+# trials that failed before any trial of the run was scored, taken out of the trial log when the run stopped
+# for them (a set-up fault: the even merge, the baseline, is redone on resume, not lost)
+FAILED_AT_START_FILE = "trials.failed-at-start.jsonl"
 BEST_FILE = "best.yaml"
 BEST_MERGE = "best.safetensors"
 CONFIG_FILE = "config.yaml"

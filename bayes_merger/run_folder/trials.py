@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 from bayes_merger.errors import ConfigError
 from bayes_merger.files import atomic_path, open_new, storage_errors
-from bayes_merger.run_folder.paths import NOT_RENDERED_FILE, TRIALS_FILE
+from bayes_merger.run_folder.paths import FAILED_AT_START_FILE, NOT_RENDERED_FILE, TRIALS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -243,15 +243,16 @@ class TrialLog:
                 os.close(fd)
         self.trials.append(trial)
 
-    def retract(self, numbers: Iterable[int]) -> None:
-        """Take the trials ``numbers`` out of the log, for a resume to run them again: their scores are not
-        what the log says (the WebUI rendered another model). Their lines move to ``NOT_RENDERED_FILE``
-        first, so nothing is lost; the log is then replaced in one rename."""
+    def retract(self, numbers: Iterable[int], side_file: str = NOT_RENDERED_FILE) -> None:
+        """Take the trials ``numbers`` out of the log, for a resume to run them again: their records are not
+        the truth of the run (``NOT_RENDERED_FILE``: the WebUI rendered another model; ``FAILED_AT_START_FILE``:
+        the set-up failed them). Their lines move to ``side_file`` first, so nothing is lost; the log is then
+        replaced in one rename."""
         numbers = set(numbers)
         out = [t for t in self.trials if t.trial in numbers]
         if not out:
             return
-        side = self.path.with_name(NOT_RENDERED_FILE)
+        side = self.path.with_name(side_file)
         with storage_errors(side), side.open("ab") as handle:
             handle.write("".join(t.to_json() + "\n" for t in out).encode("utf-8"))
             handle.flush()
@@ -262,13 +263,14 @@ class TrialLog:
         # A run killed between retract's two writes left the set-aside lines in the log as well; a trial
         # rendered again since has another record (its own times and score), so only the very same
         # record counts as set aside.
-        set_aside = read_trial_records(self.path.with_name(NOT_RENDERED_FILE))
-        stale = [t for t in self.trials if t.to_dict() in set_aside]
-        if stale:
-            log.warning("Trials %s are in both %s and %s (the run stopped while setting them aside): taken out of "
-                        "the trial log, to be run again.", ", ".join(str(t.trial) for t in stale), TRIALS_FILE,
-                        NOT_RENDERED_FILE)
-            self._keep_only([t for t in self.trials if t not in stale])
+        for side_file in (NOT_RENDERED_FILE, FAILED_AT_START_FILE):
+            set_aside = read_trial_records(self.path.with_name(side_file))
+            stale = [t for t in self.trials if t.to_dict() in set_aside]
+            if stale:
+                log.warning("Trials %s are in both %s and %s (the run stopped while setting them aside): taken out "
+                            "of the trial log, to be run again.", ", ".join(str(t.trial) for t in stale), TRIALS_FILE,
+                            side_file)
+                self._keep_only([t for t in self.trials if t not in stale])
 
     def _keep_only(self, kept: list[Trial]) -> None:
         """Replace the log with ``kept``, in one rename."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from bayes_merger.errors import BrokenMerge, CheckpointError, MergeError
@@ -146,6 +147,24 @@ def test_a_stop_after_failures_hands_the_webui_back(assets, webui_with_a_model, 
     assert _cli(_args(assets, webui_with_a_model, tmp_path / "runs")) == 6
     webui_with_a_model.clear_faults()
     _mine_is_back(webui_with_a_model)
+
+
+def test_trials_a_set_up_fault_failed_before_any_was_scored_are_run_again_on_resume(assets, fake_webui, tmp_path,
+                                                                                       caplog):
+    # e.g. the WebUI out of memory from the start: the first three trials, the baseline among them, fail
+    fake_webui.fail_next(1000, status=500, path=TXT2IMG)
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs")) == 6
+    run_dir = _only_run(tmp_path / "runs")
+    assert _trials(run_dir) == []
+    aside = [json.loads(line) for line in (run_dir / "trials.failed-at-start.jsonl").read_text().splitlines()]
+    assert [(t["trial"], t["status"]) for t in aside] == [(0, "failed"), (1, "failed"), (2, "failed")]
+    assert "which runs trials 0, 1, 2 again" in caplog.text
+    fake_webui.clear_faults()  # the cause fixed
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}")) == 0
+    trials = _trials(run_dir)
+    assert [(t["trial"], t["status"]) for t in trials] == [(n, "ok") for n in range(5)]
+    assert [t["params"] for t in trials[:3]] == [t["params"] for t in aside]  # the same trials, run again
+    assert "gain_over_baseline" in yaml.safe_load((run_dir / "best.yaml").read_text())
 
 
 def _run_folder(runs: Path, run_id: str) -> Path:
