@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from omegaconf import OmegaConf
 
@@ -94,8 +94,12 @@ def settle_comfyui_routes(loop: "TrialLoop", info: dict[str, Any]) -> None:
     write_run_info(loop.run_dir, info)
 
 
-def prepare_webuis(slots: list[Slot], inputs: Inputs, info: dict[str, Any], runs: dict[str, Path]) -> dict[str, str]:
-    """Wait for each WebUI, check its folder, clear dead runs' files; the model each had before the run."""
+def prepare_webuis(slots: list[Slot], inputs: Inputs, info: dict[str, Any], runs: Mapping[str, Path],
+                   models_before: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Wait for each WebUI, check its folder, clear dead runs' files; the model each had before the run.
+
+    ``runs``: the run folders by run id; ``models_before``: what ``models_before_of(runs)`` reads in them,
+    where the folders are not on this machine (a cluster host: its driver read them)."""
     before = dict(info.get("webui_models_before") or {})
     for n, slot in enumerate(slots):
         webui = slot.webui
@@ -111,7 +115,7 @@ def prepare_webuis(slots: list[Slot], inputs: Inputs, info: dict[str, Any], runs
             known = before.get(slot.name)
             if known is None and n == 0 and not before:  # a run folder that kept one model, not by WebUI
                 known = info.get("webui_model_before")
-            before[slot.name] = str(known) if known is not None else _model_before(webui, runs)
+            before[slot.name] = str(known) if known is not None else _model_before(webui, runs, models_before)
             if n == 0:  # the first WebUI's model, where older versions look for it
                 info["webui_model_before"] = before[slot.name]
     # by WebUI: a resume whose list of WebUIs is reordered or shortened gives each its own model back
@@ -124,12 +128,19 @@ def _owner(run_id: str) -> str:
     return re.sub(r"-w\d+$", "", run_id)
 
 
-def _model_before(webui: WebUIClient, runs: dict[str, Path]) -> str:
+def models_before_of(runs: Mapping[str, Path]) -> dict[str, str]:
+    """The model each run found in its (first) WebUI before it, by run id, as its run.json records it."""
+    return {run_id: str((load_run_info(path) or {}).get("webui_model_before") or "") for run_id, path in runs.items()}
+
+
+def _model_before(webui: WebUIClient, runs: Mapping[str, Path], models_before: Mapping[str, str] | None) -> str:
     """The model the WebUI has before this run uses it (not knowing it from run.json)."""
     current = webui.model_at_start()
     owner = merge_run_id(current)
     if owner is None:
         return current
     # the WebUI still holds the merge of a run that died: that run knew what was there before it
-    earlier = load_run_info(runs[_owner(owner)]) if _owner(owner) in runs else None
-    return str((earlier or {}).get("webui_model_before") or "")
+    owner = _owner(owner)
+    if models_before is None:
+        models_before = models_before_of({owner: runs[owner]} if owner in runs else {})
+    return models_before.get(owner, "")

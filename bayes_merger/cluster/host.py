@@ -55,7 +55,10 @@ class TrialHost:
     """The trials of one run on one WebUI of this host. ``start`` once, then ``run_trial`` per trial."""
 
     def __init__(self, inputs: Inputs, webui: WebUIConfig, run_id: str, models: Mapping[str, Fingerprint],
-                 dead_runs: Mapping[str, Path], threads: int | None = None) -> None:
+                 dead_runs: Mapping[str, Path], threads: int | None = None,
+                 dead_models_before: Mapping[str, str] | None = None) -> None:
+        """``dead_runs``: the driver's folders of runs that are over (their merge files here may go), and
+        ``dead_models_before`` the model each found before it, read there: the folders are the driver's."""
         if threads:
             torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS=1 in its workers; a host's CPUs are ours
         self.scratch = Path(tempfile.mkdtemp(prefix="bayes-merger-host-"))
@@ -64,6 +67,7 @@ class TrialHost:
         self.run_id = run_id
         self.models = dict(models)
         self.dead_runs = dict(dead_runs)
+        self.dead_models_before = dict(dead_models_before or {})
         self.label = f"{socket.gethostname()} ({webui.url})"
         self._stack = ExitStack()
         self._loop: TrialLoop | None = None
@@ -86,7 +90,8 @@ class TrialHost:
             slot = Slot(name=self.webui_config.url, webui=renderer,
                         checkpoint_dir=Path(self.webui_config.checkpoint_dir).expanduser())
             known = {} if known_before is None else {"webui_models_before": {slot.name: known_before}}
-            self._before = prepare_webuis([slot], self.inputs, known, self.dead_runs).get(slot.name, "")
+            self._before = prepare_webuis([slot], self.inputs, known, self.dead_runs,
+                                          self.dead_models_before).get(slot.name, "")
             scorer = build_scorer(self.inputs.scorer)
             merger = Merger.from_inputs(self.inputs.merge, cfg.merge)
             optimiser = Optimiser(self.inputs.space, cfg.optimiser, cfg.run.seed)  # names each trial's phase

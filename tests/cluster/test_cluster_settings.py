@@ -69,3 +69,35 @@ def test_a_host_with_another_file_at_the_models_path_refuses_before_it_loads_any
         host.start()  # refused before the WebUI (nothing listens at :9) or a tensor is touched
     host.hand_back()
     assert not Path(host.scratch).exists()
+
+
+def test_a_host_whose_webui_holds_a_dead_runs_merge_gives_back_the_model_the_driver_read_for_it(assets, fake_webui,
+                                                                                                 tmp_path):
+    # the dead run's folder is on the driver, not on this host: the driver reads what it recorded
+    import requests
+
+    from tests.webui.test_client import merge_writer
+
+    merge_writer(0.9)(fake_webui.checkpoint_dir / "mine.safetensors")
+    merge_writer(0.3)(fake_webui.checkpoint_dir / "bm-20260101-000000-dead-t0007.safetensors")
+    fake_webui.restart(forget_selection=True)
+    options = requests.post(fake_webui.url + "/sdapi/v1/options", timeout=10,
+                            json={"sd_model_checkpoint": "bm-20260101-000000-dead-t0007.safetensors"})
+    assert options.status_code == 200  # the WebUI is left on the dead run's merge
+    cfg = Config(model_a=str(assets["model_a"]), model_b=str(assets["model_b"]),
+                 webui=WebUIConfig(checkpoint_dir=str(fake_webui.checkpoint_dir), url=fake_webui.url),
+                 payloads=PayloadsConfig(dir=str(REPO / "payloads" / "demo.yaml")),
+                 scorer=ScorerConfig(name="aesthetic_head", clip=str(assets["scorer.clip"]),
+                                     head=str(assets["scorer.head"])),
+                 optimiser=OptimiserConfig(init_points=2, n_iters=1), cluster=ClusterConfig())
+    inputs = check_inputs(cfg, tmp_path / "run")
+    driver = {m: fingerprint(p) for m, p in inputs.merge.models.items()}
+    dead = {"20260101-000000-dead": Path("/on/the/driver/runs/2026-01-01_00-00-00_dead")}
+    host = TrialHost(inputs, cfg.webui, inputs.run_id, driver, dead, None, {"20260101-000000-dead": "mine.safetensors"})
+    try:
+        assert host.start()[1] == "mine.safetensors"
+        assert not (fake_webui.checkpoint_dir / "bm-20260101-000000-dead-t0007.safetensors").exists()  # over
+    finally:
+        host.hand_back()
+    assert fake_webui.loaded_model == "mine.safetensors"
+
