@@ -40,7 +40,6 @@ from bayes_merger.optimiser import Optimiser
 from bayes_merger.progress import progress_bar
 from bayes_merger.report import write_report
 from bayes_merger.rescore import finalists
-from bayes_merger.run_folder.paths import resume_command
 from bayes_merger.run_folder import (
     BEST_MERGE,
     FAILED_AT_START_FILE,
@@ -54,6 +53,7 @@ from bayes_merger.run_folder import (
     observations,
     ranked,
     record_images,
+    resume_command,
     save_image,
     write_best,
     write_run_info,
