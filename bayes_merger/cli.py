@@ -207,11 +207,13 @@ def _end_job(exit_code: int) -> None:
 
 
 def _task(cfg: DictConfig) -> None:
-    from bayes_merger.run import run  # imported here so that --help and config errors stay fast
-
     _TASK_STARTED.set()
 
     try:
+        # imported here so that --help and config errors stay fast; seconds long (torch, matplotlib), so a
+        # Ctrl-C may come during it
+        from bayes_merger.run import run
+
         scrub_hydra_files()
         config = to_config(cfg)
         # a resumed run continues in its own folder, whatever the config's hydra.run.dir says

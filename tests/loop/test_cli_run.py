@@ -489,6 +489,25 @@ def test_the_resume_command_a_start_refused_before_its_run_began_saved_starts_it
     assert len(_trials(run_dir)) == 5
 
 
+def test_a_ctrl_c_while_the_program_loads_its_modules_is_an_interruption_not_a_traceback(
+        assets, fake_webui, tmp_path, caplog, monkeypatch):
+    class CtrlCWhileImporting:  # torch and matplotlib take seconds to import: the user gives up meanwhile
+        def find_spec(self, name, path=None, target=None):
+            if name == "bayes_merger.run":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "bayes_merger.run", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [CtrlCWhileImporting(), *sys.meta_path])
+    try:
+        code = _cli(_args(assets, fake_webui, tmp_path / "runs"))
+    except KeyboardInterrupt:  # escaped as a traceback (and would end pytest's session)
+        pytest.fail("the Ctrl-C escaped the CLI")
+    assert code == 130
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        "Interrupted before the run began: start it again."]
+
+
 def test_a_first_ctrl_c_while_waiting_for_the_webui_at_start_stops_at_once(assets, fake_webui, tmp_path, caplog,
                                                                           monkeypatch):
     import bayes_merger.webui.http
