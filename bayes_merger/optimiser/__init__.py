@@ -174,10 +174,11 @@ class Optimiser:
         """How much each weight matters, from the fitted length scales: 1/ℓ, the largest scaled to 1.
 
         A weight the model found the score to change fast along has a short length scale. Frozen
-        weights get 0; every member of a group gets the group's value.
+        weights have none (not searched, not measured: a 0 would read as "does not matter"); every
+        member of a group gets the group's value.
         """
         model = self.model()
-        values = dict.fromkeys(self.space.weight_names, 0.0)
+        values = dict.fromkeys((name for name in self.space.weight_names if name not in self.space.frozen), 0.0)
         if model is None or len(self._observed) < 3:
             return values
         inverse = 1.0 / model.length_scale

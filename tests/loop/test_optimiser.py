@@ -138,8 +138,8 @@ def test_importance_ranks_the_weights_that_matter():
         params = optimiser.suggest(trial)
         optimiser.register(params, -4 * (params["IN01"] - 0.3) ** 2 - 0.05 * (params["M00"] - 0.5) ** 2)
     importance = optimiser.importance()
-    assert set(importance) == set(BLOCKS)
-    assert importance["IN01"] == 1.0 and importance["BASE"] == 0.0
+    assert set(importance) == set(BLOCKS) - {"BASE"}  # frozen: not measured, so no figure (not a 0)
+    assert importance["IN01"] == 1.0
     assert importance["OUT00"] == importance["OUT01"] < 0.5
     assert importance["IN00"] < 0.5
 
