@@ -42,6 +42,7 @@ from bayes_merger.run_folder import (
     note_changed_suggestions,
     now,
     read_run_info,
+    resume_command,
 )
 from bayes_merger.scoring import for_run_folder, needs_image_files
 from bayes_merger.scoring.registry import check_scorer_config, named_scorer
@@ -95,7 +96,8 @@ def check_inputs(cfg: Config, run_dir: Path) -> Inputs:
         choose_handoff(cfg.webui, cfg.merge.method, min(p.lower for p in space.parameters),
                        max(p.upper for p in space.parameters), merge.architecture)
     if not resuming and is_run_folder(run_dir):
-        raise ConfigError(f"{run_dir} already holds a run; continue it with resume={run_dir} or start a new one elsewhere.")
+        raise ConfigError(f"{run_dir} already holds a run; continue it with: {resume_command(run_dir)}, or start a "
+                          "new one elsewhere.")
     foreign = [] if resuming else foreign_files(run_dir)
     if foreign:
         named = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from bayes_merger.errors import ConfigError
 from bayes_merger.files import atomic_write_text, storage_errors
-from bayes_merger.run_folder.paths import CONFIG_FILE, CONFIG_HEADER, RUN_FILE, RUN_LOCK, TRIALS_FILE
+from bayes_merger.run_folder.paths import CONFIG_FILE, CONFIG_HEADER, RUN_FILE, RUN_LOCK, TRIALS_FILE, resume_command
 from bayes_merger.run_folder.trials import ranked, read_trial_records, record_score
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def check_resumable(previous: Mapping[str, Any], current: Mapping[str, Any], run
         if key in previous and normalise(previous[key]) != normalise(current[key]):
             raise ConfigError(
                 f"Cannot resume {run_dir}: '{key}' differs from the run's ({_difference(previous[key], current[key])}). "
-                "Resume with the run's own config: --config " + str(Path(run_dir) / CONFIG_FILE)
+                f"Resume with the run's own config: {resume_command(run_dir)}"
             )
     if OBJECTIVE in previous:
         changed = _differences(normalise(previous[OBJECTIVE]), normalise(current[OBJECTIVE]))
