@@ -44,6 +44,14 @@ SAMPLERS = tuple(SAMPLER_ALIASES)
 SCHEDULER_ENTRIES = (("automatic", "Automatic", []), ("uniform", "Uniform", []), ("karras", "Karras", []),
                      ("exponential", "Exponential", []), ("sgm_uniform", "SGM Uniform", ["SGMUniform"]))
 SCHEDULERS = tuple(name for name, _, _ in SCHEDULER_ENTRIES)
+# name, scale: A1111 v1.10's /upscalers without any model added (None, Lanczos and Nearest first, the
+# others sorted by name, its realesrgan_enabled_models default), and its /latent-upscale-modes
+UPSCALER_ENTRIES = (("None", 4), ("Lanczos", 4), ("Nearest", 4), ("DAT x2", 2), ("DAT x3", 3), ("DAT x4", 4),
+                    ("ESRGAN_4x", 4), ("LDSR", 4), ("R-ESRGAN 4x+", 4), ("R-ESRGAN 4x+ Anime6B", 4),
+                    ("ScuNET GAN", 4), ("ScuNET PSNR", 4), ("SwinIR 4x", 4))
+UPSCALERS = tuple(name for name, _ in UPSCALER_ENTRIES)
+LATENT_UPSCALE_MODES = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
+                        "Latent (nearest)", "Latent (nearest-exact)")
 
 _DEFAULT_OPTIONS = {
     "sd_model_checkpoint": "", "samples_format": "png", "return_grid": True, "grid_only_if_multiple": True,
@@ -109,9 +117,13 @@ class FakeWebUI(FakeHTTPServer):
             ("POST", "/sdapi/v1/txt2img"): self._txt2img,
             ("POST", "/sdapi/v1/interrupt"): self._interrupt_generation,
             ("GET", "/sdapi/v1/samplers"): self._samplers,
+            ("GET", "/sdapi/v1/upscalers"): self._upscalers,
         }
         if mode != "sdnext":
             self._routes[("GET", "/sdapi/v1/schedulers")] = self._schedulers
+            # SD.Next is not known to serve it (nor how it treats hr_* fields): left out, so a client must
+            # cope with its 404
+            self._routes[("GET", "/sdapi/v1/latent-upscale-modes")] = self._latent_upscale_modes
 
     # ----------------------------------------------------------------------------- lifecycle
 
@@ -301,6 +313,25 @@ class FakeWebUI(FakeHTTPServer):
         return _Response(200, [{"name": name, "label": label, "aliases": aliases or None, "default_rho": -1,
                                 "need_inner_model": False} for name, label, aliases in SCHEDULER_ENTRIES])
 
+    def _upscalers(self, raw: bytes) -> _Response:
+        return _Response(200, [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": scale}
+                               for name, scale in UPSCALER_ENTRIES])
+
+    def _latent_upscale_modes(self, raw: bytes) -> _Response:
+        return _Response(200, [{"name": name} for name in LATENT_UPSCALE_MODES])
+
+    def _hires_refusal(self, values: dict[str, Any]) -> _Response | None:
+        """A1111's answer to a hires fix it cannot run (processing.py), or None: its init looks
+        hr_upscaler up among the latent modes, then the upscalers; its second pass creates hr_sampler_name
+        by name (a UI word such as "Use same sampler" included). An unknown hr_scheduler renders silently."""
+        upscaler = values["hr_upscaler"]
+        if upscaler is not None and upscaler not in LATENT_UPSCALE_MODES and upscaler not in UPSCALERS:
+            return self._exception(f"could not find upscaler named {upscaler}", "Exception")
+        sampler = values["hr_sampler_name"]
+        if sampler and sampler not in SAMPLERS:
+            return self._exception(f"bad sampler name: {sampler}", "AssertionError")
+        return None
+
     def _interrupt_generation(self, raw: bytes) -> _Response:
         self._interrupt.set()
         return _Response(200, {})
@@ -339,6 +370,9 @@ class FakeWebUI(FakeHTTPServer):
                 unknown = [key for key in overrides if key not in self._options]
                 if unknown and self.mode != "sdnext":  # A1111's opts.set(k, …) looks each key up: KeyError
                     return self._exception(repr(unknown[0]), "KeyError")
+                refusal = self._hires_refusal(values) if values["enable_hr"] and self.mode != "sdnext" else None
+                if refusal is not None:
+                    return refusal
                 image_format = str(overrides.get("samples_format", self._options.get("samples_format", "png"))).lower()
                 if image_format not in ("png", "jpg", "jpeg", "webp") and self.mode != "sdnext":
                     return self._http_exception(500, "Invalid image format")  # api.encode_pil_to_base64

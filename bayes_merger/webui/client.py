@@ -35,7 +35,17 @@ from bayes_merger.webui.http import (
 )
 from bayes_merger.webui.http import wait_until_ready as poll_until_ready
 from bayes_merger.webui.merge_files import HASH_SUFFIX, MergeFiles, aliases, basename, matches, merge_run_id
-from bayes_merger.webui.samplers import SAMPLERS, SCHEDULERS, option_problem, sampler_problem
+from bayes_merger.webui.samplers import (
+    LATENT_UPSCALE_MODES,
+    SAMPLERS,
+    SCHEDULERS,
+    UPSCALERS,
+    hires_enabled,
+    hires_problem,
+    option_problem,
+    sampler_problem,
+    upscaler_names,
+)
 
 __all__ = ["Generation", "WebUIClient", "WebUIConnectionError", "WebUIError", "OPTIONS"]
 
@@ -107,18 +117,34 @@ class WebUIClient:
     def check_payloads(self, payloads: Iterable[Any]) -> None:
         """A payload (``.name``, ``.request``) the WebUI would refuse at every txt2img is a ConfigError now:
         a sampler or scheduler it does not have (naming the ones it has, see ``webui.samplers``), an
-        ``override_settings`` key it has no option for (A1111 answers 500 KeyError), or images in a
-        ``samples_format`` its API cannot send (A1111 answers 500 "Invalid image format")."""
+        ``override_settings`` key it has no option for (A1111 answers 500 KeyError), images in a
+        ``samples_format`` its API cannot send (A1111 answers 500 "Invalid image format"), or with the
+        hires fix on, an upscaler, sampler or scheduler of its second pass it does not have."""
+        payloads = list(payloads)
         options = self._api.request("GET", OPTIONS)
         samplers = self._listing(SAMPLERS)
         schedulers = self._listing(SCHEDULERS) if samplers is not None else None
+        # asked only when a payload uses the hires fix: the only one that reads hr_upscaler
+        upscalers = self._upscaler_names() if any(hires_enabled(p.request) for p in payloads) else None
         for payload in payloads:
             problem = option_problem(payload.request, options) if isinstance(options, Mapping) else None
             if samplers is not None:  # a WebUI that does not list its samplers cannot be checked
                 problem = problem or sampler_problem(payload.request, samplers, schedulers)
+            problem = problem or hires_problem(payload.request, samplers, schedulers, upscalers)
             if problem:
                 raise ConfigError(f"Payload '{payload.name}' cannot be rendered as written on the WebUI at "
                                   f"{self._base}: {problem}.")
+
+    def _upscaler_names(self) -> list[str] | None:
+        """What ``hr_upscaler`` may name on this WebUI (A1111 looks a name up among its latent modes, then
+        its upscalers), or None where it lacks either list: a name from the missing one cannot be judged."""
+        upscalers = self._listing(UPSCALERS)
+        latent = self._listing(LATENT_UPSCALE_MODES) if upscalers is not None else None
+        if upscalers is None or latent is None:
+            logger.info("The WebUI at %s does not list %s: the hires fix's hr_upscaler is not checked before the run.",
+                        self._base, UPSCALERS if upscalers is None else LATENT_UPSCALE_MODES)
+            return None
+        return upscaler_names(latent) + upscaler_names(upscalers)
 
     def _listing(self, path: str) -> list[Any] | None:
         """A list the WebUI answers at ``path``; None where it has no such route (404)."""

@@ -14,6 +14,15 @@ The same check for the WebUI's options (``GET /sdapi/v1/options`` lists every on
 answer every txt2img with 500 ``KeyError`` for an ``override_settings`` key they have no option for, and
 with 500 "Invalid image format" when ``samples_format`` (theirs, or the payload's override) is one their
 API cannot encode.
+
+And for a payload with the hires fix on (``enable_hr``; A1111 ignores the ``hr_*`` fields otherwise):
+``hr_upscaler`` must be a ``name`` of ``/latent-upscale-modes`` or of ``/upscalers`` (else A1111 answers
+every image with 500 "could not find upscaler named X"), ``hr_sampler_name`` a sampler's name (A1111
+creates that sampler by name alone, not splitting a legacy combined name nor taking an alias: 500 "bad
+sampler name") and ``hr_scheduler`` a scheduler's name or label (anything else renders the second pass
+with the sampler's default schedule). The UI's "Use same sampler" and "Use same scheduler" are turned
+into null by A1111's UI only, not by its API (``modules/txt2img.py`` against ``api.text2imgapi``), so a
+payload that copies them from the UI is refused too: null, or no field, is what means "the same".
 """
 
 from __future__ import annotations
@@ -24,6 +33,12 @@ from typing import Any
 
 SAMPLERS = "/sdapi/v1/samplers"
 SCHEDULERS = "/sdapi/v1/schedulers"
+UPSCALERS = "/sdapi/v1/upscalers"
+LATENT_UPSCALE_MODES = "/sdapi/v1/latent-upscale-modes"
+
+# what A1111's UI offers for "as in the first pass"; its UI sends null for them, its API takes them as names
+SAME_SAMPLER = "Use same sampler"
+SAME_SCHEDULER = "Use same scheduler"
 
 
 def sampler_names(entries: Iterable[Any]) -> list[str]:
@@ -53,11 +68,11 @@ def sampler_problem(request: Mapping[str, Any], samplers: Iterable[Any], schedul
     names = sampler_names(samplers)
     sampler = request.get("sampler_name") or request.get("sampler_index")
     if sampler is not None and not _known_sampler(str(sampler), names, scheduler_names(schedulers or (), aliases=True)):
-        owner = next((str(e["name"]) for e in samplers if str(sampler) in (e.get("aliases") or [])), None)
+        owner = _alias_owner(str(sampler), samplers)
         if owner is not None:
             return (f"{sampler!r} is an alias of its sampler {owner!r}, which its API does not take (it would render "
                     f"with its default sampler): write {owner!r}")
-        return f"it has no sampler {sampler!r}{_close(str(sampler), names)}; its samplers: {', '.join(_unique(names))}"
+        return _no_sampler(str(sampler), names)
     scheduler = request.get("scheduler")
     if scheduler is None:
         return None
@@ -69,6 +84,88 @@ def sampler_problem(request: Mapping[str, Any], samplers: Iterable[Any], schedul
     if str(scheduler) not in fields:
         return f"it has no scheduler {scheduler!r}{_close(str(scheduler), fields)}; its schedulers: {', '.join(_unique(fields))}"
     return None
+
+
+def upscaler_names(entries: Iterable[Any]) -> list[str]:
+    """The names an ``/upscalers`` or ``/latent-upscale-modes`` answer lists: what ``hr_upscaler`` takes."""
+    return [str(e["name"]) for e in entries if isinstance(e, Mapping) and e.get("name")]
+
+
+def hires_enabled(request: Mapping[str, Any]) -> bool:
+    """Whether the request asks for the hires fix, the only case where A1111 reads its ``hr_*`` fields
+    (``enable_hr`` is true or false once the payload is loaded: ``webui.payloads`` checks its kind)."""
+    return request.get("enable_hr") is True
+
+
+def hires_problem(request: Mapping[str, Any], samplers: Iterable[Any] | None, schedulers: Iterable[Any] | None,
+                  upscalers: Sequence[str] | None) -> str | None:
+    """What is wrong with the request's hires-fix fields, in words, or None (always None without ``enable_hr``).
+
+    ``samplers`` and ``schedulers`` as for ``sampler_problem``, ``samplers`` None where the WebUI does not
+    list them (``hr_sampler_name`` and ``hr_scheduler`` are not checked then); ``upscalers``: the names of
+    ``/upscalers`` and of ``/latent-upscale-modes`` together, None where the WebUI lacks either route (a
+    name from the missing list could be right, so ``hr_upscaler`` is not checked).
+    """
+    if not hires_enabled(request):
+        return None
+    upscaler = request.get("hr_upscaler")
+    # null is A1111's default latent mode; anything else, "" too, must be one of the two lists
+    if upscaler is not None and upscalers is not None and str(upscaler) not in upscalers:
+        return (f"it has no upscaler {upscaler!r} for the hires fix (hr_upscaler){_close(str(upscaler), upscalers)}, "
+                f"so it would answer every image with 500 'could not find upscaler'; its upscalers: "
+                f"{', '.join(_unique(upscalers))}")
+    if samplers is None:
+        return None
+    samplers = [e for e in samplers if isinstance(e, Mapping) and e.get("name")]
+    schedulers = None if schedulers is None else list(schedulers)
+    return _hires_sampler_problem(request.get("hr_sampler_name"), samplers, schedulers) or \
+        _hires_scheduler_problem(request.get("hr_scheduler"), schedulers)
+
+
+def _hires_sampler_problem(sampler: Any, samplers: Sequence[Mapping[str, Any]],
+                           schedulers: Sequence[Any] | None) -> str | None:
+    # null or "" is the first pass's sampler (processing.py: hr_sampler_name or sampler_name)
+    if not sampler:
+        return None
+    sampler, names = str(sampler), sampler_names(samplers)
+    if sampler in names:
+        return None
+    failing = "it would answer every image with 500 'bad sampler name'"
+    if sampler == SAME_SAMPLER:
+        return (f"hr_sampler_name {SAME_SAMPLER!r} is a word of its UI, which its API takes as a sampler's name "
+                f"({failing}); leave hr_sampler_name out to use the first pass's sampler")
+    owner = _alias_owner(sampler, samplers)
+    if owner is not None:
+        return (f"hr_sampler_name {sampler!r} is an alias of its sampler {owner!r}, which its API does not take "
+                f"({failing}): write {owner!r}")
+    # a legacy "DPM++ 2M Karras" is split for sampler_name only (api.text2imgapi), not for the hires pass
+    split = next(((sampler[: -len(s) - 1], s) for s in scheduler_names(schedulers or (), aliases=True)
+                  if sampler.endswith(" " + s) and sampler[: -len(s) - 1] in names), None)
+    if split is not None:
+        return (f"hr_sampler_name {sampler!r} names a scheduler too, which its API does not split there "
+                f"({failing}): write {split[0]!r} and hr_scheduler {split[1]!r}")
+    return _no_sampler(sampler, names, " for the hires fix (hr_sampler_name)")
+
+
+def _hires_scheduler_problem(scheduler: Any, schedulers: Sequence[Any] | None) -> str | None:
+    # null is the first pass's scheduler (processing.py); "" is Automatic, a scheduler as well
+    if not scheduler:
+        return None
+    scheduler = str(scheduler)
+    if schedulers is None:  # no hr_scheduler field either: a "same" is what it does anyway
+        if scheduler == SAME_SCHEDULER:
+            return None
+        return (f"it has no scheduler field (no {SCHEDULERS}: SD.Next, or A1111 before 1.10), so hr_scheduler "
+                f"{scheduler!r} would be ignored; remove it")
+    fields = scheduler_names(schedulers)
+    if scheduler in fields:
+        return None
+    if scheduler == SAME_SCHEDULER:
+        return (f"hr_scheduler {SAME_SCHEDULER!r} is a word of its UI, which its API takes as a scheduler's name (the "
+                f"hires pass would use its sampler's default schedule); leave hr_scheduler out to use the first "
+                f"pass's scheduler")
+    return (f"it has no scheduler {scheduler!r} for the hires fix (hr_scheduler){_close(scheduler, fields)}, so the "
+            f"hires pass would use its sampler's default schedule; its schedulers: {', '.join(_unique(fields))}")
 
 
 # the formats A1111's API encodes its images in (api.encode_pil_to_base64)
@@ -95,6 +192,15 @@ def _known_sampler(name: str, samplers: Sequence[str], suffixes: Sequence[str]) 
     if name in samplers:
         return True
     return any(name.endswith(" " + s) and name[: -len(s) - 1] in samplers for s in suffixes)
+
+
+def _alias_owner(name: str, samplers: Iterable[Mapping[str, Any]]) -> str | None:
+    """The sampler that lists ``name`` among its aliases, or None."""
+    return next((str(e["name"]) for e in samplers if name in (e.get("aliases") or [])), None)
+
+
+def _no_sampler(name: str, names: Sequence[str], field: str = "") -> str:
+    return f"it has no sampler {name!r}{field}{_close(name, names)}; its samplers: {', '.join(_unique(names))}"
 
 
 def _close(name: str, names: Sequence[str]) -> str:

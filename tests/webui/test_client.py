@@ -386,6 +386,125 @@ def test_sdnext_without_schedulers_takes_sampler_names_whole_and_refuses_a_sched
     assert {r.status for r in fake_webui.requests_to("/sdapi/v1/schedulers")} == {404}
 
 
+# the hires fix: A1111 reads its hr_* fields only with enable_hr true
+HIRES = {"enable_hr": True, "hr_scale": 2, "denoising_strength": 0.5}
+
+
+def _assert_no_trial_began(fake: FakeWebUI) -> None:
+    """Nothing of a trial reached the WebUI: no merge file written, no image asked for."""
+    assert fake.requests_to(TXT2IMG) == []
+    assert list(fake.checkpoint_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("fake_webui", ["a1111", "forge"], indirect=True)
+def test_a_hires_upscaler_the_webui_lacks_is_refused_before_the_run(fake_webui, webui_config):
+    # A1111 looks hr_upscaler up among its latent modes, then its upscalers: another is a 500 at every image
+    typo = _Payload("hires", **HIRES, hr_upscaler="R-ESRGAN 4x")
+    with WebUIClient(webui_config(), "run1") as client:
+        with pytest.raises(ConfigError) as refused:
+            client.check_payloads([_Payload("ok"), typo])
+        _assert_no_trial_began(fake_webui)
+        client.load_checkpoint(merge_writer(0.1), trial=0)
+        with pytest.raises(WebUIError, match="HTTP 500: Exception: could not find upscaler named R-ESRGAN 4x"):
+            client.txt2img(typo.request)  # what the check spares the user: every trial failing
+
+    message = str(refused.value)
+    assert message.startswith(f"Payload 'hires' cannot be rendered as written on the WebUI at {fake_webui.url}")
+    assert ("it has no upscaler 'R-ESRGAN 4x' for the hires fix (hr_upscaler) (did you mean 'R-ESRGAN 4x+'?), so it "
+            "would answer every image with 500 'could not find upscaler'; its upscalers: Latent, Latent (antialiased), "
+            "Latent (bicubic), Latent (bicubic antialiased), Latent (nearest), Latent (nearest-exact), None, Lanczos, "
+            "Nearest, DAT x2") in message
+    assert "\n" not in message and message.endswith("SwinIR 4x.")
+
+
+@pytest.mark.parametrize("fake_webui", ["a1111", "forge"], indirect=True)
+def test_a_hires_sampler_the_api_cannot_create_is_refused_before_the_run(fake_webui, webui_config):
+    # the second pass creates hr_sampler_name by name alone: no legacy split, no alias, no UI word
+    with WebUIClient(webui_config(), "run1") as client:
+        with pytest.raises(ConfigError, match=r"Payload 'typo' .*: it has no sampler 'DPM\+\+ 2M Karas' for the hires "
+                                              r"fix \(hr_sampler_name\) \(did you mean 'DPM\+\+ 2M'\?\); its samplers: "
+                                              r"Euler, Euler a"):
+            client.check_payloads([_Payload("typo", **HIRES, hr_sampler_name="DPM++ 2M Karas")])
+        with pytest.raises(ConfigError, match=r"hr_sampler_name 'Use same sampler' is a word of its UI, which its API "
+                                              r"takes as a sampler's name \(it would answer every image with 500 'bad "
+                                              r"sampler name'\); leave hr_sampler_name out to use the first pass's"):
+            client.check_payloads([_Payload("same", **HIRES, hr_sampler_name="Use same sampler")])
+        with pytest.raises(ConfigError, match=r"hr_sampler_name 'k_euler_a' is an alias of its sampler 'Euler a'"):
+            client.check_payloads([_Payload("alias", **HIRES, hr_sampler_name="k_euler_a")])
+        with pytest.raises(ConfigError, match=r"hr_sampler_name 'DPM\+\+ 2M Karras' names a scheduler too, which its "
+                                              r"API does not split there .*: write 'DPM\+\+ 2M' and hr_scheduler "
+                                              r"'Karras'"):
+            client.check_payloads([_Payload("legacy", **HIRES, hr_sampler_name="DPM++ 2M Karras")])
+        _assert_no_trial_began(fake_webui)
+        client.load_checkpoint(merge_writer(0.1), trial=0)
+        with pytest.raises(WebUIError, match="HTTP 500: AssertionError: bad sampler name: Use same sampler"):
+            client.txt2img({**PAYLOAD, **HIRES, "hr_sampler_name": "Use same sampler"})
+
+
+@pytest.mark.parametrize("fake_webui", ["a1111", "forge"], indirect=True)
+def test_a_hires_scheduler_the_webui_lacks_is_refused_before_the_run(fake_webui, webui_config):
+    # A1111 renders the second pass with the sampler's default schedule instead, silently
+    with WebUIClient(webui_config(), "run1") as client:
+        with pytest.raises(ConfigError, match=r"Payload 'typo' .*: it has no scheduler 'karas' for the hires fix "
+                                              r"\(hr_scheduler\) \(did you mean 'karras'\?\), so the hires pass would "
+                                              r"use its sampler's default schedule; its schedulers: automatic, Automatic"):
+            client.check_payloads([_Payload("typo", **HIRES, hr_scheduler="karas")])
+        with pytest.raises(ConfigError, match=r"hr_scheduler 'Use same scheduler' is a word of its UI, .*leave "
+                                              r"hr_scheduler out to use the first pass's scheduler"):
+            client.check_payloads([_Payload("same", **HIRES, hr_scheduler="Use same scheduler")])
+
+    _assert_no_trial_began(fake_webui)
+
+
+@pytest.mark.parametrize("fake_webui", ["a1111", "forge"], indirect=True)
+def test_a_hires_fix_the_webui_can_run_passes_and_renders(fake_webui, webui_config):
+    latent = _Payload("latent", **HIRES, hr_upscaler="Latent (bicubic antialiased)", hr_sampler_name="DPM++ 2M",
+                      hr_scheduler="karras")
+    payloads = [latent, _Payload("model", **HIRES, hr_upscaler="R-ESRGAN 4x+", hr_scheduler="Karras"),
+                _Payload("plain", **HIRES, hr_upscaler="None", hr_sampler_name=""),
+                _Payload("defaults", **HIRES, hr_upscaler=None, hr_sampler_name=None, hr_scheduler=None)]
+    with WebUIClient(webui_config(), "run1") as client:
+        client.check_payloads(payloads)
+        client.load_checkpoint(merge_writer(0.1), trial=0)
+        rendered = [client.txt2img(payload.request) for payload in payloads]
+
+    assert all(len(generation.images) == 1 for generation in rendered)
+    # checked against both of the WebUI's lists, not let through unread
+    for listing in ("/sdapi/v1/upscalers", "/sdapi/v1/latent-upscale-modes"):
+        assert [r.status for r in fake_webui.requests_to(listing)] == [200]
+
+
+@pytest.mark.parametrize("fake_webui", ["a1111", "forge"], indirect=True)
+def test_hires_fields_without_the_hires_fix_are_not_checked(fake_webui, webui_config):
+    # A1111 reads no hr_* field without enable_hr: junk there renders as well as none
+    off = _Payload("off", enable_hr=False, hr_upscaler="R-ESRGAN 4x", hr_sampler_name="Use same sampler",
+                   hr_scheduler="karas")
+    with WebUIClient(webui_config(), "run1") as client:
+        client.check_payloads([off, _Payload("unset", hr_upscaler="nope")])
+        assert fake_webui.requests_to("/sdapi/v1/upscalers") == []  # not even asked
+        client.load_checkpoint(merge_writer(0.1), trial=0)
+        client.txt2img(off.request)
+        # the same fields with the hires fix on are what the check is for
+        with pytest.raises(ConfigError, match="no upscaler 'R-ESRGAN 4x'"):
+            client.check_payloads([_Payload("on", **{**off.request, "enable_hr": True})])
+
+
+@pytest.mark.parametrize("fake_webui", ["sdnext"], indirect=True)
+def test_a_webui_without_latent_upscale_modes_has_its_upscaler_unchecked_but_its_hires_sampler_checked(
+        fake_webui, webui_config):
+    with WebUIClient(webui_config(), "run1") as client:
+        client.check_payloads([_Payload("unknown list", **HIRES, hr_upscaler="Latent (bicubic)"),
+                               _Payload("same", **HIRES, hr_scheduler="Use same scheduler")])
+        with pytest.raises(ConfigError, match=r"no sampler 'Euler z' for the hires fix \(hr_sampler_name\) \(did you "
+                                              r"mean 'Euler a'\?\)"):
+            client.check_payloads([_Payload("typo", **HIRES, hr_sampler_name="Euler z")])
+        with pytest.raises(ConfigError, match=r"has no scheduler field \(no /sdapi/v1/schedulers: SD.Next, or A1111 "
+                                              r"before 1.10\), so hr_scheduler 'karras' would be ignored; remove it"):
+            client.check_payloads([_Payload("ignored", **HIRES, hr_scheduler="karras")])
+
+    assert {r.status for r in fake_webui.requests_to("/sdapi/v1/latent-upscale-modes")} == {404}
+
+
 # --------------------------------------------------------------------- the WebUI's memory
 
 

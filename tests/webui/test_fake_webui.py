@@ -259,6 +259,38 @@ def test_sdnext_has_no_schedulers_and_rejects_unknown_samplers(fake_webui):
     assert (response.status_code, response.json()["detail"]) == (404, "Sampler not found")
 
 
+@pytest.mark.parametrize(("fake_webui", "key"), [("a1111", "errors"), ("forge", "message")], indirect=["fake_webui"])
+def test_a_hires_fix_with_an_upscaler_or_sampler_a1111_lacks_is_a_500_and_without_enable_hr_renders(fake_webui, key):
+    tiny(fake_webui.checkpoint_dir / "m.safetensors", 1)
+    fake_webui.restart()
+    upscalers = get(fake_webui, "/upscalers").json()
+    modes = [entry["name"] for entry in get(fake_webui, "/latent-upscale-modes").json()]
+
+    assert [entry["name"] for entry in upscalers[:3]] == ["None", "Lanczos", "Nearest"]
+    assert {"LDSR", "R-ESRGAN 4x+", "R-ESRGAN 4x+ Anime6B", "ScuNET GAN", "ScuNET PSNR", "SwinIR 4x"} <= {
+        entry["name"] for entry in upscalers}
+    assert set(upscalers[0]) == {"name", "model_name", "model_path", "model_url", "scale"}
+    assert modes == ["Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
+                     "Latent (nearest)", "Latent (nearest-exact)"]
+    hires = {"prompt": "x", "enable_hr": True}
+    upscaler = post(fake_webui, "/txt2img", {**hires, "hr_upscaler": "R-ESRGAN 4x"})
+    assert (upscaler.status_code, upscaler.json()["error"], upscaler.json()[key]) == (
+        500, "Exception", "could not find upscaler named R-ESRGAN 4x")
+    sampler = post(fake_webui, "/txt2img", {**hires, "hr_upscaler": "Latent", "hr_sampler_name": "Use same sampler"})
+    assert (sampler.status_code, sampler.json()["error"], sampler.json()[key]) == (
+        500, "AssertionError", "bad sampler name: Use same sampler")
+    for fields in ({**hires, "hr_upscaler": "Latent (nearest)", "hr_sampler_name": "Euler a"},
+                   {**hires, "hr_upscaler": "SwinIR 4x"}, hires,
+                   {"prompt": "x", "enable_hr": False, "hr_upscaler": "R-ESRGAN 4x", "hr_sampler_name": "nope"}):
+        assert post(fake_webui, "/txt2img", fields).status_code == 200
+
+
+@pytest.mark.parametrize("fake_webui", ["sdnext"], indirect=True)
+def test_sdnext_lists_upscalers_but_no_latent_upscale_modes(fake_webui):
+    assert "R-ESRGAN 4x+" in [entry["name"] for entry in get(fake_webui, "/upscalers").json()]
+    assert get(fake_webui, "/latent-upscale-modes").status_code == 404
+
+
 def test_a_stop_ends_held_requests_unanswered_and_the_restart_keeps_the_port(fake_webui):
     port = fake_webui.port
     fake_webui.hold(f"{API}/progress")
