@@ -34,6 +34,12 @@ class BrokenMerge(MergeError):
     precision cannot hold. A property of the weights, which the optimiser learns to avoid."""
 
 
+class CrashesTheWebUI(BrokenMerge):
+    """A WebUI was lost with this trial in flight too many times (``executor.LOSSES_BEFORE_FAILING``), over
+    every session and WebUI of the run: its merge is taken to be what brings the WebUI down. Failed, not
+    tried again, so that the run (and the overnight runner's restarts) can go past it."""
+
+
 class WebUIError(BayesMergerError):
     """The WebUI could not be reached or answered with an error."""
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
-from bayes_merger.errors import NOT_THE_TRIALS_FAULT, BayesMergerError, WebUIConnectionError, WebUIError
+from bayes_merger.errors import NOT_THE_TRIALS_FAULT, BayesMergerError, CrashesTheWebUI, WebUIConnectionError, WebUIError
 from bayes_merger.optimiser import Optimiser
 from bayes_merger.run_folder import Trial, observations
 from bayes_merger.schedule import Schedule
@@ -35,6 +35,12 @@ log = logging.getLogger(__name__)
 
 # how many times one trial is tried when its WebUI drops out from under it
 WEBUI_ATTEMPTS = 2
+# a trial in flight this many times when a WebUI was lost, over every session and WebUI of the run, is failed
+# instead of tried again: its merge is taken to bring the WebUI down. One WebUI drops a trial at most twice a
+# session (WEBUI_ATTEMPTS), so a third loss is another session's or another WebUI's: a WebUI that dies at
+# random seldom dies three times on one trial, while a merge that kills it would take every resume (and the
+# overnight runner's every restart) with it
+LOSSES_BEFORE_FAILING = 3
 # how long a second Ctrl-C waits for merges and model loads under way before the WebUIs are handed back
 SETTLE_SECONDS = 15.0  # half the 30 s the overnight runner leaves before SIGKILL: the hand-back needs the rest
 
@@ -106,6 +112,10 @@ class Stages(Protocol):
 
     def discard(self, prepared: Any) -> None:
         """Remove a staged merge that will not be loaded."""
+
+    def webui_lost(self, index: int, slot: Slot, error: Exception) -> int:
+        """Record that ``slot``'s WebUI was lost with trial ``index`` in flight; how many times that has
+        happened with this trial, in every session of the run."""
 
 
 class LostAllWebUIs(BayesMergerError):
@@ -189,14 +199,20 @@ class Executor:
                 params = self.suggestion(index)
             timings["suggest"] = time.perf_counter() - started
             trial = self._run_trial(index, params, slot, timings)
-            if trial is None:  # the WebUI was lost: the trial goes back to the queue
+            if trial is None:  # the WebUI was lost: the trial goes back to the queue (or was failed for it)
                 continue
             if self._abandoned.is_set():
                 return  # the run ended without it: a resume runs it again
-            with self._state:
-                self.trials[index] = trial
-                self.schedule.finish(index)
-                self.on_trial(trial)
+            self._finish(trial)
+
+    def _finish(self, trial: Trial) -> None:
+        """Record a finished trial (not once the run was abandoned: a resume runs it again)."""
+        if self._abandoned.is_set():
+            return
+        with self._state:
+            self.trials[trial.trial] = trial
+            self.schedule.finish(trial.trial)
+            self.on_trial(trial)
 
     def _run_trial(self, index: int, params: dict[str, float], slot: Slot, timings: dict[str, float]) -> Trial | None:
         if not slot.reserve(index, self.stop):
@@ -222,7 +238,12 @@ class Executor:
                     return self.stages.render(index, params, prepared, slot, timings)
             except WebUIConnectionError as error:
                 self.stages.discard(prepared)
-                self._lost(slot, index, error)
+                losses = self.stages.webui_lost(index, slot, error)
+                if losses >= LOSSES_BEFORE_FAILING:
+                    self._finish(self.stages.failed(index, params, CrashesTheWebUI(
+                        f"a WebUI was lost {losses} times with this trial in flight (last: {error}); its merge is "
+                        "taken to bring the WebUI down, so it is failed, not tried again"), slot, timings))
+                self._lost(slot, index, error, redo=losses < LOSSES_BEFORE_FAILING)
                 return None
         finally:
             slot.loaded(index)
@@ -242,24 +263,26 @@ class Executor:
             self._suggested[index] = self.optimiser.suggest(index, pending=pending)
         return dict(self._suggested[index])
 
-    def _lost(self, slot: Slot, index: int, error: WebUIConnectionError) -> None:
-        """Wait for a lost WebUI; while it answers again the trial is redone, else the others go on."""
+    def _lost(self, slot: Slot, index: int, error: WebUIConnectionError, redo: bool) -> None:
+        """Wait for a lost WebUI; while it answers again the trial is redone (``redo``: else it is already
+        failed), else the others go on."""
         slot.answering.clear()
         try:
-            self._wait_for(slot, index, error)
+            self._wait_for(slot, index, error, redo)
         finally:
             slot.answering.set()  # answering again, or lost for good (its workers then end)
 
-    def _wait_for(self, slot: Slot, index: int, error: WebUIConnectionError) -> None:
-        self.schedule.release(index)
+    def _wait_for(self, slot: Slot, index: int, error: WebUIConnectionError, redo: bool) -> None:
+        if redo:
+            self.schedule.release(index)
         slot.loaded(index)  # its other worker (pipelined) stops waiting to merge, and gives its trial back
         # counted per WebUI: a trial that another WebUI dropped does not count against this one
         attempts = self._attempts[(slot.name, index)] = self._attempts.get((slot.name, index), 0) + 1
         log.warning("trial %d: %s Waiting for the WebUI %s to answer again.", index, error, slot.name)
         try:
             slot.webui.wait_until_ready()
-            if attempts < WEBUI_ATTEMPTS:
-                return  # it answers again: the trial is redone
+            if attempts < WEBUI_ATTEMPTS or not redo:
+                return  # it answers again: the trial is redone, or the next one runs
         except WebUIError:  # unreachable, or still answering errors (a proxy's 502) when the wait ended
             pass
         with self._state:  # two WebUIs lost at once: one of them is the last

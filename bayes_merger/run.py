@@ -49,6 +49,7 @@ from bayes_merger.run_folder import (
     Trial,
     best_extras,
     TrialLog,
+    note_lost_webui,
     now,
     observations,
     ranked,
@@ -344,6 +345,9 @@ class TrialLoop:
     def discard(self, prepared: Prepared) -> None:
         if prepared.staged is not None:
             prepared.staged.unlink(missing_ok=True)
+
+    def webui_lost(self, index: int, slot: Slot, error: Exception) -> int:
+        return note_lost_webui(self.run_dir, index, slot.name, str(error))
 
     def _failed(self, record: dict[str, Any], error: Exception, timings: dict[str, float], clock: float,
                 quiet: bool = False) -> Trial:

@@ -26,6 +26,7 @@ from bayes_merger.run_folder.paths import (
     NOT_RENDERED_FILE,
     RUN_FILE,
     TRIALS_FILE,
+    WEBUI_LOST_FILE,
     resume_command,
 )
 from bayes_merger.run_folder.rescores import read_rescores, rescore_path, write_rescores
@@ -52,6 +53,7 @@ from bayes_merger.run_folder.trials import (
     TrialLog,
     best_trial,
     finite,
+    note_lost_webui,
     now,
     observations,
     ranked,
@@ -63,8 +65,8 @@ from bayes_merger.run_folder.trials import (
 __all__ = [
     "best_extras", "read_best",
     "BEST_FILE", "BEST_MERGE", "CONFIG_FILE", "FAILED_AT_START_FILE", "IMAGES_DIR", "MANUAL_RATINGS", "NOT_RENDERED_FILE", "RUN_FILE",
-    "TRIALS_FILE", "resume_command",
-    "ImageRecord", "Trial", "TrialLog", "best_trial", "finite", "record_score", "now", "observations", "ranked", "read_trial_records", "read_trials",
+    "TRIALS_FILE", "WEBUI_LOST_FILE", "resume_command",
+    "ImageRecord", "Trial", "TrialLog", "best_trial", "finite", "record_score", "note_lost_webui", "now", "observations", "ranked", "read_trial_records", "read_trials",
     "PAYLOAD_WEIGHTS", "RESUMED_AT", "STOPPED_BY", "SUGGESTIONS", "WEBUI_LOST", "check_resumable", "describe", "foreign_files", "is_run_folder", "load_run_info", "note_changed_suggestions",
     "read_run_info", "stopped_by_lost_webui", "unfinished", "write_run_info",
     "write_best", "record_images", "save_image", "write_image_file",

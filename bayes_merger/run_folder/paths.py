@@ -13,6 +13,9 @@ NOT_RENDERED_FILE = "trials.not-rendered.jsonl"
 # trials that failed before any trial of the run was scored, taken out of the trial log when the run stopped
 # for them (a set-up fault: the even merge, the baseline, is redone on resume, not lost)
 FAILED_AT_START_FILE = "trials.failed-at-start.jsonl"
+# one line per WebUI lost with a trial in flight, over every session: a trial that keeps bringing WebUIs down
+# is failed instead of being tried again on every resume
+WEBUI_LOST_FILE = "trials.webui-lost.jsonl"
 BEST_FILE = "best.yaml"
 BEST_MERGE = "best.safetensors"
 CONFIG_FILE = "config.yaml"

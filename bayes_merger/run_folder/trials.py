@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 from bayes_merger.errors import ConfigError
 from bayes_merger.files import atomic_path, open_new, storage_errors
-from bayes_merger.run_folder.paths import FAILED_AT_START_FILE, NOT_RENDERED_FILE, TRIALS_FILE
+from bayes_merger.run_folder.paths import FAILED_AT_START_FILE, NOT_RENDERED_FILE, TRIALS_FILE, WEBUI_LOST_FILE
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +283,29 @@ class TrialLog:
 
     def best(self) -> Trial | None:
         return best_trial(self.trials)
+
+
+def note_lost_webui(run_dir: Path, trial: int, webui: str, error: str) -> int:
+    """Record, durably, that ``webui`` was lost with ``trial`` in flight (``WEBUI_LOST_FILE``); how many times
+    that has happened with this trial, in every session of the run, this one included."""
+    path = Path(run_dir) / WEBUI_LOST_FILE
+    line = json.dumps({"trial": trial, "webui": webui, "error": error, "at": now()}) + "\n"
+    with storage_errors(path), path.open("ab") as handle:
+        handle.write(line.encode("utf-8"))
+        handle.flush()
+        os.fsync(handle.fileno())
+    return sum(1 for record in _json_lines(path) if record.get("trial") == trial)
+
+
+def _json_lines(path: Path) -> Iterator[dict[str, Any]]:
+    # tolerant: a line cut off by a power loss is no record (the loss it noted is counted one short)
+    for raw in path.read_bytes().splitlines():
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            yield record
 
 
 def _truncate(fd: int, size: int) -> None:

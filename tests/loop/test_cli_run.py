@@ -264,6 +264,25 @@ def test_webui_lost_mid_run_stops_resumably_and_resume_finishes(assets, fake_web
     assert "stopped_by" not in json.loads((run_dir / "run.json").read_text())
 
 
+def test_a_trial_whose_render_brings_the_webui_down_every_session_is_failed_at_its_third_loss(assets, fake_webui,
+                                                                                            tmp_path):
+    # every render drops the connection, as if trial 0's merge crashed the WebUI: each session loses it twice
+    fake_webui.drop_next(1000, path="/sdapi/v1/txt2img")
+    runs = tmp_path / "runs"
+    assert _cli(_args(assets, fake_webui, runs, "webui.retries=1")) == 6
+    run_dir = _only_run(runs)
+    assert not (run_dir / "trials.jsonl").exists() or _trials(run_dir) == []
+    assert _cli(_args(assets, fake_webui, runs, "webui.retries=1", f"resume={run_dir}")) == 6
+    first = _trials(run_dir)[0]
+    assert (first["trial"], first["status"], first["broken"]) == (0, "failed", True)
+    assert "lost 3 times" in first["error"]
+    losses = [json.loads(line) for line in (run_dir / "trials.webui-lost.jsonl").read_text().splitlines()]
+    assert [r["trial"] for r in losses] == [0, 0, 0, 1, 1]
+    fake_webui.clear_faults()  # the resume after it goes past trial 0: it is not tried a fourth time
+    assert _cli(_args(assets, fake_webui, runs, f"resume={run_dir}")) == 0
+    assert [t["status"] for t in _trials(run_dir)] == ["failed"] + ["ok"] * 4
+
+
 def test_a_503_storm_outlasting_the_retries_redoes_the_trial_instead_of_failing_it(assets, fake_webui, tmp_path, caplog):
     # two tries per request: the storm fails the first try of the trial and one of its redo
     fake_webui.fail_next(3, status=503, path="/sdapi/v1/txt2img", message="Server busy")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bayes_merger.config import OptimiserConfig
-from bayes_merger.errors import WebUIConnectionError, WebUIError
+from bayes_merger.errors import CrashesTheWebUI, WebUIConnectionError, WebUIError
 from bayes_merger.executor import Executor, LostAllWebUIs, Slot
 from bayes_merger.optimiser import Optimiser
 from bayes_merger.run_folder import Trial
@@ -43,6 +43,7 @@ class Stages:
         self.overlap = False
         self.lock = threading.Lock()
         self.discarded: list[int] = []
+        self.losses: dict[int, int] = {}  # by trial, as the run folder's WEBUI_LOST_FILE keeps them
 
     def prepare(self, index, params, slot, timings):
         return index
@@ -69,6 +70,10 @@ class Stages:
 
     def discard(self, prepared):
         self.discarded.append(prepared)
+
+    def webui_lost(self, index, slot, error):
+        self.losses[index] = self.losses.get(index, 0) + 1
+        return self.losses[index]
 
 
 def _trial(index, params, score, webui=None) -> Trial:
@@ -236,6 +241,44 @@ def test_the_last_webui_lost_twice_stops_the_run_with_the_finished_trials_kept()
     with pytest.raises(LostAllWebUIs, match="trial 3"):
         executor.run()
     assert [t.trial for t in log] == [0, 1, 2]
+
+
+class _KilledBy(Stages):
+    """Every WebUI drops the connection whenever it renders trial ``poison`` (its merge brings it down)."""
+
+    def __init__(self, poison: int) -> None:
+        super().__init__()
+        self.poison = poison
+        self.failures: list[tuple[int, Exception]] = []
+
+    def render(self, index, params, prepared, slot, timings):
+        if index == self.poison:
+            raise WebUIConnectionError("The WebUI went away.")
+        return super().render(index, params, prepared, slot, timings)
+
+    def failed(self, index, params, error, slot, timings):
+        self.failures.append((index, error))
+        return super().failed(index, params, error, slot, timings)
+
+
+def test_a_trial_that_brings_every_webui_down_is_failed_after_three_losses_and_the_run_goes_on():
+    stages, log = _KilledBy(poison=5), []
+    executor = Executor(stages, _optimiser(), [_slot("a"), _slot("b")], {}, 12, log.append, threading.Event())
+    executor.run()
+    # each WebUI drops it at most twice; whichever drops it the third time fails it and the run goes on
+    assert sorted(t.trial for t in log) == list(range(12))
+    assert [t.trial for t in log if not t.ok] == [5] and stages.losses == {5: 3}
+    assert [(i, type(e)) for i, e in stages.failures] == [(5, CrashesTheWebUI)]
+    assert "lost 3 times" in str(stages.failures[0][1])
+
+
+def test_a_resume_goes_past_a_trial_whose_merge_brought_the_webui_down_in_earlier_sessions():
+    stages, log = _KilledBy(poison=3), []
+    stages.losses = {3: 2}  # two losses in the sessions before this one (each stopped for it)
+    executor = Executor(stages, _optimiser(), [_slot("a")], {}, 12, log.append, threading.Event())
+    executor.run()
+    assert [t.trial for t in log] == list(range(12))
+    assert [t.trial for t in log if not t.ok] == [3]
 
 
 def test_a_resumed_run_suggests_what_an_uninterrupted_one_did():
