@@ -60,6 +60,11 @@ class WebUIConnectionError(WebUIError):
     """
 
 
+class WebUITimedOut(WebUIConnectionError):
+    """The WebUI gave no answer within ``webui.read_timeout``: slow or hung, whatever the trial's weights, so
+    a loss of this kind is never counted against the trial (``executor.LOSSES_BEFORE_FAILING``)."""
+
+
 class StorageError(BayesMergerError):
     """A file could not be written where it must go (disk full, no permission, read-only): not the
     trial's fault, so the run stops at once, resumable, instead of failing trial after trial."""

@@ -26,7 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
-from bayes_merger.errors import NOT_THE_TRIALS_FAULT, BayesMergerError, CrashesTheWebUI, WebUIConnectionError, WebUIError
+from bayes_merger.errors import (
+    NOT_THE_TRIALS_FAULT,
+    BayesMergerError,
+    CrashesTheWebUI,
+    WebUIConnectionError,
+    WebUIError,
+    WebUITimedOut,
+)
 from bayes_merger.optimiser import Optimiser
 from bayes_merger.run_folder import Trial, observations
 from bayes_merger.schedule import Schedule
@@ -238,7 +245,8 @@ class Executor:
                     return self.stages.render(index, params, prepared, slot, timings)
             except WebUIConnectionError as error:
                 self.stages.discard(prepared)
-                losses = self.stages.webui_lost(index, slot, error)
+                # no answer in time is the WebUI's slowness or a hang, whatever the weights: not the trial's doing
+                losses = 0 if isinstance(error, WebUITimedOut) else self.stages.webui_lost(index, slot, error)
                 if losses >= LOSSES_BEFORE_FAILING:
                     self._finish(self.stages.failed(index, params, CrashesTheWebUI(
                         f"a WebUI was lost {losses} times with this trial in flight (last: {error}); its merge is "
@@ -279,8 +287,10 @@ class Executor:
         # counted per WebUI: a trial that another WebUI dropped does not count against this one
         attempts = self._attempts[(slot.name, index)] = self._attempts.get((slot.name, index), 0) + 1
         log.warning("trial %d: %s Waiting for the WebUI %s to answer again.", index, error, slot.name)
+        answers = False
         try:
             slot.webui.wait_until_ready()
+            answers = True
             if attempts < WEBUI_ATTEMPTS or not redo:
                 return  # it answers again: the trial is redone, or the next one runs
         except WebUIError:  # unreachable, or still answering errors (a proxy's 502) when the wait ended
@@ -288,6 +298,8 @@ class Executor:
         with self._state:  # two WebUIs lost at once: one of them is the last
             others = [s for s in self.slots if s.alive and s is not slot]
             if not others:
+                if answers and isinstance(error, WebUITimedOut):  # alive, but slower than it may be
+                    raise LostAllWebUIs(f"The WebUI did not answer trial {index} in time, twice ({error})")
                 raise LostAllWebUIs(f"Lost the WebUI during trial {index} ({error})")
             slot.alive = False
         log.warning("Lost the WebUI %s (%s); trial %d goes to another one; going on with %d WebUI%s.",

@@ -45,7 +45,7 @@ from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnection
 from urllib3.util.retry import Retry
 
 from bayes_merger.config import WebUIConfig
-from bayes_merger.errors import ConfigError, WebUIConnectionError, WebUIError
+from bayes_merger.errors import ConfigError, WebUIConnectionError, WebUIError, WebUITimedOut
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class ApiSession:
             response = self._session.request(method, self.base + path, json=body, params=params, timeout=self._timeout)
         except requests.ReadTimeout as exc:
             words = self.busy_words.format(timeout=self.config.read_timeout)
-            raise WebUIConnectionError(f"{method} {path} {words}.") from exc
+            raise WebUITimedOut(f"{method} {path} {words}.") from exc
         except requests.RequestException as exc:
             raise WebUIConnectionError(
                 f"{method} {path} failed: could not talk to {self.server} at {self.base} ({cause(exc)}); "

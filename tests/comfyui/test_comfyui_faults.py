@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from safetensors.torch import load_file, save_file
 
-from bayes_merger.errors import WebUIConnectionError, WebUIError
+from bayes_merger.errors import WebUIConnectionError, WebUIError, WebUITimedOut
 from bayes_merger.merge.arch import architecture
 from bayes_merger.merge.weights import BlockWeights
 from bayes_merger.renderers.comfyui import ComfyUIClient
@@ -130,7 +130,7 @@ def test_a_prompt_we_stop_waiting_for_is_interrupted_so_the_redone_trial_does_no
     with ComfyUIClient(comfy_config(read_timeout=2.0), "run1", handoff="graph", arch=SD1,
                        model_a=tiny_models / "a.safetensors", model_b=tiny_models / "b.safetensors") as client:
         client.load_weights(WEIGHTS, trial=0)
-        with pytest.raises(WebUIConnectionError, match="did not finish prompt (\\S+) within 2 s") as error:
+        with pytest.raises(WebUITimedOut, match="did not finish prompt (\\S+) within 2 s") as error:
             client.txt2img(PAYLOAD)
         ours = str(error.value).split("prompt ", 1)[1].split(" ", 1)[0]
         fake_comfyui.wait_until_idle()  # the interrupt stops it while it is still held

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bayes_merger.config import OptimiserConfig
-from bayes_merger.errors import CrashesTheWebUI, WebUIConnectionError, WebUIError
+from bayes_merger.errors import CrashesTheWebUI, WebUIConnectionError, WebUIError, WebUITimedOut
 from bayes_merger.executor import Executor, LostAllWebUIs, Slot
 from bayes_merger.optimiser import Optimiser
 from bayes_merger.run_folder import Trial
@@ -279,6 +279,21 @@ def test_a_resume_goes_past_a_trial_whose_merge_brought_the_webui_down_in_earlie
     executor.run()
     assert [t.trial for t in log] == list(range(12))
     assert [t.trial for t in log if not t.ok] == [3]
+
+
+def test_a_webui_slower_than_the_read_timeout_stops_the_run_saying_so_and_never_fails_the_trial_for_it():
+    class TimesOut(Stages):
+        def render(self, index, params, prepared, slot, timings):
+            if index == 3:
+                raise WebUITimedOut("POST /sdapi/v1/txt2img got no answer within 900 s (raise webui.read_timeout).")
+            return super().render(index, params, prepared, slot, timings)
+
+    stages, log = TimesOut(), []
+    stages.losses = {3: 2}  # as many other losses with it in flight as would fail it at the next
+    executor = Executor(stages, _optimiser(), [_slot("a")], {}, 12, log.append, threading.Event())
+    with pytest.raises(LostAllWebUIs, match=r"did not answer trial 3 in time, twice \(.*raise webui.read_timeout"):
+        executor.run()
+    assert [t.trial for t in log] == [0, 1, 2] and stages.losses == {3: 2}
 
 
 def test_a_resumed_run_suggests_what_an_uninterrupted_one_did():

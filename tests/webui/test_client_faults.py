@@ -12,7 +12,7 @@ import requests
 import torch
 from safetensors.torch import save_file
 
-from bayes_merger.errors import WebUIError
+from bayes_merger.errors import WebUIError, WebUITimedOut
 from bayes_merger.webui.client import WebUIClient, WebUIConnectionError
 
 TXT2IMG = "/sdapi/v1/txt2img"
@@ -169,7 +169,7 @@ def test_a_generation_slower_than_the_read_timeout_is_an_error_is_not_repeated_a
     fake_webui.render_for(600.0)
     with WebUIClient(webui_config(read_timeout=2.0, retries=3), "run1") as client:
         client.load_checkpoint(write_merge, trial=0)
-        with pytest.raises(WebUIConnectionError, match=r"no answer within 2 s \(raise webui.read_timeout"):
+        with pytest.raises(WebUITimedOut, match=r"no answer within 2 s \(raise webui.read_timeout"):
             client.txt2img(PAYLOAD)
         # the server stops rendering for no one (else it holds the generation queue for ten minutes)
         fake_webui.wait_for_requests(TXT2IMG, 1)

@@ -35,7 +35,7 @@ import time
 import uuid
 from typing import Any, Mapping
 
-from bayes_merger.errors import WebUIConnectionError, WebUIError
+from bayes_merger.errors import WebUIConnectionError, WebUIError, WebUITimedOut
 from bayes_merger.renderers.comfyui import graph as graphs
 from bayes_merger.renderers.comfyui.events import EventStream
 from bayes_merger.renderers.comfyui.http import PROMPT, ComfyApi, lost_answer, prompt_error_text
@@ -184,7 +184,7 @@ class PromptRunner:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise WebUIConnectionError(
+                raise WebUITimedOut(
                     f"ComfyUI did not finish prompt {prompt_id} within {self._read_timeout:g} s "
                     "(raise webui.read_timeout if renders take longer)."
                 )
