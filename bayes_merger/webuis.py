@@ -24,7 +24,6 @@ from bayes_merger.renderers.probe import open_renderer
 from bayes_merger.run_folder import write_run_info
 from bayes_merger.run_folder.liveness import is_running
 from bayes_merger.run_folder.run_info import load_run_info
-from bayes_merger.webui.client import WebUIClient
 from bayes_merger.webui.merge_files import merge_run_id
 
 if TYPE_CHECKING:
@@ -115,7 +114,7 @@ def prepare_webuis(slots: list[Slot], inputs: Inputs, info: dict[str, Any], runs
             known = before.get(slot.name)
             if known is None and n == 0 and not before:  # a run folder that kept one model, not by WebUI
                 known = info.get("webui_model_before")
-            before[slot.name] = str(known) if known is not None else _model_before(webui, runs, models_before)
+            before[slot.name] = str(known) if known is not None else _model_before(slot, runs, models_before)
             if n == 0:  # the first WebUI's model, where older versions look for it
                 info["webui_model_before"] = before[slot.name]
     # by WebUI: a resume whose list of WebUIs is reordered or shortened gives each its own model back
@@ -128,19 +127,26 @@ def _owner(run_id: str) -> str:
     return re.sub(r"-w\d+$", "", run_id)
 
 
-def models_before_of(runs: Mapping[str, Path]) -> dict[str, str]:
-    """The model each run found in its (first) WebUI before it, by run id, as its run.json records it."""
-    return {run_id: str((load_run_info(path) or {}).get("webui_model_before") or "") for run_id, path in runs.items()}
+def models_before_of(runs: Mapping[str, Path], webui: str) -> dict[str, str]:
+    """The model each run found before it in the WebUI named ``webui`` (its URL; on a cluster, with its host),
+    by run id, as its run.json records it; its first WebUI's where it kept no model by WebUI."""
+    found = {}
+    for run_id, path in runs.items():
+        info = load_run_info(path) or {}
+        by_webui = info.get("webui_models_before")
+        model = by_webui.get(webui) if isinstance(by_webui, dict) else None
+        found[run_id] = str(model if model is not None else info.get("webui_model_before") or "")
+    return found
 
 
-def _model_before(webui: WebUIClient, runs: Mapping[str, Path], models_before: Mapping[str, str] | None) -> str:
-    """The model the WebUI has before this run uses it (not knowing it from run.json)."""
-    current = webui.model_at_start()
+def _model_before(slot: Slot, runs: Mapping[str, Path], models_before: Mapping[str, str] | None) -> str:
+    """The model the slot's WebUI has before this run uses it (not knowing it from run.json)."""
+    current = slot.webui.model_at_start()
     owner = merge_run_id(current)
     if owner is None:
         return current
     # the WebUI still holds the merge of a run that died: that run knew what was there before it
     owner = _owner(owner)
     if models_before is None:
-        models_before = models_before_of({owner: runs[owner]} if owner in runs else {})
+        models_before = models_before_of({owner: runs[owner]} if owner in runs else {}, slot.name)
     return models_before.get(owner, "")

@@ -104,7 +104,7 @@ def open_hosts(inputs: Inputs, runs: Mapping[str, Path], info: dict[str, Any]) -
     the run goes into ``info`` (run.json) by host, as on one machine, so that a resume after a crash
     gives it back.
     """
-    from bayes_merger.webuis import models_before_of, webui_configs
+    from bayes_merger.webuis import webui_configs
 
     cfg = inputs.config
     with connect(cfg.cluster.address) as ray:
@@ -115,11 +115,10 @@ def open_hosts(inputs: Inputs, runs: Mapping[str, Path], info: dict[str, Any]) -
         webuis = webui_configs(cfg, inputs.run_id)
         reference = {model: fingerprint(path) for model, path in inputs.merge.models.items()}
         dead = {owner: path for owner, path in runs.items() if not is_running(path)}
-        dead_models_before = models_before_of(dead)  # read here: the folders are on this machine, not the hosts
         hosts: list[tuple[RayHost, str]] = []
         try:
             for node in nodes:
-                hosts += _start_actors(ray, node, webuis, inputs, reference, dead, dead_models_before)
+                hosts += _start_actors(ray, node, webuis, inputs, reference, dead)
             log.info("Starting %d WebUI host%s on the Ray cluster (models load there): %s", len(hosts),
                      "" if len(hosts) == 1 else "s", ", ".join(host.name for host, _ in hosts))
             _wait_until_placed(ray, [host for host, _ in hosts])
@@ -157,9 +156,11 @@ def _wait_until_placed(ray: Any, hosts: list[RayHost]) -> None:
 
 
 def _start_actors(ray: Any, node: Node, webuis: list, inputs: Inputs, reference: Mapping[str, Any],
-                  dead: Mapping[str, Path], dead_models_before: Mapping[str, str]) -> list[tuple[RayHost, str]]:
+                  dead: Mapping[str, Path]) -> list[tuple[RayHost, str]]:
     """The actors of one host, not yet started: one per WebUI it offers (and the config names)."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from bayes_merger.webuis import models_before_of
 
     count = min(node.webuis, len(webuis))
     if node.webuis != len(webuis):
@@ -172,6 +173,8 @@ def _start_actors(ray: Any, node: Node, webuis: list, inputs: Inputs, reference:
         actor = actor_class.options(
             name=f"bayes-merger:{inputs.run_id}:{name}", resources={RESOURCE: 1}, num_cpus=0, max_concurrency=2,
             max_restarts=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node.id, soft=False),
-        ).remote(inputs, webui_cfg, run_id, reference, dead, max(node.cpus // count, 1), dead_models_before)
+        ).remote(inputs, webui_cfg, run_id, reference, dead, max(node.cpus // count, 1),
+                 # read here, where the dead runs' folders are, for the WebUI of this name: not on the host
+                 models_before_of(dead, name))
         hosts.append((RayHost(name, actor, ray), str(webui_cfg.checkpoint_dir)))
     return hosts

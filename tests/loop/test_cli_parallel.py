@@ -135,3 +135,28 @@ def test_a_backend_that_cannot_work_is_one_sentence_before_the_webui_is_touched(
     assert len(errors) == 1 and words in errors[0]
     assert not fake_webui.requests
 
+
+
+def test_the_second_webui_holding_a_dead_runs_merge_gets_its_own_model_of_before_back(assets, fake_webui, second_webui,
+                                                                                        tmp_path):
+    for webui, mine in ((fake_webui, "mine-a.safetensors"), (second_webui, "mine-b.safetensors")):
+        make_checkpoint(webui.checkpoint_dir / mine, "sd1", seed=9)
+    # a run of both WebUIs, killed while the second held its merge: it found mine-b there, mine-a in the first
+    runs = tmp_path / "runs"
+    dead = runs / "2026-01-01_00-00-00_20260101-000000-dead"
+    dead.mkdir(parents=True)
+    (dead / "run.json").write_text(json.dumps({
+        "run_id": "20260101-000000-dead", "webui_model_before": "mine-a.safetensors",
+        "webui_models_before": {fake_webui.url: "mine-a.safetensors", second_webui.url: "mine-b.safetensors"}}))
+    merge = second_webui.checkpoint_dir / "bm-20260101-000000-dead-t0004.safetensors"
+    make_checkpoint(merge, "sd1", seed=3)
+    second_webui.set_option("sd_model_checkpoint", merge.name)
+    second_webui.restart()
+    fake_webui.set_option("sd_model_checkpoint", "mine-a.safetensors")
+    fake_webui.restart()
+    assert (fake_webui.loaded_model, second_webui.loaded_model) == ("mine-a.safetensors", merge.name)
+    urls = f"[{fake_webui.url},{second_webui.url}]"
+    dirs = f"[{fake_webui.checkpoint_dir},{second_webui.checkpoint_dir}]"
+    assert _cli(_args(assets, fake_webui, runs, f"webui.urls={urls}", f"webui.checkpoint_dirs={dirs}")) == 0
+    assert second_webui.loaded_model == "mine-b.safetensors", "it was given the first WebUI's model of before"
+    assert sorted(p.name for p in second_webui.checkpoint_dir.iterdir()) == ["mine-b.safetensors"]
