@@ -227,8 +227,7 @@ class Executor:
         try:
             if self._error is not None or self._abandoned.is_set():
                 return None  # the run stopped while this trial waited: no merge for nothing
-            if not slot.answering.is_set():  # its WebUI was lost meanwhile: another WebUI takes the trial
-                self.schedule.release(index)
+            if self._gave_back(slot, index):
                 return None
             try:
                 with self._merging:
@@ -242,7 +241,14 @@ class Executor:
                 return None
             try:
                 with slot.lock:
-                    return self.stages.render(index, params, prepared, slot, timings)
+                    if self._gave_back(slot, index):  # lost while it merged (a pipelined worker's next trial)
+                        self.stages.discard(prepared)
+                        return None
+                    try:
+                        return self.stages.render(index, params, prepared, slot, timings)
+                    except WebUIConnectionError:
+                        slot.answering.clear()  # before the lock is free: the slot's other worker renders nothing
+                        raise
             except WebUIConnectionError as error:
                 self.stages.discard(prepared)
                 # no answer in time is the WebUI's slowness or a hang, whatever the weights: not the trial's doing
@@ -255,6 +261,14 @@ class Executor:
                 return None
         finally:
             slot.loaded(index)
+
+    def _gave_back(self, slot: Slot, index: int) -> bool:
+        """Whether the slot's WebUI is waited for or lost for good: then trial ``index`` goes back to the
+        schedule, for another WebUI (rendered there, it would only be lost again, after another wait)."""
+        if slot.alive and slot.answering.is_set():
+            return False
+        self.schedule.release(index)
+        return True
 
     def suggestion(self, index: int) -> dict[str, float]:
         """The parameters of trial ``index``: logged, or suggested from what the schedule lets it know.

@@ -296,6 +296,56 @@ def test_a_webui_slower_than_the_read_timeout_stops_the_run_saying_so_and_never_
     assert [t.trial for t in log] == [0, 1, 2] and stages.losses == {3: 2}
 
 
+def test_a_pipelined_webui_lost_for_good_renders_no_trial_its_other_worker_merged_meanwhile():
+    class Waits(FakeWebUI):
+        def __init__(self) -> None:
+            super().__init__(comes_back=False)
+            self.waits = 0
+
+        def wait_until_ready(self) -> None:
+            self.waits += 1
+            super().wait_until_ready()
+
+    class Dies(Stages):
+        """a dies during the first render of it during which its other worker has merged the next trial
+        (that worker waits for a's lock then); a dead WebUI drops every render."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.changed = threading.Condition()
+            self.merged_for_a: set[int] = set()
+            self.died: int | None = None
+            self.attempts: list[tuple[str, int]] = []
+
+        def prepare(self, index, params, slot, timings):
+            if slot.name == "a":
+                with self.changed:
+                    self.merged_for_a.add(index)
+                    self.changed.notify_all()
+            return index
+
+        def render(self, index, params, prepared, slot, timings):
+            self.attempts.append((slot.name, index))
+            slot.loaded(index)  # its model is loaded: the next trial may merge
+            if slot.name == "a":
+                with self.changed:
+                    self.merged_for_a.discard(index)
+                    if self.died is None and self.changed.wait_for(lambda: self.merged_for_a, timeout=5):
+                        self.died = index
+                if self.died is not None:
+                    raise WebUIConnectionError("The WebUI went away.")
+            return super().render(index, params, prepared, slot, timings)
+
+    dead, stages, log = Waits(), Dies(), []
+    executor = Executor(stages, _optimiser(), [_slot("a", dead), _slot("b")], {}, 12, log.append, threading.Event(), 2)
+    executor.run()
+    assert stages.died is not None, "a's next trial was never merged while it rendered: not pipelined"
+    assert sorted(t.trial for t in log) == list(range(12)) and all(t.ok for t in log)
+    after = stages.attempts[stages.attempts.index(("a", stages.died)) + 1:]
+    assert [a for a in after if a[0] == "a"] == [], "a rendered the trial merged for it after it died"
+    assert dead.waits == 1, "the dead WebUI was waited for twice"
+
+
 def test_a_resumed_run_suggests_what_an_uninterrupted_one_did():
     full, _ = _run([_slot("a"), _slot("b")], depth=2, jitter=True)
     by_index = {t.trial: t for t in full}
