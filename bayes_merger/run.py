@@ -36,7 +36,7 @@ from bayes_merger.inputs import Inputs, check_inputs
 from bayes_merger.merge.finite import check_finite
 from bayes_merger.merge.merger import Merger
 from bayes_merger.merge.weights import BlockWeights
-from bayes_merger.optimiser import Optimiser
+from bayes_merger.optimiser import BY_POSTERIOR_MEAN, BY_SCORE, Optimiser
 from bayes_merger.progress import progress_bar
 from bayes_merger.report import write_report
 from bayes_merger.rescore import finalists
@@ -158,7 +158,7 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None,
         gc.collect()
         finalists(run_dir, inputs.scorer)
         _refresh_report(run_dir, live=False)
-        _log_summary(trial_log, best, run_dir)
+        _log_summary(trial_log, best, optimiser.chosen_by(), run_dir)
         return RunResult(run_dir, len(trial_log.trials), optimiser.budget, best)
 
 
@@ -399,14 +399,15 @@ def is_broken_merge(error: Exception) -> bool:
 
 
 def record_best(run_dir: Path, trial_log: TrialLog, optimiser: Optimiser) -> Trial | None:
-    """The trial the optimiser's model rates best, written to best.yaml with the raw best and the baseline."""
+    """The trial the optimiser's model rates best (``Optimiser.chosen_by``), written to best.yaml with the raw
+    best and the baseline."""
     # every score so far: the model the best and the importance are read from (the executor sets what
     # each suggestion may know again before it suggests)
     scored, numbers = observations(trial_log.trials)
     optimiser.observe(scored, numbers)
     index = optimiser.best()
     best = None if index is None else next(t for t in trial_log.trials if t.ok and t.trial == numbers[index])
-    write_best(run_dir, best, best_extras(trial_log.trials, best, optimiser.importance()))
+    write_best(run_dir, best, best_extras(trial_log.trials, best, optimiser.importance(), optimiser.chosen_by()))
     return best
 
 
@@ -472,7 +473,11 @@ def _refresh_report(run_dir: Path, live: bool) -> None:
         log.exception("Could not rebuild the report of %s; the run goes on.", run_dir)
 
 
-def _log_summary(trial_log: TrialLog, best: Trial | None, run_dir: Path) -> None:
+# the end-of-run summary's words for how the best was chosen (Optimiser.chosen_by)
+CHOSEN_BY = {BY_POSTERIOR_MEAN: "the model's posterior mean", BY_SCORE: "score"}
+
+
+def _log_summary(trial_log: TrialLog, best: Trial | None, chosen_by: str, run_dir: Path) -> None:
     ok = ranked((t for t in trial_log.trials if t.ok), lambda t: t.score, lambda t: t.trial)
     failed = sum(1 for t in trial_log.trials if not t.ok)
     lines = [f"{'rank':>4}  {'trial':>5}  {'score':>8}  weights (α)"]
@@ -480,7 +485,7 @@ def _log_summary(trial_log: TrialLog, best: Trial | None, run_dir: Path) -> None
               for rank, t in enumerate(ok[:5], start=1)]
     baseline = next((t for t in trial_log.trials if t.trial == 0 and t.ok), None)
     if best is not None:
-        lines.append(f"Best (by the model's posterior mean): trial {best.trial}, score {best.score:.4f}"
+        lines.append(f"Best (by {CHOSEN_BY[chosen_by]}): trial {best.trial}, score {best.score:.4f}"
                      + (f", {best.score - baseline.score:+.4f} over the baseline (trial 0, {baseline.score:.4f})"
                         if baseline is not None else ""))
     log.info("Run finished: %d trials (%d failed) in %s\n%s", len(trial_log.trials), failed, run_dir, "\n".join(lines))

@@ -394,7 +394,7 @@ def test_report_shows_the_models_best_the_raw_best_the_gain_and_block_importance
     raw = max((t for t in trials if t.ok), key=lambda t: t.score)
     chosen = next(t for t in trials if t.ok and t.trial not in (0, raw.trial))
     importance = {b: 0.1 for b in SD_BLOCKS} | {b + "_beta": 0.2 for b in SD_BLOCKS} | {"OUT05": 1.0}
-    write_best(run_dir, chosen, best_extras(trials, chosen, importance))
+    write_best(run_dir, chosen, best_extras(trials, chosen, importance, "posterior mean"))
     write_report(run_dir)
 
     run = load_run(run_dir)
@@ -416,7 +416,7 @@ def test_the_top_trials_panel_marks_the_models_best_as_the_unet_beside_it_does(t
     trials = read_trials(run_dir / "trials.jsonl")
     by_score = sorted((t for t in trials if t.ok), key=lambda t: -t.score)
     chosen = by_score[-1]  # the model's best need not be among the highest raw scores
-    write_best(run_dir, chosen, best_extras(trials, chosen, {}))
+    write_best(run_dir, chosen, best_extras(trials, chosen, {}, "posterior mean"))
     fig = weights_figure(load_run(run_dir))
     [lines] = [ax for ax in fig.axes if ax.get_title(loc="left").startswith("Top ")]
     labels = [line.get_label() for line in lines.get_lines() if not line.get_label().startswith("_")]

@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 
 ACQUISITIONS = ("ei", "ucb", "poi")
 
+# how the best trial is chosen (best.yaml's chosen_by): by the model's posterior mean once it has
+# MODEL_MIN_SCORES scores, by the highest score before (a GP fitted to one or two points is no judge of them)
+BY_POSTERIOR_MEAN, BY_SCORE = "posterior mean", "best score"
+MODEL_MIN_SCORES = 3
+
 
 def check_optimiser_config(config: OptimiserConfig) -> None:
     if config.acquisition not in ACQUISITIONS:
@@ -156,8 +161,15 @@ class Optimiser:
         with one_blas_thread():
             return self._best(observed)
 
+    def chosen_by(self, observed: Sequence[tuple[Mapping[str, float], float]] | None = None) -> str:
+        """How ``best`` chooses among ``observed`` (default: what was registered): ``BY_POSTERIOR_MEAN``, or
+        ``BY_SCORE`` while there are fewer than ``MODEL_MIN_SCORES`` scores."""
+        points = self._observed if observed is None else observed
+        return BY_POSTERIOR_MEAN if len(points) >= MODEL_MIN_SCORES else BY_SCORE
+
     def _best(self, observed: Sequence[tuple[Mapping[str, float], float]] | None) -> int | None:
-        """Index of the observation with the highest posterior mean: the best merge, noise discounted.
+        """Index of the observation with the highest posterior mean: the best merge, noise discounted
+        (with too few scores for a model, the highest score: ``chosen_by``).
 
         With noisy scores the highest raw score is often a lucky render; the posterior mean weighs each
         score against its neighbours'. ``observed`` defaults to what was registered.
@@ -165,7 +177,7 @@ class Optimiser:
         points = self._observed if observed is None else [(dict(p), float(s)) for p, s in observed]
         if not points:
             return None
-        if len(points) < 3:
+        if self.chosen_by(points) == BY_SCORE:
             return int(np.argmax([s for _, s in points]))
         model = self.model() if observed is None else self._fit(points)
         return int(np.argmax(model.predict(model.x).mean))
@@ -179,7 +191,7 @@ class Optimiser:
         """
         model = self.model()
         values = dict.fromkeys((name for name in self.space.weight_names if name not in self.space.frozen), 0.0)
-        if model is None or len(self._observed) < 3:
+        if model is None or len(self._observed) < MODEL_MIN_SCORES:
             return values
         inverse = 1.0 / model.length_scale
         inverse = inverse / inverse.max()

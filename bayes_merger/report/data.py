@@ -72,7 +72,7 @@ class RunData:
 
     @property
     def best(self) -> tuple[int, Mapping[str, Any], float] | None:
-        """The trial best.yaml names (the best by posterior mean), else the highest score."""
+        """The trial best.yaml names (the optimiser's best, as its chosen_by says), else the highest score."""
         chosen = self.best_info.get("trial")
         for entry in self.ok_trials:
             if entry[0] == chosen and not isinstance(chosen, bool):

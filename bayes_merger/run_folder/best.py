@@ -1,8 +1,9 @@
 """best.yaml: the best trial's score and weights, named and as MBW strings, rewritten after every trial.
 
 The best trial is the one the optimiser's model rates best (the highest posterior mean: one lucky
-render does not win); the trial with the highest raw score, the baseline (trial 0: the centre or the
-user's start) with the gain over it, and each weight's importance are written beside it.
+render does not win), or the highest score while too few are scored for a model: ``chosen_by`` says
+which. The trial with the highest raw score, the baseline (trial 0: the centre or the user's start)
+with the gain over it, and each weight's importance are written beside it.
 """
 
 from __future__ import annotations
@@ -48,9 +49,11 @@ def write_best(run_dir: Path, best: Trial | None, extra: Mapping[str, Any] | Non
         atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(data)))
 
 
-def best_extras(trials: Sequence[Trial], best: Trial | None, importance: Mapping[str, float]) -> dict[str, Any]:
-    """best.yaml's fields beyond the best trial's own: the raw best, the baseline and the gain, importance."""
-    extra: dict[str, Any] = {"chosen_by": "posterior mean"}
+def best_extras(trials: Sequence[Trial], best: Trial | None, importance: Mapping[str, float],
+                chosen_by: str) -> dict[str, Any]:
+    """best.yaml's fields beyond the best trial's own: how it was chosen (the optimiser's ``chosen_by``),
+    the raw best, the baseline and the gain, importance."""
+    extra: dict[str, Any] = {"chosen_by": chosen_by}
     raw = best_trial(trials)
     if raw is not None:
         extra["raw_best"] = {"trial": raw.trial, "score": raw.score}

@@ -100,6 +100,20 @@ def test_short_run_completes_and_best_yaml_matches_the_best_trial(assets, fake_w
     assert "resume: null" in saved
 
 
+def test_a_run_with_too_few_scores_for_the_model_says_its_best_is_the_best_score(assets, fake_webui, tmp_path,
+                                                                                 caplog):
+    # two trials scored: no GP is fitted to judge them, the higher score is the best, and nothing claims a
+    # posterior mean chose it
+    caplog.set_level("INFO", logger="bayes_merger.run")
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "optimiser.init_points=2", "optimiser.n_iters=0")) == 0
+    run_dir = _only_run(tmp_path / "runs")
+    trials = _trials(run_dir)
+    best = yaml.safe_load((run_dir / "best.yaml").read_text())
+    assert best["chosen_by"] == "best score" and best["trial"] == max(trials, key=lambda t: t["score"])["trial"]
+    assert f"Best (by score): trial {best['trial']}," in caplog.text
+    assert "posterior mean" not in caplog.text
+
+
 def test_a_finished_run_resumed_with_another_precision_or_without_its_best_merge_saves_it_again(
         assets, fake_webui, tmp_path):
     assert _cli(_args(assets, fake_webui, tmp_path / "runs")) == 0

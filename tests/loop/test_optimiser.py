@@ -7,7 +7,7 @@ import bayes_merger.optimiser as optimiser_module
 from bayes_merger.config import OptimiserConfig
 from bayes_merger.errors import ConfigError
 from bayes_merger.merge.arch import SD_BLOCKS
-from bayes_merger.optimiser import TRUST_INITIAL, Optimiser, trust_length, trust_region
+from bayes_merger.optimiser import BY_POSTERIOR_MEAN, BY_SCORE, TRUST_INITIAL, Optimiser, trust_length, trust_region
 from bayes_merger.optimiser.acquisition import LogExpectedImprovement, log_h
 from bayes_merger.optimiser.gp import FittedGP
 from bayes_merger.space import build_space
@@ -161,6 +161,16 @@ def test_best_by_posterior_mean_is_not_fooled_by_one_lucky_render():
     observed.append((lucky, 0.05))
     assert max(range(len(observed)), key=lambda i: observed[i][1]) == len(observed) - 1
     assert optimiser.best(observed) == len(observed) - 2
+
+
+def test_with_fewer_than_three_scores_the_best_is_the_best_score_and_chosen_by_says_so():
+    cfg = OptimiserConfig(init_points=2, n_iters=0)
+    optimiser = Optimiser(_space(cfg), cfg, seed=0)
+    points = [(dict.fromkeys(BLOCKS, x), score) for x, score in ((0.2, 1.0), (0.8, 3.0), (0.5, 2.0))]
+    assert optimiser.best(points[:2]) == 1 and optimiser.chosen_by(points[:2]) == BY_SCORE
+    assert optimiser.chosen_by(points) == BY_POSTERIOR_MEAN
+    optimiser.observe(points[:1])
+    assert optimiser.best() == 0 and optimiser.chosen_by() == BY_SCORE
 
 
 def test_trust_region_grows_on_improvements_and_shrinks_on_failures():
