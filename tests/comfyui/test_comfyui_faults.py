@@ -152,12 +152,35 @@ def test_a_prompt_we_stop_waiting_for_leaves_the_queue_and_anothers_running_prom
         gate = fake_comfyui.hold_execution()
         theirs = api.request("POST", "/prompt", {"prompt": graph, "client_id": "another-user"})["prompt_id"]
         assert fake_comfyui.wait_until_running() == theirs
-        with pytest.raises(WebUIConnectionError, match="did not finish prompt .* within 2 s"):
+        with pytest.raises(WebUITimedOut, match="did not start prompt .* within 2 s: the prompt ahead of it in its "
+                                                "queue ran longer than that"):
             client.txt2img(PAYLOAD)
         assert queued_ids(api) == ([theirs], [])  # ours is gone; the interrupt with our id left theirs alone
         gate.set()
         fake_comfyui.wait_until_idle()
         assert fake_comfyui.history[theirs]["status"]["status_str"] == "success"
+
+
+def test_a_prompt_queued_behind_others_that_each_end_in_time_is_waited_for_longer_than_the_read_timeout(
+        comfy_config, fake_comfyui, tiny_models):
+    # a shared server: two prompts of another user ahead of ours, each rendering within webui.read_timeout
+    # (2.5 s here), the three together well beyond it
+    with ComfyUIClient(comfy_config(read_timeout=2.5), "run1", handoff="graph", arch=SD1,
+                       model_a=tiny_models / "a.safetensors", model_b=tiny_models / "b.safetensors") as client:
+        client.load_weights(WEIGHTS, trial=0)
+        client.txt2img(PAYLOAD)
+        graph = next(iter(fake_comfyui.history.values()))["prompt"][2]
+        fake_comfyui.delay_node("KSampler", 1.5)
+        api, theirs = ComfyApi(comfy_config()), []
+        for shift in (1, 2):  # other seeds: not served from ComfyUI's cache
+            other = copy.deepcopy(graph)
+            for node in other.values():
+                if "seed" in node["inputs"]:
+                    node["inputs"]["seed"] += shift
+            theirs.append(api.request("POST", "/prompt", {"prompt": other, "client_id": "another-user"})["prompt_id"])
+        assert client.txt2img({**PAYLOAD, "seed": 70}).images
+    assert [fake_comfyui.history[p]["status"]["status_str"] for p in theirs] == ["success", "success"]
+    assert len(fake_comfyui.requests_to("/prompt", "POST")) == 4, "ours was withdrawn and sent again"
 
 
 def test_the_images_of_a_prompt_posted_without_a_client_id_are_never_taken_for_ours(

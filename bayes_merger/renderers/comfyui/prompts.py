@@ -61,6 +61,30 @@ class OutOfMemory(WebUIConnectionError):
     """ComfyUI ran out of memory running the prompt; it was asked to free its memory, and the trial is redone."""
 
 
+class _Deadline:
+    """``webui.read_timeout`` for one prompt's run: ours from its start and, while ours is queued (a shared
+    server), each prompt ahead of it; a queue that moves is waited for, one whose head runs on is not."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.ahead: str | None = None  # the prompt ComfyUI ran when last asked, while ours was queued
+        self.restart()
+
+    def restart(self) -> None:
+        self.at = time.monotonic() + self.seconds
+
+    def left(self) -> float:
+        return self.at - time.monotonic()
+
+    def moved(self, running: str | None) -> bool:
+        """Whether ComfyUI runs another prompt than when last asked (ours, maybe): the deadline starts again."""
+        if running is None or running == self.ahead:
+            return False
+        self.ahead = running
+        self.restart()
+        return True
+
+
 class PromptRunner:
     """Runs prompts on one ComfyUI through its API and the websocket of one client id."""
 
@@ -177,12 +201,19 @@ class PromptRunner:
                 ) -> tuple[str, dict[str, Any], dict[str, list[bytes]], bool]:
         """Wait for the queued prompt ``prompt_id`` to end (see ``_run``); ``_ended`` gets it once ComfyUI
         no longer holds it, so a failure after that leaves ComfyUI's queue alone."""
-        deadline = time.monotonic() + self._read_timeout
+        deadline = _Deadline(self._read_timeout)
         outcome: dict[str, Any] | None = None
         frames: dict[str, list[bytes]] = {}
         intact, started, told, node = True, False, False, None  # node: that of this prompt's last progress event
         while True:
-            remaining = deadline - time.monotonic()
+            remaining = deadline.left()
+            if remaining <= 0 and not started:
+                if deadline.moved(self._running()):
+                    continue
+                raise WebUITimedOut(
+                    f"ComfyUI did not start prompt {prompt_id} within {self._read_timeout:g} s: the prompt ahead of "
+                    "it in its queue ran longer than that (raise webui.read_timeout if renders take longer)."
+                )
             if remaining <= 0:
                 raise WebUITimedOut(
                     f"ComfyUI did not finish prompt {prompt_id} within {self._read_timeout:g} s "
@@ -212,10 +243,17 @@ class PromptRunner:
                 if started and data.get("prompt_id") in (None, prompt_id) and source in savers:
                     frames.setdefault(source, []).append(data["image"])
                 continue
+            if kind == "status" and not started:  # ComfyUI's queue changed (to every socket)
+                try:
+                    deadline.moved(self._running())
+                except WebUIError as error:  # the socket's news of a restart, or the history, will tell
+                    logger.debug("GET /queue failed after a status message: %s", error)
+                continue
             if not isinstance(data, Mapping) or data.get("prompt_id") != prompt_id:
                 continue
             if kind == "execution_start":
                 started = True
+                deadline.restart()
             elif kind == "progress":
                 node = data.get("node")
             elif kind in ("execution_success", "execution_error", "execution_interrupted"):
@@ -289,6 +327,12 @@ class PromptRunner:
         # it may have finished between the two questions: the history is written before the queue lets go
         entry = self._api.request("GET", f"/history/{prompt_id}") or {}
         return (True, entry[prompt_id]) if prompt_id in entry else (False, None)
+
+    def _running(self) -> str | None:
+        """The id of the prompt ComfyUI is running now, or None."""
+        queue = self._api.request("GET", "/queue") or {}
+        running = [item for item in queue.get("queue_running") or [] if isinstance(item, list) and len(item) > 1]
+        return str(running[0][1]) if running else None
 
     def _history_wait(self, prompt_id: str) -> dict[str, Any]:
         for _ in range(20):
