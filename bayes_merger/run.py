@@ -115,13 +115,15 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None,
             merger = Merger.from_inputs(inputs.merge, cfg.merge)
         if not complete:
             _note_trials_at_once(info, len(slots) * (2 if cfg.webui.pipeline else 1), run_dir)
+        else:
+            _keep_budget_reached(info, len(trial_log.trials), cfg.optimiser.init_points, run_dir)
         info.pop(STOPPED_BY, None)  # the last session's reason, if it stopped early
         run_dir.mkdir(parents=True, exist_ok=True)
         write_run_info(run_dir, info)
 
         if complete:
             log.info("%s has all %d trials already: the best merge, finalists and report only.", run_dir,
-                     optimiser.budget)
+                     len(trial_log.trials))
         else:
             if trial_log.trials:
                 log.info("Resuming %s: %d of %d trials done.", run_dir, len(trial_log.trials), optimiser.budget)
@@ -148,6 +150,7 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None,
 
         try:
             best = _keep_best(inputs, info, merger, trial_log, optimiser)
+            _keep_budget_reached(info, len(trial_log.trials), cfg.optimiser.init_points, run_dir)
             info["finished_at"] = now()
             write_run_info(run_dir, info)
         except StorageError as error:  # every trial is logged: a resume only writes these again
@@ -159,7 +162,7 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None,
         finalists(run_dir, inputs.scorer)
         _refresh_report(run_dir, live=False)
         _log_summary(trial_log, best, optimiser.chosen_by(), run_dir)
-        return RunResult(run_dir, len(trial_log.trials), optimiser.budget, best)
+        return RunResult(run_dir, len(trial_log.trials), cfg.optimiser.init_points + info["n_iters"], best)
 
 
 @dataclass
@@ -421,6 +424,19 @@ def _note_trials_at_once(info: dict[str, Any], at_once: int, run_dir: Path) -> N
                     "from what the run would have suggested.", run_dir, before, "" if before == 1 else "s",
                     at_once, at_once)
     info["trials_at_once"] = at_once
+
+
+def _keep_budget_reached(info: dict[str, Any], done: int, init_points: int, run_dir: Path) -> None:
+    """run.json's budget (``n_iters``) never below the trials done: a resume that asks for fewer (config.yaml's
+    command, with the first session's n_iters, after a resume with more) keeps every trial and says so, and
+    the report shows them done of the budget they reached, not 20 of 16."""
+    asked = init_points + info["n_iters"]
+    if done > asked:
+        log.info("%s has %d trials, more than the %d asked for (optimiser.init_points %d + optimiser.n_iters %d): "
+                 "all are kept, and run.json and the report count its budget as %d; resume with a larger "
+                 "optimiser.n_iters for more trials.",
+                 run_dir, done, asked, init_points, info["n_iters"], done)
+        info["n_iters"] = done - init_points
 
 
 def _stop_resumably(error: StorageError | RatingsEnded, run_dir: Path) -> RunStopped:

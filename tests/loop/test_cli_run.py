@@ -376,6 +376,24 @@ def test_ctrl_c_finishes_the_trial_in_flight_then_stops_resumably(assets, fake_w
     assert "finished</span>" in (run_dir / "report.html").read_text()
 
 
+def test_config_yamls_resume_command_after_a_resume_with_more_trials_keeps_the_budget_reached(assets, fake_webui,
+                                                                                            tmp_path, caplog):
+    caplog.set_level("INFO", logger="bayes_merger.run")
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "optimiser.n_iters=0")) == 0
+    run_dir = _only_run(tmp_path / "runs")
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "optimiser.n_iters=2", f"resume={run_dir}")) == 0
+    caplog.clear()
+    # config.yaml's command asks for the first session's 3 trials: the 5 done are kept, and the run's budget
+    # is the 5 it reached, not shrunk back below them
+    assert _cli(["--config", str(run_dir / "config.yaml"), f"resume={run_dir}", "hydra/job_logging=none",
+                 "hydra/hydra_logging=none"]) == 0
+    assert len(_trials(run_dir)) == 5
+    assert json.loads((run_dir / "run.json").read_text())["n_iters"] == 2
+    assert "has 5 trials, more than the 3 asked for" in caplog.text
+    html = (run_dir / "report.html").read_text()
+    assert ">5 / 5<" in html and "finished</span>" in html
+
+
 def test_a_stop_is_a_stop_when_a_trial_beyond_a_lowered_budget_fills_the_count(assets, fake_webui, tmp_path,
                                                                                monkeypatch):
     from bayes_merger.run import TrialLoop
