@@ -291,6 +291,18 @@ def test_a_restart_mid_prompt_is_a_lost_server_and_the_trial_can_be_redone(graph
     assert graph_client.txt2img(PAYLOAD).images  # the same hand-off renders again after the restart
 
 
+def test_a_websocket_a_proxy_closed_while_idle_is_reopened_before_the_next_prompt_not_found_dead_after_it(
+        graph_client, fake_comfyui, monkeypatch):
+    graph_client.load_weights(WEIGHTS, trial=0)
+    graph_client.txt2img(PAYLOAD)
+    # the merge between two trials outlasts a proxy's idle timeout (here: any silence), which drops the socket
+    monkeypatch.setattr("bayes_merger.renderers.comfyui.events.IDLE_REOPEN", 0.0)
+    fake_comfyui.drop_websockets()
+    graph_client.load_weights(BlockWeights.uniform(SD1.blocks, 0.6), trial=1)
+    assert graph_client.txt2img(PAYLOAD).images
+    assert len(fake_comfyui.requests_to("/prompt", "POST")) == 2, "the second trial's prompt was sent twice"
+
+
 def sent_ids(fake):
     return [r.body["prompt_id"] for r in fake.requests_to("/prompt", "POST")]
 

@@ -21,6 +21,11 @@ from bayes_merger.errors import WebUIConnectionError
 
 logger = logging.getLogger(__name__)
 
+# a socket silent this long may have been closed by a proxy (nginx's proxy_read_timeout is 60 s by default,
+# Cloudflare's limit 100 s) without a word to our side: reopened before the next prompt (a CPU merge between
+# two trials takes longer), rather than found dead after its POST, which costs the prompt a second run
+IDLE_REOPEN = 30.0
+
 
 class EventStream:
     """One websocket at a time, each under a client id of its own (``client_id``: the open one's); ``next``
@@ -42,6 +47,7 @@ class EventStream:
             token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
             self._header.append(f"Authorization: Basic {token}")
         self._ws: websocket.WebSocket | None = None
+        self._heard = 0.0  # when the open socket last brought a frame (time.monotonic)
 
     @property
     def client_id(self) -> str:
@@ -60,7 +66,7 @@ class EventStream:
         events of our prompts sent to it: a prompt posted between the handshake and that moment (a busy
         server) would run with its events sent to no one, and its images taken for lost.
         """
-        if self.connected:
+        if self.connected and time.monotonic() - self._heard < IDLE_REOPEN:
             return
         self.close()
         self._opened += 1
@@ -72,6 +78,7 @@ class EventStream:
             raise WebUIConnectionError(
                 f"Could not open ComfyUI's websocket {self.url} ({_words(exc)}); is it running?"
             ) from exc
+        self._heard = time.monotonic()
         deadline = time.monotonic() + self._connect_timeout
         while (remaining := deadline - time.monotonic()) > 0:
             message = self.next(remaining)
@@ -89,6 +96,7 @@ class EventStream:
             self._ws.settimeout(max(timeout, 0.01))
             while True:
                 frame = self._ws.recv()
+                self._heard = time.monotonic()
                 if not frame:  # a close frame (or an empty message)
                     if not self._ws.connected:
                         raise websocket.WebSocketConnectionClosedException("closed by the server")
