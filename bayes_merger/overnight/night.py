@@ -59,6 +59,9 @@ class Night:
         self.child: subprocess.Popen[bytes] | None = None
         self.stop_signal: int | None = None
         self.interrupted_at: float | None = None
+        # the values WEBUI_OPTIONS replaced when the night first set them: set back at its end (the WebUI keeps
+        # options in its config.json; after a restart it reads ours, so only the first answer is the user's)
+        self.options_before: dict[str, Any] | None = None
 
     # signals: remember the first, hand a Ctrl-C to bayes-merger so it ends cleanly
     def on_signal(self, signum: int, frame: Any) -> None:
@@ -84,6 +87,8 @@ class Night:
         try:
             return self._attempts()
         finally:
+            if self.options_before:
+                self.api.restore_options(self.options_before)
             if self.webui is not None:
                 self.webui.stop()
 
@@ -127,7 +132,8 @@ class Night:
                 continue
             ready_once = True
             if self.settings.webui_options:
-                self.api.set_options(self.settings.webui_options)
+                before = self.api.set_options(self.settings.webui_options)
+                self.options_before = before if self.options_before is None else self.options_before
             if self.stopping():
                 return self._stopped(None)
 

@@ -110,10 +110,18 @@ class WebUIApi:
         except requests.RequestException:
             return None
 
-    def set_options(self, options: dict[str, Any]) -> None:
+    def set_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Set ``options`` one by one; the values those it changed had before (``restore_options`` sets them
+        back: the WebUI saves options in its config.json, for every later start)."""
         if self.is_comfyui():
             log.info("ComfyUI has no options API: WEBUI_OPTIONS (%s) is not applied.", ", ".join(options))
-            return
+            return {}
+        try:
+            before = dict(self._client.options())
+        except WebUIError as error:
+            log.warning("Could not read the WebUI's options, so those set now stay after the night: %s", error)
+            before = {}
+        changed = {}
         for key, value in options.items():  # one by one: an option a fork lacks must not block the others
             try:
                 self._client.set_option(key, value)
@@ -124,6 +132,20 @@ class WebUIApi:
                                 key, json.dumps(value), error.status)
                 else:
                     log.warning("Could not set WebUI option %s: %s", key, error)
+                continue
+            if key in before and before[key] != value:
+                changed[key] = before[key]
+        return changed
+
+    def restore_options(self, options: dict[str, Any]) -> None:
+        """Set ``options`` back (``set_options``' answer), each it can; the others are said."""
+        for key, value in options.items():
+            try:
+                self._client.set_option(key, value)
+                log.info("WebUI option %s set back to %s.", key, json.dumps(value))
+            except WebUIError as error:
+                log.warning("Could not set WebUI option %s back to %s (%s); set it in its Settings.", key,
+                            json.dumps(value), error)
 
     def __enter__(self) -> WebUIApi:
         return self

@@ -156,12 +156,16 @@ class WebUIClient:
             raise
         return list(answer) if isinstance(answer, list) else None
 
-    def selected_model(self) -> str:
-        """The checkpoint the WebUI has selected (``sd_model_checkpoint``), "" when none."""
+    def options(self) -> Mapping[str, Any]:
+        """The WebUI's options (``GET /sdapi/v1/options``)."""
         options = self._api.request("GET", OPTIONS)
         if not isinstance(options, Mapping):
             raise WebUIError(f"GET {OPTIONS} answered {type(options).__name__}, not an object of options.")
-        return str(options.get("sd_model_checkpoint") or "")
+        return options
+
+    def selected_model(self) -> str:
+        """The checkpoint the WebUI has selected (``sd_model_checkpoint``), "" when none."""
+        return str(self.options().get("sd_model_checkpoint") or "")
 
     def check_memory_options(self) -> None:
         """Warn when the WebUI keeps more than one model in memory: with a new merge every trial its RAM

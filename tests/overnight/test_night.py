@@ -140,7 +140,10 @@ class ApiStandIn:
     def status(self, timeout: float = 10.0) -> int:
         return 200
 
-    def set_options(self, options: dict[str, Any]) -> None:
+    def set_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    def restore_options(self, options: dict[str, Any]) -> None:
         pass
 
 
@@ -270,6 +273,33 @@ def test_a_bayes_merger_killed_by_a_signal_is_resumed(tmp_path: Path, clean_env:
     assert "resume=" not in first and f"resume={tmp_path / 'runs' / 'run-1'}" in second
     assert "bayes-merger was killed by SIGKILL" in caplog.text
     assert "Resuming the run; the WebUI still answers (retry 1 of 3)." in caplog.text
+
+
+def test_the_options_the_night_set_are_set_back_to_the_users_at_its_end(tmp_path: Path,
+                                                                         clean_env: pytest.MonkeyPatch) -> None:
+    class Options(ApiStandIn):
+        def __init__(self) -> None:
+            self.config = {"sd_checkpoints_limit": 3, "sd_checkpoint_cache": 0}  # the user's, in config.json
+            self.calls: list[str] = []
+
+        def set_options(self, options: dict[str, Any]) -> dict[str, Any]:
+            self.calls.append("set")
+            before = {key: self.config[key] for key, value in options.items() if self.config[key] != value}
+            self.config.update(options)
+            return before
+
+        def restore_options(self, options: dict[str, Any]) -> None:
+            self.calls.append("restore")
+            self.config.update(options)
+
+    api = Options()
+    settings = settings_for(tmp_path, KILLED_BAYES_MERGER, "once")  # two starts: the options set twice
+    night = Night(settings, tmp_path / "runs", api, tmp_path / "night.log",  # type: ignore[arg-type]
+                  tmp_path / "night.webui.log")
+
+    assert night.run() == 0
+    assert api.calls == ["set", "set", "restore"]
+    assert api.config == {"sd_checkpoints_limit": 3, "sd_checkpoint_cache": 0}, "the night's options stayed"
 
 
 def test_new_run_stands_when_its_first_start_died_before_making_its_run(tmp_path: Path,

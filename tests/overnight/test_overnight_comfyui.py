@@ -4,6 +4,7 @@ A1111, an option it lacks refused alone)."""
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -88,6 +89,20 @@ def test_an_option_the_webui_lacks_is_refused_alone_and_the_others_are_set(fake_
     assert (fake_webui.options["sd_checkpoints_limit"], fake_webui.options["sd_checkpoint_cache"]) == (2, 1)
     assert "no_such_option" not in fake_webui.options
     assert "The WebUI refused option no_such_option = 3 (HTTP 500)" in caplog.text
+
+
+@pytest.mark.parametrize("fake_webui", ["a1111", "forge"], indirect=True)
+def test_the_options_set_are_answered_with_their_values_before_and_set_back_by_restore(fake_webui, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="overnight")
+    fake_webui.set_option("sd_checkpoints_limit", 3)
+    with WebUIApi(fake_webui.url, None, "auto") as api:
+        before = api.set_options({"sd_checkpoints_limit": 1, "sd_checkpoint_cache": fake_webui.options[
+            "sd_checkpoint_cache"], "no_such_option": 3})
+        assert before == {"sd_checkpoints_limit": 3}  # neither the one unchanged nor the one refused
+        assert fake_webui.options["sd_checkpoints_limit"] == 1
+        api.restore_options(before)
+    assert fake_webui.options["sd_checkpoints_limit"] == 3
+    assert "WebUI option sd_checkpoints_limit set back to 3." in caplog.text
 
 
 def test_an_unknown_backend_is_refused() -> None:
