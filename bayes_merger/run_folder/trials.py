@@ -246,8 +246,8 @@ class TrialLog:
     def retract(self, numbers: Iterable[int], side_file: str = NOT_RENDERED_FILE) -> None:
         """Take the trials ``numbers`` out of the log, for a resume to run them again: their records are not
         the truth of the run (``NOT_RENDERED_FILE``: the WebUI rendered another model; ``FAILED_AT_START_FILE``:
-        the set-up failed them). Their lines move to ``side_file`` first, so nothing is lost; the log is then
-        replaced in one rename."""
+        the set-up failed them). Their lines move to ``side_file`` first, so no record is lost; the log is then
+        replaced in one rename, and their images are deleted (the set-aside records still name them)."""
         numbers = set(numbers)
         out = [t for t in self.trials if t.trial in numbers]
         if not out:
@@ -258,6 +258,16 @@ class TrialLog:
             handle.flush()
             os.fsync(handle.fileno())
         self._keep_only([t for t in self.trials if t.trial not in numbers])
+        # as a failed trial's: named with a score no record in the log has, of whatever model the WebUI
+        # rendered, they would stay in images/ beside the images of the resume's render of those trials
+        for trial in out:
+            for image in trial.images:
+                if image.path is not None:
+                    try:
+                        (self.path.parent / image.path).unlink(missing_ok=True)
+                    except OSError as error:  # the trials are out of the log: that is what counts
+                        log.warning("Could not delete %s, an image of a trial set aside (%s).", image.path,
+                                    error.strerror or error)
 
     def _finish_retraction(self) -> None:
         # A run killed between retract's two writes left the set-aside lines in the log as well; a trial

@@ -67,6 +67,7 @@ def test_a_webui_that_keeps_rendering_the_old_model_stops_the_run_and_the_resume
     set_aside = [json.loads(line) for line in (run_dir / "trials.not-rendered.jsonl").read_text().splitlines()]
     assert [t["trial"] for t in set_aside] == [0, 1] and set_aside[0]["score"] == set_aside[1]["score"]
     assert not (run_dir / "best.yaml").exists(), "best.yaml still names a trial whose score was set aside"
+    assert not list((run_dir / "images").iterdir()), "images named with scores the trial log no longer has"
 
     fake_webui.ignore_model_switch(False)  # the user restarted the WebUI
     assert _cli(["--config", str(run_dir / "config.yaml"), f"resume={run_dir}", "hydra/job_logging=none",
@@ -76,6 +77,9 @@ def test_a_webui_that_keeps_rendering_the_old_model_stops_the_run_and_the_resume
     assert _cli(_args(assets, fake_webui, tmp_path / "clean", *budget)) == 0
     assert resumed == [(t["trial"], t["status"], t["score"]) for t in _trials(_only_run(tmp_path / "clean"))]
     assert len({score for _, _, score in resumed}) == len(resumed)
+    # images/ holds the images of the resume's renders, none left from the stuck model's beside them
+    assert ({image["path"] for t in _trials(run_dir) for image in t["images"]}
+            == {f"images/{path.name}" for path in (run_dir / "images").iterdir()})
 
 
 def test_a_flat_landscape_with_different_pictures_runs_to_its_budget(assets, fake_webui, tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -69,6 +70,17 @@ def test_a_retraction_cut_short_by_a_kill_is_finished_on_resume(tmp_path):
     resumed = TrialLog(tmp_path)
     assert [t.trial for t in resumed.trials] == [0, 3]
     assert [t.trial for t in read_trials(tmp_path / "trials.jsonl")] == [0, 3]
+
+
+def test_a_set_aside_trials_images_are_deleted_and_the_others_kept(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    log = TrialLog(tmp_path)
+    for n in range(3):
+        (images / f"t{n:04d}-p-00-{n}.000.png").write_bytes(b"png")
+        log.append(replace(_trial(n, score=n), images=(ImageRecord("p", 0, 7, n, f"images/t{n:04d}-p-00-{n}.000.png"),)))
+    log.retract([1])
+    assert sorted(path.name for path in images.iterdir()) == ["t0000-p-00-0.000.png", "t0002-p-00-2.000.png"]
 
 
 def test_a_trial_rendered_again_after_being_set_aside_stays_in_the_log(tmp_path):
