@@ -302,8 +302,9 @@ class TrialLoop:
                     slot.webui.load_weights(weights, trial=index)
                 else:
                     slot.webui.load_checkpoint(lambda path: os.replace(prepared.staged, path), trial=index)
-            slot.loaded(index)  # the next trial's merge may start: it overlaps this render
-            with _timed(timings, "generate"):
+            if not getattr(slot.webui, "loads_lazily", False):
+                slot.loaded(index)  # the next trial's merge may start: it overlaps this render
+            with _timed(timings, "generate"):  # on Forge, with the model's load
                 images, contexts = self._render(index, slot, weights, saved)
             self.render_checks[slot.name].check(index, weights.alpha + (weights.beta or ()),
                                                 [(c.payload, c.index, c.seed, image) for image, c in zip(images, contexts)])
@@ -367,6 +368,7 @@ class TrialLoop:
         contexts: list[ImageContext] = []
         for payload in self.payloads:
             generation = slot.webui.txt2img(payload.request)
+            slot.loaded(index)  # Forge has loaded the model in this first generation: the next merge may start
             sent = str(payload.request.get("prompt", ""))  # wildcards were drawn when the payload was read
             for image_index, (image, seed) in enumerate(zip(generation.images, generation.seeds)):
                 # what a text-aware scorer compares the image with: the prompt it was rendered from

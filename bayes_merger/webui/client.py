@@ -13,6 +13,7 @@ the WebUI had before and deletes the run's merge files.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -57,6 +58,8 @@ OFFLINE_PREVIEWS = ("reForge without internet access fails so while its live pre
                     "WEBUI_OPTIONS.")
 
 # the options that keep models in memory, and the values A1111's maintainers advise for many switches
+# the version Forge 2 gives in a generation's info (f<Forge>v<the A1111 it forked>)
+FORGE_2 = re.compile(r"f([2-9]|\d\d+)\.\d+.*v\d")
 MEMORY_OPTIONS = {"sd_checkpoints_limit": 1, "sd_checkpoint_cache": 0}
 
 
@@ -76,6 +79,9 @@ class WebUIClient:
         # a txt2img whose answer has not come: still waited for in another thread, or given up by a second
         # Ctrl-C, while the WebUI renders on for no one
         self._unanswered = False
+        # Forge 2 loads a selected model in the next txt2img, not in POST /options (a1111-api.md, measured):
+        # known from a generation's version ("f2.0.1v1.10.1-…"), so from the first trial's on
+        self.loads_lazily = False
 
     def __enter__(self) -> WebUIClient:
         return self
@@ -294,6 +300,7 @@ class WebUIClient:
             raise
         self._unanswered = False
         info = parse_info(body)
+        self.loads_lazily = bool(FORGE_2.match(str(info.get("version") or "")))
         self._confirm_model(info)
         generation = read_generation(body, info)
         self._confirm_finished(request, len(generation.images))

@@ -160,3 +160,20 @@ def test_the_second_webui_holding_a_dead_runs_merge_gets_its_own_model_of_before
     assert _cli(_args(assets, fake_webui, runs, f"webui.urls={urls}", f"webui.checkpoint_dirs={dirs}")) == 0
     assert second_webui.loaded_model == "mine-b.safetensors", "it was given the first WebUI's model of before"
     assert sorted(p.name for p in second_webui.checkpoint_dir.iterdir()) == ["mine-b.safetensors"]
+
+
+@pytest.mark.parametrize("fake_webui", ["forge"], indirect=True)
+def test_pipelined_on_forge_the_next_merge_waits_for_the_model_forge_loads_in_the_first_generation(
+        assets, fake_webui, tmp_path, monkeypatch):
+    from bayes_merger.executor import Slot
+
+    original, seen = Slot.loaded, {}
+
+    def loaded(self, index):
+        seen.setdefault(index, fake_webui.loaded_model)  # what Forge had loaded when the next merge was let start
+        original(self, index)
+
+    monkeypatch.setattr(Slot, "loaded", loaded)
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "webui.pipeline=true")) == 0
+    # from the second trial on (the first generation tells Forge's version): after its own model's load
+    assert all(f"t{index:04d}" in str(seen[index]) for index in range(1, 5)), seen
