@@ -236,6 +236,17 @@ def test_an_unfinished_run_reads_in_progress_while_a_process_runs_it_and_stopped
     assert "stopped · resume it to finish" in html and "in progress" not in html
 
 
+def test_a_run_missing_a_trial_below_its_budget_is_stopped_though_it_has_as_many_lines(tmp_path):
+    # trials 0-3 and 5 of a budget of 5: finished out of order, then the budget lowered; trial 4 never ran
+    run_dir = make_run(tmp_path / "run", n_trials=6, init_points=2, n_iters=3)
+    lines = (run_dir / "trials.jsonl").read_text().splitlines()
+    (run_dir / "trials.jsonl").write_text("\n".join(lines[:4] + lines[5:]) + "\n")
+    write_report(run_dir)
+    html = html_of(run_dir)
+    assert "stopped · resume it to finish" in html and '<span class="pill done">finished' not in html
+    assert "4 / 5" in html
+
+
 def test_the_duration_leaves_out_the_time_between_sessions(tmp_path):
     from bayes_merger.report.format import run_duration
 

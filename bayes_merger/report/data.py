@@ -111,6 +111,13 @@ class RunData:
         return any(weight_set(t, "beta") for _, t in self.trials)
 
     @property
+    def done(self) -> int:
+        """How many of trials 0 … budget − 1 the log has (not its lines: a trial finished out of order beyond a
+        budget since lowered would hide a missing one); every trial where the budget is unknown."""
+        budget = self.budget
+        return len({n for n, _ in self.trials if budget is None or n < budget})
+
+    @property
     def budget(self) -> int | None:
         """init_points + n_iters, when run.json says both."""
         init, iters = self.info.get("init_points"), self.info.get("n_iters")

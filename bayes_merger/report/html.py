@@ -58,7 +58,7 @@ def _model(label: str, path: Any) -> str:
 
 def _summary(run: RunData) -> str:
     info = run.info
-    done, budget = len(run.trials), run.budget
+    done, budget = run.done, run.budget
     failed = sum(1 for _, t in run.trials if trial_score(t) is None)
     best = run.best
     timings = mean_timings(run)
@@ -296,7 +296,7 @@ def render_html(run: RunData) -> str:
     budget = run.budget
     state = ""
     if budget is not None:
-        if len(run.trials) >= budget:
+        if run.done >= budget:
             state = '<span class="pill done">finished</span>'
         elif run.live:
             state = '<span class="pill live">in progress · reload to update</span>'
