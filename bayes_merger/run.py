@@ -141,9 +141,7 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None,
                     write_run_info(run_dir, info)
                     raise
                 finally:
-                    # at the end and on every stop: each WebUI gets its model back and our files go
-                    for slot in slots:
-                        slot.webui.hand_back(before.get(slot.name, ""))
+                    hand_back(slots, before)
             except RunStopped:
                 _keep_best_on_stop(inputs, info, merger, trial_log, optimiser)
                 raise
@@ -383,6 +381,19 @@ class TrialLoop:
                 contexts.append(ImageContext(payload=payload.name, index=image_index, seed=seed, path=path,
                                              prompt=prompt))
         return images, contexts
+
+
+def hand_back(slots: list[Slot], before: Mapping[str, str]) -> None:
+    """At the end and on every stop: each WebUI its model of before back and our files gone, every one though
+    a later Ctrl-C (or the overnight runner's second) cuts one short: it ends that one's, not the others'."""
+    cut: KeyboardInterrupt | None = None
+    for slot in slots:
+        try:
+            slot.webui.hand_back(before.get(slot.name, ""))
+        except KeyboardInterrupt as error:
+            cut = cut or error
+    if cut is not None:
+        raise cut
 
 
 class _timed:

@@ -207,6 +207,28 @@ def test_a_run_killed_while_holding_the_webui_leaves_it_to_the_next_run(assets, 
     _mine_is_back(webui_with_a_model)
 
 
+def test_a_ctrl_c_that_cuts_one_webuis_hand_back_short_leaves_the_others_theirs():
+    # the overnight runner's second Ctrl-C may come while the first WebUI waits for its model's load
+    from bayes_merger.executor import Slot
+    from bayes_merger.run import hand_back
+
+    handed = []
+
+    class WebUI:
+        def __init__(self, name: str, cut: bool) -> None:
+            self.name, self.cut = name, cut
+
+        def hand_back(self, model: str) -> None:
+            handed.append((self.name, model))
+            if self.cut:
+                raise KeyboardInterrupt
+
+    slots = [Slot(name=name, webui=WebUI(name, name == "a"), checkpoint_dir=Path(".")) for name in ("a", "b")]
+    with pytest.raises(KeyboardInterrupt):
+        hand_back(slots, {"a": "mine-a.safetensors", "b": "mine-b.safetensors"})
+    assert handed == [("a", "mine-a.safetensors"), ("b", "mine-b.safetensors")]
+
+
 # ------------------------------------------------------------------------------- NaN and inf
 
 
