@@ -336,6 +336,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         log.error("The run folder %s cannot be made (%s): check run.dir, hydra.run.dir or resume=.",
                   error.filename, error.strerror or error)
         sys.exit(ConfigError.exit_code)
+    except ValueError as error:
+        # Hydra's log file in the run folder cannot be opened (a folder resumed as another user than made it)
+        cause = error.__cause__
+        if _TASK_STARTED.is_set() or not isinstance(cause, OSError) or not cause.filename:
+            raise
+        logging.basicConfig(format="bayes-merger: %(message)s")
+        log.error("The run's log %s cannot be written (%s): the run folder must be one this user can write.",
+                  cause.filename, cause.strerror or cause)
+        sys.exit(ConfigError.exit_code)
     except ConfigError as error:  # before Hydra set up logging: the task's own errors end in _task
         logging.basicConfig(format="bayes-merger: %(message)s")
         log.error("%s", error)

@@ -188,3 +188,17 @@ def test_hydra_full_error_set_by_the_user_still_gets_hydras_whole_report(monkeyp
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
     with pytest.raises(ConfigCompositionException, match="run.seed=1.5"):
         main(["--config", str(REPO / "conf" / "demo.yaml"), "demo=false", "run.seed=1.5"])
+
+
+def test_a_run_folder_whose_log_cannot_be_written_is_one_sentence_and_exit_2(tmp_path):
+    # a run started with sudo, resumed as the user; here its log is a folder (root writes anywhere)
+    folder = tmp_path / "run"
+    (folder / "bayes-merger.log").mkdir(parents=True)
+    (folder / "run.json").write_text("{}")
+    done = subprocess.run([sys.executable, "-c", "from bayes_merger.cli import main; main()", "--config",
+                           str(REPO / "conf" / "demo.yaml"), f"resume={folder}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"The run's log {folder / 'bayes-merger.log'} cannot be written (Is a directory): the run folder must be " \
+           "one this user can write." in done.stderr + done.stdout
