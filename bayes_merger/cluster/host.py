@@ -20,7 +20,7 @@ import threading
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 
@@ -78,10 +78,13 @@ class TrialHost:
         """Our label: answers as soon as Ray has placed the actor, before anything slow (see ``start``)."""
         return self.label
 
-    def start(self, known_before: str | None = None) -> tuple[str, str]:
-        """Check the model files, open the WebUI, load the scorer and the models; returns our version and
-        the model the WebUI had before the run (``known_before``: the one the driver's run.json recorded
-        for it, when the run is resumed: the WebUI may still hold the merge of the session that died)."""
+    def start(self, known_before: str | None = None, known_route: Mapping[str, Any] | None = None
+              ) -> tuple[str, str, dict[str, Any] | None]:
+        """Check the model files, open the WebUI, load the scorer and the models; returns our version, the
+        model the WebUI had before the run (``known_before``: the one the driver's run.json recorded for it,
+        when the run is resumed: the WebUI may still hold the merge of the session that died) and, for a
+        ComfyUI with comfyui_handoff auto, its route's record for the driver's run.json (``known_route``: the
+        one recorded there, so that every session of the run takes the route its first measured)."""
         cfg = self.inputs.config
         try:
             for model, path in self.inputs.merge.models.items():  # before anything slow
@@ -97,11 +100,14 @@ class TrialHost:
             optimiser = Optimiser(self.inputs.space, cfg.optimiser, cfg.run.seed)  # names each trial's phase
             self._loop = TrialLoop(self.inputs, merger, [slot], scorer, optimiser, TrialLog(self.scratch),
                                    threading.Event())
-            settle_comfyui_routes(self._loop, {})  # a ComfyUI with comfyui_handoff auto: timed here, as on one machine
+            # a ComfyUI with comfyui_handoff auto: timed here, as on one machine, or as the driver recorded
+            routes = {"comfyui_handoff": {slot.name: dict(known_route)}} if known_route else {}
+            settle_comfyui_routes(self._loop, routes)
             self._slot = slot
         except BayesMergerError as error:
             raise type(error)(f"{self.label}: {error}") from None
-        return __version__, self._before
+        route = (routes.get("comfyui_handoff") or {}).get(slot.name)
+        return __version__, self._before, route
 
     def run_trial(self, index: int, params: Mapping[str, float]) -> HostResult:
         """Trial ``index`` start to finish, as the executor runs it on one machine; a lost WebUI or a

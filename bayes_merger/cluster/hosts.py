@@ -123,13 +123,18 @@ def open_hosts(inputs: Inputs, runs: Mapping[str, Path], info: dict[str, Any]) -
                      "" if len(hosts) == 1 else "s", ", ".join(host.name for host, _ in hosts))
             _wait_until_placed(ray, [host for host, _ in hosts])
             known = dict(info.get("webui_models_before") or {})
-            started = [(host, host.actor.start.remote(known.get(host.name))) for host, _ in hosts]
+            routes = dict(info.get("comfyui_handoff") or {})  # by host, as on one machine by WebUI
+            started = [(host, host.actor.start.remote(known.get(host.name), routes.get(host.name))) for host, _ in hosts]
             for host, ref in started:
-                version, known[host.name] = host._get(ref)
+                version, known[host.name], route = host._get(ref)
                 if version != __version__:
                     raise ConfigError(f"{host.name} runs bayes-merger {version}, this machine {__version__}: install "
                                       "the same version on every host.")
+                if route is not None:
+                    routes[host.name] = route
             info["webui_models_before"] = known
+            if routes:
+                info["comfyui_handoff"] = routes
             yield [Slot(name=host.name, webui=host, checkpoint_dir=Path(folder)) for host, folder in hosts]
         finally:
             for host, _ in hosts:

@@ -158,3 +158,40 @@ def test_a_comfyui_lost_while_the_graph_is_timed_stops_the_run(auto_client, fake
     with pytest.raises(WebUIConnectionError, match="websocket|could not|refused"):
         settle_route(auto_client, None, REQUEST, WEIGHTS, stager(folder, tiny_models), pipelined=False)
     assert auto_client.handoff == "auto"
+
+
+def test_a_cluster_host_hands_the_driver_its_measured_route_and_takes_the_one_recorded(fake_comfyui, shared_vae_models,
+                                                                                     tmp_path, slow_node, assets):
+    # on a Ray cluster each host times its ComfyUI; the driver keeps the record in run.json, by host, so that
+    # a resume takes the route its first session measured, as on one machine (it timed it anew every session)
+    from bayes_merger.cluster.fingerprint import fingerprint
+    from bayes_merger.cluster.host import TrialHost
+    from bayes_merger.config import ClusterConfig, Config, OptimiserConfig, PayloadsConfig, ScorerConfig, WebUIConfig
+    from bayes_merger.inputs import check_inputs
+    from tests.loop.test_cli_run import REPO
+
+    slow_node("ModelMerge")
+    folder = tmp_path / "models" / "checkpoints" / "bayes-merger"
+    cfg = Config(model_a=str(shared_vae_models / "a.safetensors"), model_b=str(shared_vae_models / "b.safetensors"),
+                 webui=WebUIConfig(url=fake_comfyui.url, checkpoint_dir=str(folder), backend="comfyui"),
+                 payloads=PayloadsConfig(dir=str(REPO / "payloads" / "demo.yaml"),
+                                         wildcards_dir=str(REPO / "payloads" / "wildcards")),
+                 scorer=ScorerConfig(name="aesthetic_head", clip=str(assets["scorer.clip"]),
+                                     head=str(assets["scorer.head"])),
+                 optimiser=OptimiserConfig(init_points=2, n_iters=1), cluster=ClusterConfig())
+    inputs = check_inputs(cfg, tmp_path / "run")
+    models = {m: fingerprint(p) for m, p in inputs.merge.models.items()}
+
+    def start(known_route=None):
+        host = TrialHost(inputs, cfg.webui, inputs.run_id, models, {})
+        try:
+            return host.start(None, known_route)[2]
+        finally:
+            host.hand_back()
+
+    measured = start()
+    assert measured["route"] == "file" and measured["graph_s"] >= SLOW > measured["file_s"]
+    posts = len(fake_comfyui.requests_to("/prompt", "POST"))
+    slow_node("ModelMerge", 0.0)  # the device changed: timed anew, the graph would win now
+    assert start(measured) == measured
+    assert len(fake_comfyui.requests_to("/prompt", "POST")) == posts, "the recorded route was timed again"
