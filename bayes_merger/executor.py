@@ -173,7 +173,8 @@ class Executor:
                 self._abandoned.set()
                 self.schedule.close()
                 for slot in self.slots:
-                    slot.settle(SETTLE_SECONDS)
+                    if not getattr(slot.webui, "renders_remotely", False):  # a cluster's host settles its own
+                        slot.settle(SETTLE_SECONDS)
                 raise
         if self._error is not None:
             raise self._error

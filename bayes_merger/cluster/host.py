@@ -28,7 +28,7 @@ from bayes_merger import __version__
 from bayes_merger.cluster.fingerprint import Fingerprint, check_same_file
 from bayes_merger.config import WebUIConfig
 from bayes_merger.errors import NOT_THE_TRIALS_FAULT, BayesMergerError, WebUIConnectionError
-from bayes_merger.executor import Slot
+from bayes_merger.executor import SETTLE_SECONDS, Slot
 from bayes_merger.inputs import Inputs
 from bayes_merger.merge.merger import Merger
 from bayes_merger.optimiser import Optimiser
@@ -73,6 +73,11 @@ class TrialHost:
         self._loop: TrialLoop | None = None
         self._slot: Slot | None = None
         self._before = ""
+        # one trial at a time, though Ray may call again while a call it lost track of still runs here
+        # (ActorUnavailableError: "may or may not have been executed"): two would share one Merger and WebUI
+        self._trial = threading.Lock()
+        # set by hand_back: no trial starts merging after it; one merging or loading ends its load first
+        self._handing_back = threading.Event()
 
     def placed(self) -> str:
         """Our label: answers as soon as Ray has placed the actor, before anything slow (see ``start``)."""
@@ -112,9 +117,18 @@ class TrialHost:
     def run_trial(self, index: int, params: Mapping[str, float]) -> HostResult:
         """Trial ``index`` start to finish, as the executor runs it on one machine; a lost WebUI or a
         full disk raises (NOT_THE_TRIALS_FAULT) as there."""
-        loop, slot = self._loop, self._slot
-        if loop is None or slot is None:
-            raise WebUIConnectionError(f"{self.label} is not started.")
+        with self._trial:
+            loop, slot = self._loop, self._slot
+            if loop is None or slot is None:
+                raise WebUIConnectionError(f"{self.label} is not started.")
+            if not slot.reserve(index, self._handing_back):
+                raise WebUIConnectionError(f"{self.label} is handing its WebUI back.")
+            try:
+                return self._run_trial(loop, slot, index, params)
+            finally:
+                slot.loaded(index)
+
+    def _run_trial(self, loop: TrialLoop, slot: Slot, index: int, params: Mapping[str, float]) -> HostResult:
         timings: dict[str, float] = {}
         try:
             try:
@@ -140,9 +154,14 @@ class TrialHost:
         self._slot.webui.wait_until_ready()
 
     def hand_back(self) -> None:
-        """The end of the run: the WebUI gets its model back, this run's merge files go, the session ends."""
+        """The end of the run: the WebUI gets its model back, this run's merge files go, the session ends.
+
+        On a stop that does not wait for the trial in flight (a second Ctrl-C), as on one machine: a merge or
+        load under way ends first (up to SETTLE_SECONDS), not after the WebUI got its model back."""
+        self._handing_back.set()
         try:
             if self._slot is not None:
+                self._slot.settle(SETTLE_SECONDS)
                 self._slot.webui.hand_back(self._before)
         finally:
             self._slot = self._loop = None

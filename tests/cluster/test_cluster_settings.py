@@ -101,3 +101,61 @@ def test_a_host_whose_webui_holds_a_dead_runs_merge_gives_back_the_model_the_dri
         host.hand_back()
     assert fake_webui.loaded_model == "mine.safetensors"
 
+
+
+def test_a_hosts_hand_back_during_a_trials_merge_waits_for_its_load_so_the_webui_ends_on_its_own_model(
+        assets, fake_webui, tmp_path, monkeypatch):
+    # the driver's second Ctrl-C: the host hands its WebUI back while a trial merges there (it selected its
+    # model first, and the trial then loaded its merge: the WebUI was left on a merge whose file was deleted)
+    import threading
+
+    from bayes_merger.executor import Slot
+    from tests.webui.test_client import merge_writer
+
+    merge_writer(0.9)(fake_webui.checkpoint_dir / "mine.safetensors")
+    fake_webui.restart(forget_selection=True)
+    cfg = Config(model_a=str(assets["model_a"]), model_b=str(assets["model_b"]),
+                 webui=WebUIConfig(checkpoint_dir=str(fake_webui.checkpoint_dir), url=fake_webui.url),
+                 payloads=PayloadsConfig(dir=str(REPO / "payloads" / "demo.yaml")),
+                 scorer=ScorerConfig(name="aesthetic_head", clip=str(assets["scorer.clip"]),
+                                     head=str(assets["scorer.head"])),
+                 optimiser=OptimiserConfig(init_points=2, n_iters=1), cluster=ClusterConfig())
+    inputs = check_inputs(cfg, tmp_path / "run")
+    host = TrialHost(inputs, cfg.webui, inputs.run_id, {m: fingerprint(p) for m, p in inputs.merge.models.items()}, {})
+    assert host.start()[1].startswith("mine.safetensors")
+    merging, go, settling, handed = threading.Event(), threading.Event(), threading.Event(), threading.Event()
+    prepare, settle = host._loop.prepare, Slot.settle
+
+    def slow_prepare(*args, **kwargs):
+        merging.set()
+        assert go.wait(30)
+        return prepare(*args, **kwargs)
+
+    def watched_settle(self, timeout):
+        settling.set()
+        settle(self, timeout)
+
+    monkeypatch.setattr(host._loop, "prepare", slow_prepare)
+    monkeypatch.setattr(Slot, "settle", watched_settle)
+    params = inputs.space.start_params(cfg.optimiser.start)
+    outcome: list[object] = []
+
+    def run_trial():
+        try:
+            outcome.append(host.run_trial(0, params))
+        except Exception as error:  # noqa: BLE001 - abandoned by the hand-back (its render interrupted, say)
+            outcome.append(error)
+
+    trial = threading.Thread(target=run_trial, daemon=True)
+    trial.start()
+    assert merging.wait(30)
+    back = threading.Thread(target=lambda: (host.hand_back(), handed.set()), daemon=True)
+    back.start()
+    while not (settling.is_set() or handed.is_set()):  # the hand-back waits for the trial, or (unfixed) is done
+        handed.wait(0.05)
+    go.set()
+    back.join(60)
+    trial.join(60)
+    assert not back.is_alive() and not trial.is_alive() and len(outcome) == 1
+    assert fake_webui.loaded_model == "mine.safetensors"
+    assert sorted(p.name for p in fake_webui.checkpoint_dir.iterdir()) == ["mine.safetensors"]
