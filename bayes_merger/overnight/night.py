@@ -23,6 +23,7 @@ from bayes_merger.overnight.settings import (
     Settings,
 )
 from bayes_merger.run_folder import describe, is_run_folder, stopped_by_lost_webui, unfinished
+from bayes_merger.run_folder.liveness import is_running
 
 log = logging.getLogger("overnight")
 
@@ -139,6 +140,10 @@ class Night:
 
             folder = this_run or (None if self.settings.new_run else unfinished(self.run_dir))
             resumed = folder is not None
+            if folder is not None and folder != this_run and is_running(folder):
+                log.error("The newest unfinished run, %s, is being run by another bayes-merger now: the night starts no "
+                          "second run on its WebUI, and resumes that run once it has stopped.", folder)
+                return EXIT_CONFIG
             rc, folder = self._bayes_merger(folder)
             if folder is not None and is_run_folder(folder):
                 this_run = folder

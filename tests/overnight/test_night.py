@@ -302,6 +302,22 @@ def test_the_options_the_night_set_are_set_back_to_the_users_at_its_end(tmp_path
     assert api.config == {"sd_checkpoints_limit": 3, "sd_checkpoint_cache": 0}, "the night's options stayed"
 
 
+def test_an_unfinished_run_another_bayes_merger_is_running_now_is_left_to_it(
+        tmp_path: Path, clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from bayes_merger.run_folder.liveness import running
+
+    busy = tmp_path / "runs" / "2026-03-01_busy"  # the user runs it by hand when the night's timer fires
+    busy.mkdir(parents=True)
+    (busy / "run.json").write_text(json.dumps({"started_at": "2026-03-01T22:00:00"}))
+    settings = settings_for(tmp_path, KILLED_BAYES_MERGER, "once")
+    with running(busy):
+        code = night_for(settings, tmp_path).run()
+
+    assert code == 2
+    assert not (tmp_path / "calls").exists(), "bayes-merger was started on the run another one is running"
+    assert f"The newest unfinished run, {busy}, is being run by another bayes-merger now" in caplog.text
+
+
 def test_new_run_stands_when_its_first_start_died_before_making_its_run(tmp_path: Path,
                                                                          clean_env: pytest.MonkeyPatch) -> None:
     older = tmp_path / "runs" / "2026-03-01_older"  # unfinished: what a night without --new-run would resume
