@@ -11,7 +11,7 @@ from bayes_merger.cluster.fingerprint import Fingerprint, check_same_file, finge
 from bayes_merger.cluster.host import TrialHost
 from bayes_merger.config import ClusterConfig, Config, OptimiserConfig, PayloadsConfig, ScorerConfig, WebUIConfig
 from bayes_merger.errors import ConfigError
-from bayes_merger.inputs import check_inputs
+from bayes_merger.inputs import Inputs, check_inputs
 from bayes_merger.testing.models import make_checkpoint
 from tests.loop.test_cli_run import REPO, _args, _cli
 
@@ -55,13 +55,19 @@ def test_a_fingerprint_tells_a_different_file_from_the_same_one(tmp_path):
         check_same_file(tmp_path / "missing.safetensors", fingerprint(a), "model_a")
 
 
-def test_a_host_with_another_file_at_the_models_path_refuses_before_it_loads_anything(assets, tmp_path):
+def _host_inputs(assets, url: str, checkpoint_dir: Path, run_dir: Path) -> tuple[Config, Inputs]:
+    """The config and checked inputs of a tiny run whose host WebUI is at ``url``."""
     cfg = Config(model_a=str(assets["model_a"]), model_b=str(assets["model_b"]),
-                 webui=WebUIConfig(checkpoint_dir=str(tmp_path), url="http://127.0.0.1:9"),
+                 webui=WebUIConfig(checkpoint_dir=str(checkpoint_dir), url=url),
                  payloads=PayloadsConfig(dir=str(REPO / "payloads" / "demo.yaml")),
-                 scorer=ScorerConfig(clip=str(assets["scorer.clip"]), head=str(assets["scorer.head"])),
+                 scorer=ScorerConfig(name="aesthetic_head", clip=str(assets["scorer.clip"]),
+                                     head=str(assets["scorer.head"])),
                  optimiser=OptimiserConfig(init_points=2, n_iters=1), cluster=ClusterConfig())
-    inputs = check_inputs(cfg, tmp_path / "run")
+    return cfg, check_inputs(cfg, run_dir)
+
+
+def test_a_host_with_another_file_at_the_models_path_refuses_before_it_loads_anything(assets, tmp_path):
+    cfg, inputs = _host_inputs(assets, "http://127.0.0.1:9", tmp_path, tmp_path / "run")
     driver = {m: fingerprint(p) for m, p in inputs.merge.models.items()}
     driver["B"] = Fingerprint(driver["B"].size, "0" * 64)  # the host's B is another file
     host = TrialHost(inputs, cfg.webui, inputs.run_id, driver, {})
@@ -84,13 +90,7 @@ def test_a_host_whose_webui_holds_a_dead_runs_merge_gives_back_the_model_the_dri
     options = requests.post(fake_webui.url + "/sdapi/v1/options", timeout=10,
                             json={"sd_model_checkpoint": "bm-20260101-000000-dead-t0007.safetensors"})
     assert options.status_code == 200  # the WebUI is left on the dead run's merge
-    cfg = Config(model_a=str(assets["model_a"]), model_b=str(assets["model_b"]),
-                 webui=WebUIConfig(checkpoint_dir=str(fake_webui.checkpoint_dir), url=fake_webui.url),
-                 payloads=PayloadsConfig(dir=str(REPO / "payloads" / "demo.yaml")),
-                 scorer=ScorerConfig(name="aesthetic_head", clip=str(assets["scorer.clip"]),
-                                     head=str(assets["scorer.head"])),
-                 optimiser=OptimiserConfig(init_points=2, n_iters=1), cluster=ClusterConfig())
-    inputs = check_inputs(cfg, tmp_path / "run")
+    cfg, inputs = _host_inputs(assets, fake_webui.url, fake_webui.checkpoint_dir, tmp_path / "run")
     driver = {m: fingerprint(p) for m, p in inputs.merge.models.items()}
     dead = {"20260101-000000-dead": Path("/on/the/driver/runs/2026-01-01_00-00-00_dead")}
     host = TrialHost(inputs, cfg.webui, inputs.run_id, driver, dead, None, {"20260101-000000-dead": "mine.safetensors"})
@@ -114,13 +114,7 @@ def test_a_hosts_hand_back_during_a_trials_merge_waits_for_its_load_so_the_webui
 
     merge_writer(0.9)(fake_webui.checkpoint_dir / "mine.safetensors")
     fake_webui.restart(forget_selection=True)
-    cfg = Config(model_a=str(assets["model_a"]), model_b=str(assets["model_b"]),
-                 webui=WebUIConfig(checkpoint_dir=str(fake_webui.checkpoint_dir), url=fake_webui.url),
-                 payloads=PayloadsConfig(dir=str(REPO / "payloads" / "demo.yaml")),
-                 scorer=ScorerConfig(name="aesthetic_head", clip=str(assets["scorer.clip"]),
-                                     head=str(assets["scorer.head"])),
-                 optimiser=OptimiserConfig(init_points=2, n_iters=1), cluster=ClusterConfig())
-    inputs = check_inputs(cfg, tmp_path / "run")
+    cfg, inputs = _host_inputs(assets, fake_webui.url, fake_webui.checkpoint_dir, tmp_path / "run")
     host = TrialHost(inputs, cfg.webui, inputs.run_id, {m: fingerprint(p) for m, p in inputs.merge.models.items()}, {})
     assert host.start()[1].startswith("mine.safetensors")
     merging, go, settling, handed = threading.Event(), threading.Event(), threading.Event(), threading.Event()

@@ -118,6 +118,12 @@ class Background:
             self.errors.append(exc)
 
 
+def _graph_client(comfy_config, tiny_models, read_timeout: float) -> ComfyUIClient:
+    """A client of the built-in graph that waits ``read_timeout`` s for a prompt (to be used in a ``with``)."""
+    return ComfyUIClient(comfy_config(read_timeout=read_timeout), "run1", handoff="graph", arch=SD1,
+                         model_a=tiny_models / "a.safetensors", model_b=tiny_models / "b.safetensors")
+
+
 def queued_ids(api: ComfyApi) -> tuple[list[str], list[str]]:
     """(running, pending) prompt ids, as GET /queue lists them."""
     queue = api.request("GET", "/queue")
@@ -127,8 +133,7 @@ def queued_ids(api: ComfyApi) -> tuple[list[str], list[str]]:
 def test_a_prompt_we_stop_waiting_for_is_interrupted_so_the_redone_trial_does_not_queue_behind_it(
         comfy_config, fake_comfyui, tiny_models):
     gate = fake_comfyui.hold_execution()
-    with ComfyUIClient(comfy_config(read_timeout=2.0), "run1", handoff="graph", arch=SD1,
-                       model_a=tiny_models / "a.safetensors", model_b=tiny_models / "b.safetensors") as client:
+    with _graph_client(comfy_config, tiny_models, read_timeout=2.0) as client:
         client.load_weights(WEIGHTS, trial=0)
         with pytest.raises(WebUITimedOut, match="did not finish prompt (\\S+) within 2 s") as error:
             client.txt2img(PAYLOAD)
@@ -143,8 +148,7 @@ def test_a_prompt_we_stop_waiting_for_is_interrupted_so_the_redone_trial_does_no
 
 def test_a_prompt_we_stop_waiting_for_leaves_the_queue_and_anothers_running_prompt_runs_on(
         comfy_config, fake_comfyui, tiny_models):
-    with ComfyUIClient(comfy_config(read_timeout=2.0), "run1", handoff="graph", arch=SD1,
-                       model_a=tiny_models / "a.safetensors", model_b=tiny_models / "b.safetensors") as client:
+    with _graph_client(comfy_config, tiny_models, read_timeout=2.0) as client:
         client.load_weights(WEIGHTS, trial=0)
         client.txt2img(PAYLOAD)
         graph = next(iter(fake_comfyui.history.values()))["prompt"][2]
@@ -165,8 +169,7 @@ def test_a_prompt_queued_behind_others_that_each_end_in_time_is_waited_for_longe
         comfy_config, fake_comfyui, tiny_models):
     # a shared server: two prompts of another user ahead of ours, each rendering within webui.read_timeout
     # (2.5 s here), the three together well beyond it
-    with ComfyUIClient(comfy_config(read_timeout=2.5), "run1", handoff="graph", arch=SD1,
-                       model_a=tiny_models / "a.safetensors", model_b=tiny_models / "b.safetensors") as client:
+    with _graph_client(comfy_config, tiny_models, read_timeout=2.5) as client:
         client.load_weights(WEIGHTS, trial=0)
         client.txt2img(PAYLOAD)
         graph = next(iter(fake_comfyui.history.values()))["prompt"][2]
@@ -208,8 +211,7 @@ def test_the_images_of_a_prompt_posted_without_a_client_id_are_never_taken_for_o
 def test_a_failed_clean_up_is_logged_and_the_timeout_is_what_is_raised(comfy_config, fake_comfyui, tiny_models,
                                                                         caplog):
     gate = fake_comfyui.hold_execution()
-    with ComfyUIClient(comfy_config(read_timeout=2.0), "run1", handoff="graph", arch=SD1,
-                       model_a=tiny_models / "a.safetensors", model_b=tiny_models / "b.safetensors") as client:
+    with _graph_client(comfy_config, tiny_models, read_timeout=2.0) as client:
         client.load_weights(WEIGHTS, trial=0)
         fake_comfyui.fail_next(1, status=500, path="/queue", method="POST")
         with pytest.raises(WebUIConnectionError, match="did not finish prompt"):
@@ -388,8 +390,7 @@ def test_a_prompt_lost_to_a_504_is_looked_for_before_the_next_three_prompts_only
 
 def test_a_prompt_request_that_times_out_before_comfyui_queued_it_is_not_sent_again(comfy_config, fake_comfyui,
                                                                                     tiny_models):
-    with ComfyUIClient(comfy_config(read_timeout=2.0), "run1", handoff="graph", arch=SD1,
-                       model_a=tiny_models / "a.safetensors", model_b=tiny_models / "b.safetensors") as client:
+    with _graph_client(comfy_config, tiny_models, read_timeout=2.0) as client:
         client.load_weights(WEIGHTS, trial=0)
         client.txt2img(PAYLOAD)  # ComfyUI keeps our ids: a repost would be allowed after a drop
         fake_comfyui.hold("/prompt", "POST")  # ComfyUI has the request but has not queued it (yet)
@@ -403,8 +404,7 @@ def test_a_prompt_request_that_times_out_before_comfyui_queued_it_is_not_sent_ag
 def test_a_prompt_comfyui_queues_after_its_post_timed_out_is_withdrawn_before_the_next(comfy_config, fake_comfyui,
                                                                                       tiny_models):
     # queued late, it would run for no one, and the redone trial's prompts would wait behind it
-    with ComfyUIClient(comfy_config(read_timeout=2.0), "run1", handoff="graph", arch=SD1,
-                       model_a=tiny_models / "a.safetensors", model_b=tiny_models / "b.safetensors") as client:
+    with _graph_client(comfy_config, tiny_models, read_timeout=2.0) as client:
         client.load_weights(WEIGHTS, trial=0)
         client.txt2img(PAYLOAD)
         release = fake_comfyui.hold("/prompt", "POST")
