@@ -252,16 +252,23 @@ class Executor:
                         raise
             except WebUIConnectionError as error:
                 self.stages.discard(prepared)
-                # no answer in time is the WebUI's slowness or a hang, whatever the weights: not the trial's doing
-                losses = 0 if isinstance(error, WebUITimedOut) else self.stages.webui_lost(index, slot, error)
-                if losses >= LOSSES_BEFORE_FAILING:
-                    self._finish(self.stages.failed(index, params, CrashesTheWebUI(
-                        f"a WebUI was lost {losses} times with this trial in flight (last: {error}); its merge is "
-                        "taken to bring the WebUI down, so it is failed, not tried again"), slot, timings))
-                self._lost(slot, index, error, redo=losses < LOSSES_BEFORE_FAILING)
+                self._dropped(index, params, slot, error, timings)
                 return None
         finally:
             slot.loaded(index)
+
+    def _dropped(self, index: int, params: dict[str, float], slot: Slot, error: WebUIConnectionError,
+                 timings: dict[str, float]) -> None:
+        """The slot's WebUI dropped trial ``index``: it is waited for and the trial redone, or, the
+        ``LOSSES_BEFORE_FAILING``-th time a WebUI was lost with this trial in flight, the trial is failed."""
+        # no answer in time is the WebUI's slowness or a hang, whatever the weights: not the trial's doing
+        losses = 0 if isinstance(error, WebUITimedOut) else self.stages.webui_lost(index, slot, error)
+        given_up = losses >= LOSSES_BEFORE_FAILING
+        if given_up:
+            self._finish(self.stages.failed(index, params, CrashesTheWebUI(
+                f"a WebUI was lost {losses} times with this trial in flight (last: {error}); its merge is taken to "
+                "bring the WebUI down, so it is failed, not tried again"), slot, timings))
+        self._lost(slot, index, error, redo=not given_up)
 
     def _gave_back(self, slot: Slot, index: int) -> bool:
         """Whether the slot's WebUI is waited for or lost for good: then trial ``index`` goes back to the
