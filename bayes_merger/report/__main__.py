@@ -27,7 +27,7 @@ def check_run_dir(run_dir: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bayes_merger.report",
-        description="Rebuild convergence.png, weights.png and report.html of a bayes-merger run folder.")
+        description="Rebuild convergence.png, weights.png, importance.png and report.html of a bayes-merger run folder.")
     parser.add_argument("run_dir", type=Path, help="the run folder (holds run.json and trials.jsonl)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
