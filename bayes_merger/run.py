@@ -49,6 +49,7 @@ from bayes_merger.run_folder import (
     Trial,
     best_extras,
     TrialLog,
+    load_run_info,
     note_lost_webui,
     now,
     observations,
@@ -63,7 +64,13 @@ from bayes_merger.run_folder.liveness import run_folders, running
 from bayes_merger.scoring import ImageContext, Scorer, build_scorer, score_trial
 from bayes_merger.webui.merge_files import MergeFiles
 from bayes_merger.webui.render_check import MergeNotRendered, RenderCheck
-from bayes_merger.webuis import open_webui_renderer, prepare_webuis, settle_comfyui_routes, webui_configs
+from bayes_merger.webuis import (
+    open_webui_renderer,
+    prepare_webuis,
+    settle_comfyui_routes,
+    tidy_after_a_dead_session,
+    webui_configs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +108,9 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None,
             # nothing to render, so no WebUI, scorer or model: a resume for another best_precision, the
             # finalists or the report works with the WebUI off
             slots, before, scorer, merger = [], {}, None, None
+            ended = bool((load_run_info(run_dir) or {}).get("finished_at"))
+            if inputs.resuming and not ended and cfg.cluster.address is None:  # killed after its last trial
+                tidy_after_a_dead_session(cfg, inputs.run_id, info)
         elif cfg.cluster.address is not None:  # each host of the Ray cluster loads the models and scores (cluster/)
             from bayes_merger.cluster.hosts import open_hosts
 

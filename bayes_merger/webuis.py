@@ -8,6 +8,7 @@ hand-off route when it is ``auto``.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import replace
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from omegaconf import OmegaConf
 
 from bayes_merger.config import Config, WebUIConfig
+from bayes_merger.errors import WebUIError
 from bayes_merger.executor import Slot
 from bayes_merger.inputs import Inputs
 from bayes_merger.renderers.comfyui.route import settle_route
@@ -24,7 +26,10 @@ from bayes_merger.renderers.probe import open_renderer
 from bayes_merger.run_folder import write_run_info
 from bayes_merger.run_folder.liveness import is_running
 from bayes_merger.run_folder.run_info import load_run_info
+from bayes_merger.webui.client import WebUIClient
 from bayes_merger.webui.merge_files import merge_run_id
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from bayes_merger.run import TrialLoop
@@ -120,6 +125,24 @@ def prepare_webuis(slots: list[Slot], inputs: Inputs, info: dict[str, Any], runs
     # by WebUI: a resume whose list of WebUIs is reordered or shortened gives each its own model back
     info["webui_models_before"] = before
     return before
+
+
+def tidy_after_a_dead_session(cfg: Config, run_id: str, info: Mapping[str, Any]) -> None:
+    """A resume with every trial logged, of a run whose last session died (kill -9) after its last trial and
+    before its end: its merge may be left in each checkpoint folder, and selected in the WebUI. Each gets what
+    the end of a run gives it: this run's files deleted and, where the WebUI answers and still holds one of
+    them, its model of before selected. Nothing is waited for: such a resume works with the WebUI off."""
+    before = dict(info.get("webui_models_before") or {})
+    for n, (url, webui_cfg, files_run_id) in enumerate(webui_configs(cfg, run_id)):
+        model = str(before.get(url) or (info.get("webui_model_before") if n == 0 else "") or "")
+        with WebUIClient(webui_cfg, files_run_id) as client:
+            holds_ours = False
+            if client.status(timeout=min(webui_cfg.connect_timeout, 5.0)) == 200:  # ComfyUI holds no selection
+                try:
+                    holds_ours = _owner(merge_run_id(client.selected_model()) or "") == run_id
+                except WebUIError as error:
+                    log.debug("Could not ask %s which model it holds: %s", url, error)
+            client.hand_back(model if holds_ours else "")
 
 
 def _owner(run_id: str) -> str:

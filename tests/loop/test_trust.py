@@ -207,6 +207,35 @@ def test_a_run_killed_while_holding_the_webui_leaves_it_to_the_next_run(assets, 
     _mine_is_back(webui_with_a_model)
 
 
+def test_a_run_killed_after_its_last_trial_leaves_no_merge_once_resumed(assets, webui_with_a_model, tmp_path):
+    # kill -9 after the last trial was logged, before the hand-back: every trial is done, so the resume
+    # renders nothing, but the killed session's merge was left in the folder and selected in the WebUI
+    runs = tmp_path / "runs"
+    assert _cli(_args(assets, webui_with_a_model, runs)) == 0
+    run_dir = _only_run(runs)
+    info = json.loads((run_dir / "run.json").read_text())
+    info.pop("finished_at")
+    (run_dir / "run.json").write_text(json.dumps(info))
+    merge = webui_with_a_model.checkpoint_dir / f"bm-{info['run_id']}-t0004.safetensors"
+    make_checkpoint(merge, "sd1", seed=3)
+    webui_with_a_model.set_option("sd_model_checkpoint", merge.name)
+    webui_with_a_model.restart()
+    assert webui_with_a_model.loaded_model == merge.name
+    assert _cli(_args(assets, webui_with_a_model, runs, f"resume={run_dir}")) == 0
+    _mine_is_back(webui_with_a_model)
+    assert json.loads((run_dir / "run.json").read_text())["finished_at"]
+
+
+def test_a_finished_runs_resume_leaves_the_webui_as_the_user_has_it_now(assets, webui_with_a_model, tmp_path):
+    runs = tmp_path / "runs"
+    assert _cli(_args(assets, webui_with_a_model, runs)) == 0
+    other = webui_with_a_model.checkpoint_dir / "other.safetensors"
+    make_checkpoint(other, "sd1", seed=4)
+    webui_with_a_model.set_option("sd_model_checkpoint", other.name)  # the user's choice since
+    assert _cli(_args(assets, webui_with_a_model, runs, f"resume={_only_run(runs)}")) == 0
+    assert webui_with_a_model.options["sd_model_checkpoint"].startswith("other.safetensors")
+
+
 def test_a_ctrl_c_that_cuts_one_webuis_hand_back_short_leaves_the_others_theirs():
     # the overnight runner's second Ctrl-C may come while the first WebUI waits for its model's load
     from bayes_merger.executor import Slot
