@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from pathlib import Path
 from typing import Callable, Mapping, Any
 
@@ -36,6 +37,9 @@ RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # hides a hidden name again: two dots, for that name only
 _MERGE_FILE = r"^(?:\.\.(?=.*\.staged\.tmp\.\d+\.tmp$)|\.)?bm-(?P<run>{run})-(?:t(?P<trial>\d{{4,}})(?:-r(?P<retry>\d+))?|probe)\.safetensors(?P<suffix>(?:\.staged)?\.tmp(?:\.\d+\.tmp)?|\.corrupted|\.staged)?$"
 _ANY_MERGE = re.compile(_MERGE_FILE.format(run=r"[A-Za-z0-9][A-Za-z0-9._-]*?"))
+# a probe lives for the seconds of a start's folder check: one this old is a killed start's, whatever its run
+# (a start killed before its run.json was written names a run no folder knows: it would stay for good)
+PROBE_STALE_SECONDS = 600.0
 # " [0123456789]" that A1111 appends to a checkpoint's title once it knows the file's hash
 HASH_SUFFIX = re.compile(r"\s*\[[0-9a-fA-F]{8,64}\]$")
 
@@ -158,15 +162,19 @@ class MergeFiles:
         return len(files)
 
     def remove_leftovers(self, over: Callable[[str], bool]) -> list[Path]:
-        """Delete the merge files of other runs for which ``over(run_id)`` says the run is over."""
+        """Delete the merge files of other runs for which ``over(run_id)`` says the run is over, and stale
+        probes (``PROBE_STALE_SECONDS``) of any run."""
         by_run: dict[str, list[Path]] = {}
         for path in self._children():
             match = _ANY_MERGE.match(path.name)
             if match and match["run"] != self.run_id and path.is_file():
-                by_run.setdefault(match["run"], []).append(path)
+                run_id = match["run"]
+                if match["trial"] is None and _age(path) > PROBE_STALE_SECONDS:
+                    run_id = ""  # a stale probe: over, whoever wrote it
+                by_run.setdefault(run_id, []).append(path)
         removed = []
         for run_id, paths in sorted(by_run.items()):
-            if not over(run_id):
+            if run_id and not over(run_id):
                 logger.info("Leaving %d merge file(s) of run %s in %s: that run may still be going.",
                             len(paths), run_id, self.folder)
                 continue
@@ -201,6 +209,14 @@ def aliases(entry: Mapping[str, Any], file_name: str) -> frozenset[str]:
 def matches(reported: str, names: frozenset[str]) -> bool:
     name = HASH_SUFFIX.sub("", reported.strip())
     return bool(name) and (name in names or basename(name) in names)
+
+
+def _age(path: Path) -> float:
+    """Seconds since ``path`` was last written (0 when it cannot be read)."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _unlink(path: Path) -> None:

@@ -740,6 +740,24 @@ def test_a_probe_left_by_a_start_killed_during_it_is_not_taken_for_the_users_mod
     assert [p.name for p in removed] == ["bm-dead1-probe.safetensors"]
 
 
+def test_a_stale_probe_of_a_run_no_folder_knows_is_removed_and_a_fresh_one_left(fake_webui, webui_config):
+    # a start killed while it probed, before its run.json: no run folder names its run, so "over" is unknown
+    import os
+    import time
+
+    from safetensors.torch import save
+
+    stale, fresh = (fake_webui.checkpoint_dir / f"bm-{run}-probe.safetensors" for run in ("killed1", "starting1"))
+    for probe in (stale, fresh):
+        probe.write_bytes(save({}))
+    hour_ago = time.time() - 3600
+    os.utime(stale, (hour_ago, hour_ago))
+    with WebUIClient(webui_config(), "run1") as client:
+        removed = client.remove_leftovers(lambda run_id: False)  # no run is known to be over
+
+    assert removed == [stale] and fresh.exists()
+
+
 @pytest.mark.parametrize("name, run_id", [
     ("bm-20260101-000000-ab12-t0003.safetensors", "20260101-000000-ab12"),
     ("bm-20260101-000000-ab12-t0003-r2.safetensors [0123456789]", "20260101-000000-ab12"),
