@@ -35,7 +35,7 @@ from bayes_merger.cli_help import USAGE, help_text
 from bayes_merger.config import Config, register_configs
 from bayes_merger.errors import BayesMergerError, ConfigError, Interrupted
 from bayes_merger.files import atomic_write_text, storage_errors, yaml_problem
-from bayes_merger.run_folder.paths import BEST_FILE, CONFIG_FILE, CONFIG_HEADER, resume_command
+from bayes_merger.run_folder.paths import BEST_FILE, CONFIG_FILE, CONFIG_HEADER, TRIALS_FILE, resume_command
 from bayes_merger.run_folder.run_info import is_run_folder, is_saved_config
 
 log = logging.getLogger("bayes_merger")
@@ -249,7 +249,7 @@ def _task(cfg: DictConfig) -> None:
         return
     except KeyboardInterrupt:
         folder = Path(HydraConfig.get().runtime.output_dir)
-        if is_run_folder(folder):
+        if is_run_folder(folder) and (folder / TRIALS_FILE).exists():
             log.error("Interrupted. Every finished trial is saved; resume with: %s", resume_command(folder))
         elif is_saved_config(folder / CONFIG_FILE):
             log.error("Interrupted before the run began; start it with: %s", resume_command(folder))

@@ -99,6 +99,10 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None,
     with running(run_dir), ExitStack() as stack:
         if accepted is not None:
             accepted()
+        if not inputs.resuming:
+            # the run id goes to the folder before any file of the run reaches a WebUI's (the folder probe): a
+            # start killed before its run.json named a run no folder knew, and its probe stayed for good
+            write_run_info(run_dir, info)
         remove_dead_temp_files(run_dir)  # a best merge cut off by kill -9 is the size of a checkpoint
         runs = {**run_folders(Path(cfg.run.dir)), **run_folders(run_dir.parent)}
         optimiser = Optimiser(inputs.space, cfg.optimiser, cfg.run.seed)

@@ -533,11 +533,17 @@ def test_the_resume_command_a_start_refused_before_its_run_began_saved_starts_it
     assert _cli(_args(assets, fake_webui, tmp_path / "runs", "webui.ready_timeout=0.2")) == 4
     run_dir = _only_run(tmp_path / "runs")
     saved = (run_dir / "config.yaml").read_text()
-    assert f"resume={run_dir}" in saved and not (run_dir / "run.json").exists()
+    # run.json names its run before anything reaches the WebUI's folder (a probe then is known as its own)
+    run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+    assert f"resume={run_dir}" in saved and not list(fake_webui.checkpoint_dir.iterdir())
+    # as a start killed (kill -9) while it probed the folder would leave it: the resume knows it as its own
+    (fake_webui.checkpoint_dir / f"bm-{run_id}-probe.safetensors").write_bytes(b"")
     fake_webui.start()
     assert _cli(["--config", str(run_dir / "config.yaml"), f"resume={run_dir}",  # as the file says
                  "hydra/job_logging=none", "hydra/hydra_logging=none"]) == 0
     assert len(_trials(run_dir)) == 5
+    assert json.loads((run_dir / "run.json").read_text())["run_id"] == run_id
+    assert not list(fake_webui.checkpoint_dir.iterdir()), "the killed start's probe stayed"
 
 
 def test_a_ctrl_c_while_the_program_loads_its_modules_is_an_interruption_not_a_traceback(
