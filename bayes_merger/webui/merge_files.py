@@ -72,7 +72,7 @@ class MergeFiles:
         folder = self.folder
         if not folder.is_dir():
             raise ConfigError(f"webui.checkpoint_dir {folder} is not an existing folder: {self.folder_advice}")
-        probe = folder / f".bm-{self.run_id}-write-test.tmp"
+        probe = folder / f".bm-{self.run_id}-probe.safetensors.tmp"  # hidden; the pattern's, should a kill leave it
         try:
             open_new(probe).close()  # never through a link another user planted at the name
             probe.unlink()

@@ -740,6 +740,15 @@ def test_a_probe_left_by_a_start_killed_during_it_is_not_taken_for_the_users_mod
     assert [p.name for p in removed] == ["bm-dead1-probe.safetensors"]
 
 
+def test_the_folder_write_test_is_named_as_the_runs_so_a_kill_that_leaves_it_is_cleaned(tmp_path, monkeypatch):
+    from bayes_merger.webui import merge_files
+
+    created, real = [], merge_files.open_new
+    monkeypatch.setattr(merge_files, "open_new", lambda path: (created.append(path), real(path))[1])
+    merge_files.MergeFiles(tmp_path, "run1", 0).check_writable()
+    assert [merge_files.merge_run_id(path.name) for path in created] == ["run1"] and not list(tmp_path.iterdir())
+
+
 def test_a_stale_probe_of_a_run_no_folder_knows_is_removed_and_a_fresh_one_left(fake_webui, webui_config):
     # a start killed while it probed, before its run.json: no run folder names its run, so "over" is unknown
     import os
@@ -765,6 +774,7 @@ def test_a_stale_probe_of_a_run_no_folder_knows_is_removed_and_a_fresh_one_left(
     (".bm-run1-t0012.safetensors.tmp.4242.tmp", "run1"),
     ("bm-run1-t0012.safetensors.tmp", "run1"),
     ("bm-run1-probe.safetensors", "run1"),  # written at start, left by a kill during it
+    (".bm-run1-probe.safetensors.tmp", "run1"),  # check_writable's, the same
     ("bm-run1-t12.safetensors", None),
     ("mybm-run1-t0012.safetensors", None),
     ("bm-run1-t0012.safetensors.bak", None),
