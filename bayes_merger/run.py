@@ -163,7 +163,6 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None,
         try:
             best = _keep_best(inputs, info, merger, trial_log, optimiser)
             _keep_budget_reached(info, len(trial_log.trials), cfg.optimiser.init_points, run_dir)
-            info["finished_at"] = now()
             write_run_info(run_dir, info)
         except StorageError as error:  # every trial is logged: a resume only writes these again
             raise _stop_resumably(error, run_dir) from error
@@ -172,6 +171,11 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None,
         loop = merger = scorer = None
         gc.collect()
         finalists(run_dir, inputs.scorer)
+        try:  # finished once the finalists are scored too: a run stopped before, resumed, scores them
+            info["finished_at"] = now()
+            write_run_info(run_dir, info)
+        except StorageError as error:
+            raise _stop_resumably(error, run_dir) from error
         _refresh_report(run_dir, live=False)
         _log_summary(trial_log, best, optimiser.chosen_by(), run_dir)
         return RunResult(run_dir, len(trial_log.trials), cfg.optimiser.init_points + info["n_iters"], best)

@@ -629,3 +629,24 @@ def test_the_demo_resumed_with_its_own_config_leaves_no_copy_of_it(tmp_path, mon
     for _ in range(2):
         assert _cli(["--config", str(run_dir / "config.yaml"), f"resume={run_dir}", *quiet]) == 0
     assert not list(run_dir.glob("config.resumed-*"))
+
+
+def test_a_run_stopped_while_its_finalists_are_scored_is_not_finished_and_its_resume_scores_them(
+        assets, fake_webui, tmp_path, monkeypatch):
+    import bayes_merger.run
+
+    real, calls = bayes_merger.run.finalists, []
+
+    def stopped(run_dir, scorer):  # noqa: ANN001, ANN202 - Ctrl-C (or kill -9) while the finalists load
+        calls.append(run_dir)
+        raise KeyboardInterrupt
+
+    runs = tmp_path / "runs"
+    monkeypatch.setattr(bayes_merger.run, "finalists", stopped)
+    assert _cli(_args(assets, fake_webui, runs, "scorer.finalists=aesthetic_head")) == 130
+    run_dir = _only_run(runs)
+    assert "finished_at" not in json.loads((run_dir / "run.json").read_text()), "the overnight runner would skip it"
+    monkeypatch.setattr(bayes_merger.run, "finalists", real)
+    assert _cli(_args(assets, fake_webui, runs, "scorer.finalists=aesthetic_head", f"resume={run_dir}")) == 0
+    assert (run_dir / "rescore-aesthetic_head.jsonl").exists()
+    assert json.loads((run_dir / "run.json").read_text())["finished_at"]
