@@ -209,18 +209,18 @@ class Executor:
             trial = self._run_trial(index, params, slot, timings)
             if trial is None:  # the WebUI was lost: the trial goes back to the queue (or was failed for it)
                 continue
-            if self._abandoned.is_set():
-                return  # the run ended without it: a resume runs it again
-            self._finish(trial)
+            if not self._finish(trial):
+                return
 
-    def _finish(self, trial: Trial) -> None:
-        """Record a finished trial (not once the run was abandoned: a resume runs it again)."""
+    def _finish(self, trial: Trial) -> bool:
+        """Record a finished trial; False, recording nothing, once the run was abandoned (a resume runs it again)."""
         if self._abandoned.is_set():
-            return
+            return False
         with self._state:
             self.trials[trial.trial] = trial
             self.schedule.finish(trial.trial)
             self.on_trial(trial)
+        return True
 
     def _run_trial(self, index: int, params: dict[str, float], slot: Slot, timings: dict[str, float]) -> Trial | None:
         if not slot.reserve(index, self.stop):
