@@ -17,7 +17,7 @@ import shutil
 import socket
 import tempfile
 import threading
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -109,8 +109,14 @@ class TrialHost:
             routes = {"comfyui_handoff": {slot.name: dict(known_route)}} if known_route else {}
             settle_comfyui_routes(self._loop, routes)
             self._slot = slot
-        except BayesMergerError as error:
-            raise type(error)(f"{self.label}: {error}") from None
+        except BaseException as error:
+            # the driver kills the actor of a host that failed to start: what it holds goes now (its scratch
+            # folder was left in the host's /tmp); the start's own error is the one said
+            with suppress(Exception):
+                self.hand_back()
+            if isinstance(error, BayesMergerError):
+                raise type(error)(f"{self.label}: {error}") from None
+            raise
         route = (routes.get("comfyui_handoff") or {}).get(slot.name)
         return __version__, self._before, route
 

@@ -73,8 +73,7 @@ def test_a_host_with_another_file_at_the_models_path_refuses_before_it_loads_any
     host = TrialHost(inputs, cfg.webui, inputs.run_id, driver, {})
     with pytest.raises(ConfigError, match=r"\(http://127.0.0.1:9\): model_b: .* is not the driver's file"):
         host.start()  # refused before the WebUI (nothing listens at :9) or a tensor is touched
-    host.hand_back()
-    assert not Path(host.scratch).exists()
+    assert not Path(host.scratch).exists()  # the driver kills such a host's actor: nothing is left in its /tmp
 
 
 def test_a_host_whose_webui_holds_a_dead_runs_merge_gives_back_the_model_the_driver_read_for_it(assets, fake_webui,
