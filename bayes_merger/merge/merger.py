@@ -397,10 +397,6 @@ class Merger:
 
     # ------------------------------------------------------------------------------------ output
 
-    @property
-    def last_weights(self) -> BlockWeights | None:
-        return self._weights
-
     def model_sha256(self, model: str) -> str:
         """sha256 of model "A", "B" or "C"'s file, computed on first use and kept."""
         if model not in self._hashes:

@@ -140,11 +140,6 @@ class FittedGP:
         """The unit the GP works in, in score units: the scores' standard deviation (1 for a single score)."""
         return self._y_std
 
-    @property
-    def noise_std(self) -> float:
-        """The learned observation noise, as a standard deviation in score units."""
-        return math.sqrt(self.noise) * self._y_std
-
     def predict(self, points: np.ndarray, gradient: bool = False) -> Posterior:
         points = np.atleast_2d(np.asarray(points, dtype=float))
         if gradient:

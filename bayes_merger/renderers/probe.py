@@ -81,8 +81,8 @@ def detect_backend(config: WebUIConfig, timeout: float | None = None) -> str:
     )
 
 
-def choose_handoff(config: WebUIConfig, method: str, lower: float, upper: float, arch: Architecture,
-                   variant_ok: bool = True) -> tuple[str, str]:
+def choose_handoff(config: WebUIConfig, method: str, lower: float, upper: float, arch: Architecture
+                   ) -> tuple[str, str]:
     """("graph", "file" or "auto", the reason, for the log) for a ComfyUI run.
 
     In the graph only a weighted sum of two models with weights in [0, 1] can be merged (ComfyUI's
@@ -99,7 +99,7 @@ def choose_handoff(config: WebUIConfig, method: str, lower: float, upper: float,
         reasons.append(f"merge.method is {method} (only weighted_sum has a ComfyUI merge node)")
     if lower < 0.0 or upper > 1.0:
         reasons.append(f"the weights range over [{lower:g}, {upper:g}] (ComfyUI's ratios are within [0, 1])")
-    if arch.variant or not variant_ok:
+    if arch.variant:
         reasons.append(f"the models are {arch.label} (their extra input channels are merged by file only)")
     if wanted == "file":
         return "file", "webui.comfyui_handoff is file"

@@ -62,11 +62,10 @@ from bayes_merger.merge.methods.linear import (
     weighted_sum,
 )
 from bayes_merger.merge.methods.rank import distribution_crossover, top_k_tensor_sum
-from bayes_merger.merge.methods.registry import MergeFn, MergeMethod, build_registry, merge_method
+from bayes_merger.merge.methods.registry import MergeMethod, build_registry, merge_method
 
 __all__ = [
     "METHODS",
-    "MergeFn",
     "MergeMethod",
     "build_registry",
     "clip_to_inputs",

@@ -33,8 +33,6 @@ Formula = Callable[[Tensor, Tensor, Optional[Tensor], float, float, Tensor], Ten
 Prepare = Callable[[Tensor, Tensor, Optional[Tensor], Optional[Tensor]], tuple[Any, ...]]
 # finish(prepared, alpha, beta, out) -> out
 Finish = Callable[[tuple[Any, ...], float, float, Tensor], Tensor]
-# the checked call: fn(a, b, c, alpha, beta, out=None) -> the merged tensor (out itself when given)
-MergeFn = Callable[..., Tensor]
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from bayes_merger.merge.weights import BlockWeights
 from bayes_merger.renderers.comfyui import blocks, graph as graphs
 from bayes_merger.renderers.comfyui.events import EventStream
 from bayes_merger.renderers.comfyui.files import ComfyMergeFiles, basename
-from bayes_merger.renderers.comfyui.http import ComfyApi, http_error
+from bayes_merger.renderers.comfyui.http import ComfyApi
 from bayes_merger.renderers.comfyui.images import prompt_images
 from bayes_merger.renderers.comfyui.prompts import PromptRunner
 from bayes_merger.renderers.comfyui.vae import vaes_differ
@@ -366,9 +366,6 @@ def _tail_match(path: str, listed: str) -> tuple[int, bool]:
             break
         matched += 1
     return matched, matched == len(theirs)
-
-
-__all__ = ["ComfyUIClient", "http_error"]
 
 
 def _missing_node_message(node_class: str, source: str, url: str) -> str:
