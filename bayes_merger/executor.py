@@ -5,7 +5,7 @@ takes the next trial number from the ``Schedule``, waits until the trials its su
 finished (taking over instead an earlier trial that a lost WebUI gave back, which they wait for), and
 runs the trial in two halves:
 
-  prepare  suggest, merge, check, and write the merge under a staging name the WebUI does not list
+  prepare  merge, check, and write the merge under a staging name the WebUI does not list
            (our work; one merge at a time, since the Merger has one output buffer)
   render   on its WebUI and nobody else's trial: move the staged file into place, refresh, select,
            confirm, render, score (the WebUI's work)
@@ -153,7 +153,7 @@ class Executor:
     def run(self) -> None:
         """Run until every trial has finished, the run is asked to stop, or a worker fails (re-raised)."""
         if len(self.slots) == 1 and self.depth == 1:
-            self._work(self.slots[0])  # one at a time: in the caller's thread, as the sequential loop was
+            self._work(self.slots[0])  # one at a time: no thread, so a second Ctrl-C stops the trial itself
         else:
             in_flight = len(self.slots) * self.depth
             beside = "the trial running beside it has its score" if in_flight == 2 else \

@@ -1,10 +1,12 @@
 """The renderer seam: what the trial loop needs from a backend that shows a merge and renders payloads.
 
-``Renderer`` names exactly the calls the loop makes today on ``webui.client.WebUIClient``, which
-satisfies it unchanged. ``comfyui.ComfyUIClient`` is the second implementation; it also merges
-weighted sums inside its graph (``GraphMerging``), where the loop hands it the block weights instead
-of a file. ``probe.detect_backend`` tells which kind of server a URL is; ``open_renderer`` builds
-the renderer a config asks for.
+``Renderer`` names the calls of a backend the loop hands merge files to: ``webui.client.WebUIClient``
+and ``comfyui.ComfyUIClient`` (a cluster host, ``cluster.hosts.RayHost``, runs whole trials instead).
+``ComfyUIClient`` also merges weighted sums inside its graph (``GraphMerging``), where the loop hands
+it the block weights instead of a file. The loop asks for the rest of what a backend can do by name,
+as not every backend has it (``webuis.prepare_webuis``: the payload, memory-option and leftover
+checks; ``run.TrialLoop``: ``renders_remotely``, ``loads_lazily``). ``probe.detect_backend`` tells
+which kind of server a URL is; ``probe.open_renderer`` builds the renderer a config asks for.
 """
 
 from __future__ import annotations

@@ -57,9 +57,9 @@ OFFLINE_PREVIEWS = ("reForge without internet access fails so while its live pre
                     "set the WebUI's option live_previews_enable to false, in its Settings or the overnight runner's "
                     "WEBUI_OPTIONS.")
 
-# the options that keep models in memory, and the values A1111's maintainers advise for many switches
 # the version Forge 2 gives in a generation's info (f<Forge>v<the A1111 it forked>)
 FORGE_2 = re.compile(r"f([2-9]|\d\d+)\.\d+.*v\d")
+# the options that keep models in memory, and the values A1111's maintainers advise for many switches
 MEMORY_OPTIONS = {"sd_checkpoints_limit": 1, "sd_checkpoint_cache": 0}
 
 
