@@ -36,7 +36,7 @@ from bayes_merger.run_folder import (
     write_rescores,
 )
 from bayes_merger.scoring import ImageContext, Scorer, build_scorer, score_trial
-from bayes_merger.scoring.registry import ENSEMBLE, PRESETS, keeps_head, named_scorer
+from bayes_merger.scoring.registry import named_scorer, renamed_scorer
 
 log = logging.getLogger(__name__)
 
@@ -141,25 +141,21 @@ def scorer_config(run_dir: Path, overrides: Sequence[str]) -> tuple[ScorerConfig
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    base = OmegaConf.structured(ScorerConfig)
+    run_scorer = OmegaConf.structured(ScorerConfig)
     saved_path = Path(run_dir) / CONFIG_FILE
     if saved_path.is_file():
         saved = OmegaConf.load(saved_path)
         if "scorer" in saved:
-            base = OmegaConf.merge(base, saved.scorer)
+            run_scorer = OmegaConf.merge(run_scorer, saved.scorer)
+    base: ScorerConfig = OmegaConf.to_object(run_scorer)  # type: ignore[assignment]
     top_k: int | None = None
     dotlist: list[str] = []
     for override in overrides:
         key, sep, value = override.partition("=")
         if not sep:
             raise ConfigError(f"{override!r} is not key=value (e.g. scorer=pickscore, scorer.batch_size=4, top_k=5).")
-        if key == "scorer":  # a named ensemble (preference) is its members; checked once all is merged
-            preset = PRESETS.get(value)
-            if not keeps_head(base.name, value):
-                base.head = None
-            base.name = ENSEMBLE if preset else value
-            if preset or value != ENSEMBLE:
-                base.ensemble = dict(preset or {})
+        if key == "scorer":  # as a run's finalists name it; checked once all is merged (build_scorer)
+            base = renamed_scorer(base, value)
         elif key == "top_k":
             try:
                 top_k = int(value)
@@ -167,12 +163,12 @@ def scorer_config(run_dir: Path, overrides: Sequence[str]) -> tuple[ScorerConfig
                 raise ConfigError(f"top_k is {value!r}; it must be a whole number, at least 1.") from None
         elif key.startswith("scorer."):
             if key == "scorer.ensemble":  # the members given, not added to the run's (as a run's override does)
-                base.ensemble = {}
+                base = dataclasses.replace(base, ensemble={})
             dotlist.append(f"{key.removeprefix('scorer.')}={value}")
         else:
             raise ConfigError(f"{key!r} is not an option here: use scorer=NAME, scorer.KEY=VALUE or top_k=N.")
     try:
-        merged = OmegaConf.merge(base, OmegaConf.from_dotlist(dotlist))
+        merged = OmegaConf.merge(OmegaConf.structured(base), OmegaConf.from_dotlist(dotlist))
         config: ScorerConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as error:
         raise ConfigError(f"Bad scorer option: {error}") from error

@@ -104,18 +104,23 @@ def keeps_head(given_for: str, name: str) -> bool:
 def named_scorer(config: ScorerConfig, name: str) -> ScorerConfig:
     """``config`` scoring with ``name`` instead: a scorer, a named ensemble (``PRESETS``) or ``ensemble``
     (``config``'s own); the names checked (a ConfigError), nothing loaded."""
-    config = _as_dataclass(config)
-    if not keeps_head(config.name, name):
-        config = dataclasses.replace(config, head=None)
-    if name in PRESETS:
-        named = dataclasses.replace(config, name=ENSEMBLE, ensemble=dict(PRESETS[name]))
-    else:
-        named = dataclasses.replace(config, name=name, ensemble=dict(config.ensemble) if name == ENSEMBLE else {})
+    named = renamed_scorer(config, name)
     if named.name == ENSEMBLE:
         _ensemble_members(named)
     else:
         _factory(named.name)
     return named
+
+
+def renamed_scorer(config: ScorerConfig, name: str) -> ScorerConfig:
+    """``named_scorer`` with nothing checked yet: for a caller that may still set the ensemble's members
+    (``bayes-merger-rescore scorer=ensemble scorer.ensemble={…}``) and checks the result once it is whole."""
+    config = _as_dataclass(config)
+    if not keeps_head(config.name, name):
+        config = dataclasses.replace(config, head=None)
+    if name in PRESETS:
+        return dataclasses.replace(config, name=ENSEMBLE, ensemble=dict(PRESETS[name]))
+    return dataclasses.replace(config, name=name, ensemble=dict(config.ensemble) if name == ENSEMBLE else {})
 
 
 def _factory(name: str) -> ScorerFactory:

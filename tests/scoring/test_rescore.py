@@ -141,6 +141,16 @@ def test_a_named_ensemble_is_taken_as_a_scorer_name_here_too(tmp_path: Path) -> 
     assert config.name == "ensemble" and config.ensemble == {"pickscore": 1.0, "hpsv2": 1.0, "aesthetic_v25": 0.5}
 
 
+def test_a_scorer_named_for_a_rescore_is_the_one_the_runs_finalists_would_take(tmp_path: Path) -> None:
+    from bayes_merger.scoring.registry import ENSEMBLE, PRESETS, SCORERS, named_scorer
+
+    (tmp_path / "config.yaml").write_text(
+        "scorer:\n  name: ensemble\n  ensemble: {aesthetic_head: 1, chad: 1}\n  head: /heads/mine.safetensors\n")
+    run = scorer_config(tmp_path, [])[0]
+    for name in (*SCORERS, ENSEMBLE, *PRESETS):  # one rule for both: bayes-merger-rescore and scorer.finalists
+        assert scorer_config(tmp_path, [f"scorer={name}"])[0] == named_scorer(run, name), name
+
+
 def test_the_command_rescores_with_a_registered_scorer_through_its_loader(
     tmp_path: Path, tiny_clip_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
