@@ -223,24 +223,7 @@ class TrialLog:
         """Write ``trial`` as one line, durably; a StorageError (disk full, unwritable) leaves the log as it was."""
         if any(t.trial == trial.trial for t in self.trials):
             raise ValueError(f"trial {trial.trial} is already in the trial log")
-        data = (trial.to_json() + "\n").encode("utf-8")  # a NaN score raises here, before the file is touched
-        with storage_errors(self.path):
-            # unbuffered: after a failed write no buffered rest can reach the file behind the truncation below
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
-            try:
-                start = os.fstat(fd).st_size
-                try:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view):]
-                    os.fsync(fd)
-                except OSError:
-                    # cut off what reached the file of this line: the trial is redone on resume, and its
-                    # line must not follow half of this one (truncating needs no free space)
-                    _truncate(fd, start)
-                    raise
-            finally:
-                os.close(fd)
+        append_lines(self.path, trial.to_json() + "\n")  # a NaN score raises in to_json, before the file is touched
         self.trials.append(trial)
 
     def retract(self, numbers: Iterable[int], side_file: str = NOT_RENDERED_FILE) -> None:
@@ -252,11 +235,7 @@ class TrialLog:
         out = [t for t in self.trials if t.trial in numbers]
         if not out:
             return
-        side = self.path.with_name(side_file)
-        with storage_errors(side), side.open("ab") as handle:
-            handle.write("".join(t.to_json() + "\n" for t in out).encode("utf-8"))
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_lines(self.path.with_name(side_file), "".join(t.to_json() + "\n" for t in out))
         self._keep_only([t for t in self.trials if t.trial not in numbers])
         # as a failed trial's: named with a score no record in the log has, of whatever model the WebUI
         # rendered, they would stay in images/ beside the images of the resume's render of those trials
@@ -299,27 +278,36 @@ def note_lost_webui(run_dir: Path, trial: int, webui: str, error: str) -> int:
     """Record, durably, that ``webui`` was lost with ``trial`` in flight (``WEBUI_LOST_FILE``); how many times
     that has happened with this trial, in every session of the run, this one included."""
     path = Path(run_dir) / WEBUI_LOST_FILE
-    line = json.dumps({"trial": trial, "webui": webui, "error": error, "at": now()}) + "\n"
-    with storage_errors(path), path.open("ab") as handle:
-        handle.write(line.encode("utf-8"))
-        handle.flush()
-        os.fsync(handle.fileno())
-    return sum(1 for record in _json_lines(path) if record.get("trial") == trial)
+    append_lines(path, json.dumps({"trial": trial, "webui": webui, "error": error, "at": now()}) + "\n")
+    # a line cut off by a power loss is no record (the loss it noted is counted one short)
+    return sum(1 for record in read_trial_records(path) if record.get("trial") == trial)
 
 
-def _json_lines(path: Path) -> Iterator[dict[str, Any]]:
-    # tolerant: a line cut off by a power loss is no record (the loss it noted is counted one short)
-    for raw in path.read_bytes().splitlines():
+def append_lines(path: Path, lines: str) -> None:
+    """Append ``lines`` (whole JSON lines) to ``path``, durably; a StorageError (disk full, unwritable) leaves
+    the file as it was, so the next append does not follow half a line."""
+    data = lines.encode("utf-8")
+    with storage_errors(path):
+        # unbuffered: after a failed write no buffered rest can reach the file behind the truncation below
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
         try:
-            record = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            yield record
+            start = os.fstat(fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError:
+                # cut off what reached the file (truncating needs no free space): a trial's record is redone
+                # on resume, and its line must not follow half of this one
+                _truncate(fd, start, path)
+                raise
+        finally:
+            os.close(fd)
 
 
-def _truncate(fd: int, size: int) -> None:
+def _truncate(fd: int, size: int, path: Path) -> None:
     try:
         os.ftruncate(fd, size)
     except OSError as error:  # the strict reader sets a cut-off last line aside on resume
-        log.warning("Could not remove a partly written line from the trial log (%s).", error.strerror or error)
+        log.warning("Could not remove a partly written line from %s (%s).", path.name, error.strerror or error)

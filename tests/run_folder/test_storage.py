@@ -72,6 +72,19 @@ def test_a_failed_fsync_takes_the_line_back(tmp_path, monkeypatch):
     assert (tmp_path / "trials.jsonl").read_bytes() == b""
 
 
+
+def test_a_lost_webui_noted_on_a_full_disk_leaves_no_half_line_to_miscount_the_next(tmp_path, monkeypatch):
+    # the count of a trial's WebUI losses decides when it is failed as the weights' fault: a half line
+    # followed by the next note would lose both
+    assert trials.note_lost_webui(tmp_path, 3, "http://127.0.0.1:7860", "gone") == 1
+    before = (tmp_path / trials.WEBUI_LOST_FILE).read_bytes()
+    monkeypatch.setattr(trials, "os", _DiskFillsUp(room=25))
+    with pytest.raises(StorageError, match="No space left on device"):
+        trials.note_lost_webui(tmp_path, 3, "http://127.0.0.1:7860", "gone")
+    assert (tmp_path / trials.WEBUI_LOST_FILE).read_bytes() == before
+    monkeypatch.undo()
+    assert trials.note_lost_webui(tmp_path, 3, "http://127.0.0.1:7860", "gone") == 2
+
 class _HalfWrittenImage:
     """An image whose PNG stops half-way: the disk filled up."""
 
