@@ -93,8 +93,7 @@ def check_inputs(cfg: Config, run_dir: Path) -> Inputs:
     space = build_space(cfg.optimiser, merge.architecture.blocks, merge.method.needs_beta)
     space.start_params(cfg.optimiser.start)  # a bad optimiser.start is refused here, not after the models load
     if str(cfg.webui.backend).lower() in ("comfyui", "auto"):  # a graph hand-off the method cannot take
-        choose_handoff(cfg.webui, cfg.merge.method, min(p.lower for p in space.parameters),
-                       max(p.upper for p in space.parameters), merge.architecture)
+        choose_handoff(cfg.webui, cfg.merge.method, *space.weight_range(), merge.architecture)
     if not resuming and is_run_folder(run_dir):
         raise ConfigError(f"{run_dir} already holds a run; continue it with: {resume_command(run_dir)}, or start a "
                           "new one elsewhere.")

@@ -47,6 +47,11 @@ class SearchSpace:
     def bounds(self) -> dict[str, tuple[float, float]]:
         return {p.name: (p.lower, p.upper) for p in self.parameters}
 
+    def weight_range(self) -> tuple[float, float]:
+        """The lowest and highest value any weight of a trial can take: the searched ranges and the frozen values."""
+        values = [bound for p in self.parameters for bound in (p.lower, p.upper)] + list(self.frozen.values())
+        return min(values), max(values)
+
     def to_block_weights(self, params: Mapping[str, float]) -> BlockWeights:
         """Expand the optimiser's parameters (frozen and grouped ones included) into BlockWeights."""
         values = dict(self.frozen)

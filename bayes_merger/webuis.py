@@ -64,8 +64,7 @@ def _folder_key(folder: str) -> tuple[int, int] | str:
 
 def open_webui_renderer(inputs: Inputs, webui_cfg: WebUIConfig, run_id: str) -> Any:
     space = inputs.space
-    lower = min(p.lower for p in space.parameters)
-    upper = max(p.upper for p in space.parameters)
+    lower, upper = space.weight_range()  # frozen weights too: a trial carries them into the graph
     # the largest BASE weight a trial can have: above 0, a ComfyUI graph (which cannot merge the VAE)
     # renders another model than the merge by file wherever A's and B's VAEs differ
     base_max = max((p.upper for p in space.parameters if "BASE" in p.members), default=space.frozen.get("BASE", 0.0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,29 @@ def test_auto_measures_the_graph_only_where_it_renders_the_merge(fake_comfyui, t
     else:
         assert "comfyui_handoff" not in info  # nothing timed
         assert "file, since the graph cannot be used: models A and B have different VAEs" in caplog.text
+
+
+@pytest.mark.parametrize("frozen", ["1.3", "-0.2"])
+def test_graph_with_a_frozen_weight_outside_0_1_is_refused_before_any_prompt(fake_comfyui, tiny_models, tmp_path,
+                                                                             caplog, frozen):
+    # a frozen weight is part of every trial's weights as much as a searched one: ComfyUI's ratios cannot take it
+    args = comfyui_run_args(fake_comfyui.url, tiny_models, tmp_path, "comfyui", "graph", init_points=2, n_iters=0)
+    assert _cli(args + [f"+optimiser.frozen.IN00={frozen}"]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    low, high = ("0", "1.3") if frozen == "1.3" else ("-0.2", "1")
+    assert len(errors) == 1 and f"webui.comfyui_handoff is graph, but the weights range over [{low}, {high}]" in errors[0]
+    assert not fake_comfyui.requests_to("/prompt", "POST")
+
+
+def test_auto_with_a_frozen_weight_outside_0_1_takes_the_file_without_timing_the_graph(fake_comfyui, shared_vae_models,
+                                                                                       tmp_path, caplog):
+    # A and B share a VAE and BASE is searched in [0, 1]: only the frozen IN00 rules the graph out
+    caplog.set_level(logging.INFO, logger="bayes_merger.renderers.probe")
+    args = comfyui_run_args(fake_comfyui.url, shared_vae_models, tmp_path, "comfyui", "auto", init_points=2, n_iters=0)
+    assert _cli(args + ["+optimiser.frozen.IN00=1.3"]) == 0
+    run_dir = _only_run(tmp_path / "runs")
+    assert [t["status"] for t in _trials(run_dir)] == ["ok", "ok"]
+    assert "comfyui_handoff" not in json.loads((run_dir / "run.json").read_text())  # nothing timed
+    assert "ComfyUI hand-off: file (the weights range over [0, 1.3]" in caplog.text
+    prompts = fake_comfyui.requests_to("/prompt", "POST")
+    assert not [r for r in prompts if any(n["class_type"].startswith("ModelMerge") for n in r.body["prompt"].values())]
