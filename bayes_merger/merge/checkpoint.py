@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from bayes_merger.errors import CheckpointError, ConfigError
-from bayes_merger.files import file_sha256 as sha256_of
+from bayes_merger.files import file_sha256
 from bayes_merger.files import load_torch_weights
 from bayes_merger.merge.safetensors_file import TensorInfo, read_header, read_tensors, write_safetensors
 
@@ -212,9 +212,10 @@ def load_state_dict(
     return out
 
 
-def file_sha256(path: Path | str) -> str:
-    """The hex sha256 of a whole file (what A1111 and Civitai show, the first 10 characters as "AutoV2")."""
-    return sha256_of(_checked_file(path))
+def checkpoint_sha256(path: Path | str) -> str:
+    """The hex sha256 of a whole checkpoint file (what A1111 and Civitai show, the first 10 characters as
+    "AutoV2"); a file gone or unreadable since the run began is a CheckpointError naming it."""
+    return file_sha256(_checked_file(path))
 
 
 # ------------------------------------------------------------------------------------------ saving

@@ -40,7 +40,7 @@ from bayes_merger.errors import CheckpointError, ConfigError, MergeError
 from bayes_merger.merge.arch import INPUT_CONV_KEY, Architecture, detect_architecture
 from bayes_merger.merge.checkpoint import (
     TensorInfo,
-    file_sha256,
+    checkpoint_sha256,
     is_kept_by_prune,
     is_prediction_marker,
     load_state_dict,
@@ -400,7 +400,7 @@ class Merger:
     def model_sha256(self, model: str) -> str:
         """sha256 of model "A", "B" or "C"'s file, computed on first use and kept."""
         if model not in self._hashes:
-            self._hashes[model] = file_sha256(self.models[model])
+            self._hashes[model] = checkpoint_sha256(self.models[model])
         return self._hashes[model]
 
     def recipe(self) -> dict[str, str]:

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from bayes_merger.errors import CheckpointError, ConfigError
 from bayes_merger.merge.checkpoint import (
     canonical_key,
-    file_sha256,
+    checkpoint_sha256,
     load_state_dict,
     read_tensor_info,
     save_state_dict,
@@ -297,5 +297,5 @@ def test_a_tensor_that_differs_from_its_announced_shape_is_refused(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_file_sha256_is_the_sha256_of_the_whole_file(tiny_sd1):
-    assert file_sha256(tiny_sd1) == hashlib.sha256(tiny_sd1.read_bytes()).hexdigest()
+def test_checkpoint_sha256_is_the_sha256_of_the_whole_file(tiny_sd1):
+    assert checkpoint_sha256(tiny_sd1) == hashlib.sha256(tiny_sd1.read_bytes()).hexdigest()

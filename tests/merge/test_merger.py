@@ -443,8 +443,8 @@ def test_recipe_records_beta_and_model_c_when_the_method_uses_them(models):
 
 def test_model_hashes_are_computed_once(models, tmp_path, monkeypatch):
     calls = []
-    real = merger_module.file_sha256
-    monkeypatch.setattr(merger_module, "file_sha256", lambda p: calls.append(p) or real(p))
+    real = merger_module.checkpoint_sha256
+    monkeypatch.setattr(merger_module, "checkpoint_sha256", lambda p: calls.append(p) or real(p))
     merger = Merger(models["a"], models["b"], None, _config())
     assert calls == []  # lazily: not at load
     for alpha in (0.1, 0.2):
