@@ -156,12 +156,13 @@ def os_error(exc: BaseException) -> OSError | None:
 
 
 @contextmanager
-def storage_errors(path: Path | str) -> Iterator[None]:
+def storage_errors(path: Path | str, *, hint: str = "free space on its disk or make it writable") -> Iterator[None]:
     """Turn a failure to write ``path`` (disk full, no permission, a read-only disk) into a StorageError.
 
     Such a failure is not the work's fault and says nothing about the next attempt: the run stops,
-    resumable (exit 6), with one sentence naming the file and the system's reason, instead of a
-    traceback. A project error raised because of an OSError (a checkpoint writer's) counts too.
+    resumable (exit 6), with one sentence naming the file (``path``: or what it is, "the merge to
+    FOLDER"), the system's reason and what to do (``hint``), instead of a traceback. A project error
+    raised because of an OSError (a checkpoint writer's) counts too.
     """
     try:
         yield
@@ -171,8 +172,10 @@ def storage_errors(path: Path | str) -> Iterator[None]:
         error = os_error(exc)
         if error is None:
             raise
+        if isinstance(error, ForeignFile):  # no space or permission to fix: its sentence says what to do
+            raise StorageError(f"Could not write {path}: {error.strerror}.") from exc
         reason = error.strerror or str(error) or type(error).__name__
-        raise StorageError(f"Could not write {path}: {reason}; free space on its disk or make it writable.") from exc
+        raise StorageError(f"Could not write {path}: {reason}; {hint}.") from exc
 
 
 class Locked(Exception):

@@ -24,8 +24,8 @@ from typing import Callable, Mapping, Any
 
 from safetensors.torch import save as save_safetensors
 
-from bayes_merger.errors import BayesMergerError, ConfigError, StorageError
-from bayes_merger.files import ForeignFile, atomic_path, open_new, os_error
+from bayes_merger.errors import ConfigError
+from bayes_merger.files import ForeignFile, atomic_path, open_new, storage_errors
 
 logger = logging.getLogger(__name__)
 
@@ -119,20 +119,11 @@ class MergeFiles:
     def write(self, write: Callable[[Path], None], target: Path) -> None:
         """``write(tmp)`` under a ``.tmp`` name, renamed to ``target`` once complete; a failure to store
         it (disk full, no permission) is a StorageError and leaves no file behind."""
-        try:
-            # the rename overwrites our own file of an interrupted earlier attempt
-            with atomic_path(target, tmp=target.with_name(target.name + ".tmp")) as tmp:
-                write(tmp)
-        except (OSError, BayesMergerError) as exc:
-            cause = os_error(exc)
-            if cause is None:
-                raise
-            if isinstance(cause, ForeignFile):  # no space or permission to fix: the folder is not the user's own
-                raise StorageError(f"Could not write the merge to {self.folder}: {cause.strerror}.") from exc
-            raise StorageError(
-                f"Could not write the merge to {self.folder}: {cause.strerror or cause}; free space there "
-                "(each merge is the size of a checkpoint) or make it writable."
-            ) from exc
+        # the rename overwrites our own file of an interrupted earlier attempt
+        with storage_errors(f"the merge to {self.folder}",
+                            hint="free space there (each merge is the size of a checkpoint) or make it writable"), \
+                atomic_path(target, tmp=target.with_name(target.name + ".tmp")) as tmp:
+            write(tmp)
 
     def own(self) -> list[tuple[Path, tuple[int, int, bool]]]:
         """This run's files with their order (trial, attempt, unfinished or unloadable)."""

@@ -4,6 +4,8 @@ makes, the pipelined run's staged merge's included, is known to the clean-ups.""
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -78,6 +80,20 @@ def test_a_link_planted_at_a_temporary_name_of_a_merge_write_never_writes_the_fi
     assert "\n" not in str(error.value) and str(folder) in str(error.value)
     assert target.read_bytes() == before, "the merge written before is left as it was"
 
+
+
+def test_a_merge_the_disk_has_no_room_for_is_one_sentence_saying_what_to_free_and_leaves_no_file(folder: Path) -> None:
+    files = MergeFiles(folder, "run1", 0)
+
+    def half_written(tmp: Path) -> None:
+        tmp.write_bytes(b"half a merge")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(StorageError) as error:
+        files.write(half_written, folder / files.merge_name(3))
+    assert str(error.value) == (f"Could not write the merge to {folder}: No space left on device; free space there "
+                                "(each merge is the size of a checkpoint) or make it writable.")
+    assert not list(folder.iterdir())
 
 def test_a_link_planted_at_the_write_test_name_is_refused_and_never_truncates_its_target(
         tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
