@@ -26,21 +26,21 @@ from bayes_merger.webui.generation import Generation, parse_info, read_generatio
 from bayes_merger.webui.http import (
     GATEWAY_TIMEOUTS,
     INTERRUPT,
+    LATENT_UPSCALE_MODES,
     OPTIONS,
     PROGRESS,
     REFRESH,
+    SAMPLERS,
+    SCHEDULERS,
     SD_MODELS,
     TXT2IMG,
+    UPSCALERS,
     ApiSession,
     plain,
 )
 from bayes_merger.webui.http import wait_until_ready as poll_until_ready
 from bayes_merger.webui.merge_files import HASH_SUFFIX, MergeFiles, aliases, basename, matches, merge_run_id
 from bayes_merger.webui.samplers import (
-    LATENT_UPSCALE_MODES,
-    SAMPLERS,
-    SCHEDULERS,
-    UPSCALERS,
     hires_enabled,
     hires_problem,
     option_problem,

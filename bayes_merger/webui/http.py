@@ -55,6 +55,10 @@ SD_MODELS = "/sdapi/v1/sd-models"
 REFRESH = "/sdapi/v1/refresh-checkpoints"
 PROGRESS = "/sdapi/v1/progress"
 INTERRUPT = "/sdapi/v1/interrupt"
+SAMPLERS = "/sdapi/v1/samplers"
+SCHEDULERS = "/sdapi/v1/schedulers"
+UPSCALERS = "/sdapi/v1/upscalers"
+LATENT_UPSCALE_MODES = "/sdapi/v1/latent-upscale-modes"
 # ends the sentence of every 401, whoever answered it: the WebUI, ComfyUI, or an auth proxy in front of either
 AUTH_HINT = " (check webui.auth or the variable named by webui.auth_env)"
 

@@ -31,10 +31,7 @@ import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-SAMPLERS = "/sdapi/v1/samplers"
-SCHEDULERS = "/sdapi/v1/schedulers"
-UPSCALERS = "/sdapi/v1/upscalers"
-LATENT_UPSCALE_MODES = "/sdapi/v1/latent-upscale-modes"
+from bayes_merger.webui.http import SCHEDULERS
 
 # what A1111's UI offers for "as in the first pass"; its UI sends null for them, its API takes them as names
 SAME_SAMPLER = "Use same sampler"
