@@ -25,7 +25,7 @@ from bayes_merger.errors import BayesMergerError, StorageError
 
 __all__ = ["ForeignFile", "Locked", "atomic_path", "atomic_write_text", "file_sha256", "load_torch_weights",
            "open_new", "os_error", "pid_lock", "remove_dead_temp_files", "storage_errors", "temp_file_writer",
-           "temp_path"]
+           "temp_path", "yaml_problem"]
 
 _log = logging.getLogger(__name__)
 

@@ -43,7 +43,9 @@ def signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def run_folders(run_dir: Path) -> set[Path]:
+def sub_folders(run_dir: Path) -> set[Path]:
+    """Every folder in ``run_dir``: a run's is the one that appears while bayes-merger runs (it may have no
+    run.json yet, so ``liveness.run_folders`` would not know it)."""
     return {p for p in run_dir.iterdir() if p.is_dir()} if run_dir.is_dir() else set()
 
 
@@ -241,7 +243,7 @@ class Night:
             command += [f"resume={hydra_value(str(folder))}", f"hydra.run.dir={hydra_value(str(folder))}"]
         else:
             log.info("No unfinished run under %s: starting a new one.", self.run_dir)
-        before = run_folders(self.run_dir)
+        before = sub_folders(self.run_dir)
         log.info("Running: %s", redacted(command))
         # bayes-merger logs into the night's file; no progress bars there
         env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
@@ -254,7 +256,7 @@ class Night:
             self.child = None
         log.info("bayes-merger exited with code %d.", rc)
         if folder is None:
-            new = sorted(run_folders(self.run_dir) - before)
+            new = sorted(sub_folders(self.run_dir) - before)
             folder = new[-1] if new else None
         return rc, folder
 
