@@ -35,7 +35,8 @@ from bayes_merger.cli_help import USAGE, help_text
 from bayes_merger.config import Config, register_configs
 from bayes_merger.errors import BayesMergerError, ConfigError, Interrupted
 from bayes_merger.files import atomic_write_text, storage_errors, yaml_problem
-from bayes_merger.run_folder.paths import BEST_FILE, CONFIG_FILE, CONFIG_HEADER, TRIALS_FILE, resume_command
+from bayes_merger.run_folder.paths import (BEST_FILE, CONFIG_FILE, CONFIG_HEADER, RESUMED_CONFIG, RESUMED_CONFIGS,
+                                           TRIALS_FILE, resume_command)
 from bayes_merger.run_folder.run_info import is_run_folder, is_saved_config
 
 log = logging.getLogger("bayes_merger")
@@ -123,7 +124,7 @@ def save_config(cfg: DictConfig, run_dir: Path, resuming: bool) -> Path:
         same = next((path for path in _saved_configs(run_dir) if _text_of(path) == text), None)
         if same is not None:
             return same
-    name = CONFIG_FILE if not resuming else f"config.resumed-{datetime.now():%Y%m%d-%H%M%S}.yaml"
+    name = CONFIG_FILE if not resuming else RESUMED_CONFIG.format(f"{datetime.now():%Y%m%d-%H%M%S}")
     path = run_dir / name
     # never overwrite what a user already has; but the config.yaml of a start that was refused before its
     # run began (no run.json: the WebUI was down, say) is ours and no run's: this start's replaces it, or
@@ -138,7 +139,7 @@ def save_config(cfg: DictConfig, run_dir: Path, resuming: bool) -> Path:
 
 
 def _saved_configs(run_dir: Path) -> list[Path]:
-    return [run_dir / CONFIG_FILE, *sorted(run_dir.glob("config.resumed-*.yaml"))]
+    return [run_dir / CONFIG_FILE, *sorted(run_dir.glob(RESUMED_CONFIGS))]
 
 
 def _text_of(path: Path) -> str | None:

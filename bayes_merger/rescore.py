@@ -26,8 +26,10 @@ from bayes_merger.config import ScorerConfig
 from bayes_merger.errors import BayesMergerError, ConfigError, ScorerError
 from bayes_merger.run_folder import (
     CONFIG_FILE,
+    MANUAL_RATINGS_RESCORE,
     PAYLOAD_WEIGHTS,
     TRIALS_FILE,
+    check_trial_folder,
     load_run_info,
     now,
     ranked,
@@ -174,7 +176,7 @@ def scorer_config(run_dir: Path, overrides: Sequence[str]) -> tuple[ScorerConfig
         raise ConfigError(f"Bad scorer option: {error}") from error
     # manual ratings of a re-score are kept apart from the run's own
     if config.manual_ratings is None:
-        config = dataclasses.replace(config, manual_ratings=str(Path(run_dir) / "manual-ratings-rescore.json"))
+        config = dataclasses.replace(config, manual_ratings=str(Path(run_dir) / MANUAL_RATINGS_RESCORE))
     return config, top_k
 
 
@@ -207,8 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     run_dir = Path(args[0])
     try:
-        if not (run_dir / TRIALS_FILE).is_file():
-            raise ConfigError(f"{run_dir} is not a run folder (it has no {TRIALS_FILE}).")
+        check_trial_folder(run_dir)
         config, top_k = scorer_config(run_dir, args[1:])
         result = rescore_run(run_dir, config, top_k=top_k)
         try:

@@ -8,20 +8,11 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from bayes_merger.errors import BayesMergerError, ConfigError
+from bayes_merger.errors import BayesMergerError
 from bayes_merger.report import REPORT_HTML, write_report
-from bayes_merger.run_folder import TRIALS_FILE
+from bayes_merger.run_folder import check_trial_folder
 
 log = logging.getLogger("bayes_merger.report")
-
-
-def check_run_dir(run_dir: Path) -> None:
-    """Raise ConfigError unless run_dir is a run folder with a trial log."""
-    if not run_dir.is_dir():
-        raise ConfigError(f"{run_dir} is not a folder: give the path of a bayes-merger run folder.")
-    if not (run_dir / TRIALS_FILE).is_file():
-        raise ConfigError(f"{run_dir} has no {TRIALS_FILE}: it is not a bayes-merger run folder, "
-                          "or no trial of that run has finished yet.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     try:
-        check_run_dir(args.run_dir)
+        check_trial_folder(args.run_dir)
         write_report(args.run_dir)
     except BayesMergerError as exc:
         log.error("%s", exc)

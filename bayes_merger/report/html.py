@@ -31,6 +31,7 @@ from bayes_merger.report.format import (
     run_duration,
     sort_value,
 )
+from bayes_merger.run_folder.paths import CONVERGENCE_PNG, IMPORTANCE_PNG, WEIGHTS_PNG
 
 # past this many payloads the trials table shows no per-payload columns (it would get too wide)
 MAX_PAYLOAD_COLUMNS = 6
@@ -323,13 +324,13 @@ def render_html(run: RunData) -> str:
 {_summary(run)}
 <section id="convergence">
   <h2>Convergence</h2>
-  {_figure("convergence.png", "score per trial")}
+  {_figure(CONVERGENCE_PNG, "score per trial")}
 </section>
 <section id="weights">
   <h2>Best block weights</h2>
-  {_figure("weights.png", "best block weights drawn as the UNet, and the top trials' weights")}
+  {_figure(WEIGHTS_PNG, "best block weights drawn as the UNet, and the top trials' weights")}
   {_weight_code(run)}
-  {_figure("importance.png", "how much each block matters, from the fitted model") if run.importance else ""}
+  {_figure(IMPORTANCE_PNG, "how much each block matters, from the fitted model") if run.importance else ""}
 </section>
 <section id="images">
   <h2>Best and worst trial, side by side</h2>

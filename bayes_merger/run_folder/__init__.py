@@ -23,10 +23,14 @@ from bayes_merger.run_folder.paths import (
     FAILED_AT_START_FILE,
     IMAGES_DIR,
     MANUAL_RATINGS,
+    MANUAL_RATINGS_RESCORE,
     NOT_RENDERED_FILE,
+    RESUMED_CONFIG,
+    RESUMED_CONFIGS,
     RUN_FILE,
     TRIALS_FILE,
     WEBUI_LOST_FILE,
+    check_trial_folder,
     resume_command,
 )
 from bayes_merger.run_folder.rescores import read_rescores, rescore_path, write_rescores
@@ -64,8 +68,9 @@ from bayes_merger.run_folder.trials import (
 
 __all__ = [
     "best_extras", "read_best",
-    "BEST_FILE", "BEST_MERGE", "CONFIG_FILE", "FAILED_AT_START_FILE", "IMAGES_DIR", "MANUAL_RATINGS", "NOT_RENDERED_FILE", "RUN_FILE",
-    "TRIALS_FILE", "WEBUI_LOST_FILE", "resume_command",
+    "BEST_FILE", "BEST_MERGE", "CONFIG_FILE", "FAILED_AT_START_FILE", "IMAGES_DIR", "MANUAL_RATINGS", "MANUAL_RATINGS_RESCORE",
+    "NOT_RENDERED_FILE", "RESUMED_CONFIG", "RESUMED_CONFIGS", "RUN_FILE", "TRIALS_FILE", "WEBUI_LOST_FILE",
+    "check_trial_folder", "resume_command",
     "ImageRecord", "Trial", "TrialLog", "best_trial", "finite", "record_score", "note_lost_webui", "now", "observations", "ranked", "read_trial_records", "read_trials",
     "PAYLOAD_WEIGHTS", "RESUMED_AT", "STOPPED_BY", "SUGGESTIONS", "WEBUI_LOST", "check_resumable", "describe", "foreign_files", "is_run_folder", "load_run_info", "note_changed_suggestions",
     "read_run_info", "stopped_by_lost_webui", "unfinished", "write_run_info",

@@ -14,7 +14,7 @@ from typing import Iterator
 from bayes_merger.errors import ConfigError
 from bayes_merger.files import Locked, pid_lock
 from bayes_merger.run_folder.paths import RUN_LOCK
-from bayes_merger.run_folder.run_info import load_run_info
+from bayes_merger.run_folder.run_info import is_run_folder, load_run_info
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def run_folders(base: Path) -> dict[str, Path]:
     candidates = [*base.glob("*"), *base.glob("multirun/*/*")] if base.is_dir() else []
     found: dict[str, Path] = {}
     for folder in candidates:
-        if folder.is_dir() and (folder / "run.json").is_file():
+        if is_run_folder(folder):
             info = load_run_info(folder) or {}
             if isinstance(info.get("run_id"), str):
                 found[info["run_id"]] = folder

@@ -1,10 +1,12 @@
-"""The names of the files in a run folder (the format old run folders share), and the command that resumes one."""
+"""The names of the files in a run folder (the format old run folders share), the command that resumes one,
+and the check the commands that read a finished run's trials make of the folder they are given."""
 
 import os
 import shlex
 from pathlib import Path
 
 from bayes_merger.config import hydra_value
+from bayes_merger.errors import ConfigError
 
 RUN_FILE = "run.json"
 TRIALS_FILE = "trials.jsonl"
@@ -21,11 +23,17 @@ BEST_MERGE = "best.safetensors"
 CONFIG_FILE = "config.yaml"
 # the first line of the config.yaml a run saves (a config.yaml without it is the user's)
 CONFIG_HEADER = "# the config of this run; resume it with:\n"
+# the config a resume ran with when it is not the run's own (config.yaml, which the resume command names, is never
+# overwritten): RESUMED_CONFIG.format(<time>); RESUMED_CONFIGS matches them all
+RESUMED_CONFIG = "config.resumed-{}.yaml"
+RESUMED_CONFIGS = RESUMED_CONFIG.format("*")
 # held while a run works (liveness)
 RUN_LOCK = ".run.lock"
 IMAGES_DIR = "images"
 # the manual scorer's ratings, when the run keeps them (resume finds them there)
 MANUAL_RATINGS = "manual-ratings.json"
+# the manual scorer's ratings of a re-score (bayes-merger-rescore), kept apart from the run's own
+MANUAL_RATINGS_RESCORE = "manual-ratings-rescore.json"
 CONVERGENCE_PNG = "convergence.png"
 WEIGHTS_PNG = "weights.png"
 IMPORTANCE_PNG = "importance.png"
@@ -37,6 +45,17 @@ def resume_command(run_dir: Path) -> str:
     folder: absolute paths, quoted for the shell and, the folder, for Hydra's override grammar."""
     where = Path(os.path.abspath(run_dir))
     return f"bayes-merger --config {_shell_word(str(where / CONFIG_FILE))} {_shell_word('resume=' + hydra_value(str(where)))}"
+
+
+def check_trial_folder(run_dir: Path) -> None:
+    """A ConfigError, in one sentence, unless ``run_dir`` is a folder with a trial log: what the report and
+    bayes-merger-rescore read (a run folder is one with run.json, ``is_run_folder``; these need its trials)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is not a folder: give the path of a bayes-merger run folder.")
+    if not (run_dir / TRIALS_FILE).is_file():
+        raise ConfigError(f"{run_dir} has no {TRIALS_FILE}: it is not a bayes-merger run folder, "
+                          "or no trial of that run has finished yet.")
 
 
 def _shell_word(word: str) -> str:

@@ -164,6 +164,19 @@ def test_the_command_rescores_with_a_registered_scorer_through_its_loader(
     assert main([str(tmp_path / "nowhere")]) == 2
 
 
+def test_the_command_refuses_a_folder_without_a_trial_log_in_one_sentence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"bayes-merger-rescore: {tmp_path / 'nowhere'} is not a folder: give the path of a bayes-merger run folder.")
+    (tmp_path / "run.json").write_text("{}")  # a run that never finished a trial
+    assert main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"bayes-merger-rescore: {tmp_path} has no trials.jsonl: it is not a bayes-merger run folder, "
+        "or no trial of that run has finished yet.")
+
+
 def test_finalists_are_off_by_default_and_rescore_the_top_k_when_set(tmp_path: Path, tiny_clip_dir: Path) -> None:
     run_dir = _run_folder(tmp_path / "run", [5.0, 7.0, 6.0])
     head = make_tiny_head(tmp_path / "head.safetensors")
