@@ -1,11 +1,16 @@
 """The run folder: its file names, the trial log, run.json, best.yaml and the trials' images.
 
-Every reader and writer of a run folder goes through this package: the loop (writing, and the strict
-reader for resume), the report (tolerant readers, for folders still being written or left by older
-versions) and the overnight runner (which run to resume). Every file but the append-only trial log
-is replaced atomically (``bayes_merger.files``).
+Every name in a run folder is a constant of this package (``paths.py``; rescore-<scorer>.jsonl's prefix in
+``rescores.py``), and whatever reads or writes one takes it from there. The run's records (the trial log,
+run.json, best.yaml, the images, the re-scores) are read and written by this package: the loop writes them
+and reads them strictly for resume; the report reads them tolerantly (folders still being written or left
+by older versions); the overnight runner reads which run to resume. The other files are written where they
+are made, under these names: the plots and report.html (``bayes_merger.report``), the saved configs
+(``cli.save_config``), best.safetensors (``run.py``, through the merger) and the manual ratings (the manual
+scorer). Every file but the append-only logs (``trials*.jsonl``) and the images (written once, removed when
+the write fails) is replaced atomically (``bayes_merger.files``).
 
-    paths.py      the file names
+    paths.py      the file names, and the check of a folder whose trials a command reads
     trials.py     Trial and ImageRecord (the schema of trials.jsonl), TrialLog, both readers, the best trial
     run_info.py   run.json: written, read strictly (resume) or tolerantly (report), resume identity
     best.py       best.yaml
