@@ -230,7 +230,9 @@ def check_cached(path: Path) -> None:
 
 @contextmanager
 def _temp_beside(path: Path) -> Iterator[Path]:
-    """``files.temp_path(path)`` to write, removed after the block: one a killed process left is known by its pid."""
+    """``files.temp_path(path)`` to download into, removed after the block: ``_store`` moves or converts what it
+    holds into the cache, so unlike ``files.atomic_path`` nothing is renamed to ``path``. One a killed process
+    left is known by its pid."""
     tmp = temp_path(path)
     try:
         yield tmp
@@ -263,10 +265,9 @@ def _store(source: HeadSource, path: Path, cached: Path, digest: str) -> None:
         if path != cached:
             os.replace(path, cached)
     else:
-        with _temp_beside(cached) as part:
+        with atomic_path(cached) as part:
             _save_converted(path, part, source_sha256=digest, source_url=source.url)
             _write_record(cached, part, file_sha256(part))
-            os.replace(part, cached)
     log.info("Cached the %s as %s", source.description, cached)
 
 
@@ -339,17 +340,6 @@ def load_head_file(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise ScorerError(f"{path} does not hold a state dict of tensors (found {type(loaded).__name__}).")
     return {str(k): v for k, v in loaded.items()}
-
-
-def convert_to_safetensors(
-    source: Path, dest: Path, *, source_sha256: str, source_url: str = ""
-) -> Path:
-    """Write ``source``'s tensors to ``dest`` as safetensors, atomically (temp file + rename)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(dest) as tmp:
-        _save_converted(source, tmp, source_sha256=source_sha256, source_url=source_url)
-    log.info("Converted %s to %s", source.name, dest)
-    return dest
 
 
 def _save_converted(source: Path, dest: Path, *, source_sha256: str, source_url: str) -> None:
