@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 
 #: Attention heads of both towers of CLIP ViT-H/14 (the one number the tensors do not show).
 VIT_H_HEADS = 16
-DEFAULT_TOKENIZER = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 _TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
