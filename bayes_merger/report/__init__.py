@@ -1,6 +1,7 @@
-"""Plots and the HTML report of a run folder, rebuilt from run.json and trials.jsonl after every trial.
+"""Plots and the HTML report of a run folder, rebuilt after every trial from run.json, trials.jsonl, best.yaml
+and the rescore-*.jsonl files.
 
-    write_report(run_dir)                   # convergence.png, weights.png, report.html
+    write_report(run_dir)                   # convergence.png, weights.png, importance.png, report.html
     python -m bayes_merger.report RUN_DIR   # the same, for any run folder (older runs too)
 """
 
@@ -18,7 +19,8 @@ __all__ = ["write_report", "load_run", "RunData", "REPORT_HTML"]
 
 
 def write_report(run_dir: Path, live: bool | None = None) -> None:
-    """(Re)build convergence.png, weights.png and report.html in run_dir from what it holds now.
+    """(Re)build convergence.png, weights.png, importance.png (when best.yaml has the blocks' importances) and
+    report.html in run_dir from what it holds now.
 
     Each file is replaced atomically, so a browser showing the report mid-run never reads half a file.
     Missing or partial inputs (no successful trial, a cut-short last line, an old run.json) give a

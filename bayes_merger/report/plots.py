@@ -1,4 +1,5 @@
-"""The run's two plots: score per trial (convergence.png) and the best block weights (weights.png).
+"""The run's three plots: score per trial (convergence.png), the best block weights (weights.png) and, once
+the model is fitted, how much each block matters (importance.png, from best.yaml).
 
 Figures are built with matplotlib's object API on an Agg canvas, never through pyplot: nothing is
 registered globally, nothing needs closing, and the backend of the host process is left alone.
