@@ -65,6 +65,9 @@ class Night:
         # the values WEBUI_OPTIONS replaced when the night first set them: set back at its end (the WebUI keeps
         # options in its config.json; after a restart it reads ours, so only the first answer is the user's)
         self.options_before: dict[str, Any] | None = None
+        self._restarts = 0  # of the WebUI, or of bayes-merger with the WebUI left as it was, this night
+        self._adopted: int | None = None  # the status of what answered before we started a WebUI: used, never started
+        self._ready_once = False
 
     # signals: remember the first, hand a Ctrl-C to bayes-merger so it ends cleanly
     def on_signal(self, signum: int, frame: Any) -> None:
@@ -96,44 +99,14 @@ class Night:
                 self.webui.stop()
 
     def _attempts(self) -> int:
-        restarts = 0
-        adopted: int | None = None  # what answered at the WebUI's address before we started one: use it, start none
-        ready_once = False
         # the run this night works on, once a start of bayes-merger has made one (its run.json written): a
         # start that died before (killed while loading the models, say) leaves --new-run standing
         this_run: Path | None = None
         while True:
             if self.stopping():
                 return self._stopped(None)
-            if self.webui is not None and adopted is None and not self.webui.running:
-                answer = self.api.status(timeout=5) if self.webui.process is None and restarts == 0 else None
-                if answer is not None:
-                    log.warning("Something already answers at %s (HTTP %d): using it as the WebUI; WEBUI_COMMAND "
-                                "is not run, and it is not stopped at the end.", self.api.url, answer)
-                    adopted = answer
-                else:
-                    self.webui.stop()
-                    self.webui.start()
-            if not self._wait_ready():
-                if self.stopping():
-                    return self._stopped(None)
-                if adopted is not None and not ready_once:
-                    raise Failure(f"Something answered at {self.api.url} (HTTP {adopted}) before the night began, so "
-                                  f"WEBUI_COMMAND was not run, but it never became a ready {self.api.kind}: stop what "
-                                  "listens there, or give the WebUI a free port (in WEBUI_COMMAND and the config's "
-                                  "webui.url).", EXIT_WEBUI_DOWN)
-                if restarts >= self.settings.max_restarts or self.webui is None:
-                    raise Failure(f"The WebUI at {self.api.url} did not answer; giving up.", EXIT_WEBUI_DOWN)
-                restarts += 1
-                if adopted is not None:  # the WebUI that ran before the night is gone: ours takes its place
-                    adopted = None
-                    log.warning("The WebUI that answered before the night began is gone: starting WEBUI_COMMAND "
-                                "(restart %d of %d).", restarts, self.settings.max_restarts)
-                else:
-                    log.warning("Restarting the WebUI (restart %d of %d).", restarts, self.settings.max_restarts)
-                self.webui.stop()
+            if not self._bring_up_webui():
                 continue
-            ready_once = True
             if self.settings.webui_options:
                 before = self.api.set_options(self.settings.webui_options)
                 self.options_before = before if self.options_before is None else self.options_before
@@ -151,53 +124,95 @@ class Night:
                 this_run = folder
             if folder is not None:
                 log.info("Run %s: %s.", folder, describe(folder))
-            if self.interrupted_at is not None:
-                return self._stopped(folder)
-            if rc == 0:
-                log.info("The run finished its budget.")
-                return EXIT_OK
-            killed = rc < 0  # by a signal: the OOM killer, a crash; every trial it finished is on disk
-            if killed:
-                log.warning("bayes-merger was killed by %s (the OOM killer? a crash?); its run can be resumed.",
-                            signal_name(-rc))
-                webui_down = self._webui_down()
-            elif rc not in (BM_WEBUI_ERROR, BM_STOPPED):
-                log.error("bayes-merger failed with exit code %d; see above.", rc)
-                if rc == EXIT_CONFIG and resumed:
-                    log.error("If the config no longer fits the unfinished run %s, start a new run with --new-run "
-                              "(that run stays as it is).", folder)
-                return rc
+            code = self._after_exit(rc, folder, resumed)
+            if code is not None:
+                return code
+
+    def _bring_up_webui(self) -> bool:
+        """Start the WebUI (or adopt what answers at its address) and wait until it answers: False when it
+        did not, and was restarted or the night is stopping (go round again); Failure when it never will."""
+        if self.webui is not None and self._adopted is None and not self.webui.running:
+            answer = self.api.status(timeout=5) if self.webui.process is None and self._restarts == 0 else None
+            if answer is not None:
+                log.warning("Something already answers at %s (HTTP %d): using it as the WebUI; WEBUI_COMMAND "
+                            "is not run, and it is not stopped at the end.", self.api.url, answer)
+                self._adopted = answer
             else:
-                webui_down = self._webui_down()
-                if not webui_down and folder is not None and stopped_by_lost_webui(folder) \
-                        and self.webui is not None and adopted is None:
-                    # its API answers, but no trial got an answer: hung in a generation, a restart is the cure
-                    log.warning("bayes-merger lost the WebUI though its API still answers (hung in a generation?).")
-                    webui_down = True
-                if not webui_down:
-                    log.error("bayes-merger stopped (exit code %d) while the WebUI still answers: not a WebUI "
-                              "crash, so no restart. Fix the cause; the next night resumes.", rc)
-                    return rc
-            if restarts >= self.settings.max_restarts:
-                if killed:
-                    # not 128 + the signal: 130 and 143 are the night's "stopped on request", not a failure
-                    log.error("bayes-merger was killed; %d restarts already: giving up (exit code %d). The next "
-                              "night resumes.", restarts, BM_STOPPED)
-                    return BM_STOPPED
-                log.error("The WebUI went down %d times; giving up (exit code %d). The next night resumes.",
-                          restarts + 1, rc)
-                return rc
-            restarts += 1
-            if not webui_down:
-                log.warning("Resuming the run; the WebUI still answers (retry %d of %d).",
-                            restarts, self.settings.max_restarts)
-            elif self.webui is not None and adopted is None:
                 self.webui.stop()
-                log.warning("The WebUI went down; restarting it and resuming (restart %d of %d).",
-                            restarts, self.settings.max_restarts)
-            else:
-                log.warning("The WebUI went down; waiting for it to come back (retry %d of %d).",
-                            restarts, self.settings.max_restarts)
+                self.webui.start()
+        if self._wait_ready():
+            self._ready_once = True
+            return True
+        if self.stopping():
+            return False
+        if self._adopted is not None and not self._ready_once:
+            raise Failure(f"Something answered at {self.api.url} (HTTP {self._adopted}) before the night began, so "
+                          f"WEBUI_COMMAND was not run, but it never became a ready {self.api.kind}: stop what "
+                          "listens there, or give the WebUI a free port (in WEBUI_COMMAND and the config's "
+                          "webui.url).", EXIT_WEBUI_DOWN)
+        if self._restarts >= self.settings.max_restarts or self.webui is None:
+            raise Failure(f"The WebUI at {self.api.url} did not answer; giving up.", EXIT_WEBUI_DOWN)
+        self._restarts += 1
+        if self._adopted is not None:  # the WebUI that ran before the night is gone: ours takes its place
+            self._adopted = None
+            log.warning("The WebUI that answered before the night began is gone: starting WEBUI_COMMAND "
+                        "(restart %d of %d).", self._restarts, self.settings.max_restarts)
+        else:
+            log.warning("Restarting the WebUI (restart %d of %d).", self._restarts, self.settings.max_restarts)
+        self.webui.stop()
+        return False
+
+    def _after_exit(self, rc: int, folder: Path | None, resumed: bool) -> int | None:
+        """The night's exit code now that bayes-merger exited with ``rc``, or None to resume its run (the
+        WebUI restarted first where it went down)."""
+        if self.interrupted_at is not None:
+            return self._stopped(folder)
+        if rc == 0:
+            log.info("The run finished its budget.")
+            return EXIT_OK
+        killed = rc < 0  # by a signal: the OOM killer, a crash; every trial it finished is on disk
+        if killed:
+            log.warning("bayes-merger was killed by %s (the OOM killer? a crash?); its run can be resumed.",
+                        signal_name(-rc))
+            webui_down = self._webui_down()
+        elif rc not in (BM_WEBUI_ERROR, BM_STOPPED):
+            log.error("bayes-merger failed with exit code %d; see above.", rc)
+            if rc == EXIT_CONFIG and resumed:
+                log.error("If the config no longer fits the unfinished run %s, start a new run with --new-run "
+                          "(that run stays as it is).", folder)
+            return rc
+        else:
+            webui_down = self._webui_down()
+            if not webui_down and folder is not None and stopped_by_lost_webui(folder) \
+                    and self.webui is not None and self._adopted is None:
+                # its API answers, but no trial got an answer: hung in a generation, a restart is the cure
+                log.warning("bayes-merger lost the WebUI though its API still answers (hung in a generation?).")
+                webui_down = True
+            if not webui_down:
+                log.error("bayes-merger stopped (exit code %d) while the WebUI still answers: not a WebUI "
+                          "crash, so no restart. Fix the cause; the next night resumes.", rc)
+                return rc
+        if self._restarts >= self.settings.max_restarts:
+            if killed:
+                # not 128 + the signal: 130 and 143 are the night's "stopped on request", not a failure
+                log.error("bayes-merger was killed; %d restarts already: giving up (exit code %d). The next "
+                          "night resumes.", self._restarts, BM_STOPPED)
+                return BM_STOPPED
+            log.error("The WebUI went down %d times; giving up (exit code %d). The next night resumes.",
+                      self._restarts + 1, rc)
+            return rc
+        self._restarts += 1
+        if not webui_down:
+            log.warning("Resuming the run; the WebUI still answers (retry %d of %d).",
+                        self._restarts, self.settings.max_restarts)
+        elif self.webui is not None and self._adopted is None:
+            self.webui.stop()
+            log.warning("The WebUI went down; restarting it and resuming (restart %d of %d).",
+                        self._restarts, self.settings.max_restarts)
+        else:
+            log.warning("The WebUI went down; waiting for it to come back (retry %d of %d).",
+                        self._restarts, self.settings.max_restarts)
+        return None
 
     def _wait_ready(self) -> bool:
         deadline = time.monotonic() + self.settings.ready_timeout
