@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from bayes_merger.merge.arch import SD_BLOCKS, SDXL_BLOCKS
-from bayes_merger.run_folder import TRIALS_FILE, finite, load_run_info, ranked, read_best, read_rescores, read_trial_records
-from bayes_merger.run_folder import record_score as trial_score
+from bayes_merger.run_folder import (TRIALS_FILE, finite, load_run_info, ranked, read_best, read_rescores,
+                                    read_trial_records, record_score)
 from bayes_merger.run_folder.liveness import is_running
 
 # SD_BLOCKS and SDXL_BLOCKS are the fallback layouts for trial logs whose run.json and weights do
@@ -64,7 +64,7 @@ class RunData:
 
     @property
     def ok_trials(self) -> list[tuple[int, Mapping[str, Any], float]]:
-        return [(n, t, s) for n, t in self.trials if (s := trial_score(t)) is not None]
+        return [(n, t, s) for n, t in self.trials if (s := record_score(t)) is not None]
 
     def ranked(self) -> list[tuple[int, Mapping[str, Any], float]]:
         """Successful trials, best score first (the earlier trial wins a tie)."""

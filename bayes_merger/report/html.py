@@ -16,7 +16,7 @@ from matplotlib.colors import to_hex
 from bayes_merger import __version__
 from bayes_merger.report.assets import CSS, JS
 from bayes_merger.report.plots import weight_colormap, weight_norm
-from bayes_merger.report.data import RunData, finite, trial_score, weight_set
+from bayes_merger.report.data import RunData, finite, weight_set
 from bayes_merger.report.format import (
     STAGES,
     UNKNOWN,
@@ -32,6 +32,7 @@ from bayes_merger.report.format import (
     sort_value,
 )
 from bayes_merger.run_folder.paths import CONVERGENCE_PNG, IMPORTANCE_PNG, WEIGHTS_PNG
+from bayes_merger.run_folder import record_score
 
 # past this many payloads the trials table shows no per-payload columns (it would get too wide)
 MAX_PAYLOAD_COLUMNS = 6
@@ -60,7 +61,7 @@ def _model(label: str, path: Any) -> str:
 def _summary(run: RunData) -> str:
     info = run.info
     done, budget = run.done, run.budget
-    failed = sum(1 for _, t in run.trials if trial_score(t) is None)
+    failed = sum(1 for _, t in run.trials if record_score(t) is None)
     best = run.best
     timings = mean_timings(run)
     duration = run_duration(run)
@@ -214,7 +215,7 @@ def _strip(trial: Mapping[str, Any], name: str, blocks: Iterable[str], norm) -> 
 
 def _trial_cells(n: int, trial: Mapping[str, Any], payloads: list[str], blocks: list[str], norm,
                  rescores: Iterable[Mapping[int, float]] = (), webui_column: bool = False) -> str:
-    score = trial_score(trial)
+    score = record_score(trial)
     status = str(trial.get("status") or ("ok" if score is not None else UNKNOWN))
     phase = str(trial.get("phase") or "")
     cells = [f'<td class="num" data-v="{n}">{n}</td>',
@@ -270,7 +271,7 @@ def _trials_table(run: RunData) -> str:
 
     def order(item):  # score, best first; failed trials last, by number
         n, t = item
-        score = trial_score(t)
+        score = record_score(t)
         return (score is None, -(score or 0.0), n)
 
     rows = []
@@ -280,7 +281,7 @@ def _trials_table(run: RunData) -> str:
             classes.append("best")
         elif worst and n == worst[0] and len(run.ok_trials) > 1:
             classes.append("worst")
-        if trial_score(trial) is None:
+        if record_score(trial) is None:
             classes.append("failed")
         rows.append(f'<tr class="{" ".join(classes)}">{_trial_cells(n, trial, payload_cols, blocks, norm, run.rescores.values(), webui_column)}</tr>')
     return (f'<div class="table-wrap"><table class="trials sortable"><thead><tr>{"".join(head)}</tr></thead>'

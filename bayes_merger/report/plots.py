@@ -21,7 +21,8 @@ from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import blended_transform_factory
 
 from bayes_merger.files import atomic_path
-from bayes_merger.report.data import RunData, block_kind, trial_score, weight_set
+from bayes_merger.report.data import RunData, block_kind, weight_set
+from bayes_merger.run_folder import record_score
 
 # 0 = model A (blue), 0.5 = an even mix (grey), 1 = model B (red)
 WEIGHT_CMAP = "coolwarm"
@@ -79,9 +80,9 @@ def convergence_figure(run: RunData) -> Figure:
     ax = fig.add_subplot()
     _style(ax)
 
-    explore = [(n, s) for n, t in run.trials if (s := trial_score(t)) is not None and t.get("phase") in ("start", "init")]
-    exploit = [(n, s) for n, t in run.trials if (s := trial_score(t)) is not None and t.get("phase") not in ("start", "init")]
-    failed = [n for n, t in run.trials if trial_score(t) is None]
+    explore = [(n, s) for n, t in run.trials if (s := record_score(t)) is not None and t.get("phase") in ("start", "init")]
+    exploit = [(n, s) for n, t in run.trials if (s := record_score(t)) is not None and t.get("phase") not in ("start", "init")]
+    failed = [n for n, t in run.trials if record_score(t) is None]
 
     if explore:
         ax.scatter(*zip(*explore), s=34, facecolors="white", edgecolors=EXPLORE, linewidths=1.6,
