@@ -150,6 +150,33 @@ def _raw_bytes(t: torch.Tensor):
     return t.reshape(-1).view(torch.uint8).numpy()
 
 
+def safetensors_header(entries: Sequence[tuple[str, torch.dtype, Sequence[int]]],
+                       metadata: Mapping[str, str] | None = None) -> tuple[bytes, list[int]]:
+    """The JSON header of a .safetensors file of ``entries`` (name, dtype, shape, in file order), padded so
+    that the data starts 8-byte aligned as safetensors' own writer does, and each entry's size in bytes."""
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    offset = 0
+    sizes = []
+    for name, dtype, shape in entries:
+        if dtype not in _ST_DTYPES:
+            raise CheckpointError(f"Cannot save tensor {name}: dtype {dtype} has no safetensors equivalent.")
+        numel = 1
+        for d in shape:
+            numel *= int(d)
+        size = numel * _ITEMSIZE[dtype]
+        header[name] = {
+            "dtype": _ST_DTYPES[dtype],
+            "shape": [int(d) for d in shape],
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+        sizes.append(size)
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    return blob + b" " * (-len(blob) % 8), sizes
+
+
 def write_safetensors(
     path: Path | str,
     entries: Sequence[tuple[str, torch.dtype, Sequence[int]]],
@@ -171,28 +198,7 @@ def write_safetensors(
     for the disk (seconds for a checkpoint-sized file).
     """
     path = Path(path)
-    header: dict[str, object] = {}
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    offset = 0
-    sizes = []
-    for name, dtype, shape in entries:
-        if dtype not in _ST_DTYPES:
-            raise CheckpointError(f"Cannot save tensor {name}: dtype {dtype} has no safetensors equivalent.")
-        numel = 1
-        for d in shape:
-            numel *= int(d)
-        size = numel * _ITEMSIZE[dtype]
-        header[name] = {
-            "dtype": _ST_DTYPES[dtype],
-            "shape": [int(d) for d in shape],
-            "data_offsets": [offset, offset + size],
-        }
-        offset += size
-        sizes.append(size)
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned, as safetensors' own writer does
-
+    blob, sizes = safetensors_header(entries, metadata)
     try:
         # the temporary file is hidden and does not end in .safetensors: a WebUI scanning the folder
         # never lists a half-written file. open_new: never written through a link planted at its name
