@@ -26,7 +26,7 @@ from bayes_merger.devices import resolve_device
 from bayes_merger.errors import ScorerError
 from bayes_merger.scoring import weights
 from bayes_merger.scoring.base import ImageContext, SharedModels
-from bayes_merger.scoring.clip import cache_first, check_batch_size, from_pretrained, normalised
+from bayes_merger.scoring.clip import batches, cache_first, check_batch_size, from_pretrained, normalised
 from bayes_merger.scoring.heads import AestheticHead
 from bayes_merger.scoring.weights import load_head_file, pinned_head, resolve_cache_dir
 
@@ -82,8 +82,7 @@ class SiglipAestheticScorer:
     ) -> list[float]:
         scores: list[float] = []
         with torch.inference_mode():
-            for start in range(0, len(images), self.batch_size):
-                batch = images[start : start + self.batch_size]
+            for batch in batches(images, self.batch_size):
                 pixels = torch.from_numpy(np.stack([self.preprocessing(image) for image in batch]))
                 pooled = self.model(pixel_values=pixels.to(device=self.device, dtype=self.dtype)).pooler_output
                 embeddings = torch.nn.functional.normalize(pooled.float(), dim=-1).cpu()

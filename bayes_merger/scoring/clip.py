@@ -16,7 +16,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -27,6 +27,8 @@ from bayes_merger.errors import ConfigError, ScorerError
 from bayes_merger.scoring.weights import downloads_disabled
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 OPENAI_CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
@@ -156,8 +158,8 @@ class ClipEmbedder:
             return self._memo[1]
         chunks = []
         with torch.inference_mode():
-            for start in range(0, len(images), self.batch_size):
-                pixels = self.pixel_values(images[start : start + self.batch_size])
+            for batch in batches(images, self.batch_size):
+                pixels = self.pixel_values(batch)
                 pixels = pixels.to(device=self.device, dtype=self.dtype)
                 embeds = self.model(pixel_values=pixels).image_embeds.float()
                 chunks.append(torch.nn.functional.normalize(embeds, dim=-1).cpu())
@@ -170,6 +172,12 @@ def check_batch_size(batch_size: int) -> None:
     """scorer.batch_size, for every scorer that batches its images."""
     if batch_size < 1:
         raise ConfigError(f"scorer.batch_size is {batch_size}; it must be at least 1.")
+
+
+def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    """``items`` in consecutive slices of ``size`` (the last one shorter): what a scorer's model takes at once."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _fingerprint(image: Image.Image) -> str:

@@ -40,8 +40,8 @@ from bayes_merger.devices import resolve_device
 from bayes_merger.errors import ScorerError
 from bayes_merger.scoring import weights
 from bayes_merger.scoring.base import ImageContext, SharedModels
-from bayes_merger.scoring.clip import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Preprocessing, check_batch_size, from_pretrained,
-                                       normalised)
+from bayes_merger.scoring.clip import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Preprocessing, batches, check_batch_size,
+                                       from_pretrained, normalised)
 from bayes_merger.scoring.prompt_text import plain_prompt
 from bayes_merger.scoring.weights import HeadSource, load_head_file, pinned_head, resolve_cache_dir
 
@@ -111,9 +111,8 @@ class PromptScorer:
                 raise ScorerError(f"{self.name} scores each image against its prompt, but {where} has none.")
         scores: list[float] = []
         with torch.inference_mode():
-            for start in range(0, len(images), self.batch_size):
-                stop = start + self.batch_size
-                scores += self._score_batch(images[start:stop], prompts[start:stop])
+            for batch, texts in zip(batches(images, self.batch_size), batches(prompts, self.batch_size)):
+                scores += self._score_batch(batch, texts)
         return scores
 
     def _score_batch(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[float]:
