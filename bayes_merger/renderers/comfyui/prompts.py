@@ -206,19 +206,9 @@ class PromptRunner:
         frames: dict[str, list[bytes]] = {}
         intact, started, told, node = True, False, False, None  # node: that of this prompt's last progress event
         while True:
-            remaining = deadline.left()
-            if remaining <= 0 and not started:
-                if deadline.moved(self._running()):
-                    continue
-                raise WebUITimedOut(
-                    f"ComfyUI did not start prompt {prompt_id} within {self._read_timeout:g} s: the prompt ahead of "
-                    "it in its queue ran longer than that (raise webui.read_timeout if renders take longer)."
-                )
-            if remaining <= 0:
-                raise WebUITimedOut(
-                    f"ComfyUI did not finish prompt {prompt_id} within {self._read_timeout:g} s "
-                    "(raise webui.read_timeout if renders take longer)."
-                )
+            remaining = self._time_left(deadline, started, prompt_id)
+            if remaining is None:
+                continue
             try:
                 message = self._events.next(min(remaining, HISTORY_POLL))
             except WebUIConnectionError as error:
@@ -264,6 +254,24 @@ class PromptRunner:
             elif kind == "executing" and data.get("node") is None:  # the prompt is done and in the history
                 entry = self._history_wait(prompt_id)
                 return prompt_id, self._finished(prompt_id, entry, outcome), frames, intact and started
+
+    def _time_left(self, deadline: _Deadline, started: bool, prompt_id: str) -> float | None:
+        """Seconds left to wait for ``prompt_id``; None when its time ran out while it was queued but the
+        prompt ahead of it has changed since (its time starts again: ask again); WebUITimedOut when out."""
+        remaining = deadline.left()
+        if remaining > 0:
+            return remaining
+        if not started:
+            if deadline.moved(self._running()):
+                return None
+            raise WebUITimedOut(
+                f"ComfyUI did not start prompt {prompt_id} within {self._read_timeout:g} s: the prompt ahead of "
+                "it in its queue ran longer than that (raise webui.read_timeout if renders take longer)."
+            )
+        raise WebUITimedOut(
+            f"ComfyUI did not finish prompt {prompt_id} within {self._read_timeout:g} s "
+            "(raise webui.read_timeout if renders take longer)."
+        )
 
     def _give_up(self, prompt_id: str) -> None:
         """Take a prompt we no longer wait for off ComfyUI's queue, and interrupt it if it is running.
