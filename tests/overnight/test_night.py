@@ -21,14 +21,14 @@ import textwrap
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
 from bayes_merger.overnight import cli
 from bayes_merger.overnight import night as night_module
 from bayes_merger.overnight.night import STOP_NOW_WAIT, STOP_SIGNALS, Night
-from bayes_merger.overnight.processes import KILL_WAIT, ManagedWebUI, redacted
+from bayes_merger.overnight.processes import KILL_WAIT, ManagedWebUI, redacted, signal_group
 from bayes_merger.overnight.settings import EXIT_WEBUI_DOWN, Failure, Settings, build_settings, load_env_file, parse_args
 
 REPO = Path(__file__).resolve().parents[2]
@@ -132,6 +132,25 @@ class FastClock:
         time.sleep(seconds)
 
 
+class PacedClock(FastClock):
+    """FastClock that stands still while ``waiting()`` holds (60 s of real time at most, in all): the runner's
+    next step then waits for a stand-in to have done its part, however long a loaded machine keeps that
+    stand-in off the CPU, where a fixed window of the fast clock (0.5 s, 1 s real) would run out."""
+
+    def __init__(self, waiting: Callable[[], bool]) -> None:
+        super().__init__()
+        self.waiting = waiting
+        self.paused = 0.0  # real seconds the clock stood still
+        self.last = self.start
+
+    def monotonic(self) -> float:
+        now = time.monotonic()
+        if self.paused < 60.0 and self.waiting():
+            self.paused += now - self.last
+        self.last = now
+        return self.start + (now - self.start - self.paused) * SPEED
+
+
 class ApiStandIn:
     """A WebUI API that always answers."""
 
@@ -200,8 +219,22 @@ def fast_runner(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(night_module, "POLL_SECONDS", 0.02)
 
 
+def counted_starts(night: Night) -> list[int]:
+    """The starts of the night's WEBUI_COMMAND, an item each, as they happen."""
+    assert night.webui is not None
+    started: list[int] = []
+    start = night.webui.start
+
+    def counted() -> None:
+        started.append(1)
+        start()
+
+    night.webui.start = counted  # type: ignore[method-assign]
+    return started
+
+
 def signals_noted(tmp_path: Path) -> list[str]:
-    return (tmp_path / "signals").read_text().split()
+    return (tmp_path / "signals").read_text().split() if (tmp_path / "signals").exists() else []
 
 
 # ------------------------------------------------------------------------------- stopping
@@ -224,6 +257,16 @@ def test_a_stop_waits_for_the_trial_in_flight_with_one_ctrl_c(
 
 def test_a_bayes_merger_that_outlives_the_grace_gets_a_second_ctrl_c_then_sigkill(
         tmp_path: Path, clean_env: pytest.MonkeyPatch, fast_runner: None, caplog: pytest.LogCaptureFixture) -> None:
+    sent: list[int] = []  # the runner's Ctrl-Cs
+
+    def counted_signal_group(pid: int, signum: int) -> None:
+        sent.extend([signum] if signum == signal.SIGINT else [])
+        signal_group(pid, signum)
+
+    # the grace (0.5 s real) and STOP_NOW_WAIT (1.5 s real) run from when the stand-in noted each Ctrl-C: two sent
+    # while a loaded machine kept it off the CPU would be taken as one, and SIGKILL could come before the second
+    clean_env.setattr(night_module, "signal_group", counted_signal_group)
+    clean_env.setattr(night_module, "time", PacedClock(lambda: len(sent) > len(signals_noted(tmp_path))))
     settings = dataclasses.replace(settings_for(tmp_path, TWO_STAGE_BAYES_MERGER, "3600", "deaf"),
                                    run_stop_grace=10.0)
     caplog.set_level(logging.INFO, logger="overnight")
@@ -402,6 +445,10 @@ def test_an_adopted_webui_that_dies_is_replaced_by_the_webui_command(
                                    ready_timeout=20.0)
     night = Night(settings, tmp_path / "runs", AdoptedThenGone(tmp_path), tmp_path / "night.log",  # type: ignore[arg-type]
                   tmp_path / "night.webui.log")
+    started = counted_starts(night)
+    # the wait for the adopted WebUI runs out (1 s real); the one for ours starts once its command has touched
+    # its mark: 1 s real was too short for a Python to start on a loaded machine
+    clean_env.setattr(night_module, "time", PacedClock(lambda: bool(started) and not ours.exists()))
 
     assert night.run() == 0
     assert ours.exists(), "WEBUI_COMMAND was never run"
@@ -413,14 +460,18 @@ def test_a_webui_lost_though_its_api_answers_is_restarted_when_the_night_started
         tmp_path: Path, clean_env: pytest.MonkeyPatch, fast_runner: None, caplog: pytest.LogCaptureFixture) -> None:
     starts = tmp_path / "webui-starts"
     webui = (sys.executable, "-c", f"import time; open({str(starts)!r}, 'a').write('x'); time.sleep(60)")
+    # 60 s real for each start of the WEBUI_COMMAND (only a failure waits that long)
     settings = dataclasses.replace(settings_for(tmp_path, LOSES_THE_WEBUI_BAYES_MERGER, "says", "answers"),
                                    webui_command=webui,
-                                   ready_timeout=20.0)
+                                   ready_timeout=1200.0)
     api = ApiStandIn()
     night = Night(settings, tmp_path / "runs", api, tmp_path / "night.log",  # type: ignore[arg-type]
                   tmp_path / "night.webui.log")
-    # the night started the WebUI (nothing answered before): an API that answers only once ours runs
-    api.status = lambda timeout=10.0: 200 if starts.exists() else None  # type: ignore[method-assign]
+    started = counted_starts(night)
+    # the night started the WebUI (nothing answered before): an API that answers only once the WebUI the night
+    # started last has written its mark (so the restarted one has, before the night ends and stops it)
+    api.status = lambda timeout=10.0: (  # type: ignore[method-assign]
+        200 if starts.exists() and len(starts.read_text()) == len(started) else None)
     caplog.set_level(logging.INFO, logger="overnight")
 
     assert night.run() == 0
