@@ -533,8 +533,9 @@ def test_pipelined_the_other_webuis_go_on_while_a_lost_one_is_waited_for():
             if slot.name == "a" and index == 4:
                 schedule = self.executor.schedule
                 with schedule._changed:  # every worker holds a trial, and the one after 4 may be merged
-                    while not (len(schedule._claimed) >= 4 and all(j in schedule._finished for j in range(4))):
-                        schedule._changed.wait(0.05)
+                    assert schedule._changed.wait_for(
+                        lambda: len(schedule._claimed) >= 4 and all(j in schedule._finished for j in range(4)),
+                        timeout=30), "the other workers never all held a trial"  # raised by executor.run()
             return super().render(index, params, prepared, slot, timings)
 
     a = WaitedFor(fail_on=set(range(4, 16)))  # dead from trial 4 on

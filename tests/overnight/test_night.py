@@ -502,8 +502,12 @@ def test_a_webui_started_by_a_wrapper_gets_its_stop_grace_though_the_wrapper_die
     webui = ManagedWebUI(["bash", "-c", f"{shlex.quote(sys.executable)} {shlex.quote(str(child))}; echo done"], None,
                          {}, tmp_path / "webui.log", stop_grace=30)
     webui.start()
+    deadline = time.monotonic() + 60
     while not (tmp_path / "ready").exists():
         assert webui.running, (tmp_path / "webui.log").read_text()
+        if time.monotonic() > deadline:
+            webui.stop()
+            pytest.fail(f"the WebUI was not ready within 60 s: {(tmp_path / 'webui.log').read_text()}")
         time.sleep(0.02)
 
     webui.stop()
