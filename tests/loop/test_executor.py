@@ -449,29 +449,50 @@ def test_the_run_stopping_itself_leaves_the_users_stop_unset_and_lets_trials_in_
     assert sorted(t.trial for t in log) == [0, 1], "the trial in flight beside the stop was not recorded"
 
 
-def test_a_second_ctrl_c_waits_for_a_model_load_under_way_and_records_no_trial_after_it():
+def test_a_second_ctrl_c_waits_for_a_model_load_under_way_and_records_no_trial_after_it(monkeypatch):
     import _thread
 
-    returned, order = threading.Event(), []
-    log, stop = [], threading.Event()
-    executor: Executor | None = None
+    order, log, stop = [], [], threading.Event()
+    # set once run(), stopping, waits in the slot's settle (on its condition) with this trial's load under way:
+    # the load ends only then, so "loaded" comes before "returned" only if settle waits for it
+    settle_waits = {"a": threading.Event(), "b": threading.Event()}
+    settling = threading.local()
+    settle = Slot.settle
+
+    def watched_settle(self, timeout):
+        settling.slot = self.name
+        try:
+            settle(self, timeout)
+        finally:
+            settling.slot = None
+
+    class Watched(threading.Condition):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def wait(self, timeout=None):
+            if getattr(settling, "slot", None) == self.name:
+                settle_waits[self.name].set()
+            return super().wait(timeout)
 
     class Loads(Stages):
         def render(self, index, params, prepared, slot, timings):
             if index == 2:
                 _thread.interrupt_main()  # the second Ctrl-C, during this trial's model load
-                executor._abandoned.wait(10)  # the run is stopping at once ...
-                returned.wait(1.0)  # ... and must not return before this load ends (it does not: 1 s passes)
-                order.append("loaded")
+                waited = settle_waits[slot.name].wait(10)  # the run stops at once, but waits for this load
+                order.append("loaded" if waited else "loaded, not waited for")
                 slot.loaded(index)  # the load ends; the render goes on
             return super().render(index, params, prepared, slot, timings)
 
+    monkeypatch.setattr(Slot, "settle", watched_settle)
     slots = [_slot("a"), _slot("b")]
+    for slot in slots:
+        slot._changed = Watched(slot.name)
     executor = Executor(Loads(), _optimiser(12), slots, {}, 12, log.append, stop, 1)
     with pytest.raises(KeyboardInterrupt):
         executor.run()
     order.append("returned")
-    returned.set()
 
     # the WebUIs are handed back (after run returns) only once the load under way has ended
     assert order == ["loaded", "returned"]
