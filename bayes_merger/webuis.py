@@ -25,7 +25,7 @@ from bayes_merger.renderers.comfyui.route import settle_route
 from bayes_merger.renderers.probe import open_renderer
 from bayes_merger.run_folder import write_run_info
 from bayes_merger.run_folder.liveness import is_running
-from bayes_merger.run_folder.run_info import load_run_info
+from bayes_merger.run_folder.run_info import load_run_info, model_before
 from bayes_merger.webui.client import WebUIClient
 from bayes_merger.webui.merge_files import merge_run_id
 
@@ -115,10 +115,8 @@ def prepare_webuis(slots: list[Slot], inputs: Inputs, info: dict[str, Any], runs
         if hasattr(webui, "remove_leftovers"):
             webui.remove_leftovers(lambda run_id: (owner := _owner(run_id)) in runs and not is_running(runs[owner]))
         if hasattr(webui, "model_at_start"):
-            known = before.get(slot.name)
-            if known is None and n == 0 and not before:  # a run folder that kept one model, not by WebUI
-                known = info.get("webui_model_before")
-            before[slot.name] = str(known) if known is not None else _model_before(slot, runs, models_before)
+            known = model_before(info, slot.name, first=n == 0)
+            before[slot.name] = known if known is not None else _model_before(slot, runs, models_before)
             if n == 0:  # the first WebUI's model, where older versions look for it
                 info["webui_model_before"] = before[slot.name]
     # by WebUI: a resume whose list of WebUIs is reordered or shortened gives each its own model back
@@ -131,9 +129,8 @@ def tidy_after_a_dead_session(cfg: Config, run_id: str, info: Mapping[str, Any])
     before its end: its merge may be left in each checkpoint folder, and selected in the WebUI. Each gets what
     the end of a run gives it: this run's files deleted and, where the WebUI answers and still holds one of
     them, its model of before selected. Nothing is waited for: such a resume works with the WebUI off."""
-    before = dict(info.get("webui_models_before") or {})
     for n, (url, webui_cfg, files_run_id) in enumerate(webui_configs(cfg, run_id)):
-        model = str(before.get(url) or (info.get("webui_model_before") if n == 0 else "") or "")
+        model = model_before(info, url, first=n == 0) or ""
         with WebUIClient(webui_cfg, files_run_id) as client:
             holds_ours = False
             if client.status(timeout=min(webui_cfg.connect_timeout, 5.0)) == 200:  # ComfyUI holds no selection
@@ -151,14 +148,9 @@ def _owner(run_id: str) -> str:
 
 def models_before_of(runs: Mapping[str, Path], webui: str) -> dict[str, str]:
     """The model each run found before it in the WebUI named ``webui`` (its URL; on a cluster, with its host),
-    by run id, as its run.json records it; its first WebUI's where it kept no model by WebUI."""
-    found = {}
-    for run_id, path in runs.items():
-        info = load_run_info(path) or {}
-        by_webui = info.get("webui_models_before")
-        model = by_webui.get(webui) if isinstance(by_webui, dict) else None
-        found[run_id] = str(model if model is not None else info.get("webui_model_before") or "")
-    return found
+    by run id, as its run.json records it (``run_info.model_before``); "" where it does not. A WebUI that holds
+    the merge of a run that kept no model by WebUI was that run's one WebUI: its first."""
+    return {run_id: model_before(load_run_info(path) or {}, webui, first=True) or "" for run_id, path in runs.items()}
 
 
 def _model_before(slot: Slot, runs: Mapping[str, Path], models_before: Mapping[str, str] | None) -> str:

@@ -35,6 +35,21 @@ RESUMED_AT = "resumed_at"  # when each session after the first started
 STOPPED_BY, WEBUI_LOST = "stopped_by", "webui_lost"
 
 
+def model_before(info: Mapping[str, Any], webui: str, first: bool) -> str | None:
+    """The model the WebUI named ``webui`` had before the run, as its run.json records it; None where unknown.
+
+    ``webui_models_before`` (by WebUI name) is the whole record wherever a run kept it: a WebUI it does not
+    name was not known to the run by that name, and is given no other WebUI's model. ``webui_model_before``
+    is what a run of an older version kept for its one WebUI: read only where there is no record by WebUI,
+    and only for the WebUI taken as that one (``first``)."""
+    by_webui = info.get("webui_models_before")
+    if isinstance(by_webui, Mapping) and by_webui:
+        model = by_webui.get(webui)
+    else:
+        model = info.get("webui_model_before") if first else None
+    return None if model is None else str(model)
+
+
 def stopped_by_lost_webui(run_dir: Path) -> bool:
     return (load_run_info(run_dir) or {}).get(STOPPED_BY) == WEBUI_LOST
 

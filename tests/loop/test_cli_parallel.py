@@ -162,6 +162,67 @@ def test_the_second_webui_holding_a_dead_runs_merge_gets_its_own_model_of_before
     assert sorted(p.name for p in second_webui.checkpoint_dir.iterdir()) == ["mine-b.safetensors"]
 
 
+def _selected(webui: FakeWebUI) -> list[str]:
+    """The models the run asked ``webui`` to select (POST options)."""
+    return [str(r.body.get("sd_model_checkpoint")) for r in webui.requests_to("/sdapi/v1/options", "POST")
+            if isinstance(r.body, dict) and "sd_model_checkpoint" in r.body]
+
+
+def test_a_webui_a_dead_runs_list_does_not_name_is_not_given_that_runs_first_webuis_model(assets, fake_webui,
+                                                                                          second_webui, tmp_path):
+    # run.json's model of before by WebUI is the whole record: the old single field is its first WebUI's
+    # model, not the model of a WebUI its list does not name (here under another spelling of its URL)
+    for webui, mine in ((fake_webui, "mine-a.safetensors"), (second_webui, "mine-b.safetensors")):
+        make_checkpoint(webui.checkpoint_dir / mine, "sd1", seed=9)
+    make_checkpoint(second_webui.checkpoint_dir / "mine-a.safetensors", "sd1", seed=9)  # one name, both libraries
+    runs = tmp_path / "runs"
+    dead = runs / "2026-01-01_00-00-00_20260101-000000-dead"
+    dead.mkdir(parents=True)
+    (dead / "run.json").write_text(json.dumps({
+        "run_id": "20260101-000000-dead", "webui_model_before": "mine-a.safetensors",
+        "webui_models_before": {fake_webui.url: "mine-a.safetensors", f"{second_webui.url}/": "mine-b.safetensors"}}))
+    merge = second_webui.checkpoint_dir / "bm-20260101-000000-dead-t0004.safetensors"
+    make_checkpoint(merge, "sd1", seed=3)
+    second_webui.set_option("sd_model_checkpoint", merge.name)
+    second_webui.restart()
+    urls = f"[{fake_webui.url},{second_webui.url}]"
+    dirs = f"[{fake_webui.checkpoint_dir},{second_webui.checkpoint_dir}]"
+    assert _cli(_args(assets, fake_webui, runs, f"webui.urls={urls}", f"webui.checkpoint_dirs={dirs}")) == 0
+    assert not [m for m in _selected(second_webui) if m.startswith("mine-a")], "it was given the first WebUI's model"
+    assert not merge.exists()
+
+
+def test_a_reordered_resume_of_a_run_killed_after_its_last_trial_gives_no_webui_anothers_model(assets, fake_webui,
+                                                                                                second_webui, tmp_path):
+    # the second WebUI held a merge of a run no folder knows when this run started: its model of before is unknown ("")
+    make_checkpoint(fake_webui.checkpoint_dir / "mine-a.safetensors", "sd1", seed=9)
+    fake_webui.restart()
+    for name in ("mine-a.safetensors", "bm-20250101-000000-gone-t0001.safetensors"):
+        make_checkpoint(second_webui.checkpoint_dir / name, "sd1", seed=9)
+    second_webui.set_option("sd_model_checkpoint", "bm-20250101-000000-gone-t0001.safetensors")
+    second_webui.restart()
+    runs, both = tmp_path / "runs", (fake_webui, second_webui)
+    urls, dirs = (f"[{','.join(str(getattr(w, key)) for w in both)}]" for key in ("url", "checkpoint_dir"))
+    assert _cli(_args(assets, fake_webui, runs, f"webui.urls={urls}", f"webui.checkpoint_dirs={dirs}")) == 0
+    run_dir = _only_run(runs)
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["webui_models_before"][second_webui.url] == ""
+    info.pop("finished_at")  # killed after its last trial, before its hand-back
+    (run_dir / "run.json").write_text(json.dumps(info))
+    merge = second_webui.checkpoint_dir / f"bm-{info['run_id']}-t0004.safetensors"
+    make_checkpoint(merge, "sd1", seed=3)
+    second_webui.set_option("sd_model_checkpoint", merge.name)
+    second_webui.restart()
+    before = len(_selected(second_webui))
+
+    # resumed with the second WebUI first in the list: it gets its own (unknown) model back, not the first's
+    urls, dirs = (f"[{','.join(str(getattr(w, key)) for w in both[::-1])}]" for key in ("url", "checkpoint_dir"))
+    assert _cli(_args(assets, fake_webui, runs, f"webui.urls={urls}", f"webui.checkpoint_dirs={dirs}",
+                      f"resume={run_dir}")) == 0
+    assert not merge.exists()
+    assert not [m for m in _selected(second_webui)[before:] if m.startswith("mine-a")], "given the first's model"
+
+
 @pytest.mark.parametrize("fake_webui", ["forge"], indirect=True)
 def test_pipelined_on_forge_the_next_merge_waits_for_the_model_forge_loads_in_the_first_generation(
         assets, fake_webui, tmp_path, monkeypatch):
