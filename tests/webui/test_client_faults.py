@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import requests
 import torch
+import urllib3.util.retry
 from safetensors.torch import save_file
 
 from bayes_merger.errors import WebUIError, WebUITimedOut
@@ -125,7 +128,8 @@ def test_a_gateway_timeout_on_txt2img_is_not_retried_because_the_server_may_stil
 def test_a_proxys_retry_after_is_not_obeyed_and_a_429_is_not_repeated(fake_webui, webui_config, status, monkeypatch):
     # a proxy asking for an hour per try would hold the run in silence; the backoff decides (0 here)
     slept = []
-    monkeypatch.setattr("urllib3.util.retry.time.sleep", slept.append)
+    # urllib3's retry module's own time.sleep only (its Retry-After and backoff waits), not every thread's
+    monkeypatch.setattr(urllib3.util.retry, "time", SimpleNamespace(sleep=slept.append, time=time.time))
     with WebUIClient(webui_config(retries=2, backoff_factor=0), "run1") as client:
         client.load_checkpoint(write_merge, trial=0)
         fake_webui.fail_next(1, status=status, path=SD_MODELS, message="Slow down", headers={"Retry-After": "3600"})
