@@ -72,6 +72,11 @@ class Inputs:
         return str(self.info["run_id"])
 
     @property
+    def trials_per_webui(self) -> int:
+        """The trials in flight on each WebUI: two pipelined (one merged while the other renders), else one."""
+        return 2 if self.config.webui.pipeline else 1
+
+    @property
     def keep_images(self) -> bool:
         """Whether the rendered images are written to the run folder."""
         return self.config.save_images or needs_image_files(self.config.scorer)

@@ -128,7 +128,7 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None,
             log.info("Loading the models to merge.")
             merger = Merger.from_inputs(inputs.merge, cfg.merge)
         if not complete:
-            _note_trials_at_once(info, len(slots) * (2 if cfg.webui.pipeline else 1), run_dir)
+            _note_trials_at_once(info, len(slots) * inputs.trials_per_webui, run_dir)
         else:
             _keep_budget_reached(info, len(trial_log.trials), cfg.optimiser.init_points, run_dir)
         info.pop(STOPPED_BY, None)  # the last session's reason, if it stopped early
@@ -218,8 +218,8 @@ class TrialLoop:
     def run(self) -> None:
         finished = {t.trial: t for t in self.trial_log.trials}
         budget = self.optimiser.budget
-        depth = 2 if self.cfg.webui.pipeline else 1
-        executor = Executor(self, self.optimiser, self.slots, finished, budget, self.record, self.stop, depth)
+        executor = Executor(self, self.optimiser, self.slots, finished, budget, self.record, self.stop,
+                            self.inputs.trials_per_webui)
         with progress_bar(total=budget, initial=len(finished), desc="trials", unit="trial", dynamic_ncols=True) as bar:
             self._bar = bar
             try:
