@@ -58,8 +58,10 @@ class PromptExecution:
                 self._changed.notify_all()
             try:
                 self._execute(item, generation)
-            except Exception:  # noqa: BLE001 - a bug of the fake must not kill its worker
+            except Exception as exc:  # noqa: BLE001 - a bug of the fake must not kill its worker
                 logger.exception("fake ComfyUI: prompt %s failed", item.prompt_id)
+                with self._lock:  # a bug of the fake, as fake_http's internal_errors
+                    self.internal_errors.append(f"prompt {item.prompt_id}: {type(exc).__name__}: {exc}")
             with self._changed:
                 if generation == self._generation:
                     self._running = None

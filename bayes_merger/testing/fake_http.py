@@ -134,6 +134,10 @@ class FakeHTTPServer:
         self._delays: dict[tuple[str, str | None], tuple[float, bool]] = {}
         self._holds: dict[tuple[str, str | None], threading.Event] = {}
         self._stop_event = threading.Event()
+        # exceptions of the fake's own code while it answered ("METHOD path: Type: message"), each answered as the
+        # real server answers any exception (500): a bug of the fake, which the fixtures that start fakes assert
+        # never happened, so that a test accepting a 500 or a failed trial cannot pass on a broken fake
+        self.internal_errors: list[str] = []
 
     # ------------------------------------------------------------------------- what subclasses give
 
@@ -321,6 +325,8 @@ class FakeHTTPServer:
             response = self._answer(method, path, raw, handler.headers.get("Authorization"))
         except Exception as exc:  # a bug of the fake: answer as the real server answers any exception
             logger.exception("fake WebUI: %s %s failed", method, path)
+            with self._lock:
+                self.internal_errors.append(f"{method} {path}: {type(exc).__name__}: {exc}")
             response = self._exception(str(exc), type(exc).__name__)
         dropped = response is _DROP or self._stop_event.is_set()
         # recorded before the answer leaves, so a test that got its answer also sees the record
