@@ -98,7 +98,7 @@ def test_a_waiting_worker_takes_over_an_earlier_trial_a_lost_webui_released():
 
 
 def test_in_flight_must_be_positive():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="in_flight must be at least 1"):
         Schedule(budget=1, in_flight=0)
 
 

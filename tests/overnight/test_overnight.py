@@ -357,7 +357,7 @@ def test_deadline_is_the_next_occurrence_of_the_clock_time_or_the_earlier_max_ho
     assert deadline_from("23:45", None, evening) == datetime(2026, 3, 1, 23, 45)
     assert deadline_from("07:00", 2, evening) == datetime(2026, 3, 2, 1, 30)
     assert deadline_from(None, None, evening) is None
-    with pytest.raises(Failure):
+    with pytest.raises(Failure, match=r"--deadline must be HH:MM \(24 h\), got '7h'\."):
         deadline_from("7h", None, evening)
 
 

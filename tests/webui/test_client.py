@@ -705,7 +705,7 @@ def test_after_a_failed_load_nothing_is_generated_until_a_merge_loads(fake_webui
     with WebUIClient(webui_config(), "run1") as client:
         client.load_checkpoint(merge_writer(0.1), trial=0)
         fake_webui.fail_loads(1)
-        with pytest.raises(WebUIError):
+        with pytest.raises(WebUIError, match="kept 'bm-run1-t0000.* instead of loading bm-run1-t0001"):
             client.load_checkpoint(merge_writer(0.2), trial=1)
         with pytest.raises(WebUIError, match="the last load_checkpoint failed"):
             client.txt2img(PAYLOAD)
