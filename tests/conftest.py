@@ -3,12 +3,22 @@ client config pointing at it."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import stat
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+
+# matplotlib (the report's plots, in this process and in the bayes-merger processes the tests start) writes its
+# config and font cache under ~/.config/matplotlib and ~/.cache/matplotlib: a temporary folder instead, set before
+# anything imports it, removed when the session ends
+if "MPLCONFIGDIR" not in os.environ:
+    os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="bayes-merger-tests-matplotlib-")
+    atexit.register(shutil.rmtree, os.environ["MPLCONFIGDIR"], ignore_errors=True)
 
 from bayes_merger.config import WebUIConfig
 from bayes_merger.testing.fake_webui import FakeWebUI
