@@ -22,24 +22,32 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 def ray_cluster(tmp_path_factory):
     """A local Ray instance (2 CPUs, ``{"webui": 2}``: one host with two WebUIs), started once, with
     token authentication as a real cluster has it (the token in a temporary file, not ~/.ray), its
-    session files in a temporary folder (not /tmp/ray) and no usage stats sent to usage-stats.ray.io."""
+    session files under pytest's basetemp (not /tmp/ray), its workers' TMPDIR there too (the scratch
+    folder of an actor a test kills is left there, not in /tmp) and no usage stats sent to usage-stats.ray.io."""
     ray = pytest.importorskip("ray", reason="Ray is not installed; pip install -e '.[test,ray]' runs the cluster tests")
-    token = tmp_path_factory.mktemp("ray") / "auth_token"
+    ray_dir = tmp_path_factory.mktemp("ray")
+    token = ray_dir / "auth_token"
     token.write_text(secrets.token_hex(32))
     saved = {key: os.environ.get(key) for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_USAGE_STATS_ENABLED")}
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), RAY_USAGE_STATS_ENABLED="0")
     from ray._raylet import Config  # Ray reads RAY_AUTH_MODE into this cache once; read it again, as ray.init does
 
     Config.initialize("")
-    # not a tmp_path_factory folder: Ray's Unix sockets under it would come near the 107-byte path limit
-    session_dir = tempfile.mkdtemp(prefix="ray")
+    # Ray's Unix sockets lie at <session_dir>/session_<date>_<time>_<µs>_<pid>/sockets/plasma_store, up to
+    # 64 bytes below it, and a socket's path is at most 107 bytes: a basetemp deeper than 43 falls back to /tmp
+    session_dir = str(ray_dir / "s")
+    own_session_dir = len(session_dir) > 107 - 64
+    if own_session_dir:
+        session_dir = tempfile.mkdtemp(prefix="ray")
+    workers_tmp = tmp_path_factory.mktemp("ray-workers-tmp")
     ray.init(num_cpus=2, resources={"webui": 2}, include_dashboard=False, logging_level="WARNING",
-             _temp_dir=session_dir)
+             _temp_dir=session_dir, runtime_env={"env_vars": {"TMPDIR": str(workers_tmp)}})
     try:
         yield ray
     finally:
         ray.shutdown()
-        shutil.rmtree(session_dir, ignore_errors=True)
+        if own_session_dir:
+            shutil.rmtree(session_dir, ignore_errors=True)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
