@@ -19,7 +19,7 @@ PROMPTS_PER_TRIAL = 4  # payloads/demo.yaml: two payloads of two images, one pro
 
 DYING_COMFYUI = '''
 """The fake ComfyUI, mortal: its first DEATHS lives exit when the client queues prompt N + 1."""
-import os, sys, time
+import os, shutil, sys, time
 from pathlib import Path
 from bayes_merger.testing.fake_comfyui import FakeComfyUI, main
 
@@ -38,15 +38,22 @@ class Mortal(FakeComfyUI):
         if method == "POST" and path.removeprefix("/api") == "/prompt":
             self.queued += 1
             if self.queued > n:
-                counter.write_text(str(died + 1))
-                os._exit(1)  # a crash: no goodbye, every connection reset
+                self.die()
         return super()._route(method, path, raw)
 
+    def die(self):
+        counter.write_text(str(died + 1))
+        # os._exit runs no finaliser: the fake's temporary output and temp folders (in the system's temporary
+        # folder) go first, or every run of the test leaves a pair behind
+        shutil.rmtree(self.output_dir, ignore_errors=True)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        os._exit(1)  # a crash: no goodbye, every connection reset
 
-Mortal(Path(checkpoint_dir), port=port).start()
+
+mortal = Mortal(Path(checkpoint_dir), port=port)
+mortal.start()
 time.sleep(120)  # a life that is never asked enough ends all the same
-counter.write_text(str(died + 1))
-os._exit(1)
+mortal.die()
 '''
 
 
