@@ -1,4 +1,4 @@
-"""The trial loop: suggest → merge → load in the WebUI → render → score → record → register.
+"""The trial loop: suggest → merge → load in the WebUI → render → score → record → observe.
 
 It only wires the parts together and records what they return; the checks live in ``inputs``, the
 maths, the HTTP and the tensors in their own modules, and the files in ``run_folder``. Everything is
@@ -62,7 +62,6 @@ from bayes_merger.run_folder import (
 )
 from bayes_merger.run_folder.liveness import run_folders, running
 from bayes_merger.scoring import ImageContext, Scorer, build_scorer, score_trial
-from bayes_merger.webui.merge_files import MergeFiles
 from bayes_merger.webui.render_check import MergeNotRendered, RenderCheck
 from bayes_merger.webuis import (
     open_webui_renderer,
@@ -296,11 +295,9 @@ class TrialLoop:
             merged = self.merger.merge(weights)
             check_finite(merged, self.merger.architecture, self.merger.method.name, self.cfg.merge.dtype)
         # staged under a name the WebUI does not list; moved into place when the WebUI is free
-        files = MergeFiles(slot.checkpoint_dir, self.inputs.run_id, 0)
-        prepared.staged = files.staged_path(index)
         with _timed(timings, "write"):
-            files.write(lambda path: self.merger.save(path, dtype=self.cfg.merge.dtype, prune=self.cfg.merge.prune),
-                        prepared.staged)
+            prepared.staged = slot.webui.stage(
+                lambda path: self.merger.save(path, dtype=self.cfg.merge.dtype, prune=self.cfg.merge.prune), index)
         return prepared
 
     def render(self, index: int, params: Mapping[str, float], prepared: Prepared, slot: Slot,
@@ -358,7 +355,7 @@ class TrialLoop:
         """The fields of a trial's record known before it is rendered."""
         return dict(
             trial=index, phase=self.optimiser.phase(index), params=dict(params), weights=weights.as_dict(),
-            alpha_string=weights.alpha_string(), beta_string=weights.beta_string() if weights.beta else None,
+            alpha_string=weights.alpha_string(), beta_string=weights.beta_string(),
             started_at=now(), webui=slot.name if len(self.slots) > 1 else None,
         )
 
@@ -393,7 +390,7 @@ class TrialLoop:
                 if self.inputs.keep_images:
                     path = save_image(self.run_dir, image, trial=index, payload=payload.name, index=image_index,
                                       prompt=prompt, seed=seed, weights=weights.alpha_string(),
-                                      beta=weights.beta_string() if weights.beta else None)
+                                      beta=weights.beta_string())
                     saved.append(path)
                 images.append(image)
                 contexts.append(ImageContext(payload=payload.name, index=image_index, seed=seed, path=path,
@@ -530,11 +527,14 @@ def _log_summary(trial_log: TrialLog, best: Trial | None, chosen_by: str, run_di
     lines = [f"{'rank':>4}  {'trial':>5}  {'score':>8}  weights (α)"]
     lines += [f"{rank:>4}  {t.trial:>5}  {t.score:>8.4f}  {','.join(f'{w:.2f}' for w in t.weights['alpha'].values())}"
               for rank, t in enumerate(ok[:5], start=1)]
-    baseline = next((t for t in trial_log.trials if t.trial == 0 and t.ok), None)
     if best is not None:
+        extras = best_extras(trial_log.trials, best, {}, chosen_by)  # best.yaml's baseline and gain
+        baseline = extras.get("baseline")
         lines.append(f"Best (by {CHOSEN_BY[chosen_by]}): trial {best.trial}, score {best.score:.4f}"
-                     + (f", {best.score - baseline.score:+.4f} over the baseline (trial 0, {baseline.score:.4f})"
+                     + (f", {extras['gain_over_baseline']:+.4f} over the baseline (trial 0, {baseline['score']:.4f})"
                         if baseline is not None else ""))
+        # exactly, as best.yaml has them: the table above rounds them
+        lines.append(f"Its weights: alpha {best.alpha_string}" + (f", beta {best.beta_string}" if best.beta_string else ""))
     log.info("Run finished: %d trials (%d failed) in %s\n%s", len(trial_log.trials), failed, run_dir, "\n".join(lines))
 
 

@@ -112,6 +112,9 @@ def test_a_run_with_too_few_scores_for_the_model_says_its_best_is_the_best_score
     assert best["chosen_by"] == "best score" and best["trial"] == max(trials, key=lambda t: t["score"])["trial"]
     assert f"Best (by score): trial {best['trial']}," in caplog.text
     assert "posterior mean" not in caplog.text
+    baseline = best["baseline"]["score"]
+    assert f", {best['score'] - baseline:+.4f} over the baseline (trial 0, {baseline:.4f})" in caplog.text
+    assert f"Its weights: alpha {best['alpha']}\n" in caplog.text + "\n"  # exactly as best.yaml, to copy from the log
 
 
 def test_a_finished_run_resumed_with_another_precision_or_without_its_best_merge_saves_it_again(
