@@ -36,6 +36,9 @@ class Renderer(Protocol):
     def check_checkpoint_dir(self) -> None:
         """Fail before the first merge if merge files cannot be written where the server reads them."""
 
+    def stage(self, write: Callable[[Path], None], trial: int) -> Path:
+        """Write one trial's merge (``write(path)``) under a name the server does not list; returns it."""
+
     def load_checkpoint(self, write: Callable[[Path], None], trial: int) -> str:
         """Show one trial's merge by file: ``write(path)`` writes it; returns the name the server uses."""
 

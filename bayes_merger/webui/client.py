@@ -206,6 +206,13 @@ class WebUIClient:
 
     # --------------------------------------------------------------------------- the hand-off
 
+    def stage(self, write: Callable[[Path], None], trial: int) -> Path:
+        """Write ``trial``'s merge (``write(path)``) under a name the WebUI does not list, while it renders the
+        trial before; ``load_checkpoint`` moves it into place. Returns where it is."""
+        staged = self._files.staged_path(trial)
+        self._files.write(write, staged)
+        return staged
+
     def load_checkpoint(self, write: Callable[[Path], None], trial: int) -> str:
         """Put one trial's merge in the WebUI: write, refresh, select by its listed title, confirm.
 

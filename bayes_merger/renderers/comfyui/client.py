@@ -200,6 +200,14 @@ class ComfyUIClient:
 
     # ---------------------------------------------------------------------------- the hand-off
 
+    def stage(self, write: Callable[[Path], None], trial: int) -> Path:
+        """Write ``trial``'s merge (``write(path)``) under a name ComfyUI does not list, while it renders the
+        trial before; ``load_checkpoint`` moves it into place. Returns where it is."""
+        files = self._require_files()
+        staged = files.staged_path(trial)
+        files.write(write, staged)
+        return staged
+
     def load_checkpoint(self, write: Callable[[Path], None], trial: int) -> str:
         """By file: write the merge into the checkpoint folder under a new name and render with it."""
         self._shown, self._shown_label = None, ""
