@@ -107,25 +107,7 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None,
         optimiser = Optimiser(inputs.space, cfg.optimiser, cfg.run.seed)
         trial_log = TrialLog(run_dir)  # the executor tells the optimiser what each suggestion may know
         complete = set(range(optimiser.budget)) <= {t.trial for t in trial_log.trials}
-        if complete:
-            # nothing to render, so no WebUI, scorer or model: a resume for another best_precision, the
-            # finalists or the report works with the WebUI off
-            slots, before, scorer, merger = [], {}, None, None
-            ended = bool((load_run_info(run_dir) or {}).get("finished_at"))
-            if inputs.resuming and not ended and cfg.cluster.address is None:  # killed after its last trial
-                tidy_after_a_dead_session(cfg, inputs.run_id, info)
-        elif cfg.cluster.address is not None:  # each host of the Ray cluster loads the models and scores (cluster/)
-            from bayes_merger.cluster.hosts import open_hosts
-
-            slots, before, scorer, merger = stack.enter_context(open_hosts(inputs, runs, info)), {}, None, None
-        else:
-            slots = [Slot(name=url, webui=stack.enter_context(open_webui_renderer(inputs, webui_cfg, run_id)),
-                          checkpoint_dir=Path(webui_cfg.checkpoint_dir).expanduser())
-                     for url, webui_cfg, run_id in webui_configs(cfg, inputs.run_id)]
-            before = prepare_webuis(slots, inputs, info, runs)
-            scorer = build_scorer(inputs.scorer)
-            log.info("Loading the models to merge.")
-            merger = Merger.from_inputs(inputs.merge, cfg.merge)
+        slots, before, scorer, merger = _open_trial_parts(inputs, info, runs, stack, complete)
         if not complete:
             _note_trials_at_once(info, len(slots) * inputs.trials_per_webui, run_dir)
         else:
@@ -169,15 +151,47 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None,
         # the run's (the models to merge may be on the GPU with the WebUI's)
         loop = merger = scorer = None
         gc.collect()
-        finalists(run_dir, inputs.scorer)
-        try:  # finished once the finalists are scored too: a run stopped before, resumed, scores them
-            info["finished_at"] = now()
-            write_run_info(run_dir, info)
-        except StorageError as error:
-            raise _stop_resumably(error, run_dir) from error
-        _refresh_report(run_dir, live=False)
-        _log_summary(trial_log, best, optimiser.chosen_by(), run_dir)
+        _finish(inputs, info, trial_log, best, optimiser)
         return RunResult(run_dir, len(trial_log.trials), cfg.optimiser.init_points + info["n_iters"], best)
+
+
+def _open_trial_parts(inputs: Inputs, info: dict[str, Any], runs: Mapping[str, Path], stack: ExitStack, complete: bool
+                    ) -> tuple[list[Slot], dict[str, str], Scorer | None, Merger | None]:
+    """The run's WebUIs (slots, each one's model of before), scorer and models: on this machine, on the hosts
+    of a Ray cluster (which load the models and score there), or none for a run with every trial done."""
+    cfg = inputs.config
+    if complete:
+        # nothing to render, so no WebUI, scorer or model: a resume for another best_precision, the
+        # finalists or the report works with the WebUI off
+        ended = bool((load_run_info(inputs.run_dir) or {}).get("finished_at"))
+        if inputs.resuming and not ended and cfg.cluster.address is None:  # killed after its last trial
+            tidy_after_a_dead_session(cfg, inputs.run_id, info)
+        return [], {}, None, None
+    if cfg.cluster.address is not None:
+        from bayes_merger.cluster.hosts import open_hosts
+
+        return stack.enter_context(open_hosts(inputs, runs, info)), {}, None, None
+    slots = [Slot(name=url, webui=stack.enter_context(open_webui_renderer(inputs, webui_cfg, run_id)),
+                  checkpoint_dir=Path(webui_cfg.checkpoint_dir).expanduser())
+             for url, webui_cfg, run_id in webui_configs(cfg, inputs.run_id)]
+    before = prepare_webuis(slots, inputs, info, runs)
+    scorer = build_scorer(inputs.scorer)
+    log.info("Loading the models to merge.")
+    return slots, before, scorer, Merger.from_inputs(inputs.merge, cfg.merge)
+
+
+def _finish(inputs: Inputs, info: dict[str, Any], trial_log: TrialLog, best: Trial | None,
+            optimiser: Optimiser) -> None:
+    """Every trial done, the best kept: the finalists, run.json finished, the report and the summary."""
+    run_dir = inputs.run_dir
+    finalists(run_dir, inputs.scorer)
+    try:  # finished once the finalists are scored too: a run stopped before, resumed, scores them
+        info["finished_at"] = now()
+        write_run_info(run_dir, info)
+    except StorageError as error:
+        raise _stop_resumably(error, run_dir) from error
+    _refresh_report(run_dir, live=False)
+    _log_summary(trial_log, best, optimiser.chosen_by(), run_dir)
 
 
 @dataclass
