@@ -56,8 +56,9 @@ def test_best_ignores_failed_trials_and_keeps_the_first_of_a_tie(tmp_path):
 
 
 def test_nan_score_cannot_be_written(tmp_path):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
         TrialLog(tmp_path).append(_trial(0, score=float("nan")))
+    assert not (tmp_path / "trials.jsonl").exists() or not (tmp_path / "trials.jsonl").read_bytes()
 
 
 def test_a_retraction_cut_short_by_a_kill_is_finished_on_resume(tmp_path):

@@ -90,7 +90,7 @@ def test_all_weights_zero_is_a_config_error_not_a_division_by_zero() -> None:
 
 
 def test_no_payloads_is_an_error() -> None:
-    with pytest.raises(ScorerError):
+    with pytest.raises(ScorerError, match="no payload scores to combine"):
         objective({}, {})
 
 
