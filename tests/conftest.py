@@ -4,8 +4,10 @@ client config pointing at it."""
 from __future__ import annotations
 
 import atexit
+import errno
 import os
 import shutil
+import socket
 import stat
 import tempfile
 from pathlib import Path
@@ -20,17 +22,63 @@ if "MPLCONFIGDIR" not in os.environ:
     os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="bayes-merger-tests-matplotlib-")
     atexit.register(shutil.rmtree, os.environ["MPLCONFIGDIR"], ignore_errors=True)
 
+# huggingface_hub (2.4) fetches a registry of "agent harnesses" from huggingface.co the first time it builds
+# request headers, even for a load with local_files_only, unless telemetry is off: read when it is imported
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+
 from bayes_merger.config import WebUIConfig
 from bayes_merger.testing.fake_webui import FakeWebUI
 from bayes_merger.testing.models import make_checkpoint
 from bayes_merger.testing.tiny_clip import make_tiny_clip, make_tiny_head
 
 
+LOCAL_HOSTS = {"127.0.0.1", "::1", "localhost"}
+
+
+def _is_local(host: object) -> bool:
+    return isinstance(host, str) and (host in LOCAL_HOSTS or host.startswith("127."))
+
+
 @pytest.fixture(autouse=True)
-def local_traffic_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A proxy in the environment (HTTP_PROXY) would carry the fakes' 127.0.0.1 traffic off the machine."""
+def local_traffic_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No test talks to any address but this machine's loopback: a connection or a name lookup elsewhere (a
+    download from Hugging Face or GitHub, a WebUI URL a test forgot) is refused and fails the test, though the
+    code under test catches the refusal (the attempt is recorded, and checked when the test ends, on whichever
+    thread it was made). A proxy in the environment (HTTP_PROXY) would carry the fakes' traffic off the
+    machine: none for 127.0.0.1."""
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.setenv(name, "127.0.0.1,localhost")
+    attempts: list[str] = []
+    connect, connect_ex, getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
+
+    def refused(sock: socket.socket, address: Any) -> OSError | None:
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not _is_local(address[0]):
+            attempts.append(f"a connection to {address}")
+            return OSError(errno.ENETUNREACH, f"tests talk to 127.0.0.1 only, not {address[0]}")
+        return None
+
+    def guarded_connect(sock: socket.socket, address: Any) -> None:
+        error = refused(sock, address)
+        if error is not None:
+            raise error
+        connect(sock, address)
+
+    def guarded_connect_ex(sock: socket.socket, address: Any) -> int:
+        error = refused(sock, address)
+        return error.errno if error is not None else connect_ex(sock, address)
+
+    def guarded_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else host
+        if name not in (None, "") and not _is_local(name):
+            attempts.append(f"a name lookup of {name}")
+            raise socket.gaierror(socket.EAI_NONAME, f"tests look up no name but localhost, not {name}")
+        return getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", guarded_connect_ex)
+    monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
+    yield
+    assert not attempts, f"the test reached beyond this machine: {attempts}"
 
 
 @pytest.fixture(scope="session")
