@@ -269,35 +269,43 @@ class TrialLoop:
             redone = ", ".join(str(t) for t in sorted(proof.trials))
             raise RunStopped(f"{proof}; then resume, which renders trials {redone} again (the records of those "
                              f"already logged are set aside in {NOT_RENDERED_FILE}): {resume_command(self.run_dir)}")
-        # counted by WebUI: one that fails every trial is not excused by another's successes. A broken merge
-        # once a trial has been scored is its weights' fault, not the set-up's: the optimiser learns to avoid
-        # those weights, and a run stopped for it would lose the night (bench_optimiser, broken26)
+        failures = self._count_failure(trial)
+        best = record_best(self.run_dir, self.trial_log, self.optimiser)
+        _refresh_report(self.run_dir, live=True)
+        self._bar.set_postfix(score=_fmt(trial.score), best=_fmt(best.score if best else None))
+        self._bar.update(1)
+        if failures >= self.cfg.run.max_consecutive_failures:
+            raise self._stop_for_failures(trial, failures)
+
+    def _count_failure(self, trial: Trial) -> int:
+        """The failed trials in a row on ``trial``'s WebUI, ``trial`` counted.
+
+        Counted by WebUI: one that fails every trial is not excused by another's successes. A broken merge
+        once a trial has been scored is its weights' fault, not the set-up's: the optimiser learns to avoid
+        those weights, and a run stopped for it would lose the night (bench_optimiser, broken26)."""
         failures = self._failures.get(trial.webui, 0)
         if trial.ok:
             failures = 0
         elif not (trial.broken and any(t.ok for t in self.trial_log.trials)):
             failures += 1
         self._failures[trial.webui] = failures
-        best = record_best(self.run_dir, self.trial_log, self.optimiser)
-        _refresh_report(self.run_dir, live=True)
-        self._bar.set_postfix(score=_fmt(trial.score), best=_fmt(best.score if best else None))
-        self._bar.update(1)
-        if failures >= self.cfg.run.max_consecutive_failures:
-            on = f" on {trial.webui}" if trial.webui else ""
-            again = ""
-            if not any(t.ok for t in self.trial_log.trials):
-                # nothing was ever scored: the set-up failed them, not their weights (a broken merge is the
-                # weights' fault, and would only fail again), so the resume runs them again: the baseline
-                # (trial 0, the even merge) is not lost for good, nor the budget spent on the fault
-                redo = sorted(t.trial for t in self.trial_log.trials if not t.broken)
-                self.trial_log.retract(redo, FAILED_AT_START_FILE)
-                record_best(self.run_dir, self.trial_log, self.optimiser)
-                again = (f", which runs trials {', '.join(map(str, redo))} again (their records are set aside in "
-                         f"{FAILED_AT_START_FILE})") if redo else ""
-            raise RunStopped(
-                f"{failures} trials in a row failed{on} (last: {trial.error}); stopping. "
-                f"Fix the cause, then resume{again}: {resume_command(self.run_dir)}"
-            )
+        return failures
+
+    def _stop_for_failures(self, trial: Trial, failures: int) -> RunStopped:
+        """The stop after ``failures`` failed trials in a row, the last ``trial``. Where nothing was ever scored,
+        the set-up failed them, not their weights (a broken merge is the weights' fault, and would only fail
+        again): they are set aside for the resume to run again, so the baseline (trial 0, the even merge) is
+        not lost for good, nor the budget spent on the fault."""
+        on = f" on {trial.webui}" if trial.webui else ""
+        again = ""
+        if not any(t.ok for t in self.trial_log.trials):
+            redo = sorted(t.trial for t in self.trial_log.trials if not t.broken)
+            self.trial_log.retract(redo, FAILED_AT_START_FILE)
+            record_best(self.run_dir, self.trial_log, self.optimiser)
+            again = (f", which runs trials {', '.join(map(str, redo))} again (their records are set aside in "
+                     f"{FAILED_AT_START_FILE})") if redo else ""
+        return RunStopped(f"{failures} trials in a row failed{on} (last: {trial.error}); stopping. "
+                          f"Fix the cause, then resume{again}: {resume_command(self.run_dir)}")
 
     def prepare(self, index: int, params: Mapping[str, float], slot: Slot, timings: dict[str, float]) -> Prepared:
         weights = self.space.to_block_weights(params)
