@@ -192,7 +192,7 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
         self._execution_gate.clear()
         return self._execution_gate
 
-    def wait_until_running(self, timeout: float = 5.0) -> str:
+    def wait_until_running(self, timeout: float = 30.0) -> str:
         """Block until a prompt is running (taken off the queue); its id."""
         with self._changed:
             if not self._changed.wait_for(lambda: self._running is not None, timeout):
@@ -200,7 +200,7 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
             assert self._running is not None
             return self._running.prompt_id
 
-    def wait_until_idle(self, timeout: float = 5.0) -> None:
+    def wait_until_idle(self, timeout: float = 30.0) -> None:
         """Block until no prompt is running or pending (the last one's history is written)."""
         with self._changed:
             if not self._changed.wait_for(lambda: self._running is None and not self._pending, timeout):

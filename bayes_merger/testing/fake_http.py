@@ -227,7 +227,7 @@ class FakeHTTPServer:
     def requests_to(self, path: str, method: str | None = None) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path == path and (method is None or r.method == method)]
 
-    def wait_for_requests(self, path: str, count: int, timeout: float = 5.0) -> list[RecordedRequest]:
+    def wait_for_requests(self, path: str, count: int, timeout: float = 30.0) -> list[RecordedRequest]:
         """Block until ``count`` requests to ``path`` have been answered or dropped (a held request
         counts once released)."""
         with self._records_changed:
@@ -235,7 +235,7 @@ class FakeHTTPServer:
                 raise TimeoutError(f"fewer than {count} requests to {path} within {timeout} s")
         return self.requests_to(path)
 
-    def wait_until_held(self, count: int = 1, timeout: float = 5.0) -> None:
+    def wait_until_held(self, count: int = 1, timeout: float = 30.0) -> None:
         """Block until ``count`` requests are waiting on a ``hold()`` or a ``delay()``."""
         with self._records_changed:
             if not self._records_changed.wait_for(lambda: self._held >= count, timeout):

@@ -186,7 +186,7 @@ class FakeWebUI(FakeHTTPServer):
         with self._lock:
             self._render_seconds = seconds
 
-    def wait_until_rendering(self, timeout: float = 5.0) -> None:
+    def wait_until_rendering(self, timeout: float = 30.0) -> None:
         """Block until a generation is under way (one ``render_for`` makes last)."""
         if not self._rendering.wait(timeout):
             raise TimeoutError(f"no generation under way within {timeout} s")
