@@ -23,7 +23,7 @@ from typing import Any
 
 from bayes_merger import __version__
 from bayes_merger.cluster.settings import check_cluster_settings
-from bayes_merger.config import Config, ScorerConfig
+from bayes_merger.config import Config, ScorerConfig, WebUIConfig
 from bayes_merger.devices import resolve_device
 from bayes_merger.errors import ConfigError
 from bayes_merger.files import file_sha256
@@ -128,6 +128,30 @@ def check_inputs(cfg: Config, run_dir: Path) -> Inputs:
 def _check_settings(cfg: Config) -> tuple[Path, Path, Path | None]:
     """The cheap checks, before a file is opened; returns the model paths (A, B, C or None)."""
     check_optimiser_config(cfg.optimiser)
+    _check_model_files(cfg)
+    if not 0 <= cfg.run.seed < 2**32:  # A1111's -1 habit: a random seed would make the run unrepeatable
+        raise ConfigError(f"run.seed must be a whole number from 0 to {2**32 - 1}, got {cfg.run.seed}: the run's "
+                          "seed is fixed so that it can be repeated and resumed.")
+    _check_webui_settings(cfg.webui)
+    if cfg.best_format != "safetensors":
+        raise ConfigError(f"best_format '{cfg.best_format}' is not supported: the best merge is saved as safetensors, "
+                          "which every WebUI reads and which cannot carry code.")
+    parse_dtype(cfg.best_precision)
+    check_cluster_settings(cfg)
+    check_scorer_config(cfg.scorer)  # loaded after the WebUI is found: a typo is said before it is asked
+    _check_finalists(cfg)
+    if cfg.cluster.address is None:  # on a cluster the devices are the hosts', checked there
+        resolve_device(cfg.merge.device, "merge device")
+        resolve_device(cfg.scorer.device, "scorer device")
+    if cfg.run.max_consecutive_failures < 1:
+        raise ConfigError("run.max_consecutive_failures must be at least 1.")
+    if cfg.resume is not None and not is_run_folder(model_path(cfg.resume)):
+        raise ConfigError(f"resume={cfg.resume} is not a run folder (no {RUN_FILE} in it).")
+    return model_path(cfg.model_a), model_path(cfg.model_b), model_path(cfg.model_c) if cfg.model_c else None
+
+
+def _check_model_files(cfg: Config) -> None:
+    """Each model a file that exists, and A and B two different files."""
     for key in ("model_a", "model_b", "model_c"):
         value = getattr(cfg, key)
         if value is None:
@@ -140,50 +164,42 @@ def _check_settings(cfg: Config) -> tuple[Path, Path, Path | None]:
     if os.path.samefile(model_path(cfg.model_a), model_path(cfg.model_b)):
         raise ConfigError(f"model_a and model_b are the same file ({model_path(cfg.model_b)}): a model merged with "
                           "itself is itself whatever the weights; give two different models.")
-    if not 0 <= cfg.run.seed < 2**32:  # A1111's -1 habit: a random seed would make the run unrepeatable
-        raise ConfigError(f"run.seed must be a whole number from 0 to {2**32 - 1}, got {cfg.run.seed}: the run's "
-                          "seed is fixed so that it can be repeated and resumed.")
+
+
+def _check_webui_settings(webui: WebUIConfig) -> None:
+    """The WebUI's numbers, backend, credentials and the list of WebUIs with their folders."""
     for key in ("connect_timeout", "read_timeout", "ready_timeout", "poll_interval", "retries", "backoff_factor",
                 "keep_last"):
-        if getattr(cfg.webui, key) < 0:
-            raise ConfigError(f"webui.{key} must not be negative, got {getattr(cfg.webui, key)}.")
+        if getattr(webui, key) < 0:
+            raise ConfigError(f"webui.{key} must not be negative, got {getattr(webui, key)}.")
     for key in ("connect_timeout", "read_timeout", "poll_interval"):  # 0 is no wait at all, or a busy loop
-        if not 0 < getattr(cfg.webui, key) < math.inf:
-            raise ConfigError(f"webui.{key} must be a number of seconds above 0, got {getattr(cfg.webui, key)}.")
-    backend_of(cfg.webui.backend)
-    if cfg.webui.auth and cfg.webui.auth_env:
+        if not 0 < getattr(webui, key) < math.inf:
+            raise ConfigError(f"webui.{key} must be a number of seconds above 0, got {getattr(webui, key)}.")
+    backend_of(webui.backend)
+    if webui.auth and webui.auth_env:
         log.warning("webui.auth and webui.auth_env are both set: webui.auth is used, the variable %s is not read.",
-                    cfg.webui.auth_env)
-    urls, folders = list(cfg.webui.urls), list(cfg.webui.checkpoint_dirs)
+                    webui.auth_env)
+    urls, folders = list(webui.urls), list(webui.checkpoint_dirs)
     if len(set(urls)) < len(urls):
         raise ConfigError(f"webui.urls names a WebUI twice: {urls}; each WebUI renders one trial at a time.")
     if folders and len(folders) != max(len(urls), 1):
         raise ConfigError(f"webui.checkpoint_dirs has {len(folders)} folders for {max(len(urls), 1)} WebUIs: give "
                           "one per URL of webui.urls, in the same order, or none to share webui.checkpoint_dir.")
-    if cfg.best_format != "safetensors":
-        raise ConfigError(f"best_format '{cfg.best_format}' is not supported: the best merge is saved as safetensors, "
-                          "which every WebUI reads and which cannot carry code.")
-    parse_dtype(cfg.best_precision)
-    check_cluster_settings(cfg)
-    check_scorer_config(cfg.scorer)  # loaded after the WebUI is found: a typo is said before it is asked
-    if cfg.scorer.finalists:  # used only at the end of the night: a typo is said now
-        try:
-            named_scorer(cfg.scorer, cfg.scorer.finalists)
-        except ConfigError as error:
-            raise ConfigError(f"scorer.finalists: {error}") from error
-        if cfg.scorer.finalists_top_k < 1:
-            raise ConfigError(f"scorer.finalists_top_k is {cfg.scorer.finalists_top_k}; it must be at least 1.")
-        if not (cfg.save_images or needs_image_files(cfg.scorer)):
-            raise ConfigError("scorer.finalists scores the top trials' saved images again, but save_images is false: "
-                              "set save_images: true, or leave scorer.finalists unset.")
-    if cfg.cluster.address is None:  # on a cluster the devices are the hosts', checked there
-        resolve_device(cfg.merge.device, "merge device")
-        resolve_device(cfg.scorer.device, "scorer device")
-    if cfg.run.max_consecutive_failures < 1:
-        raise ConfigError("run.max_consecutive_failures must be at least 1.")
-    if cfg.resume is not None and not is_run_folder(model_path(cfg.resume)):
-        raise ConfigError(f"resume={cfg.resume} is not a run folder (no {RUN_FILE} in it).")
-    return model_path(cfg.model_a), model_path(cfg.model_b), model_path(cfg.model_c) if cfg.model_c else None
+
+
+def _check_finalists(cfg: Config) -> None:
+    """scorer.finalists, used only at the end of the night: a typo is said now."""
+    if not cfg.scorer.finalists:
+        return
+    try:
+        named_scorer(cfg.scorer, cfg.scorer.finalists)
+    except ConfigError as error:
+        raise ConfigError(f"scorer.finalists: {error}") from error
+    if cfg.scorer.finalists_top_k < 1:
+        raise ConfigError(f"scorer.finalists_top_k is {cfg.scorer.finalists_top_k}; it must be at least 1.")
+    if not (cfg.save_images or needs_image_files(cfg.scorer)):
+        raise ConfigError("scorer.finalists scores the top trials' saved images again, but save_images is false: "
+                          "set save_images: true, or leave scorer.finalists unset.")
 
 
 def _run_info(cfg: Config, run_id: str, merge: MergeInputs, space: SearchSpace, payloads: list[Payload]) -> dict[str, Any]:
