@@ -117,9 +117,16 @@ def phase_ours(args: argparse.Namespace) -> dict:
     merged_bytes = sum(s.out.numel() * s.out.element_size() for s in steps)
     result["merged_bytes"] = merged_bytes
 
+    def inputs_of(s) -> list:
+        # what a merge of this key reads: what was prepared for it (add_difference: a and b − c), else a, b [, c]
+        tensors = s.prepared if s.prepared is not None else (s.a, s.b, s.c)
+        return [t for t in tensors if isinstance(t, torch.Tensor)]
+
+    read_bytes = sum(t.numel() * t.element_size() for s in steps for t in inputs_of(s))
+
     def copy_all() -> None:
         for s in steps:
-            s.out.copy_(s.a)
+            s.out.copy_(inputs_of(s)[0])  # model A's tensor (None in a prepared step: it is in s.prepared)
 
     # merges and copies alternate, so a change in the machine's load hits both alike
     rng = random.Random(0)
@@ -134,10 +141,9 @@ def phase_ours(args: argparse.Namespace) -> dict:
     result["first_merge_s"] = times[0]
     result["merge_s"] = statistics.median(times[1:])
     result["copy_s"] = statistics.median(copies[1:])
-    # bytes moved: a copy reads and writes each tensor once; weighted_sum reads two and writes one,
-    # add_difference reads three and writes one
-    inputs = 3 if method == "add_difference" else 2
-    merge_bw = (inputs + 1) * merged_bytes / result["merge_s"]
+    # bytes moved: a copy reads and writes each tensor once; a merge writes each once and reads its inputs
+    # (weighted_sum: a and b; add_difference: a and b − c where that was prepared, else a, b and c)
+    merge_bw = (read_bytes + merged_bytes) / result["merge_s"]
     copy_bw = 2 * merged_bytes / result["copy_s"]
     result["merge_gbps"], result["copy_gbps"] = merge_bw / GB, copy_bw / GB
     result["bw_ratio"] = merge_bw / copy_bw
@@ -242,6 +248,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--save-dirs", nargs="*", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.merges < 2 or args.save_repeats < 1 or args.sd_meh_repeats < 1:
+        parser.error("--merges must be at least 2 (the first merge is timed apart), --save-repeats and "
+                     "--sd-meh-repeats at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
 
     if args.phase:
@@ -374,7 +383,8 @@ def report(args: argparse.Namespace, disk: Path, shm: Path) -> None:
         }
     pairs |= {
         "rss_peak_1_gb": round(ws["rss_peak_1_gb"], 3),
-        f"rss_peak_{ws['merges']}_gb": round(ws["rss_peak_n_gb"], 3),
+        "merges": ws["merges"],
+        "rss_peak_n_gb": round(ws["rss_peak_n_gb"], 3),
         "rss_growth_mb": round(growth * 1000, 1),
     }
     emit(" ".join(f"{k}={v}" for k, v in pairs.items()))
