@@ -18,7 +18,7 @@ bayes-merger the best of the first n by its posterior mean, for the others the b
 (they differ only under noise).
 
 Every method's first trial is the centre (the even merge), as bayes-merger's is: a user of any of them
-has that merge already (CMA-ES starts from it; the others get it as trial 0). ``--seed-start`` runs
+has that merge already (each gets it as trial 0; CMA-ES's mean starts there too). ``--seed-start`` runs
 seeds no default was chosen on (the defaults were chosen on seeds 0–39).
 
 Methods: random (uniform), lhs (one Latin hypercube of each budget), centre (the even merge alone, one
@@ -130,8 +130,9 @@ def points_of(method: str, objective: Objective, budget: int, seed: int
                    else optuna.samplers.CmaEsSampler(seed=seed))
         study = optuna.create_study(direction="maximize", sampler=sampler)
         dists = {f"x{i}": optuna.distributions.FloatDistribution(0.0, 1.0) for i in range(d)}
-        if method == "tpe":  # CMA-ES starts from the centre already (its mean); TPE gets it as trial 0
-            study.enqueue_trial({f"x{i}": 0.5 for i in range(d)})
+        # the centre as trial 0, as every method's: CMA-ES's mean starts there, but its first trial is its
+        # independent sampler's (n_startup_trials=1), a random point, unless one is queued
+        study.enqueue_trial({f"x{i}": 0.5 for i in range(d)})
         for t in range(budget):
             start = time.perf_counter()
             trial = study.ask(dists)
@@ -365,7 +366,8 @@ def main() -> None:
     budgets = tuple(sorted(args.budgets or quick.get("budgets") or (20, 40, 80)))
     slow_budgets = tuple(b for b in budgets if b <= (args.bayes_opt_budget or budgets[-1])) or budgets[:1]
     tasks = [(m, n, s, slow_budgets if m == "bayes_opt" else budgets) for n in names for s in seeds for m in methods
-             if m != "bayes_opt" or s < args.seed_start + (args.bayes_opt_seeds or len(seeds))]
+             if m != "bayes_opt" or s < args.seed_start + (len(seeds) if args.bayes_opt_seeds is None
+                                                           else args.bayes_opt_seeds)]
     # bayes_opt last: with --results, the fast methods' runs are saved first
     tasks.sort(key=lambda t: t[0] == "bayes_opt")
     started = time.perf_counter()
