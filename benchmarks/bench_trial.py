@@ -90,6 +90,9 @@ def main() -> None:
                         default=[*CONFIGS, "comfyui_graph", "comfyui_file"])
     trial_comfyui.add_arguments(parser)
     args = parser.parse_args()
+    if args.trials < 4:  # trials_per_hour counts from the end of the first round: three WebUIs need a fourth
+        parser.error("--trials must be at least 4: trials per hour are counted from the end of the first round "
+                     "(up to three WebUIs at once)")
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     log.setLevel(logging.INFO)
 

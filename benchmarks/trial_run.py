@@ -81,7 +81,8 @@ def timed_run(name: str, work: Path, trials: int, assets: dict, overrides: list[
     payloads.write_text(PAYLOADS)
     argv = [
         "--config", str(REPO / "conf" / "demo.yaml"), "demo=false", f"run.dir={work / name / 'runs'}",
-        f"payloads.dir={payloads}", f"optimiser.init_points={min(3, trials)}", f"optimiser.n_iters={max(trials - 3, 0)}",
+        f"payloads.dir={payloads}", f"payloads.wildcards_dir={REPO / 'payloads' / 'wildcards'}",
+        f"optimiser.init_points={min(3, trials)}", f"optimiser.n_iters={max(trials - 3, 0)}",
         "save_best=false", "save_images=false", "hydra/job_logging=none", "hydra/hydra_logging=none",
         *[f"{key}={value}" for key, value in assets.items()], *overrides,
     ]

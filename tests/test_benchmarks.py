@@ -1,0 +1,64 @@
+"""The benchmarks run to their end in their smallest setting, and end with the one line of name=value pairs
+scripts read (every value a finite number): a benchmark no test ran crashed for 124 commits unnoticed.
+Nothing here is timed: the figures are the benchmarks' own business, measured side by side in one run."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _last_line(script: str, *args: str, cwd: Path) -> dict[str, float]:
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    pairs = dict(item.split("=", 1) for item in done.stdout.strip().splitlines()[-1].split())
+    values = {key: _number(value) for key, value in pairs.items()}
+    assert all(math.isfinite(value) for value in values.values()), pairs
+    return values
+
+
+def _number(value: str) -> float:
+    """A value of the last line: a number, or a count of a total ("0/3": runs worse than the centre)."""
+    part, _, whole = value.partition("/")
+    return float(part) / float(whole) if whole else float(value)
+
+
+def test_bench_merge_ends_with_its_ratios(tmp_path: Path) -> None:
+    values = _last_line("bench_merge.py", "--scale", "0.02", "--merges", "2", "--save-repeats", "1",
+                        "--sd-meh-repeats", "1", "--disk-dir", str(tmp_path), "--shm-dir", str(tmp_path), cwd=tmp_path)
+    assert {"bw_ratio_ws", "bw_ratio_ad", "save_ratio_disk", "save_ratio_shm", "speedup_disk", "speedup_shm",
+            "rss_growth_mb", "merges"} <= set(values)
+
+
+def test_bench_optimiser_ends_with_its_ratios(tmp_path: Path) -> None:
+    # the references that need no extra package (Optuna's are in the bench extra)
+    values = _last_line("bench_optimiser.py", "--methods", "random", "centre", "default", "bo:pending=1",
+                        "--landscapes", "few26", "--seeds", "1", "--budgets", "12", "--jobs", "1", "--no-timing",
+                        cwd=tmp_path)
+    assert {"default/random@12", "default_worse_than_centre", "bo_pending1/default@12"} <= set(values)
+
+
+def test_bench_trial_ends_with_its_ratios(tmp_path: Path) -> None:
+    values = _last_line("bench_trial.py", "--scale", "0.02", "--render", "0.2", "--switch", "0.05", "--trials", "4",
+                        "--configs", "sequential", "pipelined", "--workdir", str(tmp_path), cwd=tmp_path)
+    assert {"sequential_vs_ideal", "pipelined_vs_ideal", "pipelined_vs_sequential"} <= set(values)
+
+
+@pytest.mark.parametrize("trials", ["2", "3"])
+def test_bench_trial_refuses_too_few_trials_to_count_a_rate(tmp_path: Path, trials: str) -> None:
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_trial.py"), "--trials", trials], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--trials must be at least 4" in done.stderr
+
+
+def test_bench_scorers_ends_with_its_ratios(tmp_path: Path) -> None:
+    values = _last_line("bench_scorers.py", "--images", "2", "--batch", "2", "--width", "32", "--layers", "1",
+                        "--repeats", "1", cwd=tmp_path)
+    assert values and all(key.endswith(("_ips", "_overhead")) for key in values)
