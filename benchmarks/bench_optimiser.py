@@ -27,7 +27,8 @@ acquisition, the centre and 9 random initial points), tpe (Optuna's multivariate
 the centre), default (bayes-merger's defaults) and bo:key=value,… (bayes-merger with OptimiserConfig
 fields changed: acquisition, kappa, xi, init_points; pending=k: each trial is suggested while the k
 trials before it are still running, as with pipelining or k+1 WebUIs; failures=ignore: the optimiser is
-told nothing of failed trials, as before it learnt from them).
+told nothing of failed trials, as before it learnt from them; endgame=off: with trials in flight, the last
+tenth of the run suggested as far behind as the rest, as before the run's endgame).
 
 On the landscapes where trials fail (broken26, flaky26) a failed trial counts as the landscape's worst
 score, and a table says how many trials failed and how many runs would have stopped on failures in a
@@ -39,7 +40,10 @@ landscapes of default's median regret / random's (``default/random@40``) and / t
 (``default/best_ref@40``; ``best_ref_reported@40``: the same with the trial each method would report
 instead of the oracle's pick), whether default ever did worse than the centre merge, and for each
 ``bo:…,pending=k`` the cost of the trials in flight: the geometric mean over landscapes of its median
-reported regret over the same configuration's with nothing in flight (``bo_pending3/default@40``).
+reported regret over the same configuration's with nothing in flight (``bo_pending3/default@40``). With
+none of the references run and several budgets, what the last trials are worth to each of ours: the
+geometric mean over landscapes of its median reported regret after n trials over that after the largest
+budget (``default@77/@80``; each budget is a run of its own).
 """
 
 from __future__ import annotations
@@ -87,11 +91,11 @@ def optimiser_config(method: str, budget: int) -> OptimiserConfig:
     fields: dict = {}
     for item in settings_of(method):
         key, _, value = item.partition("=")
-        if key in ("pending", "failures"):
+        if key in ("pending", "failures", "endgame"):
             continue
         if key not in ("acquisition", "kappa", "xi", "init_points"):
             raise SystemExit(f"unknown key '{key}' in '{method}' (acquisition, kappa, xi, init_points, pending, "
-                             "failures)")
+                             "failures, endgame)")
         fields[key] = value if key == "acquisition" else (int(value) if key == "init_points" else float(value))
     init = min(fields.pop("init_points", OptimiserConfig().init_points), budget)
     return OptimiserConfig(init_points=init, n_iters=budget - init, **fields)
@@ -169,7 +173,7 @@ def points_of(method: str, objective: Objective, budget: int, seed: int
     optimiser = Optimiser(space, cfg, seed=seed)
     # with k trials pending (pipelined or several WebUIs), trial t is suggested knowing what the run's
     # own schedule lets it know: the scores of trials 0 … t−k−1 and the parameters of t−k … t−1
-    schedule = Schedule(budget, in_flight=pending_of(method) + 1)
+    schedule = (Schedule if endgame_of(method) else WithoutEndgame)(budget, in_flight=pending_of(method) + 1)
     learn = failures_of(method) == "learn"
     suggested: list[dict[str, float]] = []
     for t in range(budget):
@@ -221,10 +225,30 @@ def failures_of(method: str) -> str:
     return "learn"
 
 
+def endgame_of(method: str) -> bool:
+    """``bo:…,endgame=off``: every trial suggested ``pending`` scores behind, the last tenth too (default on:
+    ``schedule.Schedule``'s endgame, at most one behind over the last tenth and none for the last trial)."""
+    for item in settings_of(method):
+        key, _, value = item.partition("=")
+        if key == "endgame":
+            if value not in ("on", "off"):
+                raise SystemExit(f"endgame must be on or off, got '{value}' in '{method}'")
+            return value == "on"
+    return True
+
+
+class WithoutEndgame(Schedule):
+    """The run's schedule without its endgame (``endgame=off``), to measure what the endgame is worth."""
+
+    def lag_at(self, index: int) -> int:
+        return self.lag
+
+
 def without_pending(method: str) -> str:
-    """The method ``bo:…,pending=k`` is measured against: the same configuration, nothing in flight."""
+    """The method ``bo:…,pending=k`` is measured against: the same configuration, nothing in flight (the
+    endgame changes nothing then)."""
     items = settings_of(method)
-    kept = [item for item in items if not item.startswith("pending=")]
+    kept = [item for item in items if not item.startswith(("pending=", "endgame="))]
     if len(kept) == len(items):
         return method
     return "bo:" + ",".join(kept) if kept else "default"
@@ -469,6 +493,12 @@ def report(methods, names, budgets, results, timing, elapsed) -> None:
                 ratios = [_ratio(statistics.median(r[f"reported@{n}"] for r in by[(method, name)]),
                                  statistics.median(r[f"reported@{n}"] for r in by[(sequential, name)])) for name in names]
                 summary.append(f"{key}/{summary_name(sequential)}@{n}={statistics.geometric_mean(ratios):.3f}")
+        if len(budgets) > 1 and not any(m in REFERENCES for m in methods):
+            for n in budgets[:-1]:
+                ratios = [_ratio(statistics.median(r[f"reported@{n}"] for r in by[(method, name)]),
+                                 statistics.median(r[f"reported@{budgets[-1]}"] for r in by[(method, name)]))
+                          for name in names]
+                summary.append(f"{key}@{n}/@{budgets[-1]}={statistics.geometric_mean(ratios):.3f}")
         if failing:
             stopped = sum(bool(r.get("stopped")) for name in failing for r in by[(method, name)])
             summary.append(f"{key}_stopped={stopped}/{sum(len(by[(method, name)]) for name in failing)}")

@@ -45,6 +45,13 @@ def test_bench_optimiser_ends_with_its_ratios(tmp_path: Path) -> None:
     assert {"default/random@12", "default_worse_than_centre", "bo_pending1/default@12"} <= set(values)
 
 
+def test_bench_optimiser_says_what_the_endgame_and_the_last_trials_are_worth(tmp_path: Path) -> None:
+    values = _last_line("bench_optimiser.py", "--methods", "default", "bo:pending=2", "bo:pending=2,endgame=off",
+                        "--landscapes", "few26", "--seeds", "1", "--budgets", "11", "12", "--jobs", "1", "--no-timing",
+                        cwd=tmp_path)
+    assert {"default@11/@12", "bo_pending2/default@12", "bo_pending2_endgameoff/default@12"} <= set(values)
+
+
 def test_bench_trial_ends_with_its_ratios(tmp_path: Path) -> None:
     values = _last_line("bench_trial.py", "--scale", "0.02", "--render", "0.2", "--switch", "0.05", "--trials", "4",
                         "--configs", "sequential", "pipelined", "--workdir", str(tmp_path), cwd=tmp_path)
