@@ -203,6 +203,12 @@ class FakeHTTPServer:
         with self._lock:
             self._on_stop()
 
+    def check_sound(self) -> None:
+        """An AssertionError if the fake's own code failed while it answered (``internal_errors``): a test that
+        passed against it passed against a broken fake. The fixtures that start fakes call it at their end."""
+        assert not self.internal_errors, (f"the fake {type(self).__name__} at {self.url} failed in its own code "
+                                          f"(answered 500): {self.internal_errors}")
+
     def __enter__(self) -> FakeHTTPServer:
         return self.start()
 

@@ -363,3 +363,16 @@ def test_the_command_line_server_runs_until_sigterm(tmp_path):
         process.wait()
         reader.join(timeout=10)  # the pipe's end comes with the process's
         process.stderr.close()
+
+
+def test_a_bug_of_the_fake_is_answered_500_and_fails_its_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # answered as a real server answers any exception, and remembered: the fixtures' check_sound fails the test
+    def broken(self, method: str, path: str, raw: bytes):
+        raise KeyError("a bug of the fake")
+
+    monkeypatch.setattr(FakeWebUI, "_route", broken)
+    with FakeWebUI(tmp_path) as fake:
+        fake.check_sound()  # nothing failed yet
+        assert requests.get(fake.url + "/sdapi/v1/options", timeout=10).status_code == 500
+        with pytest.raises(AssertionError, match=r"failed in its own code .*GET /sdapi/v1/options: KeyError"):
+            fake.check_sound()
