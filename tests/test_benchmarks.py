@@ -69,6 +69,12 @@ def test_bench_optimiser_compares_with_a_reference_on_the_seeds_it_ran(tmp_path:
     assert values["default/best_ref@12"] == pytest.approx(0.6)
 
 
+def test_bench_optimiser_times_a_suggestion_against_the_stock_library_beside_it(tmp_path: Path) -> None:
+    values = _last_line("bench_optimiser.py", "--methods", "bayes_opt", "default", "--landscapes", "few26", "--seeds",
+                        "1", "--budgets", "11", "--jobs", "1", cwd=tmp_path)
+    assert values["default/bayes_opt_s_per_suggestion"] > 0
+
+
 def test_bench_trial_ends_with_its_ratios(tmp_path: Path) -> None:
     values = _last_line("bench_trial.py", "--scale", "0.02", "--render", "0.2", "--switch", "0.05", "--trials", "4",
                         "--configs", "sequential", "pipelined", "--workdir", str(tmp_path), cwd=tmp_path)
