@@ -60,58 +60,13 @@ def _model(label: str, path: Any) -> str:
 
 def _summary(run: RunData) -> str:
     info = run.info
-    done, budget = run.done, run.budget
-    failed = sum(1 for _, t in run.trials if record_score(t) is None)
-    best = run.best
     timings = mean_timings(run)
-    duration = run_duration(run)
-
-    progress = f"{done} / {budget if budget is not None else UNKNOWN}"
-    bar = ""
-    if budget:
-        pct = min(100.0, 100.0 * done / budget)
-        bar = f'<div class="bar"><span style="width:{pct:.1f}%"></span></div>'
-    budget_note = f"{failed} failed" if failed else "none failed"
-    remaining = (budget - done) if budget is not None else None
-    eta = ""
-    if run.live and remaining and remaining > 0 and "total" in timings:  # a stopped run has no time to go
-        # a trial's total runs from its merge to its score, and that many run side by side
-        at_once = info.get("trials_at_once")
-        at_once = at_once if isinstance(at_once, int) and not isinstance(at_once, bool) and at_once > 1 else 1
-        eta = f"about {fmt_seconds(remaining * timings['total'] / at_once)} to go"
-
-    raw, baseline = run.raw_best, run.baseline
-    best_note = f"trial {best[0]}" if best else "no successful trial yet"
-    if best and raw and raw[0] != best[0]:
-        best_note += f" (best by the model; highest raw score: trial {raw[0]}, {fmt_score(raw[2])})"
-    cards = [
-        _card("Best score", fmt_score(best[2]) if best else "—", best_note, "accent"),
-        _card("Gain over baseline", f"{best[2] - baseline[2]:+.4f}" if best and baseline else "—",
-              f"trial 0 (the start) scored {fmt_score(baseline[2])}" if baseline else "trial 0 not scored"),
-        _card("Trials done", progress + bar, budget_note),
-        _card("Duration", fmt_seconds(duration) if duration is not None else UNKNOWN, eta),
-        _card("Method", fmt_text(info.get("method"))),
-        _card("Architecture", fmt_text(info.get("architecture") or info.get("arch_name")),
-              f"{len(run.blocks)} blocks{' · α and β' if run.uses_beta else ' · α only'}"),
-        _card("Scorer", fmt_text(info.get("scorer")), f"seed {fmt_text(info.get('seed'))}"),
-    ]
-
-    stage_rows = ""
-    longest = max((timings.get(s, 0.0) for s in STAGES), default=0.0) or 1.0
-    for stage in STAGES:
-        value = timings.get(stage)
-        width = 0.0 if value is None else 100.0 * value / longest
-        stage_rows += (f'<tr><th>{stage}</th><td class="num">{fmt_seconds(value)}</td><td class="barcell">'
-                       f'<div class="bar"><span style="width:{width:.1f}%"></span></div></td></tr>')
-    stage_rows += (f'<tr class="total"><th>trial</th><td class="num">{fmt_seconds(timings.get("total"))}</td>'
-                   '<td></td></tr>')
-
     payloads = payload_names(run)
     payload_list = (", ".join(f"<code>{escape(p)}</code>" for p in payloads)
                     or f'<span class="muted">{UNKNOWN}</span>')
     return f"""
 <section id="summary">
-  <div class="cards">{''.join(cards)}</div>
+  <div class="cards">{''.join(_cards(run, timings))}</div>
   <div class="two">
     <div class="panel">
       <h3>Models</h3>
@@ -123,10 +78,63 @@ def _summary(run: RunData) -> str:
     </div>
     <div class="panel">
       <h3>Mean time per stage</h3>
-      <table class="kv stages">{stage_rows}</table>
+      <table class="kv stages">{_stage_rows(timings)}</table>
     </div>
   </div>
 </section>"""
+
+
+def _cards(run: RunData, timings: Mapping[str, float]) -> list[str]:
+    info = run.info
+    done, budget = run.done, run.budget
+    failed = sum(1 for _, t in run.trials if record_score(t) is None)
+    best = run.best
+    duration = run_duration(run)
+
+    progress = f"{done} / {budget if budget is not None else UNKNOWN}"
+    bar = ""
+    if budget:
+        pct = min(100.0, 100.0 * done / budget)
+        bar = f'<div class="bar"><span style="width:{pct:.1f}%"></span></div>'
+    budget_note = f"{failed} failed" if failed else "none failed"
+
+    raw, baseline = run.raw_best, run.baseline
+    best_note = f"trial {best[0]}" if best else "no successful trial yet"
+    if best and raw and raw[0] != best[0]:
+        best_note += f" (best by the model; highest raw score: trial {raw[0]}, {fmt_score(raw[2])})"
+    return [
+        _card("Best score", fmt_score(best[2]) if best else "—", best_note, "accent"),
+        _card("Gain over baseline", f"{best[2] - baseline[2]:+.4f}" if best and baseline else "—",
+              f"trial 0 (the start) scored {fmt_score(baseline[2])}" if baseline else "trial 0 not scored"),
+        _card("Trials done", progress + bar, budget_note),
+        _card("Duration", fmt_seconds(duration) if duration is not None else UNKNOWN, _time_to_go(run, timings)),
+        _card("Method", fmt_text(info.get("method"))),
+        _card("Architecture", fmt_text(info.get("architecture") or info.get("arch_name")),
+              f"{len(run.blocks)} blocks{' · α and β' if run.uses_beta else ' · α only'}"),
+        _card("Scorer", fmt_text(info.get("scorer")), f"seed {fmt_text(info.get('seed'))}"),
+    ]
+
+
+def _time_to_go(run: RunData, timings: Mapping[str, float]) -> str:
+    remaining = (run.budget - run.done) if run.budget is not None else None
+    if not (run.live and remaining and remaining > 0 and "total" in timings):  # a stopped run has no time to go
+        return ""
+    # a trial's total runs from its merge to its score, and that many run side by side
+    at_once = run.info.get("trials_at_once")
+    at_once = at_once if isinstance(at_once, int) and not isinstance(at_once, bool) and at_once > 1 else 1
+    return f"about {fmt_seconds(remaining * timings['total'] / at_once)} to go"
+
+
+def _stage_rows(timings: Mapping[str, float]) -> str:
+    longest = max((timings.get(s, 0.0) for s in STAGES), default=0.0) or 1.0
+    rows = ""
+    for stage in STAGES:
+        value = timings.get(stage)
+        width = 0.0 if value is None else 100.0 * value / longest
+        rows += (f'<tr><th>{stage}</th><td class="num">{fmt_seconds(value)}</td><td class="barcell">'
+                 f'<div class="bar"><span style="width:{width:.1f}%"></span></div></td></tr>')
+    return rows + (f'<tr class="total"><th>trial</th><td class="num">{fmt_seconds(timings.get("total"))}</td>'
+                   '<td></td></tr>')
 
 
 def _weight_code(run: RunData) -> str:
