@@ -3,18 +3,23 @@
     .venv/bin/python benchmarks/bench_scorers.py [--images 16] [--width 256] [--layers 4]
 
 No real weights are downloaded: each scorer runs on a random model of its real class and key
-layout (ViT-H/14-shaped CLIP for pickscore and hpsv2, SigLIP for aesthetic_v25) at
-the given width and depth, at the real input size (224, or 384 for SigLIP), loaded through the
-scorer's real loader. "bare" is the model's forward pass alone on already-preprocessed tensors, in
-the same batches; "overhead" = bare images/s ÷ scorer images/s (1.00: the scorer adds nothing).
-The last line is name=value pairs.
+layout (ViT-H/14-shaped CLIP for pickscore and hpsv2, SigLIP for aesthetic_v25, a ViT-L/14-shaped
+CLIP vision tower and a head of the LAION MLP's layout for laion, the default scorer: chad is the
+same computation with other weights) at the given width and depth, at the real input size (224, or
+384 for SigLIP), loaded through the scorer's real loader (laion's as ``aesthetic_head``: its pinned
+head file cannot be random). "bare" is the model's forward pass alone on already-preprocessed
+tensors, in the same batches: the least any scoring code could spend, whoever wrote it. The two are
+timed in turns (scorer, bare, scorer, …), so a machine that slows down slows both; "overhead" = bare
+images/s ÷ scorer images/s (1.00: the scorer adds nothing). The last line is name=value pairs.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -30,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bayes_merger.config import ScorerConfig  # noqa: E402
 from bayes_merger.files import file_sha256  # noqa: E402
 from bayes_merger.scoring import ImageContext, build_scorer, weights  # noqa: E402
+from bayes_merger.testing.tiny_clip import make_tiny_clip  # noqa: E402
 from bayes_merger.testing.tiny_scorers import (  # noqa: E402
     make_tiny_siglip,
     make_tiny_tokenizer,
@@ -39,12 +45,29 @@ from bayes_merger.testing.tiny_scorers import (  # noqa: E402
 )
 
 
-def _timed(fn, repeats: int) -> float:  # noqa: ANN001
-    fn()  # warm-up
-    start = time.perf_counter()
+def _timed_in_turns(scored, bare, repeats: int) -> tuple[float, float]:  # noqa: ANN001
+    """Median seconds of ``scored`` and of ``bare``, each run ``repeats`` times, in turns after a warm-up."""
+    times: tuple[list[float], list[float]] = ([], [])
+    scored()
+    bare()
     for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats
+        for fn, kept in zip((scored, bare), times):
+            start = time.perf_counter()
+            fn()
+            kept.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def _laion_layout_head(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random weights in the LAION aesthetic MLP's layout (768 → 1024 → 128 → 64 → 16 → 1)."""
+    generator = torch.Generator().manual_seed(seed)
+    sizes = {"layers.0": (1024, 768), "layers.2": (128, 1024), "layers.4": (64, 128), "layers.6": (16, 64),
+             "layers.7": (1, 16)}
+    head = {}
+    for layer, (out, inp) in sizes.items():
+        head[f"{layer}.weight"] = torch.randn(out, inp, generator=generator) / inp**0.5
+        head[f"{layer}.bias"] = torch.zeros(out)
+    return head
 
 
 def _pin(name: str, path: Path) -> None:
@@ -59,10 +82,16 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
+    if args.repeats < 1 or args.images < 1 or args.batch < 1:
+        parser.error("--repeats, --images and --batch must be at least 1")
     os.environ["HF_HUB_OFFLINE"] = "1"
     torch.set_grad_enabled(False)
     rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)) for _ in range(args.images)]
+    # new images for every call, as every trial's are: a scorer that remembers the last images it embedded (one
+    # CLIP run shared by an ensemble) must not be timed on a repeat
+    image_sets = [[Image.fromarray(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)) for _ in range(args.images)]
+                  for _ in range(args.repeats + 1)]
+    images = image_sets[0]
     contexts = [ImageContext("p", i, i, prompt="a portrait of an old man, oil painting, dramatic light")
                 for i in range(args.images)]
     results: dict[str, tuple[float, float]] = {}
@@ -78,13 +107,22 @@ def main() -> None:
         siglip = make_tiny_siglip(tmp_path / "siglip", width=args.width, image_size=384)
         torch.save(tiny_v25_head(width=args.width), tmp_path / weights.AESTHETIC_V25.filename)
         _pin("AESTHETIC_V25", tmp_path / weights.AESTHETIC_V25.filename)
+        clip_l = make_tiny_clip(tmp_path / "clip-l", width=args.width, layers=args.layers)
+        laion_head = tmp_path / "laion-layout-head.safetensors"
+        save_file(_laion_layout_head(), str(laion_head))
         base = ScorerConfig(cache_dir=str(tmp_path), tokenizer=str(tokenizer), siglip=str(siglip), device="cpu",
-                            batch_size=args.batch)
+                            batch_size=args.batch, clip=str(clip_l))
 
-        for name in ("pickscore", "hpsv2", "aesthetic_v25"):
-            scorer = build_scorer(dataclasses.replace(base, name=name))
-            scored = _timed(lambda: scorer.score(images, contexts), args.repeats)
-            if name == "aesthetic_v25":
+        for name in ("laion", "pickscore", "hpsv2", "aesthetic_v25"):
+            scorer = build_scorer(dataclasses.replace(base, name="aesthetic_head", head=str(laion_head))
+                                  if name == "laion" else dataclasses.replace(base, name=name))
+            if name == "laion":
+                pixels = scorer.embedder.pixel_values(images)
+
+                def bare() -> None:
+                    for s in range(0, len(images), args.batch):
+                        scorer.embedder.model(pixel_values=pixels[s : s + args.batch])
+            elif name == "aesthetic_v25":
                 pixels = torch.from_numpy(np.stack([scorer.preprocessing(i) for i in images]))
 
                 def bare() -> None:
@@ -99,7 +137,8 @@ def main() -> None:
                     for s in range(0, len(images), args.batch):
                         scorer.model.vision_model(pixel_values=pixels[s : s + args.batch])
                         scorer.model.text_model(input_ids=tokens["input_ids"][s : s + args.batch])
-            raw = _timed(bare, args.repeats)
+            calls = itertools.cycle(image_sets)
+            scored, raw = _timed_in_turns(lambda: scorer.score(next(calls), contexts), bare, args.repeats)
             results[name] = (len(images) / scored, len(images) / raw)
 
     print(f"{'scorer':<14} {'images/s':>9} {'bare/s':>9} {'overhead':>9}   (width {args.width}, {args.layers} layers, "

@@ -29,11 +29,12 @@ def _tower(width: int, mlp_width: int, layers: int, **more: object) -> dict[str,
     )
 
 
-def make_tiny_clip(dir: Path, *, full_model: bool = False, seed: int = 0) -> Path:
+def make_tiny_clip(dir: Path, *, full_model: bool = False, seed: int = 0, width: int = 64, layers: int = 2) -> Path:
     """Build the tiny CLIP in ``dir`` (created if needed, ~0.8 MB) and return ``dir``.
 
     ``full_model`` saves a whole ``CLIPModel`` (a text tower too), laid out like the Hugging Face
-    ``openai/clip-*`` repositories, from which only the vision tower is loaded.
+    ``openai/clip-*`` repositories, from which only the vision tower is loaded. ``width`` and ``layers``
+    size the vision tower (benchmarks/bench_scorers.py times a wider one).
     """
     from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
@@ -42,7 +43,7 @@ def make_tiny_clip(dir: Path, *, full_model: bool = False, seed: int = 0) -> Pat
     except ImportError:
         from transformers import CLIPImageProcessor as Processor
 
-    vision = CLIPVisionConfig(**_tower(64, 256, 2), image_size=224, patch_size=14, hidden_act="quick_gelu")
+    vision = CLIPVisionConfig(**_tower(width, 4 * width, layers), image_size=224, patch_size=14, hidden_act="quick_gelu")
     dir = Path(dir)
     dir.mkdir(parents=True, exist_ok=True)
     # A private RNG state: the same seed gives the same weights, and the caller's RNG is untouched.
