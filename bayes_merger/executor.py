@@ -35,6 +35,7 @@ from bayes_merger.errors import (
     WebUITimedOut,
 )
 from bayes_merger.optimiser import Optimiser
+from bayes_merger.renderers import Renderer
 from bayes_merger.run_folder import Trial, observations
 from bayes_merger.schedule import Schedule
 
@@ -58,7 +59,7 @@ class Slot:
     workers share a slot: one prepares while the other renders)."""
 
     name: str
-    webui: Any
+    webui: Renderer
     checkpoint_dir: Path
     lock: threading.Lock = field(default_factory=threading.Lock)
     alive: bool = True
@@ -173,7 +174,7 @@ class Executor:
                 self._abandoned.set()
                 self.schedule.close()
                 for slot in self.slots:
-                    if not getattr(slot.webui, "renders_remotely", False):  # a cluster's host settles its own
+                    if not slot.webui.renders_remotely:  # a cluster's host settles its own
                         slot.settle(SETTLE_SECONDS)
                 raise
         if self._error is not None:

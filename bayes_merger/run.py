@@ -127,7 +127,7 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None,
                 begun()
             try:
                 try:
-                    settle_comfyui_routes(loop, info)
+                    settle_comfyui_routes(slots, inputs, info, loop.staged)
                     loop.run()
                 except WebUIsLost:
                     # why it stopped, for the overnight runner: it restarts a WebUI it manages then, even one
@@ -311,7 +311,7 @@ class TrialLoop:
         weights = self.space.to_block_weights(params)
         record = self._record(index, params, weights, slot)
         prepared = Prepared(weights, record, None, time.perf_counter() - timings.get("suggest", 0.0))
-        if getattr(slot.webui, "merges_in_graph", False) or getattr(slot.webui, "renders_remotely", False):
+        if slot.webui.merges_in_graph or slot.webui.renders_remotely:
             return prepared  # the renderer merges inside its own graph, or a cluster host merges: no file here
         with _timed(timings, "merge"):
             merged = self.merger.merge(weights)
@@ -322,9 +322,17 @@ class TrialLoop:
                 lambda path: self.merger.save(path, dtype=self.cfg.merge.dtype, prune=self.cfg.merge.prune), index)
         return prepared
 
+    def staged(self, index: int, params: Mapping[str, float], slot: Slot) -> tuple[Path, float]:
+        """Trial ``index``'s merge staged beside ``slot``'s WebUI by file, and the seconds its merge and write
+        took (``webuis.settle_comfyui_routes`` times the file route with it)."""
+        timings: dict[str, float] = {}
+        staged = self.prepare(index, params, slot, timings).staged
+        assert staged is not None
+        return staged, timings["merge"] + timings["write"]
+
     def render(self, index: int, params: Mapping[str, float], prepared: Prepared, slot: Slot,
                timings: dict[str, float]) -> Trial:
-        if getattr(slot.webui, "renders_remotely", False):  # a host of a Ray cluster runs the whole trial
+        if slot.webui.renders_remotely:  # a host of a Ray cluster runs the whole trial
             trial, not_rendered = slot.webui.run_trial(index, params, prepared.record, timings, self.run_dir)
             self.not_rendered = self.not_rendered or not_rendered
             return trial
@@ -337,7 +345,7 @@ class TrialLoop:
                     slot.webui.load_weights(weights, trial=index)
                 else:
                     slot.webui.load_checkpoint(lambda path: os.replace(prepared.staged, path), trial=index)
-            if not getattr(slot.webui, "loads_lazily", False):
+            if not slot.webui.loads_lazily:
                 slot.loaded(index)  # the next trial's merge may start: it overlaps this render
             with _timed(timings, "generate"):  # on Forge, with the model's load
                 images, contexts = self._render(index, slot, weights, saved)

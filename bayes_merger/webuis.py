@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Callable, Mapping
 
 from omegaconf import OmegaConf
 
@@ -30,9 +30,6 @@ from bayes_merger.webui.client import WebUIClient
 from bayes_merger.webui.merge_files import merge_run_id
 
 log = logging.getLogger(__name__)
-
-if TYPE_CHECKING:
-    from bayes_merger.run import TrialLoop
 
 
 def webui_configs(cfg: Config, run_id: str) -> list[tuple[str, WebUIConfig, str]]:
@@ -73,28 +70,26 @@ def open_webui_renderer(inputs: Inputs, webui_cfg: WebUIConfig, run_id: str) -> 
                          arch=inputs.merge.architecture, model_a=cfg.model_a, model_b=cfg.model_b, base_max=base_max)
 
 
-def settle_comfyui_routes(loop: "TrialLoop", info: dict[str, Any]) -> None:
+def settle_comfyui_routes(slots: list[Slot], inputs: Inputs, info: dict[str, Any],
+                          stage: Callable[[int, Mapping[str, float], Slot], tuple[Path, float]]) -> None:
     """webui.comfyui_handoff auto: each ComfyUI's route timed both ways before trial 0, or read back
-    from run.json on a resume (``renderers.comfyui.route``)."""
-    auto = [slot for slot in loop.slots if getattr(slot.webui, "handoff", None) == "auto"]
+    from run.json on a resume (``renderers.comfyui.route``). ``stage(index, params, slot)``: that trial's
+    merge staged beside the slot's WebUI, and the seconds its merge and write took (``run.TrialLoop.staged``)."""
+    auto = [slot for slot in slots if slot.webui.handoff == "auto"]
     if not auto:
         return
-    start = loop.space.start_params(loop.cfg.optimiser.start)  # trial 0's weights, then another point
-    params = [start, {p.name: p.upper if start[p.name] == p.lower else p.lower for p in loop.space.parameters}]
-    request = {**loop.payloads[0].request, "batch_size": 1, "n_iter": 1}
+    space, cfg = inputs.space, inputs.config
+    start = space.start_params(cfg.optimiser.start)  # trial 0's weights, then another point
+    params = [start, {p.name: p.upper if start[p.name] == p.lower else p.lower for p in space.parameters}]
+    request = {**inputs.payloads[0].request, "batch_size": 1, "n_iter": 1}
     recorded = dict(info.get("comfyui_handoff") or {})
     for slot in auto:
-        def stage(index: int, slot: Slot = slot) -> tuple[Path, float]:
-            timings: dict[str, float] = {}
-            staged = loop.prepare(index, params[index], slot, timings).staged
-            assert staged is not None
-            return staged, timings["merge"] + timings["write"]
-
         recorded[slot.name] = settle_route(slot.webui, recorded.get(slot.name), request,
-                                           [loop.space.to_block_weights(p) for p in params], stage,
-                                           loop.cfg.webui.pipeline)
+                                           [space.to_block_weights(p) for p in params],
+                                           lambda index, slot=slot: stage(index, params[index], slot),
+                                           cfg.webui.pipeline)
     info["comfyui_handoff"] = recorded
-    write_run_info(loop.run_dir, info)
+    write_run_info(inputs.run_dir, info)
 
 
 def prepare_webuis(slots: list[Slot], inputs: Inputs, info: dict[str, Any], runs: Mapping[str, Path],
@@ -108,13 +103,10 @@ def prepare_webuis(slots: list[Slot], inputs: Inputs, info: dict[str, Any], runs
         webui = slot.webui
         webui.wait_until_ready()
         webui.check_checkpoint_dir()
-        if hasattr(webui, "check_payloads"):
-            webui.check_payloads(inputs.payloads)
-        if hasattr(webui, "check_memory_options"):
-            webui.check_memory_options()
-        if hasattr(webui, "remove_leftovers"):
-            webui.remove_leftovers(lambda run_id: (owner := _owner(run_id)) in runs and not is_running(runs[owner]))
-        if hasattr(webui, "model_at_start"):
+        webui.check_payloads(inputs.payloads)
+        webui.check_memory_options()
+        webui.remove_leftovers(lambda run_id: (owner := _owner(run_id)) in runs and not is_running(runs[owner]))
+        if webui.selects_a_model:
             known = model_before(info, slot.name, first=n == 0)
             before[slot.name] = known if known is not None else _model_before(slot, runs, models_before)
             if n == 0:  # the first WebUI's model, where older versions look for it

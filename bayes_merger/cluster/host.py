@@ -107,7 +107,7 @@ class TrialHost:
                                    threading.Event())
             # a ComfyUI with comfyui_handoff auto: timed here, as on one machine, or as the driver recorded
             routes = {"comfyui_handoff": {slot.name: dict(known_route)}} if known_route else {}
-            settle_comfyui_routes(self._loop, routes)
+            settle_comfyui_routes([slot], self.inputs, routes, self._loop.staged)
             self._slot = slot
         except BaseException as error:
             # the driver kills the actor of a host that failed to start: what it holds goes now (its scratch

@@ -24,6 +24,7 @@ from bayes_merger.cluster.host import HostResult, TrialHost
 from bayes_merger.errors import BayesMergerError, ConfigError, WebUIConnectionError
 from bayes_merger.executor import Slot
 from bayes_merger.inputs import Inputs
+from bayes_merger.renderers import Renderer
 from bayes_merger.run_folder import Trial, write_image_file
 from bayes_merger.run_folder.liveness import is_running
 from bayes_merger.webui.render_check import MergeNotRendered
@@ -40,7 +41,7 @@ HAND_BACK_TIMEOUT = 60.0
 PLACEMENT_TIMEOUT = 180.0
 
 
-class RayHost:
+class RayHost(Renderer):
     """``Slot.webui`` of a WebUI on a host of the cluster: the calls the run makes, made remotely."""
 
     renders_remotely = True

@@ -22,6 +22,7 @@ import requests
 
 from bayes_merger.config import WebUIConfig
 from bayes_merger.errors import ConfigError, WebUIConnectionError, WebUIError
+from bayes_merger.renderers import Renderer
 from bayes_merger.webui.generation import Generation, parse_info, read_generation
 from bayes_merger.webui.http import (
     GATEWAY_TIMEOUTS,
@@ -63,8 +64,10 @@ FORGE_2 = re.compile(r"f([2-9]|\d\d+)\.\d+.*v\d")
 MEMORY_OPTIONS = {"sd_checkpoints_limit": 1, "sd_checkpoint_cache": 0}
 
 
-class WebUIClient:
+class WebUIClient(Renderer):
     """One WebUI session of one run: selects each trial's merge and renders payloads with it."""
+
+    selects_a_model = True
 
     def __init__(self, config: WebUIConfig, run_id: str) -> None:
         self._files = MergeFiles(Path(config.checkpoint_dir), run_id, config.keep_last)

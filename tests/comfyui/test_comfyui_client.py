@@ -11,7 +11,7 @@ from bayes_merger.errors import ConfigError, WebUIError
 from bayes_merger.merge.arch import architecture
 from bayes_merger.merge.merger import Merger
 from bayes_merger.merge.weights import BlockWeights
-from bayes_merger.renderers import GraphMerging, Renderer
+from bayes_merger.renderers import Renderer
 from bayes_merger.renderers.comfyui import ComfyUIClient
 from bayes_merger.webui.client import WebUIClient
 
@@ -29,10 +29,15 @@ def pixels(image):
     return np.asarray(image, dtype=np.int16)
 
 
-def test_both_clients_are_renderers(comfy_config, graph_client):
-    assert isinstance(WebUIClient(comfy_config(), "run1"), Renderer)
-    assert isinstance(graph_client, Renderer) and isinstance(graph_client, GraphMerging)
-    assert graph_client.merges_in_graph
+def test_every_backend_is_a_renderer_and_its_own_capabilities_win_over_the_defaults(comfy_config, graph_client):
+    from bayes_merger.cluster.hosts import RayHost
+
+    a1111 = WebUIClient(comfy_config(), "run1")
+    assert isinstance(a1111, Renderer) and isinstance(graph_client, Renderer) and issubclass(RayHost, Renderer)
+    assert (a1111.selects_a_model, a1111.merges_in_graph, a1111.handoff, a1111.renders_remotely) == \
+        (True, False, None, False)
+    assert (graph_client.merges_in_graph, graph_client.handoff, graph_client.selects_a_model) == (True, "graph", False)
+    assert RayHost.renders_remotely and not RayHost.merges_in_graph and RayHost.handoff is None
 
 
 def test_in_graph_renders_every_image_with_a1111s_seeds(graph_client, fake_comfyui):

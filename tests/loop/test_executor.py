@@ -14,6 +14,7 @@ from bayes_merger.config import OptimiserConfig
 from bayes_merger.errors import CrashesTheWebUI, WebUIConnectionError, WebUIError, WebUITimedOut
 from bayes_merger.executor import Executor, LostAllWebUIs, Slot
 from bayes_merger.optimiser import Optimiser
+from bayes_merger.renderers import Renderer
 from bayes_merger.run_folder import Trial
 from bayes_merger.space import build_space
 
@@ -24,7 +25,7 @@ def _score(params):
     return -sum((v - 0.3) ** 2 for v in params.values())
 
 
-class FakeWebUI:
+class FakeWebUI(Renderer):
     def __init__(self, fail_on: set[int] = frozenset(), comes_back: bool = True, fail_first: bool = False) -> None:
         self.fail_on = set(fail_on)
         self.fail_first = fail_first

@@ -33,6 +33,7 @@ from bayes_merger.config import WebUIConfig
 from bayes_merger.errors import CheckpointError, ConfigError, WebUIConnectionError, WebUIError
 from bayes_merger.merge.arch import Architecture
 from bayes_merger.merge.weights import BlockWeights
+from bayes_merger.renderers import Renderer
 from bayes_merger.renderers.comfyui import blocks, graph as graphs
 from bayes_merger.renderers.comfyui.events import EventStream
 from bayes_merger.renderers.comfyui.files import ComfyMergeFiles, basename
@@ -46,7 +47,7 @@ from bayes_merger.webui.http import wait_until_ready as poll_until_ready
 logger = logging.getLogger(__name__)
 
 
-class ComfyUIClient:
+class ComfyUIClient(Renderer):
     """One ComfyUI session of one run; ``handoff`` is "file", "graph", or "auto": both possible until
     ``settle`` picks one (``route.settle_route`` measures which is faster; see ``choose_handoff``)."""
 
