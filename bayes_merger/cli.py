@@ -35,8 +35,8 @@ from bayes_merger.cli_help import USAGE, help_text
 from bayes_merger.config import Config, register_configs
 from bayes_merger.errors import BayesMergerError, ConfigError, Interrupted
 from bayes_merger.files import atomic_write_text, storage_errors, yaml_problem
-from bayes_merger.run_folder.paths import (BEST_FILE, CONFIG_FILE, CONFIG_HEADER, RESUMED_CONFIG, RESUMED_CONFIGS,
-                                           TRIALS_FILE, resume_command)
+from bayes_merger.run_folder.paths import (BEST_FILE, CONFIG_FILE, CONFIG_HEADER, RESUMED_CONFIG, TRIALS_FILE,
+                                           resume_command, saved_configs)
 from bayes_merger.run_folder.run_info import is_run_folder, is_saved_config
 
 log = logging.getLogger("bayes_merger")
@@ -121,7 +121,7 @@ def save_config(cfg: DictConfig, run_dir: Path, resuming: bool) -> Path:
     text = CONFIG_HEADER + f"#   {resume_command(run_dir)}\n"
     text += "defaults:\n  - bayes_merger\n  - _self_\n\n" + OmegaConf.to_yaml(OmegaConf.create(data)) + HYDRA_BLOCK
     if resuming:
-        same = next((path for path in _saved_configs(run_dir) if _text_of(path) == text), None)
+        same = next((path for path in saved_configs(run_dir) if _text_of(path) == text), None)
         if same is not None:
             return same
     name = CONFIG_FILE if not resuming else RESUMED_CONFIG.format(f"{datetime.now():%Y%m%d-%H%M%S}")
@@ -136,10 +136,6 @@ def save_config(cfg: DictConfig, run_dir: Path, resuming: bool) -> Path:
         # the resume command needs this file: a kill during the write must not leave half of it
         atomic_write_text(path, text, fsync=True)
     return path
-
-
-def _saved_configs(run_dir: Path) -> list[Path]:
-    return [run_dir / CONFIG_FILE, *sorted(run_dir.glob(RESUMED_CONFIGS))]
 
 
 def _text_of(path: Path) -> str | None:

@@ -68,6 +68,7 @@ from bayes_merger.webuis import (
     prepare_webuis,
     settle_comfyui_routes,
     tidy_after_a_dead_session,
+    tidy_earlier_sessions,
     webui_configs,
 )
 
@@ -160,6 +161,8 @@ def _open_trial_parts(inputs: Inputs, info: dict[str, Any], runs: Mapping[str, P
     """The run's WebUIs (slots, each one's model of before), scorer and models: on this machine, on the hosts
     of a Ray cluster (which load the models and score there), or none for a run with every trial done."""
     cfg = inputs.config
+    if inputs.resuming and cfg.cluster.address is None:
+        tidy_earlier_sessions(cfg, inputs.run_dir, inputs.run_id, info)
     if complete:
         # nothing to render, so no WebUI, scorer or model: a resume for another best_precision, the
         # finalists or the report works with the WebUI off

@@ -24,6 +24,7 @@ from bayes_merger.inputs import Inputs
 from bayes_merger.renderers.comfyui.route import settle_route
 from bayes_merger.renderers.probe import open_renderer
 from bayes_merger.run_folder import write_run_info
+from bayes_merger.run_folder.paths import saved_configs
 from bayes_merger.run_folder.liveness import is_running
 from bayes_merger.run_folder.run_info import load_run_info, model_before
 from bayes_merger.webui.client import WebUIClient
@@ -38,7 +39,10 @@ def webui_configs(cfg: Config, run_id: str) -> list[tuple[str, WebUIConfig, str]
     WebUIs sharing one checkpoint folder name their files apart (``<run id>-w2``, …), so one never
     deletes the merge another is loading.
     """
-    webui = OmegaConf.to_object(cfg.webui) if OmegaConf.is_config(cfg.webui) else cfg.webui
+    return _webui_list(OmegaConf.to_object(cfg.webui) if OmegaConf.is_config(cfg.webui) else cfg.webui, run_id)
+
+
+def _webui_list(webui: WebUIConfig, run_id: str) -> list[tuple[str, WebUIConfig, str]]:
     urls = list(webui.urls) or [webui.url]
     folders = list(webui.checkpoint_dirs) or [webui.checkpoint_dir] * len(urls)
     shared = len({_folder_key(folder) for folder in folders}) < len(folders)
@@ -122,15 +126,62 @@ def tidy_after_a_dead_session(cfg: Config, run_id: str, info: Mapping[str, Any])
     the end of a run gives it: this run's files deleted and, where the WebUI answers and still holds one of
     them, its model of before selected. Nothing is waited for: such a resume works with the WebUI off."""
     for n, (url, webui_cfg, files_run_id) in enumerate(webui_configs(cfg, run_id)):
-        model = model_before(info, url, first=n == 0) or ""
-        with WebUIClient(webui_cfg, files_run_id) as client:
-            holds_ours = False
-            if client.status(timeout=min(webui_cfg.connect_timeout, 5.0)) == 200:  # ComfyUI holds no selection
-                try:
-                    holds_ours = _owner(merge_run_id(client.selected_model()) or "") == run_id
-                except WebUIError as error:
-                    log.debug("Could not ask %s which model it holds: %s", url, error)
-            client.hand_back(model if holds_ours else "")
+        _tidy(url, webui_cfg, files_run_id, model_before(info, url, first=n == 0) or "", run_id)
+
+
+def tidy_earlier_sessions(cfg: Config, run_dir: Path, run_id: str, info: Mapping[str, Any]) -> None:
+    """A resume, before its first trial: what the run's earlier sessions left with WebUIs this session does not
+    take over as they were. A WebUI left out of this session's list (one that died, say) gets what the end of a
+    run gives it: this run's merges deleted from its folder and, where it answers and still holds one, its model
+    of before selected. A folder this session writes under another name (a list reordered or shortened over one
+    shared folder: ``<run id>-w2`` …) loses the merges of the earlier name. None of this session's files exists
+    yet, so none of them is touched."""
+    now = webui_configs(cfg, run_id)
+    kept = {(url, _folder_key(webui_cfg.checkpoint_dir), files) for url, webui_cfg, files in now}
+    urls = {url for url, _, _ in now}
+    for first, (url, webui_cfg, files_run_id) in _earlier_webuis(run_dir, run_id, info):
+        if (url, _folder_key(webui_cfg.checkpoint_dir), files_run_id) in kept:
+            continue
+        dropped = url not in urls
+        if dropped:
+            log.info("%s rendered trials of this run before and is not in this session's list of WebUIs: this run's "
+                     "merges are deleted from %s and, where it still holds one, its model of before is selected "
+                     "again.", url, webui_cfg.checkpoint_dir)
+        _tidy(url, webui_cfg, files_run_id, (model_before(info, url, first) or "") if dropped else "", run_id)
+
+
+def _earlier_webuis(run_dir: Path, run_id: str, info: Mapping[str, Any]) -> list[tuple[bool, tuple[str, WebUIConfig, str]]]:
+    """Whether first in its list, and (URL, config, the run id of its files) of each WebUI an earlier session of the
+    run rendered on: from the configs the sessions saved, those that run.json names (it records each WebUI's
+    model of before when the session has prepared it; a session refused before that touched no WebUI)."""
+    used = info.get("webui_models_before")
+    used = set(used) if isinstance(used, Mapping) else set()
+    found: dict[tuple[str, str, str], tuple[bool, tuple[str, WebUIConfig, str]]] = {}
+    for path in saved_configs(run_dir):
+        try:
+            saved = OmegaConf.load(path).get("webui") or {}
+            webui = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(WebUIConfig), saved))
+        except Exception as error:  # noqa: BLE001 - an unreadable old config only loses its tidying
+            log.warning("Could not read the WebUIs of an earlier session of this run from %s: %s", path, error)
+            continue
+        for n, entry in enumerate(_webui_list(webui, run_id)):
+            url, webui_cfg, files_run_id = entry
+            if url in used:
+                found.setdefault((url, str(webui_cfg.checkpoint_dir), files_run_id), (n == 0, entry))
+    return list(found.values())
+
+
+def _tidy(url: str, webui_cfg: WebUIConfig, files_run_id: str, model: str, run_id: str) -> None:
+    """This run's merges of ``files_run_id`` deleted from the WebUI's folder and, where it answers and holds one
+    of the run's merges, ``model`` (its model of before, when known) selected again."""
+    with WebUIClient(webui_cfg, files_run_id) as client:
+        holds_ours = False
+        if client.status(timeout=min(webui_cfg.connect_timeout, 5.0)) == 200:  # ComfyUI holds no selection
+            try:
+                holds_ours = _owner(merge_run_id(client.selected_model()) or "") == run_id
+            except WebUIError as error:
+                log.debug("Could not ask %s which model it holds: %s", url, error)
+        client.hand_back(model if holds_ours else "")
 
 
 def _owner(run_id: str) -> str:

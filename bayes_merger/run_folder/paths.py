@@ -47,6 +47,12 @@ def resume_command(run_dir: Path) -> str:
     return f"bayes-merger --config {_shell_word(str(where / CONFIG_FILE))} {_shell_word('resume=' + hydra_value(str(where)))}"
 
 
+def saved_configs(run_dir: Path) -> list[Path]:
+    """The configs the run's sessions saved: its own, then each resume's that differed, oldest first."""
+    return [path for path in [Path(run_dir) / CONFIG_FILE, *sorted(Path(run_dir).glob(RESUMED_CONFIGS))]
+            if path.is_file()]
+
+
 def check_trial_folder(run_dir: Path) -> None:
     """A ConfigError, in one sentence, unless ``run_dir`` is a folder with a trial log: what the report and
     bayes-merger-rescore read (a run folder is one with run.json, ``is_run_folder``; these need its trials)."""
