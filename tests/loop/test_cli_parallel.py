@@ -88,31 +88,26 @@ def test_a_webui_lost_for_good_hands_its_trials_to_the_other(assets, fake_webui,
     assert {t["webui"] for t in trials} == {fake_webui.url}
 
 
-def test_a_resume_on_fewer_webuis_gives_each_the_model_it_had_before_the_run(assets, fake_webui, second_webui, tmp_path):
-    for webui, mine in ((fake_webui, "mine-a"), (second_webui, "mine-b")):
-        make_checkpoint(webui.checkpoint_dir / f"{mine}.safetensors", "sd1", seed=len(mine))
-        webui.restart()
-    urls = f"[{fake_webui.url},{second_webui.url}]"
-    dirs = f"[{fake_webui.checkpoint_dir},{second_webui.checkpoint_dir}]"
-    budget = ("optimiser.init_points=4", "optimiser.n_iters=2")
-    assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"webui.urls={urls}", f"webui.checkpoint_dirs={dirs}",
-                      *budget)) == 0
-    run_dir = _only_run(tmp_path / "runs")
+def _cut(run_dir, trials: int = 4) -> dict:
+    """The run as if stopped (kill -9) after its first ``trials`` trials, before its end; its run.json."""
     lines = (run_dir / "trials.jsonl").read_text().splitlines()
-    (run_dir / "trials.jsonl").write_text("\n".join(lines[:4]) + "\n")  # stopped after four trials
+    (run_dir / "trials.jsonl").write_text("\n".join(lines[:trials]) + "\n")
     info = json.loads((run_dir / "run.json").read_text())
     info.pop("finished_at", None)
     (run_dir / "run.json").write_text(json.dumps(info))
-
-    # resumed on the second WebUI alone: the first of the list now, it gets its own model back, not the first's
-    assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"webui.url={second_webui.url}",
-                      f"webui.checkpoint_dir={second_webui.checkpoint_dir}", *budget, f"resume={run_dir}")) == 0
-    assert second_webui.loaded_model == "mine-b.safetensors"
-    assert sorted(p.name for p in second_webui.checkpoint_dir.iterdir()) == ["mine-b.safetensors"]
+    return info
 
 
-def test_a_resume_without_a_webui_the_run_used_gives_that_webui_its_model_back_and_deletes_its_merges(
-        assets, fake_webui, second_webui, tmp_path, caplog):
+def _holding(webui: FakeWebUI, merge_name: str) -> None:
+    """``webui`` killed with that merge of the run in its folder and selected."""
+    make_checkpoint(webui.checkpoint_dir / merge_name, "sd1", seed=3)
+    webui.set_option("sd_model_checkpoint", merge_name)
+    webui.restart()
+    assert webui.loaded_model == merge_name
+
+
+def test_a_resume_on_fewer_webuis_gives_each_its_own_model_back_the_one_left_out_too(assets, fake_webui, second_webui,
+                                                                                      tmp_path, caplog):
     caplog.set_level("INFO", logger="bayes_merger.webuis")
     for webui, mine in ((fake_webui, "mine-a"), (second_webui, "mine-b")):
         make_checkpoint(webui.checkpoint_dir / f"{mine}.safetensors", "sd1", seed=len(mine))
@@ -123,27 +118,20 @@ def test_a_resume_without_a_webui_the_run_used_gives_that_webui_its_model_back_a
     assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"webui.urls={urls}", f"webui.checkpoint_dirs={dirs}",
                       *budget)) == 0
     run_dir = _only_run(tmp_path / "runs")
-    lines = (run_dir / "trials.jsonl").read_text().splitlines()
-    (run_dir / "trials.jsonl").write_text("\n".join(lines[:4]) + "\n")
-    info = json.loads((run_dir / "run.json").read_text())
-    info.pop("finished_at", None)
-    (run_dir / "run.json").write_text(json.dumps(info))
-    # killed (kill -9) while the first WebUI held its merge of trial 4
-    merge = fake_webui.checkpoint_dir / f"bm-{info['run_id']}-t0004.safetensors"
-    make_checkpoint(merge, "sd1", seed=3)
-    fake_webui.set_option("sd_model_checkpoint", merge.name)
-    fake_webui.restart()
-    assert fake_webui.loaded_model == merge.name
+    info = _cut(run_dir)
+    _holding(fake_webui, f"bm-{info['run_id']}-t0004.safetensors")
 
-    # resumed on the second WebUI alone (the first died, say, and came back later): the first is handed back too
+    # resumed on the second WebUI alone (the first died, say, and came back later): the first of the list now, it
+    # gets its own model back, not the first's; and the first, left out, is handed back as at the end of a run
     assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"webui.url={second_webui.url}",
                       f"webui.checkpoint_dir={second_webui.checkpoint_dir}", *budget, f"resume={run_dir}")) == 0
+    assert [t["trial"] for t in _trials(run_dir)] == list(range(6))
+    assert second_webui.loaded_model == "mine-b.safetensors"
+    assert sorted(p.name for p in second_webui.checkpoint_dir.iterdir()) == ["mine-b.safetensors"]
     assert fake_webui.loaded_model == "mine-a.safetensors"
     assert sorted(p.name for p in fake_webui.checkpoint_dir.iterdir()) == ["mine-a.safetensors"]
-    assert second_webui.loaded_model == "mine-b.safetensors"
     assert any(fake_webui.url in r.getMessage() and "not in this session's list" in r.getMessage()
                for r in caplog.records)
-    assert [t["trial"] for t in _trials(run_dir)] == list(range(6))
 
 
 def test_a_resume_whose_webui_names_its_merges_otherwise_in_a_shared_folder_leaves_none_of_the_old_names(
@@ -155,15 +143,8 @@ def test_a_resume_whose_webui_names_its_merges_otherwise_in_a_shared_folder_leav
         assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"webui.urls=[{fake_webui.url},{other.url}]",
                           *budget)) == 0
         run_dir = _only_run(tmp_path / "runs")
-        lines = (run_dir / "trials.jsonl").read_text().splitlines()
-        (run_dir / "trials.jsonl").write_text("\n".join(lines[:4]) + "\n")
-        info = json.loads((run_dir / "run.json").read_text())
-        info.pop("finished_at", None)
-        (run_dir / "run.json").write_text(json.dumps(info))
-        left = fake_webui.checkpoint_dir / f"bm-{info['run_id']}-w2-t0003.safetensors"  # killed with it selected
-        make_checkpoint(left, "sd1", seed=3)
-        other.set_option("sd_model_checkpoint", left.name)
-        other.restart()
+        info = _cut(run_dir)
+        _holding(other, f"bm-{info['run_id']}-w2-t0003.safetensors")
 
         # resumed on the second alone: it is the first of its list now, and names its merges after the run alone
         assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"webui.url={other.url}", *budget,
