@@ -139,7 +139,7 @@ def tidy_earlier_sessions(cfg: Config, run_dir: Path, run_id: str, info: Mapping
     now = webui_configs(cfg, run_id)
     kept = {(url, _folder_key(webui_cfg.checkpoint_dir), files) for url, webui_cfg, files in now}
     urls = {url for url, _, _ in now}
-    for first, (url, webui_cfg, files_run_id) in _earlier_webuis(run_dir, run_id, info):
+    for first, url, webui_cfg, files_run_id in _earlier_webuis(run_dir, run_id, info):
         if (url, _folder_key(webui_cfg.checkpoint_dir), files_run_id) in kept:
             continue
         dropped = url not in urls
@@ -150,13 +150,13 @@ def tidy_earlier_sessions(cfg: Config, run_dir: Path, run_id: str, info: Mapping
         _tidy(url, webui_cfg, files_run_id, (model_before(info, url, first) or "") if dropped else "", run_id)
 
 
-def _earlier_webuis(run_dir: Path, run_id: str, info: Mapping[str, Any]) -> list[tuple[bool, tuple[str, WebUIConfig, str]]]:
-    """Whether first in its list, and (URL, config, the run id of its files) of each WebUI an earlier session of the
-    run rendered on: from the configs the sessions saved, those that run.json names (it records each WebUI's
+def _earlier_webuis(run_dir: Path, run_id: str, info: Mapping[str, Any]) -> list[tuple[bool, str, WebUIConfig, str]]:
+    """(first in its list, URL, config, the run id of its files) of each WebUI an earlier session of the run
+    rendered on: from the configs the sessions saved, those that run.json names (it records each WebUI's
     model of before when the session has prepared it; a session refused before that touched no WebUI)."""
     used = info.get("webui_models_before")
     used = set(used) if isinstance(used, Mapping) else set()
-    found: dict[tuple[str, str, str], tuple[bool, tuple[str, WebUIConfig, str]]] = {}
+    found: dict[tuple[str, str, str], tuple[bool, str, WebUIConfig, str]] = {}
     for path in saved_configs(run_dir):
         try:
             saved = OmegaConf.load(path).get("webui") or {}
@@ -164,10 +164,10 @@ def _earlier_webuis(run_dir: Path, run_id: str, info: Mapping[str, Any]) -> list
         except Exception as error:  # noqa: BLE001 - an unreadable old config only loses its tidying
             log.warning("Could not read the WebUIs of an earlier session of this run from %s: %s", path, error)
             continue
-        for n, entry in enumerate(_webui_list(webui, run_id)):
-            url, webui_cfg, files_run_id = entry
+        for n, (url, webui_cfg, files_run_id) in enumerate(_webui_list(webui, run_id)):
             if url in used:
-                found.setdefault((url, str(webui_cfg.checkpoint_dir), files_run_id), (n == 0, entry))
+                key = (url, str(webui_cfg.checkpoint_dir), files_run_id)
+                found.setdefault(key, (n == 0, url, webui_cfg, files_run_id))
     return list(found.values())
 
 
