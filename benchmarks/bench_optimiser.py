@@ -50,6 +50,8 @@ budget (``default@77/@80``; each budget is a run of its own).
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -255,11 +257,27 @@ def without_pending(method: str) -> str:
     return "bo:" + ",".join(kept) if kept else "default"
 
 
+def code_version() -> str:
+    """What decides a run's regrets: the optimiser, the schedule, the search space, the landscapes, this script
+    (how it drives each method) and the libraries' versions, as a short digest kept in each --results row."""
+    digest = hashlib.sha256()
+    sources = [*sorted((REPO / "bayes_merger" / "optimiser").glob("*.py")), REPO / "bayes_merger" / "schedule.py",
+               REPO / "bayes_merger" / "space.py", REPO / "benchmarks" / "landscapes.py", Path(__file__).resolve()]
+    for path in sources:
+        digest.update(path.read_bytes())
+    for package in ("numpy", "scipy", "optuna", "bayesian-optimization"):
+        try:
+            digest.update(f"{package}={importlib.metadata.version(package)}".encode())
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return digest.hexdigest()[:12]
+
+
 def run_one(task: tuple[str, str, int, tuple[int, ...]]) -> dict:
     method, name, seed, budgets = task
     objective = Objective(LANDSCAPES[name], seed)
     started = time.perf_counter()
-    result: dict = {"method": method, "landscape": name, "seed": seed}
+    result: dict = {"method": method, "landscape": name, "seed": seed, "code": code_version()}
     # a Latin hypercube is only one for its own budget, and trials in flight end a run with fewer of them
     # (schedule.Schedule): a run of n trials is not the first n of a longer one
     if method == "lhs" or pending_of(method) > 0:
@@ -378,7 +396,8 @@ def main() -> None:
                         help="largest budget for bayes_opt; larger budgets print '-' (default: the largest)")
     parser.add_argument("--results", type=Path,
                         help="a JSON-lines file: each finished run is appended to it, and runs already in it are "
-                             "not run again (a long benchmark can be stopped and continued)")
+                             "not run again (a long benchmark can be stopped and continued); runs made by other "
+                             "code are used with a warning")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes side by side")
     parser.add_argument("--no-timing", action="store_true", help="skip the seconds-per-suggestion column")
     args = parser.parse_args()
@@ -407,6 +426,12 @@ def main() -> None:
         done = {(r["method"], r["landscape"], r["seed"]) for r in results}
         tasks = [t for t in tasks if t[:3] not in done]
         log.info("%d runs read from %s, %d to run", len(results), args.results, len(tasks))
+        mine = code_version()
+        other = sum(r.get("code") != mine for r in results)
+        if other:
+            log.warning("%d of the runs read from %s were made by other code (the optimiser, the landscapes, this "
+                        "script or a library changed since): the table mixes them in; give another --results file "
+                        "to measure this code alone", other, args.results)
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for res in pool.map(run_one, tasks):
             results.append(res)

@@ -15,10 +15,15 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _last_line(script: str, *args: str, cwd: Path) -> dict[str, float]:
+def _run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], cwd=cwd, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _last_line(script: str, *args: str, cwd: Path) -> dict[str, float]:
+    done = _run(script, *args, cwd=cwd)
     pairs = dict(item.split("=", 1) for item in done.stdout.strip().splitlines()[-1].split())
     values = {key: _number(value) for key, value in pairs.items()}
     assert all(math.isfinite(value) for value in values.values()), pairs
@@ -67,6 +72,19 @@ def test_bench_optimiser_compares_with_a_reference_on_the_seeds_it_ran(tmp_path:
                         "--seeds", "3", "--bayes-opt-seeds", "1", "--budgets", "12", "--results", str(results),
                         "--jobs", "1", "--no-timing", cwd=tmp_path)
     assert values["default/best_ref@12"] == pytest.approx(0.6)
+
+
+def test_bench_optimiser_says_when_saved_runs_were_made_by_other_code(tmp_path: Path) -> None:
+    results, args = tmp_path / "results.jsonl", ("--methods", "random", "--landscapes", "few26", "--budgets", "3",
+                                                  "--jobs", "1", "--no-timing")
+    _run("bench_optimiser.py", *args, "--seeds", "1", "--results", str(results), cwd=tmp_path)
+    assert "other code" not in _run("bench_optimiser.py", *args, "--seeds", "1", "--results", str(results),
+                                    cwd=tmp_path).stderr
+    row = json.loads(results.read_text().splitlines()[0])
+    with results.open("a") as handle:  # a run of seed 1 saved by an earlier version
+        handle.write(json.dumps({**row, "seed": 1, "code": "earlier"}) + "\n")
+    again = _run("bench_optimiser.py", *args, "--seeds", "2", "--results", str(results), cwd=tmp_path)
+    assert "1 of the runs read from" in again.stderr and "other code" in again.stderr
 
 
 def test_bench_optimiser_times_a_suggestion_against_the_stock_library_beside_it(tmp_path: Path) -> None:
