@@ -34,17 +34,18 @@ On the landscapes where trials fail (broken26, flaky26) a failed trial counts as
 score, and a table says how many trials failed and how many runs would have stopped on failures in a
 row (``default_stopped`` in the last line).
 
-The table prints the median and quartiles over seeds of each regret, and the median seconds per
-suggestion with 100 observations; a second table, each landscape's ratio to the best reference and which
-reference that is. The last line is name=value pairs: for each budget, the worst over
-landscapes of default's median regret / random's (``default/random@40``) and / the best reference's
-(``default/best_ref@40``, each reference compared on the seeds it ran, and the one our ratio is largest against
-taken; ``best_ref_reported@40``: the same with the trial each method would report instead of the oracle's pick), whether default ever did worse than the centre merge, and for each
-``bo:…,pending=k`` the cost of the trials in flight: the geometric mean over landscapes of its median
-reported regret over the same configuration's with nothing in flight (``bo_pending3/default@40``). With
-none of the references run and several budgets, what the last trials are worth to each of ours: the
-geometric mean over landscapes of its median reported regret after n trials over that after the largest
-budget (``default@77/@80``; each budget is a run of its own).
+The table prints the median and quartiles over seeds of each regret, and the median seconds per suggestion
+with 100 observations; a second table, each landscape's ratio to the best reference and which reference that
+is. The last line is name=value pairs: for each budget, the worst over landscapes of default's median regret
+/ random's (``default/random@40``) and / the best reference's (``default/best_ref@40``, each reference
+compared on the seeds it ran, and the one our ratio is largest against taken; ``best_ref_reported@40``: the
+same with the trial each method would report instead of the oracle's pick), whether default ever did worse
+than the centre merge, and for each ``bo:…,pending=k`` the cost of the trials in flight: the geometric mean
+over landscapes of its median reported regret over the same configuration's with nothing in flight
+(``bo_pending3/default@40``). With none of the references run and several budgets, what the last trials are
+worth to each of ours: the geometric mean over landscapes of its median reported regret after n trials over
+that after the largest budget (``default@77/@80``; each budget is a run of its own). With the timing and
+bayes_opt run, each of ours' seconds per suggestion over stock bayes_opt's (``default/bayes_opt_s_per_suggestion``).
 """
 
 from __future__ import annotations
