@@ -176,7 +176,8 @@ def _tidy(url: str, webui_cfg: WebUIConfig, files_run_id: str, model: str, run_i
     of the run's merges, ``model`` (its model of before, when known) selected again."""
     with WebUIClient(webui_cfg, files_run_id) as client:
         holds_ours = False
-        if client.status(timeout=min(webui_cfg.connect_timeout, 5.0)) == 200:  # ComfyUI holds no selection
+        # no model to give back: what it holds need not be asked (ComfyUI holds no selection)
+        if model and client.status(timeout=min(webui_cfg.connect_timeout, 5.0)) == 200:
             try:
                 holds_ours = _owner(merge_run_id(client.selected_model()) or "") == run_id
             except WebUIError as error:

@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from bayes_merger import webuis
+from bayes_merger.config import WebUIConfig
 from bayes_merger.testing.fake_webui import FakeWebUI
 from bayes_merger.testing.models import make_checkpoint
 from tests.loop.test_cli_run import _args, _cli, _only_run, _trials
@@ -151,6 +153,15 @@ def test_a_resume_whose_webui_names_its_merges_otherwise_in_a_shared_folder_leav
                           f"resume={run_dir}")) == 0
         other.check_sound()
     assert sorted(p.name for p in fake_webui.checkpoint_dir.iterdir()) == ["mine.safetensors"]
+
+
+def test_a_webui_tidied_with_no_model_to_give_back_loses_the_merges_and_is_not_asked_what_it_holds(fake_webui):
+    run_id = "20261206-120000-0a1b"
+    make_checkpoint(fake_webui.checkpoint_dir / f"bm-{run_id}-t0002.safetensors", "sd1", seed=2)
+    webui_cfg = WebUIConfig(url=fake_webui.url, checkpoint_dir=str(fake_webui.checkpoint_dir))
+    webuis._tidy(fake_webui.url, webui_cfg, run_id, "", run_id)
+    assert not list(fake_webui.checkpoint_dir.iterdir())
+    assert not fake_webui.requests_to("/sdapi/v1/options", "GET")
 
 
 @pytest.mark.parametrize("override, words", [
