@@ -23,7 +23,9 @@ class Landscape:
     blocks: tuple[str, ...]
     uses_beta: bool
     shape: str  # "few": a few weights matter; "graded": importance graded across all; "peaks": two bumps;
-    # held out: "cone": a sharp peak; "rugged": ripples with local optima; "cliff": merges past a line break
+    # held out: "cone": a sharp peak; "rugged": ripples with local optima; "cliff": merges past a line break;
+    # "bumps": six bumps, the highest at the optimum; "banana": curved valleys; "jagged": ripples in random
+    # directions, as a fixed-seed render's jumps
     noise: float = 0.0  # σ as a fraction of the score range
     edge: int = 0  # weights whose optimum lies on the boundary
     interaction: float = 0.4  # σ of the interaction term's coefficients on the important weights
@@ -58,6 +60,15 @@ LANDSCAPES = {
                   about="graded26 with a strong interaction: a narrow ridge across the important weights"),
         Landscape("noisy10", SD_BLOCKS, False, "graded", noise=0.10, held_out=True,
                   about="graded26 with noise σ = 10% of the range"),
+        Landscape("bumps26", SD_BLOCKS, False, "bumps", held_out=True,
+                  about="six bumps, the highest at the optimum, five others 10–40% lower and up to 1.5× as wide "
+                        "(local optima that draw a search)"),
+        Landscape("banana26", SD_BLOCKS, False, "banana", held_out=True,
+                  about="graded26 whose four most important weights pair into curved valleys (Rosenbrock's "
+                        "banana): the best of one weight moves with the square of another"),
+        Landscape("jagged26", SD_BLOCKS, False, "jagged", held_out=True,
+                  about="graded26 with ripples along 12 random directions, 15% of the range: a score that "
+                        "jumps as a fixed-seed render's composition does"),
         Landscape("broken26", SD_BLOCKS, False, "cliff", fails="broken", held_out=True,
                   about="cliff26 where the merges past the line fail instead (NaN: the WebUI renders nothing)"),
         Landscape("flaky26", SD_BLOCKS, False, "graded", fails="flaky", held_out=True,
@@ -93,6 +104,23 @@ class Objective:
         # a mild interaction between the important weights, so the landscape is not axis-aligned
         self.cross = np.zeros(d)
         self.cross[important] = rng.normal(0.0, landscape.interaction, len(important))
+        if landscape.shape == "bumps":
+            # the top bump at the centre; five lower ones elsewhere, 0.7–1.5× as wide, each its own importances
+            self.others = rng.uniform(0.1, 0.9, (5, d))
+            self.heights = rng.uniform(0.6, 0.9, 5)
+            self.widths = rng.uniform(0.7, 1.5, 5)
+            self.other_weights = np.stack([self.weights[rng.permutation(d)] for _ in range(5)])
+            q = self._q(rng.random((4000, d)), self.center, self.weights)
+            self.tau = float(np.median(q)) / np.log(4.0)  # a random merge scores a quarter of the top bump
+        if landscape.shape == "banana":
+            self.pairs = order[:4].reshape(2, 2)
+            self.bend = rng.choice([-3.0, 3.0], 2)
+        if landscape.shape == "jagged":
+            self.directions = rng.normal(0.0, 1.0, (12, d))
+            self.directions *= rng.uniform(10.0, 25.0, (12, 1)) / np.linalg.norm(self.directions, axis=1, keepdims=True)
+            # each ripple's mean depth over the 12: 15% of the bowl's depth at the far corner, in all
+            corner0 = np.where(self.center < 0.5, 1.0, 0.0)
+            self.ripple = 0.15 * float(self._q(corner0, self.center, self.weights)) / 12
         if landscape.shape == "peaks":
             # the second peak sits at the first's mirror image in half of the weights
             flip = rng.random(d) < 0.5
@@ -106,8 +134,9 @@ class Objective:
         best = [minimize(lambda x: -self.raw(x), s, bounds=[(0.0, 1.0)] * d, method="L-BFGS-B",
                          options={"ftol": 1e-15, "gtol": 1e-12}) for s in starts]
         self.raw_best = max(float(-b.fun) for b in best)
-        if landscape.shape in ("cone", "rugged", "cliff"):
-            # every term is 0 at the centre (inside the box) and ≤ 0 elsewhere; L-BFGS-B cannot polish a cone
+        if landscape.shape in ("cone", "rugged", "cliff", "bumps", "banana", "jagged"):
+            # every term is 0 at the centre (inside the box) and ≤ 0 elsewhere (bumps: the top bump is 1 there, the
+            # others at most 0.9); L-BFGS-B cannot polish a cone
             self.raw_best = float(self.raw(self.center))
         corner = np.where(self.center < 0.5, 1.0, 0.0)
         self.raw_worst = float(self.raw(corner))
@@ -132,6 +161,21 @@ class Objective:
             return -q - 0.05 * (self.weights * (1.0 - np.cos(4.0 * np.pi * diff))).sum(-1)
         if shape == "cliff":
             return -q - self.cliff_drop * self._past_cliff(x)
+        if shape == "bumps":
+            x = np.asarray(x)
+            value = np.exp(-q / self.tau)
+            for centre, height, width, weights in zip(self.others, self.heights, self.widths, self.other_weights):
+                # the highest bump where they overlap: a sum would make one broad hill of them
+                value = np.maximum(value, height * np.exp(-self._q(x, centre, weights) / (width * self.tau)))
+            return value
+        if shape == "banana":
+            diff = np.asarray(x) - self.center
+            bent = sum(self.weights[j] * (diff[..., j] - bend * diff[..., i] ** 2) ** 2
+                       for (i, j), bend in zip(self.pairs, self.bend))
+            return -q - 4.0 * bent
+        if shape == "jagged":
+            diff = np.asarray(x) - self.center
+            return -q - self.ripple * (1.0 - np.cos(diff @ self.directions.T)).sum(-1)
         return -q
 
     def _past_cliff(self, x: np.ndarray) -> np.ndarray:
