@@ -109,8 +109,7 @@ def help_text() -> str:
              "Config groups (GROUP=OPTION):"]
     chosen = _group_defaults()
     for group, options in _groups().items():
-        default = chosen[group]
-        lines.append(f"  {group:<10} {' | '.join(options):<56} default: {default}")
+        lines.append(f"  {group:<10} {' | '.join(options)}  (default: {chosen[group]})")
     lines += ["", f"Main options (KEY=VALUE; defaults from {source}):"]
     width = max(len(key) for key, _ in MAIN_OPTIONS)
     for key, what in MAIN_OPTIONS:
