@@ -248,7 +248,7 @@ class WebUIClient(Renderer):
         """Delete every merge file of this run from the checkpoint folder (e.g. at the end of a run)."""
         self._files.remove_all()
 
-    def hand_back(self, model: str) -> None:
+    def hand_back(self, model: str = "") -> None:
         """End of a run, or a stop: delete this run's merge files and select ``model`` (the one the WebUI
         had before the run) again. Best effort: a WebUI that is gone or refuses is only logged.
 
