@@ -51,6 +51,7 @@ bayes_opt run, each of ours' seconds per suggestion over stock bayes_opt's (``de
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -258,6 +259,7 @@ def without_pending(method: str) -> str:
     return "bo:" + ",".join(kept) if kept else "default"
 
 
+@functools.cache  # once per process, not once per run
 def code_version() -> str:
     """What decides a run's regrets: the optimiser, the schedule, the search space, the landscapes, this script
     (how it drives each method) and the libraries' versions, as a short digest kept in each --results row."""
