@@ -54,6 +54,9 @@ from bayes_merger.merge.weights import BlockWeights, layout_label
 
 log = logging.getLogger(__name__)
 
+# two (α, β) settings under which any two different models merge differently, whatever the method
+_PROBE_WEIGHTS = ((0.25, 0.25), (0.75, 0.75))
+
 
 def held_dtype(a_dtype: torch.dtype, load_dtype: torch.dtype | None, save_dtype: torch.dtype | None) -> torch.dtype:
     """The precision a key is held and merged in: ``merge.load_dtype``, else model A's.
@@ -311,6 +314,7 @@ class Merger:
                     steps.append(self._step(key, plan[key], t, b, c, out))
             for key, source in extra.items():
                 outputs[key] = inputs[source][key]  # not merged, never copied
+            self._check_weights_matter(steps)
         self._steps = self._prepare(steps)
         self._outputs = outputs
         self._view: Mapping[str, torch.Tensor] = MappingProxyType(outputs)
@@ -327,6 +331,29 @@ class Merger:
         except MergeError as err:
             raise MergeError(f"{key}: {err}") from None
         return _Step(key, block, a, b, c, out, into)
+
+    def _check_weights_matter(self, steps: list[_Step]) -> None:
+        """Refuse models whose merge is one model whatever the weights (two copies of a model, even in other
+        precisions or files; B = C for add_difference): every trial would render the same pictures, and the
+        run would stop at its third trial blaming the WebUI. A key merged at two weight settings that give
+        any two different models different merges, UNet keys first (fine-tunes often share their text
+        encoder and VAE), until one differs: a key or two for models that differ."""
+        clip = self.config.weights_clip
+        for step in sorted(steps, key=lambda step: self.architecture.blocks[step.block] == "BASE"):
+            merged = []
+            for alpha, beta in _PROBE_WEIGHTS:
+                out = self.method.formula(step.a, step.b, step.c, alpha, beta, torch.empty_like(step.out))
+                merged.append(clip_to_inputs(out, step.a, step.b) if clip else out)
+            if not torch.equal(*merged):
+                return
+        names = {m: f"model_{m.lower()} ({path.name})" for m, path in self.models.items()}
+        same = [(x, y) for x, y in (("A", "B"), ("B", "C"), ("A", "C")) if x in names and y in names
+                and all(torch.equal(getattr(step, x.lower()), getattr(step, y.lower())) for step in steps)]
+        what = (" and ".join(f"{names[x]} and {names[y]} hold the same weights" for x, y in same)
+                + f", so every {self.method.name} merge" if same
+                else f"Every {self.method.name} merge of {', '.join(names.values())}")
+        raise ConfigError(f"{what} is the same model whatever the block weights, and the run would score it over and "
+                          "over: give models that differ.")
 
     def _prepare(self, steps: list[_Step]) -> list[_Step]:
         """The steps with what the method precomputes, key by key while the total fits the budget.

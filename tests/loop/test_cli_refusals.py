@@ -119,6 +119,22 @@ def test_the_same_file_as_model_a_and_model_b_is_refused_before_the_webui_is_ask
     assert fake_webui.requests_to("/sdapi/v1/progress") == []
 
 
+def test_a_copy_of_model_a_as_model_b_is_refused_when_the_models_load_before_any_trial(
+        assets, fake_webui, tmp_path, caplog):
+    # two files, one model: without this the run stopped at its third trial, blaming the WebUI for
+    # pixel-identical pictures
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(assets["model_a"].read_bytes())
+    before = fake_webui.loaded_model
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs") + [f"model_b={copy}"]) == 2
+    assert _refusal(caplog).startswith(f"model_a ({assets['model_a'].name}) and model_b (copy.safetensors) hold the "
+                                       "same weights, so every weighted_sum merge is the same model")
+    assert fake_webui.requests_to("/sdapi/v1/txt2img") == []
+    assert not (_only_run(tmp_path / "runs") / "trials.jsonl").exists()
+    assert fake_webui.loaded_model == before
+    assert sorted(p.name for p in fake_webui.checkpoint_dir.iterdir()) == []
+
+
 def test_whole_numbers_in_a_custom_range_are_numbers(assets, fake_webui, tmp_path):
     assert _cli(_args(assets, fake_webui, tmp_path / "runs", "optimiser.n_iters=0",
                       "+optimiser.custom_ranges={IN00: [0, 1], OUT11: [0, 0.5]}")) == 0

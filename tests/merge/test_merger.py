@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gc
 import hashlib
@@ -36,6 +37,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
         "b": make_checkpoint(folder / "b.safetensors", seed=2, ema=True),
         "c": make_checkpoint(folder / "c.safetensors", seed=3),
         "a32": make_checkpoint(folder / "a32.safetensors", seed=1, dtype=torch.float32),
+        "b32": make_checkpoint(folder / "b32.safetensors", seed=2, dtype=torch.float32),
         "a_bf16": make_checkpoint(folder / "a_bf16.safetensors", seed=1, dtype=torch.bfloat16),
         "xl_a": make_checkpoint(folder / "xl_a.safetensors", "sdxl", seed=4),
         "xl_b": make_checkpoint(folder / "xl_b.safetensors", "sdxl", seed=5),
@@ -204,6 +206,45 @@ def test_method_checks_run_when_the_plan_is_built_not_in_every_merge(models, mon
     assert len(calls) == planned
 
 
+def test_two_copies_of_one_model_are_refused_whatever_their_files_and_precisions(models, tmp_path):
+    # merged at any weights they give one model: every trial would render the same pictures
+    with pytest.raises(ConfigError, match=r"^model_a \(a\.safetensors\) and model_b \(a32\.safetensors\) hold the "
+                                          r"same weights, so every weighted_sum merge is the same model "
+                                          r"whatever the block weights"):
+        Merger(models["a"], models["a32"], None, _config())
+    c_again = tmp_path / "c-again.safetensors"
+    c_again.write_bytes(models["c"].read_bytes())
+    with pytest.raises(ConfigError, match=r"model_b \(c\.safetensors\) and model_c \(c-again\.safetensors\) hold "
+                                          r"the same weights, so every add_difference merge"):
+        Merger(models["a"], models["c"], c_again, _config(method="add_difference"))
+
+
+def test_models_whose_merges_differ_only_by_a_method_s_weights_are_refused_only_then(models):
+    # a + α·(a − c) moves with α; clipped to [min(a, a), max(a, a)] it is a whatever α
+    Merger(models["a"], models["a32"], models["c"], _config(method="add_difference"))
+    with pytest.raises(ConfigError, match="model_a .* and model_b .* hold the same weights, so every add_difference"):
+        Merger(models["a"], models["a32"], models["c"], _config(method="add_difference", weights_clip=True))
+    # (1 − β)·a + β·c moves with β
+    Merger(models["a"], models["a32"], models["c"], _config(method="sum_twice"))
+
+
+def test_models_sharing_their_text_encoder_and_vae_are_told_apart_by_their_first_unet_key(models, tmp_path, monkeypatch):
+    a, b = _tensors(models["a"]), _tensors(models["b"])
+    shared = {k: (a[k] if k in a and not k.startswith("model.diffusion_model.") else v) for k, v in b.items()}
+    path = tmp_path / "b-with-a-text-encoder.safetensors"
+    save_file(shared, str(path))
+    merged = []
+    real = merger_module.get_method
+
+    def counting(name):
+        method = real(name)
+        return dataclasses.replace(method, formula=lambda a, *rest: merged.append(a.shape) or method.formula(a, *rest))
+
+    monkeypatch.setattr(merger_module, "get_method", counting)
+    Merger(models["a"], path, None, _config())
+    assert len(merged) == 2  # one key, at two weights
+
+
 def test_add_difference_uses_model_c(models):
     out = Merger(models["a"], models["b"], models["c"], _config(method="add_difference")).merge(
         BlockWeights.uniform(SD_BLOCKS, 0.5)
@@ -277,7 +318,7 @@ def test_inpainting_and_pix2pix_are_different_architectures(models):
 
 
 def test_mixed_precision_inputs_merge_in_model_a_precision(models):
-    out = Merger(models["a"], models["a32"], None, _config()).merge(BlockWeights.uniform(SD_BLOCKS, 0.5))
+    out = Merger(models["a"], models["b32"], None, _config()).merge(BlockWeights.uniform(SD_BLOCKS, 0.5))
     assert out["model.diffusion_model.out.2.weight"].dtype == torch.float16
     out32 = Merger(models["a32"], models["b"], None, _config()).merge(BlockWeights.uniform(SD_BLOCKS, 0.5))
     assert out32["model.diffusion_model.out.2.weight"].dtype == torch.float32
