@@ -563,12 +563,18 @@ def _log_summary(trial_log: TrialLog, best: Trial | None, chosen_by: str, run_di
     if best is not None:
         extras = best_extras(trial_log.trials, best, {}, chosen_by)  # best.yaml's baseline and gain
         baseline = extras.get("baseline")
-        lines.append(f"Best (by {CHOSEN_BY[chosen_by]}): trial {best.trial}, score {best.score:.4f}"
-                     + (f", {extras['gain_over_baseline']:+.4f} over the baseline (trial 0, {baseline['score']:.4f})"
-                        if baseline is not None else ""))
+        if baseline is None:
+            gain = ""
+        elif baseline["trial"] == best.trial:
+            gain = ", the baseline itself"
+        else:
+            gain = f", {extras['gain_over_baseline']:+.4f} over the baseline (trial 0, {baseline['score']:.4f})"
+        lines.append(f"Best (by {CHOSEN_BY[chosen_by]}): trial {best.trial}, score {best.score:.4f}{gain}")
         # exactly, as best.yaml has them: the table above rounds them
         lines.append(f"Its weights: alpha {best.alpha_string}" + (f", beta {best.beta_string}" if best.beta_string else ""))
-    log.info("Run finished: %d trials (%d failed) in %s\n%s", len(trial_log.trials), failed, run_dir, "\n".join(lines))
+    count = len(trial_log.trials)
+    log.info("Run finished: %d trial%s (%d failed) in %s\n%s", count, "" if count == 1 else "s", failed, run_dir,
+             "\n".join(lines))
 
 
 def _fmt(value: float | None) -> str:

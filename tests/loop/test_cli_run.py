@@ -117,6 +117,15 @@ def test_a_run_with_too_few_scores_for_the_model_says_its_best_is_the_best_score
     assert f"Its weights: alpha {best['alpha']}\n" in caplog.text + "\n"  # exactly as best.yaml, to copy from the log
 
 
+def test_a_run_whose_best_is_its_baseline_says_so_rather_than_a_gain_of_zero_over_itself(
+        assets, fake_webui, tmp_path, caplog):
+    caplog.set_level("INFO", logger="bayes_merger.run")
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "optimiser.init_points=1", "optimiser.n_iters=0")) == 0
+    assert "Run finished: 1 trial (0 failed) in " in caplog.text
+    assert "Best (by score): trial 0, score " in caplog.text and ", the baseline itself\n" in caplog.text
+    assert "over the baseline" not in caplog.text
+
+
 def test_a_finished_run_resumed_with_another_precision_or_without_its_best_merge_saves_it_again(
         assets, fake_webui, tmp_path):
     assert _cli(_args(assets, fake_webui, tmp_path / "runs")) == 0
