@@ -28,7 +28,8 @@ the centre), default (bayes-merger's defaults) and bo:key=value,… (bayes-merge
 fields changed: acquisition, kappa, xi, init_points; pending=k: each trial is suggested while the k
 trials before it are still running, as with pipelining or k+1 WebUIs; failures=ignore: the optimiser is
 told nothing of failed trials, as before it learnt from them; endgame=off: with trials in flight, the last
-tenth of the run suggested as far behind as the rest, as before the run's endgame).
+tenth of the run suggested as far behind as the rest, as before the run's endgame; lastguess=off: the
+run's last trial chosen by the acquisition, as before it was the model's best guess).
 
 On the landscapes where trials fail (broken26, flaky26) a failed trial counts as the landscape's worst
 score, and a table says how many trials failed and how many runs would have stopped on failures in a
@@ -96,11 +97,11 @@ def optimiser_config(method: str, budget: int) -> OptimiserConfig:
     fields: dict = {}
     for item in settings_of(method):
         key, _, value = item.partition("=")
-        if key in ("pending", "failures", "endgame"):
+        if key in ("pending", "failures", "endgame", "lastguess"):
             continue
         if key not in ("acquisition", "kappa", "xi", "init_points"):
             raise SystemExit(f"unknown key '{key}' in '{method}' (acquisition, kappa, xi, init_points, pending, "
-                             "failures, endgame)")
+                             "failures, endgame, lastguess)")
         fields[key] = value if key == "acquisition" else (int(value) if key == "init_points" else float(value))
     init = min(fields.pop("init_points", OptimiserConfig().init_points), budget)
     return OptimiserConfig(init_points=init, n_iters=budget - init, **fields)
@@ -175,7 +176,7 @@ def points_of(method: str, objective: Objective, budget: int, seed: int
     cfg = optimiser_config(method, budget)
     space = build_space(cfg, objective.landscape.blocks, objective.landscape.uses_beta)
     names = [p.name for p in space.parameters]
-    optimiser = Optimiser(space, cfg, seed=seed)
+    optimiser = (Optimiser if last_guess_of(method) else WithoutLastGuess)(space, cfg, seed=seed)
     # with k trials pending (pipelined or several WebUIs), trial t is suggested knowing what the run's
     # own schedule lets it know: the scores of trials 0 … t−k−1 and the parameters of t−k … t−1
     schedule = (Schedule if endgame_of(method) else WithoutEndgame)(budget, in_flight=pending_of(method) + 1)
@@ -242,6 +243,25 @@ def endgame_of(method: str) -> bool:
     return True
 
 
+def last_guess_of(method: str) -> bool:
+    """``bo:…,lastguess=off``: the run's last trial is the acquisition's choice, as every other (default on:
+    ``Optimiser.guesses``, the last trial at the highest posterior mean)."""
+    for item in settings_of(method):
+        key, _, value = item.partition("=")
+        if key == "lastguess":
+            if value not in ("on", "off"):
+                raise SystemExit(f"lastguess must be on or off, got '{value}' in '{method}'")
+            return value == "on"
+    return True
+
+
+class WithoutLastGuess(Optimiser):
+    """The optimiser without its last guess (``lastguess=off``), to measure what the guess is worth."""
+
+    def guesses(self, trial: int) -> bool:
+        return False
+
+
 class WithoutEndgame(Schedule):
     """The run's schedule without its endgame (``endgame=off``), to measure what the endgame is worth."""
 
@@ -254,6 +274,16 @@ def without_pending(method: str) -> str:
     endgame changes nothing then)."""
     items = settings_of(method)
     kept = [item for item in items if not item.startswith(("pending=", "endgame="))]
+    if len(kept) == len(items):
+        return method
+    return "bo:" + ",".join(kept) if kept else "default"
+
+
+def with_rules_on(method: str) -> str:
+    """``bo:…,endgame=off`` or ``…,lastguess=off`` without the rules it switches off: the method it is measured
+    against."""
+    items = settings_of(method)
+    kept = [item for item in items if not item.endswith("=off")]
     if len(kept) == len(items):
         return method
     return "bo:" + ",".join(kept) if kept else "default"
@@ -281,9 +311,10 @@ def run_one(task: tuple[str, str, int, tuple[int, ...]]) -> dict:
     objective = Objective(LANDSCAPES[name], seed)
     started = time.perf_counter()
     result: dict = {"method": method, "landscape": name, "seed": seed, "code": code_version()}
-    # a Latin hypercube is only one for its own budget, and trials in flight end a run with fewer of them
-    # (schedule.Schedule): a run of n trials is not the first n of a longer one
-    if method == "lhs" or pending_of(method) > 0:
+    # a Latin hypercube is only one for its own budget, trials in flight end a run with fewer of them
+    # (schedule.Schedule) and the optimiser's last trial is its best guess (Optimiser.guesses): a run of n
+    # trials is not the first n of a longer one
+    if method == "lhs" or (method not in REFERENCES and (pending_of(method) > 0 or last_guess_of(method))):
         for n in budgets:
             xs, ys, reported, _ = points_of(method, objective, n, seed)
             true = true_scores(objective, xs, ys)
@@ -537,6 +568,13 @@ def report(methods, names, budgets, results, timing, elapsed) -> None:
                 ratios = [_ratio(statistics.median(r[f"reported@{n}"] for r in by[(method, name)]),
                                  statistics.median(r[f"reported@{n}"] for r in by[(sequential, name)])) for name in names]
                 summary.append(f"{key}/{summary_name(sequential)}@{n}={statistics.geometric_mean(ratios):.3f}")
+        switched_on = with_rules_on(method)
+        if switched_on != method and switched_on in methods:
+            # what the rules switched off (endgame=off, lastguess=off) are worth: the regret with them over without
+            for n in budgets:
+                ratios = [_ratio(statistics.median(r[f"reported@{n}"] for r in by[(switched_on, name)]),
+                                 statistics.median(r[f"reported@{n}"] for r in by[(method, name)])) for name in names]
+                summary.append(f"{summary_name(switched_on)}/{key}@{n}={statistics.geometric_mean(ratios):.3f}")
         if len(budgets) > 1 and not any(m in REFERENCES for m in methods):
             for n in budgets[:-1]:
                 ratios = [_ratio(statistics.median(r[f"reported@{n}"] for r in by[(method, name)]),

@@ -8,7 +8,7 @@ from bayes_merger.config import OptimiserConfig
 from bayes_merger.errors import ConfigError
 from bayes_merger.merge.arch import SD_BLOCKS
 from bayes_merger.optimiser import BY_POSTERIOR_MEAN, BY_SCORE, TRUST_INITIAL, Optimiser, trust_length, trust_region
-from bayes_merger.optimiser.acquisition import LogExpectedImprovement, log_h
+from bayes_merger.optimiser.acquisition import LogExpectedImprovement, UpperConfidenceBound, log_h
 from bayes_merger.optimiser.gp import FittedGP
 from bayes_merger.space import build_space
 
@@ -389,6 +389,35 @@ def _scored_optimiser(trials=8):
 
 def _distance(a, b):
     return max(abs(a[k] - b[k]) for k in a)
+
+
+class _NeverGuessing(Optimiser):
+    def guesses(self, trial):
+        return False
+
+
+def _both_after(trials=14):
+    """The optimiser of ``_scored_optimiser`` (15 trials) and one that never guesses, told the same scores."""
+    optimiser = _scored_optimiser(trials)
+    other = _NeverGuessing(optimiser.space, optimiser.config, seed=optimiser.seed)
+    other.observe(optimiser._observed)
+    return optimiser, other
+
+
+def test_the_last_trial_is_the_model_s_best_guess_the_others_the_acquisition_s_choice():
+    optimiser, other = _both_after()
+    assert optimiser.suggest(13) == other.suggest(13)
+    guess, explored = optimiser.suggest(14), other.suggest(14)
+    model = optimiser.model()
+    mean = lambda params: float(model.predict(optimiser._to_unit(params)).mean[0])  # noqa: E731
+    assert mean(guess) > mean(explored) and mean(guess) > float(model.predict(model.x).mean.max())
+
+
+def test_a_best_guess_that_repeats_a_scored_merge_gives_way_to_the_acquisition_s_choice(monkeypatch):
+    optimiser, other = _both_after()
+    scored = optimiser.model().x[0]
+    monkeypatch.setattr(UpperConfidenceBound, "maximise", lambda self, *args, **kwargs: scored.copy())
+    assert optimiser.suggest(14) == other.suggest(14)
 
 
 def test_a_failed_trial_is_not_suggested_again_as_it_was():
