@@ -176,10 +176,10 @@ def points_of(method: str, objective: Objective, budget: int, seed: int
     cfg = optimiser_config(method, budget)
     space = build_space(cfg, objective.landscape.blocks, objective.landscape.uses_beta)
     names = [p.name for p in space.parameters]
-    optimiser = (Optimiser if last_guess_of(method) else WithoutLastGuess)(space, cfg, seed=seed)
+    optimiser = (Optimiser if switched_on(method, "lastguess") else WithoutLastGuess)(space, cfg, seed=seed)
     # with k trials pending (pipelined or several WebUIs), trial t is suggested knowing what the run's
     # own schedule lets it know: the scores of trials 0 … t−k−1 and the parameters of t−k … t−1
-    schedule = (Schedule if endgame_of(method) else WithoutEndgame)(budget, in_flight=pending_of(method) + 1)
+    schedule = (Schedule if switched_on(method, "endgame") else WithoutEndgame)(budget, in_flight=pending_of(method) + 1)
     learn = failures_of(method) == "learn"
     suggested: list[dict[str, float]] = []
     for t in range(budget):
@@ -231,26 +231,16 @@ def failures_of(method: str) -> str:
     return "learn"
 
 
-def endgame_of(method: str) -> bool:
-    """``bo:…,endgame=off``: every trial suggested ``pending`` scores behind, the last tenth too (default on:
-    ``schedule.Schedule``'s endgame, at most one behind over the last tenth and none for the last trial)."""
+def switched_on(method: str, rule: str) -> bool:
+    """Whether a rule of the defaults is on in ``method`` (default on); ``bo:…,endgame=off``: every trial
+    suggested ``pending`` scores behind, the last tenth too (``schedule.Schedule``'s endgame: at most one
+    behind over the last tenth and none for the last trial); ``bo:…,lastguess=off``: the run's last trial
+    is the acquisition's choice, as every other (``Optimiser.guesses``: the highest posterior mean)."""
     for item in settings_of(method):
         key, _, value = item.partition("=")
-        if key == "endgame":
+        if key == rule:
             if value not in ("on", "off"):
-                raise SystemExit(f"endgame must be on or off, got '{value}' in '{method}'")
-            return value == "on"
-    return True
-
-
-def last_guess_of(method: str) -> bool:
-    """``bo:…,lastguess=off``: the run's last trial is the acquisition's choice, as every other (default on:
-    ``Optimiser.guesses``, the last trial at the highest posterior mean)."""
-    for item in settings_of(method):
-        key, _, value = item.partition("=")
-        if key == "lastguess":
-            if value not in ("on", "off"):
-                raise SystemExit(f"lastguess must be on or off, got '{value}' in '{method}'")
+                raise SystemExit(f"{rule} must be on or off, got '{value}' in '{method}'")
             return value == "on"
     return True
 
@@ -314,7 +304,7 @@ def run_one(task: tuple[str, str, int, tuple[int, ...]]) -> dict:
     # a Latin hypercube is only one for its own budget, trials in flight end a run with fewer of them
     # (schedule.Schedule) and the optimiser's last trial is its best guess (Optimiser.guesses): a run of n
     # trials is not the first n of a longer one
-    if method == "lhs" or (method not in REFERENCES and (pending_of(method) > 0 or last_guess_of(method))):
+    if method == "lhs" or (method not in REFERENCES and (pending_of(method) > 0 or switched_on(method, "lastguess"))):
         for n in budgets:
             xs, ys, reported, _ = points_of(method, objective, n, seed)
             true = true_scores(objective, xs, ys)
@@ -526,6 +516,12 @@ def report(methods, names, budgets, results, timing, elapsed) -> None:
                 print(f"{name:<9} {method:<16} {statistics.median(r.get('failures', 0) for r in rs):6.1f} "
                       f"{sum(bool(r.get('stopped')) for r in rs):3d} of {len(rs)}")
         print()
+    def reported_ratio(ours: str, n: int, theirs: str, m: int) -> float:
+        # over the landscapes, the geometric mean of one median reported regret (after n trials) over another's
+        return statistics.geometric_mean(
+            _ratio(statistics.median(r[f"reported@{n}"] for r in by[(ours, name)]),
+                   statistics.median(r[f"reported@{m}"] for r in by[(theirs, name)])) for name in names)
+
     summary = []
     refs = [m for m in methods if m in REFERENCES and m not in ("random", "centre")]
     # each of ours against the best reference, once, for the table below and the last line
@@ -564,23 +560,15 @@ def report(methods, names, budgets, results, timing, elapsed) -> None:
         sequential = without_pending(method)
         if sequential != method and sequential in methods:
             # the cost of trials in flight: regret over the same optimiser's without them, at equal trials
-            for n in budgets:
-                ratios = [_ratio(statistics.median(r[f"reported@{n}"] for r in by[(method, name)]),
-                                 statistics.median(r[f"reported@{n}"] for r in by[(sequential, name)])) for name in names]
-                summary.append(f"{key}/{summary_name(sequential)}@{n}={statistics.geometric_mean(ratios):.3f}")
-        switched_on = with_rules_on(method)
-        if switched_on != method and switched_on in methods:
+            summary += [f"{key}/{summary_name(sequential)}@{n}={reported_ratio(method, n, sequential, n):.3f}"
+                        for n in budgets]
+        all_on = with_rules_on(method)
+        if all_on != method and all_on in methods:
             # what the rules switched off (endgame=off, lastguess=off) are worth: the regret with them over without
-            for n in budgets:
-                ratios = [_ratio(statistics.median(r[f"reported@{n}"] for r in by[(switched_on, name)]),
-                                 statistics.median(r[f"reported@{n}"] for r in by[(method, name)])) for name in names]
-                summary.append(f"{summary_name(switched_on)}/{key}@{n}={statistics.geometric_mean(ratios):.3f}")
+            summary += [f"{summary_name(all_on)}/{key}@{n}={reported_ratio(all_on, n, method, n):.3f}" for n in budgets]
         if len(budgets) > 1 and not any(m in REFERENCES for m in methods):
-            for n in budgets[:-1]:
-                ratios = [_ratio(statistics.median(r[f"reported@{n}"] for r in by[(method, name)]),
-                                 statistics.median(r[f"reported@{budgets[-1]}"] for r in by[(method, name)]))
-                          for name in names]
-                summary.append(f"{key}@{n}/@{budgets[-1]}={statistics.geometric_mean(ratios):.3f}")
+            summary += [f"{key}@{n}/@{budgets[-1]}={reported_ratio(method, n, method, budgets[-1]):.3f}"
+                        for n in budgets[:-1]]
         if failing:
             stopped = sum(bool(r.get("stopped")) for name in failing for r in by[(method, name)])
             summary.append(f"{key}_stopped={stopped}/{sum(len(by[(method, name)]) for name in failing)}")
