@@ -262,18 +262,18 @@ class WithoutEndgame(Schedule):
 def without_pending(method: str) -> str:
     """The method ``bo:…,pending=k`` is measured against: the same configuration, nothing in flight (the
     endgame changes nothing then)."""
-    items = settings_of(method)
-    kept = [item for item in items if not item.startswith(("pending=", "endgame="))]
-    if len(kept) == len(items):
-        return method
-    return "bo:" + ",".join(kept) if kept else "default"
+    return _without(method, lambda item: item.startswith(("pending=", "endgame=")))
 
 
 def with_rules_on(method: str) -> str:
     """``bo:…,endgame=off`` or ``…,lastguess=off`` without the rules it switches off: the method it is measured
     against."""
+    return _without(method, lambda item: item.endswith("=off"))
+
+
+def _without(method: str, dropped: Callable[[str], bool]) -> str:
     items = settings_of(method)
-    kept = [item for item in items if not item.endswith("=off")]
+    kept = [item for item in items if not dropped(item)]
     if len(kept) == len(items):
         return method
     return "bo:" + ",".join(kept) if kept else "default"
@@ -304,7 +304,8 @@ def run_one(task: tuple[str, str, int, tuple[int, ...]]) -> dict:
     # a Latin hypercube is only one for its own budget, trials in flight end a run with fewer of them
     # (schedule.Schedule) and the optimiser's last trial is its best guess (Optimiser.guesses): a run of n
     # trials is not the first n of a longer one
-    if method == "lhs" or (method not in REFERENCES and (pending_of(method) > 0 or switched_on(method, "lastguess"))):
+    budget_bound = method not in REFERENCES and (pending_of(method) > 0 or switched_on(method, "lastguess"))
+    if method == "lhs" or budget_bound:
         for n in budgets:
             xs, ys, reported, _ = points_of(method, objective, n, seed)
             true = true_scores(objective, xs, ys)
@@ -516,6 +517,7 @@ def report(methods, names, budgets, results, timing, elapsed) -> None:
                 print(f"{name:<9} {method:<16} {statistics.median(r.get('failures', 0) for r in rs):6.1f} "
                       f"{sum(bool(r.get('stopped')) for r in rs):3d} of {len(rs)}")
         print()
+
     def reported_ratio(ours: str, n: int, theirs: str, m: int) -> float:
         # over the landscapes, the geometric mean of one median reported regret (after n trials) over another's
         return statistics.geometric_mean(
