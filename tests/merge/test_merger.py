@@ -219,7 +219,7 @@ def test_two_copies_of_one_model_are_refused_whatever_their_files_and_precisions
         Merger(models["a"], models["c"], c_again, _config(method="add_difference"))
 
 
-def test_models_whose_merges_differ_only_by_a_method_s_weights_are_refused_only_then(models):
+def test_a_model_beside_its_copy_is_refused_only_where_the_method_makes_the_weights_moot(models):
     # a + α·(a − c) moves with α; clipped to [min(a, a), max(a, a)] it is a whatever α
     Merger(models["a"], models["a32"], models["c"], _config(method="add_difference"))
     with pytest.raises(ConfigError, match="model_a .* and model_b .* hold the same weights, so every add_difference"):
