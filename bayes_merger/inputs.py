@@ -19,7 +19,7 @@ import secrets
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from bayes_merger import __version__
 from bayes_merger.cluster.settings import check_cluster_settings
@@ -28,10 +28,13 @@ from bayes_merger.devices import resolve_device
 from bayes_merger.errors import ConfigError
 from bayes_merger.files import file_sha256
 from bayes_merger.merge.checkpoint import parse_dtype
+from bayes_merger.merge.fingerprint import model_records
 from bayes_merger.merge.merger import MergeInputs, inspect_inputs
 from bayes_merger.optimiser import check_optimiser_config
 from bayes_merger.run_folder import (
     MANUAL_RATINGS,
+    MODEL_FILES,
+    MODEL_KEYS,
     PAYLOAD_WEIGHTS,
     RESUMED_AT,
     RUN_FILE,
@@ -111,7 +114,8 @@ def check_inputs(cfg: Config, run_dir: Path) -> Inputs:
     run_id = previous.get("run_id") if previous else None
     if not isinstance(run_id, str) or not RUN_ID.match(run_id):  # a folder of an older version: a new id
         run_id = f"{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
-    info = _run_info(cfg, run_id, merge, space, payloads)
+    known = previous.get(MODEL_FILES) if previous else None
+    info = _run_info(cfg, run_id, merge, space, payloads, known if isinstance(known, Mapping) else None)
     if previous:
         check_resumable(previous, info, run_dir)
         note_changed_suggestions(previous, info, run_dir)
@@ -119,7 +123,9 @@ def check_inputs(cfg: Config, run_dir: Path) -> Inputs:
         resumes = previous.get(RESUMED_AT)
         resumes = [r for r in resumes if isinstance(r, str)] if isinstance(resumes, list) else []
         info = {**previous, "n_iters": cfg.optimiser.n_iters, "run_id": run_id, SUGGESTIONS: info[SUGGESTIONS],
-                PAYLOAD_WEIGHTS: info[PAYLOAD_WEIGHTS], RESUMED_AT: [*resumes, now()]}
+                PAYLOAD_WEIGHTS: info[PAYLOAD_WEIGHTS], RESUMED_AT: [*resumes, now()],
+                # where the model files are now (a run's files moved elsewhere are the same files)
+                **{key: info[key] for key in (*MODEL_KEYS.values(), MODEL_FILES)}}
         info.pop("finished_at", None)
     scorer = for_run_folder(cfg.scorer, run_dir / MANUAL_RATINGS)
     return Inputs(cfg, run_dir, merge, space, payloads, scorer, info, resuming)
@@ -202,7 +208,8 @@ def _check_finalists(cfg: Config) -> None:
                           "set save_images: true, or leave scorer.finalists unset.")
 
 
-def _run_info(cfg: Config, run_id: str, merge: MergeInputs, space: SearchSpace, payloads: list[Payload]) -> dict[str, Any]:
+def _run_info(cfg: Config, run_id: str, merge: MergeInputs, space: SearchSpace, payloads: list[Payload],
+              known_model_files: Mapping[str, Any] | None) -> dict[str, Any]:
     return {
         "run_id": run_id,
         "version": __version__,
@@ -210,6 +217,7 @@ def _run_info(cfg: Config, run_id: str, merge: MergeInputs, space: SearchSpace, 
         "model_a": str(model_path(cfg.model_a)),
         "model_b": str(model_path(cfg.model_b)),
         "model_c": str(model_path(cfg.model_c)) if cfg.model_c else None,
+        MODEL_FILES: model_records(merge.models, known_model_files),
         "method": merge.method.name,
         "architecture": merge.architecture.label,
         "arch_name": merge.architecture.name,

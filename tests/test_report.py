@@ -43,6 +43,7 @@ def make_run(
     info = {
         "run_id": f"20260101-000000-{arch}", "started_at": "2026-01-01T00:00:00+00:00",
         "model_a": "/models/a.safetensors", "model_b": "/models/b.safetensors", "model_c": None,
+        "model_files": {"A": {"path": "/models/a.safetensors", "size": 2, "mtime_ns": 1, "sha256": "ab" * 32}},
         "method": "sum_twice" if beta else "weighted_sum", "architecture": "SDXL" if arch == "sdxl" else "SD1",
         "arch_name": arch, "blocks": list(blocks), "uses_beta": beta, "init_points": init_points,
         "n_iters": n_iters, "seed": 42, "scorer": "laion", "payloads": list(payloads),
@@ -220,6 +221,8 @@ def test_summary_shows_budget_best_and_stage_times(sd1_run):
     assert "14 / 20" in html
     assert f"trial {best['trial']}" in html
     assert "weighted_sum" in html and "a.safetensors" in html
+    # model A's sha256 as A1111 and Civitai show it (AutoV2: its first 10 characters); B's is not recorded
+    assert html.count(f'<code title="sha256 {"ab" * 32}">{"ab" * 5}</code>') == 1 and html.count("sha256") == 1
     assert "4.20 s" in html  # the mean load time
 
 

@@ -16,7 +16,6 @@ another host.
 
     settings.py     cluster.address and what a cluster run cannot do, checked before any work
     connect.py      joining the Ray cluster, and the hosts that offer WebUIs
-    fingerprint.py  the model files' identity: size and sha256 of the header (or of the whole file)
     host.py         the actor: one WebUI on one host, and the trials it runs there
     hosts.py        the driver's side: the actors started, each a Slot, remote errors as lost WebUIs
 """

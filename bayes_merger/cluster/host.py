@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import torch
 
 from bayes_merger import __version__
-from bayes_merger.cluster.fingerprint import Fingerprint, check_same_file
+from bayes_merger.merge.fingerprint import Fingerprint, check_same_file
 from bayes_merger.config import WebUIConfig
 from bayes_merger.errors import NOT_THE_TRIALS_FAULT, BayesMergerError, WebUIConnectionError
 from bayes_merger.executor import SETTLE_SECONDS, Slot

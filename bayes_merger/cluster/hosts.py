@@ -19,13 +19,13 @@ from typing import Any, Iterator, Mapping
 
 from bayes_merger import __version__
 from bayes_merger.cluster.connect import RESOURCE, Node, connect, webui_nodes
-from bayes_merger.cluster.fingerprint import fingerprint
 from bayes_merger.cluster.host import HostResult, TrialHost
 from bayes_merger.errors import BayesMergerError, ConfigError, WebUIConnectionError
 from bayes_merger.executor import Slot
 from bayes_merger.inputs import Inputs
+from bayes_merger.merge.fingerprint import recorded_fingerprints
 from bayes_merger.renderers import Renderer
-from bayes_merger.run_folder import Trial, write_image_file
+from bayes_merger.run_folder import MODEL_FILES, Trial, write_image_file
 from bayes_merger.run_folder.liveness import is_running
 from bayes_merger.webui.render_check import MergeNotRendered
 
@@ -114,7 +114,7 @@ def open_hosts(inputs: Inputs, runs: Mapping[str, Path], info: dict[str, Any]) -
             raise ConfigError(f"No host of the Ray cluster at {cfg.cluster.address} offers a WebUI: join each WebUI "
                               f"host with ray start --address=HEAD:6379 --resources='{{\"{RESOURCE}\": 1}}'.")
         webuis = webui_configs(cfg, inputs.run_id)
-        reference = {model: fingerprint(path) for model, path in inputs.merge.models.items()}
+        reference = recorded_fingerprints(inputs.info[MODEL_FILES])  # read once, as the run's inputs were checked
         dead = {owner: path for owner, path in runs.items() if not is_running(path)}
         hosts: list[tuple[RayHost, str]] = []
         try:

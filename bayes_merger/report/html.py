@@ -32,7 +32,7 @@ from bayes_merger.report.format import (
     sort_value,
 )
 from bayes_merger.run_folder.paths import CONVERGENCE_PNG, IMPORTANCE_PNG, WEIGHTS_PNG
-from bayes_merger.run_folder import record_score
+from bayes_merger.run_folder import MODEL_FILES, MODEL_KEYS, record_score
 
 # past this many payloads the trials table shows no per-payload columns (it would get too wide)
 MAX_PAYLOAD_COLUMNS = 6
@@ -48,18 +48,22 @@ def _card(label: str, value: str, note: str = "", cls: str = "") -> str:
             f'<div class="value">{value}</div>{note_html}</div>')
 
 
-def _model(label: str, path: Any) -> str:
+def _model(label: str, path: Any, file: Any) -> str:
     if not path:
         missing = "none" if label == "C" else UNKNOWN
         return f'<tr><th>{label}</th><td><span class="muted">{missing}</span></td></tr>'
     text = str(path)
     name = text.replace("\\", "/").rsplit("/", 1)[-1]
-    return (f'<tr><th>{label}</th><td><strong>{escape(name)}</strong> '
+    sha256 = str(file.get("sha256") or "") if isinstance(file, Mapping) else ""
+    # the first 10 characters are the hash A1111 and Civitai show ("AutoV2")
+    hashed = f' <code title="sha256 {escape(sha256)}">{escape(sha256[:10])}</code>' if sha256 else ""
+    return (f'<tr><th>{label}</th><td><strong>{escape(name)}</strong>{hashed} '
             f'<code class="path">{escape(text)}</code></td></tr>')
 
 
 def _summary(run: RunData) -> str:
     info = run.info
+    files = info.get(MODEL_FILES) if isinstance(info.get(MODEL_FILES), Mapping) else {}
     timings = mean_timings(run)
     payloads = payload_names(run)
     payload_list = (", ".join(f"<code>{escape(p)}</code>" for p in payloads)
@@ -71,7 +75,7 @@ def _summary(run: RunData) -> str:
     <div class="panel">
       <h3>Models</h3>
       <table class="kv">
-        {_model("A", info.get("model_a"))}{_model("B", info.get("model_b"))}{_model("C", info.get("model_c"))}
+        {"".join(_model(m, info.get(key), files.get(m)) for m, key in MODEL_KEYS.items())}
         <tr><th>payloads</th><td>{payload_list}</td></tr>
         <tr><th>started</th><td>{fmt_text(info.get("started_at"))}</td></tr>
       </table>

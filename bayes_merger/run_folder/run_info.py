@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from bayes_merger.errors import ConfigError
 from bayes_merger.files import atomic_write_text, storage_errors
+from bayes_merger.merge.fingerprint import Fingerprint
 from bayes_merger.run_folder.paths import CONFIG_FILE, CONFIG_HEADER, RUN_FILE, RUN_LOCK, TRIALS_FILE, resume_command
 from bayes_merger.run_folder.trials import ranked, read_trial_records, record_score
 
@@ -21,6 +22,10 @@ log = logging.getLogger(__name__)
 
 # run.json fields that must match for a run folder to be resumed with a config
 IDENTITY = ("model_a", "model_b", "model_c", "method", "seed", "init_points", "space", "payloads", "scorer")
+# each model file's path, size, modification time and sha256 (merge/fingerprint.py), by "A", "B", "C": where
+# a run recorded them, a resume is checked against the files, wherever they are now, not against the paths
+MODEL_FILES = "model_files"
+MODEL_KEYS = {"A": "model_a", "B": "model_b", "C": "model_c"}
 # what a score means (payload requests, scorer, merge precision): resumed with another, the trials before
 # and after would measure different things. Another version may record it differently: then a warning.
 OBJECTIVE = "objective"
@@ -139,12 +144,18 @@ def _difference(there: Any, now: Any) -> str:
 def check_resumable(previous: Mapping[str, Any], current: Mapping[str, Any], run_dir: Path) -> None:
     """Refuse to resume a run folder with a config that differs in what defines the run."""
     normalise = lambda value: json.loads(json.dumps(value))  # noqa: E731 - tuples vs lists
+    files = previous.get(MODEL_FILES)
+    by_content = isinstance(files, Mapping)
     for key in IDENTITY:
+        if by_content and key in MODEL_KEYS.values():
+            continue
         if key in previous and normalise(previous[key]) != normalise(current[key]):
             raise ConfigError(
                 f"Cannot resume {run_dir}: '{key}' differs from the run's ({_difference(previous[key], current[key])}). "
                 f"Resume with the run's own config: {resume_command(run_dir)}"
             )
+    if by_content:
+        _check_same_model_files(files, current[MODEL_FILES], run_dir)
     if OBJECTIVE in previous:
         changed = _differences(normalise(previous[OBJECTIVE]), normalise(current[OBJECTIVE]))
         if changed:
@@ -156,6 +167,30 @@ def check_resumable(previous: Mapping[str, Any], current: Mapping[str, Any], run
             log.warning("Resuming %s, run by bayes-merger %s, whose record of what a score means differs (%s); "
                         "if the payloads, scorer or merge settings did change, start a new run instead.",
                         run_dir, previous.get("version"), what)
+
+
+def _check_same_model_files(before: Mapping[str, Any], now: Mapping[str, Mapping[str, Any]], run_dir: Path) -> None:
+    """Refuse a resume whose model files are not the run's (size and sha256); a file moved or copied
+    elsewhere is the same file, and the run goes on with it there."""
+    for model in sorted(set(before) | set(now)):
+        then, found, key = before.get(model), now.get(model), MODEL_KEYS.get(model, model)
+        if _file_identity(then) != _file_identity(found):
+            raise ConfigError(f"Cannot resume {run_dir}: {key} is not the file its trials were merged from "
+                              f"({_said(found)} now; the run's, {_said(then)}). Give that file as {key}, or start a "
+                              "new run.")
+        if then.get("path") != found["path"]:
+            log.info("%s is %s now, where the run had %s: the same file (sha256 %s), so the run goes on with it.",
+                     key, found["path"], then.get("path"), found["sha256"][:12])
+
+
+def _file_identity(record: Any) -> tuple[Any, Any] | None:
+    return (record.get("size"), record.get("sha256")) if isinstance(record, Mapping) else None
+
+
+def _said(record: Any) -> str:
+    if not isinstance(record, Mapping):
+        return "none"
+    return f"{record.get('path')}: {Fingerprint(record.get('size'), str(record.get('sha256') or '')).describe()}"
 
 
 def note_changed_suggestions(previous: Mapping[str, Any], current: Mapping[str, Any], run_dir: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bayes_merger.cluster.fingerprint import Fingerprint, check_same_file, fingerprint
+from bayes_merger.merge.fingerprint import Fingerprint, check_same_file, fingerprint
 from bayes_merger.cluster.host import TrialHost
 from bayes_merger.config import ClusterConfig, Config, OptimiserConfig, PayloadsConfig, ScorerConfig, WebUIConfig
 from bayes_merger.errors import ConfigError

@@ -164,7 +164,7 @@ def test_a_cluster_host_hands_the_driver_its_measured_route_and_takes_the_one_re
                                                                                      tmp_path, slow_node, assets):
     # on a Ray cluster each host times its ComfyUI; the driver keeps the record in run.json, by host, so that
     # a resume takes the route its first session measured, as on one machine (it timed it anew every session)
-    from bayes_merger.cluster.fingerprint import fingerprint
+    from bayes_merger.merge.fingerprint import fingerprint
     from bayes_merger.cluster.host import TrialHost
     from bayes_merger.config import ClusterConfig, Config, OptimiserConfig, PayloadsConfig, ScorerConfig, WebUIConfig
     from bayes_merger.inputs import check_inputs

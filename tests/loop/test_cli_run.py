@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 
 from bayes_merger.cli import main, save_config
 from bayes_merger.errors import StorageError
+from bayes_merger.files import file_sha256
 from bayes_merger.merge.safetensors_file import read_header
 from bayes_merger.run_folder.paths import resume_command
 from bayes_merger.testing.models import make_checkpoint
@@ -256,14 +257,91 @@ def test_missing_model_is_one_sentence_and_a_nonzero_exit(assets, fake_webui, tm
     assert errors == [f"model_b: {tmp_path / 'nope.safetensors'} does not exist."]
 
 
+def _own_models(assets, folder: Path) -> dict:
+    """The assets with copies of the two models in ``folder``, for a test that moves or replaces them."""
+    folder.mkdir()
+    copies = {key: folder / assets[key].name for key in ("model_a", "model_b")}
+    for key, copy in copies.items():
+        copy.write_bytes(assets[key].read_bytes())
+    return {**assets, **copies}
+
+
+def _run_json(run_dir: Path) -> dict:
+    return json.loads((run_dir / "run.json").read_text())
+
+
 def test_resume_with_other_models_is_refused(assets, fake_webui, tmp_path, caplog):
     assert _cli(_args(assets, fake_webui, tmp_path / "runs", "optimiser.n_iters=0")) == 0
     run_dir = _only_run(tmp_path / "runs")
     other = make_checkpoint(tmp_path / "c.safetensors", "sd1", seed=3)
     code = _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}") + [f"model_b={other}"])
     assert code == 2
-    assert "'model_b' differs" in caplog.text
+    [said] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert said.startswith(f"Cannot resume {run_dir}: model_b is not the file its trials were merged from ({other}: ")
+    assert said.endswith(f"the run's, {assets['model_b']}: {assets['model_b'].stat().st_size} bytes, sha256 "
+                         f"{_run_json(run_dir)['model_files']['B']['sha256'][:12]}). Give that file as model_b, or "
+                         "start a new run.")
     assert len(_trials(run_dir)) == 3
+
+
+def test_resume_refuses_a_model_replaced_by_another_at_the_same_path(assets, fake_webui, tmp_path, caplog):
+    # a new version of a fine-tune saved under the old name: same path, same size, same header
+    models = _own_models(assets, tmp_path / "models")
+    assert _cli(_args(models, fake_webui, tmp_path / "runs", "optimiser.n_iters=0")) == 0
+    run_dir = _only_run(tmp_path / "runs")
+    size = models["model_b"].stat().st_size
+    make_checkpoint(models["model_b"], "sd1", seed=3)
+    assert models["model_b"].stat().st_size == size
+    renders = len(fake_webui.requests_to("/sdapi/v1/txt2img"))
+    assert _cli(_args(models, fake_webui, tmp_path / "runs", f"resume={run_dir}")) == 2
+    [said] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert said.startswith(f"Cannot resume {run_dir}: model_b is not the file its trials were merged from "
+                           f"({models['model_b']}: {size} bytes, sha256 ")
+    assert len(fake_webui.requests_to("/sdapi/v1/txt2img")) == renders and len(_trials(run_dir)) == 3
+
+
+def test_resume_goes_on_with_the_run_s_models_moved_elsewhere_and_reads_untouched_ones_once(assets, fake_webui,
+                                                                                             tmp_path, caplog,
+                                                                                             monkeypatch):
+    import bayes_merger.merge.fingerprint as fingerprint
+
+    models = _own_models(assets, tmp_path / "models")
+    assert _cli(_args(models, fake_webui, tmp_path / "runs", "optimiser.n_iters=0")) == 0
+    run_dir = _only_run(tmp_path / "runs")
+    recorded = _run_json(run_dir)["model_files"]
+    moved = tmp_path / "elsewhere" / "b-renamed.safetensors"
+    moved.parent.mkdir()
+    models["model_b"].rename(moved)
+    read = []
+
+    def counted(path):
+        read.append(Path(path))
+        return file_sha256(path)
+
+    monkeypatch.setattr(fingerprint, "file_sha256", counted)
+    caplog.set_level("INFO")
+    assert _cli(_args({**models, "model_b": moved}, fake_webui, tmp_path / "runs", f"resume={run_dir}")) == 0
+    assert len(_trials(run_dir)) == 5
+    assert read == [moved]  # model A, untouched at its path, is not read again
+    info = _run_json(run_dir)
+    assert info["model_b"] == str(moved) and info["model_files"]["B"]["path"] == str(moved)
+    assert info["model_files"]["B"]["sha256"] == recorded["B"]["sha256"] and info["model_files"]["A"] == recorded["A"]
+    assert f"model_b is {moved} now, where the run had {models['model_b']}: the same file" in caplog.text
+
+
+def test_resume_of_a_run_that_recorded_no_model_files_checks_the_paths_and_records_them(assets, fake_webui, tmp_path,
+                                                                                        caplog):
+    # a run folder of before model files were recorded: its models are known by their paths only
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "optimiser.n_iters=0")) == 0
+    run_dir = _only_run(tmp_path / "runs")
+    info = _run_json(run_dir)
+    recorded = info.pop("model_files")
+    (run_dir / "run.json").write_text(json.dumps(info))
+    other = make_checkpoint(tmp_path / "c.safetensors", "sd1", seed=3)
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}") + [f"model_b={other}"]) == 2
+    assert "'model_b' differs from the run's" in caplog.text
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}")) == 0
+    assert len(_trials(run_dir)) == 5 and _run_json(run_dir)["model_files"] == recorded
 
 
 def test_resume_with_other_bounds_names_what_changed_not_the_whole_space(assets, fake_webui, tmp_path, caplog):
