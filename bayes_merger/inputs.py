@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping
@@ -115,7 +115,9 @@ def check_inputs(cfg: Config, run_dir: Path) -> Inputs:
     if not isinstance(run_id, str) or not RUN_ID.match(run_id):  # a folder of an older version: a new id
         run_id = f"{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
     known = previous.get(MODEL_FILES) if previous else None
-    info = _run_info(cfg, run_id, merge, space, payloads, known if isinstance(known, Mapping) else None)
+    files = model_records(merge.models, known if isinstance(known, Mapping) else None)
+    merge = replace(merge, sha256={model: record["sha256"] for model, record in files.items()})
+    info = _run_info(cfg, run_id, merge, space, payloads, files)
     if previous:
         check_resumable(previous, info, run_dir)
         note_changed_suggestions(previous, info, run_dir)
@@ -209,7 +211,7 @@ def _check_finalists(cfg: Config) -> None:
 
 
 def _run_info(cfg: Config, run_id: str, merge: MergeInputs, space: SearchSpace, payloads: list[Payload],
-              known_model_files: Mapping[str, Any] | None) -> dict[str, Any]:
+              model_files: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {
         "run_id": run_id,
         "version": __version__,
@@ -217,7 +219,7 @@ def _run_info(cfg: Config, run_id: str, merge: MergeInputs, space: SearchSpace, 
         "model_a": str(model_path(cfg.model_a)),
         "model_b": str(model_path(cfg.model_b)),
         "model_c": str(model_path(cfg.model_c)) if cfg.model_c else None,
-        MODEL_FILES: model_records(merge.models, known_model_files),
+        MODEL_FILES: model_files,
         "method": merge.method.name,
         "architecture": merge.architecture.label,
         "arch_name": merge.architecture.name,

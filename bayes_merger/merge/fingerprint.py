@@ -4,9 +4,9 @@ Not of the safetensors header alone: two fine-tunes of one base saved by the sam
 keys, dtypes, shapes and offsets, so the same header and size (two test checkpoints of other weights
 do), and a model replaced by a new version at the same path, or a host holding model B at model A's
 path, would merge other models unnoticed. The hash costs one read of each file (seconds a checkpoint),
-once a run: run.json keeps it with the file's modification time, and a resume reads again only a file
-that was touched or moved. On a cluster host it leaves the file in the page cache for the load that
-follows.
+once a run: run.json keeps it with the file's modification time, a resume reads again only a file
+that was touched or moved, and the merges' recipes take it from there. On a cluster host the check
+leaves the file in the page cache for the load that follows.
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ def model_records(models: Mapping[str, Path], known: Mapping[str, Any] | None = 
         if isinstance(before, Mapping) and all(before.get(k) == v for k, v in record.items()) and before.get("sha256"):
             record["sha256"] = str(before["sha256"])
         else:
-            log.info("Reading model_%s (%s, %.2f GB) for its sha256: a resume checks it is the same file.",
-                     model.lower(), Path(path).name, stat.st_size / 1e9)
+            log.info("Reading model_%s (%s, %.1f MB) for its sha256: a resume checks it is the same file.",
+                     model.lower(), Path(path).name, stat.st_size / 1e6)
             record["sha256"] = file_sha256(path)
         records[model] = record
     return records

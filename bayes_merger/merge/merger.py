@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 
@@ -108,6 +108,9 @@ class MergeInputs:
     models: Mapping[str, Path]  # "A", "B" [, "C"]
     infos: Mapping[str, Mapping[str, TensorInfo]]
     architecture: Architecture  # model A's
+    # each model's sha256 where the run has it (run.json's record, merge/fingerprint.py), so the merges'
+    # recipes do not read the files again; a model missing here is hashed at the first save
+    sha256: Mapping[str, str] = field(default_factory=dict)
 
 
 def inspect_inputs(model_a: Path, model_b: Path, model_c: Path | None, config: MergeConfig) -> MergeInputs:
@@ -191,7 +194,7 @@ class Merger:
 
         plan, partial, extra = self._plan(inputs.infos)
         self._load(inputs.infos, plan, partial, extra, parse_dtype(config.load_dtype), parse_dtype(config.dtype))
-        self._hashes: dict[str, str] = {}
+        self._hashes: dict[str, str] = dict(inputs.sha256)
         self._weights: BlockWeights | None = None
 
     @classmethod
@@ -425,7 +428,7 @@ class Merger:
     # ------------------------------------------------------------------------------------ output
 
     def model_sha256(self, model: str) -> str:
-        """sha256 of model "A", "B" or "C"'s file, computed on first use and kept."""
+        """sha256 of model "A", "B" or "C"'s file: the run's record of it, else computed on first use and kept."""
         if model not in self._hashes:
             self._hashes[model] = checkpoint_sha256(self.models[model])
         return self._hashes[model]

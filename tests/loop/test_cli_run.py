@@ -303,6 +303,7 @@ def test_resume_refuses_a_model_replaced_by_another_at_the_same_path(assets, fak
 def test_resume_goes_on_with_the_run_s_models_moved_elsewhere_and_reads_untouched_ones_once(assets, fake_webui,
                                                                                              tmp_path, caplog,
                                                                                              monkeypatch):
+    import bayes_merger.merge.checkpoint as checkpoint
     import bayes_merger.merge.fingerprint as fingerprint
 
     models = _own_models(assets, tmp_path / "models")
@@ -318,14 +319,18 @@ def test_resume_goes_on_with_the_run_s_models_moved_elsewhere_and_reads_untouche
         read.append(Path(path))
         return file_sha256(path)
 
-    monkeypatch.setattr(fingerprint, "file_sha256", counted)
+    for module in (fingerprint, checkpoint):  # the run's record, and the merges' recipes
+        monkeypatch.setattr(module, "file_sha256", counted)
     caplog.set_level("INFO")
     assert _cli(_args({**models, "model_b": moved}, fake_webui, tmp_path / "runs", f"resume={run_dir}")) == 0
     assert len(_trials(run_dir)) == 5
-    assert read == [moved]  # model A, untouched at its path, is not read again
+    # model A, untouched at its path, is not read again, nor is either for the merges' recipes
+    assert read == [moved]
     info = _run_json(run_dir)
     assert info["model_b"] == str(moved) and info["model_files"]["B"]["path"] == str(moved)
     assert info["model_files"]["B"]["sha256"] == recorded["B"]["sha256"] and info["model_files"]["A"] == recorded["A"]
+    recipe = _metadata(run_dir / "best.safetensors")
+    assert [recipe["model_a_sha256"], recipe["model_b_sha256"]] == [recorded["A"]["sha256"], recorded["B"]["sha256"]]
     assert f"model_b is {moved} now, where the run had {models['model_b']}: the same file" in caplog.text
 
 
