@@ -43,7 +43,8 @@ compared on the seeds it ran, and the one our ratio is largest against taken; ``
 same with the trial each method would report instead of the oracle's pick), whether default ever did worse
 than the centre merge, and for each ``bo:…,pending=k`` the cost of the trials in flight: the geometric mean
 over landscapes of its median reported regret over the same configuration's with nothing in flight
-(``bo_pending3/default@40``). With none of the references run and several budgets, what the last trials are
+(``bo_pending3/default@40``); for each other ``bo:…`` run beside default (a setting changed, nothing in flight),
+the same ratio over default's (``bo_init_points6/default@20``). With none of the references run and several budgets, what the last trials are
 worth to each of ours: the geometric mean over landscapes of its median reported regret after n trials over
 that after the largest budget (``default@77/@80``; each budget is a run of its own). With the timing and
 bayes_opt run, each of ours' seconds per suggestion over stock bayes_opt's (``default/bayes_opt_s_per_suggestion``).
@@ -568,6 +569,9 @@ def report(methods, names, budgets, results, timing, elapsed) -> None:
         if all_on != method and all_on in methods:
             # what the rules switched off (endgame=off, lastguess=off) are worth: the regret with them over without
             summary += [f"{summary_name(all_on)}/{key}@{n}={reported_ratio(all_on, n, method, n):.3f}" for n in budgets]
+        if method.startswith("bo:") and sequential == method == all_on and "default" in methods:
+            # a setting other than the default's (init_points, xi, …): its regret over the default's, at equal trials
+            summary += [f"{key}/default@{n}={reported_ratio(method, n, 'default', n):.3f}" for n in budgets]
         if len(budgets) > 1 and not any(m in REFERENCES for m in methods):
             summary += [f"{key}@{n}/@{budgets[-1]}={reported_ratio(method, n, method, budgets[-1]):.3f}"
                         for n in budgets[:-1]]

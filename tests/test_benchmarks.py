@@ -51,9 +51,10 @@ def test_bench_merge_ends_with_its_ratios(tmp_path: Path) -> None:
 def test_bench_optimiser_ends_with_its_ratios(tmp_path: Path) -> None:
     # the references that need no extra package (Optuna's are in the bench extra)
     values = _last_line("bench_optimiser.py", "--methods", "random", "centre", "default", "bo:pending=1",
-                        "--landscapes", "few26", "--seeds", "1", "--budgets", "12", "--jobs", "1", "--no-timing",
-                        cwd=tmp_path)
-    assert {"default/random@12", "default_worse_than_centre", "bo_pending1/default@12"} <= set(values)
+                        "bo:init_points=4", "--landscapes", "few26", "--seeds", "1", "--budgets", "12", "--jobs", "1",
+                        "--no-timing", cwd=tmp_path)
+    assert {"default/random@12", "default_worse_than_centre", "bo_pending1/default@12",
+            "bo_init_points4/default@12"} <= set(values)
 
 
 def test_bench_optimiser_says_what_the_endgame_and_the_last_trials_are_worth(tmp_path: Path) -> None:
