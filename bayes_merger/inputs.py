@@ -30,11 +30,12 @@ from bayes_merger.files import file_sha256
 from bayes_merger.merge.checkpoint import parse_dtype
 from bayes_merger.merge.fingerprint import model_records
 from bayes_merger.merge.merger import MergeInputs, inspect_inputs
-from bayes_merger.optimiser import check_optimiser_config
+from bayes_merger.optimiser import check_optimiser_config, library_versions
 from bayes_merger.run_folder import (
     MANUAL_RATINGS,
     MODEL_FILES,
     MODEL_KEYS,
+    LIBRARIES,
     PAYLOAD_WEIGHTS,
     RESUMED_AT,
     RUN_FILE,
@@ -125,7 +126,7 @@ def check_inputs(cfg: Config, run_dir: Path) -> Inputs:
         resumes = previous.get(RESUMED_AT)
         resumes = [r for r in resumes if isinstance(r, str)] if isinstance(resumes, list) else []
         info = {**previous, "n_iters": cfg.optimiser.n_iters, "run_id": run_id, SUGGESTIONS: info[SUGGESTIONS],
-                PAYLOAD_WEIGHTS: info[PAYLOAD_WEIGHTS], RESUMED_AT: [*resumes, now()],
+                LIBRARIES: info[LIBRARIES], PAYLOAD_WEIGHTS: info[PAYLOAD_WEIGHTS], RESUMED_AT: [*resumes, now()],
                 # where the model files are now (a run's files moved elsewhere are the same files)
                 **{key: info[key] for key in (*MODEL_KEYS.values(), MODEL_FILES)}}
         info.pop("finished_at", None)
@@ -234,6 +235,7 @@ def _run_info(cfg: Config, run_id: str, merge: MergeInputs, space: SearchSpace, 
         "space": {"parameters": [asdict(p) for p in space.parameters], "frozen": dict(space.frozen)},
         "objective": _objective(cfg, payloads),
         SUGGESTIONS: {"acquisition": cfg.optimiser.acquisition, "xi": cfg.optimiser.xi, "kappa": cfg.optimiser.kappa},
+        LIBRARIES: library_versions(),
     }
 
 

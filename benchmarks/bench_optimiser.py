@@ -289,7 +289,7 @@ def code_version() -> str:
                REPO / "bayes_merger" / "space.py", REPO / "benchmarks" / "landscapes.py", Path(__file__).resolve()]
     for path in sources:
         digest.update(path.read_bytes())
-    for package in ("numpy", "scipy", "optuna", "bayesian-optimization"):
+    for package in ("numpy", "scipy", "scikit-learn", "optuna", "bayesian-optimization"):
         try:
             digest.update(f"{package}={importlib.metadata.version(package)}".encode())
         except importlib.metadata.PackageNotFoundError:

@@ -12,6 +12,7 @@ from the seed and the trial index. So a resumed run suggests exactly what an uni
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import math
 from contextlib import contextmanager
@@ -36,6 +37,10 @@ log = logging.getLogger(__name__)
 
 ACQUISITIONS = ("ei", "ucb", "poi")
 
+# the libraries whose arithmetic decides a suggestion to the last bit (the GP is scikit-learn's, on numpy and
+# scipy): another version of one may change a bit, and the search grows it into other weights
+NUMERIC_LIBRARIES = ("numpy", "scipy", "scikit-learn")
+
 # how the best trial is chosen (best.yaml's chosen_by): by the model's posterior mean once it has
 # MODEL_MIN_SCORES scores, by the highest score before (a GP fitted to one or two points is no judge of them)
 BY_POSTERIOR_MEAN, BY_SCORE = "posterior mean", "best score"
@@ -52,6 +57,11 @@ def check_optimiser_config(config: OptimiserConfig) -> None:
     for key in ("kappa", "xi"):
         if not 0 <= getattr(config, key) < math.inf:  # nan too: the first suggestion of the GP would fail on it
             raise ConfigError(f"optimiser.{key} must be a number, 0 or more, got {getattr(config, key)}.")
+
+
+def library_versions() -> dict[str, str]:
+    """The version of each of ``NUMERIC_LIBRARIES`` installed here."""
+    return {name: importlib.metadata.version(name) for name in NUMERIC_LIBRARIES}
 
 
 class Optimiser:

@@ -40,6 +40,7 @@ from bayes_merger.run_folder.paths import (
 )
 from bayes_merger.run_folder.rescores import read_rescores, rescore_path, write_rescores
 from bayes_merger.run_folder.run_info import (
+    LIBRARIES,
     MODEL_FILES,
     MODEL_KEYS,
     PAYLOAD_WEIGHTS,
@@ -79,7 +80,7 @@ __all__ = [
     "NOT_RENDERED_FILE", "RESUMED_CONFIG", "RESUMED_CONFIGS", "RUN_FILE", "TRIALS_FILE", "WEBUI_LOST_FILE",
     "check_trial_folder", "resume_command",
     "ImageRecord", "Trial", "TrialLog", "best_trial", "finite", "record_score", "note_lost_webui", "now", "observations", "ranked", "read_trial_records", "read_trials",
-    "MODEL_FILES", "MODEL_KEYS", "PAYLOAD_WEIGHTS", "RESUMED_AT", "STOPPED_BY", "SUGGESTIONS", "WEBUI_LOST", "check_resumable", "describe", "foreign_files", "is_run_folder", "load_run_info", "note_changed_suggestions",
+    "LIBRARIES", "MODEL_FILES", "MODEL_KEYS", "PAYLOAD_WEIGHTS", "RESUMED_AT", "STOPPED_BY", "SUGGESTIONS", "WEBUI_LOST", "check_resumable", "describe", "foreign_files", "is_run_folder", "load_run_info", "note_changed_suggestions",
     "read_run_info", "stopped_by_lost_webui", "unfinished", "write_run_info",
     "write_best", "record_images", "save_image", "write_image_file",
     "read_rescores", "rescore_path", "write_rescores",

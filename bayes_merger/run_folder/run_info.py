@@ -32,6 +32,8 @@ OBJECTIVE = "objective"
 # the settings that decide a suggestion but not what a score means: a resume may change them, and is told
 # what that changes
 SUGGESTIONS = "suggestions"
+# the versions of the libraries that decide a suggestion to the last bit (optimiser.NUMERIC_LIBRARIES)
+LIBRARIES = "libraries"
 # each payload's score_weight, so a re-score combines the payloads as the run did without its payload files
 PAYLOAD_WEIGHTS = "payload_weights"
 RESUMED_AT = "resumed_at"  # when each session after the first started
@@ -194,15 +196,23 @@ def _said(record: Any) -> str:
 
 
 def note_changed_suggestions(previous: Mapping[str, Any], current: Mapping[str, Any], run_dir: Path) -> None:
-    """Warn when a resume suggests with other optimiser settings than the run had (older folders: unknown)."""
+    """Warn when a resume suggests with other optimiser settings, or other versions of the libraries that decide
+    a suggestion, than the run had (older folders: unknown)."""
     before, now = previous.get(SUGGESTIONS), current[SUGGESTIONS]
-    if not isinstance(before, Mapping):
-        return
-    changed = [f"optimiser.{key} {now.get(key)!r} (was {before.get(key)!r})" for key in sorted(set(before) | set(now))
-               if before.get(key) != now.get(key)]
-    if changed:
-        log.warning("Resuming %s with %s: the finished trials are kept, and the next ones are suggested with these "
-                    "settings, so they differ from what the run would have suggested.", run_dir, ", ".join(changed))
+    if isinstance(before, Mapping):
+        changed = [f"optimiser.{key} {now.get(key)!r} (was {before.get(key)!r})"
+                   for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
+        if changed:
+            log.warning("Resuming %s with %s: the finished trials are kept, and the next ones are suggested with these "
+                        "settings, so they differ from what the run would have suggested.", run_dir, ", ".join(changed))
+    before, now = previous.get(LIBRARIES), current[LIBRARIES]
+    if isinstance(before, Mapping):
+        changed = [f"{name} {now[name]} (was {before[name]})" for name in sorted(now)
+                   if name in before and before[name] != now[name]]
+        if changed:
+            log.warning("Resuming %s with %s: the finished trials are kept, but the next ones may differ from what the "
+                        "run would have suggested (another version's arithmetic can differ in the last bits).", run_dir,
+                        ", ".join(changed))
 
 
 def _differences(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:

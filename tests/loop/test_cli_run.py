@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import importlib.metadata
 import io
 import json
 import os
@@ -159,6 +160,29 @@ def test_a_resume_with_other_acquisition_settings_says_the_suggestions_change(as
     assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}", "optimiser.acquisition=ucb",
                       "optimiser.kappa=1.0")) == 0
     assert "suggested with these settings" not in caplog.text, "said once"
+
+
+def test_a_resume_with_another_version_of_a_numeric_library_says_the_suggestions_may_change(
+        assets, fake_webui, tmp_path, caplog):
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs")) == 0
+    run_dir = _only_run(tmp_path / "runs")
+    info = _run_json(run_dir)
+    installed = {name: importlib.metadata.version(name) for name in ("numpy", "scipy", "scikit-learn")}
+    assert info["libraries"] == installed
+    (run_dir / "run.json").write_text(json.dumps({**info, "libraries": {**installed, "scipy": "0.0.1"}}))
+    caplog.clear()
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}")) == 0
+    assert (f"Resuming {run_dir} with scipy {installed['scipy']} (was 0.0.1): the finished trials are kept, but the "
+            "next ones may differ") in caplog.text
+    assert _run_json(run_dir)["libraries"] == installed
+    caplog.clear()
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}")) == 0
+    assert "may differ" not in caplog.text, "said once"
+    # a run folder from before the versions were recorded: nothing known, nothing said
+    (run_dir / "run.json").write_text(json.dumps({k: v for k, v in info.items() if k != "libraries"}))
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}")) == 0
+    assert "may differ" not in caplog.text
+    assert _run_json(run_dir)["libraries"] == installed
 
 
 def test_images_are_scored_and_kept_with_the_prompt_the_webui_rendered_from_its_styles_applied(
