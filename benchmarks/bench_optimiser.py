@@ -81,7 +81,7 @@ for _path in (REPO, REPO / "benchmarks"):
 from landscapes import LANDSCAPES, SCORE_RANGE, SCORE_TOP, TUNED, Objective  # noqa: E402
 
 from bayes_merger.config import OptimiserConfig  # noqa: E402
-from bayes_merger.optimiser import Optimiser  # noqa: E402
+from bayes_merger.optimiser import NUMERIC_LIBRARIES, Optimiser  # noqa: E402
 from bayes_merger.schedule import Schedule  # noqa: E402
 from bayes_merger.space import build_space  # noqa: E402
 
@@ -289,7 +289,7 @@ def code_version() -> str:
                REPO / "bayes_merger" / "space.py", REPO / "benchmarks" / "landscapes.py", Path(__file__).resolve()]
     for path in sources:
         digest.update(path.read_bytes())
-    for package in ("numpy", "scipy", "scikit-learn", "optuna", "bayesian-optimization"):
+    for package in (*NUMERIC_LIBRARIES, "optuna", "bayesian-optimization"):
         try:
             digest.update(f"{package}={importlib.metadata.version(package)}".encode())
         except importlib.metadata.PackageNotFoundError:
