@@ -142,6 +142,10 @@ def tidy_earlier_sessions(cfg: Config, run_dir: Path, run_id: str, info: Mapping
     for first, url, webui_cfg, files_run_id in _earlier_webuis(run_dir, run_id, info):
         if (url, _folder_key(webui_cfg.checkpoint_dir), files_run_id) in kept:
             continue
+        if webui_cfg.auth is None and webui_cfg.auth_env is None:
+            # a saved config never holds the password (``webui.auth`` is nulled): this session's, which is every
+            # WebUI's of its list, is the one a user resuming the run gives again
+            webui_cfg = replace(webui_cfg, auth=cfg.webui.auth)
         dropped = url not in urls
         if dropped:
             log.info("%s rendered trials of this run before and is not in this session's list of WebUIs: this run's "

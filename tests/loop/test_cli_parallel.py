@@ -136,6 +136,30 @@ def test_a_resume_on_fewer_webuis_gives_each_its_own_model_back_the_one_left_out
                for r in caplog.records)
 
 
+@pytest.mark.parametrize("fake_webui", [{"auth": "user:secret"}], indirect=True)
+def test_a_webui_with_a_password_left_out_of_a_resume_gets_its_model_back_with_this_sessions_password(
+        assets, fake_webui, tmp_path):
+    make_checkpoint(fake_webui.checkpoint_dir / "mine-a.safetensors", "sd1", seed=6)
+    fake_webui.restart()
+    (tmp_path / "second-models").mkdir()
+    with FakeWebUI(tmp_path / "second-models", auth="user:secret") as second:
+        urls = f"[{fake_webui.url},{second.url}]"
+        dirs = f"[{fake_webui.checkpoint_dir},{second.checkpoint_dir}]"
+        budget = ("optimiser.init_points=4", "optimiser.n_iters=2", "webui.auth=user:secret")
+        assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"webui.urls={urls}", f"webui.checkpoint_dirs={dirs}",
+                          *budget)) == 0
+        run_dir = _only_run(tmp_path / "runs")
+        assert "secret" not in (run_dir / "config.yaml").read_text()
+        info = _cut(run_dir)
+        _holding(fake_webui, f"bm-{info['run_id']}-t0004.safetensors")
+
+        # the saved config has no password: the one given to this session is the left-out WebUI's too
+        assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"webui.url={second.url}",
+                          f"webui.checkpoint_dir={second.checkpoint_dir}", *budget, f"resume={run_dir}")) == 0
+    assert fake_webui.loaded_model == "mine-a.safetensors"
+    assert sorted(p.name for p in fake_webui.checkpoint_dir.iterdir()) == ["mine-a.safetensors"]
+
+
 def test_a_resume_whose_webui_names_its_merges_otherwise_in_a_shared_folder_leaves_none_of_the_old_names(
         assets, fake_webui, tmp_path):
     make_checkpoint(fake_webui.checkpoint_dir / "mine.safetensors", "sd1", seed=4)
