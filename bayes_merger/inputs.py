@@ -32,10 +32,10 @@ from bayes_merger.merge.fingerprint import model_records
 from bayes_merger.merge.merger import MergeInputs, inspect_inputs
 from bayes_merger.optimiser import check_optimiser_config, library_versions
 from bayes_merger.run_folder import (
+    LIBRARIES,
     MANUAL_RATINGS,
     MODEL_FILES,
     MODEL_KEYS,
-    LIBRARIES,
     PAYLOAD_WEIGHTS,
     RESUMED_AT,
     RUN_FILE,
