@@ -143,9 +143,9 @@ def tidy_earlier_sessions(cfg: Config, run_dir: Path, run_id: str, info: Mapping
         if (url, _folder_key(webui_cfg.checkpoint_dir), files_run_id) in kept:
             continue
         if webui_cfg.auth is None and webui_cfg.auth_env is None:
-            # a saved config never holds the password (``webui.auth`` is nulled): this session's, which is every
-            # WebUI's of its list, is the one a user resuming the run gives again
-            webui_cfg = replace(webui_cfg, auth=cfg.webui.auth)
+            # a saved config never holds the password (``webui.auth`` is nulled): this session's, inline or by a
+            # variable's name, which is every WebUI's of its list, is the one a user resuming the run gives again
+            webui_cfg = replace(webui_cfg, auth=cfg.webui.auth, auth_env=cfg.webui.auth_env)
         dropped = url not in urls
         if dropped:
             log.info("%s rendered trials of this run before and is not in this session's list of WebUIs: this run's "

@@ -137,8 +137,9 @@ def test_a_resume_on_fewer_webuis_gives_each_its_own_model_back_the_one_left_out
 
 
 @pytest.mark.parametrize("fake_webui", [{"auth": "user:secret"}], indirect=True)
+@pytest.mark.parametrize("given_by", ["webui.auth", "webui.auth_env"])
 def test_a_webui_with_a_password_left_out_of_a_resume_gets_its_model_back_with_this_sessions_password(
-        assets, fake_webui, tmp_path):
+        assets, fake_webui, tmp_path, monkeypatch, given_by):
     make_checkpoint(fake_webui.checkpoint_dir / "mine-a.safetensors", "sd1", seed=6)
     fake_webui.restart()
     (tmp_path / "second-models").mkdir()
@@ -153,7 +154,11 @@ def test_a_webui_with_a_password_left_out_of_a_resume_gets_its_model_back_with_t
         info = _cut(run_dir)
         _holding(fake_webui, f"bm-{info['run_id']}-t0004.safetensors")
 
-        # the saved config has no password: the one given to this session is the left-out WebUI's too
+        # the saved config has no password: the one given to this session, inline or by a variable's name, is the
+        # left-out WebUI's too
+        if given_by == "webui.auth_env":
+            monkeypatch.setenv("BM_TEST_AUTH", "user:secret")
+            budget = (*budget[:2], "webui.auth_env=BM_TEST_AUTH")
         assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"webui.url={second.url}",
                           f"webui.checkpoint_dir={second.checkpoint_dir}", *budget, f"resume={run_dir}")) == 0
     assert fake_webui.loaded_model == "mine-a.safetensors"
