@@ -5,7 +5,9 @@ are the driver's files), keeps them resident and runs each trial it is given sta
 one-machine code, ``run.TrialLoop``'s prepare (merge, stage the file beside the WebUI) and render
 (load, render, score), on a slot of its own. What goes back to the driver is small: the finished
 ``Trial`` (score, per-image records) and the image files' bytes. The run folder stays the driver's;
-the host writes images to a scratch folder, reads them back and deletes them.
+the host writes images to a scratch folder, reads them back and deletes them. The scratch folder is
+locked while its host lives, so a host that starts removes those of hosts that were killed (a driver
+killed with kill -9 takes its actors with it, and they never hand back).
 
 A plain class: the driver wraps it with ``ray.remote`` (``hosts.py``), and tests can use it as it is.
 """
@@ -35,9 +37,26 @@ from bayes_merger.optimiser import Optimiser
 from bayes_merger.run import TrialLoop
 from bayes_merger.webuis import open_webui_renderer, prepare_webuis, settle_comfyui_routes
 from bayes_merger.run_folder import IMAGES_DIR, Trial, TrialLog
+from bayes_merger.run_folder.liveness import is_running, running
+from bayes_merger.run_folder.paths import RUN_LOCK
 from bayes_merger.scoring import build_scorer
 
 log = logging.getLogger(__name__)
+
+SCRATCH_PREFIX = "bayes-merger-host-"
+
+
+def remove_dead_scratch(temp_dir: Path | None = None) -> list[Path]:
+    """Remove the scratch folders in ``temp_dir`` (the system's) of hosts whose process has ended without
+    handing back; returns them. Each live host holds its folder's lock; a lock file without a pid yet is
+    one being taken now, and a folder without one is not ours to judge (an older version's)."""
+    removed = []
+    for folder in Path(temp_dir or tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+        with suppress(OSError):  # another user's folder, or one going as we look
+            if (folder / RUN_LOCK).read_text(encoding="utf-8").strip() and not is_running(folder):
+                shutil.rmtree(folder)
+                removed.append(folder)
+    return removed
 
 
 @dataclass(frozen=True)
@@ -61,7 +80,9 @@ class TrialHost:
         ``dead_models_before`` the model each found before it, read there: the folders are the driver's."""
         if threads:
             torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS=1 in its workers; a host's CPUs are ours
-        self.scratch = Path(tempfile.mkdtemp(prefix="bayes-merger-host-"))
+        for folder in remove_dead_scratch():
+            log.info("Removed %s, the scratch folder of a host that was killed.", folder)
+        self.scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
         self.inputs = replace(inputs, run_dir=self.scratch)
         self.webui_config = webui
         self.run_id = run_id
@@ -70,6 +91,7 @@ class TrialHost:
         self.dead_models_before = dict(dead_models_before or {})
         self.label = f"{socket.gethostname()} ({webui.url})"
         self._stack = ExitStack()
+        self._stack.enter_context(running(self.scratch))  # until hand_back
         self._loop: TrialLoop | None = None
         self._slot: Slot | None = None
         self._before = ""

@@ -156,3 +156,35 @@ def test_a_hosts_hand_back_during_a_trials_merge_waits_for_its_load_so_the_webui
     assert not isinstance(outcome[0], AssertionError), outcome[0]  # the stand-in's own check, on the trial's thread
     assert fake_webui.loaded_model == "mine.safetensors"
     assert sorted(p.name for p in fake_webui.checkpoint_dir.iterdir()) == ["mine.safetensors"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a host's scratch folder is locked with fcntl.flock (POSIX)")
+def test_a_host_removes_the_scratch_folders_of_killed_hosts_and_keeps_those_of_live_ones(assets, tmp_path,
+                                                                                         monkeypatch):
+    # a driver killed with kill -9 takes its hosts' actors with it: they never hand back, and left their
+    # scratch folders (trial logs, images) in the host's /tmp
+    import tempfile
+
+    from bayes_merger.cluster.host import SCRATCH_PREFIX
+    from bayes_merger.files import pid_lock
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    killed, live, taking, older = (tmp_path / "tmp" / f"{SCRATCH_PREFIX}{name}" for name in ("a", "b", "c", "d"))
+    for folder in (killed, live, taking, older):
+        (folder / "images").mkdir(parents=True)
+        (folder / "images" / "t0001.png").write_bytes(b"png")
+    (killed / ".run.lock").write_text("999999999\n")  # its holder died: nothing holds it now
+    (taking / ".run.lock").write_text("")  # being taken: its host opened it and has not locked it yet
+    cfg, inputs = _host_inputs(assets, "http://127.0.0.1:9", tmp_path, tmp_path / "run")
+    with pid_lock(live / ".run.lock"):  # another host of this machine, running
+        host = TrialHost(inputs, cfg.webui, inputs.run_id, {}, {})
+        try:
+            assert not killed.exists()
+            assert all((folder / "images" / "t0001.png").is_file() for folder in (live, taking, older))
+            assert host.scratch.parent == tmp_path / "tmp" and host.scratch.name.startswith(SCRATCH_PREFIX)
+            TrialHost(inputs, cfg.webui, inputs.run_id, {}, {}).hand_back()  # a second host here, ended
+            assert host.scratch.is_dir(), "a live host's scratch folder was taken for a killed host's"
+        finally:
+            host.hand_back()
+    assert not host.scratch.exists()
