@@ -18,18 +18,20 @@ import threading
 from datetime import datetime
 from pathlib import Path
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import hydra
 import yaml
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from bayes_merger import __version__
-from bayes_merger.cli_errors import composition_error, unknown_keys, unknown_setting
+from bayes_merger.cli_errors import (composition_error, dotted_settings, integer_for_true_or_false, unknown_keys,
+                                     unknown_setting)
 from bayes_merger.cli_secrets import hide_secrets_in_hydra_log, scrub_hydra_files, without_secrets
 from bayes_merger.cli_help import USAGE, help_text
 from bayes_merger.config import Config, register_configs
@@ -93,6 +95,22 @@ def _run_dir(resume: str | None, base: str, method: str, scorer: str) -> str:
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("bm_run_dir"):
         OmegaConf.register_new_resolver("bm_run_dir", _run_dir)
+
+
+def _given_settings() -> Iterator[tuple[str, Any]]:
+    """The settings as the user wrote them, in the config file and the overrides, before OmegaConf made
+    them the schema's types (the group files its defaults name are ours)."""
+    hydra_config = HydraConfig.get()
+    for source in hydra_config.runtime.config_sources:
+        if source.provider == "main" and source.schema == "file":
+            path = Path(source.path) / f"{hydra_config.job.config_name}.yaml"
+            try:
+                yield from dotted_settings(yaml.safe_load(path.read_text(encoding="utf-8")))
+            except (OSError, yaml.YAMLError):  # Hydra read it: a file changed since is not ours to judge
+                pass
+    for override in OverridesParser.create().parse_overrides(list(hydra_config.overrides.task)):
+        if not override.is_delete():
+            yield override.key_or_group, override.value()
 
 
 def to_config(cfg: DictConfig) -> Config:
@@ -212,6 +230,9 @@ def _task(cfg: DictConfig) -> None:
         from bayes_merger.run import run
 
         scrub_hydra_files()
+        error = integer_for_true_or_false(_given_settings())
+        if error:
+            raise error
         config = to_config(cfg)
         # a resumed run continues in its own folder, whatever the config's hydra.run.dir says
         run_dir = Path(config.resume).expanduser() if config.resume else Path(HydraConfig.get().runtime.output_dir)

@@ -7,7 +7,7 @@ import dataclasses
 import difflib
 import re
 import typing
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, ConfigTypeError, OmegaConfBaseException,
@@ -52,6 +52,42 @@ def unknown_keys(cfg: Any, schema: Any = Config, prefix: str = "") -> list[str]:
         elif dataclasses.is_dataclass(hints[key]) and hasattr(cfg.get(key), "keys"):
             found += unknown_keys(cfg[key], hints[key], f"{prefix}{key}.")
     return found
+
+
+def _true_or_false_settings(schema: Any = Config, prefix: str = "") -> set[str]:
+    """The dotted keys whose schema type is bool (or an optional one)."""
+    found = set()
+    for name, hint in typing.get_type_hints(schema).items():
+        if hint is bool or [arg for arg in typing.get_args(hint) if arg is not type(None)] == [bool]:
+            found.add(f"{prefix}{name}")
+        elif dataclasses.is_dataclass(hint):
+            found |= _true_or_false_settings(hint, f"{prefix}{name}.")
+    return found
+
+
+def integer_for_true_or_false(given: Iterable[tuple[str, Any]]) -> ConfigError | None:
+    """One sentence for the first integer other than 0 and 1 given (dotted key, value as written) to a
+    true/false setting: OmegaConf takes any integer there, ``weights_clip: 2`` as true, where it refuses
+    ``maybe`` and 0.5."""
+    settings = _true_or_false_settings()
+    for key, value in given:
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        if key in settings and (whole or isinstance(value, str) and value.lstrip("+-").isdigit()) \
+                and int(value) not in (0, 1):
+            return ConfigError(f"{key} must be true or false, not {value!r}.")
+    return None
+
+
+def dotted_settings(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """A config file's settings as (dotted key, value), Hydra's own (``defaults``, ``hydra``) left out."""
+    if not isinstance(tree, dict):
+        return
+    for key, value in tree.items():
+        if prefix or key not in ("defaults", "hydra"):
+            if isinstance(value, dict):
+                yield from dotted_settings(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
 
 
 # The flat settings of sd-webui-bayesian-merger (2023), which its users bring in their configs and habits:

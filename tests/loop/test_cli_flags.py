@@ -15,6 +15,7 @@ import yaml
 
 from bayes_merger import __version__
 from bayes_merger.cli import main
+from bayes_merger.cli_errors import integer_for_true_or_false
 from bayes_merger.cli_help import GROUPS
 from bayes_merger.scoring.registry import SCORERS
 
@@ -160,6 +161,28 @@ def test_a_config_with_a_setting_bayes_merger_does_not_have_gets_it_named(lines,
     assert code == 2
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [sentence]
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("lines, override, sentence", [
+    ("save_images: 2\n", [], "save_images must be true or false, not 2."),
+    ("", ["merge.weights_clip=2"], "merge.weights_clip must be true or false, not 2."),
+])
+def test_an_integer_other_than_0_or_1_for_a_true_or_false_setting_is_one_sentence(lines, override, sentence, tmp_path,
+                                                                                   capsys, caplog):
+    # OmegaConf takes any integer for a bool (2 is true), where it refuses 'maybe' and 0.5
+    shutil.copytree(REPO / "conf", tmp_path, dirs_exist_ok=True)
+    (tmp_path / "run.yaml").write_text(HEADER + "merge:\n  weights_clip: 1\n" + lines)
+    code, _, err = _exit(["--config", str(tmp_path / "run.yaml"), f"hydra.run.dir={tmp_path / 'run'}",
+                          "hydra/job_logging=none", "hydra/hydra_logging=none", *override], capsys)
+    assert code == 2
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [sentence]
+    assert "Traceback" not in err
+
+
+def test_only_0_and_1_are_taken_as_integers_for_true_or_false():
+    assert integer_for_true_or_false([("merge.weights_clip", 1), ("save_best", 0), ("webui.pipeline", "1"),
+                                      ("optimiser.init_points", 2), ("demo", True)]) is None
+    assert str(integer_for_true_or_false([("webui.pipeline", "-1")])) == "webui.pipeline must be true or false, not '-1'."
 
 
 def test_a_config_file_that_is_not_yaml_is_one_sentence_naming_the_line(tmp_path, capsys, caplog):
