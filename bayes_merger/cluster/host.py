@@ -46,12 +46,12 @@ log = logging.getLogger(__name__)
 SCRATCH_PREFIX = "bayes-merger-host-"
 
 
-def remove_dead_scratch(temp_dir: Path | None = None) -> list[Path]:
-    """Remove the scratch folders in ``temp_dir`` (the system's) of hosts whose process has ended without
+def remove_dead_scratch() -> list[Path]:
+    """Remove the scratch folders in this machine's temp folder of hosts whose process has ended without
     handing back; returns them. Each live host holds its folder's lock; a lock file without a pid yet is
     one being taken now, and a folder without one is not ours to judge (an older version's)."""
     removed = []
-    for folder in Path(temp_dir or tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+    for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
         with suppress(OSError):  # another user's folder, or one going as we look
             if (folder / RUN_LOCK).read_text(encoding="utf-8").strip() and not is_running(folder):
                 shutil.rmtree(folder)
