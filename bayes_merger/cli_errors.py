@@ -22,8 +22,8 @@ _TYPE_WORDS = {bool: ("true or false", "true/false values"), int: ("an integer",
                float: ("a number", "numbers"), str: ("a string", "strings")}
 
 
-def _expected_type(key: str) -> str | None:
-    """What the schema (``Config``) takes at a dotted key, in words; None where it takes anything or has no such key."""
+def _schema_type(key: str) -> Any:
+    """The type the schema (``Config``) gives a dotted key; None where it has no such key."""
     hint: Any = Config
     for part in key.split("."):
         origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -38,7 +38,13 @@ def _expected_type(key: str) -> str | None:
             hint = args[0]
         else:
             return None
-    return _describe(hint, key)
+    return hint
+
+
+def _expected_type(key: str) -> str | None:
+    """What the schema (``Config``) takes at a dotted key, in words; None where it takes anything or has no such key."""
+    hint = _schema_type(key)
+    return None if hint is None else _describe(hint, key)
 
 
 def unknown_keys(cfg: Any, schema: Any = Config, prefix: str = "") -> list[str]:
@@ -54,26 +60,14 @@ def unknown_keys(cfg: Any, schema: Any = Config, prefix: str = "") -> list[str]:
     return found
 
 
-def _true_or_false_settings(schema: Any = Config, prefix: str = "") -> set[str]:
-    """The dotted keys whose schema type is bool (or an optional one)."""
-    found = set()
-    for name, hint in typing.get_type_hints(schema).items():
-        if hint is bool or [arg for arg in typing.get_args(hint) if arg is not type(None)] == [bool]:
-            found.add(f"{prefix}{name}")
-        elif dataclasses.is_dataclass(hint):
-            found |= _true_or_false_settings(hint, f"{prefix}{name}.")
-    return found
-
-
 def integer_for_true_or_false(given: Iterable[tuple[str, Any]]) -> ConfigError | None:
     """One sentence for the first integer other than 0 and 1 given (dotted key, value as written) to a
     true/false setting: OmegaConf takes any integer there, ``weights_clip: 2`` as true, where it refuses
     ``maybe`` and 0.5."""
-    settings = _true_or_false_settings()
     for key, value in given:
         whole = isinstance(value, int) and not isinstance(value, bool)
-        if key in settings and (whole or isinstance(value, str) and value.lstrip("+-").isdigit()) \
-                and int(value) not in (0, 1):
+        if (whole or isinstance(value, str) and value.lstrip("+-").isdigit()) and int(value) not in (0, 1) \
+                and _schema_type(key) is bool:
             return ConfigError(f"{key} must be true or false, not {value!r}.")
     return None
 
