@@ -91,7 +91,8 @@ class TrialHost:
         self.dead_models_before = dict(dead_models_before or {})
         self.label = f"{socket.gethostname()} ({webui.url})"
         self._stack = ExitStack()
-        self._stack.enter_context(running(self.scratch))  # until hand_back
+        with suppress(OSError):  # a temp folder without locks (ENOLCK): the host runs, its folder just not tidied
+            self._stack.enter_context(running(self.scratch))  # until hand_back
         self._loop: TrialLoop | None = None
         self._slot: Slot | None = None
         self._before = ""
