@@ -105,9 +105,10 @@ def _given_settings() -> Iterator[tuple[str, Any]]:
         if source.provider == "main" and source.schema == "file":
             path = Path(source.path) / f"{hydra_config.job.config_name}.yaml"
             try:
-                yield from dotted_settings(yaml.safe_load(path.read_text(encoding="utf-8")))
+                tree = yaml.safe_load(path.read_text(encoding="utf-8"))
             except (OSError, yaml.YAMLError):  # Hydra read it: a file changed since is not ours to judge
-                pass
+                tree = None
+            yield from dotted_settings(tree)
     for override in OverridesParser.create().parse_overrides(list(hydra_config.overrides.task)):
         if not override.is_delete():
             yield override.key_or_group, override.value()
