@@ -80,16 +80,17 @@ def rewrite_config_flag(argv: Sequence[str]) -> list[str]:
 def _run_dir(resume: str | None, base: str, method: str, scorer: str) -> str:
     if resume:
         path = Path(resume).expanduser()
-        missing = [folder for folder in (path, *path.parents) if not folder.exists()]
-        if missing:  # Hydra makes it, for its log: a mistyped resume= must not leave a new folder behind
-            _MADE_FOR_RESUME.setdefault(path, missing[-1])
-        return str(path)
-    path = Path(base) / f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{method}_{scorer}"
-    candidate, number = path, 1
-    while candidate.exists():  # two runs started in the same second get their own folders
-        number += 1
-        candidate = path.with_name(f"{path.name}-{number}")
-    return str(candidate)
+    else:
+        path = Path(base) / f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{method}_{scorer}"
+        candidate, number = path, 1
+        while candidate.exists():  # two runs started in the same second get their own folders
+            number += 1
+            candidate = path.with_name(f"{path.name}-{number}")
+        path = candidate
+    missing = [folder for folder in (path, *path.parents) if not folder.exists()]
+    if missing:  # Hydra makes it, for its log: a refused start or a mistyped resume= must not leave it behind
+        _MADE_FOR_START.setdefault(path.absolute(), missing[-1].absolute())
+    return str(path)
 
 
 def register_resolvers() -> None:
@@ -196,15 +197,25 @@ def _stop_on_signals() -> Iterator[tuple[threading.Event, threading.Event]]:
 _TASK_STARTED = threading.Event()
 # the exit codes of a sweep's jobs that failed (-m): the sweep exits with the first, once every job has run
 _SWEEP_FAILURES: list[int] = []
-# a resume= folder that did not exist → the topmost folder Hydra made for it (removed when the resume is refused)
-_MADE_FOR_RESUME: dict[Path, Path] = {}
+# a run folder (or resume= folder) that did not exist → the topmost folder Hydra made for it, for its log
+_MADE_FOR_START: dict[Path, Path] = {}
 
 
-def _remove_made_folder(run_dir: Path, top: Path) -> None:
-    """Remove the folders Hydra made for a resume= that named none, with the log it began there."""
-    for log_file in run_dir.glob("*.log"):
-        log_file.unlink(missing_ok=True)
-    for folder in (run_dir, *run_dir.parents):
+def _remove_made_folder(run_dir: Path) -> None:
+    """Remove the folders Hydra made for a start that was refused before its run began, with the log it
+    began there: the sentence was said, and a folder per refused attempt would look like runs. A folder
+    holding anything else (the config a start saved to be resumed with) stays whole."""
+    top = _MADE_FOR_START.get(run_dir.absolute())
+    if top is None:  # not made for this start: the user's, or named by them (hydra.run.dir)
+        return
+    try:
+        if any(entry.suffix != ".log" or not entry.is_file() for entry in run_dir.iterdir()):
+            return
+        for log_file in run_dir.iterdir():
+            log_file.unlink()
+    except OSError:
+        return
+    for folder in (run_dir.absolute(), *run_dir.absolute().parents):
         try:
             folder.rmdir()  # only while empty: nothing but what this start made goes
         except OSError:
@@ -238,8 +249,7 @@ def _task(cfg: DictConfig) -> None:
         # a resumed run continues in its own folder, whatever the config's hydra.run.dir says
         run_dir = Path(config.resume).expanduser() if config.resume else Path(HydraConfig.get().runtime.output_dir)
         if config.resume and not is_run_folder(run_dir):
-            if run_dir in _MADE_FOR_RESUME:
-                _remove_made_folder(run_dir, _MADE_FOR_RESUME[run_dir])
+            if run_dir.absolute() in _MADE_FOR_START:
                 raise ConfigError(f"resume={config.resume}: there is no such folder; give the folder of the run to "
                                   "continue.")
             if not is_saved_config(run_dir / CONFIG_FILE):
@@ -264,6 +274,7 @@ def _task(cfg: DictConfig) -> None:
                 result = run(config, run_dir, stop, accepted, begun.set)
     except BayesMergerError as error:
         log.error("%s", error)
+        _remove_made_folder(Path(HydraConfig.get().runtime.output_dir))
         _end_job(error.exit_code)
         return
     except KeyboardInterrupt:
@@ -274,6 +285,7 @@ def _task(cfg: DictConfig) -> None:
             log.error("Interrupted before the run began; start it with: %s", resume_command(folder))
         else:
             log.error("Interrupted before the run began: start it again.")
+            _remove_made_folder(folder)
         sys.exit(Interrupted.exit_code)
     if result.best is None:
         log.error("No trial succeeded; see the errors in %s", result.run_dir)
@@ -333,7 +345,7 @@ def _composition_errors_raised() -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> None:
     _TASK_STARTED.clear()
     _SWEEP_FAILURES.clear()
-    _MADE_FOR_RESUME.clear()
+    _MADE_FOR_START.clear()
     args = sys.argv[1:] if argv is None else list(argv)
     _own_flags(args)
     try:

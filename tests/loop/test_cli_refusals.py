@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 
-from tests.loop.test_cli_run import _args, _cli, _only_run, _trials
+from tests.loop.test_cli_run import REPO, _args, _cli, _only_run, _trials
 
 
 @pytest.mark.parametrize("change, named", [
@@ -159,6 +161,35 @@ def test_a_mistyped_resume_folder_is_refused_and_not_left_made(assets, fake_webu
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # Hydra made rnus/… for its log: gone again
 
 
+def test_a_start_refused_for_its_input_leaves_no_folder_behind(assets, fake_webui, tmp_path, caplog):
+    runs = tmp_path / "runs"  # Hydra makes it and the run's folder in it, before the input is read
+    assert _cli(_args(assets, fake_webui, runs, f"model_a={tmp_path / 'typo.safetensors'}")) == 2
+    assert "typo.safetensors" in _refusal(caplog)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    runs.mkdir()
+    (runs / "mine.txt").write_text("the user's")
+    assert _cli(_args(assets, fake_webui, runs, "merge.method=no_such_method")) == 2
+    assert [p.name for p in runs.iterdir()] == ["mine.txt"]  # a folder the start did not make stays
+
+
+def test_a_refused_start_takes_its_log_with_its_folder_and_leaves_the_users_own(assets, tmp_path):
+    # with Hydra's real logging, as a user runs it: the log is the one thing in the folder
+    runs, mine = tmp_path / "runs", tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.log").write_text("kept")
+    for extra in ([], [f"hydra.run.dir={mine}"]):
+        done = subprocess.run(
+            [sys.executable, "-c", "from bayes_merger.cli import main; main()", "--config", str(REPO / "conf" / "run.yaml"), f"run.dir={runs}",
+             f"model_a={tmp_path / 'typo.safetensors'}", f"model_b={assets['model_b']}",
+             f"webui.checkpoint_dir={tmp_path}", *extra],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2, done.stderr
+        assert "typo.safetensors" in done.stderr + done.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+    assert sorted(p.name for p in mine.iterdir()) == ["bayes-merger.log", "notes.log"]
+    assert (mine / "notes.log").read_text() == "kept"
+
+
 def test_a_checkpoint_dir_the_webui_does_not_scan_is_refused_before_the_first_merge(assets, fake_webui, tmp_path,
                                                                                      caplog):
     # it failed three trials, the baseline among them, for good: a resume never redid them
@@ -171,6 +202,8 @@ def test_a_checkpoint_dir_the_webui_does_not_scan_is_refused_before_the_first_me
                     rf"webui\.checkpoint_dir \({re.escape(str(elsewhere))}\) must be a folder the WebUI scans", refusal)
     assert list(elsewhere.iterdir()) == []
     assert not list((tmp_path / "runs").rglob("trials.jsonl"))
+    # its config was saved to resume it with once the folder is right: the folder stays
+    assert (_only_run(tmp_path / "runs") / "config.yaml").is_file()
     assert fake_webui.requests_to("/sdapi/v1/txt2img") == []
 
 
