@@ -682,6 +682,7 @@ def test_a_ctrl_c_while_the_program_loads_its_modules_is_an_interruption_not_a_t
     assert code == 130
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
         "Interrupted before the run began: start it again."]
+    assert not (tmp_path / "runs").exists()  # nothing to resume: no folder that looks like a run
 
 
 def test_a_first_ctrl_c_while_waiting_for_the_webui_at_start_stops_at_once(assets, fake_webui, tmp_path, caplog,
@@ -717,6 +718,7 @@ def test_a_hard_stop_before_the_run_began_does_not_advise_a_resume(assets, fake_
     assert _cli(_args(assets, fake_webui, tmp_path / "runs")) == 130
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
         "Interrupted before the run began: start it again."]
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_start_refused_before_its_run_began_leaves_no_config_for_the_next_start_in_that_folder(tmp_path):
