@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -34,7 +35,7 @@ from bayes_merger.cli_errors import (composition_error, dotted_settings, integer
                                      unknown_setting)
 from bayes_merger.cli_secrets import hide_secrets_in_hydra_log, scrub_hydra_files, without_secrets
 from bayes_merger.cli_help import USAGE, help_text
-from bayes_merger.config import Config, register_configs
+from bayes_merger.config import Config, hydra_value, register_configs
 from bayes_merger.errors import BayesMergerError, ConfigError, Interrupted
 from bayes_merger.files import atomic_write_text, storage_errors, yaml_problem
 from bayes_merger.run_folder.paths import (BEST_FILE, CONFIG_FILE, CONFIG_HEADER, RESUMED_CONFIG, TRIALS_FILE,
@@ -77,11 +78,31 @@ def rewrite_config_flag(argv: Sequence[str]) -> list[str]:
     return args
 
 
+# an override's value that is one path beginning with ~ (no list, sweep, quote or interpolation of Hydra's)
+_HOME_PATH = re.compile(r"~[^,\[\]{}()'\"\\$]*")
+
+
+def expand_home(args: Sequence[str]) -> list[str]:
+    """``run.dir=~/runs`` → the folder in the user's home. Hydra's grammar reads no unquoted ``~``, and a
+    shell expands it only after a ``NAME=`` that could be a variable (bash: ``model_a=~/…``, not ``run.dir=~/…``;
+    zsh: neither), so the path the user meant reached Hydra as its parse error."""
+    expanded = []
+    for arg in args:
+        key, equals, value = arg.partition("=")
+        if equals and not arg.startswith("-") and _HOME_PATH.fullmatch(value):
+            home = os.path.expanduser(value)
+            if home != value:  # ~nosuchuser stays as it was: Hydra's error names it
+                arg = f"{key}={hydra_value(home)}"
+        expanded.append(arg)
+    return expanded
+
+
 def _run_dir(resume: str | None, base: str, method: str, scorer: str) -> str:
     if resume:
         path = Path(resume).expanduser()
     else:
-        path = Path(base) / f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{method}_{scorer}"
+        # run.dir: ~/runs in a config file: Hydra would make a folder named ~ in the current one
+        path = Path(base).expanduser() / f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{method}_{scorer}"
         candidate, number = path, 1
         while candidate.exists():  # two runs started in the same second get their own folders
             number += 1
@@ -349,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     _own_flags(args)
     try:
-        args = rewrite_config_flag(args)
+        args = expand_home(rewrite_config_flag(args))
         register_configs()
         register_resolvers()
         hide_secrets_in_hydra_log()

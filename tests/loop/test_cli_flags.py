@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from bayes_merger import __version__
-from bayes_merger.cli import main
+from bayes_merger.cli import _run_dir, expand_home, main
 from bayes_merger.cli_errors import integer_for_true_or_false
 from bayes_merger.cli_help import GROUPS
 from bayes_merger.scoring.registry import SCORERS
@@ -225,3 +225,30 @@ def test_a_run_folder_whose_log_cannot_be_written_is_one_sentence_and_exit_2(tmp
     assert "Traceback" not in done.stderr
     assert f"The run's log {folder / 'bayes-merger.log'} cannot be written (Is a directory): the run folder must be " \
            "one this user can write." in done.stderr + done.stdout
+
+
+def test_a_path_beginning_with_a_tilde_is_in_the_users_home(monkeypatch, tmp_path):
+    # Hydra's grammar reads no unquoted ~, and neither bash (for run.dir=) nor zsh (at all) expands it there
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert expand_home([
+        "model_a=~/m/a.safetensors", "run.dir=~", "+payloads.dir=~/my payloads", "--config-path", "~/conf",
+        "optimiser.xi=0,0.01", "model_a=~/a,~/b", "model_b=~no-such-user-of-bm/b", "webui.url=http://h/~x",
+    ]) == [
+        f"model_a={tmp_path}/m/a.safetensors", f"run.dir={tmp_path}", f"+payloads.dir='{tmp_path}/my payloads'",
+        "--config-path", "~/conf", "optimiser.xi=0,0.01", "model_a=~/a,~/b", "model_b=~no-such-user-of-bm/b",
+        "webui.url=http://h/~x",
+    ]
+
+
+def test_run_dir_in_the_users_home_is_made_there_not_in_a_folder_named_tilde(assets, fake_webui, tmp_path,
+                                                                               monkeypatch):
+    home, here = tmp_path / "home", tmp_path / "here"
+    home.mkdir()
+    here.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(here)
+    # as a shell passes it (run.dir=~/runs) and as a config file's `dir: ~/runs` reaches the run folder's name
+    assert _cli(_args(assets, fake_webui, Path("~/runs"), "optimiser.init_points=2", "optimiser.n_iters=0")) == 0
+    assert len(list((home / "runs").glob("*/trials.jsonl"))) == 1
+    assert _run_dir(None, "~/runs", "weighted_sum", "laion").startswith(f"{home}/runs/")
+    assert list(here.iterdir()) == []
