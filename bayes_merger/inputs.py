@@ -52,6 +52,7 @@ from bayes_merger.scoring import for_run_folder, needs_image_files
 from bayes_merger.scoring.registry import check_scorer_config, named_scorer
 from bayes_merger.space import SearchSpace, build_space
 from bayes_merger.renderers.probe import backend_of, choose_handoff
+from bayes_merger.webui.http import base_url
 from bayes_merger.webui.merge_files import RUN_ID
 from bayes_merger.webui.payloads import Payload, load_payloads
 
@@ -189,6 +190,8 @@ def _check_webui_settings(webui: WebUIConfig) -> None:
         log.warning("webui.auth and webui.auth_env are both set: webui.auth is used, the variable %s is not read.",
                     webui.auth_env)
     urls, folders = list(webui.urls), list(webui.checkpoint_dirs)
+    for url in urls or [webui.url]:  # before the models' sha256 and the run folder, not when the WebUI is asked
+        base_url(url, "webui.urls" if urls else "webui.url")
     if len(set(urls)) < len(urls):
         raise ConfigError(f"webui.urls names a WebUI twice: {urls}; each WebUI renders one trial at a time.")
     if folders and len(folders) != max(len(urls), 1):

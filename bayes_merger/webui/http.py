@@ -187,9 +187,11 @@ def wait_until_ready(
     (default: ``cause``).
     """
     config = api.config
+    setting = " (webui.ready_timeout)" if timeout is None else ""
     timeout = config.ready_timeout if timeout is None else timeout
     deadline = time.monotonic() + timeout
     last, unreachable = "it did not answer", True
+    said = False
     while True:
         try:
             response = api.probe((config.connect_timeout, min(config.read_timeout, max(timeout, 1.0))))
@@ -206,7 +208,12 @@ def wait_until_ready(
         if remaining <= 0:
             error = WebUIConnectionError if unreachable else WebUIError
             raise error(f"{server[:1].upper()}{server[1:]} was not ready after {timeout:g} s: {last}.")
-        logger.debug("Waiting for %s: %s.", server, last)
+        if not said:  # a WebUI not started yet would otherwise be minutes of silence
+            logger.info("%s does not answer yet (%s): waiting up to %g s%s.", server[:1].upper() + server[1:], last,
+                        timeout, setting)
+            said = True
+        else:
+            logger.debug("Waiting for %s: %s.", server, last)
         time.sleep(min(config.poll_interval, remaining))
 
 
@@ -222,17 +229,17 @@ def http_error(method: str, path: str, response: requests.Response) -> WebUIErro
                       server_error=_server_error(response))
 
 
-def base_url(url: str) -> str:
-    """``webui.url`` in the form requests prepares; a ConfigError for anything else."""
+def base_url(url: str, key: str = "webui.url") -> str:
+    """``webui.url`` in the form requests prepares; a ConfigError, naming the setting ``key``, for anything else."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"webui.url {url!r} is not an http:// or https:// address.")
+        raise ConfigError(f"{key} {url!r} is not an http:// or https:// address.")
     try:
         parts.port  # noqa: B018 - urlsplit checks the port only when asked for it
     except ValueError:
-        raise ConfigError(f"webui.url {url!r} has no valid port (a number from 1 to 65535).") from None
+        raise ConfigError(f"{key} {url!r} has no valid port (a number from 1 to 65535).") from None
     if parts.username or parts.password:
-        raise ConfigError("webui.url must not contain a user name or password: use webui.auth_env (or webui.auth).")
+        raise ConfigError(f"{key} must not contain a user name or password: use webui.auth_env (or webui.auth).")
     # the form requests prepares, so the adapters mounted on this prefix really match
     return f"{parts.scheme}://{parts.netloc.lower()}{parts.path.rstrip('/')}"
 

@@ -98,6 +98,9 @@ def _refusal(caplog) -> str:
     (["webui.read_timeout=0"], "webui.read_timeout must be a number of seconds above 0, got 0.0."),
     (["webui.poll_interval=0"], "webui.poll_interval must be a number of seconds above 0, got 0.0."),  # a busy loop
     (["webui.url=http://127.0.0.1:99999"], "webui.url 'http://127.0.0.1:99999' has no valid port"),
+    (["webui.url=localhost:7860"], "webui.url 'localhost:7860' is not an http:// or https:// address."),
+    (["webui.urls=[http://127.0.0.1:7860,127.0.0.1:7861]"],
+     "webui.urls '127.0.0.1:7861' is not an http:// or https:// address."),
     (["run.seed=-1"], "run.seed must be a whole number from 0 to 4294967295, got -1"),  # A1111's random seed
     # the scorer loads after the WebUI is found: its typos are said before the WebUI is asked
     (["scorer.name=laoin"], "scorer.name 'laoin' is not a scorer; use one of:"),
@@ -111,6 +114,7 @@ def test_settings_that_would_be_ignored_or_make_no_sense_are_one_sentence_before
     assert _cli(_args(assets, fake_webui, tmp_path / "runs", *overrides)) == 2
     assert words in _refusal(caplog)
     assert fake_webui.requests_to("/sdapi/v1/progress") == []
+    assert not (tmp_path / "runs").exists()  # refused before its models were read and its run.json written
 
 
 def test_the_same_file_as_model_a_and_model_b_is_refused_before_the_webui_is_asked(assets, fake_webui, tmp_path, caplog):

@@ -285,12 +285,26 @@ def test_a_restart_that_fell_back_to_another_model_fails_the_trial_until_selecte
 # ------------------------------------------------------------------------------- start-up
 
 
-def test_wait_until_ready_waits_for_a_webui_that_is_still_starting(fake_webui, webui_config):
+def test_wait_until_ready_waits_for_a_webui_that_is_still_starting(fake_webui, webui_config, caplog):
     fake_webui.starting_up(3)
-    with WebUIClient(webui_config(), "run1") as client:
+    with caplog.at_level(logging.INFO), WebUIClient(webui_config(), "run1") as client:
         client.wait_until_ready(timeout=5)
 
     assert statuses(fake_webui, PROGRESS) == [404, 404, 404, 200]
+    # said once, at the first unanswered probe: a WebUI not started yet is not minutes of silence
+    waits = [r.getMessage() for r in caplog.records if "does not answer yet" in r.getMessage()]
+    assert waits == [f"The WebUI at {fake_webui.url} does not answer yet (its API answers 404: it is still starting, or "
+                     "it was started without --api (API not enabled)): waiting up to 5 s."]
+
+
+def test_a_webui_not_started_yet_is_said_with_the_setting_that_bounds_the_wait(fake_webui, webui_config, caplog):
+    fake_webui.stop()
+    with caplog.at_level(logging.INFO), WebUIClient(webui_config(ready_timeout=0.3), "run1") as client:
+        with pytest.raises(WebUIConnectionError):
+            client.wait_until_ready()
+    assert [r.getMessage() for r in caplog.records if r.levelname == "INFO"] == [
+        f"The WebUI at {fake_webui.url} does not answer yet (it could not be reached (connection refused)): waiting "
+        "up to 0.3 s (webui.ready_timeout)."]
 
 
 def test_a_webui_without_the_api_is_reported_as_such_when_the_wait_ends(fake_webui, webui_config):
