@@ -187,6 +187,7 @@ def wait_until_ready(
     (default: ``cause``).
     """
     config = api.config
+    named = server[:1].upper() + server[1:]
     setting = " (webui.ready_timeout)" if timeout is None else ""
     timeout = config.ready_timeout if timeout is None else timeout
     deadline = time.monotonic() + timeout
@@ -207,10 +208,9 @@ def wait_until_ready(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             error = WebUIConnectionError if unreachable else WebUIError
-            raise error(f"{server[:1].upper()}{server[1:]} was not ready after {timeout:g} s: {last}.")
+            raise error(f"{named} was not ready after {timeout:g} s: {last}.")
         if not said:  # a WebUI not started yet would otherwise be minutes of silence
-            logger.info("%s does not answer yet (%s): waiting up to %g s%s.", server[:1].upper() + server[1:], last,
-                        timeout, setting)
+            logger.info("%s does not answer yet (%s): waiting up to %g s%s.", named, last, timeout, setting)
             said = True
         else:
             logger.debug("Waiting for %s: %s.", server, last)
