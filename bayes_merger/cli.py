@@ -78,8 +78,9 @@ def rewrite_config_flag(argv: Sequence[str]) -> list[str]:
     return args
 
 
-# an override's value that is one path beginning with ~ (no list, sweep, quote or interpolation of Hydra's)
-_HOME_PATH = re.compile(r"~[^,\[\]{}()'\"\\$]*")
+# an override's value that is one path in the user's home, ~ or ~/… (no list, sweep, quote or interpolation of
+# Hydra's); not ~name, another user's home: a password beginning with ~ stays as it was typed
+_HOME_PATH = re.compile(r"~(/[^,\[\]{}()'\"\\$]*)?")
 
 
 def expand_home(args: Sequence[str]) -> list[str]:
@@ -90,9 +91,7 @@ def expand_home(args: Sequence[str]) -> list[str]:
     for arg in args:
         key, equals, value = arg.partition("=")
         if equals and not arg.startswith("-") and _HOME_PATH.fullmatch(value):
-            home = os.path.expanduser(value)
-            if home != value:  # ~nosuchuser stays as it was: Hydra's error names it
-                arg = f"{key}={hydra_value(home)}"
+            arg = f"{key}={hydra_value(os.path.expanduser(value))}"
         expanded.append(arg)
     return expanded
 

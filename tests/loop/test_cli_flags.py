@@ -232,11 +232,12 @@ def test_a_path_beginning_with_a_tilde_is_in_the_users_home(monkeypatch, tmp_pat
     monkeypatch.setenv("HOME", str(tmp_path))
     assert expand_home([
         "model_a=~/m/a.safetensors", "run.dir=~", "+payloads.dir=~/my payloads", "--config-path", "~/conf",
-        "optimiser.xi=0,0.01", "model_a=~/a,~/b", "model_b=~no-such-user-of-bm/b", "webui.url=http://h/~x",
+        "optimiser.xi=0,0.01", "model_a=~/a,~/b", "model_b=~no-such-user-of-bm/b", "webui.auth=~root",
+        "webui.url=http://h/~x",
     ]) == [
         f"model_a={tmp_path}/m/a.safetensors", f"run.dir={tmp_path}", f"+payloads.dir='{tmp_path}/my payloads'",
         "--config-path", "~/conf", "optimiser.xi=0,0.01", "model_a=~/a,~/b", "model_b=~no-such-user-of-bm/b",
-        "webui.url=http://h/~x",
+        "webui.auth=~root", "webui.url=http://h/~x",
     ]
 
 
