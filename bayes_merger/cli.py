@@ -225,17 +225,19 @@ def _remove_made_folder(run_dir: Path) -> None:
     """Remove the folders Hydra made for a start that was refused before its run began, with the log it
     began there: the sentence was said, and a folder per refused attempt would look like runs. A folder
     holding anything else (the config a start saved to be resumed with) stays whole."""
-    top = _MADE_FOR_START.get(run_dir.absolute())
+    run_dir = run_dir.absolute()
+    top = _MADE_FOR_START.get(run_dir)
     if top is None:  # not made for this start: the user's, or named by them (hydra.run.dir)
         return
     try:
-        if any(entry.suffix != ".log" or not entry.is_file() for entry in run_dir.iterdir()):
+        entries = list(run_dir.iterdir())
+        if any(entry.suffix != ".log" or not entry.is_file() for entry in entries):
             return
-        for log_file in run_dir.iterdir():
+        for log_file in entries:
             log_file.unlink()
     except OSError:
         return
-    for folder in (run_dir.absolute(), *run_dir.absolute().parents):
+    for folder in (run_dir, *run_dir.parents):
         try:
             folder.rmdir()  # only while empty: nothing but what this start made goes
         except OSError:
