@@ -219,6 +219,8 @@ _TASK_STARTED = threading.Event()
 _SWEEP_FAILURES: list[int] = []
 # a run folder (or resume= folder) that did not exist → the topmost folder Hydra made for it, for its log
 _MADE_FOR_START: dict[Path, Path] = {}
+# --check: check the config and its inputs, then end without starting the run
+_CHECK_ONLY = threading.Event()
 
 
 def _remove_made_folder(run_dir: Path) -> None:
@@ -244,6 +246,27 @@ def _remove_made_folder(run_dir: Path) -> None:
             return
         if folder == top:
             return
+
+
+def _check_only(config: Config, run_dir: Path) -> None:
+    """``--check``: the checks a start makes before it reads the models whole or asks the WebUI, said in one
+    line with what they leave to the start; nothing is written (the folder Hydra made for the log goes)."""
+    from bayes_merger.inputs import check_without_reading
+
+    if config.demo:  # the demo's models are made by its environment, which also starts its fake WebUI
+        from bayes_merger.testing.demo import demo_environment
+
+        with demo_environment(config) as demo_config:
+            checked = check_without_reading(demo_config, run_dir)
+    else:
+        checked = check_without_reading(config, run_dir)
+    _remove_made_folder(run_dir)
+    merge = checked.merge
+    log.info("The config and its inputs are fine: %s models %s, %s, %d weights to search, %d payloads, scorer %s. "
+             "Left to the start: the WebUI, its checkpoint folder, the scorer's weights and the models' sha256%s.",
+             merge.architecture.label, ", ".join(f"{model} {path.name}" for model, path in merge.models.items()),
+             merge.method.name, len(checked.space.parameters), len(checked.payloads), config.scorer.name,
+             " (and that the resumed run's models and settings are its own)" if config.resume else "")
 
 
 def _end_job(exit_code: int) -> None:
@@ -283,6 +306,10 @@ def _task(cfg: DictConfig) -> None:
         # saved once the run's checks pass, so a refused start or resume leaves no config file; the demo's is the
         # one given, not the one with its fake WebUI's port, new at every start: a resume starts the fake
         # again, and its config is then the same
+        if _CHECK_ONLY.is_set():
+            _check_only(config, run_dir)
+            return
+
         def accepted() -> Path:
             return save_config(cfg, run_dir, config.resume is not None)
 
@@ -369,6 +396,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     _SWEEP_FAILURES.clear()
     _MADE_FOR_START.clear()
     args = sys.argv[1:] if argv is None else list(argv)
+    _CHECK_ONLY.clear()
+    if "--check" in args:  # ours, not Hydra's: taken out before Hydra reads the command line
+        _CHECK_ONLY.set()
+        args = [arg for arg in args if arg != "--check"]
     _own_flags(args)
     try:
         args = expand_home(rewrite_config_flag(args))

@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-USAGE = "usage: bayes-merger --config FILE [KEY=VALUE ...] [GROUP=OPTION ...] [-m] [--cfg job] | --help | --version"
+USAGE = "usage: bayes-merger --config FILE [KEY=VALUE ...] [GROUP=OPTION ...] [-m] [--check | --cfg job] | --help | --version"
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -47,6 +47,7 @@ Examples:
   a resume:  bayes-merger --config runs/<run>/config.yaml resume=runs/<run>
   a sweep:   bayes-merger --config conf/run.yaml -m merge.method=weighted_sum,add_difference model_c=/m/base.safetensors
   the demo:  bayes-merger --config conf/demo.yaml      (offline: tiny models, a fake WebUI, no GPU)
+  check a command's config and inputs (not the WebUI), without running it: add --check
   the config a command composes, without running it: add --cfg job"""
 
 

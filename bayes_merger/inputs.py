@@ -91,27 +91,21 @@ def model_path(value: str) -> Path:
     return Path(os.path.expanduser(str(value))).resolve()
 
 
+@dataclass(frozen=True)
+class Checked:
+    """What ``check_without_reading`` found: the merge (from the files' headers), the space, the payloads."""
+
+    merge: MergeInputs
+    space: SearchSpace
+    payloads: list[Payload]
+
+
 def check_inputs(cfg: Config, run_dir: Path) -> Inputs:
     """Check everything that can be checked without the WebUI; raise a BayesMergerError on bad input."""
     run_dir = Path(run_dir)
     resuming = cfg.resume is not None
-    models = _check_settings(cfg)
-    payloads = load_payloads(cfg.payloads, cfg.run.seed)
-    # the files' headers tell the method, the architectures and so the search space: bad models
-    # and bad bounds are refused before the WebUI is contacted or a tensor is read
-    merge = inspect_inputs(*models, cfg.merge)
-    space = build_space(cfg.optimiser, merge.architecture.blocks, merge.method.needs_beta)
-    space.start_params(cfg.optimiser.start)  # a bad optimiser.start is refused here, not after the models load
-    if str(cfg.webui.backend).lower() in ("comfyui", "auto"):  # a graph hand-off the method cannot take
-        choose_handoff(cfg.webui, cfg.merge.method, *space.weight_range(), merge.architecture)
-    if not resuming and is_run_folder(run_dir):
-        raise ConfigError(f"{run_dir} already holds a run; continue it with: {resume_command(run_dir)}, or start a "
-                          "new one elsewhere.")
-    foreign = [] if resuming else foreign_files(run_dir)
-    if foreign:
-        named = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise ConfigError(f"{run_dir} already holds files that are not a run's ({named}), which a run there could write "
-                          "over: start it in a new or empty folder.")
+    checked = check_without_reading(cfg, run_dir)
+    merge, space, payloads = checked.merge, checked.space, checked.payloads
     previous = read_run_info(run_dir) if resuming else None
     run_id = previous.get("run_id") if previous else None
     if not isinstance(run_id, str) or not RUN_ID.match(run_id):  # a folder of an older version: a new id
@@ -133,6 +127,31 @@ def check_inputs(cfg: Config, run_dir: Path) -> Inputs:
         info.pop("finished_at", None)
     scorer = for_run_folder(cfg.scorer, run_dir / MANUAL_RATINGS)
     return Inputs(cfg, run_dir, merge, space, payloads, scorer, info, resuming)
+
+
+def check_without_reading(cfg: Config, run_dir: Path) -> Checked:
+    """The checks that read no model whole and ask no WebUI (``bayes-merger --check``): the settings, the
+    model files and their headers, the method against them, the search space, the payloads and the run
+    folder. Not the models' sha256, a resumed run's record, the WebUI or the scorer's weights."""
+    models = _check_settings(cfg)
+    payloads = load_payloads(cfg.payloads, cfg.run.seed)
+    # the files' headers tell the method, the architectures and so the search space: bad models
+    # and bad bounds are refused before the WebUI is contacted or a tensor is read
+    merge = inspect_inputs(*models, cfg.merge)
+    space = build_space(cfg.optimiser, merge.architecture.blocks, merge.method.needs_beta)
+    space.start_params(cfg.optimiser.start)  # a bad optimiser.start is refused here, not after the models load
+    if str(cfg.webui.backend).lower() in ("comfyui", "auto"):  # a graph hand-off the method cannot take
+        choose_handoff(cfg.webui, cfg.merge.method, *space.weight_range(), merge.architecture)
+    resuming = cfg.resume is not None
+    if not resuming and is_run_folder(run_dir):
+        raise ConfigError(f"{run_dir} already holds a run; continue it with: {resume_command(run_dir)}, or start a "
+                          "new one elsewhere.")
+    foreign = [] if resuming else foreign_files(run_dir)
+    if foreign:
+        named = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ConfigError(f"{run_dir} already holds files that are not a run's ({named}), which a run there could write "
+                          "over: start it in a new or empty folder.")
+    return Checked(merge, space, payloads)
 
 
 def _check_settings(cfg: Config) -> tuple[Path, Path, Path | None]:

@@ -20,6 +20,7 @@ from bayes_merger.overnight.settings import (
     Failure,
     auth_of,
     build_settings,
+    check_start,
     compose_config,
     load_env_file,
     night_of,
@@ -87,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise Failure(str(error), EXIT_CONFIG) from error
         with RunDirLock(run_dir), api:
             night = Night(settings, run_dir, api, log_file, webui_log)
+            # the first attempt's start checked before the WebUI is started: a typo is said now, not after its wait
+            log.info("%s", check_start(settings, night.run_to_attempt()))
             previous = {sig: signal.signal(sig, night.on_signal) for sig in STOP_SIGNALS}
             try:
                 code = night.run()

@@ -11,7 +11,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bayes_merger.config import hydra_value
 from bayes_merger.overnight.processes import ManagedWebUI, WebUIApi, redacted, signal_group
 from bayes_merger.overnight.settings import (
     BM_STOPPED,
@@ -21,6 +20,7 @@ from bayes_merger.overnight.settings import (
     EXIT_WEBUI_DOWN,
     Failure,
     Settings,
+    bayes_merger_command,
 )
 from bayes_merger.run_folder import describe, is_run_folder, stopped_by_lost_webui, unfinished
 from bayes_merger.run_folder.liveness import is_running
@@ -113,7 +113,7 @@ class Night:
             if self.stopping():
                 return self._stopped(None)
 
-            folder = this_run or (None if self.settings.new_run else unfinished(self.run_dir))
+            folder = self.run_to_attempt(this_run)
             resumed = folder is not None
             if folder is not None and folder != this_run and is_running(folder):
                 log.error("The newest unfinished run, %s, is being run by another bayes-merger now: the night starts no "
@@ -127,6 +127,11 @@ class Night:
             code = self._after_exit(rc, folder, resumed)
             if code is not None:
                 return code
+
+    def run_to_attempt(self, this_run: Path | None = None) -> Path | None:
+        """The run folder an attempt resumes: this night's run once a start made one, else the newest unfinished
+        run (none with --new-run); None: a new run."""
+        return this_run or (None if self.settings.new_run else unfinished(self.run_dir))
 
     def _bring_up_webui(self) -> bool:
         """Start the WebUI (or adopt what answers at its address) and wait until it answers: False when it
@@ -252,10 +257,9 @@ class Night:
         return False
 
     def _bayes_merger(self, folder: Path | None) -> tuple[int, Path | None]:
-        command = [*self.settings.bayes_merger, "--config", str(self.settings.config), *self.settings.overrides]
+        command = bayes_merger_command(self.settings, folder)
         if folder is not None:
             log.info("Resuming %s (%s).", folder, describe(folder))
-            command += [f"resume={hydra_value(str(folder))}", f"hydra.run.dir={hydra_value(str(folder))}"]
         else:
             log.info("No unfinished run under %s: starting a new one.", self.run_dir)
         before = sub_folders(self.run_dir)

@@ -35,6 +35,7 @@ BM_WEBUI_ERROR, BM_STOPPED = WebUIError.exit_code, RunStopped.exit_code
 # A1111's advice against RAM growing with each model switch: one model in memory, no RAM cache
 MAX_HOURS = 24 * 7  # a deadline further off is a typo (and past datetime's range, a traceback)
 DEFAULT_WEBUI_OPTIONS = '{"sd_checkpoints_limit": 1, "sd_checkpoint_cache": 0}'
+ERROR_MARK = "[ERROR] - "  # what precedes the message of an error bayes-merger logs (Hydra's log format)
 
 
 class Failure(Exception):
@@ -302,18 +303,43 @@ def _env_number(name: str, kind: type[int | float], origins: Mapping[str, str],
                       EXIT_CONFIG) from None
 
 
+def bayes_merger_command(settings: Settings, folder: Path | None) -> list[str]:
+    """The bayes-merger command of an attempt: a new run, or the run in ``folder`` resumed."""
+    command = [*settings.bayes_merger, "--config", str(settings.config), *settings.overrides]
+    if folder is not None:
+        command += [f"resume={hydra_value(str(folder))}", f"hydra.run.dir={hydra_value(str(folder))}"]
+    return command
+
+
 def compose_config(settings: Settings) -> dict[str, dict[str, Any]]:
     """The ``run`` and ``webui`` sections of the composed config, as bayes-merger (Hydra) composes it."""
-    command = [*settings.bayes_merger, "--config", str(settings.config), *settings.overrides, "--cfg", "job", "--resolve"]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-    except OSError as error:
-        raise Failure(f"Cannot run {settings.bayes_merger[0]}: {error}.", EXIT_CONFIG) from error
+    done = _bayes_merger_says([*bayes_merger_command(settings, None), "--cfg", "job", "--resolve"], settings)
     if done.returncode != 0:
         detail = (done.stderr or done.stdout).strip().splitlines()
         raise Failure(f"bayes-merger cannot compose {settings.config}: {' '.join(detail[-3:])}",
                       done.returncode if 0 < done.returncode < 128 else EXIT_CONFIG)
     return parse_sections(done.stdout)
+
+
+def check_start(settings: Settings, folder: Path | None) -> str:
+    """``bayes-merger --check`` on the night's first attempt (a new run, or the run in ``folder`` resumed): a
+    missing model, a method the models cannot take, a bad payload is said before the WebUI is started and
+    waited for, not after. Its sentence when the start would go on; a Failure with bayes-merger's own when not."""
+    done = _bayes_merger_says([*bayes_merger_command(settings, folder), "--check"], settings)
+    lines = (done.stderr + done.stdout).strip().splitlines()
+    if done.returncode != 0:
+        # its log lines at ERROR (Hydra's format), else its last line (the format before Hydra's logging)
+        said = [line.split(ERROR_MARK, 1)[1] for line in lines if ERROR_MARK in line] or lines[-1:]
+        raise Failure(f"bayes-merger refuses to start: {' '.join(said).removeprefix('bayes-merger: ')}",
+                      done.returncode if 0 < done.returncode < 128 else EXIT_CONFIG)
+    return lines[-1].split("] - ", 1)[-1] if lines else "bayes-merger --check passed."
+
+
+def _bayes_merger_says(command: list[str], settings: Settings) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    except OSError as error:
+        raise Failure(f"Cannot run {settings.bayes_merger[0]}: {error}.", EXIT_CONFIG) from error
 
 
 def parse_sections(text: str) -> dict[str, dict[str, Any]]:

@@ -5,6 +5,7 @@ says what that changes."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -231,3 +232,41 @@ def test_a_run_folder_where_a_file_is_is_one_sentence_not_a_traceback(assets, fa
     assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"hydra.run.dir={taken}")) == 2
     assert _refusal(caplog).startswith(f"The run folder {taken} cannot be made (File exists)")
     assert taken.read_text() == "mine\n"
+
+
+def test_check_says_the_inputs_are_fine_and_starts_nothing(assets, fake_webui, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="bayes_merger")
+    runs = tmp_path / "runs"
+    assert _cli(_args(assets, fake_webui, runs, "--check")) == 0
+    said = [r.getMessage() for r in caplog.records if r.name == "bayes_merger"]
+    assert said == ["The config and its inputs are fine: SD1 models A a.safetensors, B b.safetensors, weighted_sum, 26 "
+                    "weights to search, 2 payloads, scorer aesthetic_head. Left to the start: the WebUI, its checkpoint "
+                    "folder, the scorer's weights and the models' sha256."]
+    assert fake_webui.requests == [] and list(fake_webui.checkpoint_dir.iterdir()) == []
+    assert sorted(tmp_path.iterdir()) == []  # no run folder: Hydra's, made for the log, goes with it
+
+
+@pytest.mark.parametrize("override, code, sentence", [
+    ("model_a={tmp}/typo.safetensors", 2, "model_a: {tmp}/typo.safetensors does not exist."),
+    ("merge.method=add_difference", 2, "Merge method 'add_difference' needs model C (model_c), but none was given."),
+    ("model_b={tmp}/notes.safetensors", 3, "{tmp}/notes.safetensors is not a readable safetensors file"),  # its header
+])
+def test_check_refuses_a_bad_input_with_the_sentence_a_start_would_say(assets, fake_webui, tmp_path, caplog,
+                                                                       override, code, sentence):
+    (tmp_path / "notes.safetensors").write_text("not a model")
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "--check", override.format(tmp=tmp_path))) == code
+    assert sentence.format(tmp=tmp_path) in _refusal(caplog)
+    assert fake_webui.requests == [] and sorted(p.name for p in tmp_path.iterdir()) == ["notes.safetensors"]
+
+
+def test_check_of_a_resume_checks_the_run_folder_and_leaves_the_run_as_it_was(assets, fake_webui, tmp_path, caplog):
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "optimiser.n_iters=0")) == 0
+    run_dir = _only_run(tmp_path / "runs")
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="bayes_merger")
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "--check", f"resume={run_dir}")) == 0
+    assert "(and that the resumed run's models and settings are its own)" in caplog.text
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "--check", f"resume={tmp_path / 'runs'}")) == 2
+    assert f"resume={tmp_path / 'runs'} is not a run folder" in _refusal(caplog)

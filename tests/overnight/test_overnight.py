@@ -76,13 +76,15 @@ os._exit(1)  # a crash: no goodbye, every connection reset
 '''
 
 STAND_IN_BAYES_MERGER = '''
-"""A stand-in for bayes-merger: prints a composed config for --cfg, else works until Ctrl-C."""
+"""A stand-in for bayes-merger: prints a composed config for --cfg, passes --check, else works until Ctrl-C."""
 import signal, sys
 from pathlib import Path
 
 marks = Path(sys.argv[1])
 if "--cfg" in sys.argv:
     print(f"run:\\n  dir: {marks / 'runs'}\\nwebui:\\n  url: {sys.argv[2]}")
+    sys.exit(0)
+if "--check" in sys.argv:
     sys.exit(0)
 (marks / "started").touch()
 try:
@@ -309,17 +311,32 @@ def test_the_webui_url_and_password_the_night_is_given_are_those_bayes_merger_us
     world.assert_webui_gone()
 
 
-def test_a_failed_run_passes_on_its_exit_code_and_still_stops_the_webui(tmp_path: Path, assets: dict[str, Path]) -> None:
+def test_a_bad_input_is_said_before_the_webui_is_started(tmp_path: Path, assets: dict[str, Path]) -> None:
     world = World(tmp_path, assets)
     config = world.write_config("broken.yaml", model_a=tmp_path / "missing.safetensors")
 
     night = world.night(config=config)
 
     assert night.returncode == 2  # bayes-merger's config error
-    assert "missing.safetensors does not exist" in night.log
-    assert "bayes-merger failed with exit code 2" in night.log
+    sentence = f"bayes-merger refuses to start: model_a: {tmp_path / 'missing.safetensors'} does not exist."
     # cron's redirect (not a terminal, not systemd's journal) gets the errors, the night's log the rest
-    assert "bayes-merger failed with exit code 2" in night.stderr and "overnight INFO" not in night.stderr
+    assert sentence in night.log and sentence in night.stderr and "overnight INFO" not in night.stderr
+    assert "WebUI started" not in night.log and "Waiting up to" not in night.log  # no WebUI started, none waited for
+    assert night.run_folders == [] and port_is_free(world.port)
+
+
+def test_a_failed_run_passes_on_its_exit_code_and_still_stops_the_webui(tmp_path: Path, assets: dict[str, Path]) -> None:
+    world = World(tmp_path, assets)
+    elsewhere = tmp_path / "not-scanned"  # a folder the WebUI does not scan: found only by asking it
+    elsewhere.mkdir()
+    config = world.write_config("elsewhere.yaml", checkpoint_dir=elsewhere)
+
+    night = world.night(config=config)
+
+    assert night.returncode == 4  # bayes-merger's WebUI error
+    assert "The config and its inputs are fine" in night.log and "WebUI started" in night.log
+    said = "bayes-merger stopped (exit code 4) while the WebUI still answers: not a WebUI crash, so no restart"
+    assert said in night.log and said in night.stderr
     world.assert_webui_gone()
 
 
