@@ -19,7 +19,7 @@ import threading
 from datetime import datetime
 from pathlib import Path
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import hydra
 import yaml
@@ -51,7 +51,7 @@ hydra:
   run:
     dir: ${bm_run_dir:${resume},${run.dir},${merge.method},${scorer.name}}
   sweep:
-    dir: ${run.dir}/multirun/${now:%Y-%m-%d_%H-%M-%S}
+    dir: ${bm_sweep_dir:${run.dir},${now:%Y-%m-%d_%H-%M-%S}}
     subdir: ${hydra.job.num}_${merge.method}_${scorer.name}
   output_subdir: null
   job:
@@ -113,9 +113,22 @@ def _run_dir(resume: str | None, base: str, method: str, scorer: str) -> str:
     return str(path)
 
 
+def _sweep_dir(base: str, started: str) -> str:
+    """A sweep's folder, ``<run.dir>/multirun/<its start>`` (``started``: Hydra's cached ``now``, the same for
+    each of its jobs); what it makes is noted, as ``_run_dir`` notes a run's, for a sweep whose jobs all ended
+    before their runs began."""
+    path = Path(base).expanduser() / "multirun" / started
+    missing = [folder for folder in (path, *path.parents) if not folder.exists()]
+    if missing:
+        _MADE_FOR_SWEEP.setdefault(path.absolute(), missing[-1].absolute())
+    return str(path)
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("bm_run_dir"):
         OmegaConf.register_new_resolver("bm_run_dir", _run_dir)
+    if not OmegaConf.has_resolver("bm_sweep_dir"):
+        OmegaConf.register_new_resolver("bm_sweep_dir", _sweep_dir)
 
 
 def _given_settings() -> Iterator[tuple[str, Any]]:
@@ -219,6 +232,8 @@ _TASK_STARTED = threading.Event()
 _SWEEP_FAILURES: list[int] = []
 # a run folder (or resume= folder) that did not exist → the topmost folder Hydra made for it, for its log
 _MADE_FOR_START: dict[Path, Path] = {}
+# the same for a sweep's folder (-m): its jobs' folders are made in it
+_MADE_FOR_SWEEP: dict[Path, Path] = {}
 # --check: check the config and its inputs, then end without starting the run
 _CHECK_ONLY = threading.Event()
 
@@ -228,23 +243,37 @@ def _remove_made_folder(run_dir: Path) -> None:
     began there: the sentence was said, and a folder per refused attempt would look like runs. A folder
     holding anything else (the config a start saved to be resumed with) stays whole."""
     run_dir = run_dir.absolute()
-    top = _MADE_FOR_START.get(run_dir)
+    # a sweep's job: its folder made in the sweep's, the sweep's own left for the sweep's end (_remove_made_sweep)
+    top = run_dir if run_dir.parent in _MADE_FOR_SWEEP else _MADE_FOR_START.get(run_dir)
     if top is None:  # not made for this start: the user's, or named by them (hydra.run.dir)
         return
+    _remove_up_to(run_dir, top, lambda file: file.suffix == ".log")
+
+
+def _remove_made_sweep() -> None:
+    """At a sweep's end, the folders made for it when none of its jobs began a run: only Hydra's
+    multirun.yaml (the sweep's record) is left in it then, every job's folder having gone."""
+    for sweep_dir, top in _MADE_FOR_SWEEP.items():
+        _remove_up_to(sweep_dir, top, lambda file: file.name == "multirun.yaml")
+
+
+def _remove_up_to(folder: Path, top: Path, goes: Callable[[Path], bool]) -> None:
+    """``folder`` with its files when each is a file that ``goes``, then its parents up to ``top`` while they
+    are empty; else nothing."""
     try:
-        entries = list(run_dir.iterdir())
-        if any(entry.suffix != ".log" or not entry.is_file() for entry in entries):
+        entries = list(folder.iterdir())
+        if not all(entry.is_file() and goes(entry) for entry in entries):
             return
-        for log_file in entries:
-            log_file.unlink()
+        for file in entries:
+            file.unlink()
     except OSError:
         return
-    for folder in (run_dir, *run_dir.parents):
+    for made in (folder, *folder.parents):
         try:
-            folder.rmdir()  # only while empty: nothing but what this start made goes
+            made.rmdir()  # only while empty: nothing but what this start made goes
         except OSError:
             return
-        if folder == top:
+        if made == top:
             return
 
 
@@ -395,6 +424,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     _TASK_STARTED.clear()
     _SWEEP_FAILURES.clear()
     _MADE_FOR_START.clear()
+    _MADE_FOR_SWEEP.clear()
     args = sys.argv[1:] if argv is None else list(argv)
     _CHECK_ONLY.clear()
     if "--check" in args:  # ours, not Hydra's: taken out before Hydra reads the command line
@@ -409,6 +439,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.argv = [sys.argv[0] if sys.argv else "bayes-merger"] + args
         with _composition_errors_raised():
             hydra.main(version_base=None, config_path=None, config_name=None)(_task)()
+        _remove_made_sweep()
         if _SWEEP_FAILURES:
             log.error("%d of the sweep's jobs failed; see their errors above.", len(_SWEEP_FAILURES))
             sys.exit(_SWEEP_FAILURES[0])

@@ -270,3 +270,22 @@ def test_check_of_a_resume_checks_the_run_folder_and_leaves_the_run_as_it_was(as
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
     assert _cli(_args(assets, fake_webui, tmp_path / "runs", "--check", f"resume={tmp_path / 'runs'}")) == 2
     assert f"resume={tmp_path / 'runs'} is not a run folder" in _refusal(caplog)
+
+
+def test_check_of_a_sweep_checks_each_job_and_leaves_no_folder(assets, fake_webui, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="bayes_merger")
+    args = _args(assets, fake_webui, tmp_path / "runs", "--check", "merge.method=weighted_sum,add_difference", "-m")
+    assert _cli(args) == 2  # the sweep's exit: its failed job's
+    said = [r.getMessage() for r in caplog.records if r.name == "bayes_merger"]
+    assert said[0].startswith("The config and its inputs are fine: SD1 models A a.safetensors, B b.safetensors, "
+                              "weighted_sum,")
+    assert said[1:] == ["Merge method 'add_difference' needs model C (model_c), but none was given.",
+                        "1 of the sweep's jobs failed; see their errors above."]
+    assert fake_webui.requests == [] and sorted(tmp_path.iterdir()) == []  # nor the sweep's multirun.yaml
+
+
+def test_a_sweep_in_the_users_home_is_made_there_not_in_a_folder_named_tilde(tmp_path, monkeypatch):
+    from bayes_merger.cli import _sweep_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert _sweep_dir("~/runs", "2026-12-07_12-00-00") == str(tmp_path / "runs" / "multirun" / "2026-12-07_12-00-00")
