@@ -332,13 +332,13 @@ def _task(cfg: DictConfig) -> None:
             # a start refused before its run began (the WebUI was down, Ctrl-C) saved the config that says to
             # resume it: that starts it, in its folder
             config = dataclasses.replace(config, resume=None)
-        # saved once the run's checks pass, so a refused start or resume leaves no config file; the demo's is the
-        # one given, not the one with its fake WebUI's port, new at every start: a resume starts the fake
-        # again, and its config is then the same
         if _CHECK_ONLY.is_set():
             _check_only(config, run_dir)
             return
 
+        # saved once the run's checks pass, so a refused start or resume leaves no config file; the demo's is the
+        # one given, not the one with its fake WebUI's port, new at every start: a resume starts the fake
+        # again, and its config is then the same
         def accepted() -> Path:
             return save_config(cfg, run_dir, config.resume is not None)
 

@@ -35,6 +35,7 @@ BM_WEBUI_ERROR, BM_STOPPED = WebUIError.exit_code, RunStopped.exit_code
 # A1111's advice against RAM growing with each model switch: one model in memory, no RAM cache
 MAX_HOURS = 24 * 7  # a deadline further off is a typo (and past datetime's range, a traceback)
 DEFAULT_WEBUI_OPTIONS = '{"sd_checkpoints_limit": 1, "sd_checkpoint_cache": 0}'
+ASK_TIMEOUT = 300  # seconds for bayes-merger to compose or check the config: it reads no model whole
 ERROR_MARK = "[ERROR] - "  # what precedes the message of an error bayes-merger logs (Hydra's log format)
 
 
@@ -337,9 +338,12 @@ def check_start(settings: Settings, folder: Path | None) -> str:
 
 def _bayes_merger_says(command: list[str], settings: Settings) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(command, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+        return subprocess.run(command, capture_output=True, text=True, timeout=ASK_TIMEOUT, stdin=subprocess.DEVNULL)
     except OSError as error:
         raise Failure(f"Cannot run {settings.bayes_merger[0]}: {error}.", EXIT_CONFIG) from error
+    except subprocess.TimeoutExpired:  # a config on a network share that hangs, say: said, not a traceback
+        raise Failure(f"bayes-merger did not end within {ASK_TIMEOUT} s with {settings.config} (not a run: its config "
+                      "composed or checked).", EXIT_CONFIG) from None
 
 
 def parse_sections(text: str) -> dict[str, dict[str, Any]]:

@@ -690,3 +690,24 @@ def test_a_bad_setting_is_named_by_its_file_line_and_key_never_by_its_value(
     assert (f"overnight.env:2: {says}" if in_file else f"The environment variable {says}") in caplog.text
     assert "s3cret" not in caplog.text and "Traceback" not in caplog.text
 
+
+
+# bayes-merger that never ends (its config on a network share that hangs, say)
+HANGING_BAYES_MERGER = '''
+import signal
+signal.pause()
+'''
+
+
+def test_a_bayes_merger_that_hangs_composing_or_checking_the_config_is_one_sentence(
+        tmp_path: Path, clean_env: pytest.MonkeyPatch, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bayes_merger.overnight import settings as settings_module
+
+    monkeypatch.setattr(settings_module, "ASK_TIMEOUT", 1)
+    settings = settings_for(tmp_path, HANGING_BAYES_MERGER)
+    for ask in (settings_module.compose_config, lambda s: settings_module.check_start(s, None)):
+        with pytest.raises(Failure) as failure:
+            ask(settings)
+        assert str(failure.value) == (f"bayes-merger did not end within 1 s with {tmp_path / 'night.yaml'} (not a run: "
+                                      "its config composed or checked).")
+        assert failure.value.code == 2
