@@ -2,7 +2,8 @@
 
     bayes-merger-overnight --config conf/night.yaml [--deadline 07:00] [OVERRIDE ...]
 
-It takes a lock on the config's run.dir, starts the WebUI if WEBUI_COMMAND is set, waits until its
+It takes a lock on the config's run.dir, has ``bayes-merger --check`` check its first start (a bad input
+ends the night before the WebUI is started), starts the WebUI if WEBUI_COMMAND is set, waits until its
 API answers, sets the options that keep its RAM flat, then runs ``bayes-merger``: it resumes the
 newest unfinished run under run.dir (a run folder whose run.json has no ``finished_at``), else it
 starts a new one. When the WebUI dies mid-run it restarts the WebUI and resumes, and when a signal
@@ -25,7 +26,8 @@ WebUI could not be started or never answered; 70 a bug in the runner (traceback 
 overnight run holds the lock of this run.dir; 128 + N when the runner was stopped by signal N (129 SIGHUP,
 130 SIGINT, 143 SIGTERM), the run kept as at the deadline.
 
-    settings.py   flags, environment, env file, deadline, the composed config (``bayes-merger --cfg job``)
+    settings.py   flags, environment, env file, deadline, the composed config (``bayes-merger --cfg job``),
+                  the first start's ``--check``
     processes.py  the run.dir lock, the WebUI process it manages, the WebUI probe (the package's clients)
     night.py      one night: start/restart the WebUI, run or resume bayes-merger, deadline and signals
     cli.py        ``bayes-merger-overnight`` (also ``python -m bayes_merger.overnight``): logging, exit codes
