@@ -107,9 +107,8 @@ def _run_dir(resume: str | None, base: str, method: str, scorer: str) -> str:
             number += 1
             candidate = path.with_name(f"{path.name}-{number}")
         path = candidate
-    missing = [folder for folder in (path, *path.parents) if not folder.exists()]
-    if missing:  # Hydra makes it, for its log: a refused start or a mistyped resume= must not leave it behind
-        _MADE_FOR_START.setdefault(path.absolute(), missing[-1].absolute())
+    # Hydra makes it, for its log: a refused start or a mistyped resume= must not leave it behind
+    _note_made(path, _MADE_FOR_START)
     return str(path)
 
 
@@ -118,10 +117,15 @@ def _sweep_dir(base: str, started: str) -> str:
     each of its jobs); what it makes is noted, as ``_run_dir`` notes a run's, for a sweep whose jobs all ended
     before their runs began."""
     path = Path(base).expanduser() / "multirun" / started
+    _note_made(path, _MADE_FOR_SWEEP)
+    return str(path)
+
+
+def _note_made(path: Path, made: dict[Path, Path]) -> None:
+    """Notes in ``made`` the topmost folder that making ``path`` would make, if it does not exist yet."""
     missing = [folder for folder in (path, *path.parents) if not folder.exists()]
     if missing:
-        _MADE_FOR_SWEEP.setdefault(path.absolute(), missing[-1].absolute())
-    return str(path)
+        made.setdefault(path.absolute(), missing[-1].absolute())
 
 
 def register_resolvers() -> None:

@@ -36,7 +36,8 @@ BM_WEBUI_ERROR, BM_STOPPED = WebUIError.exit_code, RunStopped.exit_code
 MAX_HOURS = 24 * 7  # a deadline further off is a typo (and past datetime's range, a traceback)
 DEFAULT_WEBUI_OPTIONS = '{"sd_checkpoints_limit": 1, "sd_checkpoint_cache": 0}'
 ASK_TIMEOUT = 300  # seconds for bayes-merger to compose or check the config: it reads no model whole
-ERROR_MARK = "[ERROR] - "  # what precedes the message of an error bayes-merger logs (Hydra's log format)
+MESSAGE_MARK = "] - "  # what ends the prefix of a line bayes-merger logs (Hydra's format: [time][logger][LEVEL] - )
+ERROR_MARK = f"[ERROR{MESSAGE_MARK}"  # what precedes the message of an error it logs
 
 
 class Failure(Exception):
@@ -333,7 +334,7 @@ def check_start(settings: Settings, folder: Path | None) -> str:
         said = [line.split(ERROR_MARK, 1)[1] for line in lines if ERROR_MARK in line] or lines[-1:]
         raise Failure(f"bayes-merger refuses to start: {' '.join(said).removeprefix('bayes-merger: ')}",
                       done.returncode if 0 < done.returncode < 128 else EXIT_CONFIG)
-    return lines[-1].split("] - ", 1)[-1] if lines else "bayes-merger --check passed."
+    return lines[-1].split(MESSAGE_MARK, 1)[-1] if lines else "bayes-merger --check passed."
 
 
 def _bayes_merger_says(command: list[str], settings: Settings) -> subprocess.CompletedProcess[str]:
