@@ -2,10 +2,10 @@
 
 ``check_inputs`` is the one place a run's input is validated: the settings that need more than types,
 the model files, the merge method against the models (from the files' headers: architectures, model
-C, precisions), the search space, the payloads, and a run folder to resume. Nothing is loaded and no
-WebUI is contacted; a bad input is one ``BayesMergerError`` with a sentence a user can act on. What
-needs the WebUI (its API, its checkpoint folder) and the scorer's weights are checked when they are
-started, still before the first merge.
+C, precisions), the search space, the payloads, a run folder to resume, and that the scorer's weights are
+here or can be downloaded. Nothing is loaded and no WebUI is contacted; a bad input is one
+``BayesMergerError`` with a sentence a user can act on. What needs the WebUI (its API, its checkpoint
+folder) and the weights' bytes are checked when they are started, still before the first merge.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from bayes_merger.run_folder import (
     resume_command,
 )
 from bayes_merger.scoring import for_run_folder, needs_image_files
-from bayes_merger.scoring.registry import check_scorer_config, named_scorer
+from bayes_merger.scoring.registry import check_scorer_config, named_scorer, weights_to_fetch
 from bayes_merger.space import SearchSpace, build_space
 from bayes_merger.renderers.probe import backend_of, choose_handoff
 from bayes_merger.webui.http import base_url
@@ -93,11 +93,13 @@ def model_path(value: str) -> Path:
 
 @dataclass(frozen=True)
 class Checked:
-    """What ``check_without_reading`` found: the merge (from the files' headers), the space, the payloads."""
+    """What ``check_without_reading`` found: the merge (from the files' headers), the space, the payloads, and
+    the scorers' weights the start will download (none on a cluster, whose hosts load their own)."""
 
     merge: MergeInputs
     space: SearchSpace
     payloads: list[Payload]
+    to_fetch: list[str]
 
 
 def check_inputs(cfg: Config, run_dir: Path) -> Inputs:
@@ -131,8 +133,9 @@ def check_inputs(cfg: Config, run_dir: Path) -> Inputs:
 
 def check_without_reading(cfg: Config, run_dir: Path) -> Checked:
     """The checks that read no model whole and ask no WebUI (``bayes-merger --check``): the settings, the
-    model files and their headers, the method against them, the search space, the payloads and the run
-    folder. Not the models' sha256, a resumed run's record, the WebUI or the scorer's weights."""
+    model files and their headers, the method against them, the search space, the payloads, the run folder
+    and that the scorers' weights are here or can be fetched. Not the models' sha256, a resumed run's
+    record, the WebUI, or the weights' bytes (checked when they load)."""
     models = _check_settings(cfg)
     payloads = load_payloads(cfg.payloads, cfg.run.seed)
     # the files' headers tell the method, the architectures and so the search space: bad models
@@ -151,7 +154,17 @@ def check_without_reading(cfg: Config, run_dir: Path) -> Checked:
         named = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise ConfigError(f"{run_dir} already holds files that are not a run's ({named}), which a run there could write "
                           "over: start it in a new or empty folder.")
-    return Checked(merge, space, payloads)
+    return Checked(merge, space, payloads, [] if cfg.cluster.address else _scorer_weights_to_fetch(cfg))
+
+
+def _scorer_weights_to_fetch(cfg: Config) -> list[str]:
+    """The run's scorer's and its finalists' (built at the night's end): a missing file, or anything missing
+    while downloads are off, is said now, not after the WebUI is up or the night is over."""
+    to_fetch = weights_to_fetch(cfg.scorer)
+    if cfg.scorer.finalists:
+        to_fetch += [name for name in weights_to_fetch(named_scorer(cfg.scorer, cfg.scorer.finalists))
+                     if name not in to_fetch]
+    return to_fetch
 
 
 def _check_settings(cfg: Config) -> tuple[Path, Path, Path | None]:

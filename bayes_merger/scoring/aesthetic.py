@@ -16,8 +16,8 @@ from PIL import Image
 
 from bayes_merger.config import ScorerConfig
 from bayes_merger.errors import ConfigError, ScorerError
-from bayes_merger.scoring.base import ImageContext, SharedModels
-from bayes_merger.scoring.clip import ClipEmbedder
+from bayes_merger.scoring.base import ImageContext, SharedModels, Weights
+from bayes_merger.scoring.clip import ClipEmbedder, clip_weights
 from bayes_merger.scoring.heads import AestheticHead
 from bayes_merger.scoring.weights import (
     CHAD_HEAD,
@@ -25,7 +25,9 @@ from bayes_merger.scoring.weights import (
     HeadSource,
     check_sha256,
     converted_from,
+    head_weights,
     load_head_file,
+    local_file_weights,
     pinned_head,
     resolve_cache_dir,
 )
@@ -94,15 +96,37 @@ def build_chad(config: ScorerConfig, shared: SharedModels) -> AestheticScorer:
 
 
 def build_aesthetic_head(config: ScorerConfig, shared: SharedModels) -> AestheticScorer:
+    _check_head_given(config)
+    path = Path(config.head).expanduser()
+    head = AestheticHead.from_state_dict(load_head_file(path), source=str(path))
+    log.info("Aesthetic head %s: %s layout", path, head.layout)
+    return AestheticScorer("aesthetic_head", shared_embedder(config, shared), head)
+
+
+def laion_weights(config: ScorerConfig) -> list[Weights]:
+    return _pinned_weights(LAION_HEAD, config)
+
+
+def chad_weights(config: ScorerConfig) -> list[Weights]:
+    return _pinned_weights(CHAD_HEAD, config)
+
+
+def aesthetic_head_weights(config: ScorerConfig) -> list[Weights]:
+    _check_head_given(config)
+    return [local_file_weights("scorer.head", str(config.head)), clip_weights(config.clip)]
+
+
+def _pinned_weights(source: HeadSource, config: ScorerConfig) -> list[Weights]:
+    head = local_file_weights("scorer.head", config.head) if config.head else head_weights(source, config.cache_dir)
+    return [head, clip_weights(config.clip)]
+
+
+def _check_head_given(config: ScorerConfig) -> None:
     if not config.head:
         raise ConfigError(
             "scorer.name aesthetic_head needs scorer.head: a .pth or .safetensors head file "
             "(the LAION MLP layout or one linear layer)."
         )
-    path = Path(config.head).expanduser()
-    head = AestheticHead.from_state_dict(load_head_file(path), source=str(path))
-    log.info("Aesthetic head %s: %s layout", path, head.layout)
-    return AestheticScorer("aesthetic_head", shared_embedder(config, shared), head)
 
 
 def _build_pinned(source: HeadSource, config: ScorerConfig, shared: SharedModels) -> AestheticScorer:

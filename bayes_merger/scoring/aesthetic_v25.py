@@ -25,12 +25,15 @@ from bayes_merger.config import ScorerConfig
 from bayes_merger.devices import resolve_device
 from bayes_merger.errors import ScorerError
 from bayes_merger.scoring import weights
-from bayes_merger.scoring.base import ImageContext, SharedModels
-from bayes_merger.scoring.clip import batches, cache_first, check_batch_size, from_pretrained, normalised
+from bayes_merger.scoring.base import ImageContext, SharedModels, Weights
+from bayes_merger.scoring.clip import batches, cache_first, check_batch_size, from_pretrained, hub_weights, normalised
 from bayes_merger.scoring.heads import AestheticHead
-from bayes_merger.scoring.weights import load_head_file, pinned_head, resolve_cache_dir
+from bayes_merger.scoring.weights import head_weights, load_head_file, local_file_weights, pinned_head, resolve_cache_dir
 
 log = logging.getLogger(__name__)
+
+#: what the SigLIP model is, where it is set, its files and what a local folder holds: for its load's sentences
+_SIGLIP = ("SigLIP model", "scorer.siglip", "config.json preprocessor_config.json model.safetensors", "those files")
 
 
 @dataclass(frozen=True)
@@ -97,8 +100,7 @@ def load_siglip(name: str, device: str) -> tuple[torch.nn.Module, SquareResize, 
     torch_device = resolve_device(device, "scorer device")
     local = Path(name).expanduser().is_dir()
     source = str(Path(name).expanduser()) if local else name
-    model = from_pretrained(SiglipVisionModel, source, name, "SigLIP model", "scorer.siglip",
-                            "config.json preprocessor_config.json model.safetensors", "those files")
+    model = from_pretrained(SiglipVisionModel, source, name, *_SIGLIP)
     preprocessing = _preprocessing(source, int(model.config.image_size))
     dtype = torch.float16 if torch_device.type == "cuda" else torch.float32
     return model.to(device=torch_device, dtype=dtype).requires_grad_(False), preprocessing, torch_device
@@ -125,3 +127,9 @@ def build_aesthetic_v25(config: ScorerConfig, shared: SharedModels) -> SiglipAes
         ("siglip", config.siglip, config.device), lambda: load_siglip(config.siglip, config.device)
     )
     return SiglipAestheticScorer(model, head, preprocessing, device, config.batch_size)
+
+
+def aesthetic_v25_weights(config: ScorerConfig) -> list[Weights]:
+    head = (local_file_weights("scorer.head", config.head) if config.head
+            else head_weights(weights.AESTHETIC_V25, config.cache_dir))
+    return [head, hub_weights(config.siglip, *_SIGLIP, first_file="config.json")]

@@ -1,4 +1,5 @@
-"""What every scorer is: the Scorer protocol, the per-image context, and models shared between scorers."""
+"""What every scorer is: the Scorer protocol, the per-image context, models shared between scorers, and
+the weights a scorer loads when it is built (``Weights``)."""
 
 from __future__ import annotations
 
@@ -56,3 +57,14 @@ class SharedModels:
         if key not in self._models:
             self._models[key] = load()
         return self._models[key]  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Weights:
+    """A file or model a scorer loads when it is built, and whether it is here before anything loads:
+    ``bayes-merger --check`` and a run's start say what is missing before the WebUI is asked anything."""
+
+    name: str  # as the user knows it: "CLIP openai/clip-vit-large-patch14", "the LAION … head"
+    here: bool  # in its folder or cache (a copy whose bytes are wrong is said when it loads)
+    downloadable: bool  # fetched at the start when missing, unless downloads are off (HF_HUB_OFFLINE)
+    missing: str  # the sentence when it is missing and cannot be fetched

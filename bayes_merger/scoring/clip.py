@@ -24,7 +24,8 @@ from PIL import Image
 
 from bayes_merger.devices import resolve_device
 from bayes_merger.errors import ConfigError, ScorerError
-from bayes_merger.scoring.weights import downloads_disabled
+from bayes_merger.scoring.base import Weights
+from bayes_merger.scoring.weights import OFFLINE, downloads_disabled
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,8 @@ class ClipEmbedder:
         try:
             model, info = cache_first(CLIPVisionModelWithProjection, source, output_loading_info=True)
         except (OSError, ValueError) as exc:
-            raise ScorerError(_clip_missing_message(clip, local, downloads_disabled(), exc)) from exc
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ScorerError(_clip_missing_message(clip, local, downloads_disabled(), detail)) from exc
         missing = sorted(info.get("missing_keys") or [])
         if missing:
             raise ScorerError(
@@ -264,15 +266,47 @@ def from_pretrained(loader: Any, source: str, name: str, what: str, setting: str
         detail: object = "what loaded is empty"
     except (OSError, ValueError) as exc:
         detail = exc
-    why = "downloads are off (HF_HUB_OFFLINE is set)" if offline else "it could not be downloaded"
-    raise ScorerError(
-        f"The {what} {name!r} ({setting}) is not in the Hugging Face cache and {why}. Fetch it once with "
-        f"network: `hf download {name} {files}`, or set {setting} to a local folder holding {holding}. ({detail})"
-    ) from (detail if isinstance(detail, Exception) else None)
+    why = OFFLINE if offline else "it could not be downloaded"
+    raise ScorerError(_hub_missing_message(name, what, setting, files, holding, why, detail)
+                      ) from (detail if isinstance(detail, Exception) else None)
 
 
-def _clip_missing_message(clip: str, local: bool, offline: bool, exc: Exception) -> str:
-    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+def _hub_missing_message(name: str, what: str, setting: str, files: str, holding: str, why: str, detail: object) -> str:
+    return (f"The {what} {name!r} ({setting}) is not in the Hugging Face cache and {why}. Fetch it once with "
+            f"network: `hf download {name} {files}`, or set {setting} to a local folder holding {holding}. ({detail})")
+
+
+def hub_weights(name: str, what: str, setting: str, files: str, holding: str, first_file: str) -> Weights:
+    """What ``from_pretrained`` loads: a local folder, or ``name`` from the Hugging Face cache, where
+    ``first_file`` is the file a load reads first."""
+    if _looks_local(name):
+        return Weights(f"{setting} {name}", Path(name).expanduser().is_dir(), False,
+                       f"{setting} is {name!r}, but that folder does not exist.")
+    return Weights(f"the {what} {name}", in_hub_cache(name, first_file), True,
+                   _hub_missing_message(name, what, setting, files, holding, OFFLINE, f"no {first_file} cached"))
+
+
+def clip_weights(clip: str) -> Weights:
+    """What ``ClipEmbedder.load`` loads."""
+    if _looks_local(clip):
+        return Weights(f"scorer.clip {clip}", Path(clip).expanduser().is_dir(), False,
+                       f"scorer.clip is {clip!r}, but that folder does not exist.")
+    return Weights(f"CLIP {clip}", in_hub_cache(clip, "config.json"), True,
+                   _clip_missing_message(clip, False, True, "no config.json cached"))
+
+
+def in_hub_cache(repo: str, filename: str) -> bool:
+    """Whether the Hugging Face cache holds ``filename`` of ``repo`` at its main revision, as a load with
+    downloads off finds it. True when unsure (a name the hub would refuse): the load then says what is wrong."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo, filename), str)
+    except Exception:  # HFValidationError and the like: a name, not an answer about the cache
+        return True
+
+
+def _clip_missing_message(clip: str, local: bool, offline: bool, detail: str) -> str:
     if local:
         return (
             f"scorer.clip folder {clip!r} does not hold a CLIP model ({detail}); it needs config.json, "
@@ -280,7 +314,7 @@ def _clip_missing_message(clip: str, local: bool, offline: bool, exc: Exception)
         )
     from huggingface_hub import constants
 
-    why = "downloads are off (HF_HUB_OFFLINE is set)" if offline else "it could not be downloaded"
+    why = OFFLINE if offline else "it could not be downloaded"
     return (
         f"CLIP model {clip!r} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {why}. "
         f"Fetch it once with network: `hf download {clip} config.json preprocessor_config.json "

@@ -23,7 +23,7 @@ from PIL import Image
 from bayes_merger.config import ScorerConfig
 from bayes_merger.errors import RatingsEnded, ScorerError
 from bayes_merger.files import atomic_write_text
-from bayes_merger.scoring.base import ImageContext, SharedModels
+from bayes_merger.scoring.base import ImageContext, SharedModels, Weights
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +202,10 @@ def parse_rating(text: str) -> float | None:
     if not math.isfinite(value) or not MIN_RATING <= value <= MAX_RATING:
         return None
     return value
+
+
+def manual_weights(config: ScorerConfig) -> list[Weights]:
+    return []  # the user's ratings are read as they come
 
 
 def build_manual(config: ScorerConfig, shared: SharedModels) -> ManualScorer:

@@ -39,17 +39,19 @@ from bayes_merger.config import ScorerConfig
 from bayes_merger.devices import resolve_device
 from bayes_merger.errors import ScorerError
 from bayes_merger.scoring import weights
-from bayes_merger.scoring.base import ImageContext, SharedModels
+from bayes_merger.scoring.base import ImageContext, SharedModels, Weights
 from bayes_merger.scoring.clip import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Preprocessing, batches, check_batch_size,
-                                       from_pretrained, normalised)
+                                       from_pretrained, hub_weights, normalised)
 from bayes_merger.scoring.prompt_text import plain_prompt
-from bayes_merger.scoring.weights import HeadSource, load_head_file, pinned_head, resolve_cache_dir
+from bayes_merger.scoring.weights import HeadSource, head_weights, load_head_file, pinned_head, resolve_cache_dir
 
 log = logging.getLogger(__name__)
 
 #: Attention heads of both towers of CLIP ViT-H/14 (the one number the tensors do not show).
 VIT_H_HEADS = 16
 _TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+#: what the tokenizer is, where it is set, its files and what a local folder holds: for its load's sentences
+_TOKENIZER = ("CLIP tokenizer", "scorer.tokenizer", " ".join(_TOKENIZER_FILES), "vocab.json and merges.txt")
 
 
 @dataclass(frozen=True)
@@ -246,9 +248,7 @@ def load_tokenizer(name: str) -> object:
     from transformers import CLIPTokenizer
 
     # transformers 5 answers a name it cannot find offline with a 2-token tokenizer, not an error
-    return from_pretrained(CLIPTokenizer, name, name, "CLIP tokenizer", "scorer.tokenizer",
-                           " ".join(_TOKENIZER_FILES), "vocab.json and merges.txt",
-                           usable=lambda tokenizer: len(tokenizer) > 2)
+    return from_pretrained(CLIPTokenizer, name, name, *_TOKENIZER, usable=lambda tokenizer: len(tokenizer) > 2)
 
 
 def _weights_file(source: HeadSource, config: ScorerConfig) -> Path:
@@ -293,3 +293,15 @@ def build_hpsv2(config: ScorerConfig, shared: SharedModels) -> PromptScorer:
     model, device = _load_model(source, config, tokenizer, convert=True)
     size = int(model.config.vision_config.image_size)
     return PromptScorer("hpsv2", model, tokenizer, PadToSquare(size=size), device, config.batch_size)
+
+
+def pickscore_weights(config: ScorerConfig) -> list[Weights]:
+    return [head_weights(weights.PICKSCORE, config.cache_dir), _tokenizer_weights(config)]
+
+
+def hpsv2_weights(config: ScorerConfig) -> list[Weights]:
+    return [head_weights(weights.HPS_V21, config.cache_dir), _tokenizer_weights(config)]
+
+
+def _tokenizer_weights(config: ScorerConfig) -> Weights:
+    return hub_weights(config.tokenizer, *_TOKENIZER, first_file="vocab.json")

@@ -1,7 +1,8 @@
 """The list of scorers by name, and ``build_scorer``: config → a ready scorer, models loaded once.
 
 Adding a scorer (ImageReward …) is one new module with a factory
-``build(config: ScorerConfig, shared: SharedModels) -> Scorer`` and one line in ``SCORERS``.
+``build(config: ScorerConfig, shared: SharedModels) -> Scorer``, a function naming the weights it loads
+``weights(config: ScorerConfig) -> list[Weights]``, and one line in ``SCORERS``.
 
 Config shapes::
 
@@ -23,30 +24,37 @@ import logging
 import math
 from pathlib import Path
 from types import MappingProxyType
-from typing import Callable, Mapping
+from typing import Callable, Mapping, NamedTuple
 
 from bayes_merger.config import ScorerConfig
-from bayes_merger.errors import ConfigError
+from bayes_merger.errors import ConfigError, ScorerError
 from bayes_merger.scoring import aesthetic, aesthetic_v25, manual, preference
-from bayes_merger.scoring.base import Scorer, SharedModels
+from bayes_merger.scoring.base import Scorer, SharedModels, Weights
 from bayes_merger.scoring.clip import check_batch_size
 from bayes_merger.scoring.combine import check_combine_mode
 from bayes_merger.scoring.ensemble import EnsembleScorer
+from bayes_merger.scoring.weights import downloads_disabled
 
 log = logging.getLogger(__name__)
 
 ScorerFactory = Callable[[ScorerConfig, SharedModels], Scorer]
 
+
+class ScorerKind(NamedTuple):
+    build: ScorerFactory
+    weights: Callable[[ScorerConfig], list[Weights]]  # what ``build`` loads, looked for without loading it
+
+
 #: Every scorer, by the name ``scorer.name`` (or an ensemble key) gives it. One explicit list.
-SCORERS: Mapping[str, ScorerFactory] = MappingProxyType(
+SCORERS: Mapping[str, ScorerKind] = MappingProxyType(
     {
-        "laion": aesthetic.build_laion,
-        "chad": aesthetic.build_chad,
-        "aesthetic_head": aesthetic.build_aesthetic_head,
-        "aesthetic_v25": aesthetic_v25.build_aesthetic_v25,
-        "pickscore": preference.build_pickscore,
-        "hpsv2": preference.build_hpsv2,
-        "manual": manual.build_manual,
+        "laion": ScorerKind(aesthetic.build_laion, aesthetic.laion_weights),
+        "chad": ScorerKind(aesthetic.build_chad, aesthetic.chad_weights),
+        "aesthetic_head": ScorerKind(aesthetic.build_aesthetic_head, aesthetic.aesthetic_head_weights),
+        "aesthetic_v25": ScorerKind(aesthetic_v25.build_aesthetic_v25, aesthetic_v25.aesthetic_v25_weights),
+        "pickscore": ScorerKind(preference.build_pickscore, preference.pickscore_weights),
+        "hpsv2": ScorerKind(preference.build_hpsv2, preference.hpsv2_weights),
+        "manual": ScorerKind(manual.build_manual, manual.manual_weights),
     }
 )
 
@@ -72,9 +80,23 @@ def build_scorer(config: ScorerConfig) -> Scorer:
     check_scorer_config(config)
     shared = SharedModels()
     if config.name == ENSEMBLE:
-        return EnsembleScorer([(_factory(name)(_member_config(config, name), shared), weight)
+        return EnsembleScorer([(_kind(name).build(_member_config(config, name), shared), weight)
                                for name, weight in _ensemble_members(config)])
-    return _factory(config.name)(config, shared)
+    return _kind(config.name).build(config, shared)
+
+
+def weights_to_fetch(config: ScorerConfig) -> list[str]:
+    """The weights ``build_scorer`` would download (each scorer's, an ensemble's once each), found without
+    loading any. Raises what the build would for a weight that is missing and cannot be fetched: a file
+    or folder the config names, or anything while downloads are off (HF_HUB_OFFLINE) — a ScorerError."""
+    config = _as_dataclass(config)
+    members = ([_member_config(config, name) for name, _ in _ensemble_members(config)] if config.name == ENSEMBLE
+               else [config])
+    wanted = {w.name: w for member in members for w in _kind(member.name).weights(member)}
+    for weights in wanted.values():
+        if not weights.here and (not weights.downloadable or downloads_disabled()):
+            raise ScorerError(weights.missing)
+    return [name for name, weights in wanted.items() if not weights.here]
 
 
 def check_scorer_config(config: ScorerConfig) -> None:
@@ -91,7 +113,7 @@ def check_scorer_config(config: ScorerConfig) -> None:
             f"scorer.ensemble is set but scorer.name is {config.name!r}; "
             "set scorer.name: ensemble to combine scorers, or remove scorer.ensemble."
         )
-    _factory(config.name)
+    _kind(config.name)
 
 
 def keeps_head(given_for: str, name: str) -> bool:
@@ -108,7 +130,7 @@ def named_scorer(config: ScorerConfig, name: str) -> ScorerConfig:
     if named.name == ENSEMBLE:
         _ensemble_members(named)
     else:
-        _factory(named.name)
+        _kind(named.name)
     return named
 
 
@@ -123,7 +145,7 @@ def renamed_scorer(config: ScorerConfig, name: str) -> ScorerConfig:
     return dataclasses.replace(config, name=name, ensemble=dict(config.ensemble) if name == ENSEMBLE else {})
 
 
-def _factory(name: str) -> ScorerFactory:
+def _kind(name: str) -> ScorerKind:
     try:
         return SCORERS[name]
     except KeyError:
@@ -140,7 +162,7 @@ def _ensemble_members(config: ScorerConfig) -> list[tuple[str, float]]:
     for name, weight in config.ensemble.items():
         if name == ENSEMBLE:
             raise ConfigError("scorer.ensemble cannot contain another ensemble.")
-        _factory(name)  # unknown names fail here, before anything loads
+        _kind(name)  # unknown names fail here, before anything loads
         weight = float(weight)
         if not math.isfinite(weight) or weight <= 0:
             raise ConfigError(f"scorer.ensemble weight of {name} is {weight}; it must be a number > 0.")

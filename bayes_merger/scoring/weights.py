@@ -46,6 +46,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from bayes_merger.errors import ScorerError
+from bayes_merger.scoring.base import Weights
 from bayes_merger.files import (atomic_path, atomic_write_text, file_sha256, load_torch_weights, open_new,
                                 remove_dead_temp_files, temp_path)
 
@@ -59,6 +60,8 @@ SOURCE_SHA256_KEY = "source_sha256"
 
 _TRUTHY = {"1", "ON", "YES", "TRUE"}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+#: why a missing file was not fetched, in the sentences that say so
+OFFLINE = "downloads are off (HF_HUB_OFFLINE is set)"
 
 
 @dataclass(frozen=True)
@@ -187,7 +190,7 @@ def pinned_head(source: HeadSource, cache_dir: Path, download: Downloader | None
         return cached
 
     if downloads_disabled():
-        raise ScorerError(_missing_message(source, cache_dir, "downloads are off (HF_HUB_OFFLINE is set)"))
+        raise ScorerError(_missing_message(source, cache_dir, OFFLINE))
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     remove_dead_temp_files(cache_dir)  # a fetch killed halfway left its file: GBs, for PickScore
@@ -199,6 +202,20 @@ def pinned_head(source: HeadSource, cache_dir: Path, download: Downloader | None
             raise ScorerError(_missing_message(source, cache_dir, f"the download failed ({exc})")) from exc
         _store(source, tmp, cached, _verified_digest(tmp, source))
     return cached
+
+
+def head_weights(source: HeadSource, cache_dir: str | os.PathLike[str] | None) -> Weights:
+    """A published head as ``pinned_head`` finds it: converted in the cache dir or put there by hand, else
+    fetched."""
+    cache = resolve_cache_dir(cache_dir)
+    here = (cache / source.cached_name).is_file() or (cache / source.filename).is_file()
+    return Weights(f"the {source.description}", here, True, _missing_message(source, cache, OFFLINE))
+
+
+def local_file_weights(setting: str, value: str) -> Weights:
+    """A file the user names (``scorer.head``): never fetched."""
+    return Weights(f"{setting} {value}", Path(value).expanduser().is_file(), False,
+                   f"{setting} is {value!r}, but that file does not exist.")
 
 
 def check_cached(path: Path) -> None:

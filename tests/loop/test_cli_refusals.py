@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import subprocess
 import sys
 
@@ -240,10 +241,82 @@ def test_check_says_the_inputs_are_fine_and_starts_nothing(assets, fake_webui, t
     assert _cli(_args(assets, fake_webui, runs, "--check")) == 0
     said = [r.getMessage() for r in caplog.records if r.name == "bayes_merger"]
     assert said == ["The config and its inputs are fine: SD1 models A a.safetensors, B b.safetensors, weighted_sum, 26 "
-                    "weights to search, 2 payloads, scorer aesthetic_head. Left to the start: the WebUI, its checkpoint "
-                    "folder, the scorer's weights and the models' sha256."]
+                    "weights to search, 2 payloads, scorer aesthetic_head (its weights here). Left to the start: the "
+                    "WebUI, its checkpoint folder, the models' sha256 and the scorer's weights loaded."]
     assert fake_webui.requests == [] and list(fake_webui.checkpoint_dir.iterdir()) == []
     assert sorted(tmp_path.iterdir()) == []  # no run folder: Hydra's, made for the log, goes with it
+
+
+def _empty_weight_caches(tmp_path, monkeypatch) -> list[str]:
+    """The heads' cache and the Hugging Face cache, empty, in tmp_path: the overrides that use them."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    return [f"scorer.cache_dir={tmp_path / 'heads'}", "scorer.clip=openai/clip-vit-large-patch14", "scorer.head=null"]
+
+
+def _fine(caplog) -> str:
+    said = [r.getMessage() for r in caplog.records if r.name == "bayes_merger"]
+    assert len(said) == 1 and said[0].startswith("The config and its inputs are fine:"), said
+    return said[0]
+
+
+def test_check_names_the_scorer_weights_the_start_would_download(assets, fake_webui, tmp_path, caplog, monkeypatch):
+    from bayes_merger.scoring.weights import CHAD_HEAD, LAION_HEAD
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    caplog.set_level(logging.INFO, logger="bayes_merger")
+    args = _args(assets, fake_webui, tmp_path / "runs", "--check", *_empty_weight_caches(tmp_path, monkeypatch),
+                 "scorer.name=ensemble", "+scorer.ensemble={laion: 1, chad: 1}")
+    assert _cli(args) == 0
+    # the CLIP both heads share is named once
+    assert ("scorer ensemble (to download at the start: the LAION improved aesthetic predictor head, CLIP "
+            "openai/clip-vit-large-patch14, the SD-Chad aesthetic head).") in _fine(caplog)
+
+    # as `hf download` and a first run leave them: found, not loaded (their bytes are checked when they load)
+    snapshot = tmp_path / "hf" / "models--openai--clip-vit-large-patch14" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+    (tmp_path / "heads").mkdir()
+    (tmp_path / "heads" / LAION_HEAD.filename).write_bytes(b"put here by hand")
+    (tmp_path / "heads" / CHAD_HEAD.cached_name).write_bytes(b"converted by a run")
+    caplog.clear()
+    assert _cli(args) == 0
+    assert "scorer ensemble (its weights here)." in _fine(caplog)
+    assert fake_webui.requests == []
+
+
+@pytest.mark.parametrize("check", [True, False])
+def test_scorer_weights_that_cannot_be_fetched_are_said_before_the_webui_is_asked(assets, fake_webui, tmp_path,
+                                                                                   caplog, monkeypatch, check):
+    """Downloads off (an offline machine): a start said so only once the WebUI was up, and the finalists'
+    scorer only at the night's end; a missing file the config names is never fetched."""
+    from bayes_merger.scoring.weights import LAION_HEAD
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    empty = _empty_weight_caches(tmp_path, monkeypatch)
+    runs = tmp_path / "runs"
+    flag = ["--check"] if check else []
+    assert _cli(_args(assets, fake_webui, runs, *flag, *empty, "scorer.name=laion")) == 5
+    assert _refusal(caplog).startswith("The LAION improved aesthetic predictor head is not cached and downloads are "
+                                       "off (HF_HUB_OFFLINE is set). Download https://")
+    caplog.clear()
+    (tmp_path / "heads").mkdir()
+    (tmp_path / "heads" / LAION_HEAD.filename).write_bytes(b"put here by hand")
+    assert _cli(_args(assets, fake_webui, runs, *flag, *empty, "scorer.name=laion")) == 5
+    assert _refusal(caplog).startswith("CLIP model 'openai/clip-vit-large-patch14' is not in the Hugging Face cache")
+    shutil.rmtree(tmp_path / "heads")
+    caplog.clear()
+    assert _cli(_args(assets, fake_webui, runs, *flag, f"scorer.cache_dir={tmp_path / 'heads'}",
+                      "scorer.finalists=pickscore")) == 5
+    assert _refusal(caplog).startswith("The PickScore")
+    caplog.clear()
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert _cli(_args(assets, fake_webui, runs, *flag, "scorer.name=laion", f"scorer.head={tmp_path / 'nope.pth'}")) == 5
+    assert _refusal(caplog) == f"scorer.head is '{tmp_path / 'nope.pth'}', but that file does not exist."
+    assert fake_webui.requests == [] and sorted(tmp_path.iterdir()) == []  # no run folder, no cache made
 
 
 @pytest.mark.parametrize("override, code, sentence", [

@@ -16,7 +16,7 @@ from bayes_merger.errors import ConfigError, ScorerError
 from bayes_merger.scoring import SCORERS, Scorer, build_scorer
 from bayes_merger.scoring import clip as clip_module
 from bayes_merger.scoring.ensemble import EnsembleScorer
-from bayes_merger.scoring.registry import named_scorer
+from bayes_merger.scoring.registry import named_scorer, weights_to_fetch
 from bayes_merger.scoring.weights import CHAD_HEAD, LAION_HEAD
 from bayes_merger.testing.tiny_clip import make_tiny_clip, make_tiny_head
 
@@ -181,7 +181,9 @@ def test_default_config_works_offline_once_clip_and_head_are_cached(
     (tmp_path / "heads").mkdir()
     shutil.copy(laion_pth, tmp_path / "heads" / LAION_HEAD.filename)
 
-    scorer = build_scorer(ScorerConfig(cache_dir=str(tmp_path / "heads"), device="cpu"))  # HF_HUB_OFFLINE=1
+    config = ScorerConfig(cache_dir=str(tmp_path / "heads"), device="cpu")
+    assert weights_to_fetch(config) == []  # what the check finds here is what the build loads
+    scorer = build_scorer(config)  # HF_HUB_OFFLINE=1
     assert scorer.name == "laion"
     assert all(math.isfinite(s) for s in scorer.score(make_images(2)))
 
@@ -192,3 +194,53 @@ def test_the_named_ensembles_are_those_the_config_groups_compose():
     for name, members in PRESETS.items():
         group = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "scorer" / f"{name}.yaml")
         assert group.name == "ensemble" and dict(group.ensemble) == dict(members)
+
+
+def _empty_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+
+
+def _sentence(error: pytest.ExceptionInfo) -> str:
+    return str(error.value).rsplit(" (", 1)[0]  # the load's own detail in brackets (the hub's exception) aside
+
+
+@pytest.mark.parametrize("name, settings", [
+    ("laion", {}), ("chad", {}), ("aesthetic_v25", {}), ("pickscore", {}), ("hpsv2", {}),
+    ("aesthetic_head", {"clip": "openai/clip-vit-large-patch14"}),  # the head is here, CLIP is not
+    ("aesthetic_v25", {"siglip": "google/siglip-so400m-patch14-384"}),  # the same for SigLIP
+    ("laion", {"head": "missing.pth"}),
+])
+def test_weights_to_fetch_refuses_offline_what_the_build_refuses_with_its_sentence(
+    name: str, settings: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Downloads off, nothing cached: the check finds, without loading anything, the weight the build stops at."""
+    _empty_hub_cache(tmp_path, monkeypatch)
+    head = str(make_tiny_head(tmp_path / "head.safetensors")) if "clip" in settings or "siglip" in settings else None
+    settings = {"head": head, **settings}
+    if settings["head"] == "missing.pth":
+        settings["head"] = str(tmp_path / "missing.pth")
+    config = ScorerConfig(name=name, cache_dir=str(tmp_path / "heads"), device="cpu", **settings)
+    with pytest.raises(ScorerError) as checked:
+        weights_to_fetch(config)
+    with pytest.raises(ScorerError) as built:
+        build_scorer(config)
+    assert _sentence(checked) == _sentence(built)
+
+
+def test_weights_to_fetch_names_each_missing_weight_once_when_downloads_are_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    _empty_hub_cache(tmp_path, monkeypatch)
+    config = ScorerConfig(name="preference", cache_dir=str(tmp_path / "heads"))
+    assert weights_to_fetch(named_scorer(config, "preference")) == [
+        "the PickScore v1 model (CLIP ViT-H/14 fine-tuned on Pick-a-Pic)",
+        "the CLIP tokenizer laion/CLIP-ViT-H-14-laion2B-s32B-b79K",  # PickScore's and HPS v2.1's, named once
+        "the HPS v2.1 model (open_clip ViT-H/14 fine-tuned on HPD v2)",
+        "the aesthetic predictor v2.5 head (on SigLIP so400m)",
+        "the SigLIP model google/siglip-so400m-patch14-384",
+    ]
+    assert weights_to_fetch(ScorerConfig(name="manual")) == []
