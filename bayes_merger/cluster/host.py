@@ -40,6 +40,7 @@ from bayes_merger.run_folder import IMAGES_DIR, Trial, TrialLog
 from bayes_merger.run_folder.liveness import is_running, running
 from bayes_merger.run_folder.paths import RUN_LOCK
 from bayes_merger.scoring import build_scorer
+from bayes_merger.scoring.registry import weights_to_fetch
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ class TrialHost:
         try:
             for model, path in self.inputs.merge.models.items():  # before anything slow
                 check_same_file(path, self.models[model], f"model_{model.lower()}")
+            weights_to_fetch(self.inputs.scorer)  # this host's: one it cannot get is said before its WebUI is asked
             renderer = self._stack.enter_context(open_webui_renderer(self.inputs, self.webui_config, self.run_id))
             slot = Slot(name=self.webui_config.url, webui=renderer,
                         checkpoint_dir=Path(self.webui_config.checkpoint_dir).expanduser())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from bayes_merger.merge.fingerprint import Fingerprint, check_same_file, fingerprint
 from bayes_merger.cluster.host import TrialHost
 from bayes_merger.config import ClusterConfig, Config, OptimiserConfig, PayloadsConfig, ScorerConfig, WebUIConfig
-from bayes_merger.errors import ConfigError
+from bayes_merger.errors import ConfigError, ScorerError
 from bayes_merger.inputs import Inputs, check_inputs
 from bayes_merger.testing.models import make_checkpoint
 from tests.loop.test_cli_run import REPO, _args, _cli
@@ -38,6 +39,20 @@ def test_without_ray_a_cluster_run_says_how_to_install_it(assets, fake_webui, tm
     assert _cli(_args(assets, fake_webui, tmp_path / "runs", "cluster.address=127.0.0.1:9")) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "pip install 'bayes-merger[ray]'" in errors[0]
+    assert not fake_webui.requests
+
+
+def test_a_cluster_run_leaves_its_scorer_weights_to_the_hosts(assets, fake_webui, tmp_path, caplog, monkeypatch):
+    """The hosts score, each from its own caches: the driver's (empty here, downloads off) are not asked."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    caplog.set_level(logging.INFO, logger="bayes_merger")
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "--check", "cluster.address=127.0.0.1:9", "scorer.name=laion",
+                      "scorer.head=null", f"scorer.cache_dir={tmp_path / 'heads'}")) == 0
+    said = [r.getMessage() for r in caplog.records if r.name == "bayes_merger"]
+    assert len(said) == 1 and "scorer laion (its weights on the cluster's hosts)." in said[0]
     assert not fake_webui.requests
 
 
@@ -75,6 +90,22 @@ def test_a_host_with_another_file_at_the_models_path_refuses_before_it_loads_any
     with pytest.raises(ConfigError, match=r"\(http://127.0.0.1:9\): model_b: .* is not the driver's file"):
         host.start()  # refused before the WebUI (nothing listens at :9) or a tensor is touched
     assert not Path(host.scratch).exists()  # the driver kills such a host's actor: nothing is left in its /tmp
+
+
+def test_a_host_without_the_scorers_weights_and_downloads_off_refuses_before_its_webui(assets, tmp_path, monkeypatch):
+    import dataclasses
+
+    import huggingface_hub.constants
+
+    cfg, inputs = _host_inputs(assets, "http://127.0.0.1:9", tmp_path, tmp_path / "run")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # this host's, whose caches are empty
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    inputs = dataclasses.replace(inputs, scorer=ScorerConfig(name="laion", cache_dir=str(tmp_path / "heads")))
+    host = TrialHost(inputs, cfg.webui, inputs.run_id, {m: fingerprint(p) for m, p in inputs.merge.models.items()}, {})
+    with pytest.raises(ScorerError, match=r"\(http://127.0.0.1:9\): The LAION improved aesthetic predictor head is "
+                                          r"not cached and downloads are off"):
+        host.start()  # said before the WebUI (nothing listens at :9) or a model is loaded
+    assert not Path(host.scratch).exists()
 
 
 def test_a_host_whose_webui_holds_a_dead_runs_merge_gives_back_the_model_the_driver_read_for_it(assets, fake_webui,
