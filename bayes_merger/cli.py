@@ -298,8 +298,8 @@ def _check_only(config: Config, run_dir: Path) -> None:
     weights = ("its weights on the cluster's hosts" if config.cluster.address
                else f"to download at the start: {', '.join(checked.to_fetch)}" if checked.to_fetch else "its weights here")
     log.info("The config and its inputs are fine: %s models %s, %s, %d weights to search, %d payloads, scorer %s (%s). "
-             "Left to the start: the WebUI, its checkpoint folder, the models' sha256 and the scorer's weights "
-             "loaded%s.",
+             "Left to the start: the WebUI (and that it lists what is written to its checkpoint folder), the "
+             "models' sha256 and the scorer's weights loaded%s.",
              merge.architecture.label, ", ".join(f"{model} {path.name}" for model, path in merge.models.items()),
              merge.method.name, len(checked.space.parameters), len(checked.payloads), config.scorer.name, weights,
              " (and that the resumed run's models and settings are its own)" if config.resume else "")

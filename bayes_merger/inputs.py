@@ -53,7 +53,7 @@ from bayes_merger.scoring.registry import check_scorer_config, named_scorer, wei
 from bayes_merger.space import SearchSpace, build_space
 from bayes_merger.renderers.probe import backend_of, choose_handoff
 from bayes_merger.webui.http import base_url
-from bayes_merger.webui.merge_files import RUN_ID
+from bayes_merger.webui.merge_files import RUN_ID, MergeFiles
 from bayes_merger.webui.payloads import Payload, load_payloads
 
 log = logging.getLogger(__name__)
@@ -182,9 +182,12 @@ def _check_settings(cfg: Config) -> tuple[Path, Path, Path | None]:
     check_cluster_settings(cfg)
     check_scorer_config(cfg.scorer)  # loaded after the WebUI is found: a typo is said before it is asked
     _check_finalists(cfg)
-    if cfg.cluster.address is None:  # on a cluster the devices are the hosts', checked there
+    if cfg.cluster.address is None:  # on a cluster the devices and the folders are the hosts', checked there
         resolve_device(cfg.merge.device, "merge device")
         resolve_device(cfg.scorer.device, "scorer device")
+        if backend_of(cfg.webui.backend) == "a1111":  # ComfyUI's is needed by a file hand-off only: its start says
+            for folder in list(cfg.webui.checkpoint_dirs) or [cfg.webui.checkpoint_dir]:
+                MergeFiles.check_folder(Path(folder).expanduser())
     if cfg.run.max_consecutive_failures < 1:
         raise ConfigError("run.max_consecutive_failures must be at least 1.")
     if cfg.resume is not None and not is_run_folder(model_path(cfg.resume)):

@@ -67,11 +67,16 @@ class MergeFiles:
         self.keep_last = max(keep_last, 0)
         self._own = re.compile(_MERGE_FILE.format(run=re.escape(run_id)))
 
+    @classmethod
+    def check_folder(cls, folder: Path) -> None:
+        """The folder exists: a typo is said before the WebUI is asked (``inputs``), and again here at a start."""
+        if not folder.is_dir():
+            raise ConfigError(f"webui.checkpoint_dir {folder} is not an existing folder: {cls.folder_advice}")
+
     def check_writable(self) -> None:
         """Fail now, not after the first merge, if merges cannot be written where the WebUI looks."""
         folder = self.folder
-        if not folder.is_dir():
-            raise ConfigError(f"webui.checkpoint_dir {folder} is not an existing folder: {self.folder_advice}")
+        self.check_folder(folder)
         probe = folder / f".bm-{self.run_id}-probe.safetensors.tmp"  # hidden; the pattern's, should a kill leave it
         try:
             open_new(probe).close()  # never through a link another user planted at the name

@@ -104,6 +104,11 @@ def _refusal(caplog) -> str:
     (["webui.urls=[http://127.0.0.1:7860,127.0.0.1:7861]"],
      "webui.urls '127.0.0.1:7861' is not an http:// or https:// address."),
     (["run.seed=-1"], "run.seed must be a whole number from 0 to 4294967295, got -1"),  # A1111's random seed
+    # a mistyped checkpoint folder: said before the WebUI was asked (under the night, before it was started)
+    (["webui.checkpoint_dir=/nonexistent/models/Stable-diffusion"],
+     "webui.checkpoint_dir /nonexistent/models/Stable-diffusion is not an existing folder: point it at the WebUI's"),
+    (["webui.urls=[http://127.0.0.1:7860,http://127.0.0.1:7861]", "webui.checkpoint_dirs=[/nonexistent/a,/nonexistent/b]"],
+     "webui.checkpoint_dir /nonexistent/a is not an existing folder"),
     # the scorer loads after the WebUI is found: its typos are said before the WebUI is asked
     (["scorer.name=laoin"], "scorer.name 'laoin' is not a scorer; use one of:"),
     (["scorer.combine=mean"], "scorer.combine is 'mean', which is not a way to combine scores"),
@@ -242,7 +247,8 @@ def test_check_says_the_inputs_are_fine_and_starts_nothing(assets, fake_webui, t
     said = [r.getMessage() for r in caplog.records if r.name == "bayes_merger"]
     assert said == ["The config and its inputs are fine: SD1 models A a.safetensors, B b.safetensors, weighted_sum, 26 "
                     "weights to search, 2 payloads, scorer aesthetic_head (its weights here). Left to the start: the "
-                    "WebUI, its checkpoint folder, the models' sha256 and the scorer's weights loaded."]
+                    "WebUI (and that it lists what is written to its checkpoint folder), the models' sha256 and the "
+                    "scorer's weights loaded."]
     assert fake_webui.requests == [] and list(fake_webui.checkpoint_dir.iterdir()) == []
     assert sorted(tmp_path.iterdir()) == []  # no run folder: Hydra's, made for the log, goes with it
 
@@ -323,6 +329,7 @@ def test_scorer_weights_that_cannot_be_fetched_are_said_before_the_webui_is_aske
     ("model_a={tmp}/typo.safetensors", 2, "model_a: {tmp}/typo.safetensors does not exist."),
     ("merge.method=add_difference", 2, "Merge method 'add_difference' needs model C (model_c), but none was given."),
     ("model_b={tmp}/notes.safetensors", 3, "{tmp}/notes.safetensors is not a readable safetensors file"),  # its header
+    ("webui.checkpoint_dir={tmp}/typo", 2, "webui.checkpoint_dir {tmp}/typo is not an existing folder"),
 ])
 def test_check_refuses_a_bad_input_with_the_sentence_a_start_would_say(assets, fake_webui, tmp_path, caplog,
                                                                        override, code, sentence):
