@@ -2,10 +2,11 @@
 
 ``check_inputs`` is the one place a run's input is validated: the settings that need more than types,
 the model files, the merge method against the models (from the files' headers: architectures, model
-C, precisions), the search space, the payloads, a run folder to resume, and that the scorer's weights are
-here or can be downloaded. Nothing is loaded and no WebUI is contacted; a bad input is one
-``BayesMergerError`` with a sentence a user can act on. What needs the WebUI (its API, its checkpoint
-folder) and the weights' bytes are checked when they are started, still before the first merge.
+C, precisions), the search space, the payloads, a run folder to resume, that A1111's checkpoint folder
+exists, and that the scorer's weights are here or can be downloaded. Nothing is loaded and no WebUI is
+contacted; a bad input is one ``BayesMergerError`` with a sentence a user can act on. What needs the WebUI
+(its API, that it lists the merges written to its checkpoint folder) and the weights' bytes are checked
+when they are started, still before the first merge.
 """
 
 from __future__ import annotations
@@ -133,9 +134,9 @@ def check_inputs(cfg: Config, run_dir: Path) -> Inputs:
 
 def check_without_reading(cfg: Config, run_dir: Path) -> Checked:
     """The checks that read no model whole and ask no WebUI (``bayes-merger --check``): the settings, the
-    model files and their headers, the method against them, the search space, the payloads, the run folder
-    and that the scorers' weights are here or can be fetched. Not the models' sha256, a resumed run's
-    record, the WebUI, or the weights' bytes (checked when they load)."""
+    model files and their headers, the method against them, the search space, the payloads, the run folder,
+    that A1111's checkpoint folder exists and that the scorers' weights are here or can be fetched. Not the
+    models' sha256, a resumed run's record, the WebUI, or the weights' bytes (checked when they load)."""
     models = _check_settings(cfg)
     payloads = load_payloads(cfg.payloads, cfg.run.seed)
     # the files' headers tell the method, the architectures and so the search space: bad models
