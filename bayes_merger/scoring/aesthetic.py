@@ -64,7 +64,7 @@ def pinned_head_module(source: HeadSource, local: str | None, cache_dir: str | N
     if local:
         path = Path(local).expanduser()
         if not path.is_file():
-            raise ScorerError(f"scorer.head is {local!r}, but that file does not exist.")
+            raise ScorerError(local_file_weights("scorer.head", local).missing)
         if path.suffix == ".safetensors":
             if converted_from(path) != source.sha256:
                 raise ScorerError(

@@ -129,7 +129,7 @@ class ClipEmbedder:
         local = _looks_local(clip)
         source = str(Path(clip).expanduser()) if local else clip
         if local and not Path(source).is_dir():
-            raise ScorerError(f"scorer.clip is {clip!r}, but that folder does not exist.")
+            raise ScorerError(clip_weights(clip).missing)
         try:
             model, info = cache_first(CLIPVisionModelWithProjection, source, output_loading_info=True)
         except (OSError, ValueError) as exc:
@@ -280,8 +280,7 @@ def hub_weights(name: str, what: str, setting: str, files: str, holding: str, fi
     """What ``from_pretrained`` loads: a local folder, or ``name`` from the Hugging Face cache, where
     ``first_file`` is the file a load reads first."""
     if _looks_local(name):
-        return Weights(f"{setting} {name}", Path(name).expanduser().is_dir(), False,
-                       f"{setting} is {name!r}, but that folder does not exist.")
+        return _local_folder_weights(setting, name)
     return Weights(f"the {what} {name}", in_hub_cache(name, first_file), True,
                    _hub_missing_message(name, what, setting, files, holding, OFFLINE, f"no {first_file} cached"))
 
@@ -289,10 +288,15 @@ def hub_weights(name: str, what: str, setting: str, files: str, holding: str, fi
 def clip_weights(clip: str) -> Weights:
     """What ``ClipEmbedder.load`` loads."""
     if _looks_local(clip):
-        return Weights(f"scorer.clip {clip}", Path(clip).expanduser().is_dir(), False,
-                       f"scorer.clip is {clip!r}, but that folder does not exist.")
+        return _local_folder_weights("scorer.clip", clip)
     return Weights(f"CLIP {clip}", in_hub_cache(clip, "config.json"), True,
                    _clip_missing_message(clip, False, True, "no config.json cached"))
+
+
+def _local_folder_weights(setting: str, value: str) -> Weights:
+    """A folder the user names (``scorer.clip``, ``scorer.siglip``, ``scorer.tokenizer``): never fetched."""
+    return Weights(f"{setting} {value}", Path(value).expanduser().is_dir(), False,
+                   f"{setting} is {value!r}, but that folder does not exist.")
 
 
 def in_hub_cache(repo: str, filename: str) -> bool:
