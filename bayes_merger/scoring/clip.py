@@ -279,18 +279,21 @@ def _hub_missing_message(name: str, what: str, setting: str, files: str, holding
 def hub_weights(name: str, what: str, setting: str, files: str, holding: str, first_file: str) -> Weights:
     """What ``from_pretrained`` loads: a local folder, or ``name`` from the Hugging Face cache, where
     ``first_file`` is the file a load reads first."""
-    if _looks_local(name):
-        return _local_folder_weights(setting, name)
-    return Weights(f"the {what} {name}", in_hub_cache(name, first_file), True,
-                   _hub_missing_message(name, what, setting, files, holding, OFFLINE, f"no {first_file} cached"))
+    return _folder_or_hub_weights(name, f"the {what} {name}", setting, first_file,
+                                  _hub_missing_message(name, what, setting, files, holding, OFFLINE,
+                                                       f"no {first_file} cached"))
 
 
 def clip_weights(clip: str) -> Weights:
-    """What ``ClipEmbedder.load`` loads."""
-    if _looks_local(clip):
-        return _local_folder_weights("scorer.clip", clip)
-    return Weights(f"CLIP {clip}", in_hub_cache(clip, "config.json"), True,
-                   _clip_missing_message(clip, False, True, "no config.json cached"))
+    """What ``ClipEmbedder.load`` loads (its missing sentence names the cache, as the load's does)."""
+    return _folder_or_hub_weights(clip, f"CLIP {clip}", "scorer.clip", "config.json",
+                                  _clip_missing_message(clip, False, True, "no config.json cached"))
+
+
+def _folder_or_hub_weights(name: str, label: str, setting: str, first_file: str, missing: str) -> Weights:
+    if _looks_local(name):
+        return _local_folder_weights(setting, name)
+    return Weights(label, in_hub_cache(name, first_file), True, missing)
 
 
 def _local_folder_weights(setting: str, value: str) -> Weights:
