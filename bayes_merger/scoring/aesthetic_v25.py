@@ -26,7 +26,8 @@ from bayes_merger.devices import resolve_device
 from bayes_merger.errors import ScorerError
 from bayes_merger.scoring import weights
 from bayes_merger.scoring.base import ImageContext, SharedModels, Weights
-from bayes_merger.scoring.clip import batches, cache_first, check_batch_size, from_pretrained, hub_weights, normalised
+from bayes_merger.scoring.clip import (MODEL_FILES, batches, cache_first, check_batch_size, from_pretrained,
+                                      hub_weights, normalised)
 from bayes_merger.scoring.heads import AestheticHead
 from bayes_merger.scoring.weights import head_weights, load_head_file, local_file_weights, pinned_head, resolve_cache_dir
 
@@ -132,4 +133,4 @@ def build_aesthetic_v25(config: ScorerConfig, shared: SharedModels) -> SiglipAes
 def aesthetic_v25_weights(config: ScorerConfig) -> list[Weights]:
     head = (local_file_weights("scorer.head", config.head) if config.head
             else head_weights(weights.AESTHETIC_V25, config.cache_dir))
-    return [head, hub_weights(config.siglip, *_SIGLIP, first_file="config.json")]
+    return [head, hub_weights(config.siglip, *_SIGLIP, needs=MODEL_FILES)]

@@ -276,24 +276,35 @@ def _hub_missing_message(name: str, what: str, setting: str, files: str, holding
             f"network: `hf download {name} {files}`, or set {setting} to a local folder holding {holding}. ({detail})")
 
 
-def hub_weights(name: str, what: str, setting: str, files: str, holding: str, first_file: str) -> Weights:
-    """What ``from_pretrained`` loads: a local folder, or ``name`` from the Hugging Face cache, where
-    ``first_file`` is the file a load reads first."""
-    return _folder_or_hub_weights(name, f"the {what} {name}", setting, first_file,
-                                  _hub_missing_message(name, what, setting, files, holding, OFFLINE,
-                                                       f"no {first_file} cached"))
+#: What a model's ``from_pretrained`` reads from the cache: its config, and its weights in one of the
+#: layouts transformers loads (a name, or a tuple of names any one of which will do).
+MODEL_FILES: tuple[str | tuple[str, ...], ...] = (
+    "config.json", ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"))
+
+
+def hub_weights(name: str, what: str, setting: str, files: str, holding: str,
+                needs: Sequence[str | tuple[str, ...]]) -> Weights:
+    """What ``from_pretrained`` loads: a local folder, or ``name`` from the Hugging Face cache, where it
+    ``needs`` those files (a download cut halfway holds some)."""
+    return _folder_or_hub_weights(name, f"the {what} {name}", setting, needs,
+                                  lambda detail: _hub_missing_message(name, what, setting, files, holding, OFFLINE, detail))
 
 
 def clip_weights(clip: str) -> Weights:
     """What ``ClipEmbedder.load`` loads (its missing sentence names the cache, as the load's does)."""
-    return _folder_or_hub_weights(clip, f"CLIP {clip}", "scorer.clip", "config.json",
-                                  _clip_missing_message(clip, False, True, "no config.json cached"))
+    return _folder_or_hub_weights(clip, f"CLIP {clip}", "scorer.clip", MODEL_FILES,
+                                  lambda detail: _clip_missing_message(clip, False, True, detail))
 
 
-def _folder_or_hub_weights(name: str, label: str, setting: str, first_file: str, missing: str) -> Weights:
+def _folder_or_hub_weights(name: str, label: str, setting: str, needs: Sequence[str | tuple[str, ...]],
+                           missing: Callable[[str], str]) -> Weights:
     if _looks_local(name):
         return _local_folder_weights(setting, name)
-    return Weights(label, in_hub_cache(name, first_file), True, missing)
+    absent = next((files for files in needs if not _in_hub_cache(name, files)), None)
+    if absent is None:
+        return Weights(label, True, True, "")
+    first = absent if isinstance(absent, str) else absent[0]  # the one `hf download` is told to fetch
+    return Weights(label, False, True, missing(f"no {first} cached"))
 
 
 def _local_folder_weights(setting: str, value: str) -> Weights:
@@ -302,13 +313,15 @@ def _local_folder_weights(setting: str, value: str) -> Weights:
                    f"{setting} is {value!r}, but that folder does not exist.")
 
 
-def in_hub_cache(repo: str, filename: str) -> bool:
-    """Whether the Hugging Face cache holds ``filename`` of ``repo`` at its main revision, as a load with
-    downloads off finds it. True when unsure (a name the hub would refuse): the load then says what is wrong."""
+def _in_hub_cache(repo: str, files: str | tuple[str, ...]) -> bool:
+    """Whether the Hugging Face cache holds ``files`` (one of them, for a tuple) of ``repo`` at its main
+    revision, as a load with downloads off finds it. True when unsure (a name the hub would refuse): the
+    load then says what is wrong."""
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        return isinstance(try_to_load_from_cache(repo, filename), str)
+        return any(isinstance(try_to_load_from_cache(repo, filename), str)
+                   for filename in ((files,) if isinstance(files, str) else files))
     except Exception:  # HFValidationError and the like: a name, not an answer about the cache
         return True
 

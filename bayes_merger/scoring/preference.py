@@ -304,4 +304,4 @@ def hpsv2_weights(config: ScorerConfig) -> list[Weights]:
 
 
 def _tokenizer_weights(config: ScorerConfig) -> Weights:
-    return hub_weights(config.tokenizer, *_TOKENIZER, first_file="vocab.json")
+    return hub_weights(config.tokenizer, *_TOKENIZER, needs=("vocab.json", "merges.txt"))

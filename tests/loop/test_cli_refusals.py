@@ -290,6 +290,10 @@ def test_check_names_the_scorer_weights_the_start_would_download(assets, fake_we
     (tmp_path / "heads" / CHAD_HEAD.cached_name).write_bytes(b"converted by a run")
     caplog.clear()
     assert _cli(args) == 0
+    assert "scorer ensemble (to download at the start: CLIP openai/clip-vit-large-patch14)." in _fine(caplog)
+    (snapshot / "model.safetensors").write_bytes(b"a download that ended")  # its config alone: one cut halfway
+    caplog.clear()
+    assert _cli(args) == 0
     assert "scorer ensemble (its weights here)." in _fine(caplog)
     assert fake_webui.requests == []
 

@@ -230,6 +230,53 @@ def test_weights_to_fetch_refuses_offline_what_the_build_refuses_with_its_senten
     assert _sentence(checked) == _sentence(built)
 
 
+def _cached(hub: Path, repo_id: str, *files: str) -> None:
+    """``files`` of ``repo_id`` as the Hugging Face cache holds them at ``main`` (a download cut halfway holds some)."""
+    snapshot = hub / f"models--{repo_id.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        (snapshot / name).write_text("{}")
+    (snapshot.parent.parent / "refs").mkdir(exist_ok=True)
+    (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+
+
+@pytest.mark.parametrize("name, setting, repo", [
+    ("aesthetic_head", "clip", "openai/clip-vit-large-patch14"),
+    ("aesthetic_v25", "siglip", "google/siglip-so400m-patch14-384"),
+])
+def test_a_model_whose_download_was_cut_halfway_is_missing_to_the_check_as_to_the_build(
+    name: str, setting: str, repo: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its config cached, its weights not: the check found it (it looked for the config alone) and the
+    build stopped after the WebUI had answered."""
+    _empty_hub_cache(tmp_path, monkeypatch)
+    _cached(tmp_path / "hf", repo, "config.json", "preprocessor_config.json")
+    config = ScorerConfig(name=name, head=str(make_tiny_head(tmp_path / "head.safetensors")),
+                          cache_dir=str(tmp_path / "heads"), device="cpu", **{setting: repo})
+    with pytest.raises(ScorerError) as checked:
+        weights_to_fetch(config)
+    assert str(checked.value).endswith("(no model.safetensors cached)")
+    with pytest.raises(ScorerError) as built:
+        build_scorer(config)
+    assert _sentence(checked) == _sentence(built)
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert weights_to_fetch(config) == [f"{'CLIP' if setting == 'clip' else 'the SigLIP model'} {repo}"]
+    _cached(tmp_path / "hf", repo, "model.safetensors")
+    assert weights_to_fetch(config) == []
+
+
+def test_a_tokenizer_is_here_with_its_vocabulary_and_its_merges(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    _empty_hub_cache(tmp_path, monkeypatch)
+    tokenizer = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+    config = ScorerConfig(name="pickscore", cache_dir=str(tmp_path / "heads"))
+    _cached(tmp_path / "hf", tokenizer, "vocab.json")
+    assert f"the CLIP tokenizer {tokenizer}" in weights_to_fetch(config)
+    _cached(tmp_path / "hf", tokenizer, "merges.txt")
+    assert f"the CLIP tokenizer {tokenizer}" not in weights_to_fetch(config)
+
+
 def test_weights_to_fetch_names_each_missing_weight_once_when_downloads_are_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
