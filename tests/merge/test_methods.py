@@ -103,6 +103,15 @@ def test_every_method_agrees_with_sd_meh_on_tied_and_zero_values(name: str) -> N
         )
 
 
+def test_ties_keeps_at_a_beta_outside_0_to_1_what_its_nearest_edge_keeps() -> None:
+    # optimiser.custom_ranges may take β past [0, 1]; torch.kthvalue raised on it, a RuntimeError that
+    # stopped the run rather than failing one trial
+    a, b, c = random_inputs((6, 5), seed=3)
+    for beyond, edge in ((-0.5, 0.0), (1.5, 1.0)):
+        torch.testing.assert_close(merge("ties_add_difference", a, b, c, 0.7, beyond),
+                                   merge("ties_add_difference", a, b, c, 0.7, edge), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(
     "dtype,unit_roundoff", [(torch.float16, 2.0**-11), (torch.bfloat16, 2.0**-8)], ids=["fp16", "bf16"]
 )

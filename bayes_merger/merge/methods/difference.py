@@ -101,8 +101,9 @@ def similarity_add_difference(prepared: tuple[Tensor, ...], alpha: float, beta: 
 def _keep_top(delta: Tensor, fraction: float) -> Tensor:
     """A copy of delta with all but its largest magnitudes (the top fraction, ties kept) set to 0."""
     # The threshold is the k-th smallest magnitude, k = max(⌊(1 − fraction)·n⌋, 1): at fraction 0
-    # only the largest survive, at 1 everything does; the same k as sd-meh.
-    k = max(int((1 - fraction) * delta.numel()), 1)
+    # only the largest survive, at 1 everything does; the same k as sd-meh. A β outside [0, 1] (a user's
+    # optimiser.custom_ranges) keeps what its nearest edge keeps: a k past n would stop the run, hours in.
+    k = max(int((1 - min(max(fraction, 0.0), 1.0)) * delta.numel()), 1)
     magnitudes = delta.abs()
     threshold = torch.kthvalue(magnitudes.reshape(-1), k).values
     return delta.mul(magnitudes >= threshold)
