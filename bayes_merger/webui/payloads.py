@@ -174,6 +174,7 @@ class _Builder:
         score_weight = _score_weight(fields)
         for key, value in fields.values.items():
             if key in TXT2IMG_FIELDS and value is not None:
+                value = fields.values[key] = _coerced(value, TXT2IMG_FIELDS[key])
                 _check_kind(value, TXT2IMG_FIELDS[key], fields.where(key))
         _check_values(fields)
         # null means "the WebUI's default": it also clears a value set by a defaults layer.
@@ -319,6 +320,17 @@ def _subject(layer: Layer, name: str) -> str:
     if layer.kind == "payload":
         return f"{layer.label}: payload '{name}'"
     return f"{layer.label}: default"
+
+
+def _coerced(value: Any, kind: str) -> Any:
+    """A number written as text (``steps: "20"``) as the number, as the WebUI's API coerces it: the seeds and
+    the image count are worked out from it here. Anything else as it is, for ``_check_kind`` to judge."""
+    if isinstance(value, str) and kind in (_INT, _NUMBER):
+        try:
+            return int(value) if kind == _INT else float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _check_kind(value: Any, kind: str, where: str) -> None:

@@ -432,7 +432,8 @@ def test_unknown_key_in_shared_defaults_is_warned_about_once(tmp_path: Path, cap
     ("field", "value", "expected"),
     [
         ("steps", '"abc"', "must be a whole number, got 'abc'"),
-        ("steps", '"20"', "must be a whole number, got '20'"),
+        ("steps", '"20.5"', "must be a whole number, got '20.5'"),
+        ("cfg_scale", '"nan"', "must be a number, got nan"),
         ("steps", "true", "must be a whole number, got True"),
         ("width", "512.5", "must be a whole number, got 512.5"),
         ("cfg_scale", '"seven"', "must be a number, got 'seven'"),
@@ -449,6 +450,20 @@ def test_wrong_value_is_an_error_naming_file_payload_and_field(tmp_path: Path, f
     with pytest.raises(ConfigError, match=rf"bad\.yaml: payload 'bad' field '{field}' {expected}") as raised:
         load(path.parent)
     assert str(raised.value).endswith(".")
+
+
+def test_numbers_written_as_text_are_the_numbers_as_the_webui_coerces_them(tmp_path: Path) -> None:
+    # the reference: "Numbers given as strings are coerced"; the seeds and the image count are worked out here
+    path = write(tmp_path, "set.yaml", """\
+        defaults: {steps: "20", seed: " 7 "}
+        payloads:
+          - {name: a, prompt: a, cfg_scale: "6.5", batch_size: "2"}
+        """)
+
+    (payload,) = load(path)
+
+    assert payload.request["steps"] == 20 and payload.request["cfg_scale"] == 6.5
+    assert payload.request["batch_size"] == 2 and payload.seeds == (7, 8)
 
 
 def test_wrong_value_in_shared_defaults_names_the_defaults_file(tmp_path: Path) -> None:
