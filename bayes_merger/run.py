@@ -55,6 +55,7 @@ from bayes_merger.run_folder import (
     observations,
     ranked,
     record_images,
+    remove_trial_images,
     resume_command,
     save_image,
     write_best,
@@ -335,6 +336,9 @@ class TrialLoop:
 
     def render(self, index: int, params: Mapping[str, float], prepared: Prepared, slot: Slot,
                timings: dict[str, float]) -> Trial:
+        if left := remove_trial_images(self.run_dir, index):
+            log.info("trial %d: deleted %d images an earlier attempt of it left, which no trial record names",
+                     index, left)
         if slot.webui.renders_remotely:  # a host of a Ray cluster runs the whole trial
             trial, not_rendered = slot.webui.run_trial(index, params, prepared.record, timings, self.run_dir)
             self.not_rendered = self.not_rendered or not_rendered

@@ -20,7 +20,7 @@ the write fails) is replaced atomically (``bayes_merger.files``).
 """
 
 from bayes_merger.run_folder.best import best_extras, read_best, write_best
-from bayes_merger.run_folder.images import record_images, save_image, write_image_file
+from bayes_merger.run_folder.images import record_images, remove_trial_images, save_image, write_image_file
 from bayes_merger.run_folder.paths import (
     BEST_FILE,
     BEST_MERGE,
@@ -82,6 +82,6 @@ __all__ = [
     "ImageRecord", "Trial", "TrialLog", "best_trial", "finite", "record_score", "note_lost_webui", "now", "observations", "ranked", "read_trial_records", "read_trials",
     "LIBRARIES", "MODEL_FILES", "MODEL_KEYS", "PAYLOAD_WEIGHTS", "RESUMED_AT", "STOPPED_BY", "SUGGESTIONS", "WEBUI_LOST", "check_resumable", "describe", "foreign_files", "is_run_folder", "load_run_info", "note_changed_suggestions",
     "read_run_info", "stopped_by_lost_webui", "unfinished", "write_run_info",
-    "write_best", "record_images", "save_image", "write_image_file",
+    "write_best", "record_images", "remove_trial_images", "save_image", "write_image_file",
     "read_rescores", "rescore_path", "write_rescores",
 ]

@@ -46,6 +46,17 @@ def save_image(run_dir: Path, image: Any, *, trial: int, payload: str, index: in
     return path
 
 
+def remove_trial_images(run_dir: Path, trial: int) -> int:
+    """Delete the images of trial ``trial`` that an earlier attempt left (killed mid-render, or scored and
+    then not logged: a full disk, a second Ctrl-C), before it is rendered again; how many. No trial
+    record names them, and they would stand in images/ beside this attempt's as if of its weights."""
+    left = sorted((Path(run_dir) / IMAGES_DIR).glob(f"t{trial:04d}-*.png"))
+    for path in left:
+        with storage_errors(path):
+            path.unlink(missing_ok=True)
+    return len(left)
+
+
 def write_image_file(run_dir: Path, relative: str, data: bytes) -> Path:
     """Write an image another machine rendered and named (a cluster host's) at ``relative`` in the run
     folder; a StorageError when it cannot be stored."""

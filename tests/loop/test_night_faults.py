@@ -346,8 +346,14 @@ def test_a_full_run_folder_disk_stops_resumably_in_one_sentence_and_resume_finis
     assert not list(run_dir.glob(".*.tmp")) and not list((run_dir / "images").glob("t0002-*-??.png"))
     done = _trials(run_dir)  # the log reads back whole: the trial that could not be logged is not in it
     assert [t["trial"] for t in done] == list(range(len(done))) and len(done) <= 5
+    if len(done) < 5:  # what a kill -9 in the next trial's render leaves, and an attempt of it scored, never logged
+        for name in (f"t{len(done):04d}-cut-00.png", f"t{len(done):04d}-a-00-9.999.png"):
+            (run_dir / "images" / name).write_bytes(b"\x89PNG\r\n\x1a\n")
 
     monkeypatch.undo()
     assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}")) == 0
     assert [t["status"] for t in _trials(run_dir)] == ["ok"] * 5
+    # images/ holds the images of scored trials only, as the README says
+    assert ({image["path"] for t in _trials(run_dir) for image in t["images"]}
+            == {f"images/{path.name}" for path in (run_dir / "images").iterdir()})
     assert (run_dir / "best.safetensors").is_file() and not list(run_dir.glob("trials.jsonl.incomplete-*"))
