@@ -175,6 +175,27 @@ class FakeComfyUI(PromptExecution, FakeHTTPServer):
         with self._lock:
             self._ws_drops.append([event, count])
 
+    def progress_of_another_prompt(self, every: float) -> threading.Event:
+        """Another tool's prompt, posted without a client_id, rendering on: its ``progress`` sent to every
+        socket each ``every`` seconds, as ComfyUI sends it, until the returned event is set."""
+        done = threading.Event()
+
+        def chatter() -> None:
+            step = 0
+            while not done.wait(every) and not self._stop_event.is_set():
+                step += 1
+                with self._lock:
+                    sockets = list(self._sockets.values())
+                for ws in sockets:
+                    try:
+                        ws.send_text(json.dumps({"type": "progress", "data": {
+                            "value": step % 20 + 1, "max": 20, "prompt_id": "another-tools-prompt", "node": "3"}}))
+                    except OSError:
+                        pass  # a socket dropping now: its client reopens another
+
+        threading.Thread(target=chatter, name="fake-comfyui-chatter", daemon=True).start()
+        return done
+
     def end_websockets_late(self) -> None:
         """A server that notices a closed websocket late: its handler ends only after the next websocket has
         been filed, and then forgets its client id as ComfyUI's does (``finally: sockets.pop(sid)``),

@@ -243,6 +243,36 @@ def test_a_websocket_dropped_mid_prompt_is_reopened_and_the_image_asked_for_agai
     assert 2 <= len(fake_comfyui.requests_to("/ws")) <= 3  # reopened (once more if the history answered first)
 
 
+def test_a_dropped_websocket_that_hears_another_prompts_progress_still_finds_ours_done_in_the_history(
+        comfy_config, fake_comfyui, tiny_models, monkeypatch):
+    # the reopened socket has a new client id, so our prompt's end reaches it only through the history,
+    # which was asked after HISTORY_POLL seconds of silence: another tool's progress, sent to every
+    # socket, kept it from ever being silent, and the finished prompt was waited for until read_timeout
+    monkeypatch.setattr("bayes_merger.renderers.comfyui.prompts.HISTORY_POLL", 0.2)
+    with _graph_client(comfy_config, tiny_models, read_timeout=40.0) as client:
+        client.load_weights(WEIGHTS, trial=0)
+        undisturbed = client.txt2img(PAYLOAD).images[0]
+        chatter = fake_comfyui.progress_of_another_prompt(every=0.02)
+        gate = fake_comfyui.hold_execution()
+        fake_comfyui.drop_websocket_at("execution_start")
+        queues = len(fake_comfyui.requests_to("/queue"))
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                ours = pool.submit(client.txt2img, PAYLOAD)
+                held = fake_comfyui.wait_until_running()
+                # asked once the socket dropped (the history, then the queue): still running. The queue is
+                # asked once more for the status the prompt's POST sent, before the drop or after the lookup
+                fake_comfyui.wait_for_requests(f"/history/{held}", 1)
+                fake_comfyui.wait_for_requests("/queue", queues + 2)
+                gate.set()
+                generation = ours.result(timeout=20)  # found done at the next ask, not at read_timeout's end
+        finally:
+            chatter.set()
+            gate.set()
+    assert generation.images[0].tobytes() == undisturbed.tobytes()
+    assert prompt_posts(fake_comfyui) == [200, 200, 200]  # the identical prompt once more, for its image
+
+
 def test_a_websocket_reopened_after_a_drop_keeps_getting_the_events_of_later_prompts(graph_client, fake_comfyui,
                                                                                     monkeypatch):
     # ComfyUI keeps one socket a client id, and a dropped socket's handler, ending after the client has

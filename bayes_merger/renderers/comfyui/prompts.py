@@ -205,25 +205,32 @@ class PromptRunner:
         outcome: dict[str, Any] | None = None
         frames: dict[str, list[bytes]] = {}
         intact, started, told, node = True, False, False, None  # node: that of this prompt's last progress event
+        ask_at = time.monotonic() + HISTORY_POLL  # when the history is next asked, once the socket has dropped
         while True:
             remaining = self._time_left(deadline, started, prompt_id)
             if remaining is None:
                 continue
             try:
-                message = self._events.next(min(remaining, HISTORY_POLL))
+                message = self._events.next(min(remaining, HISTORY_POLL if intact else
+                                                max(ask_at - time.monotonic(), 0.0)))
             except WebUIConnectionError as error:
                 logger.warning("%s Reopening it and asking ComfyUI about prompt %s.", error, prompt_id)
                 intact = False
                 self._events.connect()
                 message = None
-            if message is None:  # silence or a dropped socket: ask the history
+            # silence or a dropped socket: ask the history. A reopened socket has a new client id, so the
+            # prompt's events never reach it: the history is asked every HISTORY_POLL seconds then, whatever
+            # else the socket hears (another tool's prompt's progress, sent to every socket, is never silent)
+            if message is None or (not intact and time.monotonic() >= ask_at):
+                ask_at = time.monotonic() + HISTORY_POLL
                 entry = self._history_or_lost(prompt_id)
                 if entry is not None and savers and intact and not told:
                     told = True  # finished: its last events and images may still be on their way
                     continue
                 if entry is not None:  # images not seen to their end count as lost
                     return prompt_id, self._finished(prompt_id, entry, outcome), frames, not savers
-                continue
+                if message is None:
+                    continue
             data = message.get("data") or {}
             kind = message.get("type")
             if kind == "image_frame":
