@@ -62,6 +62,7 @@ from bayes_merger.run_folder import (
     write_run_info,
 )
 from bayes_merger.run_folder.liveness import run_folders, running
+from bayes_merger.schedule import Schedule
 from bayes_merger.scoring import ImageContext, Scorer, build_scorer, score_trial
 from bayes_merger.webui.render_check import MergeNotRendered, RenderCheck
 from bayes_merger.webuis import (
@@ -231,12 +232,14 @@ class TrialLoop:
         self._scoring = threading.Lock()
         self._failures: dict[str | None, int] = {}  # consecutive failed trials by WebUI
         self._bar: Any = None
+        self._schedule: Schedule | None = None  # the executor's, while it runs
 
     def run(self) -> None:
         finished = {t.trial: t for t in self.trial_log.trials}
         budget = self.optimiser.budget
         executor = Executor(self, self.optimiser, self.slots, finished, budget, self.record, self.stop,
                             self.inputs.trials_per_webui)
+        self._schedule = executor.schedule
         with progress_bar(total=budget, initial=len(finished), desc="trials", unit="trial", dynamic_ncols=True) as bar:
             self._bar = bar
             try:
@@ -263,14 +266,17 @@ class TrialLoop:
     def record(self, trial: Trial) -> None:
         """A finished trial: into the trial log, best.yaml and the report; a stop when the run must."""
         proof = self.not_rendered
-        if proof is None or trial.trial not in proof.trials:
+        if proof is None or not self._built_on_unrendered(trial.trial, proof):
             self.trial_log.append(trial)
         if proof is not None:
             # the pictures of those trials were all of one model, whichever it was: none of their scores
-            # is kept, and a resume renders them again
-            self.trial_log.retract(proof.trials)
+            # is kept, and a resume renders them again; nor are the trials suggested knowing one of those
+            # scores (another WebUI's, with several), so the resume goes on as a run whose WebUIs never stuck
+            retracted = set(proof.trials) | {t.trial for t in self.trial_log.trials
+                                             if self._built_on_unrendered(t.trial, proof)}
+            self.trial_log.retract(retracted)
             record_best(self.run_dir, self.trial_log, self.optimiser)
-            redone = ", ".join(str(t) for t in sorted(proof.trials))
+            redone = ", ".join(str(t) for t in sorted(retracted))
             raise RunStopped(f"{proof}; then resume, which renders trials {redone} again (the records of those "
                              f"already logged are set aside in {NOT_RENDERED_FILE}): {resume_command(self.run_dir)}")
         failures = self._count_failure(trial)
@@ -280,6 +286,13 @@ class TrialLoop:
         self._bar.update(1)
         if failures >= self.cfg.run.max_consecutive_failures:
             raise self._stop_for_failures(trial, failures)
+
+    def _built_on_unrendered(self, index: int, proof: MergeNotRendered) -> bool:
+        """Whether trial ``index`` is one of ``proof``'s, or was suggested knowing one of their scores (the
+        start point and the Latin hypercube know none)."""
+        assert self._schedule is not None
+        return index in proof.trials or (self.optimiser.phase(index) == "optimise"
+                                         and min(proof.trials) in self._schedule.known_before(index))
 
     def _count_failure(self, trial: Trial) -> int:
         """The failed trials in a row on ``trial``'s WebUI, ``trial`` counted.

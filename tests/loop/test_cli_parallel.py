@@ -321,3 +321,26 @@ def test_pipelined_on_forge_the_next_merge_waits_for_the_model_forge_loads_in_th
     assert _cli(_args(assets, fake_webui, tmp_path / "runs", "webui.pipeline=true")) == 0
     # from the second trial on (the first generation tells Forge's version): after its own model's load
     assert all(f"t{index:04d}" in str(seen[index]) for index in range(1, 5)), seen
+
+
+def test_a_webui_that_keeps_rendering_one_model_beside_a_sound_one_resumes_to_the_run_of_two_sound_ones(
+        assets, fake_webui, second_webui, tmp_path, caplog):
+    # the trials the sound WebUI ran from a suggestion that knew a score of the stuck one's were kept: the
+    # resume rendered the stuck trials again but went on from weights suggested with their false scores
+    urls = f"[{fake_webui.url},{second_webui.url}]"
+    dirs = f"[{fake_webui.checkpoint_dir},{second_webui.checkpoint_dir}]"
+    settings = (f"webui.urls={urls}", f"webui.checkpoint_dirs={dirs}", "optimiser.init_points=2", "optimiser.n_iters=8")
+    make_checkpoint(second_webui.checkpoint_dir / "mine.safetensors", "sd1", seed=9)
+    second_webui.restart()
+    second_webui.ignore_model_switch()
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", *settings)) == 6
+    run_dir = _only_run(tmp_path / "runs")
+    stop = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"][-1]
+    assert stop.startswith("The merge does not reach the renderer")
+    second_webui.ignore_model_switch(False)  # the user restarted it
+    assert _cli(["--config", str(run_dir / "config.yaml"), f"resume={run_dir}", "hydra/job_logging=none",
+                 "hydra/hydra_logging=none"]) == 0
+    resumed = [(t["trial"], t["status"], t["params"], t["score"]) for t in _trials(run_dir)]
+
+    assert _cli(_args(assets, fake_webui, tmp_path / "clean", *settings)) == 0
+    assert resumed == [(t["trial"], t["status"], t["params"], t["score"]) for t in _trials(_only_run(tmp_path / "clean"))]
