@@ -285,13 +285,18 @@ def note_lost_webui(run_dir: Path, trial: int, webui: str, error: str) -> int:
 
 def append_lines(path: Path, lines: str) -> None:
     """Append ``lines`` (whole JSON lines) to ``path``, durably; a StorageError (disk full, unwritable) leaves
-    the file as it was, so the next append does not follow half a line."""
+    the file as it was, so the next append does not follow half a line. Behind a line a power loss cut
+    off, they start a line of their own: glued to it, they would be no record either."""
     data = lines.encode("utf-8")
     with storage_errors(path):
         # unbuffered: after a failed write no buffered rest can reach the file behind the truncation below
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
         try:
             start = os.fstat(fd).st_size
+            if start:
+                os.lseek(fd, start - 1, os.SEEK_SET)
+                if os.read(fd, 1) != b"\n":
+                    data = b"\n" + data
             try:
                 view = memoryview(data)
                 while view:

@@ -85,6 +85,16 @@ def test_a_lost_webui_noted_on_a_full_disk_leaves_no_half_line_to_miscount_the_n
     monkeypatch.undo()
     assert trials.note_lost_webui(tmp_path, 3, "http://127.0.0.1:7860", "gone") == 2
 
+def test_a_note_after_a_line_a_power_loss_cut_off_is_a_record_of_its_own(tmp_path):
+    # the side logs are not repaired as trials.jsonl is when it opens: glued to the fragment, the next
+    # note was no record either, and a trial's WebUI losses were counted two short
+    assert trials.note_lost_webui(tmp_path, 3, "http://127.0.0.1:7860", "gone") == 1
+    path = tmp_path / trials.WEBUI_LOST_FILE
+    path.write_bytes(path.read_bytes() + b'{"trial": 3, "webui": "http://127.0.0.1:78')
+    assert trials.note_lost_webui(tmp_path, 3, "http://127.0.0.1:7860", "gone") == 2
+    assert trials.note_lost_webui(tmp_path, 3, "http://127.0.0.1:7860", "gone") == 3
+
+
 class _HalfWrittenImage:
     """An image whose PNG stops half-way: the disk filled up."""
 
