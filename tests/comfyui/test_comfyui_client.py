@@ -278,6 +278,18 @@ def test_a_user_workflow_with_save_image_still_renders_and_its_files_stay_where_
     assert [p.relative_to(fake_comfyui.output_dir).as_posix() for p in saved] == ["bayes-merger/run1_00001_.png"]
 
 
+def test_an_image_file_comfyui_no_longer_has_is_said_so_not_taken_for_another_server(workflow_client, fake_comfyui):
+    # a saved image deleted since (an identical prompt's SaveImage names the file of the earlier one): the
+    # reference's "Missing file or wrong type: 404 empty"
+    with workflow_client(save_image) as client:
+        client.load_weights(BlockWeights.uniform(SD1.blocks, 0.3), trial=0)
+        fake_comfyui.fail_next(1, status=404, path="/view", body=b"")
+        with pytest.raises(WebUIError) as error:
+            client.txt2img(PAYLOAD)
+    assert str(error.value) == ("GET /view failed with HTTP 404: Not Found (ComfyUI has no such image file: deleted "
+                                "from its output folder since a workflow saved it?).")
+
+
 @pytest.mark.parametrize("outputs", [("SaveImage", "PreviewImage"), ("PreviewImage", "SaveImage"), ("PreviewImage",)],
                          ids=["saved-and-previewed", "previewed-and-saved", "previewed-only"])
 def test_a_user_workflows_previews_are_not_scored_beside_what_it_saves(workflow_client, fake_comfyui, outputs):

@@ -102,6 +102,8 @@ def http_error(method: str, path: str, response: requests.Response) -> WebUIErro
     hint = ""
     if status == 401:  # ComfyUI has no credentials of its own: a proxy in front of it asks for them
         hint = AUTH_HINT
+    elif status == 404 and path == "/view":  # ComfyUI's own answer for a file it does not have
+        hint = " (ComfyUI has no such image file: deleted from its output folder since a workflow saved it?)"
     elif status in (404, 405):
         hint = " (is webui.url a ComfyUI server? set webui.backend)"
     return WebUIError(f"{method} {path} failed with HTTP {status}: {message.rstrip('.')}{hint}.", status=status)
