@@ -191,8 +191,9 @@ def register_configs() -> None:
 
 
 def hydra_value(value: str) -> str:
-    """A value for a Hydra override, quoted when it holds characters Hydra's grammar would read."""
-    if all(c.isalnum() or c in "/._-+:@%" for c in value):
+    """A value for a Hydra override, quoted when it holds characters Hydra's grammar would read (its
+    unquoted values are ASCII: a folder such as /home/jérôme must be quoted)."""
+    if all((c.isascii() and c.isalnum()) or c in "/._-+:@%" for c in value):
         return value
     # in a quoted value a backslash is literal, except before a quote (or the closing quote)
     escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)

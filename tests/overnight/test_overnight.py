@@ -433,6 +433,16 @@ def test_run_folders_with_spaces_are_quoted_for_hydra() -> None:
     assert hydra_value("/my runs/it's") == "'/my runs/it\\'s'"
 
 
+@pytest.mark.parametrize("folder", ["/runs/2026-03-01_22-00-00_weighted_sum_laion", "/my runs/it's", "/home/jérôme/runs",
+                                    "/home/用户/runs", "C:\\runs\\", "/a=b,c/[x]"])
+def test_a_run_folder_reads_back_whole_through_hydras_override_grammar(folder: str) -> None:
+    # each night resumes its run with resume=<folder>: unquoted, a letter outside ASCII failed the
+    # grammar (LexerNoViableAltException) and every resume of a run under /home/jérôme exited 2
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    assert OverridesParser.create().parse_override(f"resume={hydra_value(folder)}").value() == folder
+
+
 def test_env_file_values_are_shell_quoted_and_do_not_override_the_environment(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     env_file = tmp_path / "overnight.env"
