@@ -105,6 +105,13 @@ class Night:
         while True:
             if self.stopping():
                 return self._stopped(None)
+            # before the WebUI is started or its options set: the run by hand may use this very WebUI, or
+            # another on the same GPU
+            folder = self.run_to_attempt(this_run)
+            if folder is not None and folder != this_run and is_running(folder):
+                log.error("The newest unfinished run, %s, is being run by another bayes-merger now: the night starts "
+                          "nothing on its WebUI and exits; a night after that run has stopped resumes it.", folder)
+                return EXIT_CONFIG
             if not self._bring_up_webui():
                 continue
             if self.settings.webui_options:
@@ -113,12 +120,7 @@ class Night:
             if self.stopping():
                 return self._stopped(None)
 
-            folder = self.run_to_attempt(this_run)
             resumed = folder is not None
-            if folder is not None and folder != this_run and is_running(folder):
-                log.error("The newest unfinished run, %s, is being run by another bayes-merger now: the night starts no "
-                          "second run on its WebUI, and resumes that run once it has stopped.", folder)
-                return EXIT_CONFIG
             rc, folder = self._bayes_merger(folder)
             if folder is not None and is_run_folder(folder):
                 this_run = folder
@@ -210,7 +212,13 @@ class Night:
         if not webui_down:
             log.warning("Resuming the run; the WebUI still answers (retry %d of %d).",
                         self._restarts, self.settings.max_restarts)
-        elif self.webui is not None and self._adopted is None:
+        elif self.webui is not None and self._adopted is not None:
+            # the WebUI that ran before the night is gone: ours takes its place now (waited for first, it
+            # cost WEBUI_READY_TIMEOUT and a second restart, and with --max-restarts 1 never came)
+            self._adopted = None
+            log.warning("The WebUI that answered before the night began went down; starting WEBUI_COMMAND in its "
+                        "place and resuming (restart %d of %d).", self._restarts, self.settings.max_restarts)
+        elif self.webui is not None:
             self.webui.stop()
             log.warning("The WebUI went down; restarting it and resuming (restart %d of %d).",
                         self._restarts, self.settings.max_restarts)

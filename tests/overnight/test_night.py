@@ -352,13 +352,24 @@ def test_an_unfinished_run_another_bayes_merger_is_running_now_is_left_to_it(
     busy = tmp_path / "runs" / "2026-03-01_busy"  # the user runs it by hand when the night's timer fires
     busy.mkdir(parents=True)
     (busy / "run.json").write_text(json.dumps({"started_at": "2026-03-01T22:00:00"}))
-    settings = settings_for(tmp_path, KILLED_BAYES_MERGER, "once")
+    started = tmp_path / "webui-started"
+    webui = (sys.executable, "-c", f"import pathlib, time; pathlib.Path({str(started)!r}).touch(); time.sleep(60)")
+    settings = dataclasses.replace(settings_for(tmp_path, KILLED_BAYES_MERGER, "once"), webui_command=webui,
+                                   webui_options={"sd_checkpoints_limit": 1})
+    api = ApiStandIn()
+    options: list[dict[str, Any]] = []
+    api.status = lambda timeout=10.0: 200 if started.exists() else None  # type: ignore[assignment,method-assign]
+    api.set_options = lambda wanted: options.append(wanted) or {}  # type: ignore[method-assign]
     with running(busy):
-        code = night_for(settings, tmp_path).run()
+        code = Night(settings, tmp_path / "runs", api, tmp_path / "night.log",  # type: ignore[arg-type]
+                     tmp_path / "night.webui.log").run()
 
     assert code == 2
     assert not (tmp_path / "calls").exists(), "bayes-merger was started on the run another one is running"
-    assert f"The newest unfinished run, {busy}, is being run by another bayes-merger now" in caplog.text
+    # nothing on a WebUI either: it started one (on the GPU the run by hand uses) and set its options first
+    assert not started.exists() and options == []
+    assert f"The newest unfinished run, {busy}, is being run by another bayes-merger now: the night starts nothing " \
+           "on its WebUI and exits" in caplog.text
 
 
 def test_new_run_stands_when_its_first_start_died_before_making_its_run(tmp_path: Path,
@@ -436,24 +447,28 @@ sys.exit(0)
 '''
 
 
-def test_an_adopted_webui_that_dies_is_replaced_by_the_webui_command(
-        tmp_path: Path, clean_env: pytest.MonkeyPatch, fast_runner: None) -> None:
+def test_an_adopted_webui_that_dies_is_replaced_by_the_webui_command_at_once_counted_as_one_restart(
+        tmp_path: Path, clean_env: pytest.MonkeyPatch, fast_runner: None, caplog: pytest.LogCaptureFixture) -> None:
+    # it was waited for first (WEBUI_READY_TIMEOUT), then replaced as a second restart: with --max-restarts 1
+    # the night gave up (exit 69) and WEBUI_COMMAND never ran
     ours = tmp_path / "ours"
     webui = (sys.executable, "-c", f"import pathlib, time; pathlib.Path({str(ours)!r}).touch(); time.sleep(60)")
     settings = dataclasses.replace(settings_for(tmp_path, LOSES_THE_WEBUI_BAYES_MERGER, "silent", "gone"),
-                                   webui_command=webui,
-                                   ready_timeout=20.0)
+                                   webui_command=webui, ready_timeout=20.0, max_restarts=1)
     night = Night(settings, tmp_path / "runs", AdoptedThenGone(tmp_path), tmp_path / "night.log",  # type: ignore[arg-type]
                   tmp_path / "night.webui.log")
     started = counted_starts(night)
-    # the wait for the adopted WebUI runs out (1 s real); the one for ours starts once its command has touched
-    # its mark: 1 s real was too short for a Python to start on a loaded machine
+    # the wait for ours starts once its command has touched its mark: 1 s real was too short for a Python to
+    # start on a loaded machine
     clean_env.setattr(night_module, "time", PacedClock(lambda: bool(started) and not ours.exists()))
+    caplog.set_level(logging.INFO, logger="overnight")
 
     assert night.run() == 0
     assert ours.exists(), "WEBUI_COMMAND was never run"
     first, second = (tmp_path / "calls").read_text().splitlines()
     assert f"resume={tmp_path / 'runs' / 'run-1'}" in second
+    assert "starting WEBUI_COMMAND in its place and resuming (restart 1 of 1)" in caplog.text
+    assert caplog.text.count("Waiting up to") == 2  # the adopted WebUI at the start, ours: none for the gone one
 
 
 def test_a_webui_lost_though_its_api_answers_is_restarted_when_the_night_started_it(
