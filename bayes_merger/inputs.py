@@ -53,7 +53,9 @@ from bayes_merger.scoring import for_run_folder, needs_image_files
 from bayes_merger.scoring.registry import check_scorer_config, named_scorer, weights_to_fetch
 from bayes_merger.space import SearchSpace, build_space
 from bayes_merger.renderers.probe import backend_of, choose_handoff
-from bayes_merger.webui.http import base_url
+from bayes_merger.renderers.comfyui.graph import load_workflow
+from bayes_merger.renderers.comfyui.http import ComfyApi
+from bayes_merger.webui.http import ApiSession, base_url, credentials
 from bayes_merger.webui.merge_files import RUN_ID, MergeFiles
 from bayes_merger.webui.payloads import Payload, load_payloads
 
@@ -189,6 +191,7 @@ def _check_settings(cfg: Config) -> tuple[Path, Path, Path | None]:
         if backend_of(cfg.webui.backend) == "a1111":  # ComfyUI's is needed by a file hand-off only: its start says
             for folder in list(cfg.webui.checkpoint_dirs) or [cfg.webui.checkpoint_dir]:
                 MergeFiles.check_folder(Path(folder).expanduser())
+        _check_webui_files(cfg.webui)
     if cfg.run.max_consecutive_failures < 1:
         raise ConfigError("run.max_consecutive_failures must be at least 1.")
     if cfg.resume is not None and not is_run_folder(model_path(cfg.resume)):
@@ -233,6 +236,15 @@ def _check_webui_settings(webui: WebUIConfig) -> None:
     if folders and len(folders) != max(len(urls), 1):
         raise ConfigError(f"webui.checkpoint_dirs has {len(folders)} folders for {max(len(urls), 1)} WebUIs: give "
                           "one per URL of webui.urls, in the same order, or none to share webui.checkpoint_dir.")
+
+
+def _check_webui_files(webui: WebUIConfig) -> None:
+    """What the WebUI's client reads when it opens, said before the models' sha256 and the run folder: the
+    credentials (a variable webui.auth_env names; user:password) and a ComfyUI workflow of the user's.
+    Not on a cluster: there each host has its own environment and files."""
+    credentials(webui, (ComfyApi if backend_of(webui.backend) == "comfyui" else ApiSession).credentials_form)
+    if webui.comfyui_workflow and backend_of(webui.backend) != "a1111":
+        load_workflow(webui.comfyui_workflow)
 
 
 def _check_finalists(cfg: Config) -> None:

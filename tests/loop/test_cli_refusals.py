@@ -115,6 +115,12 @@ def _refusal(caplog) -> str:
     (["scorer.batch_size=0"], "scorer.batch_size is 0; it must be at least 1."),
     (["scorer.finalists=aesthetic_head", "scorer.finalists_top_k=0"],
      "scorer.finalists_top_k is 0; it must be at least 1."),  # said at the start, not after the night
+    # read as the WebUI's client opened: after the models' sha256, with a run folder written for nothing
+    (["webui.auth_env=BAYES_MERGER_TEST_UNSET"],
+     "webui.auth_env names BAYES_MERGER_TEST_UNSET, but that environment variable is not set."),
+    (["webui.auth=nocolon"], "The credentials in webui.auth must have the form user:password"),
+    (["webui.backend=comfyui", "webui.comfyui_workflow=/nonexistent/workflow.json"],
+     "webui.comfyui_workflow /nonexistent/workflow.json cannot be read: No such file or directory."),
 ])
 def test_settings_that_would_be_ignored_or_make_no_sense_are_one_sentence_before_the_webui_is_asked(
         assets, fake_webui, tmp_path, caplog, overrides, words):
@@ -334,6 +340,7 @@ def test_scorer_weights_that_cannot_be_fetched_are_said_before_the_webui_is_aske
     ("merge.method=add_difference", 2, "Merge method 'add_difference' needs model C (model_c), but none was given."),
     ("model_b={tmp}/notes.safetensors", 3, "{tmp}/notes.safetensors is not a readable safetensors file"),  # its header
     ("webui.checkpoint_dir={tmp}/typo", 2, "webui.checkpoint_dir {tmp}/typo is not an existing folder"),
+    ("webui.auth_env=BAYES_MERGER_TEST_UNSET", 2, "webui.auth_env names BAYES_MERGER_TEST_UNSET, but that"),
 ])
 def test_check_refuses_a_bad_input_with_the_sentence_a_start_would_say(assets, fake_webui, tmp_path, caplog,
                                                                        override, code, sentence):
