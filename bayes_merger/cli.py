@@ -33,7 +33,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from bayes_merger import __version__
 from bayes_merger.cli_errors import (composition_error, dotted_settings, integer_for_true_or_false, unknown_keys,
                                      unknown_setting)
-from bayes_merger.cli_secrets import hide_secrets_in_hydra_log, scrub_hydra_files, without_secrets
+from bayes_merger.cli_secrets import hide_secrets_in_hydra_log, scrub_hydra_files, scrub_sweep_record, without_secrets
 from bayes_merger.cli_help import USAGE, help_text
 from bayes_merger.config import Config, hydra_value, register_configs
 from bayes_merger.errors import BayesMergerError, ConfigError, Interrupted
@@ -118,6 +118,7 @@ def _sweep_dir(base: str, started: str) -> str:
     before their runs began."""
     path = Path(base).expanduser() / "multirun" / started
     _note_made(path, _MADE_FOR_SWEEP)
+    _SWEEP_DIRS.add(path.absolute())
     return str(path)
 
 
@@ -238,6 +239,9 @@ _SWEEP_FAILURES: list[int] = []
 _MADE_FOR_START: dict[Path, Path] = {}
 # the same for a sweep's folder (-m): its jobs' folders are made in it
 _MADE_FOR_SWEEP: dict[Path, Path] = {}
+# every sweep folder of this command (ours, or hydra.sweep.dir given on the command line): its multirun.yaml is
+# scrubbed of the password at the end, whatever ended the sweep
+_SWEEP_DIRS: set[Path] = set()
 # --check: check the config and its inputs, then end without starting the run
 _CHECK_ONLY = threading.Event()
 
@@ -432,6 +436,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     _SWEEP_FAILURES.clear()
     _MADE_FOR_START.clear()
     _MADE_FOR_SWEEP.clear()
+    _SWEEP_DIRS.clear()
     args = sys.argv[1:] if argv is None else list(argv)
     _CHECK_ONLY.clear()
     if "--check" in args:  # ours, not Hydra's: taken out before Hydra reads the command line
@@ -444,9 +449,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         register_resolvers()
         hide_secrets_in_hydra_log()
         sys.argv = [sys.argv[0] if sys.argv else "bayes-merger"] + args
-        with _composition_errors_raised():
-            hydra.main(version_base=None, config_path=None, config_name=None)(_task)()
-        _remove_made_sweep()
+        _SWEEP_DIRS.update(Path(arg.split("=", 1)[1]).absolute() for arg in args
+                           if arg.lstrip("+").startswith("hydra.sweep.dir="))
+        try:
+            with _composition_errors_raised():
+                hydra.main(version_base=None, config_path=None, config_name=None)(_task)()
+        finally:
+            for sweep_dir in _SWEEP_DIRS:  # a job Hydra could not compose ended the sweep before its task
+                scrub_sweep_record(sweep_dir)
+            _remove_made_sweep()
         if _SWEEP_FAILURES:
             log.error("%d of the sweep's jobs failed; see their errors above.", len(_SWEEP_FAILURES))
             sys.exit(_SWEEP_FAILURES[0])

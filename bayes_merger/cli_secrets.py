@@ -103,6 +103,12 @@ def _scrub_file(path: Path) -> None:
         atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(scrubbed)))
 
 
+def scrub_sweep_record(sweep_dir: Path) -> None:
+    """The password out of a sweep's multirun.yaml, which Hydra writes before its first job: where no job
+    reached the run (``scrub_hydra_files``), the sweep ended on a value Hydra could not compose for a job."""
+    _scrub_file(Path(sweep_dir) / "multirun.yaml")
+
+
 def scrub_hydra_files() -> None:
     """Hydra writes the composed config and the overrides as given, password included: a sweep's to <sweep
     dir>/multirun.yaml, a job's to <run dir>/<hydra.output_subdir> (config.yaml, hydra.yaml, overrides.yaml;

@@ -34,6 +34,23 @@ def test_a_sweep_with_the_password_as_an_override_writes_it_nowhere(assets, fake
     assert PASSWORD not in caplog.text
 
 
+@pytest.mark.parametrize("sweep_dir", [None, "named"])
+def test_a_sweep_ended_by_a_value_hydra_cannot_compose_leaves_no_password_nor_its_folder(
+        assets, fake_webui, tmp_path, caplog, sweep_dir):
+    # Hydra writes multirun.yaml before the first job, and the job's config failed to compose (a seed of
+    # 1.5 for an integer): the task that scrubs it never ran, and the password stayed there
+    runs = tmp_path / "runs"
+    named = [f"hydra.sweep.dir={tmp_path / 'mine'}"] if sweep_dir else []
+    args = _args(assets, fake_webui, runs, "run.seed=1.5,2", f"webui.auth=alice:{PASSWORD}", *named, "-m")
+    assert _cli(args) == 2
+    assert "run.seed" in " ".join(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    left = [path for path in tmp_path.rglob("*") if path.is_file() and PASSWORD.encode() in path.read_bytes()]
+    assert left == []
+    assert fake_webui.requests == []
+    if not sweep_dir:  # the folder made for the sweep goes, as when none of its jobs began a run
+        assert not (runs / "multirun").exists()
+
+
 @pytest.mark.parametrize("fake_webui", [{"auth": f"alice:{PASSWORD}"}], indirect=True)
 def test_auth_beside_auth_env_is_used_and_says_the_variable_is_not_read(assets, fake_webui, tmp_path, caplog,
                                                                          monkeypatch):
