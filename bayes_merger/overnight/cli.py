@@ -26,7 +26,7 @@ from bayes_merger.overnight.settings import (
     night_of,
     parse_args,
     run_dir_of,
-    webui_url_of,
+    watched_url,
 )
 
 log = logging.getLogger("overnight")
@@ -74,8 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         sections = compose_config(settings)
         run_dir = settings.run_dir or run_dir_of(sections)
-        configured = webui_url_of(sections)  # refuses a config of several WebUIs whatever --webui-url says
-        url = settings.webui_url or configured
+        url = watched_url(settings.webui_url, sections)  # refuses a config of several WebUIs whatever --webui-url says
         if not url:
             raise Failure("No WebUI address: set webui.url in the config, --webui-url or WEBUI_URL.", EXIT_CONFIG)
         webui = sections.get("webui", {})

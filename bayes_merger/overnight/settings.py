@@ -383,6 +383,18 @@ def webui_url_of(sections: dict[str, dict[str, Any]]) -> str | None:
     return str(url) if url else None
 
 
+def watched_url(given: str | None, sections: dict[str, dict[str, Any]]) -> str | None:
+    """The WebUI the night watches: ``given`` (--webui-url, WEBUI_URL; passed on as ``webui.url``), else the
+    config's (``webui_url_of``). Refused where the config's one ``webui.urls`` entry is another: bayes-merger
+    renders on that one, and the night would start, configure and restart a WebUI the run does not use."""
+    configured = webui_url_of(sections)
+    if given and list(sections.get("webui", {}).get("urls") or []) and configured != given:
+        raise Failure(f"--webui-url (WEBUI_URL) {given} is passed on as webui.url, but the config renders on "
+                      f"webui.urls [{configured}], which bayes-merger uses instead: put {given} in webui.urls, or "
+                      "leave --webui-url out.", EXIT_CONFIG)
+    return given or configured
+
+
 def run_dir_of(sections: dict[str, dict[str, Any]]) -> Path:
     value = sections.get("run", {}).get("dir")
     if not value:

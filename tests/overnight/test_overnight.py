@@ -33,6 +33,7 @@ from bayes_merger.overnight.settings import (
     load_env_file,
     night_of,
     parse_sections,
+    watched_url,
     webui_url_of,
 )
 from bayes_merger.run_folder import unfinished
@@ -425,6 +426,18 @@ def test_the_night_watches_the_one_webui_the_run_uses_and_refuses_several() -> N
     assert failure.value.code == 2
     with pytest.raises(Failure, match=r"renders on a Ray cluster's hosts \(cluster.address\)"):
         webui_url_of(parse_sections("webui:\n  url: http://h:7860\ncluster:\n  address: auto\n"))
+
+
+def test_a_webui_url_given_to_the_night_is_the_one_the_run_uses_or_refused() -> None:
+    one = parse_sections("webui:\n  url: http://h:7861\n  urls: [http://h:7860]\n")  # webui.url=<given> passed on
+    # bayes-merger renders on webui.urls' one entry: the night watched --webui-url's WebUI, which the run never used
+    with pytest.raises(Failure, match=r"--webui-url \(WEBUI_URL\) http://h:7861 is passed on as webui.url, but the "
+                                      r"config renders on webui.urls \[http://h:7860\]") as failure:
+        watched_url("http://h:7861", one)
+    assert failure.value.code == 2
+    assert watched_url("http://h:7860", one) == "http://h:7860"
+    assert watched_url(None, one) == "http://h:7860"
+    assert watched_url("http://h:7861", parse_sections("webui:\n  url: http://h:7861\n  urls: []\n")) == "http://h:7861"
 
 
 def test_run_folders_with_spaces_are_quoted_for_hydra() -> None:
