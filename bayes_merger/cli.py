@@ -288,15 +288,21 @@ def _remove_up_to(folder: Path, top: Path, goes: Callable[[Path], bool]) -> None
 def _check_only(config: Config, run_dir: Path) -> None:
     """``--check``: the checks a start makes before it reads the models whole or asks the WebUI, said in one
     line with what they leave to the start; nothing is written (the folder Hydra made for the log goes)."""
-    from bayes_merger.inputs import check_without_reading
+    from bayes_merger.inputs import Checked, check_resumable_without_reading, check_without_reading
+
+    def check(config: Config) -> Checked:
+        checked = check_without_reading(config, run_dir)
+        if config.resume:  # the overnight runner's first attempt: a config edited since, before its WebUI starts
+            check_resumable_without_reading(config, run_dir, checked)
+        return checked
 
     if config.demo:  # the demo's models are made by its environment, which also starts its fake WebUI
         from bayes_merger.testing.demo import demo_environment
 
         with demo_environment(config) as demo_config:
-            checked = check_without_reading(demo_config, run_dir)
+            checked = check(demo_config)
     else:
-        checked = check_without_reading(config, run_dir)
+        checked = check(config)
     _remove_made_folder(run_dir)
     merge = checked.merge
     weights = ("its weights on the cluster's hosts" if config.cluster.address
@@ -306,7 +312,7 @@ def _check_only(config: Config, run_dir: Path) -> None:
              "models' sha256 and the scorer's weights loaded%s.",
              merge.architecture.label, ", ".join(f"{model} {path.name}" for model, path in merge.models.items()),
              merge.method.name, len(checked.space.parameters), len(checked.payloads), config.scorer.name, weights,
-             " (and that the resumed run's models and settings are its own)" if config.resume else "")
+             " (and that the resumed run's model files are its own, by their sha256)" if config.resume else "")
 
 
 def _end_job(exit_code: int) -> None:

@@ -134,6 +134,23 @@ def check_inputs(cfg: Config, run_dir: Path) -> Inputs:
     return Inputs(cfg, run_dir, merge, space, payloads, scorer, info, resuming)
 
 
+def check_resumable_without_reading(cfg: Config, run_dir: Path, checked: Checked) -> None:
+    """``--check`` of a resume: its settings against the run's record (``check_resumable``), all but the model
+    files' bytes. A model file of the record's size stands for the run's until the start hashes it; one of
+    another size, or a model the run did not have, is not the run's now."""
+    previous = read_run_info(run_dir)
+    known = previous.get(MODEL_FILES)
+    known = known if isinstance(known, Mapping) else {}
+    files: dict[str, dict[str, Any]] = {}
+    for model, path in checked.merge.models.items():
+        before = known.get(model) if isinstance(known.get(model), Mapping) else {}
+        size = Path(path).stat().st_size
+        files[model] = {"path": str(path), "size": size, "sha256": before.get("sha256") if before.get("size") == size
+                        else None}
+    run_id = str(previous.get("run_id") or "")
+    check_resumable(previous, _run_info(cfg, run_id, checked.merge, checked.space, checked.payloads, files), run_dir)
+
+
 def check_without_reading(cfg: Config, run_dir: Path) -> Checked:
     """The checks that read no model whole and ask no WebUI (``bayes-merger --check``): the settings, the
     model files and their headers, the method against them, the search space, the payloads, the run folder,

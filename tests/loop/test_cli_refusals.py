@@ -12,7 +12,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+from bayes_merger.testing.models import make_checkpoint
 from tests.loop.test_cli_run import REPO, _args, _cli, _only_run, _trials
 
 
@@ -357,8 +359,20 @@ def test_check_of_a_resume_checks_the_run_folder_and_leaves_the_run_as_it_was(as
     caplog.clear()
     caplog.set_level(logging.INFO, logger="bayes_merger")
     assert _cli(_args(assets, fake_webui, tmp_path / "runs", "--check", f"resume={run_dir}")) == 0
-    assert "(and that the resumed run's models and settings are its own)" in caplog.text
+    assert "(and that the resumed run's model files are its own, by their sha256)" in caplog.text
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+    other = make_checkpoint(tmp_path / "other.safetensors", "sd1", seed=3, dtype=torch.float32)  # another size
+    # a config edited since the run began: said by --check (the overnight runner's first attempt), not by the
+    # start after its WebUI was started and waited for; the models' bytes are left to the start
+    for override, said in (("run.seed=7", "'seed' differs from the run's (42 there, 7 now)"),
+                           ("optimiser.init_points=4", "'init_points' differs from the run's"),
+                           ("+payloads.defaults.steps=3", "what a score means changed (the payload requests)"),
+                           (f"model_b={other}", "model_b is not the file its trials were merged from")):
+        caplog.clear()
+        assert _cli(_args(assets, fake_webui, tmp_path / "runs", "--check", f"resume={run_dir}", override)) == 2, override
+        assert said in _refusal(caplog)
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+    caplog.clear()
     assert _cli(_args(assets, fake_webui, tmp_path / "runs", "--check", f"resume={tmp_path / 'runs'}")) == 2
     assert f"resume={tmp_path / 'runs'} is not a run folder" in _refusal(caplog)
 
