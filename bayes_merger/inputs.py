@@ -236,8 +236,8 @@ def _check_webui_settings(webui: WebUIConfig) -> None:
     """The WebUI's numbers, backend, credentials and the list of WebUIs with their folders."""
     for key in ("connect_timeout", "read_timeout", "ready_timeout", "poll_interval", "retries", "backoff_factor",
                 "keep_last"):
-        if getattr(webui, key) < 0:
-            raise ConfigError(f"webui.{key} must not be negative, got {getattr(webui, key)}.")
+        if not getattr(webui, key) >= 0:  # nan too: a backoff of nan waited urllib3's longest, 120 s, each retry
+            raise ConfigError(f"webui.{key} must be a number, 0 or more, got {getattr(webui, key)}.")
     for key in ("connect_timeout", "read_timeout", "poll_interval"):  # 0 is no wait at all, or a busy loop
         if not 0 < getattr(webui, key) < math.inf:
             raise ConfigError(f"webui.{key} must be a number of seconds above 0, got {getattr(webui, key)}.")

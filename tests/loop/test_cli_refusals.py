@@ -97,8 +97,9 @@ def _refusal(caplog) -> str:
                         "command line +payloads.defaults.batch_size=N)"),
     (["+rebasin=true"], "rebasin, a setting of sd-webui-bayesian-merger, has no counterpart in bayes-merger: re-basin "
                         "is not offered."),
-    (["webui.retries=-1"], "webui.retries must not be negative, got -1."),
-    (["webui.ready_timeout=-1"], "webui.ready_timeout must not be negative, got -1.0."),
+    (["webui.retries=-1"], "webui.retries must be a number, 0 or more, got -1."),
+    (["webui.ready_timeout=-1"], "webui.ready_timeout must be a number, 0 or more, got -1.0."),
+    (["webui.backoff_factor=nan"], "webui.backoff_factor must be a number, 0 or more, got nan."),
     (["webui.read_timeout=0"], "webui.read_timeout must be a number of seconds above 0, got 0.0."),
     (["webui.poll_interval=0"], "webui.poll_interval must be a number of seconds above 0, got 0.0."),  # a busy loop
     (["webui.url=http://127.0.0.1:99999"], "webui.url 'http://127.0.0.1:99999' has no valid port"),
