@@ -173,7 +173,7 @@ def save_config(cfg: DictConfig, run_dir: Path, resuming: bool) -> Path:
     the folder's files already holds word for word is not written again, so a run resumed over and
     over with one config (the overnight runner, retries) does not gather a file per attempt.
     """
-    data = without_secrets(OmegaConf.to_container(cfg, resolve=True))
+    data = _absolute_paths(without_secrets(OmegaConf.to_container(cfg, resolve=True)))
     data["resume"] = None
     # absolute, as Hydra names a new run's folder: resume=runs/<run> then writes the same header
     text = CONFIG_HEADER + f"#   {resume_command(run_dir)}\n"
@@ -194,6 +194,32 @@ def save_config(cfg: DictConfig, run_dir: Path, resuming: bool) -> Path:
         # the resume command needs this file: a kill during the write must not leave half of it
         atomic_write_text(path, text, fsync=True)
     return path
+
+
+# the settings that name files and folders: written absolute, so that the resume command the run prints reads
+# them from any folder (relative, they were read against the folder it is pasted in). Not scorer.clip, siglip
+# and tokenizer: Hugging Face ids as often as folders, and recorded as written in what a score means
+_PATH_SETTINGS = ("model_a", "model_b", "model_c", "run.dir", "webui.checkpoint_dir", "webui.checkpoint_dirs",
+                  "webui.comfyui_workflow", "payloads.dir", "payloads.wildcards_dir", "scorer.head", "scorer.cache_dir",
+                  "scorer.manual_ratings")
+
+
+def _absolute_paths(data: dict[str, Any]) -> dict[str, Any]:
+    def absolute(value: Any) -> Any:
+        if isinstance(value, list):
+            return [absolute(item) for item in value]
+        if not isinstance(value, str) or not value or value == "???":
+            return value
+        return str(Path(value).expanduser().absolute())
+
+    for key in _PATH_SETTINGS:
+        *parents, name = key.split(".")
+        section = data
+        for parent in parents:
+            section = section.get(parent) if isinstance(section, dict) else None
+        if isinstance(section, dict) and name in section:
+            section[name] = absolute(section[name])
+    return data
 
 
 def _text_of(path: Path) -> str | None:

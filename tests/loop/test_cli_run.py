@@ -6,6 +6,7 @@ import errno
 import importlib.metadata
 import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -773,3 +774,26 @@ def test_a_run_stopped_while_its_finalists_are_scored_is_not_finished_and_its_re
     assert _cli(_args(assets, fake_webui, runs, "scorer.finalists=aesthetic_head", f"resume={run_dir}")) == 0
     assert (run_dir / "rescore-aesthetic_head.jsonl").exists()
     assert json.loads((run_dir / "run.json").read_text())["finished_at"]
+
+
+def test_the_resume_command_a_run_prints_reads_its_files_from_any_folder(assets, fake_webui, tmp_path, monkeypatch,
+                                                                         caplog):
+    # relative paths were saved as written, so the resume command, "to paste from any folder", read them
+    # against the folder it was pasted in: "model_a: /elsewhere/a.safetensors does not exist."
+    monkeypatch.chdir(assets["model_a"].parent)
+    relative = {"model_a": "a.safetensors", "model_b": "b.safetensors", "scorer.head": "head.safetensors",
+                "scorer.clip": str(assets["scorer.clip"])}
+    args = [arg for arg in _args(assets, fake_webui, tmp_path / "runs", "optimiser.n_iters=0")
+            if arg.split("=", 1)[0] not in relative] + [f"{key}={value}" for key, value in relative.items()]
+    assert _cli(args) == 0
+    run_dir = _only_run(tmp_path / "runs")
+    saved = (run_dir / "config.yaml").read_text()
+    assert f"model_a: {assets['model_a']}" in saved and f"head: {assets['scorer.head']}" in saved
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    caplog.set_level(logging.INFO, logger="bayes_merger")
+    assert _cli(["--config", str(run_dir / "config.yaml"), f"resume={run_dir}", "--check",
+                 "hydra/job_logging=none", "hydra/hydra_logging=none"]) == 0
+    assert "The config and its inputs are fine" in caplog.text
