@@ -82,8 +82,10 @@ class WebUIApi:
     answers, a ComfyUI when ``GET /system_stats`` does; with ``auto`` either will do.
     """
 
+    read_timeout = 60.0  # seconds each call may take: a WebUI loading a model answers the options late
+
     def __init__(self, url: str, auth: str | None, backend: str = "a1111") -> None:
-        config = WebUIConfig(url=url, auth=auth, checkpoint_dir=".", read_timeout=60.0, retries=1)
+        config = WebUIConfig(url=url, auth=auth, checkpoint_dir=".", read_timeout=self.read_timeout, retries=1)
         self.backend = backend_of(backend)
         self._client = WebUIClient(config, run_id="overnight")
         self._comfyui = ComfyApi(config)
@@ -138,14 +140,21 @@ class WebUIApi:
         return changed
 
     def restore_options(self, options: dict[str, Any]) -> None:
-        """Set ``options`` back (``set_options``' answer), each it can; the others are said."""
-        for key, value in options.items():
+        """Set ``options`` back (``set_options``' answer), each it can; the others are said. A WebUI that
+        does not answer one (hung, gone) is not asked the rest: each would wait its read timeout, and the
+        night's stop has a service manager's time limit (the WebUI's own stop comes after this)."""
+        keys = list(options)
+        for index, key in enumerate(keys):
             try:
-                self._client.set_option(key, value)
-                log.info("WebUI option %s set back to %s.", key, json.dumps(value))
+                self._client.set_option(key, options[key])
+                log.info("WebUI option %s set back to %s.", key, json.dumps(options[key]))
             except WebUIError as error:
+                if error.status is None:
+                    log.warning("The WebUI did not answer (%s): set these options back in its Settings: %s.", error,
+                                ", ".join(f"{k} = {json.dumps(options[k])}" for k in keys[index:]))
+                    return
                 log.warning("Could not set WebUI option %s back to %s (%s); set it in its Settings.", key,
-                            json.dumps(value), error)
+                            json.dumps(options[key]), error)
 
     def __enter__(self) -> WebUIApi:
         return self

@@ -113,6 +113,22 @@ def test_the_options_set_are_answered_with_their_values_before_and_set_back_by_r
     assert "WebUI option sd_checkpoints_limit set back to 3." in caplog.text
 
 
+def test_a_hung_webui_is_asked_to_set_back_one_option_not_each(fake_webui, caplog, monkeypatch) -> None:
+    # each would wait the read timeout (60 s) before the WebUI's own stop, past systemd's TimeoutStopSec
+    monkeypatch.setattr(WebUIApi, "read_timeout", 0.5)
+    caplog.set_level(logging.INFO, logger="overnight")
+    hung = fake_webui.hold("/sdapi/v1/options", "POST")
+    try:
+        with WebUIApi(fake_webui.url, None, "a1111") as api:
+            api.restore_options({"sd_checkpoints_limit": 3, "sd_checkpoint_cache": 0, "CLIP_stop_at_last_layers": 1})
+    finally:
+        hung.set()
+    # one wait for the first: the others were not asked, each waiting its own
+    assert ("set these options back in its Settings: sd_checkpoints_limit = 3, sd_checkpoint_cache = 0, "
+            "CLIP_stop_at_last_layers = 1.") in caplog.text
+    assert "Could not set WebUI option" not in caplog.text
+
+
 def test_an_unknown_backend_is_refused() -> None:
     with pytest.raises(ConfigError, match="webui.backend must be one of"):
         WebUIApi("http://127.0.0.1:1", None, "invokeai")
