@@ -233,7 +233,7 @@ def _check_model_files(cfg: Config) -> None:
 
 
 def _check_webui_settings(webui: WebUIConfig) -> None:
-    """The WebUI's numbers, backend, credentials and the list of WebUIs with their folders."""
+    """The WebUI's numbers, backend, which credentials setting is used, and the list of WebUIs with their folders."""
     for key in ("connect_timeout", "read_timeout", "ready_timeout", "poll_interval", "retries", "backoff_factor",
                 "keep_last"):
         if not getattr(webui, key) >= 0:  # nan too: a backoff of nan waited urllib3's longest, 120 s, each retry
