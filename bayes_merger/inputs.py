@@ -27,7 +27,6 @@ from bayes_merger.cluster.settings import check_cluster_settings
 from bayes_merger.config import Config, ScorerConfig, WebUIConfig
 from bayes_merger.devices import resolve_device
 from bayes_merger.errors import ConfigError
-from bayes_merger.files import file_sha256
 from bayes_merger.merge.checkpoint import parse_dtype
 from bayes_merger.merge.fingerprint import model_records
 from bayes_merger.merge.merger import MergeInputs, inspect_inputs
@@ -50,7 +49,7 @@ from bayes_merger.run_folder import (
     resume_command,
 )
 from bayes_merger.scoring import for_run_folder, needs_image_files
-from bayes_merger.scoring.registry import check_scorer_config, named_scorer, weights_to_fetch
+from bayes_merger.scoring.registry import check_scorer_config, named_scorer, scorer_identity, weights_to_fetch
 from bayes_merger.space import SearchSpace, build_space
 from bayes_merger.renderers.probe import backend_of, choose_handoff
 from bayes_merger.renderers.comfyui.graph import load_workflow
@@ -311,13 +310,9 @@ def _objective(cfg: Config, payloads: list[Payload]) -> dict[str, Any]:
     """What a score means beyond the models and the payload names: the requests as sent, the scorer,
     the merge's precision and clipping. A resume that changes one would mix two objectives in one log."""
     requests = [[p.name, dict(p.request), p.score_weight] for p in payloads]
-    scorer = cfg.scorer
-    head = model_path(scorer.head) if scorer.head else None
     return {
         "payloads_sha256": hashlib.sha256(json.dumps(requests, sort_keys=True, default=str).encode()).hexdigest(),
-        "scorer": {"name": scorer.name, "clip": scorer.clip, "combine": scorer.combine,
-                   "ensemble": dict(sorted(dict(scorer.ensemble).items())), "tokenizer": scorer.tokenizer,
-                   "siglip": scorer.siglip, "head_sha256": file_sha256(head) if head and head.is_file() else None},
+        "scorer": scorer_identity(cfg.scorer),
         "merge": {"dtype": cfg.merge.dtype, "load_dtype": cfg.merge.load_dtype,
                   "weights_clip": cfg.merge.weights_clip, "prune": cfg.merge.prune},
     }

@@ -29,6 +29,7 @@ from bayes_merger.run_folder import (
     MANUAL_RATINGS_RESCORE,
     PAYLOAD_WEIGHTS,
     TRIALS_FILE,
+    check_same_settings,
     check_trial_folder,
     load_run_info,
     now,
@@ -38,7 +39,7 @@ from bayes_merger.run_folder import (
     write_rescores,
 )
 from bayes_merger.scoring import ImageContext, Scorer, build_scorer, score_trial
-from bayes_merger.scoring.registry import named_scorer, renamed_scorer
+from bayes_merger.scoring.registry import named_scorer, renamed_scorer, scorer_identity, scorer_name
 
 log = logging.getLogger(__name__)
 
@@ -64,36 +65,42 @@ def rescore_run(
         chosen = chosen[:top_k]
     if not chosen:
         raise ConfigError(f"{run_dir} has no successful trial to re-score.")
+    label, settings = scorer.name if scorer else scorer_name(config), scorer_identity(config)
+    check_same_settings(run_dir, label, settings)  # before the scorer loads (or downloads)
     scorer = scorer or build_scorer(config)
     weights = _score_weights(run_dir)
     lines: list[dict[str, Any]] = []
     scores: dict[int, float] = {}
-    for record in sorted(chosen, key=lambda r: int(r.get("trial", 0))):
-        number = int(record.get("trial", 0))
-        line: dict[str, Any] = {"trial": number, "scorer": scorer.name, "original_score": record_score(record)}
-        try:
-            images, contexts = _saved_images(run_dir, record)
-            values = scorer.score(images, contexts)
-            names = [c.payload for c in contexts]
-            per_payload, objective = score_trial(
-                values, names, {p: weights.get(p, 1.0) for p in names}, config.combine
-            )
-        except ScorerError as error:
-            log.error("trial %d not re-scored: %s", number, error)
-            lines.append({**line, "score": None, "error": str(error), "scored_at": now()})
-            continue
-        scores[number] = objective
-        lines.append({
-            **line, "score": objective, "payload_scores": per_payload,
-            "images": [{"payload": c.payload, "index": c.index, "seed": c.seed,
-                        "path": c.path.relative_to(run_dir).as_posix() if c.path else None, "score": v}
-                       for c, v in zip(contexts, values)],
-            "scored_at": now(),
-        })
-        log.info("trial %d: %s %.4f (run's score %.4f)", number, scorer.name, objective, line["original_score"])
-    path = write_rescores(run_dir, scorer.name, lines)
-    log.info("Re-scored %d of %d trials with %s into %s", len(scores), len(lines), scorer.name, path)
-    return Rescored(path, scorer.name, scores)
+    try:
+        for record in sorted(chosen, key=lambda r: int(r.get("trial", 0))):
+            number = int(record.get("trial", 0))
+            line: dict[str, Any] = {"trial": number, "scorer": label, "settings": settings,
+                                    "original_score": record_score(record)}
+            try:
+                images, contexts = _saved_images(run_dir, record)
+                values = scorer.score(images, contexts)
+                names = [c.payload for c in contexts]
+                per_payload, objective = score_trial(
+                    values, names, {p: weights.get(p, 1.0) for p in names}, config.combine
+                )
+            except ScorerError as error:
+                log.error("trial %d not re-scored: %s", number, error)
+                lines.append({**line, "score": None, "error": str(error), "scored_at": now()})
+                continue
+            scores[number] = objective
+            lines.append({
+                **line, "score": objective, "payload_scores": per_payload,
+                "images": [{"payload": c.payload, "index": c.index, "seed": c.seed,
+                            "path": c.path.relative_to(run_dir).as_posix() if c.path else None, "score": v}
+                           for c, v in zip(contexts, values)],
+                "scored_at": now(),
+            })
+            log.info("trial %d: %s %.4f (run's score %.4f)", number, label, objective, line["original_score"])
+    finally:  # out of memory or Ctrl-C at a trial keeps those scored before it
+        if lines:
+            path = write_rescores(run_dir, label, lines)
+    log.info("Re-scored %d of %d trials with %s into %s", len(scores), len(lines), label, path)
+    return Rescored(path, label, scores)
 
 
 def _saved_images(run_dir: Path, record: Mapping[str, Any]) -> tuple[list[Image.Image], list[ImageContext]]:

@@ -38,7 +38,7 @@ from bayes_merger.run_folder.paths import (
     check_trial_folder,
     resume_command,
 )
-from bayes_merger.run_folder.rescores import read_rescores, rescore_path, write_rescores
+from bayes_merger.run_folder.rescores import check_same_settings, read_rescores, rescore_path, write_rescores
 from bayes_merger.run_folder.run_info import (
     LIBRARIES,
     MODEL_FILES,
@@ -83,5 +83,5 @@ __all__ = [
     "LIBRARIES", "MODEL_FILES", "MODEL_KEYS", "PAYLOAD_WEIGHTS", "RESUMED_AT", "STOPPED_BY", "SUGGESTIONS", "WEBUI_LOST", "check_resumable", "describe", "foreign_files", "is_run_folder", "load_run_info", "note_changed_suggestions",
     "read_run_info", "stopped_by_lost_webui", "unfinished", "write_run_info",
     "write_best", "record_images", "remove_trial_images", "save_image", "write_image_file",
-    "read_rescores", "rescore_path", "write_rescores",
+    "check_same_settings", "read_rescores", "rescore_path", "write_rescores",
 ]

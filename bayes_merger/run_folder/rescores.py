@@ -1,7 +1,7 @@
 """rescore-<name>.jsonl: a finished run's saved images scored again by another scorer, beside trials.jsonl.
 
-One JSON line per re-scored trial — its number, the scorer, the per-payload and per-image scores and
-the objective combined as the run combined its own — rewritten atomically, merged by trial with what the
+One JSON line per re-scored trial — its number, the scorer and its settings, the per-payload and per-image
+scores and the objective combined as the run combined its own — rewritten atomically, merged by trial with what the
 file held: a trial scored again gets its new line, but a line without a score (its images gone) never
 replaces a scored one, and the other trials' lines stay (the finalists or a ``top_k`` re-score keep a
 full re-score's lines). ``trials.jsonl`` is never touched: the optimiser's own history stays as it was.
@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from bayes_merger.errors import ConfigError
 from bayes_merger.files import atomic_write_text
 from bayes_merger.run_folder.trials import finite, read_trial_records
 
@@ -31,6 +32,19 @@ def rescore_label(name: str) -> str:
 
 def rescore_path(run_dir: Path, label: str) -> Path:
     return Path(run_dir) / f"{RESCORE_PREFIX}{rescore_label(label)}{RESCORE_SUFFIX}"
+
+
+def check_same_settings(run_dir: Path, label: str, settings: Mapping[str, Any]) -> None:
+    """Refuse to add scores to a rescore file whose lines were scored with other settings of the scorer (another
+    head, CLIP or combine mode): one column would hold two scales. Lines without settings (older files): unknown."""
+    path = rescore_path(run_dir, label)
+    now = json.loads(json.dumps(settings))
+    differing = sorted({key for record in _records(path) if isinstance(before := record.get("settings"), Mapping)
+                        for key in set(before) | set(now) if before.get(key) != now.get(key)})
+    if differing:
+        named = ", ".join("scorer." + key.removesuffix("_sha256") for key in differing)
+        raise ConfigError(f"{path} holds {label}'s scores with other settings ({named}); these would mix two scales in "
+                          "one column: rename or move that file to keep it, or re-score with its settings.")
 
 
 def write_rescores(run_dir: Path, label: str, records: Iterable[Mapping[str, Any]]) -> Path:

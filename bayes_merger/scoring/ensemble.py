@@ -10,12 +10,17 @@ an ensemble of them stays on their scale.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from PIL import Image
 
 from bayes_merger.scoring.base import ImageContext, Scorer
 from bayes_merger.scoring.scales import Scale, scale_of
+
+
+def ensemble_name(members: Iterable[tuple[str, float]]) -> str:
+    """``ensemble(pickscore=1, hpsv2=1)``: what an ensemble of these members and weights goes by."""
+    return "ensemble(" + ", ".join(f"{name}={weight:g}" for name, weight in members) + ")"
 
 
 class EnsembleScorer:
@@ -28,7 +33,7 @@ class EnsembleScorer:
         if not all(math.isfinite(w) and w > 0 for _, w in members):
             raise ValueError("ensemble weights must be finite and > 0")
         self.members = tuple(members)
-        self.name = "ensemble(" + ", ".join(f"{s.name}={w:g}" for s, w in self.members) + ")"
+        self.name = ensemble_name((s.name, w) for s, w in self.members)
         self._total = math.fsum(w for _, w in self.members)
         self.scales = tuple(scales) if scales is not None else tuple(scale_of(s.name) for s, _ in self.members)
         if len(self.scales) != len(self.members):

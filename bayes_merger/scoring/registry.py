@@ -22,17 +22,19 @@ import dataclasses
 import difflib
 import logging
 import math
+import os
 from pathlib import Path
 from types import MappingProxyType
-from typing import Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 from bayes_merger.config import ScorerConfig
 from bayes_merger.errors import ConfigError, ScorerError
+from bayes_merger.files import file_sha256
 from bayes_merger.scoring import aesthetic, aesthetic_v25, manual, preference
 from bayes_merger.scoring.base import Scorer, SharedModels, Weights
 from bayes_merger.scoring.clip import check_batch_size
 from bayes_merger.scoring.combine import check_combine_mode
-from bayes_merger.scoring.ensemble import EnsembleScorer
+from bayes_merger.scoring.ensemble import EnsembleScorer, ensemble_name
 from bayes_merger.scoring.weights import downloads_disabled
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,23 @@ def build_scorer(config: ScorerConfig) -> Scorer:
         return EnsembleScorer([(_kind(name).build(_member_config(config, name), shared), weight)
                                for name, weight in _ensemble_members(config)])
     return _kind(config.name).build(config, shared)
+
+
+def scorer_name(config: ScorerConfig) -> str:
+    """The name the scorer ``config`` builds goes by (``laion``, ``ensemble(pickscore=1, hpsv2=1)``), loading
+    nothing: a re-score's file is named by it."""
+    config = _as_dataclass(config)
+    return ensemble_name(_ensemble_members(config)) if config.name == ENSEMBLE else config.name
+
+
+def scorer_identity(config: ScorerConfig) -> dict[str, Any]:
+    """The scorer settings that decide a score (not its device or batch size): part of a run's record of what
+    a score means, and of each re-scored trial's line. The head file by its sha256, wherever it lies."""
+    config = _as_dataclass(config)
+    head = Path(os.path.expanduser(config.head)).resolve() if config.head else None
+    return {"name": config.name, "clip": config.clip, "combine": config.combine,
+            "ensemble": dict(sorted(dict(config.ensemble).items())), "tokenizer": config.tokenizer,
+            "siglip": config.siglip, "head_sha256": file_sha256(head) if head and head.is_file() else None}
 
 
 def weights_to_fetch(config: ScorerConfig) -> list[str]:

@@ -97,6 +97,63 @@ def test_a_later_partial_rescore_keeps_the_other_trials_lines_and_no_error_repla
     assert [line["trial"] for line in lines] == [0, 1, 2, 3] and all(line["score"] is not None for line in lines)
 
 
+def test_a_rescore_with_other_settings_of_the_same_scorer_is_refused_before_it_adds_a_second_scale(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from bayes_merger import rescore
+
+    run_dir = _run_folder(tmp_path / "run", [5.0, 7.0, 6.0])
+    mine, tripled = make_tiny_head(tmp_path / "mine.safetensors"), make_tiny_head(tmp_path / "tripled.safetensors", seed=3)
+    monkeypatch.setattr(rescore, "build_scorer", lambda config: pytest.fail("loaded before the refusal"))
+    config = ScorerConfig(name="aesthetic_head", head=str(mine))
+    path = rescore_run(run_dir, config, scorer=PromptLength()).path
+    written = path.read_bytes()
+    rescore_run(run_dir, config, top_k=1, scorer=PromptLength())  # the same settings: the finalists' top one again
+    for changed, named in ((dataclasses.replace(config, head=str(tripled)), "scorer.head"),
+                           (dataclasses.replace(config, combine="geometric"), "scorer.combine")):
+        with pytest.raises(ConfigError) as refused:
+            rescore_run(run_dir, changed, top_k=2, scorer=PromptLength())
+        assert str(refused.value) == (
+            f"{path} holds promptlength's scores with other settings ({named}); these would mix two scales in one "
+            "column: rename or move that file to keep it, or re-score with its settings.")
+    assert path.read_bytes() == written
+    lines = [json.loads(line) for line in written.decode().splitlines()]
+    path.write_text("".join(json.dumps({k: v for k, v in line.items() if k != "settings"}) + "\n" for line in lines))
+    rescore_run(run_dir, dataclasses.replace(config, head=str(tripled)), top_k=1, scorer=PromptLength())  # older file
+
+
+def test_a_rescore_stopped_by_out_of_memory_keeps_the_trials_it_had_scored(tmp_path: Path) -> None:
+    import torch
+
+    class OutOfMemoryAtTheThird(PromptLength):
+        calls = 0
+
+        def score(self, images, contexts=None):  # noqa: ANN001, ANN201
+            self.calls += 1
+            if self.calls == 3:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return super().score(images, contexts)
+
+    run_dir = _run_folder(tmp_path, [5.0, 7.0, 6.0, 4.0])
+    with pytest.raises(torch.OutOfMemoryError):
+        rescore_run(run_dir, ScorerConfig(), scorer=OutOfMemoryAtTheThird())
+    assert sorted(read_rescores(run_dir)["promptlength"]) == [0, 1]
+
+
+def test_a_rescore_file_is_named_as_the_scorer_its_settings_build_is(tmp_path: Path) -> None:
+    from bayes_merger.scoring.ensemble import EnsembleScorer
+    from bayes_merger.scoring.registry import scorer_name
+
+    class Named(PromptLength):
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+    config = ScorerConfig(name="ensemble", ensemble={"pickscore": 1.0, "hpsv2": 2.0, "aesthetic_v25": 0.5})
+    built = EnsembleScorer([(Named(name), weight) for name, weight in config.ensemble.items()])
+    assert scorer_name(config) == built.name == "ensemble(pickscore=1, hpsv2=2, aesthetic_v25=0.5)"
+    assert scorer_name(ScorerConfig(name="chad")) == "chad"
+
+
 def test_the_report_shows_a_column_per_rescore(tmp_path: Path) -> None:
     from bayes_merger.report import write_report
 
