@@ -106,7 +106,7 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None,
             # start killed before its run.json named a run no folder knew, and its probe stayed for good
             write_run_info(run_dir, info)
         remove_dead_temp_files(run_dir)  # a best merge cut off by kill -9 is the size of a checkpoint
-        runs = {**run_folders(Path(cfg.run.dir)), **run_folders(run_dir.parent)}
+        runs = run_folders(Path(cfg.run.dir), run_dir.parent)
         optimiser = Optimiser(inputs.space, cfg.optimiser, cfg.run.seed)
         trial_log = TrialLog(run_dir)  # the executor tells the optimiser what each suggestion may know
         complete = set(range(optimiser.budget)) <= {t.trial for t in trial_log.trials}

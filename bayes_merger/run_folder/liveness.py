@@ -58,14 +58,26 @@ def is_running(run_dir: Path) -> bool:
         return False
 
 
-def run_folders(base: Path) -> dict[str, Path]:
-    """run id → run folder, for the runs under ``base`` (``run.dir``) and its sweeps (``multirun/*/*``)."""
-    base = Path(base)
-    candidates = [*base.glob("*"), *base.glob("multirun/*/*")] if base.is_dir() else []
+def run_folders(*bases: Path) -> dict[str, Path]:
+    """run id → run folder, for the runs under each of ``bases`` (``run.dir``) and their sweeps (``multirun/*/*``).
+
+    A run folder copied (one run id, two folders) counts as the one being run now: the copy's free lock would
+    make the run look over to another run on its WebUI, which then removed the merge files it was loading."""
     found: dict[str, Path] = {}
-    for folder in candidates:
-        if is_run_folder(folder):
-            info = load_run_info(folder) or {}
-            if isinstance(info.get("run_id"), str):
-                found[info["run_id"]] = folder
+    for base in map(Path, bases):
+        candidates = [*base.glob("*"), *base.glob("multirun/*/*")] if base.is_dir() else []
+        for folder in candidates:
+            run_id = (load_run_info(folder) or {}).get("run_id") if is_run_folder(folder) else None
+            if not isinstance(run_id, str):
+                continue
+            known = found.get(run_id)
+            if known is None or (not _same_folder(known, folder) and not is_running(known) and is_running(folder)):
+                found[run_id] = folder
     return found
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False

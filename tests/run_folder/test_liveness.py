@@ -41,6 +41,19 @@ def test_run_folders_finds_runs_and_sweeps_by_run_id(tmp_path):
     assert run_folders(tmp_path) == {"r1": tmp_path / "a", "r2": tmp_path / "multirun/2026/0_x"}
 
 
+def test_a_copied_run_folder_is_its_run_by_the_folder_being_run_now(tmp_path):
+    """A backup copy of a live run (cp -r) must not make the run look over: another run on its WebUI then
+    removed the merge files it was loading."""
+    for folder in ("a-backup", "b", "c-backup"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "run.json").write_text(json.dumps({"run_id": "r1"}))
+    with running(tmp_path / "b"):
+        assert run_folders(tmp_path) == {"r1": tmp_path / "b"}
+        assert run_folders(tmp_path / "b" / "..", tmp_path) == {"r1": tmp_path / "b" / ".." / "b"}
+        assert is_running(run_folders(tmp_path)["r1"])
+    assert run_folders(tmp_path)["r1"] in {tmp_path / "a-backup", tmp_path / "b", tmp_path / "c-backup"}
+
+
 def _dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
