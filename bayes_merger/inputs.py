@@ -226,6 +226,11 @@ def _check_model_files(cfg: Config) -> None:
             raise ConfigError(f"{key}: {path} does not exist.")
         if not path.is_file():
             raise ConfigError(f"{key}: {path} is a folder, not a checkpoint file.")
+        try:  # a model owned by the WebUI's user (mode 600) was a traceback at its header, exit 1
+            with path.open("rb") as handle:
+                handle.read(1)
+        except OSError as error:
+            raise ConfigError(f"{key}: {path} cannot be read ({error.strerror or error}).") from None
     if os.path.samefile(model_path(cfg.model_a), model_path(cfg.model_b)):
         raise ConfigError(f"model_a and model_b are the same file ({model_path(cfg.model_b)}): a model merged with "
                           "itself is itself whatever the weights; give two different models.")

@@ -353,6 +353,27 @@ def test_check_refuses_a_bad_input_with_the_sentence_a_start_would_say(assets, f
     assert fake_webui.requests == [] and sorted(p.name for p in tmp_path.iterdir()) == ["notes.safetensors"]
 
 
+def test_a_model_file_this_user_cannot_read_is_one_sentence_before_any_work(assets, fake_webui, tmp_path, caplog,
+                                                                             monkeypatch):
+    """Mode 600 and owned by the WebUI's user: a traceback at its header, exit 1, before. The open is refused by
+    a stand-in, as root (CI) reads any file whatever its mode."""
+    import pathlib
+
+    unreadable, opened = assets["model_b"].resolve(), pathlib.Path.open
+
+    def open_as_another_user(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if path.resolve() == unreadable:
+            raise PermissionError(13, "Permission denied", str(path))
+        return opened(path, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "open", open_as_another_user)
+    for check in (["--check"], []):
+        caplog.clear()
+        assert _cli(_args(assets, fake_webui, tmp_path / "runs", *check)) == 2
+        assert _refusal(caplog) == f"model_b: {unreadable} cannot be read (Permission denied)."
+    assert fake_webui.requests == [] and not (tmp_path / "runs").exists()
+
+
 def test_check_of_a_resume_checks_the_run_folder_and_leaves_the_run_as_it_was(assets, fake_webui, tmp_path, caplog):
     assert _cli(_args(assets, fake_webui, tmp_path / "runs", "optimiser.n_iters=0")) == 0
     run_dir = _only_run(tmp_path / "runs")
