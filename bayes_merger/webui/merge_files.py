@@ -158,9 +158,12 @@ class MergeFiles:
         return len(files)
 
     def remove_leftovers(self, over: Callable[[str], bool]) -> list[Path]:
-        """Delete the merge files of other runs for which ``over(run_id)`` says the run is over, and stale
-        probes (``PROBE_STALE_SECONDS``) of any run."""
-        by_run: dict[str, list[Path]] = {}
+        """Delete the merge files of other runs for which ``over(run_id)`` says the run is over, stale probes
+        (``PROBE_STALE_SECONDS``) of any run, and this run's unfinished ones: called as a session starts, before
+        its first merge, so those are an earlier session's, killed while writing or before loading them (a
+        checkpoint's size each, all night on tmpfs: ``delete_old`` leaves ``.staged`` names, and the trial
+        redone writes under its own process's name)."""
+        by_run: dict[str, list[Path]] = {"": [path for path, order in self.own() if order[2]]}
         for path in self._children():
             match = _ANY_MERGE.match(path.name)
             if match and match["run"] != self.run_id and path.is_file():

@@ -740,6 +740,22 @@ def test_a_probe_left_by_a_start_killed_during_it_is_not_taken_for_the_users_mod
     assert [p.name for p in removed] == ["bm-dead1-probe.safetensors"]
 
 
+def test_a_resumed_run_removes_what_its_killed_session_left_half_written_or_staged_and_keeps_its_merge(
+        fake_webui, webui_config):
+    """kill -9 while the next trial's merge was written (pipelined): a checkpoint-sized file the resumed
+    session, which has the same run id, never wrote over nor deleted (all night, on tmpfs)."""
+    folder = fake_webui.checkpoint_dir
+    left = [folder / "..bm-run1-t0006.safetensors.staged.tmp.4242.tmp", folder / ".bm-run1-t0007.safetensors.staged",
+            folder / "bm-run1-t0005.safetensors.tmp"]
+    for path in left:
+        path.write_bytes(b"half a merge")
+    merge_writer(0.3)(folder / "bm-run1-t0005.safetensors")  # the last merge, which the WebUI may still hold
+    with WebUIClient(webui_config(), "run1") as client:
+        removed = client.remove_leftovers(lambda run_id: False)
+
+    assert sorted(removed) == sorted(left) and sorted(p.name for p in folder.iterdir()) == ["bm-run1-t0005.safetensors"]
+
+
 def test_the_folder_write_test_is_named_as_the_runs_so_a_kill_that_leaves_it_is_cleaned(tmp_path, monkeypatch):
     from bayes_merger.webui import merge_files
 
