@@ -241,6 +241,12 @@ class FakeHTTPServer:
                 raise TimeoutError(f"fewer than {count} requests to {path} within {timeout} s")
         return self.requests_to(path)
 
+    @property
+    def held(self) -> int:
+        """How many requests wait on a ``hold()`` or a ``delay()`` right now."""
+        with self._records_changed:
+            return self._held
+
     def wait_until_held(self, count: int = 1, timeout: float = 30.0) -> None:
         """Block until ``count`` requests are waiting on a ``hold()`` or a ``delay()``."""
         with self._records_changed:

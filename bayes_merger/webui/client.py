@@ -256,11 +256,14 @@ class WebUIClient(Renderer):
         on a CPU), and a stop that cannot wait (the overnight runner's SIGKILL) must not leave gigabytes of
         merges in the user's model list. A generation whose answer nobody will read is interrupted first."""
         self._expected = None
+        # a WebUI whose last refresh, select or render got no answer in time answers /progress but would keep
+        # each call here read_timeout (15 minutes) before the process can end: its files go, nothing is asked
+        hung = self._api.hung
         answering = self.status(timeout=min(self._config.connect_timeout, 5.0)) == 200
         if self._unanswered and answering:
             self._interrupt()
         removed = self._files.remove_all()
-        if removed and answering:
+        if removed and answering and not hung:
             try:
                 self._api.request("POST", REFRESH)
             except WebUIError as error:
@@ -268,7 +271,10 @@ class WebUIClient(Renderer):
         if removed:
             logger.info("Deleted this run's %d merge file(s) from %s.", removed, self._files.folder)
         name = HASH_SUFFIX.sub("", model.strip())
-        if name and merge_run_id(name) is None and answering:
+        if name and merge_run_id(name) is None and answering and hung:
+            logger.warning("Not selecting %s in the WebUI again: its last call got no answer within webui.read_timeout "
+                           "(hung?), and this one would wait as long; select it there once the WebUI answers.", name)
+        elif name and merge_run_id(name) is None and answering:
             try:
                 self._api.request("POST", OPTIONS, body={"sd_model_checkpoint": name})
                 logger.info("Selected %s in the WebUI again, as before the run.", name)

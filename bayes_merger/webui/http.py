@@ -88,6 +88,9 @@ class ApiSession:
     busy_words = "got no answer within {timeout:g} s (raise webui.read_timeout if model loads or generations take longer)"
     credentials_form = ", as for --api-auth"
     api_prefix = "/sdapi/"  # where a 404 "Not Found" after earlier answers means a restart (module docstring)
+    # the calls A1111 answers only once the render under way is done (its queue lock): one that got no answer in
+    # time leaves the server ``hung`` until one of them answers again (/interrupt and /progress answer anyway)
+    queued = frozenset({("POST", TXT2IMG), ("POST", REFRESH), ("POST", OPTIONS)})
 
     def __init__(self, config: WebUIConfig) -> None:
         self.config = config
@@ -98,6 +101,7 @@ class ApiSession:
         self._session.auth = self.auth
         self._mount_adapters()
         self._answered = False  # whether an API path has answered 2xx: a later route-404 is a restart
+        self.hung = False
 
     def _mount_adapters(self) -> None:
         common = dict(
@@ -133,6 +137,7 @@ class ApiSession:
         try:
             response = self._session.request(method, self.base + path, json=body, params=params, timeout=self._timeout)
         except requests.ReadTimeout as exc:
+            self.hung = self.hung or (method, path) in self.queued
             words = self.busy_words.format(timeout=self.config.read_timeout)
             raise WebUITimedOut(f"{method} {path} {words}.") from exc
         except requests.RequestException as exc:
@@ -140,6 +145,7 @@ class ApiSession:
                 f"{method} {path} failed: could not talk to {self.server} at {self.base} ({cause(exc)}); "
                 "is it running, and is webui.url right?"
             ) from exc
+        self.hung = self.hung and (method, path) not in self.queued
         logger.debug("%s %s: HTTP %d in %.2f s", method, path, response.status_code, time.monotonic() - started)
         if not response.ok:
             error = self.error_for(method, path, response)

@@ -228,6 +228,28 @@ def test_a_stop_that_abandons_a_generation_interrupts_it_and_deletes_the_merges_
     assert after.index(("POST", SREFRESH)) < after.index(("POST", OPTIONS))  # the merges gone before the wait
 
 
+def test_a_hung_webui_gets_its_merges_deleted_at_the_end_without_a_call_that_waits_its_read_timeout(
+        fake_webui, webui_config, caplog):
+    # hung mid-render: /progress and /interrupt answer, but a refresh or a select waits behind the render, each
+    # read_timeout (15 minutes by default) before the run could end and the overnight runner restart the WebUI
+    REFRESH = "/sdapi/v1/refresh-checkpoints"
+    write_merge(fake_webui.checkpoint_dir / "base.safetensors")
+    fake_webui.restart(forget_selection=True)
+    with WebUIClient(webui_config(read_timeout=1.0), "run1") as client:
+        client.load_checkpoint(write_merge, trial=0)
+        stuck = [fake_webui.hold(path, "POST") for path in (TXT2IMG, REFRESH, OPTIONS)]
+        with pytest.raises(WebUITimedOut):
+            client.txt2img(PAYLOAD)
+        client.hand_back("base.safetensors")
+        held = fake_webui.held  # what the hand-back left waiting: its calls, had it sent any
+        for release in stuck:
+            release.set()
+
+    assert held == 1  # the render only
+    assert not list(fake_webui.checkpoint_dir.glob("bm-*"))
+    assert "Not selecting base.safetensors in the WebUI again: its last call got no answer" in caplog.text
+
+
 def test_a_read_timeout_on_a_get_is_not_retried_either(fake_webui, webui_config):
     release = fake_webui.hold(OPTIONS, "GET")  # only the GET is slow; the load's other requests answer at once
     with WebUIClient(webui_config(read_timeout=2.0, retries=3), "run1") as client:

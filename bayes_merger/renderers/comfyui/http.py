@@ -46,6 +46,7 @@ class ComfyApi(ApiSession):
     probe_path = SYSTEM_STATS
     busy_words = "got no answer from ComfyUI within {timeout:g} s (raise webui.read_timeout if it is busy for longer)"
     credentials_form = ""  # ComfyUI has none; a proxy in front of it may
+    queued = frozenset()  # its HTTP calls answer while it renders (a prompt is queued, its end heard on the socket)
 
     def error_for(self, method: str, path: str, response: requests.Response) -> WebUIError:
         return http_error(method, path, response)
