@@ -173,9 +173,10 @@ class Executor:
             except BaseException:  # a second Ctrl-C: stop at once, but not in the middle of a load
                 self._abandoned.set()
                 self.schedule.close()
+                deadline = time.monotonic() + SETTLE_SECONDS  # all WebUIs' loads in one wait, not one each
                 for slot in self.slots:
                     if not slot.webui.renders_remotely:  # a cluster's host settles its own
-                        slot.settle(SETTLE_SECONDS)
+                        slot.settle(max(deadline - time.monotonic(), 0.0))
                 raise
         if self._error is not None:
             raise self._error
@@ -233,6 +234,8 @@ class Executor:
                 return None
             try:
                 with self._merging:
+                    if self.stop.is_set() or self._error is not None or self._abandoned.is_set():
+                        return None  # stopped while it waited for its turn to merge: not a trial in flight
                     prepared = self.stages.prepare(index, params, slot, timings)
             except NOT_THE_TRIALS_FAULT:
                 raise  # not this merge's fault: the WebUI is lost, or the disk is full (the run stops)
@@ -243,7 +246,9 @@ class Executor:
                 return None
             try:
                 with slot.lock:
-                    if self._gave_back(slot, index):  # lost while it merged (a pipelined worker's next trial)
+                    # lost while it merged (a pipelined worker's next trial), or the run abandoned meanwhile: its
+                    # load would race the hand-back's selection
+                    if self._abandoned.is_set() or self._gave_back(slot, index):
                         self.stages.discard(prepared)
                         return None
                     try:

@@ -537,6 +537,52 @@ def test_pipelined_a_stop_during_a_model_load_merges_no_further_trial():
     assert sorted(t.trial for t in log) == sorted(index for index, _ in stages.prepared)
 
 
+def test_a_stop_while_one_trial_merges_merges_none_of_those_waiting_for_their_turn_to_merge():
+    stop, log = threading.Event(), []
+
+    class QueueAtTheMerge:
+        """The executor's merge lock, telling how many workers wait for it."""
+
+        def __init__(self) -> None:
+            self._lock, self._changed, self.waiting = threading.Lock(), threading.Condition(), 0
+
+        def __enter__(self):  # noqa: ANN204
+            with self._changed:
+                self.waiting += 1
+                self._changed.notify_all()
+            self._lock.acquire()
+            with self._changed:
+                self.waiting -= 1
+
+        def __exit__(self, *exc):  # noqa: ANN002, ANN204
+            self._lock.release()
+
+        def wait_for(self, count: int) -> bool:
+            with self._changed:
+                return self._changed.wait_for(lambda: self.waiting >= count, 10)
+
+    queue = QueueAtTheMerge()
+
+    class Stopped(Stages):
+        def __init__(self) -> None:
+            super().__init__()
+            self.prepared: list[tuple[int, bool]] = []
+
+        def prepare(self, index, params, slot, timings):
+            self.prepared.append((index, stop.is_set()))
+            if len(self.prepared) == 1:
+                assert queue.wait_for(2), "the other WebUIs' trials never waited for the merge"
+                stop.set()  # Ctrl-C while this trial merges: the two waiting for their turn are not in flight
+            return index
+
+    stages = Stopped()
+    executor = Executor(stages, _optimiser(12), [_slot("a"), _slot("b"), _slot("c")], {}, 12, log.append, stop, 1)
+    executor._merging = queue
+    executor.run()
+    assert [stopping for _, stopping in stages.prepared] == [False], "a merge began after the stop"
+    assert [t.trial for t in log] == [stages.prepared[0][0]]  # the one merged is in flight: rendered, logged
+
+
 def test_pipelined_the_other_webuis_go_on_while_a_lost_one_is_waited_for():
     b = FakeWebUI()
     progressed = threading.Event()
