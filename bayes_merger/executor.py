@@ -190,6 +190,9 @@ class Executor:
             # the others finish their trials in flight; the user's stop event stays the user's, so that
             # a Ctrl-C meanwhile is a first one (finish them), not a second
             with self._state:
+                if self._error is not None and error is not self._error:  # only the first is raised: say the others
+                    log.warning("On %s as well: %s", slot.name, f"{type(error).__name__}: {error}"
+                              if not isinstance(error, BayesMergerError) else error)
                 self._error = self._error or error
             self.schedule.close()
 

@@ -450,6 +450,22 @@ def test_the_run_stopping_itself_leaves_the_users_stop_unset_and_lets_trials_in_
     assert sorted(t.trial for t in log) == [0, 1], "the trial in flight beside the stop was not recorded"
 
 
+def test_an_error_beside_the_one_that_stops_the_run_is_said_not_dropped(caplog):
+    both = threading.Barrier(2, timeout=10)
+
+    class Broken(Stages):
+        def render(self, index, params, prepared, slot, timings):
+            both.wait()  # both WebUIs' trials fail together: one error is raised, the other only said
+            raise RuntimeError(f"{slot.name} broke")
+
+    executor = Executor(Broken(), _optimiser(12), [_slot("a"), _slot("b")], {}, 12, lambda trial: None,
+                        threading.Event(), 1)
+    with pytest.raises(RuntimeError, match="broke") as raised:
+        executor.run()
+    other = "b" if str(raised.value) == "a broke" else "a"
+    assert f"On {other} as well: RuntimeError: {other} broke" in caplog.text
+
+
 def test_a_second_ctrl_c_waits_for_a_model_load_under_way_and_records_no_trial_after_it(monkeypatch):
     order, log, stop = [], [], threading.Event()
     # the second Ctrl-C lands where a signal does, in the main thread waiting on the workers. Not sent with
