@@ -331,8 +331,11 @@ def _check_only(config: Config, run_dir: Path) -> None:
         checked = check(config)
     _remove_made_folder(run_dir)
     merge = checked.merge
-    weights = ("its weights on the cluster's hosts" if config.cluster.address
-               else f"to download at the start: {', '.join(checked.to_fetch)}" if checked.to_fetch else "its weights here")
+    fetch = f"to download at the start: {', '.join(checked.to_fetch)}" if checked.to_fetch else ""
+    if config.cluster.address:
+        weights = "its weights on the cluster's hosts" + (f"; the finalists' here, {fetch}" if fetch else "")
+    else:
+        weights = fetch or "its weights here"
     log.info("The config and its inputs are fine: %s models %s, %s, %d weights to search, %d payloads, scorer %s (%s). "
              "Left to the start: the WebUI (and that it lists what is written to its checkpoint folder), the "
              "models' sha256 and the scorer's weights loaded%s.",

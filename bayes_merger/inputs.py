@@ -173,13 +173,14 @@ def check_without_reading(cfg: Config, run_dir: Path) -> Checked:
         named = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise ConfigError(f"{run_dir} already holds files that are not a run's ({named}), which a run there could write "
                           "over: start it in a new or empty folder.")
-    return Checked(merge, space, payloads, [] if cfg.cluster.address else _scorer_weights_to_fetch(cfg))
+    return Checked(merge, space, payloads, _scorer_weights_to_fetch(cfg))
 
 
 def _scorer_weights_to_fetch(cfg: Config) -> list[str]:
-    """The run's scorer's and its finalists' (built at the night's end): a missing file, or anything missing
-    while downloads are off, is said now, not after the WebUI is up or the night is over."""
-    to_fetch = weights_to_fetch(cfg.scorer)
+    """The run's scorer's (on a cluster the hosts', each checks its own) and its finalists' (built here at the
+    night's end): a missing file, or anything missing while downloads are off, is said now, not after the WebUI
+    is up or the night is over."""
+    to_fetch = [] if cfg.cluster.address else weights_to_fetch(cfg.scorer)
     if cfg.scorer.finalists:
         to_fetch += [name for name in weights_to_fetch(named_scorer(cfg.scorer, cfg.scorer.finalists))
                      if name not in to_fetch]

@@ -15,11 +15,11 @@ import os
 import threading
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
-from bayes_merger.config import Config
+from bayes_merger.config import Config, MergeConfig, ScorerConfig
 from bayes_merger.executor import Executor, LostAllWebUIs, Slot
 from bayes_merger.errors import (
     BayesMergerError,
@@ -189,7 +189,7 @@ def _finish(inputs: Inputs, info: dict[str, Any], trial_log: TrialLog, best: Tri
             optimiser: Optimiser) -> None:
     """Every trial done, the best kept: the finalists, run.json finished, the report and the summary."""
     run_dir = inputs.run_dir
-    finalists(run_dir, inputs.scorer)
+    finalists(run_dir, on_this_machine(inputs.scorer, inputs.config))
     try:  # finished once the finalists are scored too: a run stopped before, resumed, scores them
         info["finished_at"] = now()
         write_run_info(run_dir, info)
@@ -531,9 +531,18 @@ def _keep_best(inputs: Inputs, info: dict[str, Any], merger: Merger | None, tria
     if best is not None and cfg.save_best:
         saved = {"trial": best.trial, "precision": str(cfg.best_precision), "prune": bool(cfg.merge.prune)}
         if info.get("best_saved") != saved or not (inputs.run_dir / BEST_MERGE).is_file():
-            _save_best_merge(inputs, merger or Merger.from_inputs(inputs.merge, cfg.merge), best)
+            _save_best_merge(inputs, merger or Merger.from_inputs(inputs.merge, on_this_machine(cfg.merge, cfg)), best)
             info["best_saved"] = saved
     return best
+
+
+DeviceSetting = TypeVar("DeviceSetting", MergeConfig, ScorerConfig)
+
+
+def on_this_machine(settings: DeviceSetting, cfg: Config) -> DeviceSetting:
+    """``merge`` or ``scorer`` settings for work done here: on a cluster their ``device`` is the hosts' (checked
+    there, not here), and the driver's best merge and finalists take its own GPU if it has one, else the CPU."""
+    return settings if cfg.cluster.address is None else replace(settings, device="auto")
 
 
 def _keep_best_on_stop(inputs: Inputs, info: dict[str, Any], merger: Merger | None, trial_log: TrialLog,

@@ -54,6 +54,29 @@ def test_a_cluster_run_leaves_its_scorer_weights_to_the_hosts(assets, fake_webui
     said = [r.getMessage() for r in caplog.records if r.name == "bayes_merger"]
     assert len(said) == 1 and "scorer laion (its weights on the cluster's hosts)." in said[0]
     assert not fake_webui.requests
+    # the finalists are scored here, on the driver, at the night's end: theirs are this machine's to have
+    caplog.clear()
+    code = _cli(_args(assets, fake_webui, tmp_path / "runs", "--check", "cluster.address=127.0.0.1:9", "scorer.name=laion",
+                      "scorer.head=null", f"scorer.cache_dir={tmp_path / 'heads'}", "scorer.finalists=chad"))
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert code == 5 and len(errors) == 1 and "chad" in errors[0], errors
+
+
+def test_the_drivers_best_merge_and_finalists_use_its_own_device_not_the_hosts(assets, fake_webui, tmp_path, caplog):
+    """On a cluster merge.device and scorer.device are the hosts' (README), checked there: the driver, which
+    merges best.safetensors and scores the finalists at the end, asked for a GPU it may not have (exit 2, no
+    best merge, after the whole night)."""
+    from tests.loop.test_cli_run import _only_run
+
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "optimiser.n_iters=0", "save_best=false")) == 0
+    run_dir = _only_run(tmp_path / "runs")
+    # every trial done: the resume on the cluster has only the driver's part left, no host is asked
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}", "optimiser.n_iters=0",
+                      "cluster.address=127.0.0.1:9",
+                      "merge.device=cuda:7", "scorer.device=cuda:7", "save_best=true",
+                      "scorer.finalists=aesthetic_head", "scorer.finalists_top_k=2")) == 0
+    assert (run_dir / "best.safetensors").is_file()
+    assert (run_dir / "rescore-aesthetic_head.jsonl").is_file(), caplog.text
 
 
 def test_a_fingerprint_tells_a_different_file_from_the_same_one(tmp_path):
