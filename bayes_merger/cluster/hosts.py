@@ -82,7 +82,9 @@ class RayHost(Renderer):
             log.warning("Could not hand %s back: %s", self.name, error)
 
     def _get(self, ref: Any, timeout: float | None = None) -> Any:
-        """``ray.get``: a host's own error as it was raised there; a dead actor or node as a lost WebUI."""
+        """``ray.get``: a host's own error as it was raised there; a dead actor or node, or any other failure of
+        Ray's own (its memory monitor killing the worker beside a WebUI: OutOfMemoryError; a worker that could
+        not start) as a lost WebUI: the trial goes to another host, as the README promises, not a traceback."""
         exceptions = self._ray.exceptions
         try:
             return self._ray.get(ref, timeout=timeout)
@@ -90,8 +92,9 @@ class RayHost(Renderer):
             if isinstance(error.cause, BayesMergerError):
                 raise error.cause from None
             raise
-        except (exceptions.RayActorError, exceptions.ActorUnschedulableError, exceptions.WorkerCrashedError,
-                exceptions.NodeDiedError, exceptions.ObjectLostError) as error:  # unschedulable: its node left
+        except exceptions.GetTimeoutError:
+            raise
+        except exceptions.RayError as error:  # RayActorError, NodeDiedError, ActorUnschedulableError (its node left) …
             raise WebUIConnectionError(f"The host of {self.name} is gone ({type(error).__name__}).") from None
 
 

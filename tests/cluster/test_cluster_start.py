@@ -136,3 +136,45 @@ def test_a_host_that_left_the_cluster_before_its_actor_started_is_a_lost_host(as
 ])
 def test_only_a_settings_frame_is_taken_for_a_ray_heads_answer(answer, settings):
     assert connect._is_settings_frame(answer) is settings
+
+
+@pytest.mark.parametrize("failure", [
+    lambda e: e.OutOfMemoryError("Task was killed due to the node running low on memory."),  # Ray's memory monitor
+    lambda e: e.RaySystemError("the worker could not start"),
+    lambda e: e.RuntimeEnvSetupError("the runtime environment could not be set up"),
+    lambda e: e.ActorDiedError(),
+])
+def test_a_failure_of_rays_own_on_a_host_is_a_lost_host_not_a_traceback(failure):
+    """A host holding the models beside its WebUI is where Ray's memory monitor kills the actor's worker: the
+    trial goes to another host (the executor's lost-WebUI path), as for a dead actor."""
+    ray_exceptions = pytest.importorskip("ray.exceptions", reason="Ray is not installed")
+    from types import SimpleNamespace
+
+    from bayes_merger.errors import WebUIConnectionError
+
+    def get(ref, timeout=None):  # noqa: ANN001, ANN202
+        raise failure(ray_exceptions)
+
+    host = hosts.RayHost("http://127.0.0.1:7860@10.0.0.9", actor=None,
+                         ray=SimpleNamespace(exceptions=ray_exceptions, get=get))
+    with pytest.raises(WebUIConnectionError, match=r"^The host of http://127.0.0.1:7860@10.0.0.9 is gone \("):
+        host._get(object())
+
+
+def test_a_hosts_own_error_comes_back_as_it_was_raised_and_a_timeout_stays_a_timeout():
+    ray_exceptions = pytest.importorskip("ray.exceptions", reason="Ray is not installed")
+    from types import SimpleNamespace
+
+    from bayes_merger.errors import StorageError
+
+    raised = {"own": ray_exceptions.RayTaskError("run_trial", "", StorageError("the disk of the host is full")),
+              "timeout": ray_exceptions.GetTimeoutError("no answer in 60 s")}
+
+    def get(ref, timeout=None):  # noqa: ANN001, ANN202
+        raise raised[ref]
+
+    host = hosts.RayHost("h", actor=None, ray=SimpleNamespace(exceptions=ray_exceptions, get=get))
+    with pytest.raises(StorageError, match="the disk of the host is full"):
+        host._get("own")
+    with pytest.raises(ray_exceptions.GetTimeoutError):
+        host._get("timeout")
