@@ -291,6 +291,16 @@ def test_the_even_mix_keeps_the_neutral_colour_when_weights_go_past_0_and_1():
         assert float(norm(max([1.0, *values]))) == pytest.approx(1.0)
 
 
+def test_the_trials_tables_colours_are_the_plots_when_weights_go_past_0_and_1():
+    from bayes_merger.report.html import _colour, _palette
+    from bayes_merger.report.plots import weight_norm
+
+    for values in ([0.2, 0.8], [0.0, 2.0], [-0.5, 0.3, 1.5]):
+        norm = weight_norm(values)
+        for value in (min(values), 0.25, 0.5, 0.9, 1.0, max(values)):
+            assert _colour(value, norm) == _palette()[round(float(norm(value)) * 255)], (values, value)
+
+
 def test_no_successful_trial_still_gives_a_report(tmp_path):
     run_dir = make_run(tmp_path / "run", n_trials=3, failed=(0, 1, 2))
     write_report(run_dir)

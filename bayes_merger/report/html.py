@@ -208,9 +208,16 @@ def _palette() -> tuple[str, ...]:
 
 
 def _colour(value: float, norm) -> str:
-    """The weight colormap's hex colour for value, from a 256-entry table: the table has thousands
-    of cells and matplotlib's Normalize costs ~0.1 ms a call."""
-    fraction = (value - norm.vmin) / ((norm.vmax - norm.vmin) or 1.0)
+    """The weight colormap's hex colour for value, as the plots give it (``weight_norm``: the even mix at the
+    neutral middle however far the weights go), from a 256-entry table: the table has thousands of cells and
+    matplotlib's Normalize costs ~0.1 ms a call."""
+    low, high, centre = norm.vmin, norm.vmax, getattr(norm, "vcenter", None)
+    if centre is None:
+        fraction = (value - low) / ((high - low) or 1.0)
+    elif value < centre:
+        fraction = 0.5 * (value - low) / ((centre - low) or 1.0)
+    else:
+        fraction = 0.5 + 0.5 * (value - centre) / ((high - centre) or 1.0)
     return _palette()[min(255, max(0, round(fraction * 255)))]
 
 
