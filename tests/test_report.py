@@ -301,6 +301,18 @@ def test_the_trials_tables_colours_are_the_plots_when_weights_go_past_0_and_1():
             assert _colour(value, norm) == _palette()[round(float(norm(value)) * 255)], (values, value)
 
 
+def test_a_plot_that_fails_still_leaves_the_page_and_the_other_plots_rebuilt(tmp_path, monkeypatch):
+    from bayes_merger import report
+
+    run_dir = make_run(tmp_path / "run", n_trials=6)
+    (run_dir / "report.html").write_text("the page of an hour ago")
+    monkeypatch.setattr(report, "convergence_figure", lambda run: (_ for _ in ()).throw(ValueError("cannot plot")))
+    with pytest.raises(ValueError, match="cannot plot"):
+        write_report(run_dir)
+    assert "<html" in html_of(run_dir) and (run_dir / "weights.png").is_file()
+    assert not (run_dir / "convergence.png").exists()
+
+
 def test_no_successful_trial_still_gives_a_report(tmp_path):
     run_dir = make_run(tmp_path / "run", n_trials=3, failed=(0, 1, 2))
     write_report(run_dir)

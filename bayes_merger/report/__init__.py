@@ -29,8 +29,14 @@ def write_report(run_dir: Path, live: bool | None = None) -> None:
     """
     run_dir = Path(run_dir)
     run = load_run(run_dir, live)
-    save_png(convergence_figure(run), run_dir / CONVERGENCE_PNG)
-    save_png(weights_figure(run), run_dir / WEIGHTS_PNG)
-    if run.importance:
-        save_png(importance_figure(run), run_dir / IMPORTANCE_PNG)
+    plots = [(convergence_figure, CONVERGENCE_PNG), (weights_figure, WEIGHTS_PNG)]
+    plots += [(importance_figure, IMPORTANCE_PNG)] if run.importance else []
+    failed: Exception | None = None
+    for figure, name in plots:
+        try:
+            save_png(figure(run), run_dir / name)
+        except Exception as error:  # noqa: BLE001 - one plot that fails must not leave the page a night old
+            failed = failed or error
     atomic_write_text(run_dir / REPORT_HTML, render_html(run))
+    if failed is not None:
+        raise failed
