@@ -217,8 +217,9 @@ def needs_image_files(config: ScorerConfig) -> bool:
 
 
 def for_run_folder(config: ScorerConfig, ratings_file: Path) -> ScorerConfig:
-    """The scorer config for a run: manual ratings, unless set elsewhere, live in the run folder
-    (``ratings_file``), so a resumed run finds them."""
-    if _uses_manual(config) and not config.manual_ratings:
+    """The scorer config for a run: manual ratings (its scorer's, or its finalists'), unless set elsewhere, live
+    in the run folder (``ratings_file``), so a resumed run finds them (the finalists' went to the folder the run
+    was started from)."""
+    if (_uses_manual(config) or config.finalists == "manual") and not config.manual_ratings:
         return dataclasses.replace(config, manual_ratings=str(ratings_file))
     return config

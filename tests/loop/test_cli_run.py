@@ -441,6 +441,18 @@ def test_manual_scoring_without_input_stops_resumably_and_loses_no_trial(assets,
     assert [t["status"] for t in _trials(run_dir)] == ["ok"] * 5
 
 
+def test_finalists_rated_by_hand_keep_their_ratings_in_the_run_folder(assets, fake_webui, tmp_path, monkeypatch):
+    elsewhere = tmp_path / "started-from"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setattr("sys.stdin", io.StringIO("7\n" * 20))
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", "optimiser.n_iters=0", "scorer.finalists=manual",
+                      "scorer.finalists_top_k=1", "scorer.manual_viewer=false")) == 0
+    run_dir = _only_run(tmp_path / "runs")
+    assert (run_dir / "rescore-manual.jsonl").is_file()
+    assert (run_dir / "manual-ratings.json").is_file() and not list(elsewhere.iterdir())
+
+
 def test_images_name_both_weights_and_a_failed_trials_images_do_not_stay(assets, fake_webui, tmp_path, monkeypatch):
     from bayes_merger.errors import WebUIError
     from bayes_merger.webui.client import WebUIClient
