@@ -105,6 +105,7 @@ def help_text() -> str:
              "Flags:",
              "  --config FILE      the YAML config: conf/run.yaml (every option documented), or a run's config.yaml",
              "  -m, --multirun     a sweep: one run per combination of comma-separated values",
+             "  --check            check the config and its inputs (models, payloads, scorer) without running",
              "  --cfg job          print the composed config and run nothing",
              "  --version          the version of bayes-merger", "",
              "Config groups (GROUP=OPTION):"]

@@ -89,6 +89,9 @@ def test_help_lists_the_groups_the_main_options_with_run_yaml_defaults_and_examp
     assert "resume=runs/<run>" in out and "-m merge.method=" in out and "--config conf/run.yaml model_a=" in out
     scorer_names = next(line for line in out.splitlines() if line.strip().startswith("scorer.name "))
     assert all(name in scorer_names for name in SCORERS)
+    usage = out.splitlines()[0]
+    for flag in set(re.findall(r"--[a-z]+", usage)) - {"--help"}:  # every flag of the usage line explained
+        assert re.search(rf"^  (?:-m, )?{flag}\b", out, re.M), flag
 
 
 def test_the_groups_listed_without_conf_beside_the_package_are_conf_s():
