@@ -62,7 +62,7 @@ import os
 import statistics
 import sys
 import time
-from typing import Callable
+from typing import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -282,11 +282,12 @@ def _without(method: str, dropped: Callable[[str], bool]) -> str:
 
 @functools.cache  # once per process, not once per run
 def code_version() -> str:
-    """What decides a run's regrets: the optimiser, the schedule, the search space, the landscapes, this script
+    """What decides a run's regrets: the optimiser, its defaults, the schedule, the search space, the landscapes, this script
     (how it drives each method) and the libraries' versions, as a short digest kept in each --results row."""
     digest = hashlib.sha256()
     sources = [*sorted((REPO / "bayes_merger" / "optimiser").glob("*.py")), REPO / "bayes_merger" / "schedule.py",
-               REPO / "bayes_merger" / "space.py", REPO / "benchmarks" / "landscapes.py", Path(__file__).resolve()]
+               REPO / "bayes_merger" / "space.py", REPO / "bayes_merger" / "config.py",  # the optimiser's defaults
+               REPO / "benchmarks" / "landscapes.py", Path(__file__).resolve()]
     for path in sources:
         digest.update(path.read_bytes())
     for package in (*NUMERIC_LIBRARIES, "optuna", "bayesian-optimization"):
@@ -427,6 +428,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes side by side")
     parser.add_argument("--no-timing", action="store_true", help="skip the seconds-per-suggestion column")
     args = parser.parse_args()
+    if args.bayes_opt_seeds is not None and args.bayes_opt_seeds < 1:
+        parser.error("--bayes-opt-seeds must be 1 or more: leave bayes_opt out of --methods to run it on none")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
     quick = QUICK if args.quick else {}
@@ -519,11 +522,29 @@ def report(methods, names, budgets, results, timing, elapsed) -> None:
                       f"{sum(bool(r.get('stopped')) for r in rs):3d} of {len(rs)}")
         print()
 
-    def reported_ratio(ours: str, n: int, theirs: str, m: int) -> float:
+    def reported_ratio(ours: str, n: int, theirs: str, m: int, over: Sequence[str] = names) -> float:
         # over the landscapes, the geometric mean of one median reported regret (after n trials) over another's
         return statistics.geometric_mean(
             _ratio(statistics.median(r[f"reported@{n}"] for r in by[(ours, name)]),
-                   statistics.median(r[f"reported@{m}"] for r in by[(theirs, name)])) for name in names)
+                   statistics.median(r[f"reported@{m}"] for r in by[(theirs, name)])) for name in over)
+
+    def compared(ours: str, theirs: str, label: str) -> list[str]:
+        """``label@n``: ours' reported regret over theirs at n trials (``reported_ratio``), then over the tuned and
+        the held-out landscapes apart where both ran, and the runs (a landscape and a seed both ran) where ours
+        reported a lower regret and a higher one."""
+        groups = {"tuned": [name for name in names if name in TUNED],
+                  "held_out": [name for name in names if name not in TUNED]}
+        found = []
+        for n in budgets:
+            found.append(f"{label}@{n}={reported_ratio(ours, n, theirs, n):.3f}")
+            if all(groups.values()):
+                found += [f"{label}@{n}_{group}={reported_ratio(ours, n, theirs, n, members):.3f}"
+                          for group, members in groups.items()]
+            pairs = [(a[f"reported@{n}"], b[f"reported@{n}"]) for name in names for a in by[(ours, name)]
+                     for b in by[(theirs, name)] if a["seed"] == b["seed"]]
+            found += [f"{label}@{n}_better={sum(x < y for x, y in pairs)}/{len(pairs)}",
+                      f"{label}@{n}_worse={sum(x > y for x, y in pairs)}/{len(pairs)}"]
+        return found
 
     summary = []
     refs = [m for m in methods if m in REFERENCES and m not in ("random", "centre")]
@@ -563,15 +584,14 @@ def report(methods, names, budgets, results, timing, elapsed) -> None:
         sequential = without_pending(method)
         if sequential != method and sequential in methods:
             # the cost of trials in flight: regret over the same optimiser's without them, at equal trials
-            summary += [f"{key}/{summary_name(sequential)}@{n}={reported_ratio(method, n, sequential, n):.3f}"
-                        for n in budgets]
+            summary += compared(method, sequential, f"{key}/{summary_name(sequential)}")
         all_on = with_rules_on(method)
         if all_on != method and all_on in methods:
             # what the rules switched off (endgame=off, lastguess=off) are worth: the regret with them over without
-            summary += [f"{summary_name(all_on)}/{key}@{n}={reported_ratio(all_on, n, method, n):.3f}" for n in budgets]
+            summary += compared(all_on, method, f"{summary_name(all_on)}/{key}")
         if method.startswith("bo:") and sequential == method == all_on and "default" in methods:
             # a setting other than the default's (init_points, xi, …): its regret over the default's, at equal trials
-            summary += [f"{key}/default@{n}={reported_ratio(method, n, 'default', n):.3f}" for n in budgets]
+            summary += compared(method, "default", f"{key}/default")
         if len(budgets) > 1 and not any(m in REFERENCES for m in methods):
             summary += [f"{key}@{n}/@{budgets[-1]}={reported_ratio(method, n, method, budgets[-1]):.3f}"
                         for n in budgets[:-1]]

@@ -80,6 +80,45 @@ def test_bench_optimiser_compares_with_a_reference_on_the_seeds_it_ran(tmp_path:
     assert values["default/best_ref@12"] == pytest.approx(0.6)
 
 
+def test_bench_optimiser_counts_the_runs_a_setting_wins_and_loses_and_parts_tuned_from_held_out(tmp_path: Path) -> None:
+    # seed for seed: few26 (tuned) 0.1 < 0.2 and a tie; cone26 (held out) 1.0 > 0.5 and 0.25 < 0.5
+    regrets = {("default", "few26"): [0.2, 0.4], ("bo:init_points=4", "few26"): [0.1, 0.4],
+               ("default", "cone26"): [0.5, 0.5], ("bo:init_points=4", "cone26"): [1.0, 0.25]}
+    rows = [{"method": method, "landscape": landscape, "seed": seed, "best@12": regret, "reported@12": regret,
+             "elapsed": 0.0} for (method, landscape), values in regrets.items() for seed, regret in enumerate(values)]
+    results = tmp_path / "results.jsonl"
+    results.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    values = _last_line("bench_optimiser.py", "--methods", "default", "bo:init_points=4", "--landscapes", "few26",
+                        "cone26", "--seeds", "2", "--budgets", "12", "--results", str(results), "--jobs", "1",
+                        "--no-timing", cwd=tmp_path)
+    key = "bo_init_points4/default@12"
+    assert (values[f"{key}_better"], values[f"{key}_worse"]) == (0.5, 0.25)  # 2 of 4 runs, 1 of 4
+    assert values[f"{key}_tuned"] == pytest.approx(0.25 / 0.3, abs=1e-3)
+    assert values[f"{key}_held_out"] == pytest.approx(0.625 / 0.5, abs=1e-3)
+    assert values[key] == pytest.approx((0.25 / 0.3 * 0.625 / 0.5) ** 0.5, abs=1e-3)
+
+
+def test_bench_optimisers_saved_runs_are_other_code_once_the_optimisers_defaults_change(tmp_path: Path) -> None:
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("bench_optimiser", BENCHMARKS / "bench_optimiser.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    copy = tmp_path / "repo"
+    for part in ("bayes_merger/optimiser", "bayes_merger/schedule.py", "bayes_merger/space.py",
+                 "bayes_merger/config.py", "benchmarks/landscapes.py"):
+        source, target = BENCHMARKS.parent / part, copy / part
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if source.is_dir() else shutil.copyfile)(source, target)
+    bench.REPO = copy
+    before = bench.code_version()
+    config = copy / "bayes_merger" / "config.py"
+    config.write_text(config.read_text().replace("xi: float = 0.0", "xi: float = 0.01"))
+    bench.code_version.cache_clear()
+    assert "xi: float = 0.01" in config.read_text() and bench.code_version() != before
+
+
 def test_bench_optimiser_says_when_saved_runs_were_made_by_other_code(tmp_path: Path) -> None:
     results, args = tmp_path / "results.jsonl", ("--methods", "random", "--landscapes", "few26", "--budgets", "3",
                                                   "--jobs", "1", "--no-timing")
