@@ -102,7 +102,9 @@ def main() -> None:
         log.info("Writing two %s checkpoints at scale %g …", arch, args.scale)
         assets = {
             "model_a": make_checkpoint(work / "a.safetensors", arch, seed=1, scale=args.scale),
-            "model_b": make_checkpoint(work / "b.safetensors", arch, seed=2, scale=args.scale),
+            # one VAE, as fine-tunes of one base have: ComfyUI's graph route (which cannot merge a VAE) is then
+            # open to comfyui_auto, which measures both routes before trial 0
+            "model_b": make_checkpoint(work / "b.safetensors", arch, seed=2, vae_seed=1, scale=args.scale),
             "scorer.clip": make_tiny_clip(work / "clip"),
             "scorer.head": make_tiny_head(work / "head.safetensors"),
         }

@@ -59,8 +59,9 @@ def run_comfyui_config(name: str, work: Path, args: argparse.Namespace, assets: 
     measured = json.loads((run.run_dir / "run.json").read_text()).get("comfyui_handoff", {}).get(server.url, {})
     left = [p for p in checkpoints.joinpath("bayes-merger").iterdir()] + \
         [p for p in (work / f"{name}-comfyui" / "output").rglob("*") if p.is_file()]
+    taken = measured.get("route") or ("file" if route == "auto" else route)  # auto unmeasured: a reason chose file
     return run.row(name, webuis=1, ideal=ideal(route, args),
-                   busy=3600.0 / (run.medians["load"] + run.medians["generate"]), route=measured.get("route", route),
+                   busy=3600.0 / (run.medians["load"] + run.medians["generate"]), route=taken,
                    measured=measured, left_behind=len(left))
 
 
@@ -88,7 +89,7 @@ def pairs(results: list[dict]) -> list[str]:
         found.append(f"comfyui_graph_vs_file={by['comfyui_graph']['per_hour'] / by['comfyui_file']['per_hour']:.3f}")
     if "comfyui_auto" in by:
         best = max((by[n]["per_hour"] for n in ("comfyui_graph", "comfyui_file") if n in by), default=None)
-        found.append(f"comfyui_auto_route={by['comfyui_auto']['route']}")
+        found.append(f"comfyui_auto_took_graph={int(by['comfyui_auto']['route'] == 'graph')}")  # a number: 1 or 0
         if best:
             found.append(f"comfyui_auto_vs_best={by['comfyui_auto']['per_hour'] / best:.3f}")
     found += [f"{r['name']}_left_behind={r['left_behind']}" for r in results if r["name"] in COMFYUI_CONFIGS]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -159,6 +160,17 @@ def test_bench_trial_ends_with_its_ratios(tmp_path: Path) -> None:
     values = _last_line("bench_trial.py", "--scale", "0.02", "--render", "0.2", "--switch", "0.05", "--trials", "4",
                         "--configs", "sequential", "pipelined", "--workdir", str(tmp_path), cwd=tmp_path)
     assert {"sequential_vs_ideal", "pipelined_vs_ideal", "pipelined_vs_sequential"} <= set(values)
+
+
+def test_bench_trials_comfyui_auto_measures_both_routes_and_says_which_it_took(tmp_path: Path) -> None:
+    # the benchmark's models share a VAE: the graph route is open (with two VAEs, auto took file unmeasured and
+    # reported "auto")
+    done = _run("bench_trial.py", "--scale", "0.02", "--render", "0.2", "--patch", "0.3", "--load", "0.1", "--trials",
+                "4", "--configs", "comfyui_auto", "--workdir", str(tmp_path), cwd=tmp_path)
+    assert re.search(r"^comfyui_auto: took (graph|file) \(measured before trial 0: graph [\d.]+ s, file [\d.]+ s",
+                     done.stdout, re.M), done.stdout
+    last = dict(item.split("=", 1) for item in done.stdout.strip().splitlines()[-1].split())
+    assert last["comfyui_auto_took_graph"] in ("0", "1") and last["comfyui_auto_left_behind"] == "0"
 
 
 @pytest.mark.parametrize("trials", ["2", "3"])

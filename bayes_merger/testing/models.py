@@ -80,7 +80,8 @@ class FakeModel:
     weights in ``dtype``, drawn with standard deviation ``std``; the scheduler buffers in fp32 and
     ``position_ids`` in int64, as real files have them. ``ema`` adds the EMA copies, ``scheduler``
     the noise-schedule buffers; ``legacy_keys`` names the text encoder (and EMA) keys by their older
-    aliases.
+    aliases. ``vae_seed``: the VAE drawn with this seed, not ``seed`` (two models sharing a VAE, as
+    fine-tunes of one base often do).
     """
 
     arch: str = "sd1"
@@ -92,6 +93,7 @@ class FakeModel:
     scheduler: bool = True
     std: float = 0.1
     legacy_keys: bool = False
+    vae_seed: int | None = None
 
     def specs(self) -> dict[str, KeySpec]:
         return key_specs(self.arch, variant=self.variant, scale=self.scale, ema=self.ema, scheduler=self.scheduler)
@@ -99,9 +101,17 @@ class FakeModel:
     def stored_name(self, key: str) -> str:
         return legacy_key(key) if self.legacy_keys else key
 
+    def maker(self) -> Callable[[str, KeySpec], torch.Tensor]:
+        """key, spec → its tensor: from ``seed``, the VAE's from ``vae_seed`` where given."""
+        make = _tensor_maker(self.seed, self.dtype, self.std)
+        if self.vae_seed is None:
+            return make
+        vae = _tensor_maker(self.vae_seed, self.dtype, self.std)
+        return lambda key, spec: (vae if key.startswith("first_stage_model.") else make)(key, spec)
+
     def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(stored name, tensor) for every key, in order, made one at a time."""
-        make = _tensor_maker(self.seed, self.dtype, self.std)
+        make = self.maker()
         for key, spec in self.specs().items():
             yield self.stored_name(key), make(key, spec)
 
@@ -112,7 +122,7 @@ class FakeModel:
             torch.save({"state_dict": state} if wrap else state, path)
             return path
         specs = self.specs()
-        make = _tensor_maker(self.seed, self.dtype, self.std)
+        make = self.maker()
         schedule_keys = set(SCHEDULER_KEYS)
 
         def stored_dtype(key: str, spec: KeySpec) -> torch.dtype:
