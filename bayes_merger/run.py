@@ -561,9 +561,16 @@ def _keep_best_on_stop(inputs: Inputs, info: dict[str, Any], merger: Merger | No
 
 
 def _save_best_merge(inputs: Inputs, merger: Merger, best: Trial) -> None:
-    merger.merge(inputs.space.to_block_weights(best.params))
+    merged = merger.merge(inputs.space.to_block_weights(best.params))
+    precision = inputs.config.best_precision
+    try:  # trials were checked in merge.dtype: values past fp16's 65504 were saved as infinities here, unsaid
+        check_finite(merged, merger.architecture, merger.method.name, precision)
+    except BrokenMerge as error:
+        precision = inputs.config.merge.dtype
+        log.warning("best_precision %s cannot hold the best merge (%s); it is saved as its trial was rendered, in "
+                    "merge.dtype %s.", inputs.config.best_precision, error, precision or "(each tensor's own)")
     with storage_errors(inputs.run_dir / BEST_MERGE):  # the checkpoint writer's CheckpointError of a full disk
-        path = merger.save(inputs.run_dir / BEST_MERGE, dtype=inputs.config.best_precision,
+        path = merger.save(inputs.run_dir / BEST_MERGE, dtype=precision,
                            prune=inputs.config.merge.prune, durable=True,
                            metadata={"bayes_merger_score": f"{best.score:.6f}", "bayes_merger_trial": str(best.trial)})
     log.info("Saved the best merge (trial %d, score %.4f) to %s", best.trial, best.score, path)

@@ -26,13 +26,7 @@ def check_finite(tensors: Mapping[str, torch.Tensor], architecture: Architecture
     keys = [key for key, t in tensors.items() if t.is_floating_point() and t.numel()]
     if not keys:
         return
-    saved_as = parse_dtype(dtype)
-    with torch.no_grad():
-        ends = torch.stack([torch.stack(torch.aminmax(tensors[key])).float() for key in keys])
-        limits = torch.tensor([torch.finfo(saved_as or tensors[key].dtype).max for key in keys])
-        # in float32 an fp16 or bf16 limit is exact; NaN fails the comparison, infinity the first test
-        held = torch.isfinite(ends).all(dim=1) & (ends.abs() <= limits[:, None]).all(dim=1)
-        bad = torch.nonzero(~held).flatten().tolist()
+    bad = torch.nonzero(~finite_rows([tensors[key] for key in keys], parse_dtype(dtype))).flatten().tolist()
     if not bad:
         return
     blocks: list[str] = []
@@ -41,11 +35,22 @@ def check_finite(tensors: Mapping[str, torch.Tensor], architecture: Architecture
         if block not in blocks:
             blocks.append(block)
     more = f" (and {len(blocks) - 1} more block(s))" if len(blocks) > 1 else ""
-    saved = f" once saved as {dtype}" if saved_as is not None else ""
+    saved = f" once saved as {dtype}" if dtype is not None and parse_dtype(dtype) is not None else ""
     raise BrokenMerge(
         f"The {method} merge has NaN or infinite values in block {blocks[0]}{more}{saved}, first in {keys[bad[0]]}; it was "
         f"not handed to the WebUI (narrow that block's weight range in optimiser.custom_ranges, or use another method)."
     )
+
+
+def finite_rows(tensors: list[torch.Tensor], saved_as: torch.dtype | None) -> torch.Tensor:
+    """Whether each tensor holds only finite values that ``saved_as`` (default: its own dtype) can hold: a bool
+    per tensor, on the tensors' device. The limits are made there too: a CPU tensor of them beside CUDA ones
+    (anything but a 0-dim one) is a device mismatch, which stopped every merge on a GPU at its first trial."""
+    with torch.no_grad():
+        ends = torch.stack([torch.stack(torch.aminmax(tensor)).float() for tensor in tensors])
+        limits = ends.new_tensor([torch.finfo(saved_as or tensor.dtype).max for tensor in tensors])
+        # in float32 an fp16 or bf16 limit is exact; NaN fails the comparison, infinity the first test
+        return torch.isfinite(ends).all(dim=1) & (ends.abs() <= limits[:, None]).all(dim=1)
 
 
 def _block(architecture: Architecture, key: str) -> str:

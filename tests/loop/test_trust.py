@@ -344,6 +344,48 @@ def test_check_finite_finds_values_the_files_precision_cannot_hold():
     assert torch.isinf(merged[key].to(torch.float16)[0])
 
 
+def test_a_best_merge_best_precision_cannot_hold_is_saved_as_its_trial_was_rendered(tmp_path, caplog):
+    # trials are checked in merge.dtype (fp32 here); best.safetensors in best_precision (fp16) held infinities
+    from types import SimpleNamespace
+
+    from bayes_merger.run import _save_best_merge
+
+    key = "model.diffusion_model.middle_block.0.in_layers.0.weight"
+    saved, values = [], {"value": 70000.0}
+    merger = SimpleNamespace(architecture=architecture("sd1"), method=SimpleNamespace(name="add_difference"),
+                             merge=lambda weights: {key: torch.tensor([values["value"]])},
+                             save=lambda path, dtype, **options: saved.append(dtype) or path)
+    inputs = SimpleNamespace(space=SimpleNamespace(to_block_weights=lambda params: params), run_dir=tmp_path,
+                             config=SimpleNamespace(best_precision="16", merge=SimpleNamespace(dtype="fp32", prune=True)))
+    best = SimpleNamespace(params={}, score=7.0, trial=3)
+    _save_best_merge(inputs, merger, best)
+    assert saved == ["fp32"] and "best_precision 16 cannot hold the best merge" in caplog.text
+    values["value"] = 1.0
+    _save_best_merge(inputs, merger, best)
+    assert saved == ["fp32", "16"]
+
+
+def test_check_finite_compares_on_the_merges_own_device():
+    """A CPU tensor of limits beside CUDA ones is a device mismatch (a RuntimeError, not a failed trial): every
+    merge on a GPU stopped at its first trial. The meta device keeps torch's device rule without a GPU."""
+    from bayes_merger.merge.finite import finite_rows
+
+    held = finite_rows([torch.ones(3, 2, device="meta", dtype=torch.float16), torch.ones(4, device="meta")],
+                       torch.float16)
+    assert held.device.type == "meta" and held.shape == (2,)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the GPU path is not tested")
+def test_check_finite_on_a_gpu_passes_a_sound_merge_and_names_a_broken_one():
+    arch = architecture("sd1")
+    key = "model.diffusion_model.middle_block.0.in_layers.0.weight"
+    merged = {key: torch.tensor([1.0, -65504.0, 3.0], device="cuda")}
+    check_finite(merged, arch, "weighted_sum", "fp16")
+    merged[key][0] = float("nan")
+    with pytest.raises(BrokenMerge, match="values in block M00"):
+        check_finite(merged, arch, "weighted_sum")
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_check_finite_finds_each_kind_of_bad_value_in_each_precision_and_names_its_block(dtype, bad):
