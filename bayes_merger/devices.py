@@ -22,7 +22,18 @@ def resolve_device(name: str, what: str = "device") -> torch.device:
         raise ConfigError(f"Unknown {what} {name!r}: it is not a torch device; use auto, cpu, cuda or cuda:N.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{what.capitalize()} {name!r} asked for, but torch sees no CUDA device; use auto or cpu.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"{what.capitalize()} {name!r} asked for, but torch sees {torch.cuda.device_count()} CUDA "
+                          f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}.")  # a raw error at the load
     return device
+
+
+def release_cached_memory(device: torch.device) -> None:
+    """Hand the memory torch's CUDA caching allocator holds but no tensor uses back to the driver: after the
+    models load, what loading and precomputing let go of (B and C beside A and B − C) would otherwise stay
+    taken from the GPU the WebUI shares, for the whole run. Nothing on a CPU."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def available_bytes(device: torch.device) -> int:

@@ -35,7 +35,7 @@ import torch
 
 from bayes_merger import __version__
 from bayes_merger.config import MergeConfig
-from bayes_merger.devices import available_bytes, resolve_device
+from bayes_merger.devices import available_bytes, release_cached_memory, resolve_device
 from bayes_merger.errors import CheckpointError, ConfigError, MergeError
 from bayes_merger.merge.arch import INPUT_CONV_KEY, Architecture, detect_architecture
 from bayes_merger.merge.checkpoint import (
@@ -194,6 +194,7 @@ class Merger:
 
         plan, partial, extra = self._plan(inputs.infos)
         self._load(inputs.infos, plan, partial, extra, parse_dtype(config.load_dtype), parse_dtype(config.dtype))
+        release_cached_memory(self.device)  # the inputs the load and the precompute let go of
         self._hashes: dict[str, str] = dict(inputs.sha256)
         self._weights: BlockWeights | None = None
 

@@ -194,6 +194,36 @@ def test_a_precomputing_merger_lets_go_of_the_inputs_no_trial_reads(models, monk
     assert all(torch.equal(unprepared.merge(_per_block_weights())[k], t) for k, t in merged.items())
 
 
+def test_the_gpu_memory_the_inputs_held_goes_back_once_the_load_let_go_of_them(models, monkeypatch):
+    """On CUDA what the load and the precompute free (B and C beside A and B − C) stays with torch's caching
+    allocator, taken from the GPU the WebUI shares for the whole run, until it is handed back."""
+    from bayes_merger import devices
+
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
+    devices.release_cached_memory(torch.device("cpu"))
+    devices.release_cached_memory(torch.device("cuda"))
+    assert emptied == [1]  # on CUDA only
+    loaded: dict[str, list[weakref.ref]] = {}
+    load = merger_module.load_state_dict
+
+    def spy(path, *args, **kwargs):
+        tensors = load(path, *args, **kwargs)
+        loaded[Path(path).name] = [weakref.ref(t) for t in tensors.values()]
+        return tensors
+
+    released = []
+
+    def release(device):
+        gc.collect()  # what is still held now stays held
+        released.append(sum(ref() is not None for name in (models["b"].name, models["c"].name) for ref in loaded[name]))
+
+    monkeypatch.setattr(merger_module, "load_state_dict", spy)
+    monkeypatch.setattr(merger_module, "release_cached_memory", release)
+    Merger(models["a"], models["b"], models["c"], _config(method="add_difference"))
+    assert released == [0]  # once, with none of B's or C's tensors left
+
+
 def test_method_checks_run_when_the_plan_is_built_not_in_every_merge(models, monkeypatch):
     calls = []
     real = MergeMethod.check
@@ -409,6 +439,15 @@ def test_unknown_device_is_a_config_error():
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ConfigError, match="Unknown merge device 'gpu0'"):
         resolve_device("gpu0", "merge device")
+
+
+def test_a_gpu_index_past_the_machines_gpus_is_a_config_error(monkeypatch):
+    # it was a raw torch RuntimeError when the models loaded, after the models' sha256
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1", "merge device") == torch.device("cuda:1")
+    with pytest.raises(ConfigError, match=r"Merge device 'cuda:2' asked for, but torch sees 2 CUDA device\(s\), cuda:0 to cuda:1"):
+        resolve_device("cuda:2", "merge device")
 
 
 def test_unknown_save_precision_is_refused_before_loading(models):
