@@ -184,7 +184,9 @@ class _Builder:
         for key in _PROMPT_FIELDS:
             if key in request:
                 where = fields.where(key)
-                request[key] = self.wildcards.expand(request[key], self.run_seed, raw.name, key, where)
+                # the hires pass draws as the first pass: an hr_prompt written as the prompt renders its subject
+                drawn_as = key.removeprefix("hr_")
+                request[key] = self.wildcards.expand(request[key], self.run_seed, raw.name, drawn_as, where)
         images = request.get("batch_size", 1) * request.get("n_iter", 1)
         seeds = self._fix_seeds(request, fields, images)
         self._force_output_fields(request, fields)

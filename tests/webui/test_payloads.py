@@ -268,6 +268,29 @@ def test_wildcard_names_may_name_a_subfolder(tmp_path: Path) -> None:
     assert load(path)[0].request["prompt"] == "a heron at dawn"
 
 
+def test_wildcard_names_may_hold_spaces_and_letters_of_any_script_and_a_face_is_no_wildcard(tmp_path: Path) -> None:
+    # such names were left in the prompt, as text sent to the WebUI, even with their file there
+    write(tmp_path, "wildcards/hair colour.txt", "red hair\n")
+    write(tmp_path, "wildcards/färbe.txt", "blau\n")
+    path = write(tmp_path, "set.yaml",
+                 "payloads:\n  - {name: a, prompt: 'a girl, __hair colour__, __färbe__ dress ^__^', steps: 1}\n")
+
+    assert load(path)[0].request["prompt"] == "a girl, red hair, blau dress ^__^"
+    path = write(tmp_path, "set.yaml", "payloads:\n  - {name: a, prompt: 'a __eye colour__ gaze', steps: 1}\n")
+    with pytest.raises(ConfigError, match="uses the wildcard '__eye colour__'"):
+        load(path)
+
+
+def test_the_hires_pass_draws_its_wildcards_as_the_first_pass(tmp_path: Path) -> None:
+    # drawn apart, an hr_prompt written as the prompt rendered another subject in the second pass
+    write(tmp_path, "wildcards/colour.txt", "".join(f"colour{n}\n" for n in range(20)))
+    text = "a __colour__ and __colour__ cat"
+    path = write(tmp_path, "set.yaml", f"payloads:\n  - {{name: a, prompt: '{text}', hr_prompt: '{text}', "
+                                       f"negative_prompt: '__colour__', hr_negative_prompt: '__colour__', steps: 1}}\n")
+    request = load(path)[0].request
+    assert request["hr_prompt"] == request["prompt"] and request["hr_negative_prompt"] == request["negative_prompt"]
+
+
 def test_wildcards_in_the_negative_prompt_are_resolved_too(tmp_path: Path) -> None:
     write(tmp_path, "wildcards/bad.txt", "blurry\n")
     path = write(tmp_path, "set.yaml", "payloads:\n  - {name: a, prompt: x, negative_prompt: '__bad__', steps: 1}\n")
@@ -486,6 +509,15 @@ def test_duplicate_payload_names_are_an_error_naming_both_files(tmp_path: Path) 
     write(tmp_path, "b.yaml", "same:\n  prompt: b\n")
 
     with pytest.raises(ConfigError, match=r"payload name 'same' is defined twice, in .*a\.yaml and in .*b\.yaml"):
+        load(tmp_path)
+
+
+def test_payload_names_that_differ_only_in_case_are_an_error(tmp_path: Path) -> None:
+    # images are named by the payload: on Windows and macOS t0001-Portrait-00.png and t0001-portrait-00.png
+    # are one file, and one payload's images stood under the other's record
+    write(tmp_path, "a.yaml", "Portrait:\n  prompt: a\nportrait:\n  prompt: b\n")
+
+    with pytest.raises(ConfigError, match="payload names 'Portrait' and 'portrait' differ only in case"):
         load(tmp_path)
 
 
