@@ -1,12 +1,15 @@
-"""Which torch device a ``device`` setting (``merge.device``, ``scorer.device``) names, and how much memory it has free."""
+"""Which torch device a ``device`` setting (``merge.device``, ``scorer.device``) names, how much memory it has free,
+and what running out of it means for a run."""
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 
-from bayes_merger.errors import ConfigError
+from bayes_merger.errors import ConfigError, OutOfMemory
 
 
 def resolve_device(name: str, what: str = "device") -> torch.device:
@@ -26,6 +29,18 @@ def resolve_device(name: str, what: str = "device") -> torch.device:
         raise ConfigError(f"{what.capitalize()} {name!r} asked for, but torch sees {torch.cuda.device_count()} CUDA "
                           f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}.")  # a raw error at the load
     return device
+
+
+@contextmanager
+def out_of_memory_stops(what: str, advice: str) -> Iterator[None]:
+    """torch's out-of-memory error (CUDA's) as an OutOfMemory, which stops the run resumably: a RuntimeError,
+    it ended the run with a traceback, and every trial after it would run out too."""
+    try:
+        yield
+    except torch.OutOfMemoryError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else "out of memory"
+        raise OutOfMemory(f"{what} ran out of GPU memory ({first}); the WebUI on that GPU holds the rest: {advice}"
+                          ) from error
 
 
 def release_cached_memory(device: torch.device) -> None:

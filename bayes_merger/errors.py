@@ -72,6 +72,13 @@ class StorageError(BayesMergerError):
     exit_code = 6
 
 
+class OutOfMemory(BayesMergerError):
+    """The merge or the scorer ran out of GPU memory, which the WebUI shares: not the trial's fault (the next
+    would run out too), so the run stops at once, resumable, saying which setting to change."""
+
+    exit_code = 6
+
+
 class ScorerError(BayesMergerError):
     """The scorer's weights are missing or wrong, or a score is not a finite number."""
 
@@ -101,6 +108,6 @@ class Interrupted(RunStopped):
     exit_code = 130  # 128 + SIGINT: what a shell reports for a command a Ctrl-C stopped
 
 
-#: Errors that say nothing about the trial they interrupted (a lost WebUI, a full disk, no ratings left):
+#: Errors that say nothing about the trial they interrupted (a lost WebUI, a full disk, no ratings left, no GPU memory):
 #: the trial is not logged as failed; the run waits for the WebUI, or stops resumably and redoes it.
-NOT_THE_TRIALS_FAULT = (WebUIConnectionError, StorageError, RatingsEnded)
+NOT_THE_TRIALS_FAULT = (WebUIConnectionError, StorageError, RatingsEnded, OutOfMemory)

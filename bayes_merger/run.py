@@ -26,11 +26,13 @@ from bayes_merger.errors import (
     BrokenMerge,
     NOT_THE_TRIALS_FAULT,
     Interrupted,
+    OutOfMemory,
     RatingsEnded,
     RunStopped,
     StorageError,
     WebUIsLost,
 )
+from bayes_merger.devices import out_of_memory_stops
 from bayes_merger.files import remove_dead_temp_files, storage_errors
 from bayes_merger.inputs import Inputs, check_inputs
 from bayes_merger.merge.finite import check_finite
@@ -248,7 +250,7 @@ class TrialLoop:
                 done = len(self.trial_log.trials)
                 raise WebUIsLost(f"{error}; the {done} finished trials are saved. Resume with: {resume_command(self.run_dir)}"
                                  ) from error
-            except (StorageError, RatingsEnded) as error:
+            except (StorageError, RatingsEnded, OutOfMemory) as error:
                 raise _stop_resumably(error, self.run_dir) from error
             finally:
                 if self._done(budget) < budget:  # stopped: the page must not say "in progress" for ever
@@ -330,7 +332,7 @@ class TrialLoop:
         prepared = Prepared(weights, record, None, time.perf_counter() - timings.get("suggest", 0.0))
         if slot.webui.merges_in_graph or slot.webui.renders_remotely:
             return prepared  # the renderer merges inside its own graph, or a cluster host merges: no file here
-        with _timed(timings, "merge"):
+        with _timed(timings, "merge"), out_of_memory_stops("The merge", "set merge.device=cpu, or free memory there"):
             merged = self.merger.merge(weights)
             check_finite(merged, self.merger.architecture, self.merger.method.name, self.cfg.merge.dtype)
         # staged under a name the WebUI does not list; moved into place when the WebUI is free
@@ -371,7 +373,8 @@ class TrialLoop:
                 images, contexts = self._render(index, slot, weights, saved)
             self.render_checks[slot.name].check(index, weights.alpha + (weights.beta or ()),
                                                 [(c.payload, c.index, c.seed, image) for image, c in zip(images, contexts)])
-            with _timed(timings, "score"), self._scoring:
+            with _timed(timings, "score"), self._scoring, out_of_memory_stops(
+                    "The scorer", "lower scorer.batch_size, set scorer.device=cpu, or free memory there"):
                 scores = self.scorer.score(images, contexts)
                 per_payload, score = score_trial(scores, [c.payload for c in contexts],
                                                  {p.name: p.score_weight for p in self.payloads}, self.cfg.scorer.combine)
@@ -517,7 +520,7 @@ def _keep_budget_reached(info: dict[str, Any], done: int, init_points: int, run_
         info["n_iters"] = done - init_points
 
 
-def _stop_resumably(error: StorageError | RatingsEnded, run_dir: Path) -> RunStopped:
+def _stop_resumably(error: StorageError | RatingsEnded | OutOfMemory, run_dir: Path) -> RunStopped:
     return RunStopped(f"{str(error).rstrip('.')}, then resume with: {resume_command(run_dir)}")
 
 

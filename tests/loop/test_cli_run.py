@@ -478,6 +478,40 @@ def test_images_name_both_weights_and_a_failed_trials_images_do_not_stay(assets,
     assert (text["weights"], text["beta"]) == (trial["alpha_string"], trial["beta_string"])
 
 
+@pytest.mark.parametrize("where, said", [
+    ("bayes_merger.merge.merger.Merger.merge", "The merge ran out of GPU memory (CUDA out of memory. Tried to allocate "
+                                               "2.00 GiB); the WebUI on that GPU holds the rest: set merge.device=cpu"),
+    ("bayes_merger.scoring.aesthetic.AestheticScorer.score", "The scorer ran out of GPU memory (CUDA out of memory. "
+                                                             "Tried to allocate 2.00 GiB); the WebUI on that GPU holds the "
+                                                             "rest: lower scorer.batch_size"),
+])
+def test_out_of_gpu_memory_stops_resumably_and_fails_no_trial(assets, fake_webui, tmp_path, caplog, monkeypatch,
+                                                               where, said):
+    # a RuntimeError: it ended the run with a traceback, exit 1; every trial after it would run out too
+    import importlib
+
+    module, _, name = where.rpartition(".")
+    owner_path, _, attribute = module.rpartition(".")
+    owner = getattr(importlib.import_module(owner_path), attribute)
+    real, calls = getattr(owner, name), []
+
+    def runs_out_at_the_second(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        calls.append(1)
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nGPU 0 has 1.2 GiB free")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(owner, name, runs_out_at_the_second)
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs")) == 6
+    run_dir = _only_run(tmp_path / "runs")
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and said in errors[0] and "resume with: " in errors[0], errors
+    assert [(t["trial"], t["status"]) for t in _trials(run_dir)] == [(0, "ok")]  # trial 1 is redone on resume
+    monkeypatch.setattr(owner, name, real)
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}")) == 0
+    assert [t["status"] for t in _trials(run_dir)] == ["ok"] * 5
+
+
 def test_ctrl_c_finishes_the_trial_in_flight_then_stops_resumably(assets, fake_webui, tmp_path, monkeypatch):
     from bayes_merger.run import TrialLoop
 
