@@ -78,7 +78,7 @@ def load_env_file(path: Path) -> dict[str, str]:
     """
     origins: dict[str, str] = {}
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # Notepad's byte-order mark read as part of line 1's key
     except UnicodeDecodeError as error:  # its bytes may be a password's: the line number only
         line = path.read_bytes()[: error.start].count(b"\n") + 1
         raise Failure(f"{path}:{line}: not UTF-8 text; save the env file as UTF-8.", EXIT_CONFIG) from None
@@ -96,7 +96,8 @@ def load_env_file(path: Path) -> dict[str, str]:
         except ValueError as error:  # shlex's only complaints: an unclosed quote or a trailing backslash
             raise Failure(f"{path}:{number}: the value of {key.strip()} is not shell-quoted right "
                           f"({str(error).lower()}).", EXIT_CONFIG) from None
-        if key.strip() not in os.environ:  # a set variable wins, and so does a key's first line
+        # a variable set before wins; of the file's lines for a key, its last, as a shell and systemd take it
+        if key.strip() not in os.environ or key.strip() in origins:
             # one word as the shell leaves it (KEY="a b" is a b); several quoted again, for the settings read as
             # words (_words): WEBUI_COMMAND=./webui.sh --ckpt-dir '/m/my models' keeps '/m/my models' one word
             os.environ[key.strip()] = words[0] if len(words) == 1 else shlex.join(words)

@@ -607,6 +607,21 @@ def test_env_file_comments_start_only_at_a_word_as_in_a_shell(tmp_path: Path, mo
         ["me:pa#ss", "one", "x # y", "x #y", "a#b", "#x"]
 
 
+def test_env_file_takes_a_keys_last_line_as_a_shell_does_and_a_byte_order_mark(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the first line won: the same file meant 07:00 to --env-file and 06:00 to systemd's EnvironmentFile=
+    env_file = tmp_path / "overnight.env"
+    env_file.write_bytes("\ufeffOVERNIGHT_DEADLINE=07:00\nOVERNIGHT_DEADLINE=06:00\nWEBUI_URL=http://x:1\n"
+                         .encode("utf-8"))
+    unset(monkeypatch, "OVERNIGHT_DEADLINE")
+    monkeypatch.setenv("WEBUI_URL", "http://set-before:2")  # a variable set before the file still wins
+
+    origins = load_env_file(env_file)
+
+    assert os.environ["OVERNIGHT_DEADLINE"] == "06:00" and origins["OVERNIGHT_DEADLINE"] == f"{env_file}:2"
+    assert os.environ["WEBUI_URL"] == "http://set-before:2" and "WEBUI_URL" not in origins
+
+
 def test_env_file_words_keep_their_quotes_into_the_webui_command(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
     (tmp_path / "night.yaml").write_text("{}\n")
     env_file = tmp_path / "overnight.env"
