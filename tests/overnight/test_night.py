@@ -287,8 +287,11 @@ def test_the_default_stop_of_bayes_merger_and_the_webui_fits_systemds_stop_timeo
     timeout = float(unit["Service"]["TimeoutStopSec"])
     settings = settings_for(tmp_path, "")
 
-    # SIGTERM from systemd: bayes-merger's grace, its "stop now", then the WebUI's SIGTERM and SIGKILL
-    assert settings.run_stop_grace + STOP_NOW_WAIT + settings.stop_grace + KILL_WAIT <= timeout
+    # SIGTERM from systemd: bayes-merger's grace, its "stop now", the options set back (a WebUI hung in a render,
+    # the likeliest to need the second Ctrl-C, keeps that call its read timeout), then the WebUI's SIGTERM and SIGKILL
+    from bayes_merger.overnight.processes import WebUIApi
+
+    assert settings.run_stop_grace + STOP_NOW_WAIT + WebUIApi.read_timeout + settings.stop_grace + KILL_WAIT <= timeout
     assert settings.run_stop_grace >= 120  # several minutes: a real trial and the hand-back
 
 
