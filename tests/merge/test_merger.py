@@ -169,9 +169,8 @@ def test_precomputing_within_any_budget_gives_the_same_bits(models, method):
     assert all(torch.equal(merges[0][k], t) for merge in merges[1:] for k, t in merge.items())
 
 
-@pytest.mark.parametrize("clip", [False, True])
-def test_a_precomputing_merger_lets_go_of_the_inputs_no_trial_reads(models, monkeypatch, clip):
-    # add_difference keeps A and B − C: B's and C's merged tensors are then dead weight (SDXL: 14 GB)
+def _loaded_tensors(monkeypatch) -> dict[str, list[weakref.ref]]:
+    """By file name, a weak reference to each tensor the Merger loads from it: which of them it still holds."""
     loaded: dict[str, list[weakref.ref]] = {}
     load = merger_module.load_state_dict
 
@@ -181,6 +180,13 @@ def test_a_precomputing_merger_lets_go_of_the_inputs_no_trial_reads(models, monk
         return tensors
 
     monkeypatch.setattr(merger_module, "load_state_dict", spy)
+    return loaded
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_a_precomputing_merger_lets_go_of_the_inputs_no_trial_reads(models, monkeypatch, clip):
+    # add_difference keeps A and B − C: B's and C's merged tensors are then dead weight (SDXL: 14 GB)
+    loaded = _loaded_tensors(monkeypatch)
     merger = Merger(models["a"], models["b"], models["c"], _config(method="add_difference", weights_clip=clip))
     merged = {k: t.clone() for k, t in merger.merge(_per_block_weights()).items()}
     gc.collect()
@@ -204,21 +210,13 @@ def test_the_gpu_memory_the_inputs_held_goes_back_once_the_load_let_go_of_them(m
     devices.release_cached_memory(torch.device("cpu"))
     devices.release_cached_memory(torch.device("cuda"))
     assert emptied == [1]  # on CUDA only
-    loaded: dict[str, list[weakref.ref]] = {}
-    load = merger_module.load_state_dict
-
-    def spy(path, *args, **kwargs):
-        tensors = load(path, *args, **kwargs)
-        loaded[Path(path).name] = [weakref.ref(t) for t in tensors.values()]
-        return tensors
-
+    loaded = _loaded_tensors(monkeypatch)
     released = []
 
     def release(device):
         gc.collect()  # what is still held now stays held
         released.append(sum(ref() is not None for name in (models["b"].name, models["c"].name) for ref in loaded[name]))
 
-    monkeypatch.setattr(merger_module, "load_state_dict", spy)
     monkeypatch.setattr(merger_module, "release_cached_memory", release)
     Merger(models["a"], models["b"], models["c"], _config(method="add_difference"))
     assert released == [0]  # once, with none of B's or C's tensors left
