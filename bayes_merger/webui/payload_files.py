@@ -205,16 +205,15 @@ def _check_name(name: str, path: Path) -> str:
 
 
 def check_unique(raws: Sequence[RawPayload]) -> None:
-    seen: dict[str, str] = {}
-    names: dict[str, str] = {}  # by the name in lower case: images are named by it, and Windows and macOS
-    for raw in raws:           # take t0001-Portrait-00.png and t0001-portrait-00.png for one file
-        if raw.name in seen:
-            first = seen[raw.name]
-            where = f"in {first}" if first == raw.own.label else f"in {first} and in {raw.own.label}"
+    # by the name in any case: images are named by it, and Windows and macOS take t0001-Portrait-00.png and
+    # t0001-portrait-00.png for one file
+    seen: dict[str, tuple[str, str]] = {}  # the name as written, and where it is defined
+    for raw in raws:
+        first = seen.get(raw.name.casefold())
+        if first is not None and first[0] == raw.name:
+            where = f"in {first[1]}" if first[1] == raw.own.label else f"in {first[1]} and in {raw.own.label}"
             raise ConfigError(f"payload name '{raw.name}' is defined twice, {where}.")
-        other = names.get(raw.name.casefold())
-        if other is not None:
-            raise ConfigError(f"payload names '{other}' and '{raw.name}' differ only in case: their images would be one "
-                              "file on Windows and macOS; rename one.")
-        seen[raw.name] = raw.own.label
-        names[raw.name.casefold()] = raw.name
+        if first is not None:
+            raise ConfigError(f"payload names '{first[0]}' and '{raw.name}' differ only in case: their images would be "
+                              "one file on Windows and macOS; rename one.")
+        seen[raw.name.casefold()] = (raw.name, raw.own.label)

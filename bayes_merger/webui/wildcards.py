@@ -14,7 +14,7 @@ from pathlib import Path
 from bayes_merger.errors import ConfigError
 
 # a name starts with a letter or digit of any script and may hold spaces (``__hair colour__``, ``__färbe__``, as the
-# 2023 tool took any name): one these left in the prompt was sent to the WebUI as text; ``^__^`` is no wildcard
+# 2023 tool took any name): such a name, once left in the prompt, was sent to the WebUI as text; ``^__^`` is none
 _WILDCARD = re.compile(r"__([^\W_][\w./ -]*?)__")
 _MAX_WILDCARD_DEPTH = 10
 
