@@ -9,7 +9,7 @@ from typing import Iterator
 
 import torch
 
-from bayes_merger.errors import ConfigError, OutOfMemory
+from bayes_merger.errors import ConfigError, LocalOutOfMemory
 
 
 def resolve_device(name: str, what: str = "device") -> torch.device:
@@ -33,14 +33,14 @@ def resolve_device(name: str, what: str = "device") -> torch.device:
 
 @contextmanager
 def out_of_memory_stops(what: str, advice: str) -> Iterator[None]:
-    """torch's out-of-memory error (CUDA's) as an OutOfMemory, which stops the run resumably: a RuntimeError,
+    """torch's out-of-memory error (CUDA's) as a LocalOutOfMemory, which stops the run resumably: a RuntimeError,
     it ended the run with a traceback, and every trial after it would run out too."""
     try:
         yield
     except torch.OutOfMemoryError as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else "out of memory"
-        raise OutOfMemory(f"{what} ran out of GPU memory ({first}); the WebUI on that GPU holds the rest: {advice}"
-                          ) from error
+        raise LocalOutOfMemory(f"{what} ran out of GPU memory ({first}); the WebUI on that GPU holds the rest: "
+                               f"{advice}") from error
 
 
 def release_cached_memory(device: torch.device) -> None:

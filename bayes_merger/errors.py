@@ -72,9 +72,10 @@ class StorageError(BayesMergerError):
     exit_code = 6
 
 
-class OutOfMemory(BayesMergerError):
-    """The merge or the scorer ran out of GPU memory, which the WebUI shares: not the trial's fault (the next
-    would run out too), so the run stops at once, resumable, saying which setting to change."""
+class LocalOutOfMemory(BayesMergerError):
+    """This process's merge or scorer ran out of GPU memory, which the WebUI shares (a renderer that runs out is
+    ``renderers.comfyui.prompts.OutOfMemory``, its trial redone): not the trial's fault (the next would run out
+    too), so the run stops at once, resumable, saying which setting to change."""
 
     exit_code = 6
 
@@ -110,4 +111,4 @@ class Interrupted(RunStopped):
 
 #: Errors that say nothing about the trial they interrupted (a lost WebUI, a full disk, no ratings left, no GPU memory):
 #: the trial is not logged as failed; the run waits for the WebUI, or stops resumably and redoes it.
-NOT_THE_TRIALS_FAULT = (WebUIConnectionError, StorageError, RatingsEnded, OutOfMemory)
+NOT_THE_TRIALS_FAULT = (WebUIConnectionError, StorageError, RatingsEnded, LocalOutOfMemory)

@@ -26,7 +26,7 @@ from bayes_merger.errors import (
     BrokenMerge,
     NOT_THE_TRIALS_FAULT,
     Interrupted,
-    OutOfMemory,
+    LocalOutOfMemory,
     RatingsEnded,
     RunStopped,
     StorageError,
@@ -250,7 +250,7 @@ class TrialLoop:
                 done = len(self.trial_log.trials)
                 raise WebUIsLost(f"{error}; the {done} finished trials are saved. Resume with: {resume_command(self.run_dir)}"
                                  ) from error
-            except (StorageError, RatingsEnded, OutOfMemory) as error:
+            except (StorageError, RatingsEnded, LocalOutOfMemory) as error:
                 raise _stop_resumably(error, self.run_dir) from error
             finally:
                 if self._done(budget) < budget:  # stopped: the page must not say "in progress" for ever
@@ -520,7 +520,7 @@ def _keep_budget_reached(info: dict[str, Any], done: int, init_points: int, run_
         info["n_iters"] = done - init_points
 
 
-def _stop_resumably(error: StorageError | RatingsEnded | OutOfMemory, run_dir: Path) -> RunStopped:
+def _stop_resumably(error: StorageError | RatingsEnded | LocalOutOfMemory, run_dir: Path) -> RunStopped:
     return RunStopped(f"{str(error).rstrip('.')}, then resume with: {resume_command(run_dir)}")
 
 
