@@ -26,7 +26,8 @@ def check_finite(tensors: Mapping[str, torch.Tensor], architecture: Architecture
     keys = [key for key, t in tensors.items() if t.is_floating_point() and t.numel()]
     if not keys:
         return
-    bad = torch.nonzero(~finite_rows([tensors[key] for key in keys], parse_dtype(dtype))).flatten().tolist()
+    saved_as = parse_dtype(dtype)
+    bad = torch.nonzero(~finite_rows([tensors[key] for key in keys], saved_as)).flatten().tolist()
     if not bad:
         return
     blocks: list[str] = []
@@ -35,7 +36,7 @@ def check_finite(tensors: Mapping[str, torch.Tensor], architecture: Architecture
         if block not in blocks:
             blocks.append(block)
     more = f" (and {len(blocks) - 1} more block(s))" if len(blocks) > 1 else ""
-    saved = f" once saved as {dtype}" if dtype is not None and parse_dtype(dtype) is not None else ""
+    saved = f" once saved as {dtype}" if saved_as is not None else ""
     raise BrokenMerge(
         f"The {method} merge has NaN or infinite values in block {blocks[0]}{more}{saved}, first in {keys[bad[0]]}; it was "
         f"not handed to the WebUI (narrow that block's weight range in optimiser.custom_ranges, or use another method)."
