@@ -29,7 +29,7 @@ from bayes_merger.devices import resolve_device
 from bayes_merger.errors import ConfigError
 from bayes_merger.merge.checkpoint import parse_dtype
 from bayes_merger.merge.fingerprint import model_records
-from bayes_merger.merge.merger import MergeInputs, inspect_inputs
+from bayes_merger.merge.merger import MergeInputs, inspect_inputs, warn_of_lost_precision
 from bayes_merger.optimiser import check_optimiser_config, library_versions
 from bayes_merger.run_folder import (
     LIBRARIES,
@@ -160,6 +160,7 @@ def check_without_reading(cfg: Config, run_dir: Path) -> Checked:
     # the files' headers tell the method, the architectures and so the search space: bad models
     # and bad bounds are refused before the WebUI is contacted or a tensor is read
     merge = inspect_inputs(*models, cfg.merge)
+    warn_of_lost_precision(merge, cfg.merge.load_dtype, {"merge.dtype": cfg.merge.dtype, "best_precision": cfg.best_precision})
     space = build_space(cfg.optimiser, merge.architecture.blocks, merge.method.needs_beta)
     space.start_params(cfg.optimiser.start)  # a bad optimiser.start is refused here, not after the models load
     if str(cfg.webui.backend).lower() in ("comfyui", "auto"):  # a graph hand-off the method cannot take

@@ -170,6 +170,33 @@ def _check_prediction_markers(models: Mapping[str, Path], infos: Mapping[str, Ma
                         ", ".join(markers(m)) or "none", models["A"], ", ".join(markers("A")) or "none")
 
 
+def warn_of_lost_precision(inputs: MergeInputs, load_dtype: str | None, saved: Mapping[str, str | None]) -> None:
+    """Warn where a merge is saved in more precision than it is made in while model B or C has more: made in
+    model A's fp16, an fp32 file of an fp32 B holds fp16's precision in twice the bytes (``saved``: the settings
+    that save a merge, by name, e.g. ``merge.dtype`` and ``best_precision``)."""
+    def precision(model: str) -> torch.dtype | None:
+        counts: dict[torch.dtype, int] = {}
+        for key, info in inputs.infos[model].items():
+            if info.dtype.is_floating_point and inputs.architecture.block_of(key) is not None:
+                counts[info.dtype] = counts.get(info.dtype, 0) + 1
+        return max(counts, key=counts.__getitem__) if counts else None
+
+    a_dtype, save_dtype = precision("A"), parse_dtype(saved.get("merge.dtype"))
+    if a_dtype is None:
+        return
+    held = held_dtype(a_dtype, parse_dtype(load_dtype), save_dtype)
+    finer = [(m, d) for m in inputs.models if m != "A" and (d := precision(m)) is not None and d.itemsize > held.itemsize]
+    wider = [name for name, value in saved.items() if (d := parse_dtype(value)) is not None and d.itemsize > held.itemsize]
+    if finer and wider:
+        others = " and ".join(f"model {m} is {_DTYPE_WORDS.get(d, d)}" for m, d in finer)
+        log.warning("The merges are made in %s (model A's precision) while %s, so what %s saves in more precision holds "
+                    "%s's: set merge.load_dtype=fp32 to merge in fp32, at twice the memory.",
+                    _DTYPE_WORDS.get(held, held), others, " and ".join(wider), _DTYPE_WORDS.get(held, held))
+
+
+_DTYPE_WORDS = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
+
+
 class Merger:
     """Merges models A, B [, C] with block weights, in place, as often as asked.
 

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import gc
 import hashlib
+import logging
 import weakref
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from bayes_merger.errors import CheckpointError, ConfigError, MergeError
 from bayes_merger.merge import merger as merger_module
 from bayes_merger.merge.arch import SD_BLOCKS, SDXL_BLOCKS, architecture
 from bayes_merger.devices import resolve_device
-from bayes_merger.merge.merger import Merger
+from bayes_merger.merge.merger import Merger, inspect_inputs, warn_of_lost_precision
 from bayes_merger.merge.methods import MergeMethod
 from bayes_merger.merge.weights import BlockWeights
 from bayes_merger.testing.models import make_checkpoint, make_state_dict
@@ -377,6 +378,26 @@ def test_an_fp8_model_a_is_merged_in_the_precision_it_is_saved_in(models, tmp_pa
     assert out[key].dtype == torch.float16
     expected = (a[key].float() + _tensors(models["b"])[key].float()) / 2
     assert torch.allclose(out[key].float(), expected, atol=1e-3)
+
+
+def test_a_merge_saved_in_more_precision_than_model_a_while_b_has_it_is_said_to_hold_model_as(models, caplog):
+    # made in A's fp16, an fp32 file of an fp32 B holds fp16's precision in twice the bytes, unsaid
+    caplog.set_level(logging.WARNING, logger="bayes_merger")
+
+    def warned(a, b, load_dtype=None, **saved) -> list[str]:
+        caplog.clear()
+        config = _config(load_dtype=load_dtype)
+        warn_of_lost_precision(inspect_inputs(models[a], models[b], None, config), load_dtype, saved)
+        return [r.getMessage() for r in caplog.records]
+
+    said = warned("a", "b32", **{"merge.dtype": "fp16", "best_precision": "fp32"})
+    assert len(said) == 1 and "made in fp16" in said[0] and "model B is fp32" in said[0], said
+    assert "best_precision" in said[0] and "merge.dtype" not in said[0] and "merge.load_dtype=fp32" in said[0]
+    assert "merge.dtype" in warned("a", "b32", **{"merge.dtype": "fp32", "best_precision": "16"})[0]
+    assert warned("a", "b32", **{"merge.dtype": "fp16", "best_precision": "16"}) == []  # nothing saved finer
+    assert warned("a", "b", **{"merge.dtype": "fp32", "best_precision": "fp32"}) == []  # B has no more to keep
+    assert warned("a", "b32", "fp32", **{"merge.dtype": "fp32", "best_precision": "fp32"}) == []  # made in fp32
+    assert warned("a32", "b", **{"merge.dtype": "fp32", "best_precision": "fp32"}) == []
 
 
 def test_load_dtype_sets_the_precision_models_are_held_in(models):
