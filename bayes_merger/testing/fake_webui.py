@@ -373,7 +373,8 @@ class FakeWebUI(FakeHTTPServer):
                 refusal = self._hires_refusal(values) if values["enable_hr"] and self.mode != "sdnext" else None
                 if refusal is not None:
                     return refusal
-                image_format = str(overrides.get("samples_format", self._options.get("samples_format", "png"))).lower()
+                # the WebUI's own: process_images sets the overrides back before text2imgapi encodes the images
+                image_format = str(self._options.get("samples_format", "png")).lower()
                 if image_format not in ("png", "jpg", "jpeg", "webp") and self.mode != "sdnext":
                     return self._http_exception(500, "Invalid image format")  # api.encode_pil_to_base64
                 return_grid = bool(self._options.get("return_grid", True))

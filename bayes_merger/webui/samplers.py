@@ -12,8 +12,8 @@ it would ignore one, so a payload that sets it is refused too.
 
 The same check for the WebUI's options (``GET /sdapi/v1/options`` lists every one): A1111 and Forge
 answer every txt2img with 500 ``KeyError`` for an ``override_settings`` key they have no option for, and
-with 500 "Invalid image format" when ``samples_format`` (theirs, or the payload's override) is one their
-API cannot encode.
+with 500 "Invalid image format" when their ``samples_format`` is one their API cannot encode (a payload's
+override of it is set back before the API encodes its images, so it is not what is sent).
 
 And for a payload with the hires fix on (``enable_hr``; A1111 ignores the ``hr_*`` fields otherwise):
 ``hr_upscaler`` must be a ``name`` of ``/latent-upscale-modes`` or of ``/upscalers`` (else A1111 answers
@@ -71,7 +71,7 @@ def sampler_problem(request: Mapping[str, Any], samplers: Iterable[Any], schedul
                     f"with its default sampler): write {owner!r}")
         return _no_sampler(str(sampler), names)
     scheduler = request.get("scheduler")
-    if scheduler is None:
+    if not scheduler:  # null or "": Automatic (get_sampler_and_scheduler: schedulers_map.get(name, schedulers[0]))
         return None
     if schedulers is None:
         return (f"it has no scheduler field (no {SCHEDULERS}: SD.Next, or A1111 before 1.10), so scheduler "
@@ -178,10 +178,11 @@ def option_problem(request: Mapping[str, Any], options: Mapping[str, Any]) -> st
         near = [f"{key!r}{_close(key, list(map(str, options)))}" for key in unknown]
         return (f"override_settings names {', '.join(near)}, which the WebUI has no option for "
                 f"(it would answer every image with 500 KeyError)")
-    image_format = overrides.get("samples_format", options.get("samples_format"))
+    # the WebUI's own: a payload's override is set back before the API encodes (process_images' finally)
+    image_format = options.get("samples_format")
     if isinstance(image_format, str) and image_format.lower() not in API_IMAGE_FORMATS:
         return (f"its images are saved as {image_format!r} (samples_format), which its API cannot send (it would "
-                f"answer every image with 500 Invalid image format); set samples_format to png")
+                f"answer every image with 500 Invalid image format); set samples_format to png in its settings")
     return None
 
 

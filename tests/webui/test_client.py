@@ -316,6 +316,7 @@ def test_a_legacy_sampler_with_its_scheduler_in_the_name_is_accepted_and_renders
 def test_a_scheduler_the_webui_lacks_is_refused(fake_webui, webui_config):
     with WebUIClient(webui_config(), "run1") as client:
         client.check_payloads([_Payload("ok", scheduler="karras"), _Payload("label", scheduler="Karras")])
+        client.check_payloads([_Payload("automatic", scheduler="")])  # A1111 renders "" with Automatic
         with pytest.raises(ConfigError, match=r"no scheduler 'karas' \(did you mean 'karras'\?\)"):
             client.check_payloads([_Payload("typo", scheduler="karas")])
         # an alias ends a legacy combined name, but the scheduler field takes a name or a label only
@@ -358,18 +359,18 @@ def test_an_override_setting_the_webui_has_no_option_for_is_refused_before_the_r
 
 @pytest.mark.parametrize("fake_webui", ["a1111", "forge"], indirect=True)
 def test_a_samples_format_the_api_cannot_send_is_refused_before_the_run(fake_webui, webui_config):
+    # the API encodes in the WebUI's own samples_format: process_images sets a payload's override back first
     with WebUIClient(webui_config(), "run1") as client:
-        client.check_payloads([_Payload("webp", override_settings={"samples_format": "webp"})])
-        with pytest.raises(ConfigError, match=r"Payload 'avif' .*saved as 'avif' \(samples_format\), which its API "
-                                              r"cannot send .*set samples_format to png"):
-            client.check_payloads([_Payload("avif", override_settings={"samples_format": "avif"})])
-        fake_webui.set_option("samples_format", "avif")
-        with pytest.raises(ConfigError, match="saved as 'avif'"):
-            client.check_payloads([_Payload("ok")])
-        client.check_payloads([_Payload("png", override_settings={"samples_format": "png"})])
+        overridden = _Payload("avif", override_settings={"samples_format": "avif"})
+        client.check_payloads([overridden])
         client.load_checkpoint(merge_writer(0.1), trial=0)
+        assert all(image.format == "PNG" for image in client.txt2img(overridden.request).images)
+        fake_webui.set_option("samples_format", "avif")
+        with pytest.raises(ConfigError, match=r"Payload 'png' .*saved as 'avif' \(samples_format\), which its API "
+                                              r"cannot send .*set samples_format to png in its settings"):
+            client.check_payloads([_Payload("png", override_settings={"samples_format": "png"})])
         with pytest.raises(WebUIError, match="HTTP 500: Invalid image format"):
-            client.txt2img(_Payload("ok").request)
+            client.txt2img(_Payload("png", override_settings={"samples_format": "png"}).request)
 
 
 @pytest.mark.parametrize("fake_webui", ["sdnext"], indirect=True)
