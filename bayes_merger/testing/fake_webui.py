@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -52,6 +53,11 @@ UPSCALER_ENTRIES = (("None", 4), ("Lanczos", 4), ("Nearest", 4), ("DAT x2", 2), 
 UPSCALERS = tuple(name for name, _ in UPSCALER_ENTRIES)
 LATENT_UPSCALE_MODES = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
                         "Latent (nearest)", "Latent (nearest-exact)")
+
+# the titles of A1111 v1.10's own txt2img scripts (selectable, and always-on with a UI), lower-cased as its
+# /scripts lists them; its API looks script_name and alwayson_scripts' keys up among them, case aside
+SCRIPTS = ("prompt matrix", "prompts from file or textbox", "x/y/z plot", "extra options", "hypertile", "refiner",
+           "sampler", "seed")
 
 _DEFAULT_OPTIONS = {
     "sd_model_checkpoint": "", "samples_format": "png", "return_grid": True, "grid_only_if_multiple": True,
@@ -105,6 +111,8 @@ class FakeWebUI(FakeHTTPServer):
         self._load_count = 0
         self._render_seconds = 0.0
         self._styles: dict[str, str] = {}  # A1111's styles.csv: name → prompt
+        # false: /scripts lists none, as A1111 with --nowebui until a first txt2img has set its scripts up
+        self.lists_scripts = True
         self._interrupt = threading.Event()  # A1111's state.interrupted: set by /interrupt, cleared as a generation begins
         self._generations: list[str] = []  # how each generation ended: "done" or "interrupted"
         self._rendering = threading.Event()  # a generation is under way (render_for's wait)
@@ -118,6 +126,7 @@ class FakeWebUI(FakeHTTPServer):
             ("POST", "/sdapi/v1/interrupt"): self._interrupt_generation,
             ("GET", "/sdapi/v1/samplers"): self._samplers,
             ("GET", "/sdapi/v1/upscalers"): self._upscalers,
+            ("GET", "/sdapi/v1/scripts"): self._scripts,
         }
         if mode != "sdnext":
             self._routes[("GET", "/sdapi/v1/schedulers")] = self._schedulers
@@ -317,6 +326,10 @@ class FakeWebUI(FakeHTTPServer):
         return _Response(200, [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": scale}
                                for name, scale in UPSCALER_ENTRIES])
 
+    def _scripts(self, raw: bytes) -> _Response:
+        listed = list(SCRIPTS) if self.lists_scripts else []
+        return _Response(200, {"txt2img": listed, "img2img": listed})
+
     def _latent_upscale_modes(self, raw: bytes) -> _Response:
         return _Response(200, [{"name": name} for name in LATENT_UPSCALE_MODES])
 
@@ -332,6 +345,23 @@ class FakeWebUI(FakeHTTPServer):
             return self._exception(f"bad sampler name: {sampler}", "AssertionError")
         return None
 
+    def _checkpoint_refusal(self, values: dict[str, Any]) -> _Response | None:
+        """A1111's answer to a refiner or hires-pass checkpoint it does not list (sd_models.get_closet_checkpoint_match:
+        one of its names, else the shortest title holding the name, else holding it without its [hash])."""
+        names = []
+        if values.get("refiner_checkpoint") not in (None, "", "None", "none"):
+            names.append(str(values["refiner_checkpoint"]))
+        if values["enable_hr"] and values.get("hr_checkpoint_name") not in (None, "", "Use same checkpoint"):
+            names.append(str(values["hr_checkpoint_name"]))
+        for name in names:
+            titles = [self._title(c) for c in self._checkpoints]
+            known = {*titles, *(c.model_name for c in self._checkpoints),
+                     *(c.path.relative_to(self.checkpoint_dir).as_posix() for c in self._checkpoints)}
+            bare = re.sub(r"\s\[[^]]+]\s*$", "", name)
+            if name not in known and not any(name in t or bare in t for t in titles):
+                return self._exception(f"Could not find checkpoint with name {name}", "Exception")
+        return None
+
     def _interrupt_generation(self, raw: bytes) -> _Response:
         self._interrupt.set()
         return _Response(200, {})
@@ -343,6 +373,11 @@ class FakeWebUI(FakeHTTPServer):
         values, errors = validate(body)
         if errors:
             return self._invalid(errors)
+        if self.mode != "sdnext":  # api.script_name_to_index, before the queue lock
+            always_on = values["alwayson_scripts"] if isinstance(values["alwayson_scripts"], dict) else {}
+            for name in (values["script_name"], *always_on):
+                if name and str(name).lower() not in SCRIPTS:
+                    return self._http_exception(422, f"Script '{name}' not found")
         sampler = values["sampler_name"] or values["sampler_index"]
         if self.mode != "sdnext":  # A1111 splits a legacy "DPM++ 2M Karras" into sampler and scheduler
             suffixes = [option for name, label, aliases in SCHEDULER_ENTRIES for option in (label, name, *aliases)]
@@ -371,6 +406,7 @@ class FakeWebUI(FakeHTTPServer):
                 if unknown and self.mode != "sdnext":  # A1111's opts.set(k, …) looks each key up: KeyError
                     return self._exception(repr(unknown[0]), "KeyError")
                 refusal = self._hires_refusal(values) if values["enable_hr"] and self.mode != "sdnext" else None
+                refusal = refusal or (self._checkpoint_refusal(values) if self.mode != "sdnext" else None)
                 if refusal is not None:
                     return refusal
                 # the WebUI's own: process_images sets the overrides back before text2imgapi encodes the images

@@ -33,6 +33,7 @@ from bayes_merger.webui.http import (
     REFRESH,
     SAMPLERS,
     SCHEDULERS,
+    SCRIPTS,
     SD_MODELS,
     TXT2IMG,
     UPSCALERS,
@@ -42,10 +43,14 @@ from bayes_merger.webui.http import (
 from bayes_merger.webui.http import wait_until_ready as poll_until_ready
 from bayes_merger.webui.merge_files import HASH_SUFFIX, MergeFiles, aliases, basename, matches, merge_run_id
 from bayes_merger.webui.samplers import (
+    checkpoint_problem,
     hires_enabled,
     hires_problem,
+    named_scripts,
     option_problem,
+    other_checkpoints,
     sampler_problem,
+    script_problem,
     upscaler_names,
 )
 
@@ -127,22 +132,45 @@ class WebUIClient(Renderer):
         """A payload (``.name``, ``.request``) the WebUI would refuse at every txt2img is a ConfigError now:
         a sampler or scheduler it does not have (naming the ones it has, see ``webui.samplers``), an
         ``override_settings`` key it has no option for (A1111 answers 500 KeyError), images in a
-        ``samples_format`` its API cannot send (A1111 answers 500 "Invalid image format"), or with the
-        hires fix on, an upscaler, sampler or scheduler of its second pass it does not have."""
+        ``samples_format`` its API cannot send (A1111 answers 500 "Invalid image format"), with the
+        hires fix on, an upscaler, sampler or scheduler of its second pass it does not have, a script it
+        does not have (422 "Script not found") or another checkpoint it does not list (500)."""
         payloads = list(payloads)
         options = self._api.request("GET", OPTIONS)
         samplers = self._listing(SAMPLERS)
         schedulers = self._listing(SCHEDULERS) if samplers is not None else None
-        # asked only when a payload uses the hires fix: the only one that reads hr_upscaler
+        # each asked only when a payload needs it: hr_upscaler is read with the hires fix only
         upscalers = self._upscaler_names() if any(hires_enabled(p.request) for p in payloads) else None
+        scripts = self._txt2img_scripts() if any(named_scripts(p.request) for p in payloads) else None
+        models = self._listing(SD_MODELS) if any(other_checkpoints(p.request) for p in payloads) else None
         for payload in payloads:
             problem = option_problem(payload.request, options) if isinstance(options, Mapping) else None
             if samplers is not None:  # a WebUI that does not list its samplers cannot be checked
                 problem = problem or sampler_problem(payload.request, samplers, schedulers)
             problem = problem or hires_problem(payload.request, samplers, schedulers, upscalers)
+            problem = problem or (script_problem(payload.request, scripts) if scripts is not None else None)
+            problem = problem or (checkpoint_problem(payload.request, models) if models is not None else None)
             if problem:
                 raise ConfigError(f"Payload '{payload.name}' cannot be rendered as written on the WebUI at "
                                   f"{self._base}: {problem}.")
+
+    def _txt2img_scripts(self) -> list[str] | None:
+        """The scripts a txt2img may name (``/scripts``), or None where the WebUI does not say: no such route,
+        or none listed (A1111 started with ``--nowebui`` names its scripts only once a first txt2img has set
+        them up), so they cannot be judged."""
+        try:
+            answer = self._api.request("GET", SCRIPTS)
+        except WebUIError as error:
+            if error.status == 404:
+                answer = None
+            else:
+                raise
+        names = answer.get("txt2img") if isinstance(answer, Mapping) else None
+        if not isinstance(names, list) or not names:
+            logger.info("The WebUI at %s does not list its scripts yet: the payloads' script_name and "
+                        "alwayson_scripts are not checked before the run.", self._base)
+            return None
+        return [str(name) for name in names if name]
 
     def _upscaler_names(self) -> list[str] | None:
         """What ``hr_upscaler`` may name on this WebUI (A1111 looks a name up among its latent modes, then

@@ -59,6 +59,7 @@ SAMPLERS = "/sdapi/v1/samplers"
 SCHEDULERS = "/sdapi/v1/schedulers"
 UPSCALERS = "/sdapi/v1/upscalers"
 LATENT_UPSCALE_MODES = "/sdapi/v1/latent-upscale-modes"
+SCRIPTS = "/sdapi/v1/scripts"
 # ends the sentence of every 401, whoever answered it: the WebUI, ComfyUI, or an auth proxy in front of either
 AUTH_HINT = " (check webui.auth or the variable named by webui.auth_env)"
 

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from bayes_merger.config import PayloadsConfig
 from bayes_merger.errors import ConfigError
 from bayes_merger.webui.payload_files import Layer, RawPayload, check_unique, discover
+from bayes_merger.webui.samplers import other_checkpoints
 from bayes_merger.webui.wildcards import Wildcards, derive, wildcards_dir
 
 __all__ = ["Payload", "load_payloads", "TXT2IMG_FIELDS"]
@@ -312,10 +313,8 @@ def _check_values(fields: _Fields) -> None:
             f"{fields.where('override_settings')} sets sd_model_checkpoint, which would render with "
             "another model than the merge being scored."
         )
-    for key in ("refiner_checkpoint", "hr_checkpoint_name"):
-        if values.get(key) and values[key] != "Use same checkpoint":
-            log.warning("%s brings in another checkpoint: scores will only partly measure the merge.",
-                        fields.where(key))
+    for key, _ in other_checkpoints(values):
+        log.warning("%s brings in another checkpoint: scores will only partly measure the merge.", fields.where(key))
 
 
 def _subject(layer: Layer, name: str) -> str:

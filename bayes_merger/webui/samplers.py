@@ -23,11 +23,19 @@ sampler name") and ``hr_scheduler`` a scheduler's name or label (anything else r
 with the sampler's default schedule). The UI's "Use same sampler" and "Use same scheduler" are turned
 into null by A1111's UI only, not by its API (``modules/txt2img.py`` against ``api.text2imgapi``), so a
 payload that copies them from the UI is refused too: null, or no field, is what means "the same".
+
+And for what a payload names beside the merge: a script (``script_name``, each key of ``alwayson_scripts``:
+an extension such as ADetailer) must be one ``/scripts`` lists for txt2img (A1111 looks each up by its
+title, case aside, and answers every image with 422 "Script 'X' not found" before it renders), and a
+checkpoint of the hires pass or the refiner (``hr_checkpoint_name`` with the hires fix on,
+``refiner_checkpoint``) one ``/sd-models`` lists (A1111's ``get_closet_checkpoint_match``: an alias, or
+part of a title, with or without its ``[hash]``; else 500 "Could not find checkpoint with name X").
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -183,6 +191,58 @@ def option_problem(request: Mapping[str, Any], options: Mapping[str, Any]) -> st
     if isinstance(image_format, str) and image_format.lower() not in API_IMAGE_FORMATS:
         return (f"its images are saved as {image_format!r} (samples_format), which its API cannot send (it would "
                 f"answer every image with 500 Invalid image format); set samples_format to png in its settings")
+    return None
+
+
+def named_scripts(request: Mapping[str, Any]) -> list[str]:
+    """The scripts a request runs beside the generation: ``script_name`` and ``alwayson_scripts``' keys
+    (empty names are none, as A1111 takes them)."""
+    always_on = request.get("alwayson_scripts")
+    names = [request.get("script_name"), *(always_on if isinstance(always_on, Mapping) else ())]
+    return [str(name) for name in names if name]
+
+
+def script_problem(request: Mapping[str, Any], scripts: Sequence[str]) -> str | None:
+    """What the request names that the WebUI has no script for, in words, or None (``scripts``: the
+    ``txt2img`` titles ``/scripts`` lists, which A1111 lower-cases)."""
+    known = [str(name).lower() for name in scripts]
+    missing = next((name for name in named_scripts(request) if name.lower() not in known), None)
+    if missing is None:
+        return None
+    return (f"it has no script {missing!r} (script_name or alwayson_scripts: an extension it lacks?)"
+            f"{_close(missing.lower(), known)}, so it would answer every image with 422 \"Script '{missing}' not "
+            f"found\"; its txt2img scripts: {', '.join(_unique(known))}")
+
+
+# the values of refiner_checkpoint that mean no refiner (processing.py), and hr_checkpoint_name's "the first pass's"
+NO_REFINER = ("", "None", "none")
+SAME_CHECKPOINT = "Use same checkpoint"
+
+
+def other_checkpoints(request: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(field, name) of each checkpoint besides the merge that the request renders with."""
+    found = []
+    refiner = request.get("refiner_checkpoint")
+    if refiner is not None and str(refiner) not in NO_REFINER:
+        found.append(("refiner_checkpoint", str(refiner)))
+    hires = request.get("hr_checkpoint_name")
+    if hires_enabled(request) and hires and str(hires) != SAME_CHECKPOINT:
+        found.append(("hr_checkpoint_name", str(hires)))
+    return found
+
+
+def checkpoint_problem(request: Mapping[str, Any], models: Iterable[Any]) -> str | None:
+    """What other checkpoint the request names that the WebUI does not list (``models``: the ``/sd-models``
+    answer), in words, or None."""
+    models = [m for m in models if isinstance(m, Mapping)]
+    titles = [str(m.get("title") or "") for m in models]
+    aliases = {str(m[k]) for m in models for k in ("title", "model_name", "hash", "sha256") if m.get(k)}
+    for field, name in other_checkpoints(request):
+        bare = re.sub(r"\s\[[^]]+]\s*$", "", name)  # without its [hash], as A1111 tries it last
+        if name in aliases or any(name in title or (bare and bare in title) for title in titles):
+            continue
+        return (f"it lists no checkpoint {name!r} ({field}){_close(name, titles)}, so it would answer every image "
+                f"with 500 'Could not find checkpoint with name {name}'")
     return None
 
 

@@ -458,6 +458,54 @@ def test_a_hires_scheduler_the_webui_lacks_is_refused_before_the_run(fake_webui,
 
 
 @pytest.mark.parametrize("fake_webui", ["a1111", "forge"], indirect=True)
+def test_a_payload_naming_a_script_the_webui_lacks_is_refused_before_the_run(fake_webui, webui_config, caplog):
+    # A1111 looks script_name and each alwayson_scripts key up among its scripts' titles: 422 at every image
+    with WebUIClient(webui_config(), "run1") as client:
+        client.check_payloads([_Payload("ok", script_name="X/Y/Z plot", alwayson_scripts={"Hypertile": {"args": []}}),
+                               _Payload("none", script_name="", alwayson_scripts={})])
+        with pytest.raises(ConfigError, match=r"Payload 'face' .*: it has no script 'ADetailer' \(script_name or "
+                                              r"alwayson_scripts: an extension it lacks\?\), so it would answer every "
+                                              r"image with 422 \"Script 'ADetailer' not found\"; its txt2img scripts: "
+                                              r"prompt matrix, "):
+            client.check_payloads([_Payload("face", alwayson_scripts={"ADetailer": {"args": []}})])
+        with pytest.raises(ConfigError, match=r"no script 'x/y/z plots' .*\(did you mean 'x/y/z plot'\?\)"):
+            client.check_payloads([_Payload("typo", script_name="x/y/z plots")])
+        _assert_no_trial_began(fake_webui)
+        # A1111 started with --nowebui lists none until a first txt2img: nothing to judge by, so nothing refused
+        fake_webui.lists_scripts = False
+        caplog.set_level(logging.INFO, logger="bayes_merger")
+        client.check_payloads([_Payload("face", alwayson_scripts={"ADetailer": {"args": []}})])
+        assert "alwayson_scripts are not checked before the run" in caplog.text
+        client.load_checkpoint(merge_writer(0.1), trial=0)
+        with pytest.raises(WebUIError, match="HTTP 422: Script 'ADetailer' not found"):
+            client.txt2img({**PAYLOAD, "alwayson_scripts": {"ADetailer": {"args": []}}})
+
+
+@pytest.mark.parametrize("fake_webui", ["a1111", "forge"], indirect=True)
+def test_a_refiner_or_hires_checkpoint_the_webui_lacks_is_refused_before_the_run(fake_webui, webui_config):
+    # A1111's get_closet_checkpoint_match finds none: 500 "Could not find checkpoint" at every image
+    merge_writer(0.3)(fake_webui.checkpoint_dir / "xl_refiner.safetensors")
+    requests.post(fake_webui.url + "/sdapi/v1/refresh-checkpoints", timeout=10).raise_for_status()
+    with WebUIClient(webui_config(), "run1") as client:
+        client.check_payloads([_Payload("name", refiner_checkpoint="xl_refiner.safetensors"),
+                               _Payload("part", refiner_checkpoint="refiner"),
+                               _Payload("hashed", **HIRES, hr_checkpoint_name="xl_refiner.safetensors [0123456789]"),
+                               _Payload("no refiner", refiner_checkpoint="None"),
+                               _Payload("same", **HIRES, hr_checkpoint_name="Use same checkpoint"),
+                               _Payload("no hires", hr_checkpoint_name="missing.safetensors")])  # not read
+        with pytest.raises(ConfigError, match=r"Payload 'typo' .*: it lists no checkpoint 'xl_refinr.safetensors' "
+                                              r"\(refiner_checkpoint\) \(did you mean 'xl_refiner.safetensors'\?\), so "
+                                              r"it would answer every image with 500 'Could not find checkpoint"):
+            client.check_payloads([_Payload("typo", refiner_checkpoint="xl_refinr.safetensors")])
+        with pytest.raises(ConfigError, match=r"lists no checkpoint 'other.safetensors' \(hr_checkpoint_name\)"):
+            client.check_payloads([_Payload("hires", **HIRES, hr_checkpoint_name="other.safetensors")])
+        client.load_checkpoint(merge_writer(0.1), trial=0)
+        with pytest.raises(WebUIError, match="HTTP 500: .*Could not find checkpoint with name xl_refinr.safetensors"):
+            client.txt2img({**PAYLOAD, "refiner_checkpoint": "xl_refinr.safetensors"})
+        assert len(client.txt2img({**PAYLOAD, "refiner_checkpoint": "refiner"}).images) == 1
+
+
+@pytest.mark.parametrize("fake_webui", ["a1111", "forge"], indirect=True)
 def test_a_hires_fix_the_webui_can_run_passes_and_renders(fake_webui, webui_config):
     latent = _Payload("latent", **HIRES, hr_upscaler="Latent (bicubic antialiased)", hr_sampler_name="DPM++ 2M",
                       hr_scheduler="karras")

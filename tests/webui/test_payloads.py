@@ -165,6 +165,22 @@ def test_list_form_file_loads_payloads_with_its_defaults(tmp_path: Path) -> None
     assert "name" not in cat.request
 
 
+def test_only_a_checkpoint_the_webui_renders_with_is_warned_of_as_another(tmp_path: Path, caplog) -> None:
+    # refiner_checkpoint "None" is no refiner (A1111's processing.py); hr_checkpoint_name is read with the hires fix only
+    path = write(tmp_path, "set.yaml", """\
+        payloads:
+          - {name: none, prompt: a cat, refiner_checkpoint: "None", hr_checkpoint_name: other.safetensors}
+          - {name: same, prompt: a cat, enable_hr: true, hr_checkpoint_name: Use same checkpoint}
+          - {name: refiner, prompt: a cat, refiner_checkpoint: xl_refiner}
+          - {name: hires, prompt: a cat, enable_hr: true, hr_checkpoint_name: other.safetensors}
+        """)
+    with caplog.at_level(logging.WARNING):
+        load(path)
+    warned = [r.getMessage() for r in caplog.records if "brings in another checkpoint" in r.getMessage()]
+    assert len(warned) == 2 and "'refiner'" in warned[0] and "refiner_checkpoint" in warned[0], warned
+    assert "'hires'" in warned[1] and "hr_checkpoint_name" in warned[1], warned
+
+
 def test_list_form_payload_without_a_name_is_an_error(tmp_path: Path) -> None:
     path = write(tmp_path, "set.yaml", "payloads:\n  - prompt: a cat\n")
 
