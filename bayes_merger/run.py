@@ -78,6 +78,9 @@ from bayes_merger.webuis import (
 
 log = logging.getLogger(__name__)
 
+# what to change when the merge's models do not fit beside the WebUI on its GPU
+MERGE_MEMORY_ADVICE = "set merge.device=cpu, or free memory there"
+
 
 @dataclass(frozen=True)
 class RunResult:
@@ -112,7 +115,10 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None,
         optimiser = Optimiser(inputs.space, cfg.optimiser, cfg.run.seed)
         trial_log = TrialLog(run_dir)  # the executor tells the optimiser what each suggestion may know
         complete = set(range(optimiser.budget)) <= {t.trial for t in trial_log.trials}
-        slots, before, scorer, merger = _open_trial_parts(inputs, info, runs, stack, complete)
+        try:
+            slots, before, scorer, merger = _open_trial_parts(inputs, info, runs, stack, complete)
+        except LocalOutOfMemory as error:
+            raise _stop_resumably(error, run_dir) from error
         if not complete:
             _note_trials_at_once(info, len(slots) * inputs.trials_per_webui, run_dir)
         else:
@@ -150,7 +156,7 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None,
             best = _keep_best(inputs, info, merger, trial_log, optimiser)
             _keep_budget_reached(info, len(trial_log.trials), cfg.optimiser.init_points, run_dir)
             write_run_info(run_dir, info)
-        except StorageError as error:  # every trial is logged: a resume only writes these again
+        except (StorageError, LocalOutOfMemory) as error:  # every trial is logged: a resume only writes these again
             raise _stop_resumably(error, run_dir) from error
         # scorer.finalists: the top trials again with a stronger scorer, whose models load beside none of
         # the run's (the models to merge may be on the GPU with the WebUI's)
@@ -182,9 +188,11 @@ def _open_trial_parts(inputs: Inputs, info: dict[str, Any], runs: Mapping[str, P
                   checkpoint_dir=Path(webui_cfg.checkpoint_dir).expanduser())
              for url, webui_cfg, run_id in webui_configs(cfg, inputs.run_id)]
     before = prepare_webuis(slots, inputs, info, runs)
-    scorer = build_scorer(inputs.scorer)
+    with out_of_memory_stops("Loading the scorer", "set scorer.device=cpu, or free memory there"):
+        scorer = build_scorer(inputs.scorer)
     log.info("Loading the models to merge.")
-    return slots, before, scorer, Merger.from_inputs(inputs.merge, cfg.merge)
+    with out_of_memory_stops("Loading the models to merge", MERGE_MEMORY_ADVICE):
+        return slots, before, scorer, Merger.from_inputs(inputs.merge, cfg.merge)
 
 
 def _finish(inputs: Inputs, info: dict[str, Any], trial_log: TrialLog, best: Trial | None,
@@ -332,7 +340,7 @@ class TrialLoop:
         prepared = Prepared(weights, record, None, time.perf_counter() - timings.get("suggest", 0.0))
         if slot.webui.merges_in_graph or slot.webui.renders_remotely:
             return prepared  # the renderer merges inside its own graph, or a cluster host merges: no file here
-        with _timed(timings, "merge"), out_of_memory_stops("The merge", "set merge.device=cpu, or free memory there"):
+        with _timed(timings, "merge"), out_of_memory_stops("The merge", MERGE_MEMORY_ADVICE):
             merged = self.merger.merge(weights)
             check_finite(merged, self.merger.architecture, self.merger.method.name, self.cfg.merge.dtype)
         # staged under a name the WebUI does not list; moved into place when the WebUI is free
@@ -534,7 +542,8 @@ def _keep_best(inputs: Inputs, info: dict[str, Any], merger: Merger | None, tria
     if best is not None and cfg.save_best:
         saved = {"trial": best.trial, "precision": str(cfg.best_precision), "prune": bool(cfg.merge.prune)}
         if info.get("best_saved") != saved or not (inputs.run_dir / BEST_MERGE).is_file():
-            _save_best_merge(inputs, merger or Merger.from_inputs(inputs.merge, on_this_machine(cfg.merge, cfg)), best)
+            with out_of_memory_stops("Loading the models for the best merge", MERGE_MEMORY_ADVICE):
+                _save_best_merge(inputs, merger or Merger.from_inputs(inputs.merge, on_this_machine(cfg.merge, cfg)), best)
             info["best_saved"] = saved
     return best
 

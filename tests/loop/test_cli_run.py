@@ -512,6 +512,39 @@ def test_out_of_gpu_memory_stops_resumably_and_fails_no_trial(assets, fake_webui
     assert [t["status"] for t in _trials(run_dir)] == ["ok"] * 5
 
 
+@pytest.mark.parametrize("where, said", [
+    ("bayes_merger.merge.merger.Merger._load", "Loading the models to merge ran out of GPU memory (CUDA out of memory. "
+                                               "Tried to allocate 2.00 GiB); the WebUI on that GPU holds the rest: set "
+                                               "merge.device=cpu"),
+    ("bayes_merger.run.build_scorer", "Loading the scorer ran out of GPU memory (CUDA out of memory. Tried to allocate "
+                                      "2.00 GiB); the WebUI on that GPU holds the rest: set scorer.device=cpu"),
+])
+def test_out_of_gpu_memory_while_loading_stops_resumably_before_any_trial(assets, fake_webui, tmp_path, caplog,
+                                                                          monkeypatch, where, said):
+    # the likeliest place to run out (an SDXL add_difference holds 2.8 models beside the WebUI): a traceback, exit 1
+    import importlib
+
+    module, _, name = where.rpartition(".")
+    try:
+        owner = importlib.import_module(module)
+    except ModuleNotFoundError:
+        owner_path, _, attribute = module.rpartition(".")
+        owner = getattr(importlib.import_module(owner_path), attribute)
+
+    def runs_out(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nGPU 0 has 1.2 GiB free")
+
+    monkeypatch.setattr(owner, name, runs_out)
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs")) == 6
+    run_dir = _only_run(tmp_path / "runs")
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and said in errors[0] and "resume with: " in errors[0], errors
+    assert not (run_dir / "trials.jsonl").exists()
+    monkeypatch.undo()
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}")) == 0
+    assert [t["status"] for t in _trials(run_dir)] == ["ok"] * 5
+
+
 def test_ctrl_c_finishes_the_trial_in_flight_then_stops_resumably(assets, fake_webui, tmp_path, monkeypatch):
     from bayes_merger.run import TrialLoop
 
