@@ -73,9 +73,40 @@ def rewrite_config_flag(argv: Sequence[str]) -> list[str]:
                 raise ConfigError(f"Config file {value} does not exist.")
             if path.suffix != ".yaml":  # Hydra looks for <name>.yaml: X.yml would read X.yaml beside it, or nothing
                 raise ConfigError(f"--config {value}: Hydra reads only .yaml files; rename it to {path.stem}.yaml.")
+            if builds_on_schema(path) is False:  # else a traceback at the first setting read, Hydra's folder left
+                raise ConfigError(f"--config {value} does not build on bayes-merger's settings: {NAME_THE_SCHEMA}.")
             end = i + 1 if "=" in arg else i + 2
             return args[:i] + ["--config-path", str(path.parent), "--config-name", path.stem] + args[end:]
     return args
+
+
+# the typed settings every config builds on (config.register_configs), and what to write to build on them
+SCHEMA = "bayes_merger"
+NAME_THE_SCHEMA = (f"begin it with `defaults: [{SCHEMA}, _self_]`, as conf/run.yaml does, so that a setting it leaves out "
+                   "takes its default and a misspelt one is refused")
+
+
+def builds_on_schema(path: Path, seen: frozenset[Path] = frozenset()) -> bool | None:
+    """Whether a config file's defaults list names bayes-merger's settings, or another config file of its folder
+    that does; None where that cannot be told (a file that is not YAML, which Hydra says, or names one not there)."""
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    defaults = tree.get("defaults") if isinstance(tree, dict) else None
+    untold = False
+    for entry in defaults if isinstance(defaults, list) else ():
+        if not isinstance(entry, str) or entry == "_self_":  # {group: option}: one of our groups' files
+            continue
+        name = entry.strip().lstrip("/")
+        if name == SCHEMA:
+            return True
+        other = (path.parent / f"{name}.yaml").resolve()
+        found = None if other in seen or not other.is_file() else builds_on_schema(other, seen | {path})
+        if found:
+            return True
+        untold = untold or found is None
+    return None if untold else False
 
 
 # an override's value that is one path in the user's home, ~ or ~/… (no list, sweep, quote or interpolation of
@@ -154,6 +185,8 @@ def _given_settings() -> Iterator[tuple[str, Any]]:
 
 
 def to_config(cfg: DictConfig) -> Config:
+    if OmegaConf.get_type(cfg) is not Config:  # a config composed without the schema (Hydra's own flags)
+        raise ConfigError(f"The config does not build on bayes-merger's settings: {NAME_THE_SCHEMA}.")
     unknown = unknown_keys(cfg)
     if unknown:  # added with Hydra's +, as its own error message suggests for a misspelt key: it would be ignored
         raise unknown_setting(unknown[0])

@@ -208,6 +208,35 @@ def test_a_config_file_hydra_would_not_read_is_refused_not_swapped_for_another(t
         f"--config {tmp_path / 'demo.yml'}: Hydra reads only .yaml files; rename it to demo.yaml."]
 
 
+def test_a_config_file_that_does_not_build_on_the_settings_is_one_sentence_and_leaves_no_folder(tmp_path, capsys,
+                                                                                                caplog, monkeypatch):
+    # a few lines of one's own (every config of sd-webui-bayesian-merger's too): a traceback at config.resume, exit 1,
+    # and Hydra's outputs/<date>/<time> left, --check included
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.yaml").write_text("model_a: /m/a.safetensors\nmodel_b: /m/b.safetensors\n")
+    sentence = ("does not build on bayes-merger's settings: begin it with `defaults: [bayes_merger, _self_]`, as "
+                "conf/run.yaml does, so that a setting it leaves out takes its default and a misspelt one is refused.")
+    for args in (["--config", "mine.yaml", "--check"], ["--config", "mine.yaml"],
+                 ["--config-path", str(tmp_path), "--config-name", "mine", "--check"]):
+        caplog.clear()
+        code, out, err = _exit(args, capsys)
+        assert code == 2 and "Traceback" not in err, err
+        if args[0] == "--config":  # refused before Hydra made a folder (its own flags reach the task: one is made)
+            [said] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+            assert said.endswith(sentence), said
+            assert [path.name for path in tmp_path.iterdir()] == ["mine.yaml"]
+        else:  # said through the job's logging, which Hydra set up
+            assert f"The config {sentence}" in out + err, out + err
+    # one that builds on a file of its folder that does (conf/run.yaml) is taken
+    shutil.copytree(REPO / "conf", tmp_path / "conf")
+    (tmp_path / "conf" / "mine.yaml").write_text("defaults:\n  - run\n  - _self_\noptimiser:\n  n_iters: 3\n")
+    from bayes_merger.cli import builds_on_schema
+    assert builds_on_schema(tmp_path / "conf" / "mine.yaml") is True
+    assert builds_on_schema(tmp_path / "mine.yaml") is False
+    (tmp_path / "conf" / "elsewhere.yaml").write_text("defaults:\n  - not_here\n  - _self_\n")
+    assert builds_on_schema(tmp_path / "conf" / "elsewhere.yaml") is None  # Hydra says what is missing
+
+
 def test_hydra_full_error_set_by_the_user_still_gets_hydras_whole_report(monkeypatch):
     from hydra.errors import ConfigCompositionException
 
