@@ -96,11 +96,14 @@ def model_features(tensors: dict[str, Any]) -> np.ndarray:
         if group == "OTHER":
             continue
         even = tensor.numel() // 2 * 2
-        pairs = tensor.reshape(-1)[:even].reshape(-1, 2)
-        # summed in float32 without a converted copy: reading a full-size checkpoint's features costs
-        # about what A1111's own read of it does, not several times that
+        flat = tensor.reshape(-1)[:even]
+        if flat.dtype not in (torch.float16, torch.float32, torch.float64):  # bf16, fp8: numpy has neither
+            flat = flat.float()
+        values = flat.numpy()
+        # numpy's sums, on one thread: torch splits a long sum among its threads, so the picture of one model
+        # changed with OMP_NUM_THREADS. In float64 as numpy buffers it, without a converted copy of the tensor.
         acc = sums.setdefault(group, [0.0, 0.0])
-        acc[0] += float(pairs[:, 0].sum(dtype=torch.float32)) - float(pairs[:, 1].sum(dtype=torch.float32))
+        acc[0] += float(values[0::2].sum(dtype=np.float64)) - float(values[1::2].sum(dtype=np.float64))
         acc[1] += even
     features = np.zeros(5)
     for group, (total, count) in sorted(sums.items()):

@@ -211,6 +211,21 @@ def test_the_picture_moves_smoothly_with_a_merge_weight():
     assert (pixels[2] - pixels[1]).abs().mean() < (pixels[3] - pixels[0]).abs().mean() / 10
 
 
+def test_the_picture_of_a_model_does_not_depend_on_the_number_of_threads(tmp_path):
+    # torch split a long sum among its threads: the same merge drew other pictures under another OMP_NUM_THREADS.
+    # A thread count is fixed as a process starts, so each is its own process.
+    generator = torch.Generator().manual_seed(0)
+    path = tmp_path / "big.safetensors"
+    save_file({"model.diffusion_model.input_blocks.1.0.in_layers.2.weight": torch.randn(4_000_000, generator=generator),
+               "first_stage_model.decoder.conv_in.weight": torch.randn(2_000_000, generator=generator).half()}, path)
+    script = ("import sys; from safetensors.torch import load_file; from bayes_merger.testing.fake_txt2img import "
+              "model_features; print(model_features(load_file(sys.argv[1])).tobytes().hex())")
+    drawn = {subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True,
+                            env={**os.environ, "OMP_NUM_THREADS": threads}, timeout=120).stdout
+             for threads in ("1", "2", "3")}
+    assert len(drawn) == 1, drawn
+
+
 def test_constants_every_model_shares_do_not_swamp_the_difference_between_models():
     shared = {"model.diffusion_model.input_blocks.4.0.in_layers.0.weight": torch.ones(320),
               "model.diffusion_model.out.0.weight": torch.full((320,), 3.0),
