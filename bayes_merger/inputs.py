@@ -309,8 +309,21 @@ def _run_info(cfg: Config, run_id: str, merge: MergeInputs, space: SearchSpace, 
         "space": {"parameters": [asdict(p) for p in space.parameters], "frozen": dict(space.frozen)},
         "objective": _objective(cfg, payloads),
         SUGGESTIONS: {"acquisition": cfg.optimiser.acquisition, "xi": cfg.optimiser.xi, "kappa": cfg.optimiser.kappa},
-        LIBRARIES: library_versions(),
+        LIBRARIES: {**library_versions(), **_scoring_arithmetic(cfg)},
     }
+
+
+def _scoring_arithmetic(cfg: Config) -> dict[str, str]:
+    """What decides a score's last bits beside the images: torch's version and where the scorer runs (on a CPU
+    its number of threads, among which torch splits a long sum: one image's embedding differed at 1, 2 and 4
+    threads, and the suggestions after it). On a cluster the hosts score, each with its own."""
+    import torch
+
+    record = {"torch": torch.__version__}
+    if cfg.cluster.address is None:
+        device = resolve_device(cfg.scorer.device, "scorer device")
+        record["scorer device"] = f"cpu, {torch.get_num_threads()} threads" if device.type == "cpu" else device.type
+    return record
 
 
 def _objective(cfg: Config, payloads: list[Payload]) -> dict[str, Any]:

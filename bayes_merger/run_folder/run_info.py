@@ -32,7 +32,8 @@ OBJECTIVE = "objective"
 # the settings that decide a suggestion but not what a score means: a resume may change them, and is told
 # what that changes
 SUGGESTIONS = "suggestions"
-# the versions of the libraries that decide a suggestion to the last bit (optimiser.NUMERIC_LIBRARIES)
+# the versions of the libraries that decide a suggestion to the last bit (optimiser.NUMERIC_LIBRARIES), torch's
+# and the scorer's device (with a CPU's number of threads), which decide a score's
 LIBRARIES = "libraries"
 # each payload's score_weight, so a re-score combines the payloads as the run did without its payload files
 PAYLOAD_WEIGHTS = "payload_weights"
@@ -211,8 +212,8 @@ def note_changed_suggestions(previous: Mapping[str, Any], current: Mapping[str, 
                    if name in before and before[name] != now[name]]
         if changed:
             log.warning("Resuming %s with %s: the finished trials are kept, but the next ones may differ from what the "
-                        "run would have suggested (another version's arithmetic can differ in the last bits).", run_dir,
-                        ", ".join(changed))
+                        "run would have suggested (another version's arithmetic, or the scorer's on another device or "
+                        "number of threads, can differ in the last bits).", run_dir, ", ".join(changed))
 
 
 def _differences(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:

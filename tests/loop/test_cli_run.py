@@ -168,13 +168,20 @@ def test_a_resume_with_another_version_of_a_numeric_library_says_the_suggestions
     assert _cli(_args(assets, fake_webui, tmp_path / "runs")) == 0
     run_dir = _only_run(tmp_path / "runs")
     info = _run_json(run_dir)
-    installed = {name: importlib.metadata.version(name) for name in ("numpy", "scipy", "scikit-learn")}
+    installed = {**{name: importlib.metadata.version(name) for name in ("numpy", "scipy", "scikit-learn")},
+                 "torch": torch.__version__, "scorer device": f"cpu, {torch.get_num_threads()} threads"}
     assert info["libraries"] == installed
     (run_dir / "run.json").write_text(json.dumps({**info, "libraries": {**installed, "scipy": "0.0.1"}}))
     caplog.clear()
     assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}")) == 0
     assert (f"Resuming {run_dir} with scipy {installed['scipy']} (was 0.0.1): the finished trials are kept, but the "
             "next ones may differ") in caplog.text
+    # a CPU scorer's embedding of one image differs in its last bits with the number of threads torch splits it among
+    (run_dir / "run.json").write_text(json.dumps({**info, "libraries": {**installed, "scorer device": "cpu, 64 threads"}}))
+    caplog.clear()
+    assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}")) == 0
+    assert (f"with scorer device cpu, {torch.get_num_threads()} threads (was cpu, 64 threads): the finished trials are "
+            "kept, but the next ones may differ") in caplog.text
     assert _run_json(run_dir)["libraries"] == installed
     caplog.clear()
     assert _cli(_args(assets, fake_webui, tmp_path / "runs", f"resume={run_dir}")) == 0
