@@ -10,6 +10,7 @@ original tool did) that sets all of its members.
 from __future__ import annotations
 
 import difflib
+import logging
 import math
 import re
 from dataclasses import dataclass
@@ -17,7 +18,10 @@ from typing import Iterable, Mapping, Sequence
 
 from bayes_merger.config import OptimiserConfig
 from bayes_merger.errors import ConfigError
+from bayes_merger.merge.arch import SD_BLOCKS
 from bayes_merger.merge.weights import BlockWeights
+
+log = logging.getLogger(__name__)
 
 BETA_SUFFIX = "_beta"
 _LEGACY = re.compile(r"^(base|block_(\d+))_(alpha|beta)$")
@@ -134,13 +138,35 @@ def canonical_name(name: str, blocks: Sequence[str], uses_beta: bool) -> str:
     raise ConfigError(f"Unknown parameter '{name}'.{hint}")
 
 
+def _numbering(blocks: Sequence[str]) -> str:
+    """'block_0 IN00 … block_8 IN08, block_9 M00, …': how the old names count an architecture's blocks."""
+    runs: list[list[int]] = []
+    for index, block in enumerate(blocks[1:]):
+        if runs and block[:-2] == blocks[runs[-1][-1] + 1][:-2]:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    return ", ".join(f"block_{r[0]} {blocks[r[0] + 1]}" if len(r) == 1 else
+                     f"block_{r[0]}…block_{r[-1]} {blocks[r[0] + 1]}…{blocks[r[-1] + 1]}" for r in runs)
+
+
 def build_space(config: OptimiserConfig, blocks: Sequence[str], uses_beta: bool) -> SearchSpace:
     """Check the optimiser section against the architecture and turn it into a SearchSpace."""
     blocks = tuple(blocks)
     names = weight_names(blocks, uses_beta)
 
+    said: set[str] = set()
+
     def canon(name: str) -> str:
-        return canonical_name(str(name), blocks, uses_beta)
+        found = canonical_name(str(name), blocks, uses_beta)
+        legacy = _LEGACY.match(str(name).strip())
+        index = 0 if not legacy or legacy.group(1) == "base" else int(legacy.group(2)) + 1
+        block = found.removesuffix(BETA_SUFFIX)
+        if legacy and index < len(SD_BLOCKS) and SD_BLOCKS[index] != block and name not in said:
+            said.add(name)  # the old tool knew SD1 only: its guides' numbers mean SD1's blocks
+            log.warning("%s is %s on this architecture (its blocks numbered in order: %s), where on SD1 it is %s; write "
+                        "%s to be plain.", str(name).strip(), block, _numbering(blocks), SD_BLOCKS[index], block)
+        return found
 
     _check_range("the default range (optimiser.lower, optimiser.upper)", config.lower, config.upper)
     ranges: dict[str, tuple[float, float]] = {}

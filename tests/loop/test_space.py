@@ -29,6 +29,18 @@ def test_original_tool_names_map_to_blocks():
     assert canonical_name("in03", SD, False) == "IN03"
 
 
+def test_an_original_tool_name_that_means_another_block_on_sdxl_than_on_sd1_is_said(caplog):
+    # the old tool knew SD1 only: a guide's block_12_alpha (M00 there) freezes OUT02 on SDXL
+    caplog.set_level("WARNING", logger="bayes_merger")
+    build_space(OptimiserConfig(frozen={"block_12_alpha": 0.5, "block_3_alpha": 0.2}), XL, uses_beta=False)
+    assert [r.getMessage() for r in caplog.records] == [
+        "block_12_alpha is OUT02 on this architecture (its blocks numbered in order: block_0…block_8 IN00…IN08, "
+        "block_9 M00, block_10…block_18 OUT00…OUT08), where on SD1 it is M00; write OUT02 to be plain."]
+    caplog.clear()
+    build_space(OptimiserConfig(frozen={"block_12_alpha": 0.5}), SD, uses_beta=False)
+    assert caplog.records == []
+
+
 def test_unknown_parameter_names_the_closest():
     with pytest.raises(ConfigError, match="Did you mean .*IN01"):
         canonical_name("IN1", SD, False)
