@@ -31,8 +31,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from bayes_merger import __version__
-from bayes_merger.cli_errors import (composition_error, dotted_settings, integer_for_true_or_false, unknown_keys,
-                                     unknown_setting)
+from bayes_merger.cli_errors import (composition_error, dotted_settings, former_settings, integer_for_true_or_false,
+                                     unknown_keys, unknown_setting)
 from bayes_merger.cli_secrets import hide_secrets_in_hydra_log, scrub_hydra_files, scrub_sweep_record, without_secrets
 from bayes_merger.cli_help import USAGE, help_text
 from bayes_merger.config import Config, hydra_value, register_configs
@@ -73,6 +73,10 @@ def rewrite_config_flag(argv: Sequence[str]) -> list[str]:
                 raise ConfigError(f"Config file {value} does not exist.")
             if path.suffix != ".yaml":  # Hydra looks for <name>.yaml: X.yml would read X.yaml beside it, or nothing
                 raise ConfigError(f"--config {value}: Hydra reads only .yaml files; rename it to {path.stem}.yaml.")
+            former = former_settings(_yaml_of(path))
+            if former:  # all at once: one refusal a key took a start each to mend an old config
+                raise ConfigError(f"--config {value} holds what sd-webui-bayesian-merger calls its settings: "
+                                  f"{', '.join(former)}; bayes-merger --help lists the settings.")
             if builds_on_schema(path) is False:  # else a traceback at the first setting read, Hydra's folder left
                 raise ConfigError(f"--config {value} does not build on bayes-merger's settings: {NAME_THE_SCHEMA}.")
             end = i + 1 if "=" in arg else i + 2
@@ -86,12 +90,19 @@ NAME_THE_SCHEMA = (f"begin it with `defaults: [{SCHEMA}, _self_]`, as conf/run.y
                    "takes its default and a misspelt one is refused")
 
 
+def _yaml_of(path: Path) -> Any:
+    """A config file as YAML reads it; None where it cannot be read (Hydra says why)."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+
+
 def builds_on_schema(path: Path, seen: frozenset[Path] = frozenset()) -> bool | None:
     """Whether a config file's defaults list names bayes-merger's settings, or another config file of its folder
     that does; None where that cannot be told (a file that is not YAML, which Hydra says, or names one not there)."""
-    try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+    tree = _yaml_of(path)
+    if tree is None:
         return None
     defaults = tree.get("defaults") if isinstance(tree, dict) else None
     untold = False

@@ -110,7 +110,36 @@ FORMER_SETTINGS: dict[str, tuple[str | None, str]] = {
     "scorer_device": ("scorer.device", ""),
     "scorer_model_dir": ("scorer.cache_dir", ""),
     "wildcards_dir": ("payloads.wildcards_dir", ""),
+    "run_name": (None, "a run's folder is named by run.dir, its time, merge method and scorer"),
+    "draw_unet_weights": (None, "every run's report draws its weights"),
+    "draw_unet_base_alpha": (None, "every run's report draws its weights"),
 }
+# the config groups of sd-webui-bayesian-merger its config's defaults list named (its optimiser's is said apart)
+FORMER_OPTIMISERS = ("bayes", "tpe", "atpe")
+FORMER_GROUPS: dict[str, str] = {
+    "payloads": "payloads.dir names the folder of payload files",
+    "optimisation_guide": "optimiser.frozen, optimiser.custom_ranges and optimiser.groups",
+}
+
+
+def former_settings(tree: Any) -> list[str]:
+    """What of sd-webui-bayesian-merger's a config file (its YAML, as read) holds, each in words: its settings at
+    the top, and its groups in the defaults list."""
+    if not isinstance(tree, dict):
+        return []
+    said = []
+    for key in tree:
+        if key in FORMER_SETTINGS:
+            setting, word = FORMER_SETTINGS[key]
+            said.append(f"{key} ({setting} here)" if setting else f"{key} (none here: {word})")
+    defaults = tree.get("defaults")
+    for entry in defaults if isinstance(defaults, list) else ():
+        for group in entry if isinstance(entry, dict) else ():
+            if group in FORMER_GROUPS:
+                said.append(f"the group {group} in its defaults (here {FORMER_GROUPS[group]})")
+    if tree.get("optimiser") in FORMER_OPTIMISERS:  # ours is a group of presets of one optimiser
+        said.append(f"optimiser {tree['optimiser']} (here one Gaussian process, its preset optimiser=default|quick|thorough)")
+    return said
 
 
 def unknown_setting(key: str) -> ConfigError:
@@ -153,7 +182,8 @@ def _describe(hint: Any, key: str) -> str | None:
 
 
 # sd-webui-bayesian-merger's optimiser choice (optimiser: bayes|tpe|atpe), asked of the group of that name
-_FORMER_OPTIMISER = re.compile(r"(?:Could not find 'optimiser/|OptimiserConfig\. value: )(?P<name>bayes|tpe|atpe)\b")
+_FORMER_OPTIMISER = re.compile(r"(?:Could not find 'optimiser/|OptimiserConfig\. value: )"
+                               rf"(?P<name>{'|'.join(FORMER_OPTIMISERS)})\b")
 _MERGED_OVERRIDE = re.compile(r"^Error merging override [^=]+=(?P<value>.*)$")
 
 

@@ -149,8 +149,11 @@ HEADER = "defaults:\n  - bayes_merger\n  - optimiser: default\n  - scorer: laion
 
 @pytest.mark.parametrize("lines, sentence", [
     ("url: http://127.0.0.1:7860\nsave_imgs: true\n",
-     "url is sd-webui-bayesian-merger's name for webui.url in bayes-merger; bayes-merger --help lists the settings."),
-    ("optimiser: bayes\n", f"optimiser bayes {FORMER_OPTIMISER}"),
+     "--config {old} holds what sd-webui-bayesian-merger calls its settings: url (webui.url here), save_imgs "
+     "(save_images here); bayes-merger --help lists the settings."),
+    ("optimiser: bayes\n", "--config {old} holds what sd-webui-bayesian-merger calls its settings: optimiser bayes (here "
+                           "one Gaussian process, its preset optimiser=default|quick|thorough); bayes-merger --help lists "
+                           "the settings."),
     ("optimiser:\n  n_iter: 5\n",
      "optimiser.n_iter is not a setting of bayes-merger (did you mean optimiser.n_iters?); bayes-merger --help lists them."),
     ("", f"optimiser tpe {FORMER_OPTIMISER}"),  # with optimiser=tpe
@@ -162,7 +165,7 @@ def test_a_config_with_a_setting_bayes_merger_does_not_have_gets_it_named(lines,
     overrides = [] if lines else ["optimiser=tpe"]
     code, _, err = _exit(["--config", str(tmp_path / "old.yaml"), *overrides], capsys)
     assert code == 2
-    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [sentence]
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [sentence.format(old=tmp_path / "old.yaml")]
     assert "Traceback" not in err
 
 
@@ -235,6 +238,27 @@ def test_a_config_file_that_does_not_build_on_the_settings_is_one_sentence_and_l
     assert builds_on_schema(tmp_path / "mine.yaml") is False
     (tmp_path / "conf" / "elsewhere.yaml").write_text("defaults:\n  - not_here\n  - _self_\n")
     assert builds_on_schema(tmp_path / "conf" / "elsewhere.yaml") is None  # Hydra says what is missing
+
+
+def test_an_old_tools_config_is_refused_naming_every_old_setting_at_once(tmp_path, capsys, caplog, monkeypatch):
+    # one refusal a key: mending sd-webui-bayesian-merger's conf/config.yaml took a start for each of its 20 keys
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.yaml").write_text(
+        "defaults:\n  - _self_\n  - payloads: cargo\n  - optimisation_guide: guide\n"
+        "run_name: ${optimiser}_${scorer_method}\nhydra:\n  run:\n    dir: logs/${now:%Y-%m-%d}_${run_name}\n"
+        "url: http://127.0.0.1:7860\nmodel_a: a.safetensors\nmodel_b: b.safetensors\nmerge_mode: weighted_sum\n"
+        "optimiser: bayes\nbatch_size: 1\nsave_imgs: false\nthreads: 4\nsave_best: false\n")
+    assert _exit(["--config", "config.yaml", "--check"], capsys)[0] == 2
+    [said] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert said == (
+        "--config config.yaml holds what sd-webui-bayesian-merger calls its settings: run_name (none here: a run's "
+        "folder is named by run.dir, its time, merge method and scorer), url (webui.url here), merge_mode (merge.method "
+        "here), batch_size (payloads.defaults.batch_size here), save_imgs (save_images here), threads (none here: torch "
+        "sets its own threads), the group payloads in its defaults (here payloads.dir names the folder of payload "
+        "files), the group optimisation_guide in its defaults (here optimiser.frozen, optimiser.custom_ranges and "
+        "optimiser.groups), optimiser bayes (here one Gaussian process, its preset optimiser=default|quick|thorough); "
+        "bayes-merger --help lists the settings.")
+    assert [path.name for path in tmp_path.iterdir()] == ["config.yaml"]  # nothing made: no logs/, no outputs/
 
 
 def test_hydra_full_error_set_by_the_user_still_gets_hydras_whole_report(monkeypatch):
