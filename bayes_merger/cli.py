@@ -508,6 +508,12 @@ def _composition_errors_raised() -> Iterator[None]:
         raise composition_error(error) from error
     except yaml.YAMLError as error:  # a config file that is not YAML; a payload file's is said by the payloads
         raise ConfigError(f"A config file is not valid YAML{yaml_problem(error)}.") from error
+    except OmegaConfBaseException as error:  # Hydra resolving its own settings (an old hydra.run.dir's ${run_name})
+        if _TASK_STARTED.is_set():
+            raise
+        where = f"{error.full_key} cannot be resolved: " if getattr(error, "full_key", None) else ""
+        said = str(getattr(error, "msg", None) or error).strip().splitlines()
+        raise ConfigError(f"{where}{said[0].rstrip('.') if said else type(error).__name__}.") from error
 
 
 def main(argv: Sequence[str] | None = None) -> None:

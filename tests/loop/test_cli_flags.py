@@ -261,6 +261,16 @@ def test_an_old_tools_config_is_refused_naming_every_old_setting_at_once(tmp_pat
     assert [path.name for path in tmp_path.iterdir()] == ["config.yaml"]  # nothing made: no logs/, no outputs/
 
 
+def test_a_hydra_setting_that_cannot_be_resolved_is_one_sentence(tmp_path, capsys, caplog, monkeypatch):
+    # the old tool's hydra.run.dir kept once its run_name is gone: a 95-line traceback, exit 1
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _exit(["--config", str(REPO / "conf" / "demo.yaml"), "--check", "hydra.run.dir=logs/${run_name}"],
+                           capsys)
+    assert code == 2
+    assert "hydra.run.dir cannot be resolved: Interpolation key 'run_name' not found." in out + err + caplog.text
+    assert "omegaconf.errors" not in out + err
+
+
 def test_hydra_full_error_set_by_the_user_still_gets_hydras_whole_report(monkeypatch):
     from hydra.errors import ConfigCompositionException
 
