@@ -2,7 +2,8 @@
 
 Deliberate differences from sd-meh, each tested below:
 - euclidean_add_difference returns c (not NaN) where a, b and c are identical;
-- tensor_sum accepts 0-d tensors (one row) where sd-meh raises IndexError;
+- tensor_sum accepts 0-d tensors (one row) where sd-meh raises IndexError, and cuts a band begun before row 0
+  (β < 0) there, where sd-meh's slice took it from the end or not at all;
 - weighted_subtraction nudges β wherever α·β = 1, not only at α = β = 1 (no division by zero);
 - distribution_crossover orders tied values of c with a stable sort (deterministic);
 - the non-linear methods compute in fp32 for fp16 inputs (sd-meh mostly uses the input dtype).
@@ -331,6 +332,15 @@ def test_tensor_sum_takes_a_0d_tensor_as_one_row() -> None:
     assert merge("tensor_sum", a, b, None, 0.5, 0.5).item() == 2.0
     assert merge("tensor_sum", a, b, None, 0.3, 0.5).item() == 1.0
     assert merge("tensor_sum", a, b, None, 0.5, 0.0).item() == 1.0
+
+
+def test_tensor_sums_band_begun_before_the_first_row_is_cut_there_not_taken_from_the_end() -> None:
+    # a custom range below 0: sd-meh's int() and slice made [-2, 2) an empty band (or one from the last rows)
+    a, b = torch.zeros(8, 1), torch.ones(8, 1)
+    assert oracle("tensor_sum", a, b, None, 0.5, -0.25).flatten().tolist() == [0.0] * 8
+    assert merge("tensor_sum", a, b, None, 0.5, -0.25).flatten().tolist() == [1, 1, 0, 0, 0, 0, 0, 0]
+    assert merge("tensor_sum", a, b, None, 0.5, -0.6).flatten().tolist() == [0.0] * 8  # wholly before row 0
+    assert merge("tensor_sum", a, b, None, -0.25, 0.5).flatten().tolist() == [0.0] * 8  # no width, no band
 
 
 def test_weighted_subtraction_never_divides_by_zero() -> None:

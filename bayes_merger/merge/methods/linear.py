@@ -6,6 +6,8 @@ sd-meh's results; the measurements behind each choice are in its comments.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -83,11 +85,15 @@ def tensor_sum(a: Tensor, b: Tensor, c: Tensor | None, alpha: float, beta: float
     # A 0-d tensor (OpenCLIP's logit_scale) is taken as one row; sd-meh raises IndexError on it.
     a_rows, b_rows, out_rows = (t.reshape(1) for t in (a, b, out)) if a.dim() == 0 else (a, b, out)
     rows = a_rows.shape[0]
+
+    def row(x: float) -> int:  # cut at the tensor's ends: sd-meh's int() and slice took a band begun before row 0
+        return min(max(math.floor(rows * x), 0), rows)  # (β < 0, a custom range) from the end, or not at all
+
     if alpha + beta <= 1:
-        base, band, start, stop = a_rows, b_rows, int(rows * beta), int(rows * (alpha + beta))
+        base, band, start, stop = a_rows, b_rows, row(beta), row(alpha + beta)
     else:
         # The band wraps past the last row: b everywhere except rows [n(α+β−1), nβ) from a.
-        base, band, start, stop = b_rows, a_rows, int(rows * (alpha + beta - 1)), int(rows * beta)
+        base, band, start, stop = b_rows, a_rows, row(alpha + beta - 1), row(beta)
     out_rows.copy_(base)
     out_rows[start:stop] = band[start:stop]
     return out
