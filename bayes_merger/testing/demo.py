@@ -31,8 +31,12 @@ def demo_environment(config: Config) -> Iterator[Config]:
             log.info("demo: writing a tiny SD1-layout checkpoint %s", path)
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             make_checkpoint(Path(path), "sd1", seed=seed)
-    clip = Path(config.scorer.clip)
+    clip = Path(config.scorer.clip).expanduser()
     if not (clip / "config.json").exists():
+        if not config.scorer.clip or (clip.exists() and (not clip.is_dir() or any(clip.iterdir()))):
+            # the tiny CLIP's files (model.safetensors, …) would replace whatever of the same names is there
+            raise ConfigError(f"scorer.clip '{config.scorer.clip}' holds no CLIP model (no config.json) but is not a new "
+                              "or empty folder, where the demo writes its tiny one: name a new folder.")
         log.info("demo: writing a tiny random CLIP to %s", clip)
         make_tiny_clip(clip)
     head = Path(config.scorer.head)

@@ -271,6 +271,24 @@ def test_a_hydra_setting_that_cannot_be_resolved_is_one_sentence(tmp_path, capsy
     assert "omegaconf.errors" not in out + err
 
 
+def test_the_demo_writes_its_tiny_clip_only_into_a_new_or_empty_folder(tmp_path, capsys, monkeypatch):
+    # it wrote into any folder without a config.json: scorer.clip=. (or empty) replaced the user's model.safetensors
+    monkeypatch.chdir(tmp_path)
+    for name in ("conf", "payloads"):
+        (tmp_path / name).symlink_to(REPO / name)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "model.safetensors").write_bytes(b"the user's own")
+    for clip in ("mine", ""):
+        code, out, err = _exit(["--config", "conf/demo.yaml", "--check", f"scorer.clip={clip}"], capsys)
+        assert code == 2  # said through the job's logging, which Hydra set up
+        assert (f"scorer.clip '{clip}' holds no CLIP model (no config.json) but is not a new or empty folder, where "
+                "the demo writes its tiny one: name a new folder.") in out + err, out + err
+    assert (mine / "model.safetensors").read_bytes() == b"the user's own"
+    main(["--config", "conf/demo.yaml", "--check", "scorer.clip=new-clip"])  # passes: no exit
+    assert (tmp_path / "new-clip" / "config.json").is_file()
+
+
 def test_hydra_full_error_set_by_the_user_still_gets_hydras_whole_report(monkeypatch):
     from hydra.errors import ConfigCompositionException
 
