@@ -114,7 +114,7 @@ def run(cfg: Config, run_dir: Path, stop: threading.Event | None = None,
         runs = run_folders(Path(cfg.run.dir), run_dir.parent)
         optimiser = Optimiser(inputs.space, cfg.optimiser, cfg.run.seed)
         trial_log = TrialLog(run_dir)  # the executor tells the optimiser what each suggestion may know
-        complete = set(range(optimiser.budget)) <= {t.trial for t in trial_log.trials}
+        complete = len({t.trial for t in trial_log.trials if t.trial < optimiser.budget}) == optimiser.budget
         try:
             slots, before, scorer, merger = _open_trial_parts(inputs, info, runs, stack, complete)
         except LocalOutOfMemory as error:

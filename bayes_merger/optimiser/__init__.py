@@ -47,6 +47,10 @@ BY_POSTERIOR_MEAN, BY_SCORE = "posterior mean", "best score"
 MODEL_MIN_SCORES = 3
 
 
+# the most trials a run may have: a GP's fit grows with the cube of its scores
+MAX_TRIALS = 100_000
+
+
 def check_optimiser_config(config: OptimiserConfig) -> None:
     if config.acquisition not in ACQUISITIONS:
         raise ConfigError(f"optimiser.acquisition must be one of {', '.join(ACQUISITIONS)}, got '{config.acquisition}'.")
@@ -54,6 +58,10 @@ def check_optimiser_config(config: OptimiserConfig) -> None:
         raise ConfigError(f"optimiser.init_points must be at least 1, got {config.init_points}.")
     if config.n_iters < 0:
         raise ConfigError(f"optimiser.n_iters must not be negative, got {config.n_iters}.")
+    if config.init_points + config.n_iters > MAX_TRIALS:  # the budget's bookkeeping alone filled the memory
+        raise ConfigError(f"optimiser.init_points + optimiser.n_iters must be at most {MAX_TRIALS:,}, got "
+                          f"{config.init_points + config.n_iters:,}: a Gaussian process fitted to more scores takes "
+                          "longer per trial than the trial (the overnight runner's --max-hours ends a night instead).")
     for key in ("kappa", "xi"):
         if not 0 <= getattr(config, key) < math.inf:  # nan too: the first suggestion of the GP would fail on it
             raise ConfigError(f"optimiser.{key} must be a number, 0 or more, got {getattr(config, key)}.")
