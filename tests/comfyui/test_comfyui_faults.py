@@ -87,6 +87,24 @@ def test_out_of_memory_frees_comfyuis_memory_and_is_redone_not_failed(graph_clie
     assert fake_comfyui.load_count == loads + 2, "the freed cache makes it reload A and B"
 
 
+@pytest.mark.parametrize("exception_type, message", [
+    # torch 2.13 on a CPU (the reference's --cpu server) raises a plain RuntimeError, as ComfyUI names it
+    ("RuntimeError", "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                     "tried to allocate 70368744177664 bytes. Error code 12 (Cannot allocate memory)"),
+    ("RuntimeError", "MPS backend out of memory (MPS allocated: 17.9 GB, other allocations: 1.2 GB)."),
+    ("MemoryError", ""),
+])
+def test_out_of_memory_on_a_cpu_or_mps_comfyui_frees_its_memory_and_is_redone_not_failed(graph_client, fake_comfyui,
+                                                                                         exception_type, message):
+    # only CUDA's OutOfMemoryError was known: a failed trial, the optimiser steered away, the merge graph kept in RAM
+    graph_client.load_weights(WEIGHTS, trial=0)
+    fake_comfyui.fail_execution("KSampler", message, exception_type)
+    with pytest.raises(OutOfMemory):
+        graph_client.txt2img(PAYLOAD)
+    assert fake_comfyui.frees == [{"unload_models": True, "free_memory": True}]
+    assert graph_client.txt2img(PAYLOAD).images  # the redone render works
+
+
 def test_a_prompt_cancelled_in_comfyuis_ui_is_redone_not_failed(graph_client, fake_comfyui, comfy_config):
     graph_client.load_weights(WEIGHTS, trial=0)
     gate = fake_comfyui.hold_execution()

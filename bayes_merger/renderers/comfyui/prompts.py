@@ -31,6 +31,7 @@ trial does not queue behind it and no one else's prompt is stopped (``shared/ref
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from typing import Any, Mapping
@@ -51,6 +52,10 @@ LATE_PROMPT_CHECKS = 3
 # how an execution error names torch's failed allocation (torch.OutOfMemoryError, alias
 # torch.cuda.OutOfMemoryError); the last part of exception_type is compared
 OUT_OF_MEMORY = "OutOfMemoryError"
+# a failed allocation torch raises as a plain RuntimeError (ComfyUI names it so): on a CPU (the reference's
+# --cpu server; torch 2.13's text), on Apple's MPS, and CUDA's own error; Python's MemoryError as well
+OUT_OF_MEMORY_TEXT = re.compile(r"DefaultCPUAllocator: (?:can't allocate|not enough) memory|MPS backend out of memory|"
+                                r"CUDA error: out of memory")
 
 
 class PromptInterrupted(WebUIConnectionError):
@@ -309,7 +314,7 @@ class PromptRunner:
                                      "or another client's /interrupt, so the trial's images are incomplete.")
         kind = str(event.get("exception_type") or "error").rsplit(".", 1)[-1]
         message = " ".join(str(event.get("exception_message") or "no message").split()).rstrip(".")
-        if kind.endswith(OUT_OF_MEMORY):
+        if kind.endswith(OUT_OF_MEMORY) or kind == "MemoryError" or OUT_OF_MEMORY_TEXT.search(message):
             # its models and its node cache hold the memory: the redone trial starts from a clean device
             if not self.free(unload_models=True, free_memory=True):
                 logger.warning("ComfyUI ran out of memory and did not answer POST /free, so its memory may stay full.")
