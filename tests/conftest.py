@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import errno
+import logging
 import os
 import shutil
 import socket
@@ -37,6 +38,18 @@ LOCAL_HOSTS = {"127.0.0.1", "::1", "localhost"}
 
 def _is_local(host: object) -> bool:
     return isinstance(host, str) and (host in LOCAL_HOSTS or host.startswith("127."))
+
+
+@pytest.fixture(autouse=True)
+def no_console_handler_left_on_the_root_logger() -> Iterator[None]:
+    """A console handler a test's CLI call added to the root logger goes with the test: the CLI's
+    logging.basicConfig for an error said before Hydra sets up logging writes to the stream of that test's
+    capture, closed after it, and a later test's error, its basicConfig then a no-op, met that closed stream."""
+    before = set(logging.root.handlers)
+    yield
+    for handler in logging.root.handlers[:]:
+        if handler not in before and type(handler) is logging.StreamHandler:
+            logging.root.removeHandler(handler)
 
 
 @pytest.fixture(autouse=True)
