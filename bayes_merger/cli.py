@@ -35,7 +35,7 @@ from bayes_merger.cli_errors import (composition_error, dotted_settings, former_
                                      unknown_keys, unknown_setting)
 from bayes_merger.cli_secrets import hide_secrets_in_hydra_log, scrub_hydra_files, scrub_sweep_record, without_secrets
 from bayes_merger.cli_help import USAGE, help_text
-from bayes_merger.config import Config, hydra_value, register_configs
+from bayes_merger.config import HYDRA_SETTINGS, Config, hydra_value, register_configs
 from bayes_merger.errors import BayesMergerError, ConfigError, Interrupted
 from bayes_merger.files import atomic_write_text, storage_errors, yaml_problem
 from bayes_merger.run_folder.paths import (BEST_FILE, CONFIG_FILE, CONFIG_HEADER, RESUMED_CONFIG, TRIALS_FILE,
@@ -45,19 +45,9 @@ from bayes_merger.run_folder.run_info import is_run_folder, is_saved_config
 log = logging.getLogger("bayes_merger")
 
 
-# the run-folder settings of conf/run.yaml, so that a saved config resumes into its own folder
-HYDRA_BLOCK = """
-hydra:
-  run:
-    dir: ${bm_run_dir:${resume},${run.dir},${merge.method},${scorer.name}}
-  sweep:
-    dir: ${bm_sweep_dir:${run.dir},${now:%Y-%m-%d_%H-%M-%S}}
-    subdir: ${hydra.job.num}_${merge.method}_${scorer.name}
-  output_subdir: null
-  job:
-    name: bayes-merger
-    chdir: false
-"""
+# Hydra's settings for a run (config.HYDRA_SETTINGS, which bayes_merger carries), written out in a saved config too:
+# the same text as before they had one home, so a resume of an older run folder finds its config word for word
+HYDRA_BLOCK = "\n" + OmegaConf.to_yaml(OmegaConf.create({"hydra": HYDRA_SETTINGS}))
 
 
 def rewrite_config_flag(argv: Sequence[str]) -> list[str]:
@@ -401,11 +391,11 @@ def _task(cfg: DictConfig) -> None:
     _TASK_STARTED.set()
 
     try:
+        scrub_hydra_files()  # first: a Ctrl-C during the import below left the password in .hydra/
         # imported here so that --help and config errors stay fast; seconds long (torch, matplotlib), so a
         # Ctrl-C may come during it
         from bayes_merger.run import run
 
-        scrub_hydra_files()
         error = integer_for_true_or_false(_given_settings())
         if error:
             raise error

@@ -186,8 +186,24 @@ class Config:
     demo: bool = False
 
 
+# Hydra's settings for a run: its folder (a resume's own; else under run.dir, named by the time, method and scorer),
+# a sweep's, no .hydra folder (bayes-merger saves its config without the WebUI password) and the log's name
+HYDRA_SETTINGS: dict[str, Any] = {
+    "run": {"dir": "${bm_run_dir:${resume},${run.dir},${merge.method},${scorer.name}}"},
+    "sweep": {"dir": "${bm_sweep_dir:${run.dir},${now:%Y-%m-%d_%H-%M-%S}}",
+              "subdir": "${hydra.job.num}_${merge.method}_${scorer.name}"},
+    "output_subdir": None,
+    "job": {"name": "bayes-merger", "chdir": False},
+}
+
+
 def register_configs() -> None:
-    ConfigStore.instance().store(name="bayes_merger", node=Config)
+    """``bayes_merger``, what every config builds on: the typed settings and Hydra's settings for a run, so that a
+    config of one's own (``defaults: [bayes_merger, _self_]``) runs in the same folders as conf/run.yaml."""
+    store = ConfigStore.instance()
+    store.store(name="bayes_merger_settings", node=Config)
+    store.store(name="bayes_merger_hydra", node={"hydra": HYDRA_SETTINGS})
+    store.store(name="bayes_merger", node={"defaults": ["bayes_merger_settings", "bayes_merger_hydra", "_self_"]})
 
 
 def hydra_value(value: str) -> str:

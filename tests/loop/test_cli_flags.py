@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
 from bayes_merger import __version__
 from bayes_merger.cli import _run_dir, expand_home, main
@@ -287,6 +288,24 @@ def test_the_demo_writes_its_tiny_clip_only_into_a_new_or_empty_folder(tmp_path,
     assert (mine / "model.safetensors").read_bytes() == b"the user's own"
     main(["--config", "conf/demo.yaml", "--check", "scorer.clip=new-clip"])  # passes: no exit
     assert (tmp_path / "new-clip" / "config.json").is_file()
+
+
+def test_a_config_of_ones_own_runs_in_run_dir_as_conf_run_yaml_does(tmp_path, capsys, monkeypatch):
+    # Hydra's settings were in conf/run.yaml only: a config of one's own built on bayes_merger ran in ./outputs/<date>/
+    # <time>/ with a .hydra folder (the WebUI password in it), run.dir ignored, and a refused start left it there
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "own.yaml").write_text(f"defaults:\n  - bayes_merger\n  - _self_\nmodel_a: {tmp_path / 'a.safetensors'}\n"
+                                       f"model_b: {tmp_path / 'b.safetensors'}\nrun:\n  dir: {tmp_path / 'runs'}\n")
+    code, out, err = _exit(["--config", "own.yaml", "webui.auth=alice:S3cretPW"], capsys)
+    assert code == 2 and "webui.checkpoint_dir is required" in out + err
+    assert [path.name for path in tmp_path.iterdir()] == ["own.yaml"]  # the refused start's folder went with it
+    from hydra import compose, initialize_config_dir
+    from bayes_merger.config import register_configs
+    register_configs()
+    with initialize_config_dir(config_dir=str(tmp_path), version_base=None):
+        hydra_cfg = compose("own", return_hydra_config=True).hydra
+    assert hydra_cfg.output_subdir is None and hydra_cfg.job.name == "bayes-merger"
+    assert OmegaConf.to_container(hydra_cfg.run, resolve=False)["dir"].startswith("${bm_run_dir:")
 
 
 def test_hydra_full_error_set_by_the_user_still_gets_hydras_whole_report(monkeypatch):

@@ -34,6 +34,24 @@ def test_a_sweep_with_the_password_as_an_override_writes_it_nowhere(assets, fake
     assert PASSWORD not in caplog.text
 
 
+def test_a_ctrl_c_while_the_run_is_imported_leaves_no_password_in_hydras_files(assets, fake_webui, tmp_path,
+                                                                                 monkeypatch):
+    # the files were scrubbed only after the seconds-long import of the run (torch): a Ctrl-C then kept them as written
+    import sys
+    import types
+
+    class Interrupted(types.ModuleType):
+        def __getattr__(self, name: str):  # noqa: ANN204 - `from bayes_merger.run import run` meets Ctrl-C
+            raise KeyboardInterrupt
+
+    monkeypatch.setitem(sys.modules, "bayes_merger.run", Interrupted("bayes_merger.run"))
+    runs = tmp_path / "runs"
+    assert _cli(_args(assets, fake_webui, runs, f"webui.auth=alice:{PASSWORD}", "hydra.output_subdir=.hydra")) == 130
+    written = [path for path in runs.rglob("*") if path.is_file()]
+    assert any(path.parent.name == ".hydra" for path in written), "the folder is kept: it holds .hydra/"
+    assert [path.name for path in written if PASSWORD.encode() in path.read_bytes()] == []
+
+
 @pytest.mark.parametrize("sweep_dir", [None, "named"])
 def test_a_sweep_ended_by_a_value_hydra_cannot_compose_leaves_no_password_nor_its_folder(
         assets, fake_webui, tmp_path, caplog, sweep_dir):
