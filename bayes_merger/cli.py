@@ -33,7 +33,8 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from bayes_merger import __version__
 from bayes_merger.cli_errors import (composition_error, dotted_settings, former_settings, integer_for_true_or_false,
                                      unknown_keys, unknown_setting)
-from bayes_merger.cli_secrets import hide_secrets_in_hydra_log, scrub_hydra_files, scrub_sweep_record, without_secrets
+from bayes_merger.cli_secrets import (SECRET_OVERRIDE, hide_secrets_in_hydra_log, redacted_override, scrub_hydra_files,
+                                      scrub_sweep_record, without_secrets)
 from bayes_merger.cli_help import USAGE, help_text
 from bayes_merger.config import HYDRA_SETTINGS, Config, hydra_value, register_configs
 from bayes_merger.errors import BayesMergerError, ConfigError, Interrupted
@@ -457,6 +458,27 @@ _CONFIG_FLAGS = ("--config", "--config-name", "-cn", "--config-path", "-cp", "--
 _HYDRA_ONLY = ("--hydra-help", "--info", "-i", "--shell-completion", "-sc")
 
 
+# Hydra's flags that print the composed config (--info with it), and the setting that logs it
+_PRINTS_CONFIG = ("--cfg", "-c", "--info", "-i")
+
+
+def without_printed_secrets(args: Sequence[str]) -> list[str]:
+    """``args`` with the WebUI password shown as ``***`` where Hydra prints the config (``--cfg job``, ``--info``,
+    ``hydra.verbose``), which users paste into reports: the value is not needed to print it, given on the command
+    line or in the ``--config`` file."""
+    args = list(args)
+    if not any(a.split("=", 1)[0] in _PRINTS_CONFIG or a.lstrip("+").startswith("hydra.verbose") for a in args):
+        return args
+    shown = [a if a.startswith("-") else redacted_override(a) for a in args]
+    config = next((Path(v).expanduser() for a, v in zip(args, args[1:] + [""]) if a == "--config"), None)
+    config = config or next((Path(a.split("=", 1)[1]).expanduser() for a in args if a.startswith("--config=")), None)
+    tree = _yaml_of(config) if config is not None else None
+    webui = tree.get("webui") if isinstance(tree, dict) else None
+    if isinstance(webui, dict) and webui.get("auth") and not any(SECRET_OVERRIDE.match(a) for a in shown):
+        shown.insert(0, "webui.auth=***")  # first: --info takes the word after it as its own
+    return shown
+
+
 def _print_and_exit(text: str) -> None:
     try:
         print(text)
@@ -519,7 +541,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args = [arg for arg in args if arg != "--check"]
     _own_flags(args)
     try:
-        args = expand_home(rewrite_config_flag(args))
+        args = expand_home(rewrite_config_flag(without_printed_secrets(args)))
         register_configs()
         register_resolvers()
         hide_secrets_in_hydra_log()

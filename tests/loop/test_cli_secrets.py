@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from bayes_merger.cli_secrets import _HYDRA_LAUNCHER_LOGGER, _scrubbed, redacted_override
-from tests.loop.test_cli_run import _args, _cli
+from tests.loop.test_cli_run import REPO, _args, _cli
 
 PASSWORD = "s3cretPW"
 
@@ -50,6 +50,19 @@ def test_a_ctrl_c_while_the_run_is_imported_leaves_no_password_in_hydras_files(a
     written = [path for path in runs.rglob("*") if path.is_file()]
     assert any(path.parent.name == ".hydra" for path in written), "the folder is kept: it holds .hydra/"
     assert [path.name for path in written if PASSWORD.encode() in path.read_bytes()] == []
+
+
+@pytest.mark.parametrize("flag", [["--cfg", "job"], ["--cfg", "all"], ["--info"]])
+def test_the_config_hydra_prints_shows_the_password_as_stars(tmp_path, capsys, flag):
+    # --cfg job is what users paste into a report: it printed the password given on the command line or in the file
+    from bayes_merger.cli import main
+
+    own = tmp_path / "own.yaml"
+    own.write_text(f"defaults:\n  - bayes_merger\n  - _self_\nwebui:\n  auth: bob:{PASSWORD}-file\n")
+    for args in (["--config", str(REPO / "conf" / "demo.yaml"), f"webui.auth=alice:{PASSWORD}"], ["--config", str(own)]):
+        main([*args, *flag])
+        printed = capsys.readouterr().out
+        assert "auth: '***'" in printed and PASSWORD not in printed
 
 
 @pytest.mark.parametrize("sweep_dir", [None, "named"])
