@@ -33,8 +33,8 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from bayes_merger import __version__
 from bayes_merger.cli_errors import (composition_error, dotted_settings, former_settings, integer_for_true_or_false,
                                      unknown_keys, unknown_setting)
-from bayes_merger.cli_secrets import (SECRET_OVERRIDE, hide_secrets_in_hydra_log, redacted_override, scrub_hydra_files,
-                                      scrub_sweep_record, without_secrets)
+from bayes_merger.cli_secrets import (SECRET_OVERRIDE, hide_given_secrets, hide_secrets_in_hydra_log, redacted_override,
+                                      scrub_hydra_files, scrub_sweep_record, without_secrets)
 from bayes_merger.cli_help import USAGE, help_text
 from bayes_merger.config import HYDRA_SETTINGS, Config, hydra_value, register_configs
 from bayes_merger.errors import BayesMergerError, ConfigError, Interrupted
@@ -516,8 +516,8 @@ def _composition_errors_raised() -> Iterator[None]:
             yield
         finally:
             os.environ.pop("HYDRA_FULL_ERROR", None)
-    except (ConfigCompositionException, OverrideParseException) as error:
-        raise composition_error(error) from error
+    except (ConfigCompositionException, OverrideParseException) as error:  # may quote the override as it was given
+        raise ConfigError(hide_given_secrets(str(composition_error(error)), sys.argv[1:])) from error
     except yaml.YAMLError as error:  # a config file that is not YAML; a payload file's is said by the payloads
         raise ConfigError(f"A config file is not valid YAML{yaml_problem(error)}.") from error
     except OmegaConfBaseException as error:  # Hydra resolving its own settings (an old hydra.run.dir's ${run_name})

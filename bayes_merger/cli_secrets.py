@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -41,6 +41,18 @@ def without_secrets(data: dict[str, Any]) -> dict[str, Any]:
 def redacted_override(override: str) -> str:
     """``override`` with the value of an auth key shown as ``***`` (``webui.auth=***``); any other as it is."""
     return SECRET_OVERRIDE.sub(r"\1***", override)
+
+
+def hide_given_secrets(text: str, args: Sequence[str]) -> str:
+    """``text`` (an error message that may quote an override) with the value of each auth override in ``args``, and
+    its password alone, shown as ``***``."""
+    for arg in args:
+        if SECRET_OVERRIDE.match(arg):
+            value = arg.split("=", 1)[1].strip("'\"")
+            password = value.partition(":")[2]
+            for secret in sorted({value, password} - {""}, key=len, reverse=True):
+                text = text.replace(secret, "***")
+    return text
 
 
 def _redacted_words(line: str) -> str:

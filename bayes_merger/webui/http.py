@@ -239,12 +239,14 @@ def http_error(method: str, path: str, response: requests.Response) -> WebUIErro
 def base_url(url: str, key: str = "webui.url") -> str:
     """``webui.url`` in the form requests prepares; a ConfigError, naming the setting ``key``, for anything else."""
     parts = urlsplit(url)
+    # said without the user name and password a URL may hold (refused below): an error goes to logs
+    shown = url.replace(parts.netloc, "***@" + parts.netloc.rpartition("@")[2], 1) if "@" in parts.netloc else url
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{key} {url!r} is not an http:// or https:// address.")
+        raise ConfigError(f"{key} {shown!r} is not an http:// or https:// address.")
     try:
         parts.port  # noqa: B018 - urlsplit checks the port only when asked for it
     except ValueError:
-        raise ConfigError(f"{key} {url!r} has no valid port (a number from 1 to 65535).") from None
+        raise ConfigError(f"{key} {shown!r} has no valid port (a number from 1 to 65535).") from None
     if parts.username or parts.password:
         raise ConfigError(f"{key} must not contain a user name or password: use webui.auth_env (or webui.auth).")
     # the form requests prepares, so the adapters mounted on this prefix really match

@@ -104,6 +104,8 @@ def _refusal(caplog) -> str:
     (["webui.poll_interval=0"], "webui.poll_interval must be a number of seconds above 0, got 0.0."),  # a busy loop
     (["webui.url=http://127.0.0.1:99999"], "webui.url 'http://127.0.0.1:99999' has no valid port"),
     (["webui.url=localhost:7860"], "webui.url 'localhost:7860' is not an http:// or https:// address."),
+    # said without the password the URL holds: the overnight runner keeps this sentence in its log
+    (["webui.url=http://alice:s3cretPW@127.0.0.1:99999"], "webui.url 'http://***@127.0.0.1:99999' has no valid port"),
     (["webui.urls=[http://127.0.0.1:7860,127.0.0.1:7861]"],
      "webui.urls '127.0.0.1:7861' is not an http:// or https:// address."),
     (["run.seed=-1"], "run.seed must be a whole number from 0 to 4294967295, got -1"),  # A1111's random seed

@@ -65,6 +65,17 @@ def test_the_config_hydra_prints_shows_the_password_as_stars(tmp_path, capsys, f
         assert "auth: '***'" in printed and PASSWORD not in printed
 
 
+def test_a_password_hydra_cannot_read_is_not_quoted_in_the_sentence_that_says_so(capsys, caplog):
+    # a '#' (or , ( = ' ${) in it: Hydra's parse error quoted the override whole, and the overnight runner logged it
+    from bayes_merger.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--config", str(REPO / "conf" / "demo.yaml"), "--check", f"webui.auth=alice:{PASSWORD}#1"])
+    assert stopped.value.code == 2
+    said = capsys.readouterr().err + caplog.text
+    assert "webui.auth=*** cannot be read" in said and PASSWORD not in said
+
+
 @pytest.mark.parametrize("sweep_dir", [None, "named"])
 def test_a_sweep_ended_by_a_value_hydra_cannot_compose_leaves_no_password_nor_its_folder(
         assets, fake_webui, tmp_path, caplog, sweep_dir):
