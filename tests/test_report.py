@@ -422,6 +422,17 @@ def test_failed_trials_are_inside_the_convergence_plot(tmp_path):
     assert low < 0 and high > 2
 
 
+@pytest.mark.parametrize("n_trials", [1, 2, 40])
+def test_the_convergence_plot_numbers_trials_by_whole_numbers(tmp_path, n_trials):
+    # with one trial in view matplotlib's integer locator fell back to fractions: trials -0.60, -0.45 … 0.60
+    from bayes_merger.report.plots import convergence_figure
+
+    axis = convergence_figure(load_run(make_run(tmp_path / "run", n_trials=n_trials))).axes[0]
+    low, high = axis.get_xlim()
+    shown = [tick for tick in axis.get_xticks() if low <= tick <= high]
+    assert shown and all(float(tick).is_integer() for tick in shown), shown
+
+
 def test_report_shows_the_models_best_the_raw_best_the_gain_and_block_importance(tmp_path):
     from bayes_merger.run_folder import best_extras, read_trials, write_best
 

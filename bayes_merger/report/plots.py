@@ -121,7 +121,7 @@ def convergence_figure(run: RunData) -> Figure:
     if not ordered:
         ax.set_yticks([])
         ax.text(0.5, 0.5, "No successful trial yet.", transform=ax.transAxes, ha="center", color=MUTED)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # one trial: its number, not -0.6 … 0.6
     ax.set_xlabel("trial", color=MUTED)
     ax.set_ylabel("score", color=MUTED)
     # set by hand: failed trials, drawn in axes coordinates, do not widen the x range on their own
