@@ -28,7 +28,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue, OmegaConfBaseException
 
 from bayes_merger import __version__
 from bayes_merger.cli_errors import (composition_error, dotted_settings, former_settings, integer_for_true_or_false,
@@ -181,7 +181,8 @@ def _given_settings() -> Iterator[tuple[str, Any]]:
             except (OSError, yaml.YAMLError):  # Hydra read it: a file changed since is not ours to judge
                 tree = None
             yield from dotted_settings(tree)
-    for override in OverridesParser.create().parse_overrides(list(hydra_config.overrides.task)):
+    given = OmegaConf.to_container(hydra_config.overrides.task, resolve=False)  # as typed: ${oc.env:…} unresolved
+    for override in OverridesParser.create().parse_overrides([str(o) for o in given]):
         if not override.is_delete():
             yield override.key_or_group, override.value()
 
@@ -196,6 +197,9 @@ def to_config(cfg: DictConfig) -> Config:
         return OmegaConf.to_object(cfg)  # type: ignore[return-value]
     except MissingMandatoryValue as error:
         raise ConfigError(f"{error.full_key} is required: set it in the config or on the command line ({error.full_key}=...).") from error
+    except InterpolationResolutionError as error:  # ${oc.env:UNSET}: one line, with the setting that asks for it
+        said = str(error.msg or error).strip().splitlines()[0].rstrip(".")
+        raise ConfigError(f"{error.full_key} cannot be resolved: {said}.") from error
     except OmegaConfBaseException as error:
         raise ConfigError(f"Invalid config: {error.msg}") from error
 

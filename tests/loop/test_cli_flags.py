@@ -308,6 +308,22 @@ def test_a_config_of_ones_own_runs_in_run_dir_as_conf_run_yaml_does(tmp_path, ca
     assert OmegaConf.to_container(hydra_cfg.run, resolve=False)["dir"].startswith("${bm_run_dir:")
 
 
+@pytest.mark.parametrize("override, sentence", [
+    ("optimiser.n_iters=${oc.env:BM_TEST_UNSET}",
+     "optimiser.n_iters cannot be resolved: KeyError raised while resolving interpolation: \"Environment variable "
+     "'BM_TEST_UNSET' not found\"."),
+    ("webui.checkpoint_dir=${oc.env:BM_TEST_UNSET}", "webui.checkpoint_dir cannot be resolved: KeyError raised"),
+    ("model_a=${nope}", "model_a cannot be resolved: Interpolation key 'nope' not found."),
+])
+def test_a_setting_that_cannot_be_resolved_is_one_sentence_naming_it(tmp_path, capsys, monkeypatch, override, sentence):
+    # ${oc.env:…} keeps paths out of a config: unset, it was a 160-line traceback, exit 1, and a run folder left
+    monkeypatch.delenv("BM_TEST_UNSET", raising=False)
+    code, out, err = _exit(["--config", str(REPO / "conf" / "demo.yaml"), "--check", f"run.dir={tmp_path / 'runs'}",
+                            override], capsys)
+    assert code == 2 and sentence in out + err and "Traceback" not in err, out + err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
 def test_hydra_full_error_set_by_the_user_still_gets_hydras_whole_report(monkeypatch):
     from hydra.errors import ConfigCompositionException
 
