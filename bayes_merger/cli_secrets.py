@@ -38,9 +38,17 @@ def without_secrets(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+# an auth key's value inside a mapping override (webui={auth: u:p, url: …}); auth_env's is a variable's name
+_SECRET_IN_MAPPING = re.compile(r"""(\bauth\s*:\s*)("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^,}\s]+)""", re.IGNORECASE)
+# in a line of several overrides (Hydra's launcher's): an auth key's value, quoted (spaces and all) or not
+_SECRET_IN_LINE = re.compile(r"""((?:^|(?<=\s))[^=\s]*auth=)('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|(?:\\\s|\S)+)""",
+                             re.IGNORECASE)
+
+
 def redacted_override(override: str) -> str:
-    """``override`` with the value of an auth key shown as ``***`` (``webui.auth=***``); any other as it is."""
-    return SECRET_OVERRIDE.sub(r"\1***", override)
+    """``override`` with the value of an auth key shown as ``***`` (``webui.auth=***``, ``webui={auth: ***}``); any
+    other as it is."""
+    return _SECRET_IN_MAPPING.sub(r"\1***", SECRET_OVERRIDE.sub(r"\1***", override))
 
 
 def hide_given_secrets(text: str, args: Sequence[str]) -> str:
@@ -57,7 +65,7 @@ def hide_given_secrets(text: str, args: Sequence[str]) -> str:
 
 def _redacted_words(line: str) -> str:
     """``line`` with each of its overrides redacted: Hydra joins them with spaces, escaping those in a value."""
-    return "".join(redacted_override(word) for word in re.split(r"((?<!\\)\s+)", line))
+    return _SECRET_IN_MAPPING.sub(r"\1***", _SECRET_IN_LINE.sub(r"\1***", line))
 
 
 class _RedactedOverrides(logging.Filter):

@@ -112,9 +112,21 @@ def test_auth_beside_auth_env_is_used_and_says_the_variable_is_not_read(assets, 
     ("my.backend.Auth=x", "my.backend.Auth=***"),
     ("webui.auth_env=WEBUI_AUTH", "webui.auth_env=WEBUI_AUTH"),  # the name of a variable, not a secret
     ("webui.url=http://host", "webui.url=http://host"),
+    # the section as a mapping: its auth was written to multirun.yaml, .hydra/ and the launcher's line
+    ("webui={auth: 'alice:p w', url: http://h}", "webui={auth: ***, url: http://h}"),
+    ("+webui={Auth: alice:pw}", "+webui={Auth: ***}"),
+    ("webui={auth_env: WEBUI_AUTH}", "webui={auth_env: WEBUI_AUTH}"),
 ])
 def test_an_override_is_redacted_by_the_key_it_sets(override, shown):
     assert redacted_override(override) == shown
+
+
+def test_the_launchers_line_loses_a_quoted_password_with_spaces_whole():
+    # the line was split at every unescaped space: 'alice:pass word tail' left "word tail'" shown
+    from bayes_merger.cli_secrets import _redacted_words
+
+    line = "#0 : run.seed=1 webui.auth='alice:pass word tail' webui={auth: \"x y\", url: h} webui.url=http://h"
+    assert _redacted_words(line) == "#0 : run.seed=1 webui.auth=*** webui={auth: ***, url: h} webui.url=http://h"
 
 
 def test_the_override_dirname_loses_the_password_whatever_its_separator():
