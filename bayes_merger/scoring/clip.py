@@ -299,7 +299,7 @@ def clip_weights(clip: str) -> Weights:
 def _folder_or_hub_weights(name: str, label: str, setting: str, needs: Sequence[str | tuple[str, ...]],
                            missing: Callable[[str], str]) -> Weights:
     if _looks_local(name):
-        return _local_folder_weights(setting, name)
+        return _local_folder_weights(setting, name, needs)
     absent = next((files for files in needs if not _in_hub_cache(name, files)), None)
     if absent is None:
         return Weights(label, True, True, "")
@@ -307,10 +307,22 @@ def _folder_or_hub_weights(name: str, label: str, setting: str, needs: Sequence[
     return Weights(label, False, True, missing(f"no {first} cached"))
 
 
-def _local_folder_weights(setting: str, value: str) -> Weights:
-    """A folder the user names (``scorer.clip``, ``scorer.siglip``, ``scorer.tokenizer``): never fetched."""
-    return Weights(f"{setting} {value}", Path(value).expanduser().is_dir(), False,
-                   f"{setting} is {value!r}, but that folder does not exist.")
+def _local_folder_weights(setting: str, value: str, needs: Sequence[str | tuple[str, ...]]) -> Weights:
+    """A folder the user names (``scorer.clip``, ``scorer.siglip``, ``scorer.tokenizer``): never fetched; here when
+    it holds what the load ``needs`` (an existing folder without them failed only at the start, its run folder
+    written)."""
+    folder = Path(value).expanduser()
+    if not folder.is_dir():
+        return Weights(f"{setting} {value}", False, False, f"{setting} is {value!r}, but that folder does not exist.")
+    absent = next((files for files in needs
+                   if not any((folder / name).is_file() for name in ((files,) if isinstance(files, str) else files))),
+                  None)
+    if absent is not None:
+        named = absent if isinstance(absent, str) else " or ".join(absent)
+        return Weights(f"{setting} {value}", False, False,
+                       f"{setting} is {value!r}, but that folder holds no {named}: give the folder a model was saved "
+                       "to (save_pretrained), or its Hugging Face name.")
+    return Weights(f"{setting} {value}", True, False, "")
 
 
 def _in_hub_cache(repo: str, files: str | tuple[str, ...]) -> bool:

@@ -213,9 +213,16 @@ def head_weights(source: HeadSource, cache_dir: str | os.PathLike[str] | None) -
 
 
 def local_file_weights(setting: str, value: str) -> Weights:
-    """A file the user names (``scorer.head``): never fetched."""
-    return Weights(f"{setting} {value}", Path(value).expanduser().is_file(), False,
-                   f"{setting} is {value!r}, but that file does not exist.")
+    """A head file the user names (``scorer.head``): never fetched, and read here (a head is a few MB), so that one
+    that is not a head's is said by ``--check`` and before a run's start, not once its run folder is written."""
+    path = Path(value).expanduser()
+    if not path.is_file():
+        return Weights(f"{setting} {value}", False, False, f"{setting} is {value!r}, but that file does not exist.")
+    try:
+        load_head_file(path)
+    except ScorerError as error:
+        return Weights(f"{setting} {value}", False, False, f"{setting}: {error}")
+    return Weights(f"{setting} {value}", True, False, "")
 
 
 def check_cached(path: Path) -> None:
@@ -346,17 +353,23 @@ def load_head_file(path: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path), device="cpu")
         except Exception as exc:
-            raise ScorerError(f"{path} is not a readable safetensors file ({exc}).") from exc
+            raise ScorerError(f"{path} is not a readable safetensors file ({_first_line(exc)}).") from exc
     try:
         loaded = load_torch_weights(path)
     except Exception as exc:
         raise ScorerError(
-            f"{path} could not be read as a plain PyTorch state dict with weights_only=True ({exc}); "
+            f"{path} could not be read as a plain PyTorch state dict with weights_only=True ({_first_line(exc)}); "
             "files that need arbitrary pickled code are refused."
         ) from exc
     if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise ScorerError(f"{path} does not hold a state dict of tensors (found {type(loaded).__name__}).")
     return {str(k): v for k, v in loaded.items()}
+
+
+def _first_line(error: Exception) -> str:
+    """An exception's first sentence: torch's weights_only refusal runs to a dozen lines of advice."""
+    lines = str(error).strip().splitlines()
+    return lines[0].split(". ")[0].rstrip(".") if lines else type(error).__name__
 
 
 def _save_converted(source: Path, dest: Path, *, source_sha256: str, source_url: str) -> None:

@@ -139,6 +139,24 @@ def test_settings_that_would_be_ignored_or_make_no_sense_are_one_sentence_before
     assert not (tmp_path / "runs").exists()  # refused before its models were read and its run.json written
 
 
+def test_a_scorer_file_or_folder_that_holds_no_model_is_said_before_the_run_folder_is_written(
+        assets, fake_webui, tmp_path, caplog):
+    # they passed --check and failed after the models' sha256 and the WebUI, leaving a run folder with a run.json
+    # (the overnight runner resumes the newest unfinished one); torch's refusal was a dozen lines
+    junk = tmp_path / "junk.safetensors"
+    junk.write_text("not a head")
+    for override, words in ((f"scorer.head={junk}", "is not a readable safetensors file (Error while deserializing "
+                                                     "header: header too large)."),
+                            (f"scorer.head={REPO / 'README.md'}", "weights_only=True (Weights only load failed); files "
+                                                                  "that need arbitrary pickled code are refused."),
+                            (f"scorer.clip={REPO / 'conf'}", "but that folder holds no config.json")):
+        caplog.clear()
+        assert _cli(_args(assets, fake_webui, tmp_path / "runs", override)) == 5
+        assert words in _refusal(caplog)
+        assert fake_webui.requests_to("/sdapi/v1/progress") == []
+        assert not (tmp_path / "runs").exists()
+
+
 def test_the_same_file_as_model_a_and_model_b_is_refused_before_the_webui_is_asked(assets, fake_webui, tmp_path, caplog):
     link = tmp_path / "same.safetensors"
     link.symlink_to(assets["model_a"])
