@@ -199,7 +199,7 @@ def _check_settings(cfg: Config) -> tuple[Path, Path, Path | None]:
     if cfg.best_format != "safetensors":
         raise ConfigError(f"best_format '{cfg.best_format}' is not supported: the best merge is saved as safetensors, "
                           "which every WebUI reads and which cannot carry code.")
-    parse_dtype(cfg.best_precision)
+    parse_dtype(cfg.best_precision, "best_precision")
     check_cluster_settings(cfg)
     check_scorer_config(cfg.scorer)  # loaded after the WebUI is found: a typo is said before it is asked
     _check_finalists(cfg)

@@ -67,14 +67,16 @@ def canonical_key(key: str) -> str:
     return key
 
 
-def parse_dtype(name: str | None) -> torch.dtype | None:
-    """"fp16" / "bf16" / "fp32" (and their common spellings) as a torch dtype; None stays None."""
+def parse_dtype(name: str | None, setting: str | None = None) -> torch.dtype | None:
+    """"fp16" / "bf16" / "fp32" (and their common spellings) as a torch dtype; None stays None. ``setting``, the
+    key it was given as, is named in the ConfigError of an unknown one."""
     if name is None:
         return None
     try:
         return _DTYPE_NAMES[str(name).lower()]
     except KeyError:
-        raise ConfigError(f"Unknown precision {name!r}; use fp16, bf16 or fp32.") from None
+        where = f"{setting} is {name!r}, which is not a precision" if setting else f"Unknown precision {name!r}"
+        raise ConfigError(f"{where}; use fp16, bf16 or fp32.") from None
 
 
 def is_kept_by_prune(key: str) -> bool:

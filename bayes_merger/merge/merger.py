@@ -125,8 +125,8 @@ def inspect_inputs(model_a: Path, model_b: Path, model_c: Path | None, config: M
     if model_c is not None and not method.needs_c:
         log.warning("Merge method %s does not use model C; ignoring %s.", method.name, model_c)
         model_c = None
-    parse_dtype(config.load_dtype)
-    parse_dtype(config.dtype)  # a wrong save precision is refused now, not at the first save
+    parse_dtype(config.load_dtype, "merge.load_dtype")
+    parse_dtype(config.dtype, "merge.dtype")  # a wrong save precision is refused now, not at the first save
     models = {"A": Path(model_a), "B": Path(model_b)}
     if model_c is not None:
         models["C"] = Path(model_c)

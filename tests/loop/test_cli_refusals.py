@@ -109,6 +109,7 @@ def _refusal(caplog) -> str:
     (["webui.urls=[http://127.0.0.1:7860,127.0.0.1:7861]"],
      "webui.urls '127.0.0.1:7861' is not an http:// or https:// address."),
     (["run.seed=-1"], "run.seed must be a whole number from 0 to 4294967295, got -1"),  # A1111's random seed
+    (["best_precision=8"], "best_precision is '8', which is not a precision; use fp16, bf16 or fp32."),
     # set(range(budget)) filled the memory until the kernel killed it (or the WebUI beside it), without a word
     (["optimiser.n_iters=100000000000"], "optimiser.init_points + optimiser.n_iters must be at most 100,000, got "
                                          "100,000,000,00"),

@@ -469,9 +469,11 @@ def test_a_gpu_index_past_the_machines_gpus_is_a_config_error(monkeypatch):
         resolve_device("cuda:2", "merge device")
 
 
-def test_unknown_save_precision_is_refused_before_loading(models):
-    with pytest.raises(ConfigError, match="Unknown precision 'fp12'"):
+def test_unknown_save_precision_is_refused_before_loading_naming_its_setting(models):
+    with pytest.raises(ConfigError, match=r"^merge.dtype is 'fp12', which is not a precision; use fp16, bf16 or fp32.$"):
         Merger(models["a"], models["b"], None, _config(dtype="fp12"))
+    with pytest.raises(ConfigError, match=r"^merge.load_dtype is 'fp64', which is not a precision"):
+        Merger(models["a"], models["b"], None, _config(load_dtype="fp64"))
 
 
 # --------------------------------------------------------------------------------------------- save
