@@ -89,6 +89,15 @@ def _yaml_of(path: Path) -> Any:
         return None
 
 
+def _config_file_given(args: Sequence[str]) -> Any:
+    """The YAML of the config file Hydra was given (--config-path, --config-name), as read; None where unknown."""
+    def value(*flags: str) -> str | None:
+        return next((b for a, b in zip(args, args[1:]) if a in flags), None)
+
+    folder, name = value("--config-path", "-cp"), value("--config-name", "-cn")
+    return _yaml_of(Path(folder).expanduser() / f"{name}.yaml") if folder and name else None
+
+
 def builds_on_schema(path: Path, seen: frozenset[Path] = frozenset()) -> bool | None:
     """Whether a config file's defaults list names bayes-merger's settings, or another config file of its folder
     that does; None where that cannot be told (a file that is not YAML, which Hydra says, or names one not there)."""
@@ -521,7 +530,8 @@ def _composition_errors_raised() -> Iterator[None]:
         finally:
             os.environ.pop("HYDRA_FULL_ERROR", None)
     except (ConfigCompositionException, OverrideParseException) as error:  # may quote the override as it was given
-        raise ConfigError(hide_given_secrets(str(composition_error(error)), sys.argv[1:])) from error
+        said = composition_error(error, _config_file_given(sys.argv[1:]))
+        raise ConfigError(hide_given_secrets(str(said), sys.argv[1:])) from error
     except yaml.YAMLError as error:  # a config file that is not YAML; a payload file's is said by the payloads
         raise ConfigError(f"A config file is not valid YAML{yaml_problem(error)}.") from error
     except OmegaConfBaseException as error:  # Hydra resolving its own settings (an old hydra.run.dir's ${run_name})

@@ -13,6 +13,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException, Ove
 from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, ConfigTypeError, OmegaConfBaseException,
                              ValidationError)
 
+from bayes_merger.cli_help import GROUPS
 from bayes_merger.config import Config
 from bayes_merger.errors import ConfigError
 
@@ -187,8 +188,35 @@ _FORMER_OPTIMISER = re.compile(r"(?:Could not find 'optimiser/|OptimiserConfig\.
 _MERGED_OVERRIDE = re.compile(r"^Error merging override [^=]+=(?P<value>.*)$")
 
 
-def composition_error(error: ConfigCompositionException | OverrideParseException) -> ConfigError:
-    """One sentence for what Hydra reports in several lines when the config or an override cannot be composed."""
+def kind_mismatch(tree: Any, prefix: str = "") -> ConfigError | None:
+    """The first setting of a config file (its YAML, as read) whose kind the schema does not take: a value where a
+    section or a mapping goes, a mapping where a list goes, and so on — what Hydra says as "Merge error: str is not a
+    subclass of ScorerConfig … full_key:", without the key."""
+    if not isinstance(tree, dict):
+        return None
+    for key, value in tree.items():
+        if not prefix and key in ("defaults", "hydra"):
+            continue
+        dotted, expected = f"{prefix}{key}", _expected_type(f"{prefix}{key}")
+        if expected is None or (value is None and expected.endswith("or null")):
+            continue
+        wants = {"a section": dict, "a mapping": dict, "a list": list}
+        kind = next((kind for words, kind in wants.items() if expected.startswith(words)), None)
+        if kind is not None and not isinstance(value, kind):
+            group = (f" (a preset of conf/{key}/ is chosen in the defaults list, `- {key}: {value}`, or on the "
+                     f"command line, {key}={value})") if not prefix and key in GROUPS \
+                and isinstance(value, str) else ""
+            return ConfigError(f"{dotted} must be {expected}, not {value!r}{group}.")
+        if expected.startswith("a section"):
+            found = kind_mismatch(value, f"{dotted}.")
+            if found is not None:
+                return found
+    return None
+
+
+def composition_error(error: ConfigCompositionException | OverrideParseException, tree: Any = None) -> ConfigError:
+    """One sentence for what Hydra reports in several lines when the config or an override cannot be composed
+    (``tree``: the --config file's YAML, where Hydra's own message does not name the setting it could not merge)."""
     text = str(error).split("Config search path:")[0]
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     first = lines[0].rstrip(".") if lines else "The config cannot be composed"
@@ -206,6 +234,10 @@ def composition_error(error: ConfigCompositionException | OverrideParseException
         # a key missing from a section, not from a mapping setting (custom_ranges={…} without its +)
         if not section or (_expected_type(section) or "").startswith("a section"):
             return unknown_setting(str(cause.full_key))
+    if isinstance(cause, (ValidationError, ConfigTypeError)) and not cause.full_key:
+        found = kind_mismatch(tree)
+        if found is not None:
+            return found
     if isinstance(cause, (ValidationError, ConfigTypeError)) and cause.full_key:
         expected = _expected_type(str(cause.full_key))
         if expected is not None:

@@ -324,6 +324,23 @@ def test_a_setting_that_cannot_be_resolved_is_one_sentence_naming_it(tmp_path, c
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
+@pytest.mark.parametrize("lines, sentence", [
+    # a group's preset written in the body (the README's scorer=pickscore, as a file's line)
+    ("scorer: pickscore\n", "scorer must be a section (scorer.<setting>=...), not 'pickscore' (a preset of conf/scorer/ "
+                            "is chosen in the defaults list, `- scorer: pickscore`, or on the command line, "
+                            "scorer=pickscore)."),
+    ("webui: foo\n", "webui must be a section (webui.<setting>=...), not 'foo'."),
+    ("optimiser:\n  frozen: [1, 2]\n", "optimiser.frozen must be a mapping of numbers ({name: value}), not [1, 2]."),
+    ("webui:\n  urls: {a: 1}\n", "webui.urls must be a list of strings ([a, b]), not {'a': 1}."),
+])
+def test_a_setting_of_the_wrong_kind_in_a_config_file_is_one_sentence_naming_it(tmp_path, capsys, caplog, lines,
+                                                                               sentence):
+    # Hydra's merge error names no key: "In 'own': ValidationError …; Merge error: str is not a subclass of …; full_key:."
+    (tmp_path / "own.yaml").write_text("defaults:\n  - bayes_merger\n  - _self_\n" + lines)
+    assert _exit(["--config", str(tmp_path / "own.yaml"), "--check"], capsys)[0] == 2
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [sentence]
+
+
 def test_hydra_full_error_set_by_the_user_still_gets_hydras_whole_report(monkeypatch):
     from hydra.errors import ConfigCompositionException
 
