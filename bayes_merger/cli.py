@@ -54,12 +54,18 @@ HYDRA_BLOCK = "\n" + OmegaConf.to_yaml(OmegaConf.create({"hydra": HYDRA_SETTINGS
 def rewrite_config_flag(argv: Sequence[str]) -> list[str]:
     """``--config a/b/run.yaml`` (or ``--config=...``) → ``--config-path /abs/a/b --config-name run``."""
     args = list(argv)
+    if sum(arg == "--config" or arg.startswith("--config=") for arg in args) > 1:  # else argparse's usage dump
+        raise ConfigError("--config is given more than once: give one config file (a file may build on another in "
+                          "its folder, `defaults: [run, _self_]`).")
     for i, arg in enumerate(args):
         if arg == "--config" or arg.startswith("--config="):
             value = arg.split("=", 1)[1] if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
             if not value:
                 raise ConfigError("--config needs the path of a YAML config file, e.g. --config conf/run.yaml.")
             path = Path(value).expanduser().resolve()
+            if path.is_dir():
+                raise ConfigError(f"--config {value} is a folder: give the config file in it, e.g. --config "
+                                  f"{Path(value) / 'run.yaml'}.")
             if not path.is_file():
                 raise ConfigError(f"Config file {value} does not exist.")
             if path.suffix != ".yaml":  # Hydra looks for <name>.yaml: X.yml would read X.yaml beside it, or nothing
@@ -551,6 +557,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     _CHECK_ONLY.clear()
     if "--check" in args:  # ours, not Hydra's: taken out before Hydra reads the command line
+        if any(arg.split("=", 1)[0] in _PRINTS_CONFIG for arg in args):  # Hydra prints, and the check never runs
+            logging.basicConfig(format="bayes-merger: %(message)s")
+            log.error("--check and %s together: Hydra prints the config without running the check; give one of "
+                      "them.", next(arg for arg in args if arg.split("=", 1)[0] in _PRINTS_CONFIG))
+            sys.exit(ConfigError.exit_code)
         _CHECK_ONLY.set()
         args = [arg for arg in args if arg != "--check"]
     _own_flags(args)

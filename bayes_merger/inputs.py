@@ -247,7 +247,13 @@ def _check_webui_settings(webui: WebUIConfig) -> None:
     for key in ("connect_timeout", "read_timeout", "poll_interval"):  # 0 is no wait at all, or a busy loop
         if not 0 < getattr(webui, key) < math.inf:
             raise ConfigError(f"webui.{key} must be a number of seconds above 0, got {getattr(webui, key)}.")
-    backend_of(webui.backend)
+    if backend_of(webui.backend) == "a1111":  # set for ComfyUI, they would be taken as if in use
+        unused = [f"webui.{key}" for key, default in (("comfyui_handoff", "auto"), ("comfyui_model_a", None),
+                                                      ("comfyui_model_b", None), ("comfyui_workflow", None))
+                  if getattr(webui, key) != default]
+        if unused:
+            log.warning("%s %s for ComfyUI, and webui.backend is a1111: not used.", " and ".join(unused),
+                        "is" if len(unused) == 1 else "are")
     if webui.auth and webui.auth_env:
         log.warning("webui.auth and webui.auth_env are both set: webui.auth is used, the variable %s is not read.",
                     webui.auth_env)

@@ -341,6 +341,31 @@ def test_a_setting_of_the_wrong_kind_in_a_config_file_is_one_sentence_naming_it(
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [sentence]
 
 
+@pytest.mark.parametrize("args, sentence", [
+    (["--config", "conf", "--check"], "--config conf is a folder: give the config file in it, e.g. --config conf/run.yaml."),
+    (["--config", "conf/demo.yaml", "--config", "conf/run.yaml"],  # was argparse's usage and "ambiguous option"
+     "--config is given more than once: give one config file (a file may build on another in its folder, `defaults: "
+     "[run, _self_]`)."),
+    (["--config", "conf/demo.yaml", "--check", "--cfg", "job"],  # Hydra printed the config and the check never ran
+     "--check and --cfg together: Hydra prints the config without running the check; give one of them."),
+])
+def test_command_line_mistakes_are_one_sentence(args, sentence, capsys, caplog, monkeypatch):
+    monkeypatch.chdir(REPO)
+    code, _, err = _exit(args, capsys)
+    assert code == 2 and "usage:" not in err
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [sentence]
+
+
+def test_comfyuis_settings_beside_the_a1111_backend_are_said_to_be_unused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the demo's check makes its tiny models here
+    for name in ("conf", "payloads"):
+        (tmp_path / name).symlink_to(REPO / name)
+    main(["--config", "conf/demo.yaml", "--check", "webui.comfyui_handoff=file",
+          "webui.comfyui_workflow=/nonexistent/workflow.json"])
+    assert ("webui.comfyui_handoff and webui.comfyui_workflow are for ComfyUI, and webui.backend is a1111: not used."
+            in capsys.readouterr().out)
+
+
 def test_hydra_full_error_set_by_the_user_still_gets_hydras_whole_report(monkeypatch):
     from hydra.errors import ConfigCompositionException
 
