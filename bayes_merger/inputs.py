@@ -188,8 +188,20 @@ def _scorer_weights_to_fetch(cfg: Config) -> list[str]:
     return to_fetch
 
 
+# settings that name a file or folder, and whether null leaves one unset: empty (an unset variable,
+# `webui.checkpoint_dir=$DIR`) each meant the folder the run was started from
+PATH_SETTINGS = {"model_a": False, "model_b": False, "model_c": True, "run.dir": False, "webui.checkpoint_dir": False,
+                 "payloads.dir": False, "payloads.wildcards_dir": True, "scorer.head": True, "scorer.cache_dir": True,
+                 "webui.comfyui_workflow": True}
+
+
 def _check_settings(cfg: Config) -> tuple[Path, Path, Path | None]:
     """The cheap checks, before a file is opened; returns the model paths (A, B, C or None)."""
+    for key, optional in PATH_SETTINGS.items():
+        section, _, name = key.rpartition(".")
+        value = getattr(getattr(cfg, section) if section else cfg, name)
+        if isinstance(value, str) and not value.strip():
+            raise ConfigError(f"{key} is empty: give a path{', or null to leave it unset' if optional else ''}.")
     check_optimiser_config(cfg.optimiser)
     _check_model_files(cfg)
     if not 0 <= cfg.run.seed < 2**32:  # A1111's -1 habit: a random seed would make the run unrepeatable

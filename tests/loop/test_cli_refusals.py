@@ -110,6 +110,10 @@ def _refusal(caplog) -> str:
      "webui.urls '127.0.0.1:7861' is not an http:// or https:// address."),
     (["run.seed=-1"], "run.seed must be a whole number from 0 to 4294967295, got -1"),  # A1111's random seed
     (["best_precision=8"], "best_precision is '8', which is not a precision; use fp16, bf16 or fp32."),
+    # an unset variable ($DIR): each meant the folder the run was started from
+    (["webui.checkpoint_dir="], "webui.checkpoint_dir is empty: give a path."),
+    (["run.dir="], "run.dir is empty: give a path."),
+    (["payloads.wildcards_dir="], "payloads.wildcards_dir is empty: give a path, or null to leave it unset."),
     # set(range(budget)) filled the memory until the kernel killed it (or the WebUI beside it), without a word
     (["optimiser.n_iters=100000000000"], "optimiser.init_points + optimiser.n_iters must be at most 100,000, got "
                                          "100,000,000,00"),
