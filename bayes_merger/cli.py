@@ -202,6 +202,12 @@ def _given_settings() -> Iterator[tuple[str, Any]]:
             yield override.key_or_group, override.value()
 
 
+def _first_line(error: OmegaConfBaseException) -> str:
+    """An OmegaConf error's message without the lines of keys and types it adds."""
+    lines = str(getattr(error, "msg", None) or error).strip().splitlines()
+    return lines[0].rstrip(".") if lines else type(error).__name__
+
+
 def to_config(cfg: DictConfig) -> Config:
     if OmegaConf.get_type(cfg) is not Config:  # a config composed without the schema (Hydra's own flags)
         raise ConfigError(f"The config does not build on bayes-merger's settings: {NAME_THE_SCHEMA}.")
@@ -213,8 +219,7 @@ def to_config(cfg: DictConfig) -> Config:
     except MissingMandatoryValue as error:
         raise ConfigError(f"{error.full_key} is required: set it in the config or on the command line ({error.full_key}=...).") from error
     except InterpolationResolutionError as error:  # ${oc.env:UNSET}: one line, with the setting that asks for it
-        said = str(error.msg or error).strip().splitlines()[0].rstrip(".")
-        raise ConfigError(f"{error.full_key} cannot be resolved: {said}.") from error
+        raise ConfigError(f"{error.full_key} cannot be resolved: {_first_line(error)}.") from error
     except OmegaConfBaseException as error:
         raise ConfigError(f"Invalid config: {error.msg}") from error
 
@@ -544,8 +549,7 @@ def _composition_errors_raised() -> Iterator[None]:
         if _TASK_STARTED.is_set():
             raise
         where = f"{error.full_key} cannot be resolved: " if getattr(error, "full_key", None) else ""
-        said = str(getattr(error, "msg", None) or error).strip().splitlines()
-        raise ConfigError(f"{where}{said[0].rstrip('.') if said else type(error).__name__}.") from error
+        raise ConfigError(f"{where}{_first_line(error)}.") from error
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -557,15 +561,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     _CHECK_ONLY.clear()
     if "--check" in args:  # ours, not Hydra's: taken out before Hydra reads the command line
-        if any(arg.split("=", 1)[0] in _PRINTS_CONFIG for arg in args):  # Hydra prints, and the check never runs
-            logging.basicConfig(format="bayes-merger: %(message)s")
-            log.error("--check and %s together: Hydra prints the config without running the check; give one of "
-                      "them.", next(arg for arg in args if arg.split("=", 1)[0] in _PRINTS_CONFIG))
-            sys.exit(ConfigError.exit_code)
         _CHECK_ONLY.set()
         args = [arg for arg in args if arg != "--check"]
     _own_flags(args)
     try:
+        printing = next((arg for arg in args if arg.split("=", 1)[0] in _PRINTS_CONFIG), None)
+        if _CHECK_ONLY.is_set() and printing:  # Hydra would print the config, and the check never run
+            raise ConfigError(f"--check and {printing} together: Hydra prints the config without running the check; "
+                              "give one of them.")
         args = expand_home(rewrite_config_flag(without_printed_secrets(args)))
         register_configs()
         register_resolvers()
