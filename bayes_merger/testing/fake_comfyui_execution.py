@@ -46,12 +46,13 @@ class PromptExecution:
 
     def _worker(self, generation: int, work: queue.Queue) -> None:
         while True:
-            item = work.get()
-            if item is None or generation != self._generation:
+            woken = work.get()  # one per prompt queued; the one run is the lowest-numbered pending, as ComfyUI's heap
+            if woken is None or generation != self._generation:  # runs it: a "front" prompt (negative) jumps the queue
                 return
             with self._changed:
-                if item not in self._pending:  # deleted from the queue
+                if not self._pending:  # its prompt was deleted from the queue, or run in another's turn
                     continue
+                item = min(self._pending, key=lambda pending: pending.number)
                 self._pending.remove(item)
                 self._running = item
                 self._interrupt.clear()  # as ComfyUI's executor clears the flag when a prompt starts
@@ -101,7 +102,10 @@ class PromptExecution:
         executed: list[str] = []
         for node_id in order:
             class_type = prompt[node_id]["class_type"]
-            inputs = {k: values[v[0]][v[1]] if _is_link(v) else v for k, v in prompt[node_id]["inputs"].items()}
+            # only what the class declares: ComfyUI's get_input_data leaves out any other input (validation takes it)
+            declared = {name for name, _ in self._classes[class_type].inputs} if class_type in self._classes else None
+            inputs = {k: values[v[0]][v[1]] if _is_link(v) else v for k, v in prompt[node_id]["inputs"].items()
+                      if declared is None or k in declared}
             fault = self._take_execution_fault(class_type)
             try:
                 if fault is not None:

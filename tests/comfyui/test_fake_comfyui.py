@@ -116,6 +116,47 @@ def test_an_identical_prompt_is_all_cached_and_a_restart_forgets_everything(fake
     assert requests.get(fake_comfyui.url + "/history").json() == {}
 
 
+def test_a_front_prompt_runs_before_those_queued_earlier(fake_comfyui):
+    # listed first in /queue (a negative number) but run in arrival order, it could not test a queue shared with a tool
+    # that sends one
+    gate = fake_comfyui.hold_execution()
+    for prompt_id, front, seed in (("first", False, 1), ("second", False, 2), ("jumper", True, 3)):
+        graph = prompt()
+        graph["3"]["inputs"]["seed"] = seed
+        requests.post(fake_comfyui.url + "/prompt", json={"prompt": graph, "prompt_id": prompt_id, "front": front})
+    fake_comfyui.wait_until_running()
+    gate.set()
+    fake_comfyui.wait_until_idle()
+    assert list(fake_comfyui.history) == ["first", "jumper", "second"]
+
+
+def test_an_input_a_node_does_not_declare_is_left_out_as_comfyui_does(fake_comfyui):
+    # the fake's merge node took any other input as a ratio: a stray name changed the picture, on ComfyUI it does not
+    from bayes_merger.testing.fake_comfyui_nodes import SD1_MERGE_INPUTS
+
+    workflow = graphs.builtin_workflow()
+
+    def picture(extra: dict) -> list:
+        graph = graphs.in_graph(graphs.fill(workflow, VALUES), workflow, "a.safetensors", "b.safetensors",
+                                "ModelMergeSD1", {name: 1.0 for name in SD1_MERGE_INPUTS}, 1.0)
+        merge = next(node for node in graph.values() if node["class_type"] == "ModelMergeSD1")
+        merge["inputs"].update(extra)
+        graph["7"] = {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "t/x"}}
+        answer = requests.post(fake_comfyui.url + "/prompt", json={"prompt": graph}).json()
+        fake_comfyui.wait_until_idle()
+        return fake_comfyui.history[answer["prompt_id"]]["outputs"]["7"]["images"][0]
+
+    def pixels(image: dict) -> bytes:  # the PNG's text holds the prompt as sent: the pixels are compared
+        from io import BytesIO
+
+        from PIL import Image
+
+        return Image.open(BytesIO(requests.get(fake_comfyui.url + "/view", params=image).content)).tobytes()
+
+    plain = picture({})
+    assert pixels(picture({"input_blocks.4.1.": 0.0})) == pixels(plain)
+
+
 def test_save_image_websocket_sends_the_png_after_its_progress_and_writes_nothing(fake_comfyui):
     ws = websocket.create_connection(fake_comfyui.url.replace("http", "ws") + "/ws?clientId=me", timeout=5)
     ws.recv()  # the first status
