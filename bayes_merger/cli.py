@@ -46,8 +46,7 @@ from bayes_merger.run_folder.run_info import is_run_folder, is_saved_config
 log = logging.getLogger("bayes_merger")
 
 
-# Hydra's settings for a run (config.HYDRA_SETTINGS, which bayes_merger carries), written out in a saved config too:
-# the same text as before they had one home, so a resume of an older run folder finds its config word for word
+# Hydra's settings for a run (config.HYDRA_SETTINGS, which bayes_merger carries), written out in a saved config too
 HYDRA_BLOCK = "\n" + OmegaConf.to_yaml(OmegaConf.create({"hydra": HYDRA_SETTINGS}))
 
 

@@ -187,13 +187,15 @@ class Config:
 
 
 # Hydra's settings for a run: its folder (a resume's own; else under run.dir, named by the time, method and scorer),
-# a sweep's, no .hydra folder (bayes-merger saves its config without the WebUI password) and the log's name
+# a sweep's, no .hydra folder (bayes-merger saves its config without the WebUI password), the log's name, and the
+# password left out of override_dirname (Hydra's idiom hydra.sweep.subdir=${hydra.job.override_dirname} named a
+# job's folder after it)
 HYDRA_SETTINGS: dict[str, Any] = {
     "run": {"dir": "${bm_run_dir:${resume},${run.dir},${merge.method},${scorer.name}}"},
     "sweep": {"dir": "${bm_sweep_dir:${run.dir},${now:%Y-%m-%d_%H-%M-%S}}",
               "subdir": "${hydra.job.num}_${merge.method}_${scorer.name}"},
     "output_subdir": None,
-    "job": {"name": "bayes-merger", "chdir": False},
+    "job": {"name": "bayes-merger", "chdir": False, "config": {"override_dirname": {"exclude_keys": ["webui.auth"]}}},
 }
 
 

@@ -76,6 +76,20 @@ def test_a_password_hydra_cannot_read_is_not_quoted_in_the_sentence_that_says_so
     assert "webui.auth=*** cannot be read" in said and PASSWORD not in said
 
 
+@pytest.mark.parametrize("fake_webui", [{"auth": f"alice:{PASSWORD}"}], indirect=True)
+def test_a_sweep_whose_jobs_are_named_by_their_overrides_leaves_the_password_out_of_their_names(
+        assets, fake_webui, tmp_path):
+    # Hydra's idiom hydra.sweep.subdir=${hydra.job.override_dirname} named a folder "…webui.auth=alice\:pw…", which the
+    # resume line of its config.yaml, its log and its report then held
+    runs = tmp_path / "runs"
+    args = _args(assets, fake_webui, runs, "optimiser.init_points=1", "optimiser.n_iters=0", "run.seed=1,2",
+                 f"webui.auth=alice:{PASSWORD}", "hydra.sweep.subdir=${hydra.job.override_dirname}", "-m")
+    assert _cli(args) == 0
+    assert len(list(runs.rglob("run.json"))) == 2
+    assert [str(path) for path in runs.rglob("*") if PASSWORD in str(path)] == []
+    assert [str(path) for path in runs.rglob("*") if path.is_file() and PASSWORD.encode() in path.read_bytes()] == []
+
+
 @pytest.mark.parametrize("sweep_dir", [None, "named"])
 def test_a_sweep_ended_by_a_value_hydra_cannot_compose_leaves_no_password_nor_its_folder(
         assets, fake_webui, tmp_path, caplog, sweep_dir):
