@@ -33,8 +33,8 @@ from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 from bayes_merger import __version__
 from bayes_merger.cli_errors import (composition_error, dotted_settings, former_settings, integer_for_true_or_false,
                                      unknown_keys, unknown_setting)
-from bayes_merger.cli_secrets import (SECRET_OVERRIDE, hide_given_secrets, hide_secrets_in_hydra_log, redacted_override,
-                                      scrub_hydra_files, scrub_sweep_record, without_secrets)
+from bayes_merger.cli_secrets import (PRINT_SECRETS, SECRET_OVERRIDE, hide_given_secrets, hide_secrets_in_hydra_log,
+                                      redacted_override, scrub_hydra_files, scrub_sweep_record, without_secrets)
 from bayes_merger.cli_help import USAGE, help_text
 from bayes_merger.config import HYDRA_SETTINGS, Config, hydra_value, register_configs
 from bayes_merger.errors import BayesMergerError, ConfigError, Interrupted
@@ -490,6 +490,8 @@ def without_printed_secrets(args: Sequence[str]) -> list[str]:
     ``hydra.verbose``), which users paste into reports: the value is not needed to print it, given on the command
     line or in the ``--config`` file."""
     args = list(args)
+    if os.environ.get(PRINT_SECRETS) == "1":  # the overnight runner reads the password it starts the WebUI with
+        return args
     if not any(a.split("=", 1)[0] in _PRINTS_CONFIG or a.lstrip("+").startswith("hydra.verbose") for a in args):
         return args
     shown = [a if a.startswith("-") else redacted_override(a) for a in args]

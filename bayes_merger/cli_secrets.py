@@ -21,6 +21,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from bayes_merger.files import atomic_write_text
 
+# set to 1 by a program of ours that reads the config --cfg job prints, password included (the overnight runner)
+PRINT_SECRETS = "BAYES_MERGER_PRINT_SECRETS"
 # never written to disk: the WebUI password
 SECRET_KEYS = (("webui", "auth"),)
 # a Hydra override of a key that ends in "auth" (webui.auth=u:p, +webui.auth=u:p); webui.auth_env names a variable.

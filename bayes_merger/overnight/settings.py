@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from bayes_merger.cli_secrets import PRINT_SECRETS
 from bayes_merger.config import WebUIConfig, hydra_value
 from bayes_merger.errors import ConfigError, RunStopped, WebUIError
 from bayes_merger.renderers.comfyui.http import ComfyApi
@@ -316,7 +317,8 @@ def bayes_merger_command(settings: Settings, folder: Path | None) -> list[str]:
 
 def compose_config(settings: Settings) -> dict[str, dict[str, Any]]:
     """The ``run`` and ``webui`` sections of the composed config, as bayes-merger (Hydra) composes it."""
-    done = _bayes_merger_says([*bayes_merger_command(settings, None), "--cfg", "job", "--resolve"], settings)
+    done = _bayes_merger_says([*bayes_merger_command(settings, None), "--cfg", "job", "--resolve"], settings,
+                              {PRINT_SECRETS: "1"})  # the password the WebUI is started with: read, never logged
     if done.returncode != 0:
         detail = (done.stderr or done.stdout).strip().splitlines()
         raise Failure(f"bayes-merger cannot compose {settings.config}: {' '.join(detail[-3:])}",
@@ -338,9 +340,11 @@ def check_start(settings: Settings, folder: Path | None) -> str:
     return lines[-1].split(MESSAGE_MARK, 1)[-1] if lines else "bayes-merger --check passed."
 
 
-def _bayes_merger_says(command: list[str], settings: Settings) -> subprocess.CompletedProcess[str]:
+def _bayes_merger_says(command: list[str], settings: Settings,
+                       env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(command, capture_output=True, text=True, timeout=ASK_TIMEOUT, stdin=subprocess.DEVNULL)
+        return subprocess.run(command, capture_output=True, text=True, timeout=ASK_TIMEOUT, stdin=subprocess.DEVNULL,
+                              env={**os.environ, **env} if env else None)
     except OSError as error:
         raise Failure(f"Cannot run {settings.bayes_merger[0]}: {error}.", EXIT_CONFIG) from error
     except subprocess.TimeoutExpired:  # a config on a network share that hangs, say: said, not a traceback
