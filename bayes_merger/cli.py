@@ -488,16 +488,14 @@ _PRINTS_CONFIG = ("--cfg", "-c", "--info", "-i")
 def without_printed_secrets(args: Sequence[str]) -> list[str]:
     """``args`` with the WebUI password shown as ``***`` where Hydra prints the config (``--cfg job``, ``--info``,
     ``hydra.verbose``), which users paste into reports: the value is not needed to print it, given on the command
-    line or in the ``--config`` file."""
+    line or in the config file (``args`` as ``rewrite_config_flag`` leaves them)."""
     args = list(args)
     if os.environ.get(PRINT_SECRETS) == "1":  # the overnight runner reads the password it starts the WebUI with
         return args
     if not any(a.split("=", 1)[0] in _PRINTS_CONFIG or a.lstrip("+").startswith("hydra.verbose") for a in args):
         return args
     shown = [a if a.startswith("-") else redacted_override(a) for a in args]
-    config = next((Path(v).expanduser() for a, v in zip(args, args[1:] + [""]) if a == "--config"), None)
-    config = config or next((Path(a.split("=", 1)[1]).expanduser() for a in args if a.startswith("--config=")), None)
-    tree = _yaml_of(config) if config is not None else None
+    tree = _config_file_given(args)
     webui = tree.get("webui") if isinstance(tree, dict) else None
     if isinstance(webui, dict) and webui.get("auth") and not any(SECRET_OVERRIDE.match(a) for a in shown):
         shown.insert(0, "webui.auth=***")  # first: --info takes the word after it as its own
@@ -570,7 +568,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if _CHECK_ONLY.is_set() and printing:  # Hydra would print the config, and the check never run
             raise ConfigError(f"--check and {printing} together: Hydra prints the config without running the check; "
                               "give one of them.")
-        args = expand_home(rewrite_config_flag(without_printed_secrets(args)))
+        args = expand_home(without_printed_secrets(rewrite_config_flag(args)))
         register_configs()
         register_resolvers()
         hide_secrets_in_hydra_log()
