@@ -188,6 +188,10 @@ _FORMER_OPTIMISER = re.compile(r"(?:Could not find 'optimiser/|OptimiserConfig\.
 _MERGED_OVERRIDE = re.compile(r"^Error merging override [^=]+=(?P<value>.*)$")
 
 
+# what a setting described so (``_describe``) must be in a config file's YAML
+_KINDS = {"a section": dict, "a mapping": dict, "a list": list}
+
+
 def kind_mismatch(tree: Any, prefix: str = "") -> ConfigError | None:
     """The first setting of a config file (its YAML, as read) whose kind the schema does not take: a value where a
     section or a mapping goes, a mapping where a list goes, and so on — what Hydra says as "Merge error: str is not a
@@ -200,8 +204,7 @@ def kind_mismatch(tree: Any, prefix: str = "") -> ConfigError | None:
         dotted, expected = f"{prefix}{key}", _expected_type(f"{prefix}{key}")
         if expected is None or (value is None and expected.endswith("or null")):
             continue
-        wants = {"a section": dict, "a mapping": dict, "a list": list}
-        kind = next((kind for words, kind in wants.items() if expected.startswith(words)), None)
+        kind = next((kind for words, kind in _KINDS.items() if expected.startswith(words)), None)
         if kind is not None and not isinstance(value, kind):
             group = (f" (a preset of conf/{key}/ is chosen in the defaults list, `- {key}: {value}`, or on the "
                      f"command line, {key}={value})") if not prefix and key in GROUPS \

@@ -260,9 +260,9 @@ def _check_webui_settings(webui: WebUIConfig) -> None:
         if not 0 < getattr(webui, key) < math.inf:
             raise ConfigError(f"webui.{key} must be a number of seconds above 0, got {getattr(webui, key)}.")
     if backend_of(webui.backend) == "a1111":  # set for ComfyUI, they would be taken as if in use
-        unused = [f"webui.{key}" for key, default in (("comfyui_handoff", "auto"), ("comfyui_model_a", None),
-                                                      ("comfyui_model_b", None), ("comfyui_workflow", None))
-                  if getattr(webui, key) != default]
+        defaults = WebUIConfig()
+        unused = [f"webui.{key}" for key in vars(defaults)
+                  if key.startswith("comfyui_") and getattr(webui, key) != getattr(defaults, key)]
         if unused:
             log.warning("%s %s for ComfyUI, and webui.backend is a1111: not used.", " and ".join(unused),
                         "is" if len(unused) == 1 else "are")
